@@ -1,0 +1,346 @@
+"""The composition root: the one place that turns configuration into running adapters.
+
+``StationApp`` builds every adapter from ``StationConfig`` (an adapter handed in explicitly — the
+demo's emulated camera, say — is used instead), starts them in dependency order, and stops them in
+reverse. Nothing else in the station chooses a concrete class.
+
+Start order: store (so every later failure can be recorded) → gate, forced to its safe state → face
+detector, warmed up → code reader/verifiers → thermal source → camera → pipeline → outbox sync →
+READY to systemd. Stop order is the reverse, ending with the gate in its safe state and the store
+closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import platformdirs
+
+from station.clock import SystemClock
+from station.config import StationConfig
+from station.domain.model import Decision
+from station.domain.screening import ScreeningLane, ScreeningPolicy, ScreeningSettings
+from station.domain.thermal import ThermalCalibration
+from station.pipeline import Decided, Pipeline, PipelineSettings, StationIdentity
+from station.runtime import clear_runtime_status, write_runtime_status
+from station.ports import Clock, CodeReader, CodeVerifier, FaceDetector, FrameSource, GateOutput, ThermalSource
+from station.systemd import Notifier, WatchdogGate
+
+log = logging.getLogger("station.app")
+
+DB_NAME = "events.sqlite3"
+STATUS_PERIOD_S = 2.0
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("checkpoint-station", appauthor=False))
+
+
+def data_dir_for(cfg: StationConfig, override: Path | None = None) -> Path:
+    if override is not None:
+        return override
+    return Path(cfg.station.data_dir) if cfg.station.data_dir else default_data_dir()
+
+
+def models_dir_for(cfg: StationConfig) -> Path:
+    from station.models import default_models_dir
+
+    return Path(cfg.detector.models_dir) if cfg.detector.models_dir else default_models_dir()
+
+
+# -- builders: one per port, each picks the adapter the config names -------------------------------
+
+
+def build_detector(cfg: StationConfig) -> FaceDetector:
+    if cfg.detector.face == "haar":
+        from drivers.detect.haar import HaarFaceDetector
+
+        return HaarFaceDetector()
+    from drivers.detect.ultraface import UltraFaceDetector
+    from station.models import path_for
+
+    size = (320, 240) if cfg.detector.face == "ultraface-rfb-320" else (640, 480)
+    return UltraFaceDetector(
+        path_for(cfg.detector.face, models_dir_for(cfg)),
+        input_size=size,
+        score_threshold=cfg.detector.score_threshold,
+        threads=cfg.detector.threads,
+    )
+
+
+def build_reader(cfg: StationConfig) -> CodeReader:
+    from drivers.codes.pyzbar_reader import PyzbarReader
+
+    return PyzbarReader(max_side=cfg.codes.decode_max_side)
+
+
+def build_verifiers(cfg: StationConfig) -> list[CodeVerifier]:
+    from drivers.codes.local_claims import LocalClaimsVerifier
+
+    factories: dict[str, Callable[[], CodeVerifier]] = {
+        "local-claims": lambda: LocalClaimsVerifier(max_clock_skew_s=cfg.codes.max_clock_skew_s),
+    }
+    return [factories[name]() for name in cfg.codes.verifiers]
+
+
+def build_thermal(cfg: StationConfig) -> ThermalSource:
+    from drivers.thermal.gy_mcu90640 import GyMcu90640Source
+
+    t = cfg.thermal
+    return GyMcu90640Source(t.port, baud=t.baud or None, refresh_hz=float(t.refresh_hz), emissivity=t.emissivity)
+
+
+def build_camera(cfg: StationConfig) -> FrameSource:
+    from drivers.camera.opencv_camera import OpenCVCamera
+
+    c = cfg.camera
+    device: str | int = int(c.device) if c.device.isdigit() else c.device
+    return OpenCVCamera(device, width=c.width, height=c.height, fps=c.fps)
+
+
+def build_gate(cfg: StationConfig) -> GateOutput:
+    from drivers.gate.gpio_gate import GpioGate
+
+    g = cfg.gate
+    return GpioGate(
+        relay_pin=g.relay_pin,
+        buzzer_pin=g.buzzer_pin,
+        green_pin=g.green_pin,
+        red_pin=g.red_pin,
+        amber_pin=g.amber_pin,
+        open_s=g.open_s,
+        pin_factory=g.pin_factory,
+    )
+
+
+def calibration_for(cfg: StationConfig) -> ThermalCalibration:
+    t, s = cfg.thermal, cfg.screening
+    return ThermalCalibration(
+        registration=np.array(t.registration, dtype=np.float64),
+        offset_c=t.offset_c,
+        valid_min_c=s.valid_min_c,
+        valid_max_c=s.valid_max_c,
+        min_pixels=t.min_pixels,
+        roi_margin=t.roi_margin,
+    )
+
+
+def lane_for(cfg: StationConfig) -> ScreeningLane:
+    s = cfg.screening
+    settings = ScreeningSettings(
+        fever_threshold_c=s.fever_threshold_c,
+        min_face_px=s.min_face_px,
+        stable_samples=s.stable_samples,
+        max_sample_spread_c=s.max_sample_spread_c,
+        temperature_timeout_s=s.temperature_timeout_s,
+        code_timeout_s=s.code_timeout_s,
+        leave_after_s=s.leave_after_s,
+    )
+    policy = ScreeningPolicy(temperature=cfg.policy.temperature, yellow_code=Decision(cfg.policy.yellow_code))
+    return ScreeningLane(settings, policy, calibration_for(cfg))
+
+
+@dataclass
+class Injected:
+    """Adapters handed to the composition root instead of being built from config."""
+
+    thermal: ThermalSource | None = None
+    camera: FrameSource | None = None
+    gate: GateOutput | None = None
+    clock: Clock | None = None
+    extra_start: list[Any] = field(default_factory=list)  # started first, stopped last (emulators)
+
+
+class StationApp:
+    """Builds, starts and stops the whole station."""
+
+    def __init__(
+        self,
+        cfg: StationConfig,
+        data_dir: Path | None = None,
+        injected: Injected | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.data_dir = data_dir_for(cfg, data_dir)
+        self.injected = injected or Injected()
+        self.notifier = notifier or Notifier()
+        self.clock: Clock = self.injected.clock or SystemClock()
+        self.stop_requested = threading.Event()
+        self._stack: list[tuple[str, Callable[[], None]]] = []
+        self.pipeline: Pipeline | None = None
+        self.store: Any = None
+        self.pump: Any = None
+        self.publisher: Any = None
+        self.started_t: float | None = None
+        self.ready_t: float | None = None
+        self.warmup_ms: float | None = None
+        self.session: int | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / DB_NAME
+
+    def _push(self, name: str, stop: Callable[[], None]) -> None:
+        self._stack.append((name, stop))
+
+    def start(self) -> None:
+        """Start everything in order; on any failure, stop what was started and re-raise."""
+        self.started_t = self.clock.monotonic()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        from station.store import SqliteEventStore
+
+        cfg = self.cfg
+        for extra in self.injected.extra_start:
+            extra.start()
+            self._push(type(extra).__name__, extra.stop)
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = SqliteEventStore(self.db_path, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix)
+        self._push("store", self.store.close)
+        self.session = self.store.begin_session()
+        log.info("store open path=%s session=%s", self.db_path, self.session)
+
+        gate = self.injected.gate or build_gate(cfg)
+        gate.safe_state()
+        self._push("gate", gate.close)
+
+        self.notifier.status("loading models")
+        self.notifier.extend_timeout(60)
+        detector = build_detector(cfg)
+        self.warmup_ms = detector.warm_up()
+        log.info("detector warm detector=%s warmup_ms=%.1f", detector.name, self.warmup_ms)
+        reader = build_reader(cfg)
+        verifiers = build_verifiers(cfg)
+
+        self.notifier.status("opening thermal camera")
+        thermal = self.injected.thermal or build_thermal(cfg)
+        thermal.start()
+        self._push("thermal", thermal.stop)
+
+        camera = self.injected.camera or build_camera(cfg)
+        camera.start()
+        self._push("camera", camera.stop)
+
+        watchdog = WatchdogGate(self.notifier)
+        self.watchdog = watchdog
+        self.pipeline = Pipeline(
+            identity=StationIdentity(cfg.station.site, cfg.station.id, cfg.station.lane),
+            lane=lane_for(cfg),
+            thermal=thermal,
+            camera=camera,
+            detector=detector,
+            reader=reader,
+            verifiers=verifiers,
+            store=self.store,
+            gate=gate,
+            clock=self.clock,
+            settings=PipelineSettings(thermal_stale_s=cfg.screening.thermal_stale_s, command_ttl_s=cfg.gate.command_ttl_s),
+            on_progress=watchdog.progress,
+        )
+        self.pipeline.start()
+        self._push("pipeline", self.pipeline.stop)
+
+        if cfg.mqtt.url:
+            self._start_sync()
+
+        self._status_stop = threading.Event()
+        status_thread = threading.Thread(target=self._status_loop, name="station-status", daemon=True)
+        status_thread.start()
+
+        def stop_status() -> None:
+            self._status_stop.set()
+            status_thread.join(5.0)
+            clear_runtime_status(self.data_dir)
+
+        self._push("status", stop_status)
+
+        self.ready_t = self.clock.monotonic()
+        self.notifier.ready(status=f"screening site={cfg.station.site} station={cfg.station.id}")
+        log.info("station ready start_s=%.2f", self.ready_t - (self.started_t or self.ready_t))
+
+    def _start_sync(self) -> None:
+        from drivers.publish.mqtt import MqttPublisher
+        from station.sync import OutboxPump, status_payload, status_topic
+
+        cfg = self.cfg
+        topic = status_topic(cfg.mqtt.topic_prefix, cfg.station.site, cfg.station.id)
+        self.publisher = MqttPublisher(
+            cfg.mqtt.url,
+            client_id=f"checkpoint-{cfg.station.site}-{cfg.station.id}",
+            status_topic=topic,
+            will_payload=status_payload("offline", self.session or 0),
+            online_payload=status_payload("online", self.session or 0),
+            stopped_payload=status_payload("stopped", self.session or 0),
+        )
+        self.publisher.start()
+        self._push("mqtt", self.publisher.stop)
+        self.pump = OutboxPump(self.store, self.publisher)
+        self.pump.start()
+        self._push("outbox-pump", self.pump.stop)
+
+    def runtime_status(self) -> dict[str, Any]:
+        p = self.pipeline
+        return {
+            "site": self.cfg.station.site,
+            "station": self.cfg.station.id,
+            "session": self.session,
+            "lane_state": p.lane.state.value if p else None,
+            "pipeline": p.stats() if p else {},
+            "thermal": dict(p.thermal.stats()) if p else {},
+            "camera": dict(p.camera.stats()) if p else {},
+            "mqtt_connected": self.publisher.connected() if self.publisher else None,
+            "uptime_s": round(self.clock.monotonic() - (self.started_t or 0.0), 1),
+        }
+
+    def _status_loop(self) -> None:
+        while not self._status_stop.wait(STATUS_PERIOD_S if self.ready_t else 0.2):
+            try:
+                write_runtime_status(self.data_dir, self.runtime_status())
+            except OSError as exc:
+                log.warning("cannot write runtime status error=%s", exc)
+
+    def add_listener(self, fn: Callable[[Decided], None]) -> None:
+        assert self.pipeline is not None, "start() first"
+        self.pipeline.add_listener(fn)
+
+    def stop(self) -> None:
+        """Stop in reverse start order. Safe to call twice."""
+        if self._stack:
+            self.notifier.stopping()
+        while self._stack:
+            name, fn = self._stack.pop()
+            try:
+                fn()
+            except Exception:
+                log.exception("stop failed component=%s", name)
+
+    def run_forever(self, tick: Callable[[], None] | None = None) -> None:
+        """Block until SIGTERM/SIGINT (or ``stop_requested``), pinging the watchdog meanwhile."""
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("signal received signal=%s", signal.Signals(signum).name)
+            self.stop_requested.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        while not self.stop_requested.wait(0.2):
+            if self.pipeline is not None and self.pipeline.alive():
+                self.watchdog.maybe_ping(time.monotonic())
+            if tick is not None:
+                tick()

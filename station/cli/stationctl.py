@@ -1,0 +1,285 @@
+"""``stationctl``: the field technician's tool.
+
+Reads and edits the configuration (comments preserved, every edit validated before it is written,
+written atomically with a ``.bak``), and reads the station's state from its data directory.
+It imports no camera or model code, so it starts fast on a Pi.
+
+Exit codes: 0 ok, 1 the thing checked is not ok (invalid config, no daemon), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import tomlkit
+import tomlkit.items
+
+from station.config import ConfigError, StationConfig, get_dotted, load_config, validate_text
+
+DEFAULT_CONFIG = Path(os.environ.get("CHECKPOINT_CONFIG", "/etc/checkpoint/station.toml"))
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+class Ctx:
+    def __init__(self, config: Path, data_dir: Path | None) -> None:
+        self.config = config
+        self.data_dir_override = data_dir
+
+    def load(self) -> StationConfig:
+        try:
+            return load_config(self.config if self.config.exists() else None)
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(1)
+
+    def data_dir(self) -> Path:
+        from station.app import data_dir_for
+
+        return data_dir_for(self.load(), self.data_dir_override)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_CONFIG, show_default=True, help="station.toml (or $CHECKPOINT_CONFIG)")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Overrides station.data_dir")
+@click.pass_context
+def main(ctx: click.Context, config: Path, data_dir: Path | None) -> None:
+    """Checkpoint station technician CLI."""
+    ctx.obj = Ctx(config, data_dir)
+
+
+# -- config -----------------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Show, read, change and check the configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML")
+@click.pass_obj
+def config_show(obj: Ctx, as_json: bool) -> None:
+    """The effective configuration: defaults ← file ← environment."""
+    data = obj.load().model_dump(mode="json")
+    if as_json:
+        _echo_json(data)
+    else:
+        click.echo(tomlkit.dumps(data).rstrip())
+
+
+@config.command("get")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def config_get(obj: Ctx, key: str, as_json: bool) -> None:
+    """One setting, by dotted key (e.g. screening.fever_threshold_c)."""
+    try:
+        value = get_dotted(obj.load(), key)
+    except KeyError as exc:
+        click.echo(exc.args[0], err=True)
+        sys.exit(2)
+    if as_json:
+        _echo_json({"key": key, "value": value})
+    elif isinstance(value, (dict, list)):
+        click.echo(json.dumps(value, ensure_ascii=False))
+    else:
+        click.echo(value)
+
+
+def _parse_value(raw: str) -> Any:
+    """A TOML literal if it is one (37.5, true, [1, 2], "x"), otherwise the text itself."""
+    try:
+        return tomlkit.parse(f"v = {raw}")["v"]
+    except Exception:  # tomlkit raises several exception types for "not a literal"
+        return raw
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file, fsync, keep the old file as .bak, rename over: no half-written config."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if path.exists():
+        bak = path.with_name(path.name + ".bak")
+        bak.write_bytes(path.read_bytes())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.option("--dry-run", is_flag=True, help="Validate and show, do not write")
+@click.pass_obj
+def config_set(obj: Ctx, key: str, value: str, dry_run: bool) -> None:
+    """Change one setting in the config file, keeping its comments and layout."""
+    path = obj.config
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    doc = tomlkit.parse(text)
+    parts = key.split(".")
+    if len(parts) < 2:
+        click.echo(f"{key}: give section.key, e.g. screening.fever_threshold_c", err=True)
+        sys.exit(2)
+    node: Any = doc
+    for part in parts[:-1]:
+        if part not in node:
+            node[part] = tomlkit.table()
+        node = node[part]
+    old = node.get(parts[-1]) if hasattr(node, "get") else None
+    node[parts[-1]] = _parse_value(value)
+    new_text = tomlkit.dumps(doc)
+    problems = validate_text(new_text, path.name)
+    if problems:
+        click.echo("refused, the result would not be valid:", err=True)
+        for p in problems:
+            click.echo(f"  {p}", err=True)
+        sys.exit(1)
+    old_shown = old.unwrap() if isinstance(old, tomlkit.items.Item) else old
+    click.echo(f"{key}: {json.dumps(old_shown, default=str)} -> {json.dumps(node[parts[-1]].unwrap() if isinstance(node[parts[-1]], tomlkit.items.Item) else node[parts[-1]], default=str)}")
+    if dry_run:
+        return
+    atomic_write(path, new_text)
+
+
+@config.command("validate")
+@click.argument("file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def config_validate(obj: Ctx, file: Path | None, as_json: bool) -> None:
+    """Check a config file (default: --config). Exit 0 if valid, 1 if not."""
+    path = file or obj.config
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        click.echo(f"{path}: cannot read: {exc.strerror}", err=True)
+        sys.exit(1)
+    problems = validate_text(text, path.name)
+    if as_json:
+        _echo_json({"file": str(path), "valid": not problems, "problems": [{"where": p.where, "key": p.key, "value": None if p.value is None else repr(p.value), "message": p.message} for p in problems]})
+    elif problems:
+        for p in problems:
+            click.echo(str(p))
+    else:
+        click.echo(f"{path}: valid")
+    sys.exit(1 if problems else 0)
+
+
+# -- state ------------------------------------------------------------------------------------------
+
+
+def _open_store(obj: Ctx) -> Any:
+    from station.app import DB_NAME
+    from station.store import SqliteEventStore
+
+    cfg = obj.load()
+    db = obj.data_dir() / DB_NAME
+    if not db.exists():
+        click.echo(f"no event database at {db} (has the station run yet? see --data-dir)", err=True)
+        sys.exit(1)
+    return SqliteEventStore(db, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix)
+
+
+def _daemon_state(data_dir: Path) -> dict[str, Any]:
+    from station.runtime import read_runtime_status
+
+    return read_runtime_status(data_dir)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(obj: Ctx, as_json: bool) -> None:
+    """Daemon state, last decision, today's counts, outbox depth."""
+    cfg = obj.load()
+    data_dir = obj.data_dir()
+    daemon = _daemon_state(data_dir)
+    store = _open_store(obj)
+    try:
+        midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+        data = {
+            "station": {"site": cfg.station.site, "id": cfg.station.id, "lane": cfg.station.lane},
+            "daemon": daemon,
+            "data_dir": str(data_dir),
+            "today": store.counts(since_ts=midnight),
+            "last_event": store.last_event(),
+            "outbox": store.outbox_stats(),
+        }
+    finally:
+        store.close()
+    if as_json:
+        _echo_json(data)
+    else:
+        d = data["daemon"]
+        click.echo(f"station {cfg.station.site}/{cfg.station.id} ({cfg.station.lane})")
+        click.echo(f"daemon: {d.get('state')}" + (f", pid {d['pid']}, lane {d.get('lane_state')}" if d.get("pid") else ""))
+        click.echo(f"today: {data['today'] or 'no decisions'}")
+        last = data["last_event"]
+        if last:
+            click.echo(f"last: {_event_line(last)}")
+        ob = data["outbox"]
+        click.echo(f"outbox: {ob.get('pending')} pending, oldest {ob.get('oldest_age_s')} s, {ob.get('bytes')} bytes")
+    sys.exit(0 if daemon.get("state") == "running" else 1)
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("ts", 0)))
+    temp = e.get("temperature_c")
+    temp_s = f"{temp:.2f} °C" if isinstance(temp, (int, float)) else "--.-- °C"
+    total = (e.get("latency_ms") or {}).get("total")
+    return f"{ts} {e.get('decision'):<13s} {temp_s} code={e.get('code_colour') or (e.get('code') or {}).get('status') or 'none':<8s} {total} ms {e.get('reason')} {e.get('event_id')}"
+
+
+@main.group()
+def events() -> None:
+    """The local event log."""
+
+
+@events.command("tail")
+@click.option("-n", "count", type=click.IntRange(1, 10000), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events")
+@click.pass_obj
+def events_tail(obj: Ctx, count: int, as_json: bool, follow: bool) -> None:
+    """The newest events, oldest first."""
+    store = _open_store(obj)
+    try:
+        rows = store.tail(count)
+        last_id = 0
+        for row in rows:
+            _print_event(row, as_json)
+            last_id = max(last_id, row.get("_rowid", 0))
+        while follow:
+            time.sleep(0.5)
+            for row in store.events_since(last_id):
+                _print_event(row, as_json)
+                last_id = max(last_id, row.get("_rowid", 0))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+
+
+def _print_event(row: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, ensure_ascii=False))
+    else:
+        click.echo(_event_line(row))
+
+
+if __name__ == "__main__":
+    main()

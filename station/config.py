@@ -1,0 +1,395 @@
+"""The station's one configuration schema, and how files and the environment feed it.
+
+Layers, later wins: the schema's defaults (embedded here, documented with comments in
+``config/station.toml``) ← the config file ← override files (e.g. a machine-written
+``calibration.toml``) ← environment variables ``CHECKPOINT_<SECTION>__<KEY>=value``.
+
+Every model forbids unknown keys, so a typo is an error rather than a silently ignored setting.
+Errors name the key, where it was set (file and line, or the environment variable), the bad value
+and what is allowed — that is what a technician at a gate needs to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "CHECKPOINT_"
+
+# Visible 640×480 camera with 60° horizontal FOV, co-located with a 55°×35° 32×24 thermal module:
+# the default registration (visible pixel → thermal pixel). Replace it with a calibrated homography
+# (`stationctl calibrate thermal`) on site; parallax makes it exact only at the calibrated distance.
+DEFAULT_REGISTRATION: list[list[float]] = [
+    [0.055454, 0.0, -1.745273],
+    [0.0, 0.068667, -4.480090],
+    [0.0, 0.0, 1.0],
+]
+
+
+class Section(BaseModel):
+    # Numbers coerce to strings so CHECKPOINT_STATION__ID=42 works for a string field.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+class StationSection(Section):
+    site: str = Field("demo-site", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Site id used in MQTT topics")
+    id: str = Field("lane-1", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Station id, unique within the site")
+    lane: Literal["entry", "exit", "both"] = Field("entry", description="Which way this lane screens")
+    data_dir: str = Field("", description="Where the event database lives; empty = the per-user data directory")
+
+
+class ScreeningSection(Section):
+    fever_threshold_c: float = Field(37.3, ge=35.0, le=40.0, description="Core temperature at or above which a person has a fever")
+    valid_min_c: float = Field(34.0, ge=25.0, le=37.0, description="Lowest plausible core reading; lower is shown as invalid, never massaged")
+    valid_max_c: float = Field(42.0, ge=38.0, le=45.0, description="Highest plausible core reading")
+    min_face_px: int = Field(120, ge=20, le=2000, description="Face height in visible pixels at which a person is in the screening zone")
+    stable_samples: int = Field(2, ge=1, le=10, description="Consecutive thermal readings that must agree before one is used")
+    max_sample_spread_c: float = Field(0.7, gt=0.0, le=3.0, description="How far those readings may spread")
+    temperature_timeout_s: float = Field(3.0, gt=0.0, le=30.0, description="From face lock to a valid temperature, else retry")
+    code_timeout_s: float = Field(5.0, gt=0.0, le=60.0, description="From face lock to a judged health code, else retry")
+    leave_after_s: float = Field(0.8, gt=0.0, le=10.0, description="No face for this long means the person has left")
+    thermal_stale_s: float = Field(2.0, gt=0.0, le=30.0, description="No thermal frame for this long is a sensor fault")
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> ScreeningSection:
+        if not self.valid_min_c < self.fever_threshold_c < self.valid_max_c:
+            raise ValueError(
+                f"need valid_min_c < fever_threshold_c < valid_max_c, got "
+                f"{self.valid_min_c} / {self.fever_threshold_c} / {self.valid_max_c}"
+            )
+        return self
+
+
+class PolicySection(Section):
+    """Safety behaviour as named policies, each logged with every decision. There is no "open anyway"."""
+
+    temperature: Literal["hard", "soft"] = Field(
+        "hard", description="hard: fever → deny_fever, gate stays closed; soft: fever → manual_check, staff decide"
+    )
+    yellow_code: Literal["deny_code", "manual_check"] = Field("manual_check", description="What a valid yellow code leads to")
+
+
+class ThermalSection(Section):
+    driver: Literal["gy-mcu90640"] = "gy-mcu90640"
+    port: str = Field("/dev/ttyUSB0", description="Serial device; prefer a /dev/serial/by-id/… path")
+    baud: Literal[0, 9600, 115200, 460800] = Field(0, description="0 = probe 115200, 460800, 9600 in turn")
+    refresh_hz: Literal[0.5, 1, 2, 4, 8] = Field(4, description="Module refresh; 8 Hz needs 460800 baud")
+    emissivity: float = Field(0.98, ge=0.1, le=1.0, description="Human skin is 0.98")
+    offset_c: float = Field(1.1, ge=-5.0, le=5.0, description="Skin→core offset; calibrate on site")
+    min_pixels: int = Field(8, ge=1, le=768, description="Fewer thermal pixels on the face means too far")
+    roi_margin: float = Field(0.1, ge=0.0, le=0.4, description="Shrink the mapped face box by this fraction (parallax)")
+    registration: list[list[float]] = Field(
+        default_factory=lambda: [row[:] for row in DEFAULT_REGISTRATION],
+        description="3×3 homography from visible to thermal pixel coordinates",
+    )
+
+    @field_validator("registration")
+    @classmethod
+    def _three_by_three(cls, v: list[list[float]]) -> list[list[float]]:
+        if len(v) != 3 or any(len(row) != 3 for row in v):
+            raise ValueError("must be a 3×3 matrix (three rows of three numbers)")
+        return v
+
+    @model_validator(mode="after")
+    def _rate_fits_link(self) -> ThermalSection:
+        # A 1544-byte frame takes 134 ms at 115200 and 1.6 s at 9600: some rates cannot be carried.
+        limits = {9600: 0.5, 115200: 4, 460800: 8}
+        if self.baud and self.refresh_hz > limits[self.baud]:
+            raise ValueError(f"refresh_hz {self.refresh_hz} needs more than {self.baud} baud carries (max {limits[self.baud]} Hz)")
+        return self
+
+
+class CameraSection(Section):
+    driver: Literal["opencv"] = "opencv"
+    device: str = Field("/dev/video0", description="V4L2 device path, /dev/v4l/by-id/… path, or a video file")
+    width: int = Field(640, ge=160, le=3840)
+    height: int = Field(480, ge=120, le=2160)
+    fps: float = Field(15.0, gt=0.0, le=60.0)
+
+
+class DetectorSection(Section):
+    face: Literal["ultraface-rfb-320", "ultraface-rfb-640", "haar"] = "ultraface-rfb-320"
+    score_threshold: float = Field(0.7, gt=0.0, lt=1.0)
+    threads: int = Field(1, ge=1, le=8, description="onnxruntime intra-op threads per model")
+    models_dir: str = Field("", description="Empty = the models/ directory shipped with the station")
+
+
+class CodesSection(Section):
+    reader: Literal["pyzbar"] = "pyzbar"
+    verifiers: list[Literal["local-claims"]] = Field(default_factory=lambda: ["local-claims"], min_length=1)
+    max_clock_skew_s: float = Field(300.0, ge=0.0, le=86400.0)
+    decode_max_side: int = Field(640, ge=160, le=4096, description="Frames are downscaled to this before decoding")
+
+
+class GateSection(Section):
+    pin_factory: Literal["default", "mock"] = Field("default", description="mock: no GPIO on this machine")
+    relay_pin: int = Field(17, ge=0, le=53)
+    buzzer_pin: int = Field(27, ge=0, le=53)
+    green_pin: int = Field(22, ge=0, le=53)
+    red_pin: int = Field(23, ge=0, le=53)
+    amber_pin: int = Field(24, ge=0, le=53)
+    open_s: float = Field(1.5, gt=0.0, le=10.0)
+    command_ttl_s: float = Field(0.5, gt=0.0, le=5.0, description="A gate command older than this is refused")
+
+    @model_validator(mode="after")
+    def _distinct_pins(self) -> GateSection:
+        pins = [self.relay_pin, self.buzzer_pin, self.green_pin, self.red_pin, self.amber_pin]
+        if len(set(pins)) != len(pins):
+            raise ValueError(f"gate pins must be distinct, got {pins}")
+        return self
+
+
+class MqttSection(Section):
+    url: str = Field("", pattern=r"^$|^mqtts?://[^/\s]+(:\d+)?/?$", description="Empty = no broker: events wait in the outbox")
+    topic_prefix: str = Field("checkpoint/v1", pattern=r"^[A-Za-z0-9_/-]+$")
+
+
+class LoggingSection(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class StationConfig(Section):
+    station: StationSection = Field(default_factory=StationSection)
+    screening: ScreeningSection = Field(default_factory=ScreeningSection)
+    policy: PolicySection = Field(default_factory=PolicySection)
+    thermal: ThermalSection = Field(default_factory=ThermalSection)
+    camera: CameraSection = Field(default_factory=CameraSection)
+    detector: DetectorSection = Field(default_factory=DetectorSection)
+    codes: CodesSection = Field(default_factory=CodesSection)
+    gate: GateSection = Field(default_factory=GateSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and error reporting
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    key: str  # dotted path, e.g. "screening.fever_threshold_c"
+    value: Any
+    message: str
+    where: str  # "station.toml:12", "env CHECKPOINT_SCREENING__FEVER_THRESHOLD_C", or "defaults"
+
+    def __str__(self) -> str:
+        shown = "(missing)" if self.value is _MISSING else repr(self.value)
+        return f"{self.where}: {self.key} = {shown}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is not usable; ``problems`` says exactly why, one entry per key."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+_MISSING = object()
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are TOML literals when they parse as one (37.5, true, [1,2]), else strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The environment's settings as a nested dict, and which variable set each dotted key."""
+    data: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_env_value(raw)
+        origin[".".join(parts)] = f"env {name}"
+    return data, origin
+
+
+_TABLE_RE = re.compile(r"^\s*\[([A-Za-z0-9_.\-\s]+)\]\s*(#.*)?$")
+_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Map dotted keys to the 1-based line that sets them (tomllib reports no positions for values)."""
+    lines: dict[str, int] = {}
+    table = ""
+    for n, line in enumerate(text.splitlines(), start=1):
+        m = _TABLE_RE.match(line)
+        if m:
+            table = m.group(1).strip().replace(" ", "")
+            lines.setdefault(table, n)
+            continue
+        m = _KEY_RE.match(line)
+        if m:
+            key = f"{table}.{m.group(1)}" if table else m.group(1)
+            lines.setdefault(key, n)
+    return lines
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem("(file)", str(path), f"cannot read: {exc.strerror}", str(path))]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigProblem("(syntax)", _MISSING, f"TOML syntax error: {exc}", str(path))]) from exc
+    origin = {k: f"{path.name}:{n}" for k, n in key_lines(text).items()}
+    return data, origin
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = StationConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _field_for(loc: tuple[Any, ...]) -> Any:
+    model: type[BaseModel] = StationConfig
+    field = None
+    for part in loc:
+        if not isinstance(part, str):
+            break
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+    return field
+
+
+def _allowed_hint(loc: tuple[Any, ...]) -> str:
+    """What a field accepts, in words: its choices or its numeric range."""
+    field = _field_for(loc)
+    if field is None:
+        return ""
+    args = getattr(field.annotation, "__args__", None)
+    if getattr(field.annotation, "__origin__", None) is Literal and args:
+        return "one of " + ", ".join(repr(a) for a in args)
+    bounds = []
+    for m in field.metadata:
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                bounds.append(f"{sym} {v}")
+    kind = getattr(field.annotation, "__name__", str(field.annotation))
+    return f"{kind} {' and '.join(bounds)}" if bounds else kind
+
+
+def _lookup(data: Mapping[str, Any], loc: tuple[Any, ...]) -> Any:
+    node: Any = data
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return _MISSING
+    return node
+
+
+def problems_from(exc: ValidationError, data: Mapping[str, Any], origin: Mapping[str, str]) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = "unknown key" + (f"; did you mean '{guess[0]}'?" if guess else "")
+            if allowed:
+                msg += f" (allowed here: {', '.join(allowed)})"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        elif not err["type"].startswith(("literal_", "greater_", "less_", "string_pattern")):
+            hint = _allowed_hint(loc)
+            if hint:
+                msg += f" (allowed: {hint})"
+        where = "defaults"
+        for i in range(len(loc), 0, -1):
+            dotted = ".".join(str(p) for p in loc[:i])
+            if dotted in origin:
+                where = origin[dotted]
+                break
+        problems.append(ConfigProblem(key, _lookup(data, loc), msg, where))
+    return problems
+
+
+def load_config(
+    path: Path | str | None = None,
+    overrides: Iterable[Path | str] = (),
+    env: Mapping[str, str] | None = None,
+) -> StationConfig:
+    """Build the effective configuration; raises ``ConfigError`` listing every problem."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for p in ([path] if path else []) + list(overrides):
+        layer, layer_origin = _read_toml(Path(p))
+        data = _merge(data, layer)
+        origin.update(layer_origin)
+    layer, layer_origin = env_layer(env)
+    data = _merge(data, layer)
+    origin.update(layer_origin)
+    try:
+        return StationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from(exc, data, origin)) from None
+
+
+def validate_text(text: str, name: str = "station.toml") -> list[ConfigProblem]:
+    """Problems in one TOML document on its own (no environment), for ``stationctl config``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return [ConfigProblem("(syntax)", _MISSING, f"TOML syntax error: {exc}", name)]
+    origin = {k: f"{name}:{n}" for k, n in key_lines(text).items()}
+    try:
+        StationConfig.model_validate(data)
+    except ValidationError as exc:
+        return problems_from(exc, data, origin)
+    return []
+
+
+def get_dotted(cfg: StationConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, BaseModel) or part not in type(node).model_fields:
+            allowed = list(type(node).model_fields) if isinstance(node, BaseModel) else []
+            raise KeyError(f"no setting '{key}'" + (f" (allowed at this level: {', '.join(allowed)})" if allowed else ""))
+        node = getattr(node, part)
+    return node.model_dump(mode="json") if isinstance(node, BaseModel) else node

@@ -1,0 +1,18 @@
+"""What the gate does for each decision. The relay is energised for ``pass`` and nothing else."""
+
+from __future__ import annotations
+
+from station.domain.model import Decision, GateAction, GateCommand
+
+ACTION_FOR: dict[Decision, GateAction] = {
+    Decision.PASS: GateAction.OPEN,
+    Decision.DENY_FEVER: GateAction.ALARM,  # keep closed, sound the alarm, staff do a clinical check
+    Decision.DENY_CODE: GateAction.HOLD,
+    Decision.RETRY: GateAction.RETRY,
+    Decision.MANUAL_CHECK: GateAction.HOLD,  # staff come over; the barrier stays closed meanwhile
+}
+
+
+def gate_command_for(event_id: str, decision: Decision, issued_t: float, ttl_s: float) -> GateCommand:
+    """A command valid for ``ttl_s`` after the decision: a late command must never open the gate."""
+    return GateCommand(event_id, ACTION_FOR[decision], decision, issued_t, issued_t + ttl_s)

@@ -1,0 +1,288 @@
+"""The screening state machine of one lane: pure, deterministic, driven by observations.
+
+A person enters the zone (a face at least ``min_face_px`` tall) → the face is locked → thermal
+readings are taken on that face until ``stable_samples`` agree → a health code is read and judged →
+one decision. Fever decides at once (no code needed); a missing stage decides ``retry`` when its
+timeout passes, so a slow stage can never stall the lane. After a decision the lane waits for the
+person to leave (no face for ``leave_after_s``) before screening anyone again: one screening per
+person, however long they stand there.
+
+No I/O and no clocks here: every input carries its own monotonic timestamp and ``tick(now)`` drives
+timeouts, so tests replay recorded observations and get the same decisions every time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from statistics import median
+from typing import Any
+
+from station.domain.model import (
+    CodeColour,
+    CodeObservation,
+    CodeStatus,
+    Decision,
+    FaceDetection,
+    FaceObservation,
+    TemperatureMeasurement,
+    ThermalFrame,
+)
+from station.domain.thermal import MeasureState, ThermalCalibration, measure_face
+
+
+class LaneState(StrEnum):
+    IDLE = "idle"  # nobody in the zone
+    SCREENING = "screening"  # a person is being screened
+    DECIDED = "decided"  # decision made; waiting for that person to leave
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningSettings:
+    fever_threshold_c: float = 37.3
+    min_face_px: int = 120
+    stable_samples: int = 2
+    max_sample_spread_c: float = 0.7
+    temperature_timeout_s: float = 3.0
+    code_timeout_s: float = 5.0
+    leave_after_s: float = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningPolicy:
+    """Named safety policies. Each applies to one check and is recorded with every decision."""
+
+    temperature: str = "hard"  # hard: fever → deny_fever; soft: fever → manual_check
+    yellow_code: Decision = Decision.MANUAL_CHECK
+
+    def as_record(self) -> dict[str, str]:
+        return {"temperature": self.temperature, "yellow_code": self.yellow_code.value}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A completed screening as the domain sees it; the pipeline adds ids and wall time."""
+
+    decision: Decision
+    reason: str
+    alarm: bool
+    stage_t: dict[str, float]
+    temperature_c: float | None
+    temperature: dict[str, Any]
+    code_colour: CodeColour | None
+    code: dict[str, Any]
+    face: dict[str, Any]
+    compute_ms: dict[str, float]
+    policy: dict[str, str]
+
+    def latency_ms(self) -> dict[str, float]:
+        """Milliseconds from entering the zone to each stage reached, plus compute figures."""
+        enter = self.stage_t["enter"]
+        out = {k: round((t - enter) * 1000.0, 1) for k, t in self.stage_t.items() if k != "enter"}
+        out["total"] = out["decision"]
+        out.update({k: round(v, 2) for k, v in self.compute_ms.items()})
+        return out
+
+
+@dataclass(slots=True)
+class _Screening:
+    enter_t: float
+    face_t: float
+    face: FaceDetection
+    frame_size: tuple[int, int]
+    detect_ms: float
+    samples: list[TemperatureMeasurement] = field(default_factory=list)
+    last_measure_state: str = ""
+    measure_states: dict[str, int] = field(default_factory=dict)
+    temperature: TemperatureMeasurement | None = None
+    temperature_c: float | None = None
+    temperature_t: float | None = None
+    code: CodeObservation | None = None
+    code_t: float | None = None
+    invalid_code: CodeObservation | None = None
+
+
+class ScreeningLane:
+    """One lane's state machine. Feed it observations; it returns verdicts when a screening ends."""
+
+    def __init__(
+        self,
+        settings: ScreeningSettings,
+        policy: ScreeningPolicy,
+        calibration: ThermalCalibration,
+        on_verdict: Callable[[Verdict], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.calibration = calibration
+        self.state = LaneState.IDLE
+        self._current: _Screening | None = None
+        self._last_face_t: float | None = None
+        self._on_verdict = on_verdict
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def on_faces(self, obs: FaceObservation) -> Verdict | None:
+        in_zone = [f for f in obs.faces if f.box.height >= self.settings.min_face_px]
+        if not in_zone:
+            return self.tick(obs.done_t)
+        face = max(in_zone, key=lambda f: f.box.area)  # the person at the gate is the nearest
+        self._last_face_t = obs.captured_t
+        if self.state is LaneState.IDLE:
+            self.state = LaneState.SCREENING
+            self._current = _Screening(
+                enter_t=obs.captured_t,
+                face_t=obs.done_t,
+                face=face,
+                frame_size=obs.frame_size,
+                detect_ms=obs.detect_ms,
+            )
+        elif self.state is LaneState.SCREENING and self._current is not None:
+            self._current.face = face
+        return self.tick(obs.done_t)
+
+    def on_thermal(self, frame: ThermalFrame) -> Verdict | None:
+        """Measure the locked face in ``frame`` (if someone is being screened)."""
+        if self.state is not LaneState.SCREENING or self._current is None:
+            return None
+        m = measure_face(frame, self._current.face.box, self.calibration)
+        return self.on_temperature(m)
+
+    def on_temperature(self, m: TemperatureMeasurement) -> Verdict | None:
+        s = self._current
+        if self.state is not LaneState.SCREENING or s is None:
+            return None
+        s.last_measure_state = m.state
+        s.measure_states[m.state] = s.measure_states.get(m.state, 0) + 1
+        if m.state == MeasureState.SENSOR_FAULT:
+            return self._decide(Decision.MANUAL_CHECK, "sensor_fault", m.t, alarm=False)
+        if s.temperature_c is None:
+            if m.state == MeasureState.MEASURED and m.core_c is not None:
+                s.samples.append(m)
+                window = s.samples[-self.settings.stable_samples :]
+                values = [x.core_c for x in window if x.core_c is not None]
+                if len(values) >= self.settings.stable_samples and max(values) - min(values) <= self.settings.max_sample_spread_c:
+                    s.temperature = window[-1]
+                    s.temperature_c = round(median(values), 2)
+                    s.temperature_t = m.t
+            else:
+                # A frame that cannot be measured breaks the run: agreement must be consecutive.
+                s.samples.clear()
+        return self._evaluate(m.t)
+
+    def on_code(self, obs: CodeObservation) -> Verdict | None:
+        s = self._current
+        if self.state is not LaneState.SCREENING or s is None:
+            return None
+        if obs.verdict.status is CodeStatus.INVALID:
+            # Someone showed the wrong QR (a payment code, a screenshot fragment): keep waiting for a
+            # good one, but remember why this one was refused.
+            s.invalid_code = obs
+        elif s.code is None:
+            s.code = obs
+            s.code_t = obs.done_t
+        return self._evaluate(obs.done_t)
+
+    def tick(self, now: float) -> Verdict | None:
+        """Advance timeouts to ``now``."""
+        st = self.settings
+        if self.state is LaneState.DECIDED:
+            if self._last_face_t is None or now - self._last_face_t >= st.leave_after_s:
+                self.state = LaneState.IDLE
+                self._current = None
+            return None
+        if self.state is not LaneState.SCREENING or self._current is None:
+            return None
+        s = self._current
+        if self._last_face_t is not None and now - self._last_face_t >= st.leave_after_s:
+            return self._decide(Decision.RETRY, "left_before_decision", now, alarm=False, person_left=True)
+        return self._evaluate(now)
+
+    # -- decisions ------------------------------------------------------------------------------
+    def _evaluate(self, now: float) -> Verdict | None:
+        s = self._current
+        if s is None:
+            return None
+        st = self.settings
+        if s.temperature_c is not None and s.temperature_c >= st.fever_threshold_c:
+            if self.policy.temperature == "hard":
+                return self._decide(Decision.DENY_FEVER, "fever", now, alarm=True)
+            return self._decide(Decision.MANUAL_CHECK, "fever_soft_policy", now, alarm=True)
+        if s.temperature_c is None:
+            if now - s.face_t >= st.temperature_timeout_s:
+                why = s.last_measure_state or "no_thermal_frame"
+                return self._decide(Decision.RETRY, f"no_valid_temperature:{why}", now, alarm=False)
+            return None
+        # Temperature is normal from here on.
+        if s.code is not None:
+            v = s.code.verdict
+            if v.status is CodeStatus.VALID:
+                if v.colour is CodeColour.GREEN:
+                    return self._decide(Decision.PASS, "ok", now, alarm=False)
+                if v.colour is CodeColour.RED:
+                    return self._decide(Decision.DENY_CODE, "code_red", now, alarm=False)
+                return self._decide(self.policy.yellow_code, "code_yellow", now, alarm=False)
+            if v.status is CodeStatus.EXPIRED:
+                return self._decide(Decision.DENY_CODE, f"code_expired:{v.reason}", now, alarm=False)
+            return self._decide(Decision.MANUAL_CHECK, f"code_unverifiable:{v.reason}", now, alarm=False)
+        if now - s.face_t >= st.code_timeout_s:
+            if s.invalid_code is not None:
+                return self._decide(
+                    Decision.MANUAL_CHECK, f"code_invalid:{s.invalid_code.verdict.reason}", now, alarm=False
+                )
+            return self._decide(Decision.RETRY, "no_code", now, alarm=False)
+        return None
+
+    def _decide(self, decision: Decision, reason: str, now: float, alarm: bool, person_left: bool = False) -> Verdict:
+        s = self._current
+        assert s is not None
+        stage_t: dict[str, float] = {"enter": s.enter_t, "face": s.face_t}
+        if s.temperature_t is not None:
+            stage_t["temperature"] = s.temperature_t
+        code_obs = s.code or s.invalid_code
+        if code_obs is not None:
+            stage_t["code"] = code_obs.done_t
+        stage_t["decision"] = max(now, *stage_t.values())
+        compute = {"detect_ms": s.detect_ms}
+        if code_obs is not None:
+            compute["decode_ms"] = code_obs.decode_ms
+        t = s.temperature
+        temperature: dict[str, Any] = {
+            "state": MeasureState.MEASURED if s.temperature_c is not None else (s.last_measure_state or "none"),
+            "samples": [x.core_c for x in s.samples[-self.settings.stable_samples :]] if s.temperature_c is not None else [],
+            "frames_by_state": dict(s.measure_states),
+            "calibration": self.calibration.version,
+        }
+        if t is not None:
+            temperature.update({"skin_c": t.skin_c, "terms": t.terms, "n_pixels": t.n_pixels, "thermal_seq": t.thermal_seq})
+        code: dict[str, Any] = {"status": None}
+        if code_obs is not None:
+            v = code_obs.verdict
+            code = {
+                "status": v.status.value,
+                "reason": v.reason,
+                "source": v.source,
+                "decoder": code_obs.decoder,
+                "subject_ref": v.subject_ref,
+            }
+        verdict = Verdict(
+            decision=decision,
+            reason=reason,
+            alarm=alarm,
+            stage_t=stage_t,
+            temperature_c=s.temperature_c,
+            temperature=temperature,
+            code_colour=(code_obs.verdict.colour if code_obs is not None and code_obs.verdict.status is CodeStatus.VALID else None),
+            code=code,
+            face={"box": s.face.box.as_list(), "score": round(s.face.score, 3), "frame_size": list(s.frame_size)},
+            compute_ms=compute,
+            policy=self.policy.as_record(),
+        )
+        if person_left:
+            self.state = LaneState.IDLE
+            self._current = None
+        else:
+            self.state = LaneState.DECIDED
+        if self._on_verdict is not None:
+            self._on_verdict(verdict)
+        return verdict

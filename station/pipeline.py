@@ -1,0 +1,356 @@
+"""The 1-second path: sensors → observations → the lane's state machine → record → gate.
+
+Threads, each with one job, connected by bounded hand-offs:
+
+- camera: reads frames into two one-item "latest" slots (face, code). A frame nobody took before the
+  next one arrived is dropped and counted — detection always works on the newest picture, so a slow
+  stage costs frames, never latency.
+- face: detects faces on the newest frame → ``FaceObservation``.
+- code: while someone is being screened, decodes and verifies codes on the newest frame. zbar can
+  take seconds on a bad image; the lane does not wait for it — its code timeout turns a slow decode
+  into ``retry``.
+- thermal: reads whole frames from the thermal source.
+- lane: the only thread that touches the state machine; consumes observations from a bounded inbox
+  and drives timeouts.
+- executor: writes each decision (event + outbox, one transaction) and only then commands the gate,
+  with a deadline: a command that waited too long (slow disk) is refused by the gate.
+
+Nothing on the lane thread touches disk or network.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from station.domain.model import (
+    CodeObservation,
+    CodeStatus,
+    CodeVerdict,
+    FaceObservation,
+    GateCommand,
+    GateResult,
+    ScreeningEvent,
+    TemperatureMeasurement,
+    ThermalFrame,
+    VisibleFrame,
+)
+from station.domain.screening import LaneState, ScreeningLane, Verdict
+from station.domain.thermal import MeasureState
+from station.domain.gate import gate_command_for
+from station.ports import Clock, CodeReader, CodeVerifier, EventStore, FaceDetector, FrameSource, GateOutput, ThermalSource
+
+log = logging.getLogger("station.pipeline")
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    """A one-item mailbox that keeps only the newest item and counts what it overwrote."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: T) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.dropped += 1
+            self._item = item
+            self._cond.notify()
+
+    def take(self, timeout: float) -> T | None:
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass(frozen=True, slots=True)
+class StationIdentity:
+    site: str
+    station_id: str
+    lane: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What listeners (the demo printer, the UI, the scene) hear after the gate acted."""
+
+    event: ScreeningEvent
+    gate: GateResult
+    stored_ms: float  # decision → event durably written
+    gate_ms: float  # decision → gate command carried out (or refused)
+
+
+@dataclass(slots=True)
+class PipelineSettings:
+    thermal_stale_s: float = 2.0
+    command_ttl_s: float = 0.5
+    inbox_size: int = 256
+    code_repeat_s: float = 1.0  # the same payload is judged again at most this often
+
+
+@dataclass(slots=True)
+class _Counters:
+    values: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.values[key] += n
+
+
+class Pipeline:
+    """Runs one lane. Start after the adapters are started; stop before they are stopped."""
+
+    def __init__(
+        self,
+        *,
+        identity: StationIdentity,
+        lane: ScreeningLane,
+        thermal: ThermalSource,
+        camera: FrameSource,
+        detector: FaceDetector,
+        reader: CodeReader,
+        verifiers: list[CodeVerifier],
+        store: EventStore,
+        gate: GateOutput,
+        clock: Clock,
+        settings: PipelineSettings | None = None,
+        on_progress: Callable[[], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.lane = lane
+        self.thermal = thermal
+        self.camera = camera
+        self.detector = detector
+        self.reader = reader
+        self.verifiers = verifiers
+        self.store = store
+        self.gate = gate
+        self.clock = clock
+        self.settings = settings or PipelineSettings()
+        self._on_progress = on_progress
+        self._listeners: list[Callable[[Decided], None]] = []
+        self._stop = threading.Event()
+        self._face_slot: LatestSlot[VisibleFrame] = LatestSlot()
+        self._code_slot: LatestSlot[VisibleFrame] = LatestSlot()
+        self._inbox: queue.Queue[Any] = queue.Queue(maxsize=self.settings.inbox_size)
+        self._decisions: queue.Queue[Verdict | None] = queue.Queue(maxsize=64)
+        self._threads: list[threading.Thread] = []
+        self.counters = _Counters()
+        self._last_thermal_t = clock.monotonic()
+        self._last_code: tuple[bytes, float] | None = None
+        self.last_decided: Decided | None = None
+
+    def add_listener(self, fn: Callable[[Decided], None]) -> None:
+        self._listeners.append(fn)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._last_thermal_t = self.clock.monotonic()
+        for name, target in (
+            ("executor", self._executor_loop),
+            ("lane", self._lane_loop),
+            ("thermal", self._thermal_loop),
+            ("face", self._face_loop),
+            ("code", self._code_loop),
+            ("camera", self._camera_loop),
+        ):
+            t = threading.Thread(target=self._guard(name, target), name=f"station-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop producers first, then let the lane and executor finish what they hold."""
+        self._stop.set()
+        self._face_slot.close()
+        self._code_slot.close()
+        for t in reversed(self._threads):
+            if t.name == "station-executor":
+                self._decisions.put(None)
+            t.join(timeout)
+            if t.is_alive():
+                log.error("thread did not stop thread=%s", t.name)
+        self._threads.clear()
+
+    def alive(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def _guard(self, name: str, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except Exception:
+                # A dead stage thread must be loud: the watchdog stops pinging and systemd restarts us.
+                log.exception("pipeline thread crashed thread=%s", name)
+                self.counters.add(f"crashed_{name}")
+
+        return run
+
+    # -- producers --------------------------------------------------------------------------------
+    def _camera_loop(self) -> None:
+        while not self._stop.is_set():
+            frame = self.camera.read(timeout=0.5)
+            if frame is None:
+                continue
+            self.counters.add("frames")
+            self._face_slot.put(frame)
+            self._code_slot.put(frame)
+
+    def _face_loop(self) -> None:
+        while not self._stop.is_set():
+            frame = self._face_slot.take(timeout=0.5)
+            if frame is None:
+                continue
+            t0 = self.clock.monotonic()
+            faces = self.detector.detect(frame.image)
+            done = self.clock.monotonic()
+            h, w = frame.image.shape[:2]
+            self._offer(FaceObservation(frame.seq, frame.t, done, tuple(faces), (w, h), (done - t0) * 1000.0))
+
+    def _code_loop(self) -> None:
+        while not self._stop.is_set():
+            frame = self._code_slot.take(timeout=0.5)
+            if frame is None or self.lane.state is not LaneState.SCREENING:
+                continue
+            t0 = self.clock.monotonic()
+            codes = self.reader.decode(frame.image)
+            decode_ms = (self.clock.monotonic() - t0) * 1000.0
+            self.counters.add("decodes")
+            for code in codes:
+                now = self.clock.monotonic()
+                if self._last_code and self._last_code[0] == code.payload and now - self._last_code[1] < self.settings.code_repeat_s:
+                    continue  # the same code still held up: already judged
+                self._last_code = (code.payload, now)
+                verdict = self._judge(code.payload)
+                self.counters.add(f"codes_{verdict.status.value}")
+                self._offer(CodeObservation(frame.seq, frame.t, self.clock.monotonic(), verdict, decode_ms, code.decoder))
+
+    def _judge(self, payload: bytes) -> CodeVerdict:
+        """Ask each configured verifier in order; the first that recognises the format decides."""
+        verdict: CodeVerdict | None = None
+        for verifier in self.verifiers:
+            verdict = verifier.verify(payload, self.clock.wall())
+            if not (verdict.status is CodeStatus.INVALID and verdict.reason == "unknown_format"):
+                return verdict
+        assert verdict is not None
+        return verdict
+
+    def _thermal_loop(self) -> None:
+        while not self._stop.is_set():
+            frame = self.thermal.read_frame(timeout=0.5)
+            if frame is not None:
+                self._offer(frame)
+
+    def _offer(self, item: Any) -> None:
+        try:
+            self._inbox.put_nowait(item)
+        except queue.Full:
+            self.counters.add("inbox_dropped")
+
+    # -- the lane ---------------------------------------------------------------------------------
+    def _lane_loop(self) -> None:
+        lane = self.lane
+        while not self._stop.is_set():
+            try:
+                item = self._inbox.get(timeout=0.05)
+            except queue.Empty:
+                item = None
+            now = self.clock.monotonic()
+            verdict: Verdict | None
+            if isinstance(item, FaceObservation):
+                verdict = lane.on_faces(item)
+            elif isinstance(item, ThermalFrame):
+                self._last_thermal_t = max(self._last_thermal_t, item.t)
+                verdict = lane.on_thermal(item)
+            elif isinstance(item, CodeObservation):
+                verdict = lane.on_code(item)
+            elif lane.state is LaneState.SCREENING and now - self._last_thermal_t > self.settings.thermal_stale_s:
+                verdict = lane.on_temperature(TemperatureMeasurement(MeasureState.SENSOR_FAULT, now))
+            else:
+                verdict = lane.tick(now)
+            if verdict is not None:
+                self.counters.add(f"decision_{verdict.decision.value}")
+                self._decisions.put(verdict)
+            if self._on_progress is not None:
+                self._on_progress()
+
+    # -- record, then act -------------------------------------------------------------------------
+    def _executor_loop(self) -> None:
+        while True:
+            verdict = self._decisions.get()
+            if verdict is None:
+                return
+            self._carry_out(verdict)
+
+    def _carry_out(self, verdict: Verdict) -> None:
+        decided_t = verdict.stage_t["decision"]
+        event = ScreeningEvent(
+            event_id=uuid.uuid4().hex,
+            station_id=self.identity.station_id,
+            site=self.identity.site,
+            lane=self.identity.lane,
+            decision=verdict.decision,
+            reason=verdict.reason,
+            alarm=verdict.alarm,
+            wall_ts=self.clock.wall(),
+            temperature_c=verdict.temperature_c,
+            temperature=verdict.temperature,
+            code_colour=verdict.code_colour,
+            code=verdict.code,
+            face=verdict.face,
+            stage_t={k: round(v, 6) for k, v in verdict.stage_t.items()},
+            latency_ms=verdict.latency_ms(),
+            policy=verdict.policy,
+            clock_synced=self.clock.synced(),
+        )
+        # The record is durable before the gate moves: a crash here leaves an event without a gate
+        # action (safe: the barrier stays closed), never a gate action without its event.
+        self.store.record(event)
+        stored_t = self.clock.monotonic()
+        command: GateCommand = gate_command_for(event.event_id, verdict.decision, decided_t, self.settings.command_ttl_s)
+        result = self.gate.execute(command, self.clock.monotonic())
+        gate_t = self.clock.monotonic()
+        if not result.executed:
+            log.warning("gate command not carried out event_id=%s action=%s reason=%s", event.event_id, command.action, result.reason)
+        self.store.record_gate_result(result)
+        decided = Decided(event, result, round((stored_t - decided_t) * 1000.0, 2), round((gate_t - decided_t) * 1000.0, 2))
+        self.last_decided = decided
+        log.info(
+            "decision event_id=%s decision=%s reason=%s temperature_c=%s code=%s total_ms=%s",
+            event.event_id,
+            event.decision.value,
+            event.reason,
+            event.temperature_c,
+            event.code_colour.value if event.code_colour else None,
+            event.latency_ms.get("total"),
+        )
+        for fn in self._listeners:
+            try:
+                fn(decided)
+            except Exception:
+                log.exception("decision listener failed listener=%r", fn)
+
+    def stats(self) -> dict[str, Any]:
+        with self.counters.lock:
+            out: dict[str, Any] = dict(self.counters.values)
+        out["face_frames_dropped"] = self._face_slot.dropped
+        out["code_frames_dropped"] = self._code_slot.dropped
+        out["lane_state"] = self.lane.state.value
+        return out
