@@ -106,7 +106,7 @@ def build_camera(cfg: StationConfig) -> FrameSource:
     return OpenCVCamera(device, width=c.width, height=c.height, fps=c.fps)
 
 
-def build_gate(cfg: StationConfig) -> GateOutput:
+def build_gate(cfg: StationConfig, clock: Clock) -> GateOutput:
     from drivers.gate.gpio_gate import GpioGate
 
     g = cfg.gate
@@ -117,7 +117,9 @@ def build_gate(cfg: StationConfig) -> GateOutput:
         red_pin=g.red_pin,
         amber_pin=g.amber_pin,
         open_s=g.open_s,
+        alarm_s=g.alarm_s,
         pin_factory=g.pin_factory,
+        clock=clock.monotonic,
     )
 
 
@@ -215,7 +217,7 @@ class StationApp:
         self.session = self.store.begin_session()
         log.info("store open path=%s session=%s", self.db_path, self.session)
 
-        gate = self.injected.gate or build_gate(cfg)
+        gate = self.injected.gate or build_gate(cfg, self.clock)
         gate.safe_state()
         self._push("gate", gate.close)
 

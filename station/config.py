@@ -136,7 +136,8 @@ class GateSection(Section):
     green_pin: int = Field(22, ge=0, le=53)
     red_pin: int = Field(23, ge=0, le=53)
     amber_pin: int = Field(24, ge=0, le=53)
-    open_s: float = Field(1.5, gt=0.0, le=10.0)
+    open_s: float = Field(1.5, gt=0.0, le=10.0, description="Barrier release time for pass")
+    alarm_s: float = Field(3.0, gt=0.0, le=60.0, description="How long the fever alarm sounds")
     command_ttl_s: float = Field(0.5, gt=0.0, le=5.0, description="A gate command older than this is refused")
 
     @model_validator(mode="after")

@@ -324,7 +324,7 @@ class Pipeline:
         # action (safe: the barrier stays closed), never a gate action without its event.
         self.store.record(event)
         stored_t = self.clock.monotonic()
-        command: GateCommand = gate_command_for(event.event_id, verdict.decision, decided_t, self.settings.command_ttl_s)
+        command: GateCommand = gate_command_for(event.event_id, verdict.decision, decided_t, self.settings.command_ttl_s, verdict.alarm)
         result = self.gate.execute(command, self.clock.monotonic())
         gate_t = self.clock.monotonic()
         if not result.executed:

@@ -13,6 +13,11 @@ ACTION_FOR: dict[Decision, GateAction] = {
 }
 
 
-def gate_command_for(event_id: str, decision: Decision, issued_t: float, ttl_s: float) -> GateCommand:
-    """A command valid for ``ttl_s`` after the decision: a late command must never open the gate."""
-    return GateCommand(event_id, ACTION_FOR[decision], decision, issued_t, issued_t + ttl_s)
+def gate_command_for(event_id: str, decision: Decision, issued_t: float, ttl_s: float, alarm: bool = False) -> GateCommand:
+    """A command valid for ``ttl_s`` after the decision: a late command must never open the gate.
+
+    An alarm (a fever under the soft policy is ``manual_check`` with an alarm) sounds the alarm
+    whatever the decision; it never opens the barrier.
+    """
+    action = GateAction.ALARM if alarm and decision is not Decision.PASS else ACTION_FOR[decision]
+    return GateCommand(event_id, action, decision, issued_t, issued_t + ttl_s)

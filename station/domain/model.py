@@ -234,5 +234,5 @@ class GateResult:
     event_id: str
     action: GateAction
     executed: bool
-    reason: str  # "ok", "expired", "fault: …"
+    reason: str  # "ok", "expired", "rejected: …" (command inconsistent with its decision), "fault: …"
     t: float

@@ -1,0 +1,625 @@
+"""The station's durable local log: screenings, gate actions and the transactional MQTT outbox.
+
+One SQLite file holds everything, so a screening and the messages that announce it are written in
+**one transaction**: after a crash or power cut either both exist or neither does, and the outbox
+pump (``station.sync``) can deliver what is in the table without ever consulting another store.
+
+Design points, each answering a failure seen in the field (``architecture.md`` §1.4, §2.6):
+
+* ``journal_mode=WAL`` so readers (the kiosk page, ``stationctl``) never block the writer, and
+  ``synchronous=FULL`` so a transaction is on the medium when ``COMMIT`` returns. In WAL mode
+  ``NORMAL`` only syncs at checkpoints; the most recent commits can roll back after a power cut.
+  The gate acts only after :meth:`SqliteEventStore.record` returns, so the record must survive
+  a power cut that happens one millisecond later.
+* One connection, one lock: every statement runs under :attr:`SqliteEventStore._lock`, which makes
+  the store safe to share between the pipeline, the outbox pump and the web UI, and removes
+  ``database is locked`` from the writer's path entirely.
+* ``BEGIN IMMEDIATE`` for every write so the write lock is taken up front; a reader in another
+  process (``stationctl``) can never make a commit fail half-way.
+* The schema is versioned with ``PRAGMA user_version`` and an ordered list of migrations; an older
+  file is copied aside (``<db>.pre-v<N>.bak``, via the SQLite backup API) before it is migrated,
+  and a file written by a newer release is refused rather than guessed at.
+* ``seq`` (per station, never reused) and ``session`` (one per daemon start) live in ``meta`` and
+  go into every payload, so the back end can detect gaps and restarts (Sparkplug's ``seq``/``bdSeq``).
+* Rows leave the outbox only when the broker acknowledged them (PUBACK): delivery is at-least-once
+  and consumers de-duplicate by ``msg_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from station.domain.model import GateResult, ScreeningEvent
+
+log = logging.getLogger("station.store")
+
+PAYLOAD_SCHEMA = 1
+"""Version of the JSON envelope published for each outbox row (the ``schema`` key)."""
+
+PRIORITY_ALARM = 0
+"""Outbox priority of alarm messages. Priorities 0-1 are exempt from any capacity policy."""
+
+PRIORITY_EVENT = 5
+"""Outbox priority of ordinary screening messages."""
+
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(Exception):
+    """The event store cannot be used as asked."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer release than this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One message waiting to be delivered, as the outbox pump sees it."""
+
+    id: int
+    msg_id: str
+    topic: str
+    payload: bytes
+    qos: int
+    priority: int
+    created_at: int  # unix milliseconds (the wall clock may be unsynchronised: no RTC on a Pi)
+    attempts: int
+
+
+# --------------------------------------------------------------------------------------------
+# Schema migrations. Each function moves the schema from version i to i + 1 and runs inside the
+# transaction that also sets ``user_version``; never edit one that has shipped, append a new one.
+# --------------------------------------------------------------------------------------------
+
+
+def _migrate_v1(db: Database) -> None:
+    """Initial schema: events, outbox, gate actions, meta counters."""
+    statements = [
+        """
+        CREATE TABLE events (
+          id            INTEGER PRIMARY KEY,
+          event_id      TEXT NOT NULL UNIQUE,
+          ts            REAL NOT NULL,              -- unix time of the decision
+          decision      TEXT NOT NULL,
+          reason        TEXT NOT NULL,
+          alarm         INTEGER NOT NULL,
+          temperature_c REAL,
+          code_colour   TEXT,
+          lane          TEXT NOT NULL,
+          record        TEXT NOT NULL,              -- JSON of ScreeningEvent.as_record()
+          created_at    REAL NOT NULL               -- unix time the row was written
+        )
+        """,
+        "CREATE INDEX events_ts ON events(ts)",
+        "CREATE INDEX events_decision ON events(decision)",
+        # Exactly the shape in architecture.md §2 ("What this project should take from it").
+        """
+        CREATE TABLE outbox (
+          id          INTEGER PRIMARY KEY,          -- local order
+          msg_id      TEXT NOT NULL UNIQUE,         -- UUIDv7/ULID, also inside the payload (idempotency key)
+          topic       TEXT NOT NULL,
+          payload     BLOB NOT NULL,
+          qos         INTEGER NOT NULL DEFAULT 1,
+          priority    INTEGER NOT NULL DEFAULT 5,   -- 0-1: lifecycle/alarms, exempt from capacity
+          created_at  INTEGER NOT NULL,             -- unix ms + clock_synced flag in payload
+          attempts    INTEGER NOT NULL DEFAULT 0,
+          sent_at     INTEGER, acked_at INTEGER, dropped_at INTEGER, last_error TEXT
+        )
+        """,
+        "CREATE INDEX outbox_pending ON outbox(acked_at, dropped_at, priority, id)",
+        # No foreign key to events: a gate action must be logged even when its event could not
+        # be (the gate falls back to its safe state after a store error and that is audited too).
+        """
+        CREATE TABLE gate_actions (
+          id         INTEGER PRIMARY KEY,
+          event_id   TEXT NOT NULL,
+          action     TEXT NOT NULL,
+          executed   INTEGER NOT NULL,
+          reason     TEXT NOT NULL,
+          t_mono     REAL NOT NULL,                 -- monotonic time the gate reported
+          created_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX gate_actions_event_id ON gate_actions(event_id)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+        "INSERT INTO meta(key, value) VALUES ('seq', '0'), ('session', '0')",
+    ]
+    for sql in statements:
+        db.execute(sql)
+
+
+Migration = Callable[[Database], None]
+MIGRATIONS: Sequence[Migration] = (_migrate_v1,)
+"""Ordered migrations; ``MIGRATIONS[i]`` upgrades ``user_version`` i to i + 1."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def new_msg_id() -> str:
+    """A UUIDv7-layout id as 32 hex digits: 48-bit unix ms, version 7, 74 random bits.
+
+    Time-ordered ids keep the ``msg_id`` index append-mostly; uniqueness comes from the random
+    bits, so a wall clock that steps back (no RTC before NTP) cannot produce duplicates.
+    """
+    ms = time.time_ns() // 1_000_000 & ((1 << 48) - 1)
+    rand = secrets.randbits(74)
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return f"{value:032x}"
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert ``value`` into plain JSON types.
+
+    Non-finite floats become ``null`` (``NaN`` is not JSON and breaks strict consumers), numpy
+    scalars and arrays become Python numbers and lists, enums their values. Anything else that is
+    not JSON-able raises ``TypeError``: the caller's transaction is then rolled back and the gate
+    stays in its safe state, which is better than publishing a half-written record.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Enum):
+        return _jsonable(value.value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    tolist = getattr(value, "tolist", None)  # numpy scalars and arrays
+    if callable(tolist):
+        return _jsonable(tolist())
+    raise TypeError(f"value of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON of a value already passed through :func:`_jsonable`."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _check_topic_level(name: str, value: str) -> None:
+    if not value or any(c in value for c in "/+#\0"):
+        raise ValueError(f"{name} {value!r} cannot be used as an MQTT topic level")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SqliteEventStore:
+    """Durable screening log with a transactional outbox, in one SQLite file.
+
+    Thread-safe: every public method may be called from any thread. Writes are serialised by one
+    lock over one connection (the single writer); each returns only after its transaction is
+    durable.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        station_id: str,
+        site: str,
+        topic_prefix: str = "checkpoint/v1",
+    ) -> None:
+        _check_topic_level("station_id", station_id)
+        _check_topic_level("site", site)
+        if not topic_prefix or topic_prefix.endswith("/") or any(c in topic_prefix for c in "+#\0"):
+            raise ValueError(f"topic_prefix {topic_prefix!r} is not a valid MQTT topic prefix")
+        self.path = Path(path)
+        self.station_id = station_id
+        self.site = site
+        base = f"{topic_prefix}/{site}/{station_id}"
+        self.topic_screening = f"{base}/events/screening"
+        self.topic_alarm = f"{base}/events/alarm"
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self._closed = False
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: the driver never opens implicit transactions; this class issues
+        # BEGIN IMMEDIATE / COMMIT itself so that transaction boundaries are explicit.
+        conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        try:
+            self._conn = conn
+            self._configure(conn)
+            self._db = Database(conn, execute_plugins=False)
+            self._migrate()
+            self._session = self._meta_int("session")
+        except BaseException:
+            conn.close()
+            raise
+        log.info(
+            "event store open: %s (schema v%d, session %d)", self.path, SCHEMA_VERSION, self._session
+        )
+
+    # ---------------------------------------------------------------- setup
+
+    @staticmethod
+    def _configure(conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"could not switch {mode!r} journal to WAL (is the file on a network share?)")
+        # FULL: in WAL mode every COMMIT fsyncs the WAL. NORMAL would leave the last commits in the
+        # page cache until the next checkpoint, and a power cut (common at checkpoints: people pull
+        # the plug) could roll back a screening whose gate action already happened and the outbox
+        # row announcing it. One fsync per screening is affordable at ~1 person per second.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys=ON")
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"{self.path} has schema version {version}, but this release only knows versions up "
+                f"to {SCHEMA_VERSION}: it was written by a newer release. Refusing to open it "
+                f"(downgrades are not supported). Reinstall the newer release, or restore a "
+                f"'{self.path.name}.pre-v*.bak' copy taken before that upgrade."
+            )
+        if version == SCHEMA_VERSION:
+            return
+        has_content = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+        if has_content:
+            backup = self._backup(SCHEMA_VERSION)
+            log.warning(
+                "migrating %s from schema v%d to v%d; backup at %s",
+                self.path, version, SCHEMA_VERSION, backup,
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                MIGRATIONS[target - 1](self._db)
+                # user_version lives in the file header and is written by this transaction.
+                conn.execute(f"PRAGMA user_version={target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            log.info("%s: schema now at v%d", self.path, target)
+
+    def _backup(self, target: int) -> Path:
+        """Copy the database aside with the SQLite backup API (consistent even mid-WAL)."""
+        dest = self.path.with_name(f"{self.path.name}.pre-v{target}.bak")
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        out = sqlite3.connect(tmp)
+        try:
+            self._conn.backup(out)
+        finally:
+            out.close()
+        _fsync_file(tmp)
+        os.replace(tmp, dest)  # never leave a half-written file under the final name
+        _fsync_file(dest.parent)
+        return dest
+
+    # ---------------------------------------------------------------- helpers
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"event store {self.path} is closed")
+
+    def _meta_int(self, key: str) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise StoreError(f"meta key {key!r} missing from {self.path}")
+        return int(row[0])
+
+    def _bump_meta(self, key: str) -> int:
+        # fetchall(): a RETURNING statement is only complete once its rows are consumed.
+        rows = self._conn.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ? "
+            "RETURNING CAST(value AS INTEGER)",
+            (key,),
+        ).fetchall()
+        if not rows:
+            raise StoreError(f"meta key {key!r} missing from {self.path}")
+        return int(rows[0][0])
+
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
+        with self._lock:
+            self._check_open()
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+    def _new_msg_id(self) -> str:
+        """The idempotency key of one outbox message (overridable to inject faults in tests)."""
+        return new_msg_id()
+
+    def _query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            self._check_open()
+            return list(self._db.query(sql, params))
+
+    @staticmethod
+    def _event_dict(row: dict[str, Any]) -> dict[str, Any]:
+        row = dict(row)
+        row["alarm"] = bool(row["alarm"])
+        row["record"] = json.loads(row["record"])
+        return row
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def begin_session(self) -> int:
+        """Start a new session (one per daemon start) and return its number.
+
+        The session number goes into every payload so the back end can tell a restart (where
+        in-flight messages may be re-sent) from a gap.
+        """
+        self._session = self._write(lambda conn: self._bump_meta("session"))
+        log.info("store session %d begins", self._session)
+        return self._session
+
+    @property
+    def session(self) -> int:
+        return self._session
+
+    def add_outbox_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after each commit that adds outbox rows (it must not block)."""
+        with self._lock:
+            self._listeners.append(callback)
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                # The data is safe in the WAL; the next open replays it.
+                log.warning("WAL checkpoint on close failed: %s", exc)
+            finally:
+                self._conn.close()
+        log.info("event store closed: %s", self.path)
+
+    def __enter__(self) -> SqliteEventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- writes
+
+    def record(self, event: ScreeningEvent) -> int:
+        """Write ``event`` and its outbox message(s) in one durable transaction.
+
+        Returns the event's row id. When this returns the rows are on the medium (WAL, FULL sync);
+        if it raises, nothing was written and ``seq`` was not consumed.
+        """
+        record = _jsonable(event.as_record())
+        record_json = _dumps(record)
+        topics = [(self.topic_screening, PRIORITY_EVENT)]
+        if event.alarm:
+            topics.append((self.topic_alarm, PRIORITY_ALARM))
+
+        def tx(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            cur = conn.execute(
+                "INSERT INTO events(event_id, ts, decision, reason, alarm, temperature_c, "
+                "code_colour, lane, record, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    event.event_id,
+                    event.wall_ts,
+                    event.decision.value,
+                    event.reason,
+                    int(event.alarm),
+                    record["temperature_c"],
+                    event.code_colour.value if event.code_colour else None,
+                    event.lane,
+                    record_json,
+                    now,
+                ),
+            )
+            rowid = int(cur.lastrowid or 0)
+            seq = self._bump_meta("seq")
+            for topic, priority in topics:
+                msg_id = self._new_msg_id()
+                payload = {
+                    "schema": PAYLOAD_SCHEMA,
+                    "msg_id": msg_id,
+                    "station_id": self.station_id,
+                    "site": self.site,
+                    "seq": seq,
+                    "session": self._session,
+                    "ts": record["ts"],
+                    "clock_synced": bool(event.clock_synced),
+                    "event": record,
+                }
+                conn.execute(
+                    "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) "
+                    "VALUES (?, ?, ?, 1, ?, ?)",
+                    (msg_id, topic, _dumps(payload).encode("utf-8"), priority, int(now * 1000)),
+                )
+            return rowid
+
+        rowid: int = self._write(tx)
+        self._notify_listeners()
+        return rowid
+
+    def _notify_listeners(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
+            try:
+                callback()
+            except Exception:
+                log.exception("outbox listener %r failed", callback)
+
+    def record_gate_result(self, result: GateResult) -> None:
+        """Log what the gate did for an event (audit trail; durable on return)."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO gate_actions(event_id, action, executed, reason, t_mono, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (result.event_id, result.action.value, int(result.executed), result.reason,
+                 result.t, time.time()),
+            )
+
+        self._write(tx)
+
+    # ---------------------------------------------------------------- reads
+
+    def tail(self, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` events, oldest first (newest last), with ``record`` parsed."""
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        rows = self._query(
+            "SELECT * FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) ORDER BY id", (n,)
+        )
+        return [self._event_dict(r) for r in rows]
+
+    def events_since(self, rowid: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """Events with a row id greater than ``rowid``, in order (at most ``limit``)."""
+        rows = self._query("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (rowid, limit))
+        return [self._event_dict(r) for r in rows]
+
+    def last_event(self) -> dict[str, Any] | None:
+        rows = self.tail(1)
+        return rows[0] if rows else None
+
+    def counts(self, since_ts: float | None = None) -> dict[str, int]:
+        """Number of events per decision, optionally only those decided at or after ``since_ts``."""
+        if since_ts is None:
+            rows = self._query("SELECT decision, count(*) AS n FROM events GROUP BY decision")
+        else:
+            rows = self._query(
+                "SELECT decision, count(*) AS n FROM events WHERE ts >= ? GROUP BY decision",
+                (since_ts,),
+            )
+        return {r["decision"]: int(r["n"]) for r in rows}
+
+    def gate_actions(self, event_id: str) -> list[dict[str, Any]]:
+        """Gate actions logged for one event, in order."""
+        rows = self._query("SELECT * FROM gate_actions WHERE event_id = ? ORDER BY id", (event_id,))
+        for r in rows:
+            r["executed"] = bool(r["executed"])
+        return rows
+
+    # ---------------------------------------------------------------- outbox
+
+    _PENDING = "acked_at IS NULL AND dropped_at IS NULL"
+
+    def outbox_stats(self) -> dict[str, Any]:
+        """Depth of the outbox: pending rows, age of the oldest (s), payload bytes, alarms."""
+        rows = self._query(
+            f"SELECT count(*) AS pending, min(created_at) AS oldest, "
+            f"coalesce(sum(length(payload)), 0) AS bytes, "
+            f"coalesce(sum(priority <= {PRIORITY_ALARM}), 0) AS alarms "
+            f"FROM outbox WHERE {self._PENDING}"
+        )
+        r = rows[0]
+        oldest = r["oldest"]
+        # The wall clock may step (no RTC until NTP syncs): never report a negative age.
+        age = max(0.0, time.time() - oldest / 1000.0) if oldest is not None else 0.0
+        return {
+            "pending": int(r["pending"]),
+            "oldest_age_s": age,
+            "bytes": int(r["bytes"]),
+            "alarms_pending": int(r["alarms"]),
+        }
+
+    def outbox_pending(
+        self, limit: int, exclude_ids: AbstractSet[int] = frozenset()
+    ) -> list[OutboxRow]:
+        """Up to ``limit`` undelivered rows, highest priority first, then oldest first.
+
+        ``exclude_ids`` are rows already in flight (published, PUBACK not yet seen).
+        """
+        if limit <= 0:
+            return []
+        rows = self._query(
+            f"SELECT id, msg_id, topic, payload, qos, priority, created_at, attempts FROM outbox "
+            f"WHERE {self._PENDING} AND id NOT IN (SELECT value FROM json_each(?)) "
+            f"ORDER BY priority, id LIMIT ?",
+            (json.dumps(sorted(exclude_ids)), limit),
+        )
+        return [
+            OutboxRow(
+                id=r["id"], msg_id=r["msg_id"], topic=r["topic"], payload=bytes(r["payload"]),
+                qos=r["qos"], priority=r["priority"], created_at=r["created_at"],
+                attempts=r["attempts"],
+            )
+            for r in rows
+        ]
+
+    def outbox_mark_sent(self, row_id: int) -> None:
+        """Count a publish attempt of one row."""
+        self.outbox_mark_sent_many((row_id,))
+
+    def outbox_mark_sent_many(self, row_ids: Iterable[int]) -> None:
+        """Count a publish attempt for several rows in one transaction (one fsync, not N)."""
+        ids = [(int(i),) for i in row_ids]
+        if not ids:
+            return
+        now_ms = int(time.time() * 1000)
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                f"UPDATE outbox SET attempts = attempts + 1, sent_at = {now_ms} WHERE id = ?", ids
+            )
+
+        self._write(tx)
+
+    def outbox_ack(self, row_id: int) -> None:
+        """The broker acknowledged the row: delete it."""
+        self.outbox_ack_many((row_id,))
+
+    def outbox_ack_many(self, row_ids: Iterable[int]) -> int:
+        """Delete several acknowledged rows in one transaction; returns how many existed."""
+        ids = [(int(i),) for i in row_ids]
+        if not ids:
+            return 0
+
+        def tx(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany("DELETE FROM outbox WHERE id = ?", ids)
+            return conn.total_changes - before
+
+        deleted: int = self._write(tx)
+        return deleted
+
+    # ---------------------------------------------------------------- health
+
+    def integrity_check(self) -> str:
+        """``PRAGMA quick_check``: ``"ok"`` or the problems found, one per line."""
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute("PRAGMA quick_check").fetchall()
+        return "\n".join(str(r[0]) for r in rows)

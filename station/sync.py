@@ -1,0 +1,277 @@
+"""Store-and-forward: the pump that moves outbox rows to the broker and deletes them on PUBACK.
+
+Delivery is **at-least-once**. A row leaves the outbox table only when the broker acknowledged
+it; everything in between lives in this pump's memory and may be forgotten at any time (restart,
+reconnect, ack timeout), in which case the row is simply published again. Receivers de-duplicate
+by ``msg_id``. Kura's MessageStore and ThingsBoard's gateway work the same way
+(``architecture.md`` §2.1, §2.3, §2.6).
+
+Threading model — why there is no lock around the in-flight map: one pump thread owns it. paho's
+network thread only *enqueues* ``("ack", mid)`` and ``("connected", None)``; the store enqueues a
+wake-up after each commit. The pump thread publishes a row, records ``mid → row`` and only later
+drains the queue, so an ack can never be looked up before its mapping exists (the
+PUBACK-before-mid race, eclipse/paho.mqtt.python#361), and acks never wait for SQLite (the
+network thread must not fsync).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from station.ports import Publisher
+from station.store import OutboxRow
+
+log = logging.getLogger("station.sync")
+
+
+class PublishError(Exception):
+    """The transport refused a message; the caller keeps it (in the outbox) and retries later."""
+
+
+class NotConnectedError(PublishError):
+    """No connection to the broker right now."""
+
+
+class OutboxSource(Protocol):
+    """What the pump needs from the store (implemented by ``station.store.SqliteEventStore``)."""
+
+    def outbox_pending(
+        self, limit: int, exclude_ids: AbstractSet[int] = frozenset()
+    ) -> list[OutboxRow]: ...
+
+    def outbox_mark_sent_many(self, row_ids: Iterable[int]) -> None: ...
+
+    def outbox_ack_many(self, row_ids: Iterable[int]) -> int: ...
+
+    def outbox_stats(self) -> dict[str, Any]: ...
+
+    def add_outbox_listener(self, callback: Callable[[], None]) -> None: ...
+
+
+class SessionPublisher(Publisher, Protocol):
+    """A :class:`~station.ports.Publisher` that announces each new connection.
+
+    ``on_connected`` hooks run after every (re)connect; whatever was in flight before is gone.
+    """
+
+    on_connected: list[Callable[[], None]]
+
+
+@dataclass(slots=True)
+class _InFlight:
+    row_id: int
+    sent_t: float
+
+
+class OutboxPump:
+    """Publishes outbox rows at QoS 1 with a bounded in-flight window; deletes them on PUBACK.
+
+    * Only publishes while the publisher is connected; otherwise it sleeps until woken.
+    * At most ``max_in_flight`` rows are unacknowledged at once (Kura's
+      ``in-flight-messages.max-number``): a backlog after an outage drains steadily instead of
+      flooding paho's memory queue.
+    * On reconnect it forgets the in-flight map; those rows are still in the table and go out
+      again (Kura's republish-on-new-session).
+    * A row unacknowledged for ``ack_timeout`` seconds is forgotten and re-sent (a broker that
+      swallowed a PUBACK, or refused the message with an MQTT 5 error code).
+    * Errors from the store (disk full, I/O error) are logged and retried with back-off; the
+      thread never dies silently. :meth:`alive` is meant for the watchdog's liveness checks.
+    """
+
+    def __init__(
+        self,
+        store: OutboxSource,
+        publisher: SessionPublisher,
+        max_in_flight: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        ack_timeout: float = 60.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        self._store = store
+        self._publisher = publisher
+        self.max_in_flight = max_in_flight
+        self._clock = clock
+        self.ack_timeout = ack_timeout
+        self.poll_interval = poll_interval
+
+        self._events: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        self._in_flight: dict[int, _InFlight] = {}  # mid → row; pump thread only
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._progress = threading.Condition()
+
+        self.published = 0
+        self.acked = 0
+        self.resent = 0
+        self.forgotten = 0  # in-flight rows forgotten on reconnect
+        self.ack_timeouts = 0
+        self.unknown_acks = 0
+        self.errors = 0
+
+        publisher.set_ack_handler(self._on_ack)
+        publisher.on_connected.append(self._on_connected)
+        store.add_outbox_listener(self.wake)
+
+    # ------------------------------------------------------------------ public
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="outbox-pump", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread. Unacknowledged rows stay in the outbox for the next start."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        self.wake()
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error("outbox pump did not stop within %.1f s", timeout)
+        else:
+            self._thread = None
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wake(self) -> None:
+        """New rows were committed: look now instead of at the next poll. Never blocks."""
+        self._events.put(("wake", 0))
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (True) or ``timeout`` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._store.outbox_stats()["pending"] == 0:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._progress:
+                self._progress.wait(min(remaining, 0.2))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "published": self.published,
+            "acked": self.acked,
+            "resent": self.resent,
+            "in_flight": len(self._in_flight),
+            "forgotten": self.forgotten,
+            "ack_timeouts": self.ack_timeouts,
+            "unknown_acks": self.unknown_acks,
+            "errors": self.errors,
+        }
+
+    # ------------------------------------------------------------------ callbacks (other threads)
+
+    def _on_ack(self, mid: int) -> None:
+        self._events.put(("ack", mid))
+
+    def _on_connected(self) -> None:
+        self._events.put(("connected", 0))
+
+    # ------------------------------------------------------------------ pump thread
+
+    def _run(self) -> None:
+        log.info("outbox pump started (window %d)", self.max_in_flight)
+        backoff = 0.5
+        block = True
+        while not self._stop.is_set():
+            try:
+                block = not self._step(block)
+                backoff = 0.5
+            except Exception:
+                self.errors += 1
+                log.exception("outbox pump step failed; retrying in %.1f s", backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                block = True
+        log.info("outbox pump stopped: %s", self.stats())
+
+    def _step(self, block: bool) -> bool:
+        """One iteration; returns True when more work is ready right away."""
+        acked_rows = self._handle_events(block)
+        if acked_rows:
+            self._store.outbox_ack_many(acked_rows)
+            self.acked += len(acked_rows)
+            with self._progress:
+                self._progress.notify_all()
+        self._expire()
+        if self._stop.is_set() or not self._publisher.connected():
+            return False
+        free = self.max_in_flight - len(self._in_flight)
+        if free <= 0:
+            return False  # wait for acks
+        exclude = {f.row_id for f in self._in_flight.values()}
+        rows = self._store.outbox_pending(free, exclude)
+        sent: list[int] = []
+        try:
+            for row in rows:
+                try:
+                    mid = self._publisher.publish(row.topic, row.payload, row.qos, False)
+                except NotConnectedError as exc:
+                    log.debug("publish of outbox row %d deferred: %s", row.id, exc)
+                    break
+                except PublishError as exc:
+                    log.warning("publish of outbox row %d refused, will retry: %s", row.id, exc)
+                    break
+                self._in_flight[mid] = _InFlight(row.id, self._clock())
+                sent.append(row.id)
+                self.published += 1
+                if row.attempts > 0:
+                    self.resent += 1
+        finally:
+            if sent:
+                self._store.outbox_mark_sent_many(sent)
+        return len(sent) == free and len(rows) == free
+
+    def _handle_events(self, block: bool) -> list[int]:
+        """Drain the event queue (waiting up to ``poll_interval`` for the first one if ``block``)."""
+        acked: list[int] = []
+        try:
+            item = self._events.get(timeout=self.poll_interval) if block else self._events.get_nowait()
+        except queue.Empty:
+            return acked
+        while True:
+            kind, mid = item
+            if kind == "ack":
+                entry = self._in_flight.pop(mid, None)
+                if entry is None:
+                    # An ack for a row already forgotten (reconnect, timeout): it will be sent
+                    # again and acked again; the duplicate is harmless.
+                    self.unknown_acks += 1
+                else:
+                    acked.append(entry.row_id)
+            elif kind == "connected":
+                if self._in_flight:
+                    log.info("reconnected: %d in-flight row(s) will be re-sent", len(self._in_flight))
+                    self.forgotten += len(self._in_flight)
+                    self._in_flight.clear()
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return acked
+
+    def _expire(self) -> None:
+        if not self._in_flight:
+            return
+        now = self._clock()
+        stale = [mid for mid, f in self._in_flight.items() if now - f.sent_t > self.ack_timeout]
+        for mid in stale:
+            entry = self._in_flight.pop(mid)
+            log.warning("outbox row %d not acknowledged within %.0f s; will re-send",
+                        entry.row_id, self.ack_timeout)
+        self.ack_timeouts += len(stale)
