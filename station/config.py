@@ -83,7 +83,7 @@ class ThermalSection(Section):
     baud: Literal[0, 9600, 115200, 460800] = Field(0, description="0 = probe 115200, 460800, 9600 in turn")
     refresh_hz: Literal[0.5, 1, 2, 4, 8] = Field(4, description="Module refresh; 8 Hz needs 460800 baud")
     emissivity: float = Field(0.98, ge=0.1, le=1.0, description="Human skin is 0.98")
-    offset_c: float = Field(1.1, ge=-5.0, le=5.0, description="Skin→core offset; calibrate on site")
+    offset_c: float = Field(1.35, ge=-5.0, le=5.0, description="Skin→core offset; calibrate on site")
     min_pixels: int = Field(8, ge=1, le=768, description="Fewer thermal pixels on the face means too far")
     roi_margin: float = Field(0.1, ge=0.0, le=0.4, description="Shrink the mapped face box by this fraction (parallax)")
     registration: list[list[float]] = Field(
