@@ -176,8 +176,9 @@ class ScreeningLane:
             return None
         if obs.verdict.status is CodeStatus.INVALID:
             # Someone showed the wrong QR (a payment code, a screenshot fragment): keep waiting for a
-            # good one, but remember why this one was refused.
-            s.invalid_code = obs
+            # good one, but remember why the first one was refused (and when: that is the code stage).
+            if s.invalid_code is None:
+                s.invalid_code = obs
         elif s.code is None:
             s.code = obs
             s.code_t = obs.done_t
