@@ -147,12 +147,29 @@ class EventStore(Protocol):
     def close(self) -> None: ...
 
 
+class PublishError(Exception):
+    """The transport refused a message; it stays in the outbox."""
+
+
+class NotConnectedError(PublishError):
+    """No connection right now; the outbox keeps the message until there is one."""
+
+
 @runtime_checkable
 class Publisher(Protocol):
-    """A message transport to the command centre (MQTT in production)."""
+    """A message transport to the command centre (MQTT in production).
+
+    ``on_connected`` hooks run after every (re)connect: whatever was in flight before is gone and
+    must be re-sent from the outbox.
+    """
+
+    on_connected: list[Callable[[], None]]
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
-        """Queue a message; returns a message id whose acknowledgement arrives via ``on_ack``."""
+        """Hand a message to the transport; returns an id whose acknowledgement reaches the ack handler.
+
+        Raises ``NotConnectedError`` while disconnected: the outbox, not the transport, queues.
+        """
 
     def set_ack_handler(self, on_ack: Callable[[int], None]) -> None: ...
 

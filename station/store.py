@@ -360,17 +360,22 @@ class SqliteEventStore:
         """The idempotency key of one outbox message (overridable to inject faults in tests)."""
         return new_msg_id()
 
-    def _query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+    def _query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             self._check_open()
             return list(self._db.query(sql, params))
 
     @staticmethod
     def _event_dict(row: dict[str, Any]) -> dict[str, Any]:
-        row = dict(row)
-        row["alarm"] = bool(row["alarm"])
-        row["record"] = json.loads(row["record"])
-        return row
+        """An event as read back: the stored ``as_record()`` dict plus ``_``-prefixed row metadata.
+
+        Keys starting with ``_`` are local bookkeeping (``_rowid`` for ``events_since``,
+        ``_created_at``); everything else is exactly what was published.
+        """
+        event: dict[str, Any] = json.loads(row["record"])
+        event["_rowid"] = row["id"]
+        event["_created_at"] = row["created_at"]
+        return event
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -497,17 +502,22 @@ class SqliteEventStore:
     # ---------------------------------------------------------------- reads
 
     def tail(self, n: int) -> list[dict[str, Any]]:
-        """The last ``n`` events, oldest first (newest last), with ``record`` parsed."""
+        """The last ``n`` events, oldest first (newest last); see :meth:`_event_dict`."""
         if n < 0:
             raise ValueError("n must be >= 0")
         rows = self._query(
-            "SELECT * FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) ORDER BY id", (n,)
+            "SELECT id, record, created_at FROM "
+            "(SELECT id, record, created_at FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (n,),
         )
         return [self._event_dict(r) for r in rows]
 
     def events_since(self, rowid: int, limit: int = 1000) -> list[dict[str, Any]]:
         """Events with a row id greater than ``rowid``, in order (at most ``limit``)."""
-        rows = self._query("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (rowid, limit))
+        rows = self._query(
+            "SELECT id, record, created_at FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (rowid, limit),
+        )
         return [self._event_dict(r) for r in rows]
 
     def last_event(self) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ network thread must not fsync).
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -23,20 +24,38 @@ import time
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
-from station.ports import Publisher
+from station.ports import NotConnectedError, PublishError, Publisher
 from station.store import OutboxRow
 
 log = logging.getLogger("station.sync")
 
 
-class PublishError(Exception):
-    """The transport refused a message; the caller keeps it (in the outbox) and retries later."""
+def status_topic(topic_prefix: str, site: str, station_id: str) -> str:
+    """The retained availability topic of one station (``architecture.md`` §2 topic tree)."""
+    return f"{topic_prefix}/{site}/{station_id}/status"
 
 
-class NotConnectedError(PublishError):
-    """No connection to the broker right now."""
+def status_payload(state: str, session: int) -> bytes:
+    """Availability payload: ``online`` / ``stopped`` / ``offline`` (the Will) with the session.
+
+    The session number lets the back end ignore a late Will from a previous session that
+    arrives after the new session's ``online`` (Sparkplug's ``bdSeq`` problem).
+    """
+    body = {"state": state, "session": session, "version": _VERSION}
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _package_version() -> str:
+    try:
+        return version("checkpoint-station")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+source"
+
+
+_VERSION = _package_version()
 
 
 class OutboxSource(Protocol):
@@ -55,13 +74,6 @@ class OutboxSource(Protocol):
     def add_outbox_listener(self, callback: Callable[[], None]) -> None: ...
 
 
-class SessionPublisher(Publisher, Protocol):
-    """A :class:`~station.ports.Publisher` that announces each new connection.
-
-    ``on_connected`` hooks run after every (re)connect; whatever was in flight before is gone.
-    """
-
-    on_connected: list[Callable[[], None]]
 
 
 @dataclass(slots=True)
@@ -88,7 +100,7 @@ class OutboxPump:
     def __init__(
         self,
         store: OutboxSource,
-        publisher: SessionPublisher,
+        publisher: Publisher,
         max_in_flight: int = 10,
         clock: Callable[[], float] = time.monotonic,
         *,
@@ -255,11 +267,10 @@ class OutboxPump:
                     self.unknown_acks += 1
                 else:
                     acked.append(entry.row_id)
-            elif kind == "connected":
-                if self._in_flight:
-                    log.info("reconnected: %d in-flight row(s) will be re-sent", len(self._in_flight))
-                    self.forgotten += len(self._in_flight)
-                    self._in_flight.clear()
+            elif kind == "connected" and self._in_flight:
+                log.info("reconnected: %d in-flight row(s) will be re-sent", len(self._in_flight))
+                self.forgotten += len(self._in_flight)
+                self._in_flight.clear()
             try:
                 item = self._events.get_nowait()
             except queue.Empty:

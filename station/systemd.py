@@ -31,7 +31,7 @@ class Notifier:
     Notifier, early, in the main process.
     """
 
-    __slots__ = ("_address", "_sock", "_watchdog_usec", "_failed")
+    __slots__ = ("_address", "_failed", "_sock", "_watchdog_usec")
 
     def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
         env: MutableMapping[str, str] = os.environ if environ is None else environ

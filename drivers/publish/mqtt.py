@@ -1,0 +1,347 @@
+"""MQTT adapter for :class:`station.ports.Publisher` (paho-mqtt 2.x).
+
+The outbox (``station.store``) is the source of truth for what must be delivered; this adapter
+only moves a small window of it to the broker and reports PUBACKs. Consequently, and unlike
+paho's defaults (``architecture.md`` §3):
+
+* It does **not** queue while disconnected: :meth:`MqttPublisher.publish` raises
+  :class:`NotConnectedError`. paho's in-memory queue is unbounded and lost on restart anyway.
+* On every (re)connect it **drops** what paho still holds from the previous connection
+  (``Client.drop_out_messages``) instead of letting paho re-send it, then tells the
+  ``on_connected`` hooks, which re-send from the outbox. One copy per reconnect, not two.
+* The availability topic is retained: ``online`` is published on every connect, the Will says
+  ``offline`` if the connection dies, and ``stopped`` is published before a clean disconnect
+  (a Will is not sent on a clean DISCONNECT).
+* A CONNACK with ``reason_code != 0`` is *not* a connection (Frigate's bug, §1.3).
+* Exceptions in callbacks are logged and suppressed; an escaping one would kill paho's thread.
+
+Threading: paho runs its network loop in its own thread (``loop_start``); callbacks run there.
+``_conn_lock`` makes "check connected + client.publish" atomic with respect to the reconnect
+bookkeeping in ``_on_connect``/``_on_disconnect`` — without it a publish racing a reconnect could
+be dropped by ``drop_out_messages`` after being counted in paho's in-flight window, leaking a slot.
+``_mid_lock`` (never held while calling paho) resolves the PUBACK-before-mid race.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+# The transport-neutral exceptions live with the pump that handles them until station.ports
+# (the natural home, shared by every Publisher adapter) grows them.
+from station.ports import NotConnectedError, PublishError
+
+__all__ = ["MqttPublisher", "NotConnectedError", "PublishError"]
+
+log = logging.getLogger("station.mqtt")
+
+# Client.drop_out_messages() is public API from paho-mqtt 2.2. Without it paho re-sends its own
+# unacknowledged copies after a reconnect on top of the outbox's re-send: duplicates, not loss.
+_HAS_DROP = hasattr(mqtt.Client, "drop_out_messages")
+
+# An early PUBACK is normally claimed microseconds later; one never claimed (a message paho
+# re-sent itself) must not linger until the mid counter wraps and match an unrelated publish.
+_EARLY_TTL_S = 10.0
+
+ProtocolName = Literal["5", "3.1.1"]
+
+
+class MqttPublisher:
+    """A paho client with availability (birth/Will/stopped) and exactly-once ack reporting.
+
+    ``url`` is ``mqtt://[user[:password]@]host[:port]`` (port 1883) or ``mqtts://…`` (TLS,
+    port 8883; server verified against ``tls_ca`` or the system store). ``client_id`` must be
+    unique per station: a second client with the same id makes the broker disconnect the first.
+
+    Ack contract (:meth:`set_ack_handler`): the handler is called exactly once for each mid
+    returned by :meth:`publish` that the broker acknowledged successfully on the connection it
+    was sent on — never for unknown mids, never for the availability messages. Normally on
+    paho's network thread; if the PUBACK won the race against :meth:`publish` returning, on the
+    publishing thread just before :meth:`publish` returns. Either way it must be quick and must
+    not call back into the publisher (queue the mid and return).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        status_topic: str,
+        will_payload: bytes,
+        online_payload: bytes,
+        keepalive: int = 30,
+        *,
+        stopped_payload: bytes = b"stopped",
+        protocol: ProtocolName = "5",
+        username: str | None = None,
+        password: str | None = None,
+        tls_ca: str | None = None,
+        tls_certfile: str | None = None,
+        tls_keyfile: str | None = None,
+        reconnect_min_delay: int = 1,
+        reconnect_max_delay: int = 30,
+        max_inflight: int = 20,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"broker url {url!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"broker url {url!r} has no host")
+        self.host = parts.hostname
+        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        self.tls = parts.scheme == "mqtts"
+        self.client_id = client_id
+        self.status_topic = status_topic
+        self.keepalive = keepalive
+        self._online_payload = online_payload
+        self._stopped_payload = stopped_payload
+        if protocol not in ("5", "3.1.1"):
+            raise ValueError(f"protocol must be '5' or '3.1.1', not {protocol!r}")
+        self._v5 = protocol == "5"
+
+        self.on_connected: list[Callable[[], None]] = []
+        """Called (on paho's thread, after the online message) each time a connection is up."""
+
+        self._conn_lock = threading.RLock()
+        self._mid_lock = threading.Lock()
+        self._connected = False
+        self._started = False
+        self._ack_handler: Callable[[int], None] | None = None
+        self._returned: set[int] = set()  # mids handed to callers, PUBACK not yet seen
+        self._early: dict[int, float] = {}  # mid → monotonic time of a PUBACK that beat publish()
+        self._internal: set[int] = set()  # availability messages: never reported
+        self.connects = 0
+        self.disconnects = 0
+        self.last_error: str | None = None
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
+            # The outbox re-sends after a reconnect, so no broker session is needed (Sparkplug
+            # also mandates clean sessions). For v5 clean_start is passed to connect_async.
+            clean_session=None if self._v5 else True,
+        )
+        if not _HAS_DROP:
+            log.warning("this paho-mqtt has no Client.drop_out_messages() (needs >= 2.2): "
+                        "each reconnect will re-send the in-flight window twice")
+        client.suppress_exceptions = True  # belt and braces: every callback also catches
+        client.enable_logger(logging.getLogger("station.mqtt.paho"))
+        user = username if username is not None else (unquote(parts.username) if parts.username else None)
+        pw = password if password is not None else (unquote(parts.password) if parts.password else None)
+        if user is not None:
+            client.username_pw_set(user, pw)
+        if self.tls:
+            client.tls_set(
+                ca_certs=tls_ca, certfile=tls_certfile, keyfile=tls_keyfile,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.will_set(status_topic, will_payload, qos=1, retain=True)
+        client.reconnect_delay_set(reconnect_min_delay, reconnect_max_delay)
+        client.max_inflight_messages_set(max_inflight)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self._client = client
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Begin connecting in the background; returns at once (a down broker is retried)."""
+        if self._started:
+            return
+        self._started = True
+        log.info("MQTT connecting to %s:%d as %s (MQTT %s%s)", self.host, self.port, self.client_id,
+                 "5" if self._v5 else "3.1.1", ", TLS" if self.tls else "")
+        if self._v5:
+            self._client.connect_async(self.host, self.port, self.keepalive, clean_start=True)
+        else:
+            self._client.connect_async(self.host, self.port, self.keepalive)
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish ``stopped`` (retained) if connected, disconnect cleanly, stop the loop thread."""
+        if not self._started:
+            return
+        info: mqtt.MQTTMessageInfo | None = None
+        with self._conn_lock:
+            if self._connected:
+                info = self._publish_internal(self._stopped_payload)
+        if info is not None:
+            try:
+                info.wait_for_publish(timeout)  # never called on paho's thread
+            except (RuntimeError, ValueError) as exc:
+                log.warning("could not publish the stopped status: %s", exc)
+            if not info.is_published():
+                log.warning("stopped status not acknowledged within %.1f s", timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        with self._conn_lock:
+            self._connected = False
+        self._started = False
+        log.info("MQTT client %s stopped", self.client_id)
+
+    # ------------------------------------------------------------------ Publisher port
+
+    def connected(self) -> bool:
+        return self._connected
+
+    def set_ack_handler(self, on_ack: Callable[[int], None]) -> None:
+        self._ack_handler = on_ack
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
+        """Hand one message to paho; returns its mid. Raises :class:`NotConnectedError`."""
+        with self._conn_lock:
+            if not self._connected:
+                raise NotConnectedError(f"not connected to {self.host}:{self.port}")
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # NO_CONN here means the link died a moment ago; paho keeps the message, but the
+            # next connect drops it, so the caller must treat it as not sent.
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                raise NotConnectedError(f"connection to {self.host}:{self.port} lost")
+            raise PublishError(f"paho refused the publish: {mqtt.error_string(info.rc)}")
+        self._claim(info.mid, report=True)
+        return info.mid
+
+    # ------------------------------------------------------------------ internals
+
+    def _publish_internal(self, payload: bytes) -> mqtt.MQTTMessageInfo:
+        """Publish on the status topic (retained, QoS 1); its PUBACK is not reported."""
+        info = self._client.publish(self.status_topic, payload, qos=1, retain=True)
+        self._claim(info.mid, report=False)
+        return info
+
+    def _claim(self, mid: int, *, report: bool) -> None:
+        """Register a mid just returned by paho; deliver its ack now if it already arrived."""
+        with self._mid_lock:
+            early = self._early.pop(mid, None) is not None
+            if not early:
+                (self._returned if report else self._internal).add(mid)
+        if early and report:
+            self._deliver(mid)
+
+    def _deliver(self, mid: int) -> None:
+        handler = self._ack_handler
+        if handler is None:
+            return
+        try:
+            handler(mid)
+        except Exception:
+            log.exception("ack handler failed for mid %d", mid)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code != 0:  # a refused CONNACK is not a connection
+                self.last_error = str(reason_code)
+                log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port,
+                          reason_code)
+                return
+            with self._conn_lock:
+                dropped = client.drop_out_messages() if _HAS_DROP else []
+                with self._mid_lock:
+                    for m in dropped:
+                        self._returned.discard(m.mid)
+                        self._internal.discard(m.mid)
+                    self._early.clear()
+                self._publish_internal(self._online_payload)
+                self._connected = True
+                self.connects += 1
+            log.info("MQTT connected to %s:%d (%d unacknowledged message(s) from the previous "
+                     "connection left to the outbox)", self.host, self.port, len(dropped))
+        except Exception:
+            log.exception("MQTT on_connect failed")
+            return
+        for hook in list(self.on_connected):
+            try:
+                hook()
+            except Exception:
+                log.exception("on_connected hook %r failed", hook)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        log.debug("MQTT connection attempt to %s:%d failed; retrying", self.host, self.port)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            with self._conn_lock:
+                was = self._connected
+                self._connected = False
+            if was:
+                self.disconnects += 1
+                if reason_code == 0:
+                    log.info("MQTT disconnected from %s:%d", self.host, self.port)
+                else:
+                    self.last_error = str(reason_code)
+                    log.warning("MQTT connection to %s:%d lost: %s; reconnecting",
+                                self.host, self.port, reason_code)
+        except Exception:
+            log.exception("MQTT on_disconnect failed")
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                # MQTT 5 broker refused the message (not authorised, quota, …). Not an ack: the
+                # row stays in the outbox and is retried after the pump's ack timeout.
+                with self._mid_lock:
+                    self._returned.discard(mid)
+                    self._internal.discard(mid)
+                log.warning("broker rejected message mid %d: %s", mid, reason_code)
+                return
+            with self._mid_lock:
+                if mid in self._returned:
+                    self._returned.discard(mid)
+                    report = True
+                elif mid in self._internal:
+                    self._internal.discard(mid)
+                    report = False
+                else:
+                    now = time.monotonic()  # publish() has not registered it yet
+                    self._early = {m: t for m, t in self._early.items() if now - t < _EARLY_TTL_S}
+                    self._early[mid] = now
+                    report = False
+            if report:
+                self._deliver(mid)
+        except Exception:
+            log.exception("MQTT on_publish failed for mid %d", mid)
+
+    def stats(self) -> dict[str, Any]:
+        with self._mid_lock:
+            unacked = len(self._returned)
+        return {
+            "connected": self._connected,
+            "connects": self.connects,
+            "disconnects": self.disconnects,
+            "unacked": unacked,
+            "last_error": self.last_error,
+        }
