@@ -1,0 +1,158 @@
+"""`station run` as systemd runs it: READY after start-up, watchdog pings, status, clean SIGTERM stop.
+
+The daemon gets real devices of the kinds it supports: the GY-MCU90640 emulator's pty as its serial
+port, a video file as its camera (OpenCV opens files and devices alike), mock GPIO pins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from drivers.thermal.emulator import GyMcu90640Emulator
+from station.cli.stationctl import main as stationctl
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def empty_room(_now: float) -> tuple[np.ndarray, float]:
+    return np.full((24, 32), 22.0, dtype=np.float32), 30.0
+
+
+@pytest.fixture
+def emulator():
+    emu = GyMcu90640Emulator(empty_room, baud=460800, refresh_hz=8)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    path = tmp_path / "lane.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (640, 480))
+    frame = np.full((480, 640, 3), 120, dtype=np.uint8)
+    for i in range(30):
+        frame[:, :, 1] = 100 + i
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def write_config(tmp_path: Path, port: str, video: Path) -> Path:
+    cfg = tmp_path / "station.toml"
+    cfg.write_text(
+        f"""
+[station]
+site = "test-site"
+id = "gate-3"
+data_dir = "{tmp_path / 'data'}"
+
+[thermal]
+port = "{port}"
+baud = 0
+refresh_hz = 8
+
+[camera]
+device = "{video}"
+
+[gate]
+pin_factory = "mock"
+"""
+    )
+    return cfg
+
+
+def recv_until(sock: socket.socket, want: bytes, timeout: float) -> list[bytes]:
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            got.append(sock.recv(4096))
+        except TimeoutError:
+            break
+        if any(want in g for g in got):
+            return got
+    raise AssertionError(f"never received {want!r}; got {got!r}")
+
+
+def test_daemon_lifecycle_under_systemd_notify(tmp_path: Path, emulator: GyMcu90640Emulator, video: Path):
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    cfg = write_config(tmp_path, emulator.port, video)
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="2000000")
+    env.pop("WATCHDOG_PID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        msgs = recv_until(sock, b"READY=1", timeout=60)
+        ready = next(m for m in msgs if b"READY=1" in m).decode()
+        assert "STATUS=screening site=test-site station=gate-3" in ready
+        # The watchdog is pinged while the screening loop makes progress (period 2 s → ping ≤ 1 s).
+        recv_until(sock, b"WATCHDOG=1", timeout=5)
+
+        # stationctl sees a running daemon, its thermal link, and an empty but healthy store.
+        time.sleep(2.5)
+        r = CliRunner().invoke(stationctl, ["--config", str(cfg), "status", "--json"], catch_exceptions=False)
+        status = json.loads(r.output)
+        assert r.exit_code == 0, r.output
+        assert status["daemon"]["state"] == "running"
+        assert status["daemon"]["pid"] == proc.pid
+        assert status["daemon"]["thermal"]["baud"] == 460800  # probed: 115200 first, then 460800
+        assert status["daemon"]["thermal"]["frames_ok"] > 0
+        assert status["daemon"]["lane_state"] == "idle"
+        assert status["today"] == {}
+
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err[-3000:]
+        assert any(b"STOPPING=1" in m for m in _drain(sock))
+        assert "signal received signal=SIGTERM" in err
+        r = CliRunner().invoke(stationctl, ["--config", str(cfg), "status", "--json"], catch_exceptions=False)
+        assert json.loads(r.output)["daemon"]["state"] == "stopped" and r.exit_code == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+
+
+def _drain(sock: socket.socket) -> list[bytes]:
+    out = []
+    sock.settimeout(0.2)
+    while True:
+        try:
+            out.append(sock.recv(4096))
+        except TimeoutError:
+            return out
+
+
+def test_daemon_refuses_a_bad_config_with_exit_2(tmp_path: Path):
+    cfg = tmp_path / "station.toml"
+    cfg.write_text("[screening]\nfever_threshold_c = 3.73\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "station.toml:2: screening.fever_threshold_c = 3.73: Input should be greater than or equal to 35" in proc.stderr
