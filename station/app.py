@@ -338,9 +338,14 @@ class StationApp:
             log.info("signal received signal=%s", signal.Signals(signum).name)
             self.stop_requested.set()
 
+        def on_hangup(_signum: int, _frame: Any) -> None:
+            # SIGHUP's default action would kill the gate; reload is not implemented yet.
+            log.warning("SIGHUP ignored: live config reload is not supported yet; restart the service to apply changes")
+
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
+            signal.signal(signal.SIGHUP, on_hangup)
         while not self.stop_requested.wait(0.2):
             if self.pipeline is not None and self.pipeline.alive():
                 self.watchdog.maybe_ping(time.monotonic())

@@ -123,11 +123,17 @@ def test_daemon_lifecycle_under_systemd_notify(tmp_path: Path, emulator: GyMcu90
         assert status["daemon"]["lane_state"] == "idle"
         assert status["today"] == {}
 
+        # SIGHUP (a reflexive `kill -HUP`) must not take the gate down.
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None
+
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err[-3000:]
         assert any(b"STOPPING=1" in m for m in _drain(sock))
         assert "signal received signal=SIGTERM" in err
+        assert "SIGHUP ignored" in err
         r = CliRunner().invoke(stationctl, ["--config", str(cfg), "status", "--json"], catch_exceptions=False)
         assert json.loads(r.output)["daemon"]["state"] == "stopped" and r.exit_code == 1
     finally:
