@@ -145,6 +145,8 @@ def lane_for(cfg: StationConfig) -> ScreeningLane:
         temperature_timeout_s=s.temperature_timeout_s,
         code_timeout_s=s.code_timeout_s,
         leave_after_s=s.leave_after_s,
+        face_stable_s=s.face_stable_s,
+        face_size_tolerance=s.face_size_tolerance,
     )
     policy = ScreeningPolicy(temperature=cfg.policy.temperature, yellow_code=Decision(cfg.policy.yellow_code))
     return ScreeningLane(settings, policy, calibration_for(cfg))

@@ -56,6 +56,8 @@ class ScreeningSection(Section):
     temperature_timeout_s: float = Field(3.0, gt=0.0, le=30.0, description="From face lock to a valid temperature, else retry")
     code_timeout_s: float = Field(5.0, gt=0.0, le=60.0, description="From face lock to a judged health code, else retry")
     leave_after_s: float = Field(0.8, gt=0.0, le=10.0, description="No face for this long means the person has left")
+    face_stable_s: float = Field(0.3, ge=0.0, le=5.0, description="The face must hold its size this long before thermal readings count")
+    face_size_tolerance: float = Field(0.08, gt=0.0, le=1.0, description="How much the face size may change and still count as standing still")
     thermal_stale_s: float = Field(2.0, gt=0.0, le=30.0, description="No thermal frame for this long is a sensor fault")
 
     @model_validator(mode="after")

@@ -74,22 +74,22 @@ class Script:
 
 
 def standing(t0: float, t1: float, step: float = 0.1) -> list[tuple[str, object]]:
-    return [("faces", faces(t0 + i * step, BIG)) for i in range(int((t1 - t0) / step) + 1)]
+    return [("faces", faces(round(t0 + i * step, 6), BIG)) for i in range(int(round((t1 - t0) / step)) + 1)]
 
 
 CASES = [
     # name, steps, policy, expected decision, expected reason
-    ("green pass", standing(0, 0.3) + [("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7)), ("code", code(0.4, CodeColour.GREEN))], None, Decision.PASS, "ok"),
-    ("code before temperature", standing(0, 0.3) + [("code", code(0.1, CodeColour.GREEN)), ("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7))], None, Decision.PASS, "ok"),
-    ("fever decides without a code", standing(0, 0.3) + [("temp", temp(0.2, 38.2)), ("temp", temp(0.3, 38.1))], None, Decision.DENY_FEVER, "fever"),
-    ("fever at exactly the threshold", standing(0, 0.3) + [("temp", temp(0.2, 37.3)), ("temp", temp(0.3, 37.3))], None, Decision.DENY_FEVER, "fever"),
-    ("fever under soft policy", standing(0, 0.3) + [("temp", temp(0.2, 38.2)), ("temp", temp(0.3, 38.1))], ScreeningPolicy(temperature="soft"), Decision.MANUAL_CHECK, "fever_soft_policy"),
-    ("red code", standing(0, 0.3) + [("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7)), ("code", code(0.4, CodeColour.RED))], None, Decision.DENY_CODE, "code_red"),
-    ("yellow, default policy", standing(0, 0.3) + [("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7)), ("code", code(0.4, CodeColour.YELLOW))], None, Decision.MANUAL_CHECK, "code_yellow"),
-    ("yellow, deny policy", standing(0, 0.3) + [("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7)), ("code", code(0.4, CodeColour.YELLOW))], ScreeningPolicy(yellow_code=Decision.DENY_CODE), Decision.DENY_CODE, "code_yellow"),
-    ("expired code", standing(0, 0.3) + [("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7)), ("code", code(0.4, CodeColour.GREEN, CodeStatus.EXPIRED, "expired"))], None, Decision.DENY_CODE, "code_expired:expired"),
-    ("unverifiable code", standing(0, 0.3) + [("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7)), ("code", code(0.4, None, CodeStatus.UNVERIFIABLE, "issuer_unknown"))], None, Decision.MANUAL_CHECK, "code_unverifiable:issuer_unknown"),
-    ("sensor fault", standing(0, 0.3) + [("temp", temp(0.2, None, MeasureState.SENSOR_FAULT))], None, Decision.MANUAL_CHECK, "sensor_fault"),
+    ("green pass", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.GREEN))], None, Decision.PASS, "ok"),
+    ("code before temperature", standing(0, 0.6) + [("code", code(0.1, CodeColour.GREEN)), ("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7))], None, Decision.PASS, "ok"),
+    ("fever decides without a code", standing(0, 0.6) + [("temp", temp(0.45, 38.2)), ("temp", temp(0.55, 38.1))], None, Decision.DENY_FEVER, "fever"),
+    ("fever at exactly the threshold", standing(0, 0.6) + [("temp", temp(0.45, 37.3)), ("temp", temp(0.55, 37.3))], None, Decision.DENY_FEVER, "fever"),
+    ("fever under soft policy", standing(0, 0.6) + [("temp", temp(0.45, 38.2)), ("temp", temp(0.55, 38.1))], ScreeningPolicy(temperature="soft"), Decision.MANUAL_CHECK, "fever_soft_policy"),
+    ("red code", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.RED))], None, Decision.DENY_CODE, "code_red"),
+    ("yellow, default policy", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.YELLOW))], None, Decision.MANUAL_CHECK, "code_yellow"),
+    ("yellow, deny policy", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.YELLOW))], ScreeningPolicy(yellow_code=Decision.DENY_CODE), Decision.DENY_CODE, "code_yellow"),
+    ("expired code", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.GREEN, CodeStatus.EXPIRED, "expired"))], None, Decision.DENY_CODE, "code_expired:expired"),
+    ("unverifiable code", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, None, CodeStatus.UNVERIFIABLE, "issuer_unknown"))], None, Decision.MANUAL_CHECK, "code_unverifiable:issuer_unknown"),
+    ("sensor fault", standing(0, 0.6) + [("temp", temp(0.45, None, MeasureState.SENSOR_FAULT))], None, Decision.MANUAL_CHECK, "sensor_fault"),
 ]
 
 
@@ -106,7 +106,7 @@ def test_decisions(name, steps, policy, decision, reason):
 
 def test_no_code_times_out_to_retry():
     ln = lane()
-    steps = standing(0, 6.0) + [("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7))]
+    steps = standing(0, 6.0) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7))]
     steps.sort(key=lambda s: getattr(s[1], "t", getattr(s[1], "done_t", 0)))
     verdicts = Script(steps).run(ln, until=12.0)
     assert [(v.decision, v.reason) for v in verdicts] == [(Decision.RETRY, "no_code")]
@@ -127,9 +127,9 @@ def test_no_valid_temperature_times_out_to_retry_with_the_reason():
 def test_invalid_code_waits_for_a_good_one():
     ln = lane()
     steps = standing(0, 1.0) + [
-        ("temp", temp(0.2, 36.6)),
-        ("temp", temp(0.3, 36.7)),
-        ("code", code(0.4, None, CodeStatus.INVALID, "not_json")),
+        ("temp", temp(0.45, 36.6)),
+        ("temp", temp(0.55, 36.7)),
+        ("code", code(0.6, None, CodeStatus.INVALID, "not_json")),
         ("code", code(0.8, CodeColour.GREEN)),
     ]
     steps.sort(key=lambda s: getattr(s[1], "t", getattr(s[1], "done_t", 0)))
@@ -139,18 +139,23 @@ def test_invalid_code_waits_for_a_good_one():
 
 def test_only_invalid_codes_end_in_manual_check_with_the_reason():
     ln = lane()
-    steps = standing(0, 6.0) + [("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7)), ("code", code(0.4, None, CodeStatus.INVALID, "not_base64"))]
+    steps = standing(0, 6.0) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, None, CodeStatus.INVALID, "not_base64"))]
     steps.sort(key=lambda s: getattr(s[1], "t", getattr(s[1], "done_t", 0)))
     verdicts = Script(steps).run(ln, until=12.0)
     assert [(v.decision, v.reason) for v in verdicts] == [(Decision.MANUAL_CHECK, "code_invalid:not_base64")]
 
 
+def stand_still(ln: ScreeningLane, until: float = 0.5) -> None:
+    for i in range(int(round(until / 0.1)) + 1):
+        ln.on_faces(faces(round(i * 0.1, 6), BIG))
+
+
 def test_unstable_readings_are_not_used():
     ln = lane()
-    ln.on_faces(faces(0.0, BIG))
-    assert ln.on_temperature(temp(0.1, 36.0)) is None
-    assert ln.on_temperature(temp(0.2, 37.5)) is None  # 1.5 °C apart: no agreement yet
-    v = ln.on_temperature(temp(0.3, 37.6))  # agrees with the previous one: median 37.55 → fever
+    stand_still(ln)
+    assert ln.on_temperature(temp(0.5, 36.0)) is None
+    assert ln.on_temperature(temp(0.6, 37.5)) is None  # 1.5 °C apart: no agreement yet
+    v = ln.on_temperature(temp(0.7, 37.6))  # agrees with the previous one: median 37.55 → fever
     assert v is not None and v.decision is Decision.DENY_FEVER
     assert v.temperature_c == pytest.approx(37.55)
     assert v.temperature["samples"] == [37.5, 37.6]
@@ -159,18 +164,49 @@ def test_unstable_readings_are_not_used():
 
 def test_a_failed_frame_breaks_the_run_of_agreeing_samples():
     ln = lane()
-    ln.on_faces(faces(0.0, BIG))
-    ln.on_code(code(0.05, CodeColour.GREEN))
-    assert ln.on_temperature(temp(0.1, 36.5)) is None
-    assert ln.on_temperature(temp(0.2, None, MeasureState.COLD_ROI)) is None
-    assert ln.on_temperature(temp(0.3, 36.6)) is None
-    v = ln.on_temperature(temp(0.4, 36.7))
+    stand_still(ln)
+    ln.on_code(code(0.5, CodeColour.GREEN))
+    assert ln.on_temperature(temp(0.5, 36.5)) is None
+    assert ln.on_temperature(temp(0.6, None, MeasureState.COLD_ROI)) is None
+    assert ln.on_temperature(temp(0.7, 36.6)) is None
+    v = ln.on_temperature(temp(0.8, 36.7))
     assert v is not None and v.decision is Decision.PASS and v.temperature_c == pytest.approx(36.65)
+
+
+def growing(t: float, height: float) -> FaceObservation:
+    return faces(t, Box(320 - height * 0.36, 210 - height / 2, 320 + height * 0.36, 210 + height / 2))
+
+
+def test_readings_while_the_person_still_walks_up_are_not_used():
+    # Far faces read low (fewer skin pixels per thermal pixel): a walker at 1 m must not "pass" a
+    # fever. Readings count only once the face has stopped growing.
+    ln = lane()
+    for i in range(6):  # face grows 130 → 230 px over 0.5 s
+        ln.on_faces(growing(round(i * 0.1, 6), 130 + 20 * i))
+        assert ln.on_temperature(temp(i * 0.1 + 0.05, 36.9)) is None
+    assert ln._current is not None and ln._current.samples == []
+    assert ln._current.measure_states == {"unstable": 6}
+    for i in range(6, 10):  # standing still at 230 px
+        ln.on_faces(growing(round(i * 0.1, 6), 230))
+    assert ln.on_temperature(temp(0.95, 38.0)) is None
+    v = ln.on_temperature(temp(1.05, 38.1))
+    assert v is not None and v.decision is Decision.DENY_FEVER and v.temperature_c == pytest.approx(38.05)
+    assert v.temperature["frames_by_state"] == {"unstable": 6, "measured": 2}
+
+
+def test_a_person_who_never_stands_still_gets_retry_with_the_reason():
+    ln = lane()
+    verdict = None
+    for i in range(40):
+        t = i * 0.1
+        verdict = verdict or ln.on_faces(growing(t, 130 + 3 * i if i % 2 else 130 + 3 * i + 40))  # swaying
+        verdict = verdict or ln.on_temperature(temp(t + 0.05, 36.6))
+    assert verdict is not None and (verdict.decision, verdict.reason) == (Decision.RETRY, "no_valid_temperature:unstable")
 
 
 def test_one_screening_per_person_standing_still():
     ln = lane()
-    decided = Script(standing(0, 0.3) + [("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7)), ("code", code(0.4, CodeColour.GREEN))]).run(ln, until=0.5)
+    decided = Script(standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.GREEN))]).run(ln, until=0.5)
     assert len(decided) == 1
     # The same person keeps standing there for 20 s showing everything again: no second screening.
     again = []
@@ -227,14 +263,14 @@ def test_idle_lane_ignores_readings_and_codes():
 
 def test_latency_stages_in_order():
     ln = lane()
-    steps = standing(0, 0.3) + [("code", code(0.15, CodeColour.GREEN)), ("temp", temp(0.2, 36.6)), ("temp", temp(0.3, 36.7))]
+    steps = standing(0, 0.6) + [("code", code(0.15, CodeColour.GREEN)), ("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7))]
     steps.sort(key=lambda s: getattr(s[1], "t", getattr(s[1], "done_t", 0)))
     (v,) = Script(steps).run(ln, until=3.0)
     lat = v.latency_ms()
     assert set(lat) >= {"face", "temperature", "code", "decision", "total", "detect_ms", "decode_ms"}
     assert lat["face"] == pytest.approx(5.0)
     assert lat["code"] == pytest.approx(160.0)
-    assert lat["temperature"] == pytest.approx(300.0)
+    assert lat["temperature"] == pytest.approx(550.0)
     assert lat["total"] >= lat["temperature"]
 
 

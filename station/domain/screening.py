@@ -13,6 +13,7 @@ timeouts, so tests replay recorded observations and get the same decisions every
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -32,6 +33,9 @@ from station.domain.model import (
 from station.domain.thermal import MeasureState, ThermalCalibration, measure_face
 
 
+UNSTABLE = "unstable"  # a reading taken while the face was still moving or growing
+
+
 class LaneState(StrEnum):
     IDLE = "idle"  # nobody in the zone
     SCREENING = "screening"  # a person is being screened
@@ -47,6 +51,11 @@ class ScreeningSettings:
     temperature_timeout_s: float = 3.0
     code_timeout_s: float = 5.0
     leave_after_s: float = 0.8
+    # A face still growing in the picture belongs to someone still walking up: too far for the
+    # calibrated distance, and moving. Thermal samples count only once the face size has held
+    # within ``face_size_tolerance`` for ``face_stable_s``.
+    face_stable_s: float = 0.3
+    face_size_tolerance: float = 0.08
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +101,7 @@ class _Screening:
     face: FaceDetection
     frame_size: tuple[int, int]
     detect_ms: float
+    face_sizes: deque[tuple[float, float]] = field(default_factory=deque)  # (captured_t, height)
     samples: list[TemperatureMeasurement] = field(default_factory=list)
     last_measure_state: str = ""
     measure_states: dict[str, int] = field(default_factory=dict)
@@ -137,9 +147,25 @@ class ScreeningLane:
                 frame_size=obs.frame_size,
                 detect_ms=obs.detect_ms,
             )
+            self._current.face_sizes.append((obs.captured_t, face.box.height))
         elif self.state is LaneState.SCREENING and self._current is not None:
             self._current.face = face
+            sizes = self._current.face_sizes
+            sizes.append((obs.captured_t, face.box.height))
+            # Keep just enough history to judge the last face_stable_s.
+            while len(sizes) > 2 and sizes[1][0] <= obs.captured_t - self.settings.face_stable_s:
+                sizes.popleft()
         return self.tick(obs.done_t)
+
+    def face_stable(self) -> bool:
+        """The locked face has held its size for ``face_stable_s``: the person stands still."""
+        s = self._current
+        if s is None or len(s.face_sizes) < 2:
+            return False
+        span = s.face_sizes[-1][0] - s.face_sizes[0][0]
+        heights = [h for _, h in s.face_sizes]
+        # (1 ms slack: frame timestamps are floats)
+        return span >= self.settings.face_stable_s - 1e-3 and max(heights) <= min(heights) * (1.0 + self.settings.face_size_tolerance)
 
     def on_thermal(self, frame: ThermalFrame) -> Verdict | None:
         """Measure the locked face in ``frame`` (if someone is being screened)."""
@@ -152,12 +178,15 @@ class ScreeningLane:
         s = self._current
         if self.state is not LaneState.SCREENING or s is None:
             return None
-        s.last_measure_state = m.state
-        s.measure_states[m.state] = s.measure_states.get(m.state, 0) + 1
-        if m.state == MeasureState.SENSOR_FAULT:
+        state = m.state
+        if state == MeasureState.MEASURED and not self.face_stable():
+            state = UNSTABLE
+        s.last_measure_state = state
+        s.measure_states[state] = s.measure_states.get(state, 0) + 1
+        if state == MeasureState.SENSOR_FAULT:
             return self._decide(Decision.MANUAL_CHECK, "sensor_fault", m.t, alarm=False)
         if s.temperature_c is None:
-            if m.state == MeasureState.MEASURED and m.core_c is not None:
+            if state == MeasureState.MEASURED and m.core_c is not None:
                 s.samples.append(m)
                 window = s.samples[-self.settings.stable_samples :]
                 values = [x.core_c for x in window if x.core_c is not None]
