@@ -330,7 +330,7 @@ class StationApp:
             name, fn = self._stack.pop()
             try:
                 fn()
-            except Exception:
+            except Exception:  # logged; the rest must still stop (gate to safe state, store closed)
                 log.exception("stop failed component=%s", name)
 
     def run_forever(self, tick: Callable[[], None] | None = None) -> None:

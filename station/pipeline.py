@@ -196,7 +196,7 @@ class Pipeline:
         def run() -> None:
             try:
                 fn()
-            except Exception:
+            except Exception:  # logged with traceback and counted
                 # A dead stage thread must be loud: the watchdog stops pinging and systemd restarts us.
                 log.exception("pipeline thread crashed thread=%s", name)
                 self.counters.add(f"crashed_{name}")
@@ -344,7 +344,7 @@ class Pipeline:
         for fn in self._listeners:
             try:
                 fn(decided)
-            except Exception:
+            except Exception:  # logged; the decision is already recorded and acted on
                 log.exception("decision listener failed listener=%r", fn)
 
     def stats(self) -> dict[str, Any]:

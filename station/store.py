@@ -483,7 +483,7 @@ class SqliteEventStore:
         for callback in listeners:
             try:
                 callback()
-            except Exception:
+            except Exception:  # logged; a listener must not undo a committed write
                 log.exception("outbox listener %r failed", callback)
 
     def record_gate_result(self, result: GateResult) -> None:

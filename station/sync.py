@@ -205,7 +205,7 @@ class OutboxPump:
             try:
                 block = not self._step(block)
                 backoff = 0.5
-            except Exception:
+            except Exception:  # counted, logged with traceback, retried with backoff
                 self.errors += 1
                 log.exception("outbox pump step failed; retrying in %.1f s", backoff)
                 self._stop.wait(backoff)

@@ -201,7 +201,7 @@ class WatchdogGate:
         for name, check in self._checks:
             try:
                 ok = check()
-            except Exception:
+            except Exception:  # a check that raises counts as failed (no ping)
                 log.exception("watchdog check %s raised", name)
                 ok = False
             if not ok:

@@ -168,22 +168,6 @@ def test_face_photo_asset_is_shipped() -> None:
     assert img is not None and img.shape == (320, 256, 3)
 
 
-def test_render_cost(renderer: SceneRenderer, record_property: pytest.RecordProperty) -> None:
-    """Measured, not asserted: per-frame render time once a person's layers are cached."""
-    figures = {}
-    for key in ("empty", "showing"):
-        state = states_for(0)[key]
-        renderer.render(state)
-        times = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            renderer.render(state)
-            times.append((time.perf_counter() - t0) * 1000.0)
-        figures[key] = float(np.median(times))
-        record_property(f"render_ms_{key}", round(figures[key], 2))
-    print(f"scene render median ms: {figures}")
-
-
 # -- real-time camera behaviour --------------------------------------------------------------------
 def short_scene() -> SceneDirector:
     timing = SceneTiming(approach_s=0.2, code_delay_s=0.0, max_dwell_s=0.3, gap_s=0.2)

@@ -137,7 +137,7 @@ class GpioGate:
             self._devices[BUZZER] = Buzzer(buzzer_pin, active_high=levels[BUZZER], initial_value=False, pin_factory=self._factory)
             for light, pin in ((GREEN, green_pin), (RED, red_pin), (AMBER, amber_pin)):
                 self._devices[light] = LED(pin, active_high=levels[light], initial_value=False, pin_factory=self._factory)
-        except Exception:
+        except Exception:  # release what was claimed, then re-raise
             self._close_devices()
             raise
 

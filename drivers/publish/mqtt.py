@@ -237,7 +237,7 @@ class MqttPublisher:
             return
         try:
             handler(mid)
-        except Exception:
+        except Exception:  # logged: an exception would kill paho's network thread
             log.exception("ack handler failed for mid %d", mid)
 
     def _on_connect(
@@ -266,13 +266,13 @@ class MqttPublisher:
                 self.connects += 1
             log.info("MQTT connected to %s:%d (%d unacknowledged message(s) from the previous "
                      "connection left to the outbox)", self.host, self.port, len(dropped))
-        except Exception:
+        except Exception:  # logged: an exception would kill paho's network thread
             log.exception("MQTT on_connect failed")
             return
         for hook in list(self.on_connected):
             try:
                 hook()
-            except Exception:
+            except Exception:  # logged; the other hooks still run
                 log.exception("on_connected hook %r failed", hook)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -298,7 +298,7 @@ class MqttPublisher:
                     self.last_error = str(reason_code)
                     log.warning("MQTT connection to %s:%d lost: %s; reconnecting",
                                 self.host, self.port, reason_code)
-        except Exception:
+        except Exception:  # logged: an exception would kill paho's network thread
             log.exception("MQTT on_disconnect failed")
 
     def _on_publish(
@@ -332,7 +332,7 @@ class MqttPublisher:
                     report = False
             if report:
                 self._deliver(mid)
-        except Exception:
+        except Exception:  # logged: an exception would kill paho's network thread
             log.exception("MQTT on_publish failed for mid %d", mid)
 
     def stats(self) -> dict[str, Any]:
