@@ -43,7 +43,7 @@ from station.domain.model import (
 )
 from station.domain.screening import LaneState, ScreeningLane, Verdict
 from station.domain.thermal import MeasureState
-from station.domain.gate import gate_command_for
+from station.domain.gate import ACTION_FOR, gate_command_for
 from station.ports import Clock, CodeReader, CodeVerifier, EventStore, FaceDetector, FrameSource, GateOutput, ThermalSource
 
 log = logging.getLogger("station.pipeline")
@@ -272,8 +272,7 @@ class Pipeline:
                 item = self._inbox.get(timeout=0.05)
             except queue.Empty:
                 item = None
-            now = self.clock.monotonic()
-            verdict: Verdict | None
+            verdict: Verdict | None = None
             if isinstance(item, FaceObservation):
                 verdict = lane.on_faces(item)
             elif isinstance(item, ThermalFrame):
@@ -281,12 +280,16 @@ class Pipeline:
                 verdict = lane.on_thermal(item)
             elif isinstance(item, CodeObservation):
                 verdict = lane.on_code(item)
-            elif lane.state is LaneState.SCREENING and now - self._last_thermal_t > self.settings.thermal_stale_s:
+            now = self.clock.monotonic()
+            if verdict is None and lane.state is LaneState.SCREENING and now - self._last_thermal_t > self.settings.thermal_stale_s:
+                # Checked on every pass, not only when idle: faces keep arriving while the sensor is silent.
                 verdict = lane.on_temperature(TemperatureMeasurement(MeasureState.SENSOR_FAULT, now))
-            else:
+            if verdict is None:
                 verdict = lane.tick(now)
             if verdict is not None:
                 self.counters.add(f"decision_{verdict.decision.value}")
+                # Blocks only if the executor is 64 decisions behind (a dead disk): then the lane
+                # stops, the watchdog stops being pinged and systemd restarts the station.
                 self._decisions.put(verdict)
             if self._on_progress is not None:
                 self._on_progress()
@@ -322,14 +325,27 @@ class Pipeline:
         )
         # The record is durable before the gate moves: a crash here leaves an event without a gate
         # action (safe: the barrier stays closed), never a gate action without its event.
-        self.store.record(event)
+        try:
+            self.store.record(event)
+        except Exception as exc:  # disk full, I/O error: logged loudly; the gate stays closed
+            self.counters.add("record_failed")
+            log.error("event not recorded, gate stays closed event_id=%s decision=%s error=%s", event.event_id, event.decision.value, exc)
+            now = self.clock.monotonic()
+            self.gate.safe_state()
+            result = GateResult(event.event_id, ACTION_FOR[verdict.decision], False, f"fault: event not recorded: {exc}", now)
+            self._notify(Decided(event, result, round((now - decided_t) * 1000.0, 2), round((now - decided_t) * 1000.0, 2)))
+            return
         stored_t = self.clock.monotonic()
         command: GateCommand = gate_command_for(event.event_id, verdict.decision, decided_t, self.settings.command_ttl_s, verdict.alarm)
         result = self.gate.execute(command, self.clock.monotonic())
         gate_t = self.clock.monotonic()
         if not result.executed:
             log.warning("gate command not carried out event_id=%s action=%s reason=%s", event.event_id, command.action, result.reason)
-        self.store.record_gate_result(result)
+        try:
+            self.store.record_gate_result(result)
+        except Exception as exc:  # the event itself is safe; only its audit row is missing
+            self.counters.add("record_failed")
+            log.error("gate result not recorded event_id=%s error=%s", event.event_id, exc)
         decided = Decided(event, result, round((stored_t - decided_t) * 1000.0, 2), round((gate_t - decided_t) * 1000.0, 2))
         self.last_decided = decided
         log.info(
@@ -341,6 +357,9 @@ class Pipeline:
             event.code_colour.value if event.code_colour else None,
             event.latency_ms.get("total"),
         )
+        self._notify(decided)
+
+    def _notify(self, decided: Decided) -> None:
         for fn in self._listeners:
             try:
                 fn(decided)
