@@ -95,7 +95,11 @@ def build_thermal(cfg: StationConfig) -> ThermalSource:
     from drivers.thermal.gy_mcu90640 import GyMcu90640Source
 
     t = cfg.thermal
-    return GyMcu90640Source(t.port, baud=t.baud or None, refresh_hz=float(t.refresh_hz), emissivity=t.emissivity)
+    # The daemon starts without its module rather than crash-looping: screenings end in manual_check
+    # (sensor fault) and the state says "reconnecting" until the module answers.
+    return GyMcu90640Source(
+        t.port, baud=t.baud or None, refresh_hz=float(t.refresh_hz), emissivity=t.emissivity, require_link_at_start=False
+    )
 
 
 def build_camera(cfg: StationConfig) -> FrameSource:
@@ -274,7 +278,11 @@ class StationApp:
         self._push("status", stop_status)
 
         self.ready_t = self.clock.monotonic()
-        self.notifier.ready(status=f"screening site={cfg.station.site} station={cfg.station.id}")
+        link = thermal.stats().get("state")
+        degraded = "" if link == "connected" else f"; DEGRADED: thermal module {link}, every screening ends in manual_check"
+        if degraded:
+            log.error("station running without its thermal module state=%s", link)
+        self.notifier.ready(status=f"screening site={cfg.station.site} station={cfg.station.id}{degraded}")
         log.info("station ready start_s=%.2f", self.ready_t - (self.started_t or self.ready_t))
 
     def _start_sync(self) -> None:

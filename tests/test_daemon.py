@@ -153,6 +153,46 @@ def _drain(sock: socket.socket) -> list[bytes]:
             return out
 
 
+def test_daemon_without_its_thermal_module_runs_degraded_and_finds_it_later(tmp_path: Path, video: Path):
+    # The module is not there at boot (the link is a symlink that does not exist yet): the station
+    # must come up, say it is degraded, and pick the module up when it appears — not crash-loop.
+    link = tmp_path / "thermal-link"
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    cfg = write_config(tmp_path, str(link), video)
+    cfg.write_text(cfg.read_text().replace("baud = 0", "baud = 460800"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
+        cwd=ROOT, env=dict(os.environ, NOTIFY_SOCKET=str(notify)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    emu = GyMcu90640Emulator(empty_room, baud=460800, refresh_hz=8)
+    try:
+        msgs = recv_until(sock, b"READY=1", timeout=60)
+        assert "DEGRADED: thermal module reconnecting" in next(m for m in msgs if b"READY=1" in m).decode()
+        emu.start()
+        link.symlink_to(emu.port)
+        deadline = time.monotonic() + 20
+        thermal: dict = {}
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            r = CliRunner().invoke(stationctl, ["--config", str(cfg), "status", "--json"], catch_exceptions=False)
+            thermal = json.loads(r.output)["daemon"].get("thermal", {})
+            if thermal.get("state") == "connected" and thermal.get("frames_ok", 0) > 0:
+                break
+        assert thermal.get("state") == "connected" and thermal["frames_ok"] > 0, thermal
+        assert thermal["open_failures"] >= 1
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        emu.stop()
+        sock.close()
+
+
 def test_daemon_refuses_a_bad_config_with_exit_2(tmp_path: Path):
     cfg = tmp_path / "station.toml"
     cfg.write_text("[screening]\nfever_threshold_c = 3.73\n")

@@ -536,6 +536,11 @@ class GyMcu90640Source:
     thread crashed — a bug, logged with its traceback). ``observed_hz`` is 0.0 until the first
     ``RATE_FRAMES`` frames after (re)configuring have been timed; ``module_emissivity`` is 0.0 until
     ``query_emissivity`` got an answer.
+
+    With ``require_link_at_start=False`` a module that cannot be reached at start-up is logged and
+    then looked for in the background like an unplugged one, instead of failing ``start()``: a gate
+    whose module is missing keeps running (every screening ends in ``manual_check``) and says so,
+    rather than restarting in a loop.
     """
 
     def __init__(
@@ -552,6 +557,7 @@ class GyMcu90640Source:
         port_resolver: Callable[[], str] | None = None,
         probe_window_s: float | None = None,
         command_gap_s: float = COMMAND_GAP_S,
+        require_link_at_start: bool = True,
     ) -> None:
         if baud is not None and baud not in BAUD_ARGS:
             raise ValueError(f"baud must be one of {sorted(BAUD_ARGS)} or None, got {baud}")
@@ -573,6 +579,7 @@ class GyMcu90640Source:
         self._resolver = port_resolver
         self._probe_window_s = probe_window_s
         self._command_gap_s = command_gap_s
+        self._require_link = require_link_at_start
 
         self._parser = FrameParser(GY_MCU90640)
         self._ser: serial.Serial | None = None
@@ -610,14 +617,23 @@ class GyMcu90640Source:
         self._set_state("probing")
         if self._resolver is None:
             self._port = resolve_port(self._port_given)  # resolved while the device is present
+        problem: ThermalLinkError | None = None
         try:
             self._connect()
         except (serial.SerialException, OSError) as exc:
-            self._set_state("stopped")
-            raise ThermalLinkError(f"cannot open {self._port}: {exc}") from exc
-        if self._ser is None:
-            self._set_state("stopped")
-            raise ThermalLinkError(f"no GY-MCU90640 frame on {self._port} at any of {self._probe_list()} baud")
+            problem = ThermalLinkError(f"cannot open {self._port}: {exc}")
+        if problem is None and self._ser is None:
+            problem = ThermalLinkError(f"no GY-MCU90640 frame on {self._port} at any of {self._probe_list()} baud")
+        if problem is not None:
+            if self._require_link:
+                self._set_state("stopped")
+                raise problem
+            log.error("thermal module not reachable at start-up, looking for it in the background: %s", problem,
+                      extra={"thermal": {"event": "start_without_link", "port": self._port}})
+            with self._stats_lock:
+                self._open_failures += 1
+                self._consecutive_failures += 1
+            self._set_state("reconnecting")
         self._thread = threading.Thread(target=self._run, name=f"thermal-{self.name}", daemon=True)
         self._thread.start()
 
