@@ -222,6 +222,7 @@ class SqliteEventStore:
         station_id: str,
         site: str,
         topic_prefix: str = "checkpoint/v1",
+        read_only: bool = False,
     ) -> None:
         _check_topic_level("station_id", station_id)
         _check_topic_level("site", site)
@@ -237,17 +238,37 @@ class SqliteEventStore:
         self._listeners: list[Callable[[], None]] = []
         self._closed = False
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: the driver never opens implicit transactions; this class issues
-        # BEGIN IMMEDIATE / COMMIT itself so that transaction boundaries are explicit.
-        conn = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
-        )
+        self.read_only = read_only
+        if read_only:
+            # For readers beside the running daemon (stationctl): never migrate, back up or write.
+            if not self.path.exists():
+                raise StoreError(f"no event database at {self.path}")
+            conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: the driver never opens implicit transactions; this class issues
+            # BEGIN IMMEDIATE / COMMIT itself so that transaction boundaries are explicit.
+            conn = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            )
         try:
             self._conn = conn
-            self._configure(conn)
+            if read_only:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has schema version {version}, this release reads version "
+                        f"{SCHEMA_VERSION}; start the daemon once to migrate it"
+                    )
+            else:
+                self._configure(conn)
             self._db = Database(conn, execute_plugins=False)
-            self._migrate()
+            if not read_only:
+                self._migrate()
             self._session = self._meta_int("session")
         except BaseException:
             conn.close()
@@ -345,6 +366,8 @@ class SqliteEventStore:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
         with self._lock:
             self._check_open()
+            if self.read_only:
+                raise StoreError(f"event store {self.path} is open read-only")
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -404,6 +427,9 @@ class SqliteEventStore:
             if self._closed:
                 return
             self._closed = True
+            if self.read_only:
+                self._conn.close()
+                return
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:

@@ -405,3 +405,35 @@ def test_sigkill_mid_write_loses_nothing_that_was_reported(tmp_path: Path) -> No
         assert store.integrity_check() == "ok"
         store.record(make_event(0))
         assert store.outbox_stats()["pending"] >= len(set(reported))
+
+
+def test_read_only_open_reads_but_never_writes_or_migrates(tmp_path):
+    from station.store import SCHEMA_VERSION, SqliteEventStore, StoreError
+
+    path = tmp_path / "events.sqlite3"
+    with pytest.raises(StoreError, match="no event database"):
+        SqliteEventStore(path, station_id="s1", site="site", read_only=True)
+    writer = SqliteEventStore(path, station_id="s1", site="site")
+    writer.begin_session()
+    writer.record(make_event(1))
+    reader = SqliteEventStore(path, station_id="s1", site="site", read_only=True)
+    try:
+        assert [e["event_id"] for e in reader.tail(5)] == [writer.tail(1)[0]["event_id"]]
+        assert reader.outbox_stats()["pending"] == 1
+        with pytest.raises(StoreError, match="read-only"):
+            reader.record(make_event(2))
+        with pytest.raises(StoreError, match="read-only"):
+            reader.begin_session()
+    finally:
+        reader.close()
+        writer.close()
+    # An older schema is not migrated by a reader.
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION - 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="start the daemon once to migrate"):
+        SqliteEventStore(path, station_id="s1", site="site", read_only=True)
+    assert not list(tmp_path.glob("*.bak"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -184,14 +185,18 @@ def config_validate(obj: Ctx, file: Path | None, as_json: bool) -> None:
 
 def _open_store(obj: Ctx) -> Any:
     from station.app import DB_NAME
-    from station.store import SqliteEventStore
+    from station.store import SqliteEventStore, StoreError
 
     cfg = obj.load()
     db = obj.data_dir() / DB_NAME
     if not db.exists():
         click.echo(f"no event database at {db} (has the station run yet? see --data-dir)", err=True)
         sys.exit(1)
-    return SqliteEventStore(db, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix)
+    try:
+        return SqliteEventStore(db, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix, read_only=True)
+    except (StoreError, sqlite3.Error) as exc:
+        click.echo(f"cannot read {db}: {exc}", err=True)
+        sys.exit(1)
 
 
 def _daemon_state(data_dir: Path) -> dict[str, Any]:
