@@ -148,6 +148,27 @@ def store_writes(n: int) -> dict[str, Any]:
     return {"events": n, "event_write_per_s": round(n / dt, 1), "synchronous": "FULL"}
 
 
+def _vision(repeat: int, threads: int) -> dict[str, Any]:
+    """Face/plate speed, pipeline frame rate, RSS and labelled-set accuracy (bench/vision.py)."""
+    from bench.vision import vision
+
+    return vision(max(10, repeat), threads)
+
+
+def _thermal(people: int, quick: bool) -> dict[str, Any]:
+    """Simulated accuracy and link latency of the thermal path (bench/thermal_accuracy.py, thermal_latency.py)."""
+    from bench.thermal_accuracy import run as accuracy
+    from bench.thermal_latency import run as latency
+
+    return {"accuracy": accuracy(200 if quick else 1000), "latency": latency(people)}
+
+
+def _sync(n: int) -> dict[str, Any]:
+    from bench.outbox import sync_bench  # catch-up after an outage and durable writes (bench/outbox.py)
+
+    return sync_bench(n)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and people (about a minute)")
@@ -167,6 +188,9 @@ def main() -> None:
         "frame_compute_ms": frame_compute(repeat, threads),
         "lane": lane(people),
         "store": store_writes(200 if args.quick else 1000),
+        "sync": _sync(2000 if args.quick else 10_000),
+        "thermal": _thermal(people, args.quick),
+        "vision": _vision(repeat // 2, threads),
     }
     text = json.dumps(result, indent=None if args.json else 2, ensure_ascii=False)
     print(text)

@@ -60,20 +60,12 @@ def models_dir_for(cfg: StationConfig) -> Path:
 
 
 def build_detector(cfg: StationConfig) -> FaceDetector:
-    if cfg.detector.face == "haar":
-        from drivers.detect.haar import HaarFaceDetector
+    # A missing or corrupt model gives a detector that finds nothing and says why (station.vision):
+    # the station runs degraded with the lane closed instead of crash-looping.
+    from station.vision import build_face_detector
 
-        return HaarFaceDetector()
-    from drivers.detect.ultraface import UltraFaceDetector
-    from station.models import path_for
-
-    size = (320, 240) if cfg.detector.face == "ultraface-rfb-320" else (640, 480)
-    return UltraFaceDetector(
-        path_for(cfg.detector.face, models_dir_for(cfg)),
-        input_size=size,
-        score_threshold=cfg.detector.score_threshold,
-        threads=cfg.detector.threads,
-    )
+    d = cfg.detector
+    return build_face_detector(d.face, models_dir_for(cfg), score_threshold=d.score_threshold, threads=d.threads)  # type: ignore[no-any-return]
 
 
 def build_reader(cfg: StationConfig) -> CodeReader:
@@ -95,6 +87,10 @@ def build_thermal(cfg: StationConfig) -> ThermalSource:
     from drivers.thermal.gy_mcu90640 import GyMcu90640Source
 
     t = cfg.thermal
+    if t.driver == "htpa32x32":
+        from drivers.thermal.htpa32x32 import HtpaSource
+
+        return HtpaSource(t.port, refresh_hz=float(t.refresh_hz))
     # The daemon starts without its module rather than crash-looping: screenings end in manual_check
     # (sensor fault) and the state says "reconnecting" until the module answers.
     return GyMcu90640Source(
@@ -136,6 +132,20 @@ def calibration_for(cfg: StationConfig) -> ThermalCalibration:
         valid_max_c=s.valid_max_c,
         min_pixels=t.min_pixels,
         roi_margin=t.roi_margin,
+        version=t.calibration_version,
+        ambient_gain=t.ambient_gain,
+        ambient_ref_c=t.ambient_ref_c,
+        ta_shift_c=t.ta_shift_c,
+        room_c=t.room_c if t.ambient_source == "room" else None,
+        face_ref_px=t.face_ref_px,
+        distance_gain=t.distance_gain,
+        too_close_ratio=t.too_close_ratio,
+        too_far_ratio=t.too_far_ratio,
+        reference_box=(t.reference_box[0], t.reference_box[1], t.reference_box[2], t.reference_box[3]) if t.reference_box else None,
+        reference_c=t.reference_c,
+        several_people_ratio=t.several_people_ratio,
+        warmup_s=t.warmup_s,
+        warmup_max_die_rate=t.warmup_max_die_rate,
     )
 
 
@@ -153,7 +163,12 @@ def lane_for(cfg: StationConfig) -> ScreeningLane:
         face_size_tolerance=s.face_size_tolerance,
     )
     policy = ScreeningPolicy(temperature=cfg.policy.temperature, yellow_code=Decision(cfg.policy.yellow_code))
-    return ScreeningLane(settings, policy, calibration_for(cfg))
+    lane = ScreeningLane(settings, policy, calibration_for(cfg))
+    from station.domain.direction import LaneGeometry
+
+    d = cfg.direction
+    lane.directions.geometry = LaneGeometry(by=d.by, entry=d.entry, min_travel=d.min_travel)
+    return lane
 
 
 @dataclass
@@ -176,8 +191,10 @@ class StationApp:
         data_dir: Path | None = None,
         injected: Injected | None = None,
         notifier: Notifier | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # for remote commands that validate or edit the file
         self.data_dir = data_dir_for(cfg, data_dir)
         self.injected = injected or Injected()
         self.notifier = notifier or Notifier()
@@ -192,6 +209,9 @@ class StationApp:
         self.ready_t: float | None = None
         self.warmup_ms: float | None = None
         self.session: int | None = None
+        self.detector_state = "not started"
+        self.plates: Any = None  # the vehicle lane's plate thread (vehicle.mode = "vehicle")
+        self.plate_state = "off"
 
     @property
     def db_path(self) -> Path:
@@ -231,6 +251,9 @@ class StationApp:
         self.notifier.extend_timeout(60)
         detector = build_detector(cfg)
         self.warmup_ms = detector.warm_up()
+        from station.vision import detector_state
+
+        self.detector_state = detector_state(detector)
         log.info("detector warm detector=%s warmup_ms=%.1f", detector.name, self.warmup_ms)
         reader = build_reader(cfg)
         verifiers = build_verifiers(cfg)
@@ -257,9 +280,16 @@ class StationApp:
             store=self.store,
             gate=gate,
             clock=self.clock,
-            settings=PipelineSettings(thermal_stale_s=cfg.screening.thermal_stale_s, command_ttl_s=cfg.gate.command_ttl_s),
+            settings=PipelineSettings(
+                thermal_stale_s=cfg.screening.thermal_stale_s,
+                command_ttl_s=cfg.gate.command_ttl_s,
+                detect_max_rate_hz=cfg.detector.max_rate_hz,
+                detect_skip_diff=cfg.detector.skip_unchanged_below,
+            ),
             on_progress=watchdog.progress,
         )
+        if cfg.vehicle.mode == "vehicle":
+            self._start_plates()
         self.pipeline.start()
         self._push("pipeline", self.pipeline.stop)
 
@@ -280,30 +310,55 @@ class StationApp:
         self.ready_t = self.clock.monotonic()
         link = thermal.stats().get("state")
         degraded = "" if link == "connected" else f"; DEGRADED: thermal module {link}, every screening ends in manual_check"
+        if self.detector_state != "ok":
+            degraded += f"; DEGRADED: face detector {self.detector_state}; the lane stays closed"
+            log.error("station running without a face detector state=%s", self.detector_state)
+        if self.plate_state not in ("ok", "off"):
+            degraded += f"; DEGRADED: plate reader {self.plate_state}"
         if degraded:
             log.error("station running without its thermal module state=%s", link)
         self.notifier.ready(status=f"screening site={cfg.station.site} station={cfg.station.id}{degraded}")
         log.info("station ready start_s=%.2f", self.ready_t - (self.started_t or self.ready_t))
 
+    def _start_plates(self) -> None:
+        """Vehicle lane: the plate reader on its own thread, fed the newest camera frames."""
+        from station.domain.vehicles import VehicleLane
+        from station.residents import ResidentFile, resident_path
+        from station.vehicle_loop import PlateLoop
+        from station.vision import build_plate_reader
+
+        v = self.cfg.vehicle
+        reader, self.plate_state = build_plate_reader(
+            models_dir_for(self.cfg), threads=self.cfg.detector.threads, max_side=v.plate_max_side, score_threshold=v.plate_score_threshold
+        )
+        if reader is None:
+            # The person lane still works; vehicles are not read (the state says why).
+            log.error("vehicle lane without plate reader state=%s", self.plate_state)
+            return
+        log.info("plate reader warm warmup_ms=%.1f", reader.warm_up())
+        lane = VehicleLane(ResidentFile(resident_path(self.data_dir)), min_reads=v.min_reads, min_confidence=v.min_plate_confidence)
+        self.plates = PlateLoop(reader, lane)
+        assert self.pipeline is not None
+        self.pipeline.frame_taps.append(self.plates.offer)
+        self.plates.start()
+        self._push("plates", self.plates.stop)
+
     def _start_sync(self) -> None:
-        from drivers.publish.mqtt import MqttPublisher
-        from station.sync import OutboxPump, status_payload, status_topic
+        from station.sync import OutboxPump, bounds_from_config, publisher_from_config
 
         cfg = self.cfg
-        topic = status_topic(cfg.mqtt.topic_prefix, cfg.station.site, cfg.station.id)
-        self.publisher = MqttPublisher(
-            cfg.mqtt.url,
-            client_id=f"checkpoint-{cfg.station.site}-{cfg.station.id}",
-            status_topic=topic,
-            will_payload=status_payload("offline", self.session or 0),
-            online_payload=status_payload("online", self.session or 0),
-            stopped_payload=status_payload("stopped", self.session or 0),
-        )
+        self.store.outbox_bounds = bounds_from_config(cfg)
+        self.publisher = publisher_from_config(cfg, self.session or 0)
         self.publisher.start()
         self._push("mqtt", self.publisher.stop)
-        self.pump = OutboxPump(self.store, self.publisher)
+        self.pump = OutboxPump(self.store, self.publisher, max_in_flight=cfg.mqtt.max_in_flight)
         self.pump.start()
         self._push("outbox-pump", self.pump.stop)
+        from station.commands import link_for_app  # states, stats, commands (docs/mqtt.md)
+
+        self.link = link_for_app(self)
+        self.link.start()
+        self._push("mqtt-link", self.link.stop)
 
     def runtime_status(self) -> dict[str, Any]:
         p = self.pipeline
@@ -312,10 +367,15 @@ class StationApp:
             "station": self.cfg.station.id,
             "session": self.session,
             "lane_state": p.lane.state.value if p else None,
+            "detector": self.detector_state,
+            "plate_reader": self.plate_state,
+            "vehicles": self.plates.stats() if self.plates is not None else None,
             "pipeline": p.stats() if p else {},
             "thermal": dict(p.thermal.stats()) if p else {},
             "camera": dict(p.camera.stats()) if p else {},
             "mqtt_connected": self.publisher.connected() if self.publisher else None,
+            "mqtt_state": self.publisher.state if self.publisher else None,  # e.g. auth_failed
+            "outbox_pump": self.pump.stats() if self.pump else None,
             "uptime_s": round(self.clock.monotonic() - (self.started_t or 0.0), 1),
         }
 

@@ -80,7 +80,7 @@ class PolicySection(Section):
 
 
 class ThermalSection(Section):
-    driver: Literal["gy-mcu90640"] = "gy-mcu90640"
+    driver: Literal["gy-mcu90640", "htpa32x32"] = Field("gy-mcu90640", description="htpa32x32: Heimann 32×32 module, 115200 baud, query-driven (set its own registration)")
     port: str = Field("/dev/ttyUSB0", description="Serial device; prefer a /dev/serial/by-id/… path")
     baud: Literal[0, 9600, 115200, 460800] = Field(0, description="0 = probe 115200, 460800, 9600 in turn")
     refresh_hz: Literal[0.5, 1, 2, 4, 8] = Field(4, description="Module refresh; 8 Hz needs 460800 baud")
@@ -92,12 +92,35 @@ class ThermalSection(Section):
         default_factory=lambda: [row[:] for row in DEFAULT_REGISTRATION],
         description="3×3 homography from visible to thermal pixel coordinates",
     )
+    registration_rmse_px: float = Field(0.0, ge=0.0, description="Reprojection RMSE of the fitted registration (0 = not fitted)")
+    calibration_version: str = Field("default", description="Written by `stationctl calibrate thermal`; recorded with every event")
+    ambient_source: Literal["die", "room"] = Field("die", description="die: room = sensor die − ta_shift_c | room: room_c (a room sensor)")
+    ta_shift_c: float = Field(8.0, ge=0.0, le=20.0, description="The MLX90640 die runs this much above the room")
+    room_c: float = Field(22.0, ge=-20.0, le=50.0, description="Room temperature when ambient_source = room")
+    ambient_ref_c: float = Field(22.0, ge=-20.0, le=50.0, description="Room temperature at calibration")
+    ambient_gain: float = Field(0.0, ge=-2.0, le=2.0, description="Ambient term: gain × (ambient_ref_c − ambient)")
+    face_ref_px: float = Field(222.0, ge=0.0, le=4000.0, description="Visible face-box height at the calibrated distance; 0 = no distance term or limits")
+    distance_gain: float = Field(0.0, ge=-1.0, le=1.0, description="Distance term: gain × (skin − ambient) × (face_ref_px / face_px − 1)")
+    too_close_ratio: float = Field(0.6, gt=0.0, le=1.0, description="face_ref_px / face_px below this: too close")
+    too_far_ratio: float = Field(1.6, ge=1.0, le=10.0, description="face_ref_px / face_px above this: too far")
+    reference_box: list[int] = Field(default_factory=list, description="Blackbody patch in thermal pixels [x1, y1, x2, y2]; [] = none")
+    reference_c: float = Field(0.0, ge=0.0, le=100.0, description="Blackbody set-point")
+    several_people_ratio: float = Field(0.8, gt=0.0, le=1.0, description="A second face this tall relative to the measured one: several people")
+    warmup_s: float = Field(0.0, ge=0.0, le=7200.0, description="Readings are 'warming_up' for this long after the module's first frame")
+    warmup_max_die_rate: float = Field(0.0, ge=0.0, le=10.0, description="... and while the die temperature rises faster than this (°C/min); 0 = off")
 
     @field_validator("registration")
     @classmethod
     def _three_by_three(cls, v: list[list[float]]) -> list[list[float]]:
         if len(v) != 3 or any(len(row) != 3 for row in v):
             raise ValueError("must be a 3×3 matrix (three rows of three numbers)")
+        return v
+
+    @field_validator("reference_box")
+    @classmethod
+    def _box(cls, v: list[int]) -> list[int]:
+        if v and (len(v) != 4 or v[0] >= v[2] or v[1] >= v[3] or min(v) < 0):
+            raise ValueError("must be [] or [x1, y1, x2, y2] thermal pixels with x1 < x2 and y1 < y2")
         return v
 
     @model_validator(mode="after")
@@ -122,6 +145,26 @@ class DetectorSection(Section):
     score_threshold: float = Field(0.7, gt=0.0, lt=1.0)
     threads: int = Field(1, ge=1, le=8, description="onnxruntime intra-op threads per model")
     models_dir: str = Field("", description="Empty = the models/ directory shipped with the station")
+    max_rate_hz: float = Field(0.0, ge=0.0, le=60.0, description="Run face detection at most this often; 0 = every frame")
+    skip_unchanged_below: float = Field(0.0, ge=0.0, le=50.0, description="Re-use the last detection while the frame differs by less than this (mean grey levels); 0 = off")
+
+
+class VehicleSection(Section):
+    """Vehicle-lane mode: the checkpoint screens a vehicle (its plate) and its occupants."""
+
+    mode: Literal["off", "vehicle"] = Field("off", description="off: person lane | vehicle: read plates too")
+    plate_max_side: int = Field(640, ge=160, le=4096, description="Frames are downscaled to this longest side for plate detection")
+    plate_score_threshold: float = Field(0.7, gt=0.0, lt=1.0, description="Plate detector score threshold")
+    min_plate_confidence: float = Field(0.3, ge=0.0, le=1.0, description="A read below this confidence does not count")
+    min_reads: int = Field(2, ge=1, le=50, description="Agreeing reads of one vehicle's plate before its event is raised")
+
+
+class DirectionSection(Section):
+    """Lane geometry for telling entry from exit along a track."""
+
+    by: Literal["size", "x", "y"] = Field("size", description="size: approaching the camera (growing face) | x / y: image axis of travel")
+    entry: Literal["increasing", "decreasing"] = Field("increasing", description="Which change along `by` is an entry")
+    min_travel: float = Field(0.25, gt=0.0, le=5.0, description="Relative size change (size) or fraction of the frame (x, y) that counts as a passage")
 
 
 class CodesSection(Section):
@@ -153,6 +196,31 @@ class GateSection(Section):
 class MqttSection(Section):
     url: str = Field("", pattern=r"^$|^mqtts?://[^/\s]+(:\d+)?/?$", description="Empty = no broker: events wait in the outbox")
     topic_prefix: str = Field("checkpoint/v1", pattern=r"^[A-Za-z0-9_/-]+$")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT 5, or 3.1.1 for brokers that lack 5")
+    username: str = Field("", description="Empty = no username")
+    password_file: str = Field("", description="File whose first line is the password (never logged); empty = password_env")
+    password_env: str = Field("CHECKPOINT_MQTT_PASSWORD", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the password when password_file is empty")
+    tls_ca_file: str = Field("", description="CA bundle that signs the broker's certificate (mqtts://); empty = system store")
+    tls_cert_file: str = Field("", description="Client certificate (PEM) for mutual TLS; empty = none")
+    tls_key_file: str = Field("", description="Client private key (PEM) for tls_cert_file")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    reconnect_min_s: float = Field(1.0, gt=0.0, le=60.0, description="First reconnect delay; doubles per failure, with random jitter")
+    reconnect_max_s: float = Field(60.0, gt=0.0, le=3600.0, description="Longest reconnect delay")
+    max_in_flight: int = Field(10, ge=1, le=100, description="Outbox rows published and not yet acknowledged")
+    stats_interval_s: float = Field(60.0, ge=0.0, le=3600.0, description="Period of the stats topic (QoS 0); 0 = off")
+    outbox_max_rows: int = Field(200000, ge=100, description="Above this, the oldest ordinary rows are dropped (counted, alarm raised); alarms are never dropped")
+    outbox_max_bytes: int = Field(200_000_000, ge=100_000, description="Same bound in payload bytes")
+    outbox_max_age_days: float = Field(30.0, gt=0.0, le=3650.0, description="Ordinary rows older than this are dropped (counted, alarm raised)")
+    ha_discovery: bool = Field(False, description="Announce the station to Home Assistant (MQTT discovery)")
+    ha_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$", description="Home Assistant discovery prefix")
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> MqttSection:
+        if self.tls_key_file and not self.tls_cert_file:
+            raise ValueError("tls_key_file needs tls_cert_file")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(f"reconnect_min_s {self.reconnect_min_s} > reconnect_max_s {self.reconnect_max_s}")
+        return self
 
 
 class LoggingSection(Section):
@@ -166,6 +234,8 @@ class StationConfig(Section):
     thermal: ThermalSection = Field(default_factory=ThermalSection)
     camera: CameraSection = Field(default_factory=CameraSection)
     detector: DetectorSection = Field(default_factory=DetectorSection)
+    vehicle: VehicleSection = Field(default_factory=VehicleSection)
+    direction: DirectionSection = Field(default_factory=DirectionSection)
     codes: CodesSection = Field(default_factory=CodesSection)
     gate: GateSection = Field(default_factory=GateSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)

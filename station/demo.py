@@ -124,18 +124,23 @@ class DemoRun:
         fast: bool,
         on_decided: Callable[[ScenePerson | None, Decided], None] | None = None,
         seed: int = 7,
+        thermal_link: tuple[int, float] = (DEMO_BAUD, DEMO_REFRESH_HZ),  # (baud, Hz) of the emulated module
     ) -> None:
         from drivers.camera.scene_camera import SceneCamera
         from drivers.thermal.emulator import GyMcu90640Emulator
         from drivers.thermal.render import ThermalSceneRenderer
 
         self.cfg = demo_config(cfg)
+        # Both at once: the schema checks the pair (a rate the link cannot carry is refused).
+        self.cfg.thermal = type(self.cfg.thermal).model_validate(
+            {**self.cfg.thermal.model_dump(), "baud": thermal_link[0], "refresh_hz": thermal_link[1]}
+        )
         leave = self.cfg.screening.leave_after_s
         timing = SceneTiming.fast(leave) if fast else SceneTiming.realtime(leave)
         self.people = cast_people(people, self.cfg, time.time())
         self.director = SceneDirector(self.people, timing, SceneGeometry())
         self.emulator = GyMcu90640Emulator(
-            ThermalSceneRenderer(self.director, seed=seed), baud=DEMO_BAUD, refresh_hz=DEMO_REFRESH_HZ
+            ThermalSceneRenderer(self.director, seed=seed), baud=thermal_link[0], refresh_hz=thermal_link[1]
         )
         self.camera = SceneCamera(self.director, fps=self.cfg.camera.fps, seed=seed)
         self.data_dir = data_dir
@@ -174,7 +179,10 @@ class DemoRun:
             elapsed = time.monotonic() - t0 - start_s
             assert self.app.pipeline is not None
             if self.app.pump is not None:
-                self.app.pump.drain(timeout=10.0)
+                from station.sync import drain_bounded
+
+                # Bounded: an unreachable broker leaves the events queued for `outbox flush`.
+                drain_bounded(self.app.pump, self.app.publisher, timeout=10.0)
             return DemoResult(
                 decided=list(self.decided),
                 elapsed_s=elapsed,

@@ -41,6 +41,8 @@ from station.domain.model import (
     ThermalFrame,
     VisibleFrame,
 )
+from station.capture import CaptureKeeper
+from station.frame_gate import FrameGate
 from station.domain.screening import LaneState, ScreeningLane, Verdict
 from station.domain.thermal import MeasureState
 from station.domain.gate import ACTION_FOR, gate_command_for
@@ -95,6 +97,7 @@ class Decided:
     gate: GateResult
     stored_ms: float  # decision → event durably written
     gate_ms: float  # decision → gate command carried out (or refused)
+    capture: Any = None  # the person's best face crop (BGR ndarray, in memory only), when still kept
 
 
 @dataclass(slots=True)
@@ -103,6 +106,8 @@ class PipelineSettings:
     command_ttl_s: float = 0.5
     inbox_size: int = 256
     code_repeat_s: float = 1.0  # the same payload is judged again at most this often
+    detect_max_rate_hz: float = 0.0  # face detection budget (station.frame_gate); 0 = every frame
+    detect_skip_diff: float = 0.0  # re-use detections while the frame is unchanged; 0 = off
 
 
 @dataclass(slots=True)
@@ -147,6 +152,9 @@ class Pipeline:
         self.settings = settings or PipelineSettings()
         self._on_progress = on_progress
         self._listeners: list[Callable[[Decided], None]] = []
+        # Extra consumers of every camera frame (the vehicle lane's plate thread); each must only
+        # hand the frame over (a latest-slot put), never work on the camera thread.
+        self.frame_taps: list[Callable[[VisibleFrame], None]] = []
         self._stop = threading.Event()
         self._face_slot: LatestSlot[VisibleFrame] = LatestSlot()
         self._code_slot: LatestSlot[VisibleFrame] = LatestSlot()
@@ -156,6 +164,8 @@ class Pipeline:
         self.counters = _Counters()
         self._last_thermal_t = clock.monotonic()
         self._last_code: tuple[bytes, float] | None = None
+        self.captures = CaptureKeeper()
+        self.frame_gate = FrameGate(self.settings.detect_max_rate_hz, self.settings.detect_skip_diff)
         self.last_decided: Decided | None = None
 
     def add_listener(self, fn: Callable[[Decided], None]) -> None:
@@ -212,17 +222,27 @@ class Pipeline:
             self.counters.add("frames")
             self._face_slot.put(frame)
             self._code_slot.put(frame)
+            for tap in self.frame_taps:
+                tap(frame)
 
     def _face_loop(self) -> None:
+        last: FaceObservation | None = None
         while not self._stop.is_set():
             frame = self._face_slot.take(timeout=0.5)
             if frame is None:
                 continue
+            h, w = frame.image.shape[:2]
+            if last is not None and not self.frame_gate.should_detect(frame.image, frame.t):
+                # Same scene as the last detected frame: its faces still hold (no crops from this frame).
+                self.counters.add("detections_reused")
+                self._offer(FaceObservation(frame.seq, frame.t, self.clock.monotonic(), last.faces, (w, h), 0.0))
+                continue
             t0 = self.clock.monotonic()
             faces = self.detector.detect(frame.image)
             done = self.clock.monotonic()
-            h, w = frame.image.shape[:2]
-            self._offer(FaceObservation(frame.seq, frame.t, done, tuple(faces), (w, h), (done - t0) * 1000.0))
+            sharpness = self.captures.measure(frame.seq, frame.image, faces)
+            last = FaceObservation(frame.seq, frame.t, done, tuple(faces), (w, h), (done - t0) * 1000.0, sharpness)
+            self._offer(last)
 
     def _code_loop(self) -> None:
         while not self._stop.is_set():
@@ -346,7 +366,10 @@ class Pipeline:
         except Exception as exc:  # the event itself is safe; only its audit row is missing
             self.counters.add("record_failed")
             log.error("gate result not recorded event_id=%s error=%s", event.event_id, exc)
-        decided = Decided(event, result, round((stored_t - decided_t) * 1000.0, 2), round((gate_t - decided_t) * 1000.0, 2))
+        decided = Decided(
+            event, result, round((stored_t - decided_t) * 1000.0, 2), round((gate_t - decided_t) * 1000.0, 2),
+            capture=self.captures.crop_for(verdict.face.get("capture")),
+        )
         self.last_decided = decided
         log.info(
             "decision event_id=%s decision=%s reason=%s temperature_c=%s code=%s total_ms=%s",
@@ -372,4 +395,5 @@ class Pipeline:
         out["face_frames_dropped"] = self._face_slot.dropped
         out["code_frames_dropped"] = self._code_slot.dropped
         out["lane_state"] = self.lane.state.value
+        out["direction_counts"] = dict(self.lane.directions.counts)
         return out

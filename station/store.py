@@ -69,6 +69,19 @@ class SchemaTooNewError(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxBounds:
+    """Capacity of the outbox (Kura's ``store.capacity``, ThingsBoard's TTL). Beyond any bound the
+    oldest *ordinary* rows are dropped; alarm rows (priority <= 1) never are."""
+
+    max_rows: int
+    max_bytes: int
+    max_age_s: float
+
+    NEAR = 0.9
+    """At this fraction of a bound ``bounds_alarm`` is raised, before anything is dropped."""
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxRow:
     """One message waiting to be delivered, as the outbox pump sees it."""
 
@@ -237,6 +250,8 @@ class SqliteEventStore:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._closed = False
+        self.outbox_bounds: OutboxBounds | None = None
+        """Set by the composition root from ``mqtt.outbox_max_*``; enforced by :meth:`outbox_enforce_bounds`."""
 
         self.read_only = read_only
         if read_only:
@@ -525,6 +540,38 @@ class SqliteEventStore:
 
         self._write(tx)
 
+    def record_remote_gate_action(self, result: GateResult, command: Mapping[str, Any]) -> None:
+        """Audit a gate action asked for over MQTT (``cmd/open-gate``), carried out or refused.
+
+        One transaction writes the ``gate_actions`` row and an outbox message on ``events/audit``
+        (priority 1: exempt from the outbox bounds, like alarms), so the command centre receives
+        the audit record with the same at-least-once guarantee as the screenings.
+        """
+        topic = self.topic_screening.rsplit("/", 1)[0] + "/audit"
+        body = _jsonable(dict(command))
+
+        def tx(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute(
+                "INSERT INTO gate_actions(event_id, action, executed, reason, t_mono, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (result.event_id, result.action.value, int(result.executed), result.reason, result.t, now),
+            )
+            msg_id = self._new_msg_id()
+            payload = {
+                "schema": PAYLOAD_SCHEMA, "msg_id": msg_id, "station_id": self.station_id, "site": self.site,
+                "seq": self._meta_int("seq"), "session": self._session, "ts": now, "clock_synced": None,
+                "kind": "remote_gate_action", "audit_id": result.event_id, "action": result.action.value,
+                "executed": bool(result.executed), "reason": result.reason, "command": body,
+            }
+            conn.execute(
+                "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, 1, ?)",
+                (msg_id, topic, _dumps(payload).encode("utf-8"), int(now * 1000)),
+            )
+
+        self._write(tx)
+        self._notify_listeners()
+
     # ---------------------------------------------------------------- reads
 
     def tail(self, n: int) -> list[dict[str, Any]]:
@@ -584,12 +631,89 @@ class SqliteEventStore:
         oldest = r["oldest"]
         # The wall clock may step (no RTC until NTP syncs): never report a negative age.
         age = max(0.0, time.time() - oldest / 1000.0) if oldest is not None else 0.0
+        dropped = self._query("SELECT value FROM meta WHERE key = 'outbox_dropped'")
+        pending, size = int(r["pending"]), int(r["bytes"])
         return {
-            "pending": int(r["pending"]),
+            "pending": pending,
             "oldest_age_s": age,
-            "bytes": int(r["bytes"]),
+            "bytes": size,
             "alarms_pending": int(r["alarms"]),
+            "dropped": int(dropped[0]["value"]) if dropped else 0,
+            "bounds_alarm": self._bounds_alarm(pending, size, age),
         }
+
+    def _bounds_alarm(self, pending: int, size: int, age: float) -> str | None:
+        b = self.outbox_bounds
+        if b is None:
+            return None
+        near = [name for name, value, limit in (("rows", pending, b.max_rows), ("bytes", size, b.max_bytes),
+                                                 ("age", age, b.max_age_s)) if value >= b.NEAR * limit]
+        return f"outbox near or over its limit: {', '.join(near)}" if near else None
+
+    def outbox_enforce_bounds(self, now: float | None = None) -> int:
+        """Drop the oldest ordinary rows beyond :attr:`outbox_bounds`; returns how many.
+
+        In the same transaction the drop is counted (``meta.outbox_dropped``, shown by
+        :meth:`outbox_stats`) and announced by an alarm-priority message on ``events/alarm``
+        (``"kind": "outbox_overflow"``), so the command centre learns of the gap. Alarm rows are
+        never dropped, even when they alone exceed a bound.
+        """
+        b = self.outbox_bounds
+        if b is None:
+            return 0
+        now = time.time() if now is None else now
+        ordinary = f"{self._PENDING} AND priority > 1"
+
+        def tx(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+            before = conn.total_changes
+            reasons = []
+            cutoff_ms = int((now - b.max_age_s) * 1000)
+            conn.execute(f"DELETE FROM outbox WHERE {ordinary} AND created_at < ?", (cutoff_ms,))
+            if conn.total_changes > before:
+                reasons.append("age")
+            n, size = conn.execute(f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox "
+                                   f"WHERE {self._PENDING}").fetchone()
+            if n > b.max_rows:
+                mark = conn.total_changes
+                conn.execute(f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE {ordinary} "
+                             f"ORDER BY id LIMIT ?)", (n - b.max_rows,))
+                if conn.total_changes > mark:
+                    reasons.append("rows")
+                size = conn.execute(f"SELECT coalesce(sum(length(payload)), 0) FROM outbox "
+                                    f"WHERE {self._PENDING}").fetchone()[0]
+            if size > b.max_bytes:
+                cut = conn.execute(
+                    f"SELECT id FROM (SELECT id, sum(length(payload)) OVER (ORDER BY id) AS cum FROM outbox "
+                    f"WHERE {ordinary}) WHERE cum >= ? ORDER BY id LIMIT 1", (size - b.max_bytes,)
+                ).fetchone()
+                if cut is not None:
+                    conn.execute(f"DELETE FROM outbox WHERE {ordinary} AND id <= ?", (cut[0],))
+                    reasons.append("bytes")
+            dropped = conn.total_changes - before
+            if dropped:
+                conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('outbox_dropped', '0')")
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'outbox_dropped'",
+                             (dropped,))
+                total = int(conn.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'").fetchone()[0])
+                msg_id = self._new_msg_id()
+                payload = {
+                    "schema": PAYLOAD_SCHEMA, "msg_id": msg_id, "station_id": self.station_id, "site": self.site,
+                    "seq": self._meta_int("seq"), "session": self._session, "ts": now, "clock_synced": None,
+                    "kind": "outbox_overflow", "dropped": dropped, "dropped_total": total, "reasons": reasons,
+                    "bounds": {"max_rows": b.max_rows, "max_bytes": b.max_bytes, "max_age_s": b.max_age_s},
+                }
+                conn.execute(
+                    "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, ?, ?)",
+                    (msg_id, self.topic_alarm, _dumps(payload).encode("utf-8"), PRIORITY_ALARM, int(now * 1000)),
+                )
+            return dropped, reasons
+
+        dropped, reasons = self._write(tx)
+        if dropped:
+            log.error("outbox over its bounds: dropped oldest ordinary rows dropped=%d reasons=%s", dropped,
+                      ",".join(reasons))
+            self._notify_listeners()
+        return dropped
 
     def outbox_pending(
         self, limit: int, exclude_ids: AbstractSet[int] = frozenset()
@@ -605,6 +729,22 @@ class SqliteEventStore:
             f"WHERE {self._PENDING} AND id NOT IN (SELECT value FROM json_each(?)) "
             f"ORDER BY priority, id LIMIT ?",
             (json.dumps(sorted(exclude_ids)), limit),
+        )
+        return [
+            OutboxRow(
+                id=r["id"], msg_id=r["msg_id"], topic=r["topic"], payload=bytes(r["payload"]),
+                qos=r["qos"], priority=r["priority"], created_at=r["created_at"],
+                attempts=r["attempts"],
+            )
+            for r in rows
+        ]
+
+    def outbox_rows_after(self, after_id: int, limit: int = 1000) -> list[OutboxRow]:
+        """Undelivered rows with ``id > after_id`` in local order (for export; pages by id)."""
+        rows = self._query(
+            f"SELECT id, msg_id, topic, payload, qos, priority, created_at, attempts FROM outbox "
+            f"WHERE {self._PENDING} AND id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
         )
         return [
             OutboxRow(
@@ -646,6 +786,31 @@ class SqliteEventStore:
         def tx(conn: sqlite3.Connection) -> int:
             before = conn.total_changes
             conn.executemany("DELETE FROM outbox WHERE id = ?", ids)
+            return conn.total_changes - before
+
+        deleted: int = self._write(tx)
+        return deleted
+
+    def outbox_settle(self, acked_ids: Iterable[int], sent_ids: Iterable[int]) -> int:
+        """Delete acknowledged rows and count publish attempts, in one transaction (one fsync).
+
+        The attempt counts are bookkeeping (a crash before this commit only under-counts them);
+        folding them into the ack transaction halves the pump's fsyncs during a catch-up.
+        Returns how many acknowledged rows existed.
+        """
+        acked = [(int(i),) for i in acked_ids]
+        sent = [(int(i),) for i in sent_ids]
+        if not acked and not sent:
+            return 0
+        now_ms = int(time.time() * 1000)
+
+        def tx(conn: sqlite3.Connection) -> int:
+            if sent:
+                conn.executemany(
+                    f"UPDATE outbox SET attempts = attempts + 1, sent_at = {now_ms} WHERE id = ?", sent
+                )
+            before = conn.total_changes
+            conn.executemany("DELETE FROM outbox WHERE id = ?", acked)
             return conn.total_changes - before
 
         deleted: int = self._write(tx)

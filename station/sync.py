@@ -32,6 +32,9 @@ from station.store import OutboxRow
 
 log = logging.getLogger("station.sync")
 
+SETTLE_AFTER_S = 0.05
+"""Longest an acknowledged row waits for its batch's DELETE (see ``OutboxPump._should_settle``)."""
+
 
 def status_topic(topic_prefix: str, site: str, station_id: str) -> str:
     """The retained availability topic of one station (``architecture.md`` §2 topic tree)."""
@@ -68,6 +71,10 @@ class OutboxSource(Protocol):
     def outbox_mark_sent_many(self, row_ids: Iterable[int]) -> None: ...
 
     def outbox_ack_many(self, row_ids: Iterable[int]) -> int: ...
+
+    def outbox_settle(self, acked_ids: Iterable[int], sent_ids: Iterable[int]) -> int: ...
+
+    def outbox_enforce_bounds(self) -> int: ...
 
     def outbox_stats(self) -> dict[str, Any]: ...
 
@@ -106,6 +113,7 @@ class OutboxPump:
         *,
         ack_timeout: float = 60.0,
         poll_interval: float = 1.0,
+        bounds_interval: float = 10.0,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
@@ -115,9 +123,14 @@ class OutboxPump:
         self._clock = clock
         self.ack_timeout = ack_timeout
         self.poll_interval = poll_interval
+        self.bounds_interval = bounds_interval
+        self._bounds_t: float | None = None
 
         self._events: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._in_flight: dict[int, _InFlight] = {}  # mid → row; pump thread only
+        self._unmarked: list[int] = []  # rows published whose attempt is not yet counted; pump thread only
+        self._to_delete: list[int] = []  # rows acknowledged, not yet deleted; pump thread only
+        self._to_delete_since = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._progress = threading.Condition()
@@ -129,6 +142,7 @@ class OutboxPump:
         self.ack_timeouts = 0
         self.unknown_acks = 0
         self.errors = 0
+        self.dropped = 0  # ordinary rows dropped by the outbox bounds (alarms never are)
 
         publisher.set_ack_handler(self._on_ack)
         publisher.on_connected.append(self._on_connected)
@@ -175,6 +189,10 @@ class OutboxPump:
             with self._progress:
                 self._progress.wait(min(remaining, 0.2))
 
+    def pending(self) -> int:
+        """Rows still waiting for their PUBACK."""
+        return int(self._store.outbox_stats()["pending"])
+
     def stats(self) -> dict[str, int]:
         return {
             "published": self.published,
@@ -185,6 +203,7 @@ class OutboxPump:
             "ack_timeouts": self.ack_timeouts,
             "unknown_acks": self.unknown_acks,
             "errors": self.errors,
+            "dropped": self.dropped,
         }
 
     # ------------------------------------------------------------------ callbacks (other threads)
@@ -211,23 +230,34 @@ class OutboxPump:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 block = True
+        if self._unmarked or self._to_delete:
+            try:
+                self._settle()
+            except Exception:  # logged; the rows stay and are sent again (duplicates, not loss)
+                log.exception("could not settle acknowledged rows at stop")
         log.info("outbox pump stopped: %s", self.stats())
 
     def _step(self, block: bool) -> bool:
         """One iteration; returns True when more work is ready right away."""
         acked_rows = self._handle_events(block)
         if acked_rows:
-            self._store.outbox_ack_many(acked_rows)
-            self.acked += len(acked_rows)
-            with self._progress:
-                self._progress.notify_all()
+            if not self._to_delete:
+                self._to_delete_since = time.monotonic()
+            self._to_delete.extend(acked_rows)
         self._expire()
+        if self._should_settle():
+            self._settle()
+        now = self._clock()
+        if self._bounds_t is None or now - self._bounds_t >= self.bounds_interval:
+            self._bounds_t = now  # also while disconnected: that is when the outbox grows
+            self.dropped += self._store.outbox_enforce_bounds()
         if self._stop.is_set() or not self._publisher.connected():
             return False
         free = self.max_in_flight - len(self._in_flight)
         if free <= 0:
             return False  # wait for acks
         exclude = {f.row_id for f in self._in_flight.values()}
+        exclude.update(self._to_delete)  # acknowledged, deleted with the next batch
         rows = self._store.outbox_pending(free, exclude)
         sent: list[int] = []
         try:
@@ -246,9 +276,35 @@ class OutboxPump:
                 if row.attempts > 0:
                     self.resent += 1
         finally:
-            if sent:
-                self._store.outbox_mark_sent_many(sent)
+            self._unmarked.extend(sent)  # counted with the next acks (outbox_settle)
         return len(sent) == free and len(rows) == free
+
+    def _should_settle(self) -> bool:
+        """Delete acknowledged rows in batches: one fsync per half window, not per PUBACK.
+
+        Waiting is safe: an acknowledged row not yet deleted is excluded from publishing, and if
+        the station dies first it is merely sent again (a duplicate, never a loss).
+        """
+        if not self._in_flight:
+            return bool(self._to_delete or self._unmarked)
+        if not self._to_delete:
+            return False
+        return (len(self._to_delete) >= max(1, self.max_in_flight // 2)
+                or time.monotonic() - self._to_delete_since >= SETTLE_AFTER_S)
+
+    def _settle(self) -> None:
+        """One transaction for the acknowledged rows and the publish attempts not yet counted."""
+        acked, self._to_delete = self._to_delete, []
+        sent, self._unmarked = self._unmarked, []
+        try:
+            self._store.outbox_settle(acked, sent)
+        except BaseException:
+            self._to_delete, self._unmarked = acked + self._to_delete, sent + self._unmarked
+            raise
+        if acked:
+            self.acked += len(acked)
+            with self._progress:
+                self._progress.notify_all()
 
     def _handle_events(self, block: bool) -> list[int]:
         """Drain the event queue (waiting up to ``poll_interval`` for the first one if ``block``)."""
@@ -286,3 +342,87 @@ class OutboxPump:
             log.warning("outbox row %d not acknowledged within %.0f s; will re-send",
                         entry.row_id, self.ack_timeout)
         self.ack_timeouts += len(stale)
+
+
+# ------------------------------------------------------------------------------ wiring helpers
+
+
+def read_password(cfg_mqtt: Any, env: Any = None) -> str | None:
+    """The broker password from ``password_file`` (first line) or the ``password_env`` variable.
+
+    Never logged. ``None`` when neither is set (a username without a password is allowed).
+    """
+    import os
+    from pathlib import Path
+
+    env = os.environ if env is None else env
+    if cfg_mqtt.password_file:
+        text = Path(cfg_mqtt.password_file).read_text(encoding="utf-8")
+        return text.splitlines()[0] if text else ""
+    return env.get(cfg_mqtt.password_env) or None
+
+
+def publisher_from_config(
+    cfg: Any,
+    session: int,
+    *,
+    url: str | None = None,
+    client_suffix: str = "",
+    status_topic_override: str | None = None,
+) -> Any:
+    """An :class:`~drivers.publish.mqtt.MqttPublisher` for ``cfg.mqtt`` (``url`` overrides it).
+
+    ``client_suffix`` gives a helper tool (``stationctl outbox flush``) its own client id: with
+    the daemon's id the broker would disconnect the daemon. Such a tool also gets its own status
+    topic so that it never announces the station itself as online.
+    """
+    from drivers.publish.mqtt import MqttPublisher
+
+    m = cfg.mqtt
+    site, station_id = cfg.station.site, cfg.station.id
+    topic = status_topic_override or status_topic(m.topic_prefix, site, station_id)
+    return MqttPublisher(
+        url or m.url,
+        client_id=f"checkpoint-{site}-{station_id}{client_suffix}",
+        status_topic=topic,
+        will_payload=status_payload("offline", session),
+        online_payload=status_payload("online", session),
+        stopped_payload=status_payload("stopped", session),
+        keepalive=m.keepalive_s,
+        protocol=m.protocol,
+        username=m.username or None,
+        password=read_password(m) if m.username else None,
+        tls_ca=m.tls_ca_file or None,
+        tls_certfile=m.tls_cert_file or None,
+        tls_keyfile=m.tls_key_file or None,
+        reconnect_min_delay=m.reconnect_min_s,
+        reconnect_max_delay=m.reconnect_max_s,
+    )
+
+
+def drain_bounded(pump: OutboxPump, publisher: Any, timeout: float, unreachable_after: float = 3.0) -> bool:
+    """Wait up to ``timeout`` s for the outbox to empty; give up after ``unreachable_after`` s if
+    the broker was never reached (or refused the credentials). The rows stay queued either way.
+    """
+    deadline = time.monotonic() + timeout
+    give_up = time.monotonic() + unreachable_after
+    while True:
+        if pump.drain(0.2):
+            return True
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        if publisher.state == "auth_failed" or (now >= give_up and publisher.connects == 0):
+            break
+    pending = pump.pending()
+    log.warning("outbox not drained pending=%d broker_state=%s waited_s=%.1f", pending, publisher.state,
+                timeout - max(0.0, deadline - time.monotonic()))
+    return False
+
+
+def bounds_from_config(cfg: Any) -> Any:
+    """The outbox capacity from ``mqtt.outbox_max_*`` (see ``station.store.OutboxBounds``)."""
+    from station.store import OutboxBounds
+
+    m = cfg.mqtt
+    return OutboxBounds(m.outbox_max_rows, m.outbox_max_bytes, m.outbox_max_age_days * 86400.0)

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 MOSQUITTO = os.environ.get("MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
 def mosquitto_available() -> bool:
@@ -52,6 +53,8 @@ class Broker:
         *,
         persistence: bool = False,
         allow_anonymous: bool = True,
+        users: dict[str, str] | None = None,
+        listener_options: list[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +84,18 @@ class Broker:
             f"persistence_location {self.workdir}/",
             "persistence_file mosquitto.db",
         ]
+        if users:
+            # mosquitto_passwd writes mosquitto 2.0's salted PBKDF2 hashes; -b takes the password
+            # on the command line (fine for a test broker), -c creates the file.
+            password_file = self.workdir / "passwords"
+            password_file.unlink(missing_ok=True)
+            for i, (user, password) in enumerate(users.items()):
+                subprocess.run([MOSQUITTO_PASSWD, "-b", *(["-c"] if i == 0 else []), str(password_file),
+                                user, password], check=True, capture_output=True)
+            password_file.chmod(0o600)
+            lines.append(f"password_file {password_file}")
+        # e.g. cafile/certfile/keyfile/require_certificate: they apply to the one listener above.
+        lines += listener_options or []
         self.config.write_text("\n".join(lines) + "\n")
 
     @property

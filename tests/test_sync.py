@@ -156,7 +156,7 @@ def test_events_recorded_while_broker_is_down_arrive_once_in_order(
         assert [p["seq"] for p in unique] == list(range(1, 61)), "arrival in seq order"
         assert {p["session"] for p in unique} == {station.session}
         assert station.store.outbox_stats() == {"pending": 0, "oldest_age_s": 0.0, "bytes": 0,
-                                                "alarms_pending": 0}
+                                                "alarms_pending": 0, "dropped": 0, "bounds_alarm": None}
         stats = station.pump.stats()
         assert stats["acked"] == 60 and stats["in_flight"] == 0
         print(f"\ncatch-up after outage: 60 events drained {drained_s:.2f} s after broker start "

@@ -14,6 +14,11 @@ paho's defaults (``architecture.md`` §3):
   (a Will is not sent on a clean DISCONNECT).
 * A CONNACK with ``reason_code != 0`` is *not* a connection (Frigate's bug, §1.3).
 * Exceptions in callbacks are logged and suppressed; an escaping one would kill paho's thread.
+* Reconnects back off exponentially with random jitter (a district's stations must not all
+  reconnect in the same second after a broker restart). A CONNACK saying the credentials are bad
+  or not authorised stops reconnecting: :attr:`MqttPublisher.state` becomes ``auth_failed``,
+  logged once; hammering the broker cannot fix a password (Home Assistant does the same, §3).
+* Subscriptions (:meth:`MqttPublisher.subscribe`) are renewed on every connect.
 
 Threading: paho runs its network loop in its own thread (``loop_start``); callbacks run there.
 ``_conn_lock`` makes "check connected + client.publish" atomic with respect to the reconnect
@@ -25,6 +30,8 @@ be dropped by ``drop_out_messages`` after being counted in paho's in-flight wind
 from __future__ import annotations
 
 import logging
+import random
+import socket
 import ssl
 import threading
 import time
@@ -54,6 +61,38 @@ _HAS_DROP = hasattr(mqtt.Client, "drop_out_messages")
 _EARLY_TTL_S = 10.0
 
 ProtocolName = Literal["5", "3.1.1"]
+
+# CONNACK reason codes that a retry cannot fix (MQTT 5 names; paho maps 3.1.1 codes 4 and 5 to
+# the first two).
+_AUTH_FAILURES = frozenset({"Bad user name or password", "Not authorized", "Bad authentication method", "Banned"})
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class _RefusedConnectFilter(logging.Filter):
+    """paho 2.2 logs "Client is not connected" at ERROR after every refused TCP connect; with a
+    broker down for hours that is one error line per back-off step. The failure is already
+    recorded (state, last_error, on_connect_fail at DEBUG), so this one line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_PAHO_LOG = logging.getLogger("station.mqtt.paho")
+_PAHO_LOG.addFilter(_RefusedConnectFilter())
+
+
+def jittered_delay(previous: float | None, min_delay: float, max_delay: float) -> float:
+    """The next reconnect delay: exponential, with "equal jitter" (half fixed, half random).
+
+    Bounded to twice the previous delay, because paho caps each wait at twice the last one; the
+    random part is what spreads a fleet's reconnects after a broker restart.
+    """
+    base = min_delay if previous is None else min(max_delay, max(min_delay, previous) * 2)
+    delay = base / 2 + random.uniform(0, base / 2)  # backoff jitter
+    if previous is not None:
+        delay = min(delay, previous * 2)
+    return max(min(delay, max_delay), min(min_delay, max_delay) / 2)
 
 
 class MqttPublisher:
@@ -87,8 +126,8 @@ class MqttPublisher:
         tls_ca: str | None = None,
         tls_certfile: str | None = None,
         tls_keyfile: str | None = None,
-        reconnect_min_delay: int = 1,
-        reconnect_max_delay: int = 30,
+        reconnect_min_delay: float = 1.0,
+        reconnect_max_delay: float = 30.0,
         max_inflight: int = 20,
     ) -> None:
         parts = urlsplit(url)
@@ -121,7 +160,16 @@ class MqttPublisher:
         self._internal: set[int] = set()  # availability messages: never reported
         self.connects = 0
         self.disconnects = 0
+        self.connect_attempts = 0
         self.last_error: str | None = None
+        self.state = "idle"
+        """idle | connecting | connected | reconnecting | auth_failed | stopped"""
+        self.on_state_change: list[Callable[[str], None]] = []
+        """Called (on paho's thread, quickly) with the new :attr:`state` when it changes."""
+        self._reconnect_min = float(reconnect_min_delay)
+        self._reconnect_max = float(reconnect_max_delay)
+        self._next_delay: float | None = None
+        self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
 
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -135,7 +183,7 @@ class MqttPublisher:
             log.warning("this paho-mqtt has no Client.drop_out_messages() (needs >= 2.2): "
                         "each reconnect will re-send the in-flight window twice")
         client.suppress_exceptions = True  # belt and braces: every callback also catches
-        client.enable_logger(logging.getLogger("station.mqtt.paho"))
+        client.enable_logger(_PAHO_LOG)
         user = username if username is not None else (unquote(parts.username) if parts.username else None)
         pw = password if password is not None else (unquote(parts.password) if parts.password else None)
         if user is not None:
@@ -146,8 +194,12 @@ class MqttPublisher:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
         client.will_set(status_topic, will_payload, qos=1, retain=True)
-        client.reconnect_delay_set(reconnect_min_delay, reconnect_max_delay)
+        first = jittered_delay(None, self._reconnect_min, self._reconnect_max)
+        client.reconnect_delay_set(first, first)  # type: ignore[arg-type]  # paho accepts floats
         client.max_inflight_messages_set(max_inflight)
+        client.on_pre_connect = self._on_pre_connect
+        client.on_socket_open = self._on_socket_open
+        client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -161,6 +213,7 @@ class MqttPublisher:
         if self._started:
             return
         self._started = True
+        self._set_state("connecting")
         log.info("MQTT connecting to %s:%d as %s (MQTT %s%s)", self.host, self.port, self.client_id,
                  "5" if self._v5 else "3.1.1", ", TLS" if self.tls else "")
         if self._v5:
@@ -184,11 +237,16 @@ class MqttPublisher:
                 log.warning("could not publish the stopped status: %s", exc)
             if not info.is_published():
                 log.warning("stopped status not acknowledged within %.1f s", timeout)
-        self._client.disconnect()
+        self._set_state("stopped")
+        if info is not None:
+            self._client.disconnect()  # clean DISCONNECT: the broker discards the Will
+        # Not connected: stopping the loop is enough (paho logs an error for a disconnect()
+        # without a connection).
         self._client.loop_stop()
         with self._conn_lock:
             self._connected = False
         self._started = False
+        self._set_state("stopped")
         log.info("MQTT client %s stopped", self.client_id)
 
     # ------------------------------------------------------------------ Publisher port
@@ -214,7 +272,72 @@ class MqttPublisher:
         self._claim(info.mid, report=True)
         return info.mid
 
+    def publish_direct(self, topic: str, payload: bytes, qos: int = 1, retain: bool = True) -> bool:
+        """Publish a message that is *not* from the outbox (state, stats, command results).
+
+        Its PUBACK is never reported to the ack handler. Returns False when not connected: such
+        messages describe the present and are re-published on the next connect, not queued.
+        """
+        with self._conn_lock:
+            if not self._connected:
+                return False
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            # Also for QoS 0: paho calls on_publish for it too, and an unclaimed mid would sit in
+            # the early-PUBACK map where it could match an outbox publish.
+            self._claim(info.mid, report=False)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("MQTT publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+            return False
+        return True
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+        """Deliver messages matching ``topic_filter`` to ``handler(topic, payload)``.
+
+        Renewed on every connect. The handler runs on paho's network thread: it must be quick and
+        must not wait for a PUBACK (queue the work instead).
+        """
+        with self._conn_lock:
+            self._subscriptions[topic_filter] = (qos, handler)
+            if self._connected:
+                self._client.subscribe(topic_filter, qos=qos)
+
     # ------------------------------------------------------------------ internals
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        for hook in list(self.on_state_change):
+            try:
+                hook(state)
+            except Exception:  # logged: an exception would kill paho's network thread
+                log.exception("MQTT state hook %r failed", hook)
+
+    def _schedule_backoff(self) -> None:
+        """Set paho's next reconnect wait to our jittered exponential delay."""
+        self._next_delay = jittered_delay(self._next_delay, self._reconnect_min, self._reconnect_max)
+        self._client.reconnect_delay_set(self._next_delay, self._next_delay)  # type: ignore[arg-type]
+        log.debug("MQTT reconnect to %s:%d in about %.2f s", self.host, self.port, self._next_delay)
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        self.connect_attempts += 1
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho leaves Nagle's algorithm on: with a window of small QoS 1 PUBLISHes each one waits
+        # for the previous segment's TCP ACK, which caps a catch-up far below what the disk allows.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError) as exc:  # not a TCP socket (unix socket, websocket proxy)
+            log.debug("TCP_NODELAY not set: %s", exc)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            handlers = [h for f, (_, h) in list(self._subscriptions.items())
+                        if mqtt.topic_matches_sub(f, msg.topic)]
+            for handler in handlers:
+                handler(msg.topic, bytes(msg.payload))
+        except Exception:  # logged: an exception would kill paho's network thread
+            log.exception("MQTT message handler failed topic=%s", msg.topic)
 
     def _publish_internal(self, payload: bytes) -> mqtt.MQTTMessageInfo:
         """Publish on the status topic (retained, QoS 1); its PUBACK is not reported."""
@@ -251,8 +374,17 @@ class MqttPublisher:
         try:
             if reason_code != 0:  # a refused CONNACK is not a connection
                 self.last_error = str(reason_code)
+                if str(reason_code) in _AUTH_FAILURES:
+                    # Once, and no retry: only a new configuration can fix credentials.
+                    log.error("MQTT broker %s:%d refused the credentials: %s; not retrying until "
+                              "the configuration changes and the station restarts state=auth_failed",
+                              self.host, self.port, reason_code)
+                    self._set_state("auth_failed")
+                    client.disconnect()  # ends paho's loop: no reconnect
+                    return
                 log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port,
                           reason_code)
+                self._schedule_backoff()
                 return
             with self._conn_lock:
                 dropped = client.drop_out_messages() if _HAS_DROP else []
@@ -264,6 +396,12 @@ class MqttPublisher:
                 self._publish_internal(self._online_payload)
                 self._connected = True
                 self.connects += 1
+                for topic_filter, (qos, _) in self._subscriptions.items():
+                    client.subscribe(topic_filter, qos=qos)
+            self._next_delay = None  # paho also resets its delay after a CONNACK
+            first = jittered_delay(None, self._reconnect_min, self._reconnect_max)
+            client.reconnect_delay_set(first, first)  # type: ignore[arg-type]
+            self._set_state("connected")
             log.info("MQTT connected to %s:%d (%d unacknowledged message(s) from the previous "
                      "connection left to the outbox)", self.host, self.port, len(dropped))
         except Exception:  # logged: an exception would kill paho's network thread
@@ -276,6 +414,11 @@ class MqttPublisher:
                 log.exception("on_connected hook %r failed", hook)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.last_error = "connection failed (broker unreachable)"
+        try:
+            self._schedule_backoff()
+        except Exception:  # logged: an exception would kill paho's network thread
+            log.exception("MQTT on_connect_fail failed")
         log.debug("MQTT connection attempt to %s:%d failed; retrying", self.host, self.port)
 
     def _on_disconnect(
@@ -290,6 +433,13 @@ class MqttPublisher:
             with self._conn_lock:
                 was = self._connected
                 self._connected = False
+            if self.state not in ("auth_failed", "stopped") and self._started:
+                self._set_state("reconnecting")
+                self._schedule_backoff()
+            if not was and self.state not in ("auth_failed", "stopped"):
+                # e.g. a TLS alert after the handshake (no client certificate): paho logs the
+                # cause at ERROR; keep a short reason for stats and stationctl.
+                self.last_error = f"connection closed before CONNACK: {reason_code}"
             if was:
                 self.disconnects += 1
                 if reason_code == 0:
@@ -344,4 +494,6 @@ class MqttPublisher:
             "disconnects": self.disconnects,
             "unacked": unacked,
             "last_error": self.last_error,
+            "state": self.state,
+            "connect_attempts": self.connect_attempts,
         }

@@ -35,6 +35,7 @@ import tty
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -106,13 +107,19 @@ class GyMcu90640Emulator:
         seed: int | None = None,
         history: int = 64,
         subpage_refresh: bool = False,
+        truth: Callable[[float], dict[str, Any]] | None = None,
+        sidecar_path: str | None = None,
     ) -> None:
+        """``truth(now)`` (e.g. ``ThermalSceneRenderer.ground_truth``) is written as one JSON line per
+        frame built to ``sidecar_path``: {"seq", "t", "fault", …truth}, the ground truth tests check against."""
         if baud not in BAUD_ARGS:
             raise ValueError(f"baud must be one of {sorted(BAUD_ARGS)}")
         if float(refresh_hz) not in REFRESH_ARGS:
             raise ValueError(f"refresh_hz must be one of {sorted(REFRESH_ARGS)}")
         emissivity_arg(emissivity)
         self._render = render
+        self._truth = truth
+        self._sidecar = open(sidecar_path, "a", encoding="utf-8") if sidecar_path else None
         self._factory = ModuleSettings(baud, float(refresh_hz), "continuous", emissivity)
         self._flash_path = flash_path
         self._clock = clock
@@ -174,6 +181,9 @@ class GyMcu90640Emulator:
             self._thread = None
         with self._lock:
             self._close_pty()
+            if self._sidecar is not None:
+                self._sidecar.close()
+                self._sidecar = None
 
     def __enter__(self) -> GyMcu90640Emulator:
         self.start()
@@ -386,6 +396,12 @@ class GyMcu90640Emulator:
         if fault is not None and fault.kind != "implausible":
             data = self._damage(data, fault)
         self.sent_frames.append((self._frame_seq, data, fault.kind if fault else ""))
+        if self._sidecar is not None:
+            row: dict[str, Any] = {"seq": self._frame_seq, "t": round(now, 6), "fault": fault.kind if fault else ""}
+            if self._truth is not None:
+                row.update(self._truth(now))
+            self._sidecar.write(json.dumps(row, default=_jsonable) + "\n")
+            self._sidecar.flush()
         return data
 
     @staticmethod
@@ -532,3 +548,12 @@ class GyMcu90640Emulator:
                     json.dump(asdict(s), fh)
                 os.replace(tmp, self._flash_path)
         log.debug("emulator applied cmd=0x%02X arg=0x%02X", cmd, arg)
+
+
+def _jsonable(obj: object) -> object:
+    """Sidecar values that JSON does not know: boxes as lists, numpy scalars as numbers."""
+    if hasattr(obj, "as_list"):
+        return obj.as_list()  # type: ignore[attr-defined]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)

@@ -16,11 +16,12 @@ or the geometry changes (``tests/test_thermal_emulator.py`` pins it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from drivers.scene import Phase, SceneDirector
+from drivers.scene import Phase, SceneDirector, SceneGeometry
 from station.domain.model import Box
 
 SUPERSAMPLE = 10
@@ -47,18 +48,33 @@ class ThermalSceneRenderer:
 
     def __init__(
         self,
-        director: SceneDirector,
+        director: SceneDirector | None,
         room_c: float = 22.0,
         noise_c: float = 0.1,
         die_above_room_c: float = 8.0,
         seed: int | None = None,
+        geometry: SceneGeometry | None = None,
+        warmup_tau_s: float = 0.0,
+        sensor_offset_c: float = 0.0,
+        blackbody: tuple[tuple[int, int, int, int], float] | None = None,
+        distractors: Sequence[tuple[Box, float]] = (),
     ) -> None:
+        """``warmup_tau_s``: the die starts at room temperature and rises to room + die_above_room_c
+        with this time constant (0 = already warm). ``sensor_offset_c``: a unit's uncalibrated offset,
+        added to every pixel (what an in-scene blackbody exists to catch). ``blackbody``: (thermal-pixel
+        box x1, y1, x2, y2, set-point). ``distractors``: hot objects (thermal-pixel box, °C), e.g. a cup."""
         self.director = director
+        self.geometry = geometry or (director.geometry if director is not None else SceneGeometry())
         self.room_c = room_c
         self.noise_c = noise_c
         self.die_above_room_c = die_above_room_c
+        self.warmup_tau_s = warmup_tau_s
+        self.sensor_offset_c = sensor_offset_c
+        self.blackbody = blackbody
+        self.distractors = tuple(distractors)
         self._scene_rng = np.random.default_rng(seed)  # sensor noise of the simulated scene
-        cols, rows = director.geometry.thermal_size
+        self._t0: float | None = None
+        cols, rows = self.geometry.thermal_size
         self._rows, self._cols = rows, cols
         s = SUPERSAMPLE
         ys = (np.arange(rows * s, dtype=np.float64) + 0.5) / s
@@ -68,20 +84,51 @@ class ThermalSceneRenderer:
         self._background = room_c + 0.4 * (0.5 - self._gy / rows)
 
     def __call__(self, now: float) -> tuple[np.ndarray, float]:
+        assert self.director is not None, "a renderer without a director draws with render_people()"
         state = self.director.state(now)
+        people: list[tuple[float, Box]] = []
+        if self._person_visible(state.phase) and state.person is not None and state.face_box is not None:
+            people.append((state.person.core_c, state.face_box))
+        return self.render_people(people, now)
+
+    def render_people(self, people: Sequence[tuple[float, Box]], now: float = 0.0, skin_shift_c: float = 0.0) -> tuple[np.ndarray, float]:
+        """One frame with ``people`` = (core °C, visible face box) each, farthest first (nearer ones
+        are drawn over them). ``skin_shift_c`` moves this person's skin map (person-to-person spread)."""
         fine = self._background.copy()
-        box = self._face_box_thermal(state.face_box) if self._person_visible(state.phase) else None
-        if box is not None and state.person is not None:
-            self._draw_person(fine, box, state.person.core_c)
+        for (x1, y1, x2, y2), temp in self.distractors_fine():
+            fine[y1:y2, x1:x2] = temp
+        for core_c, face in people:
+            box = self._face_box_thermal(face)
+            if box is not None:
+                self._draw_person(fine, box, core_c + skin_shift_c)
+        if self.blackbody is not None:
+            (x1, y1, x2, y2), temp = self.blackbody
+            s = SUPERSAMPLE
+            fine[y1 * s : y2 * s, x1 * s : x2 * s] = temp
         s = SUPERSAMPLE
-        img = fine.reshape(self._rows, s, self._cols, s).mean(axis=(1, 3))
+        img = fine.reshape(self._rows, s, self._cols, s).mean(axis=(1, 3)) + self.sensor_offset_c
         if self.noise_c > 0:
             img = img + self._scene_rng.normal(0.0, self.noise_c, img.shape)
         img = np.round(img, 2).astype(np.float32)
-        return img, self.room_c + self.die_above_room_c
+        return img, self.die_c(now)
+
+    def die_c(self, now: float) -> float:
+        """Sensor die temperature (Ta): room + die_above_room_c once warm; warming from room at power-up."""
+        if self.warmup_tau_s <= 0:
+            return self.room_c + self.die_above_room_c
+        if self._t0 is None:
+            self._t0 = now
+        return self.room_c + self.die_above_room_c * (1.0 - float(np.exp(-(now - self._t0) / self.warmup_tau_s)))
+
+    def distractors_fine(self) -> list[tuple[tuple[int, int, int, int], float]]:
+        s = SUPERSAMPLE
+        return [
+            ((int(b.x1 * s), int(b.y1 * s), int(b.x2 * s), int(b.y2 * s)), temp) for b, temp in self.distractors
+        ]
 
     def ground_truth(self, now: float) -> dict[str, Any]:
         """What the scene holds at ``now``: core temperature, face box in thermal pixels, distance."""
+        assert self.director is not None
         state = self.director.state(now)
         present = self._person_visible(state.phase) and state.person is not None
         return {
@@ -90,6 +137,10 @@ class ThermalSceneRenderer:
             "distance_m": state.distance_m if present else None,
             "people": 1 if present else 0,
             "phase": state.phase.value,
+            "die_c": round(self.die_c(now), 3),
+            "room_c": self.room_c,
+            "blackbody": list(self.blackbody[0]) + [self.blackbody[1]] if self.blackbody else None,
+            "distractors": [b.as_list() + [temp] for b, temp in self.distractors],
         }
 
     # -- drawing -------------------------------------------------------------------------------------
@@ -101,7 +152,7 @@ class ThermalSceneRenderer:
         """Map the visible face box through the registration homography (all four corners)."""
         if face is None:
             return None
-        h = self.director.geometry.visible_to_thermal()
+        h = self.geometry.visible_to_thermal()
         corners = np.array(
             [[face.x1, face.y1, 1.0], [face.x2, face.y1, 1.0], [face.x2, face.y2, 1.0], [face.x1, face.y2, 1.0]]
         )

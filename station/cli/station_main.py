@@ -41,7 +41,7 @@ def run(config: Path, overrides: tuple[Path, ...], data_dir: Path | None) -> Non
 
     cfg = _load(config, overrides)
     configure(cfg.logging.level)
-    app = StationApp(cfg, data_dir=data_dir)
+    app = StationApp(cfg, data_dir=data_dir, config_path=config)
     try:
         app.start()
     except Exception as exc:

@@ -232,6 +232,9 @@ def status(obj: Ctx, as_json: bool) -> None:
         d = data["daemon"]
         click.echo(f"station {cfg.station.site}/{cfg.station.id} ({cfg.station.lane})")
         click.echo(f"daemon: {d.get('state')}" + (f", pid {d['pid']}, lane {d.get('lane_state')}" if d.get("pid") else ""))
+        for part in ("detector", "plate_reader"):  # a degraded model must be visible at a glance
+            if d.get(part) not in (None, "ok", "off"):
+                click.echo(f"{part}: {d[part]}")
         click.echo(f"today: {data['today'] or 'no decisions'}")
         last = data["last_event"]
         if last:
@@ -284,6 +287,28 @@ def _print_event(row: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, ensure_ascii=False))
     else:
         click.echo(_event_line(row))
+
+
+# -- outbox (its own module: station/cli/outbox_cmd.py) ---------------------------------------------
+
+from station.cli.outbox_cmd import outbox  # noqa: E402  (registered after main exists)
+
+main.add_command(outbox)
+
+# -- models and detect (their own module: station/cli/vision_cmd.py; cv2/onnxruntime load lazily) ----
+
+from station.cli.vision_cmd import detect, models_cmd, plates_cmd  # noqa: E402  (registered after main exists)
+
+main.add_command(models_cmd)
+main.add_command(detect)
+main.add_command(plates_cmd)
+
+# -- thermal and calibrate (their own module: station/cli/thermal_cmd.py; numpy/pyserial only) -------
+
+from station.cli.thermal_cmd import calibrate, thermal  # noqa: E402  (registered after main exists)
+
+main.add_command(thermal)
+main.add_command(calibrate)
 
 
 if __name__ == "__main__":

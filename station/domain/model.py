@@ -111,6 +111,9 @@ class FaceObservation:
     faces: tuple[FaceDetection, ...]
     frame_size: tuple[int, int]  # (width, height)
     detect_ms: float
+    # Laplacian variance of each face's grey crop, in ``faces`` order (empty when not measured): how
+    # sharp the face is, for choosing a person's best capture frame (station.domain.tracking).
+    sharpness: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

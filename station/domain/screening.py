@@ -5,7 +5,9 @@ readings are taken on that face until ``stable_samples`` agree → a health code
 one decision. Fever decides at once (no code needed); a missing stage decides ``retry`` when its
 timeout passes, so a slow stage can never stall the lane. After a decision the lane waits for the
 person to leave (no face for ``leave_after_s``) before screening anyone again: one screening per
-person, however long they stand there.
+person, however long they stand there. Faces are tracked (``station.domain.tracking``), so a
+screening belongs to one track id: a *different* person stepping up after a decision is screened at
+once, and a person replaced mid-screening ends that screening (``retry``) instead of mixing readings.
 
 No I/O and no clocks here: every input carries its own monotonic timestamp and ``tick(now)`` drives
 timeouts, so tests replay recorded observations and get the same decisions every time.
@@ -21,6 +23,7 @@ from statistics import median
 from typing import Any
 
 from station.domain.model import (
+    Box,
     CodeColour,
     CodeObservation,
     CodeStatus,
@@ -30,7 +33,9 @@ from station.domain.model import (
     TemperatureMeasurement,
     ThermalFrame,
 )
-from station.domain.thermal import MeasureState, ThermalCalibration, measure_face
+from station.domain.thermal import MeasureState, ThermalCalibration, WarmupTracker, measure_face
+from station.domain.direction import DirectionCounter
+from station.domain.tracking import FaceTracker, TrackerSettings, capture_score
 
 
 UNSTABLE = "unstable"  # a reading taken while the face was still moving or growing
@@ -111,6 +116,8 @@ class _Screening:
     code: CodeObservation | None = None
     code_t: float | None = None
     invalid_code: CodeObservation | None = None
+    track_id: int | None = None  # the tracked person this screening belongs to (station.domain.tracking)
+    capture: dict[str, Any] | None = None  # the best frame of this person so far: frame_seq, box, score
 
 
 class ScreeningLane:
@@ -130,13 +137,33 @@ class ScreeningLane:
         self._current: _Screening | None = None
         self._last_face_t: float | None = None
         self._on_verdict = on_verdict
+        self._warmup = WarmupTracker(calibration.warmup_s, calibration.warmup_max_die_rate)
+        # A track outlives a detection drop-out as long as a person is allowed to be out of sight.
+        self.tracker = FaceTracker(TrackerSettings(memory_s=settings.leave_after_s))
+        self.directions = DirectionCounter()  # entries / exits of every tracked face (geometry set by the app)
 
     # -- inputs ---------------------------------------------------------------------------------
     def on_faces(self, obs: FaceObservation) -> Verdict | None:
-        in_zone = [f for f in obs.faces if f.box.height >= self.settings.min_face_px]
+        # Every face is tracked, near or far: a person keeps one id from walking up to leaving.
+        tracks = self.tracker.update([f.box for f in obs.faces], [f.score for f in obs.faces], obs.captured_t)
+        self.directions.update(tracks, obs.frame_size)
+        in_zone = [(f, tr.id, i) for i, (f, tr) in enumerate(zip(obs.faces, tracks)) if f.box.height >= self.settings.min_face_px]
         if not in_zone:
             return self.tick(obs.done_t)
-        face = max(in_zone, key=lambda f: f.box.area)  # the person at the gate is the nearest
+        current_id = self._current.track_id if self._current is not None else None
+        mine = [x for x in in_zone if x[1] == current_id]
+        if self.state is not LaneState.IDLE and not mine:
+            # Somebody else is at the gate and the tracked person is not.
+            if self.state is LaneState.SCREENING:
+                # Never mix one person's readings with the next one's: this screening ends here and
+                # the newcomer's starts with the next frame.
+                return self._decide(Decision.RETRY, "left_before_decision", obs.done_t, alarm=False, person_left=True)
+            # Decided, and a different person stepped up: screen them now, without waiting for
+            # leave_after_s (the previous face may have left only a frame ago).
+            self.state = LaneState.IDLE
+            self._current = None
+        # The tracked person is followed by id; a new screening takes the nearest (largest) face.
+        face, track_id, index = mine[0] if mine else max(in_zone, key=lambda x: x[0].box.area)
         self._last_face_t = obs.captured_t
         if self.state is LaneState.IDLE:
             self.state = LaneState.SCREENING
@@ -146,6 +173,7 @@ class ScreeningLane:
                 face=face,
                 frame_size=obs.frame_size,
                 detect_ms=obs.detect_ms,
+                track_id=track_id,
             )
             self._current.face_sizes.append((obs.captured_t, face.box.height))
         elif self.state is LaneState.SCREENING and self._current is not None:
@@ -155,6 +183,12 @@ class ScreeningLane:
             # Keep just enough history to judge the last face_stable_s.
             while len(sizes) > 2 and sizes[1][0] <= obs.captured_t - self.settings.face_stable_s:
                 sizes.popleft()
+        s = self._current
+        if self.state is LaneState.SCREENING and s is not None and index < len(obs.sharpness):
+            # The pipeline keeps the crops; the lane only says which frame was this person's best.
+            score = capture_score(face.box.height, obs.sharpness[index], face.score)
+            if s.capture is None or score > s.capture["score"]:
+                s.capture = {"frame_seq": obs.frame_seq, "box": face.box.as_list(), "score": round(score, 2)}
         return self.tick(obs.done_t)
 
     def face_stable(self) -> bool:
@@ -169,10 +203,22 @@ class ScreeningLane:
 
     def on_thermal(self, frame: ThermalFrame) -> Verdict | None:
         """Measure the locked face in ``frame`` (if someone is being screened)."""
+        # Every frame feeds the warm-up tracker, screening or not: the die's history is the evidence.
+        warming = self._warmup.update(frame.t, frame.die_c)
         if self.state is not LaneState.SCREENING or self._current is None:
             return None
-        m = measure_face(frame, self._current.face.box, self.calibration)
+        m = measure_face(frame, self._current.face.box, self.calibration, others=self._other_faces(), warming_up=warming)
         return self.on_temperature(m)
+
+    def _other_faces(self) -> list[Box]:
+        """Faces in the newest camera frame other than the screened person's (from the tracker):
+        one as near as the screened face makes the reading ambiguous (``several_people``)."""
+        s = self._current
+        tracks = self.tracker.tracks
+        if s is None or not tracks:
+            return []
+        newest = max(tr.last_t for tr in tracks.values())
+        return [tr.box for tid, tr in tracks.items() if tid != s.track_id and tr.last_t >= newest]
 
     def on_temperature(self, m: TemperatureMeasurement) -> Verdict | None:
         s = self._current
@@ -304,7 +350,8 @@ class ScreeningLane:
             temperature=temperature,
             code_colour=(code_obs.verdict.colour if code_obs is not None and code_obs.verdict.status is CodeStatus.VALID else None),
             code=code,
-            face={"box": s.face.box.as_list(), "score": round(s.face.score, 3), "frame_size": list(s.frame_size)},
+            face={"box": s.face.box.as_list(), "score": round(s.face.score, 3), "frame_size": list(s.frame_size), "track_id": s.track_id, "capture": s.capture,
+                  "direction": self.directions.direction_of(s.track_id) if s.track_id is not None else None},
             compute_ms=compute,
             policy=self.policy.as_record(),
         )

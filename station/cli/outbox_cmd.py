@@ -1,0 +1,165 @@
+"""``stationctl outbox …``: look at, send and export the MQTT outbox (store-and-forward queue).
+
+``status`` and ``export`` only read the database (read-only, safe beside the running daemon).
+``flush`` writes (it deletes rows the broker acknowledged), so it refuses while the daemon runs:
+the daemon is already sending them, and two senders only make duplicates.
+
+Exit codes: 0 ok / outbox empty, 1 not (rows left after ``--timeout``, broker unreachable or
+refused the credentials, no database), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+log = logging.getLogger("station.cli.outbox")
+
+
+def _paths(obj: Any) -> tuple[Any, Path]:
+    from station.app import DB_NAME
+
+    cfg = obj.load()
+    db = obj.data_dir() / DB_NAME
+    if not db.exists():
+        click.echo(f"no event database at {db} (has the station run yet? see --data-dir)", err=True)
+        sys.exit(1)
+    return cfg, db
+
+
+def _open(obj: Any, *, read_only: bool) -> Any:
+    from station.store import SqliteEventStore, StoreError
+
+    from station.sync import bounds_from_config
+
+    cfg, db = _paths(obj)
+    try:
+        store = SqliteEventStore(db, station_id=cfg.station.id, site=cfg.station.site,
+                                 topic_prefix=cfg.mqtt.topic_prefix, read_only=read_only)
+    except (StoreError, sqlite3.Error) as exc:
+        click.echo(f"cannot open {db}: {exc}", err=True)
+        sys.exit(1)
+    store.outbox_bounds = bounds_from_config(cfg)
+    return store
+
+
+@click.group()
+def outbox() -> None:
+    """The queue of messages waiting for the command centre's broker."""
+
+
+@outbox.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--mqtt", "mqtt_url", default=None, help="Accepted for symmetry with flush; not used")
+@click.pass_obj
+def outbox_status(obj: Any, as_json: bool, mqtt_url: str | None) -> None:
+    """Pending rows, age of the oldest, payload bytes, alarms, dropped rows."""
+    store = _open(obj, read_only=True)
+    try:
+        data = store.outbox_stats()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"pending: {data['pending']} message(s), {data['bytes']} bytes, "
+               f"oldest {data['oldest_age_s']:.0f} s, alarms pending {data['alarms_pending']}")
+    for key in ("dropped", "bounds_alarm"):
+        if data.get(key):
+            click.echo(f"{key}: {data[key]}")
+
+
+@outbox.command("export")
+@click.argument("file", required=False, default="-", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
+@click.option("--mqtt", "mqtt_url", default=None, help="Accepted like the other outbox commands; not used")
+@click.pass_obj
+def outbox_export(obj: Any, file: Path, mqtt_url: str | None) -> None:
+    """Pending messages as JSON lines (FILE or - for stdout), oldest first; nothing is removed."""
+    store = _open(obj, read_only=True)
+    out = sys.stdout if str(file) == "-" else open(file, "w", encoding="utf-8")  # noqa: SIM115
+    count = 0
+    try:
+        after = 0
+        while True:
+            rows = store.outbox_rows_after(after, 1000)
+            if not rows:
+                break
+            for r in rows:
+                line = {"id": r.id, "msg_id": r.msg_id, "topic": r.topic, "qos": r.qos,
+                        "priority": r.priority, "created_at_ms": r.created_at, "attempts": r.attempts,
+                        "payload": json.loads(r.payload)}
+                out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+                count += 1
+            after = rows[-1].id
+    finally:
+        store.close()
+        if out is not sys.stdout:
+            out.close()
+    click.echo(f"exported {count} message(s)", err=True)
+
+
+@outbox.command("flush")
+@click.option("--mqtt", "mqtt_url", default=None, help="mqtt://host:port (default: mqtt.url from the config)")
+@click.option("--timeout", type=click.FloatRange(0.1, 86400), default=60.0, show_default=True,
+              help="Give up after this many seconds")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON")
+@click.pass_obj
+def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) -> None:
+    """Send what is pending now; exit 0 when the outbox is empty, 1 if rows are left."""
+    from station.config import MqttSection
+    from station.runtime import read_runtime_status
+    from station.sync import OutboxPump, publisher_from_config, status_topic
+
+    cfg, _db = _paths(obj)
+    url = mqtt_url or cfg.mqtt.url
+    if not url:
+        click.echo("no broker: give --mqtt mqtt://host:port or set mqtt.url", err=True)
+        sys.exit(2)
+    try:
+        MqttSection(url=url)
+    except ValueError as exc:
+        click.echo(f"--mqtt {url!r}: {exc}", err=True)
+        sys.exit(2)
+    daemon = read_runtime_status(obj.data_dir())
+    if daemon.get("state") == "running":
+        click.echo(f"the station daemon (pid {daemon.get('pid')}) is running and already sends the "
+                   "outbox; stop it first or let it sync", err=True)
+        sys.exit(1)
+    store = _open(obj, read_only=False)
+    base = status_topic(cfg.mqtt.topic_prefix, cfg.station.site, cfg.station.id).rsplit("/", 1)[0]
+    publisher = publisher_from_config(cfg, store.session, url=url, client_suffix="-flush",
+                                      status_topic_override=f"{base}/state/flush")
+    pump = OutboxPump(store, publisher, max_in_flight=cfg.mqtt.max_in_flight)
+    before = store.outbox_stats()["pending"]
+    t0 = time.monotonic()
+    pump.start()
+    publisher.start()
+    try:
+        drained = False
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            if pump.drain(min(0.5, max(0.0, deadline - time.monotonic()))):
+                drained = True
+                break
+            if publisher.state == "auth_failed":
+                break
+    finally:
+        pump.stop()
+        publisher.stop()
+        after = store.outbox_stats()["pending"]
+        store.close()
+    result = {"sent": before - after, "pending": after, "seconds": round(time.monotonic() - t0, 2),
+              "broker_state": publisher.state if not drained else "ok", "last_error": publisher.last_error}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"sent {result['sent']}, pending {after}, in {result['seconds']} s"
+                   + ("" if drained else f"; broker: {publisher.last_error or 'not reached'}"))
+    sys.exit(0 if drained else 1)

@@ -1,0 +1,452 @@
+"""The live side of the MQTT link: retained component states, periodic stats, and remote commands.
+
+The outbox (``station.sync``) carries the *record* (events, alarms) and must never lose a message.
+This module carries the *present*: it is re-published on every connect and never queued, because a
+stale state or a replayed command is worse than none. Topics (all under
+``<prefix>/<site>/<station>/``, JSON with ``"schema": 1``; docs/mqtt.md documents each payload):
+
+* ``state/<component>`` retained, QoS 1: thermal, camera, detector, gate, outbox, mqtt — published
+  on connect and whenever a state-like field changes (checked every ``poll_s``);
+* ``stats`` QoS 0, every ``stats_interval_s``: counters and depths;
+* ``cmd/<name>`` subscribed; every request gets exactly one reply on ``cmd/<name>/result`` that
+  echoes the request's ``id`` (the correlation id). Unknown commands and malformed requests get an
+  error result, never silence.
+
+Commands run on this module's worker thread, never on paho's network thread: several write SQLite
+with an fsync, and paho's thread must keep delivering PUBACKs meanwhile.
+
+``open-gate`` is the one command that moves hardware, so it is guarded three ways: it must carry a
+``deadline`` (unix seconds) no further than ``MAX_OPEN_WINDOW_S`` ahead; a request past its deadline
+is refused (a command that sat in a queue during an outage must not open the gate later); and its
+``id`` may be used once — the audit row in ``gate_actions`` (``event_id = "cmd:<id>"``) is written
+for every open-gate request, carried out or refused, and a second request with the same id is
+refused as a replay, across restarts too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from station.domain.model import Decision, GateAction, GateCommand, GateResult
+
+log = logging.getLogger("station.commands")
+
+SCHEMA = 1
+MAX_OPEN_WINDOW_S = 60.0
+"""An open-gate deadline further ahead than this is refused: it would make the request replayable
+for too long."""
+
+TRUST_LIST_DIR = "trust-list"
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False).encode("utf-8")
+
+
+def state_like(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a component's stats that describe its *state* (strings, flags), not counters.
+
+    Counters change every frame; publishing retained state on each would flood the broker.
+    """
+    return {k: v for k, v in stats.items() if v is None or isinstance(v, (str, bool))}
+
+
+class CommandError(Exception):
+    """A command was refused; the message goes back in the result's ``error``."""
+
+
+# ---------------------------------------------------------------------------------------- handlers
+
+
+def set_config_value(path: Path, key: str, value: Any) -> tuple[Any, Any]:
+    """Change one setting in a TOML file keeping its comments (stationctl's writer); validated
+    before anything is written, atomic with a ``.bak``. Returns (old, new)."""
+    import tomlkit
+    import tomlkit.items
+
+    from station.cli.stationctl import atomic_write
+    from station.config import validate_text
+
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    doc = tomlkit.parse(text)
+    parts = key.split(".")
+    node: Any = doc
+    for part in parts[:-1]:
+        if part not in node:
+            node[part] = tomlkit.table()
+        node = node[part]
+    old = node.get(parts[-1])
+    old = old.unwrap() if isinstance(old, tomlkit.items.Item) else old
+    node[parts[-1]] = value
+    new_text = tomlkit.dumps(doc)
+    problems = validate_text(new_text, path.name)
+    if problems:
+        raise CommandError("; ".join(str(p) for p in problems))
+    atomic_write(path, new_text)
+    return old, value
+
+
+class CommandHandlers:
+    """What each ``cmd/<name>`` does. Each handler takes the request dict and returns the result
+    dict, or raises :class:`CommandError` to refuse."""
+
+    def __init__(
+        self,
+        *,
+        store: Any,
+        gate: Any,
+        monotonic: Callable[[], float],
+        config_path: Path | None,
+        data_dir: Path,
+        snapshot: Callable[[], dict[str, Any]],
+        command_ttl_s: float = 0.5,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.gate = gate
+        self.monotonic = monotonic
+        self.wall = wall
+        self.config_path = config_path
+        self.data_dir = data_dir
+        self.snapshot_fn = snapshot
+        self.command_ttl_s = command_ttl_s
+        self.started_wall = wall()
+        self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "ping": self.ping,
+            "snapshot": self.snapshot,
+            "reload-config": self.reload_config,
+            "open-gate": self.open_gate,
+            "set-threshold": self.set_threshold,
+            "trust-list": self.trust_list,
+        }
+
+    @staticmethod
+    def _args(request: dict[str, Any]) -> dict[str, Any]:
+        args = request.get("args", {})
+        if not isinstance(args, dict):
+            raise CommandError("args must be a JSON object")
+        return args
+
+    def ping(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"pong": True, "session": getattr(self.store, "session", None),
+                "uptime_s": round(self.wall() - self.started_wall, 1)}
+
+    def snapshot(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.snapshot_fn()
+
+    def reload_config(self, request: dict[str, Any]) -> dict[str, Any]:
+        from station.config import ConfigError, load_config
+
+        if self.config_path is None:
+            raise CommandError("this station runs without a config file (demo); nothing to reload")
+        try:
+            load_config(self.config_path)
+        except ConfigError as exc:
+            raise CommandError("invalid configuration, nothing applied: "
+                               + "; ".join(str(p) for p in exc.problems)) from None
+        return {"file": str(self.config_path), "valid": True, "applied": False,
+                "note": "restart required: live reload is not implemented; the file is valid"}
+
+    def set_threshold(self, request: dict[str, Any]) -> dict[str, Any]:
+        args = self._args(request)
+        value = args.get("fever_threshold_c")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CommandError("args.fever_threshold_c must be a number (°C)")
+        if self.config_path is None:
+            raise CommandError("this station runs without a config file (demo); nothing to persist to")
+        old, new = set_config_value(self.config_path, "screening.fever_threshold_c", float(value))
+        log.warning("fever threshold changed by command old=%s new=%s file=%s id=%s", old, new,
+                    self.config_path, request.get("id"))
+        return {"key": "screening.fever_threshold_c", "old": old, "new": new, "persisted": True,
+                "applied": False, "note": "takes effect at the next restart (live reload is not implemented)"}
+
+    def trust_list(self, request: dict[str, Any]) -> dict[str, Any]:
+        args = self._args(request)
+        version, document = args.get("version"), args.get("document")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise CommandError("args.version must be an integer >= 1")
+        if not isinstance(document, dict):
+            raise CommandError("args.document must be a JSON object")
+        folder = self.data_dir / TRUST_LIST_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        current = folder / "current.json"
+        if current.exists():
+            have = int(json.loads(current.read_text(encoding="utf-8")).get("version", 0))
+            if version <= have:
+                raise CommandError(f"version {version} is not newer than the stored version {have}")
+        body = {"version": version, "received_at": self.wall(), "signature_verified": False, "document": document}
+        data = json.dumps(body, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
+        for target in (folder / f"v{version}.json", current):
+            tmp = target.with_name(target.name + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        log.info("trust list stored version=%d bytes=%d", version, len(data))
+        return {"version": version, "stored": str(folder / f"v{version}.json"),
+                "sha256": hashlib.sha256(data).hexdigest(), "signature_verified": False,
+                "note": "stored, not yet used: signature verification comes with the signed-code verifier (a later issue)"}
+
+    def open_gate(self, request: dict[str, Any]) -> dict[str, Any]:
+        corr = request.get("id")
+        if not isinstance(corr, str) or not corr:
+            raise CommandError("open-gate needs an id (it is the replay guard)")
+        audit_id = f"cmd:{corr}"
+        deadline = request.get("deadline")
+        now_wall, now_mono = self.wall(), self.monotonic()
+        reason = self._open_gate_refusal(audit_id, deadline, now_wall)
+        if reason is not None:
+            self._audit(GateResult(audit_id, GateAction.OPEN, False, f"refused: {reason}", now_mono), request)
+            raise CommandError(f"refused: {reason}")
+        # The gate enforces the deadline too, on the monotonic clock, at most command_ttl_s away.
+        left = min(float(deadline) - now_wall, self.command_ttl_s)  # type: ignore[arg-type]
+        command = GateCommand(audit_id, GateAction.OPEN, Decision.PASS, now_mono, now_mono + left)
+        result = self.gate.execute(command, self.monotonic())
+        self._audit(result, request)
+        log.warning("gate opened by remote command id=%s executed=%s reason=%s operator=%s", corr,
+                    result.executed, result.reason, self._args(request).get("operator"))
+        if not result.executed:
+            raise CommandError(f"gate did not open: {result.reason}")
+        return {"executed": True, "audit_id": audit_id}
+
+    def _open_gate_refusal(self, audit_id: str, deadline: Any, now_wall: float) -> str | None:
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline):
+            return "a deadline (unix seconds) is required"
+        if now_wall > deadline:
+            return f"stale: deadline passed {now_wall - deadline:.1f} s ago"
+        if deadline - now_wall > MAX_OPEN_WINDOW_S:
+            return f"deadline more than {MAX_OPEN_WINDOW_S:.0f} s ahead"
+        if self.store.gate_actions(audit_id):
+            return "replay: this command id was already used"
+        return None
+
+    def _audit(self, result: GateResult, request: dict[str, Any]) -> None:
+        self.store.record_remote_gate_action(result, request)
+
+
+# ------------------------------------------------------------------------------------------- link
+
+
+class StationLink:
+    """Publishes states and stats and serves commands over a connected publisher."""
+
+    def __init__(
+        self,
+        publisher: Any,
+        base_topic: str,
+        identity: Mapping[str, str],
+        states: Mapping[str, Callable[[], Mapping[str, Any]]],
+        stats: Callable[[], Mapping[str, Any]],
+        commands: CommandHandlers,
+        *,
+        stats_interval_s: float = 60.0,
+        poll_s: float = 2.0,
+        on_connected_extra: list[Callable[[], None]] | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self.base = base_topic
+        self.identity = dict(identity)
+        self.states = dict(states)
+        self.stats_fn = stats
+        self.commands = commands
+        self.stats_interval_s = stats_interval_s
+        self.poll_s = poll_s
+        self.extra_on_connect = list(on_connected_extra or [])
+        self._queue: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_state: dict[str, dict[str, Any]] = {}
+        self._last_stats = 0.0
+        self._routes: dict[str, Callable[[str, bytes], None]] = {}
+        self.replies = 0
+        self.errors = 0
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self.publisher.on_connected.append(self._on_connected)
+        self.publisher.subscribe(f"{self.base}/cmd/+", self._on_command)
+        if self.publisher.connected():  # connected before this link existed: catch up now
+            self._on_connected()
+        self._thread = threading.Thread(target=self._run, name="station-link", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._queue.put(("stop", "", b""))
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def route(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        """Run ``handler(topic, payload)`` on this link's worker for messages on ``topic_filter``."""
+        kind = f"route:{topic_filter}"
+        self._routes[kind] = handler
+        self.publisher.subscribe(topic_filter, lambda t, p: self._queue.put((kind, t, p)))
+
+    # -- paho's thread: enqueue only
+
+    def _on_connected(self) -> None:
+        self._queue.put(("connected", "", b""))
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        self._queue.put(("cmd", topic, payload))
+
+    # -- worker
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, topic, payload = self._queue.get(timeout=self.poll_s)
+            except queue.Empty:
+                kind, topic, payload = "tick", "", b""
+            try:
+                if kind == "stop":
+                    break
+                if kind == "cmd":
+                    self._serve(topic, payload)
+                elif kind == "connected":
+                    self._last_state.clear()  # re-publish every state on a new connection
+                    for hook in self.extra_on_connect:
+                        hook()
+                elif kind in self._routes:
+                    self._routes[kind](topic, payload)
+                self._publish_states()
+                self._maybe_stats()
+            except Exception:  # logged; the link must keep serving (one bad state source or command)
+                self.errors += 1
+                log.exception("station link step failed kind=%s topic=%s", kind, topic)
+
+    def _envelope(self, **body: Any) -> dict[str, Any]:
+        return {"schema": SCHEMA, **self.identity, "ts": round(time.time(), 3), **body}
+
+    def _publish_states(self) -> None:
+        if not self.publisher.connected():
+            return
+        for name, source in self.states.items():
+            try:
+                state = dict(source())
+            except Exception:  # logged; the other components' states still go out
+                log.exception("state source failed component=%s", name)
+                state = {"state": "unknown", "error": "state source failed"}
+            if self._last_state.get(name) == state:
+                continue
+            if self.publisher.publish_direct(f"{self.base}/state/{name}", dumps(self._envelope(component=name, **state)),
+                                             qos=1, retain=True):
+                self._last_state[name] = state
+
+    def _maybe_stats(self) -> None:
+        if self.stats_interval_s <= 0 or not self.publisher.connected():
+            return
+        now = time.monotonic()
+        if now - self._last_stats < self.stats_interval_s:
+            return
+        self._last_stats = now
+        self.publisher.publish_direct(f"{self.base}/stats", dumps(self._envelope(**self.stats_fn())), qos=0, retain=False)
+
+    def _serve(self, topic: str, payload: bytes) -> None:
+        name = topic.rsplit("/", 1)[-1]
+        corr: Any = None
+        try:
+            request = json.loads(payload) if payload else {}
+            if not isinstance(request, dict):
+                raise CommandError("the request must be a JSON object")
+            corr = request.get("id")
+            handler = self.commands.handlers.get(name)
+            if handler is None:
+                raise CommandError(f"unknown command {name!r} (known: {', '.join(sorted(self.commands.handlers))})")
+            deadline = request.get("deadline")
+            if name != "open-gate" and isinstance(deadline, (int, float)) and time.time() > deadline:
+                raise CommandError("stale: deadline passed")
+            result, error = handler(request), None
+        except (CommandError, ValueError, OSError) as exc:
+            result, error = None, str(exc)
+        except Exception as exc:  # logged with traceback; the requester still gets its one reply
+            log.exception("command failed name=%s id=%s", name, corr)
+            result, error = None, f"internal error: {type(exc).__name__}: {exc}"
+        log.info("command served name=%s id=%s ok=%s error=%s", name, corr, error is None, error)
+        reply = self._envelope(command=name, id=corr, ok=error is None, result=result, error=error)
+        self.replies += 1
+        if not self.publisher.publish_direct(f"{topic}/result", dumps(reply), qos=1, retain=False):
+            log.warning("command result not sent, link down name=%s id=%s", name, corr)
+
+
+# ------------------------------------------------------------------------------------------ wiring
+
+
+def link_for_app(app: Any) -> StationLink:
+    """The link for a started :class:`station.app.StationApp` (store, pipeline, publisher, pump)."""
+    cfg = app.cfg
+    base = f"{cfg.mqtt.topic_prefix}/{cfg.station.site}/{cfg.station.id}"
+    pipeline, store, publisher, pump = app.pipeline, app.store, app.publisher, app.pump
+
+    def thermal() -> dict[str, Any]:
+        return state_like(pipeline.thermal.stats())
+
+    def camera() -> dict[str, Any]:
+        return state_like(pipeline.camera.stats())
+
+    def detector() -> dict[str, Any]:
+        # The composition root tracks a missing or corrupt model (station.vision) as detector_state.
+        return {"state": str(getattr(app, "detector_state", "ready")), "model": pipeline.detector.name}
+
+    def gate() -> dict[str, Any]:
+        last = pipeline.last_decided
+        if last is None:
+            return {"state": "idle", "last_action": None}
+        return {"state": "ok" if last.gate.executed or last.gate.reason == "ok" else "refused",
+                "last_action": last.gate.action.value, "last_reason": last.gate.reason,
+                "last_event_id": last.event.event_id}
+
+    def screening() -> dict[str, Any]:
+        last = pipeline.last_decided
+        event = last.event if last is not None else None
+        return {"last_decision": event.decision.value if event else None,
+                "last_temperature_c": event.temperature_c if event else None,
+                "last_event_id": event.event_id if event else None,
+                "alarm": bool(event.alarm) if event else False,
+                "count_total": sum(store.counts().values())}
+
+    def outbox() -> dict[str, Any]:
+        stats = dict(store.outbox_stats())
+        stats["oldest_age_s"] = int(stats["oldest_age_s"])  # whole seconds: not a change every poll
+        return dict(stats, mqtt=publisher.state)
+
+    def stats() -> dict[str, Any]:
+        return {"pipeline": pipeline.stats(), "outbox": store.outbox_stats(), "pump": pump.stats(),
+                "mqtt": publisher.stats(), "counts": store.counts()}
+
+    def snapshot() -> dict[str, Any]:
+        return {"status": app.runtime_status(), "outbox": store.outbox_stats(), "pump": pump.stats(),
+                "mqtt": publisher.stats(), "last_event": store.last_event()}
+
+    handlers = CommandHandlers(
+        store=store, gate=pipeline.gate, monotonic=app.clock.monotonic, config_path=getattr(app, "config_path", None),
+        data_dir=app.data_dir, snapshot=snapshot, command_ttl_s=cfg.gate.command_ttl_s,
+    )
+    link = StationLink(
+        publisher, base, {"station_id": cfg.station.id, "site": cfg.station.site},
+        {"thermal": thermal, "camera": camera, "detector": detector, "gate": gate, "screening": screening,
+         "outbox": outbox},
+        stats, handlers, stats_interval_s=cfg.mqtt.stats_interval_s,
+    )
+    if cfg.mqtt.ha_discovery:
+        from station.ha import HaDiscovery, discovery_configs
+        from station.sync import _VERSION
+
+        ha = HaDiscovery(publisher, cfg.mqtt.ha_prefix,
+                         discovery_configs(cfg.mqtt.ha_prefix, base, cfg.station.site, cfg.station.id, _VERSION))
+        link.extra_on_connect.append(ha.announce)
+        link.route(f"{cfg.mqtt.ha_prefix}/status", ha.on_ha_status)
+    return link

@@ -1,0 +1,107 @@
+"""The resident plate list: ``<data_dir>/resident_plates.txt``, one plate a line (``#`` comments).
+
+Edited with ``stationctl plates add|remove|list`` (atomic rewrite, so the daemon never reads half a
+file); the daemon re-reads it when its modification time changes, so an edit applies to the next
+vehicle without a restart. Plates are stored normalised (upper case, no separators).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from station.domain.vehicles import normalise_plate
+
+log = logging.getLogger("station.residents")
+
+FILE_NAME = "resident_plates.txt"
+# Province / special character (CJK) or letter first, then letters, digits and the few CJK suffixes
+# (学, 警, 挂, 港, 澳, 领, 使): 5 to 9 characters in all.
+_PLATE = re.compile(r"^[\u4e00-\u9fffA-Z0-9]{5,9}$")
+
+
+class PlateTextError(ValueError):
+    """Not something a plate can say."""
+
+
+def resident_path(data_dir: Path) -> Path:
+    return Path(data_dir) / FILE_NAME
+
+
+def check_plate(text: str) -> str:
+    plate = normalise_plate(text)
+    if not _PLATE.match(plate):
+        raise PlateTextError(f"{text!r} is not a plate: expected 5–9 letters, digits or Chinese characters, e.g. 浙A12345")
+    return plate
+
+
+def load(path: Path) -> list[str]:
+    """The plates in the file, in file order; a missing file is an empty list."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    plates: list[str] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            plates.append(check_plate(line))
+        except PlateTextError as exc:
+            log.warning("resident list line skipped path=%s line=%d error=%s", path, n, exc)
+    return plates
+
+
+def save(path: Path, plates: list[str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("# resident plates, one a line (stationctl plates add|remove|list)\n")
+        f.writelines(p + "\n" for p in plates)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def add(path: Path, text: str) -> bool:
+    """Add a plate; False if it was already listed."""
+    plate = check_plate(text)
+    plates = load(path)
+    if plate in plates:
+        return False
+    save(path, plates + [plate])
+    return True
+
+
+def remove(path: Path, text: str) -> bool:
+    """Remove a plate; False if it was not listed."""
+    plate = normalise_plate(text)
+    plates = load(path)
+    if plate not in plates:
+        return False
+    save(path, [p for p in plates if p != plate])
+    return True
+
+
+class ResidentFile:
+    """The list as the daemon sees it: re-read when the file changes (call it per vehicle)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._mtime: int | None = None
+        self._plates: frozenset[str] = frozenset()
+
+    def __call__(self) -> frozenset[str]:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = -1
+        if mtime != self._mtime:
+            self._plates = frozenset(load(self.path))
+            self._mtime = mtime
+            log.info("resident list loaded path=%s plates=%d", self.path, len(self._plates))
+        return self._plates
