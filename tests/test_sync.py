@@ -206,6 +206,10 @@ def test_broker_sigkill_mid_burst_loses_nothing(tmp_path: Path, broker: Broker) 
         assert len(unique) == total + n_alarms
         seqs = sorted({p["seq"] for p in unique.values()})
         assert seqs == list(range(1, total + 1))
+        # After de-duplication the screening stream arrives in seq order: the lost window is re-sent
+        # oldest first, before anything newer.
+        screening_seqs = [p["seq"] for p in unique.values() if p["_topic"].endswith("/screening")]
+        assert screening_seqs == list(range(1, total + 1)), "screening events out of seq order"
         stats = station.pump.stats()
         duplicates = len(sub.payloads()) - len(unique)
         print(f"\nbroker SIGKILL at {killed_at}; final pump {stats}; duplicates at subscriber: "
