@@ -161,6 +161,7 @@ def lane_for(cfg: StationConfig) -> ScreeningLane:
         leave_after_s=s.leave_after_s,
         face_stable_s=s.face_stable_s,
         face_size_tolerance=s.face_size_tolerance,
+        temperature_on=s.temperature_on,
     )
     policy = ScreeningPolicy(temperature=cfg.policy.temperature, yellow_code=Decision(cfg.policy.yellow_code))
     lane = ScreeningLane(settings, policy, calibration_for(cfg))
@@ -290,6 +291,13 @@ class StationApp:
         )
         if cfg.vehicle.mode == "vehicle":
             self._start_plates()
+        from station.counts import CountsKeeper
+
+        # Restored before the lane runs; stopped (final save) after the pipeline, before the store.
+        self.counts_keeper = CountsKeeper(self.store, self.pipeline.lane.directions.counts)
+        self.counts_keeper.restore()
+        self.counts_keeper.start()
+        self._push("counts", self.counts_keeper.stop)
         self.pipeline.start()
         self._push("pipeline", self.pipeline.stop)
 
@@ -337,7 +345,8 @@ class StationApp:
             return
         log.info("plate reader warm warmup_ms=%.1f", reader.warm_up())
         lane = VehicleLane(ResidentFile(resident_path(self.data_dir)), min_reads=v.min_reads, min_confidence=v.min_plate_confidence)
-        self.plates = PlateLoop(reader, lane)
+        assert self.store is not None  # started before the pipeline: vehicle events are durable records
+        self.plates = PlateLoop(reader, lane, record=self.store.record_vehicle, clock_synced=self.clock.synced)
         assert self.pipeline is not None
         self.pipeline.frame_taps.append(self.plates.offer)
         self.plates.start()

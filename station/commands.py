@@ -128,6 +128,7 @@ class CommandHandlers:
             "open-gate": self.open_gate,
             "set-threshold": self.set_threshold,
             "trust-list": self.trust_list,
+            "resident-plates": self.resident_plates,
         }
 
     @staticmethod
@@ -197,6 +198,31 @@ class CommandHandlers:
         return {"version": version, "stored": str(folder / f"v{version}.json"),
                 "sha256": hashlib.sha256(data).hexdigest(), "signature_verified": False,
                 "note": "stored, not yet used: signature verification comes with the signed-code verifier (a later issue)"}
+
+    def resident_plates(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Replace the resident plate list: every entry validated first (one bad plate refuses the
+        whole list and the old one stays), then one atomic file replace; the plate thread re-reads
+        the file at its next vehicle. ``args.version`` (optional) must be newer than the stored one,
+        so a replayed or reordered older push cannot undo a newer list."""
+        from station import residents
+
+        args = self._args(request)
+        asked = args.get("version")
+        if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 1):
+            raise CommandError("args.version must be an integer >= 1 when given")
+        try:
+            plates = residents.check_list(args.get("plates"))
+        except residents.PlateTextError as exc:
+            raise CommandError(f"list refused, the old list is kept: {exc}") from None
+        path = residents.resident_path(self.data_dir)
+        have = residents.version(path)
+        if asked is not None and asked <= have:
+            raise CommandError(f"version {asked} is not newer than the stored version {have}; the old list is kept")
+        new_version = asked if asked is not None else have + 1
+        residents.save(path, plates, list_version=new_version)
+        log.info("resident plate list replaced count=%d version=%d previous_version=%d id=%s", len(plates),
+                 new_version, have, request.get("id"))
+        return {"count": len(plates), "version": new_version, "previous_version": have, "file": str(path)}
 
     def open_gate(self, request: dict[str, Any]) -> dict[str, Any]:
         corr = request.get("id")

@@ -59,6 +59,7 @@ class ScreeningSection(Section):
     face_stable_s: float = Field(0.3, ge=0.0, le=5.0, description="The face must hold its size this long before thermal readings count")
     face_size_tolerance: float = Field(0.08, gt=0.0, le=1.0, description="How much the face size may change and still count as standing still")
     thermal_stale_s: float = Field(2.0, gt=0.0, le=30.0, description="No thermal frame for this long is a sensor fault")
+    temperature_on: Literal["entry", "both"] = Field("both", description="Who is temperature-screened: both directions, or (one-way mode) entries only; a person tracked as exiting is then decided on the code alone")
 
     @model_validator(mode="after")
     def _range_ordered(self) -> ScreeningSection:
@@ -196,7 +197,7 @@ class GateSection(Section):
 class MqttSection(Section):
     url: str = Field("", pattern=r"^$|^mqtts?://[^/\s]+(:\d+)?/?$", description="Empty = no broker: events wait in the outbox")
     topic_prefix: str = Field("checkpoint/v1", pattern=r"^[A-Za-z0-9_/-]+$")
-    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT 5, or 3.1.1 for brokers that lack 5")
+    protocol: Literal["auto", "5", "3.1.1"] = Field("auto", description="auto = MQTT 5, falling back to 3.1.1 when the broker lacks 5; or force 5 / 3.1.1")
     username: str = Field("", description="Empty = no username")
     password_file: str = Field("", description="File whose first line is the password (never logged); empty = password_env")
     password_env: str = Field("CHECKPOINT_MQTT_PASSWORD", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the password when password_file is empty")

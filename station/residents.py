@@ -55,12 +55,57 @@ def load(path: Path) -> list[str]:
     return plates
 
 
-def save(path: Path, plates: list[str]) -> None:
+_VERSION = re.compile(r"^# version (\d+)\s*$")
+
+
+def version(path: Path) -> int:
+    """The version of the list as pushed by the centre (``cmd/resident-plates``), kept in a
+    ``# version N`` header line; 0 when the file has none (missing, or edited with stationctl)."""
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            for line in f:
+                m = _VERSION.match(line)
+                if m:
+                    return int(m.group(1))
+                if line.strip() and not line.startswith("#"):
+                    break  # the header is over
+    except FileNotFoundError:
+        return 0
+    return 0
+
+
+def check_list(texts: object, max_plates: int = 100_000) -> list[str]:
+    """A whole pushed list, validated: every entry a plate (all errors named), duplicates dropped
+    (first kept). Raises :class:`PlateTextError` on any bad entry, so a bad list changes nothing."""
+    if not isinstance(texts, list):
+        raise PlateTextError("the plate list must be a JSON array of strings")
+    if len(texts) > max_plates:
+        raise PlateTextError(f"{len(texts)} plates: at most {max_plates} are accepted")
+    plates: list[str] = []
+    bad: list[str] = []
+    for i, text in enumerate(texts):
+        try:
+            if not isinstance(text, str):
+                raise PlateTextError(f"entry {i} is {type(text).__name__}, not a string")
+            plates.append(check_plate(text))
+        except PlateTextError as exc:
+            bad.append(f"[{i}] {exc}")
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise PlateTextError(f"{len(bad)} bad entr{'y' if len(bad) == 1 else 'ies'}: " + "; ".join(bad[:5]) + more)
+    return list(dict.fromkeys(plates))
+
+
+def save(path: Path, plates: list[str], list_version: int | None = None) -> None:
+    """Replace the file atomically (temp file, fsync, rename): the daemon reads the old list or the
+    new one, never a mix. ``list_version`` is written as the ``# version N`` header (centre pushes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         f.write("# resident plates, one a line (stationctl plates add|remove|list)\n")
+        if list_version is not None:
+            f.write(f"# version {int(list_version)}\n")
         f.writelines(p + "\n" for p in plates)
         f.flush()
         os.fsync(f.fileno())
@@ -92,12 +137,14 @@ class ResidentFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._mtime: int | None = None
+        self._mtime: tuple[int, int, int] | int | None = None
         self._plates: frozenset[str] = frozenset()
 
     def __call__(self) -> frozenset[str]:
         try:
-            mtime = self.path.stat().st_mtime_ns
+            st = self.path.stat()
+            # The inode too: an atomic replace within the same mtime tick must still be seen.
+            mtime: tuple[int, int, int] | int = (st.st_mtime_ns, st.st_ino, st.st_size)
         except FileNotFoundError:
             mtime = -1
         if mtime != self._mtime:

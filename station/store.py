@@ -157,8 +157,30 @@ def _migrate_v1(db: Database) -> None:
         db.execute(sql)
 
 
+def _migrate_v2(db: Database) -> None:
+    """Vehicle events (resident / outsider plates) become durable records, like screenings."""
+    statements = [
+        """
+        CREATE TABLE vehicles (
+          id          INTEGER PRIMARY KEY,
+          vehicle_id  TEXT NOT NULL UNIQUE,
+          ts          REAL NOT NULL,                -- unix time of the event
+          kind        TEXT NOT NULL,                -- resident_vehicle | outsider_vehicle
+          plate       TEXT NOT NULL,
+          confidence  REAL,
+          record      TEXT NOT NULL,                -- JSON as published under "vehicle"
+          created_at  REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX vehicles_ts ON vehicles(ts)",
+        "CREATE INDEX vehicles_plate ON vehicles(plate)",
+    ]
+    for sql in statements:
+        db.execute(sql)
+
+
 Migration = Callable[[Database], None]
-MIGRATIONS: Sequence[Migration] = (_migrate_v1,)
+MIGRATIONS: Sequence[Migration] = (_migrate_v1, _migrate_v2)
 """Ordered migrations; ``MIGRATIONS[i]`` upgrades ``user_version`` i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -247,6 +269,7 @@ class SqliteEventStore:
         base = f"{topic_prefix}/{site}/{station_id}"
         self.topic_screening = f"{base}/events/screening"
         self.topic_alarm = f"{base}/events/alarm"
+        self.topic_vehicle = f"{base}/events/vehicle"
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._closed = False
@@ -495,28 +518,84 @@ class SqliteEventStore:
             rowid = int(cur.lastrowid or 0)
             seq = self._bump_meta("seq")
             for topic, priority in topics:
-                msg_id = self._new_msg_id()
-                payload = {
-                    "schema": PAYLOAD_SCHEMA,
-                    "msg_id": msg_id,
-                    "station_id": self.station_id,
-                    "site": self.site,
-                    "seq": seq,
-                    "session": self._session,
-                    "ts": record["ts"],
-                    "clock_synced": bool(event.clock_synced),
-                    "event": record,
-                }
-                conn.execute(
-                    "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) "
-                    "VALUES (?, ?, ?, 1, ?, ?)",
-                    (msg_id, topic, _dumps(payload).encode("utf-8"), priority, int(now * 1000)),
-                )
+                self._enqueue(conn, topic, priority, seq=seq, ts=record["ts"],
+                              clock_synced=bool(event.clock_synced), body={"event": record}, now=now)
             return rowid
 
         rowid: int = self._write(tx)
         self._notify_listeners()
         return rowid
+
+    def _enqueue(self, conn: sqlite3.Connection, topic: str, priority: int, *, seq: int, ts: Any,
+                 clock_synced: bool | None, body: Mapping[str, Any], now: float) -> str:
+        """Queue one outbox message with the common envelope (schema, msg_id, station, seq,
+        session, ts, clock_synced) plus ``body``; runs inside the caller's transaction."""
+        msg_id = self._new_msg_id()
+        payload = {
+            "schema": PAYLOAD_SCHEMA, "msg_id": msg_id, "station_id": self.station_id, "site": self.site,
+            "seq": seq, "session": self._session, "ts": ts, "clock_synced": clock_synced, **body,
+        }
+        conn.execute(
+            "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, ?, ?)",
+            (msg_id, topic, _dumps(payload).encode("utf-8"), priority, int(now * 1000)),
+        )
+        return msg_id
+
+    def record_vehicle(self, record: Mapping[str, Any]) -> int:
+        """Write a vehicle event (``resident_vehicle`` / ``outsider_vehicle``) and its outbox
+        message on ``events/vehicle`` in one durable transaction; returns the row id.
+
+        ``record`` needs ``vehicle_id``, ``ts`` (unix time), ``type`` and ``plate``. A vehicle event
+        consumes a ``seq`` like a screening (the centre detects gaps across both). It is never an
+        alarm: ordinary priority, and nothing goes to ``events/alarm``.
+        """
+        rec = _jsonable(dict(record))
+        for key in ("vehicle_id", "ts", "type", "plate"):
+            if rec.get(key) in (None, ""):
+                raise ValueError(f"vehicle record needs {key!r}")
+        rec["alarm"] = False  # by definition: resident / outsider plates are information only
+
+        def tx(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            cur = conn.execute(
+                "INSERT INTO vehicles(vehicle_id, ts, kind, plate, confidence, record, created_at) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (rec["vehicle_id"], float(rec["ts"]), rec["type"], rec["plate"], rec.get("confidence"),
+                 _dumps(rec), now),
+            )
+            seq = self._bump_meta("seq")
+            self._enqueue(conn, self.topic_vehicle, PRIORITY_EVENT, seq=seq, ts=rec["ts"],
+                          clock_synced=rec.get("clock_synced"), body={"vehicle": rec}, now=now)
+            return int(cur.lastrowid or 0)
+
+        rowid: int = self._write(tx)
+        self._notify_listeners()
+        return rowid
+
+    _COUNT_KEYS = ("entry", "exit")
+
+    def direction_counts(self) -> dict[str, int]:
+        """Entry / exit totals as last saved (``meta.count_entry`` / ``count_exit``; 0 when never saved)."""
+        rows = self._query("SELECT key, value FROM meta WHERE key IN ('count_entry', 'count_exit')")
+        saved = {r["key"].removeprefix("count_"): int(r["value"]) for r in rows}
+        return {k: saved.get(k, 0) for k in self._COUNT_KEYS}
+
+    def save_direction_counts(self, counts: Mapping[str, int]) -> None:
+        """Persist the entry / exit totals (one small transaction; the caller rate-limits it)."""
+        values = [(f"count_{k}", str(int(counts.get(k, 0)))) for k in self._COUNT_KEYS]
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", values)
+
+        self._write(tx)
+
+    def vehicles_tail(self, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` vehicle records, oldest first."""
+        rows = self._query(
+            "SELECT record FROM (SELECT id, record FROM vehicles ORDER BY id DESC LIMIT ?) ORDER BY id", (n,)
+        )
+        return [json.loads(r["record"]) for r in rows]
 
     def _notify_listeners(self) -> None:
         with self._lock:

@@ -6,8 +6,11 @@ face, code, thermal and lane threads do not wait for it. Reads run at most ``max
 reading is ~40 ms per frame on one x86 core, 3–4× that on a Pi: reading every frame would take a
 core away from the 1-second screening path).
 
-Events are logged (structured) and handed to listeners; ``resident_vehicle`` and
-``outsider_vehicle`` are information, never alarms.
+Each event is made durable first (``record``: the store's ``record_vehicle``, a ``vehicles`` row
+and its ``events/vehicle`` outbox message in one transaction), then logged (structured) and handed
+to listeners; ``resident_vehicle`` and ``outsider_vehicle`` are information, never alarms. A failed
+write is logged and counted (``record_errors``) and never stops the plate thread: losing one
+vehicle record must not blind the lane to the next vehicle.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -27,8 +31,21 @@ log = logging.getLogger("station.vehicles")
 
 
 class PlateLoop:
-    def __init__(self, reader: Any, lane: VehicleLane, *, max_rate_hz: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        reader: Any,
+        lane: VehicleLane,
+        *,
+        max_rate_hz: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        record: Callable[[dict[str, Any]], Any] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        clock_synced: Callable[[], bool | None] = lambda: None,
+    ) -> None:
         self.reader = reader
+        self._record = record
+        self._wall = wall_clock
+        self._clock_synced = clock_synced
         self.lane = lane
         self.min_interval_s = 1.0 / max_rate_hz
         self._clock = clock
@@ -82,7 +99,15 @@ class PlateLoop:
 
     def _emit(self, event: VehicleEvent) -> None:
         self.counts[event.kind] += 1
-        self.last_event = event.as_record()
+        record = {"vehicle_id": uuid.uuid4().hex, "ts": self._wall(), "clock_synced": self._clock_synced(), **event.as_record()}
+        self.last_event = record
+        if self._record is not None:
+            try:
+                self._record(record)
+                self.counts["recorded"] += 1
+            except Exception:  # a full SD card or a locked file must not stop the plate thread; logged and counted
+                log.exception("vehicle record failed vehicle_id=%s type=%s plate=%s", record["vehicle_id"], event.kind, event.plate)
+                self.counts["record_errors"] += 1
         log.info("vehicle event type=%s plate=%s confidence=%.2f reads=%d", event.kind, event.plate, event.confidence, event.reads)
         for fn in self._listeners:
             try:

@@ -19,6 +19,14 @@ paho's defaults (``architecture.md`` §3):
   or not authorised stops reconnecting: :attr:`MqttPublisher.state` becomes ``auth_failed``,
   logged once; hammering the broker cannot fix a password (Home Assistant does the same, §3).
 * Subscriptions (:meth:`MqttPublisher.subscribe`) are renewed on every connect.
+* ``protocol="auto"`` (the default) connects with MQTT 5 and falls back to MQTT 3.1.1 when the
+  broker refuses the version (MQTT 5 CONNACK 0x84, or the 3.1.1 CONNACK return code 1 that paho
+  reads as 0x84) or closes the connection after CONNECT without any CONNACK (what some old
+  brokers do). paho fixes the protocol when a client is built, so the fallback builds a new paho
+  client with the same will, credentials, TLS and callbacks (:meth:`MqttPublisher._make_client`).
+  A CONNACK that is not about the version (bad password, not authorised) is *not* a protocol
+  problem: it keeps its own handling. See :meth:`MqttPublisher._closed_without_connack` for how a
+  close without CONNACK is told apart from other failures.
 
 Threading: paho runs its network loop in its own thread (``loop_start``); callbacks run there.
 ``_conn_lock`` makes "check connected + client.publish" atomic with respect to the reconnect
@@ -60,7 +68,11 @@ _HAS_DROP = hasattr(mqtt.Client, "drop_out_messages")
 # re-sent itself) must not linger until the mid counter wraps and match an unrelated publish.
 _EARLY_TTL_S = 10.0
 
-ProtocolName = Literal["5", "3.1.1"]
+ProtocolName = Literal["auto", "5", "3.1.1"]
+
+# MQTT 5 CONNACK "Unsupported protocol version". paho also maps a 3.1.1-style CONNACK with return
+# code 1 ("unacceptable protocol version"), which an old broker sends to an MQTT 5 CONNECT, to it.
+_UNSUPPORTED_PROTOCOL = 0x84
 
 # CONNACK reason codes that a retry cannot fix (MQTT 5 names; paho maps 3.1.1 codes 4 and 5 to
 # the first two).
@@ -120,7 +132,7 @@ class MqttPublisher:
         keepalive: int = 30,
         *,
         stopped_payload: bytes = b"stopped",
-        protocol: ProtocolName = "5",
+        protocol: ProtocolName = "auto",
         username: str | None = None,
         password: str | None = None,
         tls_ca: str | None = None,
@@ -143,9 +155,29 @@ class MqttPublisher:
         self.keepalive = keepalive
         self._online_payload = online_payload
         self._stopped_payload = stopped_payload
-        if protocol not in ("5", "3.1.1"):
-            raise ValueError(f"protocol must be '5' or '3.1.1', not {protocol!r}")
-        self._v5 = protocol == "5"
+        if protocol not in ("auto", "5", "3.1.1"):
+            raise ValueError(f"protocol must be 'auto', '5' or '3.1.1', not {protocol!r}")
+        self.protocol_setting: ProtocolName = protocol
+        self._auto = protocol == "auto"
+        self._v5 = protocol != "3.1.1"  # "auto" starts with MQTT 5
+        # auto: True once the broker has shown which version it speaks (any CONNACK in the format
+        # of the version sent). After that a close without CONNACK is a broker/network problem,
+        # not a version problem, and no longer switches the protocol.
+        self._protocol_known = not self._auto
+        self._fallback_reason: str | None = None
+        self._announced_protocol = False  # "MQTT protocol in use" is logged once per publisher
+        self._heuristic_logged = False
+        # Per connection attempt: reset in on_pre_connect.
+        self._attempt_socket_open = False
+        self._attempt_connack = False
+        # A protocol switch in progress: the retiring client's callbacks are ignored until the
+        # new client is installed by the switch thread.
+        self._switching = False
+        self._switch_thread: threading.Thread | None = None
+        self._stop_event = threading.Event()
+        self._max_inflight = max_inflight
+        self._will_payload = will_payload
+        self._tls_files = (tls_ca, tls_certfile, tls_keyfile)
 
         self.on_connected: list[Callable[[], None]] = []
         """Called (on paho's thread, after the online message) each time a connection is up."""
@@ -171,32 +203,40 @@ class MqttPublisher:
         self._next_delay: float | None = None
         self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
 
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
-            # The outbox re-sends after a reconnect, so no broker session is needed (Sparkplug
-            # also mandates clean sessions). For v5 clean_start is passed to connect_async.
-            clean_session=None if self._v5 else True,
-        )
         if not _HAS_DROP:
             log.warning("this paho-mqtt has no Client.drop_out_messages() (needs >= 2.2): "
                         "each reconnect will re-send the in-flight window twice")
+        self._user = username if username is not None else (unquote(parts.username) if parts.username else None)
+        self._password = password if password is not None else (unquote(parts.password) if parts.password else None)
+        self._client = self._make_client(self._v5)
+
+    def _make_client(self, v5: bool) -> mqtt.Client:
+        """A paho client for one protocol version with everything else this publisher needs.
+
+        Called once per protocol: paho fixes the protocol version at construction.
+        """
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            # The outbox re-sends after a reconnect, so no broker session is needed (Sparkplug
+            # also mandates clean sessions). For v5 clean_start is passed to connect_async.
+            clean_session=None if v5 else True,
+        )
         client.suppress_exceptions = True  # belt and braces: every callback also catches
         client.enable_logger(_PAHO_LOG)
-        user = username if username is not None else (unquote(parts.username) if parts.username else None)
-        pw = password if password is not None else (unquote(parts.password) if parts.password else None)
-        if user is not None:
-            client.username_pw_set(user, pw)
+        if self._user is not None:
+            client.username_pw_set(self._user, self._password)
         if self.tls:
+            tls_ca, tls_certfile, tls_keyfile = self._tls_files
             client.tls_set(
                 ca_certs=tls_ca, certfile=tls_certfile, keyfile=tls_keyfile,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        client.will_set(status_topic, will_payload, qos=1, retain=True)
+        client.will_set(self.status_topic, self._will_payload, qos=1, retain=True)
         first = jittered_delay(None, self._reconnect_min, self._reconnect_max)
         client.reconnect_delay_set(first, first)  # type: ignore[arg-type]  # paho accepts floats
-        client.max_inflight_messages_set(max_inflight)
+        client.max_inflight_messages_set(self._max_inflight)
         client.on_pre_connect = self._on_pre_connect
         client.on_socket_open = self._on_socket_open
         client.on_message = self._on_message
@@ -204,7 +244,19 @@ class MqttPublisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
-        self._client = client
+        return client
+
+    def _connect_async(self, client: mqtt.Client, v5: bool) -> None:
+        if v5:
+            client.connect_async(self.host, self.port, self.keepalive, clean_start=True)
+        else:
+            client.connect_async(self.host, self.port, self.keepalive)
+        client.loop_start()
+
+    @property
+    def protocol(self) -> str:
+        """The MQTT version of the current client: ``"5"`` or ``"3.1.1"`` (negotiated in auto)."""
+        return "5" if self._v5 else "3.1.1"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -213,19 +265,26 @@ class MqttPublisher:
         if self._started:
             return
         self._started = True
+        self._stop_event.clear()
         self._set_state("connecting")
-        log.info("MQTT connecting to %s:%d as %s (MQTT %s%s)", self.host, self.port, self.client_id,
-                 "5" if self._v5 else "3.1.1", ", TLS" if self.tls else "")
-        if self._v5:
-            self._client.connect_async(self.host, self.port, self.keepalive, clean_start=True)
-        else:
-            self._client.connect_async(self.host, self.port, self.keepalive)
-        self._client.loop_start()
+        auto = ", 3.1.1 if the broker lacks 5" if self._auto and not self._protocol_known else ""
+        log.info("MQTT connecting to %s:%d as %s (MQTT %s%s%s)", self.host, self.port, self.client_id,
+                 self.protocol, auto, ", TLS" if self.tls else "")
+        with self._conn_lock:
+            self._connect_async(self._client, self._v5)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish ``stopped`` (retained) if connected, disconnect cleanly, stop the loop thread."""
         if not self._started:
             return
+        # A protocol switch in progress must not start its new client after this stop.
+        self._stop_event.set()
+        switch = self._switch_thread
+        if switch is not None and switch is not threading.current_thread():
+            switch.join(timeout)
+            if switch.is_alive():
+                log.warning("MQTT protocol switch still running after %.1f s", timeout)
+        self._switching = False
         info: mqtt.MQTTMessageInfo | None = None
         with self._conn_lock:
             if self._connected:
@@ -319,10 +378,17 @@ class MqttPublisher:
         self._client.reconnect_delay_set(self._next_delay, self._next_delay)  # type: ignore[arg-type]
         log.debug("MQTT reconnect to %s:%d in about %.2f s", self.host, self.port, self._next_delay)
 
+    def _retired(self, client: mqtt.Client) -> bool:
+        """True for callbacks of a client being replaced by a protocol switch: they are ignored."""
+        return client is not self._client or self._switching
+
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         self.connect_attempts += 1
+        self._attempt_socket_open = False
+        self._attempt_connack = False
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._attempt_socket_open = True  # paho sends CONNECT right after this
         # paho leaves Nagle's algorithm on: with a window of small QoS 1 PUBLISHes each one waits
         # for the previous segment's TCP ACK, which caps a catch-up far below what the disk allows.
         try:
@@ -331,6 +397,8 @@ class MqttPublisher:
             log.debug("TCP_NODELAY not set: %s", exc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._retired(client):
+            return
         try:
             handlers = [h for f, (_, h) in list(self._subscriptions.items())
                         if mqtt.topic_matches_sub(f, msg.topic)]
@@ -371,7 +439,19 @@ class MqttPublisher:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if self._retired(client):
+            log.debug("MQTT CONNACK %s from a retired client ignored", reason_code)
+            return
+        self._attempt_connack = True
         try:
+            if (reason_code != 0 and self._auto and self._v5
+                    and reason_code.value == _UNSUPPORTED_PROTOCOL):
+                # The broker said so itself: no doubt, switch at once (no back-off: it answered).
+                self.last_error = str(reason_code)
+                self._fallback(client, f"the broker refused MQTT 5: {reason_code}", delay=0.0)
+                return
+            # A CONNACK in the format of the version sent: the broker speaks it.
+            self._protocol_known = True
             if reason_code != 0:  # a refused CONNACK is not a connection
                 self.last_error = str(reason_code)
                 if str(reason_code) in _AUTH_FAILURES:
@@ -402,8 +482,16 @@ class MqttPublisher:
             first = jittered_delay(None, self._reconnect_min, self._reconnect_max)
             client.reconnect_delay_set(first, first)  # type: ignore[arg-type]
             self._set_state("connected")
-            log.info("MQTT connected to %s:%d (%d unacknowledged message(s) from the previous "
-                     "connection left to the outbox)", self.host, self.port, len(dropped))
+            if self._auto and not self._announced_protocol:
+                self._announced_protocol = True
+                if self._v5:
+                    log.info("MQTT protocol in use with %s:%d: MQTT 5", self.host, self.port)
+                else:
+                    log.warning("MQTT protocol in use with %s:%d: MQTT 3.1.1 (fallback: %s)",
+                                self.host, self.port, self._fallback_reason)
+            log.info("MQTT connected to %s:%d with MQTT %s (%d unacknowledged message(s) from the "
+                     "previous connection left to the outbox)", self.host, self.port, self.protocol,
+                     len(dropped))
         except Exception:  # logged: an exception would kill paho's network thread
             log.exception("MQTT on_connect failed")
             return
@@ -414,6 +502,8 @@ class MqttPublisher:
                 log.exception("on_connected hook %r failed", hook)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if self._retired(client):
+            return
         self.last_error = "connection failed (broker unreachable)"
         try:
             self._schedule_backoff()
@@ -429,6 +519,9 @@ class MqttPublisher:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if self._retired(client):
+            log.debug("MQTT disconnect %s of a retired client ignored", reason_code)
+            return
         try:
             with self._conn_lock:
                 was = self._connected
@@ -436,9 +529,10 @@ class MqttPublisher:
             if self.state not in ("auth_failed", "stopped") and self._started:
                 self._set_state("reconnecting")
                 self._schedule_backoff()
-            if not was and self.state not in ("auth_failed", "stopped"):
+            if not was and not self._attempt_connack and self.state not in ("auth_failed", "stopped"):
                 # e.g. a TLS alert after the handshake (no client certificate): paho logs the
-                # cause at ERROR; keep a short reason for stats and stationctl.
+                # cause at ERROR; keep a short reason for stats and stationctl. After a refused
+                # CONNACK its own reason code stays in last_error.
                 self.last_error = f"connection closed before CONNACK: {reason_code}"
             if was:
                 self.disconnects += 1
@@ -448,8 +542,74 @@ class MqttPublisher:
                     self.last_error = str(reason_code)
                     log.warning("MQTT connection to %s:%d lost: %s; reconnecting",
                                 self.host, self.port, reason_code)
+            if (self._auto and not self._protocol_known and not was and self._attempt_socket_open
+                    and not self._attempt_connack and self._started
+                    and self.state not in ("auth_failed", "stopped")):
+                self._closed_without_connack(client)
         except Exception:  # logged: an exception would kill paho's network thread
             log.exception("MQTT on_disconnect failed")
+
+    def _closed_without_connack(self, client: mqtt.Client) -> None:
+        """auto, version not known yet: the socket opened, CONNECT went out, no CONNACK came back.
+
+        Old brokers close on an MQTT 5 CONNECT, but a TLS alert (missing client certificate) or a
+        broker starting up looks the same. So this only alternates: MQTT 5 closed → MQTT 3.1.1
+        at once; 3.1.1 closed as well → the close was not about the version, back to MQTT 5 after
+        the usual back-off. The first CONNACK of either version ends the alternation, and one
+        that refuses the credentials still gives ``auth_failed``.
+        """
+        if self._v5:
+            msg = ("MQTT broker %s:%d closed the connection after an MQTT 5 CONNECT without a "
+                   "CONNACK (old brokers do that); trying MQTT 3.1.1")
+            if self._heuristic_logged:
+                log.debug(msg, self.host, self.port)
+            else:
+                self._heuristic_logged = True
+                log.info(msg, self.host, self.port)
+            self._switch(client, v5=False, delay=0.0,
+                         reason="the broker closed the connection after an MQTT 5 CONNECT")
+        else:
+            log.debug("MQTT 3.1.1 CONNECT to %s:%d closed without a CONNACK as well; MQTT 5 again "
+                      "in %.2f s", self.host, self.port, self._next_delay or 0.0)
+            self._switch(client, v5=True, delay=self._next_delay or 0.0, reason=None)
+
+    def _fallback(self, client: mqtt.Client, reason: str, delay: float) -> None:
+        """Settle on MQTT 3.1.1 for good: the broker answered an MQTT 5 CONNECT with 0x84."""
+        self._protocol_known = True
+        log.info("MQTT broker %s:%d: %s; switching to MQTT 3.1.1", self.host, self.port, reason)
+        self._switch(client, v5=False, delay=delay, reason=reason)
+
+    def _switch(self, client: mqtt.Client, *, v5: bool, delay: float, reason: str | None) -> None:
+        """Retire ``client`` (on its own network thread) and start a client for the other version.
+
+        Runs in a paho callback: ``loop_stop`` on paho's own thread only asks the loop to end once
+        this callback returns (it cannot join itself), so a helper thread waits for that, builds
+        the new client and connects it.
+        """
+        self._switching = True
+        self._fallback_reason = reason if not v5 else None
+        client.loop_stop()
+        thread = threading.Thread(target=self._finish_switch, args=(client, v5, delay),
+                                  name="mqtt-protocol-switch", daemon=True)
+        self._switch_thread = thread
+        thread.start()
+
+    def _finish_switch(self, old: mqtt.Client, v5: bool, delay: float) -> None:
+        try:
+            old.loop_stop()  # joins the old network thread: never two loops for one client id
+            if delay > 0 and self._stop_event.wait(delay):
+                log.debug("MQTT protocol switch: stopped during the back-off")
+            with self._conn_lock:
+                self._client = self._make_client(v5)
+                self._v5 = v5
+                self._switching = False
+                if self._stop_event.is_set() or not self._started:
+                    return  # stop() won: the new client is kept for a later start()
+                log.debug("MQTT reconnecting to %s:%d with MQTT %s", self.host, self.port,
+                          self.protocol)
+                self._connect_async(self._client, v5)
+        except Exception:  # logged: nothing else would see this helper thread fail
+            log.exception("MQTT protocol switch failed")
 
     def _on_publish(
         self,
@@ -459,6 +619,8 @@ class MqttPublisher:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if self._retired(client):
+            return  # its messages were never reported as sent on the new connection
         try:
             if reason_code.is_failure:
                 # MQTT 5 broker refused the message (not authorised, quota, …). Not an ack: the
@@ -496,4 +658,6 @@ class MqttPublisher:
             "last_error": self.last_error,
             "state": self.state,
             "connect_attempts": self.connect_attempts,
+            "protocol": self.protocol,  # in use; with "auto" the negotiated one
+            "protocol_setting": self.protocol_setting,
         }

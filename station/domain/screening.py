@@ -34,7 +34,7 @@ from station.domain.model import (
     ThermalFrame,
 )
 from station.domain.thermal import MeasureState, ThermalCalibration, WarmupTracker, measure_face
-from station.domain.direction import DirectionCounter
+from station.domain.direction import EXIT, DirectionCounter
 from station.domain.tracking import FaceTracker, TrackerSettings, capture_score
 
 
@@ -61,6 +61,24 @@ class ScreeningSettings:
     # within ``face_size_tolerance`` for ``face_stable_s``.
     face_stable_s: float = 0.3
     face_size_tolerance: float = 0.08
+    # "both": everyone is temperature-screened; "entry": the seeds' one-way mode, a person tracked
+    # as leaving is decided on the health code alone (see ``temperature_required``).
+    temperature_on: str = "both"
+
+
+NOT_SCREENED_EXIT = "not_screened_exit"
+"""Temperature state of a person tracked as exiting under ``temperature_on = "entry"``."""
+
+
+def temperature_required(temperature_on: str, direction: str | None) -> bool:
+    """Whether a person moving in ``direction`` (``"entry"``, ``"exit"`` or None = not known yet)
+    must be temperature-screened. Only a person positively tracked as exiting is spared under
+    ``"entry"``: an unknown direction is screened, because missing a fever is the worse error."""
+    if temperature_on == "both":
+        return True
+    if temperature_on == "entry":
+        return direction != EXIT
+    raise ValueError(f"temperature_on must be 'entry' or 'both', not {temperature_on!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +247,8 @@ class ScreeningLane:
             state = UNSTABLE
         s.last_measure_state = state
         s.measure_states[state] = s.measure_states.get(state, 0) + 1
-        if state == MeasureState.SENSOR_FAULT:
+        if state == MeasureState.SENSOR_FAULT and (s.temperature_c is not None or self._temperature_required()):
+            # (an exiting person in one-way mode needs no reading, so a sensor fault does not stop them)
             return self._decide(Decision.MANUAL_CHECK, "sensor_fault", m.t, alarm=False)
         if s.temperature_c is None:
             if state == MeasureState.MEASURED and m.core_c is not None:
@@ -284,7 +303,10 @@ class ScreeningLane:
             if self.policy.temperature == "hard":
                 return self._decide(Decision.DENY_FEVER, "fever", now, alarm=True)
             return self._decide(Decision.MANUAL_CHECK, "fever_soft_policy", now, alarm=True)
-        if s.temperature_c is None:
+        # A measured fever is acted on even for an exiting person (evidence is never discarded);
+        # otherwise an exit in one-way mode does not wait for a temperature at all.
+        exempt = s.temperature_c is None and not self._temperature_required()
+        if s.temperature_c is None and not exempt:
             if now - s.face_t >= st.temperature_timeout_s:
                 why = s.last_measure_state or "no_thermal_frame"
                 return self._decide(Decision.RETRY, f"no_valid_temperature:{why}", now, alarm=False)
@@ -309,9 +331,17 @@ class ScreeningLane:
             return self._decide(Decision.RETRY, "no_code", now, alarm=False)
         return None
 
+    def _temperature_required(self) -> bool:
+        s = self._current
+        direction = self.directions.direction_of(s.track_id) if s is not None and s.track_id is not None else None
+        return temperature_required(self.settings.temperature_on, direction)
+
     def _decide(self, decision: Decision, reason: str, now: float, alarm: bool, person_left: bool = False) -> Verdict:
         s = self._current
         assert s is not None
+        exempt = s.temperature_c is None and not self._temperature_required()
+        if exempt:
+            reason = f"{reason};temperature:{NOT_SCREENED_EXIT}"  # the record says why there is no reading
         stage_t: dict[str, float] = {"enter": s.enter_t, "face": s.face_t}
         if s.temperature_t is not None:
             stage_t["temperature"] = s.temperature_t
@@ -324,7 +354,7 @@ class ScreeningLane:
             compute["decode_ms"] = code_obs.decode_ms
         t = s.temperature
         temperature: dict[str, Any] = {
-            "state": MeasureState.MEASURED if s.temperature_c is not None else (s.last_measure_state or "none"),
+            "state": MeasureState.MEASURED if s.temperature_c is not None else (NOT_SCREENED_EXIT if exempt else (s.last_measure_state or "none")),
             "samples": [x.core_c for x in s.samples[-self.settings.stable_samples :]] if s.temperature_c is not None else [],
             "frames_by_state": dict(s.measure_states),
             "calibration": self.calibration.version,
