@@ -12,31 +12,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def _median_ms(fn: Callable[[], Any], repeat: int, warm: int = 3) -> float:
-    for _ in range(warm):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return round(statistics.median(times), 3)
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], 1)
+from bench.stats import median_ms, percentile
 
 
 def frame_compute(repeat: int, threads: int) -> dict[str, Any]:
@@ -86,17 +70,17 @@ def frame_compute(repeat: int, threads: int) -> dict[str, Any]:
             measure_face(frame, faces[0].box, cal)
 
     out: dict[str, Any] = {
-        "thermal_parse": _median_ms(parse, repeat * 4),
-        "qr_decode_pyzbar": _median_ms(lambda: reader.decode(with_code), repeat),
-        "qr_decode_pyzbar_no_code": _median_ms(lambda: reader.decode(without_code), repeat),
-        "face_detect_ultraface_320": _median_ms(lambda: face320.detect(with_code), repeat),
-        "face_detect_ultraface_640": _median_ms(lambda: face640.detect(with_code), repeat),
-        "temperature_measure": _median_ms(lambda: measure_face(frame, box, cal), repeat * 4),
-        "per_frame_person_lane": _median_ms(per_frame, repeat),
+        "thermal_parse": median_ms(parse, repeat * 4),
+        "qr_decode_pyzbar": median_ms(lambda: reader.decode(with_code), repeat),
+        "qr_decode_pyzbar_no_code": median_ms(lambda: reader.decode(without_code), repeat),
+        "face_detect_ultraface_320": median_ms(lambda: face320.detect(with_code), repeat),
+        "face_detect_ultraface_640": median_ms(lambda: face640.detect(with_code), repeat),
+        "temperature_measure": median_ms(lambda: measure_face(frame, box, cal), repeat * 4),
+        "per_frame_person_lane": median_ms(per_frame, repeat),
     }
     try:
         haar = HaarFaceDetector()
-        out["face_detect_haar"] = _median_ms(lambda: haar.detect(with_code), max(5, repeat // 4))
+        out["face_detect_haar"] = median_ms(lambda: haar.detect(with_code), max(5, repeat // 4))
     except Exception as exc:  # the fallback may be missing from this OpenCV build: report, don't fail
         out["face_detect_haar"] = f"unavailable: {exc}"
     out["ratio_face_haar_over_ultraface_320"] = (
@@ -120,8 +104,8 @@ def lane(people: int) -> dict[str, Any]:
         "people": people,
         "decisions": s["decisions"],
         "ground_truth_agreement": s["ground_truth_agreement"],
-        "decision_latency_ms": {"p50": _pct(screened, 0.5), "p95": _pct(screened, 0.95), "max": max(screened), "n": len(screened)},
-        "decision_latency_all_ms": {"p50": _pct(totals, 0.5), "p95": _pct(totals, 0.95)},
+        "decision_latency_ms": {"p50": percentile(screened, 0.5), "p95": percentile(screened, 0.95), "max": max(screened), "n": len(screened)},
+        "decision_latency_all_ms": {"p50": percentile(totals, 0.5), "p95": percentile(totals, 0.95)},
         "median_stage_ms": s["median_latency_ms"],
         "decisions_per_s": s["decisions_per_s"],
         "cold_start_s": s["start_s"],

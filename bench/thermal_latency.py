@@ -20,14 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
+
 import numpy as np
 
 LINKS = ((460800, 8), (115200, 4))
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], 1)
 
 
 def last_byte_to_temperature(repeat: int = 2000) -> dict[str, Any]:
@@ -76,9 +73,9 @@ def decision_latency(people: int, baud: int, hz: float) -> dict[str, Any]:
         "link": f"{baud} baud / {hz:g} Hz",
         "people": people,
         "ground_truth_agreement": s["ground_truth_agreement"],
-        "decision_ms": {"p50": _pct(screened, 0.5), "p95": _pct(screened, 0.95), "max": max(screened), "n": len(screened)},
-        "temperature_ms": {"p50": _pct(temp, 0.5), "p95": _pct(temp, 0.95)},
-        "p95_under_1s": _pct(screened, 0.95) <= 1000.0,
+        "decision_ms": {"p50": percentile(screened, 0.5), "p95": percentile(screened, 0.95), "max": max(screened), "n": len(screened)},
+        "temperature_ms": {"p50": percentile(temp, 0.5), "p95": percentile(temp, 0.95)},
+        "p95_under_1s": percentile(screened, 0.95) <= 1000.0,
         "thermal_link": s["thermal"],
     }
 

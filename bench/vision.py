@@ -21,13 +21,12 @@ import csv
 import json
 import os
 import resource
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.stats import median_ms
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 
@@ -145,17 +144,6 @@ def plate_accuracy(reader: Any) -> dict[str, Any]:
 # -- speed -------------------------------------------------------------------------------------------
 
 
-def _median_ms(fn: Callable[[], Any], repeat: int, warm: int = 3) -> float:
-    for _ in range(warm):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return round(statistics.median(times), 2)
-
-
 def _rss_mb() -> float:
     """Current resident set size (not the peak), MB, from /proc."""
     with open("/proc/self/statm") as f:
@@ -242,19 +230,19 @@ def vision(repeat: int = 50, threads: int = 1, accuracy: bool = True) -> dict[st
     out: dict[str, Any] = {
         "frame": "640x480",
         "ort_threads": threads,
-        "face_detect_ultraface_320_ms": _median_ms(lambda: face320.detect(face_frame), repeat),
-        "face_detect_ultraface_640_ms": _median_ms(lambda: face640.detect(face_frame), repeat),
-        "plate_read_ms": _median_ms(lambda: plates.read(plate_frame), repeat),
-        "plate_detect_only_ms": _median_ms(lambda: plates.detector.detect(plate_frame), repeat),
-        "face_track_per_frame_ms": _median_ms(per_frame, repeat),
+        "face_detect_ultraface_320_ms": median_ms(lambda: face320.detect(face_frame), repeat, ndigits=2),
+        "face_detect_ultraface_640_ms": median_ms(lambda: face640.detect(face_frame), repeat, ndigits=2),
+        "plate_read_ms": median_ms(lambda: plates.read(plate_frame), repeat, ndigits=2),
+        "plate_detect_only_ms": median_ms(lambda: plates.detector.detect(plate_frame), repeat, ndigits=2),
+        "face_track_per_frame_ms": median_ms(per_frame, repeat, ndigits=2),
     }
     face_ms = out["face_track_per_frame_ms"]
-    both_ms = _median_ms(lambda: (per_frame(), plates.read(plate_frame)), max(10, repeat // 2))
+    both_ms = median_ms(lambda: (per_frame(), plates.read(plate_frame)), max(10, repeat // 2), ndigits=2)
     out["pipeline_fps_person_lane"] = round(1000.0 / face_ms, 1)
     out["pipeline_fps_vehicle_lane"] = round(1000.0 / both_ms, 1)
     try:
         haar = HaarFaceDetector()
-        out["face_detect_haar_ms"] = _median_ms(lambda: haar.detect(face_frame), max(5, repeat // 5))
+        out["face_detect_haar_ms"] = median_ms(lambda: haar.detect(face_frame), max(5, repeat // 5), ndigits=2)
     except Exception as exc:  # the fallback may be missing from this OpenCV build: report, don't fail
         haar = None
         out["face_detect_haar_ms"] = f"unavailable: {exc}"
