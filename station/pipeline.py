@@ -45,7 +45,7 @@ from station.capture import CaptureKeeper
 from station.frame_gate import FrameGate
 from station.domain.screening import LaneState, ScreeningLane, Verdict
 from station.domain.thermal import MeasureState
-from station.domain.gate import ACTION_FOR, gate_command_for
+from station.domain.gate import gate_command_for
 from station.ports import Clock, CodeReader, CodeVerifier, EventStore, FaceDetector, FrameSource, GateOutput, ThermalSource
 
 log = logging.getLogger("station.pipeline")
@@ -343,6 +343,7 @@ class Pipeline:
             policy=verdict.policy,
             clock_synced=self.clock.synced(),
         )
+        command: GateCommand = gate_command_for(event.event_id, verdict.decision, decided_t, self.settings.command_ttl_s, verdict.alarm)
         # The record is durable before the gate moves: a crash here leaves an event without a gate
         # action (safe: the barrier stays closed), never a gate action without its event.
         try:
@@ -352,11 +353,10 @@ class Pipeline:
             log.error("event not recorded, gate stays closed event_id=%s decision=%s error=%s", event.event_id, event.decision.value, exc)
             now = self.clock.monotonic()
             self.gate.safe_state()
-            result = GateResult(event.event_id, ACTION_FOR[verdict.decision], False, f"fault: event not recorded: {exc}", now)
+            result = GateResult(event.event_id, command.action, False, f"fault: event not recorded: {exc}", now)
             self._notify(Decided(event, result, round((now - decided_t) * 1000.0, 2), round((now - decided_t) * 1000.0, 2)))
             return
         stored_t = self.clock.monotonic()
-        command: GateCommand = gate_command_for(event.event_id, verdict.decision, decided_t, self.settings.command_ttl_s, verdict.alarm)
         result = self.gate.execute(command, self.clock.monotonic())
         gate_t = self.clock.monotonic()
         if not result.executed:

@@ -75,6 +75,19 @@ def _baud(value: str) -> int | None:
     return None if value == "auto" else int(value)
 
 
+def _start_module(port: str, baud: str, refresh_hz: str) -> Any:
+    """The station's own driver, started (baud found, module configured); exit 1 if no module answers."""
+    from drivers.thermal.gy_mcu90640 import GyMcu90640Source, ThermalLinkError
+
+    src = GyMcu90640Source(port, baud=_baud(baud), refresh_hz=float(refresh_hz), require_link_at_start=True)
+    try:
+        src.start()
+    except ThermalLinkError as exc:
+        click.echo(f"no module on {port}: {exc}", err=True)
+        sys.exit(1)
+    return src
+
+
 @thermal.command("read")
 @click.option("--port", required=True, help="Serial device (a /dev/serial/by-id/… path is best)")
 @click.option("--baud", type=click.Choice(["auto", "9600", "115200", "460800"]), default="auto", show_default=True)
@@ -84,14 +97,7 @@ def _baud(value: str) -> int | None:
 @click.option("--json", "as_json", is_flag=True)
 def read(port: str, baud: str, refresh_hz: str, count: int, timeout: float, as_json: bool) -> None:
     """Read N frames from a live module through the station's driver; exit 1 if they do not come."""
-    from drivers.thermal.gy_mcu90640 import GyMcu90640Source, ThermalLinkError
-
-    src = GyMcu90640Source(port, baud=_baud(baud), refresh_hz=float(refresh_hz), require_link_at_start=True)
-    try:
-        src.start()
-    except ThermalLinkError as exc:
-        click.echo(f"no module on {port}: {exc}", err=True)
-        sys.exit(1)
+    src = _start_module(port, baud, refresh_hz)
     got = 0
     try:
         while got < count:
@@ -122,15 +128,9 @@ def record(port: str, baud: str, refresh_hz: str, seconds: float, out: Path) -> 
     import serial
 
     from drivers.thermal.capture import CaptureWriter, decode_capture
-    from drivers.thermal.gy_mcu90640 import GyMcu90640Source, ThermalLinkError
 
     # The driver finds the baud and configures the module; then the port is read raw, byte for byte.
-    src = GyMcu90640Source(port, baud=_baud(baud), refresh_hz=float(refresh_hz), require_link_at_start=True)
-    try:
-        src.start()
-    except ThermalLinkError as exc:
-        click.echo(f"no module on {port}: {exc}", err=True)
-        sys.exit(1)
+    src = _start_module(port, baud, refresh_hz)
     found = int(src.stats()["baud"])
     src.stop()
     writer = CaptureWriter(out)
