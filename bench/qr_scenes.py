@@ -1,0 +1,291 @@
+"""Rendered phone-screen frames for the QR benchmark and tests (``bench/qr.py``).
+
+Each scene is a 640×480 BGR camera frame with zero, one or several phones showing a QR code, and
+the exact payloads a reader should find. The geometry is physical rather than "a code pasted on a
+picture": a pinhole camera of 62° horizontal field of view (a Pi camera v2 at 640 px: f ≈ 530 px),
+phones 6.8 × 14.5 cm whose QR symbol is 5 cm wide (what health-code apps show), held 0.3–0.8 m
+away and turned by yaw / pitch / roll, projected with a homography. The frame is rendered at twice
+the resolution and area-downsampled, like a sensor integrating light, then optical blur, sensor
+noise and MJPEG compression are applied.
+
+Conditions (each scene has one main tag, some have several):
+
+- ``clean``: 0.3–0.6 m, a few degrees of tilt;
+- ``angle``: yaw / pitch 25–50°, any roll;
+- ``blur``: defocus (Gaussian σ 1.0–1.8 px) or hand motion (a 5–9 px line kernel);
+- ``glare``: a specular highlight on the screen glass covering part of the symbol;
+- ``moire``: interference fringes of the screen's pixel grid with the sensor's (simulated as a
+  sinusoidal intensity pattern of 2.5–6 px period over the screen, 15–35 % deep);
+- ``far``: 0.6–0.8 m, so modules are 1–2 px wide;
+- ``inverted``: dark-mode screens, light modules on a dark background;
+- ``multi``: two or three phones in view;
+- ``none``: no code (clutter, a phone showing text, blocky patterns): a reader must find nothing.
+
+Payloads are of the two kinds the gate sees: an HC1-like signed container (``HC1:`` + ~210
+Base45 characters → QR version 8, 49 modules) and a short online token (version 3, 29 modules).
+Deterministic for a seed. Nothing here ships with the product: it is bench and test material.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import segno
+
+FRAME = (640, 480)
+SS = 2  # supersampling factor of the render canvas
+FOCAL_PX = 985.0  # 640 px across a 36° field of view: a lens chosen for the code/face zone at 0.3–0.8 m
+QR_SIDE_M = 0.055  # the symbol without its quiet zone
+PHONE_W_M, PHONE_H_M = 0.068, 0.145
+QUIET_MODULES = 2  # apps leave a narrow margin; the screen around it is the rest of the quiet zone
+
+CONDITIONS = ("clean", "angle", "blur", "glare", "moire", "far", "inverted", "multi", "none")
+BASE45 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
+# BGR module colours of the health-code apps (and plain black).
+MODULE_COLOURS = {"green": (60, 150, 0), "yellow": (0, 200, 245), "red": (30, 30, 220), "black": (20, 20, 20)}
+
+
+@dataclass(frozen=True)
+class QrScene:
+    name: str
+    image: np.ndarray  # 640×480 BGR
+    payloads: tuple[bytes, ...]  # what a reader should return (order free)
+    tags: tuple[str, ...]
+    distance_m: tuple[float, ...]  # per phone showing a code
+
+
+def hc1_like_payload(rng: np.random.Generator) -> bytes:
+    """An ``HC1:`` string of Base45 characters the length of a signed colour code (not a valid signature)."""
+    n = int(rng.integers(200, 220))
+    return ("HC1:" + "".join(BASE45[i] for i in rng.integers(0, len(BASE45), n))).encode("ascii")
+
+
+def token_payload(rng: np.random.Generator) -> bytes:
+    token = "".join("0123456789abcdefghijklmnopqrstuvwxyz"[i] for i in rng.integers(0, 36, 16))
+    return f"https://hc.example.org/t/{token}".encode("ascii")
+
+
+def qr_modules(payload: bytes) -> np.ndarray:
+    qr = segno.make(payload, error="m", micro=False)
+    return np.array([list(row) for row in qr.matrix], dtype=bool)
+
+
+def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    cr, sr = math.cos(roll), math.sin(roll)
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _background(rng: np.random.Generator, busy: bool) -> np.ndarray:
+    """A gate-like backdrop: smooth light field, shapes, a head-and-shoulders blob; ``busy`` adds code-like clutter."""
+    w, h = FRAME
+    low = rng.integers(60, 200, size=(6, 8, 3)).astype(np.uint8)
+    img = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
+    for _ in range(int(rng.integers(3, 9))):
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        cv2.rectangle(img, (x, y), (x + int(rng.integers(20, 200)), y + int(rng.integers(20, 160))), colour, -1)
+    cx = int(rng.integers(200, 440))
+    cv2.ellipse(img, (cx, 170), (60, 80), 0, 0, 360, tuple(int(c) for c in rng.integers(90, 200, 3)), -1)
+    cv2.ellipse(img, (cx, 460), (170, 130), 0, 180, 360, tuple(int(c) for c in rng.integers(20, 120, 3)), -1)
+    if busy:
+        # Checkerboards, stripes and text-like blocks: the shapes that fool finder-pattern searches.
+        for _ in range(int(rng.integers(2, 5))):
+            cell = int(rng.integers(3, 10))
+            gw, gh = int(rng.integers(6, 20)), int(rng.integers(6, 20))
+            pat = rng.integers(0, 2, size=(gh, gw)).astype(np.uint8) * 255
+            pat = np.repeat(np.repeat(pat, cell, 0), cell, 1)
+            ph, pw = pat.shape
+            x, y = int(rng.integers(0, max(1, w - pw))), int(rng.integers(0, max(1, h - ph)))
+            img[y : y + ph, x : x + pw] = pat[: h - y, : w - x, None]
+        for _ in range(int(rng.integers(1, 4))):
+            x, y = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))
+            s = int(rng.integers(14, 40))
+            cv2.rectangle(img, (x, y), (x + s, y + s), (0, 0, 0), -1)
+            cv2.rectangle(img, (x + s // 7, y + s // 7), (x + s - s // 7, y + s - s // 7), (255, 255, 255), -1)
+            cv2.rectangle(img, (x + 2 * s // 7, y + 2 * s // 7), (x + s - 2 * s // 7, y + s - 2 * s // 7), (0, 0, 0), -1)
+    return cv2.resize(img, (w * SS, h * SS), interpolation=cv2.INTER_LINEAR)
+
+
+def _phone_texture(payload: bytes | None, colour: str, dark: bool, module_px: int, rng: np.random.Generator) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """The phone's screen and bezel as an image; returns it, its pixels per metre, and where the QR centre is (px)."""
+    if payload is not None:
+        modules = qr_modules(payload)
+        n = modules.shape[0]
+    else:
+        modules, n = None, 29
+    ppm = module_px * n / QR_SIDE_M
+    tw, th = int(round(PHONE_W_M * ppm)), int(round(PHONE_H_M * ppm))
+    bezel = max(2, int(0.004 * ppm))
+    screen_bg = (35, 35, 38) if dark else (250, 250, 250)
+    tex = np.full((th, tw, 3), 15, np.uint8)
+    cv2.rectangle(tex, (bezel, bezel), (tw - bezel - 1, th - bezel - 1), screen_bg, -1)
+    accent = MODULE_COLOURS[colour]
+    # App header in the code's colour, then a few lines of text under the code.
+    cv2.rectangle(tex, (bezel, bezel), (tw - bezel - 1, bezel + int(0.018 * ppm)), accent, -1)
+    qx = tw / 2.0
+    qy = bezel + 0.025 * ppm + QR_SIDE_M * ppm / 2.0
+    text_colour = (200, 200, 200) if dark else (60, 60, 60)
+    y = int(qy + QR_SIDE_M * ppm / 2.0 + 0.012 * ppm)
+    line_h = max(2, int(0.004 * ppm))
+    while y < th - bezel - 0.012 * ppm:
+        x2 = int(bezel + 0.006 * ppm + rng.uniform(0.3, 0.85) * (tw - 2 * bezel - 0.012 * ppm))
+        cv2.rectangle(tex, (int(bezel + 0.006 * ppm), y), (x2, y + line_h), text_colour, -1)
+        y += int(0.009 * ppm)
+    if modules is not None:
+        padded = np.pad(modules, QUIET_MODULES)
+        big = np.repeat(np.repeat(padded, module_px, 0), module_px, 1)
+        side = big.shape[0]
+        x0, y0 = int(round(qx - side / 2.0)), int(round(qy - side / 2.0))
+        # Dark mode: light modules (white, or a light tint of the colour) on the dark screen.
+        on = (235, 235, 235) if colour == "black" else tuple(int(min(255, 0.4 * c + 150)) for c in accent)
+        region = tex[y0 : y0 + side, x0 : x0 + side]
+        if dark:
+            region[:] = screen_bg
+            region[big] = on
+        else:
+            region[:] = (255, 255, 255)
+            region[big] = accent
+    return tex, ppm, (qx, qy)
+
+
+def _place_phone(canvas: np.ndarray, tex: np.ndarray, ppm: float, qr_centre_px: tuple[float, float], centre_frame: tuple[float, float],
+                 distance: float, yaw: float, pitch: float, roll: float, brightness: float) -> np.ndarray:
+    """Project the phone onto the supersampled canvas; returns the phone's mask on the canvas."""
+    th, tw = tex.shape[:2]
+    f = FOCAL_PX * SS
+    cx, cy = canvas.shape[1] / 2.0, canvas.shape[0] / 2.0
+    X = (centre_frame[0] * SS - cx) * distance / f
+    Y = (centre_frame[1] * SS - cy) * distance / f
+    rot = _rotation(yaw, pitch, roll)
+    src, dst = [], []
+    for u, v in ((0, 0), (tw, 0), (tw, th), (0, th)):
+        p = np.array([(u - qr_centre_px[0]) / ppm, (v - qr_centre_px[1]) / ppm, 0.0])
+        q = rot @ p + np.array([X, Y, distance])
+        src.append((u, v))
+        dst.append((f * q[0] / q[2] + cx, f * q[1] / q[2] + cy))
+    H = cv2.getPerspectiveTransform(np.float32(src), np.float32(dst))
+    size = (canvas.shape[1], canvas.shape[0])
+    lit = np.clip(tex.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
+    warped = cv2.warpPerspective(lit, H, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    mask = cv2.warpPerspective(np.full((th, tw), 255, np.uint8), H, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    a = (mask.astype(np.float32) / 255.0)[:, :, None]
+    canvas[:] = (canvas * (1.0 - a) + warped * a).astype(np.uint8)
+    return mask
+
+
+def _glare(canvas: np.ndarray, mask: np.ndarray, centre: tuple[float, float], rng: np.random.Generator, strength: float) -> None:
+    h, w = mask.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    gx = centre[0] * SS + rng.uniform(-25, 25) * SS
+    gy = centre[1] * SS + rng.uniform(-25, 25) * SS
+    sx, sy = rng.uniform(12, 30) * SS, rng.uniform(6, 18) * SS
+    t = rng.uniform(0, math.pi)
+    dx, dy = xx - gx, yy - gy
+    u = dx * math.cos(t) + dy * math.sin(t)
+    v = -dx * math.sin(t) + dy * math.cos(t)
+    blob = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2)) * strength * (mask.astype(np.float32) / 255.0)
+    canvas[:] = np.clip(canvas.astype(np.float32) + blob[:, :, None] * 255.0, 0, 255).astype(np.uint8)
+
+
+def _moire(canvas: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
+    h, w = mask.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    period = rng.uniform(2.5, 6.0) * SS
+    t = rng.uniform(0, math.pi)
+    depth = rng.uniform(0.15, 0.35)
+    phase = (xx * math.cos(t) + yy * math.sin(t)) * (2 * math.pi / period)
+    fringe = 1.0 - depth * (0.5 + 0.5 * np.sin(phase)) * (mask.astype(np.float32) / 255.0)
+    # Colour fringes: the three subpixels beat at slightly different phases.
+    out = canvas.astype(np.float32)
+    for c, shift in enumerate((0.0, 0.7, 1.4)):
+        out[:, :, c] *= 1.0 - depth * (0.5 + 0.5 * np.sin(phase + shift)) * (mask.astype(np.float32) / 255.0) if c else fringe
+    canvas[:] = np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _camera(canvas: np.ndarray, rng: np.random.Generator, blur: str | None) -> np.ndarray:
+    img = cv2.resize(canvas, FRAME, interpolation=cv2.INTER_AREA)
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 0.7))  # lens
+    if blur == "defocus":
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(1.0, 1.8))
+    elif blur == "motion":
+        k = int(rng.integers(5, 10))
+        kernel = np.zeros((k, k), np.float32)
+        kernel[k // 2, :] = 1.0 / k
+        rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
+        kernel = cv2.warpAffine(kernel, rot, (k, k))
+        kernel /= max(kernel.sum(), 1e-6)
+        img = cv2.filter2D(img, -1, kernel)
+    noisy = img.astype(np.float32) + rng.normal(0.0, rng.uniform(1.5, 4.0), img.shape)
+    img = np.clip(noisy, 0, 255).astype(np.uint8)
+    ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 93))])
+    assert ok
+    return cv2.imdecode(jpg, cv2.IMREAD_COLOR)
+
+
+def render_scene(index: int, condition: str, seed: int = 5) -> QrScene:
+    """One frame for ``condition`` (see the module doc); the same (index, condition, seed) gives the same frame."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}")
+    rng = np.random.default_rng([seed, index, CONDITIONS.index(condition)])
+    tags = [condition]
+    canvas = _background(rng, busy=condition == "none" or rng.random() < 0.2)
+    n_phones = int(rng.integers(2, 4)) if condition == "multi" else 1
+    if condition == "none":
+        n_phones = int(rng.integers(0, 2))  # sometimes a phone showing text, no code
+    payloads: list[bytes] = []
+    distances: list[float] = []
+    # Phones in separate horizontal slots so they do not overlap.
+    slots = np.linspace(0, FRAME[0], n_phones + 1)
+    for k in range(n_phones):
+        has_code = condition != "none"
+        payload = (hc1_like_payload(rng) if rng.random() < 0.5 else token_payload(rng)) if has_code else None
+        colour = str(rng.choice(list(MODULE_COLOURS)))
+        dark = condition == "inverted" or (condition == "multi" and rng.random() < 0.25)
+        if condition == "far":
+            distance = float(rng.uniform(0.6, 0.8))
+        elif condition == "multi":
+            distance = float(rng.uniform(0.35, 0.6))
+        else:
+            distance = float(rng.uniform(0.3, 0.6))
+        if condition == "angle":
+            yaw, pitch = math.radians(rng.uniform(25, 50)) * rng.choice([-1, 1]), math.radians(rng.uniform(0, 35)) * rng.choice([-1, 1])
+            if rng.random() < 0.5:
+                yaw, pitch = pitch, yaw
+            roll = math.radians(rng.uniform(-180, 180))
+        else:
+            yaw, pitch, roll = (math.radians(rng.uniform(-12, 12)), math.radians(rng.uniform(-12, 12)), math.radians(rng.uniform(-15, 15)))
+        n_modules = (qr_modules(payload).shape[0] if payload is not None else 29) + 2 * QUIET_MODULES
+        canvas_module_px = FOCAL_PX * SS * QR_SIDE_M / distance / (n_modules - 2 * QUIET_MODULES)
+        module_px = max(2, int(math.ceil(canvas_module_px)))
+        tex, ppm, qc = _phone_texture(payload, colour, dark, module_px, rng)
+        half_code = FOCAL_PX * QR_SIDE_M / distance * 0.75
+        lo, hi = slots[k] + half_code, slots[k + 1] - half_code
+        x = float(rng.uniform(lo, hi)) if hi > lo else float((slots[k] + slots[k + 1]) / 2)
+        y = float(rng.uniform(half_code + 10, FRAME[1] - half_code - 10))
+        brightness = float(rng.uniform(0.8, 1.1))
+        mask = _place_phone(canvas, tex, ppm, qc, (x, y), distance, yaw, pitch, roll, brightness)
+        if condition == "glare":
+            _glare(canvas, mask, (x, y), rng, float(rng.uniform(0.5, 0.9)))
+        if condition == "moire":
+            _moire(canvas, mask, rng)
+        if payload is not None:
+            payloads.append(payload)
+            distances.append(round(distance, 3))
+    blur = str(rng.choice(["defocus", "motion"])) if condition == "blur" else None
+    image = _camera(canvas, rng, blur)
+    if blur:
+        tags.append(blur)
+    return QrScene(f"{condition}-{index:03d}", image, tuple(payloads), tuple(tags), tuple(distances))
+
+
+def scene_set(per_condition: int = 24, seed: int = 5) -> list[QrScene]:
+    """``per_condition`` frames of every condition, in a fixed order."""
+    return [render_scene(i, c, seed) for c in CONDITIONS for i in range(per_condition)]

@@ -1,0 +1,141 @@
+"""Online codes: a QR that carries only a token, looked up at the command centre over MQTT.
+
+Payload: ``HCT1:`` + token (8–128 characters of ``[A-Za-z0-9_-]``). The station never sends the
+token itself: the request carries its SHA-256, which the centre indexes its tokens by, so the raw
+payload does not leave the box (docs/mqtt.md, *Code look-ups*).
+
+Request/response follows the ``cmd/…`` conventions, in the other direction:
+
+    station → ``<base>/lookup/code``         {"schema": 1, "id": "<correlation id>", "token_sha256": "…",
+                                              "deadline": <unix s>, "station_id", "site", "ts"}
+    centre  → ``<base>/lookup/code/result``  {"id": "<same id>", "ok": true,
+                                              "result": {"found": true, "colour": "green", "expires": <unix s>,
+                                                         "issuer": "…"}}
+
+A strict timeout (``codes.online_timeout_s``): no answer in time, no broker connection, or an
+answer the station cannot read gives ``unverifiable`` → ``manual_check``, **never** ``pass``. A late
+answer to a request that already timed out is dropped (its correlation id is forgotten).
+
+Only MQTT is implemented; an HTTPS variant would sit behind the same class interface (not built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from typing import Any
+
+from station.domain.model import CodeColour, CodeStatus, CodeVerdict
+
+log = logging.getLogger("drivers.codes.online")
+
+PREFIX = "HCT1:"
+SOURCE = "online"
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+
+
+def token_of(payload: bytes) -> str | None:
+    try:
+        text = payload.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    if not text.startswith(PREFIX):
+        return None
+    return text[len(PREFIX) :]
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+class OnlineVerifier:
+    """MQTT look-up of ``HCT1:`` tokens. ``attach`` a connected publisher (the station's own link)."""
+
+    name = "online"
+
+    def __init__(self, base_topic: str, timeout_s: float = 1.5, identity: dict[str, str] | None = None) -> None:
+        self.request_topic = f"{base_topic}/lookup/code"
+        self.result_topic = f"{self.request_topic}/result"
+        self.timeout_s = timeout_s
+        self.identity = dict(identity or {})
+        self.publisher: Any = None
+        self._lock = threading.Lock()
+        self._waiting: dict[str, tuple[threading.Event, list[Any]]] = {}
+        self.counters = {"requests": 0, "answered": 0, "timeouts": 0, "no_network": 0, "late": 0}
+
+    def attach(self, publisher: Any) -> None:
+        self.publisher = publisher
+        publisher.subscribe(self.result_topic, self._on_result)
+
+    def _on_result(self, topic: str, payload: bytes) -> None:
+        # paho's network thread: parse, hand over, return.
+        try:
+            msg = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            log.warning("unreadable code look-up result bytes=%d", len(payload))
+            return
+        corr = msg.get("id") if isinstance(msg, dict) else None
+        with self._lock:
+            waiting = self._waiting.get(corr) if isinstance(corr, str) else None
+        if waiting is None:
+            self.counters["late"] += 1
+            return
+        waiting[1].append(msg)
+        waiting[0].set()
+
+    def verify(self, payload: bytes, now_wall: float) -> CodeVerdict:
+        token = token_of(payload)
+        if token is None:
+            return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", SOURCE, None, {})
+        if not TOKEN_RE.match(token):
+            return CodeVerdict(CodeStatus.INVALID, None, "bad_token", SOURCE, None, {})
+        pub = self.publisher
+        if pub is None or not pub.connected():
+            self.counters["no_network"] += 1
+            return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_unreachable", SOURCE, None, {})
+        corr = uuid.uuid4().hex
+        done, box = threading.Event(), []
+        with self._lock:
+            self._waiting[corr] = (done, box)
+        try:
+            request = {"schema": 1, **self.identity, "ts": round(now_wall, 3), "id": corr,
+                       "token_sha256": token_sha256(token), "deadline": round(now_wall + self.timeout_s, 3)}
+            self.counters["requests"] += 1
+            t0 = time.monotonic()
+            if not pub.publish_direct(self.request_topic, json.dumps(request).encode(), qos=1, retain=False):
+                self.counters["no_network"] += 1
+                return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_unreachable", SOURCE, None, {})
+            if not done.wait(self.timeout_s):
+                self.counters["timeouts"] += 1
+                log.warning("code look-up timed out id=%s timeout_s=%.2f", corr, self.timeout_s)
+                return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_timeout", SOURCE, None,
+                                   {"timeout_s": self.timeout_s})
+            self.counters["answered"] += 1
+            return self._judge(box[0], now_wall, round((time.monotonic() - t0) * 1000.0, 1))
+        finally:
+            with self._lock:
+                self._waiting.pop(corr, None)
+
+    @staticmethod
+    def _judge(msg: dict[str, Any], now_wall: float, ms: float) -> CodeVerdict:
+        result = msg.get("result")
+        if msg.get("ok") is not True or not isinstance(result, dict):
+            return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_error", SOURCE, None, {"lookup_ms": ms})
+        if result.get("found") is not True:
+            return CodeVerdict(CodeStatus.INVALID, None, "unknown_token", SOURCE, None, {"lookup_ms": ms})
+        try:
+            colour = CodeColour(result.get("colour"))
+        except ValueError:
+            return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_error", SOURCE, None, {"lookup_ms": ms})
+        expires = result.get("expires")
+        detail: dict[str, Any] = {"colour": colour.value, "issuer": str(result.get("issuer", ""))[:64], "lookup_ms": ms}
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+            detail["expires"] = expires
+            if expires < now_wall:
+                return CodeVerdict(CodeStatus.EXPIRED, colour, "expired", SOURCE, None, detail)
+        return CodeVerdict(CodeStatus.VALID, colour, "ok", SOURCE, None, detail)

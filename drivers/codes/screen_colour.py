@@ -1,0 +1,87 @@
+"""Colour on screen: what staff did by eye — read the health-code colour from the pixels around the QR.
+
+A fallback for codes no other verifier can judge (an app whose QR carries nothing we can verify).
+It can never lead to ``pass`` on its own, because a screenshot, a printout or a phone photo has the
+same colour:
+
+* a red screen → ``deny_code`` (returned as a valid *red*: nobody forges a red code to be turned
+  away, so the colour is taken at its word only in that direction);
+* a green or yellow screen → ``unverifiable`` with the colour → ``manual_check`` (staff look);
+* no clear colour → ``unknown_format`` (the next verifier, or ``garbage``).
+
+The colour is judged in a ring around the code's box (the app's banner and frame), in HSV: a
+pixel counts when it is saturated and bright enough; the ring is judged only if enough pixels count
+and one hue class clearly dominates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from station.domain.model import CodeColour, CodeStatus, CodeVerdict, DecodedCode
+
+SOURCE = "screen_colour"
+RING = 0.45  # ring width as a fraction of the code's side
+MIN_SATURATED = 0.06  # of the ring's pixels
+MIN_DOMINANCE = 0.6  # of the saturated pixels
+# OpenCV hue is 0..180.
+HUE_CLASSES = ((CodeColour.RED, ((0, 9), (165, 180))), (CodeColour.YELLOW, ((18, 34),)), (CodeColour.GREEN, ((38, 88),)))
+
+
+def ring_colour(image: np.ndarray, box: Any) -> tuple[CodeColour | None, dict[str, float]]:
+    h, w = image.shape[:2]
+    side = max(box.width, box.height)
+    pad = side * RING
+    x1, y1 = int(max(0, box.x1 - pad)), int(max(0, box.y1 - pad))
+    x2, y2 = int(min(w, box.x2 + pad)), int(min(h, box.y2 + pad))
+    if x2 - x1 < 4 or y2 - y1 < 4:
+        return None, {}
+    region = image[y1:y2, x1:x2]
+    if region.ndim == 2:
+        return None, {}  # a grey frame has no colour to judge
+    mask = np.ones(region.shape[:2], dtype=bool)
+    bx1, by1 = int(max(0, box.x1 - x1)), int(max(0, box.y1 - y1))
+    bx2, by2 = int(min(x2, box.x2) - x1), int(min(y2, box.y2) - y1)
+    mask[by1:by2, bx1:bx2] = False  # the code itself: its modules may be coloured or not
+    hsv = cv2.cvtColor(np.ascontiguousarray(region), cv2.COLOR_BGR2HSV)
+    hue, sat, val = hsv[..., 0][mask], hsv[..., 1][mask], hsv[..., 2][mask]
+    n = max(1, int(mask.sum()))
+    saturated = (sat >= 90) & (val >= 70)
+    share = float(saturated.sum()) / n
+    counts: dict[str, float] = {"saturated": round(share, 3)}
+    if share < MIN_SATURATED:
+        return None, counts
+    hues = hue[saturated]
+    best, best_n = None, 0
+    for colour, ranges in HUE_CLASSES:
+        k = int(sum(((hues >= lo) & (hues <= hi)).sum() for lo, hi in ranges))
+        counts[colour.value] = round(k / len(hues), 3)
+        if k > best_n:
+            best, best_n = colour, k
+    if best is None or best_n / len(hues) < MIN_DOMINANCE:
+        return None, counts
+    return best, counts
+
+
+class ScreenColourVerifier:
+    """Judges by the screen's colour; needs the frame (``verify_in_frame``), never yields a pass."""
+
+    name = "screen-colour"
+
+    def verify(self, payload: bytes, now_wall: float) -> CodeVerdict:
+        return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", SOURCE, None, {})  # no pixels, no colour
+
+    def verify_in_frame(self, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict:
+        if image is None or code.box is None:
+            return self.verify(code.payload, now_wall)
+        colour, counts = ring_colour(image, code.box)
+        detail = {"colour": colour.value if colour else None, "ring": counts}
+        if colour is None:
+            return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", SOURCE, None, detail)
+        if colour is CodeColour.RED:
+            return CodeVerdict(CodeStatus.VALID, CodeColour.RED, "screen_colour_red", SOURCE, None, detail)
+        # Green or yellow seen on a screen proves nothing: staff check it.
+        return CodeVerdict(CodeStatus.UNVERIFIABLE, colour, f"screen_colour_{colour.value}", SOURCE, None, detail)

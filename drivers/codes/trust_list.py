@@ -1,0 +1,251 @@
+"""The trust list: which signer certificates a health code may be signed by.
+
+File format (also what ``stationctl code verify --trust FILE`` reads)::
+
+    {"certificates": [{"kid": "<base64 of 8 bytes>", "der": "<base64 DER X.509 certificate>"}]}
+
+``kid`` must equal the first 8 bytes of the SHA-256 of ``der`` (an entry where it does not is
+dropped and logged: a list must not be able to bind a key to someone else's kid).
+
+The command centre pushes the list over MQTT (``cmd/trust-list``) as the same document plus
+``"version": N`` and ``"signature"``: base64 of an ECDSA P-256 / SHA-256 signature (DER) by the
+trust-list signing key over :func:`signed_bytes` — the canonical JSON (sorted keys, no spaces) of
+``{"certificates": …, "version": N}``. The station knows the signing key's public key or
+certificate from ``codes.trust_list_signer_file``. A push is accepted only if the signature
+verifies, every certificate parses and ``N`` is newer than the stored version (no downgrade, so a
+replayed old list cannot re-admit a revoked signer); otherwise the stored list stays.
+
+Accepted lists are stored under ``<data_dir>/trust-list/`` (``vN.json`` and ``current.json``,
+each written atomically). :class:`TrustStore` re-reads ``current.json`` when it changes, so a
+running verifier uses a new list from its next code on, without a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from drivers.codes.hc1 import kid_of
+
+log = logging.getLogger("drivers.codes.trust_list")
+
+TRUST_DIR = "trust-list"
+CURRENT = "current.json"
+
+
+class TrustListError(ValueError):
+    """A list (or a push) that is refused; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrustList:
+    version: int
+    keys: dict[bytes, Any]  # kid → public key
+    certificates: list[dict[str, str]]
+
+
+def certificate_entry(cert_der: bytes) -> dict[str, str]:
+    return {"kid": base64.b64encode(kid_of(cert_der)).decode(), "der": base64.b64encode(cert_der).decode()}
+
+
+def parse_certificates(entries: Any, *, strict: bool) -> dict[bytes, Any]:
+    """kid → public key. ``strict``: one bad entry refuses the whole list (pushes); otherwise bad
+    entries are skipped with a log line (a local file with one broken entry still loads the rest)."""
+    if not isinstance(entries, list):
+        raise TrustListError("certificates must be a list")
+    keys: dict[bytes, Any] = {}
+    for i, entry in enumerate(entries):
+        try:
+            if not isinstance(entry, dict):
+                raise TrustListError("entry is not an object")
+            der = base64.b64decode(str(entry.get("der", "")), validate=True)
+            kid = base64.b64decode(str(entry.get("kid", "")), validate=True)
+            if kid != kid_of(der):
+                raise TrustListError("kid is not the first 8 bytes of SHA-256(der)")
+            keys[kid] = x509.load_der_x509_certificate(der).public_key()
+        except (TrustListError, binascii.Error, ValueError) as exc:
+            if strict:
+                raise TrustListError(f"certificate {i}: {exc}") from None
+            log.warning("trust list entry skipped index=%d error=%s", i, exc)
+    return keys
+
+
+def load_file(path: Path) -> TrustList:
+    """A trust-list file, plain (``{"certificates": …}``) or as stored after a push."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrustListError(f"{path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise TrustListError(f"{path}: not a JSON object")
+    if "document" in doc:  # the stored form of a pushed list
+        if doc.get("signature_verified") is not True:
+            raise TrustListError(f"{path}: stored without a verified signature; not used")
+        doc = doc["document"]
+        if not isinstance(doc, dict):
+            raise TrustListError(f"{path}: document is not an object")
+    certs = doc.get("certificates")
+    version = doc.get("version", 0)
+    return TrustList(int(version) if isinstance(version, int) else 0, parse_certificates(certs, strict=False),
+                     list(certs) if isinstance(certs, list) else [])
+
+
+# ------------------------------------------------------------------------------------- signed pushes
+
+
+def signed_bytes(document: dict[str, Any]) -> bytes:
+    return json.dumps({"certificates": document.get("certificates"), "version": document.get("version")},
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+
+
+def sign_document(certificates: list[dict[str, str]], version: int, private_key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    doc: dict[str, Any] = {"version": version, "certificates": certificates}
+    doc["signature"] = base64.b64encode(private_key.sign(signed_bytes(doc), ec.ECDSA(hashes.SHA256()))).decode()
+    return doc
+
+
+def load_signer_key(path: Path) -> ec.EllipticCurvePublicKey:
+    """The trust-list signing key's public half, from a PEM certificate or a PEM public key."""
+    data = Path(path).read_bytes()
+    try:
+        key: Any = x509.load_pem_x509_certificate(data).public_key()
+    except ValueError:
+        key = serialization.load_pem_public_key(data)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise TrustListError(f"{path}: the trust-list signer must be an EC (P-256) key")
+    return key
+
+
+def verify_document(document: Any, signer: ec.EllipticCurvePublicKey) -> dict[bytes, Any]:
+    if not isinstance(document, dict):
+        raise TrustListError("document must be a JSON object")
+    version = document.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise TrustListError("document.version must be an integer >= 1")
+    try:
+        signature = base64.b64decode(str(document.get("signature", "")), validate=True)
+    except (binascii.Error, ValueError):
+        raise TrustListError("document.signature is not base64") from None
+    if not signature:
+        raise TrustListError("document.signature is missing")
+    try:
+        signer.verify(signature, signed_bytes(document), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise TrustListError("signature does not verify with the configured trust-list signer") from None
+    return parse_certificates(document.get("certificates"), strict=True)
+
+
+def trust_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / TRUST_DIR
+
+
+def stored_version(data_dir: Path) -> int:
+    current = trust_dir(data_dir) / CURRENT
+    if not current.exists():
+        return 0
+    try:
+        return int(json.loads(current.read_text(encoding="utf-8")).get("version", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def accept_push(data_dir: Path, document: Any, signer: ec.EllipticCurvePublicKey, now_wall: float | None = None) -> dict[str, Any]:
+    """Verify a pushed list and store it; :class:`TrustListError` (nothing written) otherwise."""
+    keys = verify_document(document, signer)
+    version = int(document["version"])
+    have = stored_version(data_dir)
+    if version <= have:
+        raise TrustListError(f"version {version} is not newer than the stored version {have}; the old list is kept")
+    folder = trust_dir(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {"version": version, "received_at": now_wall if now_wall is not None else time.time(),
+            "signature_verified": True, "document": document}
+    data = json.dumps(body, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
+    for target in (folder / f"v{version}.json", folder / CURRENT):
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    log.info("trust list accepted version=%d previous=%d signers=%d", version, have, len(keys))
+    return {"version": version, "previous_version": have, "signers": len(keys), "file": str(folder / f"v{version}.json")}
+
+
+# ---------------------------------------------------------------------------------------- the store
+
+
+class TrustStore:
+    """kid → public key for the verifier, following the newest accepted list.
+
+    The pushed list (``<data_dir>/trust-list/current.json``) wins over the configured file once one
+    was accepted: the command centre is the authority that can also *remove* a signer. The files are
+    re-checked (one ``stat`` each) at most every ``check_s`` seconds, so a new list is used without a
+    restart.
+    """
+
+    def __init__(self, data_dir: Path | None, configured: Path | None = None, check_s: float = 0.5) -> None:
+        self.pushed = trust_dir(data_dir) / CURRENT if data_dir is not None else None
+        self.configured = Path(configured) if configured else None
+        self.check_s = check_s
+        self._lock = threading.Lock()
+        self._stamp: tuple[Any, ...] | None = None
+        self._checked = float("-inf")
+        self._list = TrustList(0, {}, [])
+        self.source = "none"
+        self.refresh(force=True)
+
+    @staticmethod
+    def _stat(path: Path | None) -> tuple[int, int] | None:
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._checked < self.check_s:
+                return
+            self._checked = now
+            stamp = (self._stat(self.pushed), self._stat(self.configured))
+            if stamp == self._stamp and not force:
+                return
+            self._stamp = stamp
+            for path, source in ((self.pushed, "pushed"), (self.configured, "configured")):
+                if path is None or not path.exists():
+                    continue
+                try:
+                    self._list = load_file(path)
+                except TrustListError as exc:
+                    log.error("trust list not usable path=%s error=%s", path, exc)
+                    continue
+                self.source = source
+                log.info("trust list loaded source=%s version=%d signers=%d", source, self._list.version, len(self._list.keys))
+                return
+            self._list, self.source = TrustList(0, {}, []), "none"
+            log.warning("no usable HC1 trust list (configured=%s, pushed=%s): every signed code is unknown_kid "
+                        "→ manual_check until one is provisioned or pushed", self.configured, self.pushed)
+
+    def __call__(self, kid: bytes) -> Any:
+        self.refresh()
+        return self._list.keys.get(kid)
+
+    def stats(self) -> dict[str, Any]:
+        return {"source": self.source, "version": self._list.version, "signers": len(self._list.keys)}
