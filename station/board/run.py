@@ -1,0 +1,104 @@
+"""``station board``: wire the history, the state, the MQTT subscriber and the web server; run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from station.board.history import BoardHistory
+from station.board.mqtt import BoardSubscriber
+from station.board.state import BoardState
+from station.board.web import create_app
+
+log = logging.getLogger("station.board")
+
+HISTORY_NAME = "board.sqlite3"
+REFRESH_S = 2.0
+"""How often the history is re-read: other replicas write events this replica never receives, and
+the day rolls over at midnight."""
+
+
+@dataclass
+class BoardOptions:
+    mqtt_url: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".")
+    share_group: str | None = None
+    prefix: str = "checkpoint/v1"
+    client_id: str | None = None
+    session_expiry_s: int = 3600
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    keep_days: int = 30
+    backlog_rows: int = 20
+    alarm_window_s: float = 900.0
+
+
+class Board:
+    def __init__(self, opts: BoardOptions) -> None:
+        self.opts = opts
+        self.history = BoardHistory(Path(opts.data_dir) / HISTORY_NAME, keep_days=opts.keep_days)
+        self.state = BoardState(self.history, opts.prefix, alarm_window_s=opts.alarm_window_s, backlog_rows=opts.backlog_rows)
+        self.subscriber = BoardSubscriber(
+            opts.mqtt_url, self.state.handle, prefix=opts.prefix, share_group=opts.share_group, client_id=opts.client_id,
+            session_expiry_s=opts.session_expiry_s, username=opts.username, password=opts.password, tls_ca=opts.tls_ca)
+        self.app = create_app(self.state, self.subscriber.stats)
+        self._stop = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="board-refresh", daemon=True)
+
+    def _refresh_loop(self) -> None:
+        ticks = 0
+        while not self._stop.wait(REFRESH_S):
+            try:
+                self.state.refresh_history()
+                ticks += 1
+                if ticks % 1800 == 1:  # about hourly
+                    self.history.prune()
+            except Exception:  # logged; the next tick tries again (e.g. the file was locked too long)
+                log.exception("board history refresh failed")
+
+    def start(self) -> None:
+        self.subscriber.start()
+        self._refresher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.subscriber.stop()
+        self._refresher.join(5.0)
+        self.history.close()
+
+    def serve(self) -> None:
+        """Run the web server in this thread until SIGINT/SIGTERM (uvicorn handles them)."""
+        import uvicorn
+
+        import signal
+
+        config = uvicorn.Config(self.app, host=self.opts.host, port=self.opts.port, log_level="warning", access_log=False)
+        server = uvicorn.Server(config)
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
+            # handler that was installed before it: make that one a no-op so that we return, close
+            # the MQTT session and the history, and exit 0 (systemd's stop is a clean stop).
+            def stopped_by(signum: int, _frame: Any) -> None:
+                log.info("board stopping signal=%s", signal.Signals(signum).name)
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, stopped_by)
+        log.info("board serving http://%s:%d mqtt=%s share_group=%s", self.opts.host, self.opts.port,
+                 self.subscriber.host, self.opts.share_group)
+        server.run()
+
+
+def run_board(opts: BoardOptions) -> Any:
+    board = Board(opts)
+    board.start()
+    try:
+        board.serve()
+    finally:
+        board.stop()
+    return board

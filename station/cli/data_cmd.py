@@ -1,0 +1,222 @@
+"""``stationctl data export|erase|purge``: personal data in the event store, on request.
+
+``export`` reads (read-only, safe beside the running daemon) and writes JSON lines, one event each,
+exactly as recorded (the ``as_record()`` dict that was also published). ``erase`` deletes events by
+time range and/or event id after a confirmation (or ``--yes``), keeps events whose MQTT message is
+still undelivered unless ``--include-pending`` (then the message is deleted too and never sent),
+writes one ``data_audit`` row, and can ``--vacuum`` the file afterwards so deleted rows are not left
+in free pages. ``purge`` runs the ``[retention]`` purge now (through the daemon when it runs, so there
+is one writer). See ``station/retention.py`` for the rules.
+
+Times: ``2026-11-24``, ``2026-11-24T08:00`` (local time unless an offset is given), unix seconds,
+or an age such as ``7d`` / ``12h`` / ``30m`` (that long before now).
+
+Exit codes: 0 done, 1 nothing matched / store unusable / answer no, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import sqlite3
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_time(value: str, now: float | None = None) -> float:
+    """Unix time from an ISO date/time, unix seconds or an age (``7d``); ValueError otherwise."""
+    value = value.strip()
+    m = _AGE.match(value)
+    if m:
+        return (time.time() if now is None else now) - float(m.group(1)) * _UNIT_S[m.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    return datetime.fromisoformat(value).timestamp()  # naive = local time, like the box's display
+
+
+class TimeParam(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_time(str(value))
+        except ValueError:
+            self.fail(f"{value!r}: give 2026-11-24, 2026-11-24T08:00, unix seconds or an age like 7d", param, ctx)
+
+
+TIME = TimeParam()
+
+
+def _db(obj: Any) -> tuple[Any, Path]:
+    from station.app import DB_NAME
+
+    cfg = obj.load()
+    db = obj.data_dir() / DB_NAME
+    if not db.exists():
+        click.echo(f"no event database at {db} (has the station run yet? see --data-dir)", err=True)
+        sys.exit(1)
+    return cfg, db
+
+
+def _where(since: float | None, until: float | None, event_ids: tuple[str, ...]) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if event_ids:
+        clauses.append(f"event_id IN ({','.join('?' * len(event_ids))})")
+        params.extend(event_ids)
+    if since is not None:
+        clauses.append("ts >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("ts < ?")
+        params.append(until)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+@click.group("data")
+def data() -> None:
+    """Export or erase recorded events; run the retention purge."""
+
+
+@data.command("export")
+@click.option("--since", type=TIME, default=None, help="Events at or after this time")
+@click.option("--until", type=TIME, default=None, help="Events before this time")
+@click.option("--event-id", "event_ids", multiple=True, help="This event (repeatable)")
+@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default="-", show_default=True, help="File, or - for stdout")
+@click.pass_obj
+def data_export(obj: Any, since: float | None, until: float | None, event_ids: tuple[str, ...], out: Path) -> None:
+    """Events as JSON lines (oldest first), as recorded and published; nothing is changed."""
+    _cfg, db = _db(obj)
+    where, params = _where(since, until, event_ids)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    stream = sys.stdout if str(out) == "-" else open(out, "w", encoding="utf-8")  # noqa: SIM115
+    n = 0
+    try:
+        for (record,) in conn.execute(f"SELECT record FROM events{where} ORDER BY ts, id", params):
+            stream.write(json.dumps(json.loads(record), ensure_ascii=False, separators=(",", ":")) + "\n")
+            n += 1
+    finally:
+        conn.close()
+        if stream is not sys.stdout:
+            stream.close()
+    click.echo(f"exported {n} event(s)", err=True)
+    sys.exit(0 if n or not event_ids else 1)
+
+
+def _actor() -> str:
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    return f"stationctl data erase (user {os.environ.get('SUDO_USER') or user})"
+
+
+@data.command("erase")
+@click.option("--since", type=TIME, default=None, help="Events at or after this time")
+@click.option("--until", type=TIME, default=None, help="Events before this time")
+@click.option("--event-id", "event_ids", multiple=True, help="This event (repeatable)")
+@click.option("--include-pending", is_flag=True, help="Also events whose MQTT message is not delivered yet (the message is deleted, never sent)")
+@click.option("--note", default="", help="Why (kept in the audit row), e.g. a request reference")
+@click.option("--vacuum", is_flag=True, help="VACUUM afterwards so deleted data does not linger in free pages")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def data_erase(obj: Any, since: float | None, until: float | None, event_ids: tuple[str, ...], include_pending: bool,
+               note: str, vacuum: bool, yes: bool, as_json: bool) -> None:
+    """Delete events (and their gate actions and outbox copies) by time range and/or event id."""
+    from station.retention import erase
+    from station.store import SqliteEventStore, StoreError
+
+    if since is None and until is None and not event_ids:
+        click.echo("give --since/--until and/or --event-id (refusing to erase everything by default)", err=True)
+        sys.exit(2)
+    cfg, db = _db(obj)
+    where, params = _where(since, until, event_ids)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        matched = conn.execute(f"SELECT count(*) FROM events{where}", params).fetchone()[0]
+    finally:
+        conn.close()
+    if matched == 0:
+        click.echo("no events match", err=True)
+        sys.exit(1)
+    if not yes:
+        span = " ".join(filter(None, [
+            f"since {time.strftime('%Y-%m-%d %H:%M', time.localtime(since))}" if since is not None else "",
+            f"until {time.strftime('%Y-%m-%d %H:%M', time.localtime(until))}" if until is not None else "",
+            f"ids {', '.join(event_ids)}" if event_ids else ""]))
+        if not click.confirm(f"erase {matched} event(s) {span} from {db}? This cannot be undone", default=False):
+            click.echo("nothing erased", err=True)
+            sys.exit(1)
+    try:
+        # A second writer beside the daemon is fine: SQLite (WAL, busy timeout) serialises the writes.
+        store = SqliteEventStore(db, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix)
+    except (StoreError, sqlite3.Error) as exc:
+        click.echo(f"cannot open {db}: {exc}", err=True)
+        sys.exit(1)
+    try:
+        result = erase(store, since=since, until=until, event_ids=event_ids, include_pending=include_pending,
+                       actor=_actor(), note=note)
+    finally:
+        store.close()
+    if vacuum:
+        conn = sqlite3.connect(db, timeout=30)
+        try:
+            conn.execute("VACUUM")
+        finally:
+            conn.close()
+        result["vacuumed"] = True
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"erased {result['events']} event(s), {result['gate_actions']} gate action(s), {result['outbox']} outbox message(s)"
+                   + (", file vacuumed" if vacuum else ""))
+        if result["held"]:
+            click.echo(f"kept {len(result['held'])} event(s) whose message is not delivered yet "
+                       f"(--include-pending to erase them too): {', '.join(result['held'][:10])}")
+        if result["not_found"]:
+            click.echo(f"not found: {', '.join(result['not_found'])}")
+    sys.exit(0 if result["events"] else 1)
+
+
+@data.command("purge")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def data_purge(obj: Any, as_json: bool) -> None:
+    """Apply [retention] now (the daemon does this every retention.interval_s)."""
+    from station.control import ControlError, ControlUnavailable, ask
+    from station.retention import purge
+    from station.store import SqliteEventStore
+
+    try:
+        result, path = ask(obj.data_dir(), "retention_run", timeout_s=120.0)
+        result["via"] = f"daemon ({path})"
+    except ControlUnavailable:
+        cfg, db = _db(obj)
+        store = SqliteEventStore(db, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix)
+        try:
+            result = purge(store, obj.data_dir(), cfg.retention.events_days, cfg.retention.face_crops_days).as_dict()
+        finally:
+            store.close()
+        result["via"] = "stationctl (daemon not running)"
+    except ControlError as exc:
+        click.echo(f"the daemon could not purge: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"purged {result['events']} event(s), {result['vehicles']} vehicle event(s), {result['outbox']} outbox row(s), "
+                   f"{result['crops']} crop file(s); {result['held']} kept (undelivered) — via {result['via']}")

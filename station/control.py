@@ -1,0 +1,310 @@
+"""The daemon's local control socket: live state for ``stationctl`` without touching the devices.
+
+A UNIX stream socket ``control.sock`` in the runtime directory (``$RUNTIME_DIRECTORY`` =
+``/run/checkpoint`` under systemd, else beside the database; see ``station.runtime``), mode 0660 so
+the service's group (technicians are added to ``checkpoint``) may connect and nobody else. The
+protocol is JSON lines: the client sends one object ``{"cmd": "<name>", …}`` and reads one line
+back, ``{"ok": true, "result": …}`` or ``{"ok": false, "error": "…"}``; it may send more requests
+on the same connection. Commands (``StationApp`` registers them, others may add their own with
+:meth:`ControlServer.register`):
+
+``ping``      pid, data dir, uptime — "is the daemon up?" (``stationctl test`` asks before it drives
+              outputs the daemon owns)
+``status``    the live runtime status (the same dict the status file carries), state "running"
+``counters``  pipeline, gate, outbox pump and retention counters, outbox depth, today's counts
+``devices``   the devices the daemon holds open (doctor: a busy port is the daemon's, not a fault)
+``outbox_wake``  wake the outbox pump now (``stationctl outbox retry``)
+``retention_run``  run the retention purge now and return what it deleted
+
+Stdlib only (imported by ``stationctl`` on every call that asks the daemon something).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("station.control")
+
+SOCKET_NAME = "control.sock"
+SYSTEMD_RUNTIME_DIR = Path("/run/checkpoint")  # RuntimeDirectory=checkpoint in the unit
+MAX_REQUEST = 64 * 1024
+Handler = Callable[[dict[str, Any]], Any]
+
+
+class ControlUnavailable(Exception):
+    """No daemon answers on the control socket (not running, or no permission to connect)."""
+
+
+class ControlError(Exception):
+    """The daemon answered with an error."""
+
+
+def socket_path(data_dir: Path) -> Path:
+    from station.runtime import runtime_dir
+
+    return runtime_dir(data_dir) / SOCKET_NAME
+
+
+def candidate_paths(data_dir: Path) -> list[Path]:
+    """Where to look: this data dir's runtime dir, then the systemd unit's ``/run/checkpoint``.
+
+    A technician's shell has no ``$RUNTIME_DIRECTORY``; the unit's runtime dir is still found.
+    """
+    paths = [socket_path(data_dir)]
+    system = SYSTEMD_RUNTIME_DIR / SOCKET_NAME
+    if system not in paths:
+        paths.append(system)
+    return paths
+
+
+class ControlServer:
+    """Accepts connections on a thread; each connection is served on its own short-lived thread."""
+
+    def __init__(self, path: Path, handlers: dict[str, Handler] | None = None, timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.handlers: dict[str, Handler] = dict(handlers or {})
+        self.timeout_s = timeout_s
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.requests = 0
+        self.errors = 0
+
+    def register(self, name: str, fn: Handler) -> None:
+        self.handlers[name] = fn
+
+    def start(self) -> None:
+        self._remove_stale()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Created 0600 by the umask below, then opened to the group: never world-connectable,
+            # not even for the instant between bind and chmod.
+            old = os.umask(0o177)
+            try:
+                sock.bind(str(self.path))
+            finally:
+                os.umask(old)
+            os.chmod(self.path, 0o660)
+            sock.listen(16)
+            sock.settimeout(0.5)  # accept() wakes up to see stop()
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="station-control", daemon=True)
+        self._thread.start()
+        log.info("control socket listening path=%s", self.path)
+
+    def _remove_stale(self) -> None:
+        """A socket file left by a killed daemon is removed; a live one means a second daemon."""
+        try:
+            mode = self.path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise OSError(f"{self.path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(self.path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            self.path.unlink(missing_ok=True)
+            return
+        except OSError as exc:
+            raise OSError(f"cannot check {self.path}: {exc}") from exc
+        finally:
+            probe.close()
+        raise OSError(f"another daemon answers on {self.path}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            # Only our own socket file: a successor daemon may already have bound a new one.
+            self.path.unlink(missing_ok=True)
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if not self._stop.is_set():
+                    log.error("control socket accept failed error=%s", exc)
+                    time.sleep(0.5)
+                continue
+            threading.Thread(target=self._handle, args=(conn,), name="station-control-conn", daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(self.timeout_s)
+        with conn, conn.makefile("rwb") as f:
+            try:
+                while True:
+                    line = f.readline(MAX_REQUEST + 1)
+                    if not line:
+                        return
+                    reply = self.dispatch(line)
+                    f.write(json.dumps(reply, default=str, ensure_ascii=False).encode("utf-8") + b"\n")
+                    f.flush()
+            except (OSError, TimeoutError) as exc:  # client went away or stalled; nothing to answer
+                log.debug("control connection ended error=%s", exc)
+
+    def dispatch(self, line: bytes) -> dict[str, Any]:
+        self.requests += 1
+        if len(line) > MAX_REQUEST:
+            self.errors += 1
+            return {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
+        try:
+            req = json.loads(line)
+        except ValueError as exc:
+            self.errors += 1
+            return {"ok": False, "error": f"not JSON: {exc}"}
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            self.errors += 1
+            return {"ok": False, "error": 'expected {"cmd": "<name>", …}'}
+        fn = self.handlers.get(req["cmd"])
+        if fn is None:
+            self.errors += 1
+            return {"ok": False, "error": f"unknown cmd {req['cmd']!r}; known: {', '.join(sorted(self.handlers))}"}
+        try:
+            return {"ok": True, "result": fn(req)}
+        except Exception as exc:  # reported to the client; the daemon carries on
+            self.errors += 1
+            log.exception("control command failed cmd=%s", req["cmd"])
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def request(path: Path, cmd: str, timeout_s: float = 3.0, **args: Any) -> Any:
+    """Send one command, return its ``result``; ``ControlUnavailable`` / ``ControlError`` otherwise."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ControlUnavailable(f"no daemon on {path}") from exc
+        except PermissionError as exc:
+            raise ControlUnavailable(f"no permission to connect to {path} (join the daemon's group)") from exc
+        except OSError as exc:
+            raise ControlUnavailable(f"{path}: {exc}") from exc
+        try:
+            sock.sendall(json.dumps(dict(args, cmd=cmd)).encode("utf-8") + b"\n")
+            with sock.makefile("rb") as f:
+                line = f.readline()
+        except (OSError, TimeoutError) as exc:
+            raise ControlUnavailable(f"{path}: no answer ({exc})") from exc
+    finally:
+        sock.close()
+    if not line:
+        raise ControlUnavailable(f"{path}: connection closed without an answer")
+    reply = json.loads(line)
+    if not reply.get("ok"):
+        raise ControlError(reply.get("error", "unknown error"))
+    return reply.get("result")
+
+
+def ask(data_dir: Path, cmd: str, timeout_s: float = 3.0, **args: Any) -> tuple[Any, Path]:
+    """``request`` against the first candidate socket that answers; (result, path)."""
+    last: ControlUnavailable | None = None
+    for path in candidate_paths(data_dir):
+        try:
+            return request(path, cmd, timeout_s, **args), path
+        except ControlUnavailable as exc:
+            last = exc
+    raise last or ControlUnavailable("no control socket")
+
+
+def system_daemon_data_dir() -> Path | None:
+    """The data dir of the daemon on ``/run/checkpoint/control.sock``, if one answers there."""
+    path = SYSTEMD_RUNTIME_DIR / SOCKET_NAME
+    if not path.exists():
+        return None
+    try:
+        ping = request(path, "ping", timeout_s=2.0)
+    except (ControlUnavailable, ControlError, ValueError):
+        return None
+    return Path(ping["data_dir"]) if ping.get("data_dir") else None
+
+
+# -- the daemon's handlers ----------------------------------------------------------------------------
+
+
+def _midnight() -> float:
+    return time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+
+
+def handlers_for_app(app: Any, server: ControlServer | None = None) -> dict[str, Handler]:
+    def ping(_req: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "data_dir": str(app.data_dir), "site": app.cfg.station.site,
+                "station": app.cfg.station.id, "ready": app.ready_t is not None}
+
+    def status(_req: dict[str, Any]) -> dict[str, Any]:
+        return dict(app.runtime_status(), state="running", pid=os.getpid(), updated=time.time())
+
+    def counters(_req: dict[str, Any]) -> dict[str, Any]:
+        p = app.pipeline
+        gate = getattr(p, "gate", None) if p is not None else None
+        retention = getattr(app, "retention", None)
+        return {
+            "pipeline": p.stats() if p is not None else {},
+            "gate": gate.stats() if gate is not None and hasattr(gate, "stats") else None,
+            "outbox_pump": app.pump.stats() if app.pump is not None else None,
+            "outbox": app.store.outbox_stats() if app.store is not None else None,
+            "today": app.store.counts(since_ts=_midnight()) if app.store is not None else None,
+            "retention": retention.stats() if retention is not None else None,
+            "control": {"requests": server.requests, "errors": server.errors} if server is not None else None,
+        }
+
+    def devices(_req: dict[str, Any]) -> dict[str, Any]:
+        p = app.pipeline
+        return {
+            "thermal": {"port": app.cfg.thermal.port, **(dict(p.thermal.stats()) if p is not None else {})},
+            "camera": {"device": app.cfg.camera.device, **(dict(p.camera.stats()) if p is not None else {})},
+            "gate": {"pin_factory": app.cfg.gate.pin_factory},
+        }
+
+    def outbox_wake(_req: dict[str, Any]) -> dict[str, Any]:
+        if app.pump is None:
+            return {"woken": False, "reason": "no broker configured (mqtt.url is empty)"}
+        app.pump.wake()
+        return {"woken": True, "mqtt_connected": app.publisher.connected() if app.publisher else None}
+
+    def retention_run(_req: dict[str, Any]) -> dict[str, Any]:
+        retention = getattr(app, "retention", None)
+        if retention is None:
+            raise RuntimeError("retention is not running")
+        return dict(retention.run_once().as_dict())
+
+    return {"ping": ping, "status": status, "counters": counters, "devices": devices,
+            "outbox_wake": outbox_wake, "retention_run": retention_run}
+
+
+def start_control(app: Any) -> ControlServer | None:
+    """Start the control socket for ``StationApp``; None (logged) if it cannot be bound.
+
+    The station screens without it: a missing control socket costs the technician live state, never
+    the gate.
+    """
+    path = socket_path(app.data_dir)
+    server = ControlServer(path)
+    server.handlers.update(handlers_for_app(app, server))
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("control socket unavailable path=%s error=%s", path, exc)
+        return None
+    return server

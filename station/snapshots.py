@@ -1,0 +1,246 @@
+"""Station snapshots for the command-centre board: a small JPEG of the newest camera frame.
+
+Every ``snapshots.interval_s`` the station publishes ``<prefix>/<site>/<station>/snapshot``
+(retained, QoS 0, JSON with the JPEG in base64; docs/mqtt.md). Retained so that a board that starts
+(or a replica that joins) shows every checkpoint's picture at once; QoS 0 and never through the
+outbox because a snapshot is disposable: a newer one replaces it, and a backlog of old pictures
+after an outage would be worthless traffic.
+
+Privacy: with ``blur_faces = true`` (the default) every face is blurred before the JPEG leaves the
+box. The faces are found by a face detector of the station's configured kind run on the very frame
+that is encoded (not the pipeline's latest result, which may belong to an older frame while a
+person moves), with a lower score threshold than screening uses, and each box is grown by
+``FACE_MARGIN`` on every side: a missed face is a privacy breach, an over-blurred shoulder costs
+nothing. If the detector is unavailable (missing or corrupt model) the whole picture is blurred:
+the station fails closed, never open. Whatever ``blur_faces`` says, every 2-D code in the picture
+(a phone showing a health code) is blanked by ``drivers.codes.redact`` before encoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from station.domain.model import FaceDetection, VisibleFrame
+
+log = logging.getLogger("station.snapshots")
+
+SCHEMA = 1
+FACE_MARGIN = 0.35
+"""Each face box grows by this fraction of its size on every side before it is blurred (hair, ears,
+chin, a box that lags a moving head)."""
+SNAPSHOT_SCORE_THRESHOLD = 0.5
+"""Lower than screening's 0.7: for privacy a doubtful face is blurred anyway."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSettings:
+    interval_s: float = 5.0
+    max_width: int = 320
+    quality: int = 70
+    blur_faces: bool = True
+
+
+def _blur_region(img: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> None:
+    """Pixelate then blur one region in place: nothing of the face's detail survives either step."""
+    region = img[y1:y2, x1:x2]
+    h, w = region.shape[:2]
+    if h < 2 or w < 2:
+        return
+    small = cv2.resize(region, (max(1, w // 12), max(1, h // 12)), interpolation=cv2.INTER_AREA)
+    coarse = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+    k = max(3, (min(w, h) // 4) | 1)
+    img[y1:y2, x1:x2] = cv2.GaussianBlur(coarse, (k, k), 0)
+
+
+def blur_faces(image: np.ndarray, faces: Sequence[FaceDetection], margin: float = FACE_MARGIN) -> np.ndarray:
+    """A copy of ``image`` with every face box (grown by ``margin``) blurred beyond recognition."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    for f in faces:
+        b = f.box
+        mx, my = b.width * margin, b.height * margin
+        x1, y1 = int(max(0, b.x1 - mx)), int(max(0, b.y1 - my))
+        x2, y2 = int(min(w, b.x2 + mx + 1)), int(min(h, b.y2 + my + 1))
+        _blur_region(out, x1, y1, x2, y2)
+    return out
+
+
+def blur_all(image: np.ndarray) -> np.ndarray:
+    """The fail-closed picture when no detector can say where the faces are: all of it blurred."""
+    out = image.copy()
+    _blur_region(out, 0, 0, out.shape[1], out.shape[0])
+    return out
+
+
+def encode_jpeg(image: np.ndarray, max_width: int, quality: int) -> tuple[bytes, int, int]:
+    """Downscale to ``max_width`` (keeping the aspect) and JPEG-encode: (bytes, width, height)."""
+    h, w = image.shape[:2]
+    if w > max_width:
+        image = cv2.resize(image, (max_width, max(1, round(h * max_width / w))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes(), image.shape[1], image.shape[0]
+
+
+def render_snapshot(image: np.ndarray, detector: Any | None, settings: SnapshotSettings) -> tuple[bytes, dict[str, Any]]:
+    """(JPEG bytes, metadata) for one frame; faces blurred unless ``settings.blur_faces`` is off.
+
+    ``detector`` None (or one whose ``state`` is not ``ok``) with blurring on blurs everything.
+    """
+    meta: dict[str, Any] = {"blur": "off", "faces_blurred": 0}
+    if settings.blur_faces:
+        if detector is None or str(getattr(detector, "state", "ok")) != "ok":
+            image, meta = blur_all(image), {"blur": "all", "faces_blurred": None}
+        else:
+            faces = detector.detect(image)
+            image, meta = blur_faces(image, faces), {"blur": "faces", "faces_blurred": len(faces)}
+    # Always, whatever blur_faces says: a readable health-code QR in the picture would send its raw
+    # payload to the board (drivers.codes.redact; the code privacy rule covers pictures too).
+    from drivers.codes.redact import redact_codes
+
+    image, codes_blanked = redact_codes(image)
+    jpeg, w, h = encode_jpeg(image, settings.max_width, settings.quality)
+    return jpeg, dict(meta, width=w, height=h, codes_blanked=codes_blanked)
+
+
+def snapshot_payload(jpeg: bytes, meta: dict[str, Any], identity: dict[str, str], ts: float) -> bytes:
+    body = {"schema": SCHEMA, **identity, "ts": round(ts, 3), "content_type": "image/jpeg", **meta,
+            "jpeg_b64": base64.b64encode(jpeg).decode("ascii")}
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def decode_snapshot(payload: bytes) -> tuple[bytes, dict[str, Any]]:
+    """(JPEG bytes, the other fields) of a ``snapshot`` payload; ValueError if it is not one."""
+    body = json.loads(payload)
+    if not isinstance(body, dict) or not isinstance(body.get("jpeg_b64"), str):
+        raise ValueError("not a snapshot payload")
+    jpeg = base64.b64decode(body.pop("jpeg_b64"), validate=True)
+    if not jpeg.startswith(b"\xff\xd8"):
+        raise ValueError("snapshot is not a JPEG")
+    return jpeg, body
+
+
+class LatestFrame:
+    """A pipeline frame tap that keeps only a reference to the newest frame (no copy, no work)."""
+
+    def __init__(self) -> None:
+        self._frame: VisibleFrame | None = None
+
+    def offer(self, frame: VisibleFrame) -> None:
+        self._frame = frame  # a single reference assignment: atomic, the camera thread never waits
+
+    def take(self) -> VisibleFrame | None:
+        return self._frame
+
+
+class SnapshotPublisher:
+    """Every ``interval_s``: newest frame → blurred JPEG → ``publish(payload)`` (retained, QoS 0).
+
+    ``publish`` returns False while the link is down; that snapshot is simply skipped.
+    """
+
+    def __init__(
+        self,
+        frames: LatestFrame,
+        detector: Any | None,
+        publish: Callable[[bytes], bool],
+        identity: dict[str, str],
+        settings: SnapshotSettings,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.frames = frames
+        self.detector = detector
+        self._publish = publish
+        self.identity = dict(identity)
+        self.settings = settings
+        self._wall = wall
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_seq: int | None = None
+        self.published = 0
+        self.skipped = 0
+        self.errors = 0
+        self.last_bytes = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="station-snapshots", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def stats(self) -> dict[str, int]:
+        return {"published": self.published, "skipped": self.skipped, "errors": self.errors, "last_bytes": self.last_bytes}
+
+    def publish_once(self) -> bool:
+        """One snapshot now (also used by tests); False when there is no new frame or no link."""
+        frame = self.frames.take()
+        if frame is None or frame.seq == self._last_seq:
+            self.skipped += 1  # camera stalled: re-sending the same picture tells the board nothing new
+            return False
+        jpeg, meta = render_snapshot(frame.image, self.detector, self.settings)
+        payload = snapshot_payload(jpeg, meta, self.identity, self._wall())
+        if not self._publish(payload):
+            self.skipped += 1
+            return False
+        self._last_seq = frame.seq
+        self.published += 1
+        self.last_bytes = len(jpeg)
+        return True
+
+    def _run(self) -> None:
+        log.info("snapshots started interval_s=%.1f max_width=%d blur_faces=%s", self.settings.interval_s,
+                 self.settings.max_width, self.settings.blur_faces)
+        # The first one soon after start, so a board sees the checkpoint without waiting a period.
+        wait = min(1.0, self.settings.interval_s)
+        while not self._stop.wait(wait):
+            wait = self.settings.interval_s
+            try:
+                self.publish_once()
+            except Exception:  # logged and counted; the next period tries again
+                self.errors += 1
+                log.exception("snapshot failed")
+        log.info("snapshots stopped %s", self.stats())
+
+
+def snapshot_topic(topic_prefix: str, site: str, station_id: str) -> str:
+    return f"{topic_prefix}/{site}/{station_id}/snapshot"
+
+
+def snapshots_for_app(app: Any) -> SnapshotPublisher:
+    """Wire snapshots into a started :class:`station.app.StationApp` (pipeline and publisher up)."""
+    from station.app import models_dir_for
+    from station.vision import build_face_detector
+
+    cfg = app.cfg
+    s = cfg.snapshots
+    settings = SnapshotSettings(s.interval_s, s.max_width, s.quality, s.blur_faces)
+    detector = None
+    if s.blur_faces:
+        # Its own instance with a lower threshold (see the module docstring); ultraface-320 is ~1 MB.
+        detector = build_face_detector(cfg.detector.face, models_dir_for(cfg),
+                                       score_threshold=min(SNAPSHOT_SCORE_THRESHOLD, cfg.detector.score_threshold), threads=1)
+        detector.warm_up()
+    frames = LatestFrame()
+    app.pipeline.frame_taps.append(frames.offer)
+    topic = snapshot_topic(cfg.mqtt.topic_prefix, cfg.station.site, cfg.station.id)
+    publisher = app.publisher
+
+    def publish(payload: bytes) -> bool:
+        return bool(publisher.publish_direct(topic, payload, qos=0, retain=True))
+
+    return SnapshotPublisher(frames, detector, publish, {"station_id": cfg.station.id, "site": cfg.station.site}, settings)

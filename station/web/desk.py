@@ -1,0 +1,271 @@
+"""What the operator page shows and does: status, alarms, live events, PIN-guarded actions.
+
+Live events (``decision``, ``alarm``, ``ack``, ``action``) are pushed to every connected page
+over server-sent events. The decision listener runs on the pipeline's executor thread, so it only
+formats the message and hands it to each subscriber's event loop (bounded queue; a stuck page
+loses old messages, never blocks the gate).
+
+Every action needs the operator PIN and is audited, carried out or refused, in
+``operator_actions`` plus an ``events/audit`` outbox message (``store.record_operator_action``).
+"open gate once" goes through the same audited path as the MQTT ``cmd/open-gate``
+(``station.commands.CommandHandlers.open_gate``: deadline, replay guard, ``gate_actions`` row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from station.commands import CommandError, CommandHandlers
+from station.pipeline import Decided
+from station.web.pin import PinGuard, verify_pin
+
+log = logging.getLogger("station.web.desk")
+
+OPEN_DEADLINE_S = 5.0  # the open-gate request is void if not carried out within this
+SUBSCRIBER_QUEUE = 64
+CLINICAL_RANGE_C = (30.0, 45.0)
+ACTIONS = ("ack", "open_gate", "recheck")
+
+
+class ActionRefused(Exception):
+    """An operator action was refused; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, reason: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.extra = extra
+
+
+@dataclass(frozen=True, slots=True)
+class DeskSettings:
+    language: str = "zh"
+    pin_hash: str = ""
+    pin_max_failures: int = 5
+    pin_lock_s: float = 60.0
+    overrides_per_min: int = 6
+    fever_threshold_c: float = 37.3
+    command_ttl_s: float = 0.5
+
+
+def decision_message(d: Decided) -> dict[str, Any]:
+    e = d.event
+    return {
+        "event_id": e.event_id, "ts": e.wall_ts, "decision": e.decision.value, "reason": e.reason,
+        "alarm": e.alarm, "temperature_c": e.temperature_c, "code_colour": e.code_colour.value if e.code_colour else None,
+        "code_status": e.code.get("status"),
+        "gate": {"action": d.gate.action.value, "executed": d.gate.executed, "reason": d.gate.reason},
+    }
+
+
+def start_of_today(now_wall: float) -> float:
+    """Local midnight: "today's counts" follow the clock on the wall where the operator stands."""
+    local = dt.datetime.fromtimestamp(now_wall).astimezone()
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+class OperatorDesk:
+    """The operator display's state and actions, independent of HTTP."""
+
+    def __init__(
+        self,
+        *,
+        store: Any,
+        gate: Any,
+        identity: dict[str, str],
+        settings: DeskSettings,
+        devices: Callable[[], dict[str, Any]],
+        direction_counts: Callable[[], dict[str, int]] = dict,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.identity = identity
+        self.settings = settings
+        self.devices = devices
+        self.direction_counts = direction_counts
+        self.monotonic = monotonic
+        self.wall = wall
+        self.guard = PinGuard(settings.pin_max_failures, settings.pin_lock_s, settings.overrides_per_min, monotonic)
+        # The very handlers that serve MQTT cmd/open-gate: one audited path for opening the gate.
+        self.commands = CommandHandlers(store=store, gate=gate, monotonic=monotonic, config_path=None,
+                                        data_dir=Path(store.path).parent, snapshot=self.status,
+                                        command_ttl_s=settings.command_ttl_s, wall=wall)
+        self.last: dict[str, Any] | None = None
+        last = store.last_event()
+        if last is not None:  # after a restart the page shows the last decision, not an empty lane
+            self.last = {k: last.get(k) for k in ("event_id", "ts", "decision", "reason", "alarm", "temperature_c", "code_colour")}
+        self._subs: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[str | None]]] = set()
+        self._lock = threading.Lock()
+        self.viewer_seen = threading.Event()  # set when the first page connects (the demo waits for it)
+        self.published = 0
+        self.lost = 0
+
+    # -- live events ------------------------------------------------------------------------------
+    def subscribe(self) -> asyncio.Queue[str | None]:
+        q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
+        with self._lock:
+            self._subs.add((asyncio.get_running_loop(), q))
+        self.viewer_seen.set()
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[str | None]) -> None:
+        with self._lock:
+            self._subs = {s for s in self._subs if s[1] is not q}
+
+    def subscribers(self) -> int:
+        with self._lock:
+            return len(self._subs)
+
+    def publish(self, kind: str, data: dict[str, Any]) -> None:
+        """Send one SSE message to every page; callable from any thread."""
+        text = f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"
+        self._fan_out(text)
+
+    def close(self) -> None:
+        """End every SSE stream (the server is stopping)."""
+        self._fan_out(None)
+
+    def _fan_out(self, item: str | None) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        self.published += 1
+        for loop, q in subs:
+            try:
+                loop.call_soon_threadsafe(self._put, q, item)
+            except RuntimeError:  # that page's loop is gone (server stopped): nothing to deliver to
+                self.unsubscribe(q)
+
+    def _put(self, q: asyncio.Queue[str | None], item: str | None) -> None:
+        if q.full():  # a stalled page: drop its oldest message, keep the newest
+            q.get_nowait()
+            self.lost += 1
+        q.put_nowait(item)
+
+    def on_decided(self, d: Decided) -> None:
+        """Pipeline listener (executor thread): remember and broadcast the decision."""
+        msg = decision_message(d)
+        self.last = msg
+        self.publish("decision", msg)
+        if d.event.alarm:
+            self.publish("alarm", {**msg, "ack": None})
+
+    # -- reads ------------------------------------------------------------------------------------
+    def counts_today(self) -> dict[str, Any]:
+        by = self.store.counts(since_ts=start_of_today(self.wall()))
+        return {
+            "total": sum(by.values()),
+            "pass": by.get("pass", 0),
+            "deny": by.get("deny_fever", 0) + by.get("deny_code", 0),
+            "fever": by.get("deny_fever", 0),
+            "retry": by.get("retry", 0),
+            "manual_check": by.get("manual_check", 0),
+            "by_decision": by,
+            **{f"direction_{k}": v for k, v in self.direction_counts().items()},
+        }
+
+    def alarms(self, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self.store.alarms(limit=limit, since_ts=start_of_today(self.wall())))
+
+    def status(self) -> dict[str, Any]:
+        alarms = self.alarms()
+        return {
+            "station": dict(self.identity),
+            "ui": {"language": self.settings.language, "pin_configured": bool(self.settings.pin_hash),
+                   "fever_threshold_c": self.settings.fever_threshold_c},
+            "devices": self.devices(),
+            "counts": self.counts_today(),
+            "last_decision": self.last,
+            "alarms": alarms,
+            "unacknowledged": sum(1 for a in alarms if a["ack"] is None),
+            "pin_locked_s": round(self.guard.locked_for(), 1),
+            "ts": self.wall(),
+        }
+
+    # -- actions ----------------------------------------------------------------------------------
+    def _authorise(self, action: str, operator: str, pin: str, event_id: str | None, override: bool) -> None:
+        """Refuse (audited) unless the PIN is right and the budgets allow; the PIN is never recorded."""
+
+        def refuse(status: int, reason: str, message: str, **extra: Any) -> ActionRefused:
+            self.store.record_operator_action(action, operator, False, reason, event_id=event_id, detail=extra)
+            log.warning("operator action refused action=%s operator=%s reason=%s", action, operator, reason)
+            self.publish("action", {"action": action, "operator": operator, "ok": False, "reason": reason})
+            return ActionRefused(status, reason, message, **extra)
+
+        locked = self.guard.locked_for()
+        if locked > 0:
+            raise refuse(429, "locked", f"too many wrong PINs: locked for {math.ceil(locked)} s", retry_after_s=math.ceil(locked))
+        if not self.settings.pin_hash:
+            raise refuse(403, "no_pin_configured", "no operator PIN is configured on this station (http.pin_hash)")
+        if not verify_pin(pin, self.settings.pin_hash):
+            left = self.guard.failed()
+            if left == 0:
+                raise refuse(403, "wrong_pin", f"wrong PIN; locked for {self.settings.pin_lock_s:.0f} s", attempts_left=0)
+            raise refuse(403, "wrong_pin", f"wrong PIN; {left} attempts left", attempts_left=left)
+        self.guard.succeeded()
+        if override and not self.guard.take_override():
+            raise refuse(429, "rate_limited", f"at most {self.settings.overrides_per_min} overrides per minute")
+
+    @staticmethod
+    def _who(operator: str) -> str:
+        who = " ".join(str(operator).split())[:40]
+        return who or "operator"
+
+    def acknowledge(self, event_id: str, operator: str, pin: str) -> dict[str, Any]:
+        who = self._who(operator)
+        event = self.store.event(event_id)
+        if event is None or not event.get("alarm"):
+            raise ActionRefused(404, "no_such_alarm", f"no alarm with event id {event_id!r}")
+        self._authorise("ack", who, pin, event_id, override=False)
+        rowid = self.store.record_operator_action("ack", who, True, "ok", event_id=event_id)
+        ack = {"event_id": event_id, "operator": who, "ts": self.wall(), "audit_row": rowid}
+        log.info("alarm acknowledged event_id=%s operator=%s", event_id, who)
+        self.publish("ack", ack)
+        return ack
+
+    def open_gate(self, operator: str, pin: str) -> dict[str, Any]:
+        who = self._who(operator)
+        self._authorise("open_gate", who, pin, None, override=True)
+        corr = f"operator-{uuid.uuid4().hex}"
+        request = {"id": corr, "deadline": self.wall() + OPEN_DEADLINE_S,
+                   "args": {"operator": who, "source": "operator-display"}}
+        try:
+            result = self.commands.open_gate(request)
+            ok, reason = True, "ok"
+        except CommandError as exc:
+            result, ok, reason = {"executed": False, "audit_id": f"cmd:{corr}"}, False, str(exc)
+        rowid = self.store.record_operator_action("open_gate", who, ok, reason, detail={"gate_audit_id": f"cmd:{corr}"})
+        self.publish("action", {"action": "open_gate", "operator": who, "ok": ok, "reason": reason})
+        if not ok:
+            raise ActionRefused(409, "gate_refused", reason, audit_row=rowid)
+        return {**result, "operator": who, "audit_row": rowid}
+
+    def recheck(self, event_id: str, clinical_c: Any, operator: str, pin: str) -> dict[str, Any]:
+        who = self._who(operator)
+        event = self.store.event(event_id)
+        if event is None:
+            raise ActionRefused(404, "no_such_event", f"no screening with event id {event_id!r}")
+        if isinstance(clinical_c, bool) or not isinstance(clinical_c, (int, float)) or not math.isfinite(clinical_c):
+            raise ActionRefused(400, "bad_value", "clinical_c must be a number (°C)")
+        lo, hi = CLINICAL_RANGE_C
+        if not lo <= clinical_c <= hi:
+            raise ActionRefused(400, "bad_value", f"clinical_c must be within {lo}-{hi} °C")
+        self._authorise("recheck", who, pin, event_id, override=True)
+        detail = {"clinical_c": round(float(clinical_c), 2), "station_c": event.get("temperature_c"),
+                  "decision": event.get("decision"), "fever": clinical_c >= self.settings.fever_threshold_c}
+        rowid = self.store.record_operator_action("recheck", who, True, "ok", event_id=event_id, detail=detail)
+        log.warning("reading re-checked with a clinical thermometer event_id=%s operator=%s clinical_c=%.2f station_c=%s",
+                    event_id, who, clinical_c, event.get("temperature_c"))
+        self.publish("action", {"action": "recheck", "operator": who, "ok": True, "event_id": event_id, **detail})
+        return {"event_id": event_id, "operator": who, "audit_row": rowid, **detail}

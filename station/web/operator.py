@@ -1,0 +1,239 @@
+"""The operator display's web app (Starlette) and its server (uvicorn on a daemon thread).
+
+Endpoints: ``GET /`` the page; ``GET /api/status`` station, devices, today's counts, last
+decision, alarms; ``GET /api/events/stream`` server-sent events; ``GET /api/live.mjpeg`` the live
+picture; ``POST /api/alarms/{event_id}/ack``, ``POST /api/override/open-gate``,
+``POST /api/override/recheck`` (JSON with ``operator`` and ``pin``); ``GET /healthz``.
+
+The server runs in the daemon's process so the page needs no second service: uvicorn's own event
+loop on one thread, the socket bound by us first so a busy port is a logged error (the gate keeps
+working without its display) rather than uvicorn calling ``sys.exit`` on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from station.web.desk import ActionRefused, DeskSettings, OperatorDesk
+from station.web.live import BOUNDARY, LiveView
+
+log = logging.getLogger("station.web")
+
+STATIC = Path(__file__).with_name("static")
+SSE_RETRY_MS = 2000  # EventSource reconnects this soon after the daemon restarts
+HEARTBEAT_S = 2.0  # a status message this often keeps counts fresh and proxies from timing out
+
+
+def create_app(desk: OperatorDesk, live: LiveView | None = None) -> Starlette:
+    """The Starlette app for one station's operator page."""
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)  # no icon on a kiosk; keeps the browser log clean
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(desk.status))
+
+    async def events(request: Request) -> Response:
+        queue = desk.subscribe()
+
+        async def stream() -> Any:
+            try:
+                yield f"retry: {SSE_RETRY_MS}\n\n"
+                yield f"event: status\ndata: {json.dumps(await run_in_threadpool(desk.status), default=str)}\n\n"
+                while True:
+                    try:
+                        item = await asyncio.wait_for(queue.get(), timeout=HEARTBEAT_S)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        item = f"event: status\ndata: {json.dumps(await run_in_threadpool(desk.status), default=str)}\n\n"
+                    if item is None:  # the server is stopping
+                        return
+                    yield item
+            finally:
+                desk.unsubscribe(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def mjpeg(request: Request) -> Response:
+        if live is None:
+            return JSONResponse({"error": "no live picture on this station"}, status_code=404)
+        return StreamingResponse(live.stream(), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+                                 headers={"Cache-Control": "no-cache, no-store"})
+
+    async def body(request: Request) -> dict[str, Any]:
+        # JSON only: a cross-site form or text/plain POST cannot carry it without a CORS preflight,
+        # which this app never grants.
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise ActionRefused(415, "bad_request", "send the request as application/json")
+        try:
+            data = await request.json()
+        except ValueError:
+            raise ActionRefused(400, "bad_request", "the request body must be JSON") from None
+        if not isinstance(data, dict):
+            raise ActionRefused(400, "bad_request", "the request body must be a JSON object")
+        return data
+
+    def refused(exc: ActionRefused) -> Response:
+        return JSONResponse({"ok": False, "reason": exc.reason, "error": str(exc), **exc.extra}, status_code=exc.status)
+
+    async def ack(request: Request) -> Response:
+        try:
+            data = await body(request)
+            out = await run_in_threadpool(desk.acknowledge, request.path_params["event_id"], str(data.get("operator", "")),
+                                          str(data.get("pin", "")))
+        except ActionRefused as exc:
+            return refused(exc)
+        return JSONResponse({"ok": True, **out})
+
+    async def open_gate(request: Request) -> Response:
+        try:
+            data = await body(request)
+            out = await run_in_threadpool(desk.open_gate, str(data.get("operator", "")), str(data.get("pin", "")))
+        except ActionRefused as exc:
+            return refused(exc)
+        return JSONResponse({"ok": True, **out})
+
+    async def recheck(request: Request) -> Response:
+        try:
+            data = await body(request)
+            out = await run_in_threadpool(desk.recheck, str(data.get("event_id", "")), data.get("clinical_c"),
+                                          str(data.get("operator", "")), str(data.get("pin", "")))
+        except ActionRefused as exc:
+            return refused(exc)
+        return JSONResponse({"ok": True, **out})
+
+    routes = [
+        Route("/", page),
+        Route("/kiosk", page),
+        Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
+        Route("/api/status", status),
+        Route("/api/events/stream", events),
+        Route("/api/live.mjpeg", mjpeg),
+        Route("/api/alarms/{event_id}/ack", ack, methods=["POST"]),
+        Route("/api/override/open-gate", open_gate, methods=["POST"]),
+        Route("/api/override/recheck", recheck, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+class OperatorServer:
+    """uvicorn serving the operator app on its own thread; ``stop()`` ends streams and joins."""
+
+    def __init__(self, desk: OperatorDesk, live: LiveView | None, listen: str, port: int) -> None:
+        import uvicorn
+
+        self.desk = desk
+        self.live = live
+        self.app = create_app(desk, live)
+        family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((listen, port))
+            self.sock.listen(64)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.set_inheritable(True)
+        self.port = int(self.sock.getsockname()[1])
+        host = f"[{listen}]" if family == socket.AF_INET6 else listen
+        self.url = f"http://{host}:{self.port}/"
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=2, ws="none")
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.live is not None:
+            self.live.start()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])),
+                                        name="station-web", daemon=True)
+        self._thread.start()
+        log.info("operator display serving url=%s", self.url)
+
+    def stop(self) -> None:
+        self.desk.close()  # SSE streams end now instead of at uvicorn's graceful timeout
+        if self.live is not None:
+            self.live.stop()  # MJPEG streams end with the encoder
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10.0)
+            if self._thread.is_alive():
+                log.error("operator display did not stop")
+        self.sock.close()
+
+
+def start_operator_display(app: Any) -> OperatorServer | None:
+    """Wire the display to a started :class:`station.app.StationApp`; None (logged) if it cannot bind."""
+    cfg, pipeline = app.cfg, app.pipeline
+    h = cfg.http
+    try:
+        loopback = ipaddress.ip_address(h.listen).is_loopback
+    except ValueError:
+        loopback = h.listen == "localhost"
+    if not loopback:
+        log.warning("operator display listens beyond this box listen=%s: actions still need the PIN", h.listen)
+
+    def devices() -> dict[str, Any]:
+        s = app.runtime_status()
+        pump = s.get("outbox_pump") or {}
+        return {
+            "lane_state": s.get("lane_state"),
+            "thermal": s.get("thermal", {}).get("state"),
+            "camera": s.get("camera", {}).get("state"),
+            "detector": s.get("detector"),
+            "mqtt": s.get("mqtt_state") or ("off" if s.get("mqtt_connected") is None else "connected" if s.get("mqtt_connected") else "offline"),
+            "outbox_pending": app.store.outbox_stats().get("pending"),
+            "outbox_pump": pump.get("state") if isinstance(pump, dict) else None,
+            "live": live.stats(),
+            "uptime_s": s.get("uptime_s"),
+        }
+
+    settings = DeskSettings(
+        language=h.language, pin_hash=h.pin_hash, pin_max_failures=h.pin_max_failures, pin_lock_s=h.pin_lock_s,
+        overrides_per_min=h.overrides_per_min, fever_threshold_c=cfg.screening.fever_threshold_c,
+        command_ttl_s=cfg.gate.command_ttl_s,
+    )
+    desk = OperatorDesk(
+        store=app.store, gate=pipeline.gate,
+        identity={"site": cfg.station.site, "id": cfg.station.id, "lane": cfg.station.lane},
+        settings=settings, devices=devices, direction_counts=lambda: dict(pipeline.lane.directions.counts),
+        monotonic=app.clock.monotonic, wall=app.clock.wall,
+    )
+    live = LiveView(np.array(cfg.thermal.registration, dtype=np.float64), fps=h.mjpeg_fps, width=h.mjpeg_width)
+    try:
+        server = OperatorServer(desk, live, h.listen, h.port)
+    except OSError as exc:
+        log.error("operator display not started: cannot listen listen=%s port=%s error=%s", h.listen, h.port, exc)
+        return None
+    pipeline.frame_taps.append(live.offer_frame)
+    pipeline.face_taps.append(live.offer_faces)
+    pipeline.thermal_taps.append(live.offer_thermal)
+    pipeline.add_listener(desk.on_decided)
+    server.start()
+    return server
