@@ -146,6 +146,20 @@ class SceneDirector:
         self._current: _Slot | None = None
         self._empty_until = clock() + timing.gap_s / 2.0
         self.outcomes: list[tuple[ScenePerson, str]] = []
+        self._held = False
+
+    def hold(self) -> None:
+        """Nobody walks up until :meth:`release` (``station demo --wait-for-page``)."""
+        with self._lock:
+            self._held = True
+
+    def release(self, now: float | None = None) -> None:
+        """Let the queue start walking up now (after the usual half gap)."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            if self._held:
+                self._held = False
+                self._empty_until = max(self._empty_until, now + self.timing.gap_s / 2.0)
 
     # -- sensors' side ------------------------------------------------------------------------
     def state(self, now: float | None = None) -> SceneState:
@@ -181,7 +195,7 @@ class SceneDirector:
         now = self._clock() if now is None else now
         with self._lock:
             self._advance(now)
-            return self._current is None and self._next_index >= len(self.people) and now >= self._empty_until
+            return not self._held and self._current is None and self._next_index >= len(self.people) and now >= self._empty_until
 
     def _advance(self, now: float) -> None:
         slot = self._current
@@ -191,6 +205,6 @@ class SceneDirector:
                 self._current = None
                 self._empty_until = now + self.timing.gap_s
             return
-        if now >= self._empty_until and self._next_index < len(self.people):
+        if not self._held and now >= self._empty_until and self._next_index < len(self.people):
             self._current = _Slot(self.people[self._next_index], entered_t=now)
             self._next_index += 1

@@ -69,18 +69,60 @@ def build_detector(cfg: StationConfig) -> FaceDetector:
 
 
 def build_reader(cfg: StationConfig) -> CodeReader:
-    from drivers.codes.pyzbar_reader import PyzbarReader
+    c = cfg.codes
+    reader: CodeReader
+    if c.reader == "cascade":
+        from drivers.codes.cascade import CascadeReader
 
-    return PyzbarReader(max_side=cfg.codes.decode_max_side)
+        reader = CascadeReader(max_side=c.decode_max_side)
+    elif c.reader == "zxing":
+        from drivers.codes.zxing_reader import ZxingReader
+
+        reader = ZxingReader(max_side=c.decode_max_side)
+    elif c.reader == "opencv":
+        from drivers.codes.opencv_reader import OpenCvReader
+
+        reader = OpenCvReader(max_side=c.decode_max_side)
+    else:
+        from drivers.codes.pyzbar_reader import PyzbarReader
+
+        reader = PyzbarReader(max_side=c.decode_max_side)
+    if c.track:
+        from drivers.codes.code_tracker import TrackingReader
+
+        # An unchanged code is not decoded again every frame; see drivers/codes/code_tracker.py.
+        reader = TrackingReader(reader, max_reuse=c.track_max_reuse)
+    return reader
 
 
-def build_verifiers(cfg: StationConfig) -> list[CodeVerifier]:
+def build_verifiers(cfg: StationConfig, data_dir: Path | None = None) -> list[CodeVerifier]:
+    """The configured verifiers in order, wrapped in the guards (salted hash, replay) as one judge.
+
+    With ``data_dir`` the salt, the replay memory and pushed trust lists live there; without it
+    (CLI tools) the salt is per process and nothing is remembered."""
+    from drivers.codes.guards import CodeJudge, SeenCodes, holder_ref_fn, station_salt
+    from drivers.codes.hc1 import Hc1Verifier
     from drivers.codes.local_claims import LocalClaimsVerifier
+    from drivers.codes.online import OnlineVerifier
+    from drivers.codes.screen_colour import ScreenColourVerifier
+    from drivers.codes.trust_list import TrustStore
 
+    c = cfg.codes
+    salt = station_salt(data_dir)
     factories: dict[str, Callable[[], CodeVerifier]] = {
-        "local-claims": lambda: LocalClaimsVerifier(max_clock_skew_s=cfg.codes.max_clock_skew_s),
+        "hc1": lambda: Hc1Verifier(TrustStore(data_dir, Path(c.trust_list_file) if c.trust_list_file else None),
+                                   max_clock_skew_s=c.max_clock_skew_s, dynamic_grace_s=c.dynamic_grace_s,
+                                   holder_ref=holder_ref_fn(salt)),
+        "online": lambda: OnlineVerifier(f"{cfg.mqtt.topic_prefix}/{cfg.station.site}/{cfg.station.id}",
+                                         timeout_s=c.online_timeout_s,
+                                         identity={"station_id": cfg.station.id, "site": cfg.station.site}),
+        "screen-colour": ScreenColourVerifier,
+        "local-claims": lambda: LocalClaimsVerifier(max_clock_skew_s=c.max_clock_skew_s),
     }
-    return [factories[name]() for name in cfg.codes.verifiers]
+    seen = SeenCodes(data_dir / "codes" / "seen.sqlite3") if data_dir is not None else SeenCodes(None)
+    judge = CodeJudge([factories[name]() for name in c.verifiers], salt=salt, seen=seen,
+                      replay_window_s=c.replay_window_s, replay_grace_s=c.replay_grace_s)
+    return [judge]
 
 
 def build_thermal(cfg: StationConfig) -> ThermalSource:
@@ -213,6 +255,9 @@ class StationApp:
         self.detector_state = "not started"
         self.plates: Any = None  # the vehicle lane's plate thread (vehicle.mode = "vehicle")
         self.plate_state = "off"
+        self.retention: Any = None  # station.retention.RetentionThread, once started
+        self.control: Any = None  # station.control.ControlServer, once started
+        self.http: Any = None  # station.web.operator.OperatorServer (http.enabled), once started
 
     @property
     def db_path(self) -> Path:
@@ -257,7 +302,9 @@ class StationApp:
         self.detector_state = detector_state(detector)
         log.info("detector warm detector=%s warmup_ms=%.1f", detector.name, self.warmup_ms)
         reader = build_reader(cfg)
-        verifiers = build_verifiers(cfg)
+        verifiers = build_verifiers(cfg, self.data_dir)
+        self.code_verifiers = verifiers  # the online verifier is attached to the MQTT link in _start_sync
+        self._push("code-verifiers", lambda: [getattr(v, "close", lambda: None)() for v in verifiers])
 
         self.notifier.status("opening thermal camera")
         thermal = self.injected.thermal or build_thermal(cfg)
@@ -303,6 +350,13 @@ class StationApp:
 
         if cfg.mqtt.url:
             self._start_sync()
+        if cfg.http.enabled:
+            # The operator display; a port it cannot bind is logged, never fatal (the gate works without it).
+            from station.web.operator import start_operator_display
+
+            self.http = start_operator_display(self)
+            if self.http is not None:
+                self._push("http", self.http.stop)
 
         self._status_stop = threading.Event()
         status_thread = threading.Thread(target=self._status_loop, name="station-status", daemon=True)
@@ -314,6 +368,16 @@ class StationApp:
             clear_runtime_status(self.data_dir)
 
         self._push("status", stop_status)
+
+        # Retention purge thread and the local control socket for stationctl (docs/stationctl.md).
+        from station.control import start_control
+        from station.retention import start_retention
+
+        self.retention = start_retention(self)
+        self._push("retention", self.retention.stop)
+        self.control = start_control(self)
+        if self.control is not None:
+            self._push("control", self.control.stop)
 
         self.ready_t = self.clock.monotonic()
         link = thermal.stats().get("state")
@@ -367,7 +431,17 @@ class StationApp:
 
         self.link = link_for_app(self)
         self.link.start()
+        for judge in getattr(self, "code_verifiers", []):
+            for verifier in getattr(judge, "verifiers", []):
+                if hasattr(verifier, "attach"):  # online code look-ups ride the station's own link
+                    verifier.attach(self.publisher)
         self._push("mqtt-link", self.link.stop)
+        if cfg.snapshots.enabled:  # the board's live picture (station.snapshots), only with a broker
+            from station.snapshots import snapshots_for_app
+
+            self.snapshots = snapshots_for_app(self)
+            self.snapshots.start()
+            self._push("snapshots", self.snapshots.stop)
 
     def runtime_status(self) -> dict[str, Any]:
         p = self.pipeline
@@ -386,6 +460,7 @@ class StationApp:
             "mqtt_state": self.publisher.state if self.publisher else None,  # e.g. auth_failed
             "outbox_pump": self.pump.stats() if self.pump else None,
             "uptime_s": round(self.clock.monotonic() - (self.started_t or 0.0), 1),
+            "http": self.http.url if self.http is not None else None,
         }
 
     def _status_loop(self) -> None:

@@ -25,11 +25,9 @@ refused as a replay, across restarts too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -46,7 +44,7 @@ MAX_OPEN_WINDOW_S = 60.0
 """An open-gate deadline further ahead than this is refused: it would make the request replayable
 for too long."""
 
-TRUST_LIST_DIR = "trust-list"
+TRUST_LIST_DIR = "trust-list"  # same folder as drivers.codes.trust_list.TRUST_DIR
 
 
 def dumps(value: Any) -> bytes:
@@ -111,6 +109,7 @@ class CommandHandlers:
         snapshot: Callable[[], dict[str, Any]],
         command_ttl_s: float = 0.5,
         wall: Callable[[], float] = time.time,
+        trust_list_signer: Path | None = None,
     ) -> None:
         self.store = store
         self.gate = gate
@@ -120,6 +119,7 @@ class CommandHandlers:
         self.data_dir = data_dir
         self.snapshot_fn = snapshot
         self.command_ttl_s = command_ttl_s
+        self.trust_list_signer = trust_list_signer  # PEM key/cert that must have signed a pushed trust list
         self.started_wall = wall()
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "ping": self.ping,
@@ -172,32 +172,28 @@ class CommandHandlers:
                 "applied": False, "note": "takes effect at the next restart (live reload is not implemented)"}
 
     def trust_list(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Replace the HC1 trust list: accepted only when signed by the configured trust-list signer
+        and newer than the stored version; on any refusal the old list stays in use. The running
+        verifier picks the new list up at its next code (drivers.codes.trust_list.TrustStore)."""
+        from drivers.codes.trust_list import TrustListError, accept_push, load_signer_key
+
         args = self._args(request)
         version, document = args.get("version"), args.get("document")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise CommandError("args.version must be an integer >= 1")
         if not isinstance(document, dict):
             raise CommandError("args.document must be a JSON object")
-        folder = self.data_dir / TRUST_LIST_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        current = folder / "current.json"
-        if current.exists():
-            have = int(json.loads(current.read_text(encoding="utf-8")).get("version", 0))
-            if version <= have:
-                raise CommandError(f"version {version} is not newer than the stored version {have}")
-        body = {"version": version, "received_at": self.wall(), "signature_verified": False, "document": document}
-        data = json.dumps(body, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
-        for target in (folder / f"v{version}.json", current):
-            tmp = target.with_name(target.name + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        log.info("trust list stored version=%d bytes=%d", version, len(data))
-        return {"version": version, "stored": str(folder / f"v{version}.json"),
-                "sha256": hashlib.sha256(data).hexdigest(), "signature_verified": False,
-                "note": "stored, not yet used: signature verification comes with the signed-code verifier (a later issue)"}
+        if document.get("version") != version:
+            raise CommandError("args.version differs from the signed document.version; the old list is kept")
+        if self.trust_list_signer is None:
+            raise CommandError("no trust-list signer configured (codes.trust_list_signer_file); the old list is kept")
+        try:
+            signer = load_signer_key(self.trust_list_signer)
+            result = accept_push(self.data_dir, document, signer, self.wall())
+        except (TrustListError, OSError, ValueError) as exc:
+            log.warning("trust list refused version=%s id=%s error=%s", version, request.get("id"), exc)
+            raise CommandError(f"trust list refused, the old list is kept: {exc}") from None
+        return {**result, "signature_verified": True}
 
     def resident_plates(self, request: dict[str, Any]) -> dict[str, Any]:
         """Replace the resident plate list: every entry validated first (one bad plate refuses the
@@ -411,6 +407,11 @@ class StationLink:
 # ------------------------------------------------------------------------------------------ wiring
 
 
+def _local_midnight(now: float | None = None) -> float:
+    t = time.localtime(time.time() if now is None else now)
+    return time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
+
+
 def link_for_app(app: Any) -> StationLink:
     """The link for a started :class:`station.app.StationApp` (store, pipeline, publisher, pump)."""
     cfg = app.cfg
@@ -442,7 +443,9 @@ def link_for_app(app: Any) -> StationLink:
                 "last_temperature_c": event.temperature_c if event else None,
                 "last_event_id": event.event_id if event else None,
                 "alarm": bool(event.alarm) if event else False,
-                "count_total": sum(store.counts().values())}
+                "count_total": sum(store.counts().values()),
+                # Decisions since local midnight: what the command-centre board shows per station.
+                "count_today": sum(store.counts(since_ts=_local_midnight()).values())}
 
     def outbox() -> dict[str, Any]:
         stats = dict(store.outbox_stats())
@@ -460,6 +463,7 @@ def link_for_app(app: Any) -> StationLink:
     handlers = CommandHandlers(
         store=store, gate=pipeline.gate, monotonic=app.clock.monotonic, config_path=getattr(app, "config_path", None),
         data_dir=app.data_dir, snapshot=snapshot, command_ttl_s=cfg.gate.command_ttl_s,
+        trust_list_signer=Path(cfg.codes.trust_list_signer_file) if cfg.codes.trust_list_signer_file else None,
     )
     link = StationLink(
         publisher, base, {"station_id": cfg.station.id, "site": cfg.station.site},

@@ -169,9 +169,20 @@ class DirectionSection(Section):
 
 
 class CodesSection(Section):
-    reader: Literal["pyzbar"] = "pyzbar"
-    verifiers: list[Literal["local-claims"]] = Field(default_factory=lambda: ["local-claims"], min_length=1)
+    reader: Literal["cascade", "zxing", "pyzbar", "opencv"] = Field(
+        "cascade", description="cascade: zxing-cpp, then an upscaled pass where it failed (best in bench/qr.py) | zxing | pyzbar | opencv")
+    track: bool = Field(True, description="Skip decoding while the last code's region is unchanged (decode again when it changes)")
+    track_max_reuse: int = Field(15, ge=0, le=1000, description="Decode anyway after this many frames answered from the tracked code")
+    verifiers: list[Literal["hc1", "online", "screen-colour", "local-claims"]] = Field(
+        default_factory=lambda: ["hc1", "online"], min_length=1,
+        description="Tried in order; the first that knows the code's format judges it")
     max_clock_skew_s: float = Field(300.0, ge=0.0, le=86400.0)
+    trust_list_file: str = Field("", description="HC1 signer certificates (JSON); a list pushed over MQTT replaces it")
+    trust_list_signer_file: str = Field("", description="PEM public key/cert that signs pushed trust lists; empty = pushes refused")
+    dynamic_grace_s: float = Field(30.0, ge=0.0, le=3600.0, description="A dynamic code older than its refresh period plus this is a screenshot")
+    replay_window_s: float = Field(86400.0, ge=0.0, le=30 * 86400.0, description="A valid code used again within this is a replay; 0 = off")
+    replay_grace_s: float = Field(20.0, ge=0.0, le=600.0, description="Re-reads of the same code within this of its first use are not replays")
+    online_timeout_s: float = Field(1.5, gt=0.0, le=10.0, description="Online code look-up timeout; then manual_check")
     decode_max_side: int = Field(640, ge=160, le=4096, description="Frames are downscaled to this before decoding")
 
 
@@ -224,8 +235,42 @@ class MqttSection(Section):
         return self
 
 
+class RetentionSection(Section):
+    """How long personal data stays on the box; the daemon purges hourly (station/retention.py)."""
+
+    events_days: int = Field(90, ge=1, le=3650, description="Screening and vehicle events older than this are deleted (never while their MQTT message is undelivered)")
+    face_crops_days: int = Field(7, ge=0, le=3650, description="Face crops (<data_dir>/crops) older than this are deleted; 0 = keep none")
+    interval_s: float = Field(3600.0, ge=60.0, le=86400.0, description="How often the daemon runs the purge")
+
+
+class SnapshotsSection(Section):
+    """Small JPEG of the latest camera frame for the command-centre board (MQTT `snapshot`, retained, QoS 0)."""
+
+    enabled: bool = Field(True, description="Publish snapshots while MQTT is configured")
+    interval_s: float = Field(5.0, ge=1.0, le=3600.0, description="Seconds between snapshots")
+    max_width: int = Field(320, ge=80, le=1920, description="Snapshots are downscaled to at most this width")
+    quality: int = Field(70, ge=20, le=95, description="JPEG quality")
+    blur_faces: bool = Field(True, description="Blur every detected face (generously); false only where the site allows identifiable pictures")
+
+
+class HttpSection(Section):
+    """The operator display (station/web): the lane's touch-screen page, served by the daemon itself."""
+
+    enabled: bool = Field(False, description="Serve the operator page (the kiosk unit shows it on the box's display)")
+    listen: str = Field("127.0.0.1", pattern=r"^[0-9A-Za-z.:-]{1,64}$", description="Bind address; 127.0.0.1 = only this box's kiosk")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 = any free port")
+    language: Literal["zh", "en"] = Field("zh", description="The page's language until the operator toggles it")
+    mjpeg_fps: float = Field(5.0, gt=0.0, le=30.0, description="Live picture frame rate cap (one encoder shared by every viewer)")
+    mjpeg_width: int = Field(640, ge=160, le=1920, description="Live picture width in pixels")
+    pin_hash: str = Field("", pattern=r"^$|^pbkdf2_sha256\$\d+\$[0-9a-f]+\$[0-9a-f]+$", description="Salted hash of the operator PIN (python -m station.web.pin); empty = PIN actions refused")
+    pin_max_failures: int = Field(5, ge=1, le=100, description="Wrong PINs in a row before PIN actions are locked")
+    pin_lock_s: float = Field(60.0, ge=1.0, le=3600.0, description="How long that lock lasts")
+    overrides_per_min: int = Field(6, ge=1, le=120, description="Manual overrides (open gate, re-check) allowed per minute")
+
+
 class LoggingSection(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    file: str = Field("", description="Also append logs to this file (for hosts without journald); empty = stderr only")
 
 
 class StationConfig(Section):
@@ -240,6 +285,9 @@ class StationConfig(Section):
     codes: CodesSection = Field(default_factory=CodesSection)
     gate: GateSection = Field(default_factory=GateSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
+    snapshots: SnapshotsSection = Field(default_factory=SnapshotsSection)
+    http: HttpSection = Field(default_factory=HttpSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from drivers.codes.local_claims import encode_claims
+from drivers.codes.issuer import demo_issuer, write_demo_trust_list
 from drivers.scene import SceneDirector, SceneGeometry, ScenePerson, SceneTiming
 from station.app import Injected, StationApp
 from station.config import StationConfig
@@ -77,14 +77,16 @@ def expected_decision(c: Casting, cfg: StationConfig) -> Decision:
 
 
 def cast_people(n: int, cfg: StationConfig, now_wall: float) -> list[ScenePerson]:
+    # Real signed HC1 codes (ES256) from the DEMO ONLY issuer, whose key is public: a demo, not a credential.
+    issuer = demo_issuer()
     people = []
     for i in range(n):
         c = CAST[i % len(CAST)]
         payload: bytes | None
         if c.payload_kind == "valid" and c.colour is not None:
-            payload = encode_claims(c.colour, int(now_wall) - 600, int(now_wall) + 86400, f"demo-person-{i}")
+            payload = issuer.issue(c.colour, iat=int(now_wall) - 600, exp=int(now_wall) + 86400, holder=f"demo-person-{i}").encode()
         elif c.payload_kind == "expired" and c.colour is not None:
-            payload = encode_claims(c.colour, int(now_wall) - 3 * 86400, int(now_wall) - 2 * 86400, f"demo-person-{i}")
+            payload = issuer.issue(c.colour, iat=int(now_wall) - 3 * 86400, exp=int(now_wall) - 2 * 86400, holder=f"demo-person-{i}").encode()
         elif c.payload_kind == "garbage":
             payload = b"https://pay.example/qr/7F3A9C21"
         else:
@@ -125,6 +127,7 @@ class DemoRun:
         on_decided: Callable[[ScenePerson | None, Decided], None] | None = None,
         seed: int = 7,
         thermal_link: tuple[int, float] = (DEMO_BAUD, DEMO_REFRESH_HZ),  # (baud, Hz) of the emulated module
+        wait_for_page: bool = False,  # with http.enabled: nobody walks up until the operator page is open
     ) -> None:
         from drivers.camera.scene_camera import SceneCamera
         from drivers.thermal.emulator import GyMcu90640Emulator
@@ -143,7 +146,12 @@ class DemoRun:
             ThermalSceneRenderer(self.director, seed=seed), baud=thermal_link[0], refresh_hz=thermal_link[1]
         )
         self.camera = SceneCamera(self.director, fps=self.cfg.camera.fps, seed=seed)
+        self.waiting_for_page = wait_for_page and self.cfg.http.enabled
+        if self.waiting_for_page:
+            self.director.hold()
         self.data_dir = data_dir
+        if not self.cfg.codes.trust_list_file:  # the demo issuer's trust list, beside the demo's data
+            self.cfg.codes.trust_list_file = str(write_demo_trust_list(Path(data_dir)))
         self.on_decided = on_decided
         self.decided: list[tuple[ScenePerson | None, Decided]] = []
         self._lock = threading.Lock()
@@ -158,7 +166,7 @@ class DemoRun:
         if self.on_decided is not None:
             self.on_decided(person, d)
 
-    def run(self, stop: threading.Event | None = None, max_s: float | None = None) -> DemoResult:
+    def run(self, stop: threading.Event | None = None, max_s: float | None = None, keep_running: bool = False) -> DemoResult:
         t0 = time.monotonic()
         # The emulator must own its pty before the station's config can name it.
         self.emulator.start()
@@ -172,6 +180,15 @@ class DemoRun:
             while not self.director.finished():
                 if stop is not None and stop.is_set():
                     break
+                if self.waiting_for_page:
+                    http = self.app.http
+                    if http is None or http.desk.viewer_seen.is_set():  # no display (port busy): do not wait forever
+                        self.director.release()
+                        self.waiting_for_page = False
+                        log.info("operator page connected; the queue walks up")
+                    t0 = time.monotonic() - start_s  # the time limit counts from here
+                    time.sleep(0.05)
+                    continue
                 if time.monotonic() - t0 > limit:
                     log.error("demo did not finish in time limit_s=%.0f", limit)
                     break
@@ -183,6 +200,17 @@ class DemoRun:
 
                 # Bounded: an unreachable broker leaves the events queued for `outbox flush`.
                 drain_bounded(self.app.pump, self.app.publisher, timeout=10.0)
+            if keep_running:
+                # `station demo --keep-running`: the station stays up after its queue of people
+                # (status, states, snapshots keep flowing, e.g. for the command-centre board) until
+                # Ctrl-C / SIGINT or ``stop``; then it shuts down cleanly (retained status "stopped").
+                print(f"demo: all people done ({len(self.decided)} decisions); the station keeps running until Ctrl-C",
+                      file=sys.stderr, flush=True)
+                try:
+                    while stop is None or not stop.is_set():
+                        time.sleep(0.2)
+                except KeyboardInterrupt:
+                    log.info("demo interrupted after its people; stopping")
             return DemoResult(
                 decided=list(self.decided),
                 elapsed_s=elapsed,

@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -33,6 +33,7 @@ from station.domain.model import (
     CodeObservation,
     CodeStatus,
     CodeVerdict,
+    DecodedCode,
     FaceObservation,
     GateCommand,
     GateResult,
@@ -108,6 +109,11 @@ class PipelineSettings:
     code_repeat_s: float = 1.0  # the same payload is judged again at most this often
     detect_max_rate_hz: float = 0.0  # face detection budget (station.frame_gate); 0 = every frame
     detect_skip_diff: float = 0.0  # re-use detections while the frame is unchanged; 0 = off
+    # A decision whose event could not be written (disk full) is kept in memory and written when
+    # space returns; past this many the executor stops taking decisions (the lane then stalls and
+    # the watchdog restarts the station) instead of silently dropping records.
+    unrecorded_max: int = 1000
+    record_retry_s: float = 1.0
 
 
 @dataclass(slots=True)
@@ -155,11 +161,17 @@ class Pipeline:
         # Extra consumers of every camera frame (the vehicle lane's plate thread); each must only
         # hand the frame over (a latest-slot put), never work on the camera thread.
         self.frame_taps: list[Callable[[VisibleFrame], None]] = []
+        # Same rule for the operator display's live picture (station/web/live.py): face boxes and
+        # thermal frames for its overlay.
+        self.face_taps: list[Callable[[FaceObservation], None]] = []
+        self.thermal_taps: list[Callable[[ThermalFrame], None]] = []
         self._stop = threading.Event()
         self._face_slot: LatestSlot[VisibleFrame] = LatestSlot()
         self._code_slot: LatestSlot[VisibleFrame] = LatestSlot()
         self._inbox: queue.Queue[Any] = queue.Queue(maxsize=self.settings.inbox_size)
         self._decisions: queue.Queue[Verdict | None] = queue.Queue(maxsize=64)
+        # (event, the gate's refusal) for decisions not yet durable; only the executor touches it.
+        self._unrecorded: deque[tuple[ScreeningEvent, GateResult]] = deque()
         self._threads: list[threading.Thread] = []
         self.counters = _Counters()
         self._last_thermal_t = clock.monotonic()
@@ -243,6 +255,8 @@ class Pipeline:
             sharpness = self.captures.measure(frame.seq, frame.image, faces)
             last = FaceObservation(frame.seq, frame.t, done, tuple(faces), (w, h), (done - t0) * 1000.0, sharpness)
             self._offer(last)
+            for tap in self.face_taps:
+                tap(last)
 
     def _code_loop(self) -> None:
         while not self._stop.is_set():
@@ -253,20 +267,29 @@ class Pipeline:
             codes = self.reader.decode(frame.image)
             decode_ms = (self.clock.monotonic() - t0) * 1000.0
             self.counters.add("decodes")
+            if getattr(self.reader, "last_was_cached", False):  # the tracking wrapper answered without decoding
+                self.counters.add("decodes_cached")
             for code in codes:
                 now = self.clock.monotonic()
                 if self._last_code and self._last_code[0] == code.payload and now - self._last_code[1] < self.settings.code_repeat_s:
                     continue  # the same code still held up: already judged
                 self._last_code = (code.payload, now)
-                verdict = self._judge(code.payload)
+                verdict = self._judge(code, frame.image)
                 self.counters.add(f"codes_{verdict.status.value}")
                 self._offer(CodeObservation(frame.seq, frame.t, self.clock.monotonic(), verdict, decode_ms, code.decoder))
 
-    def _judge(self, payload: bytes) -> CodeVerdict:
-        """Ask each configured verifier in order; the first that recognises the format decides."""
+    def _judge(self, code: DecodedCode, image: Any = None) -> CodeVerdict:
+        """Ask each configured verifier in order; the first that recognises the format decides.
+
+        A verifier that also looks at the pixels (the colour-on-screen fallback, or the judge that
+        wraps it) gets the frame and the code's box through ``verify_in_frame``."""
         verdict: CodeVerdict | None = None
         for verifier in self.verifiers:
-            verdict = verifier.verify(payload, self.clock.wall())
+            in_frame = getattr(verifier, "verify_in_frame", None)
+            if in_frame is not None:
+                verdict = in_frame(code, image, self.clock.wall())
+            else:
+                verdict = verifier.verify(code.payload, self.clock.wall())
             if not (verdict.status is CodeStatus.INVALID and verdict.reason == "unknown_format"):
                 return verdict
         assert verdict is not None
@@ -277,6 +300,8 @@ class Pipeline:
             frame = self.thermal.read_frame(timeout=0.5)
             if frame is not None:
                 self._offer(frame)
+                for tap in self.thermal_taps:
+                    tap(frame)
 
     def _offer(self, item: Any) -> None:
         try:
@@ -317,10 +342,41 @@ class Pipeline:
     # -- record, then act -------------------------------------------------------------------------
     def _executor_loop(self) -> None:
         while True:
-            verdict = self._decisions.get()
+            while len(self._unrecorded) >= self.settings.unrecorded_max and not self._stop.is_set():
+                # Full: stop taking decisions rather than drop one (the lane backs up, see above).
+                if not self._retry_unrecorded():
+                    self._stop.wait(self.settings.record_retry_s)
+            try:
+                verdict = self._decisions.get(timeout=self.settings.record_retry_s if self._unrecorded else None)
+            except queue.Empty:
+                self._retry_unrecorded()
+                continue
             if verdict is None:
+                if not self._retry_unrecorded():
+                    # Never actuated (the gate stayed closed), but their records are gone with us.
+                    log.error("stopping with unrecorded decisions count=%d event_ids=%s", len(self._unrecorded),
+                              ",".join(e.event_id for e, _ in self._unrecorded))
                 return
+            self._retry_unrecorded()  # older decisions first, so records keep decision order
             self._carry_out(verdict)
+
+    def _retry_unrecorded(self) -> bool:
+        """Write kept events, oldest first; True when none is left."""
+        while self._unrecorded:
+            event, result = self._unrecorded[0]
+            try:
+                self.store.record(event)
+            except Exception:  # still no space: keep it, try again later
+                return False
+            self._unrecorded.popleft()
+            self.counters.add("recorded_late")
+            try:
+                self.store.record_gate_result(result)  # the audit row says the gate never acted on it
+            except Exception as exc:  # the event itself is safe now
+                log.error("gate result not recorded event_id=%s error=%s", event.event_id, exc)
+            log.warning("event recorded after a failed write; the gate never acted on it event_id=%s decision=%s pending=%d",
+                        event.event_id, event.decision.value, len(self._unrecorded))
+        return True
 
     def _carry_out(self, verdict: Verdict) -> None:
         decided_t = verdict.stage_t["decision"]
@@ -350,10 +406,13 @@ class Pipeline:
             self.store.record(event)
         except Exception as exc:  # disk full, I/O error: logged loudly; the gate stays closed
             self.counters.add("record_failed")
-            log.error("event not recorded, gate stays closed event_id=%s decision=%s error=%s", event.event_id, event.decision.value, exc)
             now = self.clock.monotonic()
             self.gate.safe_state()
             result = GateResult(event.event_id, command.action, False, f"fault: event not recorded: {exc}", now)
+            # Kept, not lost: written (with this refusal as its gate result) once the disk takes it.
+            self._unrecorded.append((event, result))
+            log.error("event not recorded, gate stays closed; kept for retry event_id=%s decision=%s pending=%d error=%s",
+                      event.event_id, event.decision.value, len(self._unrecorded), exc)
             self._notify(Decided(event, result, round((now - decided_t) * 1000.0, 2), round((now - decided_t) * 1000.0, 2)))
             return
         stored_t = self.clock.monotonic()
@@ -394,6 +453,7 @@ class Pipeline:
             out: dict[str, Any] = dict(self.counters.values)
         out["face_frames_dropped"] = self._face_slot.dropped
         out["code_frames_dropped"] = self._code_slot.dropped
+        out["unrecorded_pending"] = len(self._unrecorded)
         out["lane_state"] = self.lane.state.value
         out["direction_counts"] = dict(self.lane.directions.counts)
         return out

@@ -98,6 +98,16 @@ class CodeVerifier(Protocol):
 
 
 @runtime_checkable
+class FrameCodeVerifier(CodeVerifier, Protocol):
+    """A verifier that may also look at the pixels around the code (colour on screen).
+
+    The pipeline calls ``verify_in_frame`` when a verifier has it; ``image`` may be None (a code
+    typed in), and then it must judge from the payload alone."""
+
+    def verify_in_frame(self, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict: ...
+
+
+@runtime_checkable
 class FaceDetector(Protocol):
     name: str
 

@@ -179,8 +179,44 @@ def _migrate_v2(db: Database) -> None:
         db.execute(sql)
 
 
+def _migrate_data_audit(db: Database) -> None:
+    """Audit trail of deletions of personal data (``stationctl data erase``, retention purges)."""
+    db.execute(
+        """
+        CREATE TABLE data_audit (
+          id        INTEGER PRIMARY KEY,
+          ts        REAL NOT NULL,                  -- unix time of the deletion
+          actor     TEXT NOT NULL,                  -- 'retention' or 'stationctl data erase (user …)'
+          criteria  TEXT NOT NULL,                  -- JSON: what was asked (range, event ids, policy)
+          counts    TEXT NOT NULL,                  -- JSON: rows deleted per table
+          note      TEXT NOT NULL DEFAULT ''
+        )
+        """
+    )
+
+
+
+def _migrate_operator_actions(db: Database) -> None:
+    """What operators did at the lane's touch screen (station/web): alarm acknowledgements, manual
+    overrides and every refused attempt (wrong PIN, locked, rate-limited)."""
+    db.execute(
+        """
+        CREATE TABLE operator_actions (
+          id         INTEGER PRIMARY KEY,
+          ts         REAL NOT NULL,                 -- unix time of the request
+          action     TEXT NOT NULL,                 -- ack | open_gate | recheck
+          operator   TEXT NOT NULL,                 -- who said they were (the PIN proves the role)
+          event_id   TEXT,                          -- the screening it concerns (ack, recheck)
+          ok         INTEGER NOT NULL,              -- 1 carried out, 0 refused
+          reason     TEXT NOT NULL,                 -- ok | wrong_pin | locked | rate_limited | ...
+          detail     TEXT NOT NULL DEFAULT '{}'     -- JSON: clinical reading, gate audit id, ...
+        )
+        """
+    )
+    db.execute("CREATE INDEX operator_actions_event ON operator_actions(event_id, action)")
+
 Migration = Callable[[Database], None]
-MIGRATIONS: Sequence[Migration] = (_migrate_v1, _migrate_v2)
+MIGRATIONS: Sequence[Migration] = (_migrate_v1, _migrate_v2, _migrate_data_audit, _migrate_operator_actions)
 """Ordered migrations; ``MIGRATIONS[i]`` upgrades ``user_version`` i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -417,6 +453,10 @@ class SqliteEventStore:
                 raise
             return result
 
+    def write_transaction(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(conn)`` in one durable write transaction (maintenance: retention, data erase)."""
+        return self._write(fn)
+
     def _new_msg_id(self) -> str:
         """The idempotency key of one outbox message (overridable to inject faults in tests)."""
         return new_msg_id()
@@ -650,6 +690,69 @@ class SqliteEventStore:
 
         self._write(tx)
         self._notify_listeners()
+
+    def record_operator_action(self, action: str, operator: str, ok: bool, reason: str, *,
+                               event_id: str | None = None, detail: Mapping[str, Any] | None = None) -> int:
+        """Audit one operator request from the touch screen, carried out or refused (station/web).
+
+        Like :meth:`record_remote_gate_action`: one transaction writes the ``operator_actions`` row
+        and its ``events/audit`` outbox message (priority 1, exempt from the outbox bounds).
+        Returns the row id. The PIN itself is never passed here.
+        """
+        topic = self.topic_screening.rsplit("/", 1)[0] + "/audit"
+        body = _jsonable(dict(detail or {}))
+
+        def tx(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            cur = conn.execute(
+                "INSERT INTO operator_actions(ts, action, operator, event_id, ok, reason, detail) VALUES (?,?,?,?,?,?,?)",
+                (now, action, operator, event_id, int(ok), reason, _dumps(body)),
+            )
+            msg_id = self._new_msg_id()
+            payload = {
+                "schema": PAYLOAD_SCHEMA, "msg_id": msg_id, "station_id": self.station_id, "site": self.site,
+                "seq": self._meta_int("seq"), "session": self._session, "ts": now, "clock_synced": None,
+                "kind": "operator_action", "action": action, "operator": operator, "event_id": event_id,
+                "ok": bool(ok), "reason": reason, "detail": body,
+            }
+            conn.execute(
+                "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, 1, ?)",
+                (msg_id, topic, _dumps(payload).encode("utf-8"), int(now * 1000)),
+            )
+            return int(cur.lastrowid or 0)
+
+        rowid: int = self._write(tx)
+        self._notify_listeners()
+        return rowid
+
+    def operator_actions(self, *, event_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Operator actions, newest first (all, or those about one event)."""
+        where, params = ("WHERE event_id = ?", [event_id]) if event_id is not None else ("", [])
+        rows = self._query(f"SELECT * FROM operator_actions {where} ORDER BY id DESC LIMIT ?", [*params, limit])
+        for r in rows:
+            r["ok"] = bool(r["ok"])
+            r["detail"] = json.loads(r["detail"])
+        return rows
+
+    def alarms(self, limit: int = 20, since_ts: float | None = None) -> list[dict[str, Any]]:
+        """Alarm events, newest first, each with its acknowledgement (``ack``: operator and time) if any."""
+        rows = self._query(
+            "SELECT e.event_id, e.ts, e.decision, e.reason, e.temperature_c, e.code_colour, "
+            "a.operator AS ack_operator, a.ts AS ack_ts FROM events e "
+            "LEFT JOIN operator_actions a ON a.id = (SELECT min(id) FROM operator_actions "
+            "WHERE event_id = e.event_id AND action = 'ack' AND ok = 1) "
+            "WHERE e.alarm = 1 AND e.ts >= ? ORDER BY e.id DESC LIMIT ?",
+            (since_ts if since_ts is not None else 0.0, limit),
+        )
+        for r in rows:
+            op, at = r.pop("ack_operator"), r.pop("ack_ts")
+            r["ack"] = {"operator": op, "ts": at} if op is not None else None
+        return rows
+
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        """One event by id (see :meth:`_event_dict`), or None."""
+        rows = self._query("SELECT id, record, created_at FROM events WHERE event_id = ?", (event_id,))
+        return self._event_dict(rows[0]) if rows else None
 
     # ---------------------------------------------------------------- reads
 

@@ -148,16 +148,14 @@ def test_set_threshold_persists_keeping_comments_and_reload_config_validates(rig
     assert not broken["ok"] and "fever_threshold_c" in broken["error"]
 
 
-def test_trust_list_is_stored_versioned_and_says_it_is_not_verified(rig: Rig, tmp_path: Path) -> None:
-    doc = {"issuers": [{"id": "district-7", "key": "ed25519:AAAA"}]}
+def test_trust_list_without_a_configured_signer_is_refused_and_nothing_stored(rig: Rig, tmp_path: Path) -> None:
+    # Signature checks, versions and live use of pushed lists: tests/test_trust_list_mqtt.py.
+    doc = {"version": 1, "certificates": [], "signature": "AAAA"}
     reply = rig.call("trust-list", {"id": "l-1", "args": {"version": 1, "document": doc}})
-    assert reply["ok"] and reply["result"]["signature_verified"] is False and "later issue" in reply["result"]["note"]
-    stored = json.loads((tmp_path / "data" / "trust-list" / "current.json").read_text())
-    assert stored["version"] == 1 and stored["document"] == doc
-    again = rig.call("trust-list", {"id": "l-2", "args": {"version": 1, "document": {}}})
-    assert not again["ok"] and "not newer" in again["error"]
-    assert rig.call("trust-list", {"id": "l-3", "args": {"version": 2, "document": {}}})["ok"]
-    assert (tmp_path / "data" / "trust-list" / "v1.json").exists()
+    assert not reply["ok"] and "no trust-list signer configured" in reply["error"]
+    assert not (tmp_path / "data" / "trust-list" / "current.json").exists()
+    bad = rig.call("trust-list", {"id": "l-2", "args": {"version": 0, "document": doc}})
+    assert not bad["ok"] and "version" in bad["error"]
 
 
 def test_states_are_retained_republished_on_change_and_stats_are_periodic(rig: Rig) -> None:

@@ -48,13 +48,12 @@ def outbox(db: Path) -> list[tuple[str, dict]]:
 
 
 def test_v1_file_migrates_with_backup_and_keeps_its_counters(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 2
     db = tmp_path / "station.db"
     make_v1_file(db)
     with open_store(db) as store:
         assert store.begin_session() == 4  # session and seq survived the migration
         store.record_vehicle(vehicle())
-    backup = tmp_path / "station.db.pre-v2.bak"
+    backup = tmp_path / f"station.db.pre-v{SCHEMA_VERSION}.bak"  # one copy, named for the version migrated to
     assert backup.exists()
     conn = sqlite3.connect(backup)
     try:
@@ -64,7 +63,7 @@ def test_v1_file_migrates_with_backup_and_keeps_its_counters(tmp_path: Path) -> 
         conn.close()
     [(topic, payload)] = outbox(db)
     assert payload["seq"] == 42 and payload["session"] == 4
-    # A v2 file reopens as it is: no second migration, the backup untouched.
+    # A current file reopens as it is: no second migration, the backup untouched.
     mtime = backup.stat().st_mtime_ns
     with open_store(db) as store:
         assert [v["plate"] for v in store.vehicles_tail(5)] == ["皖K66666"]

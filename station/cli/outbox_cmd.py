@@ -163,3 +163,50 @@ def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) 
         click.echo(f"sent {result['sent']}, pending {after}, in {result['seconds']} s"
                    + ("" if drained else f"; broker: {publisher.last_error or 'not reached'}"))
     sys.exit(0 if drained else 1)
+
+
+@outbox.command("retry")
+@click.option("--dropped", is_flag=True, help="Also re-queue messages the outbox bounds dropped (they are dropped again if the bounds still bite)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def outbox_retry(obj: Any, dropped: bool, as_json: bool) -> None:
+    """Send pending messages now: wake the running daemon's sender (and optionally re-queue dropped rows).
+
+    Exit 0 when the daemon was woken (or there is nothing pending), 1 when no daemon runs — then
+    ``stationctl outbox flush`` sends from here.
+    """
+    from station.control import ControlError, ControlUnavailable, ask
+
+    requeued = 0
+    if dropped:
+        store = _open(obj, read_only=False)
+        try:
+            requeued = store.write_transaction(lambda conn: conn.execute(
+                "UPDATE outbox SET dropped_at = NULL, attempts = 0, last_error = NULL "
+                "WHERE dropped_at IS NOT NULL AND acked_at IS NULL").rowcount)
+        finally:
+            store.close()
+    store = _open(obj, read_only=True)
+    try:
+        pending = store.outbox_stats()["pending"]
+    finally:
+        store.close()
+    try:
+        woke, path = ask(obj.data_dir(), "outbox_wake")
+        result = {"requeued": requeued, "pending": pending, "daemon": str(path), **woke}
+        code = 0 if woke.get("woken") or not pending else 1
+    except (ControlUnavailable, ControlError) as exc:
+        result = {"requeued": requeued, "pending": pending, "daemon": None, "woken": False, "reason": str(exc)}
+        code = 0 if not pending else 1
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        msg = f"{pending} pending" + (f", {requeued} dropped message(s) re-queued" if dropped else "")
+        if result.get("woken"):
+            msg += f"; daemon's sender woken (broker {'connected' if result.get('mqtt_connected') else 'not connected'})"
+        elif result["daemon"] is None:
+            msg += "; no daemon running: `stationctl outbox flush` sends from here"
+        else:
+            msg += f"; {result.get('reason')}"
+        click.echo(msg)
+    sys.exit(code)

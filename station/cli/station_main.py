@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -40,7 +42,7 @@ def run(config: Path, overrides: tuple[Path, ...], data_dir: Path | None) -> Non
     from station.app import StationApp
 
     cfg = _load(config, overrides)
-    configure(cfg.logging.level)
+    configure(cfg.logging.level, cfg.logging.file)
     app = StationApp(cfg, data_dir=data_dir, config_path=config)
     try:
         app.start()
@@ -61,7 +63,12 @@ def run(config: Path, overrides: tuple[Path, ...], data_dir: Path | None) -> Non
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per decision on stdout")
 @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Start from this config instead of the defaults")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="WARNING", show_default=True)
-def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, as_json: bool, config: Path | None, log_level: str) -> None:
+@click.option("--keep-running", is_flag=True, help="After the last person keep the station up (status, snapshots) until Ctrl-C")
+@click.option("--http", "http_listen", default=None, metavar="HOST:PORT", help="Serve the operator page here while the demo runs (e.g. 127.0.0.1:8080)")
+@click.option("--operator-pin", default="1234", show_default=True, help="The demo's operator PIN for the page's actions (demo only; a station uses http.pin_hash)")
+@click.option("--wait-for-page", is_flag=True, help="With --http: nobody walks up until the operator page is open")
+def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, as_json: bool, config: Path | None, log_level: str, keep_running: bool,
+         http_listen: str | None, operator_pin: str, wait_for_page: bool) -> None:
     """Run the real pipeline against an emulated thermal module, a replayed camera and mock GPIO."""
     from station.app import default_data_dir
     from station.demo import DemoRun, human_line, json_line, print_summary, summary
@@ -74,6 +81,18 @@ def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, a
         except ValueError as exc:
             click.echo(f"--mqtt {mqtt_url!r}: {exc}", err=True)
             sys.exit(2)
+    if http_listen:
+        from station.web.pin import hash_pin
+
+        host, sep, port = http_listen.rpartition(":")
+        try:
+            if not sep or not port.isdigit():
+                raise ValueError("expected HOST:PORT")
+            cfg.http.enabled, cfg.http.listen, cfg.http.port = True, host or "127.0.0.1", int(port)
+            cfg.http.pin_hash = hash_pin(operator_pin)
+        except ValueError as exc:
+            click.echo(f"--http {http_listen!r} / --operator-pin: {exc}", err=True)
+            sys.exit(2)
     data_dir = data_dir or (default_data_dir() / "demo")
     out = sys.stdout
     if not as_json:
@@ -83,9 +102,17 @@ def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, a
         out.write((json_line(person, decided) if as_json else human_line(person, decided)) + "\n")
         out.flush()
 
-    run_ = DemoRun(cfg, people=people, data_dir=data_dir, fast=fast, on_decided=printer)
+    run_ = DemoRun(cfg, people=people, data_dir=data_dir, fast=fast, on_decided=printer, wait_for_page=wait_for_page)
+    stop = threading.Event()
+    if keep_running:
+        # Ctrl-C / SIGTERM end a long-running demo cleanly at any point (summary printed, exit 0
+        # once everyone was decided), also while the queue is still walking up.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    if http_listen and not as_json:
+        click.echo(f"operator page: http://{cfg.http.listen}:{cfg.http.port}/  (demo operator PIN {operator_pin})")
     try:
-        result = run_.run()
+        result = run_.run(keep_running=keep_running, stop=stop)
     except KeyboardInterrupt:
         sys.exit(1)
     s = summary(result)
@@ -97,6 +124,44 @@ def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, a
     if len(result.decided) < people:
         click.echo(f"only {len(result.decided)} of {people} people got a decision", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--mqtt", "mqtt_url", required=True, help="mqtt://host:port (or mqtts://) of the district broker")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="host:port of the board's web page")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where board.sqlite3 lives (replicas may share it); default: the per-user data dir /board")
+@click.option("--share-group", default=None, help="Take events through the MQTT 5 shared subscription $share/<group>/… (several replicas split the load)")
+@click.option("--topic-prefix", default="checkpoint/v1", show_default=True)
+@click.option("--client-id", default=None, help="Stable MQTT client id, one per replica (default: checkpoint-board-<group>-<host>-<pid>, clean session)")
+@click.option("--session-expiry", type=click.IntRange(0, 604800), default=None, help="Seconds the broker keeps this board's session (events queued while it restarts); default 3600 with --client-id, else 0 (clean session)")
+@click.option("--username", default=None, help="Broker user; the password comes from $CHECKPOINT_MQTT_PASSWORD")
+@click.option("--tls-ca", type=click.Path(dir_okay=False), default=None, help="CA file for mqtts:// (default: system store)")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
+def board(mqtt_url: str, listen: str, data_dir: Path | None, share_group: str | None, topic_prefix: str, client_id: str | None,
+          session_expiry: int | None, username: str | None, tls_ca: str | None, log_level: str) -> None:
+    """Command-centre board (指挥大屏): every station's state, counts, alarms and live picture (docs/board.md)."""
+    import os
+
+    from station.app import default_data_dir
+    from station.board.run import BoardOptions, run_board
+
+    configure(log_level)
+    if session_expiry is None:
+        # A persistent session only makes sense under an id the next start uses again; a per-process
+        # id would leave an orphan session queueing events on the broker for the whole expiry.
+        session_expiry = 3600 if client_id else 0
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        click.echo(f"--listen {listen!r}: expected host:port", err=True)
+        sys.exit(2)
+    try:
+        opts = BoardOptions(mqtt_url=mqtt_url, host=host or "127.0.0.1", port=int(port), data_dir=data_dir or (default_data_dir() / "board"),
+                            share_group=share_group, prefix=topic_prefix, client_id=client_id, session_expiry_s=session_expiry,
+                            username=username, password=os.environ.get("CHECKPOINT_MQTT_PASSWORD") if username else None, tls_ca=tls_ca)
+        run_board(opts)
+    except ValueError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

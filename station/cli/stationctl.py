@@ -45,7 +45,16 @@ class Ctx:
     def data_dir(self) -> Path:
         from station.app import data_dir_for
 
-        return data_dir_for(self.load(), self.data_dir_override)
+        cfg = self.load()
+        if self.data_dir_override is None and not cfg.station.data_dir:
+            # The unit sets the data dir through its environment, which a technician's shell lacks:
+            # ask the system daemon (if one runs) where its data is.
+            from station.control import system_daemon_data_dir
+
+            found = system_daemon_data_dir()
+            if found is not None:
+                return found
+        return data_dir_for(cfg, self.data_dir_override)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,7 +62,16 @@ class Ctx:
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Overrides station.data_dir")
 @click.pass_context
 def main(ctx: click.Context, config: Path, data_dir: Path | None) -> None:
-    """Checkpoint station technician CLI."""
+    """Checkpoint station technician CLI.
+
+    \b
+    Exit codes (docs/stationctl.md has every command):
+      0  ok
+      1  the thing checked is not ok (invalid config, no daemon, test failed,
+         doctor: warnings only)
+      2  usage or configuration error (doctor: at least one failure)
+      3  refused: the daemon runs and owns that device (test …; --force)
+    """
     ctx.obj = Ctx(config, data_dir)
 
 
@@ -200,9 +218,16 @@ def _open_store(obj: Ctx) -> Any:
 
 
 def _daemon_state(data_dir: Path) -> dict[str, Any]:
+    """Live state from the control socket when the daemon answers, else the runtime status file."""
+    from station.control import ControlError, ControlUnavailable, ask
     from station.runtime import read_runtime_status
 
-    return read_runtime_status(data_dir)
+    try:
+        live, path = ask(data_dir, "status")
+        return dict(live, source=f"control socket {path}")
+    except (ControlUnavailable, ControlError) as exc:
+        state = read_runtime_status(data_dir)
+        return dict(state, source=f"status file (control socket: {exc})")
 
 
 @main.command()
@@ -231,7 +256,7 @@ def status(obj: Ctx, as_json: bool) -> None:
     else:
         d = data["daemon"]
         click.echo(f"station {cfg.station.site}/{cfg.station.id} ({cfg.station.lane})")
-        click.echo(f"daemon: {d.get('state')}" + (f", pid {d['pid']}, lane {d.get('lane_state')}" if d.get("pid") else ""))
+        click.echo(f"daemon: {d.get('state')}" + (f", pid {d['pid']}, lane {d.get('lane_state')}" if d.get("pid") else "") + f"  [{d.get('source')}]")
         for part in ("detector", "plate_reader"):  # a degraded model must be visible at a glance
             if d.get(part) not in (None, "ok", "off"):
                 click.echo(f"{part}: {d[part]}")
@@ -309,6 +334,32 @@ from station.cli.thermal_cmd import calibrate, thermal  # noqa: E402  (registere
 
 main.add_command(thermal)
 main.add_command(calibrate)
+
+# -- code (its own module: station/cli/code_cmd.py; cv2 and the decoders load lazily) -----------------
+
+from station.cli.code_cmd import code  # noqa: E402  (registered after main exists)
+from station.cli.code_verify_cmd import verify as code_verify  # noqa: E402
+
+code.add_command(code_verify)
+main.add_command(code)
+
+# -- technician commands (own modules; heavy imports only inside the commands that need them) ----------
+
+from station.cli.bugreport_cmd import bugreport  # noqa: E402  (registered after main exists)
+from station.cli.config_cmd import config_diff, config_edit  # noqa: E402
+from station.cli.data_cmd import data  # noqa: E402
+from station.cli.doctor_cmd import devices, doctor  # noqa: E402
+from station.cli.logs_cmd import logs  # noqa: E402
+from station.cli.test_cmd import test  # noqa: E402
+
+config.add_command(config_diff)
+config.add_command(config_edit)
+main.add_command(doctor)
+main.add_command(devices)
+main.add_command(test)
+main.add_command(data)
+main.add_command(logs)
+main.add_command(bugreport)
 
 
 if __name__ == "__main__":

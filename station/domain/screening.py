@@ -138,6 +138,10 @@ class _Screening:
     capture: dict[str, Any] | None = None  # the best frame of this person so far: frame_seq, box, score
 
 
+RECORDED_CODE_DETAIL = ("colour", "issuer", "kid", "alg", "expires", "payload_hash", "first_use")
+"""Verifier detail copied into the event's ``code`` record (docs/mqtt.md); everything else stays in memory."""
+
+
 class ScreeningLane:
     """One lane's state machine. Feed it observations; it returns verdicts when a screening ends."""
 
@@ -370,6 +374,8 @@ class ScreeningLane:
                 "source": v.source,
                 "decoder": code_obs.decoder,
                 "subject_ref": v.subject_ref,
+                # What an audit needs and nothing more: never the payload itself (only its salted hash).
+                **{k: v.detail[k] for k in RECORDED_CODE_DETAIL if k in v.detail},
             }
         verdict = Verdict(
             decision=decision,
