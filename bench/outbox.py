@@ -55,7 +55,8 @@ def _event(i: int) -> Any:
                           {}, None, {}, {}, {}, {"total": 1.0}, {})
 
 
-def sync_bench(n_events: int = 10_000) -> dict[str, Any]:
+def sync_bench(n_events: int = 10_000, protocol: str = "auto") -> dict[str, Any]:
+    """``protocol``: the publisher's MQTT version ("auto" = 5 with 3.1.1 fallback, "5", "3.1.1")."""
     from drivers.publish.mqtt import MqttPublisher
     from station.store import SqliteEventStore
     from station.sync import OutboxPump
@@ -72,7 +73,7 @@ def sync_bench(n_events: int = 10_000) -> dict[str, Any]:
         write_s = time.perf_counter() - t0
         port = _free_port()
         publisher = MqttPublisher(f"mqtt://127.0.0.1:{port}", "bench-station", "bench/status", b"offline", b"online",
-                                  reconnect_min_delay=0.1, reconnect_max_delay=0.2)
+                                  reconnect_min_delay=0.1, reconnect_max_delay=0.2, protocol=protocol)  # type: ignore[arg-type]
         pump = OutboxPump(store, publisher, max_in_flight=10)
         pump.start()
         publisher.start()
@@ -99,6 +100,7 @@ def sync_bench(n_events: int = 10_000) -> dict[str, Any]:
         "catch_up_s": round(t3 - t2, 2),
         "reconnect_s": round(t2 - t1, 2),
         "window": 10,
+        "protocol": protocol,
         "drained": drained,
         "pending_after": pending,
     }
