@@ -72,6 +72,23 @@ class PurgeResult:
         return self.events + self.gate_actions + self.operator_actions + self.vehicles + self.outbox + self.crops
 
 
+def events_where(since: float | None, until: float | None, event_ids: Iterable[str]) -> tuple[str, list[Any]]:
+    """`` WHERE …`` selecting events by time range and/or ids (empty when no criterion), and its parameters."""
+    ids = list(event_ids)
+    clauses: list[str] = []
+    params: list[Any] = []
+    if ids:
+        clauses.append(f"event_id IN ({','.join('?' * len(ids))})")
+        params.extend(ids)
+    if since is not None:
+        clauses.append("ts >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("ts < ?")
+        params.append(until)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
 def _read(path: Path) -> sqlite3.Connection:
     """A read-only connection of its own: scans run beside the daemon without holding its store lock."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
@@ -243,17 +260,8 @@ def erase(
         reader.close()
 
     def tx(conn: sqlite3.Connection) -> dict[str, Any]:
-        where, params = [], []
-        if ids:
-            where.append(f"event_id IN ({','.join('?' * len(ids))})")
-            params.extend(ids)
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("ts < ?")
-            params.append(until)
-        rows = conn.execute(f"SELECT id, event_id FROM events WHERE {' AND '.join(where)}", params).fetchall()
+        where, params = events_where(since, until, ids)
+        rows = conn.execute(f"SELECT id, event_id FROM events{where}", params).fetchall()
         held = sorted(eid for _rid, eid in rows if eid in pending_events)
         chosen = rows if include_pending else [(r, e) for r, e in rows if e not in pending_events]
         counts: dict[str, Any] = {"events": 0, "gate_actions": 0, "operator_actions": 0, "outbox": 0}

@@ -17,6 +17,7 @@ import numpy as np
 from pyzbar import pyzbar
 from pyzbar.pyzbar import ZBarSymbol
 
+from drivers.codes.gray import to_gray
 from station.domain.model import Box, DecodedCode
 
 log = logging.getLogger("station.codes")
@@ -35,31 +36,9 @@ class PyzbarReader:
         self.max_side = int(max_side)
         self.try_inverted = bool(try_inverted)
 
-    def _gray(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """Grayscale, downscaled to ``max_side``; returns the image and the factor applied."""
-        if image.ndim == 3:
-            if image.shape[2] == 4:
-                gray = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
-            elif image.shape[2] == 3:
-                gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-            else:
-                raise ValueError(f"unsupported image shape {image.shape}")
-        elif image.ndim == 2:
-            gray = image
-        else:
-            raise ValueError(f"unsupported image shape {image.shape}")
-        if gray.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 image, got {gray.dtype}")
-        h, w = gray.shape
-        scale = 1.0
-        if max(h, w) > self.max_side:
-            scale = self.max_side / float(max(h, w))
-            gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(gray), scale
-
     def decode(self, image: np.ndarray) -> list[DecodedCode]:
         """Every QR code ZBar finds, in ZBar's order; [] when there is none."""
-        gray, scale = self._gray(image)
+        gray, scale = to_gray(image, self.max_side)
         found = pyzbar.decode(gray, symbols=_SYMBOLS)
         if not found and self.try_inverted:
             found = pyzbar.decode(cv2.bitwise_not(gray), symbols=_SYMBOLS)

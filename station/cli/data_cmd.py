@@ -29,6 +29,9 @@ from typing import Any
 
 import click
 
+from station.cli.outbox_cmd import station_db
+from station.retention import events_where
+
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -61,31 +64,6 @@ class TimeParam(click.ParamType):
 TIME = TimeParam()
 
 
-def _db(obj: Any) -> tuple[Any, Path]:
-    from station.app import DB_NAME
-
-    cfg = obj.load()
-    db = obj.data_dir() / DB_NAME
-    if not db.exists():
-        click.echo(f"no event database at {db} (has the station run yet? see --data-dir)", err=True)
-        sys.exit(1)
-    return cfg, db
-
-
-def _where(since: float | None, until: float | None, event_ids: tuple[str, ...]) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    if event_ids:
-        clauses.append(f"event_id IN ({','.join('?' * len(event_ids))})")
-        params.extend(event_ids)
-    if since is not None:
-        clauses.append("ts >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("ts < ?")
-        params.append(until)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-
 @click.group("data")
 def data() -> None:
     """Export or erase recorded events; run the retention purge."""
@@ -99,8 +77,8 @@ def data() -> None:
 @click.pass_obj
 def data_export(obj: Any, since: float | None, until: float | None, event_ids: tuple[str, ...], out: Path) -> None:
     """Events as JSON lines (oldest first), as recorded and published; nothing is changed."""
-    _cfg, db = _db(obj)
-    where, params = _where(since, until, event_ids)
+    _cfg, db = station_db(obj)
+    where, params = events_where(since, until, event_ids)
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     stream = sys.stdout if str(out) == "-" else open(out, "w", encoding="utf-8")  # noqa: SIM115
     n = 0
@@ -143,8 +121,8 @@ def data_erase(obj: Any, since: float | None, until: float | None, event_ids: tu
     if since is None and until is None and not event_ids:
         click.echo("give --since/--until and/or --event-id (refusing to erase everything by default)", err=True)
         sys.exit(2)
-    cfg, db = _db(obj)
-    where, params = _where(since, until, event_ids)
+    cfg, db = station_db(obj)
+    where, params = events_where(since, until, event_ids)
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         matched = conn.execute(f"SELECT count(*) FROM events{where}", params).fetchone()[0]
@@ -205,7 +183,7 @@ def data_purge(obj: Any, as_json: bool) -> None:
         result, path = ask(obj.data_dir(), "retention_run", timeout_s=120.0)
         result["via"] = f"daemon ({path})"
     except ControlUnavailable:
-        cfg, db = _db(obj)
+        cfg, db = station_db(obj)
         store = SqliteEventStore(db, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix)
         try:
             result = purge(store, obj.data_dir(), cfg.retention.events_days, cfg.retention.face_crops_days).as_dict()

@@ -23,7 +23,8 @@ import click
 log = logging.getLogger("station.cli.outbox")
 
 
-def _paths(obj: Any) -> tuple[Any, Path]:
+def station_db(obj: Any) -> tuple[Any, Path]:
+    """The loaded config and the existing event database; exits 1 with a hint when there is none."""
     from station.app import DB_NAME
 
     cfg = obj.load()
@@ -39,7 +40,7 @@ def _open(obj: Any, *, read_only: bool) -> Any:
 
     from station.sync import bounds_from_config
 
-    cfg, db = _paths(obj)
+    cfg, db = station_db(obj)
     try:
         store = SqliteEventStore(db, station_id=cfg.station.id, site=cfg.station.site,
                                  topic_prefix=cfg.mqtt.topic_prefix, read_only=read_only)
@@ -117,7 +118,7 @@ def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) 
     from station.runtime import read_runtime_status
     from station.sync import OutboxPump, publisher_from_config, status_topic
 
-    cfg, _db = _paths(obj)
+    cfg, _db = station_db(obj)
     url = mqtt_url or cfg.mqtt.url
     if not url:
         click.echo("no broker: give --mqtt mqtt://host:port or set mqtt.url", err=True)
