@@ -366,7 +366,8 @@ class Pipeline:
             event, result = self._unrecorded[0]
             try:
                 self.store.record(event)
-            except Exception:  # still no space: keep it, try again later
+            except Exception as exc:  # still no space: keep it, try again later (logged once, when it failed)
+                log.debug("kept event still not writable event_id=%s error=%s", event.event_id, exc)
                 return False
             self._unrecorded.popleft()
             self.counters.add("recorded_late")
