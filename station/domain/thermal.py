@@ -268,8 +268,9 @@ def measure_face(
     if skin < SKIN_MIN_C:
         return TemperatureMeasurement(MeasureState.COLD_ROI, t, None, skin, terms, n, seq)
     core = terms["skin_c"] + sum(terms[k] for k in COMPENSATION_TERMS)
+    core = round(core, 2)  # judged on the value that is reported and recorded, so the two never disagree at a bound
     state = MeasureState.MEASURED if cal.valid_min_c <= core <= cal.valid_max_c else MeasureState.OUT_OF_RANGE
-    return TemperatureMeasurement(state, t, round(core, 2), round(skin, 3), terms, n, seq)
+    return TemperatureMeasurement(state, t, core, round(skin, 3), terms, n, seq)
 
 
 COMPENSATION_TERMS = ("offset_c", "ambient_c", "distance_c", "reference_c")
