@@ -461,6 +461,7 @@ class StationApp:
             "outbox_pump": self.pump.stats() if self.pump else None,
             "uptime_s": round(self.clock.monotonic() - (self.started_t or 0.0), 1),
             "http": self.http.url if self.http is not None else None,
+            "codes": [j.stats() for j in getattr(self, "code_verifiers", []) if hasattr(j, "stats")],
         }
 
     def _status_loop(self) -> None:

@@ -121,6 +121,9 @@ def test_daemon_lifecycle_under_systemd_notify(tmp_path: Path, emulator: GyMcu90
         assert status["daemon"]["thermal"]["baud"] == 460800  # probed: 115200 first, then 460800
         assert status["daemon"]["thermal"]["frames_ok"] > 0
         assert status["daemon"]["lane_state"] == "idle"
+        # The code judge reports which verifiers run and which trust list is in force (none provisioned here).
+        assert status["daemon"]["codes"][0]["verifiers"] == ["hc1", "online"]
+        assert status["daemon"]["codes"][0]["trust_list"]["source"] == "none"
         assert status["today"] == {}
 
         # SIGHUP (a reflexive `kill -HUP`) must not take the gate down.

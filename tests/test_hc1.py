@@ -211,6 +211,16 @@ def test_a_full_disk_under_the_replay_store_degrades_replay_memory_not_the_lane(
     judge.close()
 
 
+def test_judge_stats_show_the_trust_list_in_force_and_replay_store_errors(trust, es, tmp_path: Path) -> None:  # noqa: ANN001
+    judge = CodeJudge([verifier(trust)], salt=b"s" * 32, seen=SeenCodes(tmp_path / "seen.sqlite3"))
+    judge.verify(code(es), NOW)
+    stats = judge.stats()
+    assert stats["verifiers"] == ["hc1"]
+    assert stats["trust_list"]["signers"] == 2 and stats["trust_list"]["source"] != "none"
+    assert stats["replay_store_write_errors"] == 0
+    judge.close()
+
+
 def test_salted_hash_differs_between_stations() -> None:
     assert salted_hash(b"a" * 32, b"HC1:X") != salted_hash(b"b" * 32, b"HC1:X")
 

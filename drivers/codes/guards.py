@@ -166,6 +166,19 @@ class CodeJudge:
                 return replace(verdict, status=CodeStatus.UNVERIFIABLE, reason="replay", detail=detail)
         return replace(verdict, detail=detail)
 
+    def stats(self) -> dict[str, Any]:
+        """What a technician needs to see: each verifier's trust list / look-up counters, replay-store errors."""
+        out: dict[str, Any] = {"verifiers": [getattr(v, "name", type(v).__name__) for v in self.verifiers],
+                               "replay_store_write_errors": self.seen.write_errors if self.seen is not None else None}
+        for v in self.verifiers:
+            trust_stats = getattr(getattr(v, "trust", None), "stats", None)
+            if trust_stats is not None:  # hc1: which trust list is in force
+                out["trust_list"] = trust_stats()
+            counters = getattr(v, "counters", None)
+            if isinstance(counters, dict):  # online look-ups: requests, answered, timeouts, no_network
+                out[f"{v.name}_lookups"] = dict(counters)
+        return out
+
     def close(self) -> None:
         for v in self.verifiers:
             closer = getattr(v, "close", None)
