@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -98,7 +100,12 @@ def test_events_tail_and_status_read_the_demo_database(demo_run, cfg_file: Path)
     data = json.loads(r.output)
     assert r.exit_code == 1  # the demo has finished: no daemon is running
     assert data["daemon"]["state"] == "stopped"
-    assert sum(data["today"].values()) == len(demo_run.decisions)
+    # "today" starts at local midnight: count the demo's events recorded since then (the session's
+    # demo may have run before midnight and this test after it).
+    midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+    with sqlite3.connect(demo_run.data_dir / "events.sqlite3") as conn:
+        since_midnight = conn.execute("SELECT count(*) FROM events WHERE ts >= ?", (midnight,)).fetchone()[0]
+    assert sum(data["today"].values()) == since_midnight
     assert data["last_event"]["event_id"] == demo_run.decisions[-1]["event_id"]
     assert data["outbox"]["pending"] == len(demo_run.decisions) + sum(d["alarm"] for d in demo_run.decisions)
 
