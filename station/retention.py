@@ -172,10 +172,6 @@ def purge_store(store: Any, events_days: int, now: float | None = None) -> Purge
         result.outbox += gone
         return gone == BATCH
 
-    while store.write_transaction(events_batch):
-        pass
-    while has_vehicles and store.write_transaction(vehicles_batch):
-        pass
     def operator_batch(conn: sqlite3.Connection) -> bool:
         # Acknowledgements and overrides, some with a clinical re-check reading: same age limit.
         gone = int(conn.execute("DELETE FROM operator_actions WHERE id IN (SELECT id FROM operator_actions "
@@ -183,6 +179,10 @@ def purge_store(store: Any, events_days: int, now: float | None = None) -> Purge
         result.operator_actions += gone
         return gone == BATCH
 
+    while store.write_transaction(events_batch):
+        pass
+    while has_vehicles and store.write_transaction(vehicles_batch):
+        pass
     while store.write_transaction(outbox_batch):
         pass
     while has_operator and store.write_transaction(operator_batch):
