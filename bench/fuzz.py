@@ -43,7 +43,7 @@ def run_target(target: Target, cases: int, run_seed: int) -> dict[str, Any]:
         ran += 1
         try:
             verdicts[str(target.call(value))[:80]] += 1
-        except Exception as exc:  # the finding itself: counted and kept, the run goes on
+        except Exception as exc:  # noqa: BLE001 - the finding itself: counted and kept, the run goes on
             kind = f"{type(exc).__name__}: {str(exc)[:120]}"
             uncaught[kind] += 1
             if len(samples) < 5:
