@@ -1,0 +1,168 @@
+"""What the board accepts from a station: every value typed and capped when it arrives.
+
+A station (or anything that can publish under its topic) is not trusted: numbers must be finite
+numbers in a sane range, strings are length-limited and stripped of control and format characters
+(bidi overrides, lone surrogates), enums are checked, unknown keys are dropped. Each ``clean_*``
+function takes a decoded JSON object and returns a new dict holding only typed values (a field
+that fails its check is absent or None); none of them raises for any input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from typing import Any
+
+SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""A topic's site, station or component segment: the same pattern as config's station.site/id."""
+TOKEN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+"""A device or link state (``connected``, ``reconnecting``, ``auth_failed``…)."""
+EVENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
+
+STATUS_STATES = frozenset({"online", "stopped", "offline"})
+DECISIONS = frozenset({"pass", "deny_fever", "deny_code", "retry", "manual_check"})
+BLURS = frozenset({"off", "all", "faces"})
+
+TS_RANGE = (1.0e9, 4.2e9)  # 2001 … 2103: a decision time outside this is a broken or hostile clock
+TEMP_RANGE = (-40.0, 100.0)
+COUNT_MAX = 10**12
+TEXT_MAX = 160  # reasons, bounds_alarm, version…
+VERSION_MAX = 32
+
+# Payload caps per topic kind, checked before parsing (bytes).
+MAX_PAYLOAD = {"status": 4096, "state": 16384, "events": 65536, "snapshot": 1 << 20}
+
+
+class Dropped(Exception):
+    """A message the board does not take; ``reason`` is the verdict's label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def number(v: Any, lo: float, hi: float) -> float | None:
+    """A finite int or float within [lo, hi] (bools are not numbers); else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an int too large for a float
+        return None
+    return f if math.isfinite(f) and lo <= f <= hi else None
+
+
+def count(v: Any, hi: int = COUNT_MAX) -> int | None:
+    """A non-negative int up to ``hi`` (an integral float is accepted); else None."""
+    f = number(v, 0, hi)
+    return int(f) if f is not None and f == int(f) else None
+
+
+def text(v: Any, limit: int = TEXT_MAX) -> str | None:
+    """A string without control/format characters, cut to ``limit`` characters; else None."""
+    if not isinstance(v, str):
+        return None
+    cleaned = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in v[: limit * 4])
+    cleaned = " ".join(cleaned.split())[:limit]
+    return cleaned or None
+
+
+def token(v: Any) -> str | None:
+    return v if isinstance(v, str) and TOKEN.match(v) else None
+
+
+def enum(v: Any, allowed: frozenset[str]) -> str | None:
+    return v if isinstance(v, str) and v in allowed else None
+
+
+def event_id(v: Any) -> str | None:
+    return v if isinstance(v, str) and EVENT_ID.match(v) else None
+
+
+def timestamp(v: Any) -> float | None:
+    return number(v, *TS_RANGE)
+
+
+def temperature(v: Any) -> float | None:
+    return number(v, *TEMP_RANGE)
+
+
+def segment(v: str) -> bool:
+    return bool(SEGMENT.match(v))
+
+
+def decode_object(payload: bytes, limit: int) -> dict[str, Any]:
+    """The payload as a JSON object; :class:`Dropped` with the reason otherwise."""
+    if len(payload) > limit:
+        raise Dropped("too_large")
+    try:
+        body = json.loads(payload.decode("utf-8")) if payload else {}
+    except UnicodeDecodeError:
+        raise Dropped("not_utf8") from None
+    except (ValueError, RecursionError):  # bad JSON, a 5000-digit int, nesting too deep
+        raise Dropped("not_json") from None
+    if not isinstance(body, dict):
+        raise Dropped("not_object")
+    return body
+
+
+def clean_status(body: dict[str, Any]) -> dict[str, Any]:
+    state = enum(body.get("state"), STATUS_STATES)
+    if state is None:
+        raise Dropped("bad_status")
+    return {"state": state, "session": count(body.get("session"), 2**53), "version": text(body.get("version"), VERSION_MAX)}
+
+
+def clean_outbox(body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "pending": count(body.get("pending")),
+        "alarms_pending": count(body.get("alarms_pending")),
+        "oldest_age_s": count(body.get("oldest_age_s")),
+        "bytes": count(body.get("bytes")),
+        "dropped": count(body.get("dropped")),
+        "bounds_alarm": text(body.get("bounds_alarm")),
+        "mqtt": token(body.get("mqtt")),
+    }
+
+
+def clean_screening_state(body: dict[str, Any]) -> dict[str, Any]:
+    alarm = body.get("alarm")
+    return {
+        "count_total": count(body.get("count_total")),
+        "count_today": count(body.get("count_today")),
+        "last_event_id": event_id(body.get("last_event_id")),
+        "last_decision": enum(body.get("last_decision"), DECISIONS),
+        "last_temperature_c": temperature(body.get("last_temperature_c")),
+        "alarm": alarm if isinstance(alarm, bool) else None,
+        "ts": timestamp(body.get("ts")),
+    }
+
+
+def clean_device(body: dict[str, Any]) -> dict[str, Any]:
+    return {"state": token(body.get("state"))}
+
+
+def clean_event(event: Any, envelope_ts: Any = None) -> dict[str, Any]:
+    """A screening (or alarm) event: id, ts, decision, temperature, alarm, reason."""
+    if not isinstance(event, dict):
+        raise Dropped("no_event")
+    eid = event_id(event.get("event_id"))
+    if eid is None:
+        raise Dropped("bad_event_id")
+    ts = timestamp(event.get("ts"))
+    if ts is None:
+        ts = timestamp(envelope_ts)
+    if ts is None:
+        raise Dropped("bad_ts")
+    alarm = event.get("alarm")
+    return {"event_id": eid, "ts": ts, "decision": enum(event.get("decision"), DECISIONS),
+            "temperature_c": temperature(event.get("temperature_c")), "alarm": alarm is True,
+            "reason": text(event.get("reason"))}
+
+
+def clean_snapshot_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"ts": timestamp(meta.get("ts")), "blur": enum(meta.get("blur"), BLURS),
+            "faces_blurred": count(meta.get("faces_blurred"), 10_000),
+            "width": count(meta.get("width"), 20_000), "height": count(meta.get("height"), 20_000)}
