@@ -171,7 +171,7 @@ def test_personal_fields_are_dropped_at_decode_time(trust, es) -> None:  # noqa:
         assert personal not in flat
     assert v.subject_ref and len(v.subject_ref) == 16
     fields = set(hc1.Hc1Claims.__dataclass_fields__)
-    assert fields == {"issuer", "iat", "exp", "colour", "valid_from", "valid_until", "refresh_s", "holder"}
+    assert fields == {"issuer", "iat", "exp", "colour", "valid_from", "valid_until", "refresh_s", "holder", "claim_set"}
 
 
 def test_replay_is_flagged_after_the_grace_and_survives_a_restart(trust, es, tmp_path: Path) -> None:  # noqa: ANN001

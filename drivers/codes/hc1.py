@@ -26,6 +26,8 @@ hostile input.
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,9 +37,15 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
+from station.ratelimit import FailureLog
+
+log = logging.getLogger("drivers.codes.hc1")
 
 PREFIX = "HC1:"
 SOURCE = "hc1"
@@ -46,14 +54,26 @@ CWT_ISS, CWT_EXP, CWT_IAT = 1, 4, 6
 H_ALG, H_KID = 1, 4
 ALG_ES256, ALG_PS256 = -7, -37
 ALG_NAMES = {ALG_ES256: "ES256", ALG_PS256: "PS256"}
+EU_HCERT_CLAIM = -260
 COSE_SIGN1_TAG = 18
+CWT_TAG = 61  # RFC 8392: a CWT may wrap its COSE_Sign1 in this tag
 MAX_PAYLOAD = 4096  # a QR holds < 3 kB; anything longer is not a phone screen
 MAX_INFLATED = 16384  # zlib bomb guard
+MAX_KID = 32  # the HC1 kid is 8 bytes; a longer one would only bloat the events that record it
+MAX_TIME = 2**40  # NumericDates beyond year 36 000 are not dates: refused rather than carried around
+MAX_REFRESH_S = 86400
+MAX_HOLDER = 256
+_COLOURS = frozenset(c.value for c in CodeColour)
 
 REASONS = (
-    "ok", "unknown_format", "garbage", "bad_base45", "truncated", "bad_zlib", "not_cose", "unsupported_alg",
-    "no_kid", "unknown_kid", "bad_signature", "bad_claims", "expired", "not_yet_valid", "stale_dynamic", "replay",
+    "ok", "unknown_format", "garbage", "bad_base45", "truncated", "bad_zlib", "not_cose", "bad_cose_structure",
+    "bad_header", "unsupported_alg", "no_kid", "unknown_kid", "bad_signature", "bad_claims", "expired",
+    "not_yet_valid", "stale_dynamic", "replay", "malformed",
 )
+"""Every reason an HC1 verdict can carry. ``not_cose``: not CBOR, or not a (CWT-/COSE_Sign1-tagged) array;
+``bad_cose_structure``: an array of the wrong length or element types; ``bad_header``: a protected header
+that is not a CBOR map or a kid that is not a short byte string; ``malformed``: the verifier's own backstop
+(an input no check above foresaw; logged once per minute per kind, never a pass)."""
 
 # --------------------------------------------------------------------------------------------- Base45
 
@@ -116,9 +136,13 @@ def kid_of(cert_der: bytes) -> bytes:
 def _verify_signature(public_key: Any, alg: int, to_be_signed: bytes, signature: bytes) -> bool:
     try:
         if alg == ALG_ES256:
-            if not isinstance(public_key, ec.EllipticCurvePublicKey) or len(signature) != 64:
+            # ECDSA with SHA-256; r and s each take the key's curve size (32 bytes on P-256, 48 on P-384).
+            if not isinstance(public_key, ec.EllipticCurvePublicKey):
                 return False
-            der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+            half = (public_key.curve.key_size + 7) // 8
+            if len(signature) != 2 * half:
+                return False
+            der = encode_dss_signature(int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big"))
             public_key.verify(der, to_be_signed, ec.ECDSA(hashes.SHA256()))
             return True
         if alg == ALG_PS256:
@@ -127,8 +151,8 @@ def _verify_signature(public_key: Any, alg: int, to_be_signed: bytes, signature:
             # RFC 8230: PSS with SHA-256, MGF1 SHA-256, salt length = hash length.
             public_key.verify(signature, to_be_signed, padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
             return True
-    except InvalidSignature:
-        return False
+    except (InvalidSignature, ValueError, TypeError):
+        return False  # a key or signature of a shape the library refuses is as good as a wrong signature
     return False
 
 
@@ -195,11 +219,12 @@ class Hc1Claims:
     issuer: str
     iat: int
     exp: int
-    colour: CodeColour
+    colour: CodeColour | None  # None: a genuine code without our health claim (e.g. an EU DCC); policy decides
     valid_from: int
     valid_until: int
     refresh_s: int | None
     holder: str | None  # in memory only, hashed with the station's salt before anything records it
+    claim_set: str = "health"  # "health" (ours, -262), "hcert" (EU DCC, -260) or "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +239,40 @@ class Hc1Message:
         return sig_structure(self.protected, self.payload)
 
 
+def _cbor(data: bytes, reason: str, what: str) -> Any:
+    """Decode hostile CBOR; any failure of the decoder (a third-party parser) is ``reason``."""
+    try:
+        return cbor2.loads(data)
+    except cbor2.CBORDecodeEOF:
+        raise DecodeError("truncated" if reason == "not_cose" else reason, f"{what} ends early") from None
+    except Exception as exc:  # noqa: BLE001 - cbor2 raises many kinds (tags it decodes itself); all mean "not CBOR"
+        raise DecodeError(reason, f"{what} is not CBOR: {type(exc).__name__}") from None
+
+
+def _cose_sign1(obj: Any) -> Any:
+    """The COSE_Sign1 array inside the optional CWT tag (61) and COSE_Sign1 tag (18), nothing else."""
+    if isinstance(obj, cbor2.CBORTag) and obj.tag == CWT_TAG:
+        obj = obj.value
+        if not (isinstance(obj, cbor2.CBORTag) and obj.tag == COSE_SIGN1_TAG):
+            raise DecodeError("not_cose", "a CWT tag must wrap a COSE_Sign1 tag")
+    if isinstance(obj, cbor2.CBORTag):
+        if obj.tag != COSE_SIGN1_TAG:
+            raise DecodeError("not_cose", f"CBOR tag {obj.tag}, not COSE_Sign1")
+        obj = obj.value
+    if not isinstance(obj, (list, tuple)):  # cbor2 gives a tuple inside a tag
+        raise DecodeError("not_cose", f"a CBOR {type(obj).__name__}, not a COSE_Sign1 array")
+    return obj
+
+
+def _kid(value: Any, where: str) -> bytes:
+    if not isinstance(value, bytes) or not 1 <= len(value) <= MAX_KID:
+        raise DecodeError("bad_header", f"{where} kid is not a byte string of 1..{MAX_KID} bytes")
+    return value
+
+
 def unwrap(text: str) -> Hc1Message:
     """``HC1:…`` → the COSE_Sign1 parts, or :class:`DecodeError` with the reason code."""
-    if not text.startswith(PREFIX):
+    if not isinstance(text, str) or not text.startswith(PREFIX):
         raise DecodeError("unknown_format")
     body = text[len(PREFIX) :]
     if not body:
@@ -234,66 +290,82 @@ def unwrap(text: str) -> Hc1Message:
         raise DecodeError("bad_zlib", "inflates beyond the size limit")
     if not d.eof:
         raise DecodeError("truncated", "zlib stream ends early")
-    try:
-        obj = cbor2.loads(raw)
-    except cbor2.CBORDecodeEOF:
-        raise DecodeError("truncated", "CBOR ends early") from None
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise DecodeError("not_cose", f"not CBOR: {exc}") from None
-    if isinstance(obj, cbor2.CBORTag):
-        if obj.tag != COSE_SIGN1_TAG:
-            raise DecodeError("not_cose", f"CBOR tag {obj.tag}, not COSE_Sign1")
-        obj = obj.value
-    if not (isinstance(obj, (list, tuple)) and len(obj) == 4):
-        raise DecodeError("not_cose", "not a 4-element COSE_Sign1 array")
-    protected, unprotected, payload, signature = obj
-    if not (isinstance(protected, bytes) and isinstance(unprotected, Mapping) and isinstance(payload, bytes)
-            and isinstance(signature, bytes)):
-        raise DecodeError("not_cose", "COSE_Sign1 element of the wrong type")
-    try:
-        header = cbor2.loads(protected) if protected else {}
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):
-        raise DecodeError("not_cose", "protected header is not CBOR") from None
+    parts = _cose_sign1(_cbor(raw, "not_cose", "COSE container"))
+    if len(parts) != 4:
+        raise DecodeError("bad_cose_structure", f"COSE_Sign1 has {len(parts)} elements, not 4")
+    protected, unprotected, payload, signature = parts
+    if not isinstance(protected, bytes) or not isinstance(unprotected, Mapping):
+        raise DecodeError("bad_header", "protected header not a byte string or unprotected header not a map")
+    if not (isinstance(payload, bytes) and isinstance(signature, bytes)):
+        raise DecodeError("bad_cose_structure", "payload or signature is not a byte string")
+    header = _cbor(protected, "bad_header", "protected header") if protected else {}
     if not isinstance(header, Mapping):
-        raise DecodeError("not_cose", "protected header is not a map")
-    alg = header.get(H_ALG)
-    if alg not in ALG_NAMES:
-        raise DecodeError("unsupported_alg", f"alg {alg!r}")
-    kid = header.get(H_KID, unprotected.get(H_KID))
-    if not isinstance(kid, bytes) or not kid:
+        raise DecodeError("bad_header", "protected header is not a map")
+    # alg belongs in the protected header; one only in the unprotected header is taken too (the EU DCC
+    # vectors use it), which is safe because the trusted key's type pins the algorithm (EC ↔ ES256, RSA ↔ PS256).
+    alg = header.get(H_ALG) if H_ALG in header else unprotected.get(H_ALG)
+    # An exact int: a list or map here is unhashable, a float or bool would compare equal to a known alg.
+    if type(alg) is not int or alg not in ALG_NAMES:
+        raise DecodeError("unsupported_alg", f"alg of type {type(alg).__name__}")
+    # The protected kid wins (it is signed); the unprotected one is used only when there is none.
+    if H_KID in header:
+        kid = _kid(header[H_KID], "protected")
+    elif H_KID in unprotected:
+        kid = _kid(unprotected[H_KID], "unprotected")
+    else:
         raise DecodeError("no_kid")
     return Hc1Message(alg, kid, protected, payload, signature)
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DecodeError("bad_claims", "a time claim is not an integer")
-    return value
+def _time(value: Any, what: str) -> int:
+    """A CWT NumericDate (int, or a finite float per RFC 8392) inside the range a clock can reach."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DecodeError("bad_claims", f"{what} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DecodeError("bad_claims", f"{what} is not finite")
+    if not 0 <= value <= MAX_TIME:
+        raise DecodeError("bad_claims", f"{what} is outside 0..{MAX_TIME}")
+    return int(value)
+
+
+def _text(value: Any, limit: int) -> str:
+    """Printable text only (no control or bidi characters reach an event, a log or a screen)."""
+    if not isinstance(value, str):
+        return ""
+    return "".join(ch for ch in value[: limit * 4] if ch.isprintable())[:limit]
 
 
 def parse_claims(payload: bytes) -> Hc1Claims:
-    try:
-        claims = cbor2.loads(payload)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):
-        raise DecodeError("bad_claims", "CWT payload is not CBOR") from None
+    claims = _cbor(payload, "bad_claims", "CWT payload")
     if not isinstance(claims, Mapping):
         raise DecodeError("bad_claims", "CWT payload is not a map")
+    if CWT_IAT not in claims or CWT_EXP not in claims:
+        raise DecodeError("bad_claims", "missing iat or exp")
+    iat, exp = _time(claims[CWT_IAT], "iat"), _time(claims[CWT_EXP], "exp")
     health = claims.get(HEALTH_CLAIM)
-    if not isinstance(health, Mapping) or CWT_IAT not in claims or CWT_EXP not in claims:
-        raise DecodeError("bad_claims", "missing iat, exp or the health claim")
-    try:
-        colour = CodeColour(health.get(1))
-    except (ValueError, TypeError):
-        raise DecodeError("bad_claims", "unknown colour") from None
-    iat, exp = _int(claims[CWT_IAT]), _int(claims[CWT_EXP])
+    issuer = _text(claims.get(CWT_ISS), 64)
+    if health is None:
+        # A genuine code without our claim (an EU DCC carries -260): no colour, the lane's policy decides.
+        # The hcert's content (names, vaccinations) is never read; only its shape, {1: {…}}, is checked.
+        hcert = claims.get(EU_HCERT_CLAIM)
+        if hcert is not None and not (isinstance(hcert, Mapping) and isinstance(hcert.get(1), Mapping)):
+            raise DecodeError("bad_claims", "the hcert claim is not a map holding a map under 1")
+        claim_set = "hcert" if hcert is not None else "none"
+        return Hc1Claims(issuer, iat, exp, None, iat, exp, None, None, claim_set)
+    if not isinstance(health, Mapping):
+        raise DecodeError("bad_claims", "the health claim is not a map")
+    colour_value = health.get(1)
+    if not isinstance(colour_value, str) or colour_value not in _COLOURS:
+        raise DecodeError("bad_claims", "unknown colour")
     refresh = health.get(4)
+    if refresh is not None and (type(refresh) is not int or not 1 <= refresh <= MAX_REFRESH_S):
+        raise DecodeError("bad_claims", f"refresh period is not an integer in 1..{MAX_REFRESH_S}")
     holder = health.get(5)
     # Only the fields above are copied out; names, birth dates, ID numbers die with ``claims``.
     return Hc1Claims(
-        issuer=str(claims.get(CWT_ISS, ""))[:64], iat=iat, exp=exp, colour=colour,
-        valid_from=_int(health.get(2, iat)), valid_until=_int(health.get(3, exp)),
-        refresh_s=_int(refresh) if refresh is not None else None,
-        holder=holder if isinstance(holder, str) else None,
+        issuer=issuer, iat=iat, exp=exp, colour=CodeColour(colour_value),
+        valid_from=_time(health.get(2, iat), "valid-from"), valid_until=_time(health.get(3, exp), "valid-until"),
+        refresh_s=refresh, holder=holder[:MAX_HOLDER] if isinstance(holder, str) and holder else None,
     )
 
 
@@ -315,12 +387,26 @@ class Hc1Verifier:
         self.max_clock_skew_s = max_clock_skew_s
         self.dynamic_grace_s = dynamic_grace_s
         self.holder_ref = holder_ref or (lambda s: hashlib.sha256(b"checkpoint-holder:" + s.encode()).hexdigest()[:16])
+        self.failures = FailureLog(log, "hc1 verify")  # backstop hits, per exception type: each one is a bug to fix
 
-    def verify(self, payload: bytes, now_wall: float) -> CodeVerdict:
+    def verify(self, payload: bytes | str, now_wall: float) -> CodeVerdict:
+        """Any payload → a verdict with a reason; ``valid`` only for a trusted signature on an in-date code."""
+        try:
+            return self._verify(payload, now_wall)
+        except Exception as exc:  # noqa: BLE001 - the backstop: a code must never take the lane down
+            kind = type(exc).__name__
+            self.failures.report(kind, exc)
+            return _verdict(CodeStatus.INVALID, "malformed", error=kind)
+
+    def _verify(self, payload: bytes | str, now_wall: float) -> CodeVerdict:
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "surrogateescape")
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            return _verdict(CodeStatus.INVALID, "unknown_format")
         if len(payload) > MAX_PAYLOAD:
             return _verdict(CodeStatus.INVALID, "garbage")
         try:
-            text = payload.decode("ascii")
+            text = bytes(payload).decode("ascii")
         except UnicodeDecodeError:
             return _verdict(CodeStatus.INVALID, "unknown_format")
         try:
@@ -333,12 +419,14 @@ class Hc1Verifier:
             return _verdict(CodeStatus.UNVERIFIABLE, "unknown_kid", **detail)
         if not _verify_signature(key, msg.alg, msg.to_be_signed(), msg.signature):
             return _verdict(CodeStatus.INVALID, "bad_signature", **detail)
+        # From here on the bytes are genuine: signed by a signer on the trust list.
         try:
             c = parse_claims(msg.payload)
         except DecodeError as exc:
             return _verdict(CodeStatus.INVALID, exc.reason, **detail)
         expires = min(c.exp, c.valid_until)
-        detail.update(issuer=c.issuer, colour=c.colour.value, iat=c.iat, expires=expires)
+        detail.update(issuer=c.issuer, colour=c.colour.value if c.colour else None, iat=c.iat, expires=expires,
+                      claim_set=c.claim_set)
         if c.refresh_s is not None:
             detail["refresh_s"] = c.refresh_s
         ref = self.holder_ref(c.holder) if c.holder else None
