@@ -205,7 +205,8 @@ def lane_for(cfg: StationConfig) -> ScreeningLane:
         face_size_tolerance=s.face_size_tolerance,
         temperature_on=s.temperature_on,
     )
-    policy = ScreeningPolicy(temperature=cfg.policy.temperature, yellow_code=Decision(cfg.policy.yellow_code))
+    policy = ScreeningPolicy(temperature=cfg.policy.temperature, yellow_code=Decision(cfg.policy.yellow_code),
+                             uncoloured_code=Decision(cfg.policy.uncoloured_code))
     lane = ScreeningLane(settings, policy, calibration_for(cfg))
     from station.domain.direction import LaneGeometry
 

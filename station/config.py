@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from station.redact import has_userinfo, redact_url
+
 ENV_PREFIX = "CHECKPOINT_"
 
 # Visible 640×480 camera with 60° horizontal FOV, co-located with a 55°×35° 32×24 thermal module:
@@ -225,6 +227,16 @@ class MqttSection(Section):
     outbox_max_age_days: float = Field(30.0, gt=0.0, le=3650.0, description="Ordinary rows older than this are dropped (counted, alarm raised)")
     ha_discovery: bool = Field(False, description="Announce the station to Home Assistant (MQTT discovery)")
     ha_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$", description="Home Assistant discovery prefix")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _no_credentials_in_url(cls, v: Any) -> Any:
+        # Checked before the pattern so that the technician gets this message, not a regex.
+        if isinstance(v, str) and has_userinfo(v):
+            raise ValueError("credentials do not belong in the URL (it is shown in logs and status): "
+                             "put the user in mqtt.username and the password in mqtt.password_file "
+                             "(or the variable named by mqtt.password_env)")
+        return v
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> MqttSection:
@@ -443,6 +455,17 @@ def _lookup(data: Mapping[str, Any], loc: tuple[Any, ...]) -> Any:
     return node
 
 
+def _redacted(value: Any) -> Any:
+    """A reported value with URL passwords masked, however deep (a section's value is a dict)."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, Mapping):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def problems_from(exc: ValidationError, data: Mapping[str, Any], origin: Mapping[str, str]) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     for err in exc.errors(include_url=False):
@@ -467,7 +490,7 @@ def problems_from(exc: ValidationError, data: Mapping[str, Any], origin: Mapping
             if dotted in origin:
                 where = origin[dotted]
                 break
-        problems.append(ConfigProblem(key, _lookup(data, loc), msg, where))
+        problems.append(ConfigProblem(key, _redacted(_lookup(data, loc)), msg, where))
     return problems
 
 

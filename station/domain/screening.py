@@ -87,9 +87,17 @@ class ScreeningPolicy:
 
     temperature: str = "hard"  # hard: fever → deny_fever; soft: fever → manual_check
     yellow_code: Decision = Decision.MANUAL_CHECK
+    # A genuine, in-date code that carries no colour of ours (an EU DCC): it proves who issued it, not
+    # that the holder may pass, so it is never a pass; staff look (manual_check) or it is refused.
+    uncoloured_code: Decision = Decision.MANUAL_CHECK
+
+    def __post_init__(self) -> None:
+        if self.uncoloured_code not in (Decision.MANUAL_CHECK, Decision.DENY_CODE):
+            raise ValueError(f"uncoloured_code must be manual_check or deny_code, not {self.uncoloured_code}")
 
     def as_record(self) -> dict[str, str]:
-        return {"temperature": self.temperature, "yellow_code": self.yellow_code.value}
+        return {"temperature": self.temperature, "yellow_code": self.yellow_code.value,
+                "uncoloured_code": self.uncoloured_code.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +331,9 @@ class ScreeningLane:
                     return self._decide(Decision.PASS, "ok", now, alarm=False)
                 if v.colour is CodeColour.RED:
                     return self._decide(Decision.DENY_CODE, "code_red", now, alarm=False)
-                return self._decide(self.policy.yellow_code, "code_yellow", now, alarm=False)
+                if v.colour is CodeColour.YELLOW:
+                    return self._decide(self.policy.yellow_code, "code_yellow", now, alarm=False)
+                return self._decide(self.policy.uncoloured_code, "code_uncoloured", now, alarm=False)
             if v.status is CodeStatus.EXPIRED:
                 return self._decide(Decision.DENY_CODE, f"code_expired:{v.reason}", now, alarm=False)
             return self._decide(Decision.MANUAL_CHECK, f"code_unverifiable:{v.reason}", now, alarm=False)
