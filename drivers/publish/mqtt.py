@@ -55,6 +55,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 # The transport-neutral exceptions live with the pump that handles them until station.ports
 # (the natural home, shared by every Publisher adapter) grows them.
 from station.ports import NotConnectedError, PublishError
+from station.redact import redact_url
 
 __all__ = ["MqttPublisher", "NotConnectedError", "PublishError"]
 
@@ -144,9 +145,9 @@ class MqttPublisher:
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker url {url!r}: scheme must be mqtt:// or mqtts://")
+            raise ValueError(f"broker url {redact_url(url)!r}: scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
-            raise ValueError(f"broker url {url!r} has no host")
+            raise ValueError(f"broker url {redact_url(url)!r} has no host")
         self.host = parts.hostname
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.tls = parts.scheme == "mqtts"

@@ -69,7 +69,9 @@ class BoardSubscriber:
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"broker url {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+            from station.redact import redact_url
+
+            raise ValueError(f"broker url {redact_url(url)!r}: expected mqtt://host[:port] or mqtts://host[:port]")
         self.host = parts.hostname
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.filters = board_filters(prefix, share_group)

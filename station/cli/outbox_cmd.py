@@ -126,7 +126,9 @@ def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) 
     try:
         MqttSection(url=url)
     except ValueError as exc:
-        click.echo(f"--mqtt {url!r}: {exc}", err=True)
+        from station.redact import error_text, redact_url
+
+        click.echo(f"--mqtt {redact_url(url)!r}: {error_text(exc)}", err=True)
         sys.exit(2)
     daemon = read_runtime_status(obj.data_dir())
     if daemon.get("state") == "running":

@@ -76,10 +76,12 @@ def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, a
     configure(log_level)
     cfg = _load(config, ())
     if mqtt_url:
+        from station.redact import error_text, redact_url
+
         try:
             cfg.mqtt.url = mqtt_url
         except ValueError as exc:
-            click.echo(f"--mqtt {mqtt_url!r}: {exc}", err=True)
+            click.echo(f"--mqtt {redact_url(mqtt_url)!r}: {error_text(exc)}", err=True)
             sys.exit(2)
     if http_listen:
         from station.web.pin import hash_pin
