@@ -4,7 +4,6 @@ shared subscription would not deliver), and both show every event from their com
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from station.board.run import Board, BoardOptions
+from tests.board_auth import make_users
 from tests.mosquitto import Broker, mosquitto_available
 from tests.test_board_state import screening, status
 from tests.test_sync import wait_until
@@ -33,6 +33,7 @@ def test_two_replicas_split_events_and_both_show_everything(tmp_path: Path) -> N
         # Retained before any board exists: only an ordinary subscription delivers these.
         for name in ("lane-1", "lane-2"):
             pub.publish(*status(name, "online", 3), qos=1, retain=True).wait_for_publish(5)
+        make_users(tmp_path / "shared" / "board-users.json")
         for i in range(2):
             b = Board(BoardOptions(mqtt_url=broker.url, data_dir=tmp_path / "shared", share_group="board",
                                    client_id=f"board-replica-{i}", session_expiry_s=0))

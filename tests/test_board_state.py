@@ -15,6 +15,7 @@ from station.board.history import BoardHistory
 from station.board.state import BoardState
 from station.board.web import create_app
 from station.snapshots import snapshot_payload
+from tests.board_auth import login, make_auth
 
 P = "checkpoint/v1"
 
@@ -130,7 +131,8 @@ def test_web_api_lists_stations_and_serves_the_snapshot(tmp_path: Path) -> None:
     jpeg = b"\xff\xd8\xff\xe0fake-jpeg-body"
     board.handle(f"{P}/s1/lane-1/snapshot", snapshot_payload(jpeg, {"blur": "faces", "faces_blurred": 0, "width": 320, "height": 240},
                                                            {"station_id": "lane-1", "site": "s1"}, time.time()))
-    client = TestClient(create_app(board))
+    client = TestClient(create_app(board, make_auth(tmp_path / "auth")), base_url="http://127.0.0.1:8080")
+    assert login(client).status_code == 303
     data = client.get("/api/stations").json()
     (row,) = data["stations"]
     assert row["key"] == "s1/lane-1" and row["state"] == "online" and row["today"]["screened"] == 1

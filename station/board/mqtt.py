@@ -57,7 +57,7 @@ class BoardSubscriber:
     def __init__(
         self,
         url: str,
-        on_message: Callable[[str, bytes], None],
+        on_message: Callable[[str, bytes], object],
         *,
         prefix: str = "checkpoint/v1",
         share_group: str | None = None,
@@ -144,7 +144,7 @@ class BoardSubscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self._handler(msg.topic, msg.payload)
+            self._handler(msg.topic, bytes(msg.payload))
         except Exception as exc:  # logged and counted; one bad message must not stop the board
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from station.board.auth import USERS_NAME, Sessions, UsersFile, load_secret
 from station.board.history import BoardHistory
 from station.board.mqtt import BoardSubscriber
-from station.board.state import BoardState
-from station.board.web import create_app
+from station.board.state import MAX_STATIONS, BoardState
+from station.board.web import BoardAuth, create_app
 
 log = logging.getLogger("station.board")
 
@@ -37,17 +38,33 @@ class BoardOptions:
     keep_days: int = 30
     backlog_rows: int = 20
     alarm_window_s: float = 900.0
+    users_path: Path | None = None  # default: <data_dir>/board-users.json
+    public_origin: str | None = None  # https://… when a TLS proxy serves the board: cookies get Secure
+    session_ttl_s: float = 7 * 86400.0
+    max_stations: int = MAX_STATIONS
 
 
 class Board:
     def __init__(self, opts: BoardOptions) -> None:
         self.opts = opts
+        if opts.public_origin and not opts.public_origin.startswith(("https://", "http://")):
+            raise ValueError(f"public origin {opts.public_origin!r}: expected https://host[:port]")
+        users_path = Path(opts.users_path) if opts.users_path else Path(opts.data_dir) / USERS_NAME
+        users = UsersFile(users_path)
+        if not users.users():
+            # No anonymous board: a page that shows every checkpoint needs someone to log in.
+            raise ValueError(f"no board users in {users_path}: add one with "
+                             f"`stationctl board-user add NAME --role admin --users {users_path}`")
+        Path(opts.data_dir).mkdir(parents=True, exist_ok=True)
+        self.auth = BoardAuth(users, Sessions(load_secret(Path(opts.data_dir)), users, ttl_s=opts.session_ttl_s),
+                              public_origin=opts.public_origin)
         self.history = BoardHistory(Path(opts.data_dir) / HISTORY_NAME, keep_days=opts.keep_days)
-        self.state = BoardState(self.history, opts.prefix, alarm_window_s=opts.alarm_window_s, backlog_rows=opts.backlog_rows)
+        self.state = BoardState(self.history, opts.prefix, alarm_window_s=opts.alarm_window_s, backlog_rows=opts.backlog_rows,
+                                max_stations=opts.max_stations)
         self.subscriber = BoardSubscriber(
             opts.mqtt_url, self.state.handle, prefix=opts.prefix, share_group=opts.share_group, client_id=opts.client_id,
             session_expiry_s=opts.session_expiry_s, username=opts.username, password=opts.password, tls_ca=opts.tls_ca)
-        self.app = create_app(self.state, self.subscriber.stats)
+        self.app = create_app(self.state, self.auth, self.subscriber.stats)
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="board-refresh", daemon=True)
 
@@ -74,9 +91,9 @@ class Board:
 
     def serve(self) -> None:
         """Run the web server in this thread until SIGINT/SIGTERM (uvicorn handles them)."""
-        import uvicorn
-
         import signal
+
+        import uvicorn
 
         config = uvicorn.Config(self.app, host=self.opts.host, port=self.opts.port, log_level="warning", access_log=False)
         server = uvicorn.Server(config)

@@ -138,9 +138,13 @@ def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, a
 @click.option("--session-expiry", type=click.IntRange(0, 604800), default=None, help="Seconds the broker keeps this board's session (events queued while it restarts); default 3600 with --client-id, else 0 (clean session)")
 @click.option("--username", default=None, help="Broker user; the password comes from $CHECKPOINT_MQTT_PASSWORD")
 @click.option("--tls-ca", type=click.Path(dir_okay=False), default=None, help="CA file for mqtts:// (default: system store)")
+@click.option("--users", "users_path", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Board users file (stationctl board-user add); default: <data-dir>/board-users.json")
+@click.option("--public-origin", default=None, help="https://host[:port] when a TLS proxy serves the board (session cookie gets Secure; logins from that origin accepted)")
+@click.option("--max-stations", type=click.IntRange(1, 100000), default=2000, show_default=True, help="Stations kept; messages from more are dropped and counted")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 def board(mqtt_url: str, listen: str, data_dir: Path | None, share_group: str | None, topic_prefix: str, client_id: str | None,
-          session_expiry: int | None, username: str | None, tls_ca: str | None, log_level: str) -> None:
+          session_expiry: int | None, username: str | None, tls_ca: str | None, users_path: Path | None, public_origin: str | None,
+          max_stations: int, log_level: str) -> None:
     """Command-centre board (指挥大屏): every station's state, counts, alarms and live picture (docs/board.md)."""
     import os
 
@@ -159,7 +163,8 @@ def board(mqtt_url: str, listen: str, data_dir: Path | None, share_group: str | 
     try:
         opts = BoardOptions(mqtt_url=mqtt_url, host=host or "127.0.0.1", port=int(port), data_dir=data_dir or (default_data_dir() / "board"),
                             share_group=share_group, prefix=topic_prefix, client_id=client_id, session_expiry_s=session_expiry,
-                            username=username, password=os.environ.get("CHECKPOINT_MQTT_PASSWORD") if username else None, tls_ca=tls_ca)
+                            username=username, password=os.environ.get("CHECKPOINT_MQTT_PASSWORD") if username else None, tls_ca=tls_ca,
+                            users_path=users_path, public_origin=public_origin, max_stations=max_stations)
         run_board(opts)
     except ValueError as exc:
         click.echo(str(exc), err=True)
