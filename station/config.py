@@ -80,6 +80,11 @@ class PolicySection(Section):
         "hard", description="hard: fever → deny_fever, gate stays closed; soft: fever → manual_check, staff decide"
     )
     yellow_code: Literal["deny_code", "manual_check"] = Field("manual_check", description="What a valid yellow code leads to")
+    uncoloured_code: Literal["manual_check", "deny_code"] = Field(
+        "manual_check",
+        description="What a genuine, in-date code without our colour claim leads to (e.g. an EU Digital COVID "
+                    "Certificate): manual_check = staff look at it; deny_code = refused. It never passes",
+    )
 
 
 class ThermalSection(Section):
