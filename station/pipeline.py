@@ -16,6 +16,19 @@ Threads, each with one job, connected by bounded hand-offs:
   with a deadline: a command that waited too long (slow disk) is refused by the gate.
 
 Nothing on the lane thread touches disk or network.
+
+Hostile or faulty input never kills a stage. Each loop contains a failure around the one item it
+was handling (a frame, a decoded code, a thermal frame, an inbox item, a decision): the item is
+dropped, the failure counted per stage and exception type (``StageHealth``) and logged once per
+kind per ``error_log_interval_s`` (``station.ratelimit.FailureLog``), and the loop goes on. A
+verifier that raises becomes an ``invalid``/``verifier_error`` verdict, so the lane treats the
+code like any unreadable one (``manual_check`` after the code timeout, never ``pass``).
+
+A loop that raises anyway (a real bug outside the per-item guard, or ``escalate_after`` items in a
+row all failing) is restarted on its own thread by ``StageSupervisor``, with a growing back-off and
+at most ``restart_limit`` restarts per ``restart_window_s``. Past that the stage is given up:
+``alive()`` turns False, the systemd watchdog stops being pinged and systemd restarts the station —
+the in-process restarts keep one hostile QR from using up systemd's ``StartLimitBurst``.
 """
 
 from __future__ import annotations
@@ -29,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from station.capture import CaptureKeeper
+from station.domain.gate import gate_command_for
 from station.domain.model import (
     CodeObservation,
     CodeStatus,
@@ -42,12 +57,20 @@ from station.domain.model import (
     ThermalFrame,
     VisibleFrame,
 )
-from station.capture import CaptureKeeper
-from station.frame_gate import FrameGate
 from station.domain.screening import LaneState, ScreeningLane, Verdict
 from station.domain.thermal import MeasureState
-from station.domain.gate import gate_command_for
-from station.ports import Clock, CodeReader, CodeVerifier, EventStore, FaceDetector, FrameSource, GateOutput, ThermalSource
+from station.frame_gate import FrameGate
+from station.ports import (
+    Clock,
+    CodeReader,
+    CodeVerifier,
+    EventStore,
+    FaceDetector,
+    FrameSource,
+    GateOutput,
+    ThermalSource,
+)
+from station.ratelimit import FailureLog, RateLimiter
 
 log = logging.getLogger("station.pipeline")
 
@@ -114,6 +137,14 @@ class PipelineSettings:
     # the watchdog restarts the station) instead of silently dropping records.
     unrecorded_max: int = 1000
     record_retry_s: float = 1.0
+    # Stage containment and supervision (see the module docstring).
+    error_log_interval_s: float = 60.0  # one log line per stage and failure kind per interval
+    escalate_after: int = 200  # this many dropped items in a row: the loop is broken, restart it
+    read_error_pause_s: float = 0.05  # after a device read raised: do not spin on a dead adapter
+    restart_limit: int = 5  # in-process restarts of one stage per restart_window_s, then give up
+    restart_window_s: float = 600.0
+    restart_backoff_s: float = 0.2  # doubles with each restart inside the window
+    restart_backoff_max_s: float = 2.0  # well under the watchdog's stale_after (WatchdogSec / 2)
 
 
 @dataclass(slots=True)
@@ -124,6 +155,104 @@ class _Counters:
     def add(self, key: str, n: int = 1) -> None:
         with self.lock:
             self.values[key] += n
+
+
+class StageFailing(RuntimeError):
+    """Every recent item of a stage failed: the loop itself is broken and goes to its supervisor."""
+
+
+class StageHealth:
+    """One stage's failures per kind, in-process restarts, and whether its supervisor gave up."""
+
+    def __init__(self, name: str, settings: PipelineSettings, monotonic: Callable[[], float]) -> None:
+        self.name = name
+        self.escalate_after = settings.escalate_after
+        self.errors = FailureLog(log, "pipeline stage item", interval_s=settings.error_log_interval_s, monotonic=monotonic)
+        self.state = "not started"  # running | restarting | given_up | stopped
+        self.restarts = 0
+        self.last_crash: str | None = None
+        self._in_a_row = 0
+
+    def failed(self, kind: str, exc: BaseException, *, dropped: bool = True, **fields: Any) -> None:
+        """Count (and maybe log) one failure; raises ``StageFailing`` when too many items in a row were dropped."""
+        self.errors.report(kind, exc, stage=self.name, **fields)
+        if not dropped:
+            return
+        self._in_a_row += 1
+        if self.escalate_after > 0 and self._in_a_row >= self.escalate_after:
+            self._in_a_row = 0
+            raise StageFailing(f"stage {self.name}: {self.escalate_after} items in a row failed, last {kind}") from exc
+
+    def ok(self) -> None:
+        """One item went through: the failures so far were about items, not the loop."""
+        self._in_a_row = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": self.state, "restarts": self.restarts, "errors": self.errors.snapshot(),
+                "last_crash": self.last_crash}
+
+
+def health_summary(stages: dict[str, dict[str, Any]], *, alive: bool) -> dict[str, Any]:
+    """Stage snapshots with their totals; ``state`` is ok, degraded (restarted or failing items) or failed."""
+    given_up = [name for name, h in stages.items() if h["state"] == "given_up"]
+    restarts = sum(int(h["restarts"]) for h in stages.values())
+    errors = sum(sum(h["errors"].values()) for h in stages.values())
+    state = "failed" if given_up or not alive else "degraded" if restarts or errors else "ok"
+    return {"state": state, "alive": alive, "restarts": restarts, "errors": errors, "given_up": given_up, "stages": stages}
+
+
+class StageSupervisor:
+    """Runs one stage loop on its own thread; restarts it in-process when it raises, within a rate limit."""
+
+    def __init__(self, name: str, loop: Callable[[], None], health: StageHealth, settings: PipelineSettings,
+                 stop: threading.Event, monotonic: Callable[[], float], thread_name: str | None = None) -> None:
+        self.name = name
+        self.loop = loop
+        self.health = health
+        self.settings = settings
+        self._stop = stop
+        self._restarts = RateLimiter(max(1, settings.restart_limit), settings.restart_window_s, monotonic=monotonic)
+        self._monotonic = monotonic
+        self.thread = threading.Thread(target=self._run, name=thread_name or f"station-{name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive() and self.health.state != "given_up"
+
+    def _run(self) -> None:
+        recent = 0  # restarts since the last quiet window: sets the back-off
+        last_crash_t: float | None = None
+        while True:
+            self.health.state = "running"
+            try:
+                self.loop()
+            except Exception as exc:  # the loop itself broke: restart it here, not the whole station
+                now = self._monotonic()
+                self.health.last_crash = type(exc).__name__  # never the message: it may quote a hostile payload
+                if self.settings.restart_limit <= 0 or not self._restarts.allow(self.name):
+                    # Given up: alive() turns False, the watchdog stops and systemd restarts the station.
+                    self.health.state = "given_up"
+                    log.critical("pipeline stage given up stage=%s restarts=%d limit=%d window_s=%.0f",
+                                 self.name, self.health.restarts, self.settings.restart_limit,
+                                 self.settings.restart_window_s, exc_info=exc)
+                    return
+                if last_crash_t is None or now - last_crash_t >= self.settings.restart_window_s:
+                    recent = 0
+                last_crash_t = now
+                backoff = min(self.settings.restart_backoff_s * (2 ** recent), self.settings.restart_backoff_max_s)
+                recent += 1
+                self.health.restarts += 1
+                self.health.state = "restarting"
+                log.error("pipeline stage crashed, restarting stage=%s restart=%d backoff_s=%.2f",
+                          self.name, self.health.restarts, backoff, exc_info=exc)
+                # On stop the wait ends at once and the loop runs again only to finish (the executor
+                # drains what the lane decided; the other loops return at their first stop check).
+                self._stop.wait(backoff)
+                continue
+            self.health.state = "stopped"
+            return
 
 
 class Pipeline:
@@ -172,7 +301,10 @@ class Pipeline:
         self._decisions: queue.Queue[Verdict | None] = queue.Queue(maxsize=64)
         # (event, the gate's refusal) for decisions not yet durable; only the executor touches it.
         self._unrecorded: deque[tuple[ScreeningEvent, GateResult]] = deque()
-        self._threads: list[threading.Thread] = []
+        self._supervisors: list[StageSupervisor] = []
+        self.stage_health: dict[str, StageHealth] = {
+            name: StageHealth(name, self.settings, clock.monotonic) for name in self.STAGES
+        }
         self.counters = _Counters()
         self._last_thermal_t = clock.monotonic()
         self._last_code: tuple[bytes, float] | None = None
@@ -184,124 +316,171 @@ class Pipeline:
         self._listeners.append(fn)
 
     # -- lifecycle --------------------------------------------------------------------------------
+    STAGES = ("executor", "lane", "thermal", "face", "code", "camera")  # started in this order
+
     def start(self) -> None:
         self._last_thermal_t = self.clock.monotonic()
-        for name, target in (
-            ("executor", self._executor_loop),
-            ("lane", self._lane_loop),
-            ("thermal", self._thermal_loop),
-            ("face", self._face_loop),
-            ("code", self._code_loop),
-            ("camera", self._camera_loop),
-        ):
-            t = threading.Thread(target=self._guard(name, target), name=f"station-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        loops: dict[str, Callable[[], None]] = {
+            "executor": self._executor_loop,
+            "lane": self._lane_loop,
+            "thermal": self._thermal_loop,
+            "face": self._face_loop,
+            "code": self._code_loop,
+            "camera": self._camera_loop,
+        }
+        for name in self.STAGES:
+            sup = StageSupervisor(name, loops[name], self.stage_health[name], self.settings, self._stop, self.clock.monotonic)
+            sup.start()
+            self._supervisors.append(sup)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop producers first, then let the lane and executor finish what they hold."""
         self._stop.set()
         self._face_slot.close()
         self._code_slot.close()
-        for t in reversed(self._threads):
-            if t.name == "station-executor":
+        for sup in reversed(self._supervisors):
+            if sup.name == "executor":
                 self._decisions.put(None)
-            t.join(timeout)
-            if t.is_alive():
-                log.error("thread did not stop thread=%s", t.name)
-        self._threads.clear()
+            sup.thread.join(timeout)
+            if sup.thread.is_alive():
+                log.error("thread did not stop thread=%s", sup.thread.name)
+        self._supervisors.clear()
 
     def alive(self) -> bool:
-        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+        """Every stage is running (or being restarted within its limit); False once one is given up."""
+        return bool(self._supervisors) and all(s.alive() for s in self._supervisors)
 
-    def _guard(self, name: str, fn: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                fn()
-            except Exception:  # logged with traceback and counted
-                # A dead stage thread must be loud: the watchdog stops pinging and systemd restarts us.
-                log.exception("pipeline thread crashed thread=%s", name)
-                self.counters.add(f"crashed_{name}")
-
-        return run
+    def health(self) -> dict[str, Any]:
+        """Per stage: state, in-process restarts, contained failures per kind (status, MQTT state)."""
+        return health_summary({name: h.snapshot() for name, h in self.stage_health.items()}, alive=self.alive())
 
     # -- producers --------------------------------------------------------------------------------
+    def _tap(self, stage: StageHealth, taps: list[Callable[[Any], None]], item: Any) -> None:
+        """Hand ``item`` to each tap; a failing tap is counted, never stops the stage or the other taps."""
+        for tap in taps:
+            try:
+                tap(item)
+            except Exception as exc:  # counted per kind, logged once per interval
+                stage.failed(f"tap:{type(exc).__name__}", exc, dropped=False, tap=getattr(tap, "__qualname__", repr(tap)))
+
     def _camera_loop(self) -> None:
+        health = self.stage_health["camera"]
         while not self._stop.is_set():
-            frame = self.camera.read(timeout=0.5)
+            try:
+                frame = self.camera.read(timeout=0.5)
+            except Exception as exc:  # a dead or confused adapter: count, pause, read again
+                health.failed(type(exc).__name__, exc, step="read")
+                self._stop.wait(self.settings.read_error_pause_s)
+                continue
             if frame is None:
                 continue
+            health.ok()
             self.counters.add("frames")
             self._face_slot.put(frame)
             self._code_slot.put(frame)
-            for tap in self.frame_taps:
-                tap(frame)
+            self._tap(health, self.frame_taps, frame)
 
     def _face_loop(self) -> None:
+        health = self.stage_health["face"]
         last: FaceObservation | None = None
         while not self._stop.is_set():
             frame = self._face_slot.take(timeout=0.5)
             if frame is None:
                 continue
-            h, w = frame.image.shape[:2]
-            if last is not None and not self.frame_gate.should_detect(frame.image, frame.t):
-                # Same scene as the last detected frame: its faces still hold (no crops from this frame).
-                self.counters.add("detections_reused")
-                self._offer(FaceObservation(frame.seq, frame.t, self.clock.monotonic(), last.faces, (w, h), 0.0))
+            try:
+                last = self._faces_in(frame, last)
+            except Exception as exc:  # this frame only: dropped, counted
+                health.failed(type(exc).__name__, exc, frame_seq=getattr(frame, "seq", None))
                 continue
-            t0 = self.clock.monotonic()
-            faces = self.detector.detect(frame.image)
-            done = self.clock.monotonic()
-            sharpness = self.captures.measure(frame.seq, frame.image, faces)
-            last = FaceObservation(frame.seq, frame.t, done, tuple(faces), (w, h), (done - t0) * 1000.0, sharpness)
-            self._offer(last)
-            for tap in self.face_taps:
-                tap(last)
+            health.ok()
+
+    def _faces_in(self, frame: VisibleFrame, last: FaceObservation | None) -> FaceObservation | None:
+        """Detect (or re-use) the faces of one frame and offer them to the lane; returns the last detection."""
+        h, w = frame.image.shape[:2]
+        if last is not None and not self.frame_gate.should_detect(frame.image, frame.t):
+            # Same scene as the last detected frame: its faces still hold (no crops from this frame).
+            self.counters.add("detections_reused")
+            self._offer(FaceObservation(frame.seq, frame.t, self.clock.monotonic(), last.faces, (w, h), 0.0))
+            return last
+        t0 = self.clock.monotonic()
+        faces = self.detector.detect(frame.image)
+        done = self.clock.monotonic()
+        sharpness = self.captures.measure(frame.seq, frame.image, faces)
+        last = FaceObservation(frame.seq, frame.t, done, tuple(faces), (w, h), (done - t0) * 1000.0, sharpness)
+        self._offer(last)
+        self._tap(self.stage_health["face"], self.face_taps, last)
+        return last
 
     def _code_loop(self) -> None:
+        health = self.stage_health["code"]
         while not self._stop.is_set():
             frame = self._code_slot.take(timeout=0.5)
             if frame is None or self.lane.state is not LaneState.SCREENING:
                 continue
-            t0 = self.clock.monotonic()
-            codes = self.reader.decode(frame.image)
-            decode_ms = (self.clock.monotonic() - t0) * 1000.0
-            self.counters.add("decodes")
-            if getattr(self.reader, "last_was_cached", False):  # the tracking wrapper answered without decoding
-                self.counters.add("decodes_cached")
-            for code in codes:
-                now = self.clock.monotonic()
-                if self._last_code and self._last_code[0] == code.payload and now - self._last_code[1] < self.settings.code_repeat_s:
-                    continue  # the same code still held up: already judged
-                self._last_code = (code.payload, now)
-                verdict = self._judge(code, frame.image)
-                self.counters.add(f"codes_{verdict.status.value}")
-                self._offer(CodeObservation(frame.seq, frame.t, self.clock.monotonic(), verdict, decode_ms, code.decoder))
+            try:
+                self._codes_in(frame)
+            except Exception as exc:  # this frame only (a decoder that raised): dropped, counted
+                health.failed(type(exc).__name__, exc, frame_seq=getattr(frame, "seq", None))
+                continue
+            health.ok()
+
+    def _codes_in(self, frame: VisibleFrame) -> None:
+        """Decode the codes of one frame, judge each new one, offer the verdicts to the lane."""
+        t0 = self.clock.monotonic()
+        codes = self.reader.decode(frame.image)
+        decode_ms = (self.clock.monotonic() - t0) * 1000.0
+        self.counters.add("decodes")
+        if getattr(self.reader, "last_was_cached", False):  # the tracking wrapper answered without decoding
+            self.counters.add("decodes_cached")
+        for code in codes:
+            now = self.clock.monotonic()
+            if self._last_code and self._last_code[0] == code.payload and now - self._last_code[1] < self.settings.code_repeat_s:
+                continue  # the same code still held up: already judged
+            self._last_code = (code.payload, now)
+            verdict = self._judge(code, frame.image)
+            self.counters.add(f"codes_{verdict.status.value}")
+            self._offer(CodeObservation(frame.seq, frame.t, self.clock.monotonic(), verdict, decode_ms, code.decoder))
 
     def _judge(self, code: DecodedCode, image: Any = None) -> CodeVerdict:
         """Ask each configured verifier in order; the first that recognises the format decides.
 
         A verifier that also looks at the pixels (the colour-on-screen fallback, or the judge that
-        wraps it) gets the frame and the code's box through ``verify_in_frame``."""
+        wraps it) gets the frame and the code's box through ``verify_in_frame``. A verifier that
+        raises decides too: ``invalid``/``verifier_error`` (never passed on to a laxer verifier)."""
         verdict: CodeVerdict | None = None
         for verifier in self.verifiers:
-            in_frame = getattr(verifier, "verify_in_frame", None)
-            if in_frame is not None:
-                verdict = in_frame(code, image, self.clock.wall())
-            else:
-                verdict = verifier.verify(code.payload, self.clock.wall())
+            try:
+                in_frame = getattr(verifier, "verify_in_frame", None)
+                if in_frame is not None:
+                    verdict = in_frame(code, image, self.clock.wall())
+                else:
+                    verdict = verifier.verify(code.payload, self.clock.wall())
+                if not isinstance(verdict, CodeVerdict) or not isinstance(verdict.status, CodeStatus):
+                    raise TypeError(f"verifier returned {type(verdict).__name__}, not a CodeVerdict")
+            except Exception as exc:  # a hostile payload (or a bug) must not end the code stage
+                name = str(getattr(verifier, "name", type(verifier).__name__))
+                self.stage_health["code"].failed(f"verify:{type(exc).__name__}", exc, dropped=False, verifier=name)
+                self.counters.add("codes_verifier_error")
+                return CodeVerdict(CodeStatus.INVALID, None, "verifier_error", name,
+                                   detail={"error": type(exc).__name__})
             if not (verdict.status is CodeStatus.INVALID and verdict.reason == "unknown_format"):
                 return verdict
         assert verdict is not None
         return verdict
 
     def _thermal_loop(self) -> None:
+        health = self.stage_health["thermal"]
         while not self._stop.is_set():
-            frame = self.thermal.read_frame(timeout=0.5)
+            try:
+                frame = self.thermal.read_frame(timeout=0.5)
+            except Exception as exc:  # a driver bug on one read: count, pause, read again
+                health.failed(type(exc).__name__, exc, step="read")
+                self._stop.wait(self.settings.read_error_pause_s)
+                continue
             if frame is not None:
+                health.ok()
                 self._offer(frame)
-                for tap in self.thermal_taps:
-                    tap(frame)
+                self._tap(health, self.thermal_taps, frame)
 
     def _offer(self, item: Any) -> None:
         try:
@@ -312,19 +491,21 @@ class Pipeline:
     # -- the lane ---------------------------------------------------------------------------------
     def _lane_loop(self) -> None:
         lane = self.lane
+        health = self.stage_health["lane"]
         while not self._stop.is_set():
             try:
                 item = self._inbox.get(timeout=0.05)
             except queue.Empty:
                 item = None
             verdict: Verdict | None = None
-            if isinstance(item, FaceObservation):
-                verdict = lane.on_faces(item)
-            elif isinstance(item, ThermalFrame):
-                self._last_thermal_t = max(self._last_thermal_t, item.t)
-                verdict = lane.on_thermal(item)
-            elif isinstance(item, CodeObservation):
-                verdict = lane.on_code(item)
+            if item is not None:
+                try:
+                    verdict = self._lane_item(item)
+                except Exception as exc:  # this observation only: dropped, counted; timeouts still run below
+                    health.failed(type(exc).__name__, exc, item=type(item).__name__)
+                else:
+                    health.ok()
+            # Timeouts are not an item: if they raise, the lane loop is broken and its supervisor restarts it.
             now = self.clock.monotonic()
             if verdict is None and lane.state is LaneState.SCREENING and now - self._last_thermal_t > self.settings.thermal_stale_s:
                 # Checked on every pass, not only when idle: faces keep arriving while the sensor is silent.
@@ -338,6 +519,17 @@ class Pipeline:
                 self._decisions.put(verdict)
             if self._on_progress is not None:
                 self._on_progress()
+
+    def _lane_item(self, item: Any) -> Verdict | None:
+        lane = self.lane
+        if isinstance(item, FaceObservation):
+            return lane.on_faces(item)
+        if isinstance(item, ThermalFrame):
+            self._last_thermal_t = max(self._last_thermal_t, item.t)
+            return lane.on_thermal(item)
+        if isinstance(item, CodeObservation):
+            return lane.on_code(item)
+        return None
 
     # -- record, then act -------------------------------------------------------------------------
     def _executor_loop(self) -> None:
@@ -358,7 +550,19 @@ class Pipeline:
                               ",".join(e.event_id for e, _ in self._unrecorded))
                 return
             self._retry_unrecorded()  # older decisions first, so records keep decision order
-            self._carry_out(verdict)
+            try:
+                self._carry_out(verdict)
+            except Exception as exc:  # this decision only; the barrier goes to (stays in) its safe state
+                self._safe_gate()
+                self.stage_health["executor"].failed(type(exc).__name__, exc, decision=verdict.decision.value)
+            else:
+                self.stage_health["executor"].ok()
+
+    def _safe_gate(self) -> None:
+        try:
+            self.gate.safe_state()
+        except Exception:  # logged; nothing more the executor can do about its gate
+            log.exception("gate safe state failed after a decision error")
 
     def _retry_unrecorded(self) -> bool:
         """Write kept events, oldest first; True when none is left."""
@@ -452,6 +656,8 @@ class Pipeline:
     def stats(self) -> dict[str, Any]:
         with self.counters.lock:
             out: dict[str, Any] = dict(self.counters.values)
+        out["stage_restarts"] = sum(h.restarts for h in self.stage_health.values())
+        out["stage_errors"] = sum(sum(h.errors.snapshot().values()) for h in self.stage_health.values())
         out["face_frames_dropped"] = self._face_slot.dropped
         out["code_frames_dropped"] = self._code_slot.dropped
         out["unrecorded_pending"] = len(self._unrecorded)

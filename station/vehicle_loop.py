@@ -11,6 +11,10 @@ and its ``events/vehicle`` outbox message in one transaction), then logged (stru
 to listeners; ``resident_vehicle`` and ``outsider_vehicle`` are information, never alarms. A failed
 write is logged and counted (``record_errors``) and never stops the plate thread: losing one
 vehicle record must not blind the lane to the next vehicle.
+
+Like the pipeline's stages, a failure on one frame is counted per kind and logged once per kind per
+minute (``StageHealth``), and a loop that breaks anyway is restarted in-process by a
+``StageSupervisor`` within its rate limit (``stats()["health"]``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 from station.domain.model import VisibleFrame
 from station.domain.vehicles import VehicleEvent, VehicleLane
-from station.pipeline import LatestSlot
+from station.pipeline import LatestSlot, PipelineSettings, StageHealth, StageSupervisor
 
 log = logging.getLogger("station.vehicles")
 
@@ -41,6 +45,7 @@ class PlateLoop:
         record: Callable[[dict[str, Any]], Any] | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock_synced: Callable[[], bool | None] = lambda: None,
+        settings: PipelineSettings | None = None,
     ) -> None:
         self.reader = reader
         self._record = record
@@ -51,7 +56,9 @@ class PlateLoop:
         self._clock = clock
         self._slot: LatestSlot[VisibleFrame] = LatestSlot()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._settings = settings or PipelineSettings()
+        self.health = StageHealth("plates", self._settings, clock)
+        self._supervisor: StageSupervisor | None = None
         self._listeners: list[Callable[[VehicleEvent], None]] = []
         self.counts: Counter[str] = Counter()
         self.last_event: dict[str, Any] | None = None
@@ -65,16 +72,19 @@ class PlateLoop:
         self._slot.put(frame)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="station-plates", daemon=True)
-        self._thread.start()
+        self._supervisor = StageSupervisor("plates", self._run, self.health, self._settings, self._stop, self._clock)
+        self._supervisor.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._slot.close()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            if self._thread.is_alive():
+        if self._supervisor is not None:
+            self._supervisor.thread.join(5.0)
+            if self._supervisor.thread.is_alive():
                 log.error("plate thread did not stop")
+
+    def alive(self) -> bool:
+        return self._supervisor is not None and self._supervisor.alive()
 
     def _run(self) -> None:
         last = -1e9
@@ -88,13 +98,19 @@ class PlateLoop:
             last = self._clock()
             try:
                 plates = self.reader.read(frame.image)
-            except Exception:  # a bad frame must not kill the vehicle lane; logged with traceback and counted
-                log.exception("plate read failed frame_seq=%s", frame.seq)
+            except Exception as exc:  # a bad frame must not kill the vehicle lane; counted, logged once per kind a minute
                 self.counts["read_errors"] += 1
+                self.health.failed(type(exc).__name__, exc, step="read", frame_seq=frame.seq)
                 continue
             self.read_ms = round((self._clock() - last) * 1000.0, 1)
             self.counts["reads"] += 1
-            for event in self.lane.on_plates(plates, frame.t):
+            try:
+                events = self.lane.on_plates(plates, frame.t)
+            except Exception as exc:  # this frame's plates only: dropped, counted
+                self.health.failed(type(exc).__name__, exc, step="lane", frame_seq=frame.seq)
+                continue
+            self.health.ok()
+            for event in events:
                 self._emit(event)
 
     def _emit(self, event: VehicleEvent) -> None:
@@ -105,9 +121,10 @@ class PlateLoop:
             try:
                 self._record(record)
                 self.counts["recorded"] += 1
-            except Exception:  # a full SD card or a locked file must not stop the plate thread; logged and counted
-                log.exception("vehicle record failed vehicle_id=%s type=%s plate=%s", record["vehicle_id"], event.kind, event.plate)
+            except Exception as exc:  # a full SD card or a locked file must not stop the plate thread; logged and counted
                 self.counts["record_errors"] += 1
+                self.health.failed(f"record:{type(exc).__name__}", exc, dropped=False, vehicle_id=record["vehicle_id"],
+                                   type=event.kind)
         log.info("vehicle event type=%s plate=%s confidence=%.2f reads=%d", event.kind, event.plate, event.confidence, event.reads)
         for fn in self._listeners:
             try:
@@ -116,4 +133,5 @@ class PlateLoop:
                 log.exception("vehicle listener failed listener=%r", fn)
 
     def stats(self) -> dict[str, Any]:
-        return {**dict(self.counts), "read_ms": self.read_ms, "last_event": self.last_event, "frames_dropped": self._slot.dropped}
+        return {**dict(self.counts), "read_ms": self.read_ms, "last_event": self.last_event, "frames_dropped": self._slot.dropped,
+                "health": self.health.snapshot()}
