@@ -463,7 +463,20 @@ class StationApp:
             "uptime_s": round(self.clock.monotonic() - (self.started_t or 0.0), 1),
             "http": self.http.url if self.http is not None else None,
             "codes": [j.stats() for j in getattr(self, "code_verifiers", []) if hasattr(j, "stats")],
+            # Per stage: state, in-process restarts, contained failures per kind (station.pipeline).
+            "stages": self.stage_health(),
         }
+
+    def stage_health(self) -> dict[str, Any]:
+        """The pipeline's stage health, with the plate thread's as one more stage when it runs."""
+        if self.pipeline is None:
+            return {}
+        from station.pipeline import health_summary
+
+        stages = self.pipeline.health()["stages"]
+        if self.plates is not None:  # a given-up plate thread shows as failed; the person lane keeps the watchdog
+            stages["plates"] = self.plates.health.snapshot()
+        return health_summary(stages, alive=self.pipeline.alive())
 
     def _status_loop(self) -> None:
         while not self._status_stop.wait(STATUS_PERIOD_S if self.ready_t else 0.2):
@@ -502,8 +515,27 @@ class StationApp:
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
             signal.signal(signal.SIGHUP, on_hangup)
+        restarts_seen = 0
         while not self.stop_requested.wait(0.2):
             if self.pipeline is not None and self.pipeline.alive():
                 self.watchdog.maybe_ping(time.monotonic())
+            if self.pipeline is not None:
+                restarts_seen = self._report_stage_health(restarts_seen)
             if tick is not None:
                 tick()
+
+    def _report_stage_health(self, restarts_seen: int) -> int:
+        """Put a stage restart or a given-up stage on ``systemctl status``; returns the restarts reported."""
+        assert self.pipeline is not None
+        health = self.stage_health()
+        if health["restarts"] == restarts_seen:
+            return restarts_seen
+        restarted = ", ".join(f"{n}×{h['restarts']}" for n, h in health["stages"].items() if h["restarts"])
+        if health["given_up"]:
+            text = (f"FAILED: pipeline stage {', '.join(health['given_up'])} given up after its restart limit; "
+                    f"watchdog withheld, systemd restarts the station (restarts: {restarted})")
+        else:
+            text = (f"screening site={self.cfg.station.site} station={self.cfg.station.id}; "
+                    f"DEGRADED: pipeline stages restarted in-process: {restarted}")
+        self.notifier.status(text)
+        return int(health["restarts"])

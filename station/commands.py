@@ -468,7 +468,9 @@ def link_for_app(app: Any) -> StationLink:
     link = StationLink(
         publisher, base, {"station_id": cfg.station.id, "site": cfg.station.site},
         {"thermal": thermal, "camera": camera, "detector": detector, "gate": gate, "screening": screening,
-         "outbox": outbox},
+         "outbox": outbox,
+         # Pipeline stage health: in-process restarts, contained failures per kind, given-up stages.
+         "stages": app.stage_health},
         stats, handlers, stats_interval_s=cfg.mqtt.stats_interval_s,
     )
     if cfg.mqtt.ha_discovery:

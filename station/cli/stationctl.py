@@ -260,6 +260,8 @@ def status(obj: Ctx, as_json: bool) -> None:
         for part in ("detector", "plate_reader"):  # a degraded model must be visible at a glance
             if d.get(part) not in (None, "ok", "off"):
                 click.echo(f"{part}: {d[part]}")
+        if isinstance(d.get("stages"), dict) and d["stages"]:
+            click.echo(_stages_line(d["stages"]))
         click.echo(f"today: {data['today'] or 'no decisions'}")
         last = data["last_event"]
         if last:
@@ -267,6 +269,17 @@ def status(obj: Ctx, as_json: bool) -> None:
         ob = data["outbox"]
         click.echo(f"outbox: {ob.get('pending')} pending, oldest {ob.get('oldest_age_s')} s, {ob.get('bytes')} bytes")
     sys.exit(0 if daemon.get("state") == "running" else 1)
+
+
+def _stages_line(h: dict[str, Any]) -> str:
+    """Pipeline stage health in one line: state, in-process restarts, contained failures per kind."""
+    stages = h.get("stages") or {}
+    restarts = ", ".join(f"{n}×{s['restarts']}" for n, s in stages.items() if s.get("restarts")) or "none"
+    errors = ", ".join(f"{n} {k}×{c}" for n, s in stages.items() for k, c in sorted((s.get("errors") or {}).items()))
+    line = f"stages: {h.get('state')}; restarts {restarts}"
+    if h.get("given_up"):
+        line += f"; GIVEN UP: {', '.join(h['given_up'])}"
+    return line + (f"; contained errors {errors}" if errors else "")
 
 
 def _event_line(e: dict[str, Any]) -> str:
