@@ -72,7 +72,7 @@ def set_config_value(path: Path, key: str, value: Any) -> tuple[Any, Any]:
     import tomlkit
     import tomlkit.items
 
-    from station.cli.stationctl import atomic_write
+    from station.fileio import atomic_write
     from station.config import validate_text
 
     text = path.read_text(encoding="utf-8") if path.exists() else ""

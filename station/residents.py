@@ -8,7 +8,6 @@ vehicle without a restart. Plates are stored normalised (upper case, no separato
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -99,17 +98,16 @@ def check_list(texts: object, max_plates: int = 100_000) -> list[str]:
 def save(path: Path, plates: list[str], list_version: int | None = None) -> None:
     """Replace the file atomically (temp file, fsync, rename): the daemon reads the old list or the
     new one, never a mix. ``list_version`` is written as the ``# version N`` header (centre pushes)."""
+    from station.fileio import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write("# resident plates, one a line (stationctl plates add|remove|list)\n")
-        if list_version is not None:
-            f.write(f"# version {int(list_version)}\n")
-        f.writelines(p + "\n" for p in plates)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = "# resident plates, one a line (stationctl plates add|remove|list)\n"
+    if list_version is not None:
+        text += f"# version {int(list_version)}\n"
+    text += "".join(p + "\n" for p in plates)
+    # The daemon (service account) and `sudo stationctl plates` both write it: keep its owner.
+    atomic_write(path, text, backup=False)
 
 
 def add(path: Path, text: str) -> bool:

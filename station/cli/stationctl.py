@@ -22,6 +22,7 @@ import tomlkit
 import tomlkit.items
 
 from station.config import ConfigError, StationConfig, get_dotted, load_config, validate_text
+from station.fileio import atomic_write  # config_cmd and older callers import it from here
 
 DEFAULT_CONFIG = Path(os.environ.get("CHECKPOINT_CONFIG", "/etc/checkpoint/station.toml"))
 
@@ -120,24 +121,6 @@ def _parse_value(raw: str) -> Any:
         return tomlkit.parse(f"v = {raw}")["v"]
     except Exception:  # tomlkit raises several exception types for "not a literal"
         return raw
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file, fsync, keep the old file as .bak, rename over: no half-written config."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    if path.exists():
-        bak = path.with_name(path.name + ".bak")
-        bak.write_bytes(path.read_bytes())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @config.command("set")
