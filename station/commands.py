@@ -15,12 +15,24 @@ stale state or a replayed command is worse than none. Topics (all under
 Commands run on this module's worker thread, never on paho's network thread: several write SQLite
 with an fsync, and paho's thread must keep delivering PUBACKs meanwhile.
 
-``open-gate`` is the one command that moves hardware, so it is guarded three ways: it must carry a
-``deadline`` (unix seconds) no further than ``MAX_OPEN_WINDOW_S`` ahead; a request past its deadline
-is refused (a command that sat in a queue during an outage must not open the gate later); and its
-``id`` may be used once — the audit row in ``gate_actions`` (``event_id = "cmd:<id>"``) is written
-for every open-gate request, carried out or refused, and a second request with the same id is
-refused as a replay, across restarts too.
+Who may ask: every command but the read-only ``ping`` and ``snapshot`` must be a signed envelope
+(station.command_auth: a command-centre key, bound to this site, station, command, arguments, a
+unique id and a deadline at most ``centre.command_max_window_s`` ahead). A refusal gets its own
+reason (``unsigned``, ``bad_signature``, ``replay``, ``wrong_station``, …) in the result, a log
+line, a per-reason counter (:meth:`StationLink.stats`) and a ``command_audit`` row — rate-limited
+for refusals, so a flood cannot fill the disk. Every signed command that passes is audited too,
+under the signed signer name.
+
+Intake is bounded: retained ``cmd/`` messages are dropped unread (a command kept by the broker
+must not run again at every reconnect), bodies over ``centre.command_max_bytes`` are dropped
+unread, and the queue to the command thread is bounded (drops counted); paho's thread never blocks.
+
+``open-gate`` is the one command that moves hardware, so the handler guards it again (it also serves
+the operator display, station/web): it must carry a ``deadline`` (unix seconds) no further than
+``MAX_OPEN_WINDOW_S`` ahead; a request past its deadline is refused; and its ``id`` may be used
+once — the audit row in ``gate_actions`` (``event_id = "cmd:<id>"``) is written for every
+open-gate request that reaches the handler, carried out or refused, and a second request with the
+same id is refused as a replay, across restarts too.
 """
 
 from __future__ import annotations
@@ -31,11 +43,20 @@ import math
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from station.command_auth import (
+    CommandKeys,
+    CommandVerifier,
+    KeyListError,
+    ReplayGuard,
+    SignedCommand,
+)
 from station.domain.model import Decision, GateAction, GateCommand, GateResult
+from station.ratelimit import RateLimiter
 
 log = logging.getLogger("station.commands")
 
@@ -45,6 +66,12 @@ MAX_OPEN_WINDOW_S = 60.0
 for too long."""
 
 TRUST_LIST_DIR = "trust-list"  # same folder as drivers.codes.trust_list.TRUST_DIR
+COMMAND_IDS_FILE = "command-ids.sqlite3"  # the replay store of signed command ids, in the data dir
+MAX_COMMAND_BYTES = 262144
+"""Default cap on a ``cmd/`` body: a resident list of ~20 000 plates or a trust list of ~150 signers."""
+MAX_LOOKUP_RESULT_BYTES = 4096
+QUEUE_SIZE = 32
+AUDIT_BODY_CHARS = 2048
 
 
 def dumps(value: Any) -> bytes:
@@ -110,6 +137,7 @@ class CommandHandlers:
         command_ttl_s: float = 0.5,
         wall: Callable[[], float] = time.time,
         trust_list_signer: Path | None = None,
+        command_keys: CommandKeys | None = None,
     ) -> None:
         self.store = store
         self.gate = gate
@@ -120,6 +148,7 @@ class CommandHandlers:
         self.snapshot_fn = snapshot
         self.command_ttl_s = command_ttl_s
         self.trust_list_signer = trust_list_signer  # PEM key/cert that must have signed a pushed trust list
+        self.command_keys = command_keys  # rotated by the command-keys command
         self.started_wall = wall()
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "ping": self.ping,
@@ -129,6 +158,7 @@ class CommandHandlers:
             "set-threshold": self.set_threshold,
             "trust-list": self.trust_list,
             "resident-plates": self.resident_plates,
+            "command-keys": self.rotate_command_keys,
         }
 
     @staticmethod
@@ -220,6 +250,20 @@ class CommandHandlers:
                  new_version, have, request.get("id"))
         return {"count": len(plates), "version": new_version, "previous_version": have, "file": str(path)}
 
+    def rotate_command_keys(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Replace the trusted command-centre keys: the request was signed by a current key (the link
+        checked); ``args.version`` must be newer than the list in use. Stored in the data dir, so
+        it survives restarts; from the next command on only the new keys are trusted."""
+        if self.command_keys is None:
+            raise CommandError("this station keeps no command key list")
+        args = self._args(request)
+        try:
+            return self.command_keys.rotate(args.get("version"), args.get("keys"),
+                                            by=str(request.get("signed_by", "")), key_id=str(request.get("key_id", "")),
+                                            now=self.wall())
+        except (KeyListError, OSError) as exc:
+            raise CommandError(f"key list refused, the old keys stay in use: {exc}") from None
+
     def open_gate(self, request: dict[str, Any]) -> dict[str, Any]:
         corr = request.get("id")
         if not isinstance(corr, str) or not corr:
@@ -236,8 +280,10 @@ class CommandHandlers:
         command = GateCommand(audit_id, GateAction.OPEN, Decision.PASS, now_mono, now_mono + left)
         result = self.gate.execute(command, self.monotonic())
         self._audit(result, request)
+        # Over MQTT the operator is the signed signer; the operator display passes its own name in args.
+        operator = request.get("signed_by") or self._args(request).get("operator")
         log.warning("gate opened by remote command id=%s executed=%s reason=%s operator=%s", corr,
-                    result.executed, result.reason, self._args(request).get("operator"))
+                    result.executed, result.reason, operator)
         if not result.executed:
             raise CommandError(f"gate did not open: {result.reason}")
         return {"executed": True, "audit_id": audit_id}
@@ -272,9 +318,14 @@ class StationLink:
         stats: Callable[[], Mapping[str, Any]],
         commands: CommandHandlers,
         *,
+        verifier: CommandVerifier | None = None,
         stats_interval_s: float = 60.0,
         poll_s: float = 2.0,
         on_connected_extra: list[Callable[[], None]] | None = None,
+        max_command_bytes: int = MAX_COMMAND_BYTES,
+        queue_size: int = QUEUE_SIZE,
+        refused_audit_per_min: int = 10,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.publisher = publisher
         self.base = base_topic
@@ -282,23 +333,37 @@ class StationLink:
         self.states = dict(states)
         self.stats_fn = stats
         self.commands = commands
+        # Without a verifier (no keys given) every command that needs a signature is refused.
+        self.verifier = verifier or CommandVerifier(CommandKeys(), None, site=self.identity.get("site", ""),
+                                                    station=self.identity.get("station_id", ""))
         self.stats_interval_s = stats_interval_s
         self.poll_s = poll_s
+        self.max_command_bytes = max_command_bytes
         self.extra_on_connect = list(on_connected_extra or [])
-        self._queue: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
+        self._queue: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
+        self._reconnected = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_state: dict[str, dict[str, Any]] = {}
         self._last_stats = 0.0
         self._routes: dict[str, Callable[[str, bytes], None]] = {}
+        self.cmd_filter = f"{self.base}/cmd/+"
         self.replies = 0
         self.errors = 0
+        self.queue_dropped = 0
+        self.refused: Counter[str] = Counter()
+        self.accepted: Counter[str] = Counter()
+        self.audit_suppressed = 0
+        self.audit_failed = 0
+        self._audit_limit = RateLimiter(refused_audit_per_min, 60.0, monotonic=monotonic)
+        self._log_limit = RateLimiter(5, 60.0, monotonic=monotonic)  # refusal log lines per reason
 
     # -- lifecycle
 
     def start(self) -> None:
         self.publisher.on_connected.append(self._on_connected)
-        self.publisher.subscribe(f"{self.base}/cmd/+", self._on_command)
+        self.publisher.subscribe(self.cmd_filter, self._on_command, accept_retained=False,
+                                 max_bytes=self.max_command_bytes)
         if self.publisher.connected():  # connected before this link existed: catch up now
             self._on_connected()
         self._thread = threading.Thread(target=self._run, name="station-link", daemon=True)
@@ -306,7 +371,7 @@ class StationLink:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._queue.put(("stop", "", b""))
+        self._enqueue("stop", "", b"")  # wakes the worker; if the queue is full it sees _stop next
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -315,15 +380,36 @@ class StationLink:
         """Run ``handler(topic, payload)`` on this link's worker for messages on ``topic_filter``."""
         kind = f"route:{topic_filter}"
         self._routes[kind] = handler
-        self.publisher.subscribe(topic_filter, lambda t, p: self._queue.put((kind, t, p)))
+        self.publisher.subscribe(topic_filter, lambda t, p: self._enqueue(kind, t, p))
 
-    # -- paho's thread: enqueue only
+    def stats(self) -> dict[str, Any]:
+        """Counters of the command intake: replies, refusals per reason, drops, audit rows suppressed."""
+        drops = self.publisher.intake_drops(self.cmd_filter) if hasattr(self.publisher, "intake_drops") else {}
+        return {"replies": self.replies, "errors": self.errors, "accepted": dict(self.accepted),
+                "refused": dict(self.refused), "queue_dropped": self.queue_dropped, "queue_depth": self._queue.qsize(),
+                "retained_dropped": drops.get("retained", 0), "oversize_dropped": drops.get("oversize", 0),
+                "audit_suppressed": self.audit_suppressed, "audit_failed": self.audit_failed,
+                "keys": self.verifier.keys.stats()}
+
+    # -- paho's thread: enqueue only, never block
+
+    def _enqueue(self, kind: str, topic: str, payload: bytes) -> None:
+        try:
+            self._queue.put_nowait((kind, topic, payload))
+        except queue.Full:
+            if kind in ("stop", "connected"):
+                return  # the worker sees _stop / _reconnected on its next turn anyway
+            self.queue_dropped += 1
+            if self.queue_dropped & (self.queue_dropped - 1) == 0:  # 1, 2, 4, 8, …: bounded logging
+                log.warning("command queue full, message dropped kind=%s topic=%s dropped_total=%d", kind,
+                            topic[:200], self.queue_dropped)
 
     def _on_connected(self) -> None:
-        self._queue.put(("connected", "", b""))
+        self._reconnected.set()
+        self._enqueue("connected", "", b"")
 
     def _on_command(self, topic: str, payload: bytes) -> None:
-        self._queue.put(("cmd", topic, payload))
+        self._enqueue("cmd", topic, payload)
 
     # -- worker
 
@@ -334,21 +420,22 @@ class StationLink:
             except queue.Empty:
                 kind, topic, payload = "tick", "", b""
             try:
-                if kind == "stop":
+                if kind == "stop" or self._stop.is_set():
                     break
-                if kind == "cmd":
-                    self._serve(topic, payload)
-                elif kind == "connected":
+                if self._reconnected.is_set():
+                    self._reconnected.clear()
                     self._last_state.clear()  # re-publish every state on a new connection
                     for hook in self.extra_on_connect:
                         hook()
+                if kind == "cmd":
+                    self._serve(topic, payload)
                 elif kind in self._routes:
                     self._routes[kind](topic, payload)
                 self._publish_states()
                 self._maybe_stats()
             except Exception:  # logged; the link must keep serving (one bad state source or command)
                 self.errors += 1
-                log.exception("station link step failed kind=%s topic=%s", kind, topic)
+                log.exception("station link step failed kind=%s topic=%s", kind, topic[:200])
 
     def _envelope(self, **body: Any) -> dict[str, Any]:
         return {"schema": SCHEMA, **self.identity, "ts": round(time.time(), 3), **body}
@@ -378,30 +465,95 @@ class StationLink:
         self.publisher.publish_direct(f"{self.base}/stats", dumps(self._envelope(**self.stats_fn())), qos=0, retain=False)
 
     def _serve(self, topic: str, payload: bytes) -> None:
-        name = topic.rsplit("/", 1)[-1]
-        corr: Any = None
-        try:
-            request = json.loads(payload) if payload else {}
-            if not isinstance(request, dict):
-                raise CommandError("the request must be a JSON object")
-            corr = request.get("id")
-            handler = self.commands.handlers.get(name)
-            if handler is None:
-                raise CommandError(f"unknown command {name!r} (known: {', '.join(sorted(self.commands.handlers))})")
-            deadline = request.get("deadline")
-            if name != "open-gate" and isinstance(deadline, (int, float)) and time.time() > deadline:
-                raise CommandError("stale: deadline passed")
-            result, error = handler(request), None
-        except (CommandError, ValueError, OSError) as exc:
-            result, error = None, str(exc)
-        except Exception as exc:  # logged with traceback; the requester still gets its one reply
-            log.exception("command failed name=%s id=%s", name, corr)
-            result, error = None, f"internal error: {type(exc).__name__}: {exc}"
-        log.info("command served name=%s id=%s ok=%s error=%s", name, corr, error is None, error)
-        reply = self._envelope(command=name, id=corr, ok=error is None, result=result, error=error)
+        reply = self.handle(topic.rsplit("/", 1)[-1], payload)
         self.replies += 1
         if not self.publisher.publish_direct(f"{topic}/result", dumps(reply), qos=1, retain=False):
-            log.warning("command result not sent, link down name=%s id=%s", name, corr)
+            log.warning("command result not sent, link down name=%s id=%s", reply.get("command"), reply.get("id"))
+
+    def handle(self, name: str, payload: bytes) -> dict[str, Any]:
+        """Judge and (when allowed) carry out one ``cmd/<name>`` body; the result message to send."""
+        name = name[:64]  # a topic level can be 64 KiB long: never echoed whole
+        corr: Any = None
+        reason = "ok"
+        result: Any = None
+        error: str | None = None
+        try:
+            try:
+                request: Any = json.loads(payload) if payload else {}
+            except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested beyond reason
+                request = None
+            if isinstance(request, dict):
+                raw_id = request.get("id")
+                corr = raw_id if isinstance(raw_id, str) and len(raw_id) <= 128 else None
+            handler = self.commands.handlers.get(name)
+            if handler is None:
+                reason, error = "unknown_command", (f"unknown command {name!r} "
+                                                    f"(known: {', '.join(sorted(self.commands.handlers))})")
+            elif self.verifier.needs_signature(name):
+                verdict = self.verifier.verify(name, request)
+                if not verdict.ok:
+                    reason, error = verdict.reason, f"refused: {verdict.reason}: {verdict.detail}"
+                    self._refused(name, corr, verdict.reason, verdict.detail, verdict.command, payload)
+                else:
+                    assert verdict.command is not None
+                    reason, result, error = self._run_signed(name, handler, verdict.command, payload)
+            elif not isinstance(request, dict):
+                reason, error = "malformed", "the request must be a JSON object"
+            else:
+                deadline = request.get("deadline")
+                if isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and time.time() > deadline:
+                    reason, error = "expired", "stale: deadline passed"
+                else:
+                    result = handler(request)
+        except (CommandError, ValueError, OSError) as exc:
+            reason, result, error = "command_error", None, str(exc)
+        except Exception as exc:  # logged with traceback; the requester still gets its one reply
+            log.exception("command failed name=%s id=%s", name, corr)
+            reason, result, error = "internal_error", None, f"internal error: {type(exc).__name__}: {exc}"
+        log.info("command served name=%s id=%s ok=%s reason=%s", name, corr, error is None, reason)
+        return self._envelope(command=name, id=corr, ok=error is None, reason=reason, result=result, error=error)
+
+    def _run_signed(self, name: str, handler: Callable[[dict[str, Any]], dict[str, Any]], cmd: SignedCommand,
+                    payload: bytes) -> tuple[str, Any, str | None]:
+        """Carry out a verified command under its signer's name; audited whatever the handler says."""
+        request = {"id": cmd.id, "deadline": cmd.deadline, "args": cmd.args, "signed_by": cmd.signer,
+                   "key_id": cmd.key_id}
+        try:
+            result, reason, error = handler(request), "ok", None
+        except (CommandError, ValueError, OSError) as exc:
+            result, reason, error = None, "command_error", str(exc)
+        except Exception as exc:  # logged with traceback; still audited and answered
+            log.exception("signed command failed name=%s id=%s", name, cmd.id)
+            result, reason, error = None, "internal_error", f"internal error: {type(exc).__name__}: {exc}"
+        self.accepted[reason] += 1
+        log.warning("signed command name=%s id=%s signer=%s ok=%s error=%s", name, cmd.id, cmd.signer,
+                    error is None, error)
+        self._audit(name, cmd.id, error is None, reason if error is None else f"{reason}: {error}"[:300],
+                    cmd.signer, payload, priority=1)
+        return reason, result, error
+
+    def _refused(self, name: str, corr: str | None, reason: str, detail: str, cmd: SignedCommand | None,
+                 payload: bytes) -> None:
+        self.refused[reason] += 1
+        # A refusal after the signature verified names its signer; before that nobody is named.
+        signer = cmd.signer if cmd is not None else None
+        if self._log_limit.allow(reason):
+            log.warning("command refused name=%s id=%s reason=%s detail=%s signer=%s refused_total=%d", name, corr,
+                        reason, detail[:200], signer, self.refused[reason])
+        if not self._audit_limit.allow("refused"):
+            self.audit_suppressed += 1
+            return
+        self._audit(name, corr, False, reason, signer, payload, priority=5)
+
+    def _audit(self, name: str, corr: str | None, ok: bool, reason: str, signer: str | None, payload: bytes, *,
+               priority: int) -> None:
+        body = payload[: AUDIT_BODY_CHARS * 4].decode("utf-8", "replace")[:AUDIT_BODY_CHARS]
+        try:
+            self.commands.store.record_command_audit(name, corr, ok, reason, signer=signer, body=body,
+                                                     priority=priority)
+        except Exception:  # logged and counted: the reply still goes out, the refusal still holds
+            self.audit_failed += 1
+            log.exception("command audit row not written name=%s id=%s", name, corr)
 
 
 # ------------------------------------------------------------------------------------------ wiring
@@ -454,16 +606,21 @@ def link_for_app(app: Any) -> StationLink:
 
     def stats() -> dict[str, Any]:
         return {"pipeline": pipeline.stats(), "outbox": store.outbox_stats(), "pump": pump.stats(),
-                "mqtt": publisher.stats(), "counts": store.counts()}
+                "mqtt": publisher.stats(), "counts": store.counts(), "commands": link.stats()}
 
     def snapshot() -> dict[str, Any]:
         return {"status": app.runtime_status(), "outbox": store.outbox_stats(), "pump": pump.stats(),
-                "mqtt": publisher.stats(), "last_event": store.last_event()}
+                "mqtt": publisher.stats(), "last_event": store.last_event(), "commands": link.stats()}
 
+    centre = cfg.centre
+    keys = CommandKeys(Path(centre.command_keys_file) if centre.command_keys_file else None, app.data_dir)
+    verifier = CommandVerifier(keys, ReplayGuard(Path(app.data_dir) / COMMAND_IDS_FILE), site=cfg.station.site,
+                               station=cfg.station.id, max_window_s=centre.command_max_window_s)
     handlers = CommandHandlers(
         store=store, gate=pipeline.gate, monotonic=app.clock.monotonic, config_path=getattr(app, "config_path", None),
         data_dir=app.data_dir, snapshot=snapshot, command_ttl_s=cfg.gate.command_ttl_s,
         trust_list_signer=Path(cfg.codes.trust_list_signer_file) if cfg.codes.trust_list_signer_file else None,
+        command_keys=keys,
     )
     link = StationLink(
         publisher, base, {"station_id": cfg.station.id, "site": cfg.station.site},
@@ -471,8 +628,15 @@ def link_for_app(app: Any) -> StationLink:
          "outbox": outbox,
          # Pipeline stage health: in-process restarts, contained failures per kind, given-up stages.
          "stages": app.stage_health},
-        stats, handlers, stats_interval_s=cfg.mqtt.stats_interval_s,
+        stats, handlers, verifier=verifier, stats_interval_s=cfg.mqtt.stats_interval_s,
+        max_command_bytes=centre.command_max_bytes, queue_size=centre.command_queue,
+        refused_audit_per_min=centre.refused_audit_per_min,
     )
+    # Code look-up answers are believed only when signed by the same centre keys.
+    for judge in getattr(app, "code_verifiers", []):
+        for code_verifier in getattr(judge, "verifiers", []):
+            if hasattr(code_verifier, "trust_centre_keys"):
+                code_verifier.trust_centre_keys(keys)
     if cfg.mqtt.ha_discovery:
         from station.ha import HaDiscovery, discovery_configs
         from station.sync import _VERSION

@@ -252,6 +252,16 @@ class MqttSection(Section):
         return self
 
 
+class CentreSection(Section):
+    """Trust in the command centre: the keys that sign remote commands and code look-up answers (station/command_auth.py)."""
+
+    command_keys_file: str = Field("", description="PEM public key(s) (Ed25519 or ECDSA P-256) of the command centre; a signed command-keys rotation replaces them; empty = every command that changes the gate or the station is refused (no_keys_configured)")
+    command_max_window_s: float = Field(60.0, ge=5.0, le=300.0, description="A signed command whose deadline is further ahead than this is refused (deadline_too_far)")
+    command_max_bytes: int = Field(262144, ge=4096, le=16_777_216, description="cmd/ message bodies larger than this are dropped unread (counted)")
+    command_queue: int = Field(32, ge=4, le=1024, description="Commands waiting for the command thread; more are dropped (counted)")
+    refused_audit_per_min: int = Field(10, ge=1, le=600, description="Audit rows written per minute for refused commands; the rest are counted and logged only")
+
+
 class RetentionSection(Section):
     """How long personal data stays on the box; the daemon purges hourly (station/retention.py)."""
 
@@ -304,6 +314,7 @@ class StationConfig(Section):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
     snapshots: SnapshotsSection = Field(default_factory=SnapshotsSection)
+    centre: CentreSection = Field(default_factory=CentreSection)
     http: HttpSection = Field(default_factory=HttpSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 

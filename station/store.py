@@ -215,8 +215,27 @@ def _migrate_operator_actions(db: Database) -> None:
     )
     db.execute("CREATE INDEX operator_actions_event ON operator_actions(event_id, action)")
 
+def _migrate_command_audit(db: Database) -> None:
+    """Remote commands over MQTT (station.commands): every signed command carried out or refused,
+    and refused ones (unsigned, forged, replayed, …) as far as the audit rate limit lets them in."""
+    db.execute(
+        """
+        CREATE TABLE command_audit (
+          id         INTEGER PRIMARY KEY,
+          ts         REAL NOT NULL,                 -- unix time the station judged the request
+          command    TEXT NOT NULL,                 -- cmd/<name>
+          request_id TEXT,                          -- the request's id (unverified when refused)
+          ok         INTEGER NOT NULL,              -- 1 carried out, 0 refused
+          reason     TEXT NOT NULL,                 -- ok | unsigned | bad_signature | replay | ...
+          signer     TEXT,                          -- signed "by (key <key id>)"; null when not verified
+          body       TEXT NOT NULL                  -- the request as received, capped (2 KiB)
+        )
+        """
+    )
+
 Migration = Callable[[Database], None]
-MIGRATIONS: Sequence[Migration] = (_migrate_v1, _migrate_v2, _migrate_data_audit, _migrate_operator_actions)
+MIGRATIONS: Sequence[Migration] = (_migrate_v1, _migrate_v2, _migrate_data_audit, _migrate_operator_actions,
+                                    _migrate_command_audit)
 """Ordered migrations; ``MIGRATIONS[i]`` upgrades ``user_version`` i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -728,6 +747,49 @@ class SqliteEventStore:
     def operator_actions(self, *, event_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Operator actions, newest first (all, or those about one event)."""
         where, params = ("WHERE event_id = ?", [event_id]) if event_id is not None else ("", [])
+    COMMAND_AUDIT_KEEP = 10_000
+    """Rows kept in ``command_audit``; older ones are deleted as new ones come (a hard bound)."""
+
+    def record_command_audit(self, command: str, request_id: str | None, ok: bool, reason: str, *,
+                             signer: str | None, body: str, outbox: bool = True, priority: int = 5) -> int:
+        """Audit one remote command (``station.commands``): the row, and (``outbox``) its ``events/audit``
+        message in the same transaction. The caller caps ``body`` and rate-limits refusals."""
+        topic = self.topic_screening.rsplit("/", 1)[0] + "/audit"
+
+        def tx(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            cur = conn.execute(
+                "INSERT INTO command_audit(ts, command, request_id, ok, reason, signer, body) VALUES (?,?,?,?,?,?,?)",
+                (now, command, request_id, int(ok), reason, signer, body),
+            )
+            rowid = int(cur.lastrowid or 0)
+            conn.execute("DELETE FROM command_audit WHERE id <= ?", (rowid - self.COMMAND_AUDIT_KEEP,))
+            if outbox:
+                msg_id = self._new_msg_id()
+                payload = {
+                    "schema": PAYLOAD_SCHEMA, "msg_id": msg_id, "station_id": self.station_id, "site": self.site,
+                    "seq": self._meta_int("seq"), "session": self._session, "ts": now, "clock_synced": None,
+                    "kind": "remote_command", "command": command, "id": request_id, "ok": bool(ok),
+                    "reason": reason, "signer": signer,
+                }
+                conn.execute(
+                    "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, ?, ?)",
+                    (msg_id, topic, _dumps(payload).encode("utf-8"), priority, int(now * 1000)),
+                )
+            return rowid
+
+        rowid: int = self._write(tx)
+        if outbox:
+            self._notify_listeners()
+        return rowid
+
+    def command_audit(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """Remote command audit rows, newest first."""
+        rows = self._query("SELECT * FROM command_audit ORDER BY id DESC LIMIT ?", (limit,))
+        for r in rows:
+            r["ok"] = bool(r["ok"])
+        return rows
+
         rows = self._query(f"SELECT * FROM operator_actions {where} ORDER BY id DESC LIMIT ?", [*params, limit])
         for r in rows:
             r["ok"] = bool(r["ok"])

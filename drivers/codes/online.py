@@ -10,7 +10,12 @@ Request/response follows the ``cmd/…`` conventions, in the other direction:
                                               "deadline": <unix s>, "station_id", "site", "ts"}
     centre  → ``<base>/lookup/code/result``  {"id": "<same id>", "ok": true,
                                               "result": {"found": true, "colour": "green", "expires": <unix s>,
-                                                         "issuer": "…"}}
+                                                         "issuer": "…"},
+                                              "station", "site", "token_sha256", "key_id", "by", "sig"}
+
+The answer must be signed by a command-centre key (station.command_auth.sign_lookup_answer: the
+request id, station, site, token hash and result are bound); an unsigned, forged or misaddressed
+answer is ``unverifiable``/``online_unverified`` → ``manual_check``, never ``pass``.
 
 A strict timeout (``codes.online_timeout_s``): no answer in time, no broker connection, or an
 answer the station cannot read gives ``unverifiable`` → ``manual_check``, **never** ``pass``. A late
@@ -30,6 +35,7 @@ import time
 import uuid
 from typing import Any
 
+from station.command_auth import CommandKeys, verify_lookup_answer
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
 
 log = logging.getLogger("drivers.codes.online")
@@ -37,6 +43,7 @@ log = logging.getLogger("drivers.codes.online")
 PREFIX = "HCT1:"
 SOURCE = "online"
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+MAX_ANSWER_BYTES = 4096  # a look-up answer is a few hundred bytes; larger ones are dropped unread
 
 
 def token_of(payload: bytes) -> str | None:
@@ -58,7 +65,8 @@ class OnlineVerifier:
 
     name = "online"
 
-    def __init__(self, base_topic: str, timeout_s: float = 1.5, identity: dict[str, str] | None = None) -> None:
+    def __init__(self, base_topic: str, timeout_s: float = 1.5, identity: dict[str, str] | None = None,
+                 keys: CommandKeys | None = None) -> None:
         self.request_topic = f"{base_topic}/lookup/code"
         self.result_topic = f"{self.request_topic}/result"
         self.timeout_s = timeout_s
@@ -66,22 +74,31 @@ class OnlineVerifier:
         self.publisher: Any = None
         self._lock = threading.Lock()
         self._waiting: dict[str, tuple[threading.Event, list[Any]]] = {}
-        self.counters = {"requests": 0, "answered": 0, "timeouts": 0, "no_network": 0, "late": 0}
+        self.keys = keys  # the centre's keys (station.command_auth); none = every answer is unverified
+        self.counters = {"requests": 0, "answered": 0, "timeouts": 0, "no_network": 0, "late": 0, "unverified": 0}
+
+    def trust_centre_keys(self, keys: CommandKeys) -> None:
+        """Believe answers signed by these keys (the station's command key list, rotations included)."""
+        self.keys = keys
 
     def attach(self, publisher: Any) -> None:
         self.publisher = publisher
-        publisher.subscribe(self.result_topic, self._on_result)
+        # A retained answer is never one to a request of ours; an oversized one is not read at all.
+        publisher.subscribe(self.result_topic, self._on_result, accept_retained=False, max_bytes=MAX_ANSWER_BYTES)
 
     def _on_result(self, topic: str, payload: bytes) -> None:
         # paho's network thread: parse, hand over, return.
         try:
             msg = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             log.warning("unreadable code look-up result bytes=%d", len(payload))
             return
         corr = msg.get("id") if isinstance(msg, dict) else None
         with self._lock:
             waiting = self._waiting.get(corr) if isinstance(corr, str) else None
+        if len(payload) > MAX_ANSWER_BYTES:  # also when attached to a publisher without intake caps
+            log.warning("oversized code look-up result dropped bytes=%d", len(payload))
+            return
         if waiting is None:
             self.counters["late"] += 1
             return
@@ -116,20 +133,28 @@ class OnlineVerifier:
                 return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_timeout", SOURCE, None,
                                    {"timeout_s": self.timeout_s})
             self.counters["answered"] += 1
-            return self._judge(box[0], now_wall, round((time.monotonic() - t0) * 1000.0, 1))
+            return self._judge(box[0], now_wall, round((time.monotonic() - t0) * 1000.0, 1), corr, token_sha256(token))
         finally:
             with self._lock:
                 self._waiting.pop(corr, None)
 
-    @staticmethod
-    def _judge(msg: dict[str, Any], now_wall: float, ms: float) -> CodeVerdict:
+    def _judge(self, msg: dict[str, Any], now_wall: float, ms: float, corr: str = "", token_hash: str = "") -> CodeVerdict:
+        # Only an answer signed by the centre for this very request may decide anything: an
+        # unsigned "green" from any broker client must end in manual_check, never in pass.
+        signed, why = verify_lookup_answer(msg, request_id=corr, station=self.identity.get("station_id", ""),
+                                           site=self.identity.get("site", ""), token_sha256=token_hash, keys=self.keys)
+        if not signed:
+            self.counters["unverified"] += 1
+            log.warning("code look-up answer not trusted id=%s why=%s", corr, why)
+            return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_unverified", SOURCE, None,
+                               {"lookup_ms": ms, "answer_auth": why})
         result = msg.get("result")
         if msg.get("ok") is not True or not isinstance(result, dict):
             return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_error", SOURCE, None, {"lookup_ms": ms})
         if result.get("found") is not True:
             return CodeVerdict(CodeStatus.INVALID, None, "unknown_token", SOURCE, None, {"lookup_ms": ms})
         try:
-            colour = CodeColour(result.get("colour"))
+            colour = CodeColour(str(result.get("colour")))
         except ValueError:
             return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_error", SOURCE, None, {"lookup_ms": ms})
         expires = result.get("expires")

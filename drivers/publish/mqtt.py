@@ -203,6 +203,8 @@ class MqttPublisher:
         self._reconnect_max = float(reconnect_max_delay)
         self._next_delay: float | None = None
         self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
+        self._intake: dict[str, tuple[bool, int | None]] = {}  # filter → (accept_retained, max_bytes)
+        self._intake_drops: dict[str, dict[str, int]] = {}  # filter → {"retained": n, "oversize": n}
 
         if not _HAS_DROP:
             log.warning("this paho-mqtt has no Client.drop_out_messages() (needs >= 2.2): "
@@ -350,13 +352,18 @@ class MqttPublisher:
             return False
         return True
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1, *,
+                  accept_retained: bool = True, max_bytes: int | None = None) -> None:
         """Deliver messages matching ``topic_filter`` to ``handler(topic, payload)``.
 
         Renewed on every connect. The handler runs on paho's network thread: it must be quick and
-        must not wait for a PUBACK (queue the work instead).
+        must not wait for a PUBACK (queue the work instead). ``accept_retained=False`` drops
+        retained messages (a command kept by the broker must not run again at every connect);
+        ``max_bytes`` drops larger payloads unread. Drops are counted (:meth:`intake_drops`) and
+        never reach the handler.
         """
         with self._conn_lock:
+            self._intake[topic_filter] = (accept_retained, max_bytes)
             self._subscriptions[topic_filter] = (qos, handler)
             if self._connected:
                 self._client.subscribe(topic_filter, qos=qos)
@@ -401,9 +408,20 @@ class MqttPublisher:
         if self._retired(client):
             return
         try:
-            handlers = [h for f, (_, h) in list(self._subscriptions.items())
+            handlers = [(f, h) for f, (_, h) in list(self._subscriptions.items())
                         if mqtt.topic_matches_sub(f, msg.topic)]
-            for handler in handlers:
+            for topic_filter, handler in handlers:
+                accept_retained, max_bytes = self._intake.get(topic_filter, (True, None))
+                drop = ("retained" if msg.retain and not accept_retained
+                        else "oversize" if max_bytes is not None and len(msg.payload) > max_bytes else None)
+                if drop is not None:
+                    counts = self._intake_drops.setdefault(topic_filter, {"retained": 0, "oversize": 0})
+                    counts[drop] += 1
+                    n = counts[drop]
+                    if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th, …: a flood cannot flood the journal
+                        log.warning("MQTT message dropped unread why=%s topic=%s bytes=%d total=%d", drop,
+                                    msg.topic[:200], len(msg.payload), n)
+                    continue
                 handler(msg.topic, bytes(msg.payload))
         except Exception:  # logged: an exception would kill paho's network thread
             log.exception("MQTT message handler failed topic=%s", msg.topic)
@@ -647,6 +665,10 @@ class MqttPublisher:
                 self._deliver(mid)
         except Exception:  # logged: an exception would kill paho's network thread
             log.exception("MQTT on_publish failed for mid %d", mid)
+
+    def intake_drops(self, topic_filter: str) -> dict[str, int]:
+        """Messages on ``topic_filter`` dropped unread: ``retained`` and ``oversize`` counts."""
+        return dict(self._intake_drops.get(topic_filter, {"retained": 0, "oversize": 0}))
 
     def stats(self) -> dict[str, Any]:
         with self._mid_lock:
