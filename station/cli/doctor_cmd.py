@@ -5,7 +5,8 @@ config validity, the thermal module's serial port (present, stable by-id name, p
 camera, group membership of the service account and of the user running stationctl (dialout /
 video / gpio), the model files against their manifest sha256, the broker (TCP connect), the clock
 (NTP synchronised), free disk on the data dir, the event database (``PRAGMA quick_check``), the
-daemon (control socket) and the systemd unit (``systemctl show``).
+daemon (control socket), the systemd unit (``systemctl show``), a broker password sent without TLS,
+and secret files (broker password, private keys) that their group or others can read.
 
 Exit codes: 0 every check ok, 1 warnings only, 2 at least one failure.
 
@@ -74,7 +75,7 @@ def check_config(config_path: Path) -> tuple[Check, Any]:
     problems = validate_text(text, config_path.name)
     if problems:
         return Check("config", "fail", "; ".join(str(p) for p in problems),
-                     f"stationctl config edit (or fix the lines named) then stationctl config validate"), None
+                     "stationctl config edit (or fix the lines named) then stationctl config validate"), None
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:  # the file is fine on its own; the environment breaks it
@@ -203,11 +204,87 @@ def check_broker(cfg: Any, timeout_s: float = 2.0) -> Check:
     return Check("broker", "ok", f"{host}:{port} accepts TCP connections")
 
 
+def check_broker_credentials(cfg: Any, env: Any = None) -> Check:
+    """A password on a plain ``mqtt://`` link crosses the network readable by anyone on the path."""
+    m = cfg.mqtt
+    env = os.environ if env is None else env
+    scheme = urlsplit(m.url).scheme
+    source = (f"mqtt.password_file {m.password_file}" if m.password_file
+              else f"${m.password_env}" if env.get(m.password_env) else "")
+    if not m.username or not source:
+        return Check("broker credentials", "ok", f"{scheme}:// without a password")
+    if scheme == "mqtt":
+        return Check("broker credentials", "warn",
+                     f"user {m.username!r} sends its password (from {source}) over mqtt:// without TLS: "
+                     "anyone on the network path can read it and act as this station",
+                     "use mqtts://<broker>:8883 with mqtt.tls_ca_file (systemd/mosquitto/README.md sets the broker up)")
+    return Check("broker credentials", "ok", f"user {m.username!r}, password from {source}, over TLS")
+
+
+# Config keys naming files that hold secrets whatever their content; other *_file keys count when the
+# file holds a private key or their name says password/secret/token.
+_SECRET_FILE_KEYS = ("mqtt.password_file", "mqtt.tls_key_file")
+_SECRET_NAME_HINTS = ("password", "secret", "token", "private", "signing")
+
+
+def _file_keys(node: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, path) of every non-empty ``*_file`` setting in the config dump."""
+    out: list[tuple[str, str]] = []
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _file_keys(v, key + ".")
+        elif isinstance(v, str) and v and k.endswith("_file"):
+            out.append((key, v))
+    return out
+
+
+def _holds_private_key(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return b"PRIVATE KEY-----" in f.read(65536)
+    except OSError:
+        return False
+
+
+def check_secret_files(cfg: Any) -> Check:
+    """Password and private-key files must be readable by their owner only (0600, owned by the service)."""
+    loose: list[str] = []
+    missing: list[str] = []
+    checked = 0
+    for key, value in _file_keys(cfg.model_dump(mode="json")):
+        path = Path(value)
+        named_secret = key in _SECRET_FILE_KEYS or any(h in key.rsplit(".", 1)[-1] for h in _SECRET_NAME_HINTS)
+        if not named_secret and not _holds_private_key(path):
+            continue
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            missing.append(f"{key} {path}")
+            continue
+        except OSError:
+            continue  # a directory on the way we may not enter: the daemon's own check reports it
+        checked += 1
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            who = " and ".join(w for w, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
+            loose.append(f"{key} {path} is {stat.filemode(st.st_mode)} (readable or writable by {who})")
+    if loose:
+        paths = " ".join(item.split(" ")[1] for item in loose)
+        return Check("secret files", "warn", "; ".join(loose + [f"{m} does not exist" for m in missing]),
+                     f"sudo chown {SERVICE_USER}:{SERVICE_USER} {paths} && sudo chmod 0600 {paths}")
+    if missing:
+        return Check("secret files", "warn", "; ".join(f"{m} does not exist" for m in missing),
+                     "create it (0600, owned by the service account) or clear the setting")
+    return Check("secret files", "ok", f"{checked} secret file(s), each readable by its owner only" if checked
+                 else "no password or private-key files configured")
+
+
 def check_clock() -> Check:
     if shutil.which("timedatectl"):
         try:
             r = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "-p", "NTP", "--value"],
-                               capture_output=True, text=True, timeout=5)
+                               check=False, capture_output=True, text=True, timeout=5)
         except (OSError, subprocess.TimeoutExpired) as exc:
             r = None
             err = str(exc)
@@ -279,7 +356,7 @@ def check_unit() -> Check:
         return Check("systemd unit", "warn", "not installed (no systemctl on this host)", "see systemd/README.md")
     try:
         r = subprocess.run(["systemctl", "show", SERVICE, "-p", "LoadState,ActiveState,SubState,NRestarts,Result"],
-                           capture_output=True, text=True, timeout=5)
+                           check=False, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Check("systemd unit", "warn", f"systemctl failed: {exc}")
     props = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
@@ -317,6 +394,9 @@ def run_checks(config_path: Path, data_dir_override: Path | None, broker_timeout
     checks.extend(check_groups())
     checks.append(check_models(cfg))
     checks.append(check_broker(cfg, broker_timeout_s))
+    if cfg.mqtt.url:
+        checks.append(check_broker_credentials(cfg))
+    checks.append(check_secret_files(cfg))
     checks.append(check_clock())
     checks.append(check_disk(data_dir))
     checks.append(check_database(data_dir))
