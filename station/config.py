@@ -291,7 +291,9 @@ class HttpSection(Section):
     mjpeg_width: int = Field(640, ge=160, le=1920, description="Live picture width in pixels")
     pin_hash: str = Field("", pattern=r"^$|^pbkdf2_sha256\$\d+\$[0-9a-f]+\$[0-9a-f]+$", description="Salted hash of the operator PIN (python -m station.web.pin); empty = PIN actions refused")
     pin_max_failures: int = Field(5, ge=1, le=100, description="Wrong PINs in a row before PIN actions are locked")
-    pin_lock_s: float = Field(60.0, ge=1.0, le=3600.0, description="How long that lock lasts")
+    pin_lock_s: float = Field(60.0, ge=1.0, le=3600.0, description="How long the first lock lasts; each further lock doubles it")
+    pin_lock_max_s: float = Field(3600.0, ge=1.0, le=86400.0, description="Longest lock (the doubling stops here)")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names the page is reached under besides IP addresses and localhost (DNS-rebinding guard)")
     overrides_per_min: int = Field(6, ge=1, le=120, description="Manual overrides (open gate, re-check) allowed per minute")
 
 

@@ -715,9 +715,12 @@ class SqliteEventStore:
         """Audit one operator request from the touch screen, carried out or refused (station/web).
 
         Like :meth:`record_remote_gate_action`: one transaction writes the ``operator_actions`` row
-        and its ``events/audit`` outbox message (priority 1, exempt from the outbox bounds).
-        Returns the row id. The PIN itself is never passed here.
+        and its ``events/audit`` outbox message: priority 1 (exempt from the outbox bounds) for an
+        action carried out, ordinary priority for a refusal (a guessing script's refusals may be
+        dropped by the bounds; station/web/desk.py also rate-limits them). Returns the row id. The
+        PIN itself is never passed here.
         """
+        priority = 1 if ok else PRIORITY_EVENT
         topic = self.topic_screening.rsplit("/", 1)[0] + "/audit"
         body = _jsonable(dict(detail or {}))
 
@@ -735,8 +738,8 @@ class SqliteEventStore:
                 "ok": bool(ok), "reason": reason, "detail": body,
             }
             conn.execute(
-                "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, 1, ?)",
-                (msg_id, topic, _dumps(payload).encode("utf-8"), int(now * 1000)),
+                "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, ?, ?)",
+                (msg_id, topic, _dumps(payload).encode("utf-8"), priority, int(now * 1000)),
             )
             return int(cur.lastrowid or 0)
 

@@ -3,6 +3,7 @@ and, for the streams, the real uvicorn server on a free port."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -43,7 +44,7 @@ class Rig:
             devices=lambda: {"thermal": "connected", "camera": "running", "detector": "ok", "mqtt": "off"},
             direction_counts=lambda: {"entry": 4, "exit": 1},
         )
-        self.client = TestClient(create_app(self.desk))
+        self.client = TestClient(create_app(self.desk), base_url="http://127.0.0.1:8080")
 
     def decide(self, i: int, alarm: bool) -> Decided:
         event = make_event(i, alarm=alarm)
@@ -217,16 +218,33 @@ def test_no_pin_configured_refuses_every_action(tmp_path: Path) -> None:
 
 
 def test_pin_hash_is_salted_and_the_guard_unlocks_after_its_time() -> None:
-    a, b = hash_pin("1234", iterations=1000), hash_pin("1234", iterations=1000)
-    assert a != b and verify_pin("1234", a) and verify_pin("1234", b) and not verify_pin("1235", a)
-    assert not verify_pin("1234", "") and not verify_pin("1234", "md5$1$00$00")
-    with pytest.raises(ValueError):
-        hash_pin("12a4")
+    a, b = hash_pin("123456", iterations=1000), hash_pin("123456", iterations=1000)
+    assert a != b and verify_pin("123456", a) and verify_pin("123456", b) and not verify_pin("123457", a)
+    assert not verify_pin("123456", "") and not verify_pin("123456", "md5$1$00$00")
+    for bad in ("12a456", "1234", "12345", "1234567890123"):
+        with pytest.raises(ValueError):
+            hash_pin(bad)  # new PINs: 6 to 12 digits
+    # A PIN hashed before the 6-digit rule still verifies (same scheme, built by hand here).
+    salt = bytes(16)
+    legacy = f"pbkdf2_sha256$1000${salt.hex()}${hashlib.pbkdf2_hmac('sha256', b'1234', salt, 1000).hex()}"
+    assert verify_pin("1234", legacy) and not verify_pin("1235", legacy)
     now = [100.0]
     guard = PinGuard(2, 30.0, 5, clock=lambda: now[0])
     assert guard.failed() == 1 and guard.failed() == 0 and guard.locked_for() == 30.0
     now[0] += 30.0
     assert guard.locked_for() == 0.0
+    # Each further lockout doubles, up to the cap; a right PIN starts again from the first length.
+    assert guard.failed() == 1 and guard.failed() == 0 and guard.locked_for() == 60.0
+    now[0] += 60.0
+    assert guard.failed() == 1 and guard.failed() == 0 and guard.locked_for() == 120.0
+    now[0] += 120.0
+    assert guard.begin().granted
+    guard.succeeded()
+    assert guard.failed() == 1 and guard.failed() == 0 and guard.locked_for() == 30.0
+    capped = PinGuard(1, 30.0, 5, clock=lambda: now[0], max_lock_s=100.0)
+    for expected in (30.0, 60.0, 100.0, 100.0):
+        assert capped.failed() == 0 and capped.locked_for() == expected
+        now[0] += expected
     assert StationConfig.model_validate({"http": {"pin_hash": a}}).http.pin_hash == a
 
 

@@ -28,7 +28,8 @@ from typing import Any
 
 from station.commands import CommandError, CommandHandlers
 from station.pipeline import Decided
-from station.web.pin import PinGuard, verify_pin
+from station.ratelimit import FailureLog, RateLimiter
+from station.web.pin import PinGuard, pin_is_short, verify_pin
 
 log = logging.getLogger("station.web.desk")
 
@@ -36,6 +37,9 @@ OPEN_DEADLINE_S = 5.0  # the open-gate request is void if not carried out within
 SUBSCRIBER_QUEUE = 64
 CLINICAL_RANGE_C = (30.0, 45.0)
 ACTIONS = ("ack", "open_gate", "recheck")
+REFUSALS_AUDITED_PER_MIN = 20
+"""Refused attempts written to the audit (row + outbox message) per minute; the rest are counted
+(``refusals_unaudited`` in the status) and logged once a minute: a PIN-guessing script must not fill the disk."""
 
 
 class ActionRefused(Exception):
@@ -54,6 +58,7 @@ class DeskSettings:
     pin_hash: str = ""
     pin_max_failures: int = 5
     pin_lock_s: float = 60.0
+    pin_lock_max_s: float = 3600.0
     overrides_per_min: int = 6
     fever_threshold_c: float = 37.3
     command_ttl_s: float = 0.5
@@ -97,7 +102,12 @@ class OperatorDesk:
         self.direction_counts = direction_counts
         self.monotonic = monotonic
         self.wall = wall
-        self.guard = PinGuard(settings.pin_max_failures, settings.pin_lock_s, settings.overrides_per_min, monotonic)
+        self.guard = PinGuard(settings.pin_max_failures, settings.pin_lock_s, settings.overrides_per_min, monotonic,
+                              max_lock_s=settings.pin_lock_max_s)
+        self.refusal_audit = RateLimiter(REFUSALS_AUDITED_PER_MIN, 60.0, monotonic=monotonic)
+        self.refusal_log = FailureLog(log, "operator refusal audit", monotonic=monotonic)
+        self.refusals_unaudited = 0
+        self.pin_short = False  # the configured PIN verified but has fewer than 6 digits: replace it
         # The very handlers that serve MQTT cmd/open-gate: one audited path for opening the gate.
         self.commands = CommandHandlers(store=store, gate=gate, monotonic=monotonic, config_path=None,
                                         data_dir=Path(store.path).parent, snapshot=self.status,
@@ -190,6 +200,8 @@ class OperatorDesk:
             "alarms": alarms,
             "unacknowledged": sum(1 for a in alarms if a["ack"] is None),
             "pin_locked_s": round(self.guard.locked_for(), 1),
+            "pin_short": self.pin_short,
+            "refusals_unaudited": self.refusals_unaudited,
             "ts": self.wall(),
         }
 
@@ -198,22 +210,31 @@ class OperatorDesk:
         """Refuse (audited) unless the PIN is right and the budgets allow; the PIN is never recorded."""
 
         def refuse(status: int, reason: str, message: str, **extra: Any) -> ActionRefused:
-            self.store.record_operator_action(action, operator, False, reason, event_id=event_id, detail=extra)
-            log.warning("operator action refused action=%s operator=%s reason=%s", action, operator, reason)
+            if self.refusal_audit.allow("refused"):
+                self.store.record_operator_action(action, operator, False, reason, event_id=event_id, detail=extra)
+                log.warning("operator action refused action=%s operator=%s reason=%s", action, operator, reason)
+            else:  # counted, logged once a minute, not written: the audit stays bounded under a guessing script
+                self.refusals_unaudited += 1
+                self.refusal_log.report("rate_limited", action=action, reason=reason, unaudited=self.refusals_unaudited)
             self.publish("action", {"action": action, "operator": operator, "ok": False, "reason": reason})
             return ActionRefused(status, reason, message, **extra)
 
-        locked = self.guard.locked_for()
-        if locked > 0:
-            raise refuse(429, "locked", f"too many wrong PINs: locked for {math.ceil(locked)} s", retry_after_s=math.ceil(locked))
         if not self.settings.pin_hash:
             raise refuse(403, "no_pin_configured", "no operator PIN is configured on this station (http.pin_hash)")
+        # The slot is taken before the (slow) hash: parallel requests cannot each get a guess.
+        attempt = self.guard.begin()
+        if not attempt.granted:
+            locked = math.ceil(attempt.locked_s)
+            raise refuse(429, "locked", f"too many wrong PINs: locked for {locked} s", retry_after_s=locked)
         if not verify_pin(pin, self.settings.pin_hash):
-            left = self.guard.failed()
-            if left == 0:
-                raise refuse(403, "wrong_pin", f"wrong PIN; locked for {self.settings.pin_lock_s:.0f} s", attempts_left=0)
-            raise refuse(403, "wrong_pin", f"wrong PIN; {left} attempts left", attempts_left=left)
+            if attempt.left == 0:
+                raise refuse(403, "wrong_pin", f"wrong PIN; locked for {math.ceil(attempt.locked_s)} s", attempts_left=0,
+                             retry_after_s=math.ceil(attempt.locked_s))
+            raise refuse(403, "wrong_pin", f"wrong PIN; {attempt.left} attempts left", attempts_left=attempt.left)
         self.guard.succeeded()
+        if pin_is_short(pin) and not self.pin_short:
+            self.pin_short = True
+            log.warning("operator PIN has fewer than 6 digits: set a new one (python -m station.web.pin, http.pin_hash)")
         if override and not self.guard.take_override():
             raise refuse(429, "rate_limited", f"at most {self.settings.overrides_per_min} overrides per minute")
 

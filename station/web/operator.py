@@ -3,7 +3,9 @@
 Endpoints: ``GET /`` the page; ``GET /api/status`` station, devices, today's counts, last
 decision, alarms; ``GET /api/events/stream`` server-sent events; ``GET /api/live.mjpeg`` the live
 picture; ``POST /api/alarms/{event_id}/ack``, ``POST /api/override/open-gate``,
-``POST /api/override/recheck`` (JSON with ``operator`` and ``pin``); ``GET /healthz``.
+``POST /api/override/recheck`` (JSON with ``operator`` and ``pin``); ``GET /healthz``. Every
+request but ``/healthz`` passes the Host/Origin checks and, bound beyond 127.0.0.1, needs the
+station's token (station/web/access.py).
 
 The server runs in the daemon's process so the page needs no second service: uvicorn's own event
 loop on one thread, the socket bound by us first so a busy port is a logged error (the gate keeps
@@ -13,7 +15,6 @@ working without its display) rather than uvicorn calling ``sys.exit`` on a threa
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import socket
@@ -29,6 +30,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from station.web.access import AccessPolicy, OperatorAccess, is_loopback, load_token
 from station.web.desk import ActionRefused, DeskSettings, OperatorDesk
 from station.web.live import BOUNDARY, LiveView
 
@@ -39,8 +41,8 @@ SSE_RETRY_MS = 2000  # EventSource reconnects this soon after the daemon restart
 HEARTBEAT_S = 2.0  # a status message this often keeps counts fresh and proxies from timing out
 
 
-def create_app(desk: OperatorDesk, live: LiveView | None = None) -> Starlette:
-    """The Starlette app for one station's operator page."""
+def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessPolicy | None = None) -> OperatorAccess:
+    """The operator page's app behind its access checks (no token unless ``policy`` has one)."""
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -138,18 +140,20 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None) -> Starlette:
         Route("/api/override/recheck", recheck, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    return OperatorAccess(Starlette(routes=routes), policy or AccessPolicy())
 
 
 class OperatorServer:
     """uvicorn serving the operator app on its own thread; ``stop()`` ends streams and joins."""
 
-    def __init__(self, desk: OperatorDesk, live: LiveView | None, listen: str, port: int) -> None:
+    def __init__(self, desk: OperatorDesk, live: LiveView | None, listen: str, port: int,
+                 policy: AccessPolicy | None = None) -> None:
         import uvicorn
 
         self.desk = desk
         self.live = live
-        self.app = create_app(desk, live)
+        self.policy = policy or AccessPolicy()
+        self.app = create_app(desk, live, self.policy)
         family = socket.AF_INET6 if ":" in listen else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -163,6 +167,8 @@ class OperatorServer:
         self.port = int(self.sock.getsockname()[1])
         host = f"[{listen}]" if family == socket.AF_INET6 else listen
         self.url = f"http://{host}:{self.port}/"
+        # The kiosk's URL: with the token when one is needed (never logged).
+        self.kiosk_url = self.url + (f"?token={self.policy.token}" if self.policy.token else "")
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2, ws="none")
         self.server = uvicorn.Server(config)
@@ -192,12 +198,12 @@ def start_operator_display(app: Any) -> OperatorServer | None:
     """Wire the display to a started :class:`station.app.StationApp`; None (logged) if it cannot bind."""
     cfg, pipeline = app.cfg, app.pipeline
     h = cfg.http
-    try:
-        loopback = ipaddress.ip_address(h.listen).is_loopback
-    except ValueError:
-        loopback = h.listen == "localhost"
-    if not loopback:
-        log.warning("operator display listens beyond this box listen=%s: actions still need the PIN", h.listen)
+    token = None
+    if not is_loopback(h.listen):
+        token = load_token(Path(app.store.path).parent)
+        log.warning("operator display listens beyond this box listen=%s: every page needs the token "
+                    "(stationctl operator-url), actions the PIN", h.listen)
+    policy = AccessPolicy(allowed_hosts=frozenset(n.lower() for n in h.allowed_hosts), token=token)
 
     def devices() -> dict[str, Any]:
         s = app.runtime_status()
@@ -216,7 +222,7 @@ def start_operator_display(app: Any) -> OperatorServer | None:
 
     settings = DeskSettings(
         language=h.language, pin_hash=h.pin_hash, pin_max_failures=h.pin_max_failures, pin_lock_s=h.pin_lock_s,
-        overrides_per_min=h.overrides_per_min, fever_threshold_c=cfg.screening.fever_threshold_c,
+        pin_lock_max_s=h.pin_lock_max_s, overrides_per_min=h.overrides_per_min, fever_threshold_c=cfg.screening.fever_threshold_c,
         command_ttl_s=cfg.gate.command_ttl_s,
     )
     desk = OperatorDesk(
@@ -227,7 +233,7 @@ def start_operator_display(app: Any) -> OperatorServer | None:
     )
     live = LiveView(np.array(cfg.thermal.registration, dtype=np.float64), fps=h.mjpeg_fps, width=h.mjpeg_width)
     try:
-        server = OperatorServer(desk, live, h.listen, h.port)
+        server = OperatorServer(desk, live, h.listen, h.port, policy)
     except OSError as exc:
         log.error("operator display not started: cannot listen listen=%s port=%s error=%s", h.listen, h.port, exc)
         return None
