@@ -357,6 +357,12 @@ main.add_command(data)
 main.add_command(logs)
 main.add_command(bugreport)
 
+from station.board.users_cmd import board_user  # noqa: E402  (the board's users; station/board/auth.py)
+from station.web.url_cmd import operator_url  # noqa: E402
+
+main.add_command(board_user)
+main.add_command(operator_url)
+
 
 if __name__ == "__main__":
     main()
