@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from drivers.thermal.emulator import GyMcu90640Emulator
+from station.command_auth import new_signing_key, public_pem, sign_command
 from tests.mosquitto import Broker, mosquitto_available
 from tests.test_daemon import emulator, video, write_config  # noqa: F401  (fixtures)
 from tests.test_sync import Collector, wait_until
@@ -30,7 +31,11 @@ def test_daemon_serves_commands_states_and_discovery_and_its_will_says_offline(
     broker = Broker(tmp_path / "broker")
     broker.start()
     cfg = write_config(tmp_path, emulator.port, video)
-    cfg.write_text(cfg.read_text() + f'\n[mqtt]\nurl = "{broker.url}"\nstats_interval_s = 0.5\nha_discovery = true\n')
+    centre_key = new_signing_key()
+    keys_file = tmp_path / "centre-keys.pem"
+    keys_file.write_text(public_pem(centre_key.public_key()))
+    cfg.write_text(cfg.read_text() + f'\n[mqtt]\nurl = "{broker.url}"\nstats_interval_s = 0.5\nha_discovery = true\n'
+                   f'\n[centre]\ncommand_keys_file = "{keys_file}"\n')
     centre = Collector(broker.port, "centre", f"{BASE}/#", persistent=False)
     home_assistant = Collector(broker.port, "home-assistant", "homeassistant/#", persistent=False)
     proc = subprocess.Popen(
@@ -51,12 +56,16 @@ def test_daemon_serves_commands_states_and_discovery_and_its_will_says_offline(
         wait_until(lambda: len(home_assistant.raw()) >= 5, 10, "Home Assistant discovery")
 
         centre.client.publish(f"{BASE}/cmd/ping", json.dumps({"id": "p-1"}).encode(), qos=1)
-        centre.client.publish(f"{BASE}/cmd/set-threshold",
-                              json.dumps({"id": "t-1", "args": {"fever_threshold_c": 37.6}}).encode(), qos=1)
-        wait_until(lambda: sum(1 for t, _, _ in centre.raw() if t.endswith("/result")) >= 2, 10, "command results")
+        signed = sign_command(centre_key, site="test-site", station="gate-3", command="set-threshold",
+                              args={"fever_threshold_c": 37.6}, by="duty-officer", command_id="t-1")
+        centre.client.publish(f"{BASE}/cmd/set-threshold", json.dumps(signed).encode(), qos=1)
+        centre.client.publish(f"{BASE}/cmd/open-gate", json.dumps({"id": "o-1", "deadline": time.time() + 10}).encode(),
+                              qos=1)
+        wait_until(lambda: sum(1 for t, _, _ in centre.raw() if t.endswith("/result")) >= 3, 10, "command results")
         results = {json.loads(p)["id"]: json.loads(p) for t, p, _ in centre.raw() if t.endswith("/result")}
         assert results["p-1"]["ok"] and results["p-1"]["result"]["pong"] is True
         assert results["t-1"]["ok"], results["t-1"]
+        assert not results["o-1"]["ok"] and results["o-1"]["reason"] == "unsigned", "the daemon refuses unsigned commands"
         assert "fever_threshold_c = 37.6" in cfg.read_text(), "persisted into the daemon's own config file"
 
         proc.send_signal(signal.SIGKILL)

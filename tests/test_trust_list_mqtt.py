@@ -2,7 +2,8 @@
 
 The station side is the real command link (station.commands) with a real store; the verifier is
 the real HC1 verifier over a TrustStore on the same data dir, created once before any push (as in
-the running daemon). The "command centre" signs lists with its trust-list key.
+the running daemon). The "command centre" signs lists with its trust-list key, and each push as a
+command with its command key (a trust list is a command that changes the station).
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ from drivers.codes.issuer import new_issuer, trust_list_document
 from drivers.codes.trust_list import TrustStore, sign_document
 from drivers.gate.gpio_gate import GpioGate
 from drivers.publish.mqtt import MqttPublisher
+from station.command_auth import (
+    CommandKeys,
+    CommandVerifier,
+    new_signing_key,
+    public_pem,
+    sign_command,
+)
 from station.commands import CommandHandlers, StationLink
 from station.domain.model import CodeStatus
 from station.store import SqliteEventStore
+from tests.command_rig import Centre, wait_for
 from tests.mosquitto import Broker, mosquitto_available
-from tests.test_sync import Collector, wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 
@@ -54,20 +62,26 @@ class Rig:
         self.gate = GpioGate(17, 27, 22, 23, 24, pin_factory="mock", open_s=0.2)
         self.publisher = MqttPublisher(self.broker.url, "station-st-01", f"{BASE}/status", b"offline", b"online")
         handlers = CommandHandlers(store=self.store, gate=self.gate, monotonic=time.monotonic, config_path=config,
-                                   data_dir=self.data, snapshot=lambda: {}, trust_list_signer=signer_pem)
-        self.link = StationLink(self.publisher, BASE, {"station_id": "st-01", "site": "gate-a"}, {}, lambda: {},
-                                handlers, stats_interval_s=0, poll_s=0.1)
+                                   data_dir=self.data, snapshot=dict, trust_list_signer=signer_pem)
+        self.command_key = new_signing_key()
+        keys_pem = tmp_path / "centre-keys.pem"
+        keys_pem.write_text(public_pem(self.command_key.public_key()))
+        verifier = CommandVerifier(CommandKeys(keys_pem, self.data), None, site="gate-a", station="st-01")
+        self.link = StationLink(self.publisher, BASE, {"station_id": "st-01", "site": "gate-a"}, {}, dict,
+                                handlers, verifier=verifier, stats_interval_s=0, poll_s=0.1)
         self.publisher.start()
         self.link.start()
-        wait_until(self.publisher.connected, 5, "connected")
-        self.sub = Collector(self.broker.port, "centre", f"{BASE}/cmd/#", persistent=False)
+        wait_for(self.publisher.connected, 5, "connected")
+        self.sub = Centre(self.broker.port, "centre", f"{BASE}/cmd/#")
         assert self.sub.subscribed.wait(5)
 
     def push(self, corr: str, document: dict[str, Any], version: int | None = None) -> dict[str, Any]:
-        request = {"id": corr, "args": {"version": version if version is not None else document.get("version"), "document": document}}
+        args = {"version": version if version is not None else document.get("version"), "document": document}
+        request = sign_command(self.command_key, site="gate-a", station="st-01", command="trust-list", args=args,
+                               by="trust-list desk", command_id=corr)
         self.sub.client.publish(f"{BASE}/cmd/trust-list", json.dumps(request).encode(), qos=1)
         topic = f"{BASE}/cmd/trust-list/result"
-        wait_until(lambda: any(json.loads(p).get("id") == corr for t, p, _ in self.sub.raw() if t == topic), 5, corr)
+        wait_for(lambda: any(json.loads(p).get("id") == corr for t, p, _ in self.sub.raw() if t == topic), 5, corr)
         return next(json.loads(p) for t, p, _ in self.sub.raw() if t == topic and json.loads(p).get("id") == corr)
 
     def signed(self, issuers: list[Any], version: int, key: Any = None) -> dict[str, Any]:
@@ -84,7 +98,7 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path):  # noqa: ANN201
+def rig(tmp_path: Path):
     r = Rig(tmp_path)
     try:
         yield r
