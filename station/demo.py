@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -128,6 +128,7 @@ class DemoRun:
         seed: int = 7,
         thermal_link: tuple[int, float] = (DEMO_BAUD, DEMO_REFRESH_HZ),  # (baud, Hz) of the emulated module
         wait_for_page: bool = False,  # with http.enabled: nobody walks up until the operator page is open
+        cast: Sequence[ScenePerson] | None = None,  # this queue instead of ``people`` from CAST (any QR payload)
     ) -> None:
         from drivers.camera.scene_camera import SceneCamera
         from drivers.thermal.emulator import GyMcu90640Emulator
@@ -140,7 +141,7 @@ class DemoRun:
         )
         leave = self.cfg.screening.leave_after_s
         timing = SceneTiming.fast(leave) if fast else SceneTiming.realtime(leave)
-        self.people = cast_people(people, self.cfg, time.time())
+        self.people = list(cast) if cast is not None else cast_people(people, self.cfg, time.time())
         self.director = SceneDirector(self.people, timing, SceneGeometry())
         self.emulator = GyMcu90640Emulator(
             ThermalSceneRenderer(self.director, seed=seed), baud=thermal_link[0], refresh_hz=thermal_link[1]
