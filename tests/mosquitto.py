@@ -55,6 +55,7 @@ class Broker:
         allow_anonymous: bool = True,
         users: dict[str, str] | None = None,
         listener_options: list[str] | None = None,
+        acl_file: Path | str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +95,8 @@ class Broker:
                                 user, password], check=True, capture_output=True)
             password_file.chmod(0o600)
             lines.append(f"password_file {password_file}")
+        if acl_file is not None:
+            lines.append(f"acl_file {acl_file}")  # e.g. the shipped systemd/mosquitto/checkpoint.acl
         # e.g. cafile/certfile/keyfile/require_certificate: they apply to the one listener above.
         lines += listener_options or []
         self.config.write_text("\n".join(lines) + "\n")
