@@ -386,7 +386,9 @@ def verify_command(request: Any, *, command: str, station: str, site: str, keys:
     try:
         if not len(keys):
             return _refuse("no_keys_configured", "this station trusts no command-centre key")
-        if not isinstance(request, dict) or "sig" not in request:
+        if not isinstance(request, dict):
+            return _refuse("malformed", "the request must be a JSON object")
+        if "sig" not in request:
             return _refuse("unsigned", "this command must be signed by a command-centre key")
         env = _parse_envelope(request)
         if isinstance(env, str):
