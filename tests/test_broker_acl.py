@@ -165,7 +165,7 @@ class Client:
 
     def subscribe(self, *filters: str) -> list[Any]:
         result, mid = self.client.subscribe([(f, 1) for f in filters])
-        assert result == mqtt.MQTT_ERR_SUCCESS
+        assert result == mqtt.MQTT_ERR_SUCCESS and mid is not None
         self._wait(lambda: mid in self.subacks, f"SUBACK for {filters}")
         return self.subacks[mid]
 
