@@ -12,7 +12,6 @@ docs/board.png is made by docs/board_screenshot.py (walking pace, faces in view)
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,14 +19,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from tests.board_auth import VIEWER, make_users, wait_until
 from tests.mosquitto import Broker, free_port, mosquitto_available
-from tests.test_sync import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -73,21 +72,38 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def start_board(tmp_path: Path, url: str, port: int, name: str) -> Proc:
+    if not (tmp_path / "board" / "board-users.json").exists():
+        make_users(tmp_path / "board" / "board-users.json")
     return Proc([sys.executable, "-m", "station.cli.station_main", "board", "--mqtt", url, "--listen", f"127.0.0.1:{port}",
                  "--data-dir", str(tmp_path / "board"), "--session-expiry", "0", "--client-id", name],
                 _env(tmp_path), tmp_path / f"{name}.log")
 
 
+_clients: dict[int, httpx.Client] = {}
+
+
+def client(port: int) -> httpx.Client:
+    """A logged-in HTTP client for the board on ``port`` (the session survives a board restart: same secret)."""
+    c = _clients.get(port)
+    if c is None:
+        c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+        r = c.post("/login", data={"user": VIEWER[0], "password": VIEWER[1]})
+        assert r.status_code == 303 and r.headers["location"] == "/", r.text
+        _clients[port] = c
+    return c
+
+
 def api(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stations", timeout=5) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
+    r = client(port).get("/api/stations")
+    r.raise_for_status()
+    return r.json()  # type: ignore[no-any-return]
 
 
 def api_up(port: int) -> bool:
     try:
         api(port)
         return True
-    except OSError:
+    except httpx.HTTPError:
         return False
 
 
@@ -151,13 +167,17 @@ def test_board_with_three_stations(tmp_path: Path) -> None:
             assert board_rows[name]["site"] == "district-7"
         # The second person in the cast has a fever: gate-east and gate-south raised an alarm, gate-north none.
         assert own["gate-north"]["alarms"] == 0 and own["gate-east"]["alarms"] >= 1 and own["gate-south"]["alarms"] >= 1
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{board_rows['gate-north']['snapshot']['url']}", timeout=5) as r:
-            assert r.headers["Content-Type"] == "image/jpeg" and r.read(2) == b"\xff\xd8"
+        pic = client(port).get(board_rows["gate-north"]["snapshot"]["url"])
+        assert pic.headers["Content-Type"] == "image/jpeg" and pic.content[:2] == b"\xff\xd8"
 
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            # bypass_csp: Playwright's waits evaluate strings, which the board's CSP forbids.
+            page = browser.new_page(viewport={"width": 1280, "height": 720}, bypass_csp=True)
             page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#user", VIEWER[0])
+            page.fill("#password", VIEWER[1])
+            page.click("#login")
             page.wait_for_function("document.querySelectorAll('.tile').length === 3")
             page.wait_for_function("[...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth > 0)")
             tiles = page.locator(".tile")

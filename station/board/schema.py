@@ -112,7 +112,7 @@ def clean_status(body: dict[str, Any]) -> dict[str, Any]:
     state = enum(body.get("state"), STATUS_STATES)
     if state is None:
         raise Dropped("bad_status")
-    return {"state": state, "session": count(body.get("session"), 2**53), "version": text(body.get("version"), VERSION_MAX)}
+    return {"state": state, "session": count(body.get("session"), 2**31), "version": text(body.get("version"), VERSION_MAX)}
 
 
 def clean_outbox(body: dict[str, Any]) -> dict[str, Any]:

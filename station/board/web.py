@@ -82,7 +82,11 @@ class BoardAuth:
 
 
 class SecurityHeaders:
-    """Pure ASGI wrapper: CSP, nosniff, no referrer, no framing on every response (streams included)."""
+    """Pure ASGI wrapper: CSP, nosniff, same-origin referrer, no framing on every response (streams included).
+
+    Not `no-referrer`: under it browsers send `Origin: null` with a form POST, and the login could
+    not tell its own page from another site.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -96,7 +100,7 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"content-security-policy", CSP.encode()),
-                                      (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                                      (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
                                       (b"x-frame-options", b"DENY")]
             await send(message)
 

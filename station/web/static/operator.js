@@ -19,6 +19,8 @@ const T = {
         pin_title_recheck: "Clinical thermometer re-check", fever: "fever", green: "GREEN", yellow: "YELLOW", red: "RED" },
 };
 T.zh.pass_big = "通过"; T.en.pass_big = "PASS";
+// Every value from the server reaches the page through textContent / createElement, never as markup.
+const COLOURS = new Set(["green", "yellow", "red"]);
 const CLASS = { pass: "state-pass", deny_fever: "state-deny", deny_code: "state-deny", retry: "state-retry", manual_check: "state-retry" };
 
 let lang = localStorage.getItem("operator-lang") || null;
@@ -28,7 +30,7 @@ let alarms = [];
 let es = null;
 let audio = null;
 const $ = (id) => document.getElementById(id);
-const t = (k) => (T[lang] && T[lang][k]) || k;
+const t = (k) => (T[lang] && Object.prototype.hasOwnProperty.call(T[lang], k) ? T[lang][k] : String(k ?? ""));
 
 function applyLang() {
   document.documentElement.lang = lang;
@@ -65,8 +67,8 @@ function renderDecision() {
   temp.classList.toggle("fever", !!fever);
   const code = $("code");
   const colour = d && d.code_colour;
-  code.className = "code " + (colour || "");
-  code.textContent = colour ? t(colour) : d ? t(d.code_status === "invalid" ? "invalid" : "none") : "—";
+  code.className = "code " + (COLOURS.has(colour) ? colour : "");  // only our own class names
+  code.textContent = COLOURS.has(colour) ? t(colour) : d ? t(d.code_status === "invalid" ? "invalid" : "none") : "—";
 }
 
 function renderCounts(c) {
