@@ -83,7 +83,8 @@ def write_public_keys(path: Path, *keys: PrivateKey) -> Path:
 class Rig:
     """Station link + centre on one broker; ``keys=False`` provisions no centre key at all."""
 
-    def __init__(self, tmp_path: Path, *, keys: bool = True, trust_list_signer: Path | None = None,
+    def __init__(self, tmp_path: Path, *, keys: bool = True, keys_file: Path | None = None,
+                 trust_list_signer: Path | None = None,
                  max_command_bytes: int = 262144, refused_audit_per_min: int = 10, start: bool = True) -> None:
         self.tmp = tmp_path
         self.broker = Broker(tmp_path / "broker")
@@ -92,7 +93,7 @@ class Rig:
         shutil.copy(ROOT / "config" / "station.toml", self.config)
         self.data = tmp_path / "data"
         self.key = new_signing_key()
-        self.keys_file = write_public_keys(tmp_path / "centre-keys.pem", self.key) if keys else None
+        self.keys_file = keys_file or (write_public_keys(tmp_path / "centre-keys.pem", self.key) if keys else None)
         self.store = SqliteEventStore(tmp_path / "events.db", station_id=STATION, site=SITE)
         self.store.begin_session()
         self.gate = GpioGate(17, 27, 22, 23, 24, pin_factory="mock", open_s=0.2)

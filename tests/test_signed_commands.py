@@ -199,6 +199,36 @@ def test_refusal_audit_rows_are_rate_limited_and_bodies_capped(tmp_path: Path) -
         rig.close()
 
 
+@needs_broker
+def test_the_technician_workflow_keygen_sign_publish_opens_the_gate(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from station.cli.stationctl import main
+
+    runner = CliRunner()
+    made = runner.invoke(main, ["cmd", "keygen", "--out", str(tmp_path / "centre")])
+    assert made.exit_code == 0, made.output
+    paths = json.loads(made.output)
+    assert Path(paths["private_key"]).stat().st_mode & 0o777 == 0o600
+    assert runner.invoke(main, ["cmd", "keygen", "--out", str(tmp_path / "centre")]).exit_code == 1, "never overwrites"
+    rig = Rig(tmp_path / "station", keys_file=Path(paths["public_key"]))
+    try:
+        signed = runner.invoke(main, ["cmd", "sign", "--key", paths["private_key"], "--site", SITE, "--station", STATION,
+                                      "--command", "open-gate", "--args", '{"reason": "ambulance"}', "--by", "Li Wei"])
+        assert signed.exit_code == 0, signed.output
+        body = signed.output.strip().encode()  # what `mosquitto_pub -m "$(stationctl cmd sign …)"` sends
+        reply = rig.call("open-gate", body)
+        assert reply["ok"] and reply["result"]["executed"], reply
+        assert rig.relay_on_count() == 1
+        assert rig.store.command_audit(limit=1)[0]["signer"] == f"Li Wei (key {paths['key_id']})"
+        for bad in (["--args", "[1]"], ["--site", "a/b"], ["--by", ""]):
+            argv = ["cmd", "sign", "--key", paths["private_key"], "--site", SITE, "--station", STATION,
+                    "--command", "open-gate", "--by", "x", *bad]
+            assert runner.invoke(main, argv).exit_code == 1, bad
+    finally:
+        rig.close()
+
+
 # ------------------------------------------------------------------------------ the envelope alone
 
 

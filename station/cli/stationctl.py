@@ -357,6 +357,12 @@ main.add_command(data)
 main.add_command(logs)
 main.add_command(bugreport)
 
+# -- cmd: sign remote commands (station/cli/cmd_cmd.py; cryptography loads inside the commands) -----
+
+from station.cli.cmd_cmd import cmd  # noqa: E402  (registered after main exists)
+
+main.add_command(cmd)
+
 from station.board.users_cmd import board_user  # noqa: E402  (the board's users; station/board/auth.py)
 from station.web.url_cmd import operator_url  # noqa: E402
 
