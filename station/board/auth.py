@@ -103,12 +103,12 @@ class User:
 
 
 class UsersFile:
-    """The users file, re-read when its mtime or size changes."""
+    """The users file, re-read when it changes (inode, mtime or size)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._users: dict[str, User] = {}
         # A fixed dummy hash: an unknown user costs the same scrypt as a known one (no user probing by timing).
         self._dummy = hash_password(secrets.token_hex(16))
@@ -118,7 +118,7 @@ class UsersFile:
             st = self.path.stat()
         except FileNotFoundError:
             return {}
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a save is an atomic replace: a new inode
         with self._lock:
             if stamp != self._stamp:
                 self._users = self._parse(self.path.read_bytes())
