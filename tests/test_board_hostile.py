@@ -282,7 +282,12 @@ def test_page_shows_good_stations_and_the_rogue_as_text_and_runs_no_script(scene
             # shows that the page's own rendering (textContent only) keeps the markup inert, CSP or not.
             page = browser.new_page(viewport={"width": 1600, "height": 900}, bypass_csp=True)
             dialogs: list[str] = []
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+            def on_dialog(dialog: Any) -> None:  # alert()/confirm() from an injected script would land here
+                dialogs.append(dialog.message)
+                dialog.dismiss()
+
+            page.on("dialog", on_dialog)
             page.goto(f"{scene.url}/")
             assert page.url.endswith("/login"), "no session: the login page"
             page.fill("#user", ADMIN[0])

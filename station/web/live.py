@@ -99,7 +99,7 @@ class LiveView:
     def render(self, frame: VisibleFrame | None) -> bytes:
         """The frame with thermal overlay and face boxes, downscaled to ``width``, as JPEG."""
         if frame is None:
-            img = np.full((self.width * 3 // 4, self.width, 3), 40, np.uint8)
+            img: np.ndarray = np.full((self.width * 3 // 4, self.width, 3), 40, np.uint8)
             cv2.putText(img, "NO CAMERA", (self.width // 2 - 110, self.width * 3 // 8), cv2.FONT_HERSHEY_SIMPLEX, 1.2,
                         (200, 200, 200), 2, cv2.LINE_AA)
         else:
