@@ -343,3 +343,56 @@ def test_a_stage_failing_on_every_item_is_restarted_then_given_up_and_the_pipeli
     assert all(h["state"] == "running" for name, h in health["stages"].items() if name != "camera")
     assert sum("pipeline stage given up stage=camera" in r.getMessage() for r in caplog.records) == 1
     assert "GIVEN UP: camera" in _stages_line(health)
+
+
+class StuckLane(ScreeningLane):
+    """The real lane whose timeout step blocks (a hang, not an exception) once ``stick`` is set."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.stick, self.release, self.stuck = threading.Event(), threading.Event(), threading.Event()
+
+    def tick(self, now: float):  # type: ignore[no-untyped-def]
+        if self.stick.is_set():
+            self.stuck.set()
+            self.release.wait()
+        return super().tick(now)
+
+
+def test_a_stuck_lane_still_stops_the_watchdog_pings_although_no_thread_died(tmp_path, pipelines, caplog):
+    import socket
+
+    from station.systemd import Notifier, WatchdogGate
+
+    caplog.set_level(logging.ERROR, logger="station.systemd")
+    sock_path = tmp_path / "notify.sock"
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(sock_path))
+    systemd.settimeout(5.0)
+    notifier = Notifier({"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"})
+    # Pings at most every 0.1 s: a handful queue on the socket before they stop (sendto would block on a full queue).
+    watchdog = WatchdogGate(notifier, stale_after=0.5, interval=0.1)
+    base = lane_for(StationConfig())
+    lane = StuckLane(base.settings, base.policy, base.calibration)
+    pipeline, store = make_pipeline(tmp_path, camera=ScriptedCamera([phone_frame(None, False)]), lane=lane,
+                                    on_progress=watchdog.progress)
+    pipelines.append((pipeline, store))
+    try:
+        pipeline.start()
+        wait_for(watchdog.maybe_ping, what="a first watchdog ping")
+        assert systemd.recv(64) == b"WATCHDOG=1"
+        lane.stick.set()
+        wait_for(lane.stuck.is_set, what="the lane to hang")
+        stuck_pings = watchdog.pings
+        # Withheld once progress is older than stale_after: maybe_ping then refuses on every call.
+        wait_for(lambda: not watchdog.maybe_ping() and any("withholding watchdog ping: no progress" in r.getMessage()
+                                                          for r in caplog.records), what="pings to be withheld")
+        pings = watchdog.pings
+        assert all(not watchdog.maybe_ping() for _ in range(20)) and watchdog.pings == pings
+        assert pings - stuck_pings <= 6  # at most stale_after / interval more after the hang began
+        # Nothing raised, nothing was restarted: only the missing progress tells, and it is enough.
+        assert pipeline.alive() and pipeline.health()["restarts"] == 0
+    finally:
+        lane.release.set()
+        systemd.close()
+        notifier.close()
