@@ -32,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from drivers.codes.hc1 import b45encode
 from drivers.codes.issuer import demo_issuer
 from drivers.scene import ScenePerson
+from station.cli.stationctl import _stages_line
 from station.config import StationConfig
 from station.demo import DemoRun
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
@@ -147,8 +148,9 @@ def run_queue(tmp_path: Path, cast: list[ScenePerson], front: list[Any], cfg: St
     pipeline.settings.code_repeat_s = 0.0  # judge every frame's code (see the module docstring)
     samples: list[dict[str, Any]] = []
     app = run.app
-    # Sampled at every decision (on the executor thread, while every stage still runs).
-    app.add_listener(lambda _d: samples.append(app.stage_health()))
+    # Sampled at every decision (on the executor thread, while every stage still runs), from the
+    # runtime status that the control socket hands to `stationctl status`.
+    app.add_listener(lambda _d: samples.append(app.runtime_status()["stages"]))
     run.director.release()
     thread.join(120)
     assert "result" in box, "the demo run did not return"
@@ -217,3 +219,5 @@ def test_a_verifier_that_raises_on_a_shown_code_is_contained_and_the_next_person
     assert seen, watcher.states
     assert all(st["restarts"] == 0 and st["given_up"] == [] and st["component"] == "stages" for st in seen)
     assert seen[-1]["state"] == "degraded" and seen[-1]["stages"]["code"]["state"] == "running"
+    line = _stages_line(samples[-1])
+    assert line.startswith("stages: degraded; restarts none; contained errors ") and "code verify:TypeError×" in line

@@ -396,3 +396,58 @@ def test_a_stuck_lane_still_stops_the_watchdog_pings_although_no_thread_died(tmp
         lane.release.set()
         systemd.close()
         notifier.close()
+
+
+class FlakyPlateReader:
+    """A plate reader that raises on every 3rd frame, returns a malformed read (no box) on every 3rd+1, else nothing."""
+
+    name = "flaky-plates"
+
+    def __init__(self, always_raise: bool = False) -> None:
+        self.calls, self.always_raise = 0, always_raise
+
+    def warm_up(self) -> float:
+        return 0.0
+
+    def read(self, image: np.ndarray) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.always_raise or self.calls % 3 == 0:
+            raise OSError("plate model session failed")
+        if self.calls % 3 == 1:
+            return [{"score": 0.9, "text": "皖K66666"}]  # no box: the vehicle lane trips over it
+        return []
+
+
+def feed_plates(loop: Any, stop: threading.Event) -> None:
+    frame = VisibleFrame(image=phone_frame(None, False), seq=0, t=time.monotonic())
+    while not stop.wait(0.005):
+        loop.offer(frame)
+
+
+def test_the_plate_thread_contains_bad_frames_and_is_given_up_only_when_it_keeps_failing(tmp_path):
+    from station.domain.vehicles import VehicleLane
+    from station.residents import ResidentFile
+    from station.vehicle_loop import PlateLoop
+
+    stop = threading.Event()
+    flaky = PlateLoop(FlakyPlateReader(), VehicleLane(ResidentFile(tmp_path / "residents.txt")), max_rate_hz=200.0)
+    broken = PlateLoop(FlakyPlateReader(always_raise=True), VehicleLane(ResidentFile(tmp_path / "residents.txt")),
+                       max_rate_hz=200.0, settings=PipelineSettings(escalate_after=5, restart_limit=2, restart_backoff_s=0.01))
+    feeders = [threading.Thread(target=feed_plates, args=(loop, stop), daemon=True) for loop in (flaky, broken)]
+    try:
+        for loop in (flaky, broken):
+            loop.start()
+        for t in feeders:
+            t.start()
+        wait_for(lambda: flaky.health.errors.counts["OSError"] >= 5 and flaky.health.errors.counts["KeyError"] >= 5,
+                 what="the flaky plate reader's failures")
+        wait_for(lambda: not broken.alive(), what="the always-failing plate thread to be given up")
+        assert flaky.alive() and flaky.health.restarts == 0 and flaky.counts["reads"] >= 10
+        assert flaky.counts["read_errors"] == flaky.health.errors.counts["OSError"]
+        assert flaky.stats()["health"]["state"] == "running"
+        assert broken.health.restarts == 2 and broken.stats()["health"]["state"] == "given_up"
+        assert broken.counts["read_errors"] == 15  # 5 in a row, three times: twice restarted, then given up
+    finally:
+        stop.set()
+        for loop in (flaky, broken):
+            loop.stop()
