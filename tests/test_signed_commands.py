@@ -313,3 +313,21 @@ def test_verify_is_total_and_only_the_untouched_body_passes(tmp_path_factory: An
     v = verify_command(mutated, command="open-gate", station=STATION, site=SITE, keys=keys, now=now, replay=None)
     assert v.reason in ("unsigned", "malformed", "unknown_key", "bad_signature", "ok")
     assert v.ok == (mutated == body)
+
+
+def test_the_command_queue_is_bounded_and_paho_never_blocks(tmp_path: Path) -> None:
+    """Commands arriving faster than they are served: the overflow is dropped and counted at once."""
+    from drivers.publish.mqtt import MqttPublisher
+    from station.commands import CommandHandlers, StationLink
+
+    publisher = MqttPublisher("mqtt://127.0.0.1:9", "bounded", f"{BASE}/status", b"offline", b"online")  # never started
+    handlers = CommandHandlers(store=None, gate=None, monotonic=time.monotonic, config_path=None, data_dir=tmp_path,
+                               snapshot=dict)
+    link = StationLink(publisher, BASE, {"station_id": STATION, "site": SITE}, {}, dict, handlers, queue_size=4)
+    t0 = time.monotonic()
+    for n in range(10):  # the worker is not running: nothing is taken off the queue
+        link._on_command(f"{BASE}/cmd/ping", json.dumps({"id": f"p-{n}"}).encode())
+    assert time.monotonic() - t0 < 0.5
+    stats = link.stats()
+    assert (stats["queue_depth"], stats["queue_dropped"]) == (4, 6)
+    assert (stats["retained_dropped"], stats["oversize_dropped"]) == (0, 0)
