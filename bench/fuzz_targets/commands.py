@@ -153,8 +153,74 @@ def _call(case: tuple[str, bytes]) -> str:
     return reason
 
 
+LOOKUP_FIELDS = ["id", "ok", "result", "station", "site", "token_sha256", "key_id", "by", "sig"]
+_lookup: dict[str, Any] = {}
+
+
+def _lookup_setup() -> None:
+    from drivers.codes.online import OnlineVerifier
+    from station.command_auth import CommandKeys, new_signing_key, public_pem
+
+    tmp = Path(tempfile.mkdtemp(prefix="fuzz-lookup-"))
+    key = new_signing_key()
+    (tmp / "keys.pem").write_text(public_pem(key.public_key()))
+    verifier = OnlineVerifier(f"checkpoint/v1/{SITE}/{STATION}", identity={"station_id": STATION, "site": SITE},
+                              keys=CommandKeys(tmp / "keys.pem", None))
+    _lookup.update(tmp=tmp, key=key, other_key=new_signing_key(), verifier=verifier)
+
+
+def _lookup_teardown() -> None:
+    if "tmp" in _lookup:
+        shutil.rmtree(_lookup["tmp"], ignore_errors=True)
+    _lookup.clear()
+
+
+RESULT = st.fixed_dictionaries({"found": st.booleans() | JSON, "colour": st.sampled_from(["green", "yellow", "red"]) | JSON},
+                               optional={"expires": st.floats() | JSON, "issuer": JSON})
+
+
+@st.composite
+def lookup_case(draw: Any) -> tuple[str, str, Any]:
+    """(request id, token hash, answer as parsed JSON) as the verifier's judge receives it."""
+    from station.command_auth import sign_lookup_answer
+
+    corr, token_hash = "r" * 32, "ab" * 32
+    how = draw(st.sampled_from(["signed", "mutated", "dropped", "other-key", "other-request", "unsigned", "object"]))
+    fields = {"request_id": "other" if how == "other-request" else corr, "station": STATION, "site": SITE,
+              "token_sha256": token_hash}
+    result = draw(RESULT)
+    try:
+        answer: Any = sign_lookup_answer(_lookup["other_key" if how == "other-key" else "key"], result=result,
+                                         ok=draw(st.booleans() | st.just(True)), **fields)
+    except ValueError:  # NaN in the result cannot be signed: it goes out under a signature of something else
+        answer = dict(sign_lookup_answer(_lookup["key"], result={}, **fields), result=result)
+    if how == "mutated":
+        answer[draw(st.sampled_from(LOOKUP_FIELDS))] = draw(JSON)
+    elif how == "dropped":
+        del answer[draw(st.sampled_from(LOOKUP_FIELDS))]
+    elif how == "unsigned":
+        answer = {"id": corr, "ok": True, "result": result}
+    elif how == "object":
+        answer = draw(JSON)
+    return corr, token_hash, answer
+
+
+def _lookup_call(case: tuple[str, str, Any]) -> str:
+    from station.domain.model import CodeStatus
+
+    corr, token_hash, answer = case
+    msg = answer if isinstance(answer, dict) else {"not": answer}  # _on_result hands over objects only
+    verdict = _lookup["verifier"]._judge(msg, time.time(), 1.0, corr, token_hash)
+    if verdict.status is CodeStatus.VALID and (not isinstance(answer, dict) or answer.get("key_id") is None):
+        raise AssertionError("a valid verdict from an answer without a key")
+    return f"{verdict.status.value}:{verdict.reason}"
+
+
 TARGETS = [
     Target("mqtt-commands", "every cmd/<name> body (signed, mutated, retyped, nested, non-UTF-8) through "
            "StationLink.handle with a real store, replay store and mock-pin gate", command_case, _call,
            setup=_setup, teardown=_teardown, tags=("mqtt",)),
+    Target("lookup-answers", "lookup/code/result answers (signed, mutated, other key or request, unsigned, any JSON) "
+           "through OnlineVerifier's judge: only a centre-signed answer to this request decides a colour",
+           lookup_case, _lookup_call, setup=_lookup_setup, teardown=_lookup_teardown, tags=("mqtt", "codes")),
 ]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -159,7 +160,7 @@ class OnlineVerifier:
             return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_error", SOURCE, None, {"lookup_ms": ms})
         expires = result.get("expires")
         detail: dict[str, Any] = {"colour": colour.value, "issuer": str(result.get("issuer", ""))[:64], "lookup_ms": ms}
-        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool) and math.isfinite(expires):
             detail["expires"] = expires
             if expires < now_wall:
                 return CodeVerdict(CodeStatus.EXPIRED, colour, "expired", SOURCE, None, detail)
