@@ -89,6 +89,9 @@ class OnlineVerifier:
 
     def _on_result(self, topic: str, payload: bytes) -> None:
         # paho's network thread: parse, hand over, return.
+        if len(payload) > MAX_ANSWER_BYTES:  # also when attached to a publisher without intake caps
+            log.warning("oversized code look-up result dropped bytes=%d", len(payload))
+            return
         try:
             msg = json.loads(payload)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -97,9 +100,6 @@ class OnlineVerifier:
         corr = msg.get("id") if isinstance(msg, dict) else None
         with self._lock:
             waiting = self._waiting.get(corr) if isinstance(corr, str) else None
-        if len(payload) > MAX_ANSWER_BYTES:  # also when attached to a publisher without intake caps
-            log.warning("oversized code look-up result dropped bytes=%d", len(payload))
-            return
         if waiting is None:
             self.counters["late"] += 1
             return
