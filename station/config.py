@@ -314,9 +314,9 @@ class StationConfig(Section):
     codes: CodesSection = Field(default_factory=CodesSection)
     gate: GateSection = Field(default_factory=GateSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
+    centre: CentreSection = Field(default_factory=CentreSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
     snapshots: SnapshotsSection = Field(default_factory=SnapshotsSection)
-    centre: CentreSection = Field(default_factory=CentreSection)
     http: HttpSection = Field(default_factory=HttpSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 

@@ -747,9 +747,6 @@ class SqliteEventStore:
         self._notify_listeners()
         return rowid
 
-    def operator_actions(self, *, event_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Operator actions, newest first (all, or those about one event)."""
-        where, params = ("WHERE event_id = ?", [event_id]) if event_id is not None else ("", [])
     COMMAND_AUDIT_KEEP = 10_000
     """Rows kept in ``command_audit``; older ones are deleted as new ones come (a hard bound)."""
 
@@ -793,6 +790,9 @@ class SqliteEventStore:
             r["ok"] = bool(r["ok"])
         return rows
 
+    def operator_actions(self, *, event_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Operator actions, newest first (all, or those about one event)."""
+        where, params = ("WHERE event_id = ?", [event_id]) if event_id is not None else ("", [])
         rows = self._query(f"SELECT * FROM operator_actions {where} ORDER BY id DESC LIMIT ?", [*params, limit])
         for r in rows:
             r["ok"] = bool(r["ok"])
