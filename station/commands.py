@@ -69,7 +69,7 @@ TRUST_LIST_DIR = "trust-list"  # same folder as drivers.codes.trust_list.TRUST_D
 COMMAND_IDS_FILE = "command-ids.sqlite3"  # the replay store of signed command ids, in the data dir
 MAX_COMMAND_BYTES = 262144
 """Default cap on a ``cmd/`` body: a resident list of ~20 000 plates or a trust list of ~150 signers."""
-MAX_LOOKUP_RESULT_BYTES = 4096
+MAX_ROUTE_BYTES = 4096
 QUEUE_SIZE = 32
 AUDIT_BODY_CHARS = 2048
 
@@ -99,8 +99,8 @@ def set_config_value(path: Path, key: str, value: Any) -> tuple[Any, Any]:
     import tomlkit
     import tomlkit.items
 
-    from station.fileio import atomic_write
     from station.config import validate_text
+    from station.fileio import atomic_write
 
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     doc = tomlkit.parse(text)
@@ -205,7 +205,11 @@ class CommandHandlers:
         """Replace the HC1 trust list: accepted only when signed by the configured trust-list signer
         and newer than the stored version; on any refusal the old list stays in use. The running
         verifier picks the new list up at its next code (drivers.codes.trust_list.TrustStore)."""
-        from drivers.codes.trust_list import TrustListError, accept_push, load_signer_key
+        from drivers.codes.trust_list import (
+            TrustListError,
+            accept_push,
+            load_signer_key,
+        )
 
         args = self._args(request)
         version, document = args.get("version"), args.get("document")
@@ -380,7 +384,8 @@ class StationLink:
         """Run ``handler(topic, payload)`` on this link's worker for messages on ``topic_filter``."""
         kind = f"route:{topic_filter}"
         self._routes[kind] = handler
-        self.publisher.subscribe(topic_filter, lambda t, p: self._enqueue(kind, t, p))
+        # Routes carry small control messages (Home Assistant's birth): anything large is not one.
+        self.publisher.subscribe(topic_filter, lambda t, p: self._enqueue(kind, t, p), max_bytes=MAX_ROUTE_BYTES)
 
     def stats(self) -> dict[str, Any]:
         """Counters of the command intake: replies, refusals per reason, drops, audit rows suppressed."""
