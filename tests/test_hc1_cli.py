@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import shutil
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
+import cbor2
 import cv2
 import numpy as np
 from click.testing import CliRunner
 
 from drivers.camera.scene_camera import qr_matrix, render_qr
+from drivers.codes.hc1 import b45encode
 from drivers.codes.issuer import new_issuer, trust_list_document
+from drivers.codes.trust_list import certificate_entry
 from station.cli.stationctl import main
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.timezone.utc).timestamp()
+T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC).timestamp()
 
 
-def ctl(*args: str):  # noqa: ANN201
+def ctl(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def setup(tmp_path: Path):  # noqa: ANN201
+def setup(tmp_path: Path):
     cfg = tmp_path / "station.toml"
     shutil.copy(ROOT / "config" / "station.toml", cfg)
     issuer = new_issuer("ES256", "CLI-ISSUER")
@@ -81,3 +88,69 @@ def test_verify_usage_errors(tmp_path: Path) -> None:
     bad.write_text("[1, 2]")
     assert ctl("--config", str(cfg), "code", "verify", "--payload", "HC1:X", "--trust", str(bad)).exit_code == 2
     assert ctl("--config", str(cfg), "code", "verify", "--payload", "HC1:X", "--trust", str(trust), "--at", "yesterday").exit_code == 2
+
+
+def _stationctl() -> str:
+    """The installed console script: the real entry point a technician runs."""
+    path = Path(sys.executable).with_name("stationctl")
+    assert path.exists(), path
+    return str(path)
+
+
+HOSTILE = [
+    "HC1:6BFOXN*TS6DIVEC7QCDOCV00+O4L4",  # the issue's code: alg is a list
+    "HC1:", "HC1:A", "HC1:::", "hc1:NCF", "HC1:" + "A" * 6000, "HC1:\u00e9\u00e9", "\u202eHC1:\U0001f600", "",
+    "HCODE1:" + base64.urlsafe_b64encode(b"[" * 3000).decode(), "HCT1:\u00e9", "   ",
+]
+
+
+def test_any_payload_gives_a_json_verdict_through_the_real_entry_point(tmp_path: Path) -> None:
+    cfg, issuer, trust = setup(tmp_path)
+    bomb = "HC1:" + b45encode(zlib.compress(b"\x00" * 10**6))
+    alg_map = "HC1:" + b45encode(zlib.compress(cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: {1: 2}, 4: issuer.kid}), {}, b"", b""]))))
+    deep = "HC1:" + b45encode(zlib.compress(b"\xd2" * 3000 + b"\x00"))
+    # A fresh process each (the real console script, argv bytes that are not UTF-8 included) for a few; the
+    # same click command in-process (exceptions not caught, so a traceback would fail the test) for the rest.
+    processes: list[str | bytes] = [HOSTILE[0], bomb, alg_map, deep, b"HC1:\xff\xfe\x80", "\u202eHC1:\U0001f600"]
+    for payload in [*processes, *HOSTILE[1:]]:
+        args = ["--config", str(cfg), "code", "verify", "--payload", payload, "--trust", str(trust), "--json"]
+        if payload in processes:
+            r = subprocess.run([_stationctl(), *args], capture_output=True, timeout=60, check=False)
+            code, stdout = r.returncode, r.stdout.decode()
+            assert b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
+        else:
+            res = ctl(*args)  # type: ignore[arg-type]
+            code, stdout = res.exit_code, res.output
+        assert code == 1, (payload, stdout)
+        out = json.loads(stdout)
+        assert out["valid"] is False and out["status"] in ("invalid", "unverifiable") and out["reason"], out
+        assert out["reason"] != "malformed", (payload, out)  # the backstop is for bugs; none may be left
+    good = issuer.issue("green", iat=T0, exp=T0 + 86400)
+    r = subprocess.run([_stationctl(), "--config", str(cfg), "code", "verify", "--payload", good, "--trust", str(trust),
+                        "--at", "2026-06-01T13:00:00Z", "--json"], capture_output=True, timeout=60, check=False)
+    assert r.returncode == 0 and json.loads(r.stdout)["valid"] is True
+
+
+def test_bad_trust_files_are_usage_errors_with_a_reason(tmp_path: Path) -> None:
+    cfg, _, _ = setup(tmp_path)
+    files = {"deep.json": b"[" * 100_000, "latin1.json": b"\xff\xfe{", "bignum.json": b'{"version": ' + b"9" * 5000 + b"}",
+             "nocerts.json": b'{"certificates": [{"der": {"a": 1}, "kid": [1]}, 5]}',
+             "stored.json": b'{"document": [1], "signature_verified": true}'}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        r = CliRunner().invoke(main, ["--config", str(cfg), "code", "verify", "--payload", "HC1:X", "--trust",
+                                      str(tmp_path / name), "--json"], catch_exceptions=False)
+        assert r.exit_code == 2 and r.stdout == "", (name, r.output)
+        assert "--trust:" in r.stderr, (name, r.stderr)
+
+
+def test_an_eu_certificate_is_valid_with_colour_null(tmp_path: Path) -> None:
+    cfg, _, _ = setup(tmp_path)
+    vector = json.loads((ROOT / "tests" / "data" / "dgc-testdata" / "common" / "2DCode" / "raw" / "CO1.json").read_text())
+    trust = tmp_path / "eu.json"
+    trust.write_text(json.dumps({"certificates": [certificate_entry(base64.b64decode(vector["TESTCTX"]["CERTIFICATE"]))]}))
+    r = ctl("--config", str(cfg), "code", "verify", "--payload", vector["PREFIX"], "--trust", str(trust),
+            "--at", vector["TESTCTX"]["VALIDATIONCLOCK"], "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert (out["valid"], out["reason"], out["colour"]) == (True, "ok", None)

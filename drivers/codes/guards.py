@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from station.domain.model import CodeStatus, CodeVerdict, DecodedCode
+from station.ratelimit import FailureLog
 
 log = logging.getLogger("drivers.codes.guards")
 
@@ -66,6 +67,17 @@ def station_salt(data_dir: Path | None) -> bytes:
     os.replace(tmp, path)
     log.info("station code salt created path=%s", path)
     return salt
+
+
+def _as_bytes(payload: Any) -> bytes:
+    """What a reader handed over, as bytes: text (odd unicode included) as UTF-8, anything else as its repr."""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogatepass")
+    return repr(type(payload)).encode()  # not a payload at all: nothing to judge, but a stable hash
 
 
 def salted_hash(salt: bytes, payload: bytes) -> str:
@@ -142,16 +154,33 @@ class CodeJudge:
         self.seen = seen
         self.replay_window_s = replay_window_s
         self.replay_grace_s = replay_grace_s
+        self.failures = FailureLog(log, "code verifier")  # per verifier and exception type; in stats()
 
     def verify(self, payload: bytes, now_wall: float) -> CodeVerdict:
         return self.verify_in_frame(DecodedCode(payload, "QRCODE", None, "-"), None, now_wall)
 
-    def verify_in_frame(self, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict:
-        code_hash = salted_hash(self.salt, code.payload)
-        verdict: CodeVerdict | None = None
-        for verifier in self.verifiers:
+    def _ask(self, verifier: Any, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict:
+        """One verifier's verdict; one that raises or answers nonsense is a ``malformed`` verdict, never a dead lane."""
+        name = getattr(verifier, "name", type(verifier).__name__)
+        try:
             in_frame = getattr(verifier, "verify_in_frame", None)
             verdict = in_frame(code, image, now_wall) if in_frame is not None else verifier.verify(code.payload, now_wall)
+        except Exception as exc:  # noqa: BLE001 - the verifiers' own backstops should have caught it: a bug to fix
+            self.failures.report(f"{name}:{type(exc).__name__}", exc)
+            return CodeVerdict(CodeStatus.INVALID, None, "malformed", str(name), None, {"error": type(exc).__name__})
+        if not isinstance(verdict, CodeVerdict) or not isinstance(verdict.detail, dict):
+            self.failures.report(f"{name}:not_a_verdict")
+            return CodeVerdict(CodeStatus.INVALID, None, "malformed", str(name), None, {"error": "not_a_verdict"})
+        return verdict
+
+    def verify_in_frame(self, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict:
+        payload = _as_bytes(code.payload)
+        if payload is not code.payload:
+            code = replace(code, payload=payload)
+        code_hash = salted_hash(self.salt, payload)
+        verdict: CodeVerdict | None = None
+        for verifier in self.verifiers:
+            verdict = self._ask(verifier, code, image, now_wall)
             if not (verdict.status is CodeStatus.INVALID and verdict.reason == "unknown_format"):
                 break
         else:
@@ -170,6 +199,12 @@ class CodeJudge:
         """What a technician needs to see: each verifier's trust list / look-up counters, replay-store errors."""
         out: dict[str, Any] = {"verifiers": [getattr(v, "name", type(v).__name__) for v in self.verifiers],
                                "replay_store_write_errors": self.seen.write_errors if self.seen is not None else None}
+        failures = self.failures.snapshot()
+        for v in self.verifiers:
+            own = getattr(v, "failures", None)
+            if isinstance(own, FailureLog):
+                failures.update({f"{v.name}:{k}": n for k, n in own.snapshot().items()})
+        out["malformed_backstop"] = failures  # each count is an input no check foresaw: a bug to fix, not an attack to fear
         for v in self.verifiers:
             trust_stats = getattr(getattr(v, "trust", None), "stats", None)
             if trust_stats is not None:  # hc1: which trust list is in force

@@ -400,7 +400,7 @@ class Hc1Verifier:
 
     def _verify(self, payload: bytes | str, now_wall: float) -> CodeVerdict:
         if isinstance(payload, str):
-            payload = payload.encode("utf-8", "surrogateescape")
+            payload = payload.encode("utf-8", "surrogatepass")  # lone surrogates too: they are simply not ASCII
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             return _verdict(CodeStatus.INVALID, "unknown_format")
         if len(payload) > MAX_PAYLOAD:

@@ -47,10 +47,18 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 MAX_ANSWER_BYTES = 4096  # a look-up answer is a few hundred bytes; larger ones are dropped unread
 
 
-def token_of(payload: bytes) -> str | None:
-    try:
-        text = payload.decode("ascii").strip()
-    except UnicodeDecodeError:
+def token_of(payload: bytes | str) -> str | None:
+    """The token of an ``HCT1:`` payload (bytes or text of any kind), or None when it is not one."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(payload).decode("ascii").strip()
+        except UnicodeDecodeError:
+            return None
+    elif isinstance(payload, str):
+        text = payload.strip()
+        if not text.isascii():
+            return None
+    else:
         return None
     if not text.startswith(PREFIX):
         return None

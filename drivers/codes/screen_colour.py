@@ -16,6 +16,7 @@ and one hue class clearly dominates.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import cv2
@@ -31,20 +32,49 @@ MIN_DOMINANCE = 0.6  # of the saturated pixels
 HUE_CLASSES = ((CodeColour.RED, ((0, 9), (165, 180))), (CodeColour.YELLOW, ((18, 34),)), (CodeColour.GREEN, ((38, 88),)))
 
 
-def ring_colour(image: np.ndarray, box: Any) -> tuple[CodeColour | None, dict[str, float]]:
+def _bgr8(image: Any) -> np.ndarray | None:
+    """The frame as 8-bit BGR, or None when it is not a colour picture (grey, empty, odd shape or type)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] not in (3, 4) or image.size == 0:
+        return None
+    if image.shape[2] == 4:
+        image = image[..., :3]
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    if image.dtype.kind == "f":
+        # Taken as 0..1 (OpenCV's float convention); NaN and out-of-range values are clipped, not trusted.
+        return (np.nan_to_num(np.clip(image, 0.0, 1.0), nan=0.0) * 255.0).astype(np.uint8)
+    return None
+
+
+def _box_of(box: Any) -> tuple[float, float, float, float] | None:
+    try:
+        coords = tuple(float(v) for v in (box.x1, box.y1, box.x2, box.y2))
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None
+    if not all(math.isfinite(v) for v in coords) or coords[2] <= coords[0] or coords[3] <= coords[1]:
+        return None
+    return coords  # type: ignore[return-value]
+
+
+def ring_colour(image: Any, box: Any) -> tuple[CodeColour | None, dict[str, float]]:
+    bgr, coords = _bgr8(image), _box_of(box)
+    if bgr is None or coords is None:
+        return None, {}  # a grey frame, or no box, has no colour to judge
+    image = bgr
+    bx1_, by1_, bx2_, by2_ = coords
     h, w = image.shape[:2]
-    side = max(box.width, box.height)
+    side = max(bx2_ - bx1_, by2_ - by1_)
     pad = side * RING
-    x1, y1 = int(max(0, box.x1 - pad)), int(max(0, box.y1 - pad))
-    x2, y2 = int(min(w, box.x2 + pad)), int(min(h, box.y2 + pad))
+    x1, y1 = int(max(0, bx1_ - pad)), int(max(0, by1_ - pad))
+    x2, y2 = int(min(w, bx2_ + pad)), int(min(h, by2_ + pad))
     if x2 - x1 < 4 or y2 - y1 < 4:
         return None, {}
     region = image[y1:y2, x1:x2]
-    if region.ndim == 2:
-        return None, {}  # a grey frame has no colour to judge
     mask = np.ones(region.shape[:2], dtype=bool)
-    bx1, by1 = int(max(0, box.x1 - x1)), int(max(0, box.y1 - y1))
-    bx2, by2 = int(min(x2, box.x2) - x1), int(min(y2, box.y2) - y1)
+    bx1, by1 = int(max(0, bx1_ - x1)), int(max(0, by1_ - y1))
+    bx2, by2 = int(min(x2, bx2_) - x1), int(min(y2, by2_) - y1)
     mask[by1:by2, bx1:bx2] = False  # the code itself: its modules may be coloured or not
     hsv = cv2.cvtColor(np.ascontiguousarray(region), cv2.COLOR_BGR2HSV)
     hue, sat, val = hsv[..., 0][mask], hsv[..., 1][mask], hsv[..., 2][mask]

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from drivers.codes.hc1 import kid_of
 
@@ -44,6 +44,8 @@ log = logging.getLogger("drivers.codes.trust_list")
 
 TRUST_DIR = "trust-list"
 CURRENT = "current.json"
+MAX_FILE_BYTES = 4 * 1024 * 1024  # the EU list of every signer is ~1 MB
+MAX_CERTIFICATES = 10_000
 
 
 class TrustListError(ValueError):
@@ -66,29 +68,49 @@ def parse_certificates(entries: Any, *, strict: bool) -> dict[bytes, Any]:
     entries are skipped with a log line (a local file with one broken entry still loads the rest)."""
     if not isinstance(entries, list):
         raise TrustListError("certificates must be a list")
+    if len(entries) > MAX_CERTIFICATES:
+        raise TrustListError(f"more than {MAX_CERTIFICATES} certificates")
     keys: dict[bytes, Any] = {}
     for i, entry in enumerate(entries):
         try:
             if not isinstance(entry, dict):
                 raise TrustListError("entry is not an object")
-            der = base64.b64decode(str(entry.get("der", "")), validate=True)
-            kid = base64.b64decode(str(entry.get("kid", "")), validate=True)
+            der_text, kid_text = entry.get("der"), entry.get("kid")
+            if not isinstance(der_text, str) or not isinstance(kid_text, str):
+                raise TrustListError("der and kid must be base64 strings")
+            der = base64.b64decode(der_text, validate=True)
+            kid = base64.b64decode(kid_text, validate=True)
             if kid != kid_of(der):
                 raise TrustListError("kid is not the first 8 bytes of SHA-256(der)")
-            keys[kid] = x509.load_der_x509_certificate(der).public_key()
-        except (TrustListError, binascii.Error, ValueError) as exc:
+            key = x509.load_der_x509_certificate(der).public_key()
+            if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+                raise TrustListError(f"a {type(key).__name__} cannot sign an HC1 code (ES256 or PS256 only)")
+            keys[kid] = key
+        except (TrustListError, binascii.Error, ValueError, UnsupportedAlgorithm) as exc:
             if strict:
                 raise TrustListError(f"certificate {i}: {exc}") from None
             log.warning("trust list entry skipped index=%d error=%s", i, exc)
     return keys
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file of bounded size; any way it is unreadable is a :class:`TrustListError`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise TrustListError(f"{path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise TrustListError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, huge numbers, nesting deeper than the parser
+        raise TrustListError(f"{path}: not JSON ({type(exc).__name__})") from None
+
+
 def load_file(path: Path) -> TrustList:
     """A trust-list file, plain (``{"certificates": …}``) or as stored after a push."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrustListError(f"{path}: {exc}") from None
+    doc = _read_json(path)
     if not isinstance(doc, dict):
         raise TrustListError(f"{path}: not a JSON object")
     if "document" in doc:  # the stored form of a pushed list
@@ -107,8 +129,11 @@ def load_file(path: Path) -> TrustList:
 
 
 def signed_bytes(document: dict[str, Any]) -> bytes:
-    return json.dumps({"certificates": document.get("certificates"), "version": document.get("version")},
-                      sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+    try:
+        return json.dumps({"certificates": document.get("certificates"), "version": document.get("version")},
+                          sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:  # keys that cannot be sorted, nesting, huge numbers
+        raise TrustListError(f"document cannot be put in canonical form ({type(exc).__name__})") from None
 
 
 def sign_document(certificates: list[dict[str, str]], version: int, private_key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
@@ -119,11 +144,17 @@ def sign_document(certificates: list[dict[str, str]], version: int, private_key:
 
 def load_signer_key(path: Path) -> ec.EllipticCurvePublicKey:
     """The trust-list signing key's public half, from a PEM certificate or a PEM public key."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TrustListError(f"{path}: {exc.strerror or exc}") from None
     try:
         key: Any = x509.load_pem_x509_certificate(data).public_key()
-    except ValueError:
-        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise TrustListError(f"{path}: neither a PEM certificate nor a PEM public key") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise TrustListError(f"{path}: the trust-list signer must be an EC (P-256) key")
     return key
@@ -135,15 +166,18 @@ def verify_document(document: Any, signer: ec.EllipticCurvePublicKey) -> dict[by
     version = document.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise TrustListError("document.version must be an integer >= 1")
+    signature_text = document.get("signature", "")
+    if not isinstance(signature_text, str):
+        raise TrustListError("document.signature is not a base64 string")
     try:
-        signature = base64.b64decode(str(document.get("signature", "")), validate=True)
+        signature = base64.b64decode(signature_text, validate=True)
     except (binascii.Error, ValueError):
         raise TrustListError("document.signature is not base64") from None
     if not signature:
         raise TrustListError("document.signature is missing")
     try:
         signer.verify(signature, signed_bytes(document), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):
         raise TrustListError("signature does not verify with the configured trust-list signer") from None
     return parse_certificates(document.get("certificates"), strict=True)
 
@@ -157,9 +191,10 @@ def stored_version(data_dir: Path) -> int:
     if not current.exists():
         return 0
     try:
-        return int(json.loads(current.read_text(encoding="utf-8")).get("version", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
+        version = _read_json(current).get("version", 0)
+    except (TrustListError, AttributeError):
         return 0
+    return version if type(version) is int else 0
 
 
 def accept_push(data_dir: Path, document: Any, signer: ec.EllipticCurvePublicKey, now_wall: float | None = None) -> dict[str, Any]:

@@ -6,7 +6,11 @@ One JSON object per code: ``{"valid", "reason", "colour", "kid", "expires", "sta
 "source"}``. The payload itself is never printed here (``code decode`` shows it).
 
 Exit 0 when every code judged is valid, 1 when one is not (or the image has no code), 2 on a usage
-error (unreadable trust list, image, or time).
+error (unreadable trust list, image, or time). Any payload gives a verdict: a code the verifiers cannot
+parse is ``valid: false`` with its reason (``malformed`` at worst), never a traceback. ``valid: true``
+means signed by a signer on the trust list and in date; ``colour: null`` with it is a genuine code
+without our colour claim (an EU Digital COVID Certificate), which the lane's ``policy.uncoloured_code``
+decides.
 """
 
 from __future__ import annotations
@@ -25,26 +29,40 @@ def _parse_at(text: str | None) -> float:
     if not text:
         return time.time()
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = dt.datetime.fromisoformat(text)  # Python 3.11 reads a trailing Z
     except ValueError:
         click.echo(f"--at {text!r}: not an ISO-8601 time", err=True)
         sys.exit(2)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)  # a station's clocks are UTC
+        when = when.replace(tzinfo=dt.UTC)  # a station's clocks are UTC
     return when.timestamp()
+
+
+def _iso(when: Any) -> str | None:
+    """A UNIX time as ISO-8601 UTC; None for anything that is not a date a calendar holds."""
+    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(when, dt.UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def verdict_record(verdict: Any) -> dict[str, Any]:
     d = verdict.detail
-    expires = d.get("expires")
     return {
         "valid": verdict.status.value == "valid",
         "reason": verdict.reason,
-        "colour": verdict.colour.value if verdict.colour else d.get("colour"),
-        "kid": d.get("kid"),
-        "expires": dt.datetime.fromtimestamp(expires, dt.timezone.utc).isoformat() if isinstance(expires, (int, float)) else None,
+        # A genuine code without our colour claim (an EU DCC) is valid with colour null: the lane's policy decides.
+        "colour": verdict.colour.value if verdict.colour else _text(d.get("colour")),
+        "kid": _text(d.get("kid")),
+        "expires": _iso(d.get("expires")),
         "status": verdict.status.value,
-        "issuer": d.get("issuer"),
+        "issuer": _text(d.get("issuer")),
         "source": verdict.source,
     }
 
@@ -70,9 +88,13 @@ def verify(obj: Any, image: Path | None, payload: str | None, trust_file: Path, 
         click.echo("give either IMAGE or --payload TEXT", err=True)
         sys.exit(2)
     try:
-        load_file(trust_file)
+        trusted = load_file(trust_file)
     except TrustListError as exc:
         click.echo(f"--trust: {exc}", err=True)
+        sys.exit(2)
+    if not trusted.keys:
+        # Every code would be unknown_kid: a list with no usable certificate is a mistake to report, not a verdict.
+        click.echo(f"--trust: {trust_file}: no usable signer certificate (see the warnings above)", err=True)
         sys.exit(2)
     cfg = obj.load() if obj is not None else None
     c = cfg.codes if cfg is not None else None
@@ -85,7 +107,8 @@ def verify(obj: Any, image: Path | None, payload: str | None, trust_file: Path, 
     judge = CodeJudge(chain, salt=station_salt(None), seen=None)
     codes: list[tuple[DecodedCode, Any]] = []
     if payload is not None:
-        codes.append((DecodedCode(payload.strip().encode("utf-8"), "QRCODE", None, "text"), None))
+        # surrogateescape: the argument's own bytes, even when they are not UTF-8 (a hostile code pasted by hand).
+        codes.append((DecodedCode(payload.strip().encode("utf-8", "surrogateescape"), "QRCODE", None, "text"), None))
     else:
         import cv2
 
@@ -103,7 +126,8 @@ def verify(obj: Any, image: Path | None, payload: str | None, trust_file: Path, 
         records = [{"valid": False, "reason": "no_code", "colour": None, "kid": None, "expires": None}]
     for rec in records:
         if as_json:
-            click.echo(json.dumps(rec, ensure_ascii=False))
+            # ASCII escapes: prints on any terminal encoding, whatever text a code carried.
+            click.echo(json.dumps(rec, ensure_ascii=True))
         else:
             click.echo(f"{'VALID' if rec['valid'] else 'NOT VALID'} reason={rec['reason']} colour={rec['colour']} "
                        f"kid={rec['kid']} expires={rec['expires']}")
