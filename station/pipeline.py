@@ -25,7 +25,8 @@ verifier that raises becomes an ``invalid``/``verifier_error`` verdict, so the l
 code like any unreadable one (``manual_check`` after the code timeout, never ``pass``).
 
 A loop that raises anyway (a real bug outside the per-item guard, or ``escalate_after`` items in a
-row all failing) is restarted on its own thread by ``StageSupervisor``, with a growing back-off and
+row all failing in a stage fed by devices — never in the code stage, whose items are what a passer-by
+shows) is restarted on its own thread by ``StageSupervisor``, with a growing back-off and
 at most ``restart_limit`` restarts per ``restart_window_s``. Past that the stage is given up:
 ``alive()`` turns False, the systemd watchdog stops being pinged and systemd restarts the station —
 the in-process restarts keep one hostile QR from using up systemd's ``StartLimitBurst``.
@@ -164,9 +165,12 @@ class StageFailing(RuntimeError):
 class StageHealth:
     """One stage's failures per kind, in-process restarts, and whether its supervisor gave up."""
 
-    def __init__(self, name: str, settings: PipelineSettings, monotonic: Callable[[], float]) -> None:
+    def __init__(self, name: str, settings: PipelineSettings, monotonic: Callable[[], float], *,
+                 escalate: bool = True) -> None:
         self.name = name
-        self.escalate_after = settings.escalate_after
+        # A stage whose items are what people show (codes, plates) never escalates: a hostile code
+        # held up for minutes fails every frame, and that must cost frames, never the stage.
+        self.escalate_after = settings.escalate_after if escalate else 0
         self.errors = FailureLog(log, "pipeline stage item", interval_s=settings.error_log_interval_s, monotonic=monotonic)
         self.state = "not started"  # running | restarting | given_up | stopped
         self.restarts = 0
@@ -303,7 +307,7 @@ class Pipeline:
         self._unrecorded: deque[tuple[ScreeningEvent, GateResult]] = deque()
         self._supervisors: list[StageSupervisor] = []
         self.stage_health: dict[str, StageHealth] = {
-            name: StageHealth(name, self.settings, clock.monotonic) for name in self.STAGES
+            name: StageHealth(name, self.settings, clock.monotonic, escalate=name != "code") for name in self.STAGES
         }
         self.counters = _Counters()
         self._last_thermal_t = clock.monotonic()

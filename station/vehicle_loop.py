@@ -57,7 +57,7 @@ class PlateLoop:
         self._slot: LatestSlot[VisibleFrame] = LatestSlot()
         self._stop = threading.Event()
         self._settings = settings or PipelineSettings()
-        self.health = StageHealth("plates", self._settings, clock)
+        self.health = StageHealth("plates", self._settings, clock, escalate=False)  # plates are what passers-by show
         self._supervisor: StageSupervisor | None = None
         self._listeners: list[Callable[[VehicleEvent], None]] = []
         self.counts: Counter[str] = Counter()

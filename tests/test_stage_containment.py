@@ -205,7 +205,7 @@ class BrokenTickLane(ScreeningLane):
 
 def make_pipeline(tmp_path: Path, *, camera: Any, detector: Any = None, thermal: Any = None, gate_raise_every: int = 0,
                   lane: ScreeningLane | None = None, settings: PipelineSettings | None = None,
-                  on_progress: Callable[[], None] | None = None) -> tuple[Pipeline, SqliteEventStore]:
+                  on_progress: Callable[[], None] | None = None, reader: Any = None) -> tuple[Pipeline, SqliteEventStore]:
     cfg = StationConfig()
     cfg.gate.pin_factory = "mock"
     cfg.screening.temperature_timeout_s = 0.4  # no calibrated thermal here: each person ends in retry, quickly
@@ -223,7 +223,7 @@ def make_pipeline(tmp_path: Path, *, camera: Any, detector: Any = None, thermal:
         thermal=thermal or ScriptedThermal(),
         camera=camera,
         detector=detector or MarkedFaceDetector(),
-        reader=PyzbarReader(),
+        reader=reader or PyzbarReader(),
         verifiers=[RaisingOnPayload(HOSTILE), *build_verifiers(cfg, tmp_path)],
         store=store,
         gate=gate,
@@ -424,30 +424,69 @@ def feed_plates(loop: Any, stop: threading.Event) -> None:
         loop.offer(frame)
 
 
-def test_the_plate_thread_contains_bad_frames_and_is_given_up_only_when_it_keeps_failing(tmp_path):
+class BrokenVehicleLane:
+    """A vehicle lane that hands back an event the plate thread cannot use: a bug outside the per-frame guard."""
+
+    def on_plates(self, reads: list[dict[str, Any]], t: float) -> list[Any]:
+        return [object()]
+
+
+def test_the_plate_thread_contains_bad_frames_for_good_and_restarts_then_gives_up_a_broken_loop(tmp_path):
     from station.domain.vehicles import VehicleLane
     from station.residents import ResidentFile
     from station.vehicle_loop import PlateLoop
 
     stop = threading.Event()
+    # Every frame fails (a crafted plate held up, say): contained for as long as it lasts, never escalated.
+    hostile = PlateLoop(FlakyPlateReader(always_raise=True), VehicleLane(ResidentFile(tmp_path / "residents.txt")),
+                        max_rate_hz=500.0, settings=PipelineSettings(escalate_after=5))
     flaky = PlateLoop(FlakyPlateReader(), VehicleLane(ResidentFile(tmp_path / "residents.txt")), max_rate_hz=200.0)
-    broken = PlateLoop(FlakyPlateReader(always_raise=True), VehicleLane(ResidentFile(tmp_path / "residents.txt")),
-                       max_rate_hz=200.0, settings=PipelineSettings(escalate_after=5, restart_limit=2, restart_backoff_s=0.01))
-    feeders = [threading.Thread(target=feed_plates, args=(loop, stop), daemon=True) for loop in (flaky, broken)]
+    broken = PlateLoop(FlakyPlateReader(), BrokenVehicleLane(), max_rate_hz=200.0,  # type: ignore[arg-type]
+                       settings=PipelineSettings(restart_limit=2, restart_backoff_s=0.01))
+    loops = (hostile, flaky, broken)
+    feeders = [threading.Thread(target=feed_plates, args=(loop, stop), daemon=True) for loop in loops]
     try:
-        for loop in (flaky, broken):
+        for loop in loops:
             loop.start()
         for t in feeders:
             t.start()
         wait_for(lambda: flaky.health.errors.counts["OSError"] >= 5 and flaky.health.errors.counts["KeyError"] >= 5,
                  what="the flaky plate reader's failures")
-        wait_for(lambda: not broken.alive(), what="the always-failing plate thread to be given up")
+        wait_for(lambda: not broken.alive(), what="the broken plate loop to be given up")
+        wait_for(lambda: hostile.counts["read_errors"] >= 50, what="many failed frames in a row")
+        assert hostile.alive() and hostile.health.restarts == 0 and hostile.stats()["health"]["state"] == "running"
         assert flaky.alive() and flaky.health.restarts == 0 and flaky.counts["reads"] >= 10
         assert flaky.counts["read_errors"] == flaky.health.errors.counts["OSError"]
-        assert flaky.stats()["health"]["state"] == "running"
         assert broken.health.restarts == 2 and broken.stats()["health"]["state"] == "given_up"
-        assert broken.counts["read_errors"] == 15  # 5 in a row, three times: twice restarted, then given up
+        assert broken.stats()["health"]["last_crash"] == "AttributeError"
     finally:
         stop.set()
-        for loop in (flaky, broken):
+        for loop in loops:
             loop.stop()
+
+
+class ChokingReader:
+    """A ``CodeReader`` that raises on every frame, as a decoder might on a crafted symbol held up for minutes."""
+
+    name = "choking"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def decode(self, image: np.ndarray) -> list[Any]:
+        self.calls += 1
+        raise MemoryError("decoder ran out of memory on a crafted symbol")
+
+
+def test_a_code_failing_on_every_frame_never_escalates_to_a_restart(tmp_path, pipelines):
+    reader = ChokingReader()
+    settings = PipelineSettings(escalate_after=5, restart_limit=1, restart_backoff_s=0.01)
+    script = [phone_frame(HOSTILE, True)] * 30 + [phone_frame(None, False)] * 12
+    pipeline, store = make_pipeline(tmp_path, camera=ScriptedCamera(script), reader=reader, settings=settings)
+    pipelines.append((pipeline, store))
+    pipeline.start()
+    wait_for(lambda: pipeline.health()["stages"]["code"]["errors"].get("MemoryError", 0) >= 40 and sum(store.counts().values()) >= 2,
+             what="many failed decodes in a row, and the lane still deciding")
+    code = pipeline.health()["stages"]["code"]
+    assert code["state"] == "running" and code["restarts"] == 0 and pipeline.alive()
+    assert code["errors"]["MemoryError"] == reader.calls or code["errors"]["MemoryError"] == reader.calls - 1
