@@ -107,6 +107,7 @@ class BoardState:
         self._alarms: dict[tuple[str, str], dict[str, Any]] = {}
         self._forgotten: set[tuple[str, str]] = set()  # removed by an admin until they speak again
         self._day = ""
+        self._history_dirty = False
         self.version = 0  # bumped on every change the page should see
         self.messages = 0
         self.received: Counter[str] = Counter()  # per kind: "events/screening", "status", "state/outbox", …
@@ -311,10 +312,15 @@ class BoardState:
     # ------------------------------------------------------------------ history
 
     def _refresh_station_history(self) -> None:
-        self.refresh_history()
+        """A new event is in the history: the next view re-reads it (a burst of events costs one read, not one each)."""
+        with self._lock:
+            self._history_dirty = True
+            self.version += 1
 
     def refresh_history(self) -> bool:
         """Re-read today's counts and alarms from SQLite (also written by other replicas); True if changed."""
+        with self._lock:
+            self._history_dirty = False  # before the read: an event written during it marks it again
         day = local_day(self.wall())
         counts, alarms = _clean_counts(self.history.counts(day)), _clean_alarms(self.history.alarms(day))
         with self._lock:
@@ -359,6 +365,8 @@ class BoardState:
         return level, reasons
 
     def view(self) -> dict[str, Any]:
+        if self._history_dirty:
+            self.refresh_history()
         now = self.wall()
         with self._lock:
             rows = []
