@@ -17,17 +17,30 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from station.board.auth import UsersFile  # noqa: E402
 from tests.mosquitto import Broker, free_port  # noqa: E402
 
 
+USER, PASSWORD = "screenshot", "screenshot-password"
+_opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # keeps the session cookie
+_logged_in: set[int] = set()
+
+
 def api(port: int) -> dict:  # type: ignore[type-arg]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stations", timeout=5) as r:
+    """The board's JSON, logged in (the board has no anonymous access)."""
+    base = f"http://127.0.0.1:{port}"
+    if port not in _logged_in:
+        form = urllib.parse.urlencode({"user": USER, "password": PASSWORD}).encode()
+        with _opener.open(f"{base}/login", data=form, timeout=5):
+            _logged_in.add(port)
+    with _opener.open(f"{base}/api/stations", timeout=5) as r:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 
@@ -53,6 +66,7 @@ def main() -> None:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), CHECKPOINT_CONFIG=str(tmp / "absent.toml"))
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    UsersFile(tmp / "board" / "board-users.json").add(USER, "viewer", PASSWORD)
     board = subprocess.Popen([sys.executable, "-m", "station.cli.station_main", "board", "--mqtt", broker.url, "--listen",
                               f"127.0.0.1:{port}", "--data-dir", str(tmp / "board")], cwd=ROOT, env=env,
                              stderr=open(tmp / "board.log", "wb"))
@@ -77,8 +91,11 @@ def main() -> None:
 
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            page.goto(f"http://127.0.0.1:{port}/")
+            page = browser.new_page(viewport={"width": 1280, "height": 720}, bypass_csp=True)  # Playwright's waits use eval
+            page.goto(f"http://127.0.0.1:{port}/login")
+            page.fill("#user", USER)
+            page.fill("#password", PASSWORD)
+            page.click("#login")
             page.wait_for_function("document.querySelectorAll('.tile').length === 3")
             best = None
             for _ in range(40):  # wait for a moment when someone stands at a gate (a blurred face in view)
