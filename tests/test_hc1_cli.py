@@ -154,3 +154,19 @@ def test_an_eu_certificate_is_valid_with_colour_null(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert (out["valid"], out["reason"], out["colour"]) == (True, "ok", None)
+
+
+def test_decode_shows_a_hostile_payload_escaped(tmp_path: Path) -> None:
+    """A QR carrying terminal escapes and bidi overrides cannot drive the technician's terminal."""
+    cfg, _, _ = setup(tmp_path)
+    hostile = "PAY\x1b[2J\x1b]0;owned\x07\u202eLIVE"
+    qr = render_qr(qr_matrix(hostile.encode()), (0, 0, 0), 4, 4)
+    frame = np.full((480, 640, 3), 255, np.uint8)
+    frame[60 : 60 + qr.shape[0], 180 : 180 + qr.shape[1]] = qr
+    cv2.imwrite(str(tmp_path / "qr.png"), frame)
+    r = ctl("--config", str(cfg), "code", "decode", str(tmp_path / "qr.png"))
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.output and "\u202e" not in r.output and "\x07" not in r.output
+    assert "PAY\\x1b[2J\\x1b]0;owned\\x07\\u202eLIVE" in r.output
+    r = ctl("--config", str(cfg), "code", "decode", str(tmp_path / "qr.png"), "--json")
+    assert r.output.isascii() and json.loads(r.output)["codes"][0]["text"] == hostile

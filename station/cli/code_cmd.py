@@ -28,6 +28,12 @@ def code() -> None:
     """Read and check health codes (QR) from images."""
 
 
+def shown(text: str) -> str:
+    """A payload as it may reach a terminal: control, bidi and other unprintable characters escaped
+    (a QR can carry ESC sequences that would rewrite the technician's screen)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def _box(box: Any) -> list[float] | None:
     return None if box is None else [round(box.x1, 1), round(box.y1, 1), round(box.x2, 1), round(box.y2, 1)]
 
@@ -53,7 +59,7 @@ def decode_cmd(obj: Any, images: tuple[Path, ...], reader_name: str, as_json: bo
         if image is None:
             all_found = False
             if as_json:
-                click.echo(json.dumps({"image": str(path), "codes": [], "error": "unreadable image"}, ensure_ascii=False))
+                click.echo(json.dumps({"image": str(path), "codes": [], "error": "unreadable image"}, ensure_ascii=True))
             else:
                 click.echo(f"{path}: unreadable image", err=True)
             continue
@@ -61,9 +67,10 @@ def decode_cmd(obj: Any, images: tuple[Path, ...], reader_name: str, as_json: bo
         all_found = all_found and bool(found)
         items = [{"text": c.payload.decode("utf-8", "replace"), "decoder": c.decoder, "box": _box(c.box)} for c in found]
         if as_json:
-            click.echo(json.dumps({"image": str(path), "codes": items}, ensure_ascii=False))
+            # ASCII escapes: any text a code carries prints on any terminal and cannot drive it.
+            click.echo(json.dumps({"image": str(path), "codes": items}, ensure_ascii=True))
         else:
             click.echo(f"{path}: {len(items)} code(s)")
             for item in items:
-                click.echo(f"  [{item['decoder']}] box={item['box']} {item['text']}")
+                click.echo(f"  [{item['decoder']}] box={item['box']} {shown(item['text'])}")
     sys.exit(0 if all_found else 1)
