@@ -72,5 +72,5 @@ def decode_cmd(obj: Any, images: tuple[Path, ...], reader_name: str, as_json: bo
         else:
             click.echo(f"{path}: {len(items)} code(s)")
             for item in items:
-                click.echo(f"  [{item['decoder']}] box={item['box']} {shown(item['text'])}")
+                click.echo(f"  [{item['decoder']}] box={item['box']} {shown(str(item['text']))}")
     sys.exit(0 if all_found else 1)
