@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PIN = "1357"
+PIN = "135799"
 
 # Records every decision the page shows, with the page's colour class at that moment: the test then
 # asserts on what was on screen without racing the next person.

@@ -65,7 +65,7 @@ def run(config: Path, overrides: tuple[Path, ...], data_dir: Path | None) -> Non
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="WARNING", show_default=True)
 @click.option("--keep-running", is_flag=True, help="After the last person keep the station up (status, snapshots) until Ctrl-C")
 @click.option("--http", "http_listen", default=None, metavar="HOST:PORT", help="Serve the operator page here while the demo runs (e.g. 127.0.0.1:8080)")
-@click.option("--operator-pin", default="1234", show_default=True, help="The demo's operator PIN for the page's actions (demo only; a station uses http.pin_hash)")
+@click.option("--operator-pin", default="123456", show_default=True, help="The demo's operator PIN for the page's actions (demo only; a station uses http.pin_hash)")
 @click.option("--wait-for-page", is_flag=True, help="With --http: nobody walks up until the operator page is open")
 def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, as_json: bool, config: Path | None, log_level: str, keep_running: bool,
          http_listen: str | None, operator_pin: str, wait_for_page: bool) -> None:
@@ -112,7 +112,11 @@ def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, a
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     if http_listen and not as_json:
-        click.echo(f"operator page: http://{cfg.http.listen}:{cfg.http.port}/  (demo operator PIN {operator_pin})")
+        from station.web.access import is_loopback, load_token
+
+        # Beyond 127.0.0.1 the page needs the station's token (the same file the daemon reads).
+        token = "" if is_loopback(cfg.http.listen) else f"?token={load_token(data_dir)}"
+        click.echo(f"operator page: http://{cfg.http.listen}:{cfg.http.port}/{token}  (demo operator PIN {operator_pin})")
     try:
         result = run_.run(keep_running=keep_running, stop=stop)
     except KeyboardInterrupt:
