@@ -38,6 +38,8 @@ from paho.mqtt.properties import Properties
 
 log = logging.getLogger("station.board.mqtt")
 
+MAX_PACKET = 2 * 1024 * 1024
+
 
 def board_filters(prefix: str, share_group: str | None) -> dict[str, int]:
     """Topic filter → QoS for the board's subscriptions."""
@@ -103,6 +105,9 @@ class BoardSubscriber:
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
+        # The broker must not hand us anything bigger (MQTT 5 drops it for this client): the largest
+        # payload the board reads is a 1 MiB snapshot (station/board/schema.py), the rest is far smaller.
+        props.MaximumPacketSize = MAX_PACKET
         self.state = "connecting"
         self._client.connect_async(self.host, self.port, keepalive=30, clean_start=self.session_expiry_s == 0, properties=props)
         self._client.loop_start()
