@@ -86,6 +86,9 @@ def test_cross_site_origin_is_refused_for_reads_and_pin_actions(rig: Rig) -> Non
     assert rig.relay_on_count() == 0 and rig.rows("SELECT count(*) FROM operator_actions") == [(0,)], "never reached the desk"
     ok = client.post("/api/override/open-gate", json={"operator": "x", "pin": PIN}, headers={"Origin": BASE})
     assert ok.status_code == 200 and rig.relay_on_count() == 1
+    huge = client.post("/api/override/open-gate", content=b'{"pin": "' + b"1" * 100_000 + b'"}',
+                       headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413, "request bodies are capped"
 
 
 def test_token_needed_beyond_loopback_cookie_after_first_visit(rig: Rig, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ log = logging.getLogger("station.web")
 
 STATIC = Path(__file__).with_name("static")
 SSE_RETRY_MS = 2000  # EventSource reconnects this soon after the daemon restarts
+BODY_MAX = 4096
 HEARTBEAT_S = 2.0  # a status message this often keeps counts fresh and proxies from timing out
 
 
@@ -90,9 +91,14 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessP
         # which this app never grants.
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise ActionRefused(415, "bad_request", "send the request as application/json")
+        raw = b""
+        async for chunk in request.stream():  # capped: a PIN request is a few dozen bytes
+            raw += chunk
+            if len(raw) > BODY_MAX:
+                raise ActionRefused(413, "bad_request", f"the request body is larger than {BODY_MAX} bytes")
         try:
-            data = await request.json()
-        except ValueError:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
             raise ActionRefused(400, "bad_request", "the request body must be JSON") from None
         if not isinstance(data, dict):
             raise ActionRefused(400, "bad_request", "the request body must be a JSON object")
