@@ -142,3 +142,24 @@ def test_web_api_lists_stations_and_serves_the_snapshot(tmp_path: Path) -> None:
     assert client.get("/api/stations/s1/nope/snapshot.jpg").status_code == 404
     page = client.get("/")
     assert page.status_code == 200 and "指挥大屏" in page.text and "Command centre" in page.text
+
+
+def test_a_station_writes_only_its_own_tile_and_the_table_is_capped(tmp_path: Path) -> None:
+    board = BoardState(BoardHistory(tmp_path / "b.sqlite3"), P, max_stations=3)
+    board.handle(*status("lane-1", "online", 1))
+    board.handle(*state_msg("lane-1", "outbox", pending=2))
+    # The rogue names lane-1 in its payload: the tile key comes from the topic, so only its own tile changes.
+    rogue = json.dumps({"station_id": "lane-1", "site": "s1", "key": "s1/lane-1", "state": "offline", "session": 99}).encode()
+    assert board.ingest(f"{P}/s1/rogue/status", rogue) == "accepted"
+    assert board.ingest(f"{P}/s1/rogue/state/outbox", json.dumps({"pending": "many", "station_id": "lane-1"}).encode()) == "accepted"
+    rows = by_key(board)
+    assert rows["s1/lane-1"]["state"] == "online" and rows["s1/lane-1"]["backlog"]["pending"] == 2
+    assert rows["s1/rogue"]["state"] == "offline" and rows["s1/rogue"]["backlog"]["pending"] is None
+    assert board.view()["totals"]["backlog"] == 2
+    assert board.ingest(f"{P}/s1/lane-2/status", status("lane-2", "online", 1)[1]) == "accepted"
+    assert board.ingest(f"{P}/s1/lane-3/status", status("lane-3", "online", 1)[1]) == "dropped:too_many_stations"
+    assert board.ingest(*screening("lane-4", "e1")) == "dropped:too_many_stations"
+    assert board.history.counts(time.strftime("%Y-%m-%d")) == {}, "a refused station leaves no history rows"
+    assert board.ingest(f"{P}/s1/lane 5/status", b"{}") == "dropped:bad_topic"
+    assert board.forget("s1", "rogue") and "s1/rogue" not in by_key(board)
+    assert board.ingest(f"{P}/s1/lane-3/status", status("lane-3", "online", 1)[1]) == "accepted", "room again"
