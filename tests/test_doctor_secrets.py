@@ -98,3 +98,23 @@ def test_stationctl_doctor_reports_both(tmp_path: Path) -> None:
     assert checks["broker credentials"]["level"] == "warn"
     assert checks["secret files"]["level"] == "warn" and str(pw) in checks["secret files"]["detail"]
     assert PASSWORD not in r.output
+
+
+def test_doctor_says_when_no_centre_key_lets_a_command_in(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from station.cli.doctor_cmd import check_command_keys
+
+    cfg = _cfg("mqtts://broker:8883")
+    none = check_command_keys(cfg, tmp_path)
+    assert none.level == "warn" and "no_keys_configured" in none.detail
+
+    cfg.centre.command_keys_file = str(tmp_path / "missing.pem")
+    assert check_command_keys(cfg, tmp_path).level == "fail"
+
+    pem = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "centre.pub.pem").write_bytes(pem)
+    cfg.centre.command_keys_file = str(tmp_path / "centre.pub.pem")
+    ok = check_command_keys(cfg, tmp_path)
+    assert ok.level == "ok" and "1 key(s) from configured" in ok.detail, ok

@@ -221,6 +221,25 @@ def check_broker_credentials(cfg: Any, env: Any = None) -> Check:
     return Check("broker credentials", "ok", f"user {m.username!r}, password from {source}, over TLS")
 
 
+
+def check_command_keys(cfg: Any, data_dir: Path) -> Check:
+    """Without a centre key no remote command that changes the gate or the station can be accepted."""
+    from station.command_auth import CommandKeys
+
+    configured = Path(cfg.centre.command_keys_file) if cfg.centre.command_keys_file else None
+    keys = CommandKeys(configured, data_dir)
+    ids = keys.stats()["key_ids"]
+    if keys.problem and not ids:
+        return Check("centre keys", "fail", f"no usable command-centre key: {keys.problem}",
+                     "fix centre.command_keys_file (PEM public keys; `stationctl cmd keygen` makes a pair)")
+    if not ids:
+        return Check("centre keys", "warn",
+                     "no command-centre key (centre.command_keys_file empty): open-gate, set-threshold, "
+                     "resident-plates, trust-list and reload-config over MQTT are all refused (no_keys_configured)",
+                     "install the centre's public key and set centre.command_keys_file")
+    detail = f"{len(ids)} key(s) from {keys.source} (version {keys.version}): {', '.join(ids)}"
+    return Check("centre keys", "warn" if keys.problem else "ok", detail + (f"; {keys.problem}" if keys.problem else ""))
+
 # Config keys naming files that hold secrets whatever their content; other *_file keys count when the
 # file holds a private key or their name says password/secret/token.
 _SECRET_FILE_KEYS = ("mqtt.password_file", "mqtt.tls_key_file")
@@ -396,6 +415,7 @@ def run_checks(config_path: Path, data_dir_override: Path | None, broker_timeout
     checks.append(check_broker(cfg, broker_timeout_s))
     if cfg.mqtt.url:
         checks.append(check_broker_credentials(cfg))
+        checks.append(check_command_keys(cfg, data_dir))
     checks.append(check_secret_files(cfg))
     checks.append(check_clock())
     checks.append(check_disk(data_dir))
