@@ -7,6 +7,7 @@ the station trusts (``centre.command_keys_file`` written to a PEM file).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -122,6 +123,14 @@ class Rig:
         self.publisher.start()
         self.link.start()
         wait_for(self.publisher.connected, 5, "station connected")
+        # Connected is not subscribed: a command sent before the broker has the station's SUBSCRIBE
+        # is lost. A read-only ping answered proves the command path is live.
+        for _ in range(10):
+            self.sub.client.publish(f"{BASE}/cmd/ping", b'{"id": "rig-ready"}', qos=1)
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: bool(self.results("ping")), 1.0, "ping")
+                return
+        raise AssertionError("the station never answered a ping")
 
     def signed(self, name: str, args: dict[str, Any] | None = None, *, key: PrivateKey | None = None,
                ttl_s: float = 20.0, by: str = "duty-officer", **fields: Any) -> dict[str, Any]:
