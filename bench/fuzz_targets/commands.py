@@ -186,7 +186,7 @@ def lookup_case(draw: Any) -> tuple[str, str, Any]:
 
     corr, token_hash = "r" * 32, "ab" * 32
     how = draw(st.sampled_from(["signed", "mutated", "dropped", "other-key", "other-request", "unsigned", "object"]))
-    fields = {"request_id": "other" if how == "other-request" else corr, "station": STATION, "site": SITE,
+    fields: dict[str, Any] = {"request_id": "other" if how == "other-request" else corr, "station": STATION, "site": SITE,
               "token_sha256": token_hash}
     result = draw(RESULT)
     try:

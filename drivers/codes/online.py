@@ -125,7 +125,8 @@ class OnlineVerifier:
             self.counters["no_network"] += 1
             return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_unreachable", SOURCE, None, {})
         corr = uuid.uuid4().hex
-        done, box = threading.Event(), []
+        done = threading.Event()
+        box: list[Any] = []
         with self._lock:
             self._waiting[corr] = (done, box)
         try:
