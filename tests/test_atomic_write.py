@@ -122,3 +122,47 @@ def test_resident_plate_list_keeps_the_service_accounts_ownership(tmp_path: Path
     assert _meta(plates) == (0o660, uid, gid)
     assert "沪B67890" in plates.read_text() and not (tmp_path / "resident_plates.txt.bak").exists()
     _no_temp_left(tmp_path)
+
+
+@pytest.fixture
+def request_cleanup() -> Iterator[list[Path]]:
+    import shutil
+
+    folders: list[Path] = []
+    yield folders
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(not ROOT, reason="switches to the nobody user, which needs root")
+def test_a_user_who_cannot_keep_the_owner_gets_a_message_and_the_file_is_untouched(request_cleanup: list[Path]) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("no setpriv")
+    import tempfile
+
+    uid, gid = _other_owner()
+    # pytest's own temp folders are root-only; this one the other user can reach.
+    work = Path(tempfile.mkdtemp(prefix="atomic-owner-", dir="/tmp"))
+    request_cleanup.append(work)
+    work.chmod(0o777)  # the user may create the temp file, but cannot give it root's ownership
+    cfg = work / "station.toml"
+    cfg.write_text("[screening]\nfever_threshold_c = 37.3  # site rule\n")
+    cfg.chmod(0o644)
+    before = cfg.read_bytes(), _meta(cfg)
+    stationctl_bin = Path(sys.executable).with_name("stationctl")
+    as_other = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    probe = subprocess.run([*as_other, str(stationctl_bin), "--help"], capture_output=True, timeout=60, check=False)
+    if probe.returncode != 0:
+        pytest.skip("the checkout is not readable by another user here")
+    r = subprocess.run([*as_other, str(stationctl_bin),
+                        "--config", str(cfg), "config", "set", "screening.fever_threshold_c", "37.6"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "cannot keep the owner" in r.stderr and "unchanged" in r.stderr, r.stderr
+    assert (cfg.read_bytes(), _meta(cfg)) == before
+    assert not list(work.glob(".station.toml.*")), "no temp file is left behind"

@@ -107,7 +107,11 @@ def config_edit(obj: Any, editor: str | None) -> None:
             if not sys.stdin.isatty() or not click.confirm("edit again?", default=True):
                 click.echo(f"abandoned; {path} unchanged", err=True)
                 sys.exit(1)
-        atomic_write(path, text)
+        try:
+            atomic_write(path, text)
+        except OSError as exc:  # not allowed to keep the file's owner, read-only card, …: nothing was written
+            click.echo(f"not written: {exc.strerror or exc}; {path} unchanged", err=True)
+            sys.exit(1)
         click.echo(f"{path} written (previous version in {path.name}.bak); restart the daemon to apply")
     finally:
         tmp.unlink(missing_ok=True)

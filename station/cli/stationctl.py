@@ -155,7 +155,11 @@ def config_set(obj: Ctx, key: str, value: str, dry_run: bool) -> None:
     click.echo(f"{key}: {json.dumps(old_shown, default=str)} -> {json.dumps(node[parts[-1]].unwrap() if isinstance(node[parts[-1]], tomlkit.items.Item) else node[parts[-1]], default=str)}")
     if dry_run:
         return
-    atomic_write(path, new_text)
+    try:
+        atomic_write(path, new_text)
+    except OSError as exc:  # not allowed to keep the file's owner, read-only card, …: nothing was written
+        click.echo(f"not written: {exc.strerror or exc}; {path} unchanged", err=True)
+        sys.exit(1)
 
 
 @config.command("validate")
