@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
 import traceback
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -64,6 +66,25 @@ def run_target(target: Target, cases: int, run_seed: int) -> dict[str, Any]:
             "verdicts": dict(verdicts.most_common(25)), "distinct_verdicts": len(verdicts)}
 
 
+def merge(paths: list[str], out: str) -> int:
+    """One report from several runs' JSON (each target from the last file that has it)."""
+    runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    targets: dict[str, Any] = {}
+    for path, run in zip(paths, runs, strict=True):
+        for name, result in run["targets"].items():
+            targets[name] = {**result, "run": {"file": os.path.basename(path), "ts": run["ts"], "seed": run["seed"]}}
+    report = {"bench": "fuzz", "merged_from": len(runs), "cases_asked": min(r["cases_asked"] for r in runs),
+              "python": runs[-1]["python"], "machine": runs[-1]["machine"],
+              "ts": max(r["ts"] for r in runs), "uncaught_total": sum(t["uncaught"] for t in targets.values()),
+              "targets": targets}
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    print(text)
+    return 0 if report["uncaught_total"] == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=100_000, help="cases per target (default 100000)")
@@ -74,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
     parser.add_argument("--log", action="store_true", help="keep the product's log lines (default: silenced; "
                         "hostile input makes them by the thousand)")
+    parser.add_argument("--merge", nargs="+", metavar="RESULT.json", default=[],
+                        help="combine the results of runs made in parallel (one per core) into one report")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if not args.log:
         logging.disable(logging.CRITICAL)
     targets = all_targets()
