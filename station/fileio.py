@@ -19,8 +19,9 @@ NEW_FILE_MODE = 0o640
 """Mode of a file that did not exist before (not the caller's umask): owner rw, group r."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by its path (a directory: so a rename in it is durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -74,4 +75,4 @@ def atomic_write(path: Path | str, content: str | bytes, *, backup: bool = True,
     if old is not None and backup:
         _write_like(path.with_name(path.name + ".bak"), path.read_bytes(), old, new_mode)
     _write_like(path, data, old, new_mode)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)

@@ -45,6 +45,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from station.domain.model import GateResult, ScreeningEvent
+from station.fileio import fsync_path
 
 log = logging.getLogger("station.store")
 
@@ -290,14 +291,6 @@ def _check_topic_level(name: str, value: str) -> None:
         raise ValueError(f"{name} {value!r} cannot be used as an MQTT topic level")
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class SqliteEventStore:
     """Durable screening log with a transactional outbox, in one SQLite file.
 
@@ -427,9 +420,9 @@ class SqliteEventStore:
             self._conn.backup(out)
         finally:
             out.close()
-        _fsync_file(tmp)
+        fsync_path(tmp)
         os.replace(tmp, dest)  # never leave a half-written file under the final name
-        _fsync_file(dest.parent)
+        fsync_path(dest.parent)
         return dest
 
     # ---------------------------------------------------------------- helpers
