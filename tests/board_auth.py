@@ -29,14 +29,3 @@ def login(client: Any, who: tuple[str, str] = VIEWER) -> Any:
     """Log ``client`` (Starlette TestClient or httpx.Client) in; returns the response to POST /login."""
     return client.post("/login", data={"user": who[0], "password": who[1]}, follow_redirects=False)
 
-
-def wait_until(cond: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``cond()`` until true; AssertionError naming ``what`` after ``timeout`` seconds."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -12,7 +12,6 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,11 @@ from station.command_auth import (
 from station.commands import COMMAND_IDS_FILE, CommandHandlers, StationLink
 from station.store import SqliteEventStore
 from tests.mosquitto import Broker
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE, STATION = "gate-a", "st-01"
 BASE = f"checkpoint/v1/{SITE}/{STATION}"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Centre:
@@ -122,13 +113,13 @@ class Rig:
     def start(self) -> None:
         self.publisher.start()
         self.link.start()
-        wait_for(self.publisher.connected, 5, "station connected")
+        wait_until(self.publisher.connected, 5, "station connected")
         # Connected is not subscribed: a command sent before the broker has the station's SUBSCRIBE
         # is lost. A read-only ping answered proves the command path is live.
         for _ in range(10):
             self.sub.client.publish(f"{BASE}/cmd/ping", b'{"id": "rig-ready"}', qos=1)
             with contextlib.suppress(AssertionError):
-                wait_for(lambda: bool(self.results("ping")), 1.0, "ping")
+                wait_until(lambda: bool(self.results("ping")), 1.0, "ping")
                 return
         raise AssertionError("the station never answered a ping")
 
@@ -142,7 +133,7 @@ class Rig:
         payload = request if isinstance(request, bytes) else json.dumps(request).encode()
         before = len(self.results(name))
         self.sub.client.publish(f"{BASE}/cmd/{name}", payload, qos=1)
-        wait_for(lambda: len(self.results(name)) > before, 5, f"result of {name}")
+        wait_until(lambda: len(self.results(name)) > before, 5, f"result of {name}")
         return self.results(name)[-1]
 
     def results(self, name: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from station.board.run import Board, BoardOptions
 from tests.board_auth import make_users
 from tests.mosquitto import Broker, mosquitto_available
 from tests.test_board_state import screening, status
-from tests.test_sync import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.command_rig import BASE, Centre, Rig, wait_for
+from tests.command_rig import BASE, Centre, Rig
 from tests.mosquitto import mosquitto_available
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 
@@ -114,17 +115,17 @@ def test_trust_list_without_a_configured_signer_is_refused_and_nothing_stored(ri
 
 
 def test_states_are_retained_republished_on_change_and_stats_are_periodic(rig: Rig) -> None:
-    wait_for(lambda: any(t.endswith("/state/gate") for t, _, _ in rig.sub.raw()), 5, "states published")
+    wait_until(lambda: any(t.endswith("/state/gate") for t, _, _ in rig.sub.raw()), 5, "states published")
     late = Centre(rig.broker.port, "late", f"{BASE}/state/#")
     try:
-        wait_for(lambda: {t for t, _, r in late.raw() if r} >= {f"{BASE}/state/outbox", f"{BASE}/state/gate"},
+        wait_until(lambda: {t for t, _, r in late.raw() if r} >= {f"{BASE}/state/outbox", f"{BASE}/state/gate"},
                    5, "retained states for a late subscriber")
         rig.outbox_state = {"pending": 12, "mqtt": "connected"}
-        wait_for(lambda: any(json.loads(p).get("pending") == 12 for t, p, _ in late.raw()
+        wait_until(lambda: any(json.loads(p).get("pending") == 12 for t, p, _ in late.raw()
                                if t.endswith("/state/outbox")), 5, "the changed state")
         gate_msgs = [t for t, _, _ in late.raw() if t.endswith("/state/gate")]
         assert len(gate_msgs) == 1, "an unchanged state is not re-published"
-        wait_for(lambda: sum(1 for t, _, _ in rig.sub.raw() if t == f"{BASE}/stats") >= 2, 5, "periodic stats")
+        wait_until(lambda: sum(1 for t, _, _ in rig.sub.raw() if t == f"{BASE}/stats") >= 2, 5, "periodic stats")
         stats = [json.loads(p) for t, p, _ in rig.sub.raw() if t == f"{BASE}/stats"][-1]
         assert stats["events"] == 3 and stats["schema"] == 1
     finally:
@@ -140,9 +141,9 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(ri
     ha.announce()
     watcher = Centre(rig.broker.port, "home-assistant", "homeassistant/#")
     try:
-        wait_for(lambda: len(watcher.raw()) >= len(configs), 5, "discovery configs")
+        wait_until(lambda: len(watcher.raw()) >= len(configs), 5, "discovery configs")
         late = Centre(rig.broker.port, "late-home-assistant", "homeassistant/#")
-        wait_for(lambda: len(late.raw()) >= len(configs), 5, "retained discovery configs")
+        wait_until(lambda: len(late.raw()) >= len(configs), 5, "retained discovery configs")
         assert {t for t, _, r in late.raw() if r} == set(configs), "retained for a late Home Assistant"
         late.close()
         temp = next(json.loads(p) for t, p, _ in watcher.raw() if t.endswith("/last_temperature/config"))
@@ -151,7 +152,7 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(ri
         assert temp["device"]["identifiers"] == ["checkpoint_gate_a_st_01"]
         before = len(watcher.raw())
         watcher.client.publish("homeassistant/status", b"online", qos=1)  # HA's birth message
-        wait_for(lambda: len([t for t, _, _ in watcher.raw() if t.endswith("/config")]) >= 2 * len(configs),
+        wait_until(lambda: len([t for t, _, _ in watcher.raw() if t.endswith("/config")]) >= 2 * len(configs),
                    5, "discovery re-sent after HA came online")
         assert len(watcher.raw()) > before
         watcher.client.publish("homeassistant/status", b"offline", qos=1)

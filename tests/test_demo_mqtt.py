@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from tests.mosquitto import Broker, free_port, mosquitto_available
-from tests.test_sync import Collector, wait_until
+from tests.test_sync import Collector
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

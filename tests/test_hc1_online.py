@@ -21,8 +21,9 @@ from drivers.codes.online import OnlineVerifier, token_sha256
 from drivers.publish.mqtt import MqttPublisher
 from station.command_auth import CommandKeys, new_signing_key, sign_lookup_answer
 from station.domain.model import CodeColour, CodeObservation, CodeStatus, Decision
-from tests.command_rig import Centre, wait_for, write_public_keys
+from tests.command_rig import Centre, write_public_keys
 from tests.mosquitto import Broker, mosquitto_available
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 
@@ -38,7 +39,7 @@ def rig(tmp_path: Path):
     broker.start()
     pub = MqttPublisher(broker.url, "station-st-01", f"{BASE}/status", b"offline", b"online")
     pub.start()
-    wait_for(pub.connected, 5, "station connected")
+    wait_until(pub.connected, 5, "station connected")
     keys = CommandKeys(write_public_keys(tmp_path / "centre-keys.pem", CENTRE_KEY), tmp_path / "data")
     verifier = OnlineVerifier(BASE, timeout_s=0.6, identity={"station_id": "st-01", "site": "gate-a"}, keys=keys)
     verifier.attach(pub)
@@ -102,7 +103,7 @@ def test_a_responder_answering_by_correlation_id_decides_the_colour(rig) -> None
 def test_no_broker_gives_manual_check_at_once(rig) -> None:
     broker, pub, verifier, _wire = rig
     broker.kill()
-    wait_for(lambda: not pub.connected(), 5, "link down")
+    wait_until(lambda: not pub.connected(), 5, "link down")
     v = verifier.verify(PAYLOAD, time.time())
     assert (v.status, v.reason) == (CodeStatus.UNVERIFIABLE, "online_unreachable")
 
@@ -189,7 +190,7 @@ def test_a_retained_or_oversized_answer_is_never_read(rig) -> None:
     broker, pub, verifier, wire = rig
     topic = f"{BASE}/lookup/code/result"
     wire.client.publish(topic, b'{"id": "x", "ok": true' + b" " * 5000 + b"}", qos=1)
-    wait_for(lambda: pub.intake_drops(topic)["oversize"] == 1, 5, "the oversized answer dropped unread")
+    wait_until(lambda: pub.intake_drops(topic)["oversize"] == 1, 5, "the oversized answer dropped unread")
     assert verifier.counters["late"] == 0, "it never reached the verifier"
     # A retained answer waits on the broker for every station that connects later: never read.
     wire.client.publish(topic, json.dumps({"id": "x", "ok": True}), qos=1, retain=True).wait_for_publish(5)
@@ -198,7 +199,7 @@ def test_a_retained_or_oversized_answer_is_never_read(rig) -> None:
     fresh.attach(later)
     later.start()
     try:
-        wait_for(lambda: later.intake_drops(topic)["retained"] == 1, 5, "the retained answer dropped unread")
+        wait_until(lambda: later.intake_drops(topic)["retained"] == 1, 5, "the retained answer dropped unread")
         assert fresh.counters["late"] == 0
     finally:
         later.stop()

@@ -20,7 +20,6 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from station.config import StationConfig
 from station.demo import DemoRun
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
 from tests.mosquitto import mosquitto_available, mosquitto_broker
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -103,14 +103,6 @@ class RaisingOnPayload:
         return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", self.name)
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 class StateWatcher:
     """Records the retained ``state/stages`` messages the station publishes (what the centre sees)."""
 
@@ -141,7 +133,7 @@ def run_queue(tmp_path: Path, cast: list[ScenePerson], front: list[Any], cfg: St
     box: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: box.setdefault("result", run.run(max_s=90)), daemon=True)
     thread.start()
-    wait_for(lambda: run.app is not None and run.app.ready_t is not None, 40, "the station to start")
+    wait_until(lambda: run.app is not None and run.app.ready_t is not None, 40, "the station to start")
     assert run.app is not None and run.app.pipeline is not None
     pipeline = run.app.pipeline
     pipeline.verifiers[:0] = front

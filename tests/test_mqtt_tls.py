@@ -14,7 +14,7 @@ import pytest
 from station.config import StationConfig
 from station.sync import publisher_from_config, read_password
 from tests.mosquitto import Broker, mosquitto_available
-from tests.test_sync import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available() or shutil.which("openssl") is None,
                                 reason="mosquitto or openssl not installed")

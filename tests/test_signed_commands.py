@@ -30,8 +30,9 @@ from station.command_auth import (
     verify_command,
     verify_lookup_answer,
 )
-from tests.command_rig import BASE, SITE, STATION, Rig, wait_for, write_public_keys
+from tests.command_rig import BASE, SITE, STATION, Rig, write_public_keys
 from tests.mosquitto import mosquitto_available
+from tests.waiting import wait_until
 
 needs_broker = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 
@@ -82,7 +83,7 @@ def test_every_bad_open_gate_is_refused_with_its_own_reason_and_the_relay_never_
     # The good one opens once; the same body again is a replay.
     first = rig.call("open-gate", good)
     assert first["ok"] and first["result"]["executed"] is True and first["id"] == good["id"], first
-    wait_for(lambda: rig.relay_on_count() == 1, 2, "the relay energised")
+    wait_until(lambda: rig.relay_on_count() == 1, 2, "the relay energised")
     again = rig.call("open-gate", good)
     assert not again["ok"] and again["reason"] == "replay"
     time.sleep(0.2)
@@ -115,7 +116,7 @@ def test_a_retained_command_is_not_run_on_connect(tmp_path: Path) -> None:
         body = rig.signed("open-gate", ttl_s=30)
         rig.sub.client.publish(f"{BASE}/cmd/open-gate", json.dumps(body).encode(), qos=1, retain=True).wait_for_publish(5)
         rig.start()  # the station connects and subscribes: the broker hands it the retained command
-        wait_for(lambda: rig.publisher.intake_drops(rig.link.cmd_filter)["retained"] == 1, 5, "retained dropped")
+        wait_until(lambda: rig.publisher.intake_drops(rig.link.cmd_filter)["retained"] == 1, 5, "retained dropped")
         time.sleep(0.3)
         assert rig.relay_on_count() == 0 and rig.results("open-gate") == []
         assert rig.link.stats()["retained_dropped"] == 1
@@ -134,7 +135,7 @@ def test_an_oversized_body_is_dropped_unread_and_counted(tmp_path: Path) -> None
         plates = [f"浙A{n:05d}" for n in range(2000)]  # ~30 KiB of JSON
         big = rig.signed("resident-plates", {"plates": plates})
         rig.sub.client.publish(f"{BASE}/cmd/resident-plates", json.dumps(big).encode(), qos=1)
-        wait_for(lambda: rig.link.stats()["oversize_dropped"] == 1, 5, "oversize drop counted")
+        wait_until(lambda: rig.link.stats()["oversize_dropped"] == 1, 5, "oversize drop counted")
         assert rig.call("ping", {"id": "after"})["ok"], "the link goes on"
         assert rig.results("resident-plates") == [], "never parsed, never answered"
         small = rig.call("resident-plates", rig.signed("resident-plates", {"plates": plates[:10]}))

@@ -39,17 +39,10 @@ from station.domain.model import (
 from station.domain.screening import ScreeningLane
 from station.pipeline import Pipeline, PipelineSettings, StationIdentity
 from station.store import SqliteEventStore
+from tests.waiting import wait_until
 
 HOSTILE = b"HOSTILE:raise-in-verifier"
 FACE = FaceDetection(Box(250.0, 120.0, 390.0, 300.0), 0.95)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        time.sleep(0.01)
 
 
 # -- adapters that fail on chosen items, behind the station's ports ----------------------------------
@@ -267,7 +260,7 @@ def test_failing_items_are_dropped_counted_and_logged_once_per_kind_while_every_
     def errors(stage: str) -> dict[str, int]:
         return dict(pipeline.health()["stages"][stage]["errors"])
 
-    wait_for(lambda: sum(store.counts().values()) >= 4 and len(decided) >= 2 and pipeline.stats().get("codes_valid", 0) >= 1
+    wait_until(lambda: sum(store.counts().values()) >= 4 and len(decided) >= 2 and pipeline.stats().get("codes_valid", 0) >= 1
              and errors("camera").get("OSError", 0) >= 3 and errors("face").get("ValueError", 0) >= 3
              and errors("thermal").get("RuntimeError", 0) >= 3 and errors("lane").get("ValueError", 0) + errors("lane").get("IndexError", 0) >= 2
              and errors("code").get("verify:TypeError", 0) >= 2 and errors("executor").get("RuntimeError", 0) >= 2,
@@ -311,7 +304,7 @@ def test_a_lane_loop_that_raises_is_restarted_in_process_and_keeps_deciding(tmp_
                                     on_progress=progress.set)
     pipelines.append((pipeline, store))
     pipeline.start()
-    wait_for(lambda: sum(store.counts().values()) >= 2, what="decisions after the lane's restarts")
+    wait_until(lambda: sum(store.counts().values()) >= 2, what="decisions after the lane's restarts")
     health = pipeline.health()
     assert health["stages"]["lane"]["restarts"] == 3 and health["stages"]["lane"]["last_crash"] == "KeyError"
     assert health["restarts"] == 3 and pipeline.stats()["stage_restarts"] == 3
@@ -331,7 +324,7 @@ def test_a_stage_failing_on_every_item_is_restarted_then_given_up_and_the_pipeli
     pipelines.append((pipeline, store))
     pipeline.start()
     assert pipeline.alive()
-    wait_for(lambda: not pipeline.alive(), what="the camera stage to be given up")
+    wait_until(lambda: not pipeline.alive(), what="the camera stage to be given up")
     health = pipeline.health()
     camera_health = health["stages"]["camera"]
     assert camera_health["state"] == "given_up" and camera_health["restarts"] == 3
@@ -379,13 +372,13 @@ def test_a_stuck_lane_still_stops_the_watchdog_pings_although_no_thread_died(tmp
     pipelines.append((pipeline, store))
     try:
         pipeline.start()
-        wait_for(watchdog.maybe_ping, what="a first watchdog ping")
+        wait_until(watchdog.maybe_ping, what="a first watchdog ping")
         assert systemd.recv(64) == b"WATCHDOG=1"
         lane.stick.set()
-        wait_for(lane.stuck.is_set, what="the lane to hang")
+        wait_until(lane.stuck.is_set, what="the lane to hang")
         stuck_pings = watchdog.pings
         # Withheld once progress is older than stale_after: maybe_ping then refuses on every call.
-        wait_for(lambda: not watchdog.maybe_ping() and any("withholding watchdog ping: no progress" in r.getMessage()
+        wait_until(lambda: not watchdog.maybe_ping() and any("withholding watchdog ping: no progress" in r.getMessage()
                                                           for r in caplog.records), what="pings to be withheld")
         pings = watchdog.pings
         assert all(not watchdog.maybe_ping() for _ in range(20)) and watchdog.pings == pings
@@ -450,10 +443,10 @@ def test_the_plate_thread_contains_bad_frames_for_good_and_restarts_then_gives_u
             loop.start()
         for t in feeders:
             t.start()
-        wait_for(lambda: flaky.health.errors.counts["OSError"] >= 5 and flaky.health.errors.counts["KeyError"] >= 5,
+        wait_until(lambda: flaky.health.errors.counts["OSError"] >= 5 and flaky.health.errors.counts["KeyError"] >= 5,
                  what="the flaky plate reader's failures")
-        wait_for(lambda: not broken.alive(), what="the broken plate loop to be given up")
-        wait_for(lambda: hostile.counts["read_errors"] >= 50, what="many failed frames in a row")
+        wait_until(lambda: not broken.alive(), what="the broken plate loop to be given up")
+        wait_until(lambda: hostile.counts["read_errors"] >= 50, what="many failed frames in a row")
         assert hostile.alive() and hostile.health.restarts == 0 and hostile.stats()["health"]["state"] == "running"
         assert flaky.alive() and flaky.health.restarts == 0 and flaky.counts["reads"] >= 10
         assert flaky.counts["read_errors"] == flaky.health.errors.counts["OSError"]
@@ -485,7 +478,7 @@ def test_a_code_failing_on_every_frame_never_escalates_to_a_restart(tmp_path, pi
     pipeline, store = make_pipeline(tmp_path, camera=ScriptedCamera(script), reader=reader, settings=settings)
     pipelines.append((pipeline, store))
     pipeline.start()
-    wait_for(lambda: pipeline.health()["stages"]["code"]["errors"].get("MemoryError", 0) >= 40 and sum(store.counts().values()) >= 2,
+    wait_until(lambda: pipeline.health()["stages"]["code"]["errors"].get("MemoryError", 0) >= 40 and sum(store.counts().values()) >= 2,
              what="many failed decodes in a row, and the lane still deciding")
     code = pipeline.health()["stages"]["code"]
     assert code["state"] == "running" and code["restarts"] == 0 and pipeline.alive()

@@ -27,21 +27,13 @@ from station.store import SqliteEventStore
 from station.sync import NotConnectedError, OutboxPump
 from tests.mosquitto import Broker, mosquitto_available
 from tests.test_store import make_event
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "checkpoint/v1/gate-a/st-01"
 STATUS = f"{PREFIX}/status"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Collector:

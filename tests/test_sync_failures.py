@@ -21,7 +21,8 @@ from drivers.publish.mqtt import MqttPublisher, jittered_delay
 from station.store import SqliteEventStore
 from tests.mosquitto import Broker, mosquitto_available
 from tests.test_store import make_event
-from tests.test_sync import PREFIX, STATUS, Collector, Station, backend_session, wait_until
+from tests.test_sync import PREFIX, STATUS, Collector, Station, backend_session
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

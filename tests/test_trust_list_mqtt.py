@@ -33,8 +33,9 @@ from station.command_auth import (
 from station.commands import CommandHandlers, StationLink
 from station.domain.model import CodeStatus
 from station.store import SqliteEventStore
-from tests.command_rig import Centre, wait_for
+from tests.command_rig import Centre
 from tests.mosquitto import Broker, mosquitto_available
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 
@@ -71,7 +72,7 @@ class Rig:
                                 handlers, verifier=verifier, stats_interval_s=0, poll_s=0.1)
         self.publisher.start()
         self.link.start()
-        wait_for(self.publisher.connected, 5, "connected")
+        wait_until(self.publisher.connected, 5, "connected")
         self.sub = Centre(self.broker.port, "centre", f"{BASE}/cmd/#")
         assert self.sub.subscribed.wait(5)
 
@@ -81,7 +82,7 @@ class Rig:
                                by="trust-list desk", command_id=corr)
         self.sub.client.publish(f"{BASE}/cmd/trust-list", json.dumps(request).encode(), qos=1)
         topic = f"{BASE}/cmd/trust-list/result"
-        wait_for(lambda: any(json.loads(p).get("id") == corr for t, p, _ in self.sub.raw() if t == topic), 5, corr)
+        wait_until(lambda: any(json.loads(p).get("id") == corr for t, p, _ in self.sub.raw() if t == topic), 5, corr)
         return next(json.loads(p) for t, p, _ in self.sub.raw() if t == topic and json.loads(p).get("id") == corr)
 
     def signed(self, issuers: list[Any], version: int, key: Any = None) -> dict[str, Any]:

@@ -156,7 +156,8 @@ def test_vehicle_event_arrives_over_a_real_mosquitto(tmp_path: Path) -> None:
 
     if not mosquitto_available():
         pytest.skip("mosquitto not installed")
-    from tests.test_sync import PREFIX, Collector, Station, wait_until
+    from tests.test_sync import PREFIX, Collector, Station
+    from tests.waiting import wait_until
 
     broker = Broker(tmp_path / "broker")
     broker.start()
