@@ -35,6 +35,7 @@ from station.cli.stationctl import _stages_line
 from station.config import StationConfig
 from station.demo import DemoRun
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
+from tests.faulty_verifiers import RaisingOnPayload
 from tests.mosquitto import mosquitto_available, mosquitto_broker
 from tests.waiting import wait_until
 
@@ -87,20 +88,6 @@ class PayloadTally:
         self.seen[payload] += 1
         return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", self.name)
 
-
-class RaisingOnPayload:
-    """A ``CodeVerifier`` that raises on one payload and leaves every other one to the next verifier."""
-
-    name = "raising-on-one-payload"
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload, self.raised = payload, 0
-
-    def verify(self, payload: bytes, now_wall: float) -> CodeVerdict:
-        if payload == self.payload:
-            self.raised += 1
-            raise TypeError("unhashable type: 'list'")
-        return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", self.name)
 
 
 class StateWatcher:

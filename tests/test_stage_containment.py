@@ -28,8 +28,6 @@ from station.config import StationConfig
 from station.domain.model import (
     Box,
     CodeColour,
-    CodeStatus,
-    CodeVerdict,
     FaceDetection,
     GateCommand,
     GateResult,
@@ -39,6 +37,7 @@ from station.domain.model import (
 from station.domain.screening import ScreeningLane
 from station.pipeline import Pipeline, PipelineSettings, StationIdentity
 from station.store import SqliteEventStore
+from tests.faulty_verifiers import RaisingOnPayload
 from tests.waiting import wait_until
 
 HOSTILE = b"HOSTILE:raise-in-verifier"
@@ -132,20 +131,6 @@ class ScriptedThermal:
     def stats(self) -> dict[str, Any]:
         return {"state": "connected", "reads": self.reads}
 
-
-class RaisingOnPayload:
-    """A ``CodeVerifier`` that raises on one payload and leaves every other one to the next verifier."""
-
-    name = "raising-on-one-payload"
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload, self.raised = payload, 0
-
-    def verify(self, payload: bytes, now_wall: float) -> CodeVerdict:
-        if payload == self.payload:
-            self.raised += 1
-            raise TypeError("unhashable type: 'list'")
-        return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", self.name)
 
 
 class FlakyGate:
