@@ -300,6 +300,7 @@ class HttpSection(Section):
 class LoggingSection(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file: str = Field("", description="Also append logs to this file (for hosts without journald); empty = stderr only")
+    format: Literal["text", "json"] = Field("text", description="text: one line with key=value fields | json: one JSON object per line (journald, Loki)")
 
 
 class StationConfig(Section):

@@ -42,7 +42,7 @@ def run(config: Path, overrides: tuple[Path, ...], data_dir: Path | None) -> Non
     from station.app import StationApp
 
     cfg = _load(config, overrides)
-    configure(cfg.logging.level, cfg.logging.file)
+    configure(cfg.logging.level, cfg.logging.file, cfg.logging.format)
     app = StationApp(cfg, data_dir=data_dir, config_path=config)
     try:
         app.start()
