@@ -152,7 +152,7 @@ class DetectorSection(Section):
     face: Literal["ultraface-rfb-320", "ultraface-rfb-640", "haar"] = "ultraface-rfb-320"
     score_threshold: float = Field(0.7, gt=0.0, lt=1.0)
     threads: int = Field(1, ge=1, le=8, description="onnxruntime intra-op threads per model")
-    models_dir: str = Field("", description="Empty = the models/ directory shipped with the station")
+    models_dir: str = Field("", description="Empty = the models shipped inside the station package (station/models_data/)")
     max_rate_hz: float = Field(0.0, ge=0.0, le=60.0, description="Run face detection at most this often; 0 = every frame")
     skip_unchanged_below: float = Field(0.0, ge=0.0, le=50.0, description="Re-use the last detection while the frame differs by less than this (mean grey levels); 0 = off")
 

@@ -1,4 +1,4 @@
-"""The station's model files and their manifest (``models/manifest.toml``).
+"""The station's model files and their manifest (``station/models_data/manifest.toml``).
 
 Every model file the station loads is listed with its size, sha256, source and licence, so a box in
 the field can prove which weights it runs and refuse a corrupted or swapped file: ``verify`` checks
@@ -48,8 +48,8 @@ class ModelEntry:
 
 
 def default_models_dir() -> Path:
-    """``models/`` beside the ``station`` package (the project root in a source checkout)."""
-    return Path(station.__file__).resolve().parents[1] / "models"
+    """``models_data/`` inside the ``station`` package: shipped in the wheel, found from any install and cwd."""
+    return Path(station.__file__).resolve().parent / "models_data"
 
 
 def sha256_file(path: Path) -> str:

@@ -7,7 +7,7 @@ screening and the gate stays in its safe (closed) state; the reason is logged as
 systemd's READY status and in ``stationctl status`` as ``detector: "degraded: <reason>"``. Staff
 screen by hand until ``stationctl models install --from DIR`` puts a verified set back.
 
-Every model file is checked against its sha256 in ``models/manifest.toml`` before it is loaded.
+Every model file is checked against its sha256 in ``station/models_data/manifest.toml`` before it is loaded.
 """
 
 from __future__ import annotations

@@ -14,11 +14,12 @@ from station.models import ManifestError, ModelNotFoundError
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_README = PROJECT.parent / "shared" / "models" / "README.md"
+SHIPPED = PROJECT / "station" / "models_data"
 
 
-def test_default_models_dir_is_beside_the_station_package() -> None:
-    assert models.default_models_dir() == Path(station.__file__).resolve().parents[1] / "models"
-    assert models.default_models_dir() == PROJECT / "models"
+def test_default_models_dir_is_inside_the_station_package() -> None:
+    assert models.default_models_dir() == Path(station.__file__).resolve().parent / "models_data"
+    assert models.default_models_dir() == SHIPPED
 
 
 def test_shipped_models_verify_clean() -> None:
@@ -37,14 +38,14 @@ def test_manifest_lists_every_model_file_with_licence() -> None:
     }
     listed = {e.file for e in entries}
     on_disk = {
-        p.relative_to(PROJECT / "models").as_posix()
-        for p in (PROJECT / "models").rglob("*")
+        p.relative_to(SHIPPED).as_posix()
+        for p in SHIPPED.rglob("*")
         if p.is_file() and p.name != "manifest.toml" and not p.name.startswith("LICENSE")
     }
     assert on_disk == listed
     for e in entries:
         assert e.licence in ("MIT", "Apache-2.0")
-        assert (PROJECT / "models" / e.licence_file).is_file()
+        assert (SHIPPED / e.licence_file).is_file()
         assert e.source and e.task and e.input
 
 
@@ -58,9 +59,9 @@ def test_hashes_match_the_published_model_notes() -> None:
 
 def test_path_for_by_name_and_by_file_name() -> None:
     p = models.path_for("ultraface-rfb-320")
-    assert p == PROJECT / "models" / "face" / "ultraface-version-RFB-320.onnx"
+    assert p == SHIPPED / "face" / "ultraface-version-RFB-320.onnx"
     assert models.path_for("ultraface-version-RFB-320.onnx") == p
-    assert models.path_for("face/ultraface-version-RFB-320.onnx", PROJECT / "models") == p
+    assert models.path_for("face/ultraface-version-RFB-320.onnx", SHIPPED) == p
     assert models.path_for("plate-recognizer-dict", check_hash=True).name == "plate-recognizer-dict.txt"
     with pytest.raises(ModelNotFoundError):
         models.path_for("yolo-v99")
@@ -69,7 +70,7 @@ def test_path_for_by_name_and_by_file_name() -> None:
 @pytest.fixture()
 def copy_of_models(tmp_path: Path) -> Path:
     dst = tmp_path / "models"
-    shutil.copytree(PROJECT / "models", dst)
+    shutil.copytree(SHIPPED, dst)
     for p in dst.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     return dst

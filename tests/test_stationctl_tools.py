@@ -128,7 +128,7 @@ def test_doctor_models_failure_on_a_tampered_model(tmp_path: Path) -> None:
     import shutil
 
     models = tmp_path / "models"
-    shutil.copytree(ROOT / "models", models)
+    shutil.copytree(ROOT / "station" / "models_data", models)
     victim = next(p for p in models.rglob("*.onnx"))
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF

@@ -27,7 +27,7 @@ def ctl(*args: str):
 @pytest.fixture()
 def models_copy(tmp_path: Path) -> Path:
     dst = tmp_path / "models"
-    shutil.copytree(ROOT / "models", dst)
+    shutil.copytree(ROOT / "station" / "models_data", dst)
     for p in dst.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     return dst

