@@ -17,14 +17,14 @@ MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]*)@")
 
 
-def _mask(match: re.Match[str]) -> str:
-    user, sep, _password = match.group("userinfo").partition(":")
-    return f"{match.group('scheme')}{user}{':' + MASK if sep else ''}@"
+def redact_url(text: str, mask: str = MASK) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it replaced by ``mask``."""
 
+    def masked(match: re.Match[str]) -> str:
+        user, sep, _password = match.group("userinfo").partition(":")
+        return f"{match.group('scheme')}{user}{':' + mask if sep else ''}@"
 
-def redact_url(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` in it replaced by ``***``."""
-    return _USERINFO.sub(_mask, text)
+    return _USERINFO.sub(masked, text)
 
 
 def has_userinfo(url: str) -> bool:

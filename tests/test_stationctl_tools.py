@@ -7,7 +7,6 @@ a real QR image through the configured reader.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import tarfile
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from station.cli.bugreport_cmd import REDACTED, redact_toml
+from station.cli.bugreport_cmd import REDACTED, redact_line, redact_toml
 from station.cli.doctor_cmd import list_cameras
 from station.cli.stationctl import main as stationctl
 from tests.mosquitto import free_port, mosquitto_available, mosquitto_broker
@@ -267,6 +266,9 @@ def test_redaction_covers_names_and_shapes_not_gate_pins() -> None:
         assert secret not in out, secret
     assert out.count(REDACTED) == 5
     assert "relay_pin = 17" in out and 'tls_key_file = "/etc/checkpoint/client.key"' in out
+    # A password holding "@" and ":" is masked whole (the user information runs to the last "@").
+    line = redact_line("2026-11-24 INFO station.sync connecting url=mqtt://bob:p@ss:w0rd@broker:1883")
+    assert line == f"2026-11-24 INFO station.sync connecting url=mqtt://bob:{REDACTED}@broker:1883", line
     assert "CHECKPOINT_MQTT_PASSWORD" in out and "alice" in out
     assert "# PIN 4711" in out  # comments are kept (plain words are not a secret shape)
 

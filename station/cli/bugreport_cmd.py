@@ -35,11 +35,12 @@ from typing import Any
 
 import click
 
+from station.redact import redact_url
+
 REDACTED = "<redacted>"
 _SECRET_KEY = re.compile(r"(pass(word|wd|phrase)?|secret|token|hash|credential|private|api_?key|(^|_)key$|(^|_)pin(_code)?$|salt)", re.I)
 _NOT_SECRET_KEY = re.compile(r"(_file|_path|_dir|_env)$|^(relay|buzzer|green|red|amber)_pin$", re.I)
 _SECRET_VALUE = re.compile(r"(-----BEGIN [A-Z ]+-----|^\$(argon2(id|i|d)?|2[aby]|5|6|scrypt|pbkdf2)[$-]|^pbkdf2[:_$]|^scrypt[:$])")
-_URL_CREDS = re.compile(r"([a-z][a-z0-9+.-]*://)([^/\s:@]+):([^/\s@]+)@", re.I)
 PACKAGES = ("checkpoint-station", "numpy", "opencv-python-headless", "onnxruntime", "paho-mqtt", "pydantic", "pyserial",
             "gpiozero", "pyzbar", "zxing-cpp", "segno", "sqlite-utils", "tomlkit", "click", "starlette", "uvicorn",
             "cryptography", "cbor2", "platformdirs")
@@ -58,7 +59,7 @@ def redact_value(key: str, value: Any) -> Any:
     if isinstance(value, str):
         if value and (is_secret_key(key) or _SECRET_VALUE.search(value)):
             return REDACTED
-        return _URL_CREDS.sub(rf"\1\2:{REDACTED}@", value)
+        return redact_url(value, REDACTED)
     if is_secret_key(key) and value not in (None, "", 0, False):
         return REDACTED
     return value
@@ -101,7 +102,7 @@ def redact_comment(line: str) -> str:
     if "#" not in line:
         return line
     code, _, comment = line.partition("#")
-    return code + "#" + _URL_CREDS.sub(rf"\1\2:{REDACTED}@", _SECRET_VALUE.sub(REDACTED, comment))
+    return code + "#" + redact_url(_SECRET_VALUE.sub(REDACTED, comment), REDACTED)
 
 
 _ASSIGN = re.compile(r"^(\s*([A-Za-z0-9_\-]+)\s*=\s*)(.*)$")
@@ -111,7 +112,7 @@ def redact_line(line: str) -> str:
     m = _ASSIGN.match(line)
     if m and (is_secret_key(m.group(2)) or _SECRET_VALUE.search(m.group(3).strip().strip("'\""))):
         return f'{m.group(1)}"{REDACTED}"'
-    return _URL_CREDS.sub(rf"\1\2:{REDACTED}@", line)
+    return redact_url(line, REDACTED)
 
 
 def versions() -> dict[str, Any]:
@@ -190,7 +191,7 @@ def build_report(obj: Any, out: Path) -> list[str]:
     members["config/environment.json"] = json.dumps(env, indent=2).encode()
     members["versions.json"] = json.dumps(versions(), indent=2).encode()
     source, lines = recent_lines(cfg)
-    members["logs.txt"] = (f"# source: {source}\n" + "\n".join(_URL_CREDS.sub(rf"\1\2:{REDACTED}@", ln) for ln in lines) + "\n").encode()
+    members["logs.txt"] = (f"# source: {source}\n" + "\n".join(redact_url(ln, REDACTED) for ln in lines) + "\n").encode()
     from station.app import data_dir_for
 
     data_dir = data_dir_for(cfg, obj.data_dir_override)
