@@ -10,10 +10,14 @@ group *before* it is renamed over the old one; the ``.bak`` copy gets them too.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger("station.fileio")
 
 NEW_FILE_MODE = 0o640
 """Mode of a file that did not exist before (not the caller's umask): owner rw, group r."""
@@ -76,3 +80,28 @@ def atomic_write(path: Path | str, content: str | bytes, *, backup: bool = True,
         _write_like(path.with_name(path.name + ".bak"), path.read_bytes(), old, new_mode)
     _write_like(path, data, old, new_mode)
     fsync_path(path.parent)
+
+
+def private_secret(path: Path, make: Callable[[], str]) -> str:
+    """The text of a secret file, created 0600 with ``make()`` if absent; made 0600 if it was looser.
+
+    Created with ``O_EXCL``: when two processes (board replicas) start together, the loser reads the
+    winner's file instead of overwriting it.
+    """
+    try:
+        text = path.read_bytes().decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it just now
+            text = path.read_bytes().decode("ascii", "replace").strip()
+        else:
+            text = make()
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(text + "\n")
+            log.info("secret file created path=%s", path)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+        log.warning("secret file was readable by others: made 0600 path=%s", path)
+    return text

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from station.fileio import private_secret
+
 log = logging.getLogger("station.board.auth")
 
 ROLES = ("viewer", "admin")
@@ -179,24 +181,10 @@ class UsersFile:
 def load_secret(data_dir: Path) -> bytes:
     """The session-signing secret from ``data_dir``, created (0600) if absent."""
     path = Path(data_dir) / SECRET_NAME
+    text = private_secret(path, lambda: secrets.token_hex(32))
     try:
-        raw = path.read_bytes().strip()
-    except FileNotFoundError:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another replica created it just now
-            raw = path.read_bytes().strip()
-        else:
-            raw = secrets.token_hex(32).encode()
-            with os.fdopen(fd, "wb") as f:
-                f.write(raw + b"\n")
-            log.info("board session secret created path=%s", path)
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)
-        log.warning("board session secret was readable by others: made 0600 path=%s", path)
-    try:
-        secret = bytes.fromhex(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+        secret = bytes.fromhex(text)
+    except ValueError:
         raise AuthError(f"{path}: not a hex secret (delete it to make a new one; every session ends)") from None
     if len(secret) < 16:
         raise AuthError(f"{path}: the secret is too short")

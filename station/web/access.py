@@ -20,7 +20,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from station.fileio import private_secret
 from station.ratelimit import FailureLog
 
 log = logging.getLogger("station.web.access")
@@ -45,25 +45,10 @@ def is_loopback(listen: str) -> bool:
 
 
 def load_token(data_dir: Path) -> str:
-    """The operator page's token from ``data_dir``, created (0600, 32 random bytes hex) if absent."""
-    path = Path(data_dir) / TOKEN_NAME
-    try:
-        token = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            token = path.read_text(encoding="ascii").strip()
-        else:
-            token = secrets.token_urlsafe(32)
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(token + "\n")
-            log.info("operator page token created path=%s", path)
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)
+    """The operator page's token from ``data_dir``, created (0600, 32 random bytes, URL-safe base64) if absent."""
+    token = private_secret(Path(data_dir) / TOKEN_NAME, lambda: secrets.token_urlsafe(32))
     if len(token) < 16:
-        raise ValueError(f"{path}: the token is too short (delete the file to make a new one)")
+        raise ValueError(f"{Path(data_dir) / TOKEN_NAME}: the token is too short (delete the file to make a new one)")
     return token
 
 
