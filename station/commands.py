@@ -56,7 +56,7 @@ from station.command_auth import (
     SignedCommand,
 )
 from station.domain.model import Decision, GateAction, GateCommand, GateResult
-from station.ratelimit import RateLimiter
+from station.ratelimit import FailureLog, RateLimiter
 
 log = logging.getLogger("station.commands")
 
@@ -354,6 +354,9 @@ class StationLink:
         self.cmd_filter = f"{self.base}/cmd/+"
         self.replies = 0
         self.errors = 0
+        # A step that fails on every message or poll (a broken state source, a route fed junk) must
+        # not write a traceback each time: one line per kind per minute, every failure counted.
+        self.failures = FailureLog(log, "station link step", monotonic=monotonic)
         self.queue_dropped = 0
         self.refused: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
@@ -390,7 +393,8 @@ class StationLink:
     def stats(self) -> dict[str, Any]:
         """Counters of the command intake: replies, refusals per reason, drops, audit rows suppressed."""
         drops = self.publisher.intake_drops(self.cmd_filter) if hasattr(self.publisher, "intake_drops") else {}
-        return {"replies": self.replies, "errors": self.errors, "accepted": dict(self.accepted),
+        return {"replies": self.replies, "errors": self.errors, "failures": self.failures.snapshot(),
+                "accepted": dict(self.accepted),
                 "refused": dict(self.refused), "queue_dropped": self.queue_dropped, "queue_depth": self._queue.qsize(),
                 "retained_dropped": drops.get("retained", 0), "oversize_dropped": drops.get("oversize", 0),
                 "audit_suppressed": self.audit_suppressed, "audit_failed": self.audit_failed,
@@ -438,9 +442,9 @@ class StationLink:
                     self._routes[kind](topic, payload)
                 self._publish_states()
                 self._maybe_stats()
-            except Exception:  # logged; the link must keep serving (one bad state source or command)
+            except Exception as exc:  # noqa: BLE001 - counted and logged (FailureLog); the link keeps serving
                 self.errors += 1
-                log.exception("station link step failed kind=%s topic=%s", kind, topic[:200])
+                self.failures.report(f"{kind.split(':', 1)[0]}:{type(exc).__name__}", exc, topic=topic[:200])
 
     def _envelope(self, **body: Any) -> dict[str, Any]:
         return {"schema": SCHEMA, **self.identity, "ts": round(time.time(), 3), **body}
@@ -451,8 +455,8 @@ class StationLink:
         for name, source in self.states.items():
             try:
                 state = dict(source())
-            except Exception:  # logged; the other components' states still go out
-                log.exception("state source failed component=%s", name)
+            except Exception as exc:  # noqa: BLE001 - counted and logged; the other states still go out
+                self.failures.report(f"state:{name}:{type(exc).__name__}", exc)
                 state = {"state": "unknown", "error": "state source failed"}
             if self._last_state.get(name) == state:
                 continue

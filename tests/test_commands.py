@@ -160,3 +160,28 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(ri
         assert len([t for t, _, _ in watcher.raw() if t.endswith("/config")]) == 2 * len(configs)
     finally:
         watcher.close()
+
+
+def test_a_state_source_that_always_fails_is_counted_and_logged_once_a_minute(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    r = Rig(tmp_path, start=False)
+    calls = {"n": 0}
+
+    def broken() -> dict:
+        calls["n"] += 1
+        raise RuntimeError("sensor table gone")
+
+    r.link.states["broken"] = broken
+    try:
+        with caplog.at_level(logging.ERROR, logger="station.commands"):
+            r.start()
+            wait_until(lambda: calls["n"] >= 10, 20, "ten polls of the broken state source")
+            assert r.call("ping", {"id": "still-serving"})["ok"], "the link goes on serving commands"
+        assert r.link.stats()["failures"]["state:broken:RuntimeError"] >= 10
+        lines = [rec.getMessage() for rec in caplog.records if "state:broken" in rec.getMessage()]
+        assert len(lines) == 1, lines
+        wait_until(lambda: any(json.loads(p).get("state") == "unknown" for t, p, _ in r.sub.raw()
+                               if t == f"{BASE}/state/broken"), 10, "the unknown state published")
+    finally:
+        r.close()
