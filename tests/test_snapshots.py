@@ -129,6 +129,12 @@ def test_publisher_sends_a_retained_snapshot_a_late_subscriber_gets(tmp_path: Pa
         assert snaps.publish_once()
         assert not snaps.publish_once(), "the same frame is not sent twice"
         assert snaps.stats()["published"] == 1
+        # The broker handles one connection's messages in order: once a later QoS 1 message is
+        # acknowledged, the QoS 0 snapshot is stored as retained and a later subscriber must get it.
+        acked: set[int] = set()
+        pub.set_ack_handler(acked.add)
+        barrier = pub.publish("t/barrier", b"", qos=1)
+        assert _wait(lambda: barrier in acked), "the broker acknowledges the barrier message"
 
         got: list[mqtt.MQTTMessage] = []
         arrived = threading.Event()
