@@ -25,13 +25,13 @@ from bench.stats import median_ms, percentile
 
 
 def frame_compute(repeat: int, threads: int) -> dict[str, Any]:
-    from drivers.camera.scene_camera import SceneRenderer
-    from drivers.codes.local_claims import LocalClaimsVerifier, encode_claims
+    from sim.scene_camera import SceneRenderer
+    from station.codes.local_claims import LocalClaimsVerifier, encode_claims
     from drivers.codes.pyzbar_reader import PyzbarReader
     from drivers.detect.haar import HaarFaceDetector
     from drivers.detect.plates import OnnxPlateReader
     from drivers.detect.ultraface import UltraFaceDetector
-    from drivers.scene import Phase, SceneGeometry, ScenePerson, SceneState
+    from sim.scene import Phase, SceneGeometry, ScenePerson, SceneState
     from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
     from station.app import build_reader, calibration_for
     from station.config import StationConfig
@@ -132,7 +132,7 @@ def frame_compute_both(repeat: int, all_threads: int) -> dict[str, Any]:
 
 def lane(people: int) -> dict[str, Any]:
     from station.config import StationConfig
-    from station.demo import DemoRun, summary
+    from sim.demo import DemoRun, summary
 
     with tempfile.TemporaryDirectory() as d:
         run = DemoRun(StationConfig(), people=people, data_dir=Path(d), fast=True)
@@ -156,7 +156,7 @@ def lane(people: int) -> dict[str, Any]:
 
 def store_writes(n: int) -> dict[str, Any]:
     from station.domain.model import Decision, ScreeningEvent
-    from station.store import SqliteEventStore
+    from station.store.events import SqliteEventStore
 
     with tempfile.TemporaryDirectory() as d:
         store = SqliteEventStore(Path(d) / "bench.sqlite3", station_id="bench", site="bench")

@@ -58,8 +58,8 @@ def _event(i: int) -> Any:
 def sync_bench(n_events: int = 10_000, protocol: str = "auto") -> dict[str, Any]:
     """``protocol``: the publisher's MQTT version ("auto" = 5 with 3.1.1 fallback, "5", "3.1.1")."""
     from drivers.publish.mqtt import MqttPublisher
-    from station.store import SqliteEventStore
-    from station.sync import OutboxPump
+    from station.store.events import SqliteEventStore
+    from station.link.sync import OutboxPump
 
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         return {"skipped": "mosquitto not installed"}

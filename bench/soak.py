@@ -11,7 +11,7 @@ station:
   restarts it whenever it exits (Restart=always, RestartSec=1), and when WATCHDOG=1 pings stop for
   WatchdogSec sends SIGABRT and then SIGKILL, as systemd does. More than 5 starts in 10 s is a crash
   loop (StartLimitBurst=5).
-- **devices**: the demo scene (``drivers.scene``) drives a GY-MCU90640 emulator on a pty (the daemon's
+- **devices**: the demo scene (``sim.scene``) drives a GY-MCU90640 emulator on a pty (the daemon's
   ``thermal.port`` is a symlink, re-pointed after a replug, as udev's by-id link is) and a camera served
   as MJPEG over HTTP (the daemon's ``camera.device`` is the URL; OpenCV/FFmpeg opens it as it opens an IP
   camera). The scene learns the daemon's decisions from its structured log, so people walk on.
@@ -465,7 +465,7 @@ reconnect_min_s = 0.5
 reconnect_max_s = 4.0
 stats_interval_s = 10.0
 """ if mqtt_port is not None else ""
-    from drivers.codes.issuer import write_demo_trust_list
+    from sim.issuer import write_demo_trust_list
 
     trust = write_demo_trust_list(work)  # the scene's codes come from the DEMO ONLY issuer, as in `station demo`
     cfg = work / "station.toml"
@@ -504,12 +504,12 @@ def _point(link: Path, target: str) -> None:
 
 
 def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), progress: bool = True) -> dict[str, Any]:
-    from drivers.camera.scene_camera import SceneCamera
-    from drivers.scene import SceneDirector, SceneGeometry, SceneTiming
-    from drivers.thermal.emulator import GyMcu90640Emulator
-    from drivers.thermal.render import ThermalSceneRenderer
+    from sim.scene_camera import SceneCamera
+    from sim.scene import SceneDirector, SceneGeometry, SceneTiming
+    from sim.gy_mcu90640_emulator import GyMcu90640Emulator
+    from sim.thermal_render import ThermalSceneRenderer
     from station.config import StationConfig
-    from station.demo import cast_people
+    from sim.demo import cast_people
     from tests.mosquitto import Broker
 
     rng = random.Random(seed)

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from drivers.scene import SceneGeometry
+from sim.scene import SceneGeometry
 from drivers.thermal.gy_mcu90640 import DecodedFrame, FrameParser, encode_frame, image_to_module_order
-from drivers.thermal.render import ThermalSceneRenderer
+from sim.thermal_render import ThermalSceneRenderer
 from station.domain.model import Box, ThermalFrame
 from station.domain.thermal import (
     CalibrationSample,
@@ -151,7 +151,7 @@ def paced_end_to_end(cal: ThermalCalibration, people: int = 12, baud: int = 4608
     the station's serial driver parsing it. Slower (real time), so fewer people."""
     import time
 
-    from drivers.thermal.emulator import GyMcu90640Emulator
+    from sim.gy_mcu90640_emulator import GyMcu90640Emulator
     from drivers.thermal.gy_mcu90640 import GyMcu90640Source
 
     rng = np.random.default_rng(seed)

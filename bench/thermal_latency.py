@@ -28,9 +28,9 @@ LINKS = ((460800, 8), (115200, 4))
 
 
 def last_byte_to_temperature(repeat: int = 2000) -> dict[str, Any]:
-    from drivers.scene import SceneGeometry
+    from sim.scene import SceneGeometry
     from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
-    from drivers.thermal.render import ThermalSceneRenderer
+    from sim.thermal_render import ThermalSceneRenderer
     from station.app import calibration_for
     from station.config import StationConfig
     from station.domain.model import ThermalFrame
@@ -60,7 +60,7 @@ def last_byte_to_temperature(repeat: int = 2000) -> dict[str, Any]:
 
 def decision_latency(people: int, baud: int, hz: float) -> dict[str, Any]:
     from station.config import StationConfig
-    from station.demo import DemoRun, summary
+    from sim.demo import DemoRun, summary
 
     with tempfile.TemporaryDirectory() as d:
         run = DemoRun(StationConfig(), people=people, data_dir=Path(d), fast=True, thermal_link=(baud, hz))

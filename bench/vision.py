@@ -170,7 +170,7 @@ def pipeline_rate(people: int = 4) -> dict[str, Any]:
     import tempfile
 
     from station.config import StationConfig
-    from station.demo import DemoRun
+    from sim.demo import DemoRun
 
     out: dict[str, Any] = {}
     for mode in ("off", "vehicle"):
@@ -192,11 +192,11 @@ def vision(repeat: int = 50, threads: int = 1, accuracy: bool = True) -> dict[st
     """Speed (and, if the labelled photos are there, accuracy) of the vision models."""
     import cv2
 
-    from drivers.camera.scene_camera import SceneRenderer
+    from sim.scene_camera import SceneRenderer
     from drivers.detect.haar import HaarFaceDetector
     from drivers.detect.plates import OnnxPlateReader
     from drivers.detect.ultraface import UltraFaceDetector
-    from drivers.scene import Phase, SceneGeometry, ScenePerson, SceneState
+    from sim.scene import Phase, SceneGeometry, ScenePerson, SceneState
     from station.domain.model import CodeColour
     from station.domain.tracking import FaceTracker, capture_score
     from station.models import path_for

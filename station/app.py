@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-from station.clock import SystemClock
+from station.ops.clock import SystemClock
 from station.config import StationConfig
 from station.domain.model import Decision
 from station.domain.screening import ScreeningLane, ScreeningPolicy, ScreeningSettings
 from station.domain.thermal import ThermalCalibration
-from station.pipeline import Decided, Pipeline, PipelineSettings, StationIdentity
-from station.runtime import clear_runtime_status, write_runtime_status
+from station.lane.pipeline import Decided, Pipeline, PipelineSettings, StationIdentity
+from station.ops.runtime import clear_runtime_status, write_runtime_status
 from station.ports import Clock, CodeReader, CodeVerifier, FaceDetector, FrameSource, GateOutput, ThermalSource
-from station.systemd import Notifier, WatchdogGate
+from station.ops.systemd import Notifier, WatchdogGate
 
 log = logging.getLogger("station.app")
 
@@ -60,9 +60,9 @@ def models_dir_for(cfg: StationConfig) -> Path:
 
 
 def build_detector(cfg: StationConfig) -> FaceDetector:
-    # A missing or corrupt model gives a detector that finds nothing and says why (station.vision):
+    # A missing or corrupt model gives a detector that finds nothing and says why (station.lane.vision):
     # the station runs degraded with the lane closed instead of crash-looping.
-    from station.vision import build_face_detector
+    from station.lane.vision import build_face_detector
 
     d = cfg.detector
     return build_face_detector(d.face, models_dir_for(cfg), score_threshold=d.score_threshold, threads=d.threads)  # type: ignore[no-any-return]
@@ -100,12 +100,12 @@ def build_verifiers(cfg: StationConfig, data_dir: Path | None = None) -> list[Co
 
     With ``data_dir`` the salt, the replay memory and pushed trust lists live there; without it
     (CLI tools) the salt is per process and nothing is remembered."""
-    from drivers.codes.guards import CodeJudge, SeenCodes, holder_ref_fn, station_salt
-    from drivers.codes.hc1 import Hc1Verifier
-    from drivers.codes.local_claims import LocalClaimsVerifier
-    from drivers.codes.online import OnlineVerifier
-    from drivers.codes.screen_colour import ScreenColourVerifier
-    from drivers.codes.trust_list import TrustStore
+    from station.codes.judge import CodeJudge, SeenCodes, holder_ref_fn, station_salt
+    from station.codes.hc1 import Hc1Verifier
+    from station.codes.local_claims import LocalClaimsVerifier
+    from station.codes.online import OnlineVerifier
+    from station.codes.colour import ScreenColourVerifier
+    from station.codes.trust_list import TrustStore
 
     c = cfg.codes
     salt = station_salt(data_dir)
@@ -256,8 +256,8 @@ class StationApp:
         self.detector_state = "not started"
         self.plates: Any = None  # the vehicle lane's plate thread (vehicle.mode = "vehicle")
         self.plate_state = "off"
-        self.retention: Any = None  # station.retention.RetentionThread, once started
-        self.control: Any = None  # station.control.ControlServer, once started
+        self.retention: Any = None  # station.store.retention.RetentionThread, once started
+        self.control: Any = None  # station.ops.control.ControlServer, once started
         self.http: Any = None  # station.web.operator.OperatorServer (http.enabled), once started
 
     @property
@@ -277,7 +277,7 @@ class StationApp:
             raise
 
     def _start(self) -> None:
-        from station.store import SqliteEventStore
+        from station.store.events import SqliteEventStore
 
         cfg = self.cfg
         for extra in self.injected.extra_start:
@@ -298,7 +298,7 @@ class StationApp:
         self.notifier.extend_timeout(60)
         detector = build_detector(cfg)
         self.warmup_ms = detector.warm_up()
-        from station.vision import detector_state
+        from station.lane.vision import detector_state
 
         self.detector_state = detector_state(detector)
         log.info("detector warm detector=%s warmup_ms=%.1f", detector.name, self.warmup_ms)
@@ -339,7 +339,7 @@ class StationApp:
         )
         if cfg.vehicle.mode == "vehicle":
             self._start_plates()
-        from station.counts import CountsKeeper
+        from station.lane.counts import CountsKeeper
 
         # Restored before the lane runs; stopped (final save) after the pipeline, before the store.
         self.counts_keeper = CountsKeeper(self.store, self.pipeline.lane.directions.counts)
@@ -371,8 +371,8 @@ class StationApp:
         self._push("status", stop_status)
 
         # Retention purge thread and the local control socket for stationctl (docs/stationctl.md).
-        from station.control import start_control
-        from station.retention import start_retention
+        from station.ops.control import start_control
+        from station.store.retention import start_retention
 
         self.retention = start_retention(self)
         self._push("retention", self.retention.stop)
@@ -396,9 +396,9 @@ class StationApp:
     def _start_plates(self) -> None:
         """Vehicle lane: the plate reader on its own thread, fed the newest camera frames."""
         from station.domain.vehicles import VehicleLane
-        from station.residents import ResidentFile, resident_path
-        from station.vehicle_loop import PlateLoop
-        from station.vision import build_plate_reader
+        from station.store.residents import ResidentFile, resident_path
+        from station.lane.vehicle_loop import PlateLoop
+        from station.lane.vision import build_plate_reader
 
         v = self.cfg.vehicle
         reader, self.plate_state = build_plate_reader(
@@ -418,7 +418,7 @@ class StationApp:
         self._push("plates", self.plates.stop)
 
     def _start_sync(self) -> None:
-        from station.sync import OutboxPump, bounds_from_config, publisher_from_config
+        from station.link.sync import OutboxPump, bounds_from_config, publisher_from_config
 
         cfg = self.cfg
         self.store.outbox_bounds = bounds_from_config(cfg)
@@ -428,7 +428,7 @@ class StationApp:
         self.pump = OutboxPump(self.store, self.publisher, max_in_flight=cfg.mqtt.max_in_flight)
         self.pump.start()
         self._push("outbox-pump", self.pump.stop)
-        from station.commands import link_for_app  # states, stats, commands (docs/mqtt.md)
+        from station.link.commands import link_for_app  # states, stats, commands (docs/mqtt.md)
 
         self.link = link_for_app(self)
         self.link.start()
@@ -437,8 +437,8 @@ class StationApp:
                 if hasattr(verifier, "attach"):  # online code look-ups ride the station's own link
                     verifier.attach(self.publisher)
         self._push("mqtt-link", self.link.stop)
-        if cfg.snapshots.enabled:  # the board's live picture (station.snapshots), only with a broker
-            from station.snapshots import snapshots_for_app
+        if cfg.snapshots.enabled:  # the board's live picture (station.link.snapshots), only with a broker
+            from station.link.snapshots import snapshots_for_app
 
             self.snapshots = snapshots_for_app(self)
             self.snapshots.start()
@@ -463,7 +463,7 @@ class StationApp:
             "uptime_s": round(self.clock.monotonic() - (self.started_t or 0.0), 1),
             "http": self.http.url if self.http is not None else None,
             "codes": [j.stats() for j in getattr(self, "code_verifiers", []) if hasattr(j, "stats")],
-            # Per stage: state, in-process restarts, contained failures per kind (station.pipeline).
+            # Per stage: state, in-process restarts, contained failures per kind (station.lane.pipeline).
             "stages": self.stage_health(),
         }
 
@@ -471,7 +471,7 @@ class StationApp:
         """The pipeline's stage health, with the plate thread's as one more stage when it runs."""
         if self.pipeline is None:
             return {}
-        from station.pipeline import health_summary
+        from station.lane.pipeline import health_summary
 
         stages = self.pipeline.health()["stages"]
         if self.plates is not None:  # a given-up plate thread shows as failed; the person lane keeps the watchdog

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from station.redact import has_userinfo, redact_url
+from station.ops.redact import has_userinfo, redact_url
 
 ENV_PREFIX = "CHECKPOINT_"
 
@@ -253,7 +253,7 @@ class MqttSection(Section):
 
 
 class CentreSection(Section):
-    """Trust in the command centre: the keys that sign remote commands and code look-up answers (station/command_auth.py)."""
+    """Trust in the command centre: the keys that sign remote commands and code look-up answers (station/link/command_auth.py)."""
 
     command_keys_file: str = Field("", description="PEM public key(s) (Ed25519 or ECDSA P-256) of the command centre; a signed command-keys rotation replaces them; empty = every command that changes the gate or the station is refused (no_keys_configured)")
     command_max_window_s: float = Field(60.0, ge=5.0, le=300.0, description="A signed command whose deadline is further ahead than this is refused (deadline_too_far)")
@@ -263,7 +263,7 @@ class CentreSection(Section):
 
 
 class RetentionSection(Section):
-    """How long personal data stays on the box; the daemon purges hourly (station/retention.py)."""
+    """How long personal data stays on the box; the daemon purges hourly (station/store/retention.py)."""
 
     events_days: int = Field(90, ge=1, le=3650, description="Screening and vehicle events older than this are deleted (never while their MQTT message is undelivered)")
     face_crops_days: int = Field(7, ge=0, le=3650, description="Face crops (<data_dir>/crops) older than this are deleted; 0 = keep none")

@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from drivers.gate.gpio_gate import GpioGate
 from drivers.publish.mqtt import MqttPublisher
-from station.command_auth import (
+from station.link.command_auth import (
     CommandKeys,
     CommandVerifier,
     PrivateKey,
@@ -29,8 +29,8 @@ from station.command_auth import (
     public_pem,
     sign_command,
 )
-from station.commands import COMMAND_IDS_FILE, CommandHandlers, StationLink
-from station.store import SqliteEventStore
+from station.link.commands import COMMAND_IDS_FILE, CommandHandlers, StationLink
+from station.store.events import SqliteEventStore
 from tests.mosquitto import Broker
 from tests.waiting import wait_until
 

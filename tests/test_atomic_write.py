@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from station import residents
+from station.store import residents
 from station.cli.stationctl import main as stationctl
-from station.commands import set_config_value
-from station.fileio import NEW_FILE_MODE, atomic_write
+from station.link.commands import set_config_value
+from station.ops.fileio import NEW_FILE_MODE, atomic_write
 
 ROOT = os.geteuid() == 0
 

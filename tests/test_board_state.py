@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from station.board.history import BoardHistory
 from station.board.state import BoardState
 from station.board.web import create_app
-from station.snapshots import snapshot_payload
+from station.link.snapshots import snapshot_payload
 from tests.board_auth import login, make_auth
 
 P = "checkpoint/v1"

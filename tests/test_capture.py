@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from station.capture import CaptureKeeper
+from station.lane.capture import CaptureKeeper
 from station.domain.model import FaceObservation
 from station.domain.screening import ScreeningLane, ScreeningPolicy, ScreeningSettings
 from station.domain.thermal import ThermalCalibration
@@ -60,7 +60,7 @@ def test_the_lane_names_the_sharpest_large_frame_as_the_capture(photo_and_face) 
 def test_demo_decisions_carry_the_capture_crop(tmp_path: Path) -> None:
     """Through the real pipeline (demo devices): each decision names its best frame and hands the crop out."""
     from station.config import StationConfig
-    from station.demo import DemoRun
+    from sim.demo import DemoRun
 
     run = DemoRun(StationConfig(), people=2, data_dir=tmp_path, fast=True)
     result = run.run(max_s=40)

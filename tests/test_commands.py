@@ -133,7 +133,7 @@ def test_states_are_retained_republished_on_change_and_stats_are_periodic(rig: R
 
 
 def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(rig: Rig) -> None:
-    from station.ha import HaDiscovery, discovery_configs
+    from station.link.ha import HaDiscovery, discovery_configs
 
     configs = discovery_configs("homeassistant", BASE, "gate-a", "st-01", "1.0")
     ha = HaDiscovery(rig.publisher, "homeassistant", configs)
@@ -174,7 +174,7 @@ def test_a_state_source_that_always_fails_is_counted_and_logged_once_a_minute(tm
 
     r.link.states["broken"] = broken
     try:
-        with caplog.at_level(logging.ERROR, logger="station.commands"):
+        with caplog.at_level(logging.ERROR, logger="station.link.commands"):
             r.start()
             wait_until(lambda: calls["n"] >= 10, 20, "ten polls of the broken state source")
             assert r.call("ping", {"id": "still-serving"})["ok"], "the link goes on serving commands"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from drivers.thermal.emulator import GyMcu90640Emulator
+from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from station.cli.stationctl import main as stationctl
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.thermal.emulator import GyMcu90640Emulator
-from station.command_auth import new_signing_key, public_pem, sign_command
+from sim.gy_mcu90640_emulator import GyMcu90640Emulator
+from station.link.command_auth import new_signing_key, public_pem, sign_command
 from tests.mosquitto import Broker, mosquitto_available
 from tests.test_daemon import emulator, video, write_config  # noqa: F401  (fixtures)
 from tests.test_sync import Collector

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from drivers.codes import hc1
-from drivers.codes.trust_list import TrustStore, certificate_entry
+from station.codes import hc1
+from station.codes.trust_list import TrustStore, certificate_entry
 from station.config import StationConfig
 from station.domain.model import CodeStatus
 

@@ -39,7 +39,7 @@ def test_each_decision_carries_what_an_operator_and_the_centre_need(demo_run):
 
 
 def test_temperatures_come_from_the_thermal_link_and_match_the_scene(demo_run):
-    # The scene's people have core temperatures 36.6, 38.2, 36.7, 36.5, 36.8, 36.9, 36.4, 36.6 (see station.demo.CAST);
+    # The scene's people have core temperatures 36.6, 38.2, 36.7, 36.5, 36.8, 36.9, 36.4, 36.6 (see sim.demo.CAST);
     # the reading passes through the pty, the parser, registration and the hot-spot statistic.
     truth = [36.6, 38.2, 36.7, 36.5, 36.8, 36.9, 36.4, 36.6]
     for d, core in zip(demo_run.decisions, truth):

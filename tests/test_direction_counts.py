@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from station.counts import CountsKeeper
-from station.store import SqliteEventStore
+from station.lane.counts import CountsKeeper
+from station.store.events import SqliteEventStore
 
 
 def open_store(path: Path) -> SqliteEventStore:
@@ -41,7 +41,7 @@ def test_counts_are_saved_rate_limited_and_restored_after_a_restart(tmp_path: Pa
 def test_station_restart_keeps_its_direction_counts(tmp_path: Path) -> None:
     """The real station (demo devices) twice on one data dir: the second run starts from the first's totals."""
     from station.config import StationConfig
-    from station.demo import DemoRun
+    from sim.demo import DemoRun
 
     def run_once() -> tuple[dict, dict]:
         run = DemoRun(StationConfig(), people=1, data_dir=tmp_path, fast=True)

@@ -24,7 +24,7 @@ CHILD = r"""
 import json, resource, sys, threading, time
 from pathlib import Path
 from station.config import StationConfig
-from station.demo import DemoRun
+from sim.demo import DemoRun
 
 data = Path(sys.argv[1])
 run = DemoRun(StationConfig(), people=3, data_dir=data, fast=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.camera.scene_camera import SceneRenderer
-from drivers.scene import Phase, SceneGeometry, ScenePerson, SceneState
+from sim.scene_camera import SceneRenderer
+from sim.scene import Phase, SceneGeometry, ScenePerson, SceneState
 from station.domain.model import CodeColour
-from station.frame_gate import FrameGate
+from station.lane.frame_gate import FrameGate
 
 
 def _frame(distance: float) -> np.ndarray:
@@ -42,7 +42,7 @@ def test_rate_limit() -> None:
 def test_demo_lane_with_a_detection_budget_still_decides_right(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Through the real pipeline: detection at most 5 Hz plus unchanged-frame skip; decisions unchanged."""
     from station.config import StationConfig
-    from station.demo import DemoRun
+    from sim.demo import DemoRun
 
     cfg = StationConfig.model_validate({"detector": {"max_rate_hz": 5.0, "skip_unchanged_below": 1.5}})
     result = DemoRun(cfg, people=2, data_dir=tmp_path, fast=True).run(max_s=40)

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 from click.testing import CliRunner
 
-from drivers.camera.scene_camera import qr_matrix, render_qr
-from drivers.codes.hc1 import b45encode
-from drivers.codes.issuer import new_issuer, trust_list_document
-from drivers.codes.trust_list import certificate_entry
+from sim.scene_camera import qr_matrix, render_qr
+from station.codes.hc1 import b45encode
+from sim.issuer import new_issuer, trust_list_document
+from station.codes.trust_list import certificate_entry
 from station.cli.stationctl import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.fuzz_targets import codes as fz
-from drivers.codes import hc1
-from drivers.codes.guards import CodeJudge
-from drivers.codes.local_claims import LocalClaimsVerifier
-from drivers.codes.online import token_of
-from drivers.codes.screen_colour import ScreenColourVerifier, ring_colour
-from drivers.codes.trust_list import TrustListError, load_file, verify_document
+from station.codes import hc1
+from station.codes.judge import CodeJudge
+from station.codes.local_claims import LocalClaimsVerifier
+from station.codes.online import token_of
+from station.codes.colour import ScreenColourVerifier, ring_colour
+from station.codes.trust_list import TrustListError, load_file, verify_document
 from station.domain.model import Box, CodeColour, CodeStatus, DecodedCode
 
 NOW = fz.NOW

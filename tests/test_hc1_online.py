@@ -1,7 +1,7 @@
 """Online (token) codes over a real mosquitto: a responder answers, nobody answers, no broker.
 
 The station's own MQTT publisher (drivers.publish.mqtt) carries the request; the "command centre"
-is a plain paho client holding the centre key that signs answers (station.command_auth). Whatever
+is a plain paho client holding the centre key that signs answers (station.link.command_auth). Whatever
 happens on the wire, the token itself is never sent; an answer not signed by the centre for this
 very request never makes a code valid.
 """
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from drivers.codes.guards import CodeJudge
-from drivers.codes.online import OnlineVerifier, token_sha256
+from station.codes.judge import CodeJudge
+from station.codes.online import OnlineVerifier, token_sha256
 from drivers.publish.mqtt import MqttPublisher
-from station.command_auth import CommandKeys, new_signing_key, sign_lookup_answer
+from station.link.command_auth import CommandKeys, new_signing_key, sign_lookup_answer
 from station.domain.model import CodeColour, CodeObservation, CodeStatus, Decision
 from tests.command_rig import Centre, write_public_keys
 from tests.mosquitto import Broker, mosquitto_available

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.codes import hc1
-from drivers.codes.guards import CodeJudge
-from drivers.codes.trust_list import TrustStore, certificate_entry
+from station.codes import hc1
+from station.codes.judge import CodeJudge
+from station.codes.trust_list import TrustStore, certificate_entry
 from station.config import PolicySection, StationConfig
 from station.domain.model import (
     Box,

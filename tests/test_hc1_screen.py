@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.camera.scene_camera import CODE_COLOURS_BGR, qr_matrix, render_qr
-from drivers.codes.guards import CodeJudge
-from drivers.codes.hc1 import Hc1Verifier
+from sim.scene_camera import CODE_COLOURS_BGR, qr_matrix, render_qr
+from station.codes.judge import CodeJudge
+from station.codes.hc1 import Hc1Verifier
 from drivers.codes.pyzbar_reader import PyzbarReader
-from drivers.codes.screen_colour import ScreenColourVerifier
+from station.codes.colour import ScreenColourVerifier
 from station.domain.model import CodeColour, CodeStatus
 
 NOW = time.time()

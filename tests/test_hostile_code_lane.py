@@ -28,12 +28,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from drivers.codes.hc1 import b45encode
-from drivers.codes.issuer import demo_issuer
-from drivers.scene import ScenePerson
+from station.codes.hc1 import b45encode
+from sim.issuer import demo_issuer
+from sim.scene import ScenePerson
 from station.cli.stationctl import _stages_line
 from station.config import StationConfig
-from station.demo import DemoRun
+from sim.demo import DemoRun
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
 from tests.faulty_verifiers import RaisingOnPayload
 from tests.mosquitto import mosquitto_available, mosquitto_broker
@@ -159,7 +159,7 @@ def test_hostile_codes_held_up_for_minutes_never_stop_the_lane(tmp_path, caplog)
     cast = [hostile_person(i, label, p) for i, (label, p) in enumerate(payloads.items())]
     cast.append(good_person(len(cast)))
     tally = PayloadTally()
-    caplog.set_level(logging.ERROR, logger="station.pipeline")
+    caplog.set_level(logging.ERROR, logger="station.lane.pipeline")
     _run, result, samples = run_queue(tmp_path, cast, [tally])
     assert_lane_held(result, samples, cast, caplog)
     # Each hostile phone went through the real verifiers many times (a reader may re-encode raw
@@ -175,7 +175,7 @@ def test_a_verifier_that_raises_on_a_shown_code_is_contained_and_the_next_person
     cast = [hostile_person(0, "payload the test verifier raises on", RAISE_ON),
             hostile_person(1, "hc1 alg list", HC1_LIST_ALG), good_person(2)]
     raising = RaisingOnPayload(RAISE_ON)
-    caplog.set_level(logging.ERROR, logger="station.pipeline")
+    caplog.set_level(logging.ERROR, logger="station.lane.pipeline")
     with mosquitto_broker(tmp_path / "broker") as broker:
         watcher = StateWatcher(broker.port)
         cfg = StationConfig()

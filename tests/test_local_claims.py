@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from drivers.codes.local_claims import PREFIX, LocalClaimsVerifier, encode_claims, subject_ref
+from station.codes.local_claims import PREFIX, LocalClaimsVerifier, encode_claims, subject_ref
 from station.domain.model import CodeColour, CodeStatus
 
 NOW = 1_800_000_000.0

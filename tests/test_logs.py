@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from station.logs import JsonFormatter, KeyValueFormatter
+from station.ops.logs import JsonFormatter, KeyValueFormatter
 
 
 def _record(**extra: object) -> logging.LogRecord:
@@ -37,7 +37,7 @@ def test_json_lines_hold_the_message_and_the_fields() -> None:
 
 def test_the_daemon_prints_a_real_extra_field(tmp_path: Path) -> None:
     """A real call site with extra= (the model directory check) through the configured handler."""
-    code = ("from station.logs import configure; configure('INFO', fmt='{fmt}');"
+    code = ("from station.ops.logs import configure; configure('INFO', fmt='{fmt}');"
             "import logging; logging.getLogger('station.models').warning('model directory has problems', "
             "extra={{'dir': '/opt/models', 'problems': 2}})")
     text = subprocess.run([sys.executable, "-c", code.format(fmt="text")], capture_output=True, text=True,

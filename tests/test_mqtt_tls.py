@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from station.config import StationConfig
-from station.sync import publisher_from_config, read_password
+from station.link.sync import publisher_from_config, read_password
 from tests.mosquitto import Broker, mosquitto_available
 from tests.waiting import wait_until
 

@@ -19,7 +19,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from drivers.gate.gpio_gate import GpioGate
-from station.store import PRIORITY_EVENT, SqliteEventStore
+from station.store.events import PRIORITY_EVENT, SqliteEventStore
 from station.web import desk as desk_module
 from station.web.access import TOKEN_NAME, AccessPolicy, host_name, load_token
 from station.web.desk import ActionRefused, DeskSettings, OperatorDesk

@@ -19,8 +19,8 @@ from starlette.testclient import TestClient
 from drivers.gate.gpio_gate import GpioGate
 from station.config import StationConfig
 from station.domain.model import Box, FaceDetection, FaceObservation, GateAction, GateResult, ThermalFrame, VisibleFrame
-from station.pipeline import Decided
-from station.store import SqliteEventStore
+from station.lane.pipeline import Decided
+from station.store.events import SqliteEventStore
 from station.web.desk import DeskSettings, OperatorDesk
 from station.web.live import BOUNDARY, LiveView
 from station.web.operator import OperatorServer, create_app
@@ -346,7 +346,7 @@ def test_live_picture_draws_face_box_and_thermal_overlay() -> None:
 def test_a_busy_port_leaves_the_station_screening_without_its_display(tmp_path: Path) -> None:
     import socket
 
-    from station.demo import DemoRun
+    from sim.demo import DemoRun
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from station.store import OutboxBounds, SqliteEventStore
+from station.store.events import OutboxBounds, SqliteEventStore
 from tests.test_store import make_event
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from station.config import StationConfig
-from station.demo import DemoRun
+from sim.demo import DemoRun
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from station.ratelimit import FailureLog, RateLimiter
+from station.ops.ratelimit import FailureLog, RateLimiter
 
 
 class ManualClock:

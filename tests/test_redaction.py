@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from station.cli.station_main import main as station_main
 from station.cli.stationctl import main as stationctl
 from station.config import ConfigError, MqttSection, load_config, validate_text
-from station.redact import MASK, error_text, has_userinfo, redact_url
+from station.ops.redact import MASK, error_text, has_userinfo, redact_url
 
 SECRET = "s3cret"
 BAD_URL = f"mqtt://u:{SECRET}@127.0.0.1:1"
@@ -98,7 +98,7 @@ def test_daemon_doctor_and_stationctl_never_print_the_password(tmp_path: Path) -
     good.write_text(f'[station]\ndata_dir = "{tmp_path / "data"}"\n\n[mqtt]\n')
     good_text = good.read_text()
     from station.app import DB_NAME
-    from station.store import SqliteEventStore
+    from station.store.events import SqliteEventStore
 
     SqliteEventStore(tmp_path / "data" / DB_NAME, station_id="lane-1", site="demo-site").close()  # flush needs a store
     r = runner.invoke(stationctl, ["--config", str(good), "config", "set", "mqtt.url", BAD_URL])

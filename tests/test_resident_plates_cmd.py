@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from station import residents
+from station.store import residents
 from station.domain.vehicles import OUTSIDER, RESIDENT, VehicleLane
 from tests.command_rig import Rig
 from tests.mosquitto import mosquitto_available

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from drivers.camera.opencv_camera import OpenCVCamera
-from drivers.camera.scene_camera import FACE_PHOTO, SceneCamera, SceneRenderer
+from sim.scene_camera import FACE_PHOTO, SceneCamera, SceneRenderer
 from drivers.codes.pyzbar_reader import PyzbarReader
 from drivers.detect.ultraface import UltraFaceDetector
-from drivers.scene import Phase, SceneDirector, ScenePerson, SceneState, SceneTiming
+from sim.scene import Phase, SceneDirector, ScenePerson, SceneState, SceneTiming
 from station.domain.model import CodeColour
 from station.models import path_for
 from station.ports import FrameSource

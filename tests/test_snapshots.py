@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from station.domain.model import VisibleFrame
 from station.models import default_models_dir
-from station.snapshots import (
+from station.link.snapshots import (
     LatestFrame,
     SnapshotPublisher,
     SnapshotSettings,
@@ -23,7 +23,7 @@ from station.snapshots import (
     snapshot_payload,
     snapshot_topic,
 )
-from station.vision import UnavailableFaceDetector, build_face_detector, detector_state
+from station.lane.vision import UnavailableFaceDetector, build_face_detector, detector_state
 from tests.mosquitto import Broker, mosquitto_available
 
 FACES = Path("/work/shared/data/images/faces")

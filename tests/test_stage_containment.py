@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from drivers.camera.scene_camera import qr_matrix, render_qr
-from drivers.codes.issuer import demo_issuer, write_demo_trust_list
+from sim.scene_camera import qr_matrix, render_qr
+from sim.issuer import demo_issuer, write_demo_trust_list
 from drivers.codes.pyzbar_reader import PyzbarReader
 from station.app import build_gate, build_verifiers, lane_for
 from station.cli.stationctl import _stages_line
-from station.clock import SystemClock
+from station.ops.clock import SystemClock
 from station.config import StationConfig
 from station.domain.model import (
     Box,
@@ -35,8 +35,8 @@ from station.domain.model import (
     VisibleFrame,
 )
 from station.domain.screening import ScreeningLane
-from station.pipeline import Pipeline, PipelineSettings, StationIdentity
-from station.store import SqliteEventStore
+from station.lane.pipeline import Pipeline, PipelineSettings, StationIdentity
+from station.store.events import SqliteEventStore
 from tests.faulty_verifiers import RaisingOnPayload
 from tests.waiting import wait_until
 
@@ -227,7 +227,7 @@ def item_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_failing_items_are_dropped_counted_and_logged_once_per_kind_while_every_stage_goes_on(tmp_path, pipelines, caplog):
-    caplog.set_level(logging.ERROR, logger="station.pipeline")
+    caplog.set_level(logging.ERROR, logger="station.lane.pipeline")
     good = demo_issuer().issue(CodeColour.GREEN, iat=int(time.time()) - 600, exp=int(time.time()) + 86400, holder="p").encode()
     # People come and go (a decision needs the face gone for leave_after_s before the next one), each
     # holding up either the hostile code or a genuine green one.
@@ -275,7 +275,7 @@ def test_failing_items_are_dropped_counted_and_logged_once_per_kind_while_every_
 
 
 def test_a_lane_loop_that_raises_is_restarted_in_process_and_keeps_deciding(tmp_path, pipelines, caplog):
-    caplog.set_level(logging.ERROR, logger="station.pipeline")
+    caplog.set_level(logging.ERROR, logger="station.lane.pipeline")
     cfg = StationConfig()
     cfg.screening.temperature_timeout_s = 0.4
     cfg.screening.leave_after_s = 0.2
@@ -300,7 +300,7 @@ def test_a_lane_loop_that_raises_is_restarted_in_process_and_keeps_deciding(tmp_
 
 
 def test_a_stage_failing_on_every_item_is_restarted_then_given_up_and_the_pipeline_reports_not_alive(tmp_path, pipelines, caplog):
-    caplog.set_level(logging.ERROR, logger="station.pipeline")
+    caplog.set_level(logging.ERROR, logger="station.lane.pipeline")
     # The camera raises on every read: no single item is to blame, the stage itself is broken.
     camera = ScriptedCamera([phone_frame(None, False)], fps=200.0, raise_on=lambda n: True)
     settings = PipelineSettings(escalate_after=10, restart_limit=3, restart_window_s=600.0, restart_backoff_s=0.01,
@@ -340,9 +340,9 @@ class StuckLane(ScreeningLane):
 def test_a_stuck_lane_still_stops_the_watchdog_pings_although_no_thread_died(tmp_path, pipelines, caplog):
     import socket
 
-    from station.systemd import Notifier, WatchdogGate
+    from station.ops.systemd import Notifier, WatchdogGate
 
-    caplog.set_level(logging.ERROR, logger="station.systemd")
+    caplog.set_level(logging.ERROR, logger="station.ops.systemd")
     sock_path = tmp_path / "notify.sock"
     systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     systemd.bind(str(sock_path))
@@ -411,8 +411,8 @@ class BrokenVehicleLane:
 
 def test_the_plate_thread_contains_bad_frames_for_good_and_restarts_then_gives_up_a_broken_loop(tmp_path):
     from station.domain.vehicles import VehicleLane
-    from station.residents import ResidentFile
-    from station.vehicle_loop import PlateLoop
+    from station.store.residents import ResidentFile
+    from station.lane.vehicle_loop import PlateLoop
 
     stop = threading.Event()
     # Every frame fails (a crafted plate held up, say): contained for as long as it lasts, never escalated.

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from station.cli.stationctl import main as stationctl
-from station.control import ControlError, request
+from station.ops.control import ControlError, request
 from tests.test_daemon import ROOT, emulator, video, write_config  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from station.cli.stationctl import main as stationctl
-from station.retention import DAY_S, erase, purge
-from station.store import SqliteEventStore
+from station.store.retention import DAY_S, erase, purge
+from station.store.events import SqliteEventStore
 from tests.test_store import make_event
 
 NOW = time.time()

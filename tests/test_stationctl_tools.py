@@ -267,8 +267,8 @@ def test_redaction_covers_names_and_shapes_not_gate_pins() -> None:
     assert out.count(REDACTED) == 5
     assert "relay_pin = 17" in out and 'tls_key_file = "/etc/checkpoint/client.key"' in out
     # A password holding "@" and ":" is masked whole (the user information runs to the last "@").
-    line = redact_line("2026-11-24 INFO station.sync connecting url=mqtt://bob:p@ss:w0rd@broker:1883")
-    assert line == f"2026-11-24 INFO station.sync connecting url=mqtt://bob:{REDACTED}@broker:1883", line
+    line = redact_line("2026-11-24 INFO station.link.sync connecting url=mqtt://bob:p@ss:w0rd@broker:1883")
+    assert line == f"2026-11-24 INFO station.link.sync connecting url=mqtt://bob:{REDACTED}@broker:1883", line
     assert "CHECKPOINT_MQTT_PASSWORD" in out and "alice" in out
     assert "# PIN 4711" in out  # comments are kept (plain words are not a secret shape)
 
@@ -281,7 +281,7 @@ def test_bugreport_archive_has_everything_and_no_secrets(tmp_path: Path) -> None
     (tmp_path / "client.key").write_text(key_pem)
     (tmp_path / "client.crt").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     log = tmp_path / "station.log"
-    log.write_text(f"2026-11-24 09:00:00,001 INFO station.sync connecting url=mqtt://bob:{secret_pw}@broker:1883\n")
+    log.write_text(f"2026-11-24 09:00:00,001 INFO station.link.sync connecting url=mqtt://bob:{secret_pw}@broker:1883\n")
     cfg = write_cfg(tmp_path, (
         f'\n[mqtt]\nusername = "bob"\npassword_file = "{tmp_path / "mqtt.pw"}"\n'
         f'tls_cert_file = "{tmp_path / "client.crt"}"\ntls_key_file = "{tmp_path / "client.key"}"\n'
@@ -303,7 +303,7 @@ def test_bugreport_archive_has_everything_and_no_secrets(tmp_path: Path) -> None
     text = blob.decode()
     assert "# ministry notice 12" in text  # the config file as written, comments kept
     assert '"CHECKPOINT_MQTT_PASSWORD": "<redacted>"' in text
-    assert "station.sync connecting url=mqtt://bob:<redacted>@broker:1883" in text
+    assert "station.link.sync connecting url=mqtt://bob:<redacted>@broker:1883" in text
     with tarfile.open(out) as tar:
         versions = json.loads(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("versions.json"))).read())
         doctor = json.loads(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("doctor.json"))).read())
@@ -323,7 +323,7 @@ def test_help_imports_no_camera_model_or_gpio_code() -> None:
 
 
 def test_control_server_replaces_a_stale_socket_and_refuses_a_live_one(tmp_path: Path) -> None:
-    from station.control import ControlServer, request
+    from station.ops.control import ControlServer, request
 
     path = tmp_path / "control.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -23,7 +23,7 @@ from station.domain.model import (
     GateResult,
     ScreeningEvent,
 )
-from station.store import (
+from station.store.events import (
     PRIORITY_ALARM,
     PRIORITY_EVENT,
     SCHEMA_VERSION,
@@ -334,7 +334,7 @@ CHILD = r"""
 import sys, time
 from pathlib import Path
 from station.domain.model import CodeColour, Decision, ScreeningEvent
-from station.store import SqliteEventStore
+from station.store.events import SqliteEventStore
 
 store = SqliteEventStore(Path(sys.argv[1]), station_id="st-01", site="gate-a")
 store.begin_session()
@@ -408,7 +408,7 @@ def test_sigkill_mid_write_loses_nothing_that_was_reported(tmp_path: Path) -> No
 
 
 def test_read_only_open_reads_but_never_writes_or_migrates(tmp_path):
-    from station.store import SCHEMA_VERSION, SqliteEventStore, StoreError
+    from station.store.events import SCHEMA_VERSION, SqliteEventStore, StoreError
 
     path = tmp_path / "events.sqlite3"
     with pytest.raises(StoreError, match="no event database"):

@@ -23,8 +23,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from drivers.publish.mqtt import MqttPublisher
-from station.store import SqliteEventStore
-from station.sync import NotConnectedError, OutboxPump
+from station.store.events import SqliteEventStore
+from station.link.sync import NotConnectedError, OutboxPump
 from tests.mosquitto import Broker, mosquitto_available
 from tests.test_store import make_event
 from tests.waiting import wait_until

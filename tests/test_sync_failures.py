@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from drivers.publish.mqtt import MqttPublisher, jittered_delay
-from station.store import SqliteEventStore
+from station.store.events import SqliteEventStore
 from tests.mosquitto import Broker, mosquitto_available
 from tests.test_store import make_event
 from tests.test_sync import PREFIX, STATUS, Collector, Station, backend_session
@@ -43,8 +43,8 @@ STATION_CHILD = r"""
 import sys, time
 from pathlib import Path
 from drivers.publish.mqtt import MqttPublisher
-from station.store import SqliteEventStore
-from station.sync import OutboxPump
+from station.store.events import SqliteEventStore
+from station.link.sync import OutboxPump
 from tests.test_store import make_event
 
 url, db, status, first, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from station.systemd import Notifier, WatchdogGate
+from station.ops.systemd import Notifier, WatchdogGate
 
 
 class FakeSystemd:

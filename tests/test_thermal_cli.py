@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from drivers.thermal.capture import CaptureScene, timed_frames
-from drivers.thermal.emulator import GyMcu90640Emulator
+from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
 from station.cli.stationctl import main
 from station.config import load_config

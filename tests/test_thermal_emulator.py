@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import serial
 
-from drivers.scene import Phase, SceneDirector, ScenePerson, SceneTiming
-from drivers.thermal.emulator import GyMcu90640Emulator
+from sim.scene import Phase, SceneDirector, ScenePerson, SceneTiming
+from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from drivers.thermal.gy_mcu90640 import (
     DecodedFrame,
     FrameParser,
@@ -27,7 +27,7 @@ from drivers.thermal.gy_mcu90640 import (
     cmd_set_refresh,
     frame_time_s,
 )
-from drivers.thermal.render import ThermalSceneRenderer
+from sim.thermal_render import ThermalSceneRenderer
 from station.domain.model import ThermalFrame
 from station.ports import ThermalSource
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.scene import SceneGeometry
+from sim.scene import SceneGeometry
 from station.domain.model import Box, ThermalFrame
 from station.domain.screening import ScreeningLane, ScreeningPolicy, ScreeningSettings
 from station.domain.thermal import (
@@ -224,7 +224,7 @@ def _through_bytes(img: np.ndarray, die: float, t: float = 0.0) -> ThermalFrame:
 
 
 def test_scene_features_blackbody_distractor_two_people_and_warm_up():
-    from drivers.thermal.render import ThermalSceneRenderer
+    from sim.thermal_render import ThermalSceneRenderer
 
     geo = SceneGeometry()
     near, far = geo.face_box_at(0.55), geo.face_box_at(0.6)

@@ -1,6 +1,6 @@
 """Trust-list pushes over a real mosquitto: verified, versioned, used without a restart.
 
-The station side is the real command link (station.commands) with a real store; the verifier is
+The station side is the real command link (station.link.commands) with a real store; the verifier is
 the real HC1 verifier over a TrustStore on the same data dir, created once before any push (as in
 the running daemon). The "command centre" signs lists with its trust-list key, and each push as a
 command with its command key (a trust list is a command that changes the station).
@@ -18,21 +18,21 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from drivers.codes.hc1 import Hc1Verifier
-from drivers.codes.issuer import new_issuer, trust_list_document
-from drivers.codes.trust_list import TrustStore, sign_document
+from station.codes.hc1 import Hc1Verifier
+from sim.issuer import new_issuer, trust_list_document
+from station.codes.trust_list import TrustStore, sign_document
 from drivers.gate.gpio_gate import GpioGate
 from drivers.publish.mqtt import MqttPublisher
-from station.command_auth import (
+from station.link.command_auth import (
     CommandKeys,
     CommandVerifier,
     new_signing_key,
     public_pem,
     sign_command,
 )
-from station.commands import CommandHandlers, StationLink
+from station.link.commands import CommandHandlers, StationLink
 from station.domain.model import CodeStatus
-from station.store import SqliteEventStore
+from station.store.events import SqliteEventStore
 from tests.command_rig import Centre
 from tests.mosquitto import Broker, mosquitto_available
 from tests.waiting import wait_until

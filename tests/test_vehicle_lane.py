@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from station import residents
+from station.store import residents
 from station.cli.stationctl import main
 from station.domain.direction import DirectionCounter, LaneGeometry, passage
 from station.domain.model import Box
@@ -153,7 +153,7 @@ def test_plate_loop_reads_offered_frames_and_emits_one_event(tmp_path: Path) -> 
 
     from drivers.detect.plates import OnnxPlateReader
     from station.domain.model import VisibleFrame
-    from station.vehicle_loop import PlateLoop
+    from station.lane.vehicle_loop import PlateLoop
 
     path = tmp_path / residents.FILE_NAME
     residents.add(path, "皖K66666")
@@ -180,7 +180,7 @@ def test_station_in_vehicle_mode_runs_the_plate_thread(tmp_path: Path) -> None:
     """The real station (demo devices) with vehicle.mode = vehicle: plate reader loaded, frames read,
     and the person screening unaffected."""
     from station.config import StationConfig
-    from station.demo import DemoRun
+    from sim.demo import DemoRun
 
     run = DemoRun(StationConfig.model_validate({"vehicle": {"mode": "vehicle"}}), people=1, data_dir=tmp_path, fast=True)
     box: dict = {}

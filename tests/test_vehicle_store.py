@@ -12,9 +12,9 @@ import cv2
 import pytest
 from sqlite_utils import Database
 
-from station import residents
+from station.store import residents
 from station.domain.vehicles import VehicleLane
-from station.store import MIGRATIONS, SCHEMA_VERSION, SqliteEventStore
+from station.store.events import MIGRATIONS, SCHEMA_VERSION, SqliteEventStore
 from tests.test_store import make_event
 
 PLATES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "plates"
@@ -106,7 +106,7 @@ def test_failed_vehicle_write_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_vehicle_lane_run_writes_vehicles_and_outbox_and_survives_a_failed_write(tmp_path: Path) -> None:
     from drivers.detect.plates import OnnxPlateReader
     from station.domain.model import VisibleFrame
-    from station.vehicle_loop import PlateLoop
+    from station.lane.vehicle_loop import PlateLoop
 
     db = tmp_path / "station.db"
     store = open_store(db)
@@ -185,7 +185,7 @@ def test_station_in_vehicle_mode_records_vehicles_in_its_store(tmp_path: Path) -
     thread end as a row in the station's own store and an events/vehicle outbox message."""
     from station.app import DB_NAME
     from station.config import StationConfig
-    from station.demo import DemoRun
+    from sim.demo import DemoRun
     from station.domain.model import VisibleFrame
 
     run = DemoRun(StationConfig.model_validate({"vehicle": {"mode": "vehicle"}}), people=1, data_dir=tmp_path, fast=True)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from station.cli.stationctl import main
 from station.config import StationConfig
-from station.vision import UnavailableFaceDetector, build_face_detector, build_plate_reader, detector_state
+from station.lane.vision import UnavailableFaceDetector, build_face_detector, build_plate_reader, detector_state
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "data" / "images"
@@ -79,7 +79,7 @@ def test_missing_model_files_give_degraded_states(models_copy: Path) -> None:
 
 def test_station_with_a_corrupt_model_starts_degraded_and_never_opens_the_gate(tmp_path: Path, models_copy: Path) -> None:
     """The real station (demo devices) with a corrupt face model: it starts, says why, screens nobody."""
-    from station.demo import DemoRun
+    from sim.demo import DemoRun
 
     corrupt(models_copy / "face" / "ultraface-version-RFB-320.onnx")
     cfg = StationConfig.model_validate({"detector": {"models_dir": str(models_copy)}})

@@ -32,13 +32,13 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bench.fuzz_targets.base import Target
-from drivers.codes import hc1
-from drivers.codes.guards import CodeJudge, SeenCodes
-from drivers.codes.issuer import Issuer, new_issuer
-from drivers.codes.local_claims import LocalClaimsVerifier
-from drivers.codes.online import OnlineVerifier
-from drivers.codes.screen_colour import ScreenColourVerifier
-from drivers.codes.trust_list import (
+from station.codes import hc1
+from station.codes.judge import CodeJudge, SeenCodes
+from sim.issuer import Issuer, new_issuer
+from station.codes.local_claims import LocalClaimsVerifier
+from station.codes.online import OnlineVerifier
+from station.codes.colour import ScreenColourVerifier
+from station.codes.trust_list import (
     TrustListError,
     certificate_entry,
     load_file,

@@ -3,7 +3,7 @@
 Each case is a command name and the body bytes a broker client could send: signed envelopes (with
 the test centre key) whose fields are then mutated, dropped or retyped, extra fields, wrong-typed
 objects, huge and deeply nested values, numbers beyond what JSON parsers hold, and non-UTF-8 bytes.
-They go through :meth:`station.commands.StationLink.handle` with the real parts: a SQLite store
+They go through :meth:`station.link.commands.StationLink.handle` with the real parts: a SQLite store
 and a replay store in a temp dir, the gate driver on gpiozero's mock pins, the configured-keys
 file. The verdict is the reply's ``reason``; the call also fails (an uncaught finding) if the
 relay moved for anything but a successful ``open-gate``.
@@ -34,15 +34,15 @@ _rig: dict[str, Any] = {}
 def _setup() -> None:
     from drivers.gate.gpio_gate import GpioGate
     from drivers.publish.mqtt import MqttPublisher
-    from station.command_auth import (
+    from station.link.command_auth import (
         CommandKeys,
         CommandVerifier,
         ReplayGuard,
         new_signing_key,
         public_pem,
     )
-    from station.commands import COMMAND_IDS_FILE, CommandHandlers, StationLink
-    from station.store import SqliteEventStore
+    from station.link.commands import COMMAND_IDS_FILE, CommandHandlers, StationLink
+    from station.store.events import SqliteEventStore
 
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-commands-"))
     key = new_signing_key()
@@ -91,7 +91,7 @@ NAME = st.sampled_from(NAMES) | st.sampled_from(NAMES) | st.sampled_from(NAMES) 
 
 @st.composite
 def command_case(draw: Any) -> tuple[str, bytes]:
-    from station.command_auth import sign_command
+    from station.link.command_auth import sign_command
 
     name = draw(NAME)
     how = draw(st.sampled_from(["signed", "mutated", "mutated", "dropped", "extra", "retyped", "object", "bytes",
@@ -158,8 +158,8 @@ _lookup: dict[str, Any] = {}
 
 
 def _lookup_setup() -> None:
-    from drivers.codes.online import OnlineVerifier
-    from station.command_auth import CommandKeys, new_signing_key, public_pem
+    from station.codes.online import OnlineVerifier
+    from station.link.command_auth import CommandKeys, new_signing_key, public_pem
 
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-lookup-"))
     key = new_signing_key()
@@ -182,7 +182,7 @@ RESULT = st.fixed_dictionaries({"found": st.booleans() | JSON, "colour": st.samp
 @st.composite
 def lookup_case(draw: Any) -> tuple[str, str, Any]:
     """(request id, token hash, answer as parsed JSON) as the verifier's judge receives it."""
-    from station.command_auth import sign_lookup_answer
+    from station.link.command_auth import sign_lookup_answer
 
     corr, token_hash = "r" * 32, "ab" * 32
     how = draw(st.sampled_from(["signed", "mutated", "dropped", "other-key", "other-request", "unsigned", "object"]))

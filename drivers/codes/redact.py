@@ -1,6 +1,6 @@
 """Blank the 2-D codes in a picture before it leaves the station.
 
-A QR code in a picture *is* its payload: a board snapshot (station.snapshots) or any other image
+A QR code in a picture *is* its payload: a board snapshot (station.link.snapshots) or any other image
 that shows a phone's health code would send the raw payload to whoever can decode a JPEG. The
 station's privacy rule (no raw payload leaves the box) therefore covers pictures too.
 

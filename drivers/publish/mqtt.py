@@ -1,6 +1,6 @@
 """MQTT adapter for :class:`station.ports.Publisher` (paho-mqtt 2.x).
 
-The outbox (``station.store``) is the source of truth for what must be delivered; this adapter
+The outbox (``station.store.events``) is the source of truth for what must be delivered; this adapter
 only moves a small window of it to the broker and reports PUBACKs. Consequently, and unlike
 paho's defaults (``architecture.md`` §3):
 
@@ -55,7 +55,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 # The transport-neutral exceptions live with the pump that handles them until station.ports
 # (the natural home, shared by every Publisher adapter) grows them.
 from station.ports import NotConnectedError, PublishError
-from station.redact import redact_url
+from station.ops.redact import redact_url
 
 __all__ = ["MqttPublisher", "NotConnectedError", "PublishError"]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from station.fileio import private_secret
+from station.ops.fileio import private_secret
 
 log = logging.getLogger("station.board.auth")
 

@@ -71,7 +71,7 @@ class BoardSubscriber:
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            from station.redact import redact_url
+            from station.ops.redact import redact_url
 
             raise ValueError(f"broker url {redact_url(url)!r}: expected mqtt://host[:port] or mqtts://host[:port]")
         self.host = parts.hostname

@@ -284,7 +284,7 @@ class BoardState:
         return "accepted"
 
     def _on_snapshot(self, site: str, station: str, payload: bytes) -> None:
-        from station.snapshots import decode_snapshot
+        from station.link.snapshots import decode_snapshot
 
         if len(payload) > schema.MAX_PAYLOAD["snapshot"]:
             raise Dropped("too_large")

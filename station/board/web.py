@@ -54,7 +54,7 @@ from station.board.auth import (
     cookie_header,
 )
 from station.board.state import BoardState
-from station.ratelimit import RateLimiter
+from station.ops.ratelimit import RateLimiter
 
 log = logging.getLogger("station.board.web")
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import click
 
-from station.redact import redact_url
+from station.ops.redact import redact_url
 
 REDACTED = "<redacted>"
 _SECRET_KEY = re.compile(r"(pass(word|wd|phrase)?|secret|token|hash|credential|private|api_?key|(^|_)key$|(^|_)pin(_code)?$|salt)", re.I)
@@ -136,8 +136,8 @@ def versions() -> dict[str, Any]:
 
 
 def _daemon_info(data_dir: Path) -> dict[str, Any]:
-    from station.control import ControlError, ControlUnavailable, ask
-    from station.runtime import read_runtime_status
+    from station.ops.control import ControlError, ControlUnavailable, ask
+    from station.ops.runtime import read_runtime_status
 
     try:
         status, path = ask(data_dir, "status")
@@ -149,7 +149,7 @@ def _daemon_info(data_dir: Path) -> dict[str, Any]:
 
 def _outbox(obj: Any, cfg: Any) -> dict[str, Any]:
     from station.app import DB_NAME, data_dir_for
-    from station.store import SqliteEventStore, StoreError
+    from station.store.events import SqliteEventStore, StoreError
 
     db = data_dir_for(cfg, obj.data_dir_override) / DB_NAME
     try:

@@ -37,7 +37,7 @@ def cmd() -> None:
               help="Directory for command-centre.key (0600) and command-centre.pub.pem")
 def keygen(out_dir: Path) -> None:
     """Make a new Ed25519 command-centre key pair (never overwrites one)."""
-    from station.command_auth import key_id_of, new_signing_key, private_pem, public_pem
+    from station.link.command_auth import key_id_of, new_signing_key, private_pem, public_pem
 
     out_dir.mkdir(parents=True, exist_ok=True)
     key_path, pub_path = out_dir / KEY_NAME, out_dir / PUB_NAME
@@ -68,7 +68,7 @@ def keygen(out_dir: Path) -> None:
 def sign(key_path: Path, site: str, station: str, command: str, args_json: str, ttl: float, by: str,
          command_id: str | None) -> None:
     """Print a signed command body for <prefix>/SITE/STATION/cmd/COMMAND."""
-    from station.command_auth import KeyListError, load_private_key, sign_command
+    from station.link.command_auth import KeyListError, load_private_key, sign_command
 
     problems = [f"--{name} must be 1-64 letters, digits, '_' or '-'" for name, value in
                 (("site", site), ("station", station), ("command", command)) if not _LEVEL_RE.match(value)]

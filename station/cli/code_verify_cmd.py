@@ -77,11 +77,11 @@ def verdict_record(verdict: Any) -> dict[str, Any]:
 @click.pass_obj
 def verify(obj: Any, image: Path | None, payload: str | None, trust_file: Path, at: str | None, as_json: bool) -> None:
     """Judge a health code (signature, trust list, validity window, dynamic refresh)."""
-    from drivers.codes.guards import CodeJudge, station_salt
-    from drivers.codes.hc1 import Hc1Verifier
-    from drivers.codes.local_claims import LocalClaimsVerifier
-    from drivers.codes.screen_colour import ScreenColourVerifier
-    from drivers.codes.trust_list import TrustListError, TrustStore, load_file
+    from station.codes.judge import CodeJudge, station_salt
+    from station.codes.hc1 import Hc1Verifier
+    from station.codes.local_claims import LocalClaimsVerifier
+    from station.codes.colour import ScreenColourVerifier
+    from station.codes.trust_list import TrustListError, TrustStore, load_file
     from station.domain.model import DecodedCode
 
     if (image is None) == (payload is None):

@@ -6,7 +6,7 @@ time range and/or event id after a confirmation (or ``--yes``), keeps events who
 still undelivered unless ``--include-pending`` (then the message is deleted too and never sent),
 writes one ``data_audit`` row, and can ``--vacuum`` the file afterwards so deleted rows are not left
 in free pages. ``purge`` runs the ``[retention]`` purge now (through the daemon when it runs, so there
-is one writer). See ``station/retention.py`` for the rules.
+is one writer). See ``station/store/retention.py`` for the rules.
 
 Times: ``2026-11-24``, ``2026-11-24T08:00`` (local time unless an offset is given), unix seconds,
 or an age such as ``7d`` / ``12h`` / ``30m`` (that long before now).
@@ -30,7 +30,7 @@ from typing import Any
 import click
 
 from station.cli.outbox_cmd import station_db
-from station.retention import events_where
+from station.store.retention import events_where
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -115,8 +115,8 @@ def _actor() -> str:
 def data_erase(obj: Any, since: float | None, until: float | None, event_ids: tuple[str, ...], include_pending: bool,
                note: str, vacuum: bool, yes: bool, as_json: bool) -> None:
     """Delete events (and their gate actions and outbox copies) by time range and/or event id."""
-    from station.retention import erase
-    from station.store import SqliteEventStore, StoreError
+    from station.store.retention import erase
+    from station.store.events import SqliteEventStore, StoreError
 
     if since is None and until is None and not event_ids:
         click.echo("give --since/--until and/or --event-id (refusing to erase everything by default)", err=True)
@@ -175,9 +175,9 @@ def data_erase(obj: Any, since: float | None, until: float | None, event_ids: tu
 @click.pass_obj
 def data_purge(obj: Any, as_json: bool) -> None:
     """Apply [retention] now (the daemon does this every retention.interval_s)."""
-    from station.control import ControlError, ControlUnavailable, ask
-    from station.retention import purge
-    from station.store import SqliteEventStore
+    from station.ops.control import ControlError, ControlUnavailable, ask
+    from station.store.retention import purge
+    from station.store.events import SqliteEventStore
 
     try:
         result, path = ask(obj.data_dir(), "retention_run", timeout_s=120.0)

@@ -224,7 +224,7 @@ def check_broker_credentials(cfg: Any, env: Any = None) -> Check:
 
 def check_command_keys(cfg: Any, data_dir: Path) -> Check:
     """Without a centre key no remote command that changes the gate or the station can be accepted."""
-    from station.command_auth import CommandKeys
+    from station.link.command_auth import CommandKeys
 
     configured = Path(cfg.centre.command_keys_file) if cfg.centre.command_keys_file else None
     keys = CommandKeys(configured, data_dir)
@@ -317,7 +317,7 @@ def check_clock() -> Check:
         err = " ".join((r.stderr if r is not None else err).split()) or "no answer"
     else:
         err = "timedatectl not installed"
-    from station.clock import TIMESYNC_FLAG
+    from station.ops.clock import TIMESYNC_FLAG
 
     if os.path.exists(TIMESYNC_FLAG):
         return Check("clock", "ok", f"synchronised ({TIMESYNC_FLAG} present)")
@@ -360,7 +360,7 @@ def check_database(data_dir: Path) -> Check:
 
 
 def check_daemon(data_dir: Path) -> tuple[Check, dict[str, Any] | None]:
-    from station.control import ControlError, ControlUnavailable, ask
+    from station.ops.control import ControlError, ControlUnavailable, ask
 
     try:
         ping, path = ask(data_dir, "ping", timeout_s=2.0)

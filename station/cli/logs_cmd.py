@@ -35,7 +35,7 @@ def journald_present() -> bool:
 
 
 def _line_time(line: str) -> float | None:
-    """The leading ``2026-11-25 21:54:56,123`` timestamp of a station.logs line, as unix time."""
+    """The leading ``2026-11-25 21:54:56,123`` timestamp of a station.ops.logs line, as unix time."""
     try:
         return datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").timestamp()
     except ValueError:

@@ -36,9 +36,9 @@ def station_db(obj: Any) -> tuple[Any, Path]:
 
 
 def _open(obj: Any, *, read_only: bool) -> Any:
-    from station.store import SqliteEventStore, StoreError
+    from station.store.events import SqliteEventStore, StoreError
 
-    from station.sync import bounds_from_config
+    from station.link.sync import bounds_from_config
 
     cfg, db = station_db(obj)
     try:
@@ -115,8 +115,8 @@ def outbox_export(obj: Any, file: Path, mqtt_url: str | None) -> None:
 def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) -> None:
     """Send what is pending now; exit 0 when the outbox is empty, 1 if rows are left."""
     from station.config import MqttSection
-    from station.runtime import read_runtime_status
-    from station.sync import OutboxPump, publisher_from_config, status_topic
+    from station.ops.runtime import read_runtime_status
+    from station.link.sync import OutboxPump, publisher_from_config, status_topic
 
     cfg, _db = station_db(obj)
     url = mqtt_url or cfg.mqtt.url
@@ -126,7 +126,7 @@ def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) 
     try:
         MqttSection(url=url)
     except ValueError as exc:
-        from station.redact import error_text, redact_url
+        from station.ops.redact import error_text, redact_url
 
         click.echo(f"--mqtt {redact_url(url)!r}: {error_text(exc)}", err=True)
         sys.exit(2)
@@ -178,7 +178,7 @@ def outbox_retry(obj: Any, dropped: bool, as_json: bool) -> None:
     Exit 0 when the daemon was woken (or there is nothing pending), 1 when no daemon runs — then
     ``stationctl outbox flush`` sends from here.
     """
-    from station.control import ControlError, ControlUnavailable, ask
+    from station.ops.control import ControlError, ControlUnavailable, ask
 
     requeued = 0
     if dropped:

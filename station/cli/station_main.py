@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from station.config import ConfigError, StationConfig, load_config
-from station.logs import configure
+from station.ops.logs import configure
 
 log = logging.getLogger("station.cli")
 
@@ -71,12 +71,12 @@ def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, a
          http_listen: str | None, operator_pin: str, wait_for_page: bool) -> None:
     """Run the real pipeline against an emulated thermal module, a replayed camera and mock GPIO."""
     from station.app import default_data_dir
-    from station.demo import DemoRun, human_line, json_line, print_summary, summary
+    from sim.demo import DemoRun, human_line, json_line, print_summary, summary
 
     configure(log_level)
     cfg = _load(config, ())
     if mqtt_url:
-        from station.redact import error_text, redact_url
+        from station.ops.redact import error_text, redact_url
 
         try:
             cfg.mqtt.url = mqtt_url

@@ -22,7 +22,7 @@ import tomlkit
 import tomlkit.items
 
 from station.config import ConfigError, StationConfig, get_dotted, load_config, validate_text
-from station.fileio import atomic_write  # config_cmd and older callers import it from here
+from station.ops.fileio import atomic_write  # config_cmd and older callers import it from here
 
 DEFAULT_CONFIG = Path(os.environ.get("CHECKPOINT_CONFIG", "/etc/checkpoint/station.toml"))
 
@@ -50,7 +50,7 @@ class Ctx:
         if self.data_dir_override is None and not cfg.station.data_dir:
             # The unit sets the data dir through its environment, which a technician's shell lacks:
             # ask the system daemon (if one runs) where its data is.
-            from station.control import system_daemon_data_dir
+            from station.ops.control import system_daemon_data_dir
 
             found = system_daemon_data_dir()
             if found is not None:
@@ -190,7 +190,7 @@ def config_validate(obj: Ctx, file: Path | None, as_json: bool) -> None:
 
 def _open_store(obj: Ctx) -> Any:
     from station.app import DB_NAME
-    from station.store import SqliteEventStore, StoreError
+    from station.store.events import SqliteEventStore, StoreError
 
     cfg = obj.load()
     db = obj.data_dir() / DB_NAME
@@ -206,8 +206,8 @@ def _open_store(obj: Ctx) -> Any:
 
 def _daemon_state(data_dir: Path) -> dict[str, Any]:
     """Live state from the control socket when the daemon answers, else the runtime status file."""
-    from station.control import ControlError, ControlUnavailable, ask
-    from station.runtime import read_runtime_status
+    from station.ops.control import ControlError, ControlUnavailable, ask
+    from station.ops.runtime import read_runtime_status
 
     try:
         live, path = ask(data_dir, "status")

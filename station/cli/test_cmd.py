@@ -38,7 +38,7 @@ def _verdict(obj: Any, name: str, ok: bool, detail: str, as_json: bool, **data: 
 
 
 def _refuse_if_daemon(obj: Any, what: str, force: bool) -> None:
-    from station.control import ControlError, ControlUnavailable, ask
+    from station.ops.control import ControlError, ControlUnavailable, ask
 
     try:
         ping, path = ask(obj.data_dir(), "ping", timeout_s=2.0)
@@ -63,7 +63,7 @@ def test() -> None:
 def _run_gate(obj: Any, name: str, steps: list[tuple[str, str]], wait_s: float) -> tuple[list[tuple[float, str, Any]], dict[str, Any]]:
     """Run gate commands (action, decision) one after another, ``wait_s`` apart; the gate's history."""
     from station.app import build_gate
-    from station.clock import SystemClock
+    from station.ops.clock import SystemClock
     from station.domain.model import Decision, GateAction, GateCommand
 
     cfg = obj.load()
@@ -252,7 +252,7 @@ def test_qr(obj: Any, as_json: bool) -> None:
     _verdict(obj, "qr", ok, detail, as_json, payload=payload, decoded=found, ms=round(ms, 1))
 
 
-ASTRONAUT = Path(__file__).resolve().parents[2] / "drivers" / "camera" / "assets" / "astronaut.jpg"
+ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 
 
 @test.command("detector")

@@ -152,7 +152,7 @@ def _read_image(path: Path) -> Any:
 @click.pass_obj
 def detect_faces(obj: Any, images: tuple[Path, ...], as_json: bool, detector: str | None) -> None:
     """Faces in each image (exit 1 if an image cannot be read or the model is unusable)."""
-    from station.vision import build_face_detector, detector_state
+    from station.lane.vision import build_face_detector, detector_state
 
     cfg = obj.load()
     det = build_face_detector(detector or cfg.detector.face, _models_dir(obj), score_threshold=cfg.detector.score_threshold, threads=cfg.detector.threads)
@@ -181,7 +181,7 @@ def detect_faces(obj: Any, images: tuple[Path, ...], as_json: bool, detector: st
 @click.pass_obj
 def detect_plates(obj: Any, images: tuple[Path, ...], as_json: bool, max_side: int) -> None:
     """Plates in each image, read to text (exit 1 if an image cannot be read or the models are unusable)."""
-    from station.vision import build_plate_reader
+    from station.lane.vision import build_plate_reader
 
     cfg = obj.load()
     reader, state = build_plate_reader(_models_dir(obj), threads=cfg.detector.threads, max_side=max_side)
@@ -214,7 +214,7 @@ def plates_cmd() -> None:
 
 
 def _resident_file(obj: Any) -> Path:
-    from station.residents import resident_path
+    from station.store.residents import resident_path
 
     return resident_path(obj.data_dir())
 
@@ -224,7 +224,7 @@ def _resident_file(obj: Any) -> Path:
 @click.pass_obj
 def plates_list(obj: Any, as_json: bool) -> None:
     """The resident plates."""
-    from station.residents import load
+    from station.store.residents import load
 
     plates = load(_resident_file(obj))
     if as_json:
@@ -239,7 +239,7 @@ def plates_list(obj: Any, as_json: bool) -> None:
 @click.pass_obj
 def plates_add(obj: Any, plates: tuple[str, ...]) -> None:
     """Add plates (exit 2 if one is not a plate; nothing is written then)."""
-    from station.residents import PlateTextError, add, check_plate
+    from station.store.residents import PlateTextError, add, check_plate
 
     try:
         checked = [check_plate(p) for p in plates]
@@ -255,7 +255,7 @@ def plates_add(obj: Any, plates: tuple[str, ...]) -> None:
 @click.pass_obj
 def plates_remove(obj: Any, plates: tuple[str, ...]) -> None:
     """Remove plates (exit 1 if one was not listed)."""
-    from station.residents import remove
+    from station.store.residents import remove
 
     missing = False
     for p in plates:

@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from station.fileio import private_secret
-from station.ratelimit import FailureLog
+from station.ops.fileio import private_secret
+from station.ops.ratelimit import FailureLog
 
 log = logging.getLogger("station.web.access")
 

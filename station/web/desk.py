@@ -8,7 +8,7 @@ loses old messages, never blocks the gate).
 Every action needs the operator PIN and is audited, carried out or refused, in
 ``operator_actions`` plus an ``events/audit`` outbox message (``store.record_operator_action``).
 "open gate once" goes through the same audited path as the MQTT ``cmd/open-gate``
-(``station.commands.CommandHandlers.open_gate``: deadline, replay guard, ``gate_actions`` row).
+(``station.link.commands.CommandHandlers.open_gate``: deadline, replay guard, ``gate_actions`` row).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from station.commands import CommandError, CommandHandlers
-from station.pipeline import Decided
-from station.ratelimit import FailureLog, RateLimiter
+from station.link.commands import CommandError, CommandHandlers
+from station.lane.pipeline import Decided
+from station.ops.ratelimit import FailureLog, RateLimiter
 from station.web.pin import PinGuard, pin_is_short, verify_pin
 
 log = logging.getLogger("station.web.desk")

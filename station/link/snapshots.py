@@ -32,7 +32,7 @@ import numpy as np
 
 from station.domain.model import FaceDetection, VisibleFrame
 
-log = logging.getLogger("station.snapshots")
+log = logging.getLogger("station.link.snapshots")
 
 SCHEMA = 1
 FACE_MARGIN = 0.35
@@ -224,7 +224,7 @@ def snapshot_topic(topic_prefix: str, site: str, station_id: str) -> str:
 def snapshots_for_app(app: Any) -> SnapshotPublisher:
     """Wire snapshots into a started :class:`station.app.StationApp` (pipeline and publisher up)."""
     from station.app import models_dir_for
-    from station.vision import build_face_detector
+    from station.lane.vision import build_face_detector
 
     cfg = app.cfg
     s = cfg.snapshots

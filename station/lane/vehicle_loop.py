@@ -29,7 +29,7 @@ from typing import Any
 
 from station.domain.model import VisibleFrame
 from station.domain.vehicles import VehicleEvent, VehicleLane
-from station.pipeline import LatestSlot, PipelineSettings, StageHealth, StageSupervisor
+from station.lane.pipeline import LatestSlot, PipelineSettings, StageHealth, StageSupervisor
 
 log = logging.getLogger("station.vehicles")
 

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger("station.fileio")
+log = logging.getLogger("station.ops.fileio")
 
 NEW_FILE_MODE = 0o640
 """Mode of a file that did not exist before (not the caller's umask): owner rw, group r."""

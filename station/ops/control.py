@@ -1,7 +1,7 @@
 """The daemon's local control socket: live state for ``stationctl`` without touching the devices.
 
 A UNIX stream socket ``control.sock`` in the runtime directory (``$RUNTIME_DIRECTORY`` =
-``/run/checkpoint`` under systemd, else beside the database; see ``station.runtime``), mode 0660 so
+``/run/checkpoint`` under systemd, else beside the database; see ``station.ops.runtime``), mode 0660 so
 the service's group (technicians are added to ``checkpoint``) may connect and nobody else. The
 protocol is JSON lines: the client sends one object ``{"cmd": "<name>", …}`` and reads one line
 back, ``{"ok": true, "result": …}`` or ``{"ok": false, "error": "…"}``; it may send more requests
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("station.control")
+log = logging.getLogger("station.ops.control")
 
 SOCKET_NAME = "control.sock"
 SYSTEMD_RUNTIME_DIR = Path("/run/checkpoint")  # RuntimeDirectory=checkpoint in the unit
@@ -49,7 +49,7 @@ class ControlError(Exception):
 
 
 def socket_path(data_dir: Path) -> Path:
-    from station.runtime import runtime_dir
+    from station.ops.runtime import runtime_dir
 
     return runtime_dir(data_dir) / SOCKET_NAME
 

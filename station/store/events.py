@@ -2,7 +2,7 @@
 
 One SQLite file holds everything, so a screening and the messages that announce it are written in
 **one transaction**: after a crash or power cut either both exist or neither does, and the outbox
-pump (``station.sync``) can deliver what is in the table without ever consulting another store.
+pump (``station.link.sync``) can deliver what is in the table without ever consulting another store.
 
 Design points, each answering a failure seen in the field (``architecture.md`` §1.4, §2.6):
 
@@ -45,9 +45,9 @@ from typing import Any
 from sqlite_utils import Database
 
 from station.domain.model import GateResult, ScreeningEvent
-from station.fileio import fsync_path
+from station.ops.fileio import fsync_path
 
-log = logging.getLogger("station.store")
+log = logging.getLogger("station.store.events")
 
 PAYLOAD_SCHEMA = 1
 """Version of the JSON envelope published for each outbox row (the ``schema`` key)."""
@@ -217,7 +217,7 @@ def _migrate_operator_actions(db: Database) -> None:
     db.execute("CREATE INDEX operator_actions_event ON operator_actions(event_id, action)")
 
 def _migrate_command_audit(db: Database) -> None:
-    """Remote commands over MQTT (station.commands): every signed command carried out or refused,
+    """Remote commands over MQTT (station.link.commands): every signed command carried out or refused,
     and refused ones (unsigned, forged, replayed, …) as far as the audit rate limit lets them in."""
     db.execute(
         """
@@ -745,7 +745,7 @@ class SqliteEventStore:
 
     def record_command_audit(self, command: str, request_id: str | None, ok: bool, reason: str, *,
                              signer: str | None, body: str, outbox: bool = True, priority: int = 5) -> int:
-        """Audit one remote command (``station.commands``): the row, and (``outbox``) its ``events/audit``
+        """Audit one remote command (``station.link.commands``): the row, and (``outbox``) its ``events/audit``
         message in the same transaction. The caller caps ``body`` and rate-limits refusals."""
         topic = self.topic_screening.rsplit("/", 1)[0] + "/audit"
 

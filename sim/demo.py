@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from drivers.codes.issuer import demo_issuer, write_demo_trust_list
-from drivers.scene import SceneDirector, SceneGeometry, ScenePerson, SceneTiming
+from sim.issuer import demo_issuer, write_demo_trust_list
+from sim.scene import SceneDirector, SceneGeometry, ScenePerson, SceneTiming
 from station.app import Injected, StationApp
 from station.config import StationConfig
 from station.domain.model import CodeColour, Decision
-from station.pipeline import Decided
+from station.lane.pipeline import Decided
 
-log = logging.getLogger("station.demo")
+log = logging.getLogger("sim.demo")
 
 DEMO_BAUD = 460800
 DEMO_REFRESH_HZ = 8
@@ -130,9 +130,9 @@ class DemoRun:
         wait_for_page: bool = False,  # with http.enabled: nobody walks up until the operator page is open
         cast: Sequence[ScenePerson] | None = None,  # this queue instead of ``people`` from CAST (any QR payload)
     ) -> None:
-        from drivers.camera.scene_camera import SceneCamera
-        from drivers.thermal.emulator import GyMcu90640Emulator
-        from drivers.thermal.render import ThermalSceneRenderer
+        from sim.scene_camera import SceneCamera
+        from sim.gy_mcu90640_emulator import GyMcu90640Emulator
+        from sim.thermal_render import ThermalSceneRenderer
 
         self.cfg = demo_config(cfg)
         # Both at once: the schema checks the pair (a rate the link cannot carry is refused).
@@ -197,7 +197,7 @@ class DemoRun:
             elapsed = time.monotonic() - t0 - start_s
             assert self.app.pipeline is not None
             if self.app.pump is not None:
-                from station.sync import drain_bounded
+                from station.link.sync import drain_bounded
 
                 # Bounded: an unreachable broker leaves the events queued for `outbox flush`.
                 drain_bounded(self.app.pump, self.app.publisher, timeout=10.0)

@@ -6,8 +6,8 @@ and so the tests have vectors. The demo keys are derived deterministically from 
 (below): anyone can recompute them, so they prove nothing and must never appear in a production
 trust list. Their certificates say ``DEMO ONLY`` in the subject.
 
-    python -m drivers.codes.issuer keys OUT_DIR        # demo issuer key + cert, trust list, trust-list signer
-    python -m drivers.codes.issuer issue --colour green [--refresh 60] [--key issuer.pem --cert issuer.der]
+    python -m sim.issuer keys OUT_DIR        # demo issuer key + cert, trust list, trust-list signer
+    python -m sim.issuer issue --colour green [--refresh 60] [--key issuer.pem --cert issuer.der]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from drivers.codes import hc1
-from drivers.codes.trust_list import certificate_entry, sign_document
+from station.codes import hc1
+from station.codes.trust_list import certificate_entry, sign_document
 from station.domain.model import CodeColour
 
 DEMO_ISSUER_SEED = b"checkpoint-station DEMO ONLY health-code issuer key; never trust this key in production"

@@ -28,9 +28,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
 from station.ports import NotConnectedError, PublishError, Publisher
-from station.store import OutboxRow
+from station.store.events import OutboxRow
 
-log = logging.getLogger("station.sync")
+log = logging.getLogger("station.link.sync")
 
 SETTLE_AFTER_S = 0.05
 """Longest an acknowledged row waits for its batch's DELETE (see ``OutboxPump._should_settle``)."""
@@ -62,7 +62,7 @@ _VERSION = _package_version()
 
 
 class OutboxSource(Protocol):
-    """What the pump needs from the store (implemented by ``station.store.SqliteEventStore``)."""
+    """What the pump needs from the store (implemented by ``station.store.events.SqliteEventStore``)."""
 
     def outbox_pending(
         self, limit: int, exclude_ids: AbstractSet[int] = frozenset()
@@ -421,8 +421,8 @@ def drain_bounded(pump: OutboxPump, publisher: Any, timeout: float, unreachable_
 
 
 def bounds_from_config(cfg: Any) -> Any:
-    """The outbox capacity from ``mqtt.outbox_max_*`` (see ``station.store.OutboxBounds``)."""
-    from station.store import OutboxBounds
+    """The outbox capacity from ``mqtt.outbox_max_*`` (see ``station.store.events.OutboxBounds``)."""
+    from station.store.events import OutboxBounds
 
     m = cfg.mqtt
     return OutboxBounds(m.outbox_max_rows, m.outbox_max_bytes, m.outbox_max_age_days * 86400.0)

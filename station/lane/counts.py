@@ -14,7 +14,7 @@ import threading
 from collections.abc import MutableMapping
 from typing import Any
 
-log = logging.getLogger("station.counts")
+log = logging.getLogger("station.lane.counts")
 
 SAVE_PERIOD_S = 5.0
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from station.commands import dumps
+from station.link.commands import dumps
 
-log = logging.getLogger("station.ha")
+log = logging.getLogger("station.link.ha")
 
 
 def discovery_configs(ha_prefix: str, base: str, site: str, station_id: str, version: str) -> dict[str, dict[str, Any]]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("station.retention")
+log = logging.getLogger("station.store.retention")
 
 CROPS_DIR = "crops"
 DAY_S = 86400.0

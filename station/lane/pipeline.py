@@ -20,7 +20,7 @@ Nothing on the lane thread touches disk or network.
 Hostile or faulty input never kills a stage. Each loop contains a failure around the one item it
 was handling (a frame, a decoded code, a thermal frame, an inbox item, a decision): the item is
 dropped, the failure counted per stage and exception type (``StageHealth``) and logged once per
-kind per ``error_log_interval_s`` (``station.ratelimit.FailureLog``), and the loop goes on. A
+kind per ``error_log_interval_s`` (``station.ops.ratelimit.FailureLog``), and the loop goes on. A
 verifier that raises becomes an ``invalid``/``verifier_error`` verdict, so the lane treats the
 code like any unreadable one (``manual_check`` after the code timeout, never ``pass``).
 
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from station.capture import CaptureKeeper
+from station.lane.capture import CaptureKeeper
 from station.domain.gate import gate_command_for
 from station.domain.model import (
     CodeObservation,
@@ -60,7 +60,7 @@ from station.domain.model import (
 )
 from station.domain.screening import LaneState, ScreeningLane, Verdict
 from station.domain.thermal import MeasureState
-from station.frame_gate import FrameGate
+from station.lane.frame_gate import FrameGate
 from station.ports import (
     Clock,
     CodeReader,
@@ -71,9 +71,9 @@ from station.ports import (
     GateOutput,
     ThermalSource,
 )
-from station.ratelimit import FailureLog, RateLimiter
+from station.ops.ratelimit import FailureLog, RateLimiter
 
-log = logging.getLogger("station.pipeline")
+log = logging.getLogger("station.lane.pipeline")
 
 T = TypeVar("T")
 
@@ -131,7 +131,7 @@ class PipelineSettings:
     command_ttl_s: float = 0.5
     inbox_size: int = 256
     code_repeat_s: float = 1.0  # the same payload is judged again at most this often
-    detect_max_rate_hz: float = 0.0  # face detection budget (station.frame_gate); 0 = every frame
+    detect_max_rate_hz: float = 0.0  # face detection budget (station.lane.frame_gate); 0 = every frame
     detect_skip_diff: float = 0.0  # re-use detections while the frame is unchanged; 0 = off
     # A decision whose event could not be written (disk full) is kept in memory and written when
     # space returns; past this many the executor stops taking decisions (the lane then stalls and

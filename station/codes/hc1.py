@@ -16,7 +16,7 @@ dropped while decoding: :class:`Hc1Claims` has no field to hold it, so it cannot
 
 The key id (``kid``, header label 4, protected or unprotected) is the first 8 bytes of the SHA-256
 of the signer's DER certificate; the certificate comes from the trust list
-(:mod:`drivers.codes.trust_list`). A code signed by a key not in the list is ``unknown_kid``, never
+(:mod:`station.codes.trust_list`). A code signed by a key not in the list is ``unknown_kid``, never
 a pass.
 
 Each way a payload can fail has its own reason code (``REASONS``); the verifier never raises on
@@ -43,9 +43,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
-from station.ratelimit import FailureLog
+from station.ops.ratelimit import FailureLog
 
-log = logging.getLogger("drivers.codes.hc1")
+log = logging.getLogger("station.codes.hc1")
 
 PREFIX = "HC1:"
 SOURCE = "hc1"

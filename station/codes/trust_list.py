@@ -38,9 +38,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from drivers.codes.hc1 import kid_of
+from station.codes.hc1 import kid_of
 
-log = logging.getLogger("drivers.codes.trust_list")
+log = logging.getLogger("station.codes.trust_list")
 
 TRUST_DIR = "trust-list"
 CURRENT = "current.json"

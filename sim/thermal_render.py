@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from drivers.scene import Phase, SceneDirector, SceneGeometry
+from sim.scene import Phase, SceneDirector, SceneGeometry
 from station.domain.model import Box
 
 SUPERSAMPLE = 10

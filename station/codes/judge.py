@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from station.domain.model import CodeStatus, CodeVerdict, DecodedCode
-from station.ratelimit import FailureLog
+from station.ops.ratelimit import FailureLog
 
-log = logging.getLogger("drivers.codes.guards")
+log = logging.getLogger("station.codes.judge")
 
 CODES_DIR = "codes"
 SALT_FILE = "salt"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from station.domain.vehicles import normalise_plate
 
-log = logging.getLogger("station.residents")
+log = logging.getLogger("station.store.residents")
 
 FILE_NAME = "resident_plates.txt"
 # Province / special character (CJK) or letter first, then letters, digits and the few CJK suffixes
@@ -98,7 +98,7 @@ def check_list(texts: object, max_plates: int = 100_000) -> list[str]:
 def save(path: Path, plates: list[str], list_version: int | None = None) -> None:
     """Replace the file atomically (temp file, fsync, rename): the daemon reads the old list or the
     new one, never a mix. ``list_version`` is written as the ``# version N`` header (centre pushes)."""
-    from station.fileio import atomic_write
+    from station.ops.fileio import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,12 +27,13 @@ import cv2
 import numpy as np
 import segno
 
-from drivers.scene import Phase, SceneDirector, ScenePerson, SceneState
+import station
+from sim.scene import Phase, SceneDirector, ScenePerson, SceneState
 from station.domain.model import Box, CodeColour, VisibleFrame
 
 log = logging.getLogger("station.camera")
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(station.__file__).resolve().parent / "assets"  # the self-test photo the product ships
 FACE_PHOTO = ASSETS_DIR / "astronaut.jpg"
 
 # Where UltraFace puts the face box in assets/astronaut.jpg (256×320 px), as (x1, y1, x2, y2).

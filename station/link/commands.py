@@ -1,6 +1,6 @@
 """The live side of the MQTT link: retained component states, periodic stats, and remote commands.
 
-The outbox (``station.sync``) carries the *record* (events, alarms) and must never lose a message.
+The outbox (``station.link.sync``) carries the *record* (events, alarms) and must never lose a message.
 This module carries the *present*: it is re-published on every connect and never queued, because a
 stale state or a replayed command is worse than none. Topics (all under
 ``<prefix>/<site>/<station>/``, JSON with ``"schema": 1``; docs/mqtt.md documents each payload):
@@ -16,7 +16,7 @@ Commands run on this module's worker thread, never on paho's network thread: sev
 with an fsync, and paho's thread must keep delivering PUBACKs meanwhile.
 
 Who may ask: every command but the read-only ``ping`` and ``snapshot`` must be a signed envelope
-(station.command_auth: a command-centre key, bound to this site, station, command, arguments, a
+(station.link.command_auth: a command-centre key, bound to this site, station, command, arguments, a
 unique id and a deadline at most ``centre.command_max_window_s`` ahead). A refusal gets its own
 reason (``unsigned``, ``bad_signature``, ``replay``, ``wrong_station``, …) in the result, a log
 line, a per-reason counter (:meth:`StationLink.stats`) and a ``command_audit`` row — rate-limited
@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from station.command_auth import (
+from station.link.command_auth import (
     CommandKeys,
     CommandVerifier,
     KeyListError,
@@ -56,16 +56,16 @@ from station.command_auth import (
     SignedCommand,
 )
 from station.domain.model import Decision, GateAction, GateCommand, GateResult
-from station.ratelimit import FailureLog, RateLimiter
+from station.ops.ratelimit import FailureLog, RateLimiter
 
-log = logging.getLogger("station.commands")
+log = logging.getLogger("station.link.commands")
 
 SCHEMA = 1
 MAX_OPEN_WINDOW_S = 60.0
 """An open-gate deadline further ahead than this is refused: it would make the request replayable
 for too long."""
 
-TRUST_LIST_DIR = "trust-list"  # same folder as drivers.codes.trust_list.TRUST_DIR
+TRUST_LIST_DIR = "trust-list"  # same folder as station.codes.trust_list.TRUST_DIR
 COMMAND_IDS_FILE = "command-ids.sqlite3"  # the replay store of signed command ids, in the data dir
 MAX_COMMAND_BYTES = 262144
 """Default cap on a ``cmd/`` body: a resident list of ~20 000 plates or a trust list of ~150 signers."""
@@ -100,7 +100,7 @@ def set_config_value(path: Path, key: str, value: Any) -> tuple[Any, Any]:
     import tomlkit.items
 
     from station.config import validate_text
-    from station.fileio import atomic_write
+    from station.ops.fileio import atomic_write
 
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     doc = tomlkit.parse(text)
@@ -204,8 +204,8 @@ class CommandHandlers:
     def trust_list(self, request: dict[str, Any]) -> dict[str, Any]:
         """Replace the HC1 trust list: accepted only when signed by the configured trust-list signer
         and newer than the stored version; on any refusal the old list stays in use. The running
-        verifier picks the new list up at its next code (drivers.codes.trust_list.TrustStore)."""
-        from drivers.codes.trust_list import (
+        verifier picks the new list up at its next code (station.codes.trust_list.TrustStore)."""
+        from station.codes.trust_list import (
             TrustListError,
             accept_push,
             load_signer_key,
@@ -234,7 +234,7 @@ class CommandHandlers:
         whole list and the old one stays), then one atomic file replace; the plate thread re-reads
         the file at its next vehicle. ``args.version`` (optional) must be newer than the stored one,
         so a replayed or reordered older push cannot undo a newer list."""
-        from station import residents
+        from station.store import residents
 
         args = self._args(request)
         asked = args.get("version")
@@ -586,7 +586,7 @@ def link_for_app(app: Any) -> StationLink:
         return state_like(pipeline.camera.stats())
 
     def detector() -> dict[str, Any]:
-        # The composition root tracks a missing or corrupt model (station.vision) as detector_state.
+        # The composition root tracks a missing or corrupt model (station.lane.vision) as detector_state.
         return {"state": str(getattr(app, "detector_state", "ready")), "model": pipeline.detector.name}
 
     def gate() -> dict[str, Any]:
@@ -647,8 +647,8 @@ def link_for_app(app: Any) -> StationLink:
             if hasattr(code_verifier, "trust_centre_keys"):
                 code_verifier.trust_centre_keys(keys)
     if cfg.mqtt.ha_discovery:
-        from station.ha import HaDiscovery, discovery_configs
-        from station.sync import _VERSION
+        from station.link.ha import HaDiscovery, discovery_configs
+        from station.link.sync import _VERSION
 
         ha = HaDiscovery(publisher, cfg.mqtt.ha_prefix,
                          discovery_configs(cfg.mqtt.ha_prefix, base, cfg.station.site, cfg.station.id, _VERSION))

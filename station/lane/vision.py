@@ -20,7 +20,7 @@ import numpy as np
 
 from station.domain.model import FaceDetection
 
-log = logging.getLogger("station.vision")
+log = logging.getLogger("station.lane.vision")
 
 OK = "ok"
 

@@ -13,7 +13,7 @@ Request/response follows the ``cmd/…`` conventions, in the other direction:
                                                          "issuer": "…"},
                                               "station", "site", "token_sha256", "key_id", "by", "sig"}
 
-The answer must be signed by a command-centre key (station.command_auth.sign_lookup_answer: the
+The answer must be signed by a command-centre key (station.link.command_auth.sign_lookup_answer: the
 request id, station, site, token hash and result are bound); an unsigned, forged or misaddressed
 answer is ``unverifiable``/``online_unverified`` → ``manual_check``, never ``pass``.
 
@@ -36,10 +36,10 @@ import time
 import uuid
 from typing import Any
 
-from station.command_auth import CommandKeys, verify_lookup_answer
+from station.link.command_auth import CommandKeys, verify_lookup_answer
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
 
-log = logging.getLogger("drivers.codes.online")
+log = logging.getLogger("station.codes.online")
 
 PREFIX = "HCT1:"
 SOURCE = "online"
@@ -83,7 +83,7 @@ class OnlineVerifier:
         self.publisher: Any = None
         self._lock = threading.Lock()
         self._waiting: dict[str, tuple[threading.Event, list[Any]]] = {}
-        self.keys = keys  # the centre's keys (station.command_auth); none = every answer is unverified
+        self.keys = keys  # the centre's keys (station.link.command_auth); none = every answer is unverified
         self.counters = {"requests": 0, "answered": 0, "timeouts": 0, "no_network": 0, "late": 0, "unverified": 0}
 
     def trust_centre_keys(self, keys: CommandKeys) -> None:

@@ -53,7 +53,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-log = logging.getLogger("station.command_auth")
+log = logging.getLogger("station.link.command_auth")
 
 COMMAND_DOMAIN = b"checkpoint-cmd/v1\n"
 LOOKUP_DOMAIN = b"checkpoint-lookup/v1\n"

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, MutableMapping, Sequence
 
-log = logging.getLogger("station.systemd")
+log = logging.getLogger("station.ops.systemd")
 
 
 class Notifier:

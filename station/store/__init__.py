@@ -1,0 +1,1 @@
+"""What the station keeps on its card: events, outbox, migrations, retention, resident plates."""
