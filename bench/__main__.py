@@ -25,15 +25,15 @@ from bench.stats import median_ms, percentile
 
 
 def frame_compute(repeat: int, threads: int) -> dict[str, Any]:
-    from sim.scene_camera import SceneRenderer
-    from station.codes.local_claims import LocalClaimsVerifier, encode_claims
     from drivers.codes.pyzbar_reader import PyzbarReader
     from drivers.detect.haar import HaarFaceDetector
     from drivers.detect.plates import OnnxPlateReader
     from drivers.detect.ultraface import UltraFaceDetector
-    from sim.scene import Phase, SceneGeometry, ScenePerson, SceneState
     from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
+    from sim.scene import Phase, SceneGeometry, ScenePerson, SceneState
+    from sim.scene_camera import SceneRenderer
     from station.app import build_reader, calibration_for
+    from station.codes.local_claims import LocalClaimsVerifier, encode_claims
     from station.config import StationConfig
     from station.domain.model import CodeColour, ThermalFrame
     from station.domain.thermal import measure_face
@@ -131,8 +131,8 @@ def frame_compute_both(repeat: int, all_threads: int) -> dict[str, Any]:
 
 
 def lane(people: int) -> dict[str, Any]:
-    from station.config import StationConfig
     from sim.demo import DemoRun, summary
+    from station.config import StationConfig
 
     with tempfile.TemporaryDirectory() as d:
         run = DemoRun(StationConfig(), people=people, data_dir=Path(d), fast=True)
@@ -145,7 +145,12 @@ def lane(people: int) -> dict[str, Any]:
         "people": people,
         "decisions": s["decisions"],
         "ground_truth_agreement": s["ground_truth_agreement"],
-        "decision_latency_ms": {"p50": percentile(screened, 0.5), "p95": percentile(screened, 0.95), "max": max(screened), "n": len(screened)},
+        "decision_latency_ms": {
+            "p50": percentile(screened, 0.5),
+            "p95": percentile(screened, 0.95),
+            "max": max(screened),
+            "n": len(screened),
+        },
         "decision_latency_all_ms": {"p50": percentile(totals, 0.5), "p95": percentile(totals, 0.95)},
         "median_stage_ms": s["median_latency_ms"],
         "decisions_per_s": s["decisions_per_s"],
@@ -165,7 +170,22 @@ def store_writes(n: int) -> dict[str, Any]:
         for i in range(n):
             store.record(
                 ScreeningEvent(
-                    f"{i:032x}", "bench", "bench", "entry", Decision.PASS, "ok", False, time.time(), 36.6, {}, None, {}, {}, {}, {"total": 1.0}, {}
+                    f"{i:032x}",
+                    "bench",
+                    "bench",
+                    "entry",
+                    Decision.PASS,
+                    "ok",
+                    False,
+                    time.time(),
+                    36.6,
+                    {},
+                    None,
+                    {},
+                    {},
+                    {},
+                    {"total": 1.0},
+                    {},
                 )
             )
         dt = time.perf_counter() - t0
@@ -251,8 +271,7 @@ def comparisons(r: dict[str, Any], mqtt_alt: dict[str, Any]) -> dict[str, Any]:
         }
         out["qr_decoder"]["frames"] = qr.get("frames")
     else:
-        out["qr_decoder"] = {"unavailable": qr.get("unavailable", "bench/qr.py not run"),
-                             "pyzbar_ms": fc["qr_decode_pyzbar"]}
+        out["qr_decoder"] = {"unavailable": qr.get("unavailable", "bench/qr.py not run"), "pyzbar_ms": fc["qr_decode_pyzbar"]}
     out["plate_reader"] = {
         "max_side_default_ms": fc["plate_read"],
         "max_side_320_ms": fc["plate_read_max_side_320"],
@@ -289,8 +308,11 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
         "cold_start_s": (r["cold_start_s"], 5.0),
     }
     out = {k: {"measured": v, "target_max": t, "met": v is not None and v <= t} for k, (v, t) in rows.items()}
-    out["outbox_catchup_events_per_s"] = {"measured": r["outbox_catchup_events_per_s"], "target_min": 1000.0,
-                                          "met": (r["outbox_catchup_events_per_s"] or 0) >= 1000.0}
+    out["outbox_catchup_events_per_s"] = {
+        "measured": r["outbox_catchup_events_per_s"],
+        "target_min": 1000.0,
+        "met": (r["outbox_catchup_events_per_s"] or 0) >= 1000.0,
+    }
     return out
 
 
@@ -310,15 +332,25 @@ def main() -> None:
     people = 8 if args.quick else 40
     t_start = time.monotonic()
     result: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "pinned_one_core": args.one_core, "ort_threads": threads, "quick": args.quick,
-                    "note": "shared machine, other work running: medians, noisy"},
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "pinned_one_core": args.one_core,
+            "ort_threads": threads,
+            "quick": args.quick,
+            "note": "shared machine, other work running: medians, noisy",
+        },
     }
     result["frame_compute_ms"] = frame_compute_both(repeat, threads)
     result["lane"] = lane(walkups)
-    result["decision_latency_ms"] = {**result["lane"]["decision_latency_ms"], "walk_ups": walkups,
-                                     "link": "GY-MCU90640 emulator, 460800 baud / 8 Hz",
-                                     "from": "person enters the zone", "to": "decision (before the gate acts)"}
+    result["decision_latency_ms"] = {
+        **result["lane"]["decision_latency_ms"],
+        "walk_ups": walkups,
+        "link": "GY-MCU90640 emulator, 460800 baud / 8 Hz",
+        "from": "person enters the zone",
+        "to": "decision (before the gate acts)",
+    }
     result["lane_people_per_s"] = result["lane"]["decisions_per_s"]
     result["daemon"] = _daemon(15.0 if args.quick else 30.0, args.one_core)
     result["rss_mb"] = result["daemon"]["person_lane"]["rss_mb"]["max"]

@@ -25,12 +25,12 @@ from typing import Any
 
 def footprint(seconds: float = 30.0, *, one_core: bool = False, vehicle: bool = False, seed: int = 3) -> dict[str, Any]:
     from bench.soak import MjpegScene, Supervisor, _point, write_config
-    from sim.scene_camera import SceneCamera
-    from sim.scene import SceneDirector, SceneGeometry, SceneTiming
+    from sim.demo import cast_people
     from sim.gy_mcu90640_emulator import GyMcu90640Emulator
+    from sim.scene import SceneDirector, SceneGeometry, SceneTiming
+    from sim.scene_camera import SceneCamera
     from sim.thermal_render import ThermalSceneRenderer
     from station.config import StationConfig
-    from sim.demo import cast_people
 
     base = StationConfig()
     director = SceneDirector(cast_people(200, base, time.time()), SceneTiming.fast(base.screening.leave_after_s), SceneGeometry())

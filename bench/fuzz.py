@@ -38,8 +38,14 @@ def run_target(target: Target, cases: int, run_seed: int) -> dict[str, Any]:
     strategy = target.strategy()
 
     @seed(run_seed)
-    @settings(max_examples=cases, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
+    @settings(
+        max_examples=cases,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+    )
     @given(strategy)
     def case(value: Any) -> None:
         nonlocal ran
@@ -50,8 +56,9 @@ def run_target(target: Target, cases: int, run_seed: int) -> dict[str, Any]:
             kind = f"{type(exc).__name__}: {str(exc)[:120]}"
             uncaught[kind] += 1
             if len(samples) < 5:
-                samples.append({"error": kind, "input": repr(value)[:400],
-                                "where": "".join(traceback.format_tb(exc.__traceback__)[-2:])[-600:]})
+                samples.append(
+                    {"error": kind, "input": repr(value)[:400], "where": "".join(traceback.format_tb(exc.__traceback__)[-2:])[-600:]}
+                )
 
     t0 = time.perf_counter()
     try:
@@ -60,10 +67,17 @@ def run_target(target: Target, cases: int, run_seed: int) -> dict[str, Any]:
         if target.teardown is not None:
             target.teardown()
     seconds = time.perf_counter() - t0
-    return {"description": target.description, "cases": ran, "uncaught": sum(uncaught.values()),
-            "uncaught_kinds": dict(uncaught), "samples": samples, "seconds": round(seconds, 1),
-            "cases_per_s": round(ran / seconds, 1) if seconds > 0 else None,
-            "verdicts": dict(verdicts.most_common(25)), "distinct_verdicts": len(verdicts)}
+    return {
+        "description": target.description,
+        "cases": ran,
+        "uncaught": sum(uncaught.values()),
+        "uncaught_kinds": dict(uncaught),
+        "samples": samples,
+        "seconds": round(seconds, 1),
+        "cases_per_s": round(ran / seconds, 1) if seconds > 0 else None,
+        "verdicts": dict(verdicts.most_common(25)),
+        "distinct_verdicts": len(verdicts),
+    }
 
 
 def merge(paths: list[str], out: str) -> int:
@@ -73,10 +87,16 @@ def merge(paths: list[str], out: str) -> int:
     for path, run in zip(paths, runs, strict=True):
         for name, result in run["targets"].items():
             targets[name] = {**result, "run": {"file": os.path.basename(path), "ts": run["ts"], "seed": run["seed"]}}
-    report = {"bench": "fuzz", "merged_from": len(runs), "cases_asked": min(r["cases_asked"] for r in runs),
-              "python": runs[-1]["python"], "machine": runs[-1]["machine"],
-              "ts": max(r["ts"] for r in runs), "uncaught_total": sum(t["uncaught"] for t in targets.values()),
-              "targets": targets}
+    report = {
+        "bench": "fuzz",
+        "merged_from": len(runs),
+        "cases_asked": min(r["cases_asked"] for r in runs),
+        "python": runs[-1]["python"],
+        "machine": runs[-1]["machine"],
+        "ts": max(r["ts"] for r in runs),
+        "uncaught_total": sum(t["uncaught"] for t in targets.values()),
+        "targets": targets,
+    }
     text = json.dumps(report, indent=2, ensure_ascii=False)
     if out:
         with open(out, "w", encoding="utf-8") as fh:
@@ -93,10 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the JSON result (default: a table)")
     parser.add_argument("--out", default="", help="also write the JSON result to this file")
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
-    parser.add_argument("--log", action="store_true", help="keep the product's log lines (default: silenced; "
-                        "hostile input makes them by the thousand)")
-    parser.add_argument("--merge", nargs="+", metavar="RESULT.json", default=[],
-                        help="combine the results of runs made in parallel (one per core) into one report")
+    parser.add_argument(
+        "--log", action="store_true", help="keep the product's log lines (default: silenced; hostile input makes them by the thousand)"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULT.json",
+        default=[],
+        help="combine the results of runs made in parallel (one per core) into one report",
+    )
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
@@ -116,11 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     for target in targets:
         results[target.name] = run_target(target, args.cases, args.seed)
         r = results[target.name]
-        print(f"fuzz: {target.name}: {r['cases']} cases, {r['uncaught']} uncaught, {r['seconds']} s",
-              file=sys.stderr, flush=True)
-    report = {"bench": "fuzz", "cases_asked": args.cases, "seed": args.seed, "python": platform.python_version(),
-              "machine": platform.machine(), "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "uncaught_total": sum(r["uncaught"] for r in results.values()), "targets": results}
+        print(f"fuzz: {target.name}: {r['cases']} cases, {r['uncaught']} uncaught, {r['seconds']} s", file=sys.stderr, flush=True)
+    report = {
+        "bench": "fuzz",
+        "cases_asked": args.cases,
+        "seed": args.seed,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "uncaught_total": sum(r["uncaught"] for r in results.values()),
+        "targets": results,
+    }
     text = json.dumps(report, indent=2, ensure_ascii=False)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
@@ -129,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
     else:
         for name, r in results.items():
-            print(f"{name:28s} cases={r['cases']:>7} uncaught={r['uncaught']:>3} {r['cases_per_s']}/s "
-                  f"verdicts={r['distinct_verdicts']}")
+            print(f"{name:28s} cases={r['cases']:>7} uncaught={r['uncaught']:>3} {r['cases_per_s']}/s verdicts={r['distinct_verdicts']}")
     return 0 if report["uncaught_total"] == 0 else 1
 
 

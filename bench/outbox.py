@@ -51,15 +51,16 @@ def _start_mosquitto(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 def _event(i: int) -> Any:
     from station.domain.model import Decision, ScreeningEvent
 
-    return ScreeningEvent(f"{i:032x}", "bench", "bench", "entry", Decision.PASS, "ok", False, time.time(), 36.6,
-                          {}, None, {}, {}, {}, {"total": 1.0}, {})
+    return ScreeningEvent(
+        f"{i:032x}", "bench", "bench", "entry", Decision.PASS, "ok", False, time.time(), 36.6, {}, None, {}, {}, {}, {"total": 1.0}, {}
+    )
 
 
 def sync_bench(n_events: int = 10_000, protocol: str = "auto") -> dict[str, Any]:
     """``protocol``: the publisher's MQTT version ("auto" = 5 with 3.1.1 fallback, "5", "3.1.1")."""
     from drivers.publish.mqtt import MqttPublisher
-    from station.store.events import SqliteEventStore
     from station.link.sync import OutboxPump
+    from station.store.events import SqliteEventStore
 
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         return {"skipped": "mosquitto not installed"}
@@ -72,8 +73,16 @@ def sync_bench(n_events: int = 10_000, protocol: str = "auto") -> dict[str, Any]
             store.record(_event(i))
         write_s = time.perf_counter() - t0
         port = _free_port()
-        publisher = MqttPublisher(f"mqtt://127.0.0.1:{port}", "bench-station", "bench/status", b"offline", b"online",
-                                  reconnect_min_delay=0.1, reconnect_max_delay=0.2, protocol=protocol)  # type: ignore[arg-type]
+        publisher = MqttPublisher(
+            f"mqtt://127.0.0.1:{port}",
+            "bench-station",
+            "bench/status",
+            b"offline",
+            b"online",
+            reconnect_min_delay=0.1,
+            reconnect_max_delay=0.2,
+            protocol=protocol,
+        )  # type: ignore[arg-type]
         pump = OutboxPump(store, publisher, max_in_flight=10)
         pump.start()
         publisher.start()

@@ -123,8 +123,12 @@ def tracking(scenes: list[QrScene], frames: int = 20) -> dict[str, Any]:
             times.append((time.perf_counter() - t0) * 1000.0)
             complete += got >= set(payloads)
             false_reads += len(got - set(payloads))
-        out[name] = {"median_ms": round(statistics.median(times), 3), "mean_ms": round(statistics.fmean(times), 3),
-                     "frames_with_every_code": complete, "false_reads": false_reads}
+        out[name] = {
+            "median_ms": round(statistics.median(times), 3),
+            "mean_ms": round(statistics.fmean(times), 3),
+            "frames_with_every_code": complete,
+            "false_reads": false_reads,
+        }
     out.update(tracked.stats())
     return out
 

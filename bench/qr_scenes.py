@@ -114,7 +114,9 @@ def _background(rng: np.random.Generator, busy: bool) -> np.ndarray:
     return cv2.resize(img, (w * SS, h * SS), interpolation=cv2.INTER_LINEAR)
 
 
-def _phone_texture(payload: bytes | None, colour: str, dark: bool, module_px: int, rng: np.random.Generator) -> tuple[np.ndarray, float, tuple[float, float]]:
+def _phone_texture(
+    payload: bytes | None, colour: str, dark: bool, module_px: int, rng: np.random.Generator
+) -> tuple[np.ndarray, float, tuple[float, float]]:
     """The phone's screen and bezel as an image; returns it, its pixels per metre, and where the QR centre is (px)."""
     if payload is not None:
         modules = qr_modules(payload)
@@ -156,8 +158,18 @@ def _phone_texture(payload: bytes | None, colour: str, dark: bool, module_px: in
     return tex, ppm, (qx, qy)
 
 
-def _place_phone(canvas: np.ndarray, tex: np.ndarray, ppm: float, qr_centre_px: tuple[float, float], centre_frame: tuple[float, float],
-                 distance: float, yaw: float, pitch: float, roll: float, brightness: float) -> np.ndarray:
+def _place_phone(
+    canvas: np.ndarray,
+    tex: np.ndarray,
+    ppm: float,
+    qr_centre_px: tuple[float, float],
+    centre_frame: tuple[float, float],
+    distance: float,
+    yaw: float,
+    pitch: float,
+    roll: float,
+    brightness: float,
+) -> np.ndarray:
     """Project the phone onto the supersampled canvas; returns the phone's mask on the canvas."""
     th, tw = tex.shape[:2]
     f = FOCAL_PX * SS

@@ -59,8 +59,16 @@ WATCHDOG_SEC = 4.0
 RESTART_SEC = 1.0
 START_TIMEOUT_S = 90.0
 START_LIMIT = (5, 10.0)  # StartLimitBurst, StartLimitIntervalSec
-FAULT_KINDS = ("serial_garbage", "thermal_unplug", "camera_stall", "broker_kill", "network_partition",
-               "disk_full", "daemon_sigkill", "hung_pipeline")
+FAULT_KINDS = (
+    "serial_garbage",
+    "thermal_unplug",
+    "camera_stall",
+    "broker_kill",
+    "network_partition",
+    "disk_full",
+    "daemon_sigkill",
+    "hung_pipeline",
+)
 
 
 # -- the camera: the scene as an MJPEG stream ---------------------------------------------------------
@@ -101,8 +109,13 @@ class MjpegScene:
                             jpeg, seen = scene._jpeg, scene._n
                         if jpeg is None or time.monotonic() < scene.stalled_until:
                             continue  # a stalled camera: the connection stays open, nothing arrives
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                         + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                        self.wfile.write(
+                            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                            + str(len(jpeg)).encode()
+                            + b"\r\n\r\n"
+                            + jpeg
+                            + b"\r\n"
+                        )
                 except OSError:
                     pass
 
@@ -229,8 +242,9 @@ class Centre:
         self.msg_ids: Counter[str] = Counter()
         self.events: dict[str, str] = {}  # event_id → msg_id of its first copy (screening topic)
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="soak-centre",
-                                  protocol=MQTTProtocolVersion.MQTTv311, clean_session=False)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="soak-centre", protocol=MQTTProtocolVersion.MQTTv311, clean_session=False
+        )
         self.client.reconnect_delay_set(0.1, 1)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1) if rc == 0 else None
         self.client.on_subscribe = lambda *a: self.subscribed.set()
@@ -264,8 +278,7 @@ LATE = re.compile(r"event recorded after a failed write; the gate never acted on
 
 
 class Supervisor:
-    def __init__(self, work: Path, config: Path, director: Any, *, rss_every_s: float = 10.0,
-                 cpus: set[int] | None = None) -> None:
+    def __init__(self, work: Path, config: Path, director: Any, *, rss_every_s: float = 10.0, cpus: set[int] | None = None) -> None:
         self.work = work
         self.rss_every_s = rss_every_s
         self.cpus = cpus  # CPUAffinity= (the bench's Pi-class figures pin the daemon to one core)
@@ -311,17 +324,27 @@ class Supervisor:
         self.starts = [t for t in self.starts if now - t < START_LIMIT[1]] + [now]
         if len(self.starts) > START_LIMIT[0]:
             self.crash_loop = True
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), WATCHDOG_USEC=str(int(WATCHDOG_SEC * 1e6)),
-                   PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env = dict(
+            os.environ,
+            NOTIFY_SOCKET=str(self.notify_path),
+            WATCHDOG_USEC=str(int(WATCHDOG_SEC * 1e6)),
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+        )
         env.pop("WATCHDOG_PID", None)
         env.pop("JOURNAL_STREAM", None)
         with self.lock:
             self.ready = False
             self._got_decision = False
             self.spawned_t = time.monotonic()
-            self.proc = subprocess.Popen([sys.executable, "-m", "station.cli.station_main", "run", "--config", str(self.config)],
-                                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(self.config)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
+            )
         threading.Thread(target=self._read_log, args=(self.proc,), daemon=True).start()
 
     def _read_log(self, proc: subprocess.Popen[bytes]) -> None:
@@ -457,14 +480,18 @@ def _slope_mb_per_min(samples: list[dict[str, Any]]) -> float | None:
 
 def write_config(work: Path, thermal_link: Path, camera_url: str, mqtt_port: int | None, extra: str = "") -> Path:
     """The daemon's station.toml for the scene's devices (``mqtt_port`` None: no broker)."""
-    mqtt = f"""
+    mqtt = (
+        f"""
 [mqtt]
 url = "mqtt://127.0.0.1:{mqtt_port}"
 keepalive_s = 5
 reconnect_min_s = 0.5
 reconnect_max_s = 4.0
 stats_interval_s = 10.0
-""" if mqtt_port is not None else ""
+"""
+        if mqtt_port is not None
+        else ""
+    )
     from sim.issuer import write_demo_trust_list
 
     trust = write_demo_trust_list(work)  # the scene's codes come from the DEMO ONLY issuer, as in `station demo`
@@ -473,7 +500,7 @@ stats_interval_s = 10.0
 [station]
 site = "soak"
 id = "gate-1"
-data_dir = "{work / 'data'}"
+data_dir = "{work / "data"}"
 
 [thermal]
 port = "{thermal_link}"
@@ -504,12 +531,12 @@ def _point(link: Path, target: str) -> None:
 
 
 def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), progress: bool = True) -> dict[str, Any]:
-    from sim.scene_camera import SceneCamera
-    from sim.scene import SceneDirector, SceneGeometry, SceneTiming
+    from sim.demo import cast_people
     from sim.gy_mcu90640_emulator import GyMcu90640Emulator
+    from sim.scene import SceneDirector, SceneGeometry, SceneTiming
+    from sim.scene_camera import SceneCamera
     from sim.thermal_render import ThermalSceneRenderer
     from station.config import StationConfig
-    from sim.demo import cast_people
     from tests.mosquitto import Broker
 
     rng = random.Random(seed)
@@ -696,13 +723,22 @@ def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), pr
         "pipeline_threads_crashed": dict(Counter(sup.crashed.values())),
         "crash_loop": sup.crash_loop,
         "final_stop_exit_code": final_rc,
-        "cold_start_s": {"median": statistics.median(sup.cold_start_s) if sup.cold_start_s else None,
-                         "max": max(sup.cold_start_s, default=None), "n": len(sup.cold_start_s)},
-        "spawn_to_first_decision_s": {"median": statistics.median(sup.first_decision_s) if sup.first_decision_s else None,
-                                      "n": len(sup.first_decision_s)},
+        "cold_start_s": {
+            "median": statistics.median(sup.cold_start_s) if sup.cold_start_s else None,
+            "max": max(sup.cold_start_s, default=None),
+            "n": len(sup.cold_start_s),
+        },
+        "spawn_to_first_decision_s": {
+            "median": statistics.median(sup.first_decision_s) if sup.first_decision_s else None,
+            "n": len(sup.first_decision_s),
+        },
         "rss_mb": {
-            "first": rss_all[0] if rss_all else None, "last": rss_all[-1] if rss_all else None,
-            "max": max(rss_all, default=None), "samples": len(rss_all), "sampled_every_s": 10, "warm_after_s": 30,
+            "first": rss_all[0] if rss_all else None,
+            "last": rss_all[-1] if rss_all else None,
+            "max": max(rss_all, default=None),
+            "samples": len(rss_all),
+            "sampled_every_s": 10,
+            "warm_after_s": 30,
             "longest_run_samples": len(longest),
             "longest_run_slope_mb_per_min": _slope_mb_per_min(longest),
             "longest_run_first_last": [longest[0]["rss_mb"], longest[-1]["rss_mb"]] if longest else None,

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.scene import SceneGeometry
 from drivers.thermal.gy_mcu90640 import DecodedFrame, FrameParser, encode_frame, image_to_module_order
+from sim.scene import SceneGeometry
 from sim.thermal_render import ThermalSceneRenderer
 from station.domain.model import Box, ThermalFrame
 from station.domain.thermal import (
@@ -44,8 +44,14 @@ BLACKBODY = ((28, 19, 31, 22), 40.0)  # a 3×3-pixel 40 °C patch in the lower-r
 
 
 def _walkup(
-    rng: np.random.Generator, renderer: ThermalSceneRenderer, parser: FrameParser, cal: ThermalCalibration,
-    core: float, distance: float, skin_shift: float, frames: int = 2,
+    rng: np.random.Generator,
+    renderer: ThermalSceneRenderer,
+    parser: FrameParser,
+    cal: ThermalCalibration,
+    core: float,
+    distance: float,
+    skin_shift: float,
+    frames: int = 2,
 ) -> tuple[list[Any], Box]:
     geo = renderer.geometry
     box = geo.face_box_at(distance)
@@ -70,8 +76,9 @@ def _reading(ms: list[Any], spread: float = 0.7) -> float | None:
     return float(statistics.median(vals))
 
 
-def calibrate_site(rng: np.random.Generator, geo: SceneGeometry, noise_c: float, skin_sigma_c: float,
-                   people: int = 30, blackbody: bool = False) -> tuple[ThermalCalibration, dict[str, Any]]:
+def calibrate_site(
+    rng: np.random.Generator, geo: SceneGeometry, noise_c: float, skin_sigma_c: float, people: int = 30, blackbody: bool = False
+) -> tuple[ThermalCalibration, dict[str, Any]]:
     # 1. registration from 6 heated-target points seen by both cameras (0.15 px click noise)
     truth_h = geo.visible_to_thermal()
     vis = np.array([[100, 80], [540, 80], [540, 400], [100, 400], [320, 240], [220, 330]], dtype=float)
@@ -79,15 +86,24 @@ def calibrate_site(rng: np.random.Generator, geo: SceneGeometry, noise_c: float,
     th = m[:, :2] / m[:, 2:3] + rng.normal(0.0, 0.15, (len(vis), 2))
     h, rmse = fit_homography(vis, th)
     face_ref = geo.face_box_at(CAL_DISTANCE_M).height
-    base = ThermalCalibration(h, offset_c=0.0, face_ref_px=face_ref, too_far_ratio=2.0, too_close_ratio=0.5,
-                              valid_min_c=20.0, valid_max_c=50.0,
-                              reference_box=BLACKBODY[0] if blackbody else None, reference_c=BLACKBODY[1])
+    base = ThermalCalibration(
+        h,
+        offset_c=0.0,
+        face_ref_px=face_ref,
+        too_far_ratio=2.0,
+        too_close_ratio=0.5,
+        valid_min_c=20.0,
+        valid_max_c=50.0,
+        reference_box=BLACKBODY[0] if blackbody else None,
+        reference_c=BLACKBODY[1],
+    )
     # 2. reference walk-ups: a clinical thermometer reading next to each station reading
     samples = []
     for _ in range(people):
         room = rng.uniform(20.0, 24.0)
-        r = ThermalSceneRenderer(None, room_c=room, noise_c=noise_c, seed=int(rng.integers(1 << 31)), geometry=geo,
-                                 blackbody=BLACKBODY if blackbody else None)
+        r = ThermalSceneRenderer(
+            None, room_c=room, noise_c=noise_c, seed=int(rng.integers(1 << 31)), geometry=geo, blackbody=BLACKBODY if blackbody else None
+        )
         core = rng.uniform(36.2, 37.8)
         d = CAL_DISTANCE_M * rng.uniform(0.75, 1.3)
         ms, _ = _walkup(rng, r, FrameParser(), base, core, d, rng.normal(0.0, skin_sigma_c))
@@ -97,24 +113,52 @@ def calibrate_site(rng: np.random.Generator, geo: SceneGeometry, noise_c: float,
         skin = float(np.mean([x.skin_c + x.terms["reference_c"] for x in ok]))
         samples.append(CalibrationSample(skin, core + rng.normal(0.0, 0.1), ok[0].terms["ambient_est_c"], ok[0].terms["size_ratio"]))
     fit = fit_compensation(samples, ambient_ref_c=22.0)
-    cal = replace(base, offset_c=fit.offset_c, ambient_gain=fit.ambient_gain, distance_gain=fit.distance_gain,
-                  valid_min_c=34.0, valid_max_c=42.0, version="bench-sim")
-    info = {"registration_rmse_px": round(rmse, 3), "reference_walkups": fit.n, "fitted": list(fit.fitted),
-            "offset_c": fit.offset_c, "ambient_gain": fit.ambient_gain, "distance_gain": fit.distance_gain,
-            "fit_rmse_c": fit.rmse_c}
+    cal = replace(
+        base,
+        offset_c=fit.offset_c,
+        ambient_gain=fit.ambient_gain,
+        distance_gain=fit.distance_gain,
+        valid_min_c=34.0,
+        valid_max_c=42.0,
+        version="bench-sim",
+    )
+    info = {
+        "registration_rmse_px": round(rmse, 3),
+        "reference_walkups": fit.n,
+        "fitted": list(fit.fitted),
+        "offset_c": fit.offset_c,
+        "ambient_gain": fit.ambient_gain,
+        "distance_gain": fit.distance_gain,
+        "fit_rmse_c": fit.rmse_c,
+    }
     return cal, info
 
 
-def evaluate(rng: np.random.Generator, geo: SceneGeometry, cal: ThermalCalibration, people: int, noise_c: float,
-             skin_sigma_c: float, drift_c: float = 0.0, blackbody: bool = False) -> dict[str, Any]:
+def evaluate(
+    rng: np.random.Generator,
+    geo: SceneGeometry,
+    cal: ThermalCalibration,
+    people: int,
+    noise_c: float,
+    skin_sigma_c: float,
+    drift_c: float = 0.0,
+    blackbody: bool = False,
+) -> dict[str, Any]:
     errors: list[float] = []
     tp = fn = tn = fp = 0
     no_reading = 0
     parser = FrameParser()
     for _ in range(people):
         room = rng.uniform(20.0, 24.0)
-        r = ThermalSceneRenderer(None, room_c=room, noise_c=noise_c, seed=int(rng.integers(1 << 31)), geometry=geo,
-                                 sensor_offset_c=drift_c, blackbody=BLACKBODY if blackbody else None)
+        r = ThermalSceneRenderer(
+            None,
+            room_c=room,
+            noise_c=noise_c,
+            seed=int(rng.integers(1 << 31)),
+            geometry=geo,
+            sensor_offset_c=drift_c,
+            blackbody=BLACKBODY if blackbody else None,
+        )
         core = rng.uniform(36.0, 39.5)
         d = CAL_DISTANCE_M * rng.uniform(0.8, 1.2)
         ms, _ = _walkup(rng, r, parser, cal, core, d, rng.normal(0.0, skin_sigma_c))
@@ -151,8 +195,8 @@ def paced_end_to_end(cal: ThermalCalibration, people: int = 12, baud: int = 4608
     the station's serial driver parsing it. Slower (real time), so fewer people."""
     import time
 
-    from sim.gy_mcu90640_emulator import GyMcu90640Emulator
     from drivers.thermal.gy_mcu90640 import GyMcu90640Source
+    from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 
     rng = np.random.default_rng(seed)
     geo = SceneGeometry()
@@ -184,9 +228,15 @@ def paced_end_to_end(cal: ThermalCalibration, people: int = 12, baud: int = 4608
         src.stop()
         emu.stop()
     a = np.abs(np.array(errors))
-    return {"link": f"{baud} baud / {hz:g} Hz", "people": people, "scored": len(errors),
-            "bias_c": round(float(np.mean(errors)), 3), "max_abs_error_c": round(float(a.max()), 3),
-            "frames_ok": st["frames_ok"], "checksum_errors": st["checksum_errors"]}
+    return {
+        "link": f"{baud} baud / {hz:g} Hz",
+        "people": people,
+        "scored": len(errors),
+        "bias_c": round(float(np.mean(errors)), 3),
+        "max_abs_error_c": round(float(a.max()), 3),
+        "frames_ok": st["frames_ok"],
+        "checksum_errors": st["checksum_errors"],
+    }
 
 
 def run(people: int = 1000, seed: int = 11, noise_c: float = 0.1, skin_sigma_c: float = 0.1, drift_c: float = 0.8) -> dict[str, Any]:
@@ -206,8 +256,15 @@ def run(people: int = 1000, seed: int = 11, noise_c: float = 0.1, skin_sigma_c: 
     }
     return {
         "kind": "simulation (emulated scenes, not real hardware)",
-        "model": {"pixel_noise_c": noise_c, "skin_spread_c": skin_sigma_c, "distance_m": [0.44, 0.66], "room_c": [20, 24],
-                  "core_c": [36.0, 39.5], "threshold_c": THRESHOLD_C, "frames_per_reading": 2},
+        "model": {
+            "pixel_noise_c": noise_c,
+            "skin_spread_c": skin_sigma_c,
+            "distance_m": [0.44, 0.66],
+            "room_c": [20, 24],
+            "core_c": [36.0, 39.5],
+            "threshold_c": THRESHOLD_C,
+            "frames_per_reading": 2,
+        },
         "calibration": info,
         "walkups": main,
         "targets_met": targets,

@@ -20,16 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stats import percentile
-
 import numpy as np
+
+from bench.stats import percentile
 
 LINKS = ((460800, 8), (115200, 4))
 
 
 def last_byte_to_temperature(repeat: int = 2000) -> dict[str, Any]:
-    from sim.scene import SceneGeometry
     from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
+    from sim.scene import SceneGeometry
     from sim.thermal_render import ThermalSceneRenderer
     from station.app import calibration_for
     from station.config import StationConfig
@@ -54,20 +54,23 @@ def last_byte_to_temperature(repeat: int = 2000) -> dict[str, Any]:
         if i >= 20:
             times.append(dt)
     assert state == MeasureState.MEASURED
-    return {"median_ms": round(statistics.median(times), 4), "p99_ms": round(float(np.percentile(times, 99)), 4),
-            "n": repeat, "target_ms": 10.0}
+    return {
+        "median_ms": round(statistics.median(times), 4),
+        "p99_ms": round(float(np.percentile(times, 99)), 4),
+        "n": repeat,
+        "target_ms": 10.0,
+    }
 
 
 def decision_latency(people: int, baud: int, hz: float) -> dict[str, Any]:
-    from station.config import StationConfig
     from sim.demo import DemoRun, summary
+    from station.config import StationConfig
 
     with tempfile.TemporaryDirectory() as d:
         run = DemoRun(StationConfig(), people=people, data_dir=Path(d), fast=True, thermal_link=(baud, hz))
         result = run.run()
     s = summary(result)
-    screened = [dec.event.latency_ms["total"] for _, dec in result.decided
-                if not dec.event.reason.startswith(("no_code", "code_invalid"))]
+    screened = [dec.event.latency_ms["total"] for _, dec in result.decided if not dec.event.reason.startswith(("no_code", "code_invalid"))]
     temp = [dec.event.latency_ms["temperature"] for _, dec in result.decided if "temperature" in dec.event.latency_ms]
     return {
         "link": f"{baud} baud / {hz:g} Hz",

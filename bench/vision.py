@@ -122,7 +122,10 @@ def face_accuracy(detectors: dict[str, Any], reference: Any = None) -> dict[str,
                 refs += len(ref_boxes[row["file"]])
         out[name] = {**face_scores(counts), "per_image": per_image}
         if reference is not None:
-            out[name]["box_matched_to_reference"] = {"recall": round(tp / refs, 3) if refs else None, "precision": round(tp / found, 3) if found else None}
+            out[name]["box_matched_to_reference"] = {
+                "recall": round(tp / refs, 3) if refs else None,
+                "precision": round(tp / found, 3) if found else None,
+            }
     return out
 
 
@@ -169,8 +172,8 @@ def pipeline_rate(people: int = 4) -> dict[str, Any]:
     actually processed per second (the scene renderer and the thermal emulator share the machine)."""
     import tempfile
 
-    from station.config import StationConfig
     from sim.demo import DemoRun
+    from station.config import StationConfig
 
     out: dict[str, Any] = {}
     for mode in ("off", "vehicle"):
@@ -192,11 +195,11 @@ def vision(repeat: int = 50, threads: int = 1, accuracy: bool = True) -> dict[st
     """Speed (and, if the labelled photos are there, accuracy) of the vision models."""
     import cv2
 
-    from sim.scene_camera import SceneRenderer
     from drivers.detect.haar import HaarFaceDetector
     from drivers.detect.plates import OnnxPlateReader
     from drivers.detect.ultraface import UltraFaceDetector
     from sim.scene import Phase, SceneGeometry, ScenePerson, SceneState
+    from sim.scene_camera import SceneRenderer
     from station.domain.model import CodeColour
     from station.domain.tracking import FaceTracker, capture_score
     from station.models import path_for
@@ -246,8 +249,12 @@ def vision(repeat: int = 50, threads: int = 1, accuracy: bool = True) -> dict[st
     except Exception as exc:  # the fallback may be missing from this OpenCV build: report, don't fail
         haar = None
         out["face_detect_haar_ms"] = f"unavailable: {exc}"
-    out["rss_mb"] = {"before_models": rss_start, "with_face_and_plate_models": rss_models, "after_runs": _rss_mb(),
-                     "peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1)}
+    out["rss_mb"] = {
+        "before_models": rss_start,
+        "with_face_and_plate_models": rss_models,
+        "after_runs": _rss_mb(),
+        "peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1),
+    }
     out["pipeline_demo_60fps_camera"] = pipeline_rate()
     if accuracy and (SHARED_IMAGES / "faces" / "labels.csv").is_file():
         dets: dict[str, Any] = {"ultraface-rfb-320": face320, "ultraface-rfb-640": face640}

@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 from station.board.auth import UsersFile  # noqa: E402
 from tests.mosquitto import Broker, free_port  # noqa: E402
 
-
 USER, PASSWORD = "screenshot", "screenshot-password"
 _opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # keeps the session cookie
 _logged_in: set[int] = set()
@@ -67,17 +66,45 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), CHECKPOINT_CONFIG=str(tmp / "absent.toml"))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     UsersFile(tmp / "board" / "board-users.json").add(USER, "viewer", PASSWORD)
-    board = subprocess.Popen([sys.executable, "-m", "station.cli.station_main", "board", "--mqtt", broker.url, "--listen",
-                              f"127.0.0.1:{port}", "--data-dir", str(tmp / "board")], cwd=ROOT, env=env,
-                             stderr=open(tmp / "board.log", "wb"))
+    board = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "station.cli.station_main",
+            "board",
+            "--mqtt",
+            broker.url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp / "board"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=open(tmp / "board.log", "wb"),
+    )
     try:
         wait(lambda: api(port) is not None, 20, "the board")
         for name, site, people in (("east-gate", "xinhua-st", 12), ("north-gate", "xinhua-st", 12), ("lane-3", "riverside", 3)):
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "station.cli.station_main", "demo", "--keep-running", "--people", str(people),
-                 "--data-dir", str(tmp / name), "--mqtt", broker.url],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"),
-                env=dict(env, CHECKPOINT_STATION__ID=name, CHECKPOINT_STATION__SITE=site, CHECKPOINT_SNAPSHOTS__INTERVAL_S="1"))
+                [
+                    sys.executable,
+                    "-m",
+                    "station.cli.station_main",
+                    "demo",
+                    "--keep-running",
+                    "--people",
+                    str(people),
+                    "--data-dir",
+                    str(tmp / name),
+                    "--mqtt",
+                    broker.url,
+                ],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp / f"{name}.log", "wb"),
+                env=dict(env, CHECKPOINT_STATION__ID=name, CHECKPOINT_STATION__SITE=site, CHECKPOINT_SNAPSHOTS__INTERVAL_S="1"),
+            )
         wait(lambda: "all people done" in (tmp / "lane-3.log").read_text(), 120, "lane-3's people")
         procs["lane-3"].send_signal(signal.SIGKILL)
         wait(lambda: any(r["state"] == "offline" for r in api(port)["stations"]), 20, "the Will")

@@ -86,7 +86,9 @@ def cast_people(n: int, cfg: StationConfig, now_wall: float) -> list[ScenePerson
         if c.payload_kind == "valid" and c.colour is not None:
             payload = issuer.issue(c.colour, iat=int(now_wall) - 600, exp=int(now_wall) + 86400, holder=f"demo-person-{i}").encode()
         elif c.payload_kind == "expired" and c.colour is not None:
-            payload = issuer.issue(c.colour, iat=int(now_wall) - 3 * 86400, exp=int(now_wall) - 2 * 86400, holder=f"demo-person-{i}").encode()
+            payload = issuer.issue(
+                c.colour, iat=int(now_wall) - 3 * 86400, exp=int(now_wall) - 2 * 86400, holder=f"demo-person-{i}"
+            ).encode()
         elif c.payload_kind == "garbage":
             payload = b"https://pay.example/qr/7F3A9C21"
         else:
@@ -130,8 +132,8 @@ class DemoRun:
         wait_for_page: bool = False,  # with http.enabled: nobody walks up until the operator page is open
         cast: Sequence[ScenePerson] | None = None,  # this queue instead of ``people`` from CAST (any QR payload)
     ) -> None:
-        from sim.scene_camera import SceneCamera
         from sim.gy_mcu90640_emulator import GyMcu90640Emulator
+        from sim.scene_camera import SceneCamera
         from sim.thermal_render import ThermalSceneRenderer
 
         self.cfg = demo_config(cfg)
@@ -143,9 +145,7 @@ class DemoRun:
         timing = SceneTiming.fast(leave) if fast else SceneTiming.realtime(leave)
         self.people = list(cast) if cast is not None else cast_people(people, self.cfg, time.time())
         self.director = SceneDirector(self.people, timing, SceneGeometry())
-        self.emulator = GyMcu90640Emulator(
-            ThermalSceneRenderer(self.director, seed=seed), baud=thermal_link[0], refresh_hz=thermal_link[1]
-        )
+        self.emulator = GyMcu90640Emulator(ThermalSceneRenderer(self.director, seed=seed), baud=thermal_link[0], refresh_hz=thermal_link[1])
         self.camera = SceneCamera(self.director, fps=self.cfg.camera.fps, seed=seed)
         self.waiting_for_page = wait_for_page and self.cfg.http.enabled
         if self.waiting_for_page:
@@ -205,8 +205,11 @@ class DemoRun:
                 # `station demo --keep-running`: the station stays up after its queue of people
                 # (status, states, snapshots keep flowing, e.g. for the command-centre board) until
                 # Ctrl-C / SIGINT or ``stop``; then it shuts down cleanly (retained status "stopped").
-                print(f"demo: all people done ({len(self.decided)} decisions); the station keeps running until Ctrl-C",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"demo: all people done ({len(self.decided)} decisions); the station keeps running until Ctrl-C",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 try:
                     while stop is None or not stop.is_set():
                         time.sleep(0.2)

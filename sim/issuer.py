@@ -47,13 +47,23 @@ def self_signed_cert(key: Any, common_name: str, days: int = 3650) -> bytes:
 
     Fixed dates, serial and RFC 6979 deterministic ECDSA: the same key gives the same certificate,
     hence the same kid, in every process (the demo's codes and trust list agree across runs)."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "checkpoint-station DEMO ONLY")])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "checkpoint-station DEMO ONLY"),
+        ]
+    )
     start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(int.from_bytes(hashlib.sha256(common_name.encode()).digest()[:8], "big"))
-            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
-            .sign(key, hashes.SHA256(), ecdsa_deterministic=True if isinstance(key, ec.EllipticCurvePrivateKey) else None))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(int.from_bytes(hashlib.sha256(common_name.encode()).digest()[:8], "big"))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .sign(key, hashes.SHA256(), ecdsa_deterministic=True if isinstance(key, ec.EllipticCurvePrivateKey) else None)
+    )
     return cert.public_bytes(serialization.Encoding.DER)
 
 
@@ -72,11 +82,31 @@ class Issuer:
     def trust_entry(self) -> dict[str, str]:
         return certificate_entry(self.cert_der)
 
-    def issue(self, colour: CodeColour | str, *, iat: float, exp: float, refresh_s: int | None = None,
-              holder: str | None = None, extra: dict[Any, Any] | None = None, kid: bytes | None = None,
-              kid_protected: bool = True, valid_from: int | None = None, valid_until: int | None = None) -> str:
-        claims = hc1.health_claims(colour, iat=int(iat), exp=int(exp), issuer=self.name, refresh_s=refresh_s,
-                                   holder=holder, extra=extra, valid_from=valid_from, valid_until=valid_until)
+    def issue(
+        self,
+        colour: CodeColour | str,
+        *,
+        iat: float,
+        exp: float,
+        refresh_s: int | None = None,
+        holder: str | None = None,
+        extra: dict[Any, Any] | None = None,
+        kid: bytes | None = None,
+        kid_protected: bool = True,
+        valid_from: int | None = None,
+        valid_until: int | None = None,
+    ) -> str:
+        claims = hc1.health_claims(
+            colour,
+            iat=int(iat),
+            exp=int(exp),
+            issuer=self.name,
+            refresh_s=refresh_s,
+            holder=holder,
+            extra=extra,
+            valid_from=valid_from,
+            valid_until=valid_until,
+        )
         return hc1.encode(claims, self.key, kid if kid is not None else self.kid, kid_protected=kid_protected)
 
 
@@ -127,14 +157,17 @@ def keys_cmd(out_dir: Path, list_version: int) -> None:
     issuer = demo_issuer()
     pem = serialization.PrivateFormat.PKCS8
     (out_dir / "DEMO-ONLY-issuer-key.pem").write_bytes(
-        issuer.key.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption()))
+        issuer.key.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption())
+    )
     (out_dir / "DEMO-ONLY-issuer-cert.der").write_bytes(issuer.cert_der)
     (out_dir / "trust-list.json").write_text(json.dumps(trust_list_document([issuer]), indent=1))
     signer = demo_trust_signer()
     (out_dir / "DEMO-ONLY-trust-signer-key.pem").write_bytes(
-        signer.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption()))
+        signer.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption())
+    )
     (out_dir / "DEMO-ONLY-trust-signer-pub.pem").write_bytes(
-        signer.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        signer.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     signed = sign_document([issuer.trust_entry()], list_version, signer)
     (out_dir / "trust-list-signed.json").write_text(json.dumps(signed, indent=1))
     click.echo(json.dumps({"dir": str(out_dir), "kid": issuer.kid.hex(), "note": "DEMO ONLY keys"}))

@@ -170,12 +170,8 @@ class SceneRenderer:
         # A wall sign at the top right.
         sx1, sy1 = int(w * 0.70), int(h * 0.06)
         cv2.rectangle(img, (sx1, sy1), (sx1 + 150, sy1 + 44), (150, 95, 30), -1)
-        cv2.putText(
-            img, "SHOW HEALTH", (sx1 + 8, sy1 + 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (245, 245, 245), 1, cv2.LINE_AA
-        )
-        cv2.putText(
-            img, "CODE HERE", (sx1 + 8, sy1 + 37), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (245, 245, 245), 1, cv2.LINE_AA
-        )
+        cv2.putText(img, "SHOW HEALTH", (sx1 + 8, sy1 + 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (245, 245, 245), 1, cv2.LINE_AA)
+        cv2.putText(img, "CODE HERE", (sx1 + 8, sy1 + 37), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (245, 245, 245), 1, cv2.LINE_AA)
 
         # Lens vignetting.
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -219,9 +215,7 @@ class SceneRenderer:
         # The torso runs to the bottom of the frame and no further (layers are cached: keep them small).
         bottom = max(1, min(int(3.6 * fh), self.size[1] - round(cy) + 1))
         key = (person.index, fw, fh, bottom)
-        scale = math.sqrt(
-            (fw * fh) / ((PHOTO_FACE_RECT[2] - PHOTO_FACE_RECT[0]) * (PHOTO_FACE_RECT[3] - PHOTO_FACE_RECT[1]))
-        )
+        scale = math.sqrt((fw * fh) / ((PHOTO_FACE_RECT[2] - PHOTO_FACE_RECT[0]) * (PHOTO_FACE_RECT[3] - PHOTO_FACE_RECT[1])))
         pfx = (PHOTO_FACE_RECT[0] + PHOTO_FACE_RECT[2]) / 2.0
         pfy = (PHOTO_FACE_RECT[1] + PHOTO_FACE_RECT[3]) / 2.0
         # Layer coordinates are relative to the face centre, so one layer serves any face position.
@@ -241,18 +235,12 @@ class SceneRenderer:
         clothing = CLOTHING_BGR[person.index % len(CLOTHING_BGR)]
         shoulder_y = oy + int(0.78 * fh)
         torso = np.zeros((lh, lw), dtype=np.uint8)
-        cv2.ellipse(
-            torso, (ox, shoulder_y + int(0.55 * fh)), (int(1.35 * fw), int(0.6 * fh)), 0, 180, 360, 255, -1, cv2.LINE_AA
-        )
+        cv2.ellipse(torso, (ox, shoulder_y + int(0.55 * fh)), (int(1.35 * fw), int(0.6 * fh)), 0, 180, 360, 255, -1, cv2.LINE_AA)
         cv2.rectangle(torso, (ox - int(1.35 * fw), shoulder_y + int(0.55 * fh)), (ox + int(1.35 * fw), lh), 255, -1)
         neck = np.zeros((lh, lw), dtype=np.uint8)
-        cv2.rectangle(
-            neck, (ox - int(0.26 * fw), oy + int(0.2 * fh)), (ox + int(0.26 * fw), shoulder_y + int(0.2 * fh)), 255, -1
-        )
+        cv2.rectangle(neck, (ox - int(0.26 * fw), oy + int(0.2 * fh)), (ox + int(0.26 * fw), shoulder_y + int(0.2 * fh)), 255, -1)
         collar = np.zeros((lh, lw), dtype=np.uint8)
-        cv2.ellipse(
-            collar, (ox, shoulder_y + int(0.12 * fh)), (int(0.34 * fw), int(0.16 * fh)), 0, 0, 180, 255, -1, cv2.LINE_AA
-        )
+        cv2.ellipse(collar, (ox, shoulder_y + int(0.12 * fh)), (int(0.34 * fw), int(0.16 * fh)), 0, 0, 180, 255, -1, cv2.LINE_AA)
         coverage = np.zeros((lh, lw), dtype=np.uint8)
         for mask, colour in ((torso, clothing), (neck, skin), (collar, tuple(max(0, c - 35) for c in clothing))):
             bgr[mask > 0] = colour
@@ -262,9 +250,7 @@ class SceneRenderer:
         shade = 1.0 - 0.25 * np.abs(np.linspace(-1.0, 1.0, lw, dtype=np.float32))
         bgr = np.clip(bgr.astype(np.float32) * shade[None, :, None], 0, 255).astype(np.uint8)
 
-        head = cv2.resize(
-            photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        )
+        head = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         head_a = cv2.resize(self._head_alpha, (head.shape[1], head.shape[0]), interpolation=cv2.INTER_LINEAR)
         if person.index % 2 == 1:
             head_a = cv2.flip(head_a, 1)
@@ -321,12 +307,8 @@ class SceneRenderer:
         mask = np.zeros((lh, lw), dtype=np.uint8)
         px, py = pad, pad
         # Hand behind the lower half of the phone.
-        cv2.ellipse(
-            bgr, (px + pw // 2, py + int(ph * 0.82)), (pw // 2 + 12, int(ph * 0.2)), 0, 0, 360, skin, -1, cv2.LINE_AA
-        )
-        cv2.ellipse(
-            mask, (px + pw // 2, py + int(ph * 0.82)), (pw // 2 + 12, int(ph * 0.2)), 0, 0, 360, 255, -1, cv2.LINE_AA
-        )
+        cv2.ellipse(bgr, (px + pw // 2, py + int(ph * 0.82)), (pw // 2 + 12, int(ph * 0.2)), 0, 0, 360, skin, -1, cv2.LINE_AA)
+        cv2.ellipse(mask, (px + pw // 2, py + int(ph * 0.82)), (pw // 2 + 12, int(ph * 0.2)), 0, 0, 360, 255, -1, cv2.LINE_AA)
         _rounded_rect(bgr, (px, py, px + pw, py + ph), 14, (38, 36, 34))
         _rounded_rect(mask, (px, py, px + pw, py + ph), 14, 255)
         sx, sy = px + bezel, py + bezel + 8
@@ -336,9 +318,7 @@ class SceneRenderer:
         cv2.putText(bgr, label, (sx + 8, sy + 23), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
         bgr[sy + banner_h : sy + banner_h + qs, sx + 4 : sx + 4 + qs] = qr
         status = person.code_colour.value.upper() if person.code_colour is not None else "CODE"
-        cv2.putText(
-            bgr, status, (sx + 8, sy + banner_h + qs + 21), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA
-        )
+        cv2.putText(bgr, status, (sx + 8, sy + banner_h + qs + 21), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
         layer = _Layer.from_mask(bgr, mask.astype(np.float32) / 255.0)
         self._phones[key] = layer
         if len(self._phones) > self._cache_size:

@@ -122,9 +122,7 @@ class ThermalSceneRenderer:
 
     def distractors_fine(self) -> list[tuple[tuple[int, int, int, int], float]]:
         s = SUPERSAMPLE
-        return [
-            ((int(b.x1 * s), int(b.y1 * s), int(b.x2 * s), int(b.y2 * s)), temp) for b, temp in self.distractors
-        ]
+        return [((int(b.x1 * s), int(b.y1 * s), int(b.x2 * s), int(b.y2 * s)), temp) for b, temp in self.distractors]
 
     def ground_truth(self, now: float) -> dict[str, Any]:
         """What the scene holds at ``now``: core temperature, face box in thermal pixels, distance."""
@@ -153,9 +151,7 @@ class ThermalSceneRenderer:
         if face is None:
             return None
         h = self.geometry.visible_to_thermal()
-        corners = np.array(
-            [[face.x1, face.y1, 1.0], [face.x2, face.y1, 1.0], [face.x2, face.y2, 1.0], [face.x1, face.y2, 1.0]]
-        )
+        corners = np.array([[face.x1, face.y1, 1.0], [face.x2, face.y1, 1.0], [face.x2, face.y2, 1.0], [face.x1, face.y2, 1.0]])
         mapped = corners @ h.T
         xy = mapped[:, :2] / mapped[:, 2:3]
         return Box(float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max()))

@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-from station.ops.clock import SystemClock
 from station.config import StationConfig
 from station.domain.model import Decision
 from station.domain.screening import ScreeningLane, ScreeningPolicy, ScreeningSettings
 from station.domain.thermal import ThermalCalibration
 from station.lane.pipeline import Decided, Pipeline, PipelineSettings, StationIdentity
+from station.ops.clock import SystemClock
 from station.ops.runtime import clear_runtime_status, write_runtime_status
-from station.ports import Clock, CodeReader, CodeVerifier, FaceDetector, FrameSource, GateOutput, ThermalSource
 from station.ops.systemd import Notifier, WatchdogGate
+from station.ports import Clock, CodeReader, CodeVerifier, FaceDetector, FrameSource, GateOutput, ThermalSource
 
 log = logging.getLogger("station.app")
 
@@ -100,28 +100,38 @@ def build_verifiers(cfg: StationConfig, data_dir: Path | None = None) -> list[Co
 
     With ``data_dir`` the salt, the replay memory and pushed trust lists live there; without it
     (CLI tools) the salt is per process and nothing is remembered."""
-    from station.codes.judge import CodeJudge, SeenCodes, holder_ref_fn, station_salt
+    from station.codes.colour import ScreenColourVerifier
     from station.codes.hc1 import Hc1Verifier
+    from station.codes.judge import CodeJudge, SeenCodes, holder_ref_fn, station_salt
     from station.codes.local_claims import LocalClaimsVerifier
     from station.codes.online import OnlineVerifier
-    from station.codes.colour import ScreenColourVerifier
     from station.codes.trust_list import TrustStore
 
     c = cfg.codes
     salt = station_salt(data_dir)
     factories: dict[str, Callable[[], CodeVerifier]] = {
-        "hc1": lambda: Hc1Verifier(TrustStore(data_dir, Path(c.trust_list_file) if c.trust_list_file else None),
-                                   max_clock_skew_s=c.max_clock_skew_s, dynamic_grace_s=c.dynamic_grace_s,
-                                   holder_ref=holder_ref_fn(salt)),
-        "online": lambda: OnlineVerifier(f"{cfg.mqtt.topic_prefix}/{cfg.station.site}/{cfg.station.id}",
-                                         timeout_s=c.online_timeout_s,
-                                         identity={"station_id": cfg.station.id, "site": cfg.station.site}),
+        "hc1": lambda: Hc1Verifier(
+            TrustStore(data_dir, Path(c.trust_list_file) if c.trust_list_file else None),
+            max_clock_skew_s=c.max_clock_skew_s,
+            dynamic_grace_s=c.dynamic_grace_s,
+            holder_ref=holder_ref_fn(salt),
+        ),
+        "online": lambda: OnlineVerifier(
+            f"{cfg.mqtt.topic_prefix}/{cfg.station.site}/{cfg.station.id}",
+            timeout_s=c.online_timeout_s,
+            identity={"station_id": cfg.station.id, "site": cfg.station.site},
+        ),
         "screen-colour": ScreenColourVerifier,
         "local-claims": lambda: LocalClaimsVerifier(max_clock_skew_s=c.max_clock_skew_s),
     }
     seen = SeenCodes(data_dir / "codes" / "seen.sqlite3") if data_dir is not None else SeenCodes(None)
-    judge = CodeJudge([factories[name]() for name in c.verifiers], salt=salt, seen=seen,
-                      replay_window_s=c.replay_window_s, replay_grace_s=c.replay_grace_s)
+    judge = CodeJudge(
+        [factories[name]() for name in c.verifiers],
+        salt=salt,
+        seen=seen,
+        replay_window_s=c.replay_window_s,
+        replay_grace_s=c.replay_grace_s,
+    )
     return [judge]
 
 
@@ -205,8 +215,11 @@ def lane_for(cfg: StationConfig) -> ScreeningLane:
         face_size_tolerance=s.face_size_tolerance,
         temperature_on=s.temperature_on,
     )
-    policy = ScreeningPolicy(temperature=cfg.policy.temperature, yellow_code=Decision(cfg.policy.yellow_code),
-                             uncoloured_code=Decision(cfg.policy.uncoloured_code))
+    policy = ScreeningPolicy(
+        temperature=cfg.policy.temperature,
+        yellow_code=Decision(cfg.policy.yellow_code),
+        uncoloured_code=Decision(cfg.policy.uncoloured_code),
+    )
     lane = ScreeningLane(settings, policy, calibration_for(cfg))
     from station.domain.direction import LaneGeometry
 
@@ -396,9 +409,9 @@ class StationApp:
     def _start_plates(self) -> None:
         """Vehicle lane: the plate reader on its own thread, fed the newest camera frames."""
         from station.domain.vehicles import VehicleLane
-        from station.store.residents import ResidentFile, resident_path
         from station.lane.vehicle_loop import PlateLoop
         from station.lane.vision import build_plate_reader
+        from station.store.residents import ResidentFile, resident_path
 
         v = self.cfg.vehicle
         reader, self.plate_state = build_plate_reader(
@@ -532,10 +545,14 @@ class StationApp:
             return restarts_seen
         restarted = ", ".join(f"{n}×{h['restarts']}" for n, h in health["stages"].items() if h["restarts"])
         if health["given_up"]:
-            text = (f"FAILED: pipeline stage {', '.join(health['given_up'])} given up after its restart limit; "
-                    f"watchdog withheld, systemd restarts the station (restarts: {restarted})")
+            text = (
+                f"FAILED: pipeline stage {', '.join(health['given_up'])} given up after its restart limit; "
+                f"watchdog withheld, systemd restarts the station (restarts: {restarted})"
+            )
         else:
-            text = (f"screening site={self.cfg.station.site} station={self.cfg.station.id}; "
-                    f"DEGRADED: pipeline stages restarted in-process: {restarted}")
+            text = (
+                f"screening site={self.cfg.station.site} station={self.cfg.station.id}; "
+                f"DEGRADED: pipeline stages restarted in-process: {restarted}"
+            )
         self.notifier.status(text)
         return int(health["restarts"])

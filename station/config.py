@@ -50,7 +50,9 @@ class StationSection(Section):
 
 class ScreeningSection(Section):
     fever_threshold_c: float = Field(37.3, ge=35.0, le=40.0, description="Core temperature at or above which a person has a fever")
-    valid_min_c: float = Field(34.0, ge=25.0, le=37.0, description="Lowest plausible core reading; lower is shown as invalid, never massaged")
+    valid_min_c: float = Field(
+        34.0, ge=25.0, le=37.0, description="Lowest plausible core reading; lower is shown as invalid, never massaged"
+    )
     valid_max_c: float = Field(42.0, ge=38.0, le=45.0, description="Highest plausible core reading")
     min_face_px: int = Field(120, ge=20, le=2000, description="Face height in visible pixels at which a person is in the screening zone")
     stable_samples: int = Field(2, ge=1, le=10, description="Consecutive thermal readings that must agree before one is used")
@@ -59,9 +61,14 @@ class ScreeningSection(Section):
     code_timeout_s: float = Field(5.0, gt=0.0, le=60.0, description="From face lock to a judged health code, else retry")
     leave_after_s: float = Field(0.8, gt=0.0, le=10.0, description="No face for this long means the person has left")
     face_stable_s: float = Field(0.3, ge=0.0, le=5.0, description="The face must hold its size this long before thermal readings count")
-    face_size_tolerance: float = Field(0.08, gt=0.0, le=1.0, description="How much the face size may change and still count as standing still")
+    face_size_tolerance: float = Field(
+        0.08, gt=0.0, le=1.0, description="How much the face size may change and still count as standing still"
+    )
     thermal_stale_s: float = Field(2.0, gt=0.0, le=30.0, description="No thermal frame for this long is a sensor fault")
-    temperature_on: Literal["entry", "both"] = Field("both", description="Who is temperature-screened: both directions, or (one-way mode) entries only; a person tracked as exiting is then decided on the code alone")
+    temperature_on: Literal["entry", "both"] = Field(
+        "both",
+        description="Who is temperature-screened: both directions, or (one-way mode) entries only; a person tracked as exiting is then decided on the code alone",
+    )
 
     @model_validator(mode="after")
     def _range_ordered(self) -> ScreeningSection:
@@ -83,12 +90,14 @@ class PolicySection(Section):
     uncoloured_code: Literal["manual_check", "deny_code"] = Field(
         "manual_check",
         description="What a genuine, in-date code without our colour claim leads to (e.g. an EU Digital COVID "
-                    "Certificate): manual_check = staff look at it; deny_code = refused. It never passes",
+        "Certificate): manual_check = staff look at it; deny_code = refused. It never passes",
     )
 
 
 class ThermalSection(Section):
-    driver: Literal["gy-mcu90640", "htpa32x32"] = Field("gy-mcu90640", description="htpa32x32: Heimann 32×32 module, 115200 baud, query-driven (set its own registration)")
+    driver: Literal["gy-mcu90640", "htpa32x32"] = Field(
+        "gy-mcu90640", description="htpa32x32: Heimann 32×32 module, 115200 baud, query-driven (set its own registration)"
+    )
     port: str = Field("/dev/ttyUSB0", description="Serial device; prefer a /dev/serial/by-id/… path")
     baud: Literal[0, 9600, 115200, 460800] = Field(0, description="0 = probe 115200, 460800, 9600 in turn")
     refresh_hz: Literal[0.5, 1, 2, 4, 8] = Field(4, description="Module refresh; 8 Hz needs 460800 baud")
@@ -107,15 +116,21 @@ class ThermalSection(Section):
     room_c: float = Field(22.0, ge=-20.0, le=50.0, description="Room temperature when ambient_source = room")
     ambient_ref_c: float = Field(22.0, ge=-20.0, le=50.0, description="Room temperature at calibration")
     ambient_gain: float = Field(0.0, ge=-2.0, le=2.0, description="Ambient term: gain × (ambient_ref_c − ambient)")
-    face_ref_px: float = Field(222.0, ge=0.0, le=4000.0, description="Visible face-box height at the calibrated distance; 0 = no distance term or limits")
+    face_ref_px: float = Field(
+        222.0, ge=0.0, le=4000.0, description="Visible face-box height at the calibrated distance; 0 = no distance term or limits"
+    )
     distance_gain: float = Field(0.0, ge=-1.0, le=1.0, description="Distance term: gain × (skin − ambient) × (face_ref_px / face_px − 1)")
     too_close_ratio: float = Field(0.6, gt=0.0, le=1.0, description="face_ref_px / face_px below this: too close")
     too_far_ratio: float = Field(1.6, ge=1.0, le=10.0, description="face_ref_px / face_px above this: too far")
     reference_box: list[int] = Field(default_factory=list, description="Blackbody patch in thermal pixels [x1, y1, x2, y2]; [] = none")
     reference_c: float = Field(0.0, ge=0.0, le=100.0, description="Blackbody set-point")
-    several_people_ratio: float = Field(0.8, gt=0.0, le=1.0, description="A second face this tall relative to the measured one: several people")
+    several_people_ratio: float = Field(
+        0.8, gt=0.0, le=1.0, description="A second face this tall relative to the measured one: several people"
+    )
     warmup_s: float = Field(0.0, ge=0.0, le=7200.0, description="Readings are 'warming_up' for this long after the module's first frame")
-    warmup_max_die_rate: float = Field(0.0, ge=0.0, le=10.0, description="... and while the die temperature rises faster than this (°C/min); 0 = off")
+    warmup_max_die_rate: float = Field(
+        0.0, ge=0.0, le=10.0, description="... and while the die temperature rises faster than this (°C/min); 0 = off"
+    )
 
     @field_validator("registration")
     @classmethod
@@ -154,7 +169,9 @@ class DetectorSection(Section):
     threads: int = Field(1, ge=1, le=8, description="onnxruntime intra-op threads per model")
     models_dir: str = Field("", description="Empty = the models shipped inside the station package (station/models_data/)")
     max_rate_hz: float = Field(0.0, ge=0.0, le=60.0, description="Run face detection at most this often; 0 = every frame")
-    skip_unchanged_below: float = Field(0.0, ge=0.0, le=50.0, description="Re-use the last detection while the frame differs by less than this (mean grey levels); 0 = off")
+    skip_unchanged_below: float = Field(
+        0.0, ge=0.0, le=50.0, description="Re-use the last detection while the frame differs by less than this (mean grey levels); 0 = off"
+    )
 
 
 class VehicleSection(Section):
@@ -172,23 +189,32 @@ class DirectionSection(Section):
 
     by: Literal["size", "x", "y"] = Field("size", description="size: approaching the camera (growing face) | x / y: image axis of travel")
     entry: Literal["increasing", "decreasing"] = Field("increasing", description="Which change along `by` is an entry")
-    min_travel: float = Field(0.25, gt=0.0, le=5.0, description="Relative size change (size) or fraction of the frame (x, y) that counts as a passage")
+    min_travel: float = Field(
+        0.25, gt=0.0, le=5.0, description="Relative size change (size) or fraction of the frame (x, y) that counts as a passage"
+    )
 
 
 class CodesSection(Section):
     reader: Literal["cascade", "zxing", "pyzbar", "opencv"] = Field(
-        "cascade", description="cascade: zxing-cpp, then an upscaled pass where it failed (best in bench/qr.py) | zxing | pyzbar | opencv")
+        "cascade", description="cascade: zxing-cpp, then an upscaled pass where it failed (best in bench/qr.py) | zxing | pyzbar | opencv"
+    )
     track: bool = Field(True, description="Skip decoding while the last code's region is unchanged (decode again when it changes)")
     track_max_reuse: int = Field(15, ge=0, le=1000, description="Decode anyway after this many frames answered from the tracked code")
     verifiers: list[Literal["hc1", "online", "screen-colour", "local-claims"]] = Field(
-        default_factory=lambda: ["hc1", "online"], min_length=1,
-        description="Tried in order; the first that knows the code's format judges it")
+        default_factory=lambda: ["hc1", "online"],
+        min_length=1,
+        description="Tried in order; the first that knows the code's format judges it",
+    )
     max_clock_skew_s: float = Field(300.0, ge=0.0, le=86400.0)
     trust_list_file: str = Field("", description="HC1 signer certificates (JSON); a list pushed over MQTT replaces it")
     trust_list_signer_file: str = Field("", description="PEM public key/cert that signs pushed trust lists; empty = pushes refused")
-    dynamic_grace_s: float = Field(30.0, ge=0.0, le=3600.0, description="A dynamic code older than its refresh period plus this is a screenshot")
+    dynamic_grace_s: float = Field(
+        30.0, ge=0.0, le=3600.0, description="A dynamic code older than its refresh period plus this is a screenshot"
+    )
     replay_window_s: float = Field(86400.0, ge=0.0, le=30 * 86400.0, description="A valid code used again within this is a replay; 0 = off")
-    replay_grace_s: float = Field(20.0, ge=0.0, le=600.0, description="Re-reads of the same code within this of its first use are not replays")
+    replay_grace_s: float = Field(
+        20.0, ge=0.0, le=600.0, description="Re-reads of the same code within this of its first use are not replays"
+    )
     online_timeout_s: float = Field(1.5, gt=0.0, le=10.0, description="Online code look-up timeout; then manual_check")
     decode_max_side: int = Field(640, ge=160, le=4096, description="Frames are downscaled to this before decoding")
 
@@ -215,10 +241,16 @@ class GateSection(Section):
 class MqttSection(Section):
     url: str = Field("", pattern=r"^$|^mqtts?://[^/\s]+(:\d+)?/?$", description="Empty = no broker: events wait in the outbox")
     topic_prefix: str = Field("checkpoint/v1", pattern=r"^[A-Za-z0-9_/-]+$")
-    protocol: Literal["auto", "5", "3.1.1"] = Field("auto", description="auto = MQTT 5, falling back to 3.1.1 when the broker lacks 5; or force 5 / 3.1.1")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="auto = MQTT 5, falling back to 3.1.1 when the broker lacks 5; or force 5 / 3.1.1"
+    )
     username: str = Field("", description="Empty = no username")
     password_file: str = Field("", description="File whose first line is the password (never logged); empty = password_env")
-    password_env: str = Field("CHECKPOINT_MQTT_PASSWORD", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the password when password_file is empty")
+    password_env: str = Field(
+        "CHECKPOINT_MQTT_PASSWORD",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the password when password_file is empty",
+    )
     tls_ca_file: str = Field("", description="CA bundle that signs the broker's certificate (mqtts://); empty = system store")
     tls_cert_file: str = Field("", description="Client certificate (PEM) for mutual TLS; empty = none")
     tls_key_file: str = Field("", description="Client private key (PEM) for tls_cert_file")
@@ -227,9 +259,13 @@ class MqttSection(Section):
     reconnect_max_s: float = Field(60.0, gt=0.0, le=3600.0, description="Longest reconnect delay")
     max_in_flight: int = Field(10, ge=1, le=100, description="Outbox rows published and not yet acknowledged")
     stats_interval_s: float = Field(60.0, ge=0.0, le=3600.0, description="Period of the stats topic (QoS 0); 0 = off")
-    outbox_max_rows: int = Field(200000, ge=100, description="Above this, the oldest ordinary rows are dropped (counted, alarm raised); alarms are never dropped")
+    outbox_max_rows: int = Field(
+        200000, ge=100, description="Above this, the oldest ordinary rows are dropped (counted, alarm raised); alarms are never dropped"
+    )
     outbox_max_bytes: int = Field(200_000_000, ge=100_000, description="Same bound in payload bytes")
-    outbox_max_age_days: float = Field(30.0, gt=0.0, le=3650.0, description="Ordinary rows older than this are dropped (counted, alarm raised)")
+    outbox_max_age_days: float = Field(
+        30.0, gt=0.0, le=3650.0, description="Ordinary rows older than this are dropped (counted, alarm raised)"
+    )
     ha_discovery: bool = Field(False, description="Announce the station to Home Assistant (MQTT discovery)")
     ha_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$", description="Home Assistant discovery prefix")
 
@@ -238,9 +274,11 @@ class MqttSection(Section):
     def _no_credentials_in_url(cls, v: Any) -> Any:
         # Checked before the pattern so that the technician gets this message, not a regex.
         if isinstance(v, str) and has_userinfo(v):
-            raise ValueError("credentials do not belong in the URL (it is shown in logs and status): "
-                             "put the user in mqtt.username and the password in mqtt.password_file "
-                             "(or the variable named by mqtt.password_env)")
+            raise ValueError(
+                "credentials do not belong in the URL (it is shown in logs and status): "
+                "put the user in mqtt.username and the password in mqtt.password_file "
+                "(or the variable named by mqtt.password_env)"
+            )
         return v
 
     @model_validator(mode="after")
@@ -255,17 +293,31 @@ class MqttSection(Section):
 class CentreSection(Section):
     """Trust in the command centre: the keys that sign remote commands and code look-up answers (station/link/command_auth.py)."""
 
-    command_keys_file: str = Field("", description="PEM public key(s) (Ed25519 or ECDSA P-256) of the command centre; a signed command-keys rotation replaces them; empty = every command that changes the gate or the station is refused (no_keys_configured)")
-    command_max_window_s: float = Field(60.0, ge=5.0, le=300.0, description="A signed command whose deadline is further ahead than this is refused (deadline_too_far)")
-    command_max_bytes: int = Field(262144, ge=4096, le=16_777_216, description="cmd/ message bodies larger than this are dropped unread (counted)")
+    command_keys_file: str = Field(
+        "",
+        description="PEM public key(s) (Ed25519 or ECDSA P-256) of the command centre; a signed command-keys rotation replaces them; empty = every command that changes the gate or the station is refused (no_keys_configured)",
+    )
+    command_max_window_s: float = Field(
+        60.0, ge=5.0, le=300.0, description="A signed command whose deadline is further ahead than this is refused (deadline_too_far)"
+    )
+    command_max_bytes: int = Field(
+        262144, ge=4096, le=16_777_216, description="cmd/ message bodies larger than this are dropped unread (counted)"
+    )
     command_queue: int = Field(32, ge=4, le=1024, description="Commands waiting for the command thread; more are dropped (counted)")
-    refused_audit_per_min: int = Field(10, ge=1, le=600, description="Audit rows written per minute for refused commands; the rest are counted and logged only")
+    refused_audit_per_min: int = Field(
+        10, ge=1, le=600, description="Audit rows written per minute for refused commands; the rest are counted and logged only"
+    )
 
 
 class RetentionSection(Section):
     """How long personal data stays on the box; the daemon purges hourly (station/store/retention.py)."""
 
-    events_days: int = Field(90, ge=1, le=3650, description="Screening and vehicle events older than this are deleted (never while their MQTT message is undelivered)")
+    events_days: int = Field(
+        90,
+        ge=1,
+        le=3650,
+        description="Screening and vehicle events older than this are deleted (never while their MQTT message is undelivered)",
+    )
     face_crops_days: int = Field(7, ge=0, le=3650, description="Face crops (<data_dir>/crops) older than this are deleted; 0 = keep none")
     interval_s: float = Field(3600.0, ge=60.0, le=86400.0, description="How often the daemon runs the purge")
 
@@ -277,7 +329,9 @@ class SnapshotsSection(Section):
     interval_s: float = Field(5.0, ge=1.0, le=3600.0, description="Seconds between snapshots")
     max_width: int = Field(320, ge=80, le=1920, description="Snapshots are downscaled to at most this width")
     quality: int = Field(70, ge=20, le=95, description="JPEG quality")
-    blur_faces: bool = Field(True, description="Blur every detected face (generously); false only where the site allows identifiable pictures")
+    blur_faces: bool = Field(
+        True, description="Blur every detected face (generously); false only where the site allows identifiable pictures"
+    )
 
 
 class HttpSection(Section):
@@ -289,18 +343,26 @@ class HttpSection(Section):
     language: Literal["zh", "en"] = Field("zh", description="The page's language until the operator toggles it")
     mjpeg_fps: float = Field(5.0, gt=0.0, le=30.0, description="Live picture frame rate cap (one encoder shared by every viewer)")
     mjpeg_width: int = Field(640, ge=160, le=1920, description="Live picture width in pixels")
-    pin_hash: str = Field("", pattern=r"^$|^pbkdf2_sha256\$\d+\$[0-9a-f]+\$[0-9a-f]+$", description="Salted hash of the operator PIN (python -m station.web.pin); empty = PIN actions refused")
+    pin_hash: str = Field(
+        "",
+        pattern=r"^$|^pbkdf2_sha256\$\d+\$[0-9a-f]+\$[0-9a-f]+$",
+        description="Salted hash of the operator PIN (python -m station.web.pin); empty = PIN actions refused",
+    )
     pin_max_failures: int = Field(5, ge=1, le=100, description="Wrong PINs in a row before PIN actions are locked")
     pin_lock_s: float = Field(60.0, ge=1.0, le=3600.0, description="How long the first lock lasts; each further lock doubles it")
     pin_lock_max_s: float = Field(3600.0, ge=1.0, le=86400.0, description="Longest lock (the doubling stops here)")
-    allowed_hosts: list[str] = Field(default_factory=list, description="Host names the page is reached under besides IP addresses and localhost (DNS-rebinding guard)")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names the page is reached under besides IP addresses and localhost (DNS-rebinding guard)"
+    )
     overrides_per_min: int = Field(6, ge=1, le=120, description="Manual overrides (open gate, re-check) allowed per minute")
 
 
 class LoggingSection(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file: str = Field("", description="Also append logs to this file (for hosts without journald); empty = stderr only")
-    format: Literal["text", "json"] = Field("text", description="text: one line with key=value fields | json: one JSON object per line (journald, Loki)")
+    format: Literal["text", "json"] = Field(
+        "text", description="text: one line with key=value fields | json: one JSON object per line (journald, Loki)"
+    )
 
 
 class StationConfig(Section):

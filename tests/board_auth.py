@@ -28,4 +28,3 @@ def make_auth(data_dir: Path, **kw: Any) -> BoardAuth:
 def login(client: Any, who: tuple[str, str] = VIEWER) -> Any:
     """Log ``client`` (Starlette TestClient or httpx.Client) in; returns the response to POST /login."""
     return client.post("/login", data={"user": who[0], "password": who[1]}, follow_redirects=False)
-

@@ -46,8 +46,9 @@ class Centre:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=MQTTProtocolVersion.MQTTv311, clean_session=True)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv311, clean_session=True
+        )
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1) if rc == 0 else None
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.subscribed.set()
@@ -75,9 +76,17 @@ def write_public_keys(path: Path, *keys: PrivateKey) -> Path:
 class Rig:
     """Station link + centre on one broker; ``keys=False`` provisions no centre key at all."""
 
-    def __init__(self, tmp_path: Path, *, keys: bool = True, keys_file: Path | None = None,
-                 trust_list_signer: Path | None = None,
-                 max_command_bytes: int = 262144, refused_audit_per_min: int = 10, start: bool = True) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        keys: bool = True,
+        keys_file: Path | None = None,
+        trust_list_signer: Path | None = None,
+        max_command_bytes: int = 262144,
+        refused_audit_per_min: int = 10,
+        start: bool = True,
+    ) -> None:
         self.tmp = tmp_path
         self.broker = Broker(tmp_path / "broker")
         self.broker.start()
@@ -94,16 +103,29 @@ class Rig:
         self.replay = ReplayGuard(self.data / COMMAND_IDS_FILE)
         self.verifier = CommandVerifier(self.command_keys, self.replay, site=SITE, station=STATION)
         self.handlers = CommandHandlers(
-            store=self.store, gate=self.gate, monotonic=time.monotonic, config_path=self.config,
-            data_dir=self.data, snapshot=lambda: {"lane_state": "idle"}, command_ttl_s=0.5,
-            trust_list_signer=trust_list_signer, command_keys=self.command_keys,
+            store=self.store,
+            gate=self.gate,
+            monotonic=time.monotonic,
+            config_path=self.config,
+            data_dir=self.data,
+            snapshot=lambda: {"lane_state": "idle"},
+            command_ttl_s=0.5,
+            trust_list_signer=trust_list_signer,
+            command_keys=self.command_keys,
         )
         self.outbox_state = {"pending": 0, "mqtt": "connected"}
         self.link = StationLink(
-            self.publisher, BASE, {"station_id": STATION, "site": SITE},
+            self.publisher,
+            BASE,
+            {"station_id": STATION, "site": SITE},
             {"outbox": lambda: dict(self.outbox_state), "gate": lambda: {"state": "idle"}},
-            lambda: {"events": 3}, self.handlers, verifier=self.verifier, stats_interval_s=0.3, poll_s=0.1,
-            max_command_bytes=max_command_bytes, refused_audit_per_min=refused_audit_per_min,
+            lambda: {"events": 3},
+            self.handlers,
+            verifier=self.verifier,
+            stats_interval_s=0.3,
+            poll_s=0.1,
+            max_command_bytes=max_command_bytes,
+            refused_audit_per_min=refused_audit_per_min,
         )
         self.sub = Centre(self.broker.port, "centre", f"{BASE}/#")
         assert self.sub.subscribed.wait(5)
@@ -123,8 +145,16 @@ class Rig:
                 return
         raise AssertionError("the station never answered a ping")
 
-    def signed(self, name: str, args: dict[str, Any] | None = None, *, key: PrivateKey | None = None,
-               ttl_s: float = 20.0, by: str = "duty-officer", **fields: Any) -> dict[str, Any]:
+    def signed(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        key: PrivateKey | None = None,
+        ttl_s: float = 20.0,
+        by: str = "duty-officer",
+        **fields: Any,
+    ) -> dict[str, Any]:
         """A command signed by the centre key (``fields`` override site/station/command/now/command_id)."""
         kw: dict[str, Any] = {"site": SITE, "station": STATION, "command": name, **fields}
         return sign_command(key or self.key, args=args or {}, by=by, ttl_s=ttl_s, **kw)

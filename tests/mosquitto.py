@@ -91,8 +91,11 @@ class Broker:
             password_file = self.workdir / "passwords"
             password_file.unlink(missing_ok=True)
             for i, (user, password) in enumerate(users.items()):
-                subprocess.run([MOSQUITTO_PASSWD, "-b", *(["-c"] if i == 0 else []), str(password_file),
-                                user, password], check=True, capture_output=True)
+                subprocess.run(
+                    [MOSQUITTO_PASSWD, "-b", *(["-c"] if i == 0 else []), str(password_file), user, password],
+                    check=True,
+                    capture_output=True,
+                )
             password_file.chmod(0o600)
             lines.append(f"password_file {password_file}")
         if acl_file is not None:
@@ -115,7 +118,9 @@ class Broker:
             raise RuntimeError("mosquitto is already running")
         with open(self.workdir / "mosquitto.stdout", "ab") as out:  # the child keeps its copy
             self.proc = subprocess.Popen(
-                [MOSQUITTO, "-c", str(self.config)], stdout=out, stderr=subprocess.STDOUT,
+                [MOSQUITTO, "-c", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout
@@ -128,8 +133,7 @@ class Broker:
             except OSError:
                 time.sleep(0.02)
         self.kill()
-        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s:\n"
-                           f"{self.tail_log()}")
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s:\n{self.tail_log()}")
 
     def kill(self) -> None:
         """SIGKILL: the broker dies without saving anything or sending Wills."""
@@ -170,9 +174,7 @@ class Broker:
 
 
 @contextlib.contextmanager
-def mosquitto_broker(
-    workdir: Path, *, persistence: bool = False, start: bool = True
-) -> Iterator[Broker]:
+def mosquitto_broker(workdir: Path, *, persistence: bool = False, start: bool = True) -> Iterator[Broker]:
     """A broker in ``workdir`` (started unless ``start=False``); killed on exit."""
     broker = Broker(workdir, persistence=persistence)
     try:

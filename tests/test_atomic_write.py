@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from station.store import residents
 from station.cli.stationctl import main as stationctl
 from station.link.commands import set_config_value
 from station.ops.fileio import NEW_FILE_MODE, atomic_write
+from station.store import residents
 
 ROOT = os.geteuid() == 0
 
@@ -159,9 +159,13 @@ def test_a_user_who_cannot_keep_the_owner_gets_a_message_and_the_file_is_untouch
     probe = subprocess.run([*as_other, str(stationctl_bin), "--help"], capture_output=True, timeout=60, check=False)
     if probe.returncode != 0:
         pytest.skip("the checkout is not readable by another user here")
-    r = subprocess.run([*as_other, str(stationctl_bin),
-                        "--config", str(cfg), "config", "set", "screening.fever_threshold_c", "37.6"],
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [*as_other, str(stationctl_bin), "--config", str(cfg), "config", "set", "screening.fever_threshold_c", "37.6"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr and "cannot keep the owner" in r.stderr and "unchanged" in r.stderr, r.stderr
     assert (cfg.read_bytes(), _meta(cfg)) == before

@@ -75,9 +75,26 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def start_board(tmp_path: Path, url: str, port: int, name: str) -> Proc:
     if not (tmp_path / "board" / "board-users.json").exists():
         make_users(tmp_path / "board" / "board-users.json")
-    return Proc([sys.executable, "-m", "station.cli.station_main", "board", "--mqtt", url, "--listen", f"127.0.0.1:{port}",
-                 "--data-dir", str(tmp_path / "board"), "--session-expiry", "0", "--client-id", name],
-                _env(tmp_path), tmp_path / f"{name}.log")
+    return Proc(
+        [
+            sys.executable,
+            "-m",
+            "station.cli.station_main",
+            "board",
+            "--mqtt",
+            url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp_path / "board"),
+            "--session-expiry",
+            "0",
+            "--client-id",
+            name,
+        ],
+        _env(tmp_path),
+        tmp_path / f"{name}.log",
+    )
 
 
 _clients: dict[int, httpx.Client] = {}
@@ -136,9 +153,24 @@ def test_board_with_three_stations(tmp_path: Path) -> None:
         wait_until(lambda: api_up(port), 20, f"the board on :{port} ({board.log})")
         for name, people in STATIONS.items():
             stations[name] = Proc(
-                [sys.executable, "-m", "station.cli.station_main", "demo", "--fast", "--json", "--keep-running",
-                 "--people", str(people), "--data-dir", str(tmp_path / name), "--mqtt", broker.url],
-                _env(tmp_path, CHECKPOINT_STATION__ID=name, CHECKPOINT_STATION__SITE="district-7"), tmp_path / f"{name}.log")
+                [
+                    sys.executable,
+                    "-m",
+                    "station.cli.station_main",
+                    "demo",
+                    "--fast",
+                    "--json",
+                    "--keep-running",
+                    "--people",
+                    str(people),
+                    "--data-dir",
+                    str(tmp_path / name),
+                    "--mqtt",
+                    broker.url,
+                ],
+                _env(tmp_path, CHECKPOINT_STATION__ID=name, CHECKPOINT_STATION__SITE="district-7"),
+                tmp_path / f"{name}.log",
+            )
 
         def all_done() -> bool:
             for name, proc in stations.items():
@@ -153,11 +185,17 @@ def test_board_with_three_stations(tmp_path: Path) -> None:
         own = {name: station_db(tmp_path, name) for name in STATIONS}
         total = sum(o["events"] for o in own.values())
         assert all(own[n]["events"] >= people for n, people in STATIONS.items()), own
-        wait_until(lambda: len(rows(port)) == 3 and all(r["state"] == "online" and r["snapshot"] for r in rows(port).values())
-                   and sum(r["today"]["screened"] for r in rows(port).values()) >= total
-                   # state/screening is re-published within its 2 s poll of the last decision
-                   and all(r["station_count_today"] == own[n]["events"] for n, r in rows(port).items()),
-                   20, "three online stations with pictures and counts on the board")
+        wait_until(
+            lambda: (
+                len(rows(port)) == 3
+                and all(r["state"] == "online" and r["snapshot"] for r in rows(port).values())
+                and sum(r["today"]["screened"] for r in rows(port).values()) >= total
+                # state/screening is re-published within its 2 s poll of the last decision
+                and all(r["station_count_today"] == own[n]["events"] for n, r in rows(port).items())
+            ),
+            20,
+            "three online stations with pictures and counts on the board",
+        )
         board_rows = rows(port)
         for name in STATIONS:
             assert board_rows[name]["today"]["screened"] == own[name]["events"], (name, board_rows[name]["today"], own[name])
@@ -207,11 +245,20 @@ def test_board_with_three_stations(tmp_path: Path) -> None:
         board.stop(signal.SIGTERM)
         assert board.p.returncode == 0, board.log.read_text()[-2000:]
         board = start_board(tmp_path, broker.url, port, "board-2")  # clean session: nothing re-delivered
-        wait_until(lambda: api_up(port) and len(rows(port)) == 3 and rows(port)[VICTIM]["state"] == "offline"
-                   and rows(port)["gate-north"]["state"] == "online", 20, "the restarted board")
+        wait_until(
+            lambda: (
+                api_up(port)
+                and len(rows(port)) == 3
+                and rows(port)[VICTIM]["state"] == "offline"
+                and rows(port)["gate-north"]["state"] == "online"
+            ),
+            20,
+            "the restarted board",
+        )
         after = rows(port)
-        assert {n: r["today"]["screened"] for n, r in after.items()} == {n: o["events"] for n, o in own.items()}, \
+        assert {n: r["today"]["screened"] for n, r in after.items()} == {n: o["events"] for n, o in own.items()}, (
             "the day's counts survive a board restart"
+        )
         assert {n: r["today"]["alarms"] for n, r in after.items()} == {n: o["alarms"] for n, o in own.items()}
     finally:
         for proc in stations.values():

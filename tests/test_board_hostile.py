@@ -35,12 +35,36 @@ from tests.waiting import wait_until
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 P = "checkpoint/v1"
-XSS = ['<img src=x onerror="window.__pwned=1">', "<script>window.__pwned=1</script>",
-       "\"><svg onload=window.__pwned=1>", "javascript:window.__pwned=1", "\u202e\x00\x1b[31m<b>bold</b>"]
+XSS = [
+    '<img src=x onerror="window.__pwned=1">',
+    "<script>window.__pwned=1</script>",
+    '"><svg onload=window.__pwned=1>',
+    "javascript:window.__pwned=1",
+    "\u202e\x00\x1b[31m<b>bold</b>",
+]
 FAKES = 1000
 MAX_STATIONS = 300
-STATION_KEYS = {"key", "site", "station", "level", "level_name", "reasons", "state", "session", "version", "status_at", "last",
-                "today", "recent_alarms", "backlog", "devices", "station_count_total", "station_count_today", "snapshot", "seen_at"}
+STATION_KEYS = {
+    "key",
+    "site",
+    "station",
+    "level",
+    "level_name",
+    "reasons",
+    "state",
+    "session",
+    "version",
+    "status_at",
+    "last",
+    "today",
+    "recent_alarms",
+    "backlog",
+    "devices",
+    "station_count_total",
+    "station_count_today",
+    "snapshot",
+    "seen_at",
+}
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 
@@ -53,8 +77,21 @@ def _good_states(client: mqtt.Client, station: str, pending: int) -> None:
     base = f"{P}/s1/{station}"
     _pub(client, f"{base}/status", json.dumps({"state": "online", "session": 2, "version": "0.1.0"}))
     _pub(client, f"{base}/state/thermal", json.dumps({"schema": 1, "component": "thermal", "state": "connected"}))
-    _pub(client, f"{base}/state/outbox", json.dumps({"schema": 1, "pending": pending, "alarms_pending": 0, "bounds_alarm": None,
-                                                     "mqtt": "connected", "dropped": 0, "oldest_age_s": 2}))
+    _pub(
+        client,
+        f"{base}/state/outbox",
+        json.dumps(
+            {
+                "schema": 1,
+                "pending": pending,
+                "alarms_pending": 0,
+                "bounds_alarm": None,
+                "mqtt": "connected",
+                "dropped": 0,
+                "oldest_age_s": 2,
+            }
+        ),
+    )
 
 
 def _good_events(client: mqtt.Client, station: str, decisions: list[tuple[str, float]]) -> None:
@@ -62,8 +99,14 @@ def _good_events(client: mqtt.Client, station: str, decisions: list[tuple[str, f
     base = f"{P}/s1/{station}"
     now = time.time()
     for i, (decision, temp) in enumerate(decisions):
-        event = {"event_id": f"{station}-e{i}", "ts": now - 60 + i, "decision": decision, "reason": "ok",
-                 "alarm": decision == "deny_fever", "temperature_c": temp}
+        event = {
+            "event_id": f"{station}-e{i}",
+            "ts": now - 60 + i,
+            "decision": decision,
+            "reason": "ok",
+            "alarm": decision == "deny_fever",
+            "temperature_c": temp,
+        }
         body = json.dumps({"schema": 1, "msg_id": uuid.uuid4().hex, "ts": now, "event": event})
         _pub(client, f"{base}/events/screening", body, retain=False)
         if decision == "deny_fever":
@@ -77,19 +120,63 @@ def _hostile(client: mqtt.Client) -> None:
     wrong = ["lots", math.nan, 1e308, 10**40, -5, True, [1, 2], {"x": 1}, None, *XSS]
     for value in wrong:
         # Wrong types in every known field of every retained state; the last one stays retained.
-        _pub(client, f"{base}/state/outbox", json.dumps({"pending": value, "alarms_pending": value, "oldest_age_s": value,
-                                                         "bytes": value, "dropped": value, "bounds_alarm": value, "mqtt": value,
-                                                         "evil_key": XSS[0]}, allow_nan=True))
-        _pub(client, f"{base}/state/screening", json.dumps({"count_total": value, "count_today": value, "last_event_id": value,
-                                                            "last_decision": value, "last_temperature_c": value,
-                                                            "alarm": value, "ts": value}, allow_nan=True))
+        _pub(
+            client,
+            f"{base}/state/outbox",
+            json.dumps(
+                {
+                    "pending": value,
+                    "alarms_pending": value,
+                    "oldest_age_s": value,
+                    "bytes": value,
+                    "dropped": value,
+                    "bounds_alarm": value,
+                    "mqtt": value,
+                    "evil_key": XSS[0],
+                },
+                allow_nan=True,
+            ),
+        )
+        _pub(
+            client,
+            f"{base}/state/screening",
+            json.dumps(
+                {
+                    "count_total": value,
+                    "count_today": value,
+                    "last_event_id": value,
+                    "last_decision": value,
+                    "last_temperature_c": value,
+                    "alarm": value,
+                    "ts": value,
+                },
+                allow_nan=True,
+            ),
+        )
         _pub(client, f"{base}/state/thermal", json.dumps({"state": value, "port": value}, allow_nan=True))
         _pub(client, f"{base}/status", json.dumps({"state": value, "session": value, "version": value}, allow_nan=True))
     # Finally a status and an alarm the board takes, carrying markup in their text fields.
     _pub(client, f"{base}/status", json.dumps({"state": "online", "session": 10**30, "version": XSS[0]}))
-    _pub(client, f"{base}/events/alarm", json.dumps({"event": {"event_id": "evil-1", "ts": time.time(), "decision": "deny_fever",
-                                                              "temperature_c": 38.5, "alarm": True, "reason": XSS[0]}}), retain=False)
-    _pub(client, f"{base}/events/screening", json.dumps({"event": {"event_id": XSS[1], "ts": time.time(), "decision": "pass"}}), retain=False)
+    _pub(
+        client,
+        f"{base}/events/alarm",
+        json.dumps(
+            {
+                "event": {
+                    "event_id": "evil-1",
+                    "ts": time.time(),
+                    "decision": "deny_fever",
+                    "temperature_c": 38.5,
+                    "alarm": True,
+                    "reason": XSS[0],
+                }
+            }
+        ),
+        retain=False,
+    )
+    _pub(
+        client, f"{base}/events/screening", json.dumps({"event": {"event_id": XSS[1], "ts": time.time(), "decision": "pass"}}), retain=False
+    )
     _pub(client, f"{base}/events/screening", json.dumps({"event": {"event_id": "e", "ts": math.inf}}, allow_nan=True), retain=False)
     # Size, encoding and structure.
     _pub(client, f"{base}/state/outbox", json.dumps({"pending": 1, "bounds_alarm": mega}))  # 1 MB: too large
@@ -128,9 +215,27 @@ class Scene:
         self.log = tmp_path / "board.log"
         self.log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "station.cli.station_main", "board", "--mqtt", self.broker.url, "--listen", f"127.0.0.1:{self.port}",
-             "--data-dir", str(self.data), "--session-expiry", "0", "--max-stations", str(MAX_STATIONS)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log_file)
+            [
+                sys.executable,
+                "-m",
+                "station.cli.station_main",
+                "board",
+                "--mqtt",
+                self.broker.url,
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(self.data),
+                "--session-expiry",
+                "0",
+                "--max-stations",
+                str(MAX_STATIONS),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_file,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.http = httpx.Client(base_url=self.url, timeout=10)
         self.pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="stations", protocol=MQTTProtocolVersion.MQTTv5)
@@ -185,15 +290,27 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         wait_until(subscribed, 20, "the board subscribed to the event stream", interval=0.5)
         _good_events(s.pub, "good-a", a_events)
         _good_events(s.pub, "good-b", b_events)
-        wait_until(lambda: {"s1/good-a", "s1/good-b"} <= set(s.rows()) and s.view()["totals"]["screened"] == 5, 20,
-                   "the good stations on the board")
+        wait_until(
+            lambda: {"s1/good-a", "s1/good-b"} <= set(s.rows()) and s.view()["totals"]["screened"] == 5,
+            20,
+            "the good stations on the board",
+        )
         _hostile(s.pub)
-        wait_until(lambda: s.rows().get("s1/evil", {}).get("today", {}).get("alarms") == 1
-                   and s.rows()["s1/evil"]["state"] == "online" and s.rows()["s1/evil"]["devices"].get("thermal", 1) is None, 20,
-                   "the rogue's last messages handled")
+        wait_until(
+            lambda: (
+                s.rows().get("s1/evil", {}).get("today", {}).get("alarms") == 1
+                and s.rows()["s1/evil"]["state"] == "online"
+                and s.rows()["s1/evil"]["devices"].get("thermal", 1) is None
+            ),
+            20,
+            "the rogue's last messages handled",
+        )
         _flood(s.pub)
-        wait_until(lambda: s.http.get("/healthz").json()["board"]["dropped"].get("too_many_stations", 0) >= FAKES + 1 - (MAX_STATIONS - 3),
-                   30, "the invented stations beyond the cap dropped")
+        wait_until(
+            lambda: s.http.get("/healthz").json()["board"]["dropped"].get("too_many_stations", 0) >= FAKES + 1 - (MAX_STATIONS - 3),
+            30,
+            "the invented stations beyond the cap dropped",
+        )
         yield s
     finally:
         s.close()
@@ -236,8 +353,14 @@ def test_hostile_station_is_typed_bounded_and_cannot_touch_the_others(scene: Sce
     assert b["backlog"]["pending"] == 4 and b["level_name"] == "alarm"
 
     # The rogue's own tile: only typed values, unknown keys gone, its strings cut and cleaned.
-    assert evil["backlog"] == {"pending": None, "alarms_pending": None, "oldest_age_s": None, "bounds_alarm": None,
-                               "dropped": None, "mqtt": None}
+    assert evil["backlog"] == {
+        "pending": None,
+        "alarms_pending": None,
+        "oldest_age_s": None,
+        "bounds_alarm": None,
+        "dropped": None,
+        "mqtt": None,
+    }
     assert evil["devices"] == {"thermal": None}, "a state that is not a plain token is dropped"
     assert evil["session"] is None, "10**30 is no session number"
     assert evil["version"] == XSS[0][:32]
@@ -253,8 +376,7 @@ def test_hostile_station_is_typed_bounded_and_cannot_touch_the_others(scene: Sce
     assert board["stations"] == MAX_STATIONS == len(rows)
     dropped = board["dropped"]
     assert dropped["too_many_stations"] >= FAKES + 1 - (MAX_STATIONS - 3)
-    for reason in ("bad_topic", "too_large", "not_utf8", "not_json", "not_object", "bad_status", "bad_event_id", "bad_ts",
-                   "bad_snapshot"):
+    for reason in ("bad_topic", "too_large", "not_utf8", "not_json", "not_object", "bad_status", "bad_event_id", "bad_ts", "bad_snapshot"):
         assert dropped.get(reason, 0) >= 1, (reason, dropped)
 
     # Totals from typed values only: the rogue's string backlog counts as nothing, not as a crash.

@@ -76,11 +76,13 @@ def test_secure_cookie_behind_a_https_origin_and_cross_site_login_refused(tmp_pa
     _state, _auth, client = _app(tmp_path, public_origin="https://board.example")
     assert "Secure" in login(client).headers["set-cookie"]
     other = TestClient(client.app, base_url=BASE)
-    r = other.post("/login", data={"user": VIEWER[0], "password": VIEWER[1]}, headers={"Origin": "https://evil.example"},
-                   follow_redirects=False)
+    r = other.post(
+        "/login", data={"user": VIEWER[0], "password": VIEWER[1]}, headers={"Origin": "https://evil.example"}, follow_redirects=False
+    )
     assert r.headers["location"] == "/login?e=origin" and "set-cookie" not in r.headers
-    r = other.post("/login", data={"user": VIEWER[0], "password": VIEWER[1]}, headers={"Origin": "https://board.example"},
-                   follow_redirects=False)
+    r = other.post(
+        "/login", data={"user": VIEWER[0], "password": VIEWER[1]}, headers={"Origin": "https://board.example"}, follow_redirects=False
+    )
     assert r.headers["location"] == "/", "the configured public origin is our own"
 
 
@@ -143,12 +145,32 @@ def test_board_refuses_to_start_without_users_and_the_cli_adds_one(tmp_path: Pat
     with pytest.raises(ValueError, match="no board users"):
         Board(BoardOptions(mqtt_url="mqtt://127.0.0.1:1", data_dir=tmp_path / "board"))
     users = tmp_path / "board" / "board-users.json"
-    out = subprocess.run([sys.executable, "-m", "station.cli.stationctl", "board-user", "add", "ops", "--role", "admin",
-                          "--users", str(users), "--password-stdin"], input="ops-long-password\n", capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "station.cli.stationctl",
+            "board-user",
+            "add",
+            "ops",
+            "--role",
+            "admin",
+            "--users",
+            str(users),
+            "--password-stdin",
+        ],
+        input="ops-long-password\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
-    listed = subprocess.run([sys.executable, "-m", "station.cli.stationctl", "board-user", "list", "--users", str(users)],
-                            capture_output=True, text=True, check=False)
+    listed = subprocess.run(
+        [sys.executable, "-m", "station.cli.stationctl", "board-user", "list", "--users", str(users)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert listed.stdout.split() == ["ops", "admin"]
     assert UsersFile(users).authenticate("ops", "ops-long-password") is not None
     assert UsersFile(users).authenticate("ops", "ops-long-passwore") is None

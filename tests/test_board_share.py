@@ -35,8 +35,15 @@ def test_two_replicas_split_events_and_both_show_everything(tmp_path: Path) -> N
             pub.publish(*status(name, "online", 3), qos=1, retain=True).wait_for_publish(5)
         make_users(tmp_path / "shared" / "board-users.json")
         for i in range(2):
-            b = Board(BoardOptions(mqtt_url=broker.url, data_dir=tmp_path / "shared", share_group="board",
-                                   client_id=f"board-replica-{i}", session_expiry_s=0))
+            b = Board(
+                BoardOptions(
+                    mqtt_url=broker.url,
+                    data_dir=tmp_path / "shared",
+                    share_group="board",
+                    client_id=f"board-replica-{i}",
+                    session_expiry_s=0,
+                )
+            )
             b.start()
             boards.append(b)
         for b in boards:

@@ -20,12 +20,21 @@ from tests.board_auth import login, make_auth
 P = "checkpoint/v1"
 
 
-def screening(station: str, event_id: str, decision: str = "pass", temp: float = 36.6, alarm: bool = False,
-              ts: float | None = None, site: str = "s1") -> tuple[str, bytes]:
+def screening(
+    station: str, event_id: str, decision: str = "pass", temp: float = 36.6, alarm: bool = False, ts: float | None = None, site: str = "s1"
+) -> tuple[str, bytes]:
     ts = time.time() if ts is None else ts
-    body = {"schema": 1, "msg_id": uuid.uuid4().hex, "station_id": station, "site": site, "seq": 1, "session": 1, "ts": ts,
-            "clock_synced": True, "event": {"event_id": event_id, "ts": ts, "decision": decision, "reason": "x", "alarm": alarm,
-                                            "temperature_c": temp}}
+    body = {
+        "schema": 1,
+        "msg_id": uuid.uuid4().hex,
+        "station_id": station,
+        "site": site,
+        "seq": 1,
+        "session": 1,
+        "ts": ts,
+        "clock_synced": True,
+        "event": {"event_id": event_id, "ts": ts, "decision": decision, "reason": "x", "alarm": alarm, "temperature_c": temp},
+    }
     return f"{P}/{site}/{station}/events/screening", json.dumps(body).encode()
 
 
@@ -51,8 +60,13 @@ def test_duplicates_count_once_and_a_restart_keeps_the_days_counts(tmp_path: Pat
     history = BoardHistory(tmp_path / "board.sqlite3")
     board = BoardState(history, P)
     first = screening("lane-1", "e1")
-    for topic, payload in (first, first, screening("lane-1", "e2", "deny_code"), alarm_msg("lane-1", "e3"),
-                           screening("lane-1", "e3", "deny_fever", 38.4, True)):
+    for topic, payload in (
+        first,
+        first,
+        screening("lane-1", "e2", "deny_code"),
+        alarm_msg("lane-1", "e3"),
+        screening("lane-1", "e3", "deny_fever", 38.4, True),
+    ):
         board.handle(topic, payload)
     board.handle(*alarm_msg("lane-1", "e3"))  # the alarm re-sent (at-least-once)
     view = by_key(board)["s1/lane-1"]
@@ -129,8 +143,12 @@ def test_web_api_lists_stations_and_serves_the_snapshot(tmp_path: Path) -> None:
     board.handle(*status("lane-1", "online", 1))
     board.handle(*screening("lane-1", "e1"))
     jpeg = b"\xff\xd8\xff\xe0fake-jpeg-body"
-    board.handle(f"{P}/s1/lane-1/snapshot", snapshot_payload(jpeg, {"blur": "faces", "faces_blurred": 0, "width": 320, "height": 240},
-                                                           {"station_id": "lane-1", "site": "s1"}, time.time()))
+    board.handle(
+        f"{P}/s1/lane-1/snapshot",
+        snapshot_payload(
+            jpeg, {"blur": "faces", "faces_blurred": 0, "width": 320, "height": 240}, {"station_id": "lane-1", "site": "s1"}, time.time()
+        ),
+    )
     client = TestClient(create_app(board, make_auth(tmp_path / "auth")), base_url="http://127.0.0.1:8080")
     assert login(client).status_code == 303
     data = client.get("/api/stations").json()

@@ -57,26 +57,50 @@ def make_pki(d: Path) -> dict[str, Path]:
     """A CA and a server certificate for IP 127.0.0.1 signed by it (EC P-256), as PEM files."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("checkpoint test CA")).issuer_name(_name("checkpoint test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("checkpoint test CA"))
+        .issuer_name(_name("checkpoint test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    server = (x509.CertificateBuilder().subject_name(_name("broker")).issuer_name(ca.subject)
-              .public_key(key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-              .sign(ca_key, hashes.SHA256()))
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(_name("broker"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     files = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
     files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                               serialization.NoEncryption()))
+    files["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    )
     files["key"].chmod(0o600)
     return files
 
@@ -109,8 +133,7 @@ class Client:
 
     def __init__(self, port: int, ca: Path, user: str | None, password: str | None = None) -> None:
         self.user = user
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-test-{next(_ids)}",
-                                  protocol=MQTTProtocolVersion.MQTTv5)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-test-{next(_ids)}", protocol=MQTTProtocolVersion.MQTTv5)
         self.client.tls_set(ca_certs=str(ca))
         if user is not None:
             self.client.username_pw_set(user, password)
@@ -209,8 +232,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, P
     assert {"cafile", "certfile", "keyfile"} <= set(keys)
     files = {"cafile": pki["ca"], "certfile": pki["cert"], "keyfile": pki["key"]}
     listener_options = [f"{k} {files.get(k, v)}" for k, v in listener[1:]]  # the shipped TLS options, our paths
-    server = Broker(work / "broker", allow_anonymous=False, users=PASSWORDS, acl_file=SHIPPED / "checkpoint.acl",
-                    listener_options=listener_options)
+    server = Broker(
+        work / "broker", allow_anonymous=False, users=PASSWORDS, acl_file=SHIPPED / "checkpoint.acl", listener_options=listener_options
+    )
     server.start()
     try:
         yield server, pki["ca"]
@@ -268,8 +292,7 @@ def test_a_station_cannot_publish_into_another_stations_tree(connect: Any) -> No
     b.wait_for(f"{tree(B)}/lookup/code/result", b"centre-answer-marker")
     seen = b.received() + centre.received()
     assert not [m for m in seen if m in forged], "a forged message got through"
-    assert b.received() == [(f"{tree(B)}/cmd/ping", b"centre-cmd-marker"),
-                            (f"{tree(B)}/lookup/code/result", b"centre-answer-marker")]
+    assert b.received() == [(f"{tree(B)}/cmd/ping", b"centre-cmd-marker"), (f"{tree(B)}/lookup/code/result", b"centre-answer-marker")]
 
 
 def test_a_station_cannot_read_another_stations_commands_or_answers(connect: Any) -> None:
@@ -277,11 +300,12 @@ def test_a_station_cannot_read_another_stations_commands_or_answers(connect: Any
     b.subscribe(f"{tree(B)}/cmd/+", f"{tree(B)}/lookup/code/result")
     centre.subscribe(f"{tree(B)}/events/#")
     # A asks for B's commands every way it can; the broker may grant the filters, it delivers nothing of B's.
-    a.subscribe(f"{tree(B)}/cmd/#", f"{tree(B)}/lookup/code/result", "checkpoint/v1/+/+/cmd/+", "#",
-                f"{tree(A)}/cmd/+")
-    for topic, payload in ((f"{tree(B)}/cmd/open-gate", b"for-b-only"),
-                           (f"{tree(B)}/lookup/code/result", b"b-answer-only"),
-                           (f"{tree(C)}/cmd/set-threshold", b"for-c-only")):
+    a.subscribe(f"{tree(B)}/cmd/#", f"{tree(B)}/lookup/code/result", "checkpoint/v1/+/+/cmd/+", "#", f"{tree(A)}/cmd/+")
+    for topic, payload in (
+        (f"{tree(B)}/cmd/open-gate", b"for-b-only"),
+        (f"{tree(B)}/lookup/code/result", b"b-answer-only"),
+        (f"{tree(C)}/cmd/set-threshold", b"for-c-only"),
+    ):
         assert not centre.publish(topic, payload).is_failure
     b.wait_for(f"{tree(B)}/cmd/open-gate", b"for-b-only")
     b.wait_for(f"{tree(B)}/lookup/code/result", b"b-answer-only")
@@ -323,8 +347,19 @@ def test_the_station_works_in_its_own_tree_with_its_real_client(connect: Any, br
         assert station.connected(), station.last_error
         assert b'"online"' in centre.wait_topic(f"{tree(A)}/status")  # its birth message (and Will) are allowed
         # Every topic docs/mqtt.md has the station send.
-        sends = ["events/screening", "events/alarm", "events/audit", "events/vehicle", "state/screening",
-                 "state/outbox", "state/flush", "stats", "snapshot", "cmd/ping/result", "lookup/code"]
+        sends = [
+            "events/screening",
+            "events/alarm",
+            "events/audit",
+            "events/vehicle",
+            "state/screening",
+            "state/outbox",
+            "state/flush",
+            "stats",
+            "snapshot",
+            "cmd/ping/result",
+            "lookup/code",
+        ]
         for suffix in sends:
             assert station.publish_direct(f"{tree(A)}/{suffix}", f"from-a:{suffix}".encode(), qos=1, retain=False)
         for suffix in sends:

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from station.lane.capture import CaptureKeeper
 from station.domain.model import FaceObservation
 from station.domain.screening import ScreeningLane, ScreeningPolicy, ScreeningSettings
 from station.domain.thermal import ThermalCalibration
+from station.lane.capture import CaptureKeeper
 
 FACES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "faces"
 pytestmark = pytest.mark.skipif(not FACES_DIR.is_dir(), reason="shared test photos not found")
@@ -54,13 +54,15 @@ def test_the_lane_names_the_sharpest_large_frame_as_the_capture(photo_and_face) 
     assert lane._current is not None and lane._current.capture is not None
     assert lane._current.capture["frame_seq"] == 2
     crop = keeper.crop_for(lane._current.capture)
-    assert crop is not None and np.array_equal(crop, img[int(face.box.y1) : int(round(face.box.y2)), int(face.box.x1) : int(round(face.box.x2))])
+    assert crop is not None and np.array_equal(
+        crop, img[int(face.box.y1) : int(round(face.box.y2)), int(face.box.x1) : int(round(face.box.x2))]
+    )
 
 
 def test_demo_decisions_carry_the_capture_crop(tmp_path: Path) -> None:
     """Through the real pipeline (demo devices): each decision names its best frame and hands the crop out."""
-    from station.config import StationConfig
     from sim.demo import DemoRun
+    from station.config import StationConfig
 
     run = DemoRun(StationConfig(), people=2, data_dir=tmp_path, fast=True)
     result = run.run(max_s=40)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sim.demo import DemoRun
 from station.codes import hc1
 from station.config import StationConfig
-from sim.demo import DemoRun
 from tests.mosquitto import Broker, mosquitto_available
 from tests.test_sync import Collector
 
@@ -98,8 +98,8 @@ def test_a_board_snapshot_never_carries_a_readable_code() -> None:
     import cv2
     import zxingcpp
 
-    from sim.scene_camera import qr_matrix, render_qr
     from sim.issuer import demo_issuer
+    from sim.scene_camera import qr_matrix, render_qr
     from station.link.snapshots import SnapshotSettings, encode_jpeg, render_snapshot
 
     payload = demo_issuer().issue("green", iat=time.time(), exp=time.time() + 600).encode()

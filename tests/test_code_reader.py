@@ -5,7 +5,6 @@ Codes are generated with segno, so every test knows the exact payload and where 
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest
@@ -37,9 +36,7 @@ def qr_image(payload: bytes, rgb: tuple[int, int, int], module_px: int, border: 
     return img
 
 
-def on_canvas(
-    code: np.ndarray, size: tuple[int, int] = (640, 480), at: tuple[int, int] = (40, 30), fill: int = 190
-) -> np.ndarray:
+def on_canvas(code: np.ndarray, size: tuple[int, int] = (640, 480), at: tuple[int, int] = (40, 30), fill: int = 190) -> np.ndarray:
     w, h = size
     canvas = np.full((h, w, 3), fill, np.uint8)
     ch, cw = code.shape[:2]

@@ -65,8 +65,12 @@ def test_open_gate_is_audited_and_never_opens_for_a_stale_or_replayed_command(ri
     assert [a["executed"] for a in rig.store.gate_actions(f"cmd:{fresh['id']}")] == [True]
     rows = rig.store.command_audit()
     assert [(r["command"], r["ok"], r["reason"]) for r in reversed(rows)] == [
-        ("open-gate", True, "ok"), ("open-gate", False, "replay"), ("open-gate", False, "expired"),
-        ("open-gate", False, "deadline_too_far"), ("open-gate", False, "malformed")]
+        ("open-gate", True, "ok"),
+        ("open-gate", False, "replay"),
+        ("open-gate", False, "expired"),
+        ("open-gate", False, "deadline_too_far"),
+        ("open-gate", False, "malformed"),
+    ]
     key_id = fresh["key_id"]
     assert rows[-1]["signer"] == f"duty-officer (key {key_id})" and rows[-1]["request_id"] == fresh["id"]
     assert rows[-2]["signer"] == f"duty-officer (key {key_id})", "a replay's signature did verify: it is named"
@@ -77,8 +81,7 @@ def test_open_gate_is_audited_and_never_opens_for_a_stale_or_replayed_command(ri
     assert [(a["audit_id"], a["executed"]) for a in gate_audits] == [(f"cmd:{fresh['id']}", True)]
     assert gate_audits[0]["command"]["args"] == {"operator": "centre-7"}
     assert gate_audits[0]["command"]["signed_by"] == f"duty-officer (key {key_id})", "the operator is the signer"
-    assert [a["reason"] for a in audits if a["kind"] == "remote_command"] == [
-        "ok", "replay", "expired", "deadline_too_far", "malformed"]
+    assert [a["reason"] for a in audits if a["kind"] == "remote_command"] == ["ok", "replay", "expired", "deadline_too_far", "malformed"]
 
 
 def test_set_threshold_persists_keeping_comments_and_reload_config_validates(rig: Rig) -> None:
@@ -99,7 +102,7 @@ def test_set_threshold_persists_keeping_comments_and_reload_config_validates(rig
 
     ok = rig.call("reload-config", rig.signed("reload-config"))
     assert ok["ok"] and ok["result"]["valid"] and "restart required" in ok["result"]["note"]
-    rig.config.write_text(rig.config.read_text().replace("fever_threshold_c = 37.8", "fever_threshold_c = \"x\""))
+    rig.config.write_text(rig.config.read_text().replace("fever_threshold_c = 37.8", 'fever_threshold_c = "x"'))
     broken = rig.call("reload-config", rig.signed("reload-config"))
     assert not broken["ok"] and "fever_threshold_c" in broken["error"]
 
@@ -118,11 +121,15 @@ def test_states_are_retained_republished_on_change_and_stats_are_periodic(rig: R
     wait_until(lambda: any(t.endswith("/state/gate") for t, _, _ in rig.sub.raw()), 5, "states published")
     late = Centre(rig.broker.port, "late", f"{BASE}/state/#")
     try:
-        wait_until(lambda: {t for t, _, r in late.raw() if r} >= {f"{BASE}/state/outbox", f"{BASE}/state/gate"},
-                   5, "retained states for a late subscriber")
+        wait_until(
+            lambda: {t for t, _, r in late.raw() if r} >= {f"{BASE}/state/outbox", f"{BASE}/state/gate"},
+            5,
+            "retained states for a late subscriber",
+        )
         rig.outbox_state = {"pending": 12, "mqtt": "connected"}
-        wait_until(lambda: any(json.loads(p).get("pending") == 12 for t, p, _ in late.raw()
-                               if t.endswith("/state/outbox")), 5, "the changed state")
+        wait_until(
+            lambda: any(json.loads(p).get("pending") == 12 for t, p, _ in late.raw() if t.endswith("/state/outbox")), 5, "the changed state"
+        )
         gate_msgs = [t for t, _, _ in late.raw() if t.endswith("/state/gate")]
         assert len(gate_msgs) == 1, "an unchanged state is not re-published"
         wait_until(lambda: sum(1 for t, _, _ in rig.sub.raw() if t == f"{BASE}/stats") >= 2, 5, "periodic stats")
@@ -152,8 +159,11 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(ri
         assert temp["device"]["identifiers"] == ["checkpoint_gate_a_st_01"]
         before = len(watcher.raw())
         watcher.client.publish("homeassistant/status", b"online", qos=1)  # HA's birth message
-        wait_until(lambda: len([t for t, _, _ in watcher.raw() if t.endswith("/config")]) >= 2 * len(configs),
-                   5, "discovery re-sent after HA came online")
+        wait_until(
+            lambda: len([t for t, _, _ in watcher.raw() if t.endswith("/config")]) >= 2 * len(configs),
+            5,
+            "discovery re-sent after HA came online",
+        )
         assert len(watcher.raw()) > before
         watcher.client.publish("homeassistant/status", b"offline", qos=1)
         time.sleep(0.3)
@@ -181,7 +191,10 @@ def test_a_state_source_that_always_fails_is_counted_and_logged_once_a_minute(tm
         assert r.link.stats()["failures"]["state:broken:RuntimeError"] >= 10
         lines = [rec.getMessage() for rec in caplog.records if "state:broken" in rec.getMessage()]
         assert len(lines) == 1, lines
-        wait_until(lambda: any(json.loads(p).get("state") == "unknown" for t, p, _ in r.sub.raw()
-                               if t == f"{BASE}/state/broken"), 10, "the unknown state published")
+        wait_until(
+            lambda: any(json.loads(p).get("state") == "unknown" for t, p, _ in r.sub.raw() if t == f"{BASE}/state/broken"),
+            10,
+            "the unknown state published",
+        )
     finally:
         r.close()

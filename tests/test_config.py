@@ -39,7 +39,7 @@ def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None):
 
 
 def test_wrong_value_names_key_line_value_and_what_is_allowed(tmp_path):
-    (p,) = problems(tmp_path, "[station]\nid = \"x\"\n\n[screening]\nfever_threshold_c = \"high\"\n")
+    (p,) = problems(tmp_path, '[station]\nid = "x"\n\n[screening]\nfever_threshold_c = "high"\n')
     assert p.key == "screening.fever_threshold_c"
     assert p.where == "station.toml:5"
     assert p.value == "high"
@@ -66,7 +66,7 @@ def test_typo_is_an_error_with_a_suggestion(tmp_path):
 
 
 def test_unknown_section(tmp_path):
-    (p,) = problems(tmp_path, "[thermall]\nport = \"/dev/ttyUSB1\"\n")
+    (p,) = problems(tmp_path, '[thermall]\nport = "/dev/ttyUSB1"\n')
     assert p.key == "thermall" and "did you mean 'thermal'" in p.message
 
 
@@ -80,7 +80,7 @@ def test_cross_field_rules(tmp_path):
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
-    ps = problems(tmp_path, "[screening]\nstable_samples = 0\n[policy]\ntemperature = \"lenient\"\n[mqtt]\nurl = \"http://x\"\n")
+    ps = problems(tmp_path, '[screening]\nstable_samples = 0\n[policy]\ntemperature = "lenient"\n[mqtt]\nurl = "http://x"\n')
     assert {p.key for p in ps} == {"screening.stable_samples", "policy.temperature", "mqtt.url"}
 
 

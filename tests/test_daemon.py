@@ -58,7 +58,7 @@ def write_config(tmp_path: Path, port: str, video: Path) -> Path:
 [station]
 site = "test-site"
 id = "gate-3"
-data_dir = "{tmp_path / 'data'}"
+data_dir = "{tmp_path / "data"}"
 
 [thermal]
 port = "{port}"
@@ -167,7 +167,11 @@ def test_daemon_without_its_thermal_module_runs_degraded_and_finds_it_later(tmp_
     cfg.write_text(cfg.read_text().replace("baud = 0", "baud = 460800"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
-        cwd=ROOT, env=dict(os.environ, NOTIFY_SOCKET=str(notify)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=dict(os.environ, NOTIFY_SOCKET=str(notify)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     emu = GyMcu90640Emulator(empty_room, baud=460800, refresh_hz=8)
     try:
@@ -201,7 +205,10 @@ def test_daemon_refuses_a_bad_config_with_exit_2(tmp_path: Path):
     cfg.write_text("[screening]\nfever_threshold_c = 3.73\n")
     proc = subprocess.run(
         [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "station.toml:2: screening.fever_threshold_c = 3.73: Input should be greater than or equal to 35" in proc.stderr

@@ -48,7 +48,7 @@ FAILS_AS = {  # flag false → the reasons that say so; checked in this order (t
 CONTENT_FLAGS = {
     "SCHEMAVALIDATION": "the station does not validate the DGC JSON schema: it never reads the hcert's content",
     "KEYUSAGE": "the station does not match the signer's extended key usage (test/vaccination/recovery) "
-                "against the hcert's content, which it never reads",
+    "against the hcert's content, which it never reads",
     "VALIDJSON": "the station never turns the hcert's content into JSON",
 }
 NOT_APPLICABLE = {"PICTUREDECODE", "ENCODE"}
@@ -129,7 +129,8 @@ def test_vector_is_judged_as_the_specification_expects(path: Path, tmp_path: Pat
             # No expiry expectation: a vector whose clock lies outside its own iat..exp is judged by the claims.
             d = v.detail
             assert (v.reason == "not_yet_valid" and d["iat"] > clock + SKEW_S) or (
-                v.reason == "expired" and d["expires"] < clock - SKEW_S), v
+                v.reason == "expired" and d["expires"] < clock - SKEW_S
+            ), v
 
 
 def test_outcomes_cover_every_layer(tmp_path: Path) -> None:
@@ -138,6 +139,15 @@ def test_outcomes_cover_every_layer(tmp_path: Path) -> None:
     for path in VECTORS:
         v, _, _ = judge(load(path), tmp_path)
         seen.setdefault(v.reason, set()).add(v.detail.get("alg", "-"))
-    assert {"unknown_format", "bad_base45", "bad_zlib", "not_cose", "bad_claims", "bad_signature", "unknown_kid",
-            "expired", "not_yet_valid"} <= set(seen), seen
+    assert {
+        "unknown_format",
+        "bad_base45",
+        "bad_zlib",
+        "not_cose",
+        "bad_claims",
+        "bad_signature",
+        "unknown_kid",
+        "expired",
+        "not_yet_valid",
+    } <= set(seen), seen
     assert seen["ok"] >= {"ES256", "PS256"}

@@ -35,9 +35,25 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def run_demo(tmp_path: Path, data_dir: Path, url: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]], float]:
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "station.cli.station_main", "demo", "--fast", "--json", "--people", str(PEOPLE),
-         "--data-dir", str(data_dir), "--mqtt", url],
-        capture_output=True, text=True, timeout=180, cwd=ROOT, env=_env(tmp_path),
+        [
+            sys.executable,
+            "-m",
+            "station.cli.station_main",
+            "demo",
+            "--fast",
+            "--json",
+            "--people",
+            str(PEOPLE),
+            "--data-dir",
+            str(data_dir),
+            "--mqtt",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env=_env(tmp_path),
     )
     decisions = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     return proc, decisions, time.monotonic() - t0
@@ -46,7 +62,11 @@ def run_demo(tmp_path: Path, data_dir: Path, url: str) -> tuple[subprocess.Compl
 def stationctl(tmp_path: Path, data_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "station.cli.stationctl", "--data-dir", str(data_dir), "outbox", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=_env(tmp_path),
     )
 
 
@@ -101,8 +121,7 @@ def test_demo_with_broker_down_queues_then_outbox_flush_delivers(tmp_path: Path)
     export = stationctl(tmp_path, data_dir, "export", "-")
     assert export.returncode == 0, export.stderr
     exported = [json.loads(line) for line in export.stdout.splitlines()]
-    assert [e["payload"]["event"]["event_id"] for e in exported if e["topic"].endswith("/screening")] == \
-        [d["event_id"] for d in decisions]
+    assert [e["payload"]["event"]["event_id"] for e in exported if e["topic"].endswith("/screening")] == [d["event_id"] for d in decisions]
     again = json.loads(stationctl(tmp_path, data_dir, "status", "--json").stdout)
     assert again["pending"] == len(exported) == PEOPLE + n_alarms, "export removes nothing"
 

@@ -40,8 +40,8 @@ def test_counts_are_saved_rate_limited_and_restored_after_a_restart(tmp_path: Pa
 
 def test_station_restart_keeps_its_direction_counts(tmp_path: Path) -> None:
     """The real station (demo devices) twice on one data dir: the second run starts from the first's totals."""
-    from station.config import StationConfig
     from sim.demo import DemoRun
+    from station.config import StationConfig
 
     def run_once() -> tuple[dict, dict]:
         run = DemoRun(StationConfig(), people=1, data_dir=tmp_path, fast=True)

@@ -47,8 +47,11 @@ def test_a_password_over_plain_mqtt_is_a_warning_tls_or_no_password_is_not(tmp_p
 def test_secret_files_readable_by_group_or_others_are_warnings(tmp_path: Path) -> None:
     pw = _password_file(tmp_path, 0o600)
     key = tmp_path / "client.key"
-    key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     key.chmod(0o600)
     cert = tmp_path / "client.pem"
     cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
@@ -77,8 +80,11 @@ def test_secret_files_readable_by_group_or_others_are_warnings(tmp_path: Path) -
     signer.chmod(0o644)
     cfg.codes.trust_list_signer_file = str(signer)
     assert str(signer) in check_secret_files(cfg).detail
-    signer.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    signer.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     assert check_secret_files(cfg).level == "ok"
 
     # A configured password file that is not there is worth a word too.
@@ -90,8 +96,10 @@ def test_secret_files_readable_by_group_or_others_are_warnings(tmp_path: Path) -
 def test_stationctl_doctor_reports_both(tmp_path: Path) -> None:
     pw = _password_file(tmp_path, 0o644)
     cfg = tmp_path / "station.toml"
-    cfg.write_text(f'[station]\ndata_dir = "{tmp_path / "data"}"\n\n'
-                   f'[mqtt]\nurl = "mqtt://127.0.0.1:1"\nusername = "gate-a/st-01"\npassword_file = "{pw}"\n')
+    cfg.write_text(
+        f'[station]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        f'[mqtt]\nurl = "mqtt://127.0.0.1:1"\nusername = "gate-a/st-01"\npassword_file = "{pw}"\n'
+    )
     r = CliRunner().invoke(stationctl, ["--config", str(cfg), "doctor", "--json", "--broker-timeout", "0.2"])
     assert r.exit_code in (1, 2), r.output  # the unreachable broker (and devices) may fail too
     checks = {c["name"]: c for c in json.loads(r.output)["checks"]}
@@ -112,8 +120,11 @@ def test_doctor_says_when_no_centre_key_lets_a_command_in(tmp_path: Path) -> Non
     cfg.centre.command_keys_file = str(tmp_path / "missing.pem")
     assert check_command_keys(cfg, tmp_path).level == "fail"
 
-    pem = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     (tmp_path / "centre.pub.pem").write_bytes(pem)
     cfg.centre.command_keys_file = str(tmp_path / "centre.pub.pem")
     ok = check_command_keys(cfg, tmp_path)

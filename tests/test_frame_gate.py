@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.scene_camera import SceneRenderer
 from sim.scene import Phase, SceneGeometry, ScenePerson, SceneState
+from sim.scene_camera import SceneRenderer
 from station.domain.model import CodeColour
 from station.lane.frame_gate import FrameGate
 
@@ -41,8 +41,8 @@ def test_rate_limit() -> None:
 
 def test_demo_lane_with_a_detection_budget_still_decides_right(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Through the real pipeline: detection at most 5 Hz plus unchanged-frame skip; decisions unchanged."""
-    from station.config import StationConfig
     from sim.demo import DemoRun
+    from station.config import StationConfig
 
     cfg = StationConfig.model_validate({"detector": {"max_rate_hz": 5.0, "skip_unchanged_below": 1.5}})
     result = DemoRun(cfg, people=2, data_dir=tmp_path, fast=True).run(max_s=40)

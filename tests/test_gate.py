@@ -314,9 +314,7 @@ def test_alarm_sounds_for_alarm_s_with_red_and_no_relay(gate: GpioGate, factory:
 
 
 @pytest.mark.parametrize(("action", "decision"), NOT_OPEN)
-def test_nothing_but_open_ever_energises_the_relay(
-    gate: GpioGate, factory: MockFactory, action: GateAction, decision: Decision
-) -> None:
+def test_nothing_but_open_ever_energises_the_relay(gate: GpioGate, factory: MockFactory, action: GateAction, decision: Decision) -> None:
     gate.execute(command(action, decision), time.monotonic())
     assert wait_until(lambda: all_low(factory) and len(gate.history()) > len(OUTPUTS), timeout=2.0 + SLACK_S)
     time.sleep(0.05)
@@ -358,9 +356,7 @@ def test_lights_return_to_idle_after_show_s(gate: GpioGate, factory: MockFactory
 
 
 @pytest.mark.parametrize(("action", "decision"), [(GateAction.OPEN, Decision.PASS), (GateAction.ALARM, Decision.DENY_FEVER)])
-def test_safe_state_stops_everything_at_once(
-    gate: GpioGate, factory: MockFactory, action: GateAction, decision: Decision
-) -> None:
+def test_safe_state_stops_everything_at_once(gate: GpioGate, factory: MockFactory, action: GateAction, decision: Decision) -> None:
     gate.execute(command(action, decision), time.monotonic())
     assert any(levels(factory).values())
     gate.safe_state()
@@ -413,9 +409,7 @@ def failing(factory: MockFactory, output: str) -> FailingPin:
     return p
 
 
-def test_fault_while_starting_returns_a_result_and_keeps_the_relay_off(
-    factory: MockFactory, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_fault_while_starting_returns_a_result_and_keeps_the_relay_off(factory: MockFactory, caplog: pytest.LogCaptureFixture) -> None:
     buzzer = failing(factory, BUZZER)
     g = make_gate(factory)
     try:
@@ -434,9 +428,7 @@ def test_fault_while_starting_returns_a_result_and_keeps_the_relay_off(
         g.close()
 
 
-def test_fault_in_a_timed_step_is_logged_and_the_sequencer_survives(
-    factory: MockFactory, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_fault_in_a_timed_step_is_logged_and_the_sequencer_survives(factory: MockFactory, caplog: pytest.LogCaptureFixture) -> None:
     buzzer = failing(factory, BUZZER)
     g = make_gate(factory)
     try:

@@ -15,9 +15,9 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from sim.issuer import demo_issuer, new_issuer, trust_list_document
 from station.codes import hc1
 from station.codes.judge import CodeJudge, SeenCodes, salted_hash, station_salt
-from sim.issuer import demo_issuer, new_issuer, trust_list_document
 from station.codes.local_claims import LocalClaimsVerifier
 from station.codes.trust_list import TrustStore, load_file
 from station.domain.model import CodeColour, CodeStatus
@@ -270,8 +270,8 @@ def test_mutated_codes_never_raise_and_never_pass(trust, es) -> None:  # noqa: A
 
 
 def test_verifiers_implement_the_ports() -> None:
-    from station.codes.online import OnlineVerifier
     from station.codes.colour import ScreenColourVerifier
+    from station.codes.online import OnlineVerifier
     from station.ports import CodeVerifier, FrameCodeVerifier
 
     judge = CodeJudge([], salt=b"s" * 32, seen=None)

@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 from click.testing import CliRunner
 
-from sim.scene_camera import qr_matrix, render_qr
-from station.codes.hc1 import b45encode
 from sim.issuer import new_issuer, trust_list_document
-from station.codes.trust_list import certificate_entry
+from sim.scene_camera import qr_matrix, render_qr
 from station.cli.stationctl import main
+from station.codes.hc1 import b45encode
+from station.codes.trust_list import certificate_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC).timestamp()
@@ -71,7 +71,9 @@ def test_verify_image_uses_the_configured_reader(tmp_path: Path) -> None:
     frame = np.full((480, 640, 3), 230, np.uint8)
     frame[60 : 60 + qr.shape[0], 180 : 180 + qr.shape[1]] = qr
     cv2.imwrite(str(tmp_path / "phone.png"), frame)
-    r = ctl("--config", str(cfg), "code", "verify", str(tmp_path / "phone.png"), "--trust", str(trust), "--at", "2026-06-01T13:00:00Z", "--json")
+    r = ctl(
+        "--config", str(cfg), "code", "verify", str(tmp_path / "phone.png"), "--trust", str(trust), "--at", "2026-06-01T13:00:00Z", "--json"
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert (out["valid"], out["colour"], out["kid"]) == (True, "red", issuer.kid.hex())
@@ -99,8 +101,17 @@ def _stationctl() -> str:
 
 HOSTILE = [
     "HC1:6BFOXN*TS6DIVEC7QCDOCV00+O4L4",  # the issue's code: alg is a list
-    "HC1:", "HC1:A", "HC1:::", "hc1:NCF", "HC1:" + "A" * 6000, "HC1:\u00e9\u00e9", "\u202eHC1:\U0001f600", "",
-    "HCODE1:" + base64.urlsafe_b64encode(b"[" * 3000).decode(), "HCT1:\u00e9", "   ",
+    "HC1:",
+    "HC1:A",
+    "HC1:::",
+    "hc1:NCF",
+    "HC1:" + "A" * 6000,
+    "HC1:\u00e9\u00e9",
+    "\u202eHC1:\U0001f600",
+    "",
+    "HCODE1:" + base64.urlsafe_b64encode(b"[" * 3000).decode(),
+    "HCT1:\u00e9",
+    "   ",
 ]
 
 
@@ -126,20 +137,44 @@ def test_any_payload_gives_a_json_verdict_through_the_real_entry_point(tmp_path:
         assert out["valid"] is False and out["status"] in ("invalid", "unverifiable") and out["reason"], out
         assert out["reason"] != "malformed", (payload, out)  # the backstop is for bugs; none may be left
     good = issuer.issue("green", iat=T0, exp=T0 + 86400)
-    r = subprocess.run([_stationctl(), "--config", str(cfg), "code", "verify", "--payload", good, "--trust", str(trust),
-                        "--at", "2026-06-01T13:00:00Z", "--json"], capture_output=True, timeout=60, check=False)
+    r = subprocess.run(
+        [
+            _stationctl(),
+            "--config",
+            str(cfg),
+            "code",
+            "verify",
+            "--payload",
+            good,
+            "--trust",
+            str(trust),
+            "--at",
+            "2026-06-01T13:00:00Z",
+            "--json",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["valid"] is True
 
 
 def test_bad_trust_files_are_usage_errors_with_a_reason(tmp_path: Path) -> None:
     cfg, _, _ = setup(tmp_path)
-    files = {"deep.json": b"[" * 100_000, "latin1.json": b"\xff\xfe{", "bignum.json": b'{"version": ' + b"9" * 5000 + b"}",
-             "nocerts.json": b'{"certificates": [{"der": {"a": 1}, "kid": [1]}, 5]}',
-             "stored.json": b'{"document": [1], "signature_verified": true}'}
+    files = {
+        "deep.json": b"[" * 100_000,
+        "latin1.json": b"\xff\xfe{",
+        "bignum.json": b'{"version": ' + b"9" * 5000 + b"}",
+        "nocerts.json": b'{"certificates": [{"der": {"a": 1}, "kid": [1]}, 5]}',
+        "stored.json": b'{"document": [1], "signature_verified": true}',
+    }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
-        r = CliRunner().invoke(main, ["--config", str(cfg), "code", "verify", "--payload", "HC1:X", "--trust",
-                                      str(tmp_path / name), "--json"], catch_exceptions=False)
+        r = CliRunner().invoke(
+            main,
+            ["--config", str(cfg), "code", "verify", "--payload", "HC1:X", "--trust", str(tmp_path / name), "--json"],
+            catch_exceptions=False,
+        )
         assert r.exit_code == 2 and r.stdout == "", (name, r.output)
         assert "--trust:" in r.stderr, (name, r.stderr)
 
@@ -149,8 +184,19 @@ def test_an_eu_certificate_is_valid_with_colour_null(tmp_path: Path) -> None:
     vector = json.loads((ROOT / "tests" / "data" / "dgc-testdata" / "common" / "2DCode" / "raw" / "CO1.json").read_text())
     trust = tmp_path / "eu.json"
     trust.write_text(json.dumps({"certificates": [certificate_entry(base64.b64decode(vector["TESTCTX"]["CERTIFICATE"]))]}))
-    r = ctl("--config", str(cfg), "code", "verify", "--payload", vector["PREFIX"], "--trust", str(trust),
-            "--at", vector["TESTCTX"]["VALIDATIONCLOCK"], "--json")
+    r = ctl(
+        "--config",
+        str(cfg),
+        "code",
+        "verify",
+        "--payload",
+        vector["PREFIX"],
+        "--trust",
+        str(trust),
+        "--at",
+        vector["TESTCTX"]["VALIDATIONCLOCK"],
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert (out["valid"], out["reason"], out["colour"]) == (True, "ok", None)

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from drivers.publish.mqtt import MqttPublisher
 from station.codes.judge import CodeJudge
 from station.codes.online import OnlineVerifier, token_sha256
-from drivers.publish.mqtt import MqttPublisher
-from station.link.command_auth import CommandKeys, new_signing_key, sign_lookup_answer
 from station.domain.model import CodeColour, CodeObservation, CodeStatus, Decision
+from station.link.command_auth import CommandKeys, new_signing_key, sign_lookup_answer
 from tests.command_rig import Centre, write_public_keys
 from tests.mosquitto import Broker, mosquitto_available
 from tests.waiting import wait_until
@@ -78,12 +78,19 @@ def test_a_responder_answering_by_correlation_id_decides_the_colour(rig) -> None
     def answer(client, userdata, msg) -> None:
         req = json.loads(msg.payload)
         # A stray reply with another id first: it must not be taken for ours.
-        stray = sign_lookup_answer(CENTRE_KEY, request_id="someone-else", station="st-01", site="gate-a",
-                                   token_sha256=req["token_sha256"], result={"found": True, "colour": "red"})
+        stray = sign_lookup_answer(
+            CENTRE_KEY,
+            request_id="someone-else",
+            station="st-01",
+            site="gate-a",
+            token_sha256=req["token_sha256"],
+            result={"found": True, "colour": "red"},
+        )
         client.publish(f"{msg.topic}/result", json.dumps(stray), qos=1)
         result = known.get(req["token_sha256"], {"found": False})
-        signed = sign_lookup_answer(CENTRE_KEY, request_id=req["id"], station=req["station_id"], site=req["site"],
-                                    token_sha256=req["token_sha256"], result=result)
+        signed = sign_lookup_answer(
+            CENTRE_KEY, request_id=req["id"], station=req["station_id"], site=req["site"], token_sha256=req["token_sha256"], result=result
+        )
         client.publish(f"{msg.topic}/result", json.dumps(signed), qos=1)
 
     centre.client.on_message = answer
@@ -127,8 +134,7 @@ def _answer_with(broker: Broker, make: Any) -> Centre:
 
 
 def _signed_green(req: dict[str, Any], key: Any = CENTRE_KEY, **override: Any) -> dict[str, Any]:
-    fields = {"request_id": req["id"], "station": req["station_id"], "site": req["site"],
-              "token_sha256": req["token_sha256"], **override}
+    fields = {"request_id": req["id"], "station": req["station_id"], "site": req["site"], "token_sha256": req["token_sha256"], **override}
     return sign_lookup_answer(key, result={"found": True, "colour": "green", "expires": time.time() + 3600}, **fields)
 
 

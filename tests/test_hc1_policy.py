@@ -99,11 +99,13 @@ def test_the_configured_policy_reaches_the_lane() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(colour=st.sampled_from([None, *CodeColour]), status=st.sampled_from(list(CodeStatus)),
-       yellow=st.sampled_from([Decision.MANUAL_CHECK, Decision.DENY_CODE]),
-       uncoloured=st.sampled_from([Decision.MANUAL_CHECK, Decision.DENY_CODE]))
-def test_only_a_valid_green_code_passes(colour: CodeColour | None, status: CodeStatus, yellow: Decision,
-                                        uncoloured: Decision) -> None:
+@given(
+    colour=st.sampled_from([None, *CodeColour]),
+    status=st.sampled_from(list(CodeStatus)),
+    yellow=st.sampled_from([Decision.MANUAL_CHECK, Decision.DENY_CODE]),
+    uncoloured=st.sampled_from([Decision.MANUAL_CHECK, Decision.DENY_CODE]),
+)
+def test_only_a_valid_green_code_passes(colour: CodeColour | None, status: CodeStatus, yellow: Decision, uncoloured: Decision) -> None:
     verdict = CodeVerdict(status, colour, "ok" if status is CodeStatus.VALID else "x", "test")
     decision, _, _ = screen(ScreeningPolicy(yellow_code=yellow, uncoloured_code=uncoloured), verdict)
     assert (decision is Decision.PASS) == (status is CodeStatus.VALID and colour is CodeColour.GREEN)

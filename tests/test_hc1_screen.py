@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from sim.scene_camera import CODE_COLOURS_BGR, qr_matrix, render_qr
-from station.codes.judge import CodeJudge
-from station.codes.hc1 import Hc1Verifier
 from drivers.codes.pyzbar_reader import PyzbarReader
+from sim.scene_camera import CODE_COLOURS_BGR, qr_matrix, render_qr
 from station.codes.colour import ScreenColourVerifier
+from station.codes.hc1 import Hc1Verifier
+from station.codes.judge import CodeJudge
 from station.domain.model import CodeColour, CodeStatus
 
 NOW = time.time()

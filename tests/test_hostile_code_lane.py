@@ -28,12 +28,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from station.codes.hc1 import b45encode
+from sim.demo import DemoRun
 from sim.issuer import demo_issuer
 from sim.scene import ScenePerson
 from station.cli.stationctl import _stages_line
+from station.codes.hc1 import b45encode
 from station.config import StationConfig
-from sim.demo import DemoRun
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
 from tests.faulty_verifiers import RaisingOnPayload
 from tests.mosquitto import mosquitto_available, mosquitto_broker
@@ -89,7 +89,6 @@ class PayloadTally:
         return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", self.name)
 
 
-
 class StateWatcher:
     """Records the retained ``state/stages`` messages the station publishes (what the centre sees)."""
 
@@ -111,8 +110,12 @@ class StateWatcher:
         self.client.disconnect()
 
 
-def run_queue(tmp_path: Path, cast: list[ScenePerson], front: list[Any], cfg: StationConfig | None = None,
-              ) -> tuple[DemoRun, Any, list[dict[str, Any]]]:
+def run_queue(
+    tmp_path: Path,
+    cast: list[ScenePerson],
+    front: list[Any],
+    cfg: StationConfig | None = None,
+) -> tuple[DemoRun, Any, list[dict[str, Any]]]:
     """Run the demo over ``cast`` with ``front`` verifiers ahead of the configured ones; returns the run,
     its result and the stage health sampled while people were at the gate."""
     run = DemoRun(cfg or StationConfig(), people=0, data_dir=tmp_path, fast=True, cast=cast)
@@ -138,8 +141,9 @@ def run_queue(tmp_path: Path, cast: list[ScenePerson], front: list[Any], cfg: St
 
 def assert_lane_held(result: Any, samples: list[dict[str, Any]], cast: list[ScenePerson], caplog: Any) -> None:
     assert len(samples) == len(result.decided) >= len(cast), "stage health was not sampled at each decision"
-    assert not [r.getMessage() for r in caplog.records if "pipeline stage crashed" in r.getMessage()
-                or "pipeline stage given up" in r.getMessage()]
+    assert not [
+        r.getMessage() for r in caplog.records if "pipeline stage crashed" in r.getMessage() or "pipeline stage given up" in r.getMessage()
+    ]
     for h in samples:  # no thread died, nothing was restarted or given up at any time
         assert h["alive"] and h["restarts"] == 0 and h["given_up"] == [], h
         assert all(s["state"] == "running" for s in h["stages"].values()), h
@@ -172,8 +176,11 @@ def test_hostile_codes_held_up_for_minutes_never_stop_the_lane(tmp_path, caplog)
 
 @pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 def test_a_verifier_that_raises_on_a_shown_code_is_contained_and_the_next_person_passes(tmp_path, caplog):
-    cast = [hostile_person(0, "payload the test verifier raises on", RAISE_ON),
-            hostile_person(1, "hc1 alg list", HC1_LIST_ALG), good_person(2)]
+    cast = [
+        hostile_person(0, "payload the test verifier raises on", RAISE_ON),
+        hostile_person(1, "hc1 alg list", HC1_LIST_ALG),
+        good_person(2),
+    ]
     raising = RaisingOnPayload(RAISE_ON)
     caplog.set_level(logging.ERROR, logger="station.lane.pipeline")
     with mosquitto_broker(tmp_path / "broker") as broker:

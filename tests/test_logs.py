@@ -13,13 +13,11 @@ from station.ops.logs import JsonFormatter, KeyValueFormatter
 
 def _record(**extra: object) -> logging.LogRecord:
     logger = logging.getLogger("station.test")
-    return logger.makeRecord("station.test", logging.WARNING, __file__, 1, "camera open failed", None, None,
-                             extra=extra)
+    return logger.makeRecord("station.test", logging.WARNING, __file__, 1, "camera open failed", None, None, extra=extra)
 
 
 def test_text_lines_carry_the_extra_fields_as_key_value() -> None:
-    line = KeyValueFormatter("%(levelname)s %(name)s %(message)s").format(
-        _record(device="/dev/video0", retry_s=2.0))
+    line = KeyValueFormatter("%(levelname)s %(name)s %(message)s").format(_record(device="/dev/video0", retry_s=2.0))
     assert line == "WARNING station.test camera open failed device=/dev/video0 retry_s=2.0"
 
 
@@ -37,14 +35,14 @@ def test_json_lines_hold_the_message_and_the_fields() -> None:
 
 def test_the_daemon_prints_a_real_extra_field(tmp_path: Path) -> None:
     """A real call site with extra= (the model directory check) through the configured handler."""
-    code = ("from station.ops.logs import configure; configure('INFO', fmt='{fmt}');"
-            "import logging; logging.getLogger('station.models').warning('model directory has problems', "
-            "extra={{'dir': '/opt/models', 'problems': 2}})")
-    text = subprocess.run([sys.executable, "-c", code.format(fmt="text")], capture_output=True, text=True,
-                          check=True, timeout=60).stderr
+    code = (
+        "from station.ops.logs import configure; configure('INFO', fmt='{fmt}');"
+        "import logging; logging.getLogger('station.models').warning('model directory has problems', "
+        "extra={{'dir': '/opt/models', 'problems': 2}})"
+    )
+    text = subprocess.run([sys.executable, "-c", code.format(fmt="text")], capture_output=True, text=True, check=True, timeout=60).stderr
     assert "model directory has problems dir=/opt/models problems=2" in text, text
-    out = subprocess.run([sys.executable, "-c", code.format(fmt="json")], capture_output=True, text=True,
-                         check=True, timeout=60).stderr
+    out = subprocess.run([sys.executable, "-c", code.format(fmt="json")], capture_output=True, text=True, check=True, timeout=60).stderr
     doc = json.loads(out.strip().splitlines()[-1])
     assert doc["dir"] == "/opt/models" and doc["problems"] == 2
 

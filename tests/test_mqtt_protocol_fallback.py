@@ -118,8 +118,8 @@ class OldBroker:
                 if kind == 3:  # PUBLISH
                     qos = (header >> 1) & 3
                     topic_len = int.from_bytes(body[:2], "big")
-                    topic = body[2:2 + topic_len].decode()
-                    rest = body[2 + topic_len:]
+                    topic = body[2 : 2 + topic_len].decode()
+                    rest = body[2 + topic_len :]
                     if qos:
                         packet_id, rest = rest[:2], rest[2:]
                         conn.sendall(b"\x40\x02" + packet_id)  # PUBACK
@@ -143,14 +143,11 @@ def old_broker(request: pytest.FixtureRequest) -> Iterator[OldBroker]:
 
 def _publisher(url: str) -> MqttPublisher:
     # protocol is left at its default: "auto" is what a station gets out of the box.
-    return MqttPublisher(url, "station-fallback", STATUS, b"offline", b"online",
-                         reconnect_min_delay=0.05, reconnect_max_delay=0.2)
+    return MqttPublisher(url, "station-fallback", STATUS, b"offline", b"online", reconnect_min_delay=0.05, reconnect_max_delay=0.2)
 
 
 @pytest.mark.parametrize("old_broker", ["connack", "close"], indirect=True)
-def test_auto_falls_back_to_3_1_1_and_stays_there(
-    old_broker: OldBroker, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_auto_falls_back_to_3_1_1_and_stays_there(old_broker: OldBroker, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="station.mqtt")
     pub = _publisher(old_broker.url)
     acks: list[int] = []
@@ -186,16 +183,25 @@ def test_auto_falls_back_to_3_1_1_and_stays_there(
     in_use = [r for r in caplog.records if "MQTT protocol in use" in r.getMessage()]
     assert len(in_use) == 1, "the version in use is logged once, not on every reconnect"
     assert "MQTT 3.1.1 (fallback" in in_use[0].getMessage()
-    switches = [r for r in caplog.records if "MQTT 3.1.1" in r.getMessage()
-                and ("switching to" in r.getMessage() or "trying" in r.getMessage())]
+    switches = [
+        r for r in caplog.records if "MQTT 3.1.1" in r.getMessage() and ("switching to" in r.getMessage() or "trying" in r.getMessage())
+    ]
     assert len(switches) == 1
 
 
 @pytest.mark.parametrize("old_broker", [CONNACK_V5_BAD_PASSWORD], indirect=True)
 def test_a_wrong_password_is_not_taken_for_a_protocol_problem(old_broker: OldBroker) -> None:
-    pub = MqttPublisher(old_broker.url, "station-fallback", STATUS, b"offline", b"online",
-                        username="st-01", password="wrong", reconnect_min_delay=0.05,
-                        reconnect_max_delay=0.2)
+    pub = MqttPublisher(
+        old_broker.url,
+        "station-fallback",
+        STATUS,
+        b"offline",
+        b"online",
+        username="st-01",
+        password="wrong",
+        reconnect_min_delay=0.05,
+        reconnect_max_delay=0.2,
+    )
     pub.start()
     try:
         wait_until(lambda: pub.state == "auth_failed", 5, "auth_failed")
@@ -207,8 +213,9 @@ def test_a_wrong_password_is_not_taken_for_a_protocol_problem(old_broker: OldBro
 
 def test_forced_5_does_not_fall_back() -> None:
     broker = OldBroker("connack")
-    pub = MqttPublisher(broker.url, "station-fallback", STATUS, b"offline", b"online",
-                        protocol="5", reconnect_min_delay=0.05, reconnect_max_delay=0.1)
+    pub = MqttPublisher(
+        broker.url, "station-fallback", STATUS, b"offline", b"online", protocol="5", reconnect_min_delay=0.05, reconnect_max_delay=0.1
+    )
     pub.start()
     try:
         wait_until(lambda: len(broker.levels) >= 3, 5, "retries")

@@ -16,8 +16,7 @@ from station.link.sync import publisher_from_config, read_password
 from tests.mosquitto import Broker, mosquitto_available
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.skipif(not mosquitto_available() or shutil.which("openssl") is None,
-                                reason="mosquitto or openssl not installed")
+pytestmark = pytest.mark.skipif(not mosquitto_available() or shutil.which("openssl") is None, reason="mosquitto or openssl not installed")
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -26,24 +25,47 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def make_pki(d: Path) -> None:
     """A CA, a server certificate for IP 127.0.0.1 and a client certificate, all signed by the CA."""
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", "2", "-subj", "/CN=test-ca", cwd=d)
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca", cwd=d
+    )
     for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}", cwd=d)
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
         (d / f"{name}.ext").write_text(ext + "\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
 
 
 def test_mutual_tls_and_password_file_from_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pki = tmp_path / "pki"
     pki.mkdir()
     make_pki(pki)
-    broker = Broker(tmp_path / "broker", allow_anonymous=False, users={"st-01": "tls-s3cret"}, listener_options=[
-        f"cafile {pki / 'ca.pem'}", f"certfile {pki / 'server.pem'}", f"keyfile {pki / 'server.key'}",
-        "require_certificate true",
-    ])
+    broker = Broker(
+        tmp_path / "broker",
+        allow_anonymous=False,
+        users={"st-01": "tls-s3cret"},
+        listener_options=[
+            f"cafile {pki / 'ca.pem'}",
+            f"certfile {pki / 'server.pem'}",
+            f"keyfile {pki / 'server.key'}",
+            "require_certificate true",
+        ],
+    )
     broker.start()
     (tmp_path / "mqtt-password").write_text("tls-s3cret\n")
     cfg = StationConfig()

@@ -38,8 +38,13 @@ class Rig:
         self.store.begin_session()
         self.gate = GpioGate(17, 27, 22, 23, 24, pin_factory="mock", open_s=0.2)
         opts = {"pin_hash": PIN_HASH, "pin_max_failures": 3, "pin_lock_s": 600.0, "overrides_per_min": 50, **settings}
-        self.desk = OperatorDesk(store=self.store, gate=self.gate, identity={"site": "gate-a", "id": "st-01", "lane": "entry"},
-                                 settings=DeskSettings(**opts), devices=lambda: {"thermal": "connected"})
+        self.desk = OperatorDesk(
+            store=self.store,
+            gate=self.gate,
+            identity={"site": "gate-a", "id": "st-01", "lane": "entry"},
+            settings=DeskSettings(**opts),
+            devices=lambda: {"thermal": "connected"},
+        )
 
     def client(self, policy: AccessPolicy | None = None, base_url: str = BASE) -> TestClient:
         return TestClient(create_app(self.desk, None, policy), base_url=base_url)
@@ -86,8 +91,9 @@ def test_cross_site_origin_is_refused_for_reads_and_pin_actions(rig: Rig) -> Non
     assert rig.relay_on_count() == 0 and rig.rows("SELECT count(*) FROM operator_actions") == [(0,)], "never reached the desk"
     ok = client.post("/api/override/open-gate", json={"operator": "x", "pin": PIN}, headers={"Origin": BASE})
     assert ok.status_code == 200 and rig.relay_on_count() == 1
-    huge = client.post("/api/override/open-gate", content=b'{"pin": "' + b"1" * 100_000 + b'"}',
-                       headers={"Content-Type": "application/json"})
+    huge = client.post(
+        "/api/override/open-gate", content=b'{"pin": "' + b"1" * 100_000 + b'"}', headers={"Content-Type": "application/json"}
+    )
     assert huge.status_code == 413, "request bodies are capped"
 
 
@@ -114,14 +120,24 @@ def test_stationctl_operator_url_shows_the_token_when_bound_beyond_loopback(tmp_
     cfg = tmp_path / "station.toml"
     cfg.write_text('[http]\nenabled = true\nlisten = "0.0.0.0"\nport = 8099\n')
     env = dict(os.environ, CHECKPOINT_CONFIG=str(cfg))
-    out = subprocess.run([sys.executable, "-m", "station.cli.stationctl", "--data-dir", str(tmp_path / "data"), "operator-url"],
-                         capture_output=True, text=True, env=env, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "station.cli.stationctl", "--data-dir", str(tmp_path / "data"), "operator-url"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     token = (tmp_path / "data" / TOKEN_NAME).read_text().strip()
     assert out.stdout.strip() == f"http://127.0.0.1:8099/?token={token}"
     cfg.write_text('[http]\nenabled = true\nlisten = "127.0.0.1"\nport = 8099\n')
-    out = subprocess.run([sys.executable, "-m", "station.cli.stationctl", "--data-dir", str(tmp_path / "data2"), "operator-url"],
-                         capture_output=True, text=True, env=env, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "station.cli.stationctl", "--data-dir", str(tmp_path / "data2"), "operator-url"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert out.stdout.strip() == "http://127.0.0.1:8099/" and not (tmp_path / "data2" / TOKEN_NAME).exists()
 
 
@@ -166,8 +182,9 @@ def test_refused_attempts_audit_is_bounded_and_droppable(tmp_path: Path) -> None
         priorities = rig.rows("SELECT DISTINCT priority FROM outbox WHERE topic LIKE '%/events/audit'")
         assert priorities == [(PRIORITY_EVENT,)], "refusals are ordinary rows the outbox bounds may drop"
         rig.desk.open_gate("operator", PIN)
-        assert rig.rows("SELECT priority FROM outbox WHERE topic LIKE '%/events/audit' ORDER BY id DESC LIMIT 1") == [(1,)], \
+        assert rig.rows("SELECT priority FROM outbox WHERE topic LIKE '%/events/audit' ORDER BY id DESC LIMIT 1") == [(1,)], (
             "an action carried out keeps its never-dropped audit"
+        )
     finally:
         rig.close()
 

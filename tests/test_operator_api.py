@@ -39,7 +39,9 @@ class Rig:
         self.gate = GpioGate(17, 27, 22, 23, 24, pin_factory="mock", open_s=0.2)
         opts = {"pin_hash": PIN_HASH, "pin_max_failures": 3, "pin_lock_s": 600.0, "overrides_per_min": 2, **settings}
         self.desk = OperatorDesk(
-            store=self.store, gate=self.gate, identity={"site": "gate-a", "id": "st-01", "lane": "entry"},
+            store=self.store,
+            gate=self.gate,
+            identity={"site": "gate-a", "id": "st-01", "lane": "entry"},
             settings=DeskSettings(**opts),  # type: ignore[arg-type]
             devices=lambda: {"thermal": "connected", "camera": "running", "detector": "ok", "mqtt": "off"},
             direction_counts=lambda: {"entry": 4, "exit": 1},
@@ -117,7 +119,8 @@ def test_wrong_pin_is_refused_and_audited_and_the_pin_never_stored(rig: Rig) -> 
     r = rig.client.post(f"/api/alarms/{fever.event.event_id}/ack", json={"operator": "Li Wei", "pin": "111122223333"})
     assert r.status_code == 403 and r.json()["reason"] == "wrong_pin" and r.json()["attempts_left"] == 2
     assert rig.rows("SELECT action, operator, ok, reason, event_id FROM operator_actions") == [
-        ("ack", "Li Wei", 0, "wrong_pin", fever.event.event_id)]
+        ("ack", "Li Wei", 0, "wrong_pin", fever.event.event_id)
+    ]
     assert rig.client.get("/api/status").json()["alarms"][0]["ack"] is None
     sent = rig.audit_outbox()
     assert sent[-1]["kind"] == "operator_action" and sent[-1]["ok"] is False and sent[-1]["reason"] == "wrong_pin"
@@ -165,20 +168,23 @@ def test_open_gate_once_goes_through_the_audited_command_path(rig: Rig) -> None:
     assert gate_msg["command"]["deadline"] > time.time() - 60
     # ... plus the operator's own row.
     assert rig.rows("SELECT action, operator, ok, detail FROM operator_actions") == [
-        ("open_gate", "Zhang", 1, json.dumps({"gate_audit_id": body["audit_id"]}, separators=(",", ":")))]
+        ("open_gate", "Zhang", 1, json.dumps({"gate_audit_id": body["audit_id"]}, separators=(",", ":")))
+    ]
 
 
 def test_recheck_records_the_clinical_value_against_the_event(rig: Rig) -> None:
     fever = rig.decide(1, alarm=True)
-    r = rig.client.post("/api/override/recheck", json={"event_id": fever.event.event_id, "clinical_c": 36.9,
-                                                         "operator": "Zhang", "pin": PIN})
+    r = rig.client.post(
+        "/api/override/recheck", json={"event_id": fever.event.event_id, "clinical_c": 36.9, "operator": "Zhang", "pin": PIN}
+    )
     assert r.status_code == 200, r.text
     row = rig.store.operator_actions(event_id=fever.event.event_id)[0]
     assert row["action"] == "recheck" and row["ok"] is True
     assert row["detail"] == {"clinical_c": 36.9, "station_c": 38.4, "decision": "deny_fever", "fever": False}
     assert rig.audit_outbox()[-1]["detail"]["clinical_c"] == 36.9
-    bad = rig.client.post("/api/override/recheck", json={"event_id": fever.event.event_id, "clinical_c": 80,
-                                                          "operator": "Zhang", "pin": PIN})
+    bad = rig.client.post(
+        "/api/override/recheck", json={"event_id": fever.event.event_id, "clinical_c": 80, "operator": "Zhang", "pin": PIN}
+    )
     assert bad.status_code == 400
     missing = rig.client.post("/api/override/recheck", json={"event_id": "nope", "clinical_c": 36.5, "pin": PIN})
     assert missing.status_code == 404
@@ -301,8 +307,8 @@ def mjpeg_parts(chunks: Iterator[bytes], n: int) -> list[bytes]:
             length = int(next(l for l in buf[:head].split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
             if len(buf) < head + 4 + length + 2:
                 break
-            parts.append(buf[head + 4: head + 4 + length])
-            buf = buf[head + 4 + length + 2:]
+            parts.append(buf[head + 4 : head + 4 + length])
+            buf = buf[head + 4 + length + 2 :]
             if len(parts) == n:
                 return parts
     return parts
@@ -312,8 +318,10 @@ def test_mjpeg_one_encoder_shared_by_every_viewer(served: tuple[Rig, LiveView, O
     _, live, server = served
     image = np.full((480, 640, 3), 90, np.uint8)
     live.offer_frame(VisibleFrame(image, seq=1, t=time.monotonic()))
-    with httpx.stream("GET", server.url + "api/live.mjpeg", timeout=10) as a, \
-            httpx.stream("GET", server.url + "api/live.mjpeg", timeout=10) as b:
+    with (
+        httpx.stream("GET", server.url + "api/live.mjpeg", timeout=10) as a,
+        httpx.stream("GET", server.url + "api/live.mjpeg", timeout=10) as b,
+    ):
         assert a.headers["content-type"].startswith("multipart/x-mixed-replace")
         # Keep the byte iterators: dropping one closes its connection (the server then sees a leaver).
         chunks_a, chunks_b = a.iter_bytes(), b.iter_bytes()

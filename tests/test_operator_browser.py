@@ -58,10 +58,29 @@ class Demo:
         self.log_path = tmp_path / f"{name}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "station.cli.station_main", "demo", "--people", str(people), "--data-dir", str(self.data),
-             "--http", f"127.0.0.1:{self.port}", "--operator-pin", PIN, "--wait-for-page", "--keep-running", "--config", str(config),
-             "--log-level", "INFO"],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "station.cli.station_main",
+                "demo",
+                "--people",
+                str(people),
+                "--data-dir",
+                str(self.data),
+                "--http",
+                f"127.0.0.1:{self.port}",
+                "--operator-pin",
+                PIN,
+                "--wait-for-page",
+                "--keep-running",
+                "--config",
+                str(config),
+                "--log-level",
+                "INFO",
+            ],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         try:
             self._wait_served()
@@ -165,7 +184,8 @@ def test_operator_page_pass_fever_ack_pin_and_override(browser, tmp_path: Path) 
         expect(page.get_by_test_id("pin-dialog")).to_be_visible()
         expect(alarm).to_have_count(1)
         assert demo.rows("SELECT action, operator, ok, reason, event_id FROM operator_actions") == [
-            ("ack", "Li Wei", 0, "wrong_pin", event_id)]
+            ("ack", "Li Wei", 0, "wrong_pin", event_id)
+        ]
 
         # The right PIN acknowledges it; who and when are shown and stored.
         page.get_by_test_id("pin-value").fill("")

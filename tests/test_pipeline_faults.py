@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from station.config import StationConfig
 from sim.demo import DemoRun
+from station.config import StationConfig
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,16 @@ def test_decode_json_one_line_per_image(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "multi.png"), multi.image)
     cv2.imwrite(str(tmp_path / "none.png"), none.image)
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    r = ctl("--config", str(cfg), "code", "decode", str(tmp_path / "multi.png"), str(tmp_path / "none.png"), str(tmp_path / "broken.png"), "--json")
+    r = ctl(
+        "--config",
+        str(cfg),
+        "code",
+        "decode",
+        str(tmp_path / "multi.png"),
+        str(tmp_path / "none.png"),
+        str(tmp_path / "broken.png"),
+        "--json",
+    )
     assert r.exit_code == 1  # an image without a code, and an unreadable one
     lines = [json.loads(line) for line in r.output.splitlines()]
     assert [line["image"] for line in lines] == [str(tmp_path / n) for n in ("multi.png", "none.png", "broken.png")]

@@ -96,7 +96,7 @@ def test_max_reuse_forces_a_decode_so_a_second_phone_is_found() -> None:
     assert inner.calls == 1
     # A second phone appears outside the tracked region: found at the latest after max_reuse hits.
     two = frame(A, at=(40, 40), seed=9)
-    two[200:200 + 205, 380:380 + 205] = frame(B, at=(0, 0), seed=10)[:205, :205]
+    two[200 : 200 + 205, 380 : 380 + 205] = frame(B, at=(0, 0), seed=10)[:205, :205]
     assert sorted(c.payload for c in tracker.decode(two)) == sorted([A, B])
     assert inner.calls == 2
 

@@ -24,13 +24,23 @@ BAD_URL = f"mqtt://u:{SECRET}@127.0.0.1:1"
 
 # What urlsplit accepts as one authority: user without ":@/?#" or whitespace, password without "/?#"
 # or whitespace (it may hold ":" and "@"), a host name.
-_user = st.text(st.characters(codec="utf-8", exclude_characters=":@/?#", exclude_categories=("Zs", "Zl", "Zp", "Cc", "Cs")), min_size=1, max_size=12)
-_password = st.text(st.characters(codec="utf-8", exclude_characters="/?#", exclude_categories=("Zs", "Zl", "Zp", "Cc", "Cs")), min_size=1, max_size=24)
+_user = st.text(
+    st.characters(codec="utf-8", exclude_characters=":@/?#", exclude_categories=("Zs", "Zl", "Zp", "Cc", "Cs")), min_size=1, max_size=12
+)
+_password = st.text(
+    st.characters(codec="utf-8", exclude_characters="/?#", exclude_categories=("Zs", "Zl", "Zp", "Cc", "Cs")), min_size=1, max_size=24
+)
 _host = st.from_regex(r"[a-z0-9]([a-z0-9.-]{0,20}[a-z0-9])?", fullmatch=True)
 
 
-@given(scheme=st.sampled_from(["mqtt", "mqtts", "https", "ws"]), user=_user, password=_password, host=_host,
-       port=st.integers(1, 65535), tail=st.sampled_from(["", "/", "/path?q=1", "#f"]))
+@given(
+    scheme=st.sampled_from(["mqtt", "mqtts", "https", "ws"]),
+    user=_user,
+    password=_password,
+    host=_host,
+    port=st.integers(1, 65535),
+    tail=st.sampled_from(["", "/", "/path?q=1", "#f"]),
+)
 def test_the_password_is_masked_and_everything_else_is_kept(scheme: str, user: str, password: str, host: str, port: int, tail: str) -> None:
     url = f"{scheme}://{user}:{password}@{host}:{port}{tail}"
     assert redact_url(url) == f"{scheme}://{user}:{MASK}@{host}:{port}{tail}"
@@ -76,16 +86,27 @@ def _cfg(tmp_path: Path) -> Path:
 
 def test_daemon_doctor_and_stationctl_never_print_the_password(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
-    daemon = subprocess.run([sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
-                            check=False, capture_output=True, text=True, timeout=60)
+    daemon = subprocess.run(
+        [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert daemon.returncode == 2, daemon.stderr
     assert "mqtt.url" in daemon.stderr and SECRET not in daemon.stdout + daemon.stderr
 
     runner = CliRunner()
     outputs = []
-    for args in (["doctor", "--json", "--broker-timeout", "0.2"], ["doctor", "--broker-timeout", "0.2"],
-                 ["config", "validate"], ["config", "validate", "--json"], ["config", "show"], ["status"],
-                 ["outbox", "flush", "--timeout", "1"]):
+    for args in (
+        ["doctor", "--json", "--broker-timeout", "0.2"],
+        ["doctor", "--broker-timeout", "0.2"],
+        ["config", "validate"],
+        ["config", "validate", "--json"],
+        ["config", "show"],
+        ["status"],
+        ["outbox", "flush", "--timeout", "1"],
+    ):
         r = runner.invoke(stationctl, ["--config", str(cfg), *args])
         outputs.append((args, r.output + (r.stderr if r.stderr_bytes is not None else "")))
         assert SECRET not in outputs[-1][1], args

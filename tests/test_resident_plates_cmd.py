@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from station.store import residents
 from station.domain.vehicles import OUTSIDER, RESIDENT, VehicleLane
+from station.store import residents
 from tests.command_rig import Rig
 from tests.mosquitto import mosquitto_available
 
@@ -33,8 +33,7 @@ def test_resident_plates_push_replaces_the_list_and_the_lane_follows(rig: Rig, t
     lane = VehicleLane(live, min_reads=1, memory_s=0.5)
     assert [e.kind for e in lane.on_plates([read("皖K66666", 200)], 0.0)] == [OUTSIDER]
 
-    reply = rig.call("resident-plates", rig.signed("resident-plates", {"plates": ["皖K·66666", "浙a12345", "皖K66666"]},
-                                                          command_id="p-1"))
+    reply = rig.call("resident-plates", rig.signed("resident-plates", {"plates": ["皖K·66666", "浙a12345", "皖K66666"]}, command_id="p-1"))
     assert reply["ok"] and reply["id"] == "p-1", reply
     assert reply["result"]["count"] == 2 and reply["result"]["version"] == 1  # duplicate dropped, first push
     assert residents.load(path) == ["皖K66666", "浙A12345"] and residents.version(path) == 1

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from drivers.camera.opencv_camera import OpenCVCamera
-from sim.scene_camera import FACE_PHOTO, SceneCamera, SceneRenderer
 from drivers.codes.pyzbar_reader import PyzbarReader
 from drivers.detect.ultraface import UltraFaceDetector
 from sim.scene import Phase, SceneDirector, ScenePerson, SceneState, SceneTiming
+from sim.scene_camera import FACE_PHOTO, SceneCamera, SceneRenderer
 from station.domain.model import CodeColour
 from station.models import path_for
 from station.ports import FrameSource
@@ -75,9 +75,7 @@ def states_for(person_index: int) -> dict[str, SceneState]:
 
 # -- rendering seen by the real detectors ----------------------------------------------------------
 @pytest.mark.parametrize("index", range(len(PEOPLE)))
-def test_standing_person_face_is_where_the_scene_says(
-    renderer: SceneRenderer, face_detector: UltraFaceDetector, index: int
-) -> None:
+def test_standing_person_face_is_where_the_scene_says(renderer: SceneRenderer, face_detector: UltraFaceDetector, index: int) -> None:
     for key in ("standing_no_code", "showing"):
         state = states_for(index)[key]
         assert state.phase is Phase.STANDING and state.face_box is not None
@@ -89,9 +87,7 @@ def test_standing_person_face_is_where_the_scene_says(
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_approaching_person_at_2_5_m_shows_a_smaller_face(
-    renderer: SceneRenderer, face_detector: UltraFaceDetector, index: int
-) -> None:
+def test_approaching_person_at_2_5_m_shows_a_smaller_face(renderer: SceneRenderer, face_detector: UltraFaceDetector, index: int) -> None:
     states = states_for(index)
     far, near = states["entering"], states["showing"]
     assert far.phase is Phase.APPROACHING and far.distance_m == pytest.approx(2.5)
@@ -140,9 +136,7 @@ def test_no_code_unless_showing(renderer: SceneRenderer, code_reader: PyzbarRead
         assert code_reader.decode(renderer.render(states["showing"])) == []
 
 
-def test_empty_lane_has_no_face_and_no_code(
-    renderer: SceneRenderer, face_detector: UltraFaceDetector, code_reader: PyzbarReader
-) -> None:
+def test_empty_lane_has_no_face_and_no_code(renderer: SceneRenderer, face_detector: UltraFaceDetector, code_reader: PyzbarReader) -> None:
     state = states_for(0)["empty"]
     assert state.phase is Phase.EMPTY
     for _ in range(3):  # different sensor noise each frame

@@ -79,17 +79,85 @@ def standing(t0: float, t1: float, step: float = 0.1) -> list[tuple[str, object]
 
 CASES = [
     # name, steps, policy, expected decision, expected reason
-    ("green pass", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.GREEN))], None, Decision.PASS, "ok"),
-    ("code before temperature", standing(0, 0.6) + [("code", code(0.1, CodeColour.GREEN)), ("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7))], None, Decision.PASS, "ok"),
-    ("fever decides without a code", standing(0, 0.6) + [("temp", temp(0.45, 38.2)), ("temp", temp(0.55, 38.1))], None, Decision.DENY_FEVER, "fever"),
-    ("fever at exactly the threshold", standing(0, 0.6) + [("temp", temp(0.45, 37.3)), ("temp", temp(0.55, 37.3))], None, Decision.DENY_FEVER, "fever"),
-    ("fever under soft policy", standing(0, 0.6) + [("temp", temp(0.45, 38.2)), ("temp", temp(0.55, 38.1))], ScreeningPolicy(temperature="soft"), Decision.MANUAL_CHECK, "fever_soft_policy"),
-    ("red code", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.RED))], None, Decision.DENY_CODE, "code_red"),
-    ("yellow, default policy", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.YELLOW))], None, Decision.MANUAL_CHECK, "code_yellow"),
-    ("yellow, deny policy", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.YELLOW))], ScreeningPolicy(yellow_code=Decision.DENY_CODE), Decision.DENY_CODE, "code_yellow"),
-    ("expired code", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.GREEN, CodeStatus.EXPIRED, "expired"))], None, Decision.DENY_CODE, "code_expired:expired"),
-    ("unverifiable code", standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, None, CodeStatus.UNVERIFIABLE, "issuer_unknown"))], None, Decision.MANUAL_CHECK, "code_unverifiable:issuer_unknown"),
-    ("sensor fault", standing(0, 0.6) + [("temp", temp(0.45, None, MeasureState.SENSOR_FAULT))], None, Decision.MANUAL_CHECK, "sensor_fault"),
+    (
+        "green pass",
+        standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.GREEN))],
+        None,
+        Decision.PASS,
+        "ok",
+    ),
+    (
+        "code before temperature",
+        standing(0, 0.6) + [("code", code(0.1, CodeColour.GREEN)), ("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7))],
+        None,
+        Decision.PASS,
+        "ok",
+    ),
+    (
+        "fever decides without a code",
+        standing(0, 0.6) + [("temp", temp(0.45, 38.2)), ("temp", temp(0.55, 38.1))],
+        None,
+        Decision.DENY_FEVER,
+        "fever",
+    ),
+    (
+        "fever at exactly the threshold",
+        standing(0, 0.6) + [("temp", temp(0.45, 37.3)), ("temp", temp(0.55, 37.3))],
+        None,
+        Decision.DENY_FEVER,
+        "fever",
+    ),
+    (
+        "fever under soft policy",
+        standing(0, 0.6) + [("temp", temp(0.45, 38.2)), ("temp", temp(0.55, 38.1))],
+        ScreeningPolicy(temperature="soft"),
+        Decision.MANUAL_CHECK,
+        "fever_soft_policy",
+    ),
+    (
+        "red code",
+        standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.RED))],
+        None,
+        Decision.DENY_CODE,
+        "code_red",
+    ),
+    (
+        "yellow, default policy",
+        standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.YELLOW))],
+        None,
+        Decision.MANUAL_CHECK,
+        "code_yellow",
+    ),
+    (
+        "yellow, deny policy",
+        standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.YELLOW))],
+        ScreeningPolicy(yellow_code=Decision.DENY_CODE),
+        Decision.DENY_CODE,
+        "code_yellow",
+    ),
+    (
+        "expired code",
+        standing(0, 0.6)
+        + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.GREEN, CodeStatus.EXPIRED, "expired"))],
+        None,
+        Decision.DENY_CODE,
+        "code_expired:expired",
+    ),
+    (
+        "unverifiable code",
+        standing(0, 0.6)
+        + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, None, CodeStatus.UNVERIFIABLE, "issuer_unknown"))],
+        None,
+        Decision.MANUAL_CHECK,
+        "code_unverifiable:issuer_unknown",
+    ),
+    (
+        "sensor fault",
+        standing(0, 0.6) + [("temp", temp(0.45, None, MeasureState.SENSOR_FAULT))],
+        None,
+        Decision.MANUAL_CHECK,
+        "sensor_fault",
+    ),
 ]
 
 
@@ -139,7 +207,11 @@ def test_invalid_code_waits_for_a_good_one():
 
 def test_only_invalid_codes_end_in_manual_check_with_the_reason():
     ln = lane()
-    steps = standing(0, 6.0) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, None, CodeStatus.INVALID, "not_base64"))]
+    steps = standing(0, 6.0) + [
+        ("temp", temp(0.45, 36.6)),
+        ("temp", temp(0.55, 36.7)),
+        ("code", code(0.6, None, CodeStatus.INVALID, "not_base64")),
+    ]
     steps.sort(key=lambda s: getattr(s[1], "t", getattr(s[1], "done_t", 0)))
     verdicts = Script(steps).run(ln, until=12.0)
     assert [(v.decision, v.reason) for v in verdicts] == [(Decision.MANUAL_CHECK, "code_invalid:not_base64")]
@@ -206,7 +278,9 @@ def test_a_person_who_never_stands_still_gets_retry_with_the_reason():
 
 def test_one_screening_per_person_standing_still():
     ln = lane()
-    decided = Script(standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.GREEN))]).run(ln, until=0.5)
+    decided = Script(
+        standing(0, 0.6) + [("temp", temp(0.45, 36.6)), ("temp", temp(0.55, 36.7)), ("code", code(0.6, CodeColour.GREEN))]
+    ).run(ln, until=0.5)
     assert len(decided) == 1
     # The same person keeps standing there for 20 s showing everything again: no second screening.
     again = []

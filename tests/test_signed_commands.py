@@ -162,8 +162,7 @@ def test_key_rotation_is_signed_versioned_survives_a_restart_and_retires_the_old
     assert rig.call("open-gate", rig.signed("open-gate", key=new_key))["ok"]
     assert rig.relay_on_count() == 1
     # A replayed older (or equal) version cannot bring the old key back, even signed by the new key.
-    back = rig.call("command-keys", rig.signed("command-keys", {"version": 2, "keys": [public_pem(rig.key.public_key())]},
-                                               key=new_key))
+    back = rig.call("command-keys", rig.signed("command-keys", {"version": 2, "keys": [public_pem(rig.key.public_key())]}, key=new_key))
     assert not back["ok"] and "not newer" in back["error"]
     # A restart reads the rotated list, not the configured file.
     after_restart = CommandKeys(rig.keys_file, rig.data)
@@ -214,8 +213,25 @@ def test_the_technician_workflow_keygen_sign_publish_opens_the_gate(tmp_path: Pa
     assert runner.invoke(main, ["cmd", "keygen", "--out", str(tmp_path / "centre")]).exit_code == 1, "never overwrites"
     rig = Rig(tmp_path / "station", keys_file=Path(paths["public_key"]))
     try:
-        signed = runner.invoke(main, ["cmd", "sign", "--key", paths["private_key"], "--site", SITE, "--station", STATION,
-                                      "--command", "open-gate", "--args", '{"reason": "ambulance"}', "--by", "Li Wei"])
+        signed = runner.invoke(
+            main,
+            [
+                "cmd",
+                "sign",
+                "--key",
+                paths["private_key"],
+                "--site",
+                SITE,
+                "--station",
+                STATION,
+                "--command",
+                "open-gate",
+                "--args",
+                '{"reason": "ambulance"}',
+                "--by",
+                "Li Wei",
+            ],
+        )
         assert signed.exit_code == 0, signed.output
         body = signed.output.strip().encode()  # what `mosquitto_pub -m "$(stationctl cmd sign …)"` sends
         reply = rig.call("open-gate", body)
@@ -223,8 +239,21 @@ def test_the_technician_workflow_keygen_sign_publish_opens_the_gate(tmp_path: Pa
         assert rig.relay_on_count() == 1
         assert rig.store.command_audit(limit=1)[0]["signer"] == f"Li Wei (key {paths['key_id']})"
         for bad in (["--args", "[1]"], ["--site", "a/b"], ["--by", ""]):
-            argv = ["cmd", "sign", "--key", paths["private_key"], "--site", SITE, "--station", STATION,
-                    "--command", "open-gate", "--by", "x", *bad]
+            argv = [
+                "cmd",
+                "sign",
+                "--key",
+                paths["private_key"],
+                "--site",
+                SITE,
+                "--station",
+                STATION,
+                "--command",
+                "open-gate",
+                "--by",
+                "x",
+                *bad,
+            ]
             assert runner.invoke(main, argv).exit_code == 1, bad
     finally:
         rig.close()
@@ -259,8 +288,7 @@ def test_replayed_ids_are_remembered_across_a_restart_and_forgotten_after_their_
     body = sign_command(key, site=SITE, station=STATION, command="open-gate", args={}, by="ops", ttl_s=30, now=now)
 
     def judge(guard: ReplayGuard, at: float) -> str:
-        return verify_command(body, command="open-gate", station=STATION, site=SITE, keys=keys, now=at,
-                              replay=guard).reason
+        return verify_command(body, command="open-gate", station=STATION, site=SITE, keys=keys, now=at, replay=guard).reason
 
     guard = ReplayGuard(path)
     assert judge(guard, now) == "ok"
@@ -279,8 +307,9 @@ def test_replayed_ids_are_remembered_across_a_restart_and_forgotten_after_their_
 def test_lookup_answers_bind_request_station_site_and_token(tmp_path: Path) -> None:
     key = new_signing_key()
     keys = _keys(tmp_path, key)
-    answer = sign_lookup_answer(key, request_id="r-1", station=STATION, site=SITE, token_sha256="ab" * 32,
-                                result={"found": True, "colour": "green"})
+    answer = sign_lookup_answer(
+        key, request_id="r-1", station=STATION, site=SITE, token_sha256="ab" * 32, result={"found": True, "colour": "green"}
+    )
     expect = {"request_id": "r-1", "station": STATION, "site": SITE, "token_sha256": "ab" * 32}
     assert verify_lookup_answer(answer, keys=keys, **expect) == (True, "ok")
     assert verify_lookup_answer(answer, keys=keys, **{**expect, "request_id": "r-2"}) == (False, "wrong_request")
@@ -291,16 +320,17 @@ def test_lookup_answers_bind_request_station_site_and_token(tmp_path: Path) -> N
     assert verify_lookup_answer(command, keys=keys, **expect)[1] == "malformed"
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 FIELDS = ("id", "deadline", "site", "station", "command", "args", "key_id", "by", "sig")
 
 
 @settings(max_examples=300, deadline=None)
 @given(field=st.sampled_from(FIELDS), value=JSON, drop=st.booleans())
-def test_verify_is_total_and_only_the_untouched_body_passes(tmp_path_factory: Any, field: str, value: Any,
-                                                            drop: bool) -> None:
+def test_verify_is_total_and_only_the_untouched_body_passes(tmp_path_factory: Any, field: str, value: Any, drop: bool) -> None:
     tmp = tmp_path_factory.mktemp("keys")
     key = new_signing_key()
     keys = _keys(tmp, key)
@@ -322,8 +352,7 @@ def test_the_command_queue_is_bounded_and_paho_never_blocks(tmp_path: Path) -> N
     from station.link.commands import CommandHandlers, StationLink
 
     publisher = MqttPublisher("mqtt://127.0.0.1:9", "bounded", f"{BASE}/status", b"offline", b"online")  # never started
-    handlers = CommandHandlers(store=None, gate=None, monotonic=time.monotonic, config_path=None, data_dir=tmp_path,
-                               snapshot=dict)
+    handlers = CommandHandlers(store=None, gate=None, monotonic=time.monotonic, config_path=None, data_dir=tmp_path, snapshot=dict)
     link = StationLink(publisher, BASE, {"station_id": STATION, "site": SITE}, {}, dict, handlers, queue_size=4)
     t0 = time.monotonic()
     for n in range(10):  # the worker is not running: nothing is taken off the queue

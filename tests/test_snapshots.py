@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from station.domain.model import VisibleFrame
-from station.models import default_models_dir
+from station.lane.vision import UnavailableFaceDetector, build_face_detector, detector_state
 from station.link.snapshots import (
     LatestFrame,
     SnapshotPublisher,
@@ -23,7 +23,7 @@ from station.link.snapshots import (
     snapshot_payload,
     snapshot_topic,
 )
-from station.lane.vision import UnavailableFaceDetector, build_face_detector, detector_state
+from station.models import default_models_dir
 from tests.mosquitto import Broker, mosquitto_available
 
 FACES = Path("/work/shared/data/images/faces")
@@ -75,7 +75,7 @@ def test_faces_are_blurred_and_the_rest_is_kept(detector, photo) -> None:  # typ
     for f in faces:
         b = f.box
         mx, my = b.width, b.height  # well beyond the blur margin
-        mask[max(0, int(b.y1 - my)):int(b.y2 + my), max(0, int(b.x1 - mx)):int(b.x2 + mx)] = False
+        mask[max(0, int(b.y1 - my)) : int(b.y2 + my), max(0, int(b.x1 - mx)) : int(b.x2 + mx)] = False
     diff = np.abs(out.astype(int) - photo.astype(int)).mean(axis=2)[mask]
     assert diff.mean() < 4.0
     assert detector.detect(out) == [], "no face is detectable in the published picture"
@@ -122,8 +122,13 @@ def test_publisher_sends_a_retained_snapshot_a_late_subscriber_gets(tmp_path: Pa
         assert _wait(pub.connected)
         topic = snapshot_topic("checkpoint/v1", "site-a", "lane-9")
         frames = LatestFrame()
-        snaps = SnapshotPublisher(frames, detector, lambda p: pub.publish_direct(topic, p, qos=0, retain=True),
-                                  {"station_id": "lane-9", "site": "site-a"}, SnapshotSettings())
+        snaps = SnapshotPublisher(
+            frames,
+            detector,
+            lambda p: pub.publish_direct(topic, p, qos=0, retain=True),
+            {"station_id": "lane-9", "site": "site-a"},
+            SnapshotSettings(),
+        )
         assert not snaps.publish_once(), "no frame yet: nothing to publish"
         frames.offer(VisibleFrame(photo, seq=1, t=0.0))
         assert snaps.publish_once()

@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sim.scene_camera import qr_matrix, render_qr
-from sim.issuer import demo_issuer, write_demo_trust_list
 from drivers.codes.pyzbar_reader import PyzbarReader
+from sim.issuer import demo_issuer, write_demo_trust_list
+from sim.scene_camera import qr_matrix, render_qr
 from station.app import build_gate, build_verifiers, lane_for
 from station.cli.stationctl import _stages_line
-from station.ops.clock import SystemClock
 from station.config import StationConfig
 from station.domain.model import (
     Box,
@@ -36,6 +35,7 @@ from station.domain.model import (
 )
 from station.domain.screening import ScreeningLane
 from station.lane.pipeline import Pipeline, PipelineSettings, StationIdentity
+from station.ops.clock import SystemClock
 from station.store.events import SqliteEventStore
 from tests.faulty_verifiers import RaisingOnPayload
 from tests.waiting import wait_until
@@ -132,7 +132,6 @@ class ScriptedThermal:
         return {"state": "connected", "reads": self.reads}
 
 
-
 class FlakyGate:
     """The real (mock-pin) gate, except that every ``raise_every``-th command raises."""
 
@@ -181,9 +180,18 @@ class BrokenTickLane(ScreeningLane):
 # -- the pipeline under test -----------------------------------------------------------------------
 
 
-def make_pipeline(tmp_path: Path, *, camera: Any, detector: Any = None, thermal: Any = None, gate_raise_every: int = 0,
-                  lane: ScreeningLane | None = None, settings: PipelineSettings | None = None,
-                  on_progress: Callable[[], None] | None = None, reader: Any = None) -> tuple[Pipeline, SqliteEventStore]:
+def make_pipeline(
+    tmp_path: Path,
+    *,
+    camera: Any,
+    detector: Any = None,
+    thermal: Any = None,
+    gate_raise_every: int = 0,
+    lane: ScreeningLane | None = None,
+    settings: PipelineSettings | None = None,
+    on_progress: Callable[[], None] | None = None,
+    reader: Any = None,
+) -> tuple[Pipeline, SqliteEventStore]:
     cfg = StationConfig()
     cfg.gate.pin_factory = "mock"
     cfg.screening.temperature_timeout_s = 0.4  # no calibrated thermal here: each person ends in retry, quickly
@@ -231,7 +239,12 @@ def test_failing_items_are_dropped_counted_and_logged_once_per_kind_while_every_
     good = demo_issuer().issue(CodeColour.GREEN, iat=int(time.time()) - 600, exp=int(time.time()) + 86400, holder="p").encode()
     # People come and go (a decision needs the face gone for leave_after_s before the next one), each
     # holding up either the hostile code or a genuine green one.
-    script = [phone_frame(HOSTILE, True)] * 12 + [phone_frame(None, False)] * 12 + [phone_frame(good, True)] * 12 + [phone_frame(None, False)] * 12
+    script = (
+        [phone_frame(HOSTILE, True)] * 12
+        + [phone_frame(None, False)] * 12
+        + [phone_frame(good, True)] * 12
+        + [phone_frame(None, False)] * 12
+    )
     camera = ScriptedCamera(script, raise_on=lambda n: n % 9 == 4)
     detector = MarkedFaceDetector(raise_every=5)
     thermal = ScriptedThermal(raise_every=4, bad_every=3)
@@ -245,11 +258,21 @@ def test_failing_items_are_dropped_counted_and_logged_once_per_kind_while_every_
     def errors(stage: str) -> dict[str, int]:
         return dict(pipeline.health()["stages"][stage]["errors"])
 
-    wait_until(lambda: sum(store.counts().values()) >= 4 and len(decided) >= 2 and pipeline.stats().get("codes_valid", 0) >= 1
-             and errors("camera").get("OSError", 0) >= 3 and errors("face").get("ValueError", 0) >= 3
-             and errors("thermal").get("RuntimeError", 0) >= 3 and errors("lane").get("ValueError", 0) + errors("lane").get("IndexError", 0) >= 2
-             and errors("code").get("verify:TypeError", 0) >= 2 and errors("executor").get("RuntimeError", 0) >= 2,
-             timeout=40, what="every stage to meet its failing items and keep going")
+    wait_until(
+        lambda: (
+            sum(store.counts().values()) >= 4
+            and len(decided) >= 2
+            and pipeline.stats().get("codes_valid", 0) >= 1
+            and errors("camera").get("OSError", 0) >= 3
+            and errors("face").get("ValueError", 0) >= 3
+            and errors("thermal").get("RuntimeError", 0) >= 3
+            and errors("lane").get("ValueError", 0) + errors("lane").get("IndexError", 0) >= 2
+            and errors("code").get("verify:TypeError", 0) >= 2
+            and errors("executor").get("RuntimeError", 0) >= 2
+        ),
+        timeout=40,
+        what="every stage to meet its failing items and keep going",
+    )
 
     health = pipeline.health()
     assert pipeline.alive() and health["alive"] and health["restarts"] == 0 and health["given_up"] == []
@@ -285,8 +308,7 @@ def test_a_lane_loop_that_raises_is_restarted_in_process_and_keeps_deciding(tmp_
     progress = threading.Event()
     script = [phone_frame(None, True)] * 20 + [phone_frame(None, False)] * 12
     settings = PipelineSettings(restart_backoff_s=0.01, restart_limit=5)
-    pipeline, store = make_pipeline(tmp_path, camera=ScriptedCamera(script), lane=lane, settings=settings,
-                                    on_progress=progress.set)
+    pipeline, store = make_pipeline(tmp_path, camera=ScriptedCamera(script), lane=lane, settings=settings, on_progress=progress.set)
     pipelines.append((pipeline, store))
     pipeline.start()
     wait_until(lambda: sum(store.counts().values()) >= 2, what="decisions after the lane's restarts")
@@ -303,8 +325,7 @@ def test_a_stage_failing_on_every_item_is_restarted_then_given_up_and_the_pipeli
     caplog.set_level(logging.ERROR, logger="station.lane.pipeline")
     # The camera raises on every read: no single item is to blame, the stage itself is broken.
     camera = ScriptedCamera([phone_frame(None, False)], fps=200.0, raise_on=lambda n: True)
-    settings = PipelineSettings(escalate_after=10, restart_limit=3, restart_window_s=600.0, restart_backoff_s=0.01,
-                                read_error_pause_s=0.0)
+    settings = PipelineSettings(escalate_after=10, restart_limit=3, restart_window_s=600.0, restart_backoff_s=0.01, read_error_pause_s=0.0)
     pipeline, store = make_pipeline(tmp_path, camera=camera, settings=settings)
     pipelines.append((pipeline, store))
     pipeline.start()
@@ -352,8 +373,7 @@ def test_a_stuck_lane_still_stops_the_watchdog_pings_although_no_thread_died(tmp
     watchdog = WatchdogGate(notifier, stale_after=0.5, interval=0.1)
     base = lane_for(StationConfig())
     lane = StuckLane(base.settings, base.policy, base.calibration)
-    pipeline, store = make_pipeline(tmp_path, camera=ScriptedCamera([phone_frame(None, False)]), lane=lane,
-                                    on_progress=watchdog.progress)
+    pipeline, store = make_pipeline(tmp_path, camera=ScriptedCamera([phone_frame(None, False)]), lane=lane, on_progress=watchdog.progress)
     pipelines.append((pipeline, store))
     try:
         pipeline.start()
@@ -363,8 +383,10 @@ def test_a_stuck_lane_still_stops_the_watchdog_pings_although_no_thread_died(tmp
         wait_until(lane.stuck.is_set, what="the lane to hang")
         stuck_pings = watchdog.pings
         # Withheld once progress is older than stale_after: maybe_ping then refuses on every call.
-        wait_until(lambda: not watchdog.maybe_ping() and any("withholding watchdog ping: no progress" in r.getMessage()
-                                                          for r in caplog.records), what="pings to be withheld")
+        wait_until(
+            lambda: not watchdog.maybe_ping() and any("withholding watchdog ping: no progress" in r.getMessage() for r in caplog.records),
+            what="pings to be withheld",
+        )
         pings = watchdog.pings
         assert all(not watchdog.maybe_ping() for _ in range(20)) and watchdog.pings == pings
         assert pings - stuck_pings <= 6  # at most stale_after / interval more after the hang began
@@ -411,16 +433,24 @@ class BrokenVehicleLane:
 
 def test_the_plate_thread_contains_bad_frames_for_good_and_restarts_then_gives_up_a_broken_loop(tmp_path):
     from station.domain.vehicles import VehicleLane
-    from station.store.residents import ResidentFile
     from station.lane.vehicle_loop import PlateLoop
+    from station.store.residents import ResidentFile
 
     stop = threading.Event()
     # Every frame fails (a crafted plate held up, say): contained for as long as it lasts, never escalated.
-    hostile = PlateLoop(FlakyPlateReader(always_raise=True), VehicleLane(ResidentFile(tmp_path / "residents.txt")),
-                        max_rate_hz=500.0, settings=PipelineSettings(escalate_after=5))
+    hostile = PlateLoop(
+        FlakyPlateReader(always_raise=True),
+        VehicleLane(ResidentFile(tmp_path / "residents.txt")),
+        max_rate_hz=500.0,
+        settings=PipelineSettings(escalate_after=5),
+    )
     flaky = PlateLoop(FlakyPlateReader(), VehicleLane(ResidentFile(tmp_path / "residents.txt")), max_rate_hz=200.0)
-    broken = PlateLoop(FlakyPlateReader(), BrokenVehicleLane(), max_rate_hz=200.0,  # type: ignore[arg-type]
-                       settings=PipelineSettings(restart_limit=2, restart_backoff_s=0.01))
+    broken = PlateLoop(
+        FlakyPlateReader(),
+        BrokenVehicleLane(),
+        max_rate_hz=200.0,  # type: ignore[arg-type]
+        settings=PipelineSettings(restart_limit=2, restart_backoff_s=0.01),
+    )
     loops = (hostile, flaky, broken)
     feeders = [threading.Thread(target=feed_plates, args=(loop, stop), daemon=True) for loop in loops]
     try:
@@ -428,8 +458,10 @@ def test_the_plate_thread_contains_bad_frames_for_good_and_restarts_then_gives_u
             loop.start()
         for t in feeders:
             t.start()
-        wait_until(lambda: flaky.health.errors.counts["OSError"] >= 5 and flaky.health.errors.counts["KeyError"] >= 5,
-                 what="the flaky plate reader's failures")
+        wait_until(
+            lambda: flaky.health.errors.counts["OSError"] >= 5 and flaky.health.errors.counts["KeyError"] >= 5,
+            what="the flaky plate reader's failures",
+        )
         wait_until(lambda: not broken.alive(), what="the broken plate loop to be given up")
         wait_until(lambda: hostile.counts["read_errors"] >= 50, what="many failed frames in a row")
         assert hostile.alive() and hostile.health.restarts == 0 and hostile.stats()["health"]["state"] == "running"
@@ -463,8 +495,10 @@ def test_a_code_failing_on_every_frame_never_escalates_to_a_restart(tmp_path, pi
     pipeline, store = make_pipeline(tmp_path, camera=ScriptedCamera(script), reader=reader, settings=settings)
     pipelines.append((pipeline, store))
     pipeline.start()
-    wait_until(lambda: pipeline.health()["stages"]["code"]["errors"].get("MemoryError", 0) >= 40 and sum(store.counts().values()) >= 2,
-             what="many failed decodes in a row, and the lane still deciding")
+    wait_until(
+        lambda: pipeline.health()["stages"]["code"]["errors"].get("MemoryError", 0) >= 40 and sum(store.counts().values()) >= 2,
+        what="many failed decodes in a row, and the lane still deciding",
+    )
     code = pipeline.health()["stages"]["code"]
     assert code["state"] == "running" and code["restarts"] == 0 and pipeline.alive()
     assert code["errors"]["MemoryError"] == reader.calls or code["errors"]["MemoryError"] == reader.calls - 1

@@ -56,7 +56,7 @@ def test_set_strings_and_new_keys(cfg_file: Path):
     assert ctl("--config", str(cfg_file), "config", "set", "thermal.port", "/dev/serial/by-id/usb-GY-if00").exit_code == 0
     assert ctl("--config", str(cfg_file), "config", "get", "thermal.port").output.strip() == "/dev/serial/by-id/usb-GY-if00"
     small = cfg_file.parent / "small.toml"
-    small.write_text("# site file\n[station]\nid = \"gate-7\"  # north gate\n")
+    small.write_text('# site file\n[station]\nid = "gate-7"  # north gate\n')
     assert ctl("--config", str(small), "config", "set", "policy.yellow_code", "deny_code").exit_code == 0
     text = small.read_text()
     assert "# site file" in text and "# north gate" in text and 'yellow_code = "deny_code"' in text
@@ -65,7 +65,7 @@ def test_set_strings_and_new_keys(cfg_file: Path):
 def test_validate_exit_codes_and_messages(cfg_file: Path, tmp_path: Path):
     assert ctl("--config", str(cfg_file), "config", "validate").exit_code == 0
     bad = tmp_path / "bad.toml"
-    bad.write_text("[screening]\nfever_threshold_c = 45\n[policy]\ntemperature = \"open-anyway\"\n")
+    bad.write_text('[screening]\nfever_threshold_c = 45\n[policy]\ntemperature = "open-anyway"\n')
     r = ctl("config", "validate", str(bad))
     assert r.exit_code == 1
     assert "bad.toml:2: screening.fever_threshold_c = 45" in r.output

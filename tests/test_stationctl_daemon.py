@@ -41,8 +41,14 @@ def test_control_socket_live_status_refusals_and_shutdown(tmp_path: Path, emulat
     env = dict(os.environ)
     for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "RUNTIME_DIRECTORY"):
         env.pop(var, None)
-    proc = subprocess.Popen([sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run = CliRunner().invoke
     try:
         wait_for(sock_path)
@@ -61,7 +67,7 @@ def test_control_socket_live_status_refusals_and_shutdown(tmp_path: Path, emulat
             s.settimeout(5)
             s.connect(str(sock_path))
             f = s.makefile("rwb")
-            f.write(b"not json\n{\"cmd\": \"ping\"}\n")
+            f.write(b'not json\n{"cmd": "ping"}\n')
             f.flush()
             assert json.loads(f.readline())["ok"] is False
             assert json.loads(f.readline())["result"]["pid"] == proc.pid

@@ -11,8 +11,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from station.cli.stationctl import main as stationctl
-from station.store.retention import DAY_S, erase, purge
 from station.store.events import SqliteEventStore
+from station.store.retention import DAY_S, erase, purge
 from tests.test_store import make_event
 
 NOW = time.time()
@@ -46,14 +46,19 @@ def test_purge_deletes_old_delivered_events_and_holds_undelivered_ones(tmp_path:
     ack_outbox_for(db, {e.event_id for e in [*old_delivered, recent]})
     # The outbox rows carry their write time: age the delivered ones like their events.
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE outbox SET created_at = ? WHERE acked_at IS NOT NULL AND "
-                     "json_extract(CAST(payload AS TEXT), '$.event.event_id') != ?",
-                     (int((NOW - 100 * DAY_S) * 1000), recent.event_id))
+        conn.execute(
+            "UPDATE outbox SET created_at = ? WHERE acked_at IS NOT NULL AND json_extract(CAST(payload AS TEXT), '$.event.event_id') != ?",
+            (int((NOW - 100 * DAY_S) * 1000), recent.event_id),
+        )
         conn.execute("UPDATE gate_actions SET created_at = ?", (NOW - 100 * DAY_S,))
-        conn.execute("INSERT INTO operator_actions(ts, action, operator, event_id, ok, reason) VALUES (?, 'ack', 'op', ?, 1, 'ok')",
-                     (NOW - 100 * DAY_S, old_pending.event_id))
-        conn.execute("INSERT INTO operator_actions(ts, action, operator, event_id, ok, reason) VALUES (?, 'ack', 'op', ?, 1, 'ok')",
-                     (NOW - DAY_S, recent.event_id))
+        conn.execute(
+            "INSERT INTO operator_actions(ts, action, operator, event_id, ok, reason) VALUES (?, 'ack', 'op', ?, 1, 'ok')",
+            (NOW - 100 * DAY_S, old_pending.event_id),
+        )
+        conn.execute(
+            "INSERT INTO operator_actions(ts, action, operator, event_id, ok, reason) VALUES (?, 'ack', 'op', ?, 1, 'ok')",
+            (NOW - DAY_S, recent.event_id),
+        )
     crops = tmp_path / "crops"
     crops.mkdir()
     (crops / "old.jpg").write_bytes(b"x")

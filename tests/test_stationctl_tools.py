@@ -55,7 +55,12 @@ def test_config_diff_names_file_line_and_environment(tmp_path: Path) -> None:
     r = cli("--config", str(cfg), "config", "diff", "--json", env={"CHECKPOINT_MQTT__KEEPALIVE_S": "45"})
     assert r.exit_code == 0, r.output
     diffs = {d["key"]: d for d in json.loads(r.stdout)}
-    assert diffs["screening.fever_threshold_c"] == {"key": "screening.fever_threshold_c", "value": 37.5, "default": 37.3, "where": "station.toml:8"}
+    assert diffs["screening.fever_threshold_c"] == {
+        "key": "screening.fever_threshold_c",
+        "value": 37.5,
+        "default": 37.3,
+        "where": "station.toml:8",
+    }
     assert diffs["station.site"]["where"] == "station.toml:3"
     assert diffs["mqtt.keepalive_s"]["where"] == "env CHECKPOINT_MQTT__KEEPALIVE_S"
     assert "station.lane" not in diffs  # at its default
@@ -79,7 +84,7 @@ def test_config_edit_installs_a_valid_edit_with_comments_and_refuses_an_invalid_
     assert "fever_threshold_c" in r.output and "abandoned" in r.output
     assert "37.6" in cfg.read_text()  # unchanged
 
-    noop = f"{sys.executable} -c \"pass\""
+    noop = f'{sys.executable} -c "pass"'
     r = cli("--config", str(cfg), "config", "edit", "--editor", noop)
     assert r.exit_code == 0 and "no changes" in r.output
 
@@ -106,8 +111,10 @@ def test_doctor_verdicts_fixes_and_exit_codes(tmp_path: Path, emulator) -> None:
 
     # Broker gone, thermal module unplugged, camera missing: failures, each with its fix, exit 2.
     port = free_port()
-    cfg = write_cfg(tmp_path, f'\n[thermal]\nport = "{tmp_path}/ttyUSB9"\n\n[camera]\ndevice = "{tmp_path}/video9"\n\n'
-                              f'[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\n')
+    cfg = write_cfg(
+        tmp_path,
+        f'\n[thermal]\nport = "{tmp_path}/ttyUSB9"\n\n[camera]\ndevice = "{tmp_path}/video9"\n\n[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\n',
+    )
     r = cli("--config", str(cfg), "doctor", "--json", "--broker-timeout", "1")
     assert r.exit_code == 2
     checks = checks_of(r)
@@ -262,7 +269,7 @@ def test_redaction_covers_names_and_shapes_not_gate_pins() -> None:
         "relay_pin = 17\n"
     )
     out = redact_toml(text)
-    for secret in ("$argon2id", "4711\"", "k-123", "$2b$12", "hunter2"):
+    for secret in ("$argon2id", '4711"', "k-123", "$2b$12", "hunter2"):
         assert secret not in out, secret
     assert out.count(REDACTED) == 5
     assert "relay_pin = 17" in out and 'tls_key_file = "/etc/checkpoint/client.key"' in out
@@ -282,21 +289,39 @@ def test_bugreport_archive_has_everything_and_no_secrets(tmp_path: Path) -> None
     (tmp_path / "client.crt").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     log = tmp_path / "station.log"
     log.write_text(f"2026-11-24 09:00:00,001 INFO station.link.sync connecting url=mqtt://bob:{secret_pw}@broker:1883\n")
-    cfg = write_cfg(tmp_path, (
-        f'\n[mqtt]\nusername = "bob"\npassword_file = "{tmp_path / "mqtt.pw"}"\n'
-        f'tls_cert_file = "{tmp_path / "client.crt"}"\ntls_key_file = "{tmp_path / "client.key"}"\n'
-        f'\n[logging]\nfile = "{log}"\n'
-        f'\n[http]\npin_hash = "{pin_hash}"\n'
-    ))
+    cfg = write_cfg(
+        tmp_path,
+        (
+            f'\n[mqtt]\nusername = "bob"\npassword_file = "{tmp_path / "mqtt.pw"}"\n'
+            f'tls_cert_file = "{tmp_path / "client.crt"}"\ntls_key_file = "{tmp_path / "client.key"}"\n'
+            f'\n[logging]\nfile = "{log}"\n'
+            f'\n[http]\npin_hash = "{pin_hash}"\n'
+        ),
+    )
     out = tmp_path / "report.tar.gz"
-    r = cli("--config", str(cfg), "bugreport", "--out", str(out),
-            env={"CHECKPOINT_MQTT_PASSWORD": secret_pw, "CHECKPOINT_MQTT__KEEPALIVE_S": "40"})
+    r = cli(
+        "--config",
+        str(cfg),
+        "bugreport",
+        "--out",
+        str(out),
+        env={"CHECKPOINT_MQTT_PASSWORD": secret_pw, "CHECKPOINT_MQTT__KEEPALIVE_S": "40"},
+    )
     assert r.exit_code == 0, r.output
     with tarfile.open(out) as tar:
         names = {m.name.split("/", 1)[1] for m in tar.getmembers()}
         blob = b"".join(tar.extractfile(m).read() for m in tar.getmembers())
-    assert names >= {"config/station.toml", "config/effective.json", "config/environment.json", "versions.json",
-                     "logs.txt", "daemon.json", "doctor.json", "outbox.json", "MANIFEST.txt"}
+    assert names >= {
+        "config/station.toml",
+        "config/effective.json",
+        "config/environment.json",
+        "versions.json",
+        "logs.txt",
+        "daemon.json",
+        "doctor.json",
+        "outbox.json",
+        "MANIFEST.txt",
+    }
     assert secret_pw.encode() not in blob
     assert b"c0ffee42" not in blob and b"5a175a17" not in blob
     assert b"secret-key-material" not in blob and b"BEGIN PRIVATE KEY" not in blob
@@ -315,9 +340,11 @@ def test_bugreport_archive_has_everything_and_no_secrets(tmp_path: Path) -> None
 def test_help_imports_no_camera_model_or_gpio_code() -> None:
     import subprocess
 
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom station.cli.stationctl import main\n"
-            "r = CliRunner().invoke(main, ['--help'])\nassert r.exit_code == 0\n"
-            "print(sorted(m for m in ('cv2', 'onnxruntime', 'numpy', 'pyzbar', 'gpiozero', 'zxingcpp', 'serial') if m in sys.modules))")
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom station.cli.stationctl import main\n"
+        "r = CliRunner().invoke(main, ['--help'])\nassert r.exit_code == 0\n"
+        "print(sorted(m for m in ('cv2', 'onnxruntime', 'numpy', 'pyzbar', 'gpiozero', 'zxingcpp', 'serial') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

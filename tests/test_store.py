@@ -86,8 +86,18 @@ def test_new_database_has_schema_and_pragmas(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
         assert set(store._db.table_names()) >= {"events", "outbox", "gate_actions", "meta"}
         assert store._db["outbox"].columns_dict.keys() == {
-            "id", "msg_id", "topic", "payload", "qos", "priority", "created_at", "attempts",
-            "sent_at", "acked_at", "dropped_at", "last_error",
+            "id",
+            "msg_id",
+            "topic",
+            "payload",
+            "qos",
+            "priority",
+            "created_at",
+            "attempts",
+            "sent_at",
+            "acked_at",
+            "dropped_at",
+            "last_error",
         }
         assert "outbox_pending" in {i.name for i in store._db.table("outbox").indexes}
         assert {i.name for i in store._db.table("events").indexes} >= {"events_ts", "events_decision"}
@@ -169,8 +179,7 @@ def test_record_writes_event_and_outbox_rows(tmp_path: Path) -> None:
     ]
     assert [p["seq"] for p in payloads] == [1, 2, 2]  # one seq per event, shared by its messages
     for p in payloads:
-        assert set(p) == {"schema", "msg_id", "station_id", "site", "seq", "session", "ts",
-                          "clock_synced", "event", "topic"}
+        assert set(p) == {"schema", "msg_id", "station_id", "site", "seq", "session", "ts", "clock_synced", "event", "topic"}
         assert p["schema"] == 1 and p["session"] == session and p["clock_synced"] is True
         assert p["station_id"] == "st-01" and p["site"] == "gate-a"
         assert len(p["msg_id"]) == 32 and p["msg_id"][12] == "7"  # UUIDv7 layout
@@ -185,8 +194,7 @@ def test_outbox_pending_order_exclusion_and_ack(tmp_path: Path) -> None:
         store.record(make_event(3))
         rows = store.outbox_pending(10)
         # alarms first (priority 0), then oldest first
-        assert [r.priority for r in rows] == [PRIORITY_ALARM, PRIORITY_EVENT, PRIORITY_EVENT,
-                                              PRIORITY_EVENT]
+        assert [r.priority for r in rows] == [PRIORITY_ALARM, PRIORITY_EVENT, PRIORITY_EVENT, PRIORITY_EVENT]
         assert [r.id for r in rows[1:]] == sorted(r.id for r in rows[1:])
         assert store.outbox_pending(2, exclude_ids={rows[0].id}) == rows[1:3]
         assert store.outbox_pending(0) == []
@@ -195,8 +203,7 @@ def test_outbox_pending_order_exclusion_and_ack(tmp_path: Path) -> None:
         store.outbox_mark_sent_many([rows[0].id, rows[1].id])
         again = {r.id: r for r in store.outbox_pending(10)}
         assert again[rows[0].id].attempts == 2 and again[rows[1].id].attempts == 1
-        assert store._conn.execute(
-            "SELECT sent_at IS NOT NULL FROM outbox WHERE id = ?", (rows[0].id,)).fetchone()[0]
+        assert store._conn.execute("SELECT sent_at IS NOT NULL FROM outbox WHERE id = ?", (rows[0].id,)).fetchone()[0]
 
         store.outbox_ack(rows[0].id)
         assert store.outbox_ack_many([rows[1].id, rows[1].id, 999_999]) == 1
@@ -259,8 +266,7 @@ def test_gate_results_are_logged(tmp_path: Path) -> None:
         store.record_gate_result(GateResult(ev.event_id, GateAction.OPEN, True, "ok", 12.5))
         store.record_gate_result(GateResult("never-recorded", GateAction.HOLD, True, "fault: db", 13.0))
         rows = store.gate_actions(ev.event_id)
-        assert [(r["action"], r["executed"], r["reason"], r["t_mono"]) for r in rows] == [
-            ("open", True, "ok", 12.5)]
+        assert [(r["action"], r["executed"], r["reason"], r["t_mono"]) for r in rows] == [("open", True, "ok", 12.5)]
         assert store.gate_actions("never-recorded")[0]["action"] == "hold"
 
 
@@ -269,8 +275,7 @@ def test_non_json_values_are_sanitised(tmp_path: Path) -> None:
 
     odd = dataclasses.replace(
         make_event(1),
-        temperature={"skin_c": np.float32(34.25), "spread": float("nan"), "n": np.int64(7),
-                     "samples": np.array([36.5, 36.7])},
+        temperature={"skin_c": np.float32(34.25), "spread": float("nan"), "n": np.int64(7), "samples": np.array([36.5, 36.7])},
     )
     with open_store(tmp_path / "station.db") as store:
         store.record(odd)
@@ -364,7 +369,10 @@ def test_sigkill_mid_write_loses_nothing_that_was_reported(tmp_path: Path) -> No
     for round_ in range(5):
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(db), f"r{round_}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
         )
         assert child.stdout is not None
         want = rng.randint(150, 400)

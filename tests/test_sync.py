@@ -23,8 +23,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from drivers.publish.mqtt import MqttPublisher
-from station.store.events import SqliteEventStore
 from station.link.sync import NotConnectedError, OutboxPump
+from station.store.events import SqliteEventStore
 from tests.mosquitto import Broker, mosquitto_available
 from tests.test_store import make_event
 from tests.waiting import wait_until
@@ -45,8 +45,10 @@ class Collector:
         self.subscribed = threading.Event()
         self.topic = topic
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv311, clean_session=not persistent,
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            clean_session=not persistent,
         )
         self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
         self.client.on_connect = self._on_connect
@@ -90,8 +92,12 @@ class Station:
         self.store = SqliteEventStore(tmp_path / "station.db", station_id="st-01", site="gate-a")
         self.session = self.store.begin_session()
         self.publisher = MqttPublisher(
-            broker.url, "station-st-01", STATUS,
-            will_payload=b"offline", online_payload=b"online", keepalive=10,
+            broker.url,
+            "station-st-01",
+            STATUS,
+            will_payload=b"offline",
+            online_payload=b"online",
+            keepalive=10,
             protocol=protocol,  # type: ignore[arg-type]
         )
         self.pump = OutboxPump(self.store, self.publisher, max_in_flight=10)
@@ -123,9 +129,7 @@ def backend_session(broker: Broker) -> Collector:
 # ----------------------------------------------------------------------------- outbox → broker
 
 
-def test_events_recorded_while_broker_is_down_arrive_once_in_order(
-    tmp_path: Path, broker: Broker
-) -> None:
+def test_events_recorded_while_broker_is_down_arrive_once_in_order(tmp_path: Path, broker: Broker) -> None:
     sub = backend_session(broker)  # broker is now down
     station = Station(tmp_path, broker)
     try:
@@ -147,12 +151,19 @@ def test_events_recorded_while_broker_is_down_arrive_once_in_order(
         assert [p["event"]["event_id"] for p in unique] == [e.event_id for e in events]
         assert [p["seq"] for p in unique] == list(range(1, 61)), "arrival in seq order"
         assert {p["session"] for p in unique} == {station.session}
-        assert station.store.outbox_stats() == {"pending": 0, "oldest_age_s": 0.0, "bytes": 0,
-                                                "alarms_pending": 0, "dropped": 0, "bounds_alarm": None}
+        assert station.store.outbox_stats() == {
+            "pending": 0,
+            "oldest_age_s": 0.0,
+            "bytes": 0,
+            "alarms_pending": 0,
+            "dropped": 0,
+            "bounds_alarm": None,
+        }
         stats = station.pump.stats()
         assert stats["acked"] == 60 and stats["in_flight"] == 0
-        print(f"\ncatch-up after outage: 60 events drained {drained_s:.2f} s after broker start "
-              f"(includes reconnect back-off); pump {stats}")
+        print(
+            f"\ncatch-up after outage: 60 events drained {drained_s:.2f} s after broker start (includes reconnect back-off); pump {stats}"
+        )
     finally:
         station.close()
         sub.close()
@@ -204,8 +215,10 @@ def test_broker_sigkill_mid_burst_loses_nothing(tmp_path: Path, broker: Broker) 
         assert screening_seqs == list(range(1, total + 1)), "screening events out of seq order"
         stats = station.pump.stats()
         duplicates = len(sub.payloads()) - len(unique)
-        print(f"\nbroker SIGKILL at {killed_at}; final pump {stats}; duplicates at subscriber: "
-              f"{duplicates}; publisher {station.publisher.stats()}")
+        print(
+            f"\nbroker SIGKILL at {killed_at}; final pump {stats}; duplicates at subscriber: "
+            f"{duplicates}; publisher {station.publisher.stats()}"
+        )
         assert station.publisher.stats()["connects"] >= 2
         assert stats["forgotten"] >= 10 and stats["resent"] >= 10, "the lost window was re-sent"
     finally:
@@ -233,13 +246,14 @@ def test_status_online_will_offline_on_sigkill_and_stopped_on_clean_stop(tmp_pat
     broker.start()
     watcher = Collector(broker.port, "watcher", STATUS, persistent=False)
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, broker.url, STATUS], stdout=subprocess.PIPE,
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        [sys.executable, "-c", CHILD, broker.url, STATUS],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     try:
         assert child.stdout is not None and child.stdout.readline() == b"up\n"
-        wait_until(lambda: (STATUS, b"online", False) in watcher.raw()
-                   or (STATUS, b"online", True) in watcher.raw(), 5, "online status")
+        wait_until(lambda: (STATUS, b"online", False) in watcher.raw() or (STATUS, b"online", True) in watcher.raw(), 5, "online status")
 
         child.send_signal(signal.SIGKILL)  # no DISCONNECT: the broker must publish the Will
         child.wait()
@@ -250,8 +264,7 @@ def test_status_online_will_offline_on_sigkill_and_stopped_on_clean_stop(tmp_pat
 
         # A clean stop says "stopped" (retained) and the Will is not sent. MQTT 3.1.1 here, to
         # exercise the fallback protocol as well.
-        pub = MqttPublisher(broker.url, "station-st-01", STATUS, will_payload=b"offline",
-                            online_payload=b"online", protocol="3.1.1")
+        pub = MqttPublisher(broker.url, "station-st-01", STATUS, will_payload=b"offline", online_payload=b"online", protocol="3.1.1")
         pub.start()
         wait_until(pub.connected, 5, "in-process publisher connected")
         wait_until(lambda: [p for _, p, _ in watcher.raw()][-1:] == [b"online"], 5, "online again")
@@ -276,8 +289,7 @@ def test_status_online_will_offline_on_sigkill_and_stopped_on_clean_stop(tmp_pat
 def test_refused_connack_is_not_a_connection(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker", allow_anonymous=False)
     broker.start()
-    pub = MqttPublisher(broker.url, "station-st-01", STATUS, will_payload=b"offline",
-                        online_payload=b"online")
+    pub = MqttPublisher(broker.url, "station-st-01", STATUS, will_payload=b"offline", online_payload=b"online")
     hooks: list[int] = []
     pub.on_connected.append(lambda: hooks.append(1))
     pub.start()
@@ -349,8 +361,7 @@ def test_window_reconnect_and_ack_timeout(tmp_path: Path) -> None:
     now = [1000.0]
     with SqliteEventStore(tmp_path / "s.db", station_id="st-01", site="gate-a") as store:
         pub = FakePublisher()
-        pump = OutboxPump(store, pub, max_in_flight=4, clock=lambda: now[0], ack_timeout=30,
-                          poll_interval=0.05)
+        pump = OutboxPump(store, pub, max_in_flight=4, clock=lambda: now[0], ack_timeout=30, poll_interval=0.05)
         for i in range(6):
             store.record(make_event(i, alarm=(i == 5)))
         pump.start()

@@ -69,7 +69,10 @@ time.sleep(120)
 def _station_child(broker: Broker, db: Path, first: int, count: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", STATION_CHILD, broker.url, str(db), STATUS, str(first), str(count)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
 
 
@@ -93,8 +96,9 @@ def test_station_process_sigkill_mid_burst_loses_nothing(tmp_path: Path, broker:
         first.send_signal(signal.SIGKILL)
         first.wait()
         printed += [ln.split()[1] for ln in first.stdout.read().splitlines() if ln.startswith("recorded ")]
-        wait_until(lambda: [p for _, p, _ in watcher.raw()][-1:] == [b"offline"], 15,
-                   "the Will saying offline after the station was killed")
+        wait_until(
+            lambda: [p for _, p, _ in watcher.raw()][-1:] == [b"offline"], 15, "the Will saying offline after the station was killed"
+        )
         killed_at = len(sub.unique())
 
         second = _station_child(broker, db, 10_000, 200)  # restart: the same data dir
@@ -124,8 +128,10 @@ def test_station_process_sigkill_mid_burst_loses_nothing(tmp_path: Path, broker:
         assert [p["session"] for p in unique] == sorted(p["session"] for p in unique)
         assert {p["session"] for p in unique} == {1, 2}
         duplicates = len(sub.payloads()) - len(unique)
-        print(f"\nstation SIGKILL after {len(printed)} printed / {killed_at} delivered; "
-              f"{len(in_db)} events in all, duplicates at subscriber {duplicates}")
+        print(
+            f"\nstation SIGKILL after {len(printed)} printed / {killed_at} delivered; "
+            f"{len(in_db)} events in all, duplicates at subscriber {duplicates}"
+        )
     finally:
         for child in (first, second):
             if child is not None and child.poll() is None:
@@ -165,22 +171,30 @@ def test_long_outage_with_5000_queued_events_catches_up(tmp_path: Path, broker: 
         # Alarms have priority in the outbox: all of them went out before the ordinary backlog.
         first_copies = [p["_topic"] for p in unique]
         assert all(t.endswith("/alarm") for t in first_copies[:n_alarms])
-        print(f"\ncatch-up: {total + n_alarms} messages in {drained_s:.2f} s after broker start "
-              f"(includes reconnect back-off) = {(total + n_alarms) / drained_s:.0f}/s")
+        print(
+            f"\ncatch-up: {total + n_alarms} messages in {drained_s:.2f} s after broker start "
+            f"(includes reconnect back-off) = {(total + n_alarms) / drained_s:.0f}/s"
+        )
     finally:
         station.close()
         sub.close()
 
 
-def test_wrong_credentials_give_auth_failed_once_and_no_reconnect_loop(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_wrong_credentials_give_auth_failed_once_and_no_reconnect_loop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     broker = Broker(tmp_path / "broker", allow_anonymous=False, users={"st-01": "right-pass"})
     broker.start()
     caplog.set_level(logging.DEBUG, logger="station.mqtt")
-    wrong = MqttPublisher(broker.url, "station-st-01", STATUS, b"offline", b"online",
-                          username="st-01", password="wrong-pass-s3cr3t",
-                          reconnect_min_delay=0.05, reconnect_max_delay=0.2)
+    wrong = MqttPublisher(
+        broker.url,
+        "station-st-01",
+        STATUS,
+        b"offline",
+        b"online",
+        username="st-01",
+        password="wrong-pass-s3cr3t",
+        reconnect_min_delay=0.05,
+        reconnect_max_delay=0.2,
+    )
     states: list[str] = []
     wrong.on_state_change.append(states.append)
     wrong.start()
@@ -200,8 +214,9 @@ def test_wrong_credentials_give_auth_failed_once_and_no_reconnect_loop(
         wrong.stop()
     assert wrong.state == "stopped"
 
-    right = MqttPublisher(broker.url, "station-st-01", STATUS, b"offline", b"online",
-                          username="st-01", password="right-pass", protocol="3.1.1")
+    right = MqttPublisher(
+        broker.url, "station-st-01", STATUS, b"offline", b"online", username="st-01", password="right-pass", protocol="3.1.1"
+    )
     right.start()
     try:
         wait_until(right.connected, 5, "connected with the right password (MQTT 3.1.1)")

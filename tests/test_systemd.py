@@ -107,8 +107,7 @@ def test_exact_datagrams(which: str, request: pytest.FixtureRequest) -> None:
 
 
 def test_watchdog_pid_of_another_process_disables_the_watchdog(path_systemd: FakeSystemd) -> None:
-    n = Notifier({"NOTIFY_SOCKET": path_systemd.env_value, "WATCHDOG_USEC": "4000000",
-                  "WATCHDOG_PID": "1"})
+    n = Notifier({"NOTIFY_SOCKET": path_systemd.env_value, "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"})
     assert n.watchdog_period() is None
     n2 = Notifier({"NOTIFY_SOCKET": path_systemd.env_value, "WATCHDOG_USEC": "4000000"})
     assert n2.watchdog_period() == 4.0

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from drivers.thermal.capture import CaptureScene, timed_frames
-from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
+from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from station.cli.stationctl import main
 from station.config import load_config
 from tests.test_thermal_protocol import GOLDEN_1, GOLDEN_3
@@ -99,7 +99,9 @@ def test_read_fails_cleanly_when_no_module_answers(tmp_path: Path):
 
     master, slave = os.openpty()
     try:
-        r = CliRunner().invoke(main, ["thermal", "read", "--port", os.ttyname(slave), "--baud", "115200", "--frames", "1", "--timeout", "1"])
+        r = CliRunner().invoke(
+            main, ["thermal", "read", "--port", os.ttyname(slave), "--baud", "115200", "--frames", "1", "--timeout", "1"]
+        )
     finally:
         os.close(master)
         os.close(slave)
@@ -128,8 +130,19 @@ def test_calibrate_thermal_fits_writes_a_versioned_override_the_station_loads(tm
     h = np.array([[0.05, 0.0, -1.7], [0.0, 0.07, -4.5], [0.0, 0.0, 1.0]])
     vis = [[100, 80], [540, 80], [540, 400], [100, 400], [320, 240]]
     _write_csv(points, ["vx", "vy", "tx", "ty"], [[x, y, *(h @ [x, y, 1.0])[:2]] for x, y in vis])
-    r = ctl("--config", str(cfg), "calibrate", "thermal", "--readings", str(readings), "--points", str(points),
-            "--blackbody", "28,19,31,22@40", "--json")
+    r = ctl(
+        "--config",
+        str(cfg),
+        "calibrate",
+        "thermal",
+        "--readings",
+        str(readings),
+        "--points",
+        str(points),
+        "--blackbody",
+        "28,19,31,22@40",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     out = tmp_path / "calibration.toml"

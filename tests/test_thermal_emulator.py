@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import serial
 
-from sim.scene import Phase, SceneDirector, ScenePerson, SceneTiming
-from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from drivers.thermal.gy_mcu90640 import (
     DecodedFrame,
     FrameParser,
@@ -27,6 +25,8 @@ from drivers.thermal.gy_mcu90640 import (
     cmd_set_refresh,
     frame_time_s,
 )
+from sim.gy_mcu90640_emulator import GyMcu90640Emulator
+from sim.scene import Phase, SceneDirector, ScenePerson, SceneTiming
 from sim.thermal_render import ThermalSceneRenderer
 from station.domain.model import ThermalFrame
 from station.ports import ThermalSource
@@ -349,9 +349,7 @@ def test_emulator_ignores_invalid_commands(emulator: Callable[..., GyMcu90640Emu
     assert emu.settings.refresh_hz == 2.0
 
 
-def test_emulator_save_writes_flash_and_replug_boots_from_it(
-    emulator: Callable[..., GyMcu90640Emulator], tmp_path: Any
-) -> None:
+def test_emulator_save_writes_flash_and_replug_boots_from_it(emulator: Callable[..., GyMcu90640Emulator], tmp_path: Any) -> None:
     flash = os.path.join(tmp_path, "flash.json")
     emu = emulator(baud=460800, refresh_hz=4.0, flash_path=flash)
     with serial.Serial(emu.port, 460800, timeout=0.05) as ser:

@@ -72,9 +72,9 @@ def test_the_emulator_writes_a_ground_truth_sidecar_line_per_frame(tmp_path):
     """Frames the driver delivers can be matched to the scene truth they were rendered from."""
     import json
 
-    from sim.scene import SceneDirector, ScenePerson, SceneTiming
-    from sim.gy_mcu90640_emulator import GyMcu90640Emulator
     from drivers.thermal.gy_mcu90640 import GyMcu90640Source
+    from sim.gy_mcu90640_emulator import GyMcu90640Emulator
+    from sim.scene import SceneDirector, ScenePerson, SceneTiming
     from sim.thermal_render import ThermalSceneRenderer
 
     director = SceneDirector([ScenePerson(0, 38.0, None, None)], SceneTiming(approach_s=0.05, gap_s=0.0, max_dwell_s=30.0))

@@ -71,8 +71,15 @@ def test_four_exact_pairs_fit_exactly_and_collinear_pairs_are_refused():
 
 def test_every_term_is_recorded_and_the_reading_is_exactly_their_sum():
     cal = ThermalCalibration(
-        IDENTITY, offset_c=1.2, roi_margin=0.0, ambient_gain=0.3, ambient_ref_c=22.0,
-        face_ref_px=10.0, distance_gain=0.05, too_far_ratio=3.0, too_close_ratio=0.3,
+        IDENTITY,
+        offset_c=1.2,
+        roi_margin=0.0,
+        ambient_gain=0.3,
+        ambient_ref_c=22.0,
+        face_ref_px=10.0,
+        distance_gain=0.05,
+        too_far_ratio=3.0,
+        too_close_ratio=0.3,
     )
     m = measure_face(frame(face_image(), die_c=26.0), Box(10, 8, 20, 13), cal)  # 5 px tall: ratio 2
     t = m.terms
@@ -216,8 +223,7 @@ def test_a_low_reading_stays_low():
 
 
 def _through_bytes(img: np.ndarray, die: float, t: float = 0.0) -> ThermalFrame:
-    from drivers.thermal.gy_mcu90640 import encode_frame, image_to_module_order
-    from drivers.thermal.gy_mcu90640 import FrameParser
+    from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
 
     (item,) = FrameParser().feed(encode_frame(image_to_module_order(img), int(round(die * 100))))
     return ThermalFrame(item.pixels_c, item.die_c, 0, t)
@@ -242,8 +248,11 @@ def test_scene_features_blackbody_distractor_two_people_and_warm_up():
     # a blackbody patch reads its set-point, a drifted unit reads it low, the reference term undoes it
     bb = ((28, 19, 31, 22), 40.0)
     drift = ThermalSceneRenderer(None, noise_c=0.0, geometry=geo, blackbody=bb, sensor_offset_c=-0.7)
-    m = measure_face(_through_bytes(*drift.render_people([(37.0, near)])), near,
-                     ThermalCalibration(geo.visible_to_thermal(), offset_c=1.35, reference_box=bb[0], reference_c=40.0))
+    m = measure_face(
+        _through_bytes(*drift.render_people([(37.0, near)])),
+        near,
+        ThermalCalibration(geo.visible_to_thermal(), offset_c=1.35, reference_box=bb[0], reference_c=40.0),
+    )
     assert m.terms["reference_seen_c"] == pytest.approx(39.3, abs=0.01) and m.core_c == pytest.approx(base.core_c, abs=0.02)
 
     # two people side by side: whose temperature would it be?
@@ -273,7 +282,9 @@ def test_only_measured_readings_decide_everything_else_retries():
         if v is not None:
             break
     assert v is not None and v.decision == Decision.RETRY and v.reason == "no_valid_temperature:reference_missing"
-    assert v.temperature_c is None and v.temperature["frames_by_state"] == {"reference_missing": v.temperature["frames_by_state"]["reference_missing"]}
+    assert v.temperature_c is None and v.temperature["frames_by_state"] == {
+        "reference_missing": v.temperature["frames_by_state"]["reference_missing"]
+    }
 
 
 def test_the_lane_refuses_a_reading_while_a_second_person_is_as_near():

@@ -45,9 +45,7 @@ def _decode_one(data: bytes) -> DecodedFrame:
     return items[0]
 
 
-@pytest.mark.parametrize(
-    ("frame", "checksum_bytes"), [(GOLDEN_1, "14B8"), (GOLDEN_2, "DF9F"), (GOLDEN_3, "6AC4")]
-)
+@pytest.mark.parametrize(("frame", "checksum_bytes"), [(GOLDEN_1, "14B8"), (GOLDEN_2, "DF9F"), (GOLDEN_3, "6AC4")])
 def test_golden_frames_have_the_documented_length_and_checksum(frame: bytes, checksum_bytes: str) -> None:
     assert len(frame) == FRAME_LEN
     assert frame[:4] == bytes.fromhex("5A5A0206")
@@ -167,9 +165,13 @@ def test_command_builder_and_validation() -> None:
     # the vendor SDK's off-by-one refresh command carries a wrong sum byte: not a command
     assert parse_command(bytes.fromhex("A52502CB")) is None
     assert parse_command(bytes.fromhex("A525")) is None
-    for bad in (lambda: gy.cmd_set_baud(57600), lambda: gy.cmd_set_refresh(3),
-                lambda: gy.cmd_set_emissivity(1.01), lambda: gy.cmd_set_emissivity(0.0),
-                lambda: command(0x100, 0)):
+    for bad in (
+        lambda: gy.cmd_set_baud(57600),
+        lambda: gy.cmd_set_refresh(3),
+        lambda: gy.cmd_set_emissivity(1.01),
+        lambda: gy.cmd_set_emissivity(0.0),
+        lambda: command(0x100, 0),
+    ):
         with pytest.raises(ValueError):
             bad()
 

@@ -18,11 +18,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from station.codes.hc1 import Hc1Verifier
-from sim.issuer import new_issuer, trust_list_document
-from station.codes.trust_list import TrustStore, sign_document
 from drivers.gate.gpio_gate import GpioGate
 from drivers.publish.mqtt import MqttPublisher
+from sim.issuer import new_issuer, trust_list_document
+from station.codes.hc1 import Hc1Verifier
+from station.codes.trust_list import TrustStore, sign_document
+from station.domain.model import CodeStatus
 from station.link.command_auth import (
     CommandKeys,
     CommandVerifier,
@@ -31,7 +32,6 @@ from station.link.command_auth import (
     sign_command,
 )
 from station.link.commands import CommandHandlers, StationLink
-from station.domain.model import CodeStatus
 from station.store.events import SqliteEventStore
 from tests.command_rig import Centre
 from tests.mosquitto import Broker, mosquitto_available
@@ -48,8 +48,9 @@ class Rig:
         self.data = tmp_path / "data"
         self.centre_key = ec.generate_private_key(ec.SECP256R1())
         signer_pem = tmp_path / "trust-signer.pem"
-        signer_pem.write_bytes(self.centre_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        signer_pem.write_bytes(
+            self.centre_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
         self.old_signer, self.new_signer = new_issuer("ES256", "OLD"), new_issuer("PS256", "NEW")
         provisioned = tmp_path / "trust.json"
         provisioned.write_text(json.dumps(trust_list_document([self.old_signer])))
@@ -62,14 +63,30 @@ class Rig:
         self.store.begin_session()
         self.gate = GpioGate(17, 27, 22, 23, 24, pin_factory="mock", open_s=0.2)
         self.publisher = MqttPublisher(self.broker.url, "station-st-01", f"{BASE}/status", b"offline", b"online")
-        handlers = CommandHandlers(store=self.store, gate=self.gate, monotonic=time.monotonic, config_path=config,
-                                   data_dir=self.data, snapshot=dict, trust_list_signer=signer_pem)
+        handlers = CommandHandlers(
+            store=self.store,
+            gate=self.gate,
+            monotonic=time.monotonic,
+            config_path=config,
+            data_dir=self.data,
+            snapshot=dict,
+            trust_list_signer=signer_pem,
+        )
         self.command_key = new_signing_key()
         keys_pem = tmp_path / "centre-keys.pem"
         keys_pem.write_text(public_pem(self.command_key.public_key()))
         verifier = CommandVerifier(CommandKeys(keys_pem, self.data), None, site="gate-a", station="st-01")
-        self.link = StationLink(self.publisher, BASE, {"station_id": "st-01", "site": "gate-a"}, {}, dict,
-                                handlers, verifier=verifier, stats_interval_s=0, poll_s=0.1)
+        self.link = StationLink(
+            self.publisher,
+            BASE,
+            {"station_id": "st-01", "site": "gate-a"},
+            {},
+            dict,
+            handlers,
+            verifier=verifier,
+            stats_interval_s=0,
+            poll_s=0.1,
+        )
         self.publisher.start()
         self.link.start()
         wait_until(self.publisher.connected, 5, "connected")
@@ -78,8 +95,9 @@ class Rig:
 
     def push(self, corr: str, document: dict[str, Any], version: int | None = None) -> dict[str, Any]:
         args = {"version": version if version is not None else document.get("version"), "document": document}
-        request = sign_command(self.command_key, site="gate-a", station="st-01", command="trust-list", args=args,
-                               by="trust-list desk", command_id=corr)
+        request = sign_command(
+            self.command_key, site="gate-a", station="st-01", command="trust-list", args=args, by="trust-list desk", command_id=corr
+        )
         self.sub.client.publish(f"{BASE}/cmd/trust-list", json.dumps(request).encode(), qos=1)
         topic = f"{BASE}/cmd/trust-list/result"
         wait_until(lambda: any(json.loads(p).get("id") == corr for t, p, _ in self.sub.raw() if t == topic), 5, corr)
@@ -137,8 +155,7 @@ def test_bad_lists_are_rejected_and_the_old_list_is_kept(rig: Rig) -> None:
         "tl-unsigned": {"version": 4, "certificates": [rig.new_signer.trust_entry()]},
         "tl-downgrade": rig.signed([rig.old_signer, rig.new_signer], 1),  # replay of an old version number
         # Properly signed, but one certificate does not parse: the whole list is refused.
-        "tl-bad-cert": sign_document([rig.old_signer.trust_entry(), dict(rig.new_signer.trust_entry(), der="AAAA")],
-                                     5, rig.centre_key),
+        "tl-bad-cert": sign_document([rig.old_signer.trust_entry(), dict(rig.new_signer.trust_entry(), der="AAAA")], 5, rig.centre_key),
     }
     for corr, doc in bad.items():
         reply = rig.push(corr, doc)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from station.store import residents
 from station.cli.stationctl import main
 from station.domain.direction import DirectionCounter, LaneGeometry, passage
 from station.domain.model import Box
 from station.domain.tracking import FaceTracker
 from station.domain.vehicles import OUTSIDER, RESIDENT, VehicleLane, normalise_plate
+from station.store import residents
 
 PLATES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "plates"
 
@@ -179,8 +179,8 @@ def test_plate_loop_reads_offered_frames_and_emits_one_event(tmp_path: Path) -> 
 def test_station_in_vehicle_mode_runs_the_plate_thread(tmp_path: Path) -> None:
     """The real station (demo devices) with vehicle.mode = vehicle: plate reader loaded, frames read,
     and the person screening unaffected."""
-    from station.config import StationConfig
     from sim.demo import DemoRun
+    from station.config import StationConfig
 
     run = DemoRun(StationConfig.model_validate({"vehicle": {"mode": "vehicle"}}), people=1, data_dir=tmp_path, fast=True)
     box: dict = {}

@@ -12,8 +12,8 @@ import cv2
 import pytest
 from sqlite_utils import Database
 
-from station.store import residents
 from station.domain.vehicles import VehicleLane
+from station.store import residents
 from station.store.events import MIGRATIONS, SCHEMA_VERSION, SqliteEventStore
 from tests.test_store import make_event
 
@@ -35,8 +35,16 @@ def make_v1_file(path: Path) -> None:
 
 
 def vehicle(plate: str = "皖K66666", kind: str = "outsider_vehicle") -> dict:
-    return {"vehicle_id": f"v-{plate}-{time.monotonic_ns()}", "ts": 1795638209.5, "type": kind, "plate": plate,
-            "confidence": 0.93, "reads": 2, "track_id": 1, "alarm": False}
+    return {
+        "vehicle_id": f"v-{plate}-{time.monotonic_ns()}",
+        "ts": 1795638209.5,
+        "type": kind,
+        "plate": plate,
+        "confidence": 0.93,
+        "reads": 2,
+        "track_id": 1,
+        "alarm": False,
+    }
 
 
 def outbox(db: Path) -> list[tuple[str, dict]]:
@@ -78,7 +86,9 @@ def test_record_vehicle_writes_row_and_vehicle_message_never_an_alarm(tmp_path: 
         store.record_vehicle(vehicle("鲁L88888", "outsider_vehicle"))
         store.record_vehicle(vehicle("皖K66666", "resident_vehicle"))
         assert [(v["type"], v["plate"], v["alarm"]) for v in store.vehicles_tail(5)] == [
-            ("outsider_vehicle", "鲁L88888", False), ("resident_vehicle", "皖K66666", False)]
+            ("outsider_vehicle", "鲁L88888", False),
+            ("resident_vehicle", "皖K66666", False),
+        ]
         with pytest.raises(ValueError, match="plate"):
             store.record_vehicle({**vehicle(), "plate": ""})
     rows = outbox(db)
@@ -167,8 +177,11 @@ def test_vehicle_event_arrives_over_a_real_mosquitto(tmp_path: Path) -> None:
         station = Station(tmp_path, broker)
         try:
             station.store.record_vehicle(vehicle("鲁L88888"))
-            wait_until(lambda: len(sub.unique()) >= 1 and station.store.outbox_stats()["pending"] == 0, 10,
-                       "the vehicle event at the back end and acknowledged")
+            wait_until(
+                lambda: len(sub.unique()) >= 1 and station.store.outbox_stats()["pending"] == 0,
+                10,
+                "the vehicle event at the back end and acknowledged",
+            )
         finally:
             station.close()
         [msg] = sub.unique().values()
@@ -183,9 +196,9 @@ def test_vehicle_event_arrives_over_a_real_mosquitto(tmp_path: Path) -> None:
 def test_station_in_vehicle_mode_records_vehicles_in_its_store(tmp_path: Path) -> None:
     """The real station (demo devices, vehicle.mode = vehicle): a car's frames handed to its plate
     thread end as a row in the station's own store and an events/vehicle outbox message."""
+    from sim.demo import DemoRun
     from station.app import DB_NAME
     from station.config import StationConfig
-    from sim.demo import DemoRun
     from station.domain.model import VisibleFrame
 
     run = DemoRun(StationConfig.model_validate({"vehicle": {"mode": "vehicle"}}), people=1, data_dir=tmp_path, fast=True)

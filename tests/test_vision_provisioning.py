@@ -112,7 +112,13 @@ def test_models_list_and_verify_on_the_shipped_set() -> None:
     r = ctl("--config", "/nonexistent.toml", "models", "list", "--json")
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.output.splitlines()]
-    assert {row["name"] for row in rows} == {"ultraface-rfb-320", "ultraface-rfb-640", "plate-detector", "plate-recognizer", "plate-recognizer-dict"}
+    assert {row["name"] for row in rows} == {
+        "ultraface-rfb-320",
+        "ultraface-rfb-640",
+        "plate-detector",
+        "plate-recognizer",
+        "plate-recognizer-dict",
+    }
     assert all(row["state"] == "ok" for row in rows)
     r = ctl("--config", "/nonexistent.toml", "models", "verify")
     assert r.exit_code == 0 and "all models verified" in r.output

@@ -62,7 +62,12 @@ def empty_dir(tmp_path: Path) -> Path:
 
 def test_the_station_package_is_the_installed_one_not_the_source_tree(installed: tuple[Path, dict[str, str]], empty_dir: Path) -> None:
     bin_dir, env = installed
-    r = run([str(bin_dir / "python"), "-c", "import station, station.models as m; print(station.__file__); print(m.default_models_dir())"], empty_dir, env, 60)
+    r = run(
+        [str(bin_dir / "python"), "-c", "import station, station.models as m; print(station.__file__); print(m.default_models_dir())"],
+        empty_dir,
+        env,
+        60,
+    )
     assert r.returncode == 0, r.stderr
     package_file, models_dir = (Path(line) for line in r.stdout.splitlines())
     assert package_file.is_relative_to(bin_dir.parent) and "site-packages" in package_file.parts
@@ -81,16 +86,25 @@ def test_models_verify_from_an_empty_directory(installed: tuple[Path, dict[str, 
 
 def test_face_detector_loads_the_shipped_model(installed: tuple[Path, dict[str, str]], empty_dir: Path) -> None:
     bin_dir, env = installed
-    site = run([str(bin_dir / "python"), "-c", "import drivers.camera, pathlib; print(pathlib.Path(drivers.camera.__file__).parent)"], empty_dir, env, 60)
+    site = run(
+        [str(bin_dir / "python"), "-c", "import drivers.camera, pathlib; print(pathlib.Path(drivers.camera.__file__).parent)"],
+        empty_dir,
+        env,
+        60,
+    )
     image = Path(site.stdout.strip()) / "assets" / "astronaut.jpg"
     r = run([str(bin_dir / "stationctl"), "detect", "faces", "--json", str(image)], empty_dir, env, 120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(json.loads(r.stdout)["faces"]) == 1
 
 
-def test_demo_from_an_empty_directory_decides_as_the_scene_calls_for(installed: tuple[Path, dict[str, str]], empty_dir: Path, tmp_path: Path) -> None:
+def test_demo_from_an_empty_directory_decides_as_the_scene_calls_for(
+    installed: tuple[Path, dict[str, str]], empty_dir: Path, tmp_path: Path
+) -> None:
     bin_dir, env = installed
-    r = run([str(bin_dir / "station"), "demo", "--fast", "--people", "3", "--json", "--data-dir", str(tmp_path / "data")], empty_dir, env, 240)
+    r = run(
+        [str(bin_dir / "station"), "demo", "--fast", "--people", "3", "--json", "--data-dir", str(tmp_path / "data")], empty_dir, env, 240
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "face model unusable" not in r.stderr and "no manifest" not in r.stderr, r.stderr[-3000:]
     decisions = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]

@@ -28,39 +28,88 @@ from bench.fuzz_targets.base import Target
 P = "checkpoint/v1"
 XSS = ['<img src=x onerror="window.__pwned=1">', "<script>alert(1)</script>", "\u202e\x00\x1b[2J", "'; DROP TABLE events; --"]
 FIELDS: dict[str, dict[str, Any]] = {
-    "status": {"state": st.sampled_from(["online", "offline", "stopped"]), "session": st.integers(0, 100),
-               "version": st.just("0.1.0")},
-    "state/outbox": {"pending": st.integers(0, 10**6), "alarms_pending": st.integers(0, 9), "oldest_age_s": st.integers(0, 99),
-                     "bytes": st.integers(0, 10**9), "dropped": st.integers(0, 9), "bounds_alarm": st.none(),
-                     "mqtt": st.sampled_from(["connected", "reconnecting", "auth_failed"])},
-    "state/screening": {"count_total": st.integers(0, 10**6), "count_today": st.integers(0, 10**4),
-                        "last_event_id": st.uuids().map(str), "last_decision": st.sampled_from(["pass", "deny_fever", "retry"]),
-                        "last_temperature_c": st.floats(35.0, 40.0), "alarm": st.booleans(),
-                        "ts": st.floats(1.7e9, 1.9e9)},
+    "status": {"state": st.sampled_from(["online", "offline", "stopped"]), "session": st.integers(0, 100), "version": st.just("0.1.0")},
+    "state/outbox": {
+        "pending": st.integers(0, 10**6),
+        "alarms_pending": st.integers(0, 9),
+        "oldest_age_s": st.integers(0, 99),
+        "bytes": st.integers(0, 10**9),
+        "dropped": st.integers(0, 9),
+        "bounds_alarm": st.none(),
+        "mqtt": st.sampled_from(["connected", "reconnecting", "auth_failed"]),
+    },
+    "state/screening": {
+        "count_total": st.integers(0, 10**6),
+        "count_today": st.integers(0, 10**4),
+        "last_event_id": st.uuids().map(str),
+        "last_decision": st.sampled_from(["pass", "deny_fever", "retry"]),
+        "last_temperature_c": st.floats(35.0, 40.0),
+        "alarm": st.booleans(),
+        "ts": st.floats(1.7e9, 1.9e9),
+    },
     "state/thermal": {"state": st.sampled_from(["connected", "reconnecting", "failed"]), "port": st.just("/dev/ttyUSB0")},
-    "snapshot": {"jpeg_b64": st.sampled_from(["/9j/4AAQ", "R0lGODlh", "!!!"]), "ts": st.floats(1.7e9, 1.9e9),
-                 "blur": st.sampled_from(["faces", "off", "all"]), "faces_blurred": st.integers(0, 5),
-                 "width": st.integers(1, 640), "height": st.integers(1, 480)},
+    "snapshot": {
+        "jpeg_b64": st.sampled_from(["/9j/4AAQ", "R0lGODlh", "!!!"]),
+        "ts": st.floats(1.7e9, 1.9e9),
+        "blur": st.sampled_from(["faces", "off", "all"]),
+        "faces_blurred": st.integers(0, 5),
+        "width": st.integers(1, 640),
+        "height": st.integers(1, 480),
+    },
 }
-EVENT = {"event_id": st.uuids().map(str), "ts": st.floats(time.time() - 3600, time.time()),
-         "decision": st.sampled_from(["pass", "deny_fever", "deny_code", "retry", "manual_check"]),
-         "temperature_c": st.floats(35.0, 40.0), "alarm": st.booleans(), "reason": st.just("ok")}
+EVENT = {
+    "event_id": st.uuids().map(str),
+    "ts": st.floats(time.time() - 3600, time.time()),
+    "decision": st.sampled_from(["pass", "deny_fever", "deny_code", "retry", "manual_check"]),
+    "temperature_c": st.floats(35.0, 40.0),
+    "alarm": st.booleans(),
+    "reason": st.just("ok"),
+}
 
 _rig: dict[str, Any] = {}
 
 
 SEGMENT_ALPHABET = "abcXYZ019_-"
 ODD_SEGMENTS = ["", "a b", "<b>", "x" * 65, "ünï", "a.b", "+", "#", "\x00", "s1\u202e"]
-KINDS = ["status", "state/outbox", "state/screening", "state/thermal", "state/camera", "events/screening", "events/alarm",
-         "snapshot", "stats", "cmd/open-gate", "events/vehicle", "state/", "nonsense/x"]
-RAW = [b"\xff\xfe\xfd", b"[" * 3000, b'{"a":' + b"9" * 5000 + b"}", b"null", b'"online"', b"[1,2]", b"", b"{" * 50,
-       b'{"pending": NaN}', b'{"state": "online", "session": 1e999}']
+KINDS = [
+    "status",
+    "state/outbox",
+    "state/screening",
+    "state/thermal",
+    "state/camera",
+    "events/screening",
+    "events/alarm",
+    "snapshot",
+    "stats",
+    "cmd/open-gate",
+    "events/vehicle",
+    "state/",
+    "nonsense/x",
+]
+RAW = [
+    b"\xff\xfe\xfd",
+    b"[" * 3000,
+    b'{"a":' + b"9" * 5000 + b"}",
+    b"null",
+    b'"online"',
+    b"[1,2]",
+    b"",
+    b"{" * 50,
+    b'{"pending": NaN}',
+    b'{"state": "online", "session": 1e999}',
+]
 
 
 def _wrong() -> st.SearchStrategy[Any]:
-    leaf = st.one_of(st.none(), st.booleans(), st.integers(-(10**40), 10**40),
-                     st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -0.0, 0.5]),
-                     st.text(max_size=20), st.sampled_from(XSS), st.integers(10, 5000).map(lambda n: "A" * n))
+    leaf = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**40), 10**40),
+        st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -0.0, 0.5]),
+        st.text(max_size=20),
+        st.sampled_from(XSS),
+        st.integers(10, 5000).map(lambda n: "A" * n),
+    )
     return st.one_of(leaf, st.lists(leaf, max_size=3), st.dictionaries(st.sampled_from(["a", "state", "0"]), leaf, max_size=2))
 
 
@@ -95,8 +144,16 @@ def _segment(draw: Any) -> str:
 def _body(draw: Any, kind: str) -> Any:
     if kind in ("events/screening", "events/alarm"):
         if draw(st.integers(0, 4)) == 0:
-            return draw(_object({"kind": st.just("outbox_overflow"), "msg_id": st.uuids().map(str),
-                                 "dropped": st.integers(0, 99), "ts": st.floats(1.7e9, 1.9e9)}))
+            return draw(
+                _object(
+                    {
+                        "kind": st.just("outbox_overflow"),
+                        "msg_id": st.uuids().map(str),
+                        "dropped": st.integers(0, 99),
+                        "ts": st.floats(1.7e9, 1.9e9),
+                    }
+                )
+            )
         event = draw(_object(EVENT)) if draw(st.integers(0, 5)) else draw(WRONG)
         return {"event": event, "ts": draw(st.one_of(st.floats(1.7e9, 1.9e9), WRONG))}
     return draw(_object(FIELDS.get(kind, FIELDS["state/thermal"])))
@@ -161,6 +218,13 @@ def _call(case: tuple[str, bytes]) -> str:
 
 
 TARGETS = [
-    Target("board_ingest", "station topics and payloads (wrong types in every field) through BoardState.ingest",
-           _case, _call, setup=_setup, teardown=_teardown, tags=("board",)),
+    Target(
+        "board_ingest",
+        "station topics and payloads (wrong types in every field) through BoardState.ingest",
+        _case,
+        _call,
+        setup=_setup,
+        teardown=_teardown,
+        tags=("board",),
+    ),
 ]

@@ -32,12 +32,12 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bench.fuzz_targets.base import Target
-from station.codes import hc1
-from station.codes.judge import CodeJudge, SeenCodes
 from sim.issuer import Issuer, new_issuer
+from station.codes import hc1
+from station.codes.colour import ScreenColourVerifier
+from station.codes.judge import CodeJudge, SeenCodes
 from station.codes.local_claims import LocalClaimsVerifier
 from station.codes.online import OnlineVerifier
-from station.codes.colour import ScreenColourVerifier
 from station.codes.trust_list import (
     TrustListError,
     certificate_entry,
@@ -94,11 +94,17 @@ def _bignum_bytes(seed: int) -> bytes:
 @functools.lru_cache(maxsize=1)
 def _leaves() -> st.SearchStrategy[Any]:
     return st.one_of(
-        st.integers(-(2**70), 2**70), st.sampled_from(HUGE_INTS), st.integers(-10, 10),
-        st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(ODD_FLOATS),
-        st.binary(max_size=40), st.text(max_size=20),
+        st.integers(-(2**70), 2**70),
+        st.sampled_from(HUGE_INTS),
+        st.integers(-10, 10),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(ODD_FLOATS),
+        st.binary(max_size=40),
+        st.text(max_size=20),
         st.sampled_from(["green", "yellow", "red", "GREEN", "", "\u202egreen", "gr\x00een", "\U0001f7e2"]),
-        st.booleans(), st.none(), st.just(cbor2.undefined),
+        st.booleans(),
+        st.none(),
+        st.just(cbor2.undefined),
         st.one_of(st.integers(0, 19), st.integers(32, 255)).map(cbor2.CBORSimpleValue),
         # A bignum (tag 2/3) of ~5000 decimal digits: past Python's int→str limit, built as bytes so that
         # Hypothesis itself never has to print it.
@@ -108,8 +114,15 @@ def _leaves() -> st.SearchStrategy[Any]:
 
 @functools.lru_cache(maxsize=1)
 def _keys() -> st.SearchStrategy[Any]:
-    return st.one_of(st.integers(-300, 300), st.sampled_from(HUGE_INTS[:6]), st.text(max_size=6),
-                     st.binary(max_size=6), st.booleans(), st.none(), st.floats(allow_nan=True))
+    return st.one_of(
+        st.integers(-300, 300),
+        st.sampled_from(HUGE_INTS[:6]),
+        st.text(max_size=6),
+        st.binary(max_size=6),
+        st.booleans(),
+        st.none(),
+        st.floats(allow_nan=True),
+    )
 
 
 @functools.cache  # built once per size: building a recursive strategy is the slow part
@@ -120,8 +133,11 @@ def cbor_values(max_leaves: int = 12) -> st.SearchStrategy[Any]:
         lambda children: st.one_of(
             st.lists(children, max_size=4),
             st.dictionaries(_keys(), children, max_size=4),
-            st.builds(cbor2.CBORTag, st.one_of(st.sampled_from([0, 1, 2, 3, 4, 5, 18, 24, 30, 32, 35, 37, 61, 258, 55799]),
-                                               st.integers(0, 2**64 - 1)), children),
+            st.builds(
+                cbor2.CBORTag,
+                st.one_of(st.sampled_from([0, 1, 2, 3, 4, 5, 18, 24, 30, 32, 35, 37, 61, 258, 55799]), st.integers(0, 2**64 - 1)),
+                children,
+            ),
         ),
         max_leaves=max_leaves,
     )
@@ -154,8 +170,7 @@ def cbor_bytes() -> st.SearchStrategy[bytes]:
     """Encoded CBOR: any value, deep nesting, or raw bytes (not CBOR at all)."""
     return st.one_of(
         cbor_values().map(_dumps),
-        st.tuples(st.integers(380, 420) | st.integers(1000, 3000), st.sampled_from(["list", "map", "tag"])).map(
-            lambda dk: deep_cbor(*dk)),
+        st.tuples(st.integers(380, 420) | st.integers(1000, 3000), st.sampled_from(["list", "map", "tag"])).map(lambda dk: deep_cbor(*dk)),
         st.binary(max_size=64),
     )
 
@@ -179,9 +194,14 @@ class Hc1Case:
 
 def _good_claims(draw: Any) -> dict[Any, Any]:
     iat = NOW - draw(st.integers(-600, 86400))
-    return hc1.health_claims(draw(st.sampled_from(["green", "yellow", "red"])), iat=iat, exp=iat + draw(st.integers(-100, 7 * 86400)),
-                             issuer="FUZZ", refresh_s=draw(st.none() | st.integers(1, 600)),
-                             holder=draw(st.none() | st.text(max_size=12)))
+    return hc1.health_claims(
+        draw(st.sampled_from(["green", "yellow", "red"])),
+        iat=iat,
+        exp=iat + draw(st.integers(-100, 7 * 86400)),
+        issuer="FUZZ",
+        refresh_s=draw(st.none() | st.integers(1, 600)),
+        holder=draw(st.none() | st.text(max_size=12)),
+    )
 
 
 @st.composite
@@ -198,8 +218,9 @@ def hostile_claims(draw: Any) -> Any:
         claims[hc1.EU_HCERT_CLAIM] = draw(_EU_CLAIMS)
     health = claims.get(hc1.HEALTH_CLAIM)
     health = dict(health) if isinstance(health, dict) else health
-    for slot in draw(st.lists(st.sampled_from(["iss", "iat", "exp", "health", "h1", "h2", "h3", "h4", "h5", "key"]),
-                              min_size=1, max_size=3)):
+    for slot in draw(
+        st.lists(st.sampled_from(["iss", "iat", "exp", "health", "h1", "h2", "h3", "h4", "h5", "key"]), min_size=1, max_size=3)
+    ):
         value = draw(cbor_values(6))
         if draw(st.integers(0, 4)) == 0:
             value = _DELETE
@@ -224,8 +245,23 @@ _EU_CLAIMS = st.sampled_from([{1: {"ver": "1.3.0"}}, {}, {1: []}, [1]]) | cbor_v
 @st.composite
 def headers(draw: Any, kid: bytes, alg: int) -> tuple[bytes, Any]:
     """(protected bytes, unprotected map): right, or with any CBOR value in the alg / kid slots of either."""
-    how = draw(st.sampled_from(["good", "good", "good", "kid_unprotected", "alg_slot", "kid_slot", "protected_raw",
-                                "protected_not_map", "unprotected_not_map", "extra", "empty"]))
+    how = draw(
+        st.sampled_from(
+            [
+                "good",
+                "good",
+                "good",
+                "kid_unprotected",
+                "alg_slot",
+                "kid_slot",
+                "protected_raw",
+                "protected_not_map",
+                "unprotected_not_map",
+                "extra",
+                "empty",
+            ]
+        )
+    )
     protected: Any = {hc1.H_ALG: alg, hc1.H_KID: kid}
     unprotected: Any = {}
     if how == "kid_unprotected":
@@ -408,8 +444,13 @@ def hc1_verifier() -> hc1.Hc1Verifier:
 # --------------------------------------------------------------------------------------------- code judge
 
 HCODE_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.sampled_from(HUGE_INTS[:8]) | st.floats(allow_nan=True)
-    | st.text(max_size=12) | st.sampled_from(["green", "red", "yellow"]),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from(HUGE_INTS[:8])
+    | st.floats(allow_nan=True)
+    | st.text(max_size=12)
+    | st.sampled_from(["green", "red", "yellow"]),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(["v", "col", "iat", "exp", "sub", "iss", "x"]), c, max_size=6),
     max_leaves=10,
 )
@@ -432,7 +473,10 @@ def hcode1_payloads(draw: Any) -> bytes:
             claims[key] = draw(HCODE_JSON)
         body = _json_text(claims)
         if draw(st.booleans()):
-            body = body.replace(b'"exp": ' + str(NOW + 3600).encode(), b'"exp": ' + draw(st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"1e999", b"9" * 5000])))
+            body = body.replace(
+                b'"exp": ' + str(NOW + 3600).encode(),
+                b'"exp": ' + draw(st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"1e999", b"9" * 5000])),
+            )
     elif how == "json":
         body = _json_text(draw(HCODE_JSON))
     elif how == "deep":
@@ -504,8 +548,7 @@ def judge_cases(draw: Any) -> tuple[DecodedCode, Any, Hc1Case | None]:
 @functools.lru_cache(maxsize=1)
 def code_judge() -> CodeJudge:
     """The station's chain with every verifier (the online one has no broker: it must still answer)."""
-    verifiers = [hc1_verifier(), OnlineVerifier("fuzz/station"), LocalClaimsVerifier(max_clock_skew_s=SKEW_S),
-                 ScreenColourVerifier()]
+    verifiers = [hc1_verifier(), OnlineVerifier("fuzz/station"), LocalClaimsVerifier(max_clock_skew_s=SKEW_S), ScreenColourVerifier()]
     return CodeJudge(verifiers, salt=b"f" * 32, seen=SeenCodes(None), replay_window_s=0.0)
 
 
@@ -650,11 +693,28 @@ def _judge_call(value: tuple[DecodedCode, Any, Hc1Case | None]) -> str:
 
 
 TARGETS = [
-    Target("hc1-verify", "HC1 verifier over structured payloads: every CBOR type in every COSE header and claim slot, "
-           "signed by trusted / untrusted / no key, zlib and Base45 mutations", hc1_cases, _hc1_call, setup=_keys_setup),
-    Target("code-judge", "CodeJudge (hc1, online, local claims, screen colour) over HC1, HCT1, HCODE1 payloads, random "
-           "bytes and text, with frames of any shape and dtype and boxes with NaN/inf", judge_cases, _judge_call,
-           setup=_keys_setup),
-    Target("trust-list", "Trust-list documents (signed and not, any JSON in every slot) through verify_document and "
-           "load_file", trust_cases, trust_call, setup=_trust_setup, teardown=_trust_teardown),
+    Target(
+        "hc1-verify",
+        "HC1 verifier over structured payloads: every CBOR type in every COSE header and claim slot, "
+        "signed by trusted / untrusted / no key, zlib and Base45 mutations",
+        hc1_cases,
+        _hc1_call,
+        setup=_keys_setup,
+    ),
+    Target(
+        "code-judge",
+        "CodeJudge (hc1, online, local claims, screen colour) over HC1, HCT1, HCODE1 payloads, random "
+        "bytes and text, with frames of any shape and dtype and boxes with NaN/inf",
+        judge_cases,
+        _judge_call,
+        setup=_keys_setup,
+    ),
+    Target(
+        "trust-list",
+        "Trust-list documents (signed and not, any JSON in every slot) through verify_document and load_file",
+        trust_cases,
+        trust_call,
+        setup=_trust_setup,
+        teardown=_trust_teardown,
+    ),
 ]

@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 from bench.fuzz_targets.base import Target
 
 SITE, STATION = "fuzz-site", "lane-9"
-NAMES = ["open-gate", "set-threshold", "resident-plates", "reload-config", "trust-list", "command-keys",
-         "ping", "snapshot"]
+NAMES = ["open-gate", "set-threshold", "resident-plates", "reload-config", "trust-list", "command-keys", "ping", "snapshot"]
 FIELDS = ["id", "deadline", "site", "station", "command", "args", "key_id", "by", "sig"]
 
 _rig: dict[str, Any] = {}
@@ -53,15 +52,27 @@ def _setup() -> None:
     gate = GpioGate(17, 27, 22, 23, 24, pin_factory="mock", open_s=0.01)
     keys = CommandKeys(keys_file, tmp / "data")
     replay = ReplayGuard(tmp / "data" / COMMAND_IDS_FILE)
-    handlers = CommandHandlers(store=store, gate=gate, monotonic=time.monotonic, config_path=None,
-                               data_dir=tmp / "data", snapshot=lambda: {"lane_state": "idle"}, command_keys=keys)
+    handlers = CommandHandlers(
+        store=store,
+        gate=gate,
+        monotonic=time.monotonic,
+        config_path=None,
+        data_dir=tmp / "data",
+        snapshot=lambda: {"lane_state": "idle"},
+        command_keys=keys,
+    )
     # Never started: handle() needs no broker; the publisher only answers intake counters.
-    publisher = MqttPublisher("mqtt://127.0.0.1:9", "fuzz", f"checkpoint/v1/{SITE}/{STATION}/status", b"offline",
-                              b"online")
-    link = StationLink(publisher, f"checkpoint/v1/{SITE}/{STATION}", {"station_id": STATION, "site": SITE}, {},
-                       dict, handlers, verifier=CommandVerifier(keys, replay, site=SITE, station=STATION))
-    _rig.update(tmp=tmp, key=key, other_key=new_signing_key(), store=store, gate=gate, replay=replay, link=link,
-                accepted=deque(maxlen=64))
+    publisher = MqttPublisher("mqtt://127.0.0.1:9", "fuzz", f"checkpoint/v1/{SITE}/{STATION}/status", b"offline", b"online")
+    link = StationLink(
+        publisher,
+        f"checkpoint/v1/{SITE}/{STATION}",
+        {"station_id": STATION, "site": SITE},
+        {},
+        dict,
+        handlers,
+        verifier=CommandVerifier(keys, replay, site=SITE, station=STATION),
+    )
+    _rig.update(tmp=tmp, key=key, other_key=new_signing_key(), store=store, gate=gate, replay=replay, link=link, accepted=deque(maxlen=64))
 
 
 def _teardown() -> None:
@@ -73,16 +84,26 @@ def _teardown() -> None:
     _rig.clear()
 
 
-JSON_SCALAR = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True)
-               | st.text(max_size=40) | st.sampled_from(["", "open-gate", SITE, STATION, "0" * 16, "AAAA", "ʘ" * 70]))
-JSON = st.recursive(JSON_SCALAR, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                                           max_size=4), max_leaves=8)
+JSON_SCALAR = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=40)
+    | st.sampled_from(["", "open-gate", SITE, STATION, "0" * 16, "AAAA", "ʘ" * 70])
+)
+JSON = st.recursive(
+    JSON_SCALAR, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=8
+)
 ARGS = {  # plausible arguments per command, sometimes wrong
     "set-threshold": st.fixed_dictionaries({"fever_threshold_c": st.floats(30, 45) | JSON}),
-    "resident-plates": st.fixed_dictionaries({"plates": st.lists(st.sampled_from(["浙A12345", "皖K66666", "bad!", 7]),
-                                                                 max_size=4) | JSON}),
-    "command-keys": st.fixed_dictionaries({"version": st.integers(-2, 5) | JSON, "keys": st.lists(st.sampled_from(
-        ["-----BEGIN PUBLIC KEY-----\nAA\n-----END PUBLIC KEY-----", "x"]), max_size=3) | JSON}),
+    "resident-plates": st.fixed_dictionaries({"plates": st.lists(st.sampled_from(["浙A12345", "皖K66666", "bad!", 7]), max_size=4) | JSON}),
+    "command-keys": st.fixed_dictionaries(
+        {
+            "version": st.integers(-2, 5) | JSON,
+            "keys": st.lists(st.sampled_from(["-----BEGIN PUBLIC KEY-----\nAA\n-----END PUBLIC KEY-----", "x"]), max_size=3) | JSON,
+        }
+    ),
     "trust-list": st.fixed_dictionaries({"version": st.integers(0, 3), "document": JSON}),
 }
 OTHER_ARGS = st.dictionaries(st.text(max_size=8), JSON, max_size=3)
@@ -94,19 +115,40 @@ def command_case(draw: Any) -> tuple[str, bytes]:
     from station.link.command_auth import sign_command
 
     name = draw(NAME)
-    how = draw(st.sampled_from(["signed", "mutated", "mutated", "dropped", "extra", "retyped", "object", "bytes",
-                                "nested", "bigint", "resigned-other", "other-key", "misaddressed", "replay"]))
+    how = draw(
+        st.sampled_from(
+            [
+                "signed",
+                "mutated",
+                "mutated",
+                "dropped",
+                "extra",
+                "retyped",
+                "object",
+                "bytes",
+                "nested",
+                "bigint",
+                "resigned-other",
+                "other-key",
+                "misaddressed",
+                "replay",
+            ]
+        )
+    )
     pick = draw(st.integers(0, 63))  # drawn every time: the draws must not depend on what was sent before
     if how == "replay" and _rig["accepted"]:  # a body the station already carried out, sent again
         accepted = list(_rig["accepted"])
         return accepted[pick % len(accepted)]
     signed_for = draw(st.sampled_from(NAMES)) if how == "resigned-other" else name
     args = dict(draw(ARGS.get(signed_for, OTHER_ARGS)))
-    site, station = (draw(st.sampled_from([(SITE, "lane-8"), ("other-site", STATION)])) if how == "misaddressed"
-                     else (SITE, STATION))
-    signer = {"site": site, "station": station, "command": signed_for,
-              "by": draw(st.sampled_from(["ops", "Li Wei", "x" * 64])),
-              "ttl_s": draw(st.sampled_from([5.0, 30.0, 59.0, 120.0, -1.0]))}
+    site, station = draw(st.sampled_from([(SITE, "lane-8"), ("other-site", STATION)])) if how == "misaddressed" else (SITE, STATION)
+    signer = {
+        "site": site,
+        "station": station,
+        "command": signed_for,
+        "by": draw(st.sampled_from(["ops", "Li Wei", "x" * 64])),
+        "ttl_s": draw(st.sampled_from([5.0, 30.0, 59.0, 120.0, -1.0])),
+    }
     try:
         body: Any = sign_command(_rig["other_key" if how == "other-key" else "key"], args=args, **signer)
     except ValueError:  # NaN in the arguments: the centre's tool cannot sign that; send it under another signature
@@ -123,7 +165,7 @@ def command_case(draw: Any) -> tuple[str, bytes]:
     elif how == "object":
         body = draw(st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), JSON, max_size=10) | JSON)
     elif how == "bytes":
-        return name, draw(st.binary(max_size=200) | st.sampled_from([b"\xff\xfe{}", b"{\"id\": \"\xc3\x28\"}", b""]))
+        return name, draw(st.binary(max_size=200) | st.sampled_from([b"\xff\xfe{}", b'{"id": "\xc3\x28"}', b""]))
     elif how == "nested":
         depth = draw(st.integers(10, 50_000))
         return name, b'{"args": ' + b"[" * depth + b"]" * depth + b"}"
@@ -164,8 +206,9 @@ def _lookup_setup() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-lookup-"))
     key = new_signing_key()
     (tmp / "keys.pem").write_text(public_pem(key.public_key()))
-    verifier = OnlineVerifier(f"checkpoint/v1/{SITE}/{STATION}", identity={"station_id": STATION, "site": SITE},
-                              keys=CommandKeys(tmp / "keys.pem", None))
+    verifier = OnlineVerifier(
+        f"checkpoint/v1/{SITE}/{STATION}", identity={"station_id": STATION, "site": SITE}, keys=CommandKeys(tmp / "keys.pem", None)
+    )
     _lookup.update(tmp=tmp, key=key, other_key=new_signing_key(), verifier=verifier)
 
 
@@ -175,8 +218,10 @@ def _lookup_teardown() -> None:
     _lookup.clear()
 
 
-RESULT = st.fixed_dictionaries({"found": st.booleans() | JSON, "colour": st.sampled_from(["green", "yellow", "red"]) | JSON},
-                               optional={"expires": st.floats() | JSON, "issuer": JSON})
+RESULT = st.fixed_dictionaries(
+    {"found": st.booleans() | JSON, "colour": st.sampled_from(["green", "yellow", "red"]) | JSON},
+    optional={"expires": st.floats() | JSON, "issuer": JSON},
+)
 
 
 @st.composite
@@ -186,12 +231,17 @@ def lookup_case(draw: Any) -> tuple[str, str, Any]:
 
     corr, token_hash = "r" * 32, "ab" * 32
     how = draw(st.sampled_from(["signed", "mutated", "dropped", "other-key", "other-request", "unsigned", "object"]))
-    fields: dict[str, Any] = {"request_id": "other" if how == "other-request" else corr, "station": STATION, "site": SITE,
-              "token_sha256": token_hash}
+    fields: dict[str, Any] = {
+        "request_id": "other" if how == "other-request" else corr,
+        "station": STATION,
+        "site": SITE,
+        "token_sha256": token_hash,
+    }
     result = draw(RESULT)
     try:
-        answer: Any = sign_lookup_answer(_lookup["other_key" if how == "other-key" else "key"], result=result,
-                                         ok=draw(st.booleans() | st.just(True)), **fields)
+        answer: Any = sign_lookup_answer(
+            _lookup["other_key" if how == "other-key" else "key"], result=result, ok=draw(st.booleans() | st.just(True)), **fields
+        )
     except ValueError:  # NaN in the result cannot be signed: it goes out under a signature of something else
         answer = dict(sign_lookup_answer(_lookup["key"], result={}, **fields), result=result)
     if how == "mutated":
@@ -217,10 +267,24 @@ def _lookup_call(case: tuple[str, str, Any]) -> str:
 
 
 TARGETS = [
-    Target("mqtt-commands", "every cmd/<name> body (signed, mutated, retyped, nested, non-UTF-8) through "
-           "StationLink.handle with a real store, replay store and mock-pin gate", command_case, _call,
-           setup=_setup, teardown=_teardown, tags=("mqtt",)),
-    Target("lookup-answers", "lookup/code/result answers (signed, mutated, other key or request, unsigned, any JSON) "
-           "through OnlineVerifier's judge: only a centre-signed answer to this request decides a colour",
-           lookup_case, _lookup_call, setup=_lookup_setup, teardown=_lookup_teardown, tags=("mqtt", "codes")),
+    Target(
+        "mqtt-commands",
+        "every cmd/<name> body (signed, mutated, retyped, nested, non-UTF-8) through "
+        "StationLink.handle with a real store, replay store and mock-pin gate",
+        command_case,
+        _call,
+        setup=_setup,
+        teardown=_teardown,
+        tags=("mqtt",),
+    ),
+    Target(
+        "lookup-answers",
+        "lookup/code/result answers (signed, mutated, other key or request, unsigned, any JSON) "
+        "through OnlineVerifier's judge: only a centre-signed answer to this request decides a colour",
+        lookup_case,
+        _lookup_call,
+        setup=_lookup_setup,
+        teardown=_lookup_teardown,
+        tags=("mqtt", "codes"),
+    ),
 ]

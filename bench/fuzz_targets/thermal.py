@@ -35,9 +35,9 @@ def _mutate(draw: Any, data: bytes) -> bytes:
         return data
     i = draw(st.integers(0, len(data) - 1))
     if how == "flip":
-        return data[:i] + bytes([data[i] ^ draw(st.integers(1, 255))]) + data[i + 1:]
+        return data[:i] + bytes([data[i] ^ draw(st.integers(1, 255))]) + data[i + 1 :]
     if how == "drop":
-        return data[:i] + data[i + 1:]
+        return data[:i] + data[i + 1 :]
     if how == "insert":
         return data[:i] + draw(st.binary(min_size=1, max_size=8)) + data[i:]
     if how == "cut":
@@ -50,12 +50,18 @@ def _mutate(draw: Any, data: bytes) -> bytes:
 @st.composite
 def gy_stream(draw: Any) -> list[bytes]:
     """A stream as the GY-MCU90640 link delivers it: frames, emissivity replies, noise, cut into chunks."""
-    parts = draw(st.lists(st.one_of(
-        st.binary(max_size=64),
-        st.integers(0, 255).map(gy.emissivity_reply),
-        st.sampled_from([gy.HEADER, gy.HEADER[:2], gy.HEADER[:3], b"\x5a\x5a\x02"]),
-        st.just(b"FRAME"),
-    ), min_size=1, max_size=6))
+    parts = draw(
+        st.lists(
+            st.one_of(
+                st.binary(max_size=64),
+                st.integers(0, 255).map(gy.emissivity_reply),
+                st.sampled_from([gy.HEADER, gy.HEADER[:2], gy.HEADER[:3], b"\x5a\x5a\x02"]),
+                st.just(b"FRAME"),
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
     out = bytearray()
     for part in parts:
         out += _mutate(draw, _gy_frame(draw)) if part == b"FRAME" else part
@@ -91,13 +97,23 @@ def _feed(profile: gy.ModuleProfile, chunks: list[bytes]) -> str:
         if not np.isfinite(f.pixels_c).all() or f.pixels_c.shape != (profile.frame.rows, profile.frame.cols):
             raise AssertionError("a decoded frame holds non-finite or misshaped pixels")
     c = parser.counters
-    return (f"frames={min(len(frames), 2)} replies={min(len(got) - len(frames), 2)} "
-            f"checksum_errors={'yes' if c.checksum_errors else 'no'} implausible={'yes' if c.implausible_frames else 'no'}")
+    return (
+        f"frames={min(len(frames), 2)} replies={min(len(got) - len(frames), 2)} "
+        f"checksum_errors={'yes' if c.checksum_errors else 'no'} implausible={'yes' if c.implausible_frames else 'no'}"
+    )
 
 
 TARGETS = [
-    Target("thermal-gy-mcu90640", "GY-MCU90640 serial stream parser (frames, replies, line faults, any chunking)",
-           gy_stream, lambda chunks: _feed(gy.GY_MCU90640, chunks)),
-    Target("thermal-htpa32x32", "HTPA32x32 serial answer parser (frames, implausible words, noise, any chunking)",
-           htpa_stream, lambda chunks: _feed(htpa.HTPA32X32, chunks)),
+    Target(
+        "thermal-gy-mcu90640",
+        "GY-MCU90640 serial stream parser (frames, replies, line faults, any chunking)",
+        gy_stream,
+        lambda chunks: _feed(gy.GY_MCU90640, chunks),
+    ),
+    Target(
+        "thermal-htpa32x32",
+        "HTPA32x32 serial answer parser (frames, implausible words, noise, any chunking)",
+        htpa_stream,
+        lambda chunks: _feed(htpa.HTPA32X32, chunks),
+    ),
 ]

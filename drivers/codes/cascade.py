@@ -114,7 +114,9 @@ class CascadeReader:
                     xs = [origin[0] + x for x, _ in pts]
                     ys = [origin[1] + y for _, y in pts]
                     m = max(max(xs) - min(xs), max(ys) - min(ys), 8.0) * self.margin
-                    regions.append((max(0, int(min(xs) - m)), max(0, int(min(ys) - m)), min(gw, int(max(xs) + m) + 1), min(gh, int(max(ys) + m) + 1)))
+                    regions.append(
+                        (max(0, int(min(xs) - m)), max(0, int(min(ys) - m)), min(gw, int(max(xs) + m) + 1), min(gh, int(max(ys) + m) + 1))
+                    )
             return new
 
         self.passes["cheap"] += 1
@@ -129,7 +131,13 @@ class CascadeReader:
             collect(found, 1.0, (0, 0), "cascade:zxing-luma", want_regions=True)
             if not found and self.full_pass == "luma+upscaled":
                 self.passes["full_upscaled"] += 1
-                collect(_read(_upscaled(dark, self.upscale, False), errors=False), self.upscale, (0, 0), f"cascade:zxing-x{self.upscale:g}", False)
+                collect(
+                    _read(_upscaled(dark, self.upscale, False), errors=False),
+                    self.upscale,
+                    (0, 0),
+                    f"cascade:zxing-x{self.upscale:g}",
+                    False,
+                )
         if regions and not luma and self.luma_on_regions:
             # A symbol was seen but not decoded. Its corners can be a wrong guess in the darkest
             # channel (then the region misses part of the code), so luma gets one look at the whole
@@ -145,7 +153,12 @@ class CascadeReader:
                 src = dark if source == "dark" else luma_image()
                 factor = self.upscale if upscale else 1.0
                 crop = _upscaled(src[y1:y2, x1:x2], factor, sharpen) if upscale else np.ascontiguousarray(src[y1:y2, x1:x2])
-                tag = "cascade:zxing" + ("-luma" if source == "luma" else "") + (f"-x{factor:g}" if upscale else "") + ("-sharp" if sharpen else "")
+                tag = (
+                    "cascade:zxing"
+                    + ("-luma" if source == "luma" else "")
+                    + (f"-x{factor:g}" if upscale else "")
+                    + ("-sharp" if sharpen else "")
+                )
                 if collect(_read(crop, errors=False), factor, (x1, y1), tag, False):
                     break
         out = list(codes.values())

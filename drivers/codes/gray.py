@@ -41,7 +41,9 @@ def to_gray(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(gray), scale
 
 
-def box_from_points(points: Iterable[tuple[float, float]], scale: float, offset: tuple[float, float], width: int, height: int) -> Box | None:
+def box_from_points(
+    points: Iterable[tuple[float, float]], scale: float, offset: tuple[float, float], width: int, height: int
+) -> Box | None:
     """Axis-aligned box around a symbol's corner points, mapped from a (scaled, cropped) work image to the frame."""
     pts = list(points)
     if not pts:

@@ -47,7 +47,9 @@ class OpenCvReader:
             found = self._pass(cv2.bitwise_not(gray))
         h, w = image.shape[:2]
         codes = [
-            DecodedCode(text.encode("utf-8"), "QRCODE", box_from_points([(float(x), float(y)) for x, y in pts], scale, (0.0, 0.0), w, h), self.name)
+            DecodedCode(
+                text.encode("utf-8"), "QRCODE", box_from_points([(float(x), float(y)) for x, y in pts], scale, (0.0, 0.0), w, h), self.name
+            )
             for text, pts in found
         ]
         if codes:

@@ -16,7 +16,12 @@ import numpy as np
 import zxingcpp
 
 MARGIN = 0.12  # of the symbol's side, each way: a box that clips the outer modules leaves a decodable code
-_FORMATS = (zxingcpp.BarcodeFormat.QRCode, zxingcpp.BarcodeFormat.MicroQRCode, zxingcpp.BarcodeFormat.DataMatrix, zxingcpp.BarcodeFormat.Aztec)
+_FORMATS = (
+    zxingcpp.BarcodeFormat.QRCode,
+    zxingcpp.BarcodeFormat.MicroQRCode,
+    zxingcpp.BarcodeFormat.DataMatrix,
+    zxingcpp.BarcodeFormat.Aztec,
+)
 
 
 def find_code_boxes(image: np.ndarray) -> list[tuple[int, int, int, int]]:

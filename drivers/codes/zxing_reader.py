@@ -45,10 +45,10 @@ class ZxingReader:
         gray, scale = to_gray(image, self.max_side)
         h, w = image.shape[:2]
         # try_rotate only matters for 1-D symbols: QR detection is rotation invariant already.
-        found = zxingcpp.read_barcodes(
-            gray, formats=_QR, try_rotate=False, try_downscale=self.try_downscale, try_invert=self.try_invert
-        )
-        codes = [DecodedCode(r.bytes, "QRCODE", box_from_points(corner_points(r), scale, (0.0, 0.0), w, h), self.name) for r in found if r.valid]
+        found = zxingcpp.read_barcodes(gray, formats=_QR, try_rotate=False, try_downscale=self.try_downscale, try_invert=self.try_invert)
+        codes = [
+            DecodedCode(r.bytes, "QRCODE", box_from_points(corner_points(r), scale, (0.0, 0.0), w, h), self.name) for r in found if r.valid
+        ]
         if codes:
             log.debug("decoded %d QR code(s) decoder=zxing", len(codes))
         return codes

@@ -48,9 +48,7 @@ class HaarFaceDetector:
         max_side: int = 640,
     ) -> None:
         if not hasattr(cv2, "CascadeClassifier"):
-            raise HaarUnavailableError(
-                f"OpenCV {cv2.__version__} has no CascadeClassifier (moved out of the main wheels in 5.x)"
-            )
+            raise HaarUnavailableError(f"OpenCV {cv2.__version__} has no CascadeClassifier (moved out of the main wheels in 5.x)")
         path = Path(cascade_path) if cascade_path is not None else default_cascade_path()
         if not path.is_file():
             raise HaarUnavailableError(f"face cascade not found: {path}")

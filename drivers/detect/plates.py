@@ -167,7 +167,9 @@ def load_charset(path: Path) -> list[str]:
 class PlateDetector:
     """The RetinaFace-style plate detector on onnxruntime."""
 
-    def __init__(self, model_path: Path, *, max_side: int = 640, score_threshold: float = 0.7, nms_iou: float = 0.4, threads: int = 1) -> None:
+    def __init__(
+        self, model_path: Path, *, max_side: int = 640, score_threshold: float = 0.7, nms_iou: float = 0.4, threads: int = 1
+    ) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"plate detector model not found: {model_path}")
@@ -244,7 +246,9 @@ class OnnxPlateReader:
         self.recognizer = recognizer
 
     @classmethod
-    def from_models_dir(cls, models_dir: Path | None = None, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7) -> OnnxPlateReader:
+    def from_models_dir(
+        cls, models_dir: Path | None = None, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7
+    ) -> OnnxPlateReader:
         from station.models import path_for
 
         return cls(

@@ -131,9 +131,7 @@ class GpioGate:
             # initial_value=False on every device: the process starting is itself a "go to the safe
             # state" — relay released (barrier closed), buzzer silent, lights dark. Never None, which
             # would keep whatever level the pin had, e.g. a relay left energised by a killed process.
-            self._devices[RELAY] = DigitalOutputDevice(
-                relay_pin, active_high=levels[RELAY], initial_value=False, pin_factory=self._factory
-            )
+            self._devices[RELAY] = DigitalOutputDevice(relay_pin, active_high=levels[RELAY], initial_value=False, pin_factory=self._factory)
             self._devices[BUZZER] = Buzzer(buzzer_pin, active_high=levels[BUZZER], initial_value=False, pin_factory=self._factory)
             for light, pin in ((GREEN, green_pin), (RED, red_pin), (AMBER, amber_pin)):
                 self._devices[light] = LED(pin, active_high=levels[light], initial_value=False, pin_factory=self._factory)

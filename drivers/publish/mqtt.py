@@ -52,10 +52,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from station.ops.redact import redact_url
+
 # The transport-neutral exceptions live with the pump that handles them until station.ports
 # (the natural home, shared by every Publisher adapter) grows them.
 from station.ports import NotConnectedError, PublishError
-from station.ops.redact import redact_url
 
 __all__ = ["MqttPublisher", "NotConnectedError", "PublishError"]
 
@@ -207,8 +208,9 @@ class MqttPublisher:
         self._intake_drops: dict[str, dict[str, int]] = {}  # filter → {"retained": n, "oversize": n}
 
         if not _HAS_DROP:
-            log.warning("this paho-mqtt has no Client.drop_out_messages() (needs >= 2.2): "
-                        "each reconnect will re-send the in-flight window twice")
+            log.warning(
+                "this paho-mqtt has no Client.drop_out_messages() (needs >= 2.2): each reconnect will re-send the in-flight window twice"
+            )
         self._user = username if username is not None else (unquote(parts.username) if parts.username else None)
         self._password = password if password is not None else (unquote(parts.password) if parts.password else None)
         self._client = self._make_client(self._v5)
@@ -233,7 +235,9 @@ class MqttPublisher:
         if self.tls:
             tls_ca, tls_certfile, tls_keyfile = self._tls_files
             client.tls_set(
-                ca_certs=tls_ca, certfile=tls_certfile, keyfile=tls_keyfile,
+                ca_certs=tls_ca,
+                certfile=tls_certfile,
+                keyfile=tls_keyfile,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
         client.will_set(self.status_topic, self._will_payload, qos=1, retain=True)
@@ -271,8 +275,15 @@ class MqttPublisher:
         self._stop_event.clear()
         self._set_state("connecting")
         auto = ", 3.1.1 if the broker lacks 5" if self._auto and not self._protocol_known else ""
-        log.info("MQTT connecting to %s:%d as %s (MQTT %s%s%s)", self.host, self.port, self.client_id,
-                 self.protocol, auto, ", TLS" if self.tls else "")
+        log.info(
+            "MQTT connecting to %s:%d as %s (MQTT %s%s%s)",
+            self.host,
+            self.port,
+            self.client_id,
+            self.protocol,
+            auto,
+            ", TLS" if self.tls else "",
+        )
         with self._conn_lock:
             self._connect_async(self._client, self._v5)
 
@@ -352,8 +363,9 @@ class MqttPublisher:
             return False
         return True
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1, *,
-                  accept_retained: bool = True, max_bytes: int | None = None) -> None:
+    def subscribe(
+        self, topic_filter: str, handler: MessageHandler, qos: int = 1, *, accept_retained: bool = True, max_bytes: int | None = None
+    ) -> None:
         """Deliver messages matching ``topic_filter`` to ``handler(topic, payload)``.
 
         Renewed on every connect. The handler runs on paho's network thread: it must be quick and
@@ -408,19 +420,24 @@ class MqttPublisher:
         if self._retired(client):
             return
         try:
-            handlers = [(f, h) for f, (_, h) in list(self._subscriptions.items())
-                        if mqtt.topic_matches_sub(f, msg.topic)]
+            handlers = [(f, h) for f, (_, h) in list(self._subscriptions.items()) if mqtt.topic_matches_sub(f, msg.topic)]
             for topic_filter, handler in handlers:
                 accept_retained, max_bytes = self._intake.get(topic_filter, (True, None))
-                drop = ("retained" if msg.retain and not accept_retained
-                        else "oversize" if max_bytes is not None and len(msg.payload) > max_bytes else None)
+                drop = (
+                    "retained"
+                    if msg.retain and not accept_retained
+                    else "oversize"
+                    if max_bytes is not None and len(msg.payload) > max_bytes
+                    else None
+                )
                 if drop is not None:
                     counts = self._intake_drops.setdefault(topic_filter, {"retained": 0, "oversize": 0})
                     counts[drop] += 1
                     n = counts[drop]
                     if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th, …: a flood cannot flood the journal
-                        log.warning("MQTT message dropped unread why=%s topic=%s bytes=%d total=%d", drop,
-                                    msg.topic[:200], len(msg.payload), n)
+                        log.warning(
+                            "MQTT message dropped unread why=%s topic=%s bytes=%d total=%d", drop, msg.topic[:200], len(msg.payload), n
+                        )
                     continue
                 handler(msg.topic, bytes(msg.payload))
         except Exception:  # logged: an exception would kill paho's network thread
@@ -463,8 +480,7 @@ class MqttPublisher:
             return
         self._attempt_connack = True
         try:
-            if (reason_code != 0 and self._auto and self._v5
-                    and reason_code.value == _UNSUPPORTED_PROTOCOL):
+            if reason_code != 0 and self._auto and self._v5 and reason_code.value == _UNSUPPORTED_PROTOCOL:
                 # The broker said so itself: no doubt, switch at once (no back-off: it answered).
                 self.last_error = str(reason_code)
                 self._fallback(client, f"the broker refused MQTT 5: {reason_code}", delay=0.0)
@@ -475,14 +491,17 @@ class MqttPublisher:
                 self.last_error = str(reason_code)
                 if str(reason_code) in _AUTH_FAILURES:
                     # Once, and no retry: only a new configuration can fix credentials.
-                    log.error("MQTT broker %s:%d refused the credentials: %s; not retrying until "
-                              "the configuration changes and the station restarts state=auth_failed",
-                              self.host, self.port, reason_code)
+                    log.error(
+                        "MQTT broker %s:%d refused the credentials: %s; not retrying until "
+                        "the configuration changes and the station restarts state=auth_failed",
+                        self.host,
+                        self.port,
+                        reason_code,
+                    )
                     self._set_state("auth_failed")
                     client.disconnect()  # ends paho's loop: no reconnect
                     return
-                log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port,
-                          reason_code)
+                log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
                 self._schedule_backoff()
                 return
             with self._conn_lock:
@@ -506,11 +525,14 @@ class MqttPublisher:
                 if self._v5:
                     log.info("MQTT protocol in use with %s:%d: MQTT 5", self.host, self.port)
                 else:
-                    log.warning("MQTT protocol in use with %s:%d: MQTT 3.1.1 (fallback: %s)",
-                                self.host, self.port, self._fallback_reason)
-            log.info("MQTT connected to %s:%d with MQTT %s (%d unacknowledged message(s) from the "
-                     "previous connection left to the outbox)", self.host, self.port, self.protocol,
-                     len(dropped))
+                    log.warning("MQTT protocol in use with %s:%d: MQTT 3.1.1 (fallback: %s)", self.host, self.port, self._fallback_reason)
+            log.info(
+                "MQTT connected to %s:%d with MQTT %s (%d unacknowledged message(s) from the previous connection left to the outbox)",
+                self.host,
+                self.port,
+                self.protocol,
+                len(dropped),
+            )
         except Exception:  # logged: an exception would kill paho's network thread
             log.exception("MQTT on_connect failed")
             return
@@ -559,11 +581,16 @@ class MqttPublisher:
                     log.info("MQTT disconnected from %s:%d", self.host, self.port)
                 else:
                     self.last_error = str(reason_code)
-                    log.warning("MQTT connection to %s:%d lost: %s; reconnecting",
-                                self.host, self.port, reason_code)
-            if (self._auto and not self._protocol_known and not was and self._attempt_socket_open
-                    and not self._attempt_connack and self._started
-                    and self.state not in ("auth_failed", "stopped")):
+                    log.warning("MQTT connection to %s:%d lost: %s; reconnecting", self.host, self.port, reason_code)
+            if (
+                self._auto
+                and not self._protocol_known
+                and not was
+                and self._attempt_socket_open
+                and not self._attempt_connack
+                and self._started
+                and self.state not in ("auth_failed", "stopped")
+            ):
                 self._closed_without_connack(client)
         except Exception:  # logged: an exception would kill paho's network thread
             log.exception("MQTT on_disconnect failed")
@@ -578,18 +605,22 @@ class MqttPublisher:
         that refuses the credentials still gives ``auth_failed``.
         """
         if self._v5:
-            msg = ("MQTT broker %s:%d closed the connection after an MQTT 5 CONNECT without a "
-                   "CONNACK (old brokers do that); trying MQTT 3.1.1")
+            msg = (
+                "MQTT broker %s:%d closed the connection after an MQTT 5 CONNECT without a CONNACK (old brokers do that); trying MQTT 3.1.1"
+            )
             if self._heuristic_logged:
                 log.debug(msg, self.host, self.port)
             else:
                 self._heuristic_logged = True
                 log.info(msg, self.host, self.port)
-            self._switch(client, v5=False, delay=0.0,
-                         reason="the broker closed the connection after an MQTT 5 CONNECT")
+            self._switch(client, v5=False, delay=0.0, reason="the broker closed the connection after an MQTT 5 CONNECT")
         else:
-            log.debug("MQTT 3.1.1 CONNECT to %s:%d closed without a CONNACK as well; MQTT 5 again "
-                      "in %.2f s", self.host, self.port, self._next_delay or 0.0)
+            log.debug(
+                "MQTT 3.1.1 CONNECT to %s:%d closed without a CONNACK as well; MQTT 5 again in %.2f s",
+                self.host,
+                self.port,
+                self._next_delay or 0.0,
+            )
             self._switch(client, v5=True, delay=self._next_delay or 0.0, reason=None)
 
     def _fallback(self, client: mqtt.Client, reason: str, delay: float) -> None:
@@ -608,8 +639,7 @@ class MqttPublisher:
         self._switching = True
         self._fallback_reason = reason if not v5 else None
         client.loop_stop()
-        thread = threading.Thread(target=self._finish_switch, args=(client, v5, delay),
-                                  name="mqtt-protocol-switch", daemon=True)
+        thread = threading.Thread(target=self._finish_switch, args=(client, v5, delay), name="mqtt-protocol-switch", daemon=True)
         self._switch_thread = thread
         thread.start()
 
@@ -624,8 +654,7 @@ class MqttPublisher:
                 self._switching = False
                 if self._stop_event.is_set() or not self._started:
                     return  # stop() won: the new client is kept for a later start()
-                log.debug("MQTT reconnecting to %s:%d with MQTT %s", self.host, self.port,
-                          self.protocol)
+                log.debug("MQTT reconnecting to %s:%d with MQTT %s", self.host, self.port, self.protocol)
                 self._connect_async(self._client, v5)
         except Exception:  # logged: nothing else would see this helper thread fail
             log.exception("MQTT protocol switch failed")

@@ -61,9 +61,11 @@ def timed_frames(capture: Path, profile: ModuleProfile = GY_MCU90640) -> Iterato
     """(time the frame's last byte was read, frame) for every valid frame of a capture."""
     data = capture.read_bytes()
     idx = index_path(capture)
-    chunks = [json.loads(line) for line in idx.read_text().splitlines() if line.strip()] if idx.exists() else [
-        {"t": 0.0, "offset": 0, "len": len(data)}
-    ]
+    chunks = (
+        [json.loads(line) for line in idx.read_text().splitlines() if line.strip()]
+        if idx.exists()
+        else [{"t": 0.0, "offset": 0, "len": len(data)}]
+    )
     parser = FrameParser(profile)
     for c in chunks:
         for item in parser.feed(data[c["offset"] : c["offset"] + c["len"]]):

@@ -628,8 +628,11 @@ class GyMcu90640Source:
             if self._require_link:
                 self._set_state("stopped")
                 raise problem
-            log.error("thermal module not reachable at start-up, looking for it in the background: %s", problem,
-                      extra={"thermal": {"event": "start_without_link", "port": self._port}})
+            log.error(
+                "thermal module not reachable at start-up, looking for it in the background: %s",
+                problem,
+                extra={"thermal": {"event": "start_without_link", "port": self._port}},
+            )
             with self._stats_lock:
                 self._open_failures += 1
                 self._consecutive_failures += 1
@@ -744,13 +747,18 @@ class GyMcu90640Source:
         self._set_state("connected")
         log.info(
             "thermal link up port=%s baud=%d refresh_hz=%s emissivity=%.2f",
-            path, baud, self._refresh_hz, self._emissivity,
+            path,
+            baud,
+            self._refresh_hz,
+            self._emissivity,
             extra={"thermal": {"event": "link_up", "port": path, "baud": baud}},
         )
         if self._refresh_hz > max_frame_rate(baud):
             log.warning(
                 "thermal refresh exceeds link capacity refresh_hz=%s baud=%d max_hz=%.2f",
-                self._refresh_hz, baud, max_frame_rate(baud),
+                self._refresh_hz,
+                baud,
+                max_frame_rate(baud),
                 extra={"thermal": {"event": "rate_capped", "baud": baud}},
             )
 
@@ -771,11 +779,17 @@ class GyMcu90640Source:
             while self._clock() < deadline and not self._stop.is_set():
                 parser.feed(ser.read(ser.in_waiting or 1))
                 if parser.frames_ok or parser.implausible_frames:
-                    log.info("thermal baud found port=%s baud=%d", self._port, baud,
-                             extra={"thermal": {"event": "baud_found", "baud": baud}})
+                    log.info(
+                        "thermal baud found port=%s baud=%d", self._port, baud, extra={"thermal": {"event": "baud_found", "baud": baud}}
+                    )
                     return baud
-            log.info("thermal probe miss port=%s baud=%d resync_bytes=%d", self._port, baud,
-                     parser.resync_bytes, extra={"thermal": {"event": "probe_miss", "baud": baud}})
+            log.info(
+                "thermal probe miss port=%s baud=%d resync_bytes=%d",
+                self._port,
+                baud,
+                parser.resync_bytes,
+                extra={"thermal": {"event": "probe_miss", "baud": baud}},
+            )
         return None
 
     def _configure(self, ser: serial.Serial) -> None:
@@ -820,7 +834,9 @@ class GyMcu90640Source:
             self._consecutive_failures += 1
         log.warning(
             "thermal link lost reason=%s port=%s %s",
-            reason, self._port, " ".join(f"{k}={v}" for k, v in fields.items()),
+            reason,
+            self._port,
+            " ".join(f"{k}={v}" for k, v in fields.items()),
             extra={"thermal": {"event": "link_lost", "reason": reason, **fields}},
         )
 
@@ -839,8 +855,12 @@ class GyMcu90640Source:
                     self._open_failures += 1
                     self._consecutive_failures += 1
                 self._set_state("reconnecting")
-                log.info("thermal reopen failed port=%s error=%s", self._port, exc,
-                         extra={"thermal": {"event": "reopen_failed", "port": self._port}})
+                log.info(
+                    "thermal reopen failed port=%s error=%s",
+                    self._port,
+                    exc,
+                    extra={"thermal": {"event": "reopen_failed", "port": self._port}},
+                )
                 continue
             if self._ser is not None:
                 with self._stats_lock:
@@ -927,11 +947,17 @@ class GyMcu90640Source:
         self._observed_hz = (RATE_FRAMES - 1) / span if span > 0 else 0.0
         self._rate_ok = abs(self._observed_hz - self._refresh_hz) <= RATE_TOLERANCE * self._refresh_hz
         if self._rate_ok:
-            log.info("thermal rate observed_hz=%.2f refresh_hz=%s", self._observed_hz, self._refresh_hz,
-                     extra={"thermal": {"event": "rate", "observed_hz": self._observed_hz}})
+            log.info(
+                "thermal rate observed_hz=%.2f refresh_hz=%s",
+                self._observed_hz,
+                self._refresh_hz,
+                extra={"thermal": {"event": "rate", "observed_hz": self._observed_hz}},
+            )
         else:
             log.warning(
                 "thermal rate off observed_hz=%.2f refresh_hz=%s baud=%s",
-                self._observed_hz, self._refresh_hz, self._baud,
+                self._observed_hz,
+                self._refresh_hz,
+                self._baud,
                 extra={"thermal": {"event": "rate_off", "observed_hz": self._observed_hz}},
             )

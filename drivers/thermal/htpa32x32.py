@@ -198,7 +198,7 @@ class HtpaEmulator:
                 continue
             buf += os.read(self.master, 256)
             while QUERY in buf:
-                buf = buf[buf.index(QUERY) + len(QUERY):]
+                buf = buf[buf.index(QUERY) + len(QUERY) :]
                 self.queries += 1
                 img, die = self._render(time.monotonic())
                 frame = encode_frame(img, die)

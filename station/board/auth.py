@@ -52,8 +52,7 @@ def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
     """``scrypt$n$r$p$salt$hash`` of ``password`` with a fresh 16-byte salt."""
     check_password(password)
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, dklen=32,
-                            maxmem=256 * n * SCRYPT_R)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, dklen=32, maxmem=256 * n * SCRYPT_R)
     return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
 
 
@@ -64,8 +63,15 @@ def verify_password(password: str, stored: str) -> bool:
         n, r, p = int(n_text), int(r_text), int(p_text)
         if algo != "scrypt" or not (2**10 <= n <= 2**17 and 1 <= r <= 16 and 1 <= p <= 4):
             return False
-        digest = hashlib.scrypt(password.encode("utf-8", "surrogatepass")[:PASSWORD_MAX * 4], salt=bytes.fromhex(salt_hex),
-                                n=n, r=r, p=p, dklen=len(digest_hex) // 2, maxmem=256 * n * r + 1024)
+        digest = hashlib.scrypt(
+            password.encode("utf-8", "surrogatepass")[: PASSWORD_MAX * 4],
+            salt=bytes.fromhex(salt_hex),
+            n=n,
+            r=r,
+            p=p,
+            dklen=len(digest_hex) // 2,
+            maxmem=256 * n * r + 1024,
+        )
     except (ValueError, TypeError, MemoryError):
         return False
     return hmac.compare_digest(digest.hex(), digest_hex)
@@ -140,8 +146,12 @@ class UsersFile:
             raise AuthError('board users file: expected {"users": {name: {"role": ..., "password": ...}}}')
         out: dict[str, User] = {}
         for name, entry in entries.items():
-            if (not USER_NAME.match(name) or not isinstance(entry, dict) or entry.get("role") not in ROLES
-                    or not isinstance(entry.get("password"), str)):
+            if (
+                not USER_NAME.match(name)
+                or not isinstance(entry, dict)
+                or entry.get("role") not in ROLES
+                or not isinstance(entry.get("password"), str)
+            ):
                 log.warning("board users file: entry skipped (bad name, role or password hash) user=%r", name[:64])
                 continue
             out[name] = User(name, entry["role"], entry["password"])
@@ -210,8 +220,7 @@ class Session:
 class Sessions:
     """Signs and checks session cookies; remembers logged-out session ids until they would expire."""
 
-    def __init__(self, secret: bytes, users: UsersFile, ttl_s: float = 7 * 86400.0,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, secret: bytes, users: UsersFile, ttl_s: float = 7 * 86400.0, wall: Callable[[], float] = time.time) -> None:
         self.secret = secret
         self.users = users
         self.ttl_s = ttl_s

@@ -72,8 +72,9 @@ class BoardHistory:
         with self._lock:
             self._db.close()
 
-    def record_event(self, site: str, station: str, event_id: str, ts: float, decision: str | None,
-                     temperature_c: float | None, alarm: bool) -> bool:
+    def record_event(
+        self, site: str, station: str, event_id: str, ts: float, decision: str | None, temperature_c: float | None, alarm: bool
+    ) -> bool:
         """Count one screening once; True when it was new."""
         day = local_day(ts)
         with self._lock:
@@ -82,26 +83,38 @@ class BoardHistory:
                 cur = self._db.execute(
                     "INSERT OR IGNORE INTO events(site, station, event_id, day, ts, decision, temperature_c, alarm, received_at)"
                     " VALUES (?,?,?,?,?,?,?,?,?)",
-                    (site, station, event_id, day, ts, decision, temperature_c, int(alarm), time.time()))
+                    (site, station, event_id, day, ts, decision, temperature_c, int(alarm), time.time()),
+                )
                 new = cur.rowcount == 1
                 if new:
                     self._db.execute(
                         "INSERT INTO day_counts(site, station, day, decision, n) VALUES (?,?,?,?,1)"
                         " ON CONFLICT(site, station, day, decision) DO UPDATE SET n = n + 1",
-                        (site, station, day, decision or "unknown"))
+                        (site, station, day, decision or "unknown"),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return new
 
-    def record_alarm(self, site: str, station: str, key: str, ts: float, kind: str, decision: str | None = None,
-                     temperature_c: float | None = None, detail: str | None = None) -> bool:
+    def record_alarm(
+        self,
+        site: str,
+        station: str,
+        key: str,
+        ts: float,
+        kind: str,
+        decision: str | None = None,
+        temperature_c: float | None = None,
+        detail: str | None = None,
+    ) -> bool:
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO alarms(site, station, alarm_key, day, ts, kind, decision, temperature_c, detail, received_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (site, station, key, local_day(ts), ts, kind, decision, temperature_c, detail, time.time()))
+                (site, station, key, local_day(ts), ts, kind, decision, temperature_c, detail, time.time()),
+            )
             return cur.rowcount == 1
 
     def counts(self, day: str) -> dict[tuple[str, str], dict[str, int]]:
@@ -120,17 +133,28 @@ class BoardHistory:
         not thousands of rows in memory on every refresh.
         """
         with self._lock:
-            totals = self._db.execute("SELECT site, station, count(*) AS n FROM alarms WHERE day = ? GROUP BY site, station",
-                                      (day,)).fetchall()
+            totals = self._db.execute(
+                "SELECT site, station, count(*) AS n FROM alarms WHERE day = ? GROUP BY site, station", (day,)
+            ).fetchall()
             rows = self._db.execute(
                 "SELECT site, station, alarm_key, ts, kind, decision, temperature_c, detail FROM ("
                 " SELECT *, row_number() OVER (PARTITION BY site, station ORDER BY ts DESC) AS rn FROM alarms WHERE day = ?"
-                ") WHERE rn <= ? ORDER BY ts DESC", (day, per_station)).fetchall()
+                ") WHERE rn <= ? ORDER BY ts DESC",
+                (day, per_station),
+            ).fetchall()
         out: dict[tuple[str, str], dict[str, Any]] = {(r["site"], r["station"]): {"count": int(r["n"]), "recent": []} for r in totals}
         for r in rows:
             entry = out.setdefault((r["site"], r["station"]), {"count": 0, "recent": []})
-            entry["recent"].append({"key": r["alarm_key"], "ts": r["ts"], "kind": r["kind"], "decision": r["decision"],
-                                    "temperature_c": r["temperature_c"], "detail": r["detail"]})
+            entry["recent"].append(
+                {
+                    "key": r["alarm_key"],
+                    "ts": r["ts"],
+                    "kind": r["kind"],
+                    "decision": r["decision"],
+                    "temperature_c": r["temperature_c"],
+                    "detail": r["detail"],
+                }
+            )
         return out
 
     def prune(self, now: float | None = None) -> int:

@@ -118,8 +118,15 @@ class BoardSubscriber:
         self.state = "stopped"
 
     def stats(self) -> dict[str, Any]:
-        return {"state": self.state, "connects": self.connects, "errors": self.errors, "last_error": self.last_error,
-                "client_id": self.client_id, "share_group": self.share_group, "filters": sorted(self.filters)}
+        return {
+            "state": self.state,
+            "connects": self.connects,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "client_id": self.client_id,
+            "share_group": self.share_group,
+            "filters": sorted(self.filters),
+        }
 
     # paho's thread ---------------------------------------------------------------------------
 

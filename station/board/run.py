@@ -53,17 +53,28 @@ class Board:
         users = UsersFile(users_path)
         if not users.users():
             # No anonymous board: a page that shows every checkpoint needs someone to log in.
-            raise ValueError(f"no board users in {users_path}: add one with "
-                             f"`stationctl board-user add NAME --role admin --users {users_path}`")
+            raise ValueError(
+                f"no board users in {users_path}: add one with `stationctl board-user add NAME --role admin --users {users_path}`"
+            )
         Path(opts.data_dir).mkdir(parents=True, exist_ok=True)
-        self.auth = BoardAuth(users, Sessions(load_secret(Path(opts.data_dir)), users, ttl_s=opts.session_ttl_s),
-                              public_origin=opts.public_origin)
+        self.auth = BoardAuth(
+            users, Sessions(load_secret(Path(opts.data_dir)), users, ttl_s=opts.session_ttl_s), public_origin=opts.public_origin
+        )
         self.history = BoardHistory(Path(opts.data_dir) / HISTORY_NAME, keep_days=opts.keep_days)
-        self.state = BoardState(self.history, opts.prefix, alarm_window_s=opts.alarm_window_s, backlog_rows=opts.backlog_rows,
-                                max_stations=opts.max_stations)
+        self.state = BoardState(
+            self.history, opts.prefix, alarm_window_s=opts.alarm_window_s, backlog_rows=opts.backlog_rows, max_stations=opts.max_stations
+        )
         self.subscriber = BoardSubscriber(
-            opts.mqtt_url, self.state.handle, prefix=opts.prefix, share_group=opts.share_group, client_id=opts.client_id,
-            session_expiry_s=opts.session_expiry_s, username=opts.username, password=opts.password, tls_ca=opts.tls_ca)
+            opts.mqtt_url,
+            self.state.handle,
+            prefix=opts.prefix,
+            share_group=opts.share_group,
+            client_id=opts.client_id,
+            session_expiry_s=opts.session_expiry_s,
+            username=opts.username,
+            password=opts.password,
+            tls_ca=opts.tls_ca,
+        )
         self.app = create_app(self.state, self.auth, self.subscriber.stats)
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="board-refresh", daemon=True)
@@ -106,8 +117,9 @@ class Board:
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, stopped_by)
-        log.info("board serving http://%s:%d mqtt=%s share_group=%s", self.opts.host, self.opts.port,
-                 self.subscriber.host, self.opts.share_group)
+        log.info(
+            "board serving http://%s:%d mqtt=%s share_group=%s", self.opts.host, self.opts.port, self.subscriber.host, self.opts.share_group
+        )
         server.run()
 
 

@@ -157,12 +157,21 @@ def clean_event(event: Any, envelope_ts: Any = None) -> dict[str, Any]:
     if ts is None:
         raise Dropped("bad_ts")
     alarm = event.get("alarm")
-    return {"event_id": eid, "ts": ts, "decision": enum(event.get("decision"), DECISIONS),
-            "temperature_c": temperature(event.get("temperature_c")), "alarm": alarm is True,
-            "reason": text(event.get("reason"))}
+    return {
+        "event_id": eid,
+        "ts": ts,
+        "decision": enum(event.get("decision"), DECISIONS),
+        "temperature_c": temperature(event.get("temperature_c")),
+        "alarm": alarm is True,
+        "reason": text(event.get("reason")),
+    }
 
 
 def clean_snapshot_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    return {"ts": timestamp(meta.get("ts")), "blur": enum(meta.get("blur"), BLURS),
-            "faces_blurred": count(meta.get("faces_blurred"), 10_000),
-            "width": count(meta.get("width"), 20_000), "height": count(meta.get("height"), 20_000)}
+    return {
+        "ts": timestamp(meta.get("ts")),
+        "blur": enum(meta.get("blur"), BLURS),
+        "faces_blurred": count(meta.get("faces_blurred"), 10_000),
+        "width": count(meta.get("width"), 20_000),
+        "height": count(meta.get("height"), 20_000),
+    }

@@ -36,8 +36,20 @@ MAX_STATIONS = 2000
 inventing station ids must not exhaust the board's memory or bury the real tiles)."""
 MAX_DEVICES = 16
 """``state/<component>`` components kept per station."""
-RECEIVED_KINDS = frozenset({"status", "events/screening", "events/alarm", "snapshot", "state/outbox", "state/screening",
-                            "state/thermal", "state/camera", "state/detector", "state/gate"})
+RECEIVED_KINDS = frozenset(
+    {
+        "status",
+        "events/screening",
+        "events/alarm",
+        "snapshot",
+        "state/outbox",
+        "state/screening",
+        "state/thermal",
+        "state/camera",
+        "state/detector",
+        "state/gate",
+    }
+)
 NOT_SHOWN = ("stats", "events/audit", "events/vehicle", "state/flush", "lookup/code")
 """Topics of a station the board does not show: dropped without counting them as bad."""
 
@@ -74,10 +86,17 @@ def _clean_alarms(alarms: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[s
     for (site, station), entry in alarms.items():
         if not (schema.segment(site) and schema.segment(station)):
             continue
-        recent = [{"key": schema.text(a.get("key"), 80), "ts": schema.number(a.get("ts"), 0, schema.TS_RANGE[1]) or 0.0,
-                   "kind": schema.token(a.get("kind")) or "alarm", "decision": schema.enum(a.get("decision"), schema.DECISIONS),
-                   "temperature_c": schema.temperature(a.get("temperature_c")), "detail": schema.text(a.get("detail"))}
-                  for a in entry.get("recent", [])]
+        recent = [
+            {
+                "key": schema.text(a.get("key"), 80),
+                "ts": schema.number(a.get("ts"), 0, schema.TS_RANGE[1]) or 0.0,
+                "kind": schema.token(a.get("kind")) or "alarm",
+                "decision": schema.enum(a.get("decision"), schema.DECISIONS),
+                "temperature_c": schema.temperature(a.get("temperature_c")),
+                "detail": schema.text(a.get("detail")),
+            }
+            for a in entry.get("recent", [])
+        ]
         out[(site, station)] = {"count": int(entry.get("count", 0)), "recent": recent}
     return out
 
@@ -121,7 +140,7 @@ class BoardState:
     def _split(self, topic: str) -> tuple[str, str, str] | None:
         if not topic.startswith(self.prefix + "/"):
             return None
-        parts = topic[len(self.prefix) + 1:].split("/", 2)
+        parts = topic[len(self.prefix) + 1 :].split("/", 2)
         if len(parts) < 3:
             return None
         return parts[0], parts[1], parts[2]
@@ -146,8 +165,8 @@ class BoardState:
             kind = "status"
         elif rest in ("events/screening", "events/alarm", "snapshot"):
             kind = rest
-        elif rest.startswith("state/") and schema.segment(rest[len("state/"):]):
-            kind = "state/" + rest[len("state/"):] if rest in ("state/outbox", "state/screening") else "state/device"
+        elif rest.startswith("state/") and schema.segment(rest[len("state/") :]):
+            kind = "state/" + rest[len("state/") :] if rest in ("state/outbox", "state/screening") else "state/device"
         else:
             return self._drop("bad_topic", topic)
         with self._lock:
@@ -161,7 +180,7 @@ class BoardState:
             if kind == "status":
                 return self._on_status(site, station, schema.clean_status(body))
             if kind == "state/device":
-                return self._on_device(site, station, rest[len("state/"):], schema.clean_device(body))
+                return self._on_device(site, station, rest[len("state/") :], schema.clean_device(body))
             if kind == "state/outbox":
                 return self._on_outbox(site, station, schema.clean_outbox(body))
             if kind == "state/screening":
@@ -178,8 +197,12 @@ class BoardState:
             self.bad_messages += 1
             n = self.dropped[reason]
         if n in (1, 10, 100, 1000) or n % 10000 == 0:  # a hostile flood must not flood the journal too
-            log.warning("board dropped a message reason=%s count=%d topic=%s", reason, n,
-                        schema.text(topic, 200) if isinstance(topic, str) else type(topic).__name__)
+            log.warning(
+                "board dropped a message reason=%s count=%d topic=%s",
+                reason,
+                n,
+                schema.text(topic, 200) if isinstance(topic, str) else type(topic).__name__,
+            )
         return f"dropped:{reason}"
 
     def _station(self, site: str, station: str) -> StationView:
@@ -237,8 +260,13 @@ class BoardState:
             event_id = body["last_event_id"]
             if event_id and event_id != view.last.get("event_id"):
                 # The station publishes this after the decision; its ts is the publish time.
-                view.last = {"decision": body["last_decision"], "temperature_c": body["last_temperature_c"],
-                             "event_id": event_id, "ts": body["ts"], "alarm": bool(body["alarm"])}
+                view.last = {
+                    "decision": body["last_decision"],
+                    "temperature_c": body["last_temperature_c"],
+                    "event_id": event_id,
+                    "ts": body["ts"],
+                    "alarm": bool(body["alarm"]),
+                }
             elif event_id:
                 view.last["alarm"] = bool(body["alarm"])
             self.version += 1
@@ -246,8 +274,9 @@ class BoardState:
 
     def _on_screening(self, site: str, station: str, event: dict[str, Any]) -> str:
         self._admit(site, station)
-        new = self.history.record_event(site, station, event["event_id"], event["ts"], event["decision"],
-                                        event["temperature_c"], event["alarm"])
+        new = self.history.record_event(
+            site, station, event["event_id"], event["ts"], event["decision"], event["temperature_c"], event["alarm"]
+        )
         with self._lock:
             view = self._station(site, station)
             if not new:
@@ -267,14 +296,16 @@ class BoardState:
             ts = schema.timestamp(body.get("ts")) or self.wall()
             dropped = schema.count(body.get("dropped"))
             self._admit(site, station)
-            new = self.history.record_alarm(site, station, key, ts, "outbox_overflow",
-                                            detail=f"dropped {dropped if dropped is not None else '?'} rows")
+            new = self.history.record_alarm(
+                site, station, key, ts, "outbox_overflow", detail=f"dropped {dropped if dropped is not None else '?'} rows"
+            )
         else:
             event = schema.clean_event(body.get("event"), body.get("ts"))
             kind = "fever" if event["decision"] in ("deny_fever", "manual_check") and event["temperature_c"] else "alarm"
             self._admit(site, station)
-            new = self.history.record_alarm(site, station, event["event_id"], event["ts"], kind, event["decision"],
-                                            event["temperature_c"], event["reason"])
+            new = self.history.record_alarm(
+                site, station, event["event_id"], event["ts"], kind, event["decision"], event["temperature_c"], event["reason"]
+            )
         with self._lock:
             self._station(site, station)
             if not new:
@@ -358,8 +389,9 @@ class BoardState:
             reasons.append("backlog")
             level = min(level, 2)
         thermal, detector, camera = v.devices.get("thermal"), v.devices.get("detector"), v.devices.get("camera")
-        if (thermal not in (None, "connected") or detector not in (None, "ok", "ready")
-                or camera not in (None, "ok", "running", "finished")):  # finished: a replayed video ended (demo)
+        if (
+            thermal not in (None, "connected") or detector not in (None, "ok", "ready") or camera not in (None, "ok", "running", "finished")
+        ):  # finished: a replayed video ended (demo)
             reasons.append("fault")
             level = min(level, 3)
         return level, reasons
@@ -374,28 +406,46 @@ class BoardState:
                 counts = self._counts.get(key, {})
                 alarms = self._alarms.get(key, {"count": 0, "recent": []})
                 level, reasons = self._assess(v, alarms, now)
-                rows.append({
-                    "key": f"{v.site}/{v.station}", "site": v.site, "station": v.station,
-                    "level": level, "level_name": LEVELS[level], "reasons": reasons,
-                    "state": v.status.get("state") or "unknown", "session": v.status.get("session"),
-                    "version": v.status.get("version"), "status_at": v.status_at,
-                    "last": dict(v.last) if v.last else None,
-                    "today": {"screened": sum(counts.values()), "by_decision": dict(counts), "alarms": alarms["count"]},
-                    "recent_alarms": alarms["recent"],
-                    "backlog": {k: v.outbox.get(k) for k in ("pending", "alarms_pending", "oldest_age_s", "bounds_alarm", "dropped", "mqtt")}
-                    if v.outbox else None,
-                    "devices": dict(sorted(v.devices.items())),
-                    "station_count_total": v.station_count_total,
-                    # The station's own figure, for comparison: the board's count is of events it
-                    # received; a board that was down without a session may have fewer.
-                    "station_count_today": v.station_count_today,
-                    "snapshot": ({"ts": v.snapshot_meta.get("ts"), "blur": v.snapshot_meta.get("blur"),
-                                  "faces_blurred": v.snapshot_meta.get("faces_blurred"),
-                                  "width": v.snapshot_meta.get("width"), "height": v.snapshot_meta.get("height"),
-                                  "url": f"/api/stations/{v.site}/{v.station}/snapshot.jpg?ts={v.snapshot_meta.get('ts')}"}
-                                 if v.snapshot is not None else None),
-                    "seen_at": v.seen_at,
-                })
+                rows.append(
+                    {
+                        "key": f"{v.site}/{v.station}",
+                        "site": v.site,
+                        "station": v.station,
+                        "level": level,
+                        "level_name": LEVELS[level],
+                        "reasons": reasons,
+                        "state": v.status.get("state") or "unknown",
+                        "session": v.status.get("session"),
+                        "version": v.status.get("version"),
+                        "status_at": v.status_at,
+                        "last": dict(v.last) if v.last else None,
+                        "today": {"screened": sum(counts.values()), "by_decision": dict(counts), "alarms": alarms["count"]},
+                        "recent_alarms": alarms["recent"],
+                        "backlog": {
+                            k: v.outbox.get(k) for k in ("pending", "alarms_pending", "oldest_age_s", "bounds_alarm", "dropped", "mqtt")
+                        }
+                        if v.outbox
+                        else None,
+                        "devices": dict(sorted(v.devices.items())),
+                        "station_count_total": v.station_count_total,
+                        # The station's own figure, for comparison: the board's count is of events it
+                        # received; a board that was down without a session may have fewer.
+                        "station_count_today": v.station_count_today,
+                        "snapshot": (
+                            {
+                                "ts": v.snapshot_meta.get("ts"),
+                                "blur": v.snapshot_meta.get("blur"),
+                                "faces_blurred": v.snapshot_meta.get("faces_blurred"),
+                                "width": v.snapshot_meta.get("width"),
+                                "height": v.snapshot_meta.get("height"),
+                                "url": f"/api/stations/{v.site}/{v.station}/snapshot.jpg?ts={v.snapshot_meta.get('ts')}",
+                            }
+                            if v.snapshot is not None
+                            else None
+                        ),
+                        "seen_at": v.seen_at,
+                    }
+                )
             day = self._day
             version = self.version
         rows.sort(key=lambda r: (r["level"], r["site"], r["station"]))
@@ -407,12 +457,17 @@ class BoardState:
             "alarms": sum(r["today"]["alarms"] for r in rows),
             "backlog": sum((r["backlog"] or {}).get("pending") or 0 for r in rows),
         }
-        return {"day": day, "generated_at": now, "version": version, "totals": totals, "stations": rows,
-                "board": self.counters()}
+        return {"day": day, "generated_at": now, "version": version, "totals": totals, "stations": rows, "board": self.counters()}
 
     def counters(self) -> dict[str, Any]:
         """What the board took and dropped (``/healthz``, the page's footer)."""
         with self._lock:
             stations = len(self._stations)
-            return {"messages": self.messages, "duplicates": self.duplicates, "bad_messages": self.bad_messages,
-                    "dropped": dict(self.dropped), "stations": stations, "max_stations": self.max_stations}
+            return {
+                "messages": self.messages,
+                "duplicates": self.duplicates,
+                "bad_messages": self.bad_messages,
+                "dropped": dict(self.dropped),
+                "stations": stations,
+                "max_stations": self.max_stations,
+            }

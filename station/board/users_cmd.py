@@ -10,8 +10,13 @@ import click
 
 from station.board.auth import ROLES, AuthError, UsersFile, describe
 
-USERS_OPTION = click.option("--users", "users_path", type=click.Path(path_type=Path, dir_okay=False), required=True,
-                            help="The board's users file (station board --users FILE)")
+USERS_OPTION = click.option(
+    "--users",
+    "users_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The board's users file (station board --users FILE)",
+)
 
 
 @click.group("board-user")

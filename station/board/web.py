@@ -62,11 +62,15 @@ STATIC = Path(__file__).with_name("static")
 KEEPALIVE_S = 15.0
 SESSION_RECHECK_S = 10.0  # an open stream re-checks its session this often (logout, user removed)
 FORM_MAX = 4096
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self'; connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-LOGIN_ERRORS = {"bad": "用户名或密码错误 · Wrong user name or password",
-                "limited": "尝试次数过多，请稍后再试 · Too many attempts, try again later",
-                "origin": "请求来源不被接受 · Request from another site refused"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+LOGIN_ERRORS = {
+    "bad": "用户名或密码错误 · Wrong user name or password",
+    "limited": "尝试次数过多，请稍后再试 · Too many attempts, try again later",
+    "origin": "请求来源不被接受 · Request from another site refused",
+}
 
 
 @dataclass
@@ -99,9 +103,13 @@ class SecurityHeaders:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"content-security-policy", CSP.encode()),
-                                      (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
-                                      (b"x-frame-options", b"DENY")]
+                message["headers"] = [
+                    *message["headers"],
+                    (b"content-security-policy", CSP.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"same-origin"),
+                    (b"x-frame-options", b"DENY"),
+                ]
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -122,8 +130,7 @@ def same_origin(request: Request, auth: BoardAuth) -> bool:
     return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
 
 
-def create_app(state: BoardState, auth: BoardAuth, link_stats: Callable[[], dict[str, Any]] | None = None,
-               poll_s: float = 0.5) -> ASGIApp:
+def create_app(state: BoardState, auth: BoardAuth, link_stats: Callable[[], dict[str, Any]] | None = None, poll_s: float = 0.5) -> ASGIApp:
     def secure(request: Request) -> bool:
         return request.url.scheme == "https" or (auth.public_origin or "").lower().startswith("https://")
 
@@ -145,7 +152,9 @@ def create_app(state: BoardState, auth: BoardAuth, link_stats: Callable[[], dict
                 if request.method not in ("GET", "HEAD") and not same_origin(request, auth):
                     return JSONResponse({"error": "cross-site request refused"}, status_code=403)
                 return await handler(request, session)
+
             return endpoint
+
         return wrap
 
     async def login_page(request: Request) -> Response:
@@ -153,8 +162,7 @@ def create_app(state: BoardState, auth: BoardAuth, link_stats: Callable[[], dict
             return RedirectResponse("/", status_code=303)
         html = (STATIC / "login.html").read_text(encoding="utf-8")
         error = LOGIN_ERRORS.get(request.query_params.get("e", ""), "")  # a fixed text, never the query itself
-        return Response(html.replace("<!--ERROR-->", error), media_type="text/html; charset=utf-8",
-                        headers={"Cache-Control": "no-store"})
+        return Response(html.replace("<!--ERROR-->", error), media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
 
     async def login(request: Request) -> Response:
         if not same_origin(request, auth):
@@ -260,20 +268,21 @@ def create_app(state: BoardState, auth: BoardAuth, link_stats: Callable[[], dict
                     yield ": keep-alive\n\n"
                 await asyncio.sleep(poll_s)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
-    app = Starlette(routes=[
-        Route("/login", login_page, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
-        Route("/", page),
-        Route("/static/board.js", script),
-        Route("/api/whoami", whoami),
-        Route("/api/stations", stations),
-        Route("/api/stations/{site}/{station}/snapshot.jpg", snapshot),
-        Route("/api/stations/{site}/{station}/forget", forget, methods=["POST"]),
-        Route("/api/stream", stream),
-        Route("/healthz", health),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/login", login_page, methods=["GET"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", logout, methods=["POST"]),
+            Route("/", page),
+            Route("/static/board.js", script),
+            Route("/api/whoami", whoami),
+            Route("/api/stations", stations),
+            Route("/api/stations/{site}/{station}/snapshot.jpg", snapshot),
+            Route("/api/stations/{site}/{station}/forget", forget, methods=["POST"]),
+            Route("/api/stream", stream),
+            Route("/healthz", health),
+        ]
+    )
     return SecurityHeaders(app)

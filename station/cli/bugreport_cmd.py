@@ -41,9 +41,27 @@ REDACTED = "<redacted>"
 _SECRET_KEY = re.compile(r"(pass(word|wd|phrase)?|secret|token|hash|credential|private|api_?key|(^|_)key$|(^|_)pin(_code)?$|salt)", re.I)
 _NOT_SECRET_KEY = re.compile(r"(_file|_path|_dir|_env)$|^(relay|buzzer|green|red|amber)_pin$", re.I)
 _SECRET_VALUE = re.compile(r"(-----BEGIN [A-Z ]+-----|^\$(argon2(id|i|d)?|2[aby]|5|6|scrypt|pbkdf2)[$-]|^pbkdf2[:_$]|^scrypt[:$])")
-PACKAGES = ("checkpoint-station", "numpy", "opencv-python-headless", "onnxruntime", "paho-mqtt", "pydantic", "pyserial",
-            "gpiozero", "pyzbar", "zxing-cpp", "segno", "sqlite-utils", "tomlkit", "click", "starlette", "uvicorn",
-            "cryptography", "cbor2", "platformdirs")
+PACKAGES = (
+    "checkpoint-station",
+    "numpy",
+    "opencv-python-headless",
+    "onnxruntime",
+    "paho-mqtt",
+    "pydantic",
+    "pyserial",
+    "gpiozero",
+    "pyzbar",
+    "zxing-cpp",
+    "segno",
+    "sqlite-utils",
+    "tomlkit",
+    "click",
+    "starlette",
+    "uvicorn",
+    "cryptography",
+    "cbor2",
+    "platformdirs",
+)
 
 
 def is_secret_key(key: str) -> bool:
@@ -130,9 +148,15 @@ def versions() -> dict[str, Any]:
                 os_release[k] = v.strip('"')
     except OSError:
         pass
-    return {"python": sys.version, "executable": sys.executable, "platform": platform.platform(),
-            "machine": platform.machine(), "kernel": platform.release(),
-            "os": os_release.get("PRETTY_NAME"), "packages": pkgs}
+    return {
+        "python": sys.version,
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "kernel": platform.release(),
+        "os": os_release.get("PRETTY_NAME"),
+        "packages": pkgs,
+    }
 
 
 def _daemon_info(data_dir: Path) -> dict[str, Any]:
@@ -186,7 +210,9 @@ def build_report(obj: Any, out: Path) -> list[str]:
         cfg, cfg_error = StationConfig(), str(exc)
     members["config/effective.json"] = json.dumps(
         {"config_file": str(cfg_path), "error": cfg_error, "effective": redact_value("", cfg.model_dump(mode="json"))},
-        indent=2, ensure_ascii=False).encode()
+        indent=2,
+        ensure_ascii=False,
+    ).encode()
     env = {k: redact_value(k, v) for k, v in sorted(os.environ.items()) if k.startswith("CHECKPOINT_")}
     members["config/environment.json"] = json.dumps(env, indent=2).encode()
     members["versions.json"] = json.dumps(versions(), indent=2).encode()
@@ -197,12 +223,15 @@ def build_report(obj: Any, out: Path) -> list[str]:
     data_dir = data_dir_for(cfg, obj.data_dir_override)
     members["daemon.json"] = json.dumps(redact_value("", _daemon_info(data_dir)), indent=2, default=str).encode()
     checks = run_checks(cfg_path, obj.data_dir_override)
-    members["doctor.json"] = json.dumps({"exit_code": exit_code(checks), "checks": [redact_value("", asdict(c)) for c in checks]},
-                                        indent=2, ensure_ascii=False).encode()
+    members["doctor.json"] = json.dumps(
+        {"exit_code": exit_code(checks), "checks": [redact_value("", asdict(c)) for c in checks]}, indent=2, ensure_ascii=False
+    ).encode()
     members["outbox.json"] = json.dumps(_outbox(obj, cfg), indent=2, default=str).encode()
-    members["MANIFEST.txt"] = ("checkpoint station bug report\n"
-                               f"created {time.strftime('%Y-%m-%dT%H:%M:%S%z')} for {cfg.station.site}/{cfg.station.id}\n"
-                               + "".join(f"{name}\t{len(data)} bytes\n" for name, data in members.items())).encode()
+    members["MANIFEST.txt"] = (
+        "checkpoint station bug report\n"
+        f"created {time.strftime('%Y-%m-%dT%H:%M:%S%z')} for {cfg.station.site}/{cfg.station.id}\n"
+        + "".join(f"{name}\t{len(data)} bytes\n" for name, data in members.items())
+    ).encode()
     root = out.name.removesuffix(".tar.gz")
     tmp = out.with_name(out.name + ".tmp")
     now = time.time()
@@ -217,8 +246,12 @@ def build_report(obj: Any, out: Path) -> list[str]:
 
 
 @click.command("bugreport")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Default: ./checkpoint-bugreport-<site>-<station>-<time>.tar.gz")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Default: ./checkpoint-bugreport-<site>-<station>-<time>.tar.gz",
+)
 @click.pass_obj
 def bugreport(obj: Any, out: Path | None) -> None:
     """One tar.gz for support: redacted config, versions, recent logs, counters, doctor output."""

@@ -33,8 +33,13 @@ def cmd() -> None:
 
 
 @cmd.command("keygen")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Directory for command-centre.key (0600) and command-centre.pub.pem")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory for command-centre.key (0600) and command-centre.pub.pem",
+)
 def keygen(out_dir: Path) -> None:
     """Make a new Ed25519 command-centre key pair (never overwrites one)."""
     from station.link.command_auth import key_id_of, new_signing_key, private_pem, public_pem
@@ -51,13 +56,17 @@ def keygen(out_dir: Path) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(private_pem(key))
     pub_path.write_text(public_pem(key.public_key()), encoding="ascii")
-    click.echo(json.dumps({"private_key": str(key_path), "public_key": str(pub_path),
-                           "key_id": key_id_of(key.public_key())}))
+    click.echo(json.dumps({"private_key": str(key_path), "public_key": str(pub_path), "key_id": key_id_of(key.public_key())}))
 
 
 @cmd.command("sign")
-@click.option("--key", "key_path", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="The centre's private key (PEM; Ed25519 or ECDSA P-256)")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The centre's private key (PEM; Ed25519 or ECDSA P-256)",
+)
 @click.option("--site", required=True, help="The station's site id (as in its topics)")
 @click.option("--station", required=True, help="The station id")
 @click.option("--command", "command", required=True, help="Command name, e.g. open-gate, set-threshold")
@@ -65,13 +74,15 @@ def keygen(out_dir: Path) -> None:
 @click.option("--ttl", type=float, default=20.0, show_default=True, help="Seconds until the deadline (stations refuse > 60 by default)")
 @click.option("--by", "by", required=True, help="Who signs: the name the station's audit records")
 @click.option("--id", "command_id", default=None, help="Unique command id (default: a random one)")
-def sign(key_path: Path, site: str, station: str, command: str, args_json: str, ttl: float, by: str,
-         command_id: str | None) -> None:
+def sign(key_path: Path, site: str, station: str, command: str, args_json: str, ttl: float, by: str, command_id: str | None) -> None:
     """Print a signed command body for <prefix>/SITE/STATION/cmd/COMMAND."""
     from station.link.command_auth import KeyListError, load_private_key, sign_command
 
-    problems = [f"--{name} must be 1-64 letters, digits, '_' or '-'" for name, value in
-                (("site", site), ("station", station), ("command", command)) if not _LEVEL_RE.match(value)]
+    problems = [
+        f"--{name} must be 1-64 letters, digits, '_' or '-'"
+        for name, value in (("site", site), ("station", station), ("command", command))
+        if not _LEVEL_RE.match(value)
+    ]
     if not (0 < len(by) <= 64 and by.isprintable()):
         problems.append("--by must be 1-64 printable characters")
     if command_id is not None and not re.match(r"^[\x21-\x7e]{1,128}$", command_id):
@@ -95,8 +106,10 @@ def sign(key_path: Path, site: str, station: str, command: str, args_json: str, 
         click.echo(f"{key_path}: not a usable private key: {exc}", err=True)
         sys.exit(1)
     if ttl > 60:
-        click.echo(f"warning: --ttl {ttl:g} s is beyond the stations' default window (60 s): it will be refused "
-                   "as deadline_too_far unless centre.command_max_window_s allows it", err=True)
-    body = sign_command(key, site=site, station=station, command=command, args=args, by=by, ttl_s=ttl,
-                        command_id=command_id)
+        click.echo(
+            f"warning: --ttl {ttl:g} s is beyond the stations' default window (60 s): it will be refused "
+            "as deadline_too_far unless centre.command_max_window_s allows it",
+            err=True,
+        )
+    body = sign_command(key, site=site, station=station, command=command, args=args, by=by, ttl_s=ttl, command_id=command_id)
     click.echo(json.dumps(body, ensure_ascii=False, separators=(",", ":")))

@@ -40,7 +40,9 @@ def _box(box: Any) -> list[float] | None:
 
 @code.command("decode")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--reader", "reader_name", type=click.Choice(READERS), default="config", show_default=True, help="Decoder; config = codes.reader")
+@click.option(
+    "--reader", "reader_name", type=click.Choice(READERS), default="config", show_default=True, help="Decoder; config = codes.reader"
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image")
 @click.pass_obj
 def decode_cmd(obj: Any, images: tuple[Path, ...], reader_name: str, as_json: bool) -> None:

@@ -70,17 +70,22 @@ def verdict_record(verdict: Any) -> dict[str, Any]:
 @click.command("verify")
 @click.argument("image", required=False, type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--payload", default=None, help="The code's text (e.g. HC1:…) instead of an image")
-@click.option("--trust", "trust_file", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help='Trust list JSON {"certificates": [{"kid": b64, "der": b64}]} (plain or as pushed)')
+@click.option(
+    "--trust",
+    "trust_file",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help='Trust list JSON {"certificates": [{"kid": b64, "der": b64}]} (plain or as pushed)',
+)
 @click.option("--at", "at", default=None, help="Judge as at this time (ISO-8601, UTC if no zone); default now")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per code")
 @click.pass_obj
 def verify(obj: Any, image: Path | None, payload: str | None, trust_file: Path, at: str | None, as_json: bool) -> None:
     """Judge a health code (signature, trust list, validity window, dynamic refresh)."""
-    from station.codes.judge import CodeJudge, station_salt
-    from station.codes.hc1 import Hc1Verifier
-    from station.codes.local_claims import LocalClaimsVerifier
     from station.codes.colour import ScreenColourVerifier
+    from station.codes.hc1 import Hc1Verifier
+    from station.codes.judge import CodeJudge, station_salt
+    from station.codes.local_claims import LocalClaimsVerifier
     from station.codes.trust_list import TrustListError, TrustStore, load_file
     from station.domain.model import DecodedCode
 
@@ -99,8 +104,9 @@ def verify(obj: Any, image: Path | None, payload: str | None, trust_file: Path, 
     cfg = obj.load() if obj is not None else None
     c = cfg.codes if cfg is not None else None
     now = _parse_at(at)
-    hc1 = Hc1Verifier(TrustStore(None, trust_file), max_clock_skew_s=c.max_clock_skew_s if c else 300.0,
-                      dynamic_grace_s=c.dynamic_grace_s if c else 30.0)
+    hc1 = Hc1Verifier(
+        TrustStore(None, trust_file), max_clock_skew_s=c.max_clock_skew_s if c else 300.0, dynamic_grace_s=c.dynamic_grace_s if c else 30.0
+    )
     chain: list[Any] = [hc1, LocalClaimsVerifier(max_clock_skew_s=c.max_clock_skew_s if c else 300.0)]
     if c is not None and "screen-colour" in c.verifiers:
         chain.append(ScreenColourVerifier())
@@ -129,6 +135,8 @@ def verify(obj: Any, image: Path | None, payload: str | None, trust_file: Path, 
             # ASCII escapes: prints on any terminal encoding, whatever text a code carried.
             click.echo(json.dumps(rec, ensure_ascii=True))
         else:
-            click.echo(f"{'VALID' if rec['valid'] else 'NOT VALID'} reason={rec['reason']} colour={rec['colour']} "
-                       f"kid={rec['kid']} expires={rec['expires']}")
+            click.echo(
+                f"{'VALID' if rec['valid'] else 'NOT VALID'} reason={rec['reason']} colour={rec['colour']} "
+                f"kid={rec['kid']} expires={rec['expires']}"
+            )
     sys.exit(0 if all(r["valid"] for r in records) else 1)

@@ -68,7 +68,9 @@ def config_diff(obj: Any, as_json: bool) -> None:
     if not diffs:
         click.echo("everything is at its default")
     for d in diffs:
-        click.echo(f"{d['where']}: {d['key']} = {json.dumps(d['value'], ensure_ascii=False)}  (default {json.dumps(d['default'], ensure_ascii=False)})")
+        click.echo(
+            f"{d['where']}: {d['key']} = {json.dumps(d['value'], ensure_ascii=False)}  (default {json.dumps(d['default'], ensure_ascii=False)})"
+        )
 
 
 @click.command("edit")

@@ -73,7 +73,14 @@ def data() -> None:
 @click.option("--since", type=TIME, default=None, help="Events at or after this time")
 @click.option("--until", type=TIME, default=None, help="Events before this time")
 @click.option("--event-id", "event_ids", multiple=True, help="This event (repeatable)")
-@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default="-", show_default=True, help="File, or - for stdout")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="File, or - for stdout",
+)
 @click.pass_obj
 def data_export(obj: Any, since: float | None, until: float | None, event_ids: tuple[str, ...], out: Path) -> None:
     """Events as JSON lines (oldest first), as recorded and published; nothing is changed."""
@@ -106,17 +113,28 @@ def _actor() -> str:
 @click.option("--since", type=TIME, default=None, help="Events at or after this time")
 @click.option("--until", type=TIME, default=None, help="Events before this time")
 @click.option("--event-id", "event_ids", multiple=True, help="This event (repeatable)")
-@click.option("--include-pending", is_flag=True, help="Also events whose MQTT message is not delivered yet (the message is deleted, never sent)")
+@click.option(
+    "--include-pending", is_flag=True, help="Also events whose MQTT message is not delivered yet (the message is deleted, never sent)"
+)
 @click.option("--note", default="", help="Why (kept in the audit row), e.g. a request reference")
 @click.option("--vacuum", is_flag=True, help="VACUUM afterwards so deleted data does not linger in free pages")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def data_erase(obj: Any, since: float | None, until: float | None, event_ids: tuple[str, ...], include_pending: bool,
-               note: str, vacuum: bool, yes: bool, as_json: bool) -> None:
+def data_erase(
+    obj: Any,
+    since: float | None,
+    until: float | None,
+    event_ids: tuple[str, ...],
+    include_pending: bool,
+    note: str,
+    vacuum: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
     """Delete events (and their gate actions and outbox copies) by time range and/or event id."""
-    from station.store.retention import erase
     from station.store.events import SqliteEventStore, StoreError
+    from station.store.retention import erase
 
     if since is None and until is None and not event_ids:
         click.echo("give --since/--until and/or --event-id (refusing to erase everything by default)", err=True)
@@ -132,10 +150,16 @@ def data_erase(obj: Any, since: float | None, until: float | None, event_ids: tu
         click.echo("no events match", err=True)
         sys.exit(1)
     if not yes:
-        span = " ".join(filter(None, [
-            f"since {time.strftime('%Y-%m-%d %H:%M', time.localtime(since))}" if since is not None else "",
-            f"until {time.strftime('%Y-%m-%d %H:%M', time.localtime(until))}" if until is not None else "",
-            f"ids {', '.join(event_ids)}" if event_ids else ""]))
+        span = " ".join(
+            filter(
+                None,
+                [
+                    f"since {time.strftime('%Y-%m-%d %H:%M', time.localtime(since))}" if since is not None else "",
+                    f"until {time.strftime('%Y-%m-%d %H:%M', time.localtime(until))}" if until is not None else "",
+                    f"ids {', '.join(event_ids)}" if event_ids else "",
+                ],
+            )
+        )
         if not click.confirm(f"erase {matched} event(s) {span} from {db}? This cannot be undone", default=False):
             click.echo("nothing erased", err=True)
             sys.exit(1)
@@ -146,8 +170,7 @@ def data_erase(obj: Any, since: float | None, until: float | None, event_ids: tu
         click.echo(f"cannot open {db}: {exc}", err=True)
         sys.exit(1)
     try:
-        result = erase(store, since=since, until=until, event_ids=event_ids, include_pending=include_pending,
-                       actor=_actor(), note=note)
+        result = erase(store, since=since, until=until, event_ids=event_ids, include_pending=include_pending, actor=_actor(), note=note)
     finally:
         store.close()
     if vacuum:
@@ -160,11 +183,15 @@ def data_erase(obj: Any, since: float | None, until: float | None, event_ids: tu
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo(f"erased {result['events']} event(s), {result['gate_actions']} gate action(s), {result['outbox']} outbox message(s)"
-                   + (", file vacuumed" if vacuum else ""))
+        click.echo(
+            f"erased {result['events']} event(s), {result['gate_actions']} gate action(s), {result['outbox']} outbox message(s)"
+            + (", file vacuumed" if vacuum else "")
+        )
         if result["held"]:
-            click.echo(f"kept {len(result['held'])} event(s) whose message is not delivered yet "
-                       f"(--include-pending to erase them too): {', '.join(result['held'][:10])}")
+            click.echo(
+                f"kept {len(result['held'])} event(s) whose message is not delivered yet "
+                f"(--include-pending to erase them too): {', '.join(result['held'][:10])}"
+            )
         if result["not_found"]:
             click.echo(f"not found: {', '.join(result['not_found'])}")
     sys.exit(0 if result["events"] else 1)
@@ -176,8 +203,8 @@ def data_erase(obj: Any, since: float | None, until: float | None, event_ids: tu
 def data_purge(obj: Any, as_json: bool) -> None:
     """Apply [retention] now (the daemon does this every retention.interval_s)."""
     from station.ops.control import ControlError, ControlUnavailable, ask
-    from station.store.retention import purge
     from station.store.events import SqliteEventStore
+    from station.store.retention import purge
 
     try:
         result, path = ask(obj.data_dir(), "retention_run", timeout_s=120.0)
@@ -196,5 +223,7 @@ def data_purge(obj: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo(f"purged {result['events']} event(s), {result['vehicles']} vehicle event(s), {result['outbox']} outbox row(s), "
-                   f"{result['crops']} crop file(s); {result['held']} kept (undelivered) — via {result['via']}")
+        click.echo(
+            f"purged {result['events']} event(s), {result['vehicles']} vehicle event(s), {result['outbox']} outbox row(s), "
+            f"{result['crops']} crop file(s); {result['held']} kept (undelivered) — via {result['via']}"
+        )

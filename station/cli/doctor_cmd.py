@@ -65,17 +65,29 @@ def check_config(config_path: Path) -> tuple[Check, Any]:
             cfg = load_config(None)
         except ConfigError as exc:
             return Check("config", "fail", f"defaults + environment invalid: {exc}", "fix the CHECKPOINT_* environment variables"), None
-        return Check("config", "warn", f"{config_path} does not exist; running on built-in defaults",
-                     f"install config/station.toml as {config_path} (or pass --config)"), cfg
+        return Check(
+            "config",
+            "warn",
+            f"{config_path} does not exist; running on built-in defaults",
+            f"install config/station.toml as {config_path} (or pass --config)",
+        ), cfg
     try:
         text = config_path.read_text(encoding="utf-8")
     except OSError as exc:
-        return Check("config", "fail", f"{config_path}: cannot read: {exc.strerror}",
-                     f"sudo chgrp {SERVICE_USER} {config_path} && sudo chmod 0640 {config_path}"), None
+        return Check(
+            "config",
+            "fail",
+            f"{config_path}: cannot read: {exc.strerror}",
+            f"sudo chgrp {SERVICE_USER} {config_path} && sudo chmod 0640 {config_path}",
+        ), None
     problems = validate_text(text, config_path.name)
     if problems:
-        return Check("config", "fail", "; ".join(str(p) for p in problems),
-                     "stationctl config edit (or fix the lines named) then stationctl config validate"), None
+        return Check(
+            "config",
+            "fail",
+            "; ".join(str(p) for p in problems),
+            "stationctl config edit (or fix the lines named) then stationctl config validate",
+        ), None
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:  # the file is fine on its own; the environment breaks it
@@ -106,30 +118,45 @@ def _device_access(path: Path, kind: str, group_hint: str) -> Check | None:
         return None
     st = path.stat()
     owner_group = _group_name(st.st_gid)
-    return Check(kind, "fail", f"{path} is {stat.filemode(st.st_mode)} group {owner_group}; this user cannot open it",
-                 f"sudo usermod -aG {owner_group or group_hint} $USER  (then log in again)")
+    return Check(
+        kind,
+        "fail",
+        f"{path} is {stat.filemode(st.st_mode)} group {owner_group}; this user cannot open it",
+        f"sudo usermod -aG {owner_group or group_hint} $USER  (then log in again)",
+    )
 
 
 def check_thermal(cfg: Any, daemon_devices: dict[str, Any] | None) -> Check:
     port = Path(cfg.thermal.port)
     held = daemon_devices is not None and (daemon_devices.get("thermal") or {}).get("port") == cfg.thermal.port
     if not port.exists():
-        return Check("thermal port", "fail", f"{port} does not exist (module unplugged, or another name)",
-                     "plug in the thermal module, run `stationctl devices list` and "
-                     "`stationctl config set thermal.port /dev/serial/by-id/…` with its by-id path")
+        return Check(
+            "thermal port",
+            "fail",
+            f"{port} does not exist (module unplugged, or another name)",
+            "plug in the thermal module, run `stationctl devices list` and "
+            "`stationctl config set thermal.port /dev/serial/by-id/…` with its by-id path",
+        )
     if held:
         state = (daemon_devices or {}).get("thermal", {}).get("state")
         level = "ok" if state == "connected" else "fail"
-        return Check("thermal port", level, f"{port} is held by the running daemon, link {state}",
-                     "" if level == "ok" else "check the cable and baud; `journalctl -u checkpoint-station` says why")
+        return Check(
+            "thermal port",
+            level,
+            f"{port} is held by the running daemon, link {state}",
+            "" if level == "ok" else "check the cable and baud; `journalctl -u checkpoint-station` says why",
+        )
     problem = _device_access(port.resolve(), "thermal port", "dialout")
     if problem is not None:
         return problem
     stable = str(port).startswith(str(SERIAL_BY_ID)) or port == STABLE_THERMAL
     if not stable and str(port).startswith("/dev/tty"):
-        return Check("thermal port", "warn", f"{port} exists but its number can change across replugs/reboots",
-                     f"install systemd/99-checkpoint-station.rules and set thermal.port {STABLE_THERMAL} "
-                     "(or a /dev/serial/by-id/… path)")
+        return Check(
+            "thermal port",
+            "warn",
+            f"{port} exists but its number can change across replugs/reboots",
+            f"install systemd/99-checkpoint-station.rules and set thermal.port {STABLE_THERMAL} (or a /dev/serial/by-id/… path)",
+        )
     return Check("thermal port", "ok", f"{port} present and accessible" + (f" -> {port.resolve()}" if port.is_symlink() else ""))
 
 
@@ -141,8 +168,12 @@ def check_camera(cfg: Any) -> Check:
     if not path.exists():
         return Check("camera", "fail", f"{path} does not exist", "plug in the camera; `stationctl devices list` shows the cameras found")
     if path.is_file():
-        return Check("camera", "warn", f"{path} is a video file, not a camera (replay set-up)",
-                     f"stationctl config set camera.device {STABLE_CAMERA}")
+        return Check(
+            "camera",
+            "warn",
+            f"{path} is a video file, not a camera (replay set-up)",
+            f"stationctl config set camera.device {STABLE_CAMERA}",
+        )
     problem = _device_access(path.resolve(), "camera", "video")
     if problem is not None:
         return problem
@@ -155,13 +186,24 @@ def check_groups() -> list[Check]:
     wanted = ("dialout", "video", "gpio")
     service = _user_groups(SERVICE_USER)
     if service is None:
-        out.append(Check("service account", "warn", f"no '{SERVICE_USER}' user (the systemd unit runs as it)",
-                         "sudo install -m 0644 systemd/checkpoint.sysusers.conf /usr/lib/sysusers.d/checkpoint.conf && sudo systemd-sysusers"))
+        out.append(
+            Check(
+                "service account",
+                "warn",
+                f"no '{SERVICE_USER}' user (the systemd unit runs as it)",
+                "sudo install -m 0644 systemd/checkpoint.sysusers.conf /usr/lib/sysusers.d/checkpoint.conf && sudo systemd-sysusers",
+            )
+        )
     else:
         missing = [g for g in wanted if g not in service]
-        out.append(Check("service account", "fail" if missing else "ok",
-                         f"{SERVICE_USER} groups: {', '.join(sorted(service))}" + (f"; missing {', '.join(missing)}" if missing else ""),
-                         f"sudo usermod -aG {','.join(missing)} {SERVICE_USER}" if missing else ""))
+        out.append(
+            Check(
+                "service account",
+                "fail" if missing else "ok",
+                f"{SERVICE_USER} groups: {', '.join(sorted(service))}" + (f"; missing {', '.join(missing)}" if missing else ""),
+                f"sudo usermod -aG {','.join(missing)} {SERVICE_USER}" if missing else "",
+            )
+        )
     if os.geteuid() == 0:
         out.append(Check("user groups", "ok", "running as root (device tests can open everything)"))
         return out
@@ -170,9 +212,15 @@ def check_groups() -> list[Check]:
     missing = [g for g in wanted if g not in mine]
     existing = {g.gr_name for g in grp.getgrall()}
     missing_existing = [g for g in missing if g in existing]
-    out.append(Check("user groups", "warn" if missing_existing else "ok",
-                     f"{me} is in {', '.join(sorted(mine))}" + (f"; not in {', '.join(missing_existing)} (stationctl test cannot open those devices)" if missing_existing else ""),
-                     f"sudo usermod -aG {','.join(missing_existing)} {me}  (then log in again)" if missing_existing else ""))
+    out.append(
+        Check(
+            "user groups",
+            "warn" if missing_existing else "ok",
+            f"{me} is in {', '.join(sorted(mine))}"
+            + (f"; not in {', '.join(missing_existing)} (stationctl test cannot open those devices)" if missing_existing else ""),
+            f"sudo usermod -aG {','.join(missing_existing)} {me}  (then log in again)" if missing_existing else "",
+        )
+    )
     return out
 
 
@@ -183,8 +231,9 @@ def check_models(cfg: Any) -> Check:
     models_dir = models_dir_for(cfg)
     problems = verify(models_dir)
     if problems:
-        return Check("models", "fail", f"{models_dir}: " + "; ".join(problems),
-                     "stationctl models install --from <dir with a verified model set>")
+        return Check(
+            "models", "fail", f"{models_dir}: " + "; ".join(problems), "stationctl models install --from <dir with a verified model set>"
+        )
     return Check("models", "ok", f"{models_dir}: every file matches its manifest sha256")
 
 
@@ -199,8 +248,12 @@ def check_broker(cfg: Any, timeout_s: float = 2.0) -> Check:
         with socket.create_connection((host, port), timeout=timeout_s):
             pass
     except OSError as exc:
-        return Check("broker", "fail", f"{host}:{port} not reachable: {exc}",
-                     f"check the network/VPN and that the broker listens on {host}:{port}; events wait in the outbox meanwhile")
+        return Check(
+            "broker",
+            "fail",
+            f"{host}:{port} not reachable: {exc}",
+            f"check the network/VPN and that the broker listens on {host}:{port}; events wait in the outbox meanwhile",
+        )
     return Check("broker", "ok", f"{host}:{port} accepts TCP connections")
 
 
@@ -209,17 +262,18 @@ def check_broker_credentials(cfg: Any, env: Any = None) -> Check:
     m = cfg.mqtt
     env = os.environ if env is None else env
     scheme = urlsplit(m.url).scheme
-    source = (f"mqtt.password_file {m.password_file}" if m.password_file
-              else f"${m.password_env}" if env.get(m.password_env) else "")
+    source = f"mqtt.password_file {m.password_file}" if m.password_file else f"${m.password_env}" if env.get(m.password_env) else ""
     if not m.username or not source:
         return Check("broker credentials", "ok", f"{scheme}:// without a password")
     if scheme == "mqtt":
-        return Check("broker credentials", "warn",
-                     f"user {m.username!r} sends its password (from {source}) over mqtt:// without TLS: "
-                     "anyone on the network path can read it and act as this station",
-                     "use mqtts://<broker>:8883 with mqtt.tls_ca_file (systemd/mosquitto/README.md sets the broker up)")
+        return Check(
+            "broker credentials",
+            "warn",
+            f"user {m.username!r} sends its password (from {source}) over mqtt:// without TLS: "
+            "anyone on the network path can read it and act as this station",
+            "use mqtts://<broker>:8883 with mqtt.tls_ca_file (systemd/mosquitto/README.md sets the broker up)",
+        )
     return Check("broker credentials", "ok", f"user {m.username!r}, password from {source}, over TLS")
-
 
 
 def check_command_keys(cfg: Any, data_dir: Path) -> Check:
@@ -230,15 +284,23 @@ def check_command_keys(cfg: Any, data_dir: Path) -> Check:
     keys = CommandKeys(configured, data_dir)
     ids = keys.stats()["key_ids"]
     if keys.problem and not ids:
-        return Check("centre keys", "fail", f"no usable command-centre key: {keys.problem}",
-                     "fix centre.command_keys_file (PEM public keys; `stationctl cmd keygen` makes a pair)")
+        return Check(
+            "centre keys",
+            "fail",
+            f"no usable command-centre key: {keys.problem}",
+            "fix centre.command_keys_file (PEM public keys; `stationctl cmd keygen` makes a pair)",
+        )
     if not ids:
-        return Check("centre keys", "warn",
-                     "no command-centre key (centre.command_keys_file empty): open-gate, set-threshold, "
-                     "resident-plates, trust-list and reload-config over MQTT are all refused (no_keys_configured)",
-                     "install the centre's public key and set centre.command_keys_file")
+        return Check(
+            "centre keys",
+            "warn",
+            "no command-centre key (centre.command_keys_file empty): open-gate, set-threshold, "
+            "resident-plates, trust-list and reload-config over MQTT are all refused (no_keys_configured)",
+            "install the centre's public key and set centre.command_keys_file",
+        )
     detail = f"{len(ids)} key(s) from {keys.source} (version {keys.version}): {', '.join(ids)}"
     return Check("centre keys", "warn" if keys.problem else "ok", detail + (f"; {keys.problem}" if keys.problem else ""))
+
 
 # Config keys naming files that hold secrets whatever their content; other *_file keys count when the
 # file holds a private key or their name says password/secret/token.
@@ -290,20 +352,36 @@ def check_secret_files(cfg: Any) -> Check:
             loose.append(f"{key} {path} is {stat.filemode(st.st_mode)} (readable or writable by {who})")
     if loose:
         paths = " ".join(item.split(" ")[1] for item in loose)
-        return Check("secret files", "warn", "; ".join(loose + [f"{m} does not exist" for m in missing]),
-                     f"sudo chown {SERVICE_USER}:{SERVICE_USER} {paths} && sudo chmod 0600 {paths}")
+        return Check(
+            "secret files",
+            "warn",
+            "; ".join(loose + [f"{m} does not exist" for m in missing]),
+            f"sudo chown {SERVICE_USER}:{SERVICE_USER} {paths} && sudo chmod 0600 {paths}",
+        )
     if missing:
-        return Check("secret files", "warn", "; ".join(f"{m} does not exist" for m in missing),
-                     "create it (0600, owned by the service account) or clear the setting")
-    return Check("secret files", "ok", f"{checked} secret file(s), each readable by its owner only" if checked
-                 else "no password or private-key files configured")
+        return Check(
+            "secret files",
+            "warn",
+            "; ".join(f"{m} does not exist" for m in missing),
+            "create it (0600, owned by the service account) or clear the setting",
+        )
+    return Check(
+        "secret files",
+        "ok",
+        f"{checked} secret file(s), each readable by its owner only" if checked else "no password or private-key files configured",
+    )
 
 
 def check_clock() -> Check:
     if shutil.which("timedatectl"):
         try:
-            r = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "-p", "NTP", "--value"],
-                               check=False, capture_output=True, text=True, timeout=5)
+            r = subprocess.run(
+                ["timedatectl", "show", "-p", "NTPSynchronized", "-p", "NTP", "--value"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             r = None
             err = str(exc)
@@ -312,8 +390,12 @@ def check_clock() -> Check:
             synced = values[0] if values else ""
             if synced == "yes":
                 return Check("clock", "ok", "NTP synchronised")
-            return Check("clock", "warn", "clock not NTP-synchronised: events are marked clock_synced=false",
-                         "sudo timedatectl set-ntp true; check that the NTP server is reachable")
+            return Check(
+                "clock",
+                "warn",
+                "clock not NTP-synchronised: events are marked clock_synced=false",
+                "sudo timedatectl set-ntp true; check that the NTP server is reachable",
+            )
         err = " ".join((r.stderr if r is not None else err).split()) or "no answer"
     else:
         err = "timedatectl not installed"
@@ -321,8 +403,12 @@ def check_clock() -> Check:
 
     if os.path.exists(TIMESYNC_FLAG):
         return Check("clock", "ok", f"synchronised ({TIMESYNC_FLAG} present)")
-    return Check("clock", "warn", f"cannot tell whether the clock is synchronised ({err})",
-                 "install/enable systemd-timesyncd (or chrony) so events carry a trusted time")
+    return Check(
+        "clock",
+        "warn",
+        f"cannot tell whether the clock is synchronised ({err})",
+        "install/enable systemd-timesyncd (or chrony) so events carry a trusted time",
+    )
 
 
 def check_disk(data_dir: Path) -> Check:
@@ -374,14 +460,23 @@ def check_unit() -> Check:
     if not shutil.which("systemctl"):
         return Check("systemd unit", "warn", "not installed (no systemctl on this host)", "see systemd/README.md")
     try:
-        r = subprocess.run(["systemctl", "show", SERVICE, "-p", "LoadState,ActiveState,SubState,NRestarts,Result"],
-                           check=False, capture_output=True, text=True, timeout=5)
+        r = subprocess.run(
+            ["systemctl", "show", SERVICE, "-p", "LoadState,ActiveState,SubState,NRestarts,Result"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Check("systemd unit", "warn", f"systemctl failed: {exc}")
     props = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
     if r.returncode != 0 or not props:
-        return Check("systemd unit", "warn", f"no unit state ({' '.join((r.stderr or r.stdout).split()) or 'systemd not running'})",
-                     "not running under systemd: start the daemon by hand (`station run`) or install the unit")
+        return Check(
+            "systemd unit",
+            "warn",
+            f"no unit state ({' '.join((r.stderr or r.stdout).split()) or 'systemd not running'})",
+            "not running under systemd: start the daemon by hand (`station run`) or install the unit",
+        )
     if props.get("LoadState") == "not-found":
         return Check("systemd unit", "warn", f"{SERVICE}.service not installed", "see systemd/README.md (Install)")
     detail = f"{props.get('ActiveState')}/{props.get('SubState')}, {props.get('NRestarts', '?')} restarts, result {props.get('Result')}"
@@ -470,26 +565,36 @@ def list_serial(dev_root: Path = Path("/dev")) -> list[dict[str, Any]]:
     from serial.tools import list_ports
 
     by_id = _links_to(dev_root / "serial" / "by-id")
-    stable = {os.path.realpath(dev_root / STABLE_THERMAL.name): str(dev_root / STABLE_THERMAL.name)} if (dev_root / STABLE_THERMAL.name).exists() else {}
+    stable = (
+        {os.path.realpath(dev_root / STABLE_THERMAL.name): str(dev_root / STABLE_THERMAL.name)}
+        if (dev_root / STABLE_THERMAL.name).exists()
+        else {}
+    )
     ports = []
     for p in sorted(list_ports.comports(), key=lambda p: p.device):
         real = os.path.realpath(p.device)
-        ports.append({
-            "device": p.device,
-            "by_id": by_id.get(real, []),
-            "stable_name": stable.get(real),
-            "vid_pid": f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None and p.pid is not None else None,
-            "serial_number": p.serial_number,
-            "manufacturer": p.manufacturer,
-            "description": p.description,
-            "likely": _serial_guess(p.vid, p.pid),
-        })
+        ports.append(
+            {
+                "device": p.device,
+                "by_id": by_id.get(real, []),
+                "stable_name": stable.get(real),
+                "vid_pid": f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None and p.pid is not None else None,
+                "serial_number": p.serial_number,
+                "manufacturer": p.manufacturer,
+                "description": p.description,
+                "likely": _serial_guess(p.vid, p.pid),
+            }
+        )
     return ports
 
 
 # USB-UART bridges the GY-MCU90640 ships behind (and common HTPA adapters).
-_BRIDGES = {(0x1A86, 0x7523): "CH340 USB-UART (GY-MCU90640 usually)", (0x1A86, 0x55D4): "CH9102 USB-UART",
-            (0x10C4, 0xEA60): "CP2102 USB-UART (GY-MCU90640 some batches)", (0x0403, 0x6001): "FTDI FT232R USB-UART"}
+_BRIDGES = {
+    (0x1A86, 0x7523): "CH340 USB-UART (GY-MCU90640 usually)",
+    (0x1A86, 0x55D4): "CH9102 USB-UART",
+    (0x10C4, 0xEA60): "CP2102 USB-UART (GY-MCU90640 some batches)",
+    (0x0403, 0x6001): "FTDI FT232R USB-UART",
+}
 
 
 def _serial_guess(vid: int | None, pid: int | None) -> str | None:
@@ -502,13 +607,15 @@ def list_cameras(dev_root: Path = Path("/dev"), sys_root: Path = Path("/sys")) -
     cams = []
     for node in sorted(dev_root.glob("video*"), key=lambda p: (len(p.name), p.name)):
         real = os.path.realpath(node)
-        cams.append({
-            "device": str(node),
-            "name": _video_name(node.name, sys_root),
-            "by_id": by_id.get(real, []),
-            "by_path": by_path.get(real, []),
-            "accessible": os.access(node, os.R_OK | os.W_OK),
-        })
+        cams.append(
+            {
+                "device": str(node),
+                "name": _video_name(node.name, sys_root),
+                "by_id": by_id.get(real, []),
+                "by_path": by_path.get(real, []),
+                "accessible": os.access(node, os.R_OK | os.W_OK),
+            }
+        )
     return cams
 
 
@@ -528,7 +635,9 @@ def devices_list(as_json: bool) -> None:
     click.echo("serial ports:" if data["serial"] else "serial ports: none found")
     for p in data["serial"]:
         names = ", ".join(p["by_id"]) or "no by-id link"
-        click.echo(f"  {p['device']}  {p['vid_pid'] or '-'}  {p['description']}  [{names}]" + (f"  <- {p['likely']}" if p["likely"] else ""))
+        click.echo(
+            f"  {p['device']}  {p['vid_pid'] or '-'}  {p['description']}  [{names}]" + (f"  <- {p['likely']}" if p["likely"] else "")
+        )
     click.echo("cameras:" if data["cameras"] else "cameras: none found")
     for c in data["cameras"]:
         click.echo(f"  {c['device']}  {c['name'] or '?'}  [{', '.join(c['by_id']) or 'no by-id link'}]")

@@ -115,8 +115,11 @@ def logs(obj: Any, lines: int, since: float | None, follow: bool, source: str) -
         except KeyboardInterrupt:
             sys.exit(0)
     if not cfg.logging.file:
-        click.echo("no journald on this host and logging.file is not set: the daemon logs only to its stderr. "
-                   "Set one with `stationctl config set logging.file /var/log/checkpoint/station.log` and restart it.", err=True)
+        click.echo(
+            "no journald on this host and logging.file is not set: the daemon logs only to its stderr. "
+            "Set one with `stationctl config set logging.file /var/log/checkpoint/station.log` and restart it.",
+            err=True,
+        )
         sys.exit(1)
     path = Path(cfg.logging.file)
     if not path.is_file():

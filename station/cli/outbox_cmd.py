@@ -36,14 +36,14 @@ def station_db(obj: Any) -> tuple[Any, Path]:
 
 
 def _open(obj: Any, *, read_only: bool) -> Any:
-    from station.store.events import SqliteEventStore, StoreError
-
     from station.link.sync import bounds_from_config
+    from station.store.events import SqliteEventStore, StoreError
 
     cfg, db = station_db(obj)
     try:
-        store = SqliteEventStore(db, station_id=cfg.station.id, site=cfg.station.site,
-                                 topic_prefix=cfg.mqtt.topic_prefix, read_only=read_only)
+        store = SqliteEventStore(
+            db, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix, read_only=read_only
+        )
     except (StoreError, sqlite3.Error) as exc:
         click.echo(f"cannot open {db}: {exc}", err=True)
         sys.exit(1)
@@ -70,8 +70,10 @@ def outbox_status(obj: Any, as_json: bool, mqtt_url: str | None) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"pending: {data['pending']} message(s), {data['bytes']} bytes, "
-               f"oldest {data['oldest_age_s']:.0f} s, alarms pending {data['alarms_pending']}")
+    click.echo(
+        f"pending: {data['pending']} message(s), {data['bytes']} bytes, "
+        f"oldest {data['oldest_age_s']:.0f} s, alarms pending {data['alarms_pending']}"
+    )
     for key in ("dropped", "bounds_alarm"):
         if data.get(key):
             click.echo(f"{key}: {data[key]}")
@@ -93,9 +95,16 @@ def outbox_export(obj: Any, file: Path, mqtt_url: str | None) -> None:
             if not rows:
                 break
             for r in rows:
-                line = {"id": r.id, "msg_id": r.msg_id, "topic": r.topic, "qos": r.qos,
-                        "priority": r.priority, "created_at_ms": r.created_at, "attempts": r.attempts,
-                        "payload": json.loads(r.payload)}
+                line = {
+                    "id": r.id,
+                    "msg_id": r.msg_id,
+                    "topic": r.topic,
+                    "qos": r.qos,
+                    "priority": r.priority,
+                    "created_at_ms": r.created_at,
+                    "attempts": r.attempts,
+                    "payload": json.loads(r.payload),
+                }
                 out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
                 count += 1
             after = rows[-1].id
@@ -108,15 +117,14 @@ def outbox_export(obj: Any, file: Path, mqtt_url: str | None) -> None:
 
 @outbox.command("flush")
 @click.option("--mqtt", "mqtt_url", default=None, help="mqtt://host:port (default: mqtt.url from the config)")
-@click.option("--timeout", type=click.FloatRange(0.1, 86400), default=60.0, show_default=True,
-              help="Give up after this many seconds")
+@click.option("--timeout", type=click.FloatRange(0.1, 86400), default=60.0, show_default=True, help="Give up after this many seconds")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON")
 @click.pass_obj
 def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) -> None:
     """Send what is pending now; exit 0 when the outbox is empty, 1 if rows are left."""
     from station.config import MqttSection
-    from station.ops.runtime import read_runtime_status
     from station.link.sync import OutboxPump, publisher_from_config, status_topic
+    from station.ops.runtime import read_runtime_status
 
     cfg, _db = station_db(obj)
     url = mqtt_url or cfg.mqtt.url
@@ -132,13 +140,13 @@ def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) 
         sys.exit(2)
     daemon = read_runtime_status(obj.data_dir())
     if daemon.get("state") == "running":
-        click.echo(f"the station daemon (pid {daemon.get('pid')}) is running and already sends the "
-                   "outbox; stop it first or let it sync", err=True)
+        click.echo(
+            f"the station daemon (pid {daemon.get('pid')}) is running and already sends the outbox; stop it first or let it sync", err=True
+        )
         sys.exit(1)
     store = _open(obj, read_only=False)
     base = status_topic(cfg.mqtt.topic_prefix, cfg.station.site, cfg.station.id).rsplit("/", 1)[0]
-    publisher = publisher_from_config(cfg, store.session, url=url, client_suffix="-flush",
-                                      status_topic_override=f"{base}/state/flush")
+    publisher = publisher_from_config(cfg, store.session, url=url, client_suffix="-flush", status_topic_override=f"{base}/state/flush")
     pump = OutboxPump(store, publisher, max_in_flight=cfg.mqtt.max_in_flight)
     before = store.outbox_stats()["pending"]
     t0 = time.monotonic()
@@ -158,18 +166,27 @@ def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) 
         publisher.stop()
         after = store.outbox_stats()["pending"]
         store.close()
-    result = {"sent": before - after, "pending": after, "seconds": round(time.monotonic() - t0, 2),
-              "broker_state": publisher.state if not drained else "ok", "last_error": publisher.last_error}
+    result = {
+        "sent": before - after,
+        "pending": after,
+        "seconds": round(time.monotonic() - t0, 2),
+        "broker_state": publisher.state if not drained else "ok",
+        "last_error": publisher.last_error,
+    }
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"sent {result['sent']}, pending {after}, in {result['seconds']} s"
-                   + ("" if drained else f"; broker: {publisher.last_error or 'not reached'}"))
+        click.echo(
+            f"sent {result['sent']}, pending {after}, in {result['seconds']} s"
+            + ("" if drained else f"; broker: {publisher.last_error or 'not reached'}")
+        )
     sys.exit(0 if drained else 1)
 
 
 @outbox.command("retry")
-@click.option("--dropped", is_flag=True, help="Also re-queue messages the outbox bounds dropped (they are dropped again if the bounds still bite)")
+@click.option(
+    "--dropped", is_flag=True, help="Also re-queue messages the outbox bounds dropped (they are dropped again if the bounds still bite)"
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def outbox_retry(obj: Any, dropped: bool, as_json: bool) -> None:
@@ -184,9 +201,14 @@ def outbox_retry(obj: Any, dropped: bool, as_json: bool) -> None:
     if dropped:
         store = _open(obj, read_only=False)
         try:
-            requeued = store.write_transaction(lambda conn: conn.execute(
-                "UPDATE outbox SET dropped_at = NULL, attempts = 0, last_error = NULL "
-                "WHERE dropped_at IS NOT NULL AND acked_at IS NULL").rowcount)
+            requeued = store.write_transaction(
+                lambda conn: (
+                    conn.execute(
+                        "UPDATE outbox SET dropped_at = NULL, attempts = 0, last_error = NULL "
+                        "WHERE dropped_at IS NOT NULL AND acked_at IS NULL"
+                    ).rowcount
+                )
+            )
         finally:
             store.close()
     store = _open(obj, read_only=True)

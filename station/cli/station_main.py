@@ -35,7 +35,13 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), required=True, help="station.toml")
-@click.option("--override", "overrides", multiple=True, type=click.Path(path_type=Path, dir_okay=False), help="Extra TOML layered on top (e.g. calibration.toml)")
+@click.option(
+    "--override",
+    "overrides",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Extra TOML layered on top (e.g. calibration.toml)",
+)
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Overrides station.data_dir")
 def run(config: Path, overrides: tuple[Path, ...], data_dir: Path | None) -> None:
     """Run the station on the devices named in the configuration (systemd ExecStart)."""
@@ -61,17 +67,45 @@ def run(config: Path, overrides: tuple[Path, ...], data_dir: Path | None) -> Non
 @click.option("--mqtt", "mqtt_url", default=None, help="mqtt://host:port of a broker to sync events to (optional)")
 @click.option("--fast", is_flag=True, help="No human walking pace: the next person steps up as soon as the lane is free")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per decision on stdout")
-@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Start from this config instead of the defaults")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Start from this config instead of the defaults",
+)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="WARNING", show_default=True)
 @click.option("--keep-running", is_flag=True, help="After the last person keep the station up (status, snapshots) until Ctrl-C")
-@click.option("--http", "http_listen", default=None, metavar="HOST:PORT", help="Serve the operator page here while the demo runs (e.g. 127.0.0.1:8080)")
-@click.option("--operator-pin", default="123456", show_default=True, help="The demo's operator PIN for the page's actions (demo only; a station uses http.pin_hash)")
+@click.option(
+    "--http",
+    "http_listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the operator page here while the demo runs (e.g. 127.0.0.1:8080)",
+)
+@click.option(
+    "--operator-pin",
+    default="123456",
+    show_default=True,
+    help="The demo's operator PIN for the page's actions (demo only; a station uses http.pin_hash)",
+)
 @click.option("--wait-for-page", is_flag=True, help="With --http: nobody walks up until the operator page is open")
-def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, as_json: bool, config: Path | None, log_level: str, keep_running: bool,
-         http_listen: str | None, operator_pin: str, wait_for_page: bool) -> None:
+def demo(
+    people: int,
+    data_dir: Path | None,
+    mqtt_url: str | None,
+    fast: bool,
+    as_json: bool,
+    config: Path | None,
+    log_level: str,
+    keep_running: bool,
+    http_listen: str | None,
+    operator_pin: str,
+    wait_for_page: bool,
+) -> None:
     """Run the real pipeline against an emulated thermal module, a replayed camera and mock GPIO."""
-    from station.app import default_data_dir
     from sim.demo import DemoRun, human_line, json_line, print_summary, summary
+    from station.app import default_data_dir
 
     configure(log_level)
     cfg = _load(config, ())
@@ -135,20 +169,66 @@ def demo(people: int, data_dir: Path | None, mqtt_url: str | None, fast: bool, a
 @main.command()
 @click.option("--mqtt", "mqtt_url", required=True, help="mqtt://host:port (or mqtts://) of the district broker")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="host:port of the board's web page")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where board.sqlite3 lives (replicas may share it); default: the per-user data dir /board")
-@click.option("--share-group", default=None, help="Take events through the MQTT 5 shared subscription $share/<group>/… (several replicas split the load)")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where board.sqlite3 lives (replicas may share it); default: the per-user data dir /board",
+)
+@click.option(
+    "--share-group",
+    default=None,
+    help="Take events through the MQTT 5 shared subscription $share/<group>/… (several replicas split the load)",
+)
 @click.option("--topic-prefix", default="checkpoint/v1", show_default=True)
-@click.option("--client-id", default=None, help="Stable MQTT client id, one per replica (default: checkpoint-board-<group>-<host>-<pid>, clean session)")
-@click.option("--session-expiry", type=click.IntRange(0, 604800), default=None, help="Seconds the broker keeps this board's session (events queued while it restarts); default 3600 with --client-id, else 0 (clean session)")
+@click.option(
+    "--client-id",
+    default=None,
+    help="Stable MQTT client id, one per replica (default: checkpoint-board-<group>-<host>-<pid>, clean session)",
+)
+@click.option(
+    "--session-expiry",
+    type=click.IntRange(0, 604800),
+    default=None,
+    help="Seconds the broker keeps this board's session (events queued while it restarts); default 3600 with --client-id, else 0 (clean session)",
+)
 @click.option("--username", default=None, help="Broker user; the password comes from $CHECKPOINT_MQTT_PASSWORD")
 @click.option("--tls-ca", type=click.Path(dir_okay=False), default=None, help="CA file for mqtts:// (default: system store)")
-@click.option("--users", "users_path", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Board users file (stationctl board-user add); default: <data-dir>/board-users.json")
-@click.option("--public-origin", default=None, help="https://host[:port] when a TLS proxy serves the board (session cookie gets Secure; logins from that origin accepted)")
-@click.option("--max-stations", type=click.IntRange(1, 100000), default=2000, show_default=True, help="Stations kept; messages from more are dropped and counted")
+@click.option(
+    "--users",
+    "users_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Board users file (stationctl board-user add); default: <data-dir>/board-users.json",
+)
+@click.option(
+    "--public-origin",
+    default=None,
+    help="https://host[:port] when a TLS proxy serves the board (session cookie gets Secure; logins from that origin accepted)",
+)
+@click.option(
+    "--max-stations",
+    type=click.IntRange(1, 100000),
+    default=2000,
+    show_default=True,
+    help="Stations kept; messages from more are dropped and counted",
+)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
-def board(mqtt_url: str, listen: str, data_dir: Path | None, share_group: str | None, topic_prefix: str, client_id: str | None,
-          session_expiry: int | None, username: str | None, tls_ca: str | None, users_path: Path | None, public_origin: str | None,
-          max_stations: int, log_level: str) -> None:
+def board(
+    mqtt_url: str,
+    listen: str,
+    data_dir: Path | None,
+    share_group: str | None,
+    topic_prefix: str,
+    client_id: str | None,
+    session_expiry: int | None,
+    username: str | None,
+    tls_ca: str | None,
+    users_path: Path | None,
+    public_origin: str | None,
+    max_stations: int,
+    log_level: str,
+) -> None:
     """Command-centre board (指挥大屏): every station's state, counts, alarms and live picture (docs/board.md)."""
     import os
 
@@ -165,10 +245,22 @@ def board(mqtt_url: str, listen: str, data_dir: Path | None, share_group: str | 
         click.echo(f"--listen {listen!r}: expected host:port", err=True)
         sys.exit(2)
     try:
-        opts = BoardOptions(mqtt_url=mqtt_url, host=host or "127.0.0.1", port=int(port), data_dir=data_dir or (default_data_dir() / "board"),
-                            share_group=share_group, prefix=topic_prefix, client_id=client_id, session_expiry_s=session_expiry,
-                            username=username, password=os.environ.get("CHECKPOINT_MQTT_PASSWORD") if username else None, tls_ca=tls_ca,
-                            users_path=users_path, public_origin=public_origin, max_stations=max_stations)
+        opts = BoardOptions(
+            mqtt_url=mqtt_url,
+            host=host or "127.0.0.1",
+            port=int(port),
+            data_dir=data_dir or (default_data_dir() / "board"),
+            share_group=share_group,
+            prefix=topic_prefix,
+            client_id=client_id,
+            session_expiry_s=session_expiry,
+            username=username,
+            password=os.environ.get("CHECKPOINT_MQTT_PASSWORD") if username else None,
+            tls_ca=tls_ca,
+            users_path=users_path,
+            public_origin=public_origin,
+            max_stations=max_stations,
+        )
         run_board(opts)
     except ValueError as exc:
         click.echo(str(exc), err=True)

@@ -59,7 +59,13 @@ class Ctx:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_CONFIG, show_default=True, help="station.toml (or $CHECKPOINT_CONFIG)")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help="station.toml (or $CHECKPOINT_CONFIG)",
+)
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Overrides station.data_dir")
 @click.pass_context
 def main(ctx: click.Context, config: Path, data_dir: Path | None) -> None:
@@ -152,7 +158,9 @@ def config_set(obj: Ctx, key: str, value: str, dry_run: bool) -> None:
             click.echo(f"  {p}", err=True)
         sys.exit(1)
     old_shown = old.unwrap() if isinstance(old, tomlkit.items.Item) else old
-    click.echo(f"{key}: {json.dumps(old_shown, default=str)} -> {json.dumps(node[parts[-1]].unwrap() if isinstance(node[parts[-1]], tomlkit.items.Item) else node[parts[-1]], default=str)}")
+    click.echo(
+        f"{key}: {json.dumps(old_shown, default=str)} -> {json.dumps(node[parts[-1]].unwrap() if isinstance(node[parts[-1]], tomlkit.items.Item) else node[parts[-1]], default=str)}"
+    )
     if dry_run:
         return
     try:
@@ -176,7 +184,16 @@ def config_validate(obj: Ctx, file: Path | None, as_json: bool) -> None:
         sys.exit(1)
     problems = validate_text(text, path.name)
     if as_json:
-        _echo_json({"file": str(path), "valid": not problems, "problems": [{"where": p.where, "key": p.key, "value": None if p.value is None else repr(p.value), "message": p.message} for p in problems]})
+        _echo_json(
+            {
+                "file": str(path),
+                "valid": not problems,
+                "problems": [
+                    {"where": p.where, "key": p.key, "value": None if p.value is None else repr(p.value), "message": p.message}
+                    for p in problems
+                ],
+            }
+        )
     elif problems:
         for p in problems:
             click.echo(str(p))
@@ -243,7 +260,11 @@ def status(obj: Ctx, as_json: bool) -> None:
     else:
         d = data["daemon"]
         click.echo(f"station {cfg.station.site}/{cfg.station.id} ({cfg.station.lane})")
-        click.echo(f"daemon: {d.get('state')}" + (f", pid {d['pid']}, lane {d.get('lane_state')}" if d.get("pid") else "") + f"  [{d.get('source')}]")
+        click.echo(
+            f"daemon: {d.get('state')}"
+            + (f", pid {d['pid']}, lane {d.get('lane_state')}" if d.get("pid") else "")
+            + f"  [{d.get('source')}]"
+        )
         for part in ("detector", "plate_reader"):  # a degraded model must be visible at a glance
             if d.get(part) not in (None, "ok", "off"):
                 click.echo(f"{part}: {d[part]}")

@@ -47,8 +47,11 @@ def _refuse_if_daemon(obj: Any, what: str, force: bool) -> None:
     if force:
         click.echo(f"warning: the daemon (pid {ping.get('pid')}) is running; testing {what} anyway (--force)", err=True)
         return
-    click.echo(f"refused: the station daemon (pid {ping.get('pid')}, {path}) is running and owns the {what}; "
-               "stop it (sudo systemctl stop checkpoint-station) or pass --force", err=True)
+    click.echo(
+        f"refused: the station daemon (pid {ping.get('pid')}, {path}) is running and owns the {what}; "
+        "stop it (sudo systemctl stop checkpoint-station) or pass --force",
+        err=True,
+    )
     sys.exit(EXIT_REFUSED)
 
 
@@ -63,8 +66,8 @@ def test() -> None:
 def _run_gate(obj: Any, name: str, steps: list[tuple[str, str]], wait_s: float) -> tuple[list[tuple[float, str, Any]], dict[str, Any]]:
     """Run gate commands (action, decision) one after another, ``wait_s`` apart; the gate's history."""
     from station.app import build_gate
-    from station.ops.clock import SystemClock
     from station.domain.model import Decision, GateAction, GateCommand
+    from station.ops.clock import SystemClock
 
     cfg = obj.load()
     clock = SystemClock()
@@ -77,8 +80,13 @@ def _run_gate(obj: Any, name: str, steps: list[tuple[str, str]], wait_s: float) 
     try:
         for action, decision in steps:
             now = clock.monotonic()
-            cmd = GateCommand(event_id=f"stationctl-test-{name}", action=GateAction(action), decision=Decision(decision),
-                              issued_t=now, deadline_t=now + 1.0)
+            cmd = GateCommand(
+                event_id=f"stationctl-test-{name}",
+                action=GateAction(action),
+                decision=Decision(decision),
+                issued_t=now,
+                deadline_t=now + 1.0,
+            )
             res = gate.execute(cmd, clock.monotonic())
             results.append({"action": action, "executed": res.executed, "reason": res.reason})
             time.sleep(wait_s)
@@ -164,18 +172,29 @@ def test_thermal(obj: Any, frames: int, timeout: float, force: bool, as_json: bo
             if f is None:
                 break
             px = f.pixels_c
-            got.append({"seq": f.seq, "die_c": round(float(f.die_c), 2), "min_c": round(float(px.min()), 2),
-                        "max_c": round(float(px.max()), 2), "mean_c": round(float(px.mean()), 2), "shape": list(px.shape)})
+            got.append(
+                {
+                    "seq": f.seq,
+                    "die_c": round(float(f.die_c), 2),
+                    "min_c": round(float(px.min()), 2),
+                    "max_c": round(float(px.max()), 2),
+                    "mean_c": round(float(px.mean()), 2),
+                    "shape": list(px.shape),
+                }
+            )
         stats = dict(src.stats())
     finally:
         src.stop()
     ok = len(got) == frames
     if not as_json:
         for g in got:
-            click.echo(f"  frame {g['seq']}: {g['shape'][1]}×{g['shape'][0]}, die {g['die_c']} °C, "
-                       f"min {g['min_c']} / mean {g['mean_c']} / max {g['max_c']} °C")
-    detail = (f"{len(got)}/{frames} frames from {cfg.thermal.port} ({cfg.thermal.driver}), link {stats.get('state')}"
-              + ("" if ok else "; check the cable, thermal.port and thermal.baud (`stationctl devices list`)"))
+            click.echo(
+                f"  frame {g['seq']}: {g['shape'][1]}×{g['shape'][0]}, die {g['die_c']} °C, "
+                f"min {g['min_c']} / mean {g['mean_c']} / max {g['max_c']} °C"
+            )
+    detail = f"{len(got)}/{frames} frames from {cfg.thermal.port} ({cfg.thermal.driver}), link {stats.get('state')}" + (
+        "" if ok else "; check the cable, thermal.port and thermal.baud (`stationctl devices list`)"
+    )
     _verdict(obj, "thermal", ok, detail, as_json, frames=got, stats=stats)
 
 
@@ -211,8 +230,11 @@ def test_camera(obj: Any, save: Path | None, timeout: float, force: bool, as_jso
 
         cv2.imwrite(str(save), img)
     ok = 2.0 < mean < 253.0  # a black or white frame: lens cap, dead sensor, or wrong exposure
-    detail = f"{img.shape[1]}×{img.shape[0]} frame from {cfg.camera.device}, mean brightness {mean:.0f}" + (
-        "" if ok else " (all black or all white: lens cap? exposure?)") + (f", saved to {save}" if save else "")
+    detail = (
+        f"{img.shape[1]}×{img.shape[0]} frame from {cfg.camera.device}, mean brightness {mean:.0f}"
+        + ("" if ok else " (all black or all white: lens cap? exposure?)")
+        + (f", saved to {save}" if save else "")
+    )
     _verdict(obj, "camera", ok, detail, as_json, width=img.shape[1], height=img.shape[0], mean=round(mean, 1), stats=stats)
 
 
@@ -256,7 +278,12 @@ ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 
 
 @test.command("detector")
-@click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, help="Default: the bundled astronaut photo (one face)")
+@click.option(
+    "--image",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Default: the bundled astronaut photo (one face)",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def test_detector(obj: Any, image: Path | None, as_json: bool) -> None:
@@ -278,7 +305,11 @@ def test_detector(obj: Any, image: Path | None, as_json: bool) -> None:
     faces = detector.detect(img)
     ms = (time.perf_counter() - t0) * 1000
     ok = state == "ok" and len(faces) >= 1
-    boxes = [{"box": [round(f.box.x1), round(f.box.y1), round(f.box.x2), round(f.box.y2)], "score": round(float(f.score), 3)} for f in faces]
-    detail = (f"{getattr(detector, 'name', cfg.detector.face)}: {len(faces)} face(s) in {path.name}, {ms:.1f} ms "
-              f"(warm-up {warm_ms:.0f} ms)" + ("" if state == "ok" else f"; detector {state}"))
+    boxes = [
+        {"box": [round(f.box.x1), round(f.box.y1), round(f.box.x2), round(f.box.y2)], "score": round(float(f.score), 3)} for f in faces
+    ]
+    detail = (
+        f"{getattr(detector, 'name', cfg.detector.face)}: {len(faces)} face(s) in {path.name}, {ms:.1f} ms "
+        f"(warm-up {warm_ms:.0f} ms)" + ("" if state == "ok" else f"; detector {state}")
+    )
     _verdict(obj, "detector", ok, detail, as_json, faces=boxes, ms=round(ms, 1), state=state)

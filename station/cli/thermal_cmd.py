@@ -104,14 +104,23 @@ def read(port: str, baud: str, refresh_hz: str, count: int, timeout: float, as_j
             f = src.read_frame(timeout)
             if f is None:
                 break
-            click.echo(_frame_line(got, f.die_c, f.pixels_c, f.t) if as_json else
-                       f"frame {got}: ta {f.die_c:.2f} °C, max {f.pixels_c.max():.2f} °C")
+            click.echo(
+                _frame_line(got, f.die_c, f.pixels_c, f.t)
+                if as_json
+                else f"frame {got}: ta {f.die_c:.2f} °C, max {f.pixels_c.max():.2f} °C"
+            )
             got += 1
     finally:
         st = src.stats()
         src.stop()
-    summary = {"frames": got, "checksum_errors": st["checksum_errors"], "resync_bytes": st["resync_bytes"],
-               "baud": st["baud"], "observed_hz": st["observed_hz"], "stalls": st["stalls"]}
+    summary = {
+        "frames": got,
+        "checksum_errors": st["checksum_errors"],
+        "resync_bytes": st["resync_bytes"],
+        "baud": st["baud"],
+        "observed_hz": st["observed_hz"],
+        "stalls": st["stalls"],
+    }
     click.echo(json.dumps({"summary": summary}) if as_json else f"summary: {summary}")
     if got < count:
         sys.exit(1)
@@ -122,7 +131,9 @@ def read(port: str, baud: str, refresh_hz: str, count: int, timeout: float, as_j
 @click.option("--baud", type=click.Choice(["auto", "9600", "115200", "460800"]), default="auto", show_default=True)
 @click.option("--refresh-hz", type=click.Choice(["0.5", "1", "2", "4", "8"]), default="4", show_default=True)
 @click.option("--seconds", type=click.FloatRange(0.1, 86400), default=10.0, show_default=True)
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="CAPTURE.bin (+ CAPTURE.bin.jsonl timestamps)")
+@click.option(
+    "--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="CAPTURE.bin (+ CAPTURE.bin.jsonl timestamps)"
+)
 def record(port: str, baud: str, refresh_hz: str, seconds: float, out: Path) -> None:
     """Record the raw byte stream with timestamps (replay: drivers.thermal.capture.CaptureScene)."""
     import serial
@@ -142,8 +153,19 @@ def record(port: str, baud: str, refresh_hz: str, seconds: float, out: Path) -> 
     finally:
         writer.close()
     frames, parser = decode_capture(out.read_bytes())
-    click.echo(json.dumps({"summary": {"file": str(out), "bytes": writer.bytes, "baud": found, "frames": len(frames),
-                                       "checksum_errors": parser.checksum_errors}}))
+    click.echo(
+        json.dumps(
+            {
+                "summary": {
+                    "file": str(out),
+                    "bytes": writer.bytes,
+                    "baud": found,
+                    "frames": len(frames),
+                    "checksum_errors": parser.checksum_errors,
+                }
+            }
+        )
+    )
 
 
 # -- calibrate ----------------------------------------------------------------------------------------
@@ -165,18 +187,25 @@ def _float(row: dict[str, str], key: str) -> float | None:
 
 
 @calibrate.command("thermal")
-@click.option("--readings", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="CSV: skin_c,reference_c[,ambient_c,size_ratio] — the station's skin statistic and terms (from the "
-                   "event's temperature.terms) beside a clinical thermometer (or blackbody) reading")
-@click.option("--points", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="CSV: vx,vy,tx,ty — ≥ 4 heated-target points in visible and thermal pixels: fits the registration")
+@click.option(
+    "--readings",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="CSV: skin_c,reference_c[,ambient_c,size_ratio] — the station's skin statistic and terms (from the "
+    "event's temperature.terms) beside a clinical thermometer (or blackbody) reading",
+)
+@click.option(
+    "--points",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="CSV: vx,vy,tx,ty — ≥ 4 heated-target points in visible and thermal pixels: fits the registration",
+)
 @click.option("--blackbody", type=str, default=None, help="x1,y1,x2,y2@SET_C: a blackbody in view (thermal pixels, set-point)")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Default: calibration.toml beside --config")
 @click.option("--dry-run", is_flag=True, help="Fit and show, do not write")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def calibrate_thermal(ctx: click.Context, readings: Path | None, points: Path | None, blackbody: str | None,
-                      out: Path | None, dry_run: bool, as_json: bool) -> None:
+def calibrate_thermal(
+    ctx: click.Context, readings: Path | None, points: Path | None, blackbody: str | None, out: Path | None, dry_run: bool, as_json: bool
+) -> None:
     """Fit the offset (and the ambient / distance terms where the readings span enough) and the registration."""
     import tomlkit
 
@@ -192,8 +221,10 @@ def calibrate_thermal(ctx: click.Context, readings: Path | None, points: Path | 
     if readings:
         rows = _read_csv(readings)
         try:
-            samples = [CalibrationSample(float(r["skin_c"]), float(r["reference_c"]), _float(r, "ambient_c"),
-                                         _float(r, "size_ratio") or 1.0) for r in rows]
+            samples = [
+                CalibrationSample(float(r["skin_c"]), float(r["reference_c"]), _float(r, "ambient_c"), _float(r, "size_ratio") or 1.0)
+                for r in rows
+            ]
         except (KeyError, ValueError) as exc:
             raise click.UsageError(f"{readings}: need numeric columns skin_c,reference_c ({exc})") from exc
         if len(samples) < 3:

@@ -62,7 +62,9 @@ def models_list(obj: Any, as_json: bool) -> None:
             state = "ok"
         bad = bad or state != "ok"
         if as_json:
-            _echo_json({"name": e.name, "file": e.file, "size": e.size, "sha256": e.sha256, "licence": e.licence, "task": e.task, "state": state})
+            _echo_json(
+                {"name": e.name, "file": e.file, "size": e.size, "sha256": e.sha256, "licence": e.licence, "task": e.task, "state": state}
+            )
         else:
             click.echo(f"{e.name:<24s} {state:<8s} {e.size:>9d}  {e.licence:<11s} {e.task:<26s} {e.file}")
     sys.exit(1 if bad else 0)
@@ -70,7 +72,13 @@ def models_list(obj: Any, as_json: bool) -> None:
 
 @models_cmd.command("verify")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default=None, help="Check this directory instead of the station's")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Check this directory instead of the station's",
+)
 @click.pass_obj
 def models_verify(obj: Any, as_json: bool, directory: Path | None) -> None:
     """Exit 0 when every model matches the manifest (size, sha256, licence file), else 1."""
@@ -89,7 +97,13 @@ def models_verify(obj: Any, as_json: bool, directory: Path | None) -> None:
 
 
 @models_cmd.command("install")
-@click.option("--from", "source", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True), help="Directory with manifest.toml, the models and their licences")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Directory with manifest.toml, the models and their licences",
+)
 @click.pass_obj
 def models_install(obj: Any, source: Path) -> None:
     """Copy a verified model set into the station's models directory (atomic swap, old set kept)."""
@@ -148,14 +162,21 @@ def _read_image(path: Path) -> Any:
 @detect.command("faces")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True, help='One line per image: {"image", "faces": [{"box", "score"}]}')
-@click.option("--detector", type=click.Choice(["ultraface-rfb-320", "ultraface-rfb-640", "haar"]), default=None, help="Default: detector.face from the config")
+@click.option(
+    "--detector",
+    type=click.Choice(["ultraface-rfb-320", "ultraface-rfb-640", "haar"]),
+    default=None,
+    help="Default: detector.face from the config",
+)
 @click.pass_obj
 def detect_faces(obj: Any, images: tuple[Path, ...], as_json: bool, detector: str | None) -> None:
     """Faces in each image (exit 1 if an image cannot be read or the model is unusable)."""
     from station.lane.vision import build_face_detector, detector_state
 
     cfg = obj.load()
-    det = build_face_detector(detector or cfg.detector.face, _models_dir(obj), score_threshold=cfg.detector.score_threshold, threads=cfg.detector.threads)
+    det = build_face_detector(
+        detector or cfg.detector.face, _models_dir(obj), score_threshold=cfg.detector.score_threshold, threads=cfg.detector.threads
+    )
     state = detector_state(det)
     if state != "ok":
         click.echo(f"face detector {state}", err=True)
@@ -195,7 +216,14 @@ def detect_plates(obj: Any, images: tuple[Path, ...], as_json: bool, max_side: i
             failed = True
             continue
         plates = [
-            {"box": p["box"], "text": p["text"], "score": p["score"], "confidence": p["confidence"], "corners": p["corners"], "rows": p["rows"]}
+            {
+                "box": p["box"],
+                "text": p["text"],
+                "score": p["score"],
+                "confidence": p["confidence"],
+                "corners": p["corners"],
+                "rows": p["rows"],
+            }
             for p in reader.read(img)
         ]
         if as_json:

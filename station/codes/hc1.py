@@ -66,9 +66,25 @@ MAX_HOLDER = 256
 _COLOURS = frozenset(c.value for c in CodeColour)
 
 REASONS = (
-    "ok", "unknown_format", "garbage", "bad_base45", "truncated", "bad_zlib", "not_cose", "bad_cose_structure",
-    "bad_header", "unsupported_alg", "no_kid", "unknown_kid", "bad_signature", "bad_claims", "expired",
-    "not_yet_valid", "stale_dynamic", "replay", "malformed",
+    "ok",
+    "unknown_format",
+    "garbage",
+    "bad_base45",
+    "truncated",
+    "bad_zlib",
+    "not_cose",
+    "bad_cose_structure",
+    "bad_header",
+    "unsupported_alg",
+    "no_kid",
+    "unknown_kid",
+    "bad_signature",
+    "bad_claims",
+    "expired",
+    "not_yet_valid",
+    "stale_dynamic",
+    "replay",
+    "malformed",
 )
 """Every reason an HC1 verdict can carry. ``not_cose``: not CBOR, or not a (CWT-/COSE_Sign1-tagged) array;
 ``bad_cose_structure``: an array of the wrong length or element types; ``bad_header``: a protected header
@@ -187,14 +203,24 @@ def encode(claims: Mapping[int, Any], private_key: Any, kid: bytes, *, kid_prote
 
 
 def health_claims(
-    colour: CodeColour | str, *, iat: int, exp: int, issuer: str, valid_from: int | None = None,
-    valid_until: int | None = None, refresh_s: int | None = None, holder: str | None = None,
+    colour: CodeColour | str,
+    *,
+    iat: int,
+    exp: int,
+    issuer: str,
+    valid_from: int | None = None,
+    valid_until: int | None = None,
+    refresh_s: int | None = None,
+    holder: str | None = None,
     extra: Mapping[Any, Any] | None = None,
 ) -> dict[int, Any]:
     """A CWT claims map with our health claim (``extra`` adds fields to the health claim, e.g. the
     personal fields other issuers put there, which the verifier must drop)."""
-    health: dict[Any, Any] = {1: CodeColour(colour).value, 2: int(valid_from if valid_from is not None else iat),
-                              3: int(valid_until if valid_until is not None else exp)}
+    health: dict[Any, Any] = {
+        1: CodeColour(colour).value,
+        2: int(valid_from if valid_from is not None else iat),
+        3: int(valid_until if valid_until is not None else exp),
+    }
     if refresh_s is not None:
         health[4] = int(refresh_s)
     if holder is not None:
@@ -363,9 +389,14 @@ def parse_claims(payload: bytes) -> Hc1Claims:
     holder = health.get(5)
     # Only the fields above are copied out; names, birth dates, ID numbers die with ``claims``.
     return Hc1Claims(
-        issuer=issuer, iat=iat, exp=exp, colour=CodeColour(colour_value),
-        valid_from=_time(health.get(2, iat), "valid-from"), valid_until=_time(health.get(3, exp), "valid-until"),
-        refresh_s=refresh, holder=holder[:MAX_HOLDER] if isinstance(holder, str) and holder else None,
+        issuer=issuer,
+        iat=iat,
+        exp=exp,
+        colour=CodeColour(colour_value),
+        valid_from=_time(health.get(2, iat), "valid-from"),
+        valid_until=_time(health.get(3, exp), "valid-until"),
+        refresh_s=refresh,
+        holder=holder[:MAX_HOLDER] if isinstance(holder, str) and holder else None,
     )
 
 
@@ -381,8 +412,14 @@ class Hc1Verifier:
 
     name = "hc1"
 
-    def __init__(self, trust: Callable[[bytes], Any], *, max_clock_skew_s: float = 300.0,
-                 dynamic_grace_s: float = 30.0, holder_ref: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        trust: Callable[[bytes], Any],
+        *,
+        max_clock_skew_s: float = 300.0,
+        dynamic_grace_s: float = 30.0,
+        holder_ref: Callable[[str], str] | None = None,
+    ) -> None:
         self.trust = trust
         self.max_clock_skew_s = max_clock_skew_s
         self.dynamic_grace_s = dynamic_grace_s
@@ -425,8 +462,7 @@ class Hc1Verifier:
         except DecodeError as exc:
             return _verdict(CodeStatus.INVALID, exc.reason, **detail)
         expires = min(c.exp, c.valid_until)
-        detail.update(issuer=c.issuer, colour=c.colour.value if c.colour else None, iat=c.iat, expires=expires,
-                      claim_set=c.claim_set)
+        detail.update(issuer=c.issuer, colour=c.colour.value if c.colour else None, iat=c.iat, expires=expires, claim_set=c.claim_set)
         if c.refresh_s is not None:
             detail["refresh_s"] = c.refresh_s
         ref = self.holder_ref(c.holder) if c.holder else None

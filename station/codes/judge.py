@@ -104,8 +104,10 @@ class SeenCodes:
         self.write_errors = 0
         with self._lock, self._conn:
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("CREATE TABLE IF NOT EXISTS seen_codes (hash TEXT PRIMARY KEY, first_wall REAL NOT NULL, "
-                               "last_wall REAL NOT NULL, uses INTEGER NOT NULL)")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS seen_codes (hash TEXT PRIMARY KEY, first_wall REAL NOT NULL, "
+                "last_wall REAL NOT NULL, uses INTEGER NOT NULL)"
+            )
 
     def use(self, code_hash: str, now_wall: float, window_s: float) -> float | None:
         """Record a use; returns the first-use time of an earlier use still inside the window.
@@ -125,14 +127,14 @@ class SeenCodes:
                         self._conn.execute("INSERT INTO seen_codes VALUES (?, ?, ?, 1)", (code_hash, now_wall, now_wall))
                         return None
                     if row is not None:
-                        self._conn.execute("UPDATE seen_codes SET last_wall = ?, uses = uses + 1 WHERE hash = ?",
-                                           (now_wall, code_hash))
+                        self._conn.execute("UPDATE seen_codes SET last_wall = ?, uses = uses + 1 WHERE hash = ?", (now_wall, code_hash))
                         return float(row[0]) if remembered is None else min(float(row[0]), remembered)
                     return remembered
             except sqlite3.Error as exc:
                 self.write_errors += 1
-                log.warning("seen-codes store not writable, replay memory kept in RAM error=%s path=%s errors=%d",
-                            exc, self.path, self.write_errors)
+                log.warning(
+                    "seen-codes store not writable, replay memory kept in RAM error=%s path=%s errors=%d", exc, self.path, self.write_errors
+                )
                 if remembered is None:
                     self._unsaved[code_hash] = now_wall
                 return remembered
@@ -147,8 +149,15 @@ class CodeJudge:
 
     name = "judge"
 
-    def __init__(self, verifiers: Sequence[Any], *, salt: bytes, seen: SeenCodes | None,
-                 replay_window_s: float = 86400.0, replay_grace_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        verifiers: Sequence[Any],
+        *,
+        salt: bytes,
+        seen: SeenCodes | None,
+        replay_window_s: float = 86400.0,
+        replay_grace_s: float = 20.0,
+    ) -> None:
         self.verifiers = list(verifiers)
         self.salt = salt
         self.seen = seen
@@ -197,8 +206,10 @@ class CodeJudge:
 
     def stats(self) -> dict[str, Any]:
         """What a technician needs to see: each verifier's trust list / look-up counters, replay-store errors."""
-        out: dict[str, Any] = {"verifiers": [getattr(v, "name", type(v).__name__) for v in self.verifiers],
-                               "replay_store_write_errors": self.seen.write_errors if self.seen is not None else None}
+        out: dict[str, Any] = {
+            "verifiers": [getattr(v, "name", type(v).__name__) for v in self.verifiers],
+            "replay_store_write_errors": self.seen.write_errors if self.seen is not None else None,
+        }
         failures = self.failures.snapshot()
         for v in self.verifiers:
             own = getattr(v, "failures", None)

@@ -36,8 +36,8 @@ import time
 import uuid
 from typing import Any
 
-from station.link.command_auth import CommandKeys, verify_lookup_answer
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
+from station.link.command_auth import CommandKeys, verify_lookup_answer
 
 log = logging.getLogger("station.codes.online")
 
@@ -74,8 +74,9 @@ class OnlineVerifier:
 
     name = "online"
 
-    def __init__(self, base_topic: str, timeout_s: float = 1.5, identity: dict[str, str] | None = None,
-                 keys: CommandKeys | None = None) -> None:
+    def __init__(
+        self, base_topic: str, timeout_s: float = 1.5, identity: dict[str, str] | None = None, keys: CommandKeys | None = None
+    ) -> None:
         self.request_topic = f"{base_topic}/lookup/code"
         self.result_topic = f"{self.request_topic}/result"
         self.timeout_s = timeout_s
@@ -130,8 +131,14 @@ class OnlineVerifier:
         with self._lock:
             self._waiting[corr] = (done, box)
         try:
-            request = {"schema": 1, **self.identity, "ts": round(now_wall, 3), "id": corr,
-                       "token_sha256": token_sha256(token), "deadline": round(now_wall + self.timeout_s, 3)}
+            request = {
+                "schema": 1,
+                **self.identity,
+                "ts": round(now_wall, 3),
+                "id": corr,
+                "token_sha256": token_sha256(token),
+                "deadline": round(now_wall + self.timeout_s, 3),
+            }
             self.counters["requests"] += 1
             t0 = time.monotonic()
             if not pub.publish_direct(self.request_topic, json.dumps(request).encode(), qos=1, retain=False):
@@ -140,8 +147,7 @@ class OnlineVerifier:
             if not done.wait(self.timeout_s):
                 self.counters["timeouts"] += 1
                 log.warning("code look-up timed out id=%s timeout_s=%.2f", corr, self.timeout_s)
-                return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_timeout", SOURCE, None,
-                                   {"timeout_s": self.timeout_s})
+                return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_timeout", SOURCE, None, {"timeout_s": self.timeout_s})
             self.counters["answered"] += 1
             return self._judge(box[0], now_wall, round((time.monotonic() - t0) * 1000.0, 1), corr, token_sha256(token))
         finally:
@@ -151,13 +157,18 @@ class OnlineVerifier:
     def _judge(self, msg: dict[str, Any], now_wall: float, ms: float, corr: str = "", token_hash: str = "") -> CodeVerdict:
         # Only an answer signed by the centre for this very request may decide anything: an
         # unsigned "green" from any broker client must end in manual_check, never in pass.
-        signed, why = verify_lookup_answer(msg, request_id=corr, station=self.identity.get("station_id", ""),
-                                           site=self.identity.get("site", ""), token_sha256=token_hash, keys=self.keys)
+        signed, why = verify_lookup_answer(
+            msg,
+            request_id=corr,
+            station=self.identity.get("station_id", ""),
+            site=self.identity.get("site", ""),
+            token_sha256=token_hash,
+            keys=self.keys,
+        )
         if not signed:
             self.counters["unverified"] += 1
             log.warning("code look-up answer not trusted id=%s why=%s", corr, why)
-            return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_unverified", SOURCE, None,
-                               {"lookup_ms": ms, "answer_auth": why})
+            return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_unverified", SOURCE, None, {"lookup_ms": ms, "answer_auth": why})
         result = msg.get("result")
         if msg.get("ok") is not True or not isinstance(result, dict):
             return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_error", SOURCE, None, {"lookup_ms": ms})

@@ -121,8 +121,11 @@ def load_file(path: Path) -> TrustList:
             raise TrustListError(f"{path}: document is not an object")
     certs = doc.get("certificates")
     version = doc.get("version", 0)
-    return TrustList(int(version) if isinstance(version, int) else 0, parse_certificates(certs, strict=False),
-                     list(certs) if isinstance(certs, list) else [])
+    return TrustList(
+        int(version) if isinstance(version, int) else 0,
+        parse_certificates(certs, strict=False),
+        list(certs) if isinstance(certs, list) else [],
+    )
 
 
 # ------------------------------------------------------------------------------------- signed pushes
@@ -130,8 +133,12 @@ def load_file(path: Path) -> TrustList:
 
 def signed_bytes(document: dict[str, Any]) -> bytes:
     try:
-        return json.dumps({"certificates": document.get("certificates"), "version": document.get("version")},
-                          sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+        return json.dumps(
+            {"certificates": document.get("certificates"), "version": document.get("version")},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+        ).encode("utf-8")
     except (ValueError, TypeError, RecursionError) as exc:  # keys that cannot be sorted, nesting, huge numbers
         raise TrustListError(f"document cannot be put in canonical form ({type(exc).__name__})") from None
 
@@ -206,8 +213,12 @@ def accept_push(data_dir: Path, document: Any, signer: ec.EllipticCurvePublicKey
         raise TrustListError(f"version {version} is not newer than the stored version {have}; the old list is kept")
     folder = trust_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    body = {"version": version, "received_at": now_wall if now_wall is not None else time.time(),
-            "signature_verified": True, "document": document}
+    body = {
+        "version": version,
+        "received_at": now_wall if now_wall is not None else time.time(),
+        "signature_verified": True,
+        "document": document,
+    }
     data = json.dumps(body, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
     for target in (folder / f"v{version}.json", folder / CURRENT):
         tmp = target.with_name(target.name + ".tmp")
@@ -275,8 +286,12 @@ class TrustStore:
                 log.info("trust list loaded source=%s version=%d signers=%d", source, self._list.version, len(self._list.keys))
                 return
             self._list, self.source = TrustList(0, {}, []), "none"
-            log.warning("no usable HC1 trust list (configured=%s, pushed=%s): every signed code is unknown_kid "
-                        "→ manual_check until one is provisioned or pushed", self.configured, self.pushed)
+            log.warning(
+                "no usable HC1 trust list (configured=%s, pushed=%s): every signed code is unknown_kid "
+                "→ manual_check until one is provisioned or pushed",
+                self.configured,
+                self.pushed,
+            )
 
     def __call__(self, kid: bytes) -> Any:
         self.refresh()

@@ -22,6 +22,7 @@ from enum import StrEnum
 from statistics import median
 from typing import Any
 
+from station.domain.direction import EXIT, DirectionCounter
 from station.domain.model import (
     Box,
     CodeColour,
@@ -34,9 +35,7 @@ from station.domain.model import (
     ThermalFrame,
 )
 from station.domain.thermal import MeasureState, ThermalCalibration, WarmupTracker, measure_face
-from station.domain.direction import EXIT, DirectionCounter
 from station.domain.tracking import FaceTracker, TrackerSettings, capture_score
-
 
 UNSTABLE = "unstable"  # a reading taken while the face was still moving or growing
 
@@ -96,8 +95,7 @@ class ScreeningPolicy:
             raise ValueError(f"uncoloured_code must be manual_check or deny_code, not {self.uncoloured_code}")
 
     def as_record(self) -> dict[str, str]:
-        return {"temperature": self.temperature, "yellow_code": self.yellow_code.value,
-                "uncoloured_code": self.uncoloured_code.value}
+        return {"temperature": self.temperature, "yellow_code": self.yellow_code.value, "uncoloured_code": self.uncoloured_code.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,9 +337,7 @@ class ScreeningLane:
             return self._decide(Decision.MANUAL_CHECK, f"code_unverifiable:{v.reason}", now, alarm=False)
         if now - s.face_t >= st.code_timeout_s:
             if s.invalid_code is not None:
-                return self._decide(
-                    Decision.MANUAL_CHECK, f"code_invalid:{s.invalid_code.verdict.reason}", now, alarm=False
-                )
+                return self._decide(Decision.MANUAL_CHECK, f"code_invalid:{s.invalid_code.verdict.reason}", now, alarm=False)
             return self._decide(Decision.RETRY, "no_code", now, alarm=False)
         return None
 
@@ -368,7 +364,9 @@ class ScreeningLane:
             compute["decode_ms"] = code_obs.decode_ms
         t = s.temperature
         temperature: dict[str, Any] = {
-            "state": MeasureState.MEASURED if s.temperature_c is not None else (NOT_SCREENED_EXIT if exempt else (s.last_measure_state or "none")),
+            "state": MeasureState.MEASURED
+            if s.temperature_c is not None
+            else (NOT_SCREENED_EXIT if exempt else (s.last_measure_state or "none")),
             "samples": [x.core_c for x in s.samples[-self.settings.stable_samples :]] if s.temperature_c is not None else [],
             "frames_by_state": dict(s.measure_states),
             "calibration": self.calibration.version,
@@ -396,8 +394,14 @@ class ScreeningLane:
             temperature=temperature,
             code_colour=(code_obs.verdict.colour if code_obs is not None and code_obs.verdict.status is CodeStatus.VALID else None),
             code=code,
-            face={"box": s.face.box.as_list(), "score": round(s.face.score, 3), "frame_size": list(s.frame_size), "track_id": s.track_id, "capture": s.capture,
-                  "direction": self.directions.direction_of(s.track_id) if s.track_id is not None else None},
+            face={
+                "box": s.face.box.as_list(),
+                "score": round(s.face.score, 3),
+                "frame_size": list(s.frame_size),
+                "track_id": s.track_id,
+                "capture": s.capture,
+                "direction": self.directions.direction_of(s.track_id) if s.track_id is not None else None,
+            },
             compute_ms=compute,
             policy=self.policy.as_record(),
         )

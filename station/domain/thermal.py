@@ -70,9 +70,7 @@ class ThermalCalibration:
 
 def map_box(box: Box, h: np.ndarray) -> tuple[float, float, float, float]:
     """Map a visible-image box through homography ``h``; returns the bounding box of its corners."""
-    pts = np.array(
-        [[box.x1, box.y1, 1.0], [box.x2, box.y1, 1.0], [box.x1, box.y2, 1.0], [box.x2, box.y2, 1.0]]
-    ).T
+    pts = np.array([[box.x1, box.y1, 1.0], [box.x2, box.y1, 1.0], [box.x1, box.y2, 1.0], [box.x2, box.y2, 1.0]]).T
     m = h @ pts
     xs, ys = m[0] / m[2], m[1] / m[2]
     return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())

@@ -43,7 +43,14 @@ class VehicleEvent:
     alarm: bool = False  # always False: these never enter the alarm stream
 
     def as_record(self) -> dict[str, Any]:
-        return {"type": self.kind, "plate": self.plate, "confidence": round(self.confidence, 3), "reads": self.reads, "track_id": self.track_id, "alarm": self.alarm}
+        return {
+            "type": self.kind,
+            "plate": self.plate,
+            "confidence": round(self.confidence, 3),
+            "reads": self.reads,
+            "track_id": self.track_id,
+            "alarm": self.alarm,
+        }
 
 
 @dataclass(slots=True)

@@ -43,7 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from station.lane.capture import CaptureKeeper
 from station.domain.gate import gate_command_for
 from station.domain.model import (
     CodeObservation,
@@ -60,7 +59,9 @@ from station.domain.model import (
 )
 from station.domain.screening import LaneState, ScreeningLane, Verdict
 from station.domain.thermal import MeasureState
+from station.lane.capture import CaptureKeeper
 from station.lane.frame_gate import FrameGate
+from station.ops.ratelimit import FailureLog, RateLimiter
 from station.ports import (
     Clock,
     CodeReader,
@@ -71,7 +72,6 @@ from station.ports import (
     GateOutput,
     ThermalSource,
 )
-from station.ops.ratelimit import FailureLog, RateLimiter
 
 log = logging.getLogger("station.lane.pipeline")
 
@@ -165,8 +165,7 @@ class StageFailing(RuntimeError):
 class StageHealth:
     """One stage's failures per kind, in-process restarts, and whether its supervisor gave up."""
 
-    def __init__(self, name: str, settings: PipelineSettings, monotonic: Callable[[], float], *,
-                 escalate: bool = True) -> None:
+    def __init__(self, name: str, settings: PipelineSettings, monotonic: Callable[[], float], *, escalate: bool = True) -> None:
         self.name = name
         # A stage whose items are what people show (codes, plates) never escalates: a hostile code
         # held up for minutes fails every frame, and that must cost frames, never the stage.
@@ -192,8 +191,7 @@ class StageHealth:
         self._in_a_row = 0
 
     def snapshot(self) -> dict[str, Any]:
-        return {"state": self.state, "restarts": self.restarts, "errors": self.errors.snapshot(),
-                "last_crash": self.last_crash}
+        return {"state": self.state, "restarts": self.restarts, "errors": self.errors.snapshot(), "last_crash": self.last_crash}
 
 
 def health_summary(stages: dict[str, dict[str, Any]], *, alive: bool) -> dict[str, Any]:
@@ -208,8 +206,16 @@ def health_summary(stages: dict[str, dict[str, Any]], *, alive: bool) -> dict[st
 class StageSupervisor:
     """Runs one stage loop on its own thread; restarts it in-process when it raises, within a rate limit."""
 
-    def __init__(self, name: str, loop: Callable[[], None], health: StageHealth, settings: PipelineSettings,
-                 stop: threading.Event, monotonic: Callable[[], float], thread_name: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        loop: Callable[[], None],
+        health: StageHealth,
+        settings: PipelineSettings,
+        stop: threading.Event,
+        monotonic: Callable[[], float],
+        thread_name: str | None = None,
+    ) -> None:
         self.name = name
         self.loop = loop
         self.health = health
@@ -238,19 +244,29 @@ class StageSupervisor:
                 if self.settings.restart_limit <= 0 or not self._restarts.allow(self.name):
                     # Given up: alive() turns False, the watchdog stops and systemd restarts the station.
                     self.health.state = "given_up"
-                    log.critical("pipeline stage given up stage=%s restarts=%d limit=%d window_s=%.0f",
-                                 self.name, self.health.restarts, self.settings.restart_limit,
-                                 self.settings.restart_window_s, exc_info=exc)
+                    log.critical(
+                        "pipeline stage given up stage=%s restarts=%d limit=%d window_s=%.0f",
+                        self.name,
+                        self.health.restarts,
+                        self.settings.restart_limit,
+                        self.settings.restart_window_s,
+                        exc_info=exc,
+                    )
                     return
                 if last_crash_t is None or now - last_crash_t >= self.settings.restart_window_s:
                     recent = 0
                 last_crash_t = now
-                backoff = min(self.settings.restart_backoff_s * (2 ** recent), self.settings.restart_backoff_max_s)
+                backoff = min(self.settings.restart_backoff_s * (2**recent), self.settings.restart_backoff_max_s)
                 recent += 1
                 self.health.restarts += 1
                 self.health.state = "restarting"
-                log.error("pipeline stage crashed, restarting stage=%s restart=%d backoff_s=%.2f",
-                          self.name, self.health.restarts, backoff, exc_info=exc)
+                log.error(
+                    "pipeline stage crashed, restarting stage=%s restart=%d backoff_s=%.2f",
+                    self.name,
+                    self.health.restarts,
+                    backoff,
+                    exc_info=exc,
+                )
                 # On stop the wait ends at once and the loop runs again only to finish (the executor
                 # drains what the lane decided; the other loops return at their first stop check).
                 self._stop.wait(backoff)
@@ -465,8 +481,7 @@ class Pipeline:
                 name = str(getattr(verifier, "name", type(verifier).__name__))
                 self.stage_health["code"].failed(f"verify:{type(exc).__name__}", exc, dropped=False, verifier=name)
                 self.counters.add("codes_verifier_error")
-                return CodeVerdict(CodeStatus.INVALID, None, "verifier_error", name,
-                                   detail={"error": type(exc).__name__})
+                return CodeVerdict(CodeStatus.INVALID, None, "verifier_error", name, detail={"error": type(exc).__name__})
             if not (verdict.status is CodeStatus.INVALID and verdict.reason == "unknown_format"):
                 return verdict
         assert verdict is not None
@@ -550,8 +565,11 @@ class Pipeline:
             if verdict is None:
                 if not self._retry_unrecorded():
                     # Never actuated (the gate stayed closed), but their records are gone with us.
-                    log.error("stopping with unrecorded decisions count=%d event_ids=%s", len(self._unrecorded),
-                              ",".join(e.event_id for e, _ in self._unrecorded))
+                    log.error(
+                        "stopping with unrecorded decisions count=%d event_ids=%s",
+                        len(self._unrecorded),
+                        ",".join(e.event_id for e, _ in self._unrecorded),
+                    )
                 return
             self._retry_unrecorded()  # older decisions first, so records keep decision order
             try:
@@ -583,8 +601,12 @@ class Pipeline:
                 self.store.record_gate_result(result)  # the audit row says the gate never acted on it
             except Exception as exc:  # the event itself is safe now
                 log.error("gate result not recorded event_id=%s error=%s", event.event_id, exc)
-            log.warning("event recorded after a failed write; the gate never acted on it event_id=%s decision=%s pending=%d",
-                        event.event_id, event.decision.value, len(self._unrecorded))
+            log.warning(
+                "event recorded after a failed write; the gate never acted on it event_id=%s decision=%s pending=%d",
+                event.event_id,
+                event.decision.value,
+                len(self._unrecorded),
+            )
         return True
 
     def _carry_out(self, verdict: Verdict) -> None:
@@ -620,8 +642,13 @@ class Pipeline:
             result = GateResult(event.event_id, command.action, False, f"fault: event not recorded: {exc}", now)
             # Kept, not lost: written (with this refusal as its gate result) once the disk takes it.
             self._unrecorded.append((event, result))
-            log.error("event not recorded, gate stays closed; kept for retry event_id=%s decision=%s pending=%d error=%s",
-                      event.event_id, event.decision.value, len(self._unrecorded), exc)
+            log.error(
+                "event not recorded, gate stays closed; kept for retry event_id=%s decision=%s pending=%d error=%s",
+                event.event_id,
+                event.decision.value,
+                len(self._unrecorded),
+                exc,
+            )
             self._notify(Decided(event, result, round((now - decided_t) * 1000.0, 2), round((now - decided_t) * 1000.0, 2)))
             return
         stored_t = self.clock.monotonic()
@@ -635,7 +662,10 @@ class Pipeline:
             self.counters.add("record_failed")
             log.error("gate result not recorded event_id=%s error=%s", event.event_id, exc)
         decided = Decided(
-            event, result, round((stored_t - decided_t) * 1000.0, 2), round((gate_t - decided_t) * 1000.0, 2),
+            event,
+            result,
+            round((stored_t - decided_t) * 1000.0, 2),
+            round((gate_t - decided_t) * 1000.0, 2),
             capture=self.captures.crop_for(verdict.face.get("capture")),
         )
         self.last_decided = decided

@@ -123,8 +123,7 @@ class PlateLoop:
                 self.counts["recorded"] += 1
             except Exception as exc:  # a full SD card or a locked file must not stop the plate thread; logged and counted
                 self.counts["record_errors"] += 1
-                self.health.failed(f"record:{type(exc).__name__}", exc, dropped=False, vehicle_id=record["vehicle_id"],
-                                   type=event.kind)
+                self.health.failed(f"record:{type(exc).__name__}", exc, dropped=False, vehicle_id=record["vehicle_id"], type=event.kind)
         log.info("vehicle event type=%s plate=%s confidence=%.2f reads=%d", event.kind, event.plate, event.confidence, event.reads)
         for fn in self._listeners:
             try:
@@ -133,5 +132,10 @@ class PlateLoop:
                 log.exception("vehicle listener failed listener=%r", fn)
 
     def stats(self) -> dict[str, Any]:
-        return {**dict(self.counts), "read_ms": self.read_ms, "last_event": self.last_event, "frames_dropped": self._slot.dropped,
-                "health": self.health.snapshot()}
+        return {
+            **dict(self.counts),
+            "read_ms": self.read_ms,
+            "last_event": self.last_event,
+            "frames_dropped": self._slot.dropped,
+            "health": self.health.snapshot(),
+        }

@@ -58,8 +58,7 @@ log = logging.getLogger("station.link.command_auth")
 COMMAND_DOMAIN = b"checkpoint-cmd/v1\n"
 LOOKUP_DOMAIN = b"checkpoint-lookup/v1\n"
 
-SIGNED_COMMANDS = frozenset({"open-gate", "set-threshold", "resident-plates", "reload-config", "trust-list",
-                             "command-keys"})
+SIGNED_COMMANDS = frozenset({"open-gate", "set-threshold", "resident-plates", "reload-config", "trust-list", "command-keys"})
 """Commands that change the gate or the station: refused unless signed by a trusted centre key."""
 UNSIGNED_COMMANDS = frozenset({"ping", "snapshot"})
 """Read-only commands that may arrive unsigned. Every command not listed here needs a signature."""
@@ -72,10 +71,33 @@ MAX_KEYS = 16
 ENVELOPE_FIELDS = frozenset({"id", "deadline", "site", "station", "command", "args", "key_id", "by", "sig"})
 LOOKUP_FIELDS = frozenset({"id", "ok", "result", "station", "site", "token_sha256", "key_id", "by", "sig"})
 
-REASONS = ("ok", "unsigned", "no_keys_configured", "unknown_key", "bad_signature", "expired", "deadline_too_far",
-           "replay", "replay_store_error", "wrong_station", "wrong_site", "wrong_command", "malformed")
-LOOKUP_REASONS = ("ok", "unsigned", "no_keys_configured", "unknown_key", "bad_signature", "wrong_request",
-                  "wrong_station", "wrong_site", "wrong_token", "malformed")
+REASONS = (
+    "ok",
+    "unsigned",
+    "no_keys_configured",
+    "unknown_key",
+    "bad_signature",
+    "expired",
+    "deadline_too_far",
+    "replay",
+    "replay_store_error",
+    "wrong_station",
+    "wrong_site",
+    "wrong_command",
+    "malformed",
+)
+LOOKUP_REASONS = (
+    "ok",
+    "unsigned",
+    "no_keys_configured",
+    "unknown_key",
+    "bad_signature",
+    "wrong_request",
+    "wrong_station",
+    "wrong_site",
+    "wrong_token",
+    "malformed",
+)
 
 _ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 _KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -211,8 +233,10 @@ class CommandKeys:
                 self.problem = f"{self.stored}: {exc}"
                 log.error("stored command keys not usable path=%s error=%s", self.stored, exc)
         if self.configured is None:
-            log.warning("no command-centre keys configured (centre.command_keys_file): every command that "
-                        "changes the gate or the station is refused reason=no_keys_configured")
+            log.warning(
+                "no command-centre keys configured (centre.command_keys_file): every command that "
+                "changes the gate or the station is refused reason=no_keys_configured"
+            )
             return
         try:
             self._keys = parse_public_keys(self.configured.read_bytes(), str(self.configured))
@@ -249,8 +273,7 @@ class CommandKeys:
         with self._lock:
             if version <= self.version:
                 raise KeyListError(f"version {version} is not newer than the key list in use ({self.version})")
-            doc = {"version": version, "keys": [public_pem(k) for k in keys.values()], "by": by, "key_id": key_id,
-                   "received_at": now}
+            doc = {"version": version, "keys": [public_pem(k) for k in keys.values()], "by": by, "key_id": key_id, "received_at": now}
             self.stored.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.stored.with_name(self.stored.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
@@ -260,14 +283,14 @@ class CommandKeys:
             os.replace(tmp, self.stored)
             previous = self.version
             self._keys, self.version, self.source = keys, version, "rotated"
-        log.warning("command keys rotated version=%d previous=%d keys=%s by=%s signing_key=%s", version, previous,
-                    ",".join(keys), by, key_id)
+        log.warning(
+            "command keys rotated version=%d previous=%d keys=%s by=%s signing_key=%s", version, previous, ",".join(keys), by, key_id
+        )
         return {"version": version, "previous_version": previous, "key_ids": sorted(keys)}
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"source": self.source, "version": self.version, "key_ids": sorted(self._keys),
-                    "problem": self.problem}
+            return {"source": self.source, "version": self.version, "key_ids": sorted(self._keys), "problem": self.problem}
 
 
 # ---------------------------------------------------------------------------------------- replay
@@ -282,8 +305,7 @@ class ReplayGuard:
         self._lock = threading.Lock()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path) if path is not None else ":memory:", check_same_thread=False,
-                                   isolation_level=None)
+        self._db = sqlite3.connect(str(path) if path is not None else ":memory:", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a claimed id must survive a power cut
         self._db.execute("CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY, keep_until REAL NOT NULL)")
@@ -301,8 +323,7 @@ class ReplayGuard:
                 if count >= self.max_ids:
                     log.error("command replay store full ids=%d: refusing signed commands until ids expire", count)
                     return None
-                cur = self._db.execute("INSERT OR IGNORE INTO ids(id, keep_until) VALUES (?, ?)",
-                                       (command_id, deadline + KEEP_IDS_S))
+                cur = self._db.execute("INSERT OR IGNORE INTO ids(id, keep_until) VALUES (?, ?)", (command_id, deadline + KEEP_IDS_S))
                 return cur.rowcount == 1
         except sqlite3.Error as exc:
             log.error("command replay store failed path=%s error=%s", self.path, exc)
@@ -376,12 +397,20 @@ def _parse_envelope(request: Any) -> SignedCommand | str:
     sig = request["sig"]
     if not isinstance(sig, str) or not _B64_RE.match(sig):
         return "sig must be base64"
-    return SignedCommand(cid, float(deadline), request["site"], request["station"], request["command"], args,
-                         key_id, request["by"])
+    return SignedCommand(cid, float(deadline), request["site"], request["station"], request["command"], args, key_id, request["by"])
 
 
-def verify_command(request: Any, *, command: str, station: str, site: str, keys: CommandKeys, now: float,
-                   replay: ReplayGuard | None, max_window_s: float = MAX_WINDOW_S) -> CommandVerdict:
+def verify_command(
+    request: Any,
+    *,
+    command: str,
+    station: str,
+    site: str,
+    keys: CommandKeys,
+    now: float,
+    replay: ReplayGuard | None,
+    max_window_s: float = MAX_WINDOW_S,
+) -> CommandVerdict:
     """Judge one received command body for ``cmd/<command>`` at this station. Total: never raises."""
     try:
         if not len(keys):
@@ -424,8 +453,16 @@ def verify_command(request: Any, *, command: str, station: str, site: str, keys:
 class CommandVerifier:
     """:func:`verify_command` bound to this station's keys, replay store, identity and clock."""
 
-    def __init__(self, keys: CommandKeys, replay: ReplayGuard | None, *, site: str, station: str,
-                 max_window_s: float = MAX_WINDOW_S, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        keys: CommandKeys,
+        replay: ReplayGuard | None,
+        *,
+        site: str,
+        station: str,
+        max_window_s: float = MAX_WINDOW_S,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.keys = keys
         self.replay = replay
         self.site = site
@@ -438,37 +475,78 @@ class CommandVerifier:
         return command not in UNSIGNED_COMMANDS
 
     def verify(self, command: str, request: Any) -> CommandVerdict:
-        return verify_command(request, command=command, station=self.station, site=self.site, keys=self.keys,
-                              now=self.wall(), replay=self.replay, max_window_s=self.max_window_s)
+        return verify_command(
+            request,
+            command=command,
+            station=self.station,
+            site=self.site,
+            keys=self.keys,
+            now=self.wall(),
+            replay=self.replay,
+            max_window_s=self.max_window_s,
+        )
 
 
 # -------------------------------------------------------------------------------------- signing
 
 
-def sign_command(key: PrivateKey, *, site: str, station: str, command: str, args: Mapping[str, Any], by: str,
-                 ttl_s: float = 20.0, now: float | None = None, command_id: str | None = None) -> dict[str, Any]:
+def sign_command(
+    key: PrivateKey,
+    *,
+    site: str,
+    station: str,
+    command: str,
+    args: Mapping[str, Any],
+    by: str,
+    ttl_s: float = 20.0,
+    now: float | None = None,
+    command_id: str | None = None,
+) -> dict[str, Any]:
     """A signed command body for ``<prefix>/<site>/<station>/cmd/<command>`` (the centre's side)."""
     now = time.time() if now is None else now
     envelope: dict[str, Any] = {
-        "id": command_id or uuid.uuid4().hex, "deadline": round(now + ttl_s, 3), "site": site, "station": station,
-        "command": command, "args": dict(args), "key_id": key_id_of(key.public_key()), "by": by,
+        "id": command_id or uuid.uuid4().hex,
+        "deadline": round(now + ttl_s, 3),
+        "site": site,
+        "station": station,
+        "command": command,
+        "args": dict(args),
+        "key_id": key_id_of(key.public_key()),
+        "by": by,
     }
     envelope["sig"] = _sign(key, command_bytes(envelope))
     return envelope
 
 
-def sign_lookup_answer(key: PrivateKey, *, request_id: str, station: str, site: str, token_sha256: str,
-                       result: Mapping[str, Any] | None, ok: bool = True, by: str = "centre") -> dict[str, Any]:
+def sign_lookup_answer(
+    key: PrivateKey,
+    *,
+    request_id: str,
+    station: str,
+    site: str,
+    token_sha256: str,
+    result: Mapping[str, Any] | None,
+    ok: bool = True,
+    by: str = "centre",
+) -> dict[str, Any]:
     """A signed ``lookup/code/result`` answer to one request (the centre's side)."""
-    answer: dict[str, Any] = {"id": request_id, "ok": ok, "result": dict(result) if result is not None else None,
-                              "station": station, "site": site, "token_sha256": token_sha256,
-                              "key_id": key_id_of(key.public_key()), "by": by}
+    answer: dict[str, Any] = {
+        "id": request_id,
+        "ok": ok,
+        "result": dict(result) if result is not None else None,
+        "station": station,
+        "site": site,
+        "token_sha256": token_sha256,
+        "key_id": key_id_of(key.public_key()),
+        "by": by,
+    }
     answer["sig"] = _sign(key, lookup_bytes(answer))
     return answer
 
 
-def verify_lookup_answer(answer: Any, *, request_id: str, station: str, site: str, token_sha256: str,
-                         keys: CommandKeys | None) -> tuple[bool, str]:
+def verify_lookup_answer(
+    answer: Any, *, request_id: str, station: str, site: str, token_sha256: str, keys: CommandKeys | None
+) -> tuple[bool, str]:
     """(ok, reason) for one look-up answer; only ``ok`` answers may decide a colour. Total."""
     try:
         if keys is None or not len(keys):
@@ -503,5 +581,4 @@ def new_signing_key() -> ed25519.Ed25519PrivateKey:
 
 
 def private_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

@@ -48,6 +48,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from station.domain.model import Decision, GateAction, GateCommand, GateResult
 from station.link.command_auth import (
     CommandKeys,
     CommandVerifier,
@@ -55,7 +56,6 @@ from station.link.command_auth import (
     ReplayGuard,
     SignedCommand,
 )
-from station.domain.model import Decision, GateAction, GateCommand, GateResult
 from station.ops.ratelimit import FailureLog, RateLimiter
 
 log = logging.getLogger("station.link.commands")
@@ -169,8 +169,7 @@ class CommandHandlers:
         return args
 
     def ping(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"pong": True, "session": getattr(self.store, "session", None),
-                "uptime_s": round(self.wall() - self.started_wall, 1)}
+        return {"pong": True, "session": getattr(self.store, "session", None), "uptime_s": round(self.wall() - self.started_wall, 1)}
 
     def snapshot(self, request: dict[str, Any]) -> dict[str, Any]:
         return self.snapshot_fn()
@@ -183,10 +182,13 @@ class CommandHandlers:
         try:
             load_config(self.config_path)
         except ConfigError as exc:
-            raise CommandError("invalid configuration, nothing applied: "
-                               + "; ".join(str(p) for p in exc.problems)) from None
-        return {"file": str(self.config_path), "valid": True, "applied": False,
-                "note": "restart required: live reload is not implemented; the file is valid"}
+            raise CommandError("invalid configuration, nothing applied: " + "; ".join(str(p) for p in exc.problems)) from None
+        return {
+            "file": str(self.config_path),
+            "valid": True,
+            "applied": False,
+            "note": "restart required: live reload is not implemented; the file is valid",
+        }
 
     def set_threshold(self, request: dict[str, Any]) -> dict[str, Any]:
         args = self._args(request)
@@ -196,10 +198,15 @@ class CommandHandlers:
         if self.config_path is None:
             raise CommandError("this station runs without a config file (demo); nothing to persist to")
         old, new = set_config_value(self.config_path, "screening.fever_threshold_c", float(value))
-        log.warning("fever threshold changed by command old=%s new=%s file=%s id=%s", old, new,
-                    self.config_path, request.get("id"))
-        return {"key": "screening.fever_threshold_c", "old": old, "new": new, "persisted": True,
-                "applied": False, "note": "takes effect at the next restart (live reload is not implemented)"}
+        log.warning("fever threshold changed by command old=%s new=%s file=%s id=%s", old, new, self.config_path, request.get("id"))
+        return {
+            "key": "screening.fever_threshold_c",
+            "old": old,
+            "new": new,
+            "persisted": True,
+            "applied": False,
+            "note": "takes effect at the next restart (live reload is not implemented)",
+        }
 
     def trust_list(self, request: dict[str, Any]) -> dict[str, Any]:
         """Replace the HC1 trust list: accepted only when signed by the configured trust-list signer
@@ -250,8 +257,9 @@ class CommandHandlers:
             raise CommandError(f"version {asked} is not newer than the stored version {have}; the old list is kept")
         new_version = asked if asked is not None else have + 1
         residents.save(path, plates, list_version=new_version)
-        log.info("resident plate list replaced count=%d version=%d previous_version=%d id=%s", len(plates),
-                 new_version, have, request.get("id"))
+        log.info(
+            "resident plate list replaced count=%d version=%d previous_version=%d id=%s", len(plates), new_version, have, request.get("id")
+        )
         return {"count": len(plates), "version": new_version, "previous_version": have, "file": str(path)}
 
     def rotate_command_keys(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -262,9 +270,13 @@ class CommandHandlers:
             raise CommandError("this station keeps no command key list")
         args = self._args(request)
         try:
-            return self.command_keys.rotate(args.get("version"), args.get("keys"),
-                                            by=str(request.get("signed_by", "")), key_id=str(request.get("key_id", "")),
-                                            now=self.wall())
+            return self.command_keys.rotate(
+                args.get("version"),
+                args.get("keys"),
+                by=str(request.get("signed_by", "")),
+                key_id=str(request.get("key_id", "")),
+                now=self.wall(),
+            )
         except (KeyListError, OSError) as exc:
             raise CommandError(f"key list refused, the old keys stay in use: {exc}") from None
 
@@ -286,8 +298,7 @@ class CommandHandlers:
         self._audit(result, request)
         # Over MQTT the operator is the signed signer; the operator display passes its own name in args.
         operator = request.get("signed_by") or self._args(request).get("operator")
-        log.warning("gate opened by remote command id=%s executed=%s reason=%s operator=%s", corr,
-                    result.executed, result.reason, operator)
+        log.warning("gate opened by remote command id=%s executed=%s reason=%s operator=%s", corr, result.executed, result.reason, operator)
         if not result.executed:
             raise CommandError(f"gate did not open: {result.reason}")
         return {"executed": True, "audit_id": audit_id}
@@ -338,8 +349,9 @@ class StationLink:
         self.stats_fn = stats
         self.commands = commands
         # Without a verifier (no keys given) every command that needs a signature is refused.
-        self.verifier = verifier or CommandVerifier(CommandKeys(), None, site=self.identity.get("site", ""),
-                                                    station=self.identity.get("station_id", ""))
+        self.verifier = verifier or CommandVerifier(
+            CommandKeys(), None, site=self.identity.get("site", ""), station=self.identity.get("station_id", "")
+        )
         self.stats_interval_s = stats_interval_s
         self.poll_s = poll_s
         self.max_command_bytes = max_command_bytes
@@ -369,8 +381,7 @@ class StationLink:
 
     def start(self) -> None:
         self.publisher.on_connected.append(self._on_connected)
-        self.publisher.subscribe(self.cmd_filter, self._on_command, accept_retained=False,
-                                 max_bytes=self.max_command_bytes)
+        self.publisher.subscribe(self.cmd_filter, self._on_command, accept_retained=False, max_bytes=self.max_command_bytes)
         if self.publisher.connected():  # connected before this link existed: catch up now
             self._on_connected()
         self._thread = threading.Thread(target=self._run, name="station-link", daemon=True)
@@ -393,12 +404,20 @@ class StationLink:
     def stats(self) -> dict[str, Any]:
         """Counters of the command intake: replies, refusals per reason, drops, audit rows suppressed."""
         drops = self.publisher.intake_drops(self.cmd_filter) if hasattr(self.publisher, "intake_drops") else {}
-        return {"replies": self.replies, "errors": self.errors, "failures": self.failures.snapshot(),
-                "accepted": dict(self.accepted),
-                "refused": dict(self.refused), "queue_dropped": self.queue_dropped, "queue_depth": self._queue.qsize(),
-                "retained_dropped": drops.get("retained", 0), "oversize_dropped": drops.get("oversize", 0),
-                "audit_suppressed": self.audit_suppressed, "audit_failed": self.audit_failed,
-                "keys": self.verifier.keys.stats()}
+        return {
+            "replies": self.replies,
+            "errors": self.errors,
+            "failures": self.failures.snapshot(),
+            "accepted": dict(self.accepted),
+            "refused": dict(self.refused),
+            "queue_dropped": self.queue_dropped,
+            "queue_depth": self._queue.qsize(),
+            "retained_dropped": drops.get("retained", 0),
+            "oversize_dropped": drops.get("oversize", 0),
+            "audit_suppressed": self.audit_suppressed,
+            "audit_failed": self.audit_failed,
+            "keys": self.verifier.keys.stats(),
+        }
 
     # -- paho's thread: enqueue only, never block
 
@@ -410,8 +429,7 @@ class StationLink:
                 return  # the worker sees _stop / _reconnected on its next turn anyway
             self.queue_dropped += 1
             if self.queue_dropped & (self.queue_dropped - 1) == 0:  # 1, 2, 4, 8, …: bounded logging
-                log.warning("command queue full, message dropped kind=%s topic=%s dropped_total=%d", kind,
-                            topic[:200], self.queue_dropped)
+                log.warning("command queue full, message dropped kind=%s topic=%s dropped_total=%d", kind, topic[:200], self.queue_dropped)
 
     def _on_connected(self) -> None:
         self._reconnected.set()
@@ -460,8 +478,9 @@ class StationLink:
                 state = {"state": "unknown", "error": "state source failed"}
             if self._last_state.get(name) == state:
                 continue
-            if self.publisher.publish_direct(f"{self.base}/state/{name}", dumps(self._envelope(component=name, **state)),
-                                             qos=1, retain=True):
+            if self.publisher.publish_direct(
+                f"{self.base}/state/{name}", dumps(self._envelope(component=name, **state)), qos=1, retain=True
+            ):
                 self._last_state[name] = state
 
     def _maybe_stats(self) -> None:
@@ -496,8 +515,7 @@ class StationLink:
                 corr = raw_id if isinstance(raw_id, str) and len(raw_id) <= 128 else None
             handler = self.commands.handlers.get(name)
             if handler is None:
-                reason, error = "unknown_command", (f"unknown command {name!r} "
-                                                    f"(known: {', '.join(sorted(self.commands.handlers))})")
+                reason, error = "unknown_command", (f"unknown command {name!r} (known: {', '.join(sorted(self.commands.handlers))})")
             elif self.verifier.needs_signature(name):
                 verdict = self.verifier.verify(name, request)
                 if not verdict.ok:
@@ -522,11 +540,11 @@ class StationLink:
         log.info("command served name=%s id=%s ok=%s reason=%s", name, corr, error is None, reason)
         return self._envelope(command=name, id=corr, ok=error is None, reason=reason, result=result, error=error)
 
-    def _run_signed(self, name: str, handler: Callable[[dict[str, Any]], dict[str, Any]], cmd: SignedCommand,
-                    payload: bytes) -> tuple[str, Any, str | None]:
+    def _run_signed(
+        self, name: str, handler: Callable[[dict[str, Any]], dict[str, Any]], cmd: SignedCommand, payload: bytes
+    ) -> tuple[str, Any, str | None]:
         """Carry out a verified command under its signer's name; audited whatever the handler says."""
-        request = {"id": cmd.id, "deadline": cmd.deadline, "args": cmd.args, "signed_by": cmd.signer,
-                   "key_id": cmd.key_id}
+        request = {"id": cmd.id, "deadline": cmd.deadline, "args": cmd.args, "signed_by": cmd.signer, "key_id": cmd.key_id}
         try:
             result, reason, error = handler(request), "ok", None
         except (CommandError, ValueError, OSError) as exc:
@@ -535,31 +553,33 @@ class StationLink:
             log.exception("signed command failed name=%s id=%s", name, cmd.id)
             result, reason, error = None, "internal_error", f"internal error: {type(exc).__name__}: {exc}"
         self.accepted[reason] += 1
-        log.warning("signed command name=%s id=%s signer=%s ok=%s error=%s", name, cmd.id, cmd.signer,
-                    error is None, error)
-        self._audit(name, cmd.id, error is None, reason if error is None else f"{reason}: {error}"[:300],
-                    cmd.signer, payload, priority=1)
+        log.warning("signed command name=%s id=%s signer=%s ok=%s error=%s", name, cmd.id, cmd.signer, error is None, error)
+        self._audit(name, cmd.id, error is None, reason if error is None else f"{reason}: {error}"[:300], cmd.signer, payload, priority=1)
         return reason, result, error
 
-    def _refused(self, name: str, corr: str | None, reason: str, detail: str, cmd: SignedCommand | None,
-                 payload: bytes) -> None:
+    def _refused(self, name: str, corr: str | None, reason: str, detail: str, cmd: SignedCommand | None, payload: bytes) -> None:
         self.refused[reason] += 1
         # A refusal after the signature verified names its signer; before that nobody is named.
         signer = cmd.signer if cmd is not None else None
         if self._log_limit.allow(reason):
-            log.warning("command refused name=%s id=%s reason=%s detail=%s signer=%s refused_total=%d", name, corr,
-                        reason, detail[:200], signer, self.refused[reason])
+            log.warning(
+                "command refused name=%s id=%s reason=%s detail=%s signer=%s refused_total=%d",
+                name,
+                corr,
+                reason,
+                detail[:200],
+                signer,
+                self.refused[reason],
+            )
         if not self._audit_limit.allow("refused"):
             self.audit_suppressed += 1
             return
         self._audit(name, corr, False, reason, signer, payload, priority=5)
 
-    def _audit(self, name: str, corr: str | None, ok: bool, reason: str, signer: str | None, payload: bytes, *,
-               priority: int) -> None:
+    def _audit(self, name: str, corr: str | None, ok: bool, reason: str, signer: str | None, payload: bytes, *, priority: int) -> None:
         body = payload[: AUDIT_BODY_CHARS * 4].decode("utf-8", "replace")[:AUDIT_BODY_CHARS]
         try:
-            self.commands.store.record_command_audit(name, corr, ok, reason, signer=signer, body=body,
-                                                     priority=priority)
+            self.commands.store.record_command_audit(name, corr, ok, reason, signer=signer, body=body, priority=priority)
         except Exception:  # logged and counted: the reply still goes out, the refusal still holds
             self.audit_failed += 1
             log.exception("command audit row not written name=%s id=%s", name, corr)
@@ -593,20 +613,25 @@ def link_for_app(app: Any) -> StationLink:
         last = pipeline.last_decided
         if last is None:
             return {"state": "idle", "last_action": None}
-        return {"state": "ok" if last.gate.executed or last.gate.reason == "ok" else "refused",
-                "last_action": last.gate.action.value, "last_reason": last.gate.reason,
-                "last_event_id": last.event.event_id}
+        return {
+            "state": "ok" if last.gate.executed or last.gate.reason == "ok" else "refused",
+            "last_action": last.gate.action.value,
+            "last_reason": last.gate.reason,
+            "last_event_id": last.event.event_id,
+        }
 
     def screening() -> dict[str, Any]:
         last = pipeline.last_decided
         event = last.event if last is not None else None
-        return {"last_decision": event.decision.value if event else None,
-                "last_temperature_c": event.temperature_c if event else None,
-                "last_event_id": event.event_id if event else None,
-                "alarm": bool(event.alarm) if event else False,
-                "count_total": sum(store.counts().values()),
-                # Decisions since local midnight: what the command-centre board shows per station.
-                "count_today": sum(store.counts(since_ts=_local_midnight()).values())}
+        return {
+            "last_decision": event.decision.value if event else None,
+            "last_temperature_c": event.temperature_c if event else None,
+            "last_event_id": event.event_id if event else None,
+            "alarm": bool(event.alarm) if event else False,
+            "count_total": sum(store.counts().values()),
+            # Decisions since local midnight: what the command-centre board shows per station.
+            "count_today": sum(store.counts(since_ts=_local_midnight()).values()),
+        }
 
     def outbox() -> dict[str, Any]:
         stats = dict(store.outbox_stats())
@@ -614,31 +639,65 @@ def link_for_app(app: Any) -> StationLink:
         return dict(stats, mqtt=publisher.state)
 
     def stats() -> dict[str, Any]:
-        return {"pipeline": pipeline.stats(), "outbox": store.outbox_stats(), "pump": pump.stats(),
-                "mqtt": publisher.stats(), "counts": store.counts(), "commands": link.stats()}
+        return {
+            "pipeline": pipeline.stats(),
+            "outbox": store.outbox_stats(),
+            "pump": pump.stats(),
+            "mqtt": publisher.stats(),
+            "counts": store.counts(),
+            "commands": link.stats(),
+        }
 
     def snapshot() -> dict[str, Any]:
-        return {"status": app.runtime_status(), "outbox": store.outbox_stats(), "pump": pump.stats(),
-                "mqtt": publisher.stats(), "last_event": store.last_event(), "commands": link.stats()}
+        return {
+            "status": app.runtime_status(),
+            "outbox": store.outbox_stats(),
+            "pump": pump.stats(),
+            "mqtt": publisher.stats(),
+            "last_event": store.last_event(),
+            "commands": link.stats(),
+        }
 
     centre = cfg.centre
     keys = CommandKeys(Path(centre.command_keys_file) if centre.command_keys_file else None, app.data_dir)
-    verifier = CommandVerifier(keys, ReplayGuard(Path(app.data_dir) / COMMAND_IDS_FILE), site=cfg.station.site,
-                               station=cfg.station.id, max_window_s=centre.command_max_window_s)
+    verifier = CommandVerifier(
+        keys,
+        ReplayGuard(Path(app.data_dir) / COMMAND_IDS_FILE),
+        site=cfg.station.site,
+        station=cfg.station.id,
+        max_window_s=centre.command_max_window_s,
+    )
     handlers = CommandHandlers(
-        store=store, gate=pipeline.gate, monotonic=app.clock.monotonic, config_path=getattr(app, "config_path", None),
-        data_dir=app.data_dir, snapshot=snapshot, command_ttl_s=cfg.gate.command_ttl_s,
+        store=store,
+        gate=pipeline.gate,
+        monotonic=app.clock.monotonic,
+        config_path=getattr(app, "config_path", None),
+        data_dir=app.data_dir,
+        snapshot=snapshot,
+        command_ttl_s=cfg.gate.command_ttl_s,
         trust_list_signer=Path(cfg.codes.trust_list_signer_file) if cfg.codes.trust_list_signer_file else None,
         command_keys=keys,
     )
     link = StationLink(
-        publisher, base, {"station_id": cfg.station.id, "site": cfg.station.site},
-        {"thermal": thermal, "camera": camera, "detector": detector, "gate": gate, "screening": screening,
-         "outbox": outbox,
-         # Pipeline stage health: in-process restarts, contained failures per kind, given-up stages.
-         "stages": app.stage_health},
-        stats, handlers, verifier=verifier, stats_interval_s=cfg.mqtt.stats_interval_s,
-        max_command_bytes=centre.command_max_bytes, queue_size=centre.command_queue,
+        publisher,
+        base,
+        {"station_id": cfg.station.id, "site": cfg.station.site},
+        {
+            "thermal": thermal,
+            "camera": camera,
+            "detector": detector,
+            "gate": gate,
+            "screening": screening,
+            "outbox": outbox,
+            # Pipeline stage health: in-process restarts, contained failures per kind, given-up stages.
+            "stages": app.stage_health,
+        },
+        stats,
+        handlers,
+        verifier=verifier,
+        stats_interval_s=cfg.mqtt.stats_interval_s,
+        max_command_bytes=centre.command_max_bytes,
+        queue_size=centre.command_queue,
         refused_audit_per_min=centre.refused_audit_per_min,
     )
     # Code look-up answers are believed only when signed by the same centre keys.
@@ -650,8 +709,9 @@ def link_for_app(app: Any) -> StationLink:
         from station.link.ha import HaDiscovery, discovery_configs
         from station.link.sync import _VERSION
 
-        ha = HaDiscovery(publisher, cfg.mqtt.ha_prefix,
-                         discovery_configs(cfg.mqtt.ha_prefix, base, cfg.station.site, cfg.station.id, _VERSION))
+        ha = HaDiscovery(
+            publisher, cfg.mqtt.ha_prefix, discovery_configs(cfg.mqtt.ha_prefix, base, cfg.station.site, cfg.station.id, _VERSION)
+        )
         link.extra_on_connect.append(ha.announce)
         link.route(f"{cfg.mqtt.ha_prefix}/status", ha.on_ha_status)
     return link

@@ -21,26 +21,68 @@ log = logging.getLogger("station.link.ha")
 def discovery_configs(ha_prefix: str, base: str, site: str, station_id: str, version: str) -> dict[str, dict[str, Any]]:
     """Discovery topic → config payload for each entity."""
     node = f"checkpoint_{site}_{station_id}".replace("-", "_")
-    device = {"identifiers": [node], "name": f"Checkpoint {site}/{station_id}", "manufacturer": "checkpoint-station",
-              "model": "screening gate", "sw_version": version}
-    availability = {"topic": f"{base}/status",
-                    "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}"}
+    device = {
+        "identifiers": [node],
+        "name": f"Checkpoint {site}/{station_id}",
+        "manufacturer": "checkpoint-station",
+        "model": "screening gate",
+        "sw_version": version,
+    }
+    availability = {"topic": f"{base}/status", "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}"}
     common = {"device": device, "availability": [availability]}
     entities: list[tuple[str, str, dict[str, Any]]] = [
-        ("binary_sensor", "online", {"name": "Online", "state_topic": f"{base}/status",
-                                     "value_template": "{{ 'ON' if value_json.state == 'online' else 'OFF' }}",
-                                     "device_class": "connectivity", "availability": []}),
-        ("sensor", "last_temperature", {"name": "Last temperature", "state_topic": f"{base}/state/screening",
-                                        "value_template": "{{ value_json.last_temperature_c }}",
-                                        "unit_of_measurement": "°C", "device_class": "temperature"}),
-        ("sensor", "screenings", {"name": "Screenings", "state_topic": f"{base}/state/screening",
-                                  "value_template": "{{ value_json.count_total }}", "state_class": "total_increasing"}),
-        ("binary_sensor", "alarm", {"name": "Fever alarm", "state_topic": f"{base}/state/screening",
-                                    "value_template": "{{ 'ON' if value_json.alarm else 'OFF' }}",
-                                    "device_class": "problem"}),
-        ("binary_sensor", "outbox_alarm", {"name": "Outbox alarm", "state_topic": f"{base}/state/outbox",
-                                           "value_template": "{{ 'ON' if value_json.bounds_alarm else 'OFF' }}",
-                                           "device_class": "problem"}),
+        (
+            "binary_sensor",
+            "online",
+            {
+                "name": "Online",
+                "state_topic": f"{base}/status",
+                "value_template": "{{ 'ON' if value_json.state == 'online' else 'OFF' }}",
+                "device_class": "connectivity",
+                "availability": [],
+            },
+        ),
+        (
+            "sensor",
+            "last_temperature",
+            {
+                "name": "Last temperature",
+                "state_topic": f"{base}/state/screening",
+                "value_template": "{{ value_json.last_temperature_c }}",
+                "unit_of_measurement": "°C",
+                "device_class": "temperature",
+            },
+        ),
+        (
+            "sensor",
+            "screenings",
+            {
+                "name": "Screenings",
+                "state_topic": f"{base}/state/screening",
+                "value_template": "{{ value_json.count_total }}",
+                "state_class": "total_increasing",
+            },
+        ),
+        (
+            "binary_sensor",
+            "alarm",
+            {
+                "name": "Fever alarm",
+                "state_topic": f"{base}/state/screening",
+                "value_template": "{{ 'ON' if value_json.alarm else 'OFF' }}",
+                "device_class": "problem",
+            },
+        ),
+        (
+            "binary_sensor",
+            "outbox_alarm",
+            {
+                "name": "Outbox alarm",
+                "state_topic": f"{base}/state/outbox",
+                "value_template": "{{ 'ON' if value_json.bounds_alarm else 'OFF' }}",
+                "device_class": "problem",
+            },
+        ),
     ]
     out = {}
     for component, object_id, body in entities:

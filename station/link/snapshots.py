@@ -115,8 +115,14 @@ def render_snapshot(image: np.ndarray, detector: Any | None, settings: SnapshotS
 
 
 def snapshot_payload(jpeg: bytes, meta: dict[str, Any], identity: dict[str, str], ts: float) -> bytes:
-    body = {"schema": SCHEMA, **identity, "ts": round(ts, 3), "content_type": "image/jpeg", **meta,
-            "jpeg_b64": base64.b64encode(jpeg).decode("ascii")}
+    body = {
+        "schema": SCHEMA,
+        **identity,
+        "ts": round(ts, 3),
+        "content_type": "image/jpeg",
+        **meta,
+        "jpeg_b64": base64.b64encode(jpeg).decode("ascii"),
+    }
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
@@ -203,8 +209,12 @@ class SnapshotPublisher:
         return True
 
     def _run(self) -> None:
-        log.info("snapshots started interval_s=%.1f max_width=%d blur_faces=%s", self.settings.interval_s,
-                 self.settings.max_width, self.settings.blur_faces)
+        log.info(
+            "snapshots started interval_s=%.1f max_width=%d blur_faces=%s",
+            self.settings.interval_s,
+            self.settings.max_width,
+            self.settings.blur_faces,
+        )
         # The first one soon after start, so a board sees the checkpoint without waiting a period.
         wait = min(1.0, self.settings.interval_s)
         while not self._stop.wait(wait):
@@ -232,8 +242,9 @@ def snapshots_for_app(app: Any) -> SnapshotPublisher:
     detector = None
     if s.blur_faces:
         # Its own instance with a lower threshold (see the module docstring); ultraface-320 is ~1 MB.
-        detector = build_face_detector(cfg.detector.face, models_dir_for(cfg),
-                                       score_threshold=min(SNAPSHOT_SCORE_THRESHOLD, cfg.detector.score_threshold), threads=1)
+        detector = build_face_detector(
+            cfg.detector.face, models_dir_for(cfg), score_threshold=min(SNAPSHOT_SCORE_THRESHOLD, cfg.detector.score_threshold), threads=1
+        )
         detector.warm_up()
     frames = LatestFrame()
     app.pipeline.frame_taps.append(frames.offer)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
-from station.ports import NotConnectedError, PublishError, Publisher
+from station.ports import NotConnectedError, Publisher, PublishError
 from station.store.events import OutboxRow
 
 log = logging.getLogger("station.link.sync")
@@ -64,9 +64,7 @@ _VERSION = _package_version()
 class OutboxSource(Protocol):
     """What the pump needs from the store (implemented by ``station.store.events.SqliteEventStore``)."""
 
-    def outbox_pending(
-        self, limit: int, exclude_ids: AbstractSet[int] = frozenset()
-    ) -> list[OutboxRow]: ...
+    def outbox_pending(self, limit: int, exclude_ids: AbstractSet[int] = frozenset()) -> list[OutboxRow]: ...
 
     def outbox_mark_sent_many(self, row_ids: Iterable[int]) -> None: ...
 
@@ -79,8 +77,6 @@ class OutboxSource(Protocol):
     def outbox_stats(self) -> dict[str, Any]: ...
 
     def add_outbox_listener(self, callback: Callable[[], None]) -> None: ...
-
-
 
 
 @dataclass(slots=True)
@@ -289,8 +285,7 @@ class OutboxPump:
             return bool(self._to_delete or self._unmarked)
         if not self._to_delete:
             return False
-        return (len(self._to_delete) >= max(1, self.max_in_flight // 2)
-                or time.monotonic() - self._to_delete_since >= SETTLE_AFTER_S)
+        return len(self._to_delete) >= max(1, self.max_in_flight // 2) or time.monotonic() - self._to_delete_since >= SETTLE_AFTER_S
 
     def _settle(self) -> None:
         """One transaction for the acknowledged rows and the publish attempts not yet counted."""
@@ -339,8 +334,7 @@ class OutboxPump:
         stale = [mid for mid, f in self._in_flight.items() if now - f.sent_t > self.ack_timeout]
         for mid in stale:
             entry = self._in_flight.pop(mid)
-            log.warning("outbox row %d not acknowledged within %.0f s; will re-send",
-                        entry.row_id, self.ack_timeout)
+            log.warning("outbox row %d not acknowledged within %.0f s; will re-send", entry.row_id, self.ack_timeout)
         self.ack_timeouts += len(stale)
 
 
@@ -415,8 +409,12 @@ def drain_bounded(pump: OutboxPump, publisher: Any, timeout: float, unreachable_
         if publisher.state == "auth_failed" or (now >= give_up and publisher.connects == 0):
             break
     pending = pump.pending()
-    log.warning("outbox not drained pending=%d broker_state=%s waited_s=%.1f", pending, publisher.state,
-                timeout - max(0.0, deadline - time.monotonic()))
+    log.warning(
+        "outbox not drained pending=%d broker_state=%s waited_s=%.1f",
+        pending,
+        publisher.state,
+        timeout - max(0.0, deadline - time.monotonic()),
+    )
     return False
 
 

@@ -249,8 +249,13 @@ def _midnight() -> float:
 
 def handlers_for_app(app: Any, server: ControlServer | None = None) -> dict[str, Handler]:
     def ping(_req: dict[str, Any]) -> dict[str, Any]:
-        return {"pid": os.getpid(), "data_dir": str(app.data_dir), "site": app.cfg.station.site,
-                "station": app.cfg.station.id, "ready": app.ready_t is not None}
+        return {
+            "pid": os.getpid(),
+            "data_dir": str(app.data_dir),
+            "site": app.cfg.station.site,
+            "station": app.cfg.station.id,
+            "ready": app.ready_t is not None,
+        }
 
     def status(_req: dict[str, Any]) -> dict[str, Any]:
         return dict(app.runtime_status(), state="running", pid=os.getpid(), updated=time.time())
@@ -289,8 +294,14 @@ def handlers_for_app(app: Any, server: ControlServer | None = None) -> dict[str,
             raise RuntimeError("retention is not running")
         return dict(retention.run_once().as_dict())
 
-    return {"ping": ping, "status": status, "counters": counters, "devices": devices,
-            "outbox_wake": outbox_wake, "retention_run": retention_run}
+    return {
+        "ping": ping,
+        "status": status,
+        "counters": counters,
+        "devices": devices,
+        "outbox_wake": outbox_wake,
+        "retention_run": retention_run,
+    }
 
 
 def start_control(app: Any) -> ControlServer | None:

@@ -45,8 +45,10 @@ def _write_like(path: Path, data: bytes, like: os.stat_result | None, new_mode: 
                         os.fchown(f.fileno(), like.st_uid, like.st_gid)
                     except PermissionError as exc:
                         raise PermissionError(
-                            exc.errno, f"cannot keep the owner {like.st_uid}:{like.st_gid} of {path} "
-                            "(run as root or as its owner); nothing was written") from None
+                            exc.errno,
+                            f"cannot keep the owner {like.st_uid}:{like.st_gid} of {path} "
+                            "(run as root or as its owner); nothing was written",
+                        ) from None
                 # After the chown: changing the owner clears set-id bits.
                 os.fchmod(f.fileno(), stat.S_IMODE(like.st_mode))
             else:

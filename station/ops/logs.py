@@ -64,7 +64,9 @@ class JsonFormatter(logging.Formatter):
         doc: dict[str, Any] = {
             "ts": round(record.created, 3),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname, "logger": record.name, "msg": record.getMessage(),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
         }
         for key, value in extra_fields(record).items():
             doc.setdefault(key, value)

@@ -22,8 +22,7 @@ from typing import Any
 class RateLimiter:
     """Sliding-window limiter: ``allow(key)`` is True for at most ``burst`` calls per ``window_s`` per key."""
 
-    def __init__(self, burst: int, window_s: float, *, monotonic: Callable[[], float] = time.monotonic,
-                 max_keys: int = 1024) -> None:
+    def __init__(self, burst: int, window_s: float, *, monotonic: Callable[[], float] = time.monotonic, max_keys: int = 1024) -> None:
         if burst < 1 or window_s <= 0:
             raise ValueError("burst must be >= 1 and window_s > 0")
         self.burst = burst
@@ -64,8 +63,9 @@ class RateLimiter:
 class FailureLog:
     """Per-kind failure counter that logs a kind at most once per ``interval_s`` (with the folded count)."""
 
-    def __init__(self, logger: logging.Logger, what: str, *, interval_s: float = 60.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, logger: logging.Logger, what: str, *, interval_s: float = 60.0, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.logger = logger
         self.what = what
         self.interval_s = interval_s
@@ -87,8 +87,16 @@ class FailureLog:
             folded = self._folded.pop(kind, 0)
             self._last_logged[kind] = now
         extra = "".join(f" {k}={v}" for k, v in fields.items())
-        self.logger.error("%s failed kind=%s total=%d folded_since_last_line=%d%s error=%r", self.what, kind,
-                          self.counts[kind], folded, extra, exc, exc_info=exc is not None)
+        self.logger.error(
+            "%s failed kind=%s total=%d folded_since_last_line=%d%s error=%r",
+            self.what,
+            kind,
+            self.counts[kind],
+            folded,
+            extra,
+            exc,
+            exc_info=exc is not None,
+        )
         return True
 
     def snapshot(self) -> dict[str, int]:

@@ -163,9 +163,7 @@ class WatchdogGate:
         self._notifier = notifier
         self._clock = clock
         self.period = notifier.watchdog_period()
-        self.stale_after = stale_after if stale_after is not None else (
-            self.period / 2 if self.period else 0.0
-        )
+        self.stale_after = stale_after if stale_after is not None else (self.period / 2 if self.period else 0.0)
         self.interval = interval if interval is not None else (self.period / 4 if self.period else 0.0)
         self._checks = list(checks)
         self._lock = threading.Lock()

@@ -196,7 +196,6 @@ def _migrate_data_audit(db: Database) -> None:
     )
 
 
-
 def _migrate_operator_actions(db: Database) -> None:
     """What operators did at the lane's touch screen (station/web): alarm acknowledgements, manual
     overrides and every refused attempt (wrong PIN, locked, rate-limited)."""
@@ -216,6 +215,7 @@ def _migrate_operator_actions(db: Database) -> None:
     )
     db.execute("CREATE INDEX operator_actions_event ON operator_actions(event_id, action)")
 
+
 def _migrate_command_audit(db: Database) -> None:
     """Remote commands over MQTT (station.link.commands): every signed command carried out or refused,
     and refused ones (unsigned, forged, replayed, …) as far as the audit rate limit lets them in."""
@@ -234,9 +234,9 @@ def _migrate_command_audit(db: Database) -> None:
         """
     )
 
+
 Migration = Callable[[Database], None]
-MIGRATIONS: Sequence[Migration] = (_migrate_v1, _migrate_v2, _migrate_data_audit, _migrate_operator_actions,
-                                    _migrate_command_audit)
+MIGRATIONS: Sequence[Migration] = (_migrate_v1, _migrate_v2, _migrate_data_audit, _migrate_operator_actions, _migrate_command_audit)
 """Ordered migrations; ``MIGRATIONS[i]`` upgrades ``user_version`` i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -330,16 +330,17 @@ class SqliteEventStore:
             if not self.path.exists():
                 raise StoreError(f"no event database at {self.path}")
             conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None,
+                f"file:{self.path}?mode=ro",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
                 timeout=BUSY_TIMEOUT_MS / 1000,
             )
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: the driver never opens implicit transactions; this class issues
             # BEGIN IMMEDIATE / COMMIT itself so that transaction boundaries are explicit.
-            conn = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
-            )
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             self._conn = conn
             if read_only:
@@ -359,9 +360,7 @@ class SqliteEventStore:
         except BaseException:
             conn.close()
             raise
-        log.info(
-            "event store open: %s (schema v%d, session %d)", self.path, SCHEMA_VERSION, self._session
-        )
+        log.info("event store open: %s (schema v%d, session %d)", self.path, SCHEMA_VERSION, self._session)
 
     # ---------------------------------------------------------------- setup
 
@@ -395,7 +394,10 @@ class SqliteEventStore:
             backup = self._backup(SCHEMA_VERSION)
             log.warning(
                 "migrating %s from schema v%d to v%d; backup at %s",
-                self.path, version, SCHEMA_VERSION, backup,
+                self.path,
+                version,
+                SCHEMA_VERSION,
+                backup,
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             conn.execute("BEGIN IMMEDIATE")
@@ -440,8 +442,7 @@ class SqliteEventStore:
     def _bump_meta(self, key: str) -> int:
         # fetchall(): a RETURNING statement is only complete once its rows are consumed.
         rows = self._conn.execute(
-            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ? "
-            "RETURNING CAST(value AS INTEGER)",
+            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ? RETURNING CAST(value AS INTEGER)",
             (key,),
         ).fetchall()
         if not rows:
@@ -570,22 +571,40 @@ class SqliteEventStore:
             rowid = int(cur.lastrowid or 0)
             seq = self._bump_meta("seq")
             for topic, priority in topics:
-                self._enqueue(conn, topic, priority, seq=seq, ts=record["ts"],
-                              clock_synced=bool(event.clock_synced), body={"event": record}, now=now)
+                self._enqueue(
+                    conn, topic, priority, seq=seq, ts=record["ts"], clock_synced=bool(event.clock_synced), body={"event": record}, now=now
+                )
             return rowid
 
         rowid: int = self._write(tx)
         self._notify_listeners()
         return rowid
 
-    def _enqueue(self, conn: sqlite3.Connection, topic: str, priority: int, *, seq: int, ts: Any,
-                 clock_synced: bool | None, body: Mapping[str, Any], now: float) -> str:
+    def _enqueue(
+        self,
+        conn: sqlite3.Connection,
+        topic: str,
+        priority: int,
+        *,
+        seq: int,
+        ts: Any,
+        clock_synced: bool | None,
+        body: Mapping[str, Any],
+        now: float,
+    ) -> str:
         """Queue one outbox message with the common envelope (schema, msg_id, station, seq,
         session, ts, clock_synced) plus ``body``; runs inside the caller's transaction."""
         msg_id = self._new_msg_id()
         payload = {
-            "schema": PAYLOAD_SCHEMA, "msg_id": msg_id, "station_id": self.station_id, "site": self.site,
-            "seq": seq, "session": self._session, "ts": ts, "clock_synced": clock_synced, **body,
+            "schema": PAYLOAD_SCHEMA,
+            "msg_id": msg_id,
+            "station_id": self.station_id,
+            "site": self.site,
+            "seq": seq,
+            "session": self._session,
+            "ts": ts,
+            "clock_synced": clock_synced,
+            **body,
         }
         conn.execute(
             "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, ?, ?)",
@@ -610,14 +629,20 @@ class SqliteEventStore:
         def tx(conn: sqlite3.Connection) -> int:
             now = time.time()
             cur = conn.execute(
-                "INSERT INTO vehicles(vehicle_id, ts, kind, plate, confidence, record, created_at) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (rec["vehicle_id"], float(rec["ts"]), rec["type"], rec["plate"], rec.get("confidence"),
-                 _dumps(rec), now),
+                "INSERT INTO vehicles(vehicle_id, ts, kind, plate, confidence, record, created_at) VALUES (?,?,?,?,?,?,?)",
+                (rec["vehicle_id"], float(rec["ts"]), rec["type"], rec["plate"], rec.get("confidence"), _dumps(rec), now),
             )
             seq = self._bump_meta("seq")
-            self._enqueue(conn, self.topic_vehicle, PRIORITY_EVENT, seq=seq, ts=rec["ts"],
-                          clock_synced=rec.get("clock_synced"), body={"vehicle": rec}, now=now)
+            self._enqueue(
+                conn,
+                self.topic_vehicle,
+                PRIORITY_EVENT,
+                seq=seq,
+                ts=rec["ts"],
+                clock_synced=rec.get("clock_synced"),
+                body={"vehicle": rec},
+                now=now,
+            )
             return int(cur.lastrowid or 0)
 
         rowid: int = self._write(tx)
@@ -637,16 +662,13 @@ class SqliteEventStore:
         values = [(f"count_{k}", str(int(counts.get(k, 0)))) for k in self._COUNT_KEYS]
 
         def tx(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?) "
-                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", values)
+            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", values)
 
         self._write(tx)
 
     def vehicles_tail(self, n: int) -> list[dict[str, Any]]:
         """The last ``n`` vehicle records, oldest first."""
-        rows = self._query(
-            "SELECT record FROM (SELECT id, record FROM vehicles ORDER BY id DESC LIMIT ?) ORDER BY id", (n,)
-        )
+        rows = self._query("SELECT record FROM (SELECT id, record FROM vehicles ORDER BY id DESC LIMIT ?) ORDER BY id", (n,))
         return [json.loads(r["record"]) for r in rows]
 
     def _notify_listeners(self) -> None:
@@ -663,10 +685,8 @@ class SqliteEventStore:
 
         def tx(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO gate_actions(event_id, action, executed, reason, t_mono, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (result.event_id, result.action.value, int(result.executed), result.reason,
-                 result.t, time.time()),
+                "INSERT INTO gate_actions(event_id, action, executed, reason, t_mono, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (result.event_id, result.action.value, int(result.executed), result.reason, result.t, time.time()),
             )
 
         self._write(tx)
@@ -684,16 +704,25 @@ class SqliteEventStore:
         def tx(conn: sqlite3.Connection) -> None:
             now = time.time()
             conn.execute(
-                "INSERT INTO gate_actions(event_id, action, executed, reason, t_mono, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO gate_actions(event_id, action, executed, reason, t_mono, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (result.event_id, result.action.value, int(result.executed), result.reason, result.t, now),
             )
             msg_id = self._new_msg_id()
             payload = {
-                "schema": PAYLOAD_SCHEMA, "msg_id": msg_id, "station_id": self.station_id, "site": self.site,
-                "seq": self._meta_int("seq"), "session": self._session, "ts": now, "clock_synced": None,
-                "kind": "remote_gate_action", "audit_id": result.event_id, "action": result.action.value,
-                "executed": bool(result.executed), "reason": result.reason, "command": body,
+                "schema": PAYLOAD_SCHEMA,
+                "msg_id": msg_id,
+                "station_id": self.station_id,
+                "site": self.site,
+                "seq": self._meta_int("seq"),
+                "session": self._session,
+                "ts": now,
+                "clock_synced": None,
+                "kind": "remote_gate_action",
+                "audit_id": result.event_id,
+                "action": result.action.value,
+                "executed": bool(result.executed),
+                "reason": result.reason,
+                "command": body,
             }
             conn.execute(
                 "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, 1, ?)",
@@ -703,8 +732,9 @@ class SqliteEventStore:
         self._write(tx)
         self._notify_listeners()
 
-    def record_operator_action(self, action: str, operator: str, ok: bool, reason: str, *,
-                               event_id: str | None = None, detail: Mapping[str, Any] | None = None) -> int:
+    def record_operator_action(
+        self, action: str, operator: str, ok: bool, reason: str, *, event_id: str | None = None, detail: Mapping[str, Any] | None = None
+    ) -> int:
         """Audit one operator request from the touch screen, carried out or refused (station/web).
 
         Like :meth:`record_remote_gate_action`: one transaction writes the ``operator_actions`` row
@@ -725,10 +755,21 @@ class SqliteEventStore:
             )
             msg_id = self._new_msg_id()
             payload = {
-                "schema": PAYLOAD_SCHEMA, "msg_id": msg_id, "station_id": self.station_id, "site": self.site,
-                "seq": self._meta_int("seq"), "session": self._session, "ts": now, "clock_synced": None,
-                "kind": "operator_action", "action": action, "operator": operator, "event_id": event_id,
-                "ok": bool(ok), "reason": reason, "detail": body,
+                "schema": PAYLOAD_SCHEMA,
+                "msg_id": msg_id,
+                "station_id": self.station_id,
+                "site": self.site,
+                "seq": self._meta_int("seq"),
+                "session": self._session,
+                "ts": now,
+                "clock_synced": None,
+                "kind": "operator_action",
+                "action": action,
+                "operator": operator,
+                "event_id": event_id,
+                "ok": bool(ok),
+                "reason": reason,
+                "detail": body,
             }
             conn.execute(
                 "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, ?, ?)",
@@ -743,8 +784,18 @@ class SqliteEventStore:
     COMMAND_AUDIT_KEEP = 10_000
     """Rows kept in ``command_audit``; older ones are deleted as new ones come (a hard bound)."""
 
-    def record_command_audit(self, command: str, request_id: str | None, ok: bool, reason: str, *,
-                             signer: str | None, body: str, outbox: bool = True, priority: int = 5) -> int:
+    def record_command_audit(
+        self,
+        command: str,
+        request_id: str | None,
+        ok: bool,
+        reason: str,
+        *,
+        signer: str | None,
+        body: str,
+        outbox: bool = True,
+        priority: int = 5,
+    ) -> int:
         """Audit one remote command (``station.link.commands``): the row, and (``outbox``) its ``events/audit``
         message in the same transaction. The caller caps ``body`` and rate-limits refusals."""
         topic = self.topic_screening.rsplit("/", 1)[0] + "/audit"
@@ -760,10 +811,20 @@ class SqliteEventStore:
             if outbox:
                 msg_id = self._new_msg_id()
                 payload = {
-                    "schema": PAYLOAD_SCHEMA, "msg_id": msg_id, "station_id": self.station_id, "site": self.site,
-                    "seq": self._meta_int("seq"), "session": self._session, "ts": now, "clock_synced": None,
-                    "kind": "remote_command", "command": command, "id": request_id, "ok": bool(ok),
-                    "reason": reason, "signer": signer,
+                    "schema": PAYLOAD_SCHEMA,
+                    "msg_id": msg_id,
+                    "station_id": self.station_id,
+                    "site": self.site,
+                    "seq": self._meta_int("seq"),
+                    "session": self._session,
+                    "ts": now,
+                    "clock_synced": None,
+                    "kind": "remote_command",
+                    "command": command,
+                    "id": request_id,
+                    "ok": bool(ok),
+                    "reason": reason,
+                    "signer": signer,
                 }
                 conn.execute(
                     "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, ?, ?)",
@@ -819,8 +880,7 @@ class SqliteEventStore:
         if n < 0:
             raise ValueError("n must be >= 0")
         rows = self._query(
-            "SELECT id, record, created_at FROM "
-            "(SELECT id, record, created_at FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
+            "SELECT id, record, created_at FROM (SELECT id, record, created_at FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
             (n,),
         )
         return [self._event_dict(r) for r in rows]
@@ -886,8 +946,11 @@ class SqliteEventStore:
         b = self.outbox_bounds
         if b is None:
             return None
-        near = [name for name, value, limit in (("rows", pending, b.max_rows), ("bytes", size, b.max_bytes),
-                                                 ("age", age, b.max_age_s)) if value >= b.NEAR * limit]
+        near = [
+            name
+            for name, value, limit in (("rows", pending, b.max_rows), ("bytes", size, b.max_bytes), ("age", age, b.max_age_s))
+            if value >= b.NEAR * limit
+        ]
         return f"outbox near or over its limit: {', '.join(near)}" if near else None
 
     def outbox_enforce_bounds(self, now: float | None = None) -> int:
@@ -911,20 +974,20 @@ class SqliteEventStore:
             conn.execute(f"DELETE FROM outbox WHERE {ordinary} AND created_at < ?", (cutoff_ms,))
             if conn.total_changes > before:
                 reasons.append("age")
-            n, size = conn.execute(f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox "
-                                   f"WHERE {self._PENDING}").fetchone()
+            n, size = conn.execute(f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox WHERE {self._PENDING}").fetchone()
             if n > b.max_rows:
                 mark = conn.total_changes
-                conn.execute(f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE {ordinary} "
-                             f"ORDER BY id LIMIT ?)", (n - b.max_rows,))
+                conn.execute(
+                    f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE {ordinary} ORDER BY id LIMIT ?)", (n - b.max_rows,)
+                )
                 if conn.total_changes > mark:
                     reasons.append("rows")
-                size = conn.execute(f"SELECT coalesce(sum(length(payload)), 0) FROM outbox "
-                                    f"WHERE {self._PENDING}").fetchone()[0]
+                size = conn.execute(f"SELECT coalesce(sum(length(payload)), 0) FROM outbox WHERE {self._PENDING}").fetchone()[0]
             if size > b.max_bytes:
                 cut = conn.execute(
                     f"SELECT id FROM (SELECT id, sum(length(payload)) OVER (ORDER BY id) AS cum FROM outbox "
-                    f"WHERE {ordinary}) WHERE cum >= ? ORDER BY id LIMIT 1", (size - b.max_bytes,)
+                    f"WHERE {ordinary}) WHERE cum >= ? ORDER BY id LIMIT 1",
+                    (size - b.max_bytes,),
                 ).fetchone()
                 if cut is not None:
                     conn.execute(f"DELETE FROM outbox WHERE {ordinary} AND id <= ?", (cut[0],))
@@ -932,14 +995,22 @@ class SqliteEventStore:
             dropped = conn.total_changes - before
             if dropped:
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('outbox_dropped', '0')")
-                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'outbox_dropped'",
-                             (dropped,))
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'outbox_dropped'", (dropped,))
                 total = int(conn.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'").fetchone()[0])
                 msg_id = self._new_msg_id()
                 payload = {
-                    "schema": PAYLOAD_SCHEMA, "msg_id": msg_id, "station_id": self.station_id, "site": self.site,
-                    "seq": self._meta_int("seq"), "session": self._session, "ts": now, "clock_synced": None,
-                    "kind": "outbox_overflow", "dropped": dropped, "dropped_total": total, "reasons": reasons,
+                    "schema": PAYLOAD_SCHEMA,
+                    "msg_id": msg_id,
+                    "station_id": self.station_id,
+                    "site": self.site,
+                    "seq": self._meta_int("seq"),
+                    "session": self._session,
+                    "ts": now,
+                    "clock_synced": None,
+                    "kind": "outbox_overflow",
+                    "dropped": dropped,
+                    "dropped_total": total,
+                    "reasons": reasons,
                     "bounds": {"max_rows": b.max_rows, "max_bytes": b.max_bytes, "max_age_s": b.max_age_s},
                 }
                 conn.execute(
@@ -950,14 +1021,11 @@ class SqliteEventStore:
 
         dropped, reasons = self._write(tx)
         if dropped:
-            log.error("outbox over its bounds: dropped oldest ordinary rows dropped=%d reasons=%s", dropped,
-                      ",".join(reasons))
+            log.error("outbox over its bounds: dropped oldest ordinary rows dropped=%d reasons=%s", dropped, ",".join(reasons))
             self._notify_listeners()
         return dropped
 
-    def outbox_pending(
-        self, limit: int, exclude_ids: AbstractSet[int] = frozenset()
-    ) -> list[OutboxRow]:
+    def outbox_pending(self, limit: int, exclude_ids: AbstractSet[int] = frozenset()) -> list[OutboxRow]:
         """Up to ``limit`` undelivered rows, highest priority first, then oldest first.
 
         ``exclude_ids`` are rows already in flight (published, PUBACK not yet seen).
@@ -972,8 +1040,13 @@ class SqliteEventStore:
         )
         return [
             OutboxRow(
-                id=r["id"], msg_id=r["msg_id"], topic=r["topic"], payload=bytes(r["payload"]),
-                qos=r["qos"], priority=r["priority"], created_at=r["created_at"],
+                id=r["id"],
+                msg_id=r["msg_id"],
+                topic=r["topic"],
+                payload=bytes(r["payload"]),
+                qos=r["qos"],
+                priority=r["priority"],
+                created_at=r["created_at"],
                 attempts=r["attempts"],
             )
             for r in rows
@@ -988,8 +1061,13 @@ class SqliteEventStore:
         )
         return [
             OutboxRow(
-                id=r["id"], msg_id=r["msg_id"], topic=r["topic"], payload=bytes(r["payload"]),
-                qos=r["qos"], priority=r["priority"], created_at=r["created_at"],
+                id=r["id"],
+                msg_id=r["msg_id"],
+                topic=r["topic"],
+                payload=bytes(r["payload"]),
+                qos=r["qos"],
+                priority=r["priority"],
+                created_at=r["created_at"],
                 attempts=r["attempts"],
             )
             for r in rows
@@ -1007,9 +1085,7 @@ class SqliteEventStore:
         now_ms = int(time.time() * 1000)
 
         def tx(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                f"UPDATE outbox SET attempts = attempts + 1, sent_at = {now_ms} WHERE id = ?", ids
-            )
+            conn.executemany(f"UPDATE outbox SET attempts = attempts + 1, sent_at = {now_ms} WHERE id = ?", ids)
 
         self._write(tx)
 
@@ -1046,9 +1122,7 @@ class SqliteEventStore:
 
         def tx(conn: sqlite3.Connection) -> int:
             if sent:
-                conn.executemany(
-                    f"UPDATE outbox SET attempts = attempts + 1, sent_at = {now_ms} WHERE id = ?", sent
-                )
+                conn.executemany(f"UPDATE outbox SET attempts = attempts + 1, sent_at = {now_ms} WHERE id = ?", sent)
             before = conn.total_changes
             conn.executemany("DELETE FROM outbox WHERE id = ?", acked)
             return conn.total_changes - before

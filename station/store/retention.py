@@ -64,8 +64,16 @@ class PurgeResult:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"events": self.events, "gate_actions": self.gate_actions, "operator_actions": self.operator_actions, "vehicles": self.vehicles,
-                "outbox": self.outbox, "held": self.held, "crops": self.crops, "errors": self.errors}
+        return {
+            "events": self.events,
+            "gate_actions": self.gate_actions,
+            "operator_actions": self.operator_actions,
+            "vehicles": self.vehicles,
+            "outbox": self.outbox,
+            "held": self.held,
+            "crops": self.crops,
+            "errors": self.errors,
+        }
 
     @property
     def deleted(self) -> int:
@@ -150,32 +158,41 @@ def purge_store(store: Any, events_days: int, now: float | None = None) -> Purge
 
     def events_batch(conn: sqlite3.Connection) -> bool:
         # Enough rows that BATCH non-pending ones are among them if they exist.
-        rows = conn.execute("SELECT id, event_id FROM events WHERE ts < ? ORDER BY ts LIMIT ?",
-                            (cutoff, BATCH + len(pending_events))).fetchall()
+        rows = conn.execute(
+            "SELECT id, event_id FROM events WHERE ts < ? ORDER BY ts LIMIT ?", (cutoff, BATCH + len(pending_events))
+        ).fetchall()
         doomed = [(rid, eid) for rid, eid in rows if eid not in pending_events][:BATCH]
         result.gate_actions += _delete_ids(conn, "gate_actions", "event_id", [eid for _rid, eid in doomed])
         result.events += _delete_ids(conn, "events", "id", [rid for rid, _eid in doomed])
         return len(doomed) == BATCH
 
     def vehicles_batch(conn: sqlite3.Connection) -> bool:
-        rows = conn.execute("SELECT id, vehicle_id FROM vehicles WHERE ts < ? ORDER BY ts LIMIT ?",
-                            (cutoff, BATCH + len(pending_vehicles))).fetchall()
+        rows = conn.execute(
+            "SELECT id, vehicle_id FROM vehicles WHERE ts < ? ORDER BY ts LIMIT ?", (cutoff, BATCH + len(pending_vehicles))
+        ).fetchall()
         doomed = [rid for rid, vid in rows if vid not in pending_vehicles][:BATCH]
         result.vehicles += _delete_ids(conn, "vehicles", "id", doomed)
         return len(doomed) == BATCH
 
     def outbox_batch(conn: sqlite3.Connection) -> bool:
         # Settled (acknowledged or dropped) messages: delivery bookkeeping, and a copy of the data.
-        gone = int(conn.execute(
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE created_at < ? AND "
-            "(acked_at IS NOT NULL OR dropped_at IS NOT NULL) LIMIT ?)", (cutoff_ms, BATCH)).rowcount)
+        gone = int(
+            conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE created_at < ? AND "
+                "(acked_at IS NOT NULL OR dropped_at IS NOT NULL) LIMIT ?)",
+                (cutoff_ms, BATCH),
+            ).rowcount
+        )
         result.outbox += gone
         return gone == BATCH
 
     def operator_batch(conn: sqlite3.Connection) -> bool:
         # Acknowledgements and overrides, some with a clinical re-check reading: same age limit.
-        gone = int(conn.execute("DELETE FROM operator_actions WHERE id IN (SELECT id FROM operator_actions "
-                                "WHERE ts < ? LIMIT ?)", (cutoff, BATCH)).rowcount)
+        gone = int(
+            conn.execute(
+                "DELETE FROM operator_actions WHERE id IN (SELECT id FROM operator_actions WHERE ts < ? LIMIT ?)", (cutoff, BATCH)
+            ).rowcount
+        )
         result.operator_actions += gone
         return gone == BATCH
 
@@ -191,8 +208,12 @@ def purge_store(store: Any, events_days: int, now: float | None = None) -> Purge
     try:
         # Gate actions whose event never made it into the table (a store failure) are audit records
         # of their own; they age out by their write time.
-        orphans = [r[0] for r in reader.execute(
-            "SELECT id FROM gate_actions WHERE created_at < ? AND event_id NOT IN (SELECT event_id FROM events)", (cutoff,))]
+        orphans = [
+            r[0]
+            for r in reader.execute(
+                "SELECT id FROM gate_actions WHERE created_at < ? AND event_id NOT IN (SELECT event_id FROM events)", (cutoff,)
+            )
+        ]
         result.held = int(reader.execute("SELECT count(*) FROM events WHERE ts < ?", (cutoff,)).fetchone()[0])
         if has_vehicles:
             result.held += int(reader.execute("SELECT count(*) FROM vehicles WHERE ts < ?", (cutoff,)).fetchone()[0])
@@ -226,9 +247,11 @@ def purge(store: Any, data_dir: Path, events_days: int, face_crops_days: int, no
     result = purge_store(store, events_days, now)
     result.crops, result.errors = purge_crops(Path(data_dir) / CROPS_DIR, face_crops_days, now)
     if result.deleted:
-        store.write_transaction(lambda conn: audit(
-            conn, "retention", {"events_days": events_days, "face_crops_days": face_crops_days},
-            result.as_dict(), "scheduled purge"))
+        store.write_transaction(
+            lambda conn: audit(
+                conn, "retention", {"events_days": events_days, "face_crops_days": face_crops_days}, result.as_dict(), "scheduled purge"
+            )
+        )
     return result
 
 
@@ -274,9 +297,14 @@ def erase(
             # Every outbox copy of these events: pending ones (include_pending) and settled ones.
             wanted = set(eids)
             # ($.event_id: the operator display's audit messages about the event.)
-            out_ids = [oid for oid, eid in conn.execute(
-                "SELECT id, coalesce(json_extract(CAST(payload AS TEXT), '$.event.event_id'), "
-                "json_extract(CAST(payload AS TEXT), '$.event_id')) FROM outbox") if eid in wanted]
+            out_ids = [
+                oid
+                for oid, eid in conn.execute(
+                    "SELECT id, coalesce(json_extract(CAST(payload AS TEXT), '$.event.event_id'), "
+                    "json_extract(CAST(payload AS TEXT), '$.event_id')) FROM outbox"
+                )
+                if eid in wanted
+            ]
             counts["outbox"] = _delete_ids(conn, "outbox", "id", out_ids)
         counts["held"] = [] if include_pending else held
         counts["not_found"] = sorted(set(ids) - {e for _r, e in rows})
@@ -319,8 +347,14 @@ class RetentionThread:
         result = purge(self.store, self.data_dir, self.events_days, self.face_crops_days)
         self.runs += 1
         self.last = dict(result.as_dict(), at=time.time(), seconds=round(time.monotonic() - t0, 3))
-        log.info("retention purge events=%d vehicles=%d outbox=%d crops=%d held=%d",
-                 result.events, result.vehicles, result.outbox, result.crops, result.held)
+        log.info(
+            "retention purge events=%d vehicles=%d outbox=%d crops=%d held=%d",
+            result.events,
+            result.vehicles,
+            result.outbox,
+            result.crops,
+            result.held,
+        )
         return result
 
     def _run(self) -> None:
@@ -337,9 +371,14 @@ class RetentionThread:
                 log.exception("retention purge failed error=%s", self.last_error)
 
     def stats(self) -> dict[str, Any]:
-        return {"runs": self.runs, "last": self.last, "last_error": self.last_error,
-                "events_days": self.events_days, "face_crops_days": self.face_crops_days,
-                "interval_s": self.interval_s}
+        return {
+            "runs": self.runs,
+            "last": self.last,
+            "last_error": self.last_error,
+            "events_days": self.events_days,
+            "face_crops_days": self.face_crops_days,
+            "interval_s": self.interval_s,
+        }
 
 
 def start_retention(app: Any) -> RetentionThread:

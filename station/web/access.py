@@ -130,9 +130,17 @@ class OperatorAccess:
             rest = urlencode([(k, v) for k, v in params if k != "token"])
             location = scope["path"] + (f"?{rest}" if rest else "")
             secure = "; Secure" if scope.get("scheme") == "https" else ""
-            await send({"type": "http.response.start", "status": 303, "headers": [
-                (b"location", location.encode("latin-1")), (b"cache-control", b"no-store"),
-                (b"set-cookie", f"{TOKEN_COOKIE}={policy.token}; Path=/; HttpOnly; SameSite=Strict{secure}".encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [
+                        (b"location", location.encode("latin-1")),
+                        (b"cache-control", b"no-store"),
+                        (b"set-cookie", f"{TOKEN_COOKIE}={policy.token}; Path=/; HttpOnly; SameSite=Strict{secure}".encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             return
         supplied = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
@@ -148,8 +156,17 @@ class OperatorAccess:
         self.policy.refused[reason] = self.policy.refused.get(reason, 0) + 1
         self.failures.report(reason)
         body = json.dumps({"ok": False, "reason": reason, "error": message}).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from station.link.commands import CommandError, CommandHandlers
 from station.lane.pipeline import Decided
+from station.link.commands import CommandError, CommandHandlers
 from station.ops.ratelimit import FailureLog, RateLimiter
 from station.web.pin import PinGuard, pin_is_short, verify_pin
 
@@ -67,8 +67,13 @@ class DeskSettings:
 def decision_message(d: Decided) -> dict[str, Any]:
     e = d.event
     return {
-        "event_id": e.event_id, "ts": e.wall_ts, "decision": e.decision.value, "reason": e.reason,
-        "alarm": e.alarm, "temperature_c": e.temperature_c, "code_colour": e.code_colour.value if e.code_colour else None,
+        "event_id": e.event_id,
+        "ts": e.wall_ts,
+        "decision": e.decision.value,
+        "reason": e.reason,
+        "alarm": e.alarm,
+        "temperature_c": e.temperature_c,
+        "code_colour": e.code_colour.value if e.code_colour else None,
         "code_status": e.code.get("status"),
         "gate": {"action": d.gate.action.value, "executed": d.gate.executed, "reason": d.gate.reason},
     }
@@ -102,16 +107,24 @@ class OperatorDesk:
         self.direction_counts = direction_counts
         self.monotonic = monotonic
         self.wall = wall
-        self.guard = PinGuard(settings.pin_max_failures, settings.pin_lock_s, settings.overrides_per_min, monotonic,
-                              max_lock_s=settings.pin_lock_max_s)
+        self.guard = PinGuard(
+            settings.pin_max_failures, settings.pin_lock_s, settings.overrides_per_min, monotonic, max_lock_s=settings.pin_lock_max_s
+        )
         self.refusal_audit = RateLimiter(REFUSALS_AUDITED_PER_MIN, 60.0, monotonic=monotonic)
         self.refusal_log = FailureLog(log, "operator refusal audit", monotonic=monotonic)
         self.refusals_unaudited = 0
         self.pin_short = False  # the configured PIN verified but has fewer than 6 digits: replace it
         # The very handlers that serve MQTT cmd/open-gate: one audited path for opening the gate.
-        self.commands = CommandHandlers(store=store, gate=gate, monotonic=monotonic, config_path=None,
-                                        data_dir=Path(store.path).parent, snapshot=self.status,
-                                        command_ttl_s=settings.command_ttl_s, wall=wall)
+        self.commands = CommandHandlers(
+            store=store,
+            gate=gate,
+            monotonic=monotonic,
+            config_path=None,
+            data_dir=Path(store.path).parent,
+            snapshot=self.status,
+            command_ttl_s=settings.command_ttl_s,
+            wall=wall,
+        )
         self.last: dict[str, Any] | None = None
         last = store.last_event()
         if last is not None:  # after a restart the page shows the last decision, not an empty lane
@@ -192,8 +205,11 @@ class OperatorDesk:
         alarms = self.alarms()
         return {
             "station": dict(self.identity),
-            "ui": {"language": self.settings.language, "pin_configured": bool(self.settings.pin_hash),
-                   "fever_threshold_c": self.settings.fever_threshold_c},
+            "ui": {
+                "language": self.settings.language,
+                "pin_configured": bool(self.settings.pin_hash),
+                "fever_threshold_c": self.settings.fever_threshold_c,
+            },
             "devices": self.devices(),
             "counts": self.counts_today(),
             "last_decision": self.last,
@@ -228,8 +244,13 @@ class OperatorDesk:
             raise refuse(429, "locked", f"too many wrong PINs: locked for {locked} s", retry_after_s=locked)
         if not verify_pin(pin, self.settings.pin_hash):
             if attempt.left == 0:
-                raise refuse(403, "wrong_pin", f"wrong PIN; locked for {math.ceil(attempt.locked_s)} s", attempts_left=0,
-                             retry_after_s=math.ceil(attempt.locked_s))
+                raise refuse(
+                    403,
+                    "wrong_pin",
+                    f"wrong PIN; locked for {math.ceil(attempt.locked_s)} s",
+                    attempts_left=0,
+                    retry_after_s=math.ceil(attempt.locked_s),
+                )
             raise refuse(403, "wrong_pin", f"wrong PIN; {attempt.left} attempts left", attempts_left=attempt.left)
         self.guard.succeeded()
         if pin_is_short(pin) and not self.pin_short:
@@ -259,8 +280,7 @@ class OperatorDesk:
         who = self._who(operator)
         self._authorise("open_gate", who, pin, None, override=True)
         corr = f"operator-{uuid.uuid4().hex}"
-        request = {"id": corr, "deadline": self.wall() + OPEN_DEADLINE_S,
-                   "args": {"operator": who, "source": "operator-display"}}
+        request = {"id": corr, "deadline": self.wall() + OPEN_DEADLINE_S, "args": {"operator": who, "source": "operator-display"}}
         try:
             result = self.commands.open_gate(request)
             ok, reason = True, "ok"
@@ -283,10 +303,19 @@ class OperatorDesk:
         if not lo <= clinical_c <= hi:
             raise ActionRefused(400, "bad_value", f"clinical_c must be within {lo}-{hi} °C")
         self._authorise("recheck", who, pin, event_id, override=True)
-        detail = {"clinical_c": round(float(clinical_c), 2), "station_c": event.get("temperature_c"),
-                  "decision": event.get("decision"), "fever": clinical_c >= self.settings.fever_threshold_c}
+        detail = {
+            "clinical_c": round(float(clinical_c), 2),
+            "station_c": event.get("temperature_c"),
+            "decision": event.get("decision"),
+            "fever": clinical_c >= self.settings.fever_threshold_c,
+        }
         rowid = self.store.record_operator_action("recheck", who, True, "ok", event_id=event_id, detail=detail)
-        log.warning("reading re-checked with a clinical thermometer event_id=%s operator=%s clinical_c=%.2f station_c=%s",
-                    event_id, who, clinical_c, event.get("temperature_c"))
+        log.warning(
+            "reading re-checked with a clinical thermometer event_id=%s operator=%s clinical_c=%.2f station_c=%s",
+            event_id,
+            who,
+            clinical_c,
+            event.get("temperature_c"),
+        )
         self.publish("action", {"action": "recheck", "operator": who, "ok": True, "event_id": event_id, **detail})
         return {"event_id": event_id, "operator": who, "audit_row": rowid, **detail}

@@ -32,8 +32,15 @@ SKIN_MIN_C, SCALE_MAX_C = 30.0, 40.0  # the overlay colours only what could be s
 class LiveView:
     """Newest frame in, one JPEG stream out for any number of viewers."""
 
-    def __init__(self, registration: np.ndarray, *, fps: float = 5.0, width: int = 640, quality: int = 75,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        registration: np.ndarray,
+        *,
+        fps: float = 5.0,
+        width: int = 640,
+        quality: int = 75,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registration = np.asarray(registration, dtype=np.float64)  # visible pixel → thermal pixel
         self.period = 1.0 / fps
         self.width = width
@@ -74,8 +81,13 @@ class LiveView:
             self._thread.join(5.0)
 
     def stats(self) -> dict[str, Any]:
-        return {"viewers": self.viewers, "encoded": self.seq, "sent": self.sent, "dropped": self.dropped,
-                "fps_cap": round(1.0 / self.period, 2)}
+        return {
+            "viewers": self.viewers,
+            "encoded": self.seq,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "fps_cap": round(1.0 / self.period, 2),
+        }
 
     def _run(self) -> None:
         last_seq = -1
@@ -100,8 +112,16 @@ class LiveView:
         """The frame with thermal overlay and face boxes, downscaled to ``width``, as JPEG."""
         if frame is None:
             img: np.ndarray = np.full((self.width * 3 // 4, self.width, 3), 40, np.uint8)
-            cv2.putText(img, "NO CAMERA", (self.width // 2 - 110, self.width * 3 // 8), cv2.FONT_HERSHEY_SIMPLEX, 1.2,
-                        (200, 200, 200), 2, cv2.LINE_AA)
+            cv2.putText(
+                img,
+                "NO CAMERA",
+                (self.width // 2 - 110, self.width * 3 // 8),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                1.2,
+                (200, 200, 200),
+                2,
+                cv2.LINE_AA,
+            )
         else:
             h, w = frame.image.shape[:2]
             scale = self.width / w
@@ -114,8 +134,9 @@ class LiveView:
             if faces is not None and now - faces.captured_t <= FACE_MAX_AGE_S:
                 for f in faces.faces:
                     b = f.box
-                    cv2.rectangle(img, (round(b.x1 * scale), round(b.y1 * scale)), (round(b.x2 * scale), round(b.y2 * scale)),
-                                  (80, 220, 80), 2)
+                    cv2.rectangle(
+                        img, (round(b.x1 * scale), round(b.y1 * scale)), (round(b.x2 * scale), round(b.y2 * scale)), (80, 220, 80), 2
+                    )
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise cv2.error("imencode failed")
@@ -126,8 +147,14 @@ class LiveView:
         oh, ow = img.shape[:2]
         # Output pixel → visible pixel (undo the downscale) → thermal pixel (the registration).
         to_thermal = self.registration @ np.diag([1.0 / scale, 1.0 / scale, 1.0])
-        temps = cv2.warpPerspective(thermal.pixels_c.astype(np.float32), to_thermal, (ow, oh),
-                                    flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        temps = cv2.warpPerspective(
+            thermal.pixels_c.astype(np.float32),
+            to_thermal,
+            (ow, oh),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0.0,
+        )
         level = np.clip((temps - SKIN_MIN_C) / (SCALE_MAX_C - SKIN_MIN_C) * 255.0, 0, 255).astype(np.uint8)
         colour = cv2.applyColorMap(level, cv2.COLORMAP_JET)
         mask = temps >= SKIN_MIN_C

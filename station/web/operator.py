@@ -77,14 +77,14 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessP
             finally:
                 desk.unsubscribe(queue)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def mjpeg(request: Request) -> Response:
         if live is None:
             return JSONResponse({"error": "no live picture on this station"}, status_code=404)
-        return StreamingResponse(live.stream(), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                                 headers={"Cache-Control": "no-cache, no-store"})
+        return StreamingResponse(
+            live.stream(), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}", headers={"Cache-Control": "no-cache, no-store"}
+        )
 
     async def body(request: Request) -> dict[str, Any]:
         # JSON only: a cross-site form or text/plain POST cannot carry it without a CORS preflight,
@@ -110,8 +110,9 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessP
     async def ack(request: Request) -> Response:
         try:
             data = await body(request)
-            out = await run_in_threadpool(desk.acknowledge, request.path_params["event_id"], str(data.get("operator", "")),
-                                          str(data.get("pin", "")))
+            out = await run_in_threadpool(
+                desk.acknowledge, request.path_params["event_id"], str(data.get("operator", "")), str(data.get("pin", ""))
+            )
         except ActionRefused as exc:
             return refused(exc)
         return JSONResponse({"ok": True, **out})
@@ -127,8 +128,9 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessP
     async def recheck(request: Request) -> Response:
         try:
             data = await body(request)
-            out = await run_in_threadpool(desk.recheck, str(data.get("event_id", "")), data.get("clinical_c"),
-                                          str(data.get("operator", "")), str(data.get("pin", "")))
+            out = await run_in_threadpool(
+                desk.recheck, str(data.get("event_id", "")), data.get("clinical_c"), str(data.get("operator", "")), str(data.get("pin", ""))
+            )
         except ActionRefused as exc:
             return refused(exc)
         return JSONResponse({"ok": True, **out})
@@ -152,8 +154,7 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessP
 class OperatorServer:
     """uvicorn serving the operator app on its own thread; ``stop()`` ends streams and joins."""
 
-    def __init__(self, desk: OperatorDesk, live: LiveView | None, listen: str, port: int,
-                 policy: AccessPolicy | None = None) -> None:
+    def __init__(self, desk: OperatorDesk, live: LiveView | None, listen: str, port: int, policy: AccessPolicy | None = None) -> None:
         import uvicorn
 
         self.desk = desk
@@ -175,16 +176,14 @@ class OperatorServer:
         self.url = f"http://{host}:{self.port}/"
         # The kiosk's URL: with the token when one is needed (never logged).
         self.kiosk_url = self.url + (f"?token={self.policy.token}" if self.policy.token else "")
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2, ws="none")
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2, ws="none")
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self.live is not None:
             self.live.start()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])),
-                                        name="station-web", daemon=True)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), name="station-web", daemon=True)
         self._thread.start()
         log.info("operator display serving url=%s", self.url)
 
@@ -207,8 +206,10 @@ def start_operator_display(app: Any) -> OperatorServer | None:
     token = None
     if not is_loopback(h.listen):
         token = load_token(Path(app.store.path).parent)
-        log.warning("operator display listens beyond this box listen=%s: every page needs the token "
-                    "(stationctl operator-url), actions the PIN", h.listen)
+        log.warning(
+            "operator display listens beyond this box listen=%s: every page needs the token (stationctl operator-url), actions the PIN",
+            h.listen,
+        )
     policy = AccessPolicy(allowed_hosts=frozenset(n.lower() for n in h.allowed_hosts), token=token)
 
     def devices() -> dict[str, Any]:
@@ -219,7 +220,8 @@ def start_operator_display(app: Any) -> OperatorServer | None:
             "thermal": s.get("thermal", {}).get("state"),
             "camera": s.get("camera", {}).get("state"),
             "detector": s.get("detector"),
-            "mqtt": s.get("mqtt_state") or ("off" if s.get("mqtt_connected") is None else "connected" if s.get("mqtt_connected") else "offline"),
+            "mqtt": s.get("mqtt_state")
+            or ("off" if s.get("mqtt_connected") is None else "connected" if s.get("mqtt_connected") else "offline"),
             "outbox_pending": app.store.outbox_stats().get("pending"),
             "outbox_pump": pump.get("state") if isinstance(pump, dict) else None,
             "live": live.stats(),
@@ -227,15 +229,24 @@ def start_operator_display(app: Any) -> OperatorServer | None:
         }
 
     settings = DeskSettings(
-        language=h.language, pin_hash=h.pin_hash, pin_max_failures=h.pin_max_failures, pin_lock_s=h.pin_lock_s,
-        pin_lock_max_s=h.pin_lock_max_s, overrides_per_min=h.overrides_per_min, fever_threshold_c=cfg.screening.fever_threshold_c,
+        language=h.language,
+        pin_hash=h.pin_hash,
+        pin_max_failures=h.pin_max_failures,
+        pin_lock_s=h.pin_lock_s,
+        pin_lock_max_s=h.pin_lock_max_s,
+        overrides_per_min=h.overrides_per_min,
+        fever_threshold_c=cfg.screening.fever_threshold_c,
         command_ttl_s=cfg.gate.command_ttl_s,
     )
     desk = OperatorDesk(
-        store=app.store, gate=pipeline.gate,
+        store=app.store,
+        gate=pipeline.gate,
         identity={"site": cfg.station.site, "id": cfg.station.id, "lane": cfg.station.lane},
-        settings=settings, devices=devices, direction_counts=lambda: dict(pipeline.lane.directions.counts),
-        monotonic=app.clock.monotonic, wall=app.clock.wall,
+        settings=settings,
+        devices=devices,
+        direction_counts=lambda: dict(pipeline.lane.directions.counts),
+        monotonic=app.clock.monotonic,
+        wall=app.clock.wall,
     )
     live = LiveView(np.array(cfg.thermal.registration, dtype=np.float64), fps=h.mjpeg_fps, width=h.mjpeg_width)
     try:

@@ -76,8 +76,7 @@ class PinGuard:
     a quiet ``max_lock_s`` with no wrong PIN, starts again from ``lock_s``.
     """
 
-    def __init__(self, max_failures: int, lock_s: float, per_min: int, clock: Callable[[], float],
-                 max_lock_s: float | None = None) -> None:
+    def __init__(self, max_failures: int, lock_s: float, per_min: int, clock: Callable[[], float], max_lock_s: float | None = None) -> None:
         self.max_failures = max_failures
         self.lock_s = lock_s
         self.max_lock_s = max(lock_s, max_lock_s if max_lock_s is not None else lock_s * 64)

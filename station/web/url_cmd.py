@@ -27,8 +27,11 @@ def operator_url(ctx: Any, as_json: bool) -> None:
     if needed:
         url += f"?token={load_token(data_dir)}"
     if as_json:
-        click.echo(json.dumps({"url": url, "token_needed": needed, "token_file": str(data_dir / TOKEN_NAME) if needed else None,
-                               "enabled": h.enabled}))
+        click.echo(
+            json.dumps(
+                {"url": url, "token_needed": needed, "token_file": str(data_dir / TOKEN_NAME) if needed else None, "enabled": h.enabled}
+            )
+        )
     else:
         click.echo(url)
         if not h.enabled:
