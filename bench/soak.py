@@ -537,7 +537,7 @@ def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), pr
     from sim.scene_camera import SceneCamera
     from sim.thermal_render import ThermalSceneRenderer
     from station.config import StationConfig
-    from tests.mosquitto import Broker
+    from tests.support.broker import Broker
 
     rng = random.Random(seed)
     base = StationConfig()

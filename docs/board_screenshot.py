@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from station.board.auth import UsersFile  # noqa: E402
-from tests.mosquitto import Broker, free_port  # noqa: E402
+from tests.support.broker import Broker, free_port  # noqa: E402
 
 USER, PASSWORD = "screenshot", "screenshot-password"
 _opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # keeps the session cookie

@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.board_auth import VIEWER, make_users
-from tests.mosquitto import Broker, free_port, mosquitto_available
-from tests.waiting import wait_until
+from tests.support.board_auth import VIEWER, make_users
+from tests.support.broker import Broker, free_port, mosquitto_available
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -28,9 +28,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from tests.board_auth import ADMIN, VIEWER, make_users
-from tests.mosquitto import Broker, free_port, mosquitto_available
-from tests.waiting import wait_until
+from tests.support.board_auth import ADMIN, VIEWER, make_users
+from tests.support.broker import Broker, free_port, mosquitto_available
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

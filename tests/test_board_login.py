@@ -24,7 +24,7 @@ from station.board.history import BoardHistory
 from station.board.run import Board, BoardOptions
 from station.board.state import BoardState
 from station.board.web import create_app
-from tests.board_auth import ADMIN, VIEWER, login, make_auth
+from tests.support.board_auth import ADMIN, VIEWER, login, make_auth
 
 P = "checkpoint/v1"
 BASE = "http://127.0.0.1:8080"

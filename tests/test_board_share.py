@@ -12,10 +12,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from station.board.run import Board, BoardOptions
-from tests.board_auth import make_users
-from tests.mosquitto import Broker, mosquitto_available
+from tests.support.board_auth import make_users
+from tests.support.broker import Broker, mosquitto_available
 from tests.test_board_state import screening, status
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

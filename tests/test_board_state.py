@@ -15,7 +15,7 @@ from station.board.history import BoardHistory
 from station.board.state import BoardState
 from station.board.web import create_app
 from station.link.snapshots import snapshot_payload
-from tests.board_auth import login, make_auth
+from tests.support.board_auth import login, make_auth
 
 P = "checkpoint/v1"
 

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from station.config import StationConfig
 from station.link.sync import publisher_from_config
-from tests.mosquitto import Broker, mosquitto_available
+from tests.support.broker import Broker, mosquitto_available
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

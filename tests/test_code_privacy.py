@@ -21,7 +21,7 @@ import pytest
 from sim.demo import DemoRun
 from station.codes import hc1
 from station.config import StationConfig
-from tests.mosquitto import Broker, mosquitto_available
+from tests.support.broker import Broker, mosquitto_available
 from tests.test_sync import Collector
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")

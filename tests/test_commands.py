@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.command_rig import BASE, Centre, Rig
-from tests.mosquitto import mosquitto_available
-from tests.waiting import wait_until
+from tests.support.command_rig import BASE, Centre, Rig
+from tests.support.broker import mosquitto_available
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

@@ -16,10 +16,10 @@ import pytest
 
 from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from station.link.command_auth import new_signing_key, public_pem, sign_command
-from tests.mosquitto import Broker, mosquitto_available
+from tests.support.broker import Broker, mosquitto_available
 from tests.test_daemon import emulator, video, write_config  # noqa: F401  (fixtures)
 from tests.test_sync import Collector
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "checkpoint/v1/test-site/gate-3"

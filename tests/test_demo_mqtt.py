@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.mosquitto import Broker, free_port, mosquitto_available
+from tests.support.broker import Broker, free_port, mosquitto_available
 from tests.test_sync import Collector
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

@@ -21,9 +21,9 @@ from station.codes.judge import CodeJudge
 from station.codes.online import OnlineVerifier, token_sha256
 from station.domain.model import CodeColour, CodeObservation, CodeStatus, Decision
 from station.link.command_auth import CommandKeys, new_signing_key, sign_lookup_answer
-from tests.command_rig import Centre, write_public_keys
-from tests.mosquitto import Broker, mosquitto_available
-from tests.waiting import wait_until
+from tests.support.command_rig import Centre, write_public_keys
+from tests.support.broker import Broker, mosquitto_available
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

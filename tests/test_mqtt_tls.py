@@ -13,8 +13,8 @@ import pytest
 
 from station.config import StationConfig
 from station.link.sync import publisher_from_config, read_password
-from tests.mosquitto import Broker, mosquitto_available
-from tests.waiting import wait_until
+from tests.support.broker import Broker, mosquitto_available
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available() or shutil.which("openssl") is None, reason="mosquitto or openssl not installed")
 

@@ -30,9 +30,9 @@ from station.link.command_auth import (
     verify_command,
     verify_lookup_answer,
 )
-from tests.command_rig import BASE, SITE, STATION, Rig, write_public_keys
-from tests.mosquitto import mosquitto_available
-from tests.waiting import wait_until
+from tests.support.command_rig import BASE, SITE, STATION, Rig, write_public_keys
+from tests.support.broker import mosquitto_available
+from tests.support.waiting import wait_until
 
 needs_broker = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

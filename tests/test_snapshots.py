@@ -24,7 +24,7 @@ from station.link.snapshots import (
     snapshot_topic,
 )
 from station.models import default_models_dir
-from tests.mosquitto import Broker, mosquitto_available
+from tests.support.broker import Broker, mosquitto_available
 
 FACES = Path("/work/shared/data/images/faces")
 PHOTO = FACES / "ultraface-5.jpg"  # one woman at a desk, frontal

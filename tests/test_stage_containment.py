@@ -37,8 +37,8 @@ from station.domain.screening import ScreeningLane
 from station.lane.pipeline import Pipeline, PipelineSettings, StationIdentity
 from station.ops.clock import SystemClock
 from station.store.events import SqliteEventStore
-from tests.faulty_verifiers import RaisingOnPayload
-from tests.waiting import wait_until
+from tests.support.faulty_verifiers import RaisingOnPayload
+from tests.support.waiting import wait_until
 
 HOSTILE = b"HOSTILE:raise-in-verifier"
 FACE = FaceDetection(Box(250.0, 120.0, 390.0, 300.0), 0.95)

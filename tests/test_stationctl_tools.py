@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from station.cli.bugreport_cmd import REDACTED, redact_line, redact_toml
 from station.cli.doctor_cmd import list_cameras
 from station.cli.stationctl import main as stationctl
-from tests.mosquitto import free_port, mosquitto_available, mosquitto_broker
+from tests.support.broker import free_port, mosquitto_available, mosquitto_broker
 from tests.test_daemon import emulator, video  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]

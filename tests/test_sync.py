@@ -25,9 +25,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from drivers.publish.mqtt import MqttPublisher
 from station.link.sync import NotConnectedError, OutboxPump
 from station.store.events import SqliteEventStore
-from tests.mosquitto import Broker, mosquitto_available
+from tests.support.broker import Broker, mosquitto_available
 from tests.test_store import make_event
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

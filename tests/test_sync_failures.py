@@ -19,10 +19,10 @@ import pytest
 
 from drivers.publish.mqtt import MqttPublisher, jittered_delay
 from station.store.events import SqliteEventStore
-from tests.mosquitto import Broker, mosquitto_available
+from tests.support.broker import Broker, mosquitto_available
 from tests.test_store import make_event
 from tests.test_sync import PREFIX, STATUS, Collector, Station, backend_session
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

@@ -162,12 +162,12 @@ def test_vehicle_lane_run_writes_vehicles_and_outbox_and_survives_a_failed_write
 
 
 def test_vehicle_event_arrives_over_a_real_mosquitto(tmp_path: Path) -> None:
-    from tests.mosquitto import Broker, mosquitto_available
+    from tests.support.broker import Broker, mosquitto_available
 
     if not mosquitto_available():
         pytest.skip("mosquitto not installed")
     from tests.test_sync import PREFIX, Collector, Station
-    from tests.waiting import wait_until
+    from tests.support.waiting import wait_until
 
     broker = Broker(tmp_path / "broker")
     broker.start()

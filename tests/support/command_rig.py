@@ -31,8 +31,8 @@ from station.link.command_auth import (
 )
 from station.link.commands import COMMAND_IDS_FILE, CommandHandlers, StationLink
 from station.store.events import SqliteEventStore
-from tests.mosquitto import Broker
-from tests.waiting import wait_until
+from tests.support.broker import Broker
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE, STATION = "gate-a", "st-01"

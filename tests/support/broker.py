@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tests.mosquitto import mosquitto_broker
+    from tests.support.broker import mosquitto_broker
 
     with mosquitto_broker(tmp_path) as broker:      # started, accepting connections
         url = broker.url                            # "mqtt://127.0.0.1:<port>"
