@@ -1,4 +1,7 @@
-"""``station demo``: the real pipeline against emulated hardware, on any machine.
+"""Compose ``station demo``: the real pipeline against emulated hardware, on any machine.
+
+This is the demo's own composition: the one place an emulator is wired to a ``StationApp``. The
+``station demo`` verb (``station/cli/station_main.py``) imports it lazily; the daemon never does.
 
 What is emulated and what is real:
 
@@ -26,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from sim.issuer import demo_issuer, write_demo_trust_list
 from sim.scene import SceneDirector, SceneGeometry, ScenePerson, SceneTiming
@@ -37,12 +40,14 @@ from station.lane.pipeline import Decided
 
 log = logging.getLogger("sim.demo")
 
-DEMO_BAUD = 460800
-DEMO_REFRESH_HZ = 8
+DEMO_BAUD: Final = 460800  # Final keeps the literal, which the config's baud field (a Literal of rates) accepts
+DEMO_REFRESH_HZ: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
 class Casting:
+    """One role in the demo's queue: who the person is and what their phone shows."""
+
     label: str
     core_c: float
     colour: CodeColour | None
@@ -63,6 +68,7 @@ CAST: tuple[Casting, ...] = (
 
 
 def expected_decision(c: Casting, cfg: StationConfig) -> Decision:
+    """Return the decision a correct station makes for ``c`` under ``cfg``'s policy (the ground truth)."""
     if c.core_c >= cfg.screening.fever_threshold_c:
         return Decision.DENY_FEVER if cfg.policy.temperature == "hard" else Decision.MANUAL_CHECK
     if c.payload_kind == "none":
@@ -77,6 +83,7 @@ def expected_decision(c: Casting, cfg: StationConfig) -> Decision:
 
 
 def cast_people(n: int, cfg: StationConfig, now_wall: float) -> list[ScenePerson]:
+    """Return a queue of ``n`` people cycling through ``CAST``, with their codes and expected decisions."""
     # Real signed HC1 codes (ES256) from the DEMO ONLY issuer, whose key is public: a demo, not a credential.
     issuer = demo_issuer()
     people = []
@@ -98,7 +105,10 @@ def cast_people(n: int, cfg: StationConfig, now_wall: float) -> list[ScenePerson
 
 
 def demo_config(base: StationConfig) -> StationConfig:
-    """The demo's devices: emulated module at 460800 baud / 8 Hz, mock GPIO, pty filled in later."""
+    """Return ``base`` set up for the demo's devices: emulated module at 460800 baud / 8 Hz, mock GPIO.
+
+    The thermal port is filled in by ``DemoRun.run`` once the emulator owns its pty.
+    """
     cfg = base.model_copy(deep=True)
     cfg.thermal.baud = DEMO_BAUD
     cfg.thermal.refresh_hz = DEMO_REFRESH_HZ
@@ -108,6 +118,8 @@ def demo_config(base: StationConfig) -> StationConfig:
 
 @dataclass
 class DemoResult:
+    """What one demo run produced: the decisions with the person each was for, timings and stats."""
+
     decided: list[tuple[ScenePerson | None, Decided]]
     elapsed_s: float
     start_s: float
@@ -118,7 +130,7 @@ class DemoResult:
 
 
 class DemoRun:
-    """Wires the scene, the emulators and the station together and runs the queue of people."""
+    """Wire the scene, the emulators and the station together and run the queue of people."""
 
     def __init__(
         self,
@@ -168,6 +180,11 @@ class DemoRun:
             self.on_decided(person, d)
 
     def run(self, stop: threading.Event | None = None, max_s: float | None = None, keep_running: bool = False) -> DemoResult:
+        """Run the queue until everyone is decided, ``stop`` is set or the time limit passes; return the result.
+
+        ``max_s`` defaults to 30 s plus 15 s a person; ``keep_running`` keeps the station up after the
+        queue until ``stop`` or Ctrl-C.
+        """
         t0 = time.monotonic()
         # The emulator must own its pty before the station's config can name it.
         self.emulator.start()
@@ -231,6 +248,7 @@ class DemoRun:
 
 
 def json_line(person: ScenePerson | None, d: Decided) -> str:
+    """Return one decision as a JSON line (``station demo --json``)."""
     e = d.event
     rec = {
         "event_id": e.event_id,
@@ -249,6 +267,7 @@ def json_line(person: ScenePerson | None, d: Decided) -> str:
 
 
 def human_line(person: ScenePerson | None, d: Decided) -> str:
+    """Return one decision as a line for a person reading the terminal, flagging a wrong decision."""
     e = d.event
     who = f"#{person.index:<3d} {person.label:<28s}" if person else "#?   (unknown)" + " " * 18
     temp = f"{e.temperature_c:5.2f} °C" if e.temperature_c is not None else "  --.-- °C"
@@ -258,6 +277,7 @@ def human_line(person: ScenePerson | None, d: Decided) -> str:
 
 
 def summary(result: DemoResult) -> dict[str, Any]:
+    """Return the run's figures: decisions, ground-truth agreement, median stage latencies, link stats."""
     decisions = Counter(d.event.decision.value for _, d in result.decided)
     agree = sum(1 for p, d in result.decided if p is not None and p.expected == d.event.decision.value)
     stages: dict[str, list[float]] = {}
@@ -283,6 +303,7 @@ def summary(result: DemoResult) -> dict[str, Any]:
 
 
 def print_summary(s: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    """Print ``summary``'s figures as a few human-readable lines."""
     print("", file=out)
     print(f"{s['decisions']} decisions in {s['elapsed_s']} s ({s['decisions_per_s']}/s), start-up {s['start_s']} s", file=out)
     print(f"by decision: {s['by_decision']}; agrees with the scene's ground truth: {s['ground_truth_agreement']}", file=out)

@@ -1,4 +1,4 @@
-"""A byte-exact GY-MCU90640 on a pseudo-terminal, for tests and the demo (design/thermal.md §5.2).
+"""Emulate a GY-MCU90640 byte for byte on a pseudo-terminal, for the demo, tests and bench (thermal.md §5.2).
 
 The emulator owns a pty. The device under test opens ``emulator.port`` (the slave side) like any
 serial port; the emulator writes frames into the master side and reads the DUT's commands from it.
@@ -74,6 +74,8 @@ DEFAULT_FAULT_OFFSET = 800  # inside the pixel block, away from header and check
 
 @dataclass(slots=True)
 class ModuleSettings:
+    """The module's settings a command can change (and ``save`` writes to flash)."""
+
     baud: int
     refresh_hz: float
     mode: str  # "continuous" | "query"
@@ -110,8 +112,11 @@ class GyMcu90640Emulator:
         truth: Callable[[float], dict[str, Any]] | None = None,
         sidecar_path: str | None = None,
     ) -> None:
-        """``truth(now)`` (e.g. ``ThermalSceneRenderer.ground_truth``) is written as one JSON line per
-        frame built to ``sidecar_path``: {"seq", "t", "fault", …truth}, the ground truth tests check against."""
+        """Open the pty and boot with the flash file's settings (if any) or these factory ones.
+
+        ``truth(now)`` (e.g. ``ThermalSceneRenderer.ground_truth``) is written as one JSON line per
+        frame built to ``sidecar_path``: {"seq", "t", "fault", …truth}, the ground truth tests check against.
+        """
         if baud not in BAUD_ARGS:
             raise ValueError(f"baud must be one of {sorted(BAUD_ARGS)}")
         if float(refresh_hz) not in REFRESH_ARGS:
@@ -182,6 +187,7 @@ class GyMcu90640Emulator:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start sending frames (in continuous mode) and answering commands; a second call does nothing."""
         if self._thread is not None:
             return
         self._stop.clear()
@@ -212,10 +218,12 @@ class GyMcu90640Emulator:
     # -- inspection ------------------------------------------------------------------------------
     @property
     def settings(self) -> ModuleSettings:
+        """Return a copy of the module's current settings."""
         with self._lock:
             return ModuleSettings(**asdict(self._settings))
 
     def stats(self) -> dict[str, int | float | str]:
+        """Return the counters (frames, bytes, commands, faults), the settings, the port and the DUT's baud."""
         with self._lock:
             out: dict[str, int | float | str] = dict(self._c)
             out.update(asdict(self._settings))
@@ -225,14 +233,17 @@ class GyMcu90640Emulator:
 
     # -- fault injection (thread-safe; frame faults hit the next frame that starts) ----------------
     def drop_byte(self, offset: int | None = None) -> None:
+        """Leave out the byte at ``offset`` (default: inside the pixel block) of the next frame."""
         self._add_fault(_Fault("drop_byte", offset=offset))
 
     def insert_byte(self, offset: int | None = None, value: int | None = None) -> None:
+        """Insert ``value`` (default: a random byte) at ``offset`` of the next frame."""
         with self._lock:
             v = self._rng.randrange(256) if value is None else value
             self._faults.append(_Fault("insert_byte", offset=offset, value=v))
 
     def flip_bit(self, offset: int | None = None, bit: int = 0) -> None:
+        """Flip ``bit`` of the byte at ``offset`` of the next frame."""
         self._add_fault(_Fault("flip_bit", offset=offset, bit=bit))
 
     def truncate_next_frame(self, keep: int | None = None) -> None:
@@ -266,7 +277,7 @@ class GyMcu90640Emulator:
             self._c["unplugs"] += 1
 
     def replug(self) -> str:
-        """A new pty (NEW path, see ``.port``) and a power-cycled module; returns the new path."""
+        """Open a new pty (NEW path, see ``.port``) with a power-cycled module; return the new path."""
         with self._lock:
             self._close_pty()
             self._open_pty()
@@ -570,7 +581,7 @@ class GyMcu90640Emulator:
 def _jsonable(obj: object) -> object:
     """Sidecar values that JSON does not know: boxes as lists, numpy scalars as numbers."""
     if hasattr(obj, "as_list"):
-        return obj.as_list()  # type: ignore[attr-defined]
+        return obj.as_list()
     if isinstance(obj, np.generic):
         return obj.item()
     return str(obj)

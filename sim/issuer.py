@@ -1,4 +1,4 @@
-"""Issue HC1 health codes and the keys behind them — for the DEMO and for tests. DEMO ONLY.
+"""Issue HC1 health codes and the keys behind them, for the demo and the tests (DEMO ONLY).
 
 A real station only *verifies*; codes are issued by the health authority's back end with keys the
 station never sees. This module exists so the demo can show real signed green / yellow / red codes
@@ -37,23 +37,24 @@ _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def derived_ec_key(seed: bytes) -> ec.EllipticCurvePrivateKey:
-    """A P-256 key computed from ``seed``: reproducible, hence only for demos and tests."""
+    """Return a P-256 key computed from ``seed``: reproducible, hence only for demos and tests."""
     scalar = int.from_bytes(hashlib.sha256(seed).digest(), "big") % (_P256_ORDER - 1) + 1
     return ec.derive_private_key(scalar, ec.SECP256R1())
 
 
 def self_signed_cert(key: Any, common_name: str, days: int = 3650) -> bytes:
-    """A self-signed X.509 certificate (DER) for ``key``; its SHA-256 gives the HC1 kid.
+    """Return a self-signed X.509 certificate (DER) for ``key``; its SHA-256 gives the HC1 kid.
 
     Fixed dates, serial and RFC 6979 deterministic ECDSA: the same key gives the same certificate,
-    hence the same kid, in every process (the demo's codes and trust list agree across runs)."""
+    hence the same kid, in every process (the demo's codes and trust list agree across runs).
+    """
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "checkpoint-station DEMO ONLY"),
         ]
     )
-    start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -77,9 +78,11 @@ class Issuer:
 
     @property
     def kid(self) -> bytes:
+        """Return the HC1 key id: the first 8 bytes of the certificate's SHA-256."""
         return hc1.kid_of(self.cert_der)
 
     def trust_entry(self) -> dict[str, str]:
+        """Return this issuer's certificate as a trust-list entry."""
         return certificate_entry(self.cert_der)
 
     def issue(
@@ -96,6 +99,11 @@ class Issuer:
         valid_from: int | None = None,
         valid_until: int | None = None,
     ) -> str:
+        """Return a signed ``HC1:`` code for ``colour`` valid from ``iat`` to ``exp``.
+
+        ``kid`` overrides the key id (tests sign under a wrong one); ``kid_protected=False`` puts it in
+        the unprotected header, as some issuers do.
+        """
         claims = hc1.health_claims(
             colour,
             iat=int(iat),
@@ -111,28 +119,29 @@ class Issuer:
 
 
 def demo_issuer() -> Issuer:
-    """The demo's ES256 issuer (DEMO ONLY; derived from a public string)."""
+    """Return the demo's ES256 issuer (DEMO ONLY; derived from a public string)."""
     key = derived_ec_key(DEMO_ISSUER_SEED)
     return Issuer(key, self_signed_cert(key, "DEMO ONLY health-code issuer"))
 
 
 def demo_trust_signer() -> ec.EllipticCurvePrivateKey:
-    """The demo's trust-list signing key (DEMO ONLY)."""
+    """Return the demo's trust-list signing key (DEMO ONLY)."""
     return derived_ec_key(DEMO_TRUST_SIGNER_SEED)
 
 
 def new_issuer(alg: str = "ES256", name: str = "TEST-ISSUER") -> Issuer:
-    """A fresh random issuer (tests): ES256 (P-256) or PS256 (RSA-2048)."""
+    """Return a fresh random issuer (tests): ES256 (P-256) or PS256 (RSA-2048)."""
     key: Any = ec.generate_private_key(ec.SECP256R1()) if alg == "ES256" else rsa.generate_private_key(65537, 2048)
     return Issuer(key, self_signed_cert(key, f"{name} {alg}"), name)
 
 
 def trust_list_document(issuers: list[Issuer]) -> dict[str, Any]:
+    """Return an unsigned trust-list document naming ``issuers``."""
     return {"certificates": [i.trust_entry() for i in issuers]}
 
 
 def write_demo_trust_list(folder: Path) -> Path:
-    """The demo's trust list (the DEMO ONLY issuer alone) as ``<folder>/demo-trust-list.json``."""
+    """Write the demo's trust list (the DEMO ONLY issuer alone) as ``<folder>/demo-trust-list.json``; return its path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "demo-trust-list.json"
     doc = dict(trust_list_document([demo_issuer()]), note="DEMO ONLY: the demo issuer's key is derived from a public string")

@@ -39,10 +39,12 @@ class SceneGeometry:
 
     @property
     def visible_focal_px(self) -> float:
+        """Return the visible camera's focal length in pixels."""
         return (self.visible_size[0] / 2.0) / tan(radians(self.visible_hfov_deg / 2.0))
 
     @property
     def thermal_focal_px(self) -> tuple[float, float]:
+        """Return the thermal array's focal lengths in pixels, (x, y)."""
         cols, rows = self.thermal_size
         return (
             (cols / 2.0) / tan(radians(self.thermal_fov_deg[0] / 2.0)),
@@ -50,7 +52,7 @@ class SceneGeometry:
         )
 
     def visible_to_thermal(self) -> np.ndarray:
-        """3×3 homography from visible pixel coordinates to thermal pixel coordinates."""
+        """Return the 3×3 homography from visible pixel coordinates to thermal pixel coordinates."""
         w, h = self.visible_size
         cols, rows = self.thermal_size
         f = self.visible_focal_px
@@ -62,7 +64,7 @@ class SceneGeometry:
         )
 
     def face_box_at(self, distance_m: float) -> Box:
-        """Where a face at ``distance_m`` appears in the visible image."""
+        """Return where a face at ``distance_m`` appears in the visible image."""
         f = self.visible_focal_px
         fw = f * FACE_WIDTH_M / distance_m
         fh = f * FACE_HEIGHT_M / distance_m
@@ -83,6 +85,8 @@ class ScenePerson:
 
 
 class Phase(StrEnum):
+    """Where the lane is in its cycle: empty, someone walking up, someone standing, queue over."""
+
     EMPTY = "empty"
     APPROACHING = "approaching"
     STANDING = "standing"
@@ -91,6 +95,8 @@ class Phase(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SceneState:
+    """What the sensors see at time ``t``: the phase, the person, their distance and face box."""
+
     t: float
     phase: Phase
     person: ScenePerson | None = None
@@ -112,10 +118,12 @@ class SceneTiming:
 
     @classmethod
     def fast(cls, leave_after_s: float) -> SceneTiming:
+        """Return timings for ``--fast``: quick steps, an empty gap just past ``leave_after_s`` so the station sees each leave."""
         return cls(approach_s=0.15, code_delay_s=0.0, gap_s=leave_after_s + 0.25)
 
     @classmethod
     def realtime(cls, leave_after_s: float) -> SceneTiming:
+        """Return human timings, with an empty gap past ``leave_after_s`` so the station sees each person leave."""
         return cls(gap_s=max(1.2, leave_after_s + 0.4))
 
 
@@ -163,6 +171,7 @@ class SceneDirector:
 
     # -- sensors' side ------------------------------------------------------------------------
     def state(self, now: float | None = None) -> SceneState:
+        """Return the lane at ``now`` (default: the clock's now), advancing the queue first."""
         now = self._clock() if now is None else now
         with self._lock:
             self._advance(now)
@@ -182,7 +191,7 @@ class SceneDirector:
 
     # -- the gate's side ----------------------------------------------------------------------
     def on_decision(self, decision: str, now: float | None = None) -> None:
-        """The gate decided for the person standing there: they leave the lane."""
+        """Record the gate's decision for the person standing there; they leave the lane."""
         now = self._clock() if now is None else now
         with self._lock:
             if self._current is None:
@@ -192,6 +201,7 @@ class SceneDirector:
             self._empty_until = now + self.timing.gap_s
 
     def finished(self, now: float | None = None) -> bool:
+        """Return True once everyone has been through and the lane is empty (never while held)."""
         now = self._clock() if now is None else now
         with self._lock:
             self._advance(now)

@@ -1,4 +1,4 @@
-"""The demo's visible camera: renders the shared ``SceneDirector`` scene as 640×480 BGR frames.
+"""Film the demo scene: the visible camera renders the shared ``SceneDirector`` as 640×480 BGR frames.
 
 The thermal emulator renders the same ``SceneState`` as heat, so what the face detector and the
 QR reader see here is the person the thermal pipeline measures. Frames are paced in real time like
@@ -6,10 +6,10 @@ a camera's: a consumer that falls behind gets the newest frame and the missed on
 dropped, never queued.
 
 The rendering has to be good enough for the real detectors, not just for people: the face is a real
-photograph (``assets/astronaut.jpg``) scaled so that UltraFace's box lands on ``state.face_box``, and
-the phone shows a real QR code (segno) with modules large enough for ZBar at 640×480. Everything
-that depends only on the person and the face size is rendered once and cached, so a frame costs a
-background copy, sensor noise and one or two alpha blends.
+photograph (``station/assets/astronaut.jpg``, the self-test photo the product ships) scaled so that
+UltraFace's box lands on ``state.face_box``, and the phone shows a real QR code (segno) with modules
+large enough for ZBar at 640×480. Everything that depends only on the person and the face size is
+rendered once and cached, so a frame costs a background copy, sensor noise and one or two alpha blends.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ log = logging.getLogger("station.camera")
 ASSETS_DIR = Path(station.__file__).resolve().parent / "assets"  # the self-test photo the product ships
 FACE_PHOTO = ASSETS_DIR / "astronaut.jpg"
 
-# Where UltraFace puts the face box in assets/astronaut.jpg (256×320 px), as (x1, y1, x2, y2).
+# Where UltraFace puts the face box in station/assets/astronaut.jpg (256×320 px), as (x1, y1, x2, y2).
 # Calibrated once by running the RFB-320 and RFB-640 models on the photo alone and pasted into a
 # 640×480 frame; the four boxes agreed to within ±6 px and this is their rounded mean. The photo
 # is scaled (uniformly, to keep the face's proportions) so that this rectangle's centre lands on
@@ -98,13 +98,13 @@ def _blend(frame: np.ndarray, layer: _Layer, x: int, y: int) -> None:
 
 
 def qr_matrix(payload: bytes) -> np.ndarray:
-    """The QR symbol for ``payload`` (error correction M) as a boolean module matrix, no quiet zone."""
+    """Return the QR symbol for ``payload`` (error correction M) as a boolean module matrix, no quiet zone."""
     qr = segno.make(payload, error="m", micro=False)
     return np.array([list(row) for row in qr.matrix], dtype=bool)
 
 
 def render_qr(modules: np.ndarray, colour_bgr: tuple[int, int, int], module_px: int, quiet_modules: int) -> np.ndarray:
-    """A QR code as a BGR image: modules in ``colour_bgr`` on white, with a quiet zone."""
+    """Return a QR code as a BGR image: modules in ``colour_bgr`` on white, with a quiet zone."""
     padded = np.pad(modules, quiet_modules)
     padded = np.repeat(np.repeat(padded, module_px, axis=0), module_px, axis=1)
     img = np.full((*padded.shape, 3), 255, dtype=np.uint8)
@@ -113,7 +113,7 @@ def render_qr(modules: np.ndarray, colour_bgr: tuple[int, int, int], module_px: 
 
 
 class SceneRenderer:
-    """Draws one ``SceneState`` as a BGR image. Not thread-safe: one camera owns one renderer."""
+    """Render ``SceneState``s as BGR images; not thread-safe (one camera owns one renderer)."""
 
     def __init__(self, size: tuple[int, int] = (640, 480), seed: int | None = None, cache_size: int = 32) -> None:
         self.size = size
@@ -134,7 +134,7 @@ class SceneRenderer:
 
     # -- static parts -------------------------------------------------------------------------
     def _render_background(self) -> np.ndarray:
-        """An indoor entrance: plaster wall, skirting, tiled floor, an open door frame, a sign."""
+        """Draw an indoor entrance: plaster wall, skirting, tiled floor, an open door frame, a sign."""
         w, h = self.size
         horizon = int(h * 0.70)
         img = np.zeros((h, w, 3), dtype=np.float32)
@@ -190,7 +190,7 @@ class SceneRenderer:
 
     # -- per person ---------------------------------------------------------------------------
     def _look(self, person: ScenePerson) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """The photo as this person looks (mirrored for odd indices, brightness varied) and their skin tone."""
+        """Return the photo as this person looks (mirrored for odd indices, brightness varied) and their skin tone."""
         cached = self._looks.get(person.index)
         if cached is not None:
             return cached
@@ -209,7 +209,7 @@ class SceneRenderer:
         return look
 
     def _body_layer(self, person: ScenePerson, face: Box) -> tuple[_Layer, int, int]:
-        """Head (the photo) on a neck and shoulders, sized for ``face``; returns the layer and its origin."""
+        """Return the head (the photo) on a neck and shoulders, sized for ``face``, and the layer's origin."""
         fw, fh = max(4, round(face.width)), max(4, round(face.height))
         cx, cy = face.centre
         # The torso runs to the bottom of the frame and no further (layers are cached: keep them small).
@@ -278,7 +278,7 @@ class SceneRenderer:
         return layer, origin[0], origin[1]
 
     def _phone_layer(self, person: ScenePerson) -> _Layer:
-        """A phone held up to the camera showing the person's health code.
+        """Draw a phone held up to the camera showing the person's health code.
 
         It is held upright: ZBar misses small QR codes tilted by a few degrees often enough (a known
         pyzbar complaint) that a tilted demo phone would make the demo flaky rather than realistic.
@@ -326,7 +326,7 @@ class SceneRenderer:
         return layer
 
     def _phone_origin(self, person: ScenePerson, face: Box, layer: _Layer) -> tuple[int, int]:
-        """Beside the face, on the side of the hand that holds it, kept inside the frame."""
+        """Return where the phone goes: beside the face, on the side of the hand that holds it, inside the frame."""
         w, h = self.size
         lh, lw = layer.bgr.shape[:2]
         gap = 0.06 * face.width
@@ -338,7 +338,7 @@ class SceneRenderer:
 
     # -- frames -------------------------------------------------------------------------------
     def render(self, state: SceneState) -> np.ndarray:
-        """The frame for ``state``: background, sensor noise, the person and their phone."""
+        """Return the frame for ``state``: background, sensor noise, the person and their phone."""
         frame = self._background.copy()
         person = state.person
         if person is not None and state.face_box is not None and state.phase in (Phase.APPROACHING, Phase.STANDING):
@@ -394,6 +394,7 @@ class SceneCamera:
         self._state = "stopped"
 
     def start(self) -> None:
+        """Start filming: frame times count from now."""
         self._stopping.clear()
         self._t0 = self._clock()
         self._next_slot = 0
@@ -401,13 +402,14 @@ class SceneCamera:
         log.info("scene camera started", extra={"fps": self.fps, "size": self.renderer.size})
 
     def stop(self) -> None:
+        """Stop filming; a ``read`` waiting for its frame time returns None."""
         self._stopping.set()
         if self._state == "running":
             self._state = "stopped"
             log.info("scene camera stopped", extra={"frames": self._frames, "dropped": self._dropped})
 
     def render(self, state: SceneState) -> np.ndarray:
-        """One frame for ``state``, outside the real-time pacing (previews, tools)."""
+        """Render one frame for ``state`` outside the real-time pacing (previews, tools)."""
         return self.renderer.render(state)
 
     def read(self, timeout: float) -> VisibleFrame | None:
@@ -442,6 +444,7 @@ class SceneCamera:
         return VisibleFrame(image=image, seq=latest, t=t)
 
     def stats(self) -> Mapping[str, int | float | str]:
+        """Return the camera's state, frame and drop counts, and render times."""
         frames = self._frames
         return {
             "state": self._state,

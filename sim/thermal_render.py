@@ -1,4 +1,4 @@
-"""Synthetic thermal scene for the demo and tests: what a 32×24 MLX90640 sees of the lane.
+"""Render the demo scene as heat: what a 32×24 MLX90640 sees of the lane, for the demo, tests and bench.
 
 The renderer draws the person the shared ``SceneDirector`` puts in the lane, at the place the visible
 camera sees their face (``SceneGeometry.visible_to_thermal``), so both sensors agree. The head is
@@ -44,7 +44,7 @@ CLOTHING_ABOVE_ROOM = 5.0
 
 
 class ThermalSceneRenderer:
-    """``render(now) -> (image °C (24, 32) float32, die °C)`` for ``GyMcu90640Emulator``."""
+    """The render function for ``GyMcu90640Emulator``: ``renderer(now)`` gives (image °C (24, 32) float32, die °C)."""
 
     def __init__(
         self,
@@ -59,10 +59,13 @@ class ThermalSceneRenderer:
         blackbody: tuple[tuple[int, int, int, int], float] | None = None,
         distractors: Sequence[tuple[Box, float]] = (),
     ) -> None:
-        """``warmup_tau_s``: the die starts at room temperature and rises to room + die_above_room_c
+        """Set up the room, the sensor and what else is in view; ``director`` None draws only ``render_people``.
+
+        ``warmup_tau_s``: the die starts at room temperature and rises to room + die_above_room_c
         with this time constant (0 = already warm). ``sensor_offset_c``: a unit's uncalibrated offset,
         added to every pixel (what an in-scene blackbody exists to catch). ``blackbody``: (thermal-pixel
-        box x1, y1, x2, y2, set-point). ``distractors``: hot objects (thermal-pixel box, °C), e.g. a cup."""
+        box x1, y1, x2, y2, set-point). ``distractors``: hot objects (thermal-pixel box, °C), e.g. a cup.
+        """
         self.director = director
         self.geometry = geometry or (director.geometry if director is not None else SceneGeometry())
         self.room_c = room_c
@@ -84,6 +87,7 @@ class ThermalSceneRenderer:
         self._background = room_c + 0.4 * (0.5 - self._gy / rows)
 
     def __call__(self, now: float) -> tuple[np.ndarray, float]:
+        """Return the frame at ``now`` for the person the director puts in the lane, and the die temperature."""
         assert self.director is not None, "a renderer without a director draws with render_people()"
         state = self.director.state(now)
         people: list[tuple[float, Box]] = []
@@ -92,8 +96,11 @@ class ThermalSceneRenderer:
         return self.render_people(people, now)
 
     def render_people(self, people: Sequence[tuple[float, Box]], now: float = 0.0, skin_shift_c: float = 0.0) -> tuple[np.ndarray, float]:
-        """One frame with ``people`` = (core °C, visible face box) each, farthest first (nearer ones
-        are drawn over them). ``skin_shift_c`` moves this person's skin map (person-to-person spread)."""
+        """Return one frame of ``people`` and the die temperature at ``now``.
+
+        ``people`` are (core °C, visible face box) each, farthest first (nearer ones are drawn over
+        them). ``skin_shift_c`` moves this person's skin map (person-to-person spread).
+        """
         fine = self._background.copy()
         for (x1, y1, x2, y2), temp in self.distractors_fine():
             fine[y1:y2, x1:x2] = temp
@@ -113,7 +120,7 @@ class ThermalSceneRenderer:
         return img, self.die_c(now)
 
     def die_c(self, now: float) -> float:
-        """Sensor die temperature (Ta): room + die_above_room_c once warm; warming from room at power-up."""
+        """Return the sensor die temperature (Ta): room + die_above_room_c once warm, rising from room at power-up."""
         if self.warmup_tau_s <= 0:
             return self.room_c + self.die_above_room_c
         if self._t0 is None:
@@ -121,11 +128,12 @@ class ThermalSceneRenderer:
         return self.room_c + self.die_above_room_c * (1.0 - float(np.exp(-(now - self._t0) / self.warmup_tau_s)))
 
     def distractors_fine(self) -> list[tuple[tuple[int, int, int, int], float]]:
+        """Return the distractors' boxes on the supersampled grid, with their temperatures."""
         s = SUPERSAMPLE
         return [((int(b.x1 * s), int(b.y1 * s), int(b.x2 * s), int(b.y2 * s)), temp) for b, temp in self.distractors]
 
     def ground_truth(self, now: float) -> dict[str, Any]:
-        """What the scene holds at ``now``: core temperature, face box in thermal pixels, distance."""
+        """Return what the scene holds at ``now``: core temperature, face box in thermal pixels, distance."""
         assert self.director is not None
         state = self.director.state(now)
         present = self._person_visible(state.phase) and state.person is not None
