@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from station.ops.mqtt_url import parse_mqtt_url
 from station.ops.redact import has_userinfo, redact_url
 
 ENV_PREFIX = "CHECKPOINT_"
@@ -239,7 +240,7 @@ class GateSection(Section):
 
 
 class MqttSection(Section):
-    url: str = Field("", pattern=r"^$|^mqtts?://[^/\s]+(:\d+)?/?$", description="Empty = no broker: events wait in the outbox")
+    url: str = Field("", description="mqtt://host[:port] or mqtts://host[:port]; empty = no broker: events wait in the outbox")
     topic_prefix: str = Field("checkpoint/v1", pattern=r"^[A-Za-z0-9_/-]+$")
     protocol: Literal["auto", "5", "3.1.1"] = Field(
         "auto", description="auto = MQTT 5, falling back to 3.1.1 when the broker lacks 5; or force 5 / 3.1.1"
@@ -272,13 +273,20 @@ class MqttSection(Section):
     @field_validator("url", mode="before")
     @classmethod
     def _no_credentials_in_url(cls, v: Any) -> Any:
-        # Checked before the pattern so that the technician gets this message, not a regex.
+        # Checked before the URL is parsed so that the technician gets this message.
         if isinstance(v, str) and has_userinfo(v):
             raise ValueError(
                 "credentials do not belong in the URL (it is shown in logs and status): "
                 "put the user in mqtt.username and the password in mqtt.password_file "
                 "(or the variable named by mqtt.password_env)"
             )
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        if v:
+            parse_mqtt_url(v)  # the clients' own parser: what loads here, they can connect to
         return v
 
     @model_validator(mode="after")

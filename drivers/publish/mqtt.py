@@ -38,21 +38,20 @@ be dropped by ``drop_out_messages`` after being counted in paho's in-flight wind
 from __future__ import annotations
 
 import logging
-import random
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from station.ops.redact import redact_url
+from station.ops.backoff import Backoff
+from station.ops.mqtt_url import parse_mqtt_url
 
 # The transport-neutral exceptions live with the pump that handles them until station.ports
 # (the natural home, shared by every Publisher adapter) grows them.
@@ -96,17 +95,21 @@ _PAHO_LOG = logging.getLogger("station.mqtt.paho")
 _PAHO_LOG.addFilter(_RefusedConnectFilter())
 
 
-def jittered_delay(previous: float | None, min_delay: float, max_delay: float) -> float:
-    """The next reconnect delay: exponential, with "equal jitter" (half fixed, half random).
+def reconnect_backoff(min_delay: float, max_delay: float) -> Backoff:
+    """Return the reconnect back-off: doubling with "equal jitter" (half fixed, half random).
 
-    Bounded to twice the previous delay, because paho caps each wait at twice the last one; the
-    random part is what spreads a fleet's reconnects after a broker restart.
+    Equal jitter never more than doubles a delay, which paho requires (it caps each wait at twice the
+    last one); the random part is what spreads a fleet's reconnects after a broker restart.
     """
-    base = min_delay if previous is None else min(max_delay, max(min_delay, previous) * 2)
-    delay = base / 2 + random.uniform(0, base / 2)  # backoff jitter
+    return Backoff(min_delay, max_delay, factor=2.0, jitter="equal")
+
+
+def jittered_delay(previous: float | None, min_delay: float, max_delay: float) -> float:
+    """Return the reconnect delay that follows ``previous`` (None: the first one)."""
+    backoff = reconnect_backoff(min_delay, max_delay)
     if previous is not None:
-        delay = min(delay, previous * 2)
-    return max(min(delay, max_delay), min(min_delay, max_delay) / 2)
+        backoff.resume(previous)
+    return backoff.next()
 
 
 class MqttPublisher:
@@ -144,14 +147,10 @@ class MqttPublisher:
         reconnect_max_delay: float = 30.0,
         max_inflight: int = 20,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker url {redact_url(url)!r}: scheme must be mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError(f"broker url {redact_url(url)!r} has no host")
-        self.host = parts.hostname
-        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        self.tls = parts.scheme == "mqtts"
+        endpoint = parse_mqtt_url(url).with_credentials(username, password)
+        self.host = endpoint.host
+        self.port = endpoint.port
+        self.tls = endpoint.tls
         self.client_id = client_id
         self.status_topic = status_topic
         self.keepalive = keepalive
@@ -202,7 +201,7 @@ class MqttPublisher:
         """Called (on paho's thread, quickly) with the new :attr:`state` when it changes."""
         self._reconnect_min = float(reconnect_min_delay)
         self._reconnect_max = float(reconnect_max_delay)
-        self._next_delay: float | None = None
+        self._backoff = reconnect_backoff(self._reconnect_min, self._reconnect_max)
         self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
         self._intake: dict[str, tuple[bool, int | None]] = {}  # filter → (accept_retained, max_bytes)
         self._intake_drops: dict[str, dict[str, int]] = {}  # filter → {"retained": n, "oversize": n}
@@ -211,8 +210,8 @@ class MqttPublisher:
             log.warning(
                 "this paho-mqtt has no Client.drop_out_messages() (needs >= 2.2): each reconnect will re-send the in-flight window twice"
             )
-        self._user = username if username is not None else (unquote(parts.username) if parts.username else None)
-        self._password = password if password is not None else (unquote(parts.password) if parts.password else None)
+        self._user = endpoint.username
+        self._password = endpoint.password
         self._client = self._make_client(self._v5)
 
     def _make_client(self, v5: bool) -> mqtt.Client:
@@ -394,9 +393,9 @@ class MqttPublisher:
 
     def _schedule_backoff(self) -> None:
         """Set paho's next reconnect wait to our jittered exponential delay."""
-        self._next_delay = jittered_delay(self._next_delay, self._reconnect_min, self._reconnect_max)
-        self._client.reconnect_delay_set(self._next_delay, self._next_delay)  # type: ignore[arg-type]
-        log.debug("MQTT reconnect to %s:%d in about %.2f s", self.host, self.port, self._next_delay)
+        delay = self._backoff.next()
+        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
+        log.debug("MQTT reconnect to %s:%d in about %.2f s", self.host, self.port, delay)
 
     def _retired(self, client: mqtt.Client) -> bool:
         """True for callbacks of a client being replaced by a protocol switch: they are ignored."""
@@ -516,7 +515,7 @@ class MqttPublisher:
                 self.connects += 1
                 for topic_filter, (qos, _) in self._subscriptions.items():
                     client.subscribe(topic_filter, qos=qos)
-            self._next_delay = None  # paho also resets its delay after a CONNACK
+            self._backoff.reset()  # paho also resets its delay after a CONNACK
             first = jittered_delay(None, self._reconnect_min, self._reconnect_max)
             client.reconnect_delay_set(first, first)  # type: ignore[arg-type]
             self._set_state("connected")
@@ -619,9 +618,9 @@ class MqttPublisher:
                 "MQTT 3.1.1 CONNECT to %s:%d closed without a CONNACK as well; MQTT 5 again in %.2f s",
                 self.host,
                 self.port,
-                self._next_delay or 0.0,
+                self._backoff.last or 0.0,
             )
-            self._switch(client, v5=True, delay=self._next_delay or 0.0, reason=None)
+            self._switch(client, v5=True, delay=self._backoff.last or 0.0, reason=None)
 
     def _fallback(self, client: mqtt.Client, reason: str, delay: float) -> None:
         """Settle on MQTT 3.1.1 for good: the broker answered an MQTT 5 CONNECT with 0x84."""

@@ -29,12 +29,14 @@ import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from station.ops.mqtt_url import parse_mqtt_url
 
 log = logging.getLogger("station.board.mqtt")
 
@@ -69,13 +71,9 @@ class BoardSubscriber:
         password: str | None = None,
         tls_ca: str | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            from station.ops.redact import redact_url
-
-            raise ValueError(f"broker url {redact_url(url)!r}: expected mqtt://host[:port] or mqtts://host[:port]")
-        self.host = parts.hostname
-        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        endpoint = parse_mqtt_url(url).with_credentials(username, password)
+        self.host = endpoint.host
+        self.port = endpoint.port
         self.filters = board_filters(prefix, share_group)
         self.share_group = share_group
         # Stable per replica (a persistent session survives a restart) and distinct between replicas.
@@ -90,11 +88,9 @@ class BoardSubscriber:
         self.subscribed = threading.Event()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5)
         self._client.suppress_exceptions = True
-        user = username if username is not None else (unquote(parts.username) if parts.username else None)
-        pw = password if password is not None else (unquote(parts.password) if parts.password else None)
-        if user is not None:
-            self._client.username_pw_set(user, pw)
-        if parts.scheme == "mqtts":
+        if endpoint.username is not None:
+            self._client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:
             self._client.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_REQUIRED)
         self._client.reconnect_delay_set(1, 30)
         self._client.on_connect = self._on_connect
@@ -139,7 +135,7 @@ class BoardSubscriber:
         self.state = "connected"
         self.connected.set()
         log.info("board connected to %s:%d session_present=%s", self.host, self.port, getattr(flags, "session_present", None))
-        client.subscribe([(f, mqtt.SubscribeOptions(qos=q)) for f, q in self.filters.items()])
+        client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in self.filters.items()])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         failed = [str(r) for r in reasons if r.is_failure]
