@@ -33,10 +33,10 @@ from station.ops.clock import SystemClock
 from station.ops.runtime import clear_runtime_status, write_runtime_status
 from station.ops.systemd import Notifier, WatchdogGate
 from station.ports import Clock, CodeReader, CodeVerifier, FaceDetector, FrameSource, GateOutput, ThermalSource
+from station.store.events import DB_NAME
 
 log = logging.getLogger("station.app")
 
-DB_NAME = "events.sqlite3"
 STATUS_PERIOD_S = 2.0
 
 
