@@ -19,13 +19,15 @@ EXIT = "exit"
 
 @dataclass(frozen=True, slots=True)
 class LaneGeometry:
+    """How travel through the lane shows in the picture, and how far a track must travel to count."""
+
     by: str = "size"  # size | x | y
     entry: str = "increasing"  # increasing | decreasing
     min_travel: float = 0.25
 
 
 def travel(track: Track, geometry: LaneGeometry, frame_size: tuple[int, int]) -> float:
-    """Signed travel since the track was first seen: relative size change, or fraction of the frame."""
+    """Return the signed travel since the track was first seen: relative size change, or fraction of the frame."""
     if geometry.by == "size":
         return track.box.height / track.first_height - 1.0 if track.first_height > 0 else 0.0
     dx, dy = track.displacement()
@@ -34,7 +36,7 @@ def travel(track: Track, geometry: LaneGeometry, frame_size: tuple[int, int]) ->
 
 
 def passage(track: Track, geometry: LaneGeometry, frame_size: tuple[int, int]) -> str | None:
-    """``"entry"``, ``"exit"`` or None (not far enough yet)."""
+    """Return ``"entry"``, ``"exit"`` or None (not far enough yet)."""
     d = travel(track, geometry, frame_size)
     if abs(d) < geometry.min_travel:
         return None
@@ -44,14 +46,14 @@ def passage(track: Track, geometry: LaneGeometry, frame_size: tuple[int, int]) -
 
 @dataclass(slots=True)
 class DirectionCounter:
-    """Counts entries and exits, each track at most once."""
+    """Count entries and exits, each track at most once."""
 
     geometry: LaneGeometry = field(default_factory=LaneGeometry)
     counts: dict[str, int] = field(default_factory=lambda: {ENTRY: 0, EXIT: 0})
     _counted: dict[int, str] = field(default_factory=dict)
 
     def update(self, tracks: list[Track], frame_size: tuple[int, int]) -> list[tuple[int, str]]:
-        """Feed the tracks seen in one frame; returns the (track id, direction) counted just now."""
+        """Count the tracks seen in one frame; return the (track id, direction) pairs counted just now."""
         out: list[tuple[int, str]] = []
         for tr in tracks:
             if tr.id in self._counted:
@@ -67,4 +69,5 @@ class DirectionCounter:
         return out
 
     def direction_of(self, track_id: int) -> str | None:
+        """Return the direction a track was counted in, or None if it has not been counted."""
         return self._counted.get(track_id)

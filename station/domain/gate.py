@@ -14,7 +14,7 @@ ACTION_FOR: dict[Decision, GateAction] = {
 
 
 def gate_command_for(event_id: str, decision: Decision, issued_t: float, ttl_s: float, alarm: bool = False) -> GateCommand:
-    """A command valid for ``ttl_s`` after the decision: a late command must never open the gate.
+    """Return the gate command for a decision, valid for ``ttl_s``: a late command must never open the gate.
 
     An alarm (a fever under the soft policy is ``manual_check`` with an alarm) sounds the alarm
     whatever the decision; it never opens the barrier.

@@ -25,6 +25,8 @@ class Decision(StrEnum):
 
 
 class CodeColour(StrEnum):
+    """The colour a health code carries: what its holder may do."""
+
     GREEN = "green"
     YELLOW = "yellow"
     RED = "red"
@@ -50,21 +52,26 @@ class Box:
 
     @property
     def width(self) -> float:
+        """Return the width in pixels (0 for an inverted box)."""
         return max(0.0, self.x2 - self.x1)
 
     @property
     def height(self) -> float:
+        """Return the height in pixels (0 for an inverted box)."""
         return max(0.0, self.y2 - self.y1)
 
     @property
     def area(self) -> float:
+        """Return the area in square pixels."""
         return self.width * self.height
 
     @property
     def centre(self) -> tuple[float, float]:
+        """Return the centre point (x, y)."""
         return ((self.x1 + self.x2) / 2.0, (self.y1 + self.y2) / 2.0)
 
     def iou(self, other: Box) -> float:
+        """Return the intersection over union with ``other`` (0 when either box is empty)."""
         ix = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
         iy = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))
         inter = ix * iy
@@ -72,6 +79,7 @@ class Box:
         return inter / union if union > 0 else 0.0
 
     def as_list(self) -> list[float]:
+        """Return ``[x1, y1, x2, y2]`` rounded to 0.1 px, as records store it."""
         return [round(self.x1, 1), round(self.y1, 1), round(self.x2, 1), round(self.y2, 1)]
 
 
@@ -97,6 +105,8 @@ class ThermalFrame:
 
 @dataclass(frozen=True, slots=True)
 class FaceDetection:
+    """One face the detector found, with its confidence."""
+
     box: Box
     score: float
 
@@ -190,7 +200,7 @@ class ScreeningEvent:
     clock_synced: bool = False
 
     def as_record(self) -> dict[str, Any]:
-        """The JSON-able form used for storage, MQTT and ``--json`` output."""
+        """Return the JSON-able form used for storage, MQTT and ``--json`` output."""
         return {
             "event_id": self.event_id,
             "station_id": self.station_id,
@@ -212,6 +222,8 @@ class ScreeningEvent:
 
 
 class GateAction(StrEnum):
+    """What the gate hardware is told to do."""
+
     OPEN = "open"  # release the barrier once
     HOLD = "hold"  # keep closed, show "stop"
     RETRY = "retry"  # keep closed, ask to present again
@@ -234,6 +246,8 @@ class GateCommand:
 
 @dataclass(frozen=True, slots=True)
 class GateResult:
+    """What the gate did with one command."""
+
     event_id: str
     action: GateAction
     executed: bool

@@ -41,6 +41,8 @@ UNSTABLE = "unstable"  # a reading taken while the face was still moving or grow
 
 
 class LaneState(StrEnum):
+    """Where one lane's screening machine stands (transitions: see ``ScreeningLane``)."""
+
     IDLE = "idle"  # nobody in the zone
     SCREENING = "screening"  # a person is being screened
     DECIDED = "decided"  # decision made; waiting for that person to leave
@@ -48,6 +50,8 @@ class LaneState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ScreeningSettings:
+    """Thresholds and stage timeouts of one lane's screening."""
+
     fever_threshold_c: float = 37.3
     min_face_px: int = 120
     stable_samples: int = 2
@@ -70,9 +74,12 @@ NOT_SCREENED_EXIT = "not_screened_exit"
 
 
 def temperature_required(temperature_on: str, direction: str | None) -> bool:
-    """Whether a person moving in ``direction`` (``"entry"``, ``"exit"`` or None = not known yet)
-    must be temperature-screened. Only a person positively tracked as exiting is spared under
-    ``"entry"``: an unknown direction is screened, because missing a fever is the worse error."""
+    """Return whether a person moving in ``direction`` must be temperature-screened.
+
+    ``direction`` is ``"entry"``, ``"exit"`` or None (not known yet). Only a person positively
+    tracked as exiting is spared under ``"entry"``: an unknown direction is screened, because
+    missing a fever is the worse error.
+    """
     if temperature_on == "both":
         return True
     if temperature_on == "entry":
@@ -95,6 +102,7 @@ class ScreeningPolicy:
             raise ValueError(f"uncoloured_code must be manual_check or deny_code, not {self.uncoloured_code}")
 
     def as_record(self) -> dict[str, str]:
+        """Return the policies as recorded with every decision."""
         return {"temperature": self.temperature, "yellow_code": self.yellow_code.value, "uncoloured_code": self.uncoloured_code.value}
 
 
@@ -149,7 +157,24 @@ RECORDED_CODE_DETAIL = ("colour", "issuer", "kid", "alg", "expires", "payload_ha
 
 
 class ScreeningLane:
-    """One lane's state machine. Feed it observations; it returns verdicts when a screening ends."""
+    """One lane's screening state machine: feed it observations; it returns a verdict when a screening ends.
+
+    States and the only transitions between them:
+
+    - ``IDLE`` → ``SCREENING``: a face at least ``min_face_px`` tall enters the zone; the largest
+      such face is locked by its track id.
+    - ``SCREENING`` → ``DECIDED``: a verdict — fever (at once, no code needed), a judged code once
+      the temperature is normal or exempt, a sensor fault (``manual_check``), or a stage timeout
+      (``retry``, or ``manual_check`` when only an invalid code was shown).
+    - ``SCREENING`` → ``IDLE``: the person is gone before a decision — not seen for
+      ``leave_after_s``, or replaced at the gate by another track; the verdict is ``retry``
+      (``left_before_decision``).
+    - ``DECIDED`` → ``IDLE``: the decided person is not seen for ``leave_after_s``.
+    - ``DECIDED`` → ``SCREENING``: a different track steps up (passing through ``IDLE`` in the
+      same frame, without waiting for ``leave_after_s``).
+
+    The decided person standing on keeps the lane ``DECIDED``: one screening per person.
+    """
 
     def __init__(
         self,
@@ -172,10 +197,13 @@ class ScreeningLane:
 
     # -- inputs ---------------------------------------------------------------------------------
     def on_faces(self, obs: FaceObservation) -> Verdict | None:
+        """Track the faces of one visible frame; start, follow or end a screening."""
         # Every face is tracked, near or far: a person keeps one id from walking up to leaving.
         tracks = self.tracker.update([f.box for f in obs.faces], [f.score for f in obs.faces], obs.captured_t)
         self.directions.update(tracks, obs.frame_size)
-        in_zone = [(f, tr.id, i) for i, (f, tr) in enumerate(zip(obs.faces, tracks)) if f.box.height >= self.settings.min_face_px]
+        in_zone = [
+            (f, tr.id, i) for i, (f, tr) in enumerate(zip(obs.faces, tracks, strict=True)) if f.box.height >= self.settings.min_face_px
+        ]
         if not in_zone:
             return self.tick(obs.done_t)
         current_id = self._current.track_id if self._current is not None else None
@@ -220,7 +248,7 @@ class ScreeningLane:
         return self.tick(obs.done_t)
 
     def face_stable(self) -> bool:
-        """The locked face has held its size for ``face_stable_s``: the person stands still."""
+        """Return True once the locked face has held its size for ``face_stable_s`` (the person stands still)."""
         s = self._current
         if s is None or len(s.face_sizes) < 2:
             return False
@@ -239,8 +267,10 @@ class ScreeningLane:
         return self.on_temperature(m)
 
     def _other_faces(self) -> list[Box]:
-        """Faces in the newest camera frame other than the screened person's (from the tracker):
-        one as near as the screened face makes the reading ambiguous (``several_people``)."""
+        """Return the faces in the newest camera frame other than the screened person's.
+
+        One as near as the screened face makes the reading ambiguous (``several_people``).
+        """
         s = self._current
         tracks = self.tracker.tracks
         if s is None or not tracks:
@@ -249,6 +279,7 @@ class ScreeningLane:
         return [tr.box for tid, tr in tracks.items() if tid != s.track_id and tr.last_t >= newest]
 
     def on_temperature(self, m: TemperatureMeasurement) -> Verdict | None:
+        """Take one reading of the screened face; a run of ``stable_samples`` agreeing readings is the temperature."""
         s = self._current
         if self.state is not LaneState.SCREENING or s is None:
             return None
@@ -275,6 +306,7 @@ class ScreeningLane:
         return self._evaluate(m.t)
 
     def on_code(self, obs: CodeObservation) -> Verdict | None:
+        """Take one judged health code for the person being screened."""
         s = self._current
         if self.state is not LaneState.SCREENING or s is None:
             return None
@@ -298,7 +330,6 @@ class ScreeningLane:
             return None
         if self.state is not LaneState.SCREENING or self._current is None:
             return None
-        s = self._current
         if self._last_face_t is not None and now - self._last_face_t >= st.leave_after_s:
             return self._decide(Decision.RETRY, "left_before_decision", now, alarm=False, person_left=True)
         return self._evaluate(now)

@@ -23,6 +23,8 @@ from station.domain.model import Box, TemperatureMeasurement, ThermalFrame
 
 
 class MeasureState:
+    """Why a thermal reading is, or is not, one the gate may use."""
+
     MEASURED = "measured"
     WARMING_UP = "warming_up"  # the sensor die is still settling: its offsets drift
     NO_FACE = "no_face"  # nobody to measure
@@ -41,6 +43,8 @@ SKIN_MIN_C = 30.0  # below this the hottest "face" pixel is not exposed skin
 
 @dataclass(frozen=True, slots=True)
 class ThermalCalibration:
+    """Everything that turns thermal pixels under a visible face into a core temperature."""
+
     registration: np.ndarray  # 3×3, visible pixel → thermal pixel
     offset_c: float  # skin → core at the calibrated distance and ambient
     valid_min_c: float = 34.0
@@ -77,7 +81,7 @@ def map_box(box: Box, h: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def face_roi(box: Box, frame_shape: tuple[int, int], cal: ThermalCalibration) -> tuple[int, int, int, int] | None:
-    """Integer thermal-pixel window (x1, y1, x2, y2, exclusive ends) for a visible face box."""
+    """Return the integer thermal-pixel window (x1, y1, x2, y2, exclusive ends) for a visible face box."""
     x1, y1, x2, y2 = map_box(box, cal.registration)
     # Parallax and registration error move the face by a fraction of its size: keep the centre part.
     mx, my = (x2 - x1) * cal.roi_margin, (y2 - y1) * cal.roi_margin
@@ -91,7 +95,7 @@ def face_roi(box: Box, frame_shape: tuple[int, int], cal: ThermalCalibration) ->
 
 
 def hot_spot(roi: np.ndarray) -> tuple[float, float]:
-    """(hottest 3×3 mean, hottest single pixel) inside ``roi``.
+    """Return (hottest 3×3 mean, hottest single pixel) inside ``roi``.
 
     The 3×3 mean rather than the single maximum: one noisy or dead-hot pixel must not decide a
     fever. A window smaller than 3×3 in either direction is averaged whole.
@@ -109,7 +113,7 @@ def hot_spot(roi: np.ndarray) -> tuple[float, float]:
 
 
 def _normalise(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hartley normalisation: centroid at 0, mean distance √2 (keeps the DLT well conditioned)."""
+    """Normalise points Hartley's way: centroid at 0, mean distance √2 (keeps the DLT well conditioned)."""
     c = pts.mean(axis=0)
     d = np.sqrt(((pts - c) ** 2).sum(axis=1)).mean()
     s = np.sqrt(2.0) / d if d > 0 else 1.0
@@ -131,7 +135,7 @@ def fit_homography(visible: Sequence[Sequence[float]], thermal: Sequence[Sequenc
     sn, ts = _normalise(src)
     dn, td = _normalise(dst)
     rows = []
-    for (x, y, _), (u, v, _) in zip(sn, dn):
+    for (x, y, _), (u, v, _) in zip(sn, dn, strict=True):
         rows.append([-x, -y, -1.0, 0.0, 0.0, 0.0, u * x, u * y, u])
         rows.append([0.0, 0.0, 0.0, -x, -y, -1.0, v * x, v * y, v])
     a = np.asarray(rows)
@@ -145,6 +149,7 @@ def fit_homography(visible: Sequence[Sequence[float]], thermal: Sequence[Sequenc
 
 
 def reprojection_rmse(h: np.ndarray, visible: np.ndarray, thermal: np.ndarray) -> float:
+    """Return the RMS distance, in thermal pixels, between ``visible`` mapped through ``h`` and ``thermal``."""
     src = np.column_stack([np.asarray(visible, dtype=np.float64), np.ones(len(visible))])
     m = src @ np.asarray(h).T
     proj = m[:, :2] / m[:, 2:3]
@@ -157,8 +162,11 @@ def reprojection_rmse(h: np.ndarray, visible: np.ndarray, thermal: np.ndarray) -
 
 
 class WarmupTracker:
-    """Warming up while the module has been seen for less than ``min_s``, or while its die
-    temperature still rises faster than ``max_rate_c_per_min`` (judged over the last ``window_s``)."""
+    """Tell whether a thermal module is still warming up, from its die temperature over time.
+
+    Warming up while the module has been seen for less than ``min_s``, or while its die
+    temperature still rises faster than ``max_rate_c_per_min`` (judged over the last ``window_s``).
+    """
 
     def __init__(self, min_s: float = 0.0, max_rate_c_per_min: float = 0.0, window_s: float = 30.0) -> None:
         self.min_s = min_s
@@ -168,7 +176,7 @@ class WarmupTracker:
         self._die: deque[tuple[float, float]] = deque()
 
     def update(self, t: float, die_c: float) -> bool:
-        """Feed one frame; True while still warming up."""
+        """Feed one frame's die temperature; return True while still warming up."""
         if self._first_t is None:
             self._first_t = t
         self._die.append((t, die_c))
@@ -190,12 +198,12 @@ class WarmupTracker:
 
 
 def ambient_estimate(frame: ThermalFrame, cal: ThermalCalibration) -> float:
-    """The room temperature the compensation uses: a room sensor if configured, else die − shift."""
+    """Return the room temperature the compensation uses: a room sensor if configured, else die − shift."""
     return cal.room_c if cal.room_c is not None else frame.die_c - cal.ta_shift_c
 
 
 def reference_term(pixels: np.ndarray, cal: ThermalCalibration) -> tuple[float, float, float] | None:
-    """(term, seen mean, seen std) for the configured blackbody, or None when it is not seen."""
+    """Return (term, seen mean, seen std) for the configured blackbody, or None when it is not seen."""
     assert cal.reference_box is not None
     x1, y1, x2, y2 = cal.reference_box
     patch = pixels[y1:y2, x1:x2]
@@ -215,7 +223,7 @@ def measure_face(
     others: Sequence[Box] = (),
     warming_up: bool = False,
 ) -> TemperatureMeasurement:
-    """One reading of the face in ``face_box`` (visible coordinates) from one thermal frame.
+    """Measure the face in ``face_box`` (visible coordinates) in one thermal frame.
 
     ``others``: the other faces the camera sees; ``warming_up``: from a ``WarmupTracker``.
     """
@@ -291,6 +299,8 @@ class CalibrationSample:
 
 @dataclass(frozen=True, slots=True)
 class CompensationFit:
+    """The fitted compensation terms and how well they explain the reference readings."""
+
     offset_c: float
     ambient_gain: float
     distance_gain: float
@@ -304,7 +314,7 @@ MIN_SIZE_RATIO_SPAN = 0.35  # ... and the distance gain only over ≥ 0.35 of fa
 
 
 def fit_compensation(samples: Sequence[CalibrationSample], ambient_ref_c: float = 22.0) -> CompensationFit:
-    """Least squares of (reference − skin) on the terms that the samples span well enough."""
+    """Fit (reference − skin) by least squares on the terms that the samples span well enough."""
     if len(samples) < 1:
         raise ValueError("need at least one reference reading")
     y = np.array([s.reference_core_c - s.skin_c for s in samples])
@@ -324,7 +334,7 @@ def fit_compensation(samples: Sequence[CalibrationSample], ambient_ref_c: float 
     x = np.column_stack(cols)
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     resid = y - x @ coef
-    got = dict(zip(names, (float(c) for c in coef)))
+    got = dict(zip(names, (float(c) for c in coef), strict=True))
     return CompensationFit(
         offset_c=round(got["offset"], 3),
         ambient_gain=round(got.get("ambient", 0.0), 4),

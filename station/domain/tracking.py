@@ -32,7 +32,7 @@ SHARPNESS_HALF = 60.0
 
 
 def capture_score(face_px: float, sharpness: float, frontal: float = 1.0) -> float:
-    """How good a face crop is as the capture of a person: bigger, sharper, more frontal.
+    """Return how good a face crop is as the capture of a person: bigger, sharper, more frontal.
 
     ``face_px`` is the face-box height, ``sharpness`` the Laplacian variance of the grey crop,
     ``frontal`` in [0, 1] (the detector's score is a usable proxy: turned faces score lower).
@@ -46,6 +46,8 @@ def capture_score(face_px: float, sharpness: float, frontal: float = 1.0) -> flo
 
 @dataclass(slots=True)
 class Track:
+    """One tracked person: the latest box, the first sighting and the best capture so far."""
+
     id: int
     box: Box
     score: float
@@ -60,20 +62,22 @@ class Track:
     centres: list[tuple[float, float, float]] = field(default_factory=list)  # (t, cx, cy), newest last
 
     def offer_capture(self, score: float, t: float, ref: object | None = None) -> bool:
-        """Keep this frame as the track's capture if it beats the best so far; True when it does."""
+        """Keep this frame as the track's capture if it beats the best so far; return True when it does."""
         if score > self.best_capture:
             self.best_capture, self.best_capture_t, self.best_capture_ref = score, t, ref
             return True
         return False
 
     def displacement(self) -> tuple[float, float]:
-        """(dx, dy) of the box centre from the first sighting to now, in pixels."""
+        """Return (dx, dy) of the box centre from the first sighting to now, in pixels."""
         cx, cy = self.box.centre
         return cx - self.first_centre[0], cy - self.first_centre[1]
 
 
 @dataclass(frozen=True, slots=True)
 class TrackerSettings:
+    """How close a detection must be to a track to continue it, and how long tracks are kept."""
+
     iou_min: float = 0.3
     max_jump: float = 0.6  # centre distance, in track box heights, still matched without overlap
     max_size_ratio: float = 1.35  # larger / smaller box height still matched without overlap
@@ -82,7 +86,7 @@ class TrackerSettings:
 
 
 class FaceTracker:
-    """Assigns stable ids to boxes over time. Feed ``update`` every frame's boxes in time order."""
+    """Assign stable ids to boxes over time; feed ``update`` every frame's boxes in time order."""
 
     def __init__(self, settings: TrackerSettings | None = None) -> None:
         self.settings = settings or TrackerSettings()
@@ -90,7 +94,7 @@ class FaceTracker:
         self._next_id = 1
 
     def _match_cost(self, track: Track, box: Box) -> float | None:
-        """Lower is better; None = may not be matched."""
+        """Return the cost of matching ``box`` to ``track`` (lower is better), or None when they may not match."""
         st = self.settings
         iou = track.box.iou(box)
         if iou >= st.iou_min:
@@ -105,7 +109,7 @@ class FaceTracker:
         return 1.0 + dist  # always after every overlap match
 
     def update(self, boxes: list[Box], scores: list[float] | None, t: float) -> list[Track]:
-        """Match this frame's boxes to tracks; returns the track of each box, in the boxes' order."""
+        """Match this frame's boxes to tracks; return the track of each box, in the boxes' order."""
         st = self.settings
         scores = scores if scores is not None else [1.0] * len(boxes)
         for tid in [tid for tid, tr in self.tracks.items() if t - tr.last_t > st.memory_s]:

@@ -28,12 +28,14 @@ _SEPARATORS = str.maketrans("", "", " ·•-._\t")
 
 
 def normalise_plate(text: str) -> str:
-    """Plate text as compared: upper case, separators removed (``浙A·12345`` → ``浙A12345``)."""
+    """Return plate text as compared: upper case, separators removed (``浙A·12345`` → ``浙A12345``)."""
     return text.translate(_SEPARATORS).upper()
 
 
 @dataclass(frozen=True, slots=True)
 class VehicleEvent:
+    """One vehicle's event: its agreed plate and whether it is a resident's."""
+
     kind: str  # resident_vehicle | outsider_vehicle
     plate: str
     confidence: float  # best confidence among the agreeing reads
@@ -43,6 +45,7 @@ class VehicleEvent:
     alarm: bool = False  # always False: these never enter the alarm stream
 
     def as_record(self) -> dict[str, Any]:
+        """Return the JSON-able form stored and sent to the command centre."""
         return {
             "type": self.kind,
             "plate": self.plate,
@@ -79,11 +82,12 @@ class VehicleLane:
         self._votes: dict[int, _Votes] = {}
 
     def on_plates(self, reads: list[dict[str, Any]], t: float) -> list[VehicleEvent]:
+        """Take one frame's plate reads (``box``, ``text``, ``confidence``, ``score``); return the events now due."""
         tracks = self.tracker.update([Box(*r["box"]) for r in reads], [float(r.get("score", 1.0)) for r in reads], t)
         for tid in [tid for tid in self._votes if tid not in self.tracker.tracks]:
             del self._votes[tid]
         events: list[VehicleEvent] = []
-        for read, track in zip(reads, tracks):
+        for read, track in zip(reads, tracks, strict=True):
             votes = self._votes.setdefault(track.id, _Votes())
             text = normalise_plate(str(read.get("text", "")))
             conf = float(read.get("confidence", 0.0))
