@@ -24,7 +24,7 @@ NEW_FILE_MODE = 0o640
 
 
 def fsync_path(path: Path) -> None:
-    """fsync a file or a directory by its path (a directory: so a rename in it is durable)."""
+    """Flush a file or a directory to disk by its path (a directory: so a rename in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -85,7 +85,7 @@ def atomic_write(path: Path | str, content: str | bytes, *, backup: bool = True,
 
 
 def private_secret(path: Path, make: Callable[[], str]) -> str:
-    """The text of a secret file, created 0600 with ``make()`` if absent; made 0600 if it was looser.
+    """Return the text of a secret file, created 0600 with ``make()`` if absent; made 0600 if it was looser.
 
     Created with ``O_EXCL``: when two processes (board replicas) start together, the loser reads the
     winner's file instead of overwriting it.

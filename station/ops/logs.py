@@ -21,7 +21,7 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The ``extra=`` fields of a record, in the order they were given."""
+    """Return the ``extra=`` fields of a record, in the order they were given."""
     return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
 
 
@@ -48,6 +48,7 @@ class KeyValueFormatter(logging.Formatter):
     """The usual one-line text, with the ``extra=`` fields appended as ``key=value``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """Return the record as one text line (plus any traceback below it)."""
         line = super().format(record)
         fields = extra_fields(record)
         if not fields:
@@ -61,6 +62,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line (journald, Loki): ts, level, logger, msg, the extra fields, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """Return the record as one JSON object (a traceback goes in ``exc``, never on a new line)."""
         doc: dict[str, Any] = {
             "ts": round(record.created, 3),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",

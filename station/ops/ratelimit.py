@@ -34,6 +34,7 @@ class RateLimiter:
         self.refused: Counter[Hashable] = Counter()
 
     def allow(self, key: Hashable = "") -> bool:
+        """Return whether one more event for ``key`` fits in its window; count it as refused if not."""
         now = self.monotonic()
         with self._lock:
             hits = self._hits.get(key)
@@ -56,6 +57,7 @@ class RateLimiter:
             del self._hits[key]
 
     def refused_total(self) -> int:
+        """Return how many events were refused, over all keys."""
         with self._lock:
             return sum(self.refused.values())
 
@@ -76,7 +78,7 @@ class FailureLog:
         self._lock = threading.Lock()
 
     def report(self, kind: str, exc: BaseException | None = None, **fields: Any) -> bool:
-        """Count one failure of ``kind``; returns True when this one was logged."""
+        """Count one failure of ``kind``; return True when this one was logged."""
         now = self.monotonic()
         with self._lock:
             self.counts[kind] += 1
@@ -100,5 +102,6 @@ class FailureLog:
         return True
 
     def snapshot(self) -> dict[str, int]:
+        """Return the failure count per kind."""
         with self._lock:
             return dict(self.counts)

@@ -18,7 +18,7 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?
 
 
 def redact_url(text: str, mask: str = MASK) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` in it replaced by ``mask``."""
+    """Return ``text`` with the password of every ``scheme://user:password@`` in it replaced by ``mask``."""
 
     def masked(match: re.Match[str]) -> str:
         user, sep, _password = match.group("userinfo").partition(":")
@@ -28,12 +28,12 @@ def redact_url(text: str, mask: str = MASK) -> str:
 
 
 def has_userinfo(url: str) -> bool:
-    """True if ``url`` carries a user name or password (``scheme://user[:password]@host``)."""
+    """Return whether ``url`` carries a user name or password (``scheme://user[:password]@host``)."""
     return _USERINFO.search(url) is not None
 
 
 def error_text(exc: BaseException) -> str:
-    """``exc`` as text for a user with URL passwords masked and no echoed input values.
+    """Return ``exc`` as text for a user, with URL passwords masked and no echoed input values.
 
     A pydantic ``ValidationError``'s own text repeats the input (``input_value='mqtt://u:pw@…'``,
     cut at an arbitrary length where no mask can find the password), so only its messages are used.

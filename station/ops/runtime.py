@@ -18,11 +18,13 @@ STALE_AFTER_S = 10.0
 
 
 def runtime_dir(data_dir: Path) -> Path:
+    """Return where the status file lives: ``$RUNTIME_DIRECTORY`` under systemd, else ``data_dir``."""
     rd = os.environ.get("RUNTIME_DIRECTORY")
     return Path(rd.split(":")[0]) if rd else data_dir
 
 
 def write_runtime_status(data_dir: Path, status: dict[str, Any]) -> None:
+    """Replace the status file with ``status`` plus this process's pid and the time."""
     path = runtime_dir(data_dir) / STATUS_NAME
     tmp = path.with_name(f".{STATUS_NAME}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(dict(status, pid=os.getpid(), updated=time.time()), default=str))
@@ -30,6 +32,7 @@ def write_runtime_status(data_dir: Path, status: dict[str, Any]) -> None:
 
 
 def clear_runtime_status(data_dir: Path) -> None:
+    """Remove the status file if this process wrote it (a newer daemon's file is left alone)."""
     path = runtime_dir(data_dir) / STATUS_NAME
     try:
         status = json.loads(path.read_text())
@@ -50,7 +53,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read_runtime_status(data_dir: Path) -> dict[str, Any]:
-    """{"state": "running" | "stopped" | "stale", …} with the daemon's last published fields."""
+    """Return the daemon's last published fields with ``state``: running, stopped, stale or unknown.
+
+    ``stopped`` when there is no file or its pid is gone; ``stale`` when the daemon has not
+    rewritten it for :data:`STALE_AFTER_S`; ``unknown`` (with ``error``) when it cannot be read.
+    """
     path = runtime_dir(data_dir) / STATUS_NAME
     try:
         status = json.loads(path.read_text())

@@ -22,7 +22,7 @@ log = logging.getLogger("station.ops.systemd")
 
 
 class Notifier:
-    """Talks to systemd's notification socket (``Type=notify`` services).
+    """Talk to systemd's notification socket (``Type=notify`` services).
 
     The constructor *pops* ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` from the
     environment: a child process (a helper tool, a subprocess a driver spawns) must not inherit
@@ -68,11 +68,11 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
-        """True when running under systemd with a notification socket."""
+        """Return whether this process runs under systemd with a notification socket."""
         return self._sock is not None
 
     def notify(self, *assignments: str) -> bool:
-        """Send one datagram with the given ``KEY=value`` lines; returns False if not sent.
+        """Send one datagram with the given ``KEY=value`` lines; return False if it was not sent.
 
         A failure is logged, never raised: losing a STATUS line must not take the gate down (a
         missed WATCHDOG=1 will be noticed by systemd anyway, which is the point of a watchdog).
@@ -91,20 +91,21 @@ class Notifier:
         return True
 
     def ready(self, status: str | None = None) -> bool:
-        """Startup is complete (config, DB, devices and model warm-up are done)."""
+        """Tell systemd that startup is complete (config, DB, devices and model warm-up are done)."""
         if status is None:
             return self.notify("READY=1")
         return self.notify("READY=1", _status_line(status))
 
     def status(self, text: str) -> bool:
-        """A one-line state shown by ``systemctl status``."""
+        """Set the one-line state shown by ``systemctl status``."""
         return self.notify(_status_line(text))
 
     def stopping(self) -> bool:
+        """Tell systemd that the service is shutting down."""
         return self.notify("STOPPING=1")
 
     def reloading(self) -> bool:
-        """A configuration reload begins; call :meth:`ready` when it is done.
+        """Tell systemd that a configuration reload begins; call :meth:`ready` when it is done.
 
         ``MONOTONIC_USEC`` lets systemd ≥ 253 order the reload against the READY that ends it
         (required for ``Type=notify-reload``, ignored by older versions).
@@ -117,15 +118,17 @@ class Notifier:
         return self.notify(f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1_000_000))}")
 
     def watchdog_ping(self) -> bool:
+        """Pet the watchdog unconditionally (use :class:`WatchdogGate`, which pets only on progress)."""
         return self.notify("WATCHDOG=1")
 
     def watchdog_period(self) -> float | None:
-        """``WatchdogSec=`` in seconds, or None when the watchdog is off (or meant for another pid)."""
+        """Return ``WatchdogSec=`` in seconds, or None when the watchdog is off (or meant for another pid)."""
         if self._watchdog_usec is None:
             return None
         return self._watchdog_usec / 1_000_000
 
     def close(self) -> None:
+        """Close the notification socket; later notifications are no-ops."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -137,7 +140,7 @@ def _status_line(text: str) -> str:
 
 
 class WatchdogGate:
-    """Pets the systemd watchdog only while the screening loop is making progress.
+    """Pet the systemd watchdog only while the screening loop is making progress.
 
     A timer thread that pings unconditionally hides exactly the hangs the watchdog exists for
     (a stuck serial read, a detector that never returns). Instead the pipeline calls
@@ -174,16 +177,17 @@ class WatchdogGate:
 
     @property
     def enabled(self) -> bool:
+        """Return whether systemd has armed a watchdog for this process."""
         return self.period is not None and self._notifier.enabled
 
     def progress(self, now: float | None = None) -> None:
-        """The screening loop completed a cycle. Cheap; call it every iteration."""
+        """Record that the screening loop completed a cycle; cheap, call it every iteration."""
         t = self._clock() if now is None else now
         with self._lock:
             self._last_progress = t
 
     def maybe_ping(self, now: float | None = None) -> bool:
-        """Send WATCHDOG=1 if the loop is alive and a ping is due; returns True if sent."""
+        """Send WATCHDOG=1 if the loop is alive and a ping is due; return True if sent."""
         if not self.enabled:
             return False
         t = self._clock() if now is None else now
