@@ -26,10 +26,12 @@ class PlateTextError(ValueError):
 
 
 def resident_path(data_dir: Path) -> Path:
+    """Return the path of the resident plate list in ``data_dir``."""
     return Path(data_dir) / FILE_NAME
 
 
 def check_plate(text: str) -> str:
+    """Return ``text`` as a normalised plate, or raise :class:`PlateTextError` if it cannot be one."""
     plate = normalise_plate(text)
     if not _PLATE.match(plate):
         raise PlateTextError(f"{text!r} is not a plate: expected 5–9 letters, digits or Chinese characters, e.g. 浙A12345")
@@ -37,7 +39,10 @@ def check_plate(text: str) -> str:
 
 
 def load(path: Path) -> list[str]:
-    """The plates in the file, in file order; a missing file is an empty list."""
+    """Return the plates in the file, in file order; a missing file is an empty list.
+
+    Lines that are not plates are skipped with a warning: one typo must not empty the list.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -58,8 +63,11 @@ _VERSION = re.compile(r"^# version (\d+)\s*$")
 
 
 def version(path: Path) -> int:
-    """The version of the list as pushed by the centre (``cmd/resident-plates``), kept in a
-    ``# version N`` header line; 0 when the file has none (missing, or edited with stationctl)."""
+    """Return the version of the list as pushed by the centre (``cmd/resident-plates``).
+
+    It is kept in a ``# version N`` header line; 0 when the file has none (missing, or edited with
+    stationctl).
+    """
     try:
         with Path(path).open(encoding="utf-8") as f:
             for line in f:
@@ -74,8 +82,11 @@ def version(path: Path) -> int:
 
 
 def check_list(texts: object, max_plates: int = 100_000) -> list[str]:
-    """A whole pushed list, validated: every entry a plate (all errors named), duplicates dropped
-    (first kept). Raises :class:`PlateTextError` on any bad entry, so a bad list changes nothing."""
+    """Return a whole pushed list, validated: every entry a plate, duplicates dropped (first kept).
+
+    Raises :class:`PlateTextError` on any bad entry (naming up to five of them), so a bad list
+    changes nothing.
+    """
     if not isinstance(texts, list):
         raise PlateTextError("the plate list must be a JSON array of strings")
     if len(texts) > max_plates:
@@ -96,8 +107,11 @@ def check_list(texts: object, max_plates: int = 100_000) -> list[str]:
 
 
 def save(path: Path, plates: list[str], list_version: int | None = None) -> None:
-    """Replace the file atomically (temp file, fsync, rename): the daemon reads the old list or the
-    new one, never a mix. ``list_version`` is written as the ``# version N`` header (centre pushes)."""
+    """Replace the file atomically (temp file, fsync, rename).
+
+    The daemon reads the old list or the new one, never a mix. ``list_version`` is written as the
+    ``# version N`` header (centre pushes).
+    """
     from station.ops.fileio import atomic_write
 
     path = Path(path)
@@ -139,6 +153,7 @@ class ResidentFile:
         self._plates: frozenset[str] = frozenset()
 
     def __call__(self) -> frozenset[str]:
+        """Return the plates, re-reading the file if it changed since the last call."""
         try:
             st = self.path.stat()
             # The inode too: an atomic replace within the same mtime tick must still be seen.
