@@ -1,9 +1,9 @@
 """The seams between the station core and the outside world (ports, in ports-and-adapters terms).
 
 Each protocol is small on purpose: an adapter in ``drivers/`` implements exactly one of them for one
-device or service, and every adapter has a fake with the same interface for machines without the
-hardware. Nothing in ``station.domain`` imports an adapter; the composition root (``station.app``)
-is the only place that picks concrete classes.
+real device or service, and the emulators in ``sim/`` implement the same protocols for machines
+without the hardware. Nothing in ``station.domain`` imports an adapter; the composition root
+(``station.app``) is the only place that picks concrete classes.
 """
 
 from __future__ import annotations
@@ -30,19 +30,13 @@ class Clock(Protocol):
     """Time as the station sees it."""
 
     def monotonic(self) -> float:
-        """Seconds on a clock that never steps (latencies, deadlines)."""
+        """Return seconds on a clock that never steps (latencies, deadlines)."""
 
     def wall(self) -> float:
-        """UNIX time (records, expiry checks)."""
+        """Return UNIX time (records, expiry checks)."""
 
     def synced(self) -> bool:
-        """True when the wall clock is known to be synchronised (a Pi has no RTC)."""
-
-
-class Startable(Protocol):
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
+        """Return True when the wall clock is known to be synchronised (a Pi has no RTC)."""
 
 
 @runtime_checkable
@@ -52,15 +46,16 @@ class ThermalSource(Protocol):
     name: str
 
     def start(self) -> None:
-        """Open the device and begin reading; returns once the link is configured."""
+        """Open the device and begin reading; return once the link is configured."""
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """Stop reading and release the device."""
 
     def read_frame(self, timeout: float) -> ThermalFrame | None:
-        """The next frame, or None if none arrived within ``timeout`` seconds."""
+        """Return the next frame, or None if none arrived within ``timeout`` seconds."""
 
     def stats(self) -> Mapping[str, int | float | str]:
-        """Counters: frames_ok, checksum_errors, resync_bytes, stalls, …"""
+        """Return the source's counters (frames_ok, checksum_errors, resync_bytes, stalls and the like)."""
 
 
 @runtime_checkable
@@ -69,14 +64,17 @@ class FrameSource(Protocol):
 
     name: str
 
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Open the camera and begin capturing."""
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """Stop capturing and release the camera."""
 
     def read(self, timeout: float) -> VisibleFrame | None:
-        """The next frame, or None on timeout or end of stream."""
+        """Return the next frame, or None on timeout or end of stream."""
 
-    def stats(self) -> Mapping[str, int | float | str]: ...
+    def stats(self) -> Mapping[str, int | float | str]:
+        """Return the camera's counters."""
 
 
 @runtime_checkable
@@ -85,16 +83,18 @@ class CodeReader(Protocol):
 
     name: str
 
-    def decode(self, image: np.ndarray) -> list[DecodedCode]: ...
+    def decode(self, image: np.ndarray) -> list[DecodedCode]:
+        """Return every code found in ``image``, boxes in its pixel coordinates; [] when there is none."""
 
 
 @runtime_checkable
 class CodeVerifier(Protocol):
-    """Judges a decoded payload: genuine? in date? which colour?"""
+    """Judges a decoded payload: whether it is genuine, whether it is in date, which colour it carries."""
 
     name: str
 
-    def verify(self, payload: bytes, now_wall: float) -> CodeVerdict: ...
+    def verify(self, payload: bytes, now_wall: float) -> CodeVerdict:
+        """Judge one payload; any bytes give a verdict with a reason, never an exception."""
 
 
 @runtime_checkable
@@ -102,29 +102,37 @@ class FrameCodeVerifier(CodeVerifier, Protocol):
     """A verifier that may also look at the pixels around the code (colour on screen).
 
     The pipeline calls ``verify_in_frame`` when a verifier has it; ``image`` may be None (a code
-    typed in), and then it must judge from the payload alone."""
+    typed in), and then it must judge from the payload alone.
+    """
 
-    def verify_in_frame(self, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict: ...
+    def verify_in_frame(self, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict:
+        """Judge a decoded code, looking at ``image`` around its box when there is one."""
 
 
 @runtime_checkable
 class FaceDetector(Protocol):
+    """Finds faces in a visible frame."""
+
     name: str
 
     def warm_up(self) -> float:
-        """Run one inference so the first real frame is not slow; returns its duration in ms."""
+        """Run one inference so the first real frame is not slow; return its duration in ms."""
 
-    def detect(self, image: np.ndarray) -> list[FaceDetection]: ...
+    def detect(self, image: np.ndarray) -> list[FaceDetection]:
+        """Return the faces in a BGR frame, best score first, boxes in the frame's pixels."""
 
 
 @runtime_checkable
 class PlateReader(Protocol):
+    """Finds and reads vehicle number plates in a visible frame."""
+
     name: str
 
-    def warm_up(self) -> float: ...
+    def warm_up(self) -> float:
+        """Run one inference so the first real frame is not slow; return its duration in ms."""
 
     def read(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Plates found: text, confidence, box, corners."""
+        """Return the plates found: text, confidence, box, corners."""
 
 
 @runtime_checkable
@@ -137,12 +145,13 @@ class GateOutput(Protocol):
         """Carry out ``command`` unless ``now`` is past its deadline."""
 
     def safe_state(self) -> None:
-        """Barrier closed, alarm off, lights to idle."""
+        """Close the barrier, silence the alarm, set the lights to idle."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Go to the safe state and release the outputs."""
 
-    def history(self) -> list[tuple[float, str, Any]]:
-        """What the outputs did, for audits and tests: (monotonic time, output, value)."""
+    def history(self) -> list[tuple[float, str, bool]]:
+        """Return what the outputs did, for audits and tests: (monotonic time, output, on)."""
 
 
 @runtime_checkable
@@ -150,11 +159,13 @@ class EventStore(Protocol):
     """Durable local log of screenings with a transactional outbox."""
 
     def record(self, event: ScreeningEvent) -> int:
-        """Write the event and its outbox rows in one transaction; returns the event's row id."""
+        """Write the event and its outbox rows in one transaction; return the event's row id."""
 
-    def record_gate_result(self, result: GateResult) -> None: ...
+    def record_gate_result(self, result: GateResult) -> None:
+        """Write what the gate did with the event's command (the audit row)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the store."""
 
 
 class PublishError(Exception):
@@ -176,11 +187,13 @@ class Publisher(Protocol):
     on_connected: list[Callable[[], None]]
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
-        """Hand a message to the transport; returns an id whose acknowledgement reaches the ack handler.
+        """Hand a message to the transport; return an id whose acknowledgement reaches the ack handler.
 
         Raises ``NotConnectedError`` while disconnected: the outbox, not the transport, queues.
         """
 
-    def set_ack_handler(self, on_ack: Callable[[int], None]) -> None: ...
+    def set_ack_handler(self, on_ack: Callable[[int], None]) -> None:
+        """Call ``on_ack`` with a message id once the broker acknowledged that message."""
 
-    def connected(self) -> bool: ...
+    def connected(self) -> bool:
+        """Return True while the transport has a connection."""
