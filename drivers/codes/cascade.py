@@ -27,7 +27,8 @@ passed in.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -39,11 +40,11 @@ from station.domain.model import DecodedCode
 
 log = logging.getLogger("station.codes")
 
-_QR = zxingcpp.BarcodeFormat.QRCode
+_QR = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode)
 
 
 def darkest_channel(image: np.ndarray) -> np.ndarray:
-    """min(B, G, R) per pixel for a colour frame (coloured modules → dark), the frame itself if gray."""
+    """Return min(B, G, R) per pixel of a colour frame (coloured modules → dark), or the frame itself if gray."""
     if image.ndim == 3 and image.shape[2] in (3, 4):
         if image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image, got {image.dtype}")
@@ -52,7 +53,7 @@ def darkest_channel(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _read(gray: np.ndarray, errors: bool) -> list[Any]:
+def _read(gray: np.ndarray, errors: bool) -> list[zxingcpp.Barcode]:
     return list(zxingcpp.read_barcodes(gray, formats=_QR, try_rotate=False, try_downscale=True, try_invert=True, return_errors=errors))
 
 
@@ -88,6 +89,7 @@ class CascadeReader:
         self.passes = {"cheap": 0, "full_luma": 0, "full_upscaled": 0, "region": 0}  # how often each pass ran
 
     def decode(self, image: np.ndarray) -> list[DecodedCode]:
+        """Return every QR code the cheap pass, then the hard pass where needed, reads; [] when there is none."""
         dark, scale = to_gray(darkest_channel(image), self.max_side)
         h, w = image.shape[:2]
         gh, gw = dark.shape
@@ -100,7 +102,7 @@ class CascadeReader:
                 luma.append(to_gray(image, self.max_side)[0])
             return luma[0]
 
-        def collect(results: list[Any], factor: float, origin: tuple[int, int], tag: str, want_regions: bool) -> bool:
+        def collect(results: list[zxingcpp.Barcode], factor: float, origin: tuple[int, int], tag: str, want_regions: bool) -> bool:
             """Keep the decoded codes (boxes mapped back to the frame); note where undecoded symbols are."""
             new = False
             for r in results:
@@ -180,8 +182,8 @@ _REGION_VARIANTS: tuple[tuple[str, bool, bool], ...] = (
 )
 
 
-def _covered(region: tuple[int, int, int, int], codes: Any, scale: float) -> bool:
-    """Whether the centre of a work-image region lies in the box of a decoded code (frame pixels)."""
+def _covered(region: tuple[int, int, int, int], codes: Iterable[DecodedCode], scale: float) -> bool:
+    """Return whether the centre of a work-image region lies in the box of a decoded code (frame pixels)."""
     cx, cy = (region[0] + region[2]) / 2.0 / scale, (region[1] + region[3]) / 2.0 / scale
     return any(c.box is not None and c.box.x1 <= cx <= c.box.x2 and c.box.y1 <= cy <= c.box.y2 for c in codes)
 

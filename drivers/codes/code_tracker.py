@@ -54,6 +54,7 @@ class TrackingReader:
         self.last_was_cached = False  # the pipeline counts these ("decodes_cached")
 
     def stats(self) -> dict[str, int]:
+        """Return how many frames were decoded and how many were answered from the cache."""
         return {"decodes": self.decodes, "cache_hits": self.cache_hits}
 
     def _fingerprint_of(self, image: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
@@ -76,6 +77,7 @@ class TrackingReader:
         return region
 
     def decode(self, image: np.ndarray) -> list[DecodedCode]:
+        """Return the cached codes while their region is unchanged, else decode with ``inner``."""
         if self._fingerprint is not None and self._region is not None and image.shape == self._shape and self._reused < self.max_reuse:
             diff = float(np.mean(np.abs(self._fingerprint_of(image, self._region) - self._fingerprint)))
             if diff < self.threshold:

@@ -11,7 +11,7 @@ from station.domain.model import Box
 
 
 def to_gray(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """Grayscale uint8, downscaled so its longer side is at most ``max_side``; returns it and the factor applied.
+    """Return the image as grayscale uint8, downscaled so its longer side is at most ``max_side``, and the factor applied.
 
     Decoders' cost grows with the pixel count, and a phone held at the gate gives modules several
     pixels wide even at 640 px, so larger frames are shrunk (INTER_AREA keeps thin modules).
@@ -44,7 +44,7 @@ def to_gray(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 def box_from_points(
     points: Iterable[tuple[float, float]], scale: float, offset: tuple[float, float], width: int, height: int
 ) -> Box | None:
-    """Axis-aligned box around a symbol's corner points, mapped from a (scaled, cropped) work image to the frame."""
+    """Return the axis-aligned box around a symbol's corner points, mapped from a (scaled, cropped) work image to the frame."""
     pts = list(points)
     if not pts:
         return None

@@ -37,10 +37,10 @@ class OpenCvReader:
         ok, texts, points, _ = self._detector.detectAndDecodeMulti(gray)
         if not ok or points is None:
             return []
-        return [(t, p) for t, p in zip(texts, points) if t]
+        return [(t, p) for t, p in zip(texts, points, strict=False) if t]
 
     def decode(self, image: np.ndarray) -> list[DecodedCode]:
-        """Every QR code OpenCV decodes; [] when there is none."""
+        """Return every QR code OpenCV decodes; [] when there is none."""
         gray, scale = to_gray(image, self.max_side)
         found = self._pass(gray)
         if not found and self.try_inverted:

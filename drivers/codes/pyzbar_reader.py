@@ -37,7 +37,7 @@ class PyzbarReader:
         self.try_inverted = bool(try_inverted)
 
     def decode(self, image: np.ndarray) -> list[DecodedCode]:
-        """Every QR code ZBar finds, in ZBar's order; [] when there is none."""
+        """Return every QR code ZBar finds, in ZBar's order; [] when there is none."""
         gray, scale = to_gray(image, self.max_side)
         found = pyzbar.decode(gray, symbols=_SYMBOLS)
         if not found and self.try_inverted:
@@ -52,7 +52,7 @@ class PyzbarReader:
 
     @staticmethod
     def _box(symbol: pyzbar.Decoded, scale: float, width: int, height: int) -> Box | None:
-        """The symbol's bounding box back in the original image's pixels."""
+        """Return the symbol's bounding box back in the original image's pixels."""
         points = symbol.polygon or []
         if points:
             xs = [float(p.x) for p in points]

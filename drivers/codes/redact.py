@@ -16,15 +16,18 @@ import numpy as np
 import zxingcpp
 
 MARGIN = 0.12  # of the symbol's side, each way: a box that clips the outer modules leaves a decodable code
-_FORMATS = (
-    zxingcpp.BarcodeFormat.QRCode,
-    zxingcpp.BarcodeFormat.MicroQRCode,
-    zxingcpp.BarcodeFormat.DataMatrix,
-    zxingcpp.BarcodeFormat.Aztec,
+_FORMATS = zxingcpp.BarcodeFormats(
+    (
+        zxingcpp.BarcodeFormat.QRCode,
+        zxingcpp.BarcodeFormat.MicroQRCode,
+        zxingcpp.BarcodeFormat.DataMatrix,
+        zxingcpp.BarcodeFormat.Aztec,
+    )
 )
 
 
 def find_code_boxes(image: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Return the box (x1, y1, x2, y2, grown by ``MARGIN``, clipped to the image) of every 2-D code zxing-cpp locates."""
     h, w = image.shape[:2]
     boxes = []
     for r in zxingcpp.read_barcodes(np.ascontiguousarray(image), formats=_FORMATS, try_invert=True, return_errors=True):
@@ -38,7 +41,10 @@ def find_code_boxes(image: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def redact_codes(image: np.ndarray) -> tuple[np.ndarray, int]:
-    """A copy of ``image`` with every code found filled flat; (picture, number of codes blanked)."""
+    """Return a copy of ``image`` with every code found filled flat, and the number of codes blanked.
+
+    An image without codes is returned as is (not copied).
+    """
     boxes = find_code_boxes(image)
     if not boxes:
         return image, 0

@@ -9,7 +9,6 @@ than the room) better than ZBar's scanlines; ``try_invert`` reads dark-mode scre
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import zxingcpp
@@ -19,11 +18,11 @@ from station.domain.model import DecodedCode
 
 log = logging.getLogger("station.codes")
 
-_QR = zxingcpp.BarcodeFormat.QRCode
+_QR = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode)
 
 
-def corner_points(result: Any) -> list[tuple[float, float]]:
-    """The four corners zxing-cpp reports for a symbol, as (x, y) pairs."""
+def corner_points(result: zxingcpp.Barcode) -> list[tuple[float, float]]:
+    """Return the four corners zxing-cpp reports for a symbol, as (x, y) pairs."""
     p = result.position
     return [(float(c.x), float(c.y)) for c in (p.top_left, p.top_right, p.bottom_right, p.bottom_left)]
 
@@ -41,7 +40,7 @@ class ZxingReader:
         self.try_downscale = bool(try_downscale)
 
     def decode(self, image: np.ndarray) -> list[DecodedCode]:
-        """Every QR code zxing-cpp reads, in its order; [] when there is none."""
+        """Return every QR code zxing-cpp reads, in its order; [] when there is none."""
         gray, scale = to_gray(image, self.max_side)
         h, w = image.shape[:2]
         # try_rotate only matters for 1-D symbols: QR detection is rotation invariant already.

@@ -28,7 +28,7 @@ class HaarUnavailableError(RuntimeError):
 
 
 def default_cascade_path() -> Path:
-    """Where OpenCV's wheel keeps its bundled frontal-face cascade (may not exist)."""
+    """Return where OpenCV's wheel keeps its bundled frontal-face cascade (the file may not exist)."""
     data = getattr(cv2, "data", None)
     base = getattr(data, "haarcascades", "") if data is not None else ""
     return Path(base) / CASCADE_FILE
@@ -65,12 +65,16 @@ class HaarFaceDetector:
         log.info("haar face detector loaded", extra={"cascade": str(path)})
 
     def warm_up(self) -> float:
-        """The cascade has no lazy initialisation worth hiding, but keep the port's contract."""
+        """Run one detection on a blank frame and return how long it took, in ms.
+
+        The cascade has no lazy initialisation worth hiding, but the port's contract is kept.
+        """
         t0 = time.perf_counter()
         self.detect(np.zeros((240, 320, 3), dtype=np.uint8))
         return (time.perf_counter() - t0) * 1000.0
 
     def detect(self, image: np.ndarray) -> list[FaceDetection]:
+        """Return the faces in a BGR or grey frame, best score first, boxes in the frame's pixels."""
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         h, w = gray.shape[:2]
         scale = 1.0

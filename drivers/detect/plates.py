@@ -88,7 +88,7 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
 
 @lru_cache(maxsize=8)
 def plate_priors(height: int, width: int) -> np.ndarray:
-    """The detector's priors for an input of ``height``×``width``: N×4 (cx, cy, w, h), normalised.
+    """Return the detector's priors for an input of ``height``×``width``: N×4 (cx, cy, w, h), normalised.
 
     Row-major over each stride's cells, prior sizes innermost, strides 8 → 16 → 32 (the order of the
     graph's concatenated outputs). Cached: a camera's frame size does not change.
@@ -110,7 +110,7 @@ def plate_priors(height: int, width: int) -> np.ndarray:
 
 
 def decode(loc: np.ndarray, landms: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SSD/RetinaFace decode with variances (0.1, 0.2): boxes N×4 corner form and corners N×4×2, normalised."""
+    """Decode SSD/RetinaFace outputs with variances (0.1, 0.2): boxes N×4 corner form and corners N×4×2, normalised."""
     v0, v1 = _VARIANCES
     centres = priors[:, :2] + loc[:, :2] * v0 * priors[:, 2:]
     sizes = priors[:, 2:] * np.exp(loc[:, 2:] * v1)
@@ -139,7 +139,7 @@ def rectify(image: np.ndarray, corners: np.ndarray, size: tuple[int, int], margi
 
 
 def ctc_greedy(probs: np.ndarray, charset: list[str]) -> tuple[str, float]:
-    """Greedy CTC decode of T×C probabilities (class 0 = blank, class k = ``charset[k-1]``).
+    """Decode T×C probabilities by greedy CTC (class 0 = blank, class k = ``charset[k-1]``).
 
     Argmax per step, repeats collapsed, blanks dropped; the confidence is the product of the kept
     steps' probabilities (0.0 for an empty read).
@@ -149,7 +149,7 @@ def ctc_greedy(probs: np.ndarray, charset: list[str]) -> tuple[str, float]:
     chars: list[str] = []
     conf = 1.0
     prev = -1
-    for k, pk in zip(best.tolist(), p.tolist()):
+    for k, pk in zip(best.tolist(), p.tolist(), strict=True):
         if k != prev and k != 0:
             chars.append(charset[k - 1])
             conf *= pk
@@ -158,6 +158,7 @@ def ctc_greedy(probs: np.ndarray, charset: list[str]) -> tuple[str, float]:
 
 
 def load_charset(path: Path) -> list[str]:
+    """Read the recogniser's dictionary: 72 distinct characters, one per line; ``ValueError`` otherwise."""
     chars = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(chars) != 72 or len(set(chars)) != 72:
         raise ValueError(f"{path}: expected 72 distinct characters, one per line, got {len(chars)}")
@@ -183,7 +184,7 @@ class PlateDetector:
             raise ValueError(f"{model_path.name} outputs {outputs}, expected loc, conf, landms")
 
     def detect(self, image: np.ndarray) -> list[PlateDetection]:
-        """Plates in a BGR frame, best first; the frame is downscaled so its longest side is ≤ max_side."""
+        """Return the plates in a BGR frame, best first; the frame is downscaled so its longest side is ≤ max_side."""
         h, w = image.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
         small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1.0 else image
@@ -227,7 +228,7 @@ class PlateRecognizer:
             raise ValueError(f"{model_path.name} has {classes} classes, the dictionary {len(self.charset)} + blank")
 
     def read_line(self, crop: np.ndarray) -> tuple[str, float]:
-        """The text of one line of characters in a BGR crop, and its confidence."""
+        """Return the text of one line of characters in a BGR crop, and its confidence."""
         h, w = crop.shape[:2]
         width = max(8, int(round(REC_HEIGHT * w / h)))
         interp = cv2.INTER_AREA if h > REC_HEIGHT else cv2.INTER_LINEAR
@@ -249,6 +250,7 @@ class OnnxPlateReader:
     def from_models_dir(
         cls, models_dir: Path | None = None, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7
     ) -> OnnxPlateReader:
+        """Build the reader from the plate models listed in the models manifest."""
         from station.models import path_for
 
         return cls(
@@ -257,14 +259,14 @@ class OnnxPlateReader:
         )
 
     def warm_up(self) -> float:
-        """One detector and one recogniser inference on blank input; returns ms."""
+        """Run one detector and one recogniser inference on blank input; return how long they took, in ms."""
         t0 = time.perf_counter()
         self.detector.detect(np.zeros((480, 640, 3), dtype=np.uint8))
         self.recognizer.read_line(np.zeros((SINGLE_ROW_SIZE[1], SINGLE_ROW_SIZE[0], 3), dtype=np.uint8))
         return (time.perf_counter() - t0) * 1000.0
 
     def read_plate(self, image: np.ndarray, plate: PlateDetection) -> tuple[str, float, int]:
-        """(text, confidence, rows) of one detected plate."""
+        """Return (text, confidence, rows) of one detected plate."""
         if plate.aspect < DOUBLE_ROW_ASPECT:
             crop = rectify(image, plate.corners, DOUBLE_ROW_SIZE, DOUBLE_ROW_MARGIN)
             h = crop.shape[0]
@@ -276,7 +278,7 @@ class OnnxPlateReader:
         return text, conf, 1
 
     def read(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Plates in a BGR frame: text, confidence, score (detector), box, corners, rows; best first."""
+        """Return the plates in a BGR frame: text, confidence, score (detector), box, corners, rows; best first."""
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         out: list[dict[str, Any]] = []

@@ -29,7 +29,7 @@ _SCALE = np.float32(1.0 / 128.0)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
-    """Greedy non-maximum suppression; returns the indices kept, best score first.
+    """Suppress non-maximal boxes greedily; return the indices kept, best score first.
 
     ``boxes`` is K×4 corner form (x1, y1, x2, y2) in any consistent unit.
     """
@@ -95,7 +95,7 @@ class UltraFaceDetector:
         )
 
     def warm_up(self) -> float:
-        """Run one inference on a blank frame so the first real frame is not slow; returns ms."""
+        """Run one inference on a blank frame so the first real frame is not slow; return how long it took, in ms."""
         w, h = self.input_size
         blank = np.zeros((h, w, 3), dtype=np.uint8)
         t0 = time.perf_counter()
@@ -111,7 +111,7 @@ class UltraFaceDetector:
         return np.ascontiguousarray(blob.transpose(2, 0, 1)[np.newaxis])
 
     def detect(self, image: np.ndarray) -> list[FaceDetection]:
-        """Faces in a BGR uint8 frame, best score first, boxes in the frame's pixel coordinates."""
+        """Return the faces in a BGR uint8 frame, best score first, boxes in the frame's pixel coordinates."""
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         if image.ndim != 3 or image.shape[2] != 3:

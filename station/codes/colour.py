@@ -32,33 +32,39 @@ MIN_DOMINANCE = 0.6  # of the saturated pixels
 HUE_CLASSES = ((CodeColour.RED, ((0, 9), (165, 180))), (CodeColour.YELLOW, ((18, 34),)), (CodeColour.GREEN, ((38, 88),)))
 
 
-def _bgr8(image: Any) -> np.ndarray | None:
-    """The frame as 8-bit BGR, or None when it is not a colour picture (grey, empty, odd shape or type)."""
+def _bgr8(image: object) -> np.ndarray | None:
+    """Return the frame as 8-bit BGR, or None when it is not a colour picture (grey, empty, odd shape or type)."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] not in (3, 4) or image.size == 0:
         return None
-    if image.shape[2] == 4:
-        image = image[..., :3]
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        return (image >> 8).astype(np.uint8)
-    if image.dtype.kind == "f":
+    bgr: np.ndarray = image[..., :3] if image.shape[2] == 4 else image
+    if bgr.dtype == np.uint8:
+        return bgr
+    if bgr.dtype == np.uint16:
+        high: np.ndarray = bgr >> 8  # (numpy's operators are typed Any: the annotation keeps the return typed)
+        return high.astype(np.uint8)
+    if bgr.dtype.kind == "f":
         # Taken as 0..1 (OpenCV's float convention); NaN and out-of-range values are clipped, not trusted.
-        return (np.nan_to_num(np.clip(image, 0.0, 1.0), nan=0.0) * 255.0).astype(np.uint8)
+        scaled: np.ndarray = np.nan_to_num(np.clip(bgr, 0.0, 1.0), nan=0.0) * 255.0
+        return scaled.astype(np.uint8)
     return None
 
 
 def _box_of(box: Any) -> tuple[float, float, float, float] | None:
+    """Return a box's corners as finite floats, or None when it is not a usable box (any object may come in)."""
     try:
-        coords = tuple(float(v) for v in (box.x1, box.y1, box.x2, box.y2))
+        x1, y1, x2, y2 = float(box.x1), float(box.y1), float(box.x2), float(box.y2)
     except (AttributeError, TypeError, ValueError, OverflowError):
         return None
-    if not all(math.isfinite(v) for v in coords) or coords[2] <= coords[0] or coords[3] <= coords[1]:
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
         return None
-    return coords  # type: ignore[return-value]
+    return x1, y1, x2, y2
 
 
-def ring_colour(image: Any, box: Any) -> tuple[CodeColour | None, dict[str, float]]:
+def ring_colour(image: object, box: Any) -> tuple[CodeColour | None, dict[str, float]]:
+    """Return the colour that clearly dominates the ring around ``box``, or None, with the shares counted.
+
+    Any input is judged: a frame that is not a colour picture, or a box that is not a box, has no colour.
+    """
     bgr, coords = _bgr8(image), _box_of(box)
     if bgr is None or coords is None:
         return None, {}  # a grey frame, or no box, has no colour to judge
@@ -102,9 +108,11 @@ class ScreenColourVerifier:
     name = "screen-colour"
 
     def verify(self, payload: bytes, now_wall: float) -> CodeVerdict:
+        """Refuse as ``unknown_format``: without the frame there is no colour to judge."""
         return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", SOURCE, None, {})  # no pixels, no colour
 
     def verify_in_frame(self, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict:
+        """Judge a code by the colour around it in ``image``: red is taken at its word, green or yellow go to staff."""
         if image is None or code.box is None:
             return self.verify(code.payload, now_wall)
         colour, counts = ring_colour(image, code.box)

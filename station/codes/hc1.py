@@ -106,6 +106,7 @@ class Base45Error(ValueError):
 
 
 def b45encode(data: bytes) -> str:
+    """Encode bytes as Base45 (RFC 9285)."""
     out = []
     for i in range(0, len(data) - 1, 2):
         n = data[i] * 256 + data[i + 1]
@@ -119,6 +120,7 @@ def b45encode(data: bytes) -> str:
 
 
 def b45decode(text: str) -> bytes:
+    """Decode Base45 (RFC 9285); :class:`Base45Error` for anything that is not."""
     try:
         values = [_B45_INDEX[ch] for ch in text]
     except KeyError as exc:
@@ -145,11 +147,12 @@ def b45decode(text: str) -> bytes:
 
 
 def kid_of(cert_der: bytes) -> bytes:
-    """The HC1 key id: first 8 bytes of the SHA-256 of the signer's DER certificate."""
+    """Return the HC1 key id: the first 8 bytes of the SHA-256 of the signer's DER certificate."""
     return hashlib.sha256(cert_der).digest()[:8]
 
 
 def _verify_signature(public_key: Any, alg: int, to_be_signed: bytes, signature: bytes) -> bool:
+    """Return True only for a good signature by ``public_key`` under ``alg``; any refusal is False."""
     try:
         if alg == ALG_ES256:
             # ECDSA with SHA-256; r and s each take the key's curve size (32 bytes on P-256, 48 on P-384).
@@ -173,15 +176,18 @@ def _verify_signature(public_key: Any, alg: int, to_be_signed: bytes, signature:
 
 
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
+    """Return the COSE ``Sig_structure`` a COSE_Sign1 signature covers (RFC 9052 §4.4)."""
     return cbor2.dumps(["Signature1", protected, b"", payload])
 
 
 def sign_es256(private_key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    """Sign ``data`` with ECDSA P-256 / SHA-256; return COSE's fixed-size r ‖ s form."""
     r, s = decode_dss_signature(private_key.sign(data, ec.ECDSA(hashes.SHA256())))
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 def sign_ps256(private_key: rsa.RSAPrivateKey, data: bytes) -> bytes:
+    """Sign ``data`` with RSASSA-PSS / SHA-256 (salt length 32, RFC 8230)."""
     return private_key.sign(data, padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
 
 
@@ -214,8 +220,11 @@ def health_claims(
     holder: str | None = None,
     extra: Mapping[Any, Any] | None = None,
 ) -> dict[int, Any]:
-    """A CWT claims map with our health claim (``extra`` adds fields to the health claim, e.g. the
-    personal fields other issuers put there, which the verifier must drop)."""
+    """Return a CWT claims map with our health claim.
+
+    ``extra`` adds fields to the health claim, e.g. the personal fields other issuers put there,
+    which the verifier must drop.
+    """
     health: dict[Any, Any] = {
         1: CodeColour(colour).value,
         2: int(valid_from if valid_from is not None else iat),
@@ -233,6 +242,8 @@ def health_claims(
 
 
 class DecodeError(ValueError):
+    """An ``HC1:`` payload that cannot be unwrapped or read; ``reason`` is its reason code (``REASONS``)."""
+
     def __init__(self, reason: str, message: str = "") -> None:
         super().__init__(message or reason)
         self.reason = reason
@@ -255,6 +266,8 @@ class Hc1Claims:
 
 @dataclass(frozen=True, slots=True)
 class Hc1Message:
+    """The parts of a COSE_Sign1 message, its algorithm and key id taken from the headers."""
+
     alg: int
     kid: bytes
     protected: bytes
@@ -262,6 +275,7 @@ class Hc1Message:
     signature: bytes
 
     def to_be_signed(self) -> bytes:
+        """Return the bytes the signature covers."""
         return sig_structure(self.protected, self.payload)
 
 
@@ -276,7 +290,7 @@ def _cbor(data: bytes, reason: str, what: str) -> Any:
 
 
 def _cose_sign1(obj: Any) -> Any:
-    """The COSE_Sign1 array inside the optional CWT tag (61) and COSE_Sign1 tag (18), nothing else."""
+    """Return the COSE_Sign1 array inside the optional CWT tag (61) and COSE_Sign1 tag (18), nothing else."""
     if isinstance(obj, cbor2.CBORTag) and obj.tag == CWT_TAG:
         obj = obj.value
         if not (isinstance(obj, cbor2.CBORTag) and obj.tag == COSE_SIGN1_TAG):
@@ -291,13 +305,14 @@ def _cose_sign1(obj: Any) -> Any:
 
 
 def _kid(value: Any, where: str) -> bytes:
+    """Return a header's kid if it is a short byte string; ``bad_header`` otherwise."""
     if not isinstance(value, bytes) or not 1 <= len(value) <= MAX_KID:
         raise DecodeError("bad_header", f"{where} kid is not a byte string of 1..{MAX_KID} bytes")
     return value
 
 
 def unwrap(text: str) -> Hc1Message:
-    """``HC1:…`` → the COSE_Sign1 parts, or :class:`DecodeError` with the reason code."""
+    """Unwrap ``HC1:…`` to the COSE_Sign1 parts, or raise :class:`DecodeError` with the reason code."""
     if not isinstance(text, str) or not text.startswith(PREFIX):
         raise DecodeError("unknown_format")
     body = text[len(PREFIX) :]
@@ -344,7 +359,7 @@ def unwrap(text: str) -> Hc1Message:
 
 
 def _time(value: Any, what: str) -> int:
-    """A CWT NumericDate (int, or a finite float per RFC 8392) inside the range a clock can reach."""
+    """Return a CWT NumericDate (int, or a finite float per RFC 8392) inside the range a clock can reach."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DecodeError("bad_claims", f"{what} is not a number")
     if isinstance(value, float) and not math.isfinite(value):
@@ -355,13 +370,14 @@ def _time(value: Any, what: str) -> int:
 
 
 def _text(value: Any, limit: int) -> str:
-    """Printable text only (no control or bidi characters reach an event, a log or a screen)."""
+    """Return the printable characters of a text, at most ``limit`` (no control or bidi characters reach an event, a log or a screen)."""
     if not isinstance(value, str):
         return ""
     return "".join(ch for ch in value[: limit * 4] if ch.isprintable())[:limit]
 
 
 def parse_claims(payload: bytes) -> Hc1Claims:
+    """Read the CWT claims the station keeps; :class:`DecodeError` (``bad_claims``) for anything else."""
     claims = _cbor(payload, "bad_claims", "CWT payload")
     if not isinstance(claims, Mapping):
         raise DecodeError("bad_claims", "CWT payload is not a map")
@@ -427,7 +443,7 @@ class Hc1Verifier:
         self.failures = FailureLog(log, "hc1 verify")  # backstop hits, per exception type: each one is a bug to fix
 
     def verify(self, payload: bytes | str, now_wall: float) -> CodeVerdict:
-        """Any payload → a verdict with a reason; ``valid`` only for a trusted signature on an in-date code."""
+        """Judge any payload to a verdict with a reason; ``valid`` only for a trusted signature on an in-date code."""
         try:
             return self._verify(payload, now_wall)
         except Exception as exc:  # noqa: BLE001 - the backstop: a code must never take the lane down

@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ SEEN_DB = "seen.sqlite3"
 
 
 def station_salt(data_dir: Path | None) -> bytes:
-    """The station's salt, created on first use; ``None`` → a per-process salt (CLI tools)."""
+    """Return the station's salt, created on first use; without a data dir, a per-process salt (CLI tools)."""
     if data_dir is None:
         return os.urandom(32)
     folder = Path(data_dir) / CODES_DIR
@@ -70,7 +70,7 @@ def station_salt(data_dir: Path | None) -> bytes:
 
 
 def _as_bytes(payload: Any) -> bytes:
-    """What a reader handed over, as bytes: text (odd unicode included) as UTF-8, anything else as its repr."""
+    """Return what a reader handed over as bytes: text (odd unicode included) as UTF-8, anything else as its type's repr."""
     if isinstance(payload, bytes):
         return payload
     if isinstance(payload, (bytearray, memoryview)):
@@ -81,10 +81,13 @@ def _as_bytes(payload: Any) -> bytes:
 
 
 def salted_hash(salt: bytes, payload: bytes) -> str:
+    """Return the payload's HMAC-SHA256 under the station's salt (128 bits, hex): matchable here, nowhere else."""
     return hmac.new(salt, b"code:" + payload, hashlib.sha256).hexdigest()[:32]
 
 
-def holder_ref_fn(salt: bytes):  # type: ignore[no-untyped-def]
+def holder_ref_fn(salt: bytes) -> Callable[[str], str]:
+    """Return the function that turns a holder id into this station's salted, non-reversible reference."""
+
     def ref(holder: str) -> str:
         return hmac.new(salt, b"holder:" + holder.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
@@ -110,7 +113,7 @@ class SeenCodes:
             )
 
     def use(self, code_hash: str, now_wall: float, window_s: float) -> float | None:
-        """Record a use; returns the first-use time of an earlier use still inside the window.
+        """Record a use; return the first-use time of an earlier use still inside the window.
 
         A database that cannot be written (disk full, I/O error) must not stop the lane: the use is kept in
         memory instead (replay protection then lasts until restart) and the failure is counted and logged.
@@ -140,6 +143,7 @@ class SeenCodes:
                 return remembered
 
     def close(self) -> None:
+        """Close the store."""
         with self._lock:
             self._conn.close()
 
@@ -166,10 +170,11 @@ class CodeJudge:
         self.failures = FailureLog(log, "code verifier")  # per verifier and exception type; in stats()
 
     def verify(self, payload: bytes, now_wall: float) -> CodeVerdict:
+        """Judge a payload seen without its frame (verifiers that need the pixels cannot judge it)."""
         return self.verify_in_frame(DecodedCode(payload, "QRCODE", None, "-"), None, now_wall)
 
     def _ask(self, verifier: Any, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict:
-        """One verifier's verdict; one that raises or answers nonsense is a ``malformed`` verdict, never a dead lane."""
+        """Return one verifier's verdict; one that raises or answers nonsense is a ``malformed`` verdict, never a dead lane."""
         name = getattr(verifier, "name", type(verifier).__name__)
         try:
             in_frame = getattr(verifier, "verify_in_frame", None)
@@ -183,6 +188,7 @@ class CodeJudge:
         return verdict
 
     def verify_in_frame(self, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict:
+        """Judge a decoded code: the first verifier that knows its format decides, then the salted hash and the replay guard apply."""
         payload = _as_bytes(code.payload)
         if payload is not code.payload:
             code = replace(code, payload=payload)
@@ -205,7 +211,7 @@ class CodeJudge:
         return replace(verdict, detail=detail)
 
     def stats(self) -> dict[str, Any]:
-        """What a technician needs to see: each verifier's trust list / look-up counters, replay-store errors."""
+        """Return what a technician needs to see: each verifier's trust list / look-up counters, replay-store errors."""
         out: dict[str, Any] = {
             "verifiers": [getattr(v, "name", type(v).__name__) for v in self.verifiers],
             "replay_store_write_errors": self.seen.write_errors if self.seen is not None else None,
@@ -226,6 +232,7 @@ class CodeJudge:
         return out
 
     def close(self) -> None:
+        """Close every verifier that holds resources, and the replay store."""
         for v in self.verifiers:
             closer = getattr(v, "close", None)
             if closer is not None:

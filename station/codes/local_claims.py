@@ -30,20 +30,22 @@ _COLOURS = frozenset(c.value for c in CodeColour)
 
 
 def encode_claims(colour: CodeColour, issued_at: int, expires_at: int, subject: str, issuer: str = "demo-issuer") -> bytes:
-    """The payload a phone would show for these claims."""
+    """Return the payload a phone would show for these claims."""
     claims = {"v": 1, "col": colour.value, "iat": int(issued_at), "exp": int(expires_at), "sub": subject, "iss": issuer}
     body = json.dumps(claims, separators=(",", ":"), sort_keys=True).encode()
     return PREFIX + base64.urlsafe_b64encode(body).rstrip(b"=")
 
 
 def subject_ref(subject: str) -> str:
-    """A stable, non-reversible reference to the holder (the raw id never leaves the verifier)."""
+    """Return a stable, non-reversible reference to the holder (the raw id never leaves the verifier)."""
     return hashlib.sha256(b"checkpoint-subject:" + subject.encode()).hexdigest()[:16]
 
 
 def _is_time(value: Any) -> bool:
-    """A UNIX time a clock can reach: a finite, non-negative number (NaN compares false to everything, so
-    an ``exp`` of NaN would never be expired)."""
+    """Return whether ``value`` is a UNIX time a clock can reach: a finite, non-negative number.
+
+    NaN compares false to everything, so an ``exp`` of NaN would never be expired.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return math.isfinite(value) and 0 <= value <= MAX_TIME
@@ -62,6 +64,7 @@ class LocalClaimsVerifier:
         self.max_clock_skew_s = max_clock_skew_s
 
     def verify(self, payload: bytes | str, now_wall: float) -> CodeVerdict:
+        """Judge one payload; any input gets a verdict with a reason, never an exception."""
         if isinstance(payload, str):
             payload = payload.encode("utf-8", "surrogatepass")
         if not isinstance(payload, (bytes, bytearray, memoryview)):

@@ -48,7 +48,7 @@ MAX_ANSWER_BYTES = 4096  # a look-up answer is a few hundred bytes; larger ones 
 
 
 def token_of(payload: bytes | str) -> str | None:
-    """The token of an ``HCT1:`` payload (bytes or text of any kind), or None when it is not one."""
+    """Return the token of an ``HCT1:`` payload (bytes or text of any kind), or None when it is not one."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
         try:
             text = bytes(payload).decode("ascii").strip()
@@ -66,6 +66,7 @@ def token_of(payload: bytes | str) -> str | None:
 
 
 def token_sha256(token: str) -> str:
+    """Return the hex SHA-256 of a token: what a look-up request carries instead of the token."""
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
@@ -92,6 +93,7 @@ class OnlineVerifier:
         self.keys = keys
 
     def attach(self, publisher: Any) -> None:
+        """Send look-ups through ``publisher`` and subscribe to their answers."""
         self.publisher = publisher
         # A retained answer is never one to a request of ours; an oversized one is not read at all.
         publisher.subscribe(self.result_topic, self._on_result, accept_retained=False, max_bytes=MAX_ANSWER_BYTES)
@@ -116,6 +118,7 @@ class OnlineVerifier:
         waiting[0].set()
 
     def verify(self, payload: bytes, now_wall: float) -> CodeVerdict:
+        """Look a token up at the centre and judge the signed answer; no answer in time is never a pass."""
         token = token_of(payload)
         if token is None:
             return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", SOURCE, None, {})

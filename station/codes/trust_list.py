@@ -47,6 +47,9 @@ CURRENT = "current.json"
 MAX_FILE_BYTES = 4 * 1024 * 1024  # the EU list of every signer is ~1 MB
 MAX_CERTIFICATES = 10_000
 
+SignerKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+"""A key that may sign an HC1 code (ES256 or PS256)."""
+
 
 class TrustListError(ValueError):
     """A list (or a push) that is refused; the message says why."""
@@ -54,23 +57,29 @@ class TrustListError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class TrustList:
+    """One loaded list: its version, the signer keys by kid, and the entries as read."""
+
     version: int
-    keys: dict[bytes, Any]  # kid → public key
+    keys: dict[bytes, SignerKey]  # kid → public key
     certificates: list[dict[str, str]]
 
 
 def certificate_entry(cert_der: bytes) -> dict[str, str]:
+    """Return the list entry for a signer's DER certificate (kid and DER, base64)."""
     return {"kid": base64.b64encode(kid_of(cert_der)).decode(), "der": base64.b64encode(cert_der).decode()}
 
 
-def parse_certificates(entries: Any, *, strict: bool) -> dict[bytes, Any]:
-    """kid → public key. ``strict``: one bad entry refuses the whole list (pushes); otherwise bad
-    entries are skipped with a log line (a local file with one broken entry still loads the rest)."""
+def parse_certificates(entries: Any, *, strict: bool) -> dict[bytes, SignerKey]:
+    """Return kid → public key for a list's ``certificates``.
+
+    ``strict``: one bad entry refuses the whole list (pushes); otherwise bad entries are skipped
+    with a log line (a local file with one broken entry still loads the rest).
+    """
     if not isinstance(entries, list):
         raise TrustListError("certificates must be a list")
     if len(entries) > MAX_CERTIFICATES:
         raise TrustListError(f"more than {MAX_CERTIFICATES} certificates")
-    keys: dict[bytes, Any] = {}
+    keys: dict[bytes, SignerKey] = {}
     for i, entry in enumerate(entries):
         try:
             if not isinstance(entry, dict):
@@ -94,7 +103,7 @@ def parse_certificates(entries: Any, *, strict: bool) -> dict[bytes, Any]:
 
 
 def _read_json(path: Path) -> Any:
-    """A JSON file of bounded size; any way it is unreadable is a :class:`TrustListError`."""
+    """Read a JSON file of bounded size; any way it is unreadable is a :class:`TrustListError`."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
@@ -109,7 +118,7 @@ def _read_json(path: Path) -> Any:
 
 
 def load_file(path: Path) -> TrustList:
-    """A trust-list file, plain (``{"certificates": …}``) or as stored after a push."""
+    """Load a trust-list file, plain (``{"certificates": …}``) or as stored after a push."""
     doc = _read_json(path)
     if not isinstance(doc, dict):
         raise TrustListError(f"{path}: not a JSON object")
@@ -132,6 +141,7 @@ def load_file(path: Path) -> TrustList:
 
 
 def signed_bytes(document: dict[str, Any]) -> bytes:
+    """Return the canonical JSON of a document's certificates and version: the bytes its signature covers."""
     try:
         return json.dumps(
             {"certificates": document.get("certificates"), "version": document.get("version")},
@@ -144,13 +154,14 @@ def signed_bytes(document: dict[str, Any]) -> bytes:
 
 
 def sign_document(certificates: list[dict[str, str]], version: int, private_key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    """Return a pushable list document, signed with the trust-list signing key."""
     doc: dict[str, Any] = {"version": version, "certificates": certificates}
     doc["signature"] = base64.b64encode(private_key.sign(signed_bytes(doc), ec.ECDSA(hashes.SHA256()))).decode()
     return doc
 
 
 def load_signer_key(path: Path) -> ec.EllipticCurvePublicKey:
-    """The trust-list signing key's public half, from a PEM certificate or a PEM public key."""
+    """Load the trust-list signing key's public half from a PEM certificate or a PEM public key."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -167,7 +178,8 @@ def load_signer_key(path: Path) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def verify_document(document: Any, signer: ec.EllipticCurvePublicKey) -> dict[bytes, Any]:
+def verify_document(document: Any, signer: ec.EllipticCurvePublicKey) -> dict[bytes, SignerKey]:
+    """Check a pushed document's version and signature; return its keys, or raise :class:`TrustListError`."""
     if not isinstance(document, dict):
         raise TrustListError("document must be a JSON object")
     version = document.get("version")
@@ -190,10 +202,12 @@ def verify_document(document: Any, signer: ec.EllipticCurvePublicKey) -> dict[by
 
 
 def trust_dir(data_dir: Path) -> Path:
+    """Return the folder accepted lists are stored in."""
     return Path(data_dir) / TRUST_DIR
 
 
 def stored_version(data_dir: Path) -> int:
+    """Return the version of the accepted list in force, 0 when there is none (or it cannot be read)."""
     current = trust_dir(data_dir) / CURRENT
     if not current.exists():
         return 0
@@ -235,7 +249,7 @@ def accept_push(data_dir: Path, document: Any, signer: ec.EllipticCurvePublicKey
 
 
 class TrustStore:
-    """kid → public key for the verifier, following the newest accepted list.
+    """The verifier's kid → public key look-up, following the newest accepted list.
 
     The pushed list (``<data_dir>/trust-list/current.json``) wins over the configured file once one
     was accepted: the command centre is the authority that can also *remove* a signer. The files are
@@ -265,6 +279,7 @@ class TrustStore:
         return (st.st_mtime_ns, st.st_size)
 
     def refresh(self, force: bool = False) -> None:
+        """Re-read the list in force if its file changed (checked at most every ``check_s``, unless ``force``)."""
         now = time.monotonic()
         with self._lock:
             if not force and now - self._checked < self.check_s:
@@ -293,9 +308,11 @@ class TrustStore:
                 self.pushed,
             )
 
-    def __call__(self, kid: bytes) -> Any:
+    def __call__(self, kid: bytes) -> SignerKey | None:
+        """Return the public key for ``kid`` in the list in force, or None when it is not a trusted signer."""
         self.refresh()
         return self._list.keys.get(kid)
 
     def stats(self) -> dict[str, Any]:
+        """Return which list is in force: its source, version and number of signers."""
         return {"source": self.source, "version": self._list.version, "signers": len(self._list.keys)}

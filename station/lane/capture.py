@@ -19,7 +19,7 @@ from station.domain.model import Box, FaceDetection
 
 
 class CaptureKeeper:
-    """Thread-safe: the face thread writes, the executor reads."""
+    """Keeps the face crops of the last few frames; thread-safe: the face thread writes, the executor reads."""
 
     def __init__(self, frames: int = 48) -> None:
         # 48 frames ≈ 3 s at 15 fps: a screening's best frame is usually its last stable second,
@@ -29,7 +29,7 @@ class CaptureKeeper:
         self._lock = threading.Lock()
 
     def measure(self, frame_seq: int, image: np.ndarray, faces: list[FaceDetection]) -> tuple[float, ...]:
-        """Sharpness of each face (in ``faces`` order); keeps the crops of this frame."""
+        """Return the sharpness of each face (in ``faces`` order), and keep the crops of this frame."""
         import cv2  # the daemon has it loaded already; stationctl, which imports the app, need not
 
         h, w = image.shape[:2]
@@ -52,7 +52,7 @@ class CaptureKeeper:
         return tuple(sharpness)
 
     def crop_for(self, capture: dict[str, Any] | None) -> np.ndarray | None:
-        """The crop the lane chose (``{"frame_seq", "box"}``), or None when it is no longer kept."""
+        """Return the crop the lane chose (``{"frame_seq", "box"}``), or None when it is no longer kept."""
         if not capture:
             return None
         with self._lock:

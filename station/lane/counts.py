@@ -11,16 +11,30 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Mapping, MutableMapping
+from typing import Protocol
 
 log = logging.getLogger("station.lane.counts")
 
 SAVE_PERIOD_S = 5.0
 
 
+class CountsStore(Protocol):
+    """Where the totals are kept (the event store's ``meta`` table)."""
+
+    def direction_counts(self) -> dict[str, int]:
+        """Return the totals as last saved."""
+        ...
+
+    def save_direction_counts(self, counts: Mapping[str, int]) -> None:
+        """Persist the totals."""
+        ...
+
+
 class CountsKeeper:
-    def __init__(self, store: Any, counts: MutableMapping[str, int], *, period_s: float = SAVE_PERIOD_S) -> None:
+    """Keeps the lane's live entry / exit counts saved in the store, from a thread of its own."""
+
+    def __init__(self, store: CountsStore, counts: MutableMapping[str, int], *, period_s: float = SAVE_PERIOD_S) -> None:
         self.store = store
         self.counts = counts  # the lane's live dict (mutated by the lane thread; read as a copy here)
         self.period_s = period_s
@@ -40,6 +54,7 @@ class CountsKeeper:
         return saved
 
     def save_if_changed(self) -> bool:
+        """Save the totals if they changed since the last save; return True when they were saved."""
         now = dict(self.counts)
         if now == self._saved:
             return False
@@ -54,6 +69,7 @@ class CountsKeeper:
         return True
 
     def start(self) -> None:
+        """Start the saving thread."""
         self._thread = threading.Thread(target=self._run, name="station-counts", daemon=True)
         self._thread.start()
 

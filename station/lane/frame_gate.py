@@ -16,6 +16,8 @@ _SMALL = (80, 60)  # enough to see a person move, ~0.1 ms to compare
 
 
 class FrameGate:
+    """Decides, frame by frame, whether the face detector runs or its last result is re-used."""
+
     def __init__(self, max_rate_hz: float = 0.0, diff_threshold: float = 0.0, max_reuse_s: float = 0.5) -> None:
         self.min_interval_s = 1.0 / max_rate_hz if max_rate_hz > 0 else 0.0
         self.diff_threshold = float(diff_threshold)
@@ -27,10 +29,11 @@ class FrameGate:
 
     @property
     def active(self) -> bool:
+        """Return whether the gate limits anything (a rate or a change threshold is set)."""
         return self.min_interval_s > 0 or self.diff_threshold > 0
 
     def should_detect(self, image: np.ndarray, t: float) -> bool:
-        """True: run the detector on this frame. False: re-use the last result."""
+        """Return True to run the detector on this frame, False to re-use the last result."""
         if not self.active:
             self.detected += 1
             return True

@@ -6,9 +6,9 @@ Threads, each with one job, connected by bounded hand-offs:
   next one arrived is dropped and counted — detection always works on the newest picture, so a slow
   stage costs frames, never latency.
 - face: detects faces on the newest frame → ``FaceObservation``.
-- code: while someone is being screened, decodes and verifies codes on the newest frame. zbar can
-  take seconds on a bad image; the lane does not wait for it — its code timeout turns a slow decode
-  into ``retry``.
+- code: while someone is being screened, decodes and verifies codes on the newest frame. A decoder
+  can take seconds on a bad image; the lane does not wait for it — its code timeout turns a slow
+  decode into ``retry``.
 - thermal: reads whole frames from the thermal source.
 - lane: the only thread that touches the state machine; consumes observations from a bounded inbox
   and drives timeouts.
@@ -61,6 +61,7 @@ from station.domain.screening import LaneState, ScreeningLane, Verdict
 from station.domain.thermal import MeasureState
 from station.lane.capture import CaptureKeeper
 from station.lane.frame_gate import FrameGate
+from station.ops.backoff import Backoff
 from station.ops.ratelimit import FailureLog, RateLimiter
 from station.ports import (
     Clock,
@@ -88,6 +89,7 @@ class LatestSlot(Generic[T]):
         self.dropped = 0
 
     def put(self, item: T) -> None:
+        """Replace whatever the slot holds with ``item`` (counting the overwritten one as dropped)."""
         with self._cond:
             if self._item is not None:
                 self.dropped += 1
@@ -95,6 +97,7 @@ class LatestSlot(Generic[T]):
             self._cond.notify()
 
     def take(self, timeout: float) -> T | None:
+        """Return the newest item and empty the slot, or None after ``timeout`` s (at once when closed)."""
         with self._cond:
             if self._item is None and not self._closed:
                 self._cond.wait(timeout)
@@ -102,6 +105,7 @@ class LatestSlot(Generic[T]):
             return item
 
     def close(self) -> None:
+        """Wake every waiting taker; later takes return at once."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -109,6 +113,8 @@ class LatestSlot(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class StationIdentity:
+    """Which lane of which station at which site the events come from."""
+
     site: str
     station_id: str
     lane: str
@@ -127,6 +133,8 @@ class Decided:
 
 @dataclass(slots=True)
 class PipelineSettings:
+    """Timings and limits of the pipeline's threads and their supervision."""
+
     thermal_stale_s: float = 2.0
     command_ttl_s: float = 0.5
     inbox_size: int = 256
@@ -191,11 +199,12 @@ class StageHealth:
         self._in_a_row = 0
 
     def snapshot(self) -> dict[str, Any]:
+        """Return the stage's state, restarts, failures per kind and last crash, for status and MQTT."""
         return {"state": self.state, "restarts": self.restarts, "errors": self.errors.snapshot(), "last_crash": self.last_crash}
 
 
 def health_summary(stages: dict[str, dict[str, Any]], *, alive: bool) -> dict[str, Any]:
-    """Stage snapshots with their totals; ``state`` is ok, degraded (restarted or failing items) or failed."""
+    """Return the stage snapshots with their totals; ``state`` is ok, degraded (restarted or failing items) or failed."""
     given_up = [name for name, h in stages.items() if h["state"] == "given_up"]
     restarts = sum(int(h["restarts"]) for h in stages.values())
     errors = sum(sum(h["errors"].values()) for h in stages.values())
@@ -226,13 +235,15 @@ class StageSupervisor:
         self.thread = threading.Thread(target=self._run, name=thread_name or f"station-{name}", daemon=True)
 
     def start(self) -> None:
+        """Start the stage's thread."""
         self.thread.start()
 
     def alive(self) -> bool:
+        """Return True while the thread runs and the supervisor has not given the stage up."""
         return self.thread.is_alive() and self.health.state != "given_up"
 
     def _run(self) -> None:
-        recent = 0  # restarts since the last quiet window: sets the back-off
+        backoff = Backoff(self.settings.restart_backoff_s, self.settings.restart_backoff_max_s)
         last_crash_t: float | None = None
         while True:
             self.health.state = "running"
@@ -254,22 +265,21 @@ class StageSupervisor:
                     )
                     return
                 if last_crash_t is None or now - last_crash_t >= self.settings.restart_window_s:
-                    recent = 0
+                    backoff.reset()  # a quiet window: the next restart waits the shortest time again
                 last_crash_t = now
-                backoff = min(self.settings.restart_backoff_s * (2**recent), self.settings.restart_backoff_max_s)
-                recent += 1
+                delay = backoff.next()
                 self.health.restarts += 1
                 self.health.state = "restarting"
                 log.error(
                     "pipeline stage crashed, restarting stage=%s restart=%d backoff_s=%.2f",
                     self.name,
                     self.health.restarts,
-                    backoff,
+                    delay,
                     exc_info=exc,
                 )
                 # On stop the wait ends at once and the loop runs again only to finish (the executor
                 # drains what the lane decided; the other loops return at their first stop check).
-                self._stop.wait(backoff)
+                self._stop.wait(delay)
                 continue
             self.health.state = "stopped"
             return
@@ -333,12 +343,14 @@ class Pipeline:
         self.last_decided: Decided | None = None
 
     def add_listener(self, fn: Callable[[Decided], None]) -> None:
+        """Call ``fn`` (on the executor thread) after each decision was recorded and the gate acted."""
         self._listeners.append(fn)
 
     # -- lifecycle --------------------------------------------------------------------------------
     STAGES = ("executor", "lane", "thermal", "face", "code", "camera")  # started in this order
 
     def start(self) -> None:
+        """Start every stage under its supervisor, consumers first."""
         self._last_thermal_t = self.clock.monotonic()
         loops: dict[str, Callable[[], None]] = {
             "executor": self._executor_loop,
@@ -367,11 +379,11 @@ class Pipeline:
         self._supervisors.clear()
 
     def alive(self) -> bool:
-        """Every stage is running (or being restarted within its limit); False once one is given up."""
+        """Return True while every stage runs (or is being restarted within its limit); False once one is given up."""
         return bool(self._supervisors) and all(s.alive() for s in self._supervisors)
 
     def health(self) -> dict[str, Any]:
-        """Per stage: state, in-process restarts, contained failures per kind (status, MQTT state)."""
+        """Return per stage: state, in-process restarts, contained failures per kind (status, MQTT state)."""
         return health_summary({name: h.snapshot() for name, h in self.stage_health.items()}, alive=self.alive())
 
     # -- producers --------------------------------------------------------------------------------
@@ -415,7 +427,7 @@ class Pipeline:
             health.ok()
 
     def _faces_in(self, frame: VisibleFrame, last: FaceObservation | None) -> FaceObservation | None:
-        """Detect (or re-use) the faces of one frame and offer them to the lane; returns the last detection."""
+        """Detect (or re-use) the faces of one frame and offer them to the lane; return the last detection."""
         h, w = frame.image.shape[:2]
         if last is not None and not self.frame_gate.should_detect(frame.image, frame.t):
             # Same scene as the last detected frame: its faces still hold (no crops from this frame).
@@ -466,7 +478,8 @@ class Pipeline:
 
         A verifier that also looks at the pixels (the colour-on-screen fallback, or the judge that
         wraps it) gets the frame and the code's box through ``verify_in_frame``. A verifier that
-        raises decides too: ``invalid``/``verifier_error`` (never passed on to a laxer verifier)."""
+        raises decides too: ``invalid``/``verifier_error`` (never passed on to a laxer verifier).
+        """
         verdict: CodeVerdict | None = None
         for verifier in self.verifiers:
             try:
@@ -587,7 +600,7 @@ class Pipeline:
             log.exception("gate safe state failed after a decision error")
 
     def _retry_unrecorded(self) -> bool:
-        """Write kept events, oldest first; True when none is left."""
+        """Write kept events, oldest first; return True when none is left."""
         while self._unrecorded:
             event, result = self._unrecorded[0]
             try:
@@ -688,6 +701,7 @@ class Pipeline:
                 log.exception("decision listener failed listener=%r", fn)
 
     def stats(self) -> dict[str, Any]:
+        """Return the lane's counters: frames, decodes, decisions, drops, restarts, unrecorded events, counts."""
         with self.counters.lock:
             out: dict[str, Any] = dict(self.counters.values)
         out["stage_restarts"] = sum(h.restarts for h in self.stage_health.values())

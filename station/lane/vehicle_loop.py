@@ -30,14 +30,17 @@ from typing import Any
 from station.domain.model import VisibleFrame
 from station.domain.vehicles import VehicleEvent, VehicleLane
 from station.lane.pipeline import LatestSlot, PipelineSettings, StageHealth, StageSupervisor
+from station.ports import PlateReader
 
 log = logging.getLogger("station.vehicles")
 
 
 class PlateLoop:
+    """The plate thread: reads the newest frame's plates at most ``max_rate_hz`` and records each vehicle event."""
+
     def __init__(
         self,
-        reader: Any,
+        reader: PlateReader,
         lane: VehicleLane,
         *,
         max_rate_hz: float = 5.0,
@@ -65,17 +68,20 @@ class PlateLoop:
         self.read_ms: float | None = None
 
     def add_listener(self, fn: Callable[[VehicleEvent], None]) -> None:
+        """Call ``fn`` (on the plate thread) with every vehicle event, after it was recorded."""
         self._listeners.append(fn)
 
     def offer(self, frame: VisibleFrame) -> None:
-        """Called from the camera loop: keep only the newest frame."""
+        """Take a frame from the camera loop, keeping only the newest (never works on the camera thread)."""
         self._slot.put(frame)
 
     def start(self) -> None:
+        """Start the plate thread under its supervisor."""
         self._supervisor = StageSupervisor("plates", self._run, self.health, self._settings, self._stop, self._clock)
         self._supervisor.start()
 
     def stop(self) -> None:
+        """Stop the plate thread and wait for it (at most 5 s)."""
         self._stop.set()
         self._slot.close()
         if self._supervisor is not None:
@@ -84,6 +90,7 @@ class PlateLoop:
                 log.error("plate thread did not stop")
 
     def alive(self) -> bool:
+        """Return True while the plate thread runs and has not been given up."""
         return self._supervisor is not None and self._supervisor.alive()
 
     def _run(self) -> None:
@@ -132,6 +139,7 @@ class PlateLoop:
                 log.exception("vehicle listener failed listener=%r", fn)
 
     def stats(self) -> dict[str, Any]:
+        """Return the reads, events per kind, errors, read time, last event, dropped frames and stage health."""
         return {
             **dict(self.counts),
             "read_ms": self.read_ms,

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from station.domain.model import FaceDetection
+from station.ports import FaceDetector, PlateReader
 
 log = logging.getLogger("station.lane.vision")
 
@@ -34,19 +34,21 @@ class UnavailableFaceDetector:
         self.state = f"degraded: {reason}"
 
     def warm_up(self) -> float:
+        """Return 0 ms: there is nothing to warm up."""
         return 0.0
 
     def detect(self, image: np.ndarray) -> list[FaceDetection]:
+        """Return no faces, so the lane never opens a screening."""
         return []
 
 
-def detector_state(detector: Any) -> str:
-    """``"ok"`` or ``"degraded: <reason>"`` for any face detector."""
+def detector_state(detector: object) -> str:
+    """Return ``"ok"`` or ``"degraded: <reason>"`` for any face detector."""
     return str(getattr(detector, "state", OK))
 
 
-def build_face_detector(face: str, models_dir: Path, *, score_threshold: float = 0.7, threads: int = 1) -> Any:
-    """The configured face detector, or an ``UnavailableFaceDetector`` saying what is wrong."""
+def build_face_detector(face: str, models_dir: Path, *, score_threshold: float = 0.7, threads: int = 1) -> FaceDetector:
+    """Build the configured face detector, or an ``UnavailableFaceDetector`` saying what is wrong."""
     if face == "haar":
         from drivers.detect.haar import HaarFaceDetector, HaarUnavailableError
 
@@ -75,8 +77,10 @@ def build_face_detector(face: str, models_dir: Path, *, score_threshold: float =
         return UnavailableFaceDetector(face, reason)
 
 
-def build_plate_reader(models_dir: Path, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7) -> tuple[Any, str]:
-    """(plate reader or None, state): the same checks as the face detector's."""
+def build_plate_reader(
+    models_dir: Path, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7
+) -> tuple[PlateReader | None, str]:
+    """Build the plate reader and say its state: (reader or None, ``"ok"`` or ``"degraded: <reason>"``), checked like the face detector."""
     from station.models import ManifestError, ModelNotFoundError, path_for
 
     try:
