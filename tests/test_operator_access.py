@@ -95,6 +95,9 @@ def test_cross_site_origin_is_refused_for_reads_and_pin_actions(rig: Rig) -> Non
         "/api/override/open-gate", content=b'{"pin": "' + b"1" * 100_000 + b'"}', headers={"Content-Type": "application/json"}
     )
     assert huge.status_code == 413, "request bodies are capped"
+    for origin in ("http://[", "http://[::1", "null", ""):  # "http://[" once made urlsplit raise (a 500)
+        r = client.get("/api/status", headers={"Origin": origin})
+        assert r.status_code == 403 and r.json()["reason"] == "cross_origin", origin
 
 
 def test_token_needed_beyond_loopback_cookie_after_first_visit(rig: Rig, tmp_path: Path) -> None:
@@ -110,6 +113,8 @@ def test_token_needed_beyond_loopback_cookie_after_first_visit(rig: Rig, tmp_pat
     assert client.get("/api/status", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     first = client.get(f"/kiosk?token={token}&lang=en", follow_redirects=False)
     assert first.status_code == 303 and first.headers["location"] == "/kiosk?lang=en", "the token leaves the address bar"
+    odd = client.get(f"/caf\u00e9 \u20ac?token={token}", follow_redirects=False)
+    assert odd.status_code == 303 and odd.headers["location"] == "/caf%C3%A9%20%E2%82%AC", "a header carries any path, encoded"
     assert "HttpOnly" in first.headers["set-cookie"] and "SameSite=Strict" in first.headers["set-cookie"]
     assert client.get("/api/status").status_code == 200, "the cookie carries it from now on"
     assert client.get("/").status_code == 200

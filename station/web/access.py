@@ -23,7 +23,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -38,6 +38,7 @@ OPEN_PATHS = frozenset({"/healthz", "/favicon.ico"})
 
 
 def is_loopback(listen: str) -> bool:
+    """Return whether the listen address ``listen`` is reachable only from this box."""
     try:
         return ipaddress.ip_address(listen).is_loopback
     except ValueError:
@@ -45,7 +46,7 @@ def is_loopback(listen: str) -> bool:
 
 
 def load_token(data_dir: Path) -> str:
-    """The operator page's token from ``data_dir``, created (0600, 32 random bytes, URL-safe base64) if absent."""
+    """Return the operator page's token from ``data_dir``, created (0600, 32 random bytes, URL-safe base64) if absent."""
     token = private_secret(Path(data_dir) / TOKEN_NAME, lambda: secrets.token_urlsafe(32))
     if len(token) < 16:
         raise ValueError(f"{Path(data_dir) / TOKEN_NAME}: the token is too short (delete the file to make a new one)")
@@ -53,7 +54,7 @@ def load_token(data_dir: Path) -> str:
 
 
 def host_name(host_header: str) -> str | None:
-    """The name in a ``Host`` header without its port ([v6] unbracketed), lower case; None if malformed."""
+    """Return the name in a ``Host`` header without its port ([v6] unbracketed), lower case; None if malformed."""
     host = host_header.strip().lower()
     if not host or len(host) > 255:
         return None
@@ -75,6 +76,7 @@ class AccessPolicy:
     refused: dict[str, int] = field(default_factory=dict)
 
     def host_ok(self, host_header: str) -> bool:
+        """Return whether ``Host`` names an address literal, ``localhost`` or an allowed host (no DNS rebinding)."""
         name = host_name(host_header)
         if name is None:
             return False
@@ -87,19 +89,24 @@ class AccessPolicy:
             return False
 
     def origin_ok(self, origin: str | None, host_header: str, fetch_site: str | None) -> bool:
+        """Return whether the browser marks the request as same-origin (or sends no mark at all)."""
         if fetch_site is not None and fetch_site not in ("same-origin", "none"):
             return False
         if origin is None:
             return True
-        parts = urlsplit(origin)
+        try:
+            parts = urlsplit(origin)
+        except ValueError:  # "http://[": a header no browser sends is refused, not a server error
+            return False
         return parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.strip().lower()
 
     def token_ok(self, supplied: str | None) -> bool:
+        """Return whether ``supplied`` is the token (compared in constant time), or none is needed."""
         return self.token is None or (supplied is not None and hmac.compare_digest(supplied.encode(), self.token.encode()))
 
 
 class OperatorAccess:
-    """Pure ASGI wrapper around the operator app applying :class:`AccessPolicy` to every request."""
+    """Apply :class:`AccessPolicy` to every request of the operator app (a pure ASGI wrapper)."""
 
     def __init__(self, app: ASGIApp, policy: AccessPolicy) -> None:
         self.app = app
@@ -107,6 +114,7 @@ class OperatorAccess:
         self.failures = FailureLog(log, "operator page access", interval_s=60.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an allowed request to the app; answer any other with 421/403/401 and count it."""
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
@@ -128,7 +136,7 @@ class OperatorAccess:
         if from_query is not None and scope["method"] == "GET" and policy.token_ok(from_query):
             # First visit from the kiosk URL: keep the token in a cookie, drop it from the address bar.
             rest = urlencode([(k, v) for k, v in params if k != "token"])
-            location = scope["path"] + (f"?{rest}" if rest else "")
+            location = quote(scope["path"]) + (f"?{rest}" if rest else "")  # a header is latin-1; a path may not be
             secure = "; Secure" if scope.get("scheme") == "https" else ""
             await send(
                 {

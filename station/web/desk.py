@@ -54,6 +54,8 @@ class ActionRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DeskSettings:
+    """The operator page's settings from ``[http]`` and the screening policy (see ``station.config``)."""
+
     language: str = "zh"
     pin_hash: str = ""
     pin_max_failures: int = 5
@@ -65,6 +67,7 @@ class DeskSettings:
 
 
 def decision_message(d: Decided) -> dict[str, Any]:
+    """Return what the page shows of a decision (no face, no code payload)."""
     e = d.event
     return {
         "event_id": e.event_id,
@@ -80,7 +83,7 @@ def decision_message(d: Decided) -> dict[str, Any]:
 
 
 def start_of_today(now_wall: float) -> float:
-    """Local midnight: "today's counts" follow the clock on the wall where the operator stands."""
+    """Return the local midnight before ``now_wall``: "today" follows the clock where the operator stands."""
     local = dt.datetime.fromtimestamp(now_wall).astimezone()
     return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
@@ -137,6 +140,7 @@ class OperatorDesk:
 
     # -- live events ------------------------------------------------------------------------------
     def subscribe(self) -> asyncio.Queue[str | None]:
+        """Return a new page's queue of SSE messages (``None`` ends the stream); call on its event loop."""
         q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
         with self._lock:
             self._subs.add((asyncio.get_running_loop(), q))
@@ -144,10 +148,12 @@ class OperatorDesk:
         return q
 
     def unsubscribe(self, q: asyncio.Queue[str | None]) -> None:
+        """Stop sending to a page's queue (the page went away)."""
         with self._lock:
             self._subs = {s for s in self._subs if s[1] is not q}
 
     def subscribers(self) -> int:
+        """Return how many pages are connected."""
         with self._lock:
             return len(self._subs)
 
@@ -186,6 +192,7 @@ class OperatorDesk:
 
     # -- reads ------------------------------------------------------------------------------------
     def counts_today(self) -> dict[str, Any]:
+        """Return today's decision counts, grouped as the page shows them, and the direction counts."""
         by = self.store.counts(since_ts=start_of_today(self.wall()))
         return {
             "total": sum(by.values()),
@@ -199,9 +206,11 @@ class OperatorDesk:
         }
 
     def alarms(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Return today's latest ``limit`` alarms with their acknowledgements."""
         return list(self.store.alarms(limit=limit, since_ts=start_of_today(self.wall())))
 
     def status(self) -> dict[str, Any]:
+        """Return everything the page draws: identity, devices, counts, last decision, alarms, PIN state."""
         alarms = self.alarms()
         return {
             "station": dict(self.identity),
@@ -265,6 +274,7 @@ class OperatorDesk:
         return who or "operator"
 
     def acknowledge(self, event_id: str, operator: str, pin: str) -> dict[str, Any]:
+        """Acknowledge the alarm ``event_id`` (PIN checked, audited); raise :class:`ActionRefused` if refused."""
         who = self._who(operator)
         event = self.store.event(event_id)
         if event is None or not event.get("alarm"):
@@ -277,6 +287,10 @@ class OperatorDesk:
         return ack
 
     def open_gate(self, operator: str, pin: str) -> dict[str, Any]:
+        """Open the gate by hand through the remote-command path (PIN checked, audited).
+
+        Raise :class:`ActionRefused` when the PIN, the budgets or the gate refuse.
+        """
         who = self._who(operator)
         self._authorise("open_gate", who, pin, None, override=True)
         corr = f"operator-{uuid.uuid4().hex}"
@@ -293,6 +307,11 @@ class OperatorDesk:
         return {**result, "operator": who, "audit_row": rowid}
 
     def recheck(self, event_id: str, clinical_c: Any, operator: str, pin: str) -> dict[str, Any]:
+        """Record a clinical thermometer reading against screening ``event_id`` (PIN checked, audited).
+
+        Raise :class:`ActionRefused` for an unknown event, a value that is not a plausible body
+        temperature, or a refused PIN.
+        """
         who = self._who(operator)
         event = self.store.event(event_id)
         if event is None:

@@ -60,20 +60,25 @@ class LiveView:
 
     # -- taps (pipeline threads: swap a reference, nothing more) --------------------------------
     def offer_frame(self, frame: VisibleFrame) -> None:
+        """Keep ``frame`` as the picture to encode next (pipeline tap)."""
         self._frame = frame
 
     def offer_faces(self, obs: FaceObservation) -> None:
+        """Keep ``obs`` as the face boxes to draw (pipeline tap)."""
         self._faces = obs
 
     def offer_thermal(self, frame: ThermalFrame) -> None:
+        """Keep ``frame`` as the thermal overlay to draw (pipeline tap)."""
         self._thermal = frame
 
     # -- encoder -----------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the encoder thread (it encodes only while someone watches)."""
         self._thread = threading.Thread(target=self._run, name="station-web-mjpeg", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the encoder and end every stream."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -81,6 +86,7 @@ class LiveView:
             self._thread.join(5.0)
 
     def stats(self) -> dict[str, Any]:
+        """Return the viewer and frame counters."""
         return {
             "viewers": self.viewers,
             "encoded": self.seq,
@@ -109,7 +115,7 @@ class LiveView:
             self._stop.wait(max(0.0, self.period - (self.clock() - t0)))
 
     def render(self, frame: VisibleFrame | None) -> bytes:
-        """The frame with thermal overlay and face boxes, downscaled to ``width``, as JPEG."""
+        """Return the frame with thermal overlay and face boxes, downscaled to ``width``, as JPEG."""
         if frame is None:
             img: np.ndarray = np.full((self.width * 3 // 4, self.width, 3), 40, np.uint8)
             cv2.putText(
@@ -162,12 +168,15 @@ class LiveView:
 
     # -- viewers (the web server's event loop) -----------------------------------------------------
     def latest(self) -> tuple[int, bytes]:
+        """Return the newest JPEG and its sequence number (0 and empty before the first)."""
         with self._cond:
             return self.seq, self._jpeg
 
     async def stream(self) -> AsyncIterator[bytes]:
-        """multipart/x-mixed-replace parts, newest JPEG each time, until the viewer leaves (Starlette
-        cancels the generator) or the encoder stops."""
+        """Yield multipart/x-mixed-replace parts, the newest JPEG each time.
+
+        Ends when the viewer leaves (Starlette cancels the generator) or the encoder stops.
+        """
         self.viewers += 1
         try:
             last = 0

@@ -27,7 +27,7 @@ PIN_MIN_DIGITS_LEGACY = 4  # PINs set before the 6-digit rule still verify
 
 
 def hash_pin(pin: str, *, salt: bytes | None = None, iterations: int = ITERATIONS) -> str:
-    """``pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>`` for a new ``pin`` (6-12 digits)."""
+    """Return ``pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>`` for a new ``pin`` (6-12 digits)."""
     check_pin_text(pin)
     salt = salt if salt is not None else secrets.token_bytes(16)
     digest = hashlib.pbkdf2_hmac("sha256", pin.encode("utf-8"), salt, iterations)
@@ -35,7 +35,7 @@ def hash_pin(pin: str, *, salt: bytes | None = None, iterations: int = ITERATION
 
 
 def verify_pin(pin: str, stored: str) -> bool:
-    """Does ``pin`` match the stored hash? False for an empty or malformed hash (nothing matches)."""
+    """Return whether ``pin`` matches the stored hash; False for an empty or malformed hash (nothing matches)."""
     try:
         algo, iterations, salt_hex, digest_hex = stored.split("$")
         if algo != ALGO or not 1 <= int(iterations) <= 10_000_000 or len(pin) > 64:
@@ -53,7 +53,7 @@ def check_pin_text(pin: str) -> None:
 
 
 def pin_is_short(pin: str) -> bool:
-    """A PIN that verified but is shorter than new PINs may be (set before the 6-digit rule)."""
+    """Return whether a PIN that verified is shorter than new PINs may be (set before the 6-digit rule)."""
     return len(pin) < PIN_MIN_DIGITS
 
 
@@ -67,8 +67,9 @@ class Attempt:
 
 
 class PinGuard:
-    """Locks PIN actions after ``max_failures`` wrong PINs in a row and allows at most ``per_min``
-    overrides in any 60 s. One guard per station: the kiosk is one screen.
+    """Lock PIN actions after ``max_failures`` wrong PINs in a row; allow at most ``per_min`` overrides in any 60 s.
+
+    One guard per station: the kiosk is one screen.
 
     An attempt takes its slot under the lock *before* the PIN is hashed (counted as a failure until
     it proves right), so parallel requests cannot each get a guess while the first is hashing. Each
@@ -91,7 +92,7 @@ class PinGuard:
         self.evaluated = 0  # attempts granted a check (tests and status)
 
     def locked_for(self) -> float:
-        """Seconds the lock still holds (0 = not locked)."""
+        """Return the seconds the lock still holds (0 = not locked)."""
         with self._lock:
             return max(0.0, self._locked_until - self.clock())
 
@@ -114,22 +115,23 @@ class PinGuard:
             return Attempt(True, self.max_failures - self._failures)
 
     def lock_duration(self, lockouts: int) -> float:
+        """Return how long the ``lockouts``-th lock in a row lasts: doubling from ``lock_s`` up to ``max_lock_s``."""
         return min(self.max_lock_s, self.lock_s * 2.0 ** min(max(lockouts - 1, 0), 30))
 
     def failed(self) -> int:
-        """Count a wrong PIN without a slot taken first (legacy callers); attempts left (0 = now locked)."""
+        """Count a wrong PIN without a slot taken first (legacy callers); return attempts left (0 = now locked)."""
         attempt = self.begin()
         return attempt.left if attempt.granted else 0
 
     def succeeded(self) -> None:
-        """The attempt's PIN was right: its slot is given back, the failure count and lock history cleared."""
+        """Record that the attempt's PIN was right: give its slot back, clear the failure count and lock history."""
         with self._lock:
             self._failures = 0
             self._lockouts = 0
             self._locked_until = 0.0
 
     def take_override(self) -> bool:
-        """Use one override from the per-minute budget; False when it is spent."""
+        """Use one override from the per-minute budget; return False when it is spent."""
         now = self.clock()
         with self._lock:
             while self._overrides and self._overrides[0] <= now - 60.0:
@@ -141,6 +143,7 @@ class PinGuard:
 
 
 def main() -> None:
+    """Ask for a new PIN twice and print the ``http.pin_hash`` line for it."""
     pin = getpass.getpass(f"operator PIN ({PIN_MIN_DIGITS}-12 digits): ")
     if pin != getpass.getpass("again: "):
         sys.exit("the two PINs differ")
