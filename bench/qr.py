@@ -148,7 +148,7 @@ def real_photos(rs: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(quick: bool = False, per_condition: int | None = None) -> dict[str, Any]:
-    """The whole QR benchmark as one JSON-able dict (``bench/__main__.py`` includes it)."""
+    """Run the whole QR benchmark; return it as one JSON-able dict (``bench/__main__.py`` includes it)."""
     n = per_condition or (8 if quick else 30)
     t0 = time.perf_counter()
     scenes = scene_set(n)
@@ -183,7 +183,7 @@ def run(quick: bool = False, per_condition: int | None = None) -> dict[str, Any]
 
 
 def table(result: dict[str, Any]) -> str:
-    """The decoder comparison as a markdown table (for the README)."""
+    """Return the decoder comparison as a markdown table (for the README)."""
     conds = [c for c in CONDITIONS if c != "none"]
     head = "| decoder | decoded | rate | false reads | median ms | p95 ms | median ms, no code | " + " | ".join(conds) + " |"
     rows = [head, "|" + "---|" * (7 + len(conds))]

@@ -58,7 +58,7 @@ class QrScene:
 
 
 def hc1_like_payload(rng: np.random.Generator) -> bytes:
-    """An ``HC1:`` string of Base45 characters the length of a signed colour code (not a valid signature)."""
+    """Return an ``HC1:`` string of Base45 characters the length of a signed colour code (not a valid signature)."""
     n = int(rng.integers(200, 220))
     return ("HC1:" + "".join(BASE45[i] for i in rng.integers(0, len(BASE45), n))).encode("ascii")
 
@@ -80,11 +80,12 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
     rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    rot: np.ndarray = rz @ ry @ rx
+    return rot
 
 
 def _background(rng: np.random.Generator, busy: bool) -> np.ndarray:
-    """A gate-like backdrop: smooth light field, shapes, a head-and-shoulders blob; ``busy`` adds code-like clutter."""
+    """Draw a gate-like backdrop: smooth light field, shapes, a head-and-shoulders blob; ``busy`` adds code-like clutter."""
     w, h = FRAME
     low = rng.integers(60, 200, size=(6, 8, 3)).astype(np.uint8)
     img = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
@@ -117,7 +118,7 @@ def _background(rng: np.random.Generator, busy: bool) -> np.ndarray:
 def _phone_texture(
     payload: bytes | None, colour: str, dark: bool, module_px: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """The phone's screen and bezel as an image; returns it, its pixels per metre, and where the QR centre is (px)."""
+    """Draw the phone's screen and bezel; return the image, its pixels per metre, and where the QR centre is (px)."""
     if payload is not None:
         modules = qr_modules(payload)
         n = modules.shape[0]
@@ -183,7 +184,7 @@ def _place_phone(
         q = rot @ p + np.array([X, Y, distance])
         src.append((u, v))
         dst.append((f * q[0] / q[2] + cx, f * q[1] / q[2] + cy))
-    H = cv2.getPerspectiveTransform(np.float32(src), np.float32(dst))
+    H = cv2.getPerspectiveTransform(np.array(src, dtype=np.float32), np.array(dst, dtype=np.float32))
     size = (canvas.shape[1], canvas.shape[0])
     lit = np.clip(tex.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
     warped = cv2.warpPerspective(lit, H, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
@@ -232,14 +233,15 @@ def _camera(canvas: np.ndarray, rng: np.random.Generator, blur: str | None) -> n
         kernel = np.zeros((k, k), np.float32)
         kernel[k // 2, :] = 1.0 / k
         rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
-        kernel = cv2.warpAffine(kernel, rot, (k, k))
+        kernel = np.asarray(cv2.warpAffine(kernel, rot, (k, k)), dtype=np.float32)  # already float32: no copy
         kernel /= max(kernel.sum(), 1e-6)
         img = cv2.filter2D(img, -1, kernel)
     noisy = img.astype(np.float32) + rng.normal(0.0, rng.uniform(1.5, 4.0), img.shape)
     img = np.clip(noisy, 0, 255).astype(np.uint8)
     ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 93))])
-    assert ok
-    return cv2.imdecode(jpg, cv2.IMREAD_COLOR)
+    decoded = cv2.imdecode(jpg, cv2.IMREAD_COLOR)
+    assert ok and decoded is not None
+    return decoded
 
 
 def render_scene(index: int, condition: str, seed: int = 5) -> QrScene:

@@ -99,9 +99,11 @@ def matched(found: list[Any], reference: list[Any], iou_min: float = 0.3) -> int
 
 
 def face_accuracy(detectors: dict[str, Any], reference: Any = None) -> dict[str, Any]:
-    """Count-based recall/precision per detector; with ``reference`` (a detector whose counts match
-    every label) also box-matched figures against its boxes, which catch a miss hidden by a false
-    positive on the same photo."""
+    """Return count-based recall/precision per detector on the labelled photos.
+
+    With ``reference`` (a detector whose counts match every label) also box-matched figures against
+    its boxes, which catch a miss hidden by a false positive on the same photo.
+    """
     import cv2
 
     rows = _labels("faces")
@@ -148,17 +150,20 @@ def plate_accuracy(reader: Any) -> dict[str, Any]:
 
 
 def _rss_mb() -> float:
-    """Current resident set size (not the peak), MB, from /proc."""
+    """Return the current resident set size (not the peak), MB, from /proc."""
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 1e6, 1)
 
 
 def _plate_frame_640x480() -> np.ndarray:
-    """A 640×480 frame with a real plate in it: the test photo of a yellow plate, letterboxed."""
+    """Return a 640×480 frame with a real plate in it: the test photo of a yellow plate, letterboxed."""
     import cv2
 
-    img = cv2.imread(str(SHARED_IMAGES / "plates" / "zeusees-11.jpg"), cv2.IMREAD_COLOR)
+    path = SHARED_IMAGES / "plates" / "zeusees-11.jpg"
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"plate test photo missing or unreadable: {path}")
     frame = np.zeros((480, 640, 3), dtype=np.uint8)
     h, w = img.shape[:2]
     s = min(640 / w, 480 / h)
@@ -168,8 +173,10 @@ def _plate_frame_640x480() -> np.ndarray:
 
 
 def pipeline_rate(people: int = 4) -> dict[str, Any]:
-    """The whole pipeline on the demo devices with the camera asked for 60 fps: frames the face thread
-    actually processed per second (the scene renderer and the thermal emulator share the machine)."""
+    """Measure the frames per second the face thread processes, the whole pipeline on the demo devices.
+
+    The camera is asked for 60 fps; the scene renderer and the thermal emulator share the machine.
+    """
     import tempfile
 
     from sim.demo import DemoRun
@@ -240,7 +247,12 @@ def vision(repeat: int = 50, threads: int = 1, accuracy: bool = True) -> dict[st
         "face_track_per_frame_ms": median_ms(per_frame, repeat, ndigits=2),
     }
     face_ms = out["face_track_per_frame_ms"]
-    both_ms = median_ms(lambda: (per_frame(), plates.read(plate_frame)), max(10, repeat // 2), ndigits=2)
+
+    def per_frame_with_plate() -> None:
+        per_frame()
+        plates.read(plate_frame)
+
+    both_ms = median_ms(per_frame_with_plate, max(10, repeat // 2), ndigits=2)
     out["pipeline_fps_person_lane"] = round(1000.0 / face_ms, 1)
     out["pipeline_fps_vehicle_lane"] = round(1000.0 / both_ms, 1)
     try:

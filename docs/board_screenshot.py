@@ -1,5 +1,7 @@
-"""Regenerate docs/board.png: three demo stations at walking pace, one of them killed, the board in
-headless Chromium while people (faces blurred by the stations) stand at the other two.
+"""Regenerate docs/board.png: the command-centre board watching three demo stations, one of them killed.
+
+The stations run at walking pace; the board is shot in headless Chromium while people (faces
+blurred by the stations) stand at the two that are alive.
 
     .venv/bin/python docs/board_screenshot.py [--out docs/board.png]
 

@@ -152,7 +152,7 @@ def deep(depth: int, kind: str) -> Any:
 
 
 def deep_cbor(depth: int, kind: str) -> bytes:
-    """Encoded nesting deeper than cbor2 will encode (it stops at 400): one-element arrays, maps or tag-18 chains."""
+    """Return encoded nesting deeper than cbor2 will encode (it stops at 400): one-element arrays, maps or tag-18 chains."""
     head = {"list": b"\x81", "map": b"\xa1\x01", "tag": b"\xd2"}[kind]
     return head * depth + b"\x00"
 
@@ -167,7 +167,7 @@ def _dumps(value: Any) -> bytes:
 
 @functools.lru_cache(maxsize=1)
 def cbor_bytes() -> st.SearchStrategy[bytes]:
-    """Encoded CBOR: any value, deep nesting, or raw bytes (not CBOR at all)."""
+    """Generate encoded CBOR: any value, deep nesting, or raw bytes (not CBOR at all)."""
     return st.one_of(
         cbor_values().map(_dumps),
         st.tuples(st.integers(380, 420) | st.integers(1000, 3000), st.sampled_from(["list", "map", "tag"])).map(lambda dk: deep_cbor(*dk)),
@@ -206,7 +206,7 @@ def _good_claims(draw: Any) -> dict[Any, Any]:
 
 @st.composite
 def hostile_claims(draw: Any) -> Any:
-    """A CWT claims value: a good map with hostile values in some slots, an EU-style map, or no map at all."""
+    """Draw a CWT claims value: a good map with hostile values in some slots, an EU-style map, or no map at all."""
     how = draw(st.sampled_from(["slots", "slots", "slots", "eu", "not_a_map", "good"]))
     if how == "not_a_map":
         return draw(cbor_values())
@@ -368,7 +368,7 @@ B45_NOISE = st.sampled_from(["a", "{", "\u00e9", "\x00", "=", "~", "::", " ", "\
 
 @st.composite
 def hc1_cases(draw: Any) -> Hc1Case:
-    """A whole ``HC1:`` payload: a COSE container (or any CBOR) through zlib, Base45 and the prefix, each layer mutated."""
+    """Draw a whole ``HC1:`` payload: a COSE container (or any CBOR) through zlib, Base45 and the prefix, each layer mutated."""
     what = draw(st.sampled_from(["cose"] * 8 + ["cbor", "bomb"]))
     signed: tuple[bytes, bytes, bytes] | None = None
     if what == "cose":
@@ -418,7 +418,7 @@ class PropertyBroken(AssertionError):
 
 
 def check_hc1(case: Hc1Case, verdict: CodeVerdict, now: float = NOW) -> str:
-    """The properties every HC1 verdict must hold; returns the reason."""
+    """Check the properties every HC1 verdict must hold; return the reason."""
     if not isinstance(verdict, CodeVerdict) or verdict.reason not in hc1.REASONS:
         raise PropertyBroken(f"not a verdict with a known reason: {verdict!r}")
     if verdict.reason == "malformed":
@@ -482,7 +482,8 @@ def hcode1_payloads(draw: Any) -> bytes:
     elif how == "deep":
         body = b"[" * draw(st.integers(900, 5000)) + b"]" * draw(st.integers(0, 10))
     else:
-        return b"HCODE1:" + draw(st.binary(max_size=40))
+        raw: bytes = draw(st.binary(max_size=40))
+        return b"HCODE1:" + raw
     return b"HCODE1:" + base64.urlsafe_b64encode(body).rstrip(b"=")
 
 
@@ -496,7 +497,7 @@ def hct1_payloads() -> st.SearchStrategy[Any]:
 
 @st.composite
 def images(draw: Any) -> Any:
-    """A frame of any shape and dtype (or not an array), as a reader's box might sit on it."""
+    """Draw a frame of any shape and dtype (or not an array), as a reader's box might sit on it."""
     how = draw(st.sampled_from(["colour", "colour", "grey", "rgba", "float", "uint16", "int64", "empty", "1d", "none"]))
     h, w = draw(st.integers(1, 48)), draw(st.integers(1, 48))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -527,7 +528,7 @@ COORDS = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-50, 60).m
 
 @st.composite
 def judge_cases(draw: Any) -> tuple[DecodedCode, Any, Hc1Case | None]:
-    """What a reader could hand the judge: HC1, HCT1, HCODE1 payloads, random bytes or text, with a frame and box."""
+    """Draw what a reader could hand the judge: HC1, HCT1, HCODE1 payloads, random bytes or text, with a frame and box."""
     kind = draw(st.sampled_from(["hc1", "hc1", "hct1", "hcode1", "bytes", "text"]))
     case: Hc1Case | None = None
     if kind == "hc1":
@@ -547,7 +548,7 @@ def judge_cases(draw: Any) -> tuple[DecodedCode, Any, Hc1Case | None]:
 
 @functools.lru_cache(maxsize=1)
 def code_judge() -> CodeJudge:
-    """The station's chain with every verifier (the online one has no broker: it must still answer)."""
+    """Return the station's chain with every verifier (the online one has no broker: it must still answer)."""
     verifiers = [hc1_verifier(), OnlineVerifier("fuzz/station"), LocalClaimsVerifier(max_clock_skew_s=SKEW_S), ScreenColourVerifier()]
     return CodeJudge(verifiers, salt=b"f" * 32, seen=SeenCodes(None), replay_window_s=0.0)
 
@@ -610,7 +611,7 @@ def trust_entries(draw: Any) -> Any:
 
 @st.composite
 def trust_cases(draw: Any) -> TrustCase:
-    """A pushed trust-list document: signed by the trust-list key (so the entries are parsed) or not, any shape."""
+    """Draw a pushed trust-list document: signed by the trust-list key (so the entries are parsed) or not, any shape."""
     w = world()
     certificates: Any = draw(st.lists(trust_entries(), max_size=4))
     if draw(st.integers(0, 9)) == 0:
@@ -684,7 +685,7 @@ def trust_call(case: TrustCase) -> str:
 
 
 def _hc1_call(case: Hc1Case) -> str:
-    return check_hc1(case, hc1_verifier().verify(case.payload, NOW))  # type: ignore[arg-type]
+    return check_hc1(case, hc1_verifier().verify(case.payload, NOW))
 
 
 def _judge_call(value: tuple[DecodedCode, Any, Hc1Case | None]) -> str:

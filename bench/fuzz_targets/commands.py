@@ -135,9 +135,9 @@ def command_case(draw: Any) -> tuple[str, bytes]:
             ]
         )
     )
-    pick = draw(st.integers(0, 63))  # drawn every time: the draws must not depend on what was sent before
+    pick: int = draw(st.integers(0, 63))  # drawn every time: the draws must not depend on what was sent before
     if how == "replay" and _rig["accepted"]:  # a body the station already carried out, sent again
-        accepted = list(_rig["accepted"])
+        accepted: list[tuple[str, bytes]] = list(_rig["accepted"])
         return accepted[pick % len(accepted)]
     signed_for = draw(st.sampled_from(NAMES)) if how == "resigned-other" else name
     args = dict(draw(ARGS.get(signed_for, OTHER_ARGS)))
