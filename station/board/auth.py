@@ -49,7 +49,7 @@ class AuthError(ValueError):
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
-    """``scrypt$n$r$p$salt$hash`` of ``password`` with a fresh 16-byte salt."""
+    """Return ``scrypt$n$r$p$salt$hash`` of ``password`` with a fresh 16-byte salt."""
     check_password(password)
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, dklen=32, maxmem=256 * n * SCRYPT_R)
@@ -57,7 +57,7 @@ def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
 
 
 def verify_password(password: str, stored: str) -> bool:
-    """Constant-time check of ``password`` against a stored scrypt hash; False for any malformed hash."""
+    """Return whether ``password`` matches a stored scrypt hash (constant time); False for any malformed hash."""
     try:
         algo, n_text, r_text, p_text, salt_hex, digest_hex = stored.split("$")
         n, r, p = int(n_text), int(r_text), int(p_text)
@@ -78,6 +78,7 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 def check_password(password: str) -> None:
+    """Raise :class:`AuthError` for a new password shorter or longer than a board password may be."""
     if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
         raise AuthError(f"a board password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters")
 
@@ -100,13 +101,15 @@ def _write_private(path: Path, data: bytes) -> None:
 
 @dataclass(frozen=True)
 class User:
+    """One board user as the users file holds them."""
+
     name: str
     role: str
     password: str  # the stored hash
 
     @property
     def tag(self) -> str:
-        """Short fingerprint of the stored hash: a session signed under an older password is void."""
+        """Return a short fingerprint of the stored hash: a session signed under an older password is void."""
         return hashlib.sha256(self.password.encode()).hexdigest()[:16]
 
 
@@ -122,6 +125,10 @@ class UsersFile:
         self._dummy = hash_password(secrets.token_hex(16))
 
     def users(self) -> dict[str, User]:
+        """Return every valid user by name ({} without a file); raise :class:`AuthError` for a file that is not a users file.
+
+        Entries with a bad name, role or hash are skipped (logged), the rest still log in.
+        """
         try:
             st = self.path.stat()
         except FileNotFoundError:
@@ -158,10 +165,11 @@ class UsersFile:
         return out
 
     def get(self, name: str) -> User | None:
+        """Return the user called ``name``, or None."""
         return self.users().get(name)
 
     def authenticate(self, name: str, password: str) -> User | None:
-        """The user if ``password`` is theirs; None otherwise (same work for unknown names)."""
+        """Return the user if ``password`` is theirs, else None (same work for unknown names)."""
         user = self.get(name) if USER_NAME.match(name) else None
         ok = verify_password(password, user.password if user else self._dummy)
         return user if ok and user is not None else None
@@ -181,6 +189,7 @@ class UsersFile:
         self._save(users)
 
     def remove(self, name: str) -> bool:
+        """Remove a user; return False if there was none by that name."""
         users = self.users()
         if users.pop(name, None) is None:
             return False
@@ -189,7 +198,7 @@ class UsersFile:
 
 
 def load_secret(data_dir: Path) -> bytes:
-    """The session-signing secret from ``data_dir``, created (0600) if absent."""
+    """Return the session-signing secret from ``data_dir``, created (0600) if absent."""
     path = Path(data_dir) / SECRET_NAME
     text = private_secret(path, lambda: secrets.token_hex(32))
     try:
@@ -211,6 +220,8 @@ def _unb64(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class Session:
+    """A logged-in user as a valid cookie carries them."""
+
     user: str
     role: str
     sid: str
@@ -218,7 +229,7 @@ class Session:
 
 
 class Sessions:
-    """Signs and checks session cookies; remembers logged-out session ids until they would expire."""
+    """Sign and check session cookies; remember logged-out session ids until they would expire."""
 
     def __init__(self, secret: bytes, users: UsersFile, ttl_s: float = 7 * 86400.0, wall: Callable[[], float] = time.time) -> None:
         self.secret = secret
@@ -232,13 +243,14 @@ class Sessions:
         return _b64(hmac.new(self.secret, payload.encode("ascii"), hashlib.sha256).digest())
 
     def issue(self, user: User) -> tuple[str, Session]:
+        """Return a new signed cookie value for ``user`` and the session it carries."""
         session = Session(user.name, user.role, secrets.token_hex(12), self.wall() + self.ttl_s)
         body = {"u": user.name, "r": user.role, "s": session.sid, "e": int(session.expires), "t": user.tag}
         payload = _b64(json.dumps(body, separators=(",", ":")).encode("utf-8"))
         return f"{payload}.{self._sign(payload)}", session
 
     def check(self, cookie: str | None) -> Session | None:
-        """The session a cookie carries, if its signature, expiry, user, role and password tag still hold."""
+        """Return the session a cookie carries if its signature, expiry, user, role and password tag still hold; else None."""
         if not cookie or len(cookie) > 1024 or cookie.count(".") != 1:
             return None
         payload, mac = cookie.split(".")
@@ -265,6 +277,7 @@ class Sessions:
         return Session(name, user.role, sid, float(expires))
 
     def revoke(self, session: Session) -> None:
+        """End ``session`` (logout): its cookie is refused until it would have expired anyway."""
         now = self.wall()
         with self._lock:
             for sid in [s for s, exp in self._revoked.items() if exp <= now]:
@@ -273,7 +286,7 @@ class Sessions:
 
 
 def cookie_header(value: str, *, secure: bool, max_age: int) -> str:
-    """A ``Set-Cookie`` value for the session cookie (empty ``value`` + ``max_age=0`` clears it)."""
+    """Return a ``Set-Cookie`` value for the session cookie (empty ``value`` + ``max_age=0`` clears it)."""
     parts = [f"{COOKIE}={value}", "Path=/", "HttpOnly", "SameSite=Strict", f"Max-Age={max_age}"]
     if secure:
         parts.append("Secure")
@@ -281,4 +294,5 @@ def cookie_header(value: str, *, secure: bool, max_age: int) -> str:
 
 
 def describe(users: UsersFile) -> list[dict[str, Any]]:
+    """Return every user's name and role, sorted by name (never the hashes)."""
     return [{"user": u.name, "role": u.role} for u in sorted(users.users().values(), key=lambda u: u.name)]

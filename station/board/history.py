@@ -46,11 +46,15 @@ CREATE INDEX IF NOT EXISTS alarms_day ON alarms(day);
 
 
 def local_day(ts: float) -> str:
+    """Return the board's local calendar day of ``ts`` as ``YYYY-MM-DD``."""
     return time.strftime("%Y-%m-%d", time.localtime(ts))
 
 
 class BoardHistory:
-    """One SQLite file; every method is safe to call from any thread (one lock, one connection)."""
+    """Keep the board's counts and alarms in one SQLite file, shared by its replicas.
+
+    Every method is safe to call from any thread (one lock, one connection).
+    """
 
     def __init__(self, path: Path, keep_days: int = 30, *, durable: bool = True) -> None:
         self.path = Path(path)
@@ -69,13 +73,14 @@ class BoardHistory:
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
+        """Close the database."""
         with self._lock:
             self._db.close()
 
     def record_event(
         self, site: str, station: str, event_id: str, ts: float, decision: str | None, temperature_c: float | None, alarm: bool
     ) -> bool:
-        """Count one screening once; True when it was new."""
+        """Count one screening once; return True when it was new."""
         day = local_day(ts)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -109,6 +114,7 @@ class BoardHistory:
         temperature_c: float | None = None,
         detail: str | None = None,
     ) -> bool:
+        """Record one alarm once (keyed by ``key`` per station); return True when it was new."""
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO alarms(site, station, alarm_key, day, ts, kind, decision, temperature_c, detail, received_at)"
@@ -118,7 +124,7 @@ class BoardHistory:
             return cur.rowcount == 1
 
     def counts(self, day: str) -> dict[tuple[str, str], dict[str, int]]:
-        """{(site, station): {decision: n}} for one day."""
+        """Return ``{(site, station): {decision: n}}`` for one day."""
         with self._lock:
             rows = self._db.execute("SELECT site, station, decision, n FROM day_counts WHERE day = ?", (day,)).fetchall()
         out: dict[tuple[str, str], dict[str, int]] = {}
@@ -127,7 +133,7 @@ class BoardHistory:
         return out
 
     def alarms(self, day: str, per_station: int = 5) -> dict[tuple[str, str], dict[str, Any]]:
-        """{(site, station): {"count": n, "recent": [newest first, at most per_station]}} for one day.
+        """Return ``{(site, station): {"count": n, "recent": [newest first, at most per_station]}}`` for one day.
 
         Counted and cut in SQL: a station that sends thousands of alarms costs the board a count,
         not thousands of rows in memory on every refresh.

@@ -44,7 +44,7 @@ MAX_PACKET = 2 * 1024 * 1024
 
 
 def board_filters(prefix: str, share_group: str | None) -> dict[str, int]:
-    """Topic filter → QoS for the board's subscriptions."""
+    """Return topic filter → QoS for the board's subscriptions."""
     prefix = prefix.rstrip("/")
     events = f"{prefix}/+/+/events/#"
     if share_group:
@@ -58,6 +58,13 @@ def board_filters(prefix: str, share_group: str | None) -> dict[str, int]:
 
 
 class BoardSubscriber:
+    """Subscribe to every station's events and present state; hand each message to ``on_message``.
+
+    ``url`` is read by :func:`station.ops.mqtt_url.parse_mqtt_url`; ``username``/``password``
+    override the URL's user information. ``mqtts://`` verifies the broker against ``tls_ca`` or the
+    system store. ``on_message(topic, payload)`` runs on paho's thread before the PUBACK.
+    """
+
     def __init__(
         self,
         url: str,
@@ -99,7 +106,8 @@ class BoardSubscriber:
         self._client.on_subscribe = self._on_subscribe
 
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
+        """Connect in the background (paho reconnects on its own) and subscribe on every connect."""
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho's class is unannotated
         props.SessionExpiryInterval = self.session_expiry_s
         # The broker must not hand us anything bigger (MQTT 5 drops it for this client): the largest
         # payload the board reads is a 1 MiB snapshot (station/board/schema.py), the rest is far smaller.
@@ -109,11 +117,13 @@ class BoardSubscriber:
         self._client.loop_start()
 
     def stop(self) -> None:
+        """Disconnect cleanly and stop paho's thread."""
         self._client.disconnect()
         self._client.loop_stop()
         self.state = "stopped"
 
     def stats(self) -> dict[str, Any]:
+        """Return the connection state and counters (``/healthz``)."""
         return {
             "state": self.state,
             "connects": self.connects,

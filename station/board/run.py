@@ -1,4 +1,7 @@
-"""``station board``: wire the history, the state, the MQTT subscriber and the web server; run."""
+"""Build the board from its options: the history, the state, the MQTT subscriber and the web server; run it.
+
+``station/board/cli.py`` turns the command line into :class:`BoardOptions`.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ the day rolls over at midnight."""
 
 @dataclass
 class BoardOptions:
+    """Everything a board replica is configured with (the command line's options, typed)."""
+
     mqtt_url: str
     host: str = "127.0.0.1"
     port: int = 8080
@@ -45,6 +50,12 @@ class BoardOptions:
 
 
 class Board:
+    """One board replica: history, state, subscriber and web app, wired from :class:`BoardOptions`.
+
+    The constructor raises ``ValueError`` for a bad broker URL or public origin and when the users
+    file names nobody (there is no anonymous board).
+    """
+
     def __init__(self, opts: BoardOptions) -> None:
         self.opts = opts
         if opts.public_origin and not opts.public_origin.startswith(("https://", "http://")):
@@ -91,10 +102,12 @@ class Board:
                 log.exception("board history refresh failed")
 
     def start(self) -> None:
+        """Connect to the broker and start re-reading the history."""
         self.subscriber.start()
         self._refresher.start()
 
     def stop(self) -> None:
+        """Disconnect, stop the refresher and close the history."""
         self._stop.set()
         self.subscriber.stop()
         self._refresher.join(5.0)
@@ -123,7 +136,8 @@ class Board:
         server.run()
 
 
-def run_board(opts: BoardOptions) -> Any:
+def run_board(opts: BoardOptions) -> Board:
+    """Run a board until SIGINT/SIGTERM and return it (stopped)."""
     board = Board(opts)
     board.start()
     try:

@@ -4,7 +4,8 @@ A station (or anything that can publish under its topic) is not trusted: numbers
 numbers in a sane range, strings are length-limited and stripped of control and format characters
 (bidi overrides, lone surrogates), enums are checked, unknown keys are dropped. Each ``clean_*``
 function takes a decoded JSON object and returns a new dict holding only typed values (a field
-that fails its check is absent or None); none of them raises for any input.
+that fails its check is absent or None). For any input none raises anything but :class:`Dropped`,
+the verdict that the whole message is refused, with its reason.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Dropped(Exception):
 
 
 def number(v: Any, lo: float, hi: float) -> float | None:
-    """A finite int or float within [lo, hi] (bools are not numbers); else None."""
+    """Return ``v`` as a float if it is a finite int or float within [lo, hi] (bools are not numbers); else None."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     try:
@@ -55,13 +56,13 @@ def number(v: Any, lo: float, hi: float) -> float | None:
 
 
 def count(v: Any, hi: int = COUNT_MAX) -> int | None:
-    """A non-negative int up to ``hi`` (an integral float is accepted); else None."""
+    """Return ``v`` if it is a non-negative int up to ``hi`` (an integral float is accepted); else None."""
     f = number(v, 0, hi)
     return int(f) if f is not None and f == int(f) else None
 
 
 def text(v: Any, limit: int = TEXT_MAX) -> str | None:
-    """A string without control/format characters, cut to ``limit`` characters; else None."""
+    """Return ``v`` as a string without control/format characters, cut to ``limit`` characters; else None."""
     if not isinstance(v, str):
         return None
     cleaned = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in v[: limit * 4])
@@ -70,31 +71,37 @@ def text(v: Any, limit: int = TEXT_MAX) -> str | None:
 
 
 def token(v: Any) -> str | None:
+    """Return ``v`` if it is a state word such as ``connected``; else None."""
     return v if isinstance(v, str) and TOKEN.match(v) else None
 
 
 def enum(v: Any, allowed: frozenset[str]) -> str | None:
+    """Return ``v`` if it is one of ``allowed``; else None."""
     return v if isinstance(v, str) and v in allowed else None
 
 
 def event_id(v: Any) -> str | None:
+    """Return ``v`` if it looks like an event id (letters, digits, ``_.:-``, at most 80); else None."""
     return v if isinstance(v, str) and EVENT_ID.match(v) else None
 
 
 def timestamp(v: Any) -> float | None:
+    """Return ``v`` if it is a plausible decision time (:data:`TS_RANGE`); else None."""
     return number(v, *TS_RANGE)
 
 
 def temperature(v: Any) -> float | None:
+    """Return ``v`` if it is a temperature in :data:`TEMP_RANGE` (°C); else None."""
     return number(v, *TEMP_RANGE)
 
 
 def segment(v: str) -> bool:
+    """Return whether ``v`` is a valid site, station or component topic segment."""
     return bool(SEGMENT.match(v))
 
 
 def decode_object(payload: bytes, limit: int) -> dict[str, Any]:
-    """The payload as a JSON object; :class:`Dropped` with the reason otherwise."""
+    """Return the payload as a JSON object; raise :class:`Dropped` with the reason otherwise."""
     if len(payload) > limit:
         raise Dropped("too_large")
     try:
@@ -109,6 +116,7 @@ def decode_object(payload: bytes, limit: int) -> dict[str, Any]:
 
 
 def clean_status(body: dict[str, Any]) -> dict[str, Any]:
+    """Return the typed availability message (state, session, version); raise :class:`Dropped` without a known state."""
     state = enum(body.get("state"), STATUS_STATES)
     if state is None:
         raise Dropped("bad_status")
@@ -116,6 +124,7 @@ def clean_status(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def clean_outbox(body: dict[str, Any]) -> dict[str, Any]:
+    """Return the typed outbox state (depth, age, drops, link state)."""
     return {
         "pending": count(body.get("pending")),
         "alarms_pending": count(body.get("alarms_pending")),
@@ -128,6 +137,7 @@ def clean_outbox(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def clean_screening_state(body: dict[str, Any]) -> dict[str, Any]:
+    """Return the typed screening state (counts, last decision, alarm flag)."""
     alarm = body.get("alarm")
     return {
         "count_total": count(body.get("count_total")),
@@ -141,11 +151,15 @@ def clean_screening_state(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def clean_device(body: dict[str, Any]) -> dict[str, Any]:
+    """Return the typed state of one device."""
     return {"state": token(body.get("state"))}
 
 
 def clean_event(event: Any, envelope_ts: Any = None) -> dict[str, Any]:
-    """A screening (or alarm) event: id, ts, decision, temperature, alarm, reason."""
+    """Return the typed screening (or alarm) event: id, ts, decision, temperature, alarm, reason.
+
+    ``ts`` falls back to the envelope's; raise :class:`Dropped` without an event id or a usable time.
+    """
     if not isinstance(event, dict):
         raise Dropped("no_event")
     eid = event_id(event.get("event_id"))
@@ -168,6 +182,7 @@ def clean_event(event: Any, envelope_ts: Any = None) -> dict[str, Any]:
 
 
 def clean_snapshot_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Return the typed metadata of a snapshot picture (time, blur mode, size)."""
     return {
         "ts": timestamp(meta.get("ts")),
         "blur": enum(meta.get("blur"), BLURS),

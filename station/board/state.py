@@ -56,6 +56,8 @@ NOT_SHOWN = ("stats", "events/audit", "events/vehicle", "state/flush", "lookup/c
 
 @dataclass
 class StationView:
+    """What the board knows of one station: its present (retained topics) and its last decision."""
+
     site: str
     station: str
     status: dict[str, Any] = field(default_factory=dict)  # typed retained status: state, session, version
@@ -206,7 +208,7 @@ class BoardState:
         return f"dropped:{reason}"
 
     def _station(self, site: str, station: str) -> StationView:
-        """The station's view (lock held); :class:`Dropped` when it is new and the board is full."""
+        """Return the station's view (lock held); raise :class:`Dropped` when it is new and the board is full."""
         key = (site, station)
         view = self._stations.get(key)
         if view is None:
@@ -343,13 +345,13 @@ class BoardState:
     # ------------------------------------------------------------------ history
 
     def _refresh_station_history(self) -> None:
-        """A new event is in the history: the next view re-reads it (a burst of events costs one read, not one each)."""
+        """Mark the history as changed: the next view re-reads it (a burst of events costs one read, not one each)."""
         with self._lock:
             self._history_dirty = True
             self.version += 1
 
     def refresh_history(self) -> bool:
-        """Re-read today's counts and alarms from SQLite (also written by other replicas); True if changed."""
+        """Re-read today's counts and alarms from SQLite (also written by other replicas); return True if changed."""
         with self._lock:
             self._history_dirty = False  # before the read: an event written during it marks it again
         day = local_day(self.wall())
@@ -367,6 +369,7 @@ class BoardState:
     # ------------------------------------------------------------------ output
 
     def snapshot_jpeg(self, site: str, station: str) -> tuple[bytes, dict[str, Any]] | None:
+        """Return a station's last snapshot picture and its metadata, or None."""
         with self._lock:
             view = self._stations.get((site, station))
             if view is None or view.snapshot is None:
@@ -397,6 +400,7 @@ class BoardState:
         return level, reasons
 
     def view(self) -> dict[str, Any]:
+        """Return the page's data: every station's row (worst first), today's totals and the board's counters."""
         if self._history_dirty:
             self.refresh_history()
         now = self.wall()
@@ -460,7 +464,7 @@ class BoardState:
         return {"day": day, "generated_at": now, "version": version, "totals": totals, "stations": rows, "board": self.counters()}
 
     def counters(self) -> dict[str, Any]:
-        """What the board took and dropped (``/healthz``, the page's footer)."""
+        """Return what the board took and dropped (``/healthz``, the page's footer)."""
         with self._lock:
             stations = len(self._stations)
             return {

@@ -86,7 +86,7 @@ class BoardAuth:
 
 
 class SecurityHeaders:
-    """Pure ASGI wrapper: CSP, nosniff, same-origin referrer, no framing on every response (streams included).
+    """Add CSP, nosniff, same-origin referrer and no framing to every response, streams included (pure ASGI).
 
     Not `no-referrer`: under it browsers send `Origin: null` with a form POST, and the login could
     not tell its own page from another site.
@@ -96,6 +96,7 @@ class SecurityHeaders:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request to the app, adding the headers to its response."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -123,7 +124,7 @@ def _own_origins(request: Request, auth: BoardAuth) -> set[str]:
 
 
 def same_origin(request: Request, auth: BoardAuth) -> bool:
-    """False for a request a browser marks as coming from another site (Origin or Sec-Fetch-Site)."""
+    """Return False for a request a browser marks as coming from another site (Origin or Sec-Fetch-Site)."""
     origin = request.headers.get("origin")
     if origin is not None and origin.lower() not in _own_origins(request, auth):
         return False
@@ -131,6 +132,12 @@ def same_origin(request: Request, auth: BoardAuth) -> bool:
 
 
 def create_app(state: BoardState, auth: BoardAuth, link_stats: Callable[[], dict[str, Any]] | None = None, poll_s: float = 0.5) -> ASGIApp:
+    """Return the board's app (the endpoints above) behind its security headers.
+
+    ``link_stats`` gives the MQTT link's state for ``/healthz``; the SSE stream looks for a new
+    view every ``poll_s``.
+    """
+
     def secure(request: Request) -> bool:
         return request.url.scheme == "https" or (auth.public_origin or "").lower().startswith("https://")
 
