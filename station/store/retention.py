@@ -26,6 +26,7 @@ data itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -34,7 +35,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from station.store.outbox import PENDING
+
+if TYPE_CHECKING:
+    from station.store.events import SqliteEventStore
 
 log = logging.getLogger("station.store.retention")
 
@@ -42,18 +48,20 @@ CROPS_DIR = "crops"
 DAY_S = 86400.0
 BATCH = 2000  # rows per transaction: the daemon's screening writes wait at most one batch
 
-# Pending outbox rows and the event / vehicle ids inside their payloads (store._enqueue envelopes).
-# Every pending row is read (on a read-only connection, outside the store's lock): an event's write
-# time, not its decision time, dates its message, and a late-recorded event must still be held.
+# Pending outbox rows and the event / vehicle ids inside their payloads (station.store.outbox.enqueue
+# envelopes). Every pending row is read (on a read-only connection, outside the store's lock): an
+# event's write time, not its decision time, dates its message, and a late-recorded event must still
+# be held.
 _PENDING_IDS = (
     "SELECT json_extract(CAST(payload AS TEXT), '$.event.event_id') AS eid, "
-    "json_extract(CAST(payload AS TEXT), '$.vehicle.vehicle_id') AS vid "
-    "FROM outbox WHERE acked_at IS NULL AND dropped_at IS NULL"
+    f"json_extract(CAST(payload AS TEXT), '$.vehicle.vehicle_id') AS vid FROM outbox WHERE {PENDING}"
 )
 
 
 @dataclass
 class PurgeResult:
+    """What one retention pass deleted (row counts per table, crop files) and what it kept back."""
+
     events: int = 0
     gate_actions: int = 0
     operator_actions: int = 0
@@ -64,6 +72,7 @@ class PurgeResult:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
+        """Return the counts as a dict (for ``data_audit``, ``stationctl --json`` and the daemon's stats)."""
         return {
             "events": self.events,
             "gate_actions": self.gate_actions,
@@ -77,6 +86,7 @@ class PurgeResult:
 
     @property
     def deleted(self) -> int:
+        """Number of rows and files deleted in all."""
         return self.events + self.gate_actions + self.operator_actions + self.vehicles + self.outbox + self.crops
 
 
@@ -98,13 +108,14 @@ def events_where(since: float | None, until: float | None, event_ids: Iterable[s
 
 
 def _read(path: Path) -> sqlite3.Connection:
-    """A read-only connection of its own: scans run beside the daemon without holding its store lock."""
+    """Open a read-only connection of its own: scans run beside the daemon without holding its store lock."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
 
 
 def _pending_ids(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:
+    """Return the event ids and vehicle ids that pending outbox rows announce."""
     events: set[str] = set()
     vehicles: set[str] = set()
     for eid, vid in conn.execute(_PENDING_IDS):
@@ -116,11 +127,12 @@ def _pending_ids(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """Tell whether the database has a table called ``name``."""
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 def audit(conn: sqlite3.Connection, actor: str, criteria: dict[str, Any], counts: dict[str, Any], note: str = "") -> None:
-    """One ``data_audit`` row; runs inside the caller's transaction."""
+    """Write one ``data_audit`` row inside the caller's transaction."""
     conn.execute(
         "INSERT INTO data_audit(ts, actor, criteria, counts, note) VALUES (?, ?, ?, ?, ?)",
         (time.time(), actor, json.dumps(criteria, sort_keys=True), json.dumps(counts, sort_keys=True), note),
@@ -128,6 +140,7 @@ def audit(conn: sqlite3.Connection, actor: str, criteria: dict[str, Any], counts
 
 
 def _delete_ids(conn: sqlite3.Connection, table: str, column: str, ids: list[Any]) -> int:
+    """Delete the rows of ``table`` whose ``column`` is in ``ids``; return how many went."""
     n = 0
     for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
         chunk = ids[i : i + 500]
@@ -135,10 +148,10 @@ def _delete_ids(conn: sqlite3.Connection, table: str, column: str, ids: list[Any
     return n
 
 
-def purge_store(store: Any, events_days: int, now: float | None = None) -> PurgeResult:
+def purge_store(store: SqliteEventStore, events_days: int, now: float | None = None) -> PurgeResult:
     """Delete events, gate actions, vehicle events and settled outbox rows older than ``events_days``.
 
-    ``store`` is a writable ``SqliteEventStore``. The scans (which messages are still pending, which
+    ``store`` must be writable. The scans (which messages are still pending, which
     gate actions are orphans) run on a separate read-only connection; the deletes run in write
     transactions of at most :data:`BATCH` rows each, so a screening's ``record()`` never waits long
     behind the purge. A row that became pending after the scan belongs to a new event, which is not
@@ -221,12 +234,12 @@ def purge_store(store: Any, events_days: int, now: float | None = None) -> Purge
         reader.close()
     for i in range(0, len(orphans), BATCH):
         chunk = orphans[i : i + BATCH]
-        result.gate_actions += store.write_transaction(lambda conn, c=chunk: _delete_ids(conn, "gate_actions", "id", c))
+        result.gate_actions += store.write_transaction(functools.partial(_delete_ids, table="gate_actions", column="id", ids=chunk))
     return result
 
 
 def purge_crops(crops_dir: Path, face_crops_days: int, now: float | None = None) -> tuple[int, list[str]]:
-    """Delete crop files older than ``face_crops_days`` (all of them for 0); (count, errors)."""
+    """Delete crop files older than ``face_crops_days`` (all of them for 0); return (count, errors)."""
     now = time.time() if now is None else now
     cutoff = now - face_crops_days * DAY_S
     n, errors = 0, []
@@ -242,8 +255,8 @@ def purge_crops(crops_dir: Path, face_crops_days: int, now: float | None = None)
     return n, errors
 
 
-def purge(store: Any, data_dir: Path, events_days: int, face_crops_days: int, now: float | None = None) -> PurgeResult:
-    """The whole retention pass: store rows, then crop files; audited when anything went."""
+def purge(store: SqliteEventStore, data_dir: Path, events_days: int, face_crops_days: int, now: float | None = None) -> PurgeResult:
+    """Run the whole retention pass: store rows, then crop files; audited when anything went."""
     result = purge_store(store, events_days, now)
     result.crops, result.errors = purge_crops(Path(data_dir) / CROPS_DIR, face_crops_days, now)
     if result.deleted:
@@ -256,7 +269,7 @@ def purge(store: Any, data_dir: Path, events_days: int, face_crops_days: int, no
 
 
 def erase(
-    store: Any,
+    store: SqliteEventStore,
     *,
     since: float | None = None,
     until: float | None = None,
@@ -322,7 +335,8 @@ class RetentionThread:
 
     FIRST_DELAY_S = 5.0  # let start-up finish; retention is not urgent to the second
 
-    def __init__(self, store: Any, data_dir: Path, events_days: int, face_crops_days: int, interval_s: float) -> None:
+    def __init__(self, store: SqliteEventStore, data_dir: Path, events_days: int, face_crops_days: int, interval_s: float) -> None:
+        """Prepare the thread; nothing runs before :meth:`start`."""
         self.store = store
         self.data_dir = Path(data_dir)
         self.events_days = events_days
@@ -335,14 +349,17 @@ class RetentionThread:
         self.last_error = ""
 
     def start(self) -> None:
+        """Start the thread (first pass after :attr:`FIRST_DELAY_S`)."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread, waiting up to 10 s for a pass in progress to finish."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(10.0)
 
     def run_once(self) -> PurgeResult:
+        """Run one purge now and remember its result for :meth:`stats`."""
         t0 = time.monotonic()
         result = purge(self.store, self.data_dir, self.events_days, self.face_crops_days)
         self.runs += 1
@@ -358,6 +375,7 @@ class RetentionThread:
         return result
 
     def _run(self) -> None:
+        """Purge every ``interval_s`` until stopped; a failed pass is logged and retried next period."""
         delay = self.FIRST_DELAY_S
         while not self._stop.wait(delay):
             delay = self.interval_s
@@ -371,6 +389,7 @@ class RetentionThread:
                 log.exception("retention purge failed error=%s", self.last_error)
 
     def stats(self) -> dict[str, Any]:
+        """Return the runs so far, the last result and error, and the policy (for the daemon's status)."""
         return {
             "runs": self.runs,
             "last": self.last,
