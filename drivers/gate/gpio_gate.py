@@ -73,7 +73,7 @@ _Step: TypeAlias = tuple[float, str, bool]  # (offset or due time in seconds, ou
 
 
 class GpioGate:
-    """``GateOutput`` for one lane: relay, buzzer and three lights on five GPIO pins.
+    """Drive one lane's gate (the ``GateOutput`` port): relay, buzzer and three lights on five GPIO pins.
 
     ``active_high`` is either one bool for all outputs or a mapping from output name (``relay``,
     ``buzzer``, ``green``, ``red``, ``amber``) to bool for the ones wired active-low; ``history()``
@@ -194,7 +194,7 @@ class GpioGate:
             return self._result(command, True, "ok", "executed")
 
     def safe_state(self) -> None:
-        """Relay released, buzzer silent, lights dark, pending pattern steps dropped.
+        """Put the gate in its safe state: relay released, buzzer silent, lights dark, pending steps dropped.
 
         Tries every output even if one fails (each failure is logged and counted) and does not
         raise: it is called from shutdown and safe-mode paths where the remaining outputs matter more
@@ -207,7 +207,7 @@ class GpioGate:
         log.info("gate %s in safe state", self.name)
 
     def close(self) -> None:
-        """Safe state, stop the sequencer, release the pins. Idempotent."""
+        """Go to the safe state, stop the sequencer and release the pins; idempotent."""
         with self._cond:
             if self._closed:
                 return
@@ -222,7 +222,7 @@ class GpioGate:
         log.info("gate %s closed", self.name)
 
     def history(self) -> list[tuple[float, str, Any]]:
-        """Every output state change: (monotonic time, output name, logical value).
+        """Return every output state change: (monotonic time, output name, logical value).
 
         Starts with one ``False`` entry per output at construction (the gate came up safe). Bounded by
         ``history_limit``; older entries are dropped first.
@@ -233,7 +233,7 @@ class GpioGate:
     # ------------------------------------------------------------------ diagnostics
 
     def stats(self) -> dict[str, Any]:
-        """Counters for the watchdog and the operator UI: executed, expired, rejected, faults, …"""
+        """Return counters for the watchdog and the operator UI: executed, expired, rejected, faults and more."""
         with self._cond:
             out: dict[str, Any] = dict(self._counts)
             out["last_fault"] = self._last_fault
@@ -244,7 +244,7 @@ class GpioGate:
     # ------------------------------------------------------------------ patterns
 
     def _pattern(self, command: GateCommand) -> list[_Step]:
-        """The timeline (offset from now, output, value) for one command.
+        """Return the timeline (offset from now, output, value) for one command.
 
         Raises ``ValueError`` for a command the gate must not obey (OPEN for a non-pass decision).
         """
@@ -277,7 +277,7 @@ class GpioGate:
 
     @staticmethod
     def _beeps(on_s: float, off_s: float, count: int) -> list[_Step]:
-        """``count`` beeps of ``on_s`` separated by ``off_s``, starting at offset 0, ending silent."""
+        """Return ``count`` beeps of ``on_s`` separated by ``off_s``, starting at offset 0, ending silent."""
         steps: list[_Step] = []
         t = 0.0
         for _ in range(count):
@@ -311,7 +311,7 @@ class GpioGate:
         self._cond.notify_all()
 
     def _write(self, output: str, value: bool) -> None:
-        """Drive one output and record the change; raises whatever the backend raises."""
+        """Drive one output and record the change; raise whatever the backend raises."""
         if self._state[output] == value:  # None (unknown after a failed write) never matches
             return
         device = self._devices[output]
@@ -376,7 +376,7 @@ class GpioGate:
 
 
 def _active_levels(active_high: bool | Mapping[str, bool]) -> dict[str, bool]:
-    """Per-output ``active_high`` from one bool or a partial mapping (unknown names are an error)."""
+    """Return per-output ``active_high`` from one bool or a partial mapping (unknown names are an error)."""
     if isinstance(active_high, bool):
         return dict.fromkeys(OUTPUTS, active_high)
     unknown = set(active_high) - set(OUTPUTS)
@@ -386,7 +386,7 @@ def _active_levels(active_high: bool | Mapping[str, bool]) -> dict[str, bool]:
 
 
 def _resolve_factory(spec: PinFactorySpec) -> tuple[Factory | None, bool]:
-    """(factory to pass to devices, whether this gate owns and must close it).
+    """Return (factory to pass to devices, whether this gate owns and must close it).
 
     ``"default"`` returns None so gpiozero picks its usual backend (lgpio on a current Pi, or
     ``GPIOZERO_PIN_FACTORY``). ``"mock"`` gets a private ``MockFactory`` so two gates, or a gate and

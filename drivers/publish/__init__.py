@@ -1,0 +1,1 @@
+"""Adapter that moves outbox messages to an MQTT broker (paho-mqtt)."""

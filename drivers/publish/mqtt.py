@@ -53,8 +53,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from station.ops.backoff import Backoff
 from station.ops.mqtt_url import parse_mqtt_url
 
-# The transport-neutral exceptions live with the pump that handles them until station.ports
-# (the natural home, shared by every Publisher adapter) grows them.
+# Defined with the Publisher port, so the outbox pump catches them whatever the adapter.
 from station.ports import NotConnectedError, PublishError
 
 __all__ = ["MqttPublisher", "NotConnectedError", "PublishError"]
@@ -83,11 +82,14 @@ MessageHandler = Callable[[str, bytes], None]
 
 
 class _RefusedConnectFilter(logging.Filter):
-    """paho 2.2 logs "Client is not connected" at ERROR after every refused TCP connect; with a
-    broker down for hours that is one error line per back-off step. The failure is already
-    recorded (state, last_error, on_connect_fail at DEBUG), so this one line is dropped."""
+    """Drop paho's "Client is not connected" ERROR line, logged after every refused TCP connect.
+
+    With a broker down for hours that is one error line per back-off step. The failure is already
+    recorded (state, last_error, on_connect_fail at DEBUG).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Return False for the line to drop."""
         return not str(record.msg).startswith("Client is not connected")
 
 
@@ -113,10 +115,11 @@ def jittered_delay(previous: float | None, min_delay: float, max_delay: float) -
 
 
 class MqttPublisher:
-    """A paho client with availability (birth/Will/stopped) and exactly-once ack reporting.
+    """Publish through a paho client with availability (birth/Will/stopped) and exactly-once ack reporting.
 
     ``url`` is ``mqtt://[user[:password]@]host[:port]`` (port 1883) or ``mqtts://…`` (TLS,
-    port 8883; server verified against ``tls_ca`` or the system store). ``client_id`` must be
+    port 8883; server verified against ``tls_ca`` or the system store), read by
+    :func:`station.ops.mqtt_url.parse_mqtt_url`; ``username``/``password`` override the URL's. ``client_id`` must be
     unique per station: a second client with the same id makes the broker disconnect the first.
 
     Ack contract (:meth:`set_ack_handler`): the handler is called exactly once for each mid
@@ -215,7 +218,7 @@ class MqttPublisher:
         self._client = self._make_client(self._v5)
 
     def _make_client(self, v5: bool) -> mqtt.Client:
-        """A paho client for one protocol version with everything else this publisher needs.
+        """Return a paho client for one protocol version with everything else this publisher needs.
 
         Called once per protocol: paho fixes the protocol version at construction.
         """
@@ -261,13 +264,13 @@ class MqttPublisher:
 
     @property
     def protocol(self) -> str:
-        """The MQTT version of the current client: ``"5"`` or ``"3.1.1"`` (negotiated in auto)."""
+        """Return the MQTT version of the current client: ``"5"`` or ``"3.1.1"`` (negotiated in auto)."""
         return "5" if self._v5 else "3.1.1"
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Begin connecting in the background; returns at once (a down broker is retried)."""
+        """Begin connecting in the background and return at once (a down broker is retried)."""
         if self._started:
             return
         self._started = True
@@ -324,13 +327,18 @@ class MqttPublisher:
     # ------------------------------------------------------------------ Publisher port
 
     def connected(self) -> bool:
+        """Return whether a connection is up (a CONNACK accepted it)."""
         return self._connected
 
     def set_ack_handler(self, on_ack: Callable[[int], None]) -> None:
+        """Set the handler told each acknowledged mid (the ack contract in the class docstring)."""
         self._ack_handler = on_ack
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
-        """Hand one message to paho; returns its mid. Raises :class:`NotConnectedError`."""
+        """Hand one message to paho and return its mid; raise :class:`NotConnectedError` when not connected.
+
+        Raise :class:`PublishError` when paho refuses the message for another reason.
+        """
         with self._conn_lock:
             if not self._connected:
                 raise NotConnectedError(f"not connected to {self.host}:{self.port}")
@@ -347,7 +355,7 @@ class MqttPublisher:
     def publish_direct(self, topic: str, payload: bytes, qos: int = 1, retain: bool = True) -> bool:
         """Publish a message that is *not* from the outbox (state, stats, command results).
 
-        Its PUBACK is never reported to the ack handler. Returns False when not connected: such
+        Its PUBACK is never reported to the ack handler. Return False when not connected: such
         messages describe the present and are re-published on the next connect, not queued.
         """
         with self._conn_lock:
@@ -398,7 +406,7 @@ class MqttPublisher:
         log.debug("MQTT reconnect to %s:%d in about %.2f s", self.host, self.port, delay)
 
     def _retired(self, client: mqtt.Client) -> bool:
-        """True for callbacks of a client being replaced by a protocol switch: they are ignored."""
+        """Return whether ``client`` is being replaced by a protocol switch (its callbacks are ignored)."""
         return client is not self._client or self._switching
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
@@ -595,7 +603,9 @@ class MqttPublisher:
             log.exception("MQTT on_disconnect failed")
 
     def _closed_without_connack(self, client: mqtt.Client) -> None:
-        """auto, version not known yet: the socket opened, CONNECT went out, no CONNACK came back.
+        """Switch protocol after a close without CONNACK (auto, version not known yet).
+
+        The socket opened, CONNECT went out, no CONNACK came back.
 
         Old brokers close on an MQTT 5 CONNECT, but a TLS alert (missing client certificate) or a
         broker starting up looks the same. So this only alternates: MQTT 5 closed → MQTT 3.1.1
@@ -695,10 +705,11 @@ class MqttPublisher:
             log.exception("MQTT on_publish failed for mid %d", mid)
 
     def intake_drops(self, topic_filter: str) -> dict[str, int]:
-        """Messages on ``topic_filter`` dropped unread: ``retained`` and ``oversize`` counts."""
+        """Return how many messages on ``topic_filter`` were dropped unread: ``retained`` and ``oversize``."""
         return dict(self._intake_drops.get(topic_filter, {"retained": 0, "oversize": 0}))
 
     def stats(self) -> dict[str, Any]:
+        """Return the connection state, counters and protocol in use."""
         with self._mid_lock:
             unacked = len(self._returned)
         return {
