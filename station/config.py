@@ -38,11 +38,15 @@ DEFAULT_REGISTRATION: list[list[float]] = [
 
 
 class Section(BaseModel):
+    """Base of every section: unknown keys are errors, and assignments are validated too."""
+
     # Numbers coerce to strings so CHECKPOINT_STATION__ID=42 works for a string field.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class StationSection(Section):
+    """Who this station is (site, id, lane) and where it keeps its data."""
+
     site: str = Field("demo-site", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Site id used in MQTT topics")
     id: str = Field("lane-1", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Station id, unique within the site")
     lane: Literal["entry", "exit", "both"] = Field("entry", description="Which way this lane screens")
@@ -50,6 +54,8 @@ class StationSection(Section):
 
 
 class ScreeningSection(Section):
+    """Thresholds and stage timeouts of the screening machine (``station.domain.screening``)."""
+
     fever_threshold_c: float = Field(37.3, ge=35.0, le=40.0, description="Core temperature at or above which a person has a fever")
     valid_min_c: float = Field(
         34.0, ge=25.0, le=37.0, description="Lowest plausible core reading; lower is shown as invalid, never massaged"
@@ -68,7 +74,10 @@ class ScreeningSection(Section):
     thermal_stale_s: float = Field(2.0, gt=0.0, le=30.0, description="No thermal frame for this long is a sensor fault")
     temperature_on: Literal["entry", "both"] = Field(
         "both",
-        description="Who is temperature-screened: both directions, or (one-way mode) entries only; a person tracked as exiting is then decided on the code alone",
+        description=(
+            "Who is temperature-screened: both directions, or (one-way mode) entries only; "
+            "a person tracked as exiting is then decided on the code alone"
+        ),
     )
 
     @model_validator(mode="after")
@@ -96,12 +105,15 @@ class PolicySection(Section):
 
 
 class ThermalSection(Section):
+    """The thermal module, its link, and the calibration that turns its pixels into a core temperature."""
+
     driver: Literal["gy-mcu90640", "htpa32x32"] = Field(
         "gy-mcu90640", description="htpa32x32: Heimann 32×32 module, 115200 baud, query-driven (set its own registration)"
     )
     port: str = Field("/dev/ttyUSB0", description="Serial device; prefer a /dev/serial/by-id/… path")
     baud: Literal[0, 9600, 115200, 460800] = Field(0, description="0 = probe 115200, 460800, 9600 in turn")
-    refresh_hz: Literal[0.5, 1, 2, 4, 8] = Field(4, description="Module refresh; 8 Hz needs 460800 baud")
+    # typing allows no float in a Literal; pydantic checks the choices at run time all the same
+    refresh_hz: Literal[0.5, 1, 2, 4, 8] = Field(4, description="Module refresh; 8 Hz needs 460800 baud")  # type: ignore[valid-type]
     emissivity: float = Field(0.98, ge=0.1, le=1.0, description="Human skin is 0.98")
     offset_c: float = Field(1.35, ge=-5.0, le=5.0, description="Skin→core offset; calibrate on site")
     min_pixels: int = Field(8, ge=1, le=768, description="Fewer thermal pixels on the face means too far")
@@ -157,6 +169,8 @@ class ThermalSection(Section):
 
 
 class CameraSection(Section):
+    """The visible camera."""
+
     driver: Literal["opencv"] = "opencv"
     device: str = Field("/dev/video0", description="V4L2 device path, /dev/v4l/by-id/… path, or a video file")
     width: int = Field(640, ge=160, le=3840)
@@ -165,6 +179,8 @@ class CameraSection(Section):
 
 
 class DetectorSection(Section):
+    """The face detector, its models and its per-frame budget."""
+
     face: Literal["ultraface-rfb-320", "ultraface-rfb-640", "haar"] = "ultraface-rfb-320"
     score_threshold: float = Field(0.7, gt=0.0, lt=1.0)
     threads: int = Field(1, ge=1, le=8, description="onnxruntime intra-op threads per model")
@@ -195,14 +211,20 @@ class DirectionSection(Section):
     )
 
 
+VerifierName = Literal["hc1", "online", "screen-colour", "local-claims"]
+_DEFAULT_VERIFIERS: tuple[VerifierName, ...] = ("hc1", "online")
+
+
 class CodesSection(Section):
+    """Reading health codes, the verifiers that judge them, and the replay guard."""
+
     reader: Literal["cascade", "zxing", "pyzbar", "opencv"] = Field(
         "cascade", description="cascade: zxing-cpp, then an upscaled pass where it failed (best in bench/qr.py) | zxing | pyzbar | opencv"
     )
     track: bool = Field(True, description="Skip decoding while the last code's region is unchanged (decode again when it changes)")
     track_max_reuse: int = Field(15, ge=0, le=1000, description="Decode anyway after this many frames answered from the tracked code")
-    verifiers: list[Literal["hc1", "online", "screen-colour", "local-claims"]] = Field(
-        default_factory=lambda: ["hc1", "online"],
+    verifiers: list[VerifierName] = Field(
+        default_factory=lambda: list(_DEFAULT_VERIFIERS),
         min_length=1,
         description="Tried in order; the first that knows the code's format judges it",
     )
@@ -221,6 +243,8 @@ class CodesSection(Section):
 
 
 class GateSection(Section):
+    """The gate's outputs (GPIO pins) and their timings."""
+
     pin_factory: Literal["default", "mock"] = Field("default", description="mock: no GPIO on this machine")
     relay_pin: int = Field(17, ge=0, le=53)
     buzzer_pin: int = Field(27, ge=0, le=53)
@@ -240,6 +264,8 @@ class GateSection(Section):
 
 
 class MqttSection(Section):
+    """The link to the command centre's broker, and the outbox bounds."""
+
     url: str = Field("", description="mqtt://host[:port] or mqtts://host[:port]; empty = no broker: events wait in the outbox")
     topic_prefix: str = Field("checkpoint/v1", pattern=r"^[A-Za-z0-9_/-]+$")
     protocol: Literal["auto", "5", "3.1.1"] = Field(
@@ -303,7 +329,10 @@ class CentreSection(Section):
 
     command_keys_file: str = Field(
         "",
-        description="PEM public key(s) (Ed25519 or ECDSA P-256) of the command centre; a signed command-keys rotation replaces them; empty = every command that changes the gate or the station is refused (no_keys_configured)",
+        description=(
+            "PEM public key(s) (Ed25519 or ECDSA P-256) of the command centre; a signed command-keys rotation "
+            "replaces them; empty = every command that changes the gate or the station is refused (no_keys_configured)"
+        ),
     )
     command_max_window_s: float = Field(
         60.0, ge=5.0, le=300.0, description="A signed command whose deadline is further ahead than this is refused (deadline_too_far)"
@@ -366,6 +395,8 @@ class HttpSection(Section):
 
 
 class LoggingSection(Section):
+    """Log level, an optional log file, and the line format."""
+
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file: str = Field("", description="Also append logs to this file (for hosts without journald); empty = stderr only")
     format: Literal["text", "json"] = Field(
@@ -374,6 +405,8 @@ class LoggingSection(Section):
 
 
 class StationConfig(Section):
+    """The whole configuration: one section per part of the station."""
+
     station: StationSection = Field(default_factory=StationSection)
     screening: ScreeningSection = Field(default_factory=ScreeningSection)
     policy: PolicySection = Field(default_factory=PolicySection)
@@ -398,6 +431,8 @@ class StationConfig(Section):
 
 @dataclass(frozen=True, slots=True)
 class ConfigProblem:
+    """One bad setting: which key, its value, what is wrong, and where it was set."""
+
     key: str  # dotted path, e.g. "screening.fever_threshold_c"
     value: Any
     message: str
@@ -430,7 +465,7 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _parse_env_value(raw: str) -> Any:
-    """Environment values are TOML literals when they parse as one (37.5, true, [1,2]), else strings."""
+    """Parse an environment value as a TOML literal when it is one (37.5, true, [1,2]), else keep the string."""
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -438,7 +473,7 @@ def _parse_env_value(raw: str) -> Any:
 
 
 def env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The environment's settings as a nested dict, and which variable set each dotted key."""
+    """Return the environment's settings as a nested dict, and which variable set each dotted key."""
     data: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for name, raw in env.items():
@@ -515,7 +550,7 @@ def _field_for(loc: tuple[Any, ...]) -> Any:
 
 
 def _allowed_hint(loc: tuple[Any, ...]) -> str:
-    """What a field accepts, in words: its choices or its numeric range."""
+    """Return what a field accepts, in words: its choices or its numeric range."""
     field = _field_for(loc)
     if field is None:
         return ""
@@ -545,7 +580,7 @@ def _lookup(data: Mapping[str, Any], loc: tuple[Any, ...]) -> Any:
 
 
 def _redacted(value: Any) -> Any:
-    """A reported value with URL passwords masked, however deep (a section's value is a dict)."""
+    """Return a reported value with URL passwords masked, however deep (a section's value is a dict)."""
     if isinstance(value, str):
         return redact_url(value)
     if isinstance(value, Mapping):
@@ -556,6 +591,7 @@ def _redacted(value: Any) -> Any:
 
 
 def problems_from(exc: ValidationError, data: Mapping[str, Any], origin: Mapping[str, str]) -> list[ConfigProblem]:
+    """Turn pydantic's errors into problems a technician can act on: key, value (redacted), what is allowed, where set."""
     problems: list[ConfigProblem] = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -606,7 +642,7 @@ def load_config(
 
 
 def validate_text(text: str, name: str = "station.toml") -> list[ConfigProblem]:
-    """Problems in one TOML document on its own (no environment), for ``stationctl config``."""
+    """Return the problems in one TOML document on its own (no environment), for ``stationctl config``."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -620,6 +656,7 @@ def validate_text(text: str, name: str = "station.toml") -> list[ConfigProblem]:
 
 
 def get_dotted(cfg: StationConfig, key: str) -> Any:
+    """Return the setting at a dotted key (a section as a JSON-able dict); ``KeyError`` naming what exists."""
     node: Any = cfg
     for part in key.split("."):
         if not isinstance(node, BaseModel) or part not in type(node).model_fields:

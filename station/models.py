@@ -48,11 +48,12 @@ class ModelEntry:
 
 
 def default_models_dir() -> Path:
-    """``models_data/`` inside the ``station`` package: shipped in the wheel, found from any install and cwd."""
+    """Return ``models_data/`` inside the ``station`` package: shipped in the wheel, found from any install and cwd."""
     return Path(station.__file__).resolve().parent / "models_data"
 
 
 def sha256_file(path: Path) -> str:
+    """Return a file's sha256 as hex, reading it in 1 MiB chunks."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -61,7 +62,7 @@ def sha256_file(path: Path) -> str:
 
 
 def load_manifest(models_dir: Path | None = None) -> list[ModelEntry]:
-    """The entries of ``models_dir/manifest.toml``; raises ``ManifestError`` if it cannot be used."""
+    """Load the entries of ``models_dir/manifest.toml``; raise ``ManifestError`` if it cannot be used."""
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
     path = models_dir / MANIFEST_NAME
     try:
@@ -102,7 +103,7 @@ def load_manifest(models_dir: Path | None = None) -> list[ModelEntry]:
 
 
 def _inside(models_dir: Path, relative: str) -> Path | None:
-    """``models_dir / relative`` if it stays inside ``models_dir`` (a manifest must not point elsewhere)."""
+    """Return ``models_dir / relative`` if it stays inside ``models_dir`` (a manifest must not point elsewhere)."""
     root = models_dir.resolve()
     candidate = (root / relative).resolve()
     if candidate != root and root in candidate.parents:
@@ -111,7 +112,7 @@ def _inside(models_dir: Path, relative: str) -> Path | None:
 
 
 def verify(models_dir: Path | None = None, *, check_hashes: bool = True) -> list[str]:
-    """Everything wrong with ``models_dir``, one sentence each; an empty list means it is sound.
+    """Return everything wrong with ``models_dir``, one sentence each; an empty list means it is sound.
 
     Checks the manifest, and for every entry: a safe relative path, the file's presence, size and
     sha256 (skipped with ``check_hashes=False``), and the presence of its licence file.
@@ -155,7 +156,7 @@ def verify(models_dir: Path | None = None, *, check_hashes: bool = True) -> list
 
 
 def entry_for(name: str, models_dir: Path | None = None) -> ModelEntry:
-    """The manifest entry for ``name`` (its manifest name, or its file's path or file name)."""
+    """Return the manifest entry for ``name`` (its manifest name, or its file's path or file name)."""
     entries = load_manifest(models_dir)
     for e in entries:
         if e.name == name:
@@ -167,7 +168,7 @@ def entry_for(name: str, models_dir: Path | None = None) -> ModelEntry:
 
 
 def path_for(name: str, models_dir: Path | None = None, *, check_hash: bool = False) -> Path:
-    """The path of model ``name``, checked to exist with the listed size (and sha256 if asked).
+    """Return the path of model ``name``, checked to exist with the listed size (and sha256 if asked).
 
     Raises ``ModelNotFoundError`` for an unknown name, ``FileNotFoundError`` for a missing file and
     ``ManifestError`` when the file does not match its entry.

@@ -1,27 +1,19 @@
 """The QR reader cascade: a cheap pass on the whole frame, a harder pass only where it is needed.
 
-Chosen by measurement (``python -m bench.qr``, figures in the README):
-
-1. **Cheap pass** — zxing-cpp on the frame at ≤ ``max_side`` (about 1 ms at 640×480 on one core,
-   and it reads more than ZBar or OpenCV at 10–30× their speed), on the *darkest channel* of a
-   colour frame rather than its luma: health-code apps draw green, yellow or red modules on white,
-   and min(B, G, R) turns every one of those colours nearly black while white stays white — yellow
-   on white has almost no luma contrast. zxing-cpp tries the inverted image too (dark-mode screens).
-   It is asked to report symbols it *found but could not decode* as well (``return_errors``): their
-   corners say exactly where a harder look is worth it.
-2. **Hard pass** — only when the cheap pass found a symbol it could not decode: first the luma
-   frame once at 1× (MJPEG's chroma subsampling can blur the darkest channel of a black code, and
-   the corners guessed there can be wrong), then, for each region still undecoded, the region
-   (with a margin) in luma at 1×, upscaled ×``upscale`` with bicubic interpolation (darkest
-   channel, then luma), which gives zxing-cpp's finder-pattern search and sampling grid enough
-   pixels for small (0.6–0.8 m), blurred or steeply tilted codes, then both again with an unsharp
-   mask (defocus, hand motion). The first look that decodes a region ends its search.
+1. **Cheap pass** — zxing-cpp on the frame at ≤ ``max_side``, on the *darkest channel* of a colour
+   frame (min(B, G, R): green, yellow and red modules turn nearly black, white stays white),
+   inverted too (dark-mode screens), reporting the symbols it *found but could not decode* as well
+   (``return_errors``): their corners say where a harder look is worth it.
+2. **Hard pass** — only when the cheap pass found a symbol it could not decode: the luma frame once
+   at 1×, then each region still undecoded (with a margin) through ``_REGION_VARIANTS``: luma at
+   1×, upscaled ×``upscale`` (bicubic; darkest channel, then luma), then both again with an unsharp
+   mask. The first look that decodes a region ends its search.
 3. Optionally (``full_pass``), when the cheap pass saw no symbol at all: the luma frame, then the
-   whole frame upscaled. Measured, it found 1 more code in 287 and made every frame without a
-   code (most frames at a gate) five times as expensive, so it is off by default.
+   whole frame upscaled; off by default.
 
 Codes found by either pass are de-duplicated by payload. Boxes are in the coordinates of the image
-passed in.
+passed in. Why each step is there, with the measurements (``python -m bench.qr``):
+``docs/design-notes.md``, section *drivers/codes/cascade.py*.
 """
 
 from __future__ import annotations

@@ -5,18 +5,10 @@ at the raw head outputs, so the priors, the box/landmark decode, the score thres
 are ours (numpy). Each plate is rectified with its four corners (perspective warp) before it is
 read: plates are seen at an angle and the recogniser wants a level line of characters.
 
-What was measured on the shared test photos (``../shared/data/images/plates``) decided the numbers
-below rather than taste:
-
-- the detector's landmarks come out as bottom-right, bottom-left, top-left, top-right on every test
-  photo; ``_MODEL_CORNER_ORDER`` turns them into the clockwise-from-top-left order we hand out;
-- the recogniser reads best from a crop *wider* than the plate's own aspect: 168×32 with a 4 %
-  margin on the left and right (a tight crop loses the province character) and 10 % trimmed from top
-  and bottom (the detector's quad includes the plate frame). A 168×48 crop lost the province
-  character on six of ten single-row plates;
-- double-row plates (yellow trucks, agricultural green) are far less wide than single-row ones
-  (aspect 1.8–1.9 against 2.5–3.5 on the test photos): below ``DOUBLE_ROW_ASPECT`` the plate is read
-  as two lines, top (the upper 40 %) then bottom (from 35 % down), joined top first.
+The corner order, crop sizes and margins, and the double-row threshold below were set by
+measurement on the shared test photos, not by taste: ``docs/design-notes.md``, section
+*drivers/detect/plates.py*. A plate less wide than ``DOUBLE_ROW_ASPECT`` is read as two lines, top
+then bottom, joined top first.
 
 One onnxruntime session per model, created once; ``warm_up`` runs both on a blank frame.
 """
@@ -69,7 +61,7 @@ class PlateDetection:
 
     @property
     def aspect(self) -> float:
-        """Width over height of the corner quad (mean of opposite sides)."""
+        """Return the width over the height of the corner quad (means of opposite sides)."""
         tl, tr, br, bl = self.corners
         width = float(np.linalg.norm(tr - tl) + np.linalg.norm(br - bl))
         height = float(np.linalg.norm(bl - tl) + np.linalg.norm(br - tr))

@@ -123,7 +123,7 @@ class Verdict:
     policy: dict[str, str]
 
     def latency_ms(self) -> dict[str, float]:
-        """Milliseconds from entering the zone to each stage reached, plus compute figures."""
+        """Return the milliseconds from entering the zone to each stage reached, plus the compute figures."""
         enter = self.stage_t["enter"]
         out = {k: round((t - enter) * 1000.0, 1) for k, t in self.stage_t.items() if k != "enter"}
         out["total"] = out["decision"]

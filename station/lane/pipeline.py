@@ -195,7 +195,7 @@ class StageHealth:
             raise StageFailing(f"stage {self.name}: {self.escalate_after} items in a row failed, last {kind}") from exc
 
     def ok(self) -> None:
-        """One item went through: the failures so far were about items, not the loop."""
+        """Note that one item went through: the failures so far were about items, not the loop."""
         self._in_a_row = 0
 
     def snapshot(self) -> dict[str, Any]:
