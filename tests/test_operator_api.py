@@ -304,7 +304,8 @@ def mjpeg_parts(chunks: Iterator[bytes], n: int) -> list[bytes]:
             head = buf.find(b"\r\n\r\n")
             if head < 0 or not buf.startswith(f"--{BOUNDARY}".encode()):
                 break
-            length = int(next(l for l in buf[:head].split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
+            header = next(line for line in buf[:head].split(b"\r\n") if line.lower().startswith(b"content-length"))
+            length = int(header.split(b":")[1])
             if len(buf) < head + 4 + length + 2:
                 break
             parts.append(buf[head + 4 : head + 4 + length])
