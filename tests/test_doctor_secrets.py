@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from station.cli.doctor_cmd import check_broker_credentials, check_secret_files
+from station.cli.checks import check_broker_credentials, check_secret_files
 from station.cli.stationctl import main as stationctl
 from station.config import StationConfig
 
@@ -111,7 +111,7 @@ def test_stationctl_doctor_reports_both(tmp_path: Path) -> None:
 def test_doctor_says_when_no_centre_key_lets_a_command_in(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from station.cli.doctor_cmd import check_command_keys
+    from station.cli.checks import check_command_keys
 
     cfg = _cfg("mqtts://broker:8883")
     none = check_command_keys(cfg, tmp_path)

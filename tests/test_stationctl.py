@@ -113,3 +113,63 @@ def test_events_tail_and_status_read_the_demo_database(demo_run, cfg_file: Path)
 def test_status_without_a_database_says_so(cfg_file: Path, tmp_path: Path):
     r = ctl("--config", str(cfg_file), "--data-dir", str(tmp_path / "none"), "status")
     assert r.exit_code == 1 and "no event database" in r.output
+
+
+# -- common options before or after the verb -----------------------------------------------------------------
+
+
+def _walk(group, prefix=()):
+    import click
+
+    for name, cmd in group.commands.items():
+        yield (*prefix, name), cmd
+        if isinstance(cmd, click.Group):
+            yield from _walk(cmd, (*prefix, name))
+
+
+def test_every_command_and_group_takes_the_common_options_after_the_verb():
+    seen = 0
+    for path, cmd in _walk(main):
+        opts = {o for p in cmd.params for o in getattr(p, "opts", ())}
+        assert {"--config", "--data-dir", "--json"} <= opts, path
+        seen += 1
+    assert seen >= 50
+
+
+def test_data_dir_before_or_after_the_verb_and_after_wins(tmp_path: Path):
+    before, after = tmp_path / "before", tmp_path / "after"
+    for argv, used in (
+        (["--data-dir", str(before), "outbox", "status"], before),
+        (["outbox", "status", "--data-dir", str(after)], after),
+        (["outbox", "--data-dir", str(after), "status"], after),
+        (["--data-dir", str(before), "outbox", "status", "--data-dir", str(after)], after),
+        (["--data-dir", str(before), "outbox", "--data-dir", str(after), "status"], after),
+    ):
+        r = CliRunner().invoke(main, argv, catch_exceptions=False)
+        assert r.exit_code == 1
+        assert f"no event database at {used / 'events.sqlite3'}" in r.stderr, (argv, r.stderr)
+
+
+def test_common_options_after_a_nested_verb(tmp_path: Path, cfg_file: Path):
+    data = tmp_path / "data"
+    r = ctl("plates", "add", "浙A12345", "--data-dir", str(data))
+    assert r.exit_code == 0, r.output
+    assert "浙A12345" in (data / "resident_plates.txt").read_text(encoding="utf-8")
+    r = ctl("plates", "list", "--data-dir", str(data), "--json")
+    assert json.loads(r.output)["plates"] == ["浙A12345"]
+    r = ctl("--json", "--data-dir", str(data), "plates", "list")
+    assert json.loads(r.output)["plates"] == ["浙A12345"]
+    # --config after a nested verb, and the later one wins over the earlier.
+    other = tmp_path / "other.toml"
+    other.write_text('[station]\nid = "gate-9"\n')
+    assert ctl("config", "get", "station.id", "--config", str(other)).output.strip() == "gate-9"
+    assert ctl("--config", str(cfg_file), "config", "get", "station.id", "--config", str(other)).output.strip() == "gate-9"
+    assert ctl("--config", str(other), "config", "get", "station.id").output.strip() == "gate-9"
+    r = ctl("--json", "config", "get", "station.id", "--config", str(other))
+    assert json.loads(r.output) == {"key": "station.id", "value": "gate-9"}
+    # A command without JSON output refuses --json wherever it was given, instead of ignoring it.
+    for argv in (["--json", "logs"], ["logs", "--json"]):
+        r = CliRunner().invoke(main, argv)
+        assert r.exit_code == 2
+        assert "has no JSON output" in r.stderr
+    assert "after the verb wins" in " ".join(ctl("--help").output.split())

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from station.board.auth import ROLES, AuthError, UsersFile, describe
+from station.cli.common import group
 
 USERS_OPTION = click.option(
     "--users",
@@ -19,7 +20,7 @@ USERS_OPTION = click.option(
 )
 
 
-@click.group("board-user")
+@group("board-user")
 def board_user() -> None:
     """Users of the command-centre board (指挥大屏): scrypt-hashed passwords, roles viewer / admin."""
 

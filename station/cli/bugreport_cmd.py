@@ -35,6 +35,7 @@ from typing import Any
 
 import click
 
+from station.cli.common import ControlError, ControlUnavailable, Ctx, ask_daemon, recent_lines
 from station.ops.redact import redact_url
 
 REDACTED = "<redacted>"
@@ -160,18 +161,17 @@ def versions() -> dict[str, Any]:
 
 
 def _daemon_info(data_dir: Path) -> dict[str, Any]:
-    from station.ops.control import ControlError, ControlUnavailable, ask
     from station.ops.runtime import read_runtime_status
 
     try:
-        status, path = ask(data_dir, "status")
-        counters, _ = ask(data_dir, "counters")
+        status, path = ask_daemon(data_dir, "status")
+        counters, _ = ask_daemon(data_dir, "counters")
         return {"source": f"control socket {path}", "status": status, "counters": counters}
     except (ControlUnavailable, ControlError) as exc:
         return {"source": f"status file (control socket: {exc})", "status": read_runtime_status(data_dir), "counters": None}
 
 
-def _outbox(obj: Any, cfg: Any) -> dict[str, Any]:
+def _outbox(obj: Ctx, cfg: Any) -> dict[str, Any]:
     from station.app import DB_NAME, data_dir_for
     from station.store.events import SqliteEventStore, StoreError
 
@@ -188,12 +188,11 @@ def _outbox(obj: Any, cfg: Any) -> dict[str, Any]:
         store.close()
 
 
-def build_report(obj: Any, out: Path) -> list[str]:
+def build_report(obj: Ctx, out: Path) -> list[str]:
     """Write the archive; returns the member names."""
     from dataclasses import asdict
 
-    from station.cli.doctor_cmd import exit_code, run_checks
-    from station.cli.logs_cmd import recent_lines
+    from station.cli.checks import exit_code, run_checks
     from station.config import ConfigError, StationConfig, load_config
 
     members: dict[str, bytes] = {}
@@ -253,7 +252,7 @@ def build_report(obj: Any, out: Path) -> list[str]:
     help="Default: ./checkpoint-bugreport-<site>-<station>-<time>.tar.gz",
 )
 @click.pass_obj
-def bugreport(obj: Any, out: Path | None) -> None:
+def bugreport(obj: Ctx, out: Path | None) -> None:
     """One tar.gz for support: redacted config, versions, recent logs, counters, doctor output."""
     from station.config import ConfigError, load_config
 

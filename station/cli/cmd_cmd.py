@@ -22,12 +22,14 @@ from typing import Any
 
 import click
 
+from station.cli.common import group
+
 KEY_NAME = "command-centre.key"
 PUB_NAME = "command-centre.pub.pem"
 _LEVEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-@click.group("cmd")
+@group("cmd")
 def cmd() -> None:
     """Sign remote commands for a station (command-centre keys)."""
 

@@ -20,10 +20,12 @@ from typing import Any
 
 import click
 
+from station.cli.common import Ctx, group
+
 READERS = ("config", "cascade", "zxing", "pyzbar", "opencv")
 
 
-@click.group("code")
+@group("code")
 def code() -> None:
     """Read and check health codes (QR) from images."""
 
@@ -45,7 +47,7 @@ def _box(box: Any) -> list[float] | None:
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image")
 @click.pass_obj
-def decode_cmd(obj: Any, images: tuple[Path, ...], reader_name: str, as_json: bool) -> None:
+def decode_cmd(obj: Ctx, images: tuple[Path, ...], reader_name: str, as_json: bool) -> None:
     """Decode the QR codes in IMAGE… (payload text is shown here only)."""
     import cv2
 
@@ -57,7 +59,7 @@ def decode_cmd(obj: Any, images: tuple[Path, ...], reader_name: str, as_json: bo
     reader = build_reader(cfg.model_copy(update={"codes": codes_cfg}))
     all_found = True
     for path in images:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
         if image is None:
             all_found = False
             if as_json:

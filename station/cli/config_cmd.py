@@ -21,6 +21,8 @@ from typing import Any
 
 import click
 
+from station.cli.common import Ctx
+
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -53,7 +55,7 @@ def config_differences(config_path: Path, env: dict[str, str] | None = None) -> 
 @click.command("diff")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def config_diff(obj: Any, as_json: bool) -> None:
+def config_diff(obj: Ctx, as_json: bool) -> None:
     """What differs from the built-in defaults, with file:line (or the environment variable)."""
     from station.config import ConfigError
 
@@ -76,10 +78,10 @@ def config_diff(obj: Any, as_json: bool) -> None:
 @click.command("edit")
 @click.option("--editor", default=None, help="Default: $VISUAL, $EDITOR, then vi")
 @click.pass_obj
-def config_edit(obj: Any, editor: str | None) -> None:
+def config_edit(obj: Ctx, editor: str | None) -> None:
     """Edit the config in $EDITOR; written only if valid (atomically, old file kept as .bak)."""
-    from station.cli.stationctl import atomic_write
     from station.config import validate_text
+    from station.ops.fileio import atomic_write
 
     path: Path = obj.config
     original = path.read_text(encoding="utf-8") if path.exists() else ""

@@ -19,52 +19,18 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import re
 import sqlite3
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
-from station.cli.outbox_cmd import station_db
+from station.cli.common import TIME, ControlError, ControlUnavailable, Ctx, ask_daemon, group, station_db
 from station.store.retention import events_where
 
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
-
-def parse_time(value: str, now: float | None = None) -> float:
-    """Unix time from an ISO date/time, unix seconds or an age (``7d``); ValueError otherwise."""
-    value = value.strip()
-    m = _AGE.match(value)
-    if m:
-        return (time.time() if now is None else now) - float(m.group(1)) * _UNIT_S[m.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    return datetime.fromisoformat(value).timestamp()  # naive = local time, like the box's display
-
-
-class TimeParam(click.ParamType):
-    name = "TIME"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_time(str(value))
-        except ValueError:
-            self.fail(f"{value!r}: give 2026-11-24, 2026-11-24T08:00, unix seconds or an age like 7d", param, ctx)
-
-
-TIME = TimeParam()
-
-
-@click.group("data")
+@group("data")
 def data() -> None:
     """Export or erase recorded events; run the retention purge."""
 
@@ -82,7 +48,7 @@ def data() -> None:
     help="File, or - for stdout",
 )
 @click.pass_obj
-def data_export(obj: Any, since: float | None, until: float | None, event_ids: tuple[str, ...], out: Path) -> None:
+def data_export(obj: Ctx, since: float | None, until: float | None, event_ids: tuple[str, ...], out: Path) -> None:
     """Events as JSON lines (oldest first), as recorded and published; nothing is changed."""
     _cfg, db = station_db(obj)
     where, params = events_where(since, until, event_ids)
@@ -122,7 +88,7 @@ def _actor() -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def data_erase(
-    obj: Any,
+    obj: Ctx,
     since: float | None,
     until: float | None,
     event_ids: tuple[str, ...],
@@ -200,14 +166,13 @@ def data_erase(
 @data.command("purge")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def data_purge(obj: Any, as_json: bool) -> None:
+def data_purge(obj: Ctx, as_json: bool) -> None:
     """Apply [retention] now (the daemon does this every retention.interval_s)."""
-    from station.ops.control import ControlError, ControlUnavailable, ask
     from station.store.events import SqliteEventStore
     from station.store.retention import purge
 
     try:
-        result, path = ask(obj.data_dir(), "retention_run", timeout_s=120.0)
+        result, path = ask_daemon(obj.data_dir(), "retention_run", timeout_s=120.0)
         result["via"] = f"daemon ({path})"
     except ControlUnavailable:
         cfg, db = station_db(obj)

@@ -11,89 +11,14 @@ Exit codes: 0 ok, 1 no log source (no journald and no logging.file, or the file 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import time
-from collections import deque
-from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
-from station.cli.data_cmd import TIME
-
-SERVICE = "checkpoint-station"
-JOURNAL_SOCKET_DIR = Path("/run/systemd/journal")
-
-
-def journald_present() -> bool:
-    return shutil.which("journalctl") is not None and JOURNAL_SOCKET_DIR.is_dir()
-
-
-def _line_time(line: str) -> float | None:
-    """The leading ``2026-11-25 21:54:56,123`` timestamp of a station.ops.logs line, as unix time."""
-    try:
-        return datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").timestamp()
-    except ValueError:
-        return None
-
-
-def tail_file(path: Path, lines: int, since: float | None) -> list[str]:
-    keep: deque[str] = deque(maxlen=lines)
-    current: float | None = None
-    with path.open("r", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            t = _line_time(line)
-            current = t if t is not None else current  # continuation lines (tracebacks) follow their record
-            if since is None or (current is not None and current >= since):
-                keep.append(line.rstrip("\n"))
-    return list(keep)
-
-
-def follow_file(path: Path, poll_s: float = 0.5) -> Iterator[str]:
-    """New lines appended to ``path``; reopens when logrotate replaces the file."""
-    f = path.open("r", encoding="utf-8", errors="replace")
-    f.seek(0, os.SEEK_END)
-    ino = os.fstat(f.fileno()).st_ino
-    try:
-        while True:
-            line = f.readline()
-            if line:
-                yield line.rstrip("\n")
-                continue
-            time.sleep(poll_s)
-            try:
-                if path.stat().st_ino != ino:
-                    f.close()
-                    f = path.open("r", encoding="utf-8", errors="replace")
-                    ino = os.fstat(f.fileno()).st_ino
-            except FileNotFoundError:
-                continue
-    finally:
-        f.close()
-
-
-def journal_command(lines: int, since: float | None, follow: bool) -> list[str]:
-    cmd = ["journalctl", "-u", SERVICE, "--no-pager", "-o", "short-iso", "-n", str(lines)]
-    if since is not None:
-        cmd += ["--since", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))]
-    if follow:
-        cmd.append("-f")
-    return cmd
-
-
-def recent_lines(cfg: Any, lines: int = 2000) -> tuple[str, list[str]]:
-    """(source, lines) for the bug report; ("none", []) when there is no log source."""
-    if journald_present():
-        r = subprocess.run(journal_command(lines, None, False), capture_output=True, text=True, timeout=30)
-        return "journald", (r.stdout or r.stderr).splitlines()
-    if cfg.logging.file and Path(cfg.logging.file).is_file():
-        return cfg.logging.file, tail_file(Path(cfg.logging.file), lines, None)
-    return "none", []
+from station.cli.common import TIME, Ctx, follow_file, journal_command, journald_present, tail_file
 
 
 @click.command("logs")
@@ -102,7 +27,7 @@ def recent_lines(cfg: Any, lines: int = 2000) -> tuple[str, list[str]]:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines")
 @click.option("--source", type=click.Choice(["auto", "journal", "file"]), default="auto", show_default=True)
 @click.pass_obj
-def logs(obj: Any, lines: int, since: float | None, follow: bool, source: str) -> None:
+def logs(obj: Ctx, lines: int, since: float | None, follow: bool, source: str) -> None:
     """The daemon's log: journalctl -u checkpoint-station, or logging.file without journald."""
     cfg = obj.load()
     use_journal = source == "journal" or (source == "auto" and journald_present())

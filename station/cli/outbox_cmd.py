@@ -11,47 +11,16 @@ refused the credentials, no database), 2 usage error.
 from __future__ import annotations
 
 import json
-import logging
-import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-log = logging.getLogger("station.cli.outbox")
+from station.cli.common import ControlError, ControlUnavailable, Ctx, ask_daemon, group, open_store, station_db
 
 
-def station_db(obj: Any) -> tuple[Any, Path]:
-    """The loaded config and the existing event database; exits 1 with a hint when there is none."""
-    from station.app import DB_NAME
-
-    cfg = obj.load()
-    db = obj.data_dir() / DB_NAME
-    if not db.exists():
-        click.echo(f"no event database at {db} (has the station run yet? see --data-dir)", err=True)
-        sys.exit(1)
-    return cfg, db
-
-
-def _open(obj: Any, *, read_only: bool) -> Any:
-    from station.link.sync import bounds_from_config
-    from station.store.events import SqliteEventStore, StoreError
-
-    cfg, db = station_db(obj)
-    try:
-        store = SqliteEventStore(
-            db, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix, read_only=read_only
-        )
-    except (StoreError, sqlite3.Error) as exc:
-        click.echo(f"cannot open {db}: {exc}", err=True)
-        sys.exit(1)
-    store.outbox_bounds = bounds_from_config(cfg)
-    return store
-
-
-@click.group()
+@group()
 def outbox() -> None:
     """The queue of messages waiting for the command centre's broker."""
 
@@ -60,9 +29,9 @@ def outbox() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--mqtt", "mqtt_url", default=None, help="Accepted for symmetry with flush; not used")
 @click.pass_obj
-def outbox_status(obj: Any, as_json: bool, mqtt_url: str | None) -> None:
+def outbox_status(obj: Ctx, as_json: bool, mqtt_url: str | None) -> None:
     """Pending rows, age of the oldest, payload bytes, alarms, dropped rows."""
-    store = _open(obj, read_only=True)
+    store = open_store(obj, read_only=True)
     try:
         data = store.outbox_stats()
     finally:
@@ -83,9 +52,9 @@ def outbox_status(obj: Any, as_json: bool, mqtt_url: str | None) -> None:
 @click.argument("file", required=False, default="-", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
 @click.option("--mqtt", "mqtt_url", default=None, help="Accepted like the other outbox commands; not used")
 @click.pass_obj
-def outbox_export(obj: Any, file: Path, mqtt_url: str | None) -> None:
+def outbox_export(obj: Ctx, file: Path, mqtt_url: str | None) -> None:
     """Pending messages as JSON lines (FILE or - for stdout), oldest first; nothing is removed."""
-    store = _open(obj, read_only=True)
+    store = open_store(obj, read_only=True)
     out = sys.stdout if str(file) == "-" else open(file, "w", encoding="utf-8")  # noqa: SIM115
     count = 0
     try:
@@ -120,7 +89,7 @@ def outbox_export(obj: Any, file: Path, mqtt_url: str | None) -> None:
 @click.option("--timeout", type=click.FloatRange(0.1, 86400), default=60.0, show_default=True, help="Give up after this many seconds")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON")
 @click.pass_obj
-def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) -> None:
+def outbox_flush(obj: Ctx, mqtt_url: str | None, timeout: float, as_json: bool) -> None:
     """Send what is pending now; exit 0 when the outbox is empty, 1 if rows are left."""
     from station.config import MqttSection
     from station.link.sync import OutboxPump, publisher_from_config, status_topic
@@ -132,7 +101,7 @@ def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) 
         click.echo("no broker: give --mqtt mqtt://host:port or set mqtt.url", err=True)
         sys.exit(2)
     try:
-        MqttSection(url=url)
+        MqttSection.model_validate({"url": url})
     except ValueError as exc:
         from station.ops.redact import error_text, redact_url
 
@@ -144,7 +113,7 @@ def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) 
             f"the station daemon (pid {daemon.get('pid')}) is running and already sends the outbox; stop it first or let it sync", err=True
         )
         sys.exit(1)
-    store = _open(obj, read_only=False)
+    store = open_store(obj, read_only=False)
     base = status_topic(cfg.mqtt.topic_prefix, cfg.station.site, cfg.station.id).rsplit("/", 1)[0]
     publisher = publisher_from_config(cfg, store.session, url=url, client_suffix="-flush", status_topic_override=f"{base}/state/flush")
     pump = OutboxPump(store, publisher, max_in_flight=cfg.mqtt.max_in_flight)
@@ -189,17 +158,15 @@ def outbox_flush(obj: Any, mqtt_url: str | None, timeout: float, as_json: bool) 
 )
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def outbox_retry(obj: Any, dropped: bool, as_json: bool) -> None:
+def outbox_retry(obj: Ctx, dropped: bool, as_json: bool) -> None:
     """Send pending messages now: wake the running daemon's sender (and optionally re-queue dropped rows).
 
     Exit 0 when the daemon was woken (or there is nothing pending), 1 when no daemon runs — then
     ``stationctl outbox flush`` sends from here.
     """
-    from station.ops.control import ControlError, ControlUnavailable, ask
-
     requeued = 0
     if dropped:
-        store = _open(obj, read_only=False)
+        store = open_store(obj, read_only=False)
         try:
             requeued = store.write_transaction(
                 lambda conn: (
@@ -211,13 +178,13 @@ def outbox_retry(obj: Any, dropped: bool, as_json: bool) -> None:
             )
         finally:
             store.close()
-    store = _open(obj, read_only=True)
+    store = open_store(obj, read_only=True)
     try:
         pending = store.outbox_stats()["pending"]
     finally:
         store.close()
     try:
-        woke, path = ask(obj.data_dir(), "outbox_wake")
+        woke, path = ask_daemon(obj.data_dir(), "outbox_wake")
         result = {"requeued": requeued, "pending": pending, "daemon": str(path), **woke}
         code = 0 if woke.get("woken") or not pending else 1
     except (ControlUnavailable, ControlError) as exc:

@@ -10,8 +10,6 @@ Exit codes: 0 ok, 1 the thing checked is not ok (invalid config, no daemon), 2 u
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -21,55 +19,37 @@ import click
 import tomlkit
 import tomlkit.items
 
-from station.config import ConfigError, StationConfig, get_dotted, load_config, validate_text
-from station.ops.fileio import atomic_write  # config_cmd and older callers import it from here
-
-DEFAULT_CONFIG = Path(os.environ.get("CHECKPOINT_CONFIG", "/etc/checkpoint/station.toml"))
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-class Ctx:
-    def __init__(self, config: Path, data_dir: Path | None) -> None:
-        self.config = config
-        self.data_dir_override = data_dir
-
-    def load(self) -> StationConfig:
-        try:
-            return load_config(self.config if self.config.exists() else None)
-        except ConfigError as exc:
-            click.echo(str(exc), err=True)
-            sys.exit(1)
-
-    def data_dir(self) -> Path:
-        from station.app import data_dir_for
-
-        cfg = self.load()
-        if self.data_dir_override is None and not cfg.station.data_dir:
-            # The unit sets the data dir through its environment, which a technician's shell lacks:
-            # ask the system daemon (if one runs) where its data is.
-            from station.ops.control import system_daemon_data_dir
-
-            found = system_daemon_data_dir()
-            if found is not None:
-                return found
-        return data_dir_for(cfg, self.data_dir_override)
+from station.board.users_cmd import board_user
+from station.cli.bugreport_cmd import bugreport
+from station.cli.cmd_cmd import cmd
+from station.cli.code_cmd import code
+from station.cli.code_verify_cmd import verify as code_verify
+from station.cli.common import CONFIG_HELP, DATA_DIR_HELP, Ctx, StationGroup, daemon_state, echo_json, open_store
+from station.cli.config_cmd import config_diff, config_edit
+from station.cli.data_cmd import data
+from station.cli.doctor_cmd import devices, doctor
+from station.cli.logs_cmd import logs
+from station.cli.outbox_cmd import outbox
+from station.cli.test_cmd import test
+from station.cli.thermal_cmd import calibrate, thermal
+from station.cli.vision_cmd import detect, models_cmd, plates_cmd
+from station.config import get_dotted, validate_text
+from station.ops.fileio import atomic_write
+from station.web.url_cmd import operator_url
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=DEFAULT_CONFIG,
-    show_default=True,
-    help="station.toml (or $CHECKPOINT_CONFIG)",
-)
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help="Overrides station.data_dir")
+@click.group(cls=StationGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None, help=CONFIG_HELP)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help=DATA_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="JSON output, for the commands that have it")
 @click.pass_context
-def main(ctx: click.Context, config: Path, data_dir: Path | None) -> None:
+def main(ctx: click.Context, config: Path | None, data_dir: Path | None, as_json: bool) -> None:
     """Checkpoint station technician CLI.
+
+    \b
+    --config, --data-dir and --json work before or after the verb:
+      stationctl --data-dir D outbox flush  =  stationctl outbox flush --data-dir D
+    Given in both places, the one after the verb wins.
 
     \b
     Exit codes (docs/stationctl.md has every command):
@@ -79,7 +59,7 @@ def main(ctx: click.Context, config: Path, data_dir: Path | None) -> None:
       2  usage or configuration error (doctor: at least one failure)
       3  refused: the daemon runs and owns that device (test …; --force)
     """
-    ctx.obj = Ctx(config, data_dir)
+    ctx.obj = Ctx(config, data_dir, as_json)
 
 
 # -- config -----------------------------------------------------------------------------------------
@@ -97,7 +77,7 @@ def config_show(obj: Ctx, as_json: bool) -> None:
     """The effective configuration: defaults ← file ← environment."""
     data = obj.load().model_dump(mode="json")
     if as_json:
-        _echo_json(data)
+        echo_json(data)
     else:
         click.echo(tomlkit.dumps(data).rstrip())
 
@@ -114,7 +94,7 @@ def config_get(obj: Ctx, key: str, as_json: bool) -> None:
         click.echo(exc.args[0], err=True)
         sys.exit(2)
     if as_json:
-        _echo_json({"key": key, "value": value})
+        echo_json({"key": key, "value": value})
     elif isinstance(value, (dict, list)):
         click.echo(json.dumps(value, ensure_ascii=False))
     else:
@@ -184,7 +164,7 @@ def config_validate(obj: Ctx, file: Path | None, as_json: bool) -> None:
         sys.exit(1)
     problems = validate_text(text, path.name)
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "file": str(path),
                 "valid": not problems,
@@ -205,35 +185,6 @@ def config_validate(obj: Ctx, file: Path | None, as_json: bool) -> None:
 # -- state ------------------------------------------------------------------------------------------
 
 
-def _open_store(obj: Ctx) -> Any:
-    from station.app import DB_NAME
-    from station.store.events import SqliteEventStore, StoreError
-
-    cfg = obj.load()
-    db = obj.data_dir() / DB_NAME
-    if not db.exists():
-        click.echo(f"no event database at {db} (has the station run yet? see --data-dir)", err=True)
-        sys.exit(1)
-    try:
-        return SqliteEventStore(db, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix, read_only=True)
-    except (StoreError, sqlite3.Error) as exc:
-        click.echo(f"cannot read {db}: {exc}", err=True)
-        sys.exit(1)
-
-
-def _daemon_state(data_dir: Path) -> dict[str, Any]:
-    """Live state from the control socket when the daemon answers, else the runtime status file."""
-    from station.ops.control import ControlError, ControlUnavailable, ask
-    from station.ops.runtime import read_runtime_status
-
-    try:
-        live, path = ask(data_dir, "status")
-        return dict(live, source=f"control socket {path}")
-    except (ControlUnavailable, ControlError) as exc:
-        state = read_runtime_status(data_dir)
-        return dict(state, source=f"status file (control socket: {exc})")
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
@@ -241,8 +192,8 @@ def status(obj: Ctx, as_json: bool) -> None:
     """Daemon state, last decision, today's counts, outbox depth."""
     cfg = obj.load()
     data_dir = obj.data_dir()
-    daemon = _daemon_state(data_dir)
-    store = _open_store(obj)
+    daemon = daemon_state(data_dir)
+    store = open_store(obj)
     try:
         midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
         data = {
@@ -256,7 +207,7 @@ def status(obj: Ctx, as_json: bool) -> None:
     finally:
         store.close()
     if as_json:
-        _echo_json(data)
+        echo_json(data)
     else:
         d = data["daemon"]
         click.echo(f"station {cfg.station.site}/{cfg.station.id} ({cfg.station.lane})")
@@ -265,9 +216,8 @@ def status(obj: Ctx, as_json: bool) -> None:
             + (f", pid {d['pid']}, lane {d.get('lane_state')}" if d.get("pid") else "")
             + f"  [{d.get('source')}]"
         )
-        for part in ("detector", "plate_reader"):  # a degraded model must be visible at a glance
-            if d.get(part) not in (None, "ok", "off"):
-                click.echo(f"{part}: {d[part]}")
+        for item in d.get("degraded") or []:  # each module the station runs without, and why, at a glance
+            click.echo(f"{item.get('module')}: degraded: {item.get('reason')}" if isinstance(item, dict) else f"degraded: {item}")
         if isinstance(d.get("stages"), dict) and d["stages"]:
             click.echo(_stages_line(d["stages"]))
         click.echo(f"today: {data['today'] or 'no decisions'}")
@@ -310,7 +260,7 @@ def events() -> None:
 @click.pass_obj
 def events_tail(obj: Ctx, count: int, as_json: bool, follow: bool) -> None:
     """The newest events, oldest first."""
-    store = _open_store(obj)
+    store = open_store(obj)
     try:
         rows = store.tail(count)
         last_id = 0
@@ -335,64 +285,30 @@ def _print_event(row: dict[str, Any], as_json: bool) -> None:
         click.echo(_event_line(row))
 
 
-# -- outbox (its own module: station/cli/outbox_cmd.py) ---------------------------------------------
-
-from station.cli.outbox_cmd import outbox  # noqa: E402  (registered after main exists)
-
-main.add_command(outbox)
-
-# -- models and detect (their own module: station/cli/vision_cmd.py; cv2/onnxruntime load lazily) ----
-
-from station.cli.vision_cmd import detect, models_cmd, plates_cmd  # noqa: E402  (registered after main exists)
-
-main.add_command(models_cmd)
-main.add_command(detect)
-main.add_command(plates_cmd)
-
-# -- thermal and calibrate (their own module: station/cli/thermal_cmd.py; numpy/pyserial only) -------
-
-from station.cli.thermal_cmd import calibrate, thermal  # noqa: E402  (registered after main exists)
-
-main.add_command(thermal)
-main.add_command(calibrate)
-
-# -- code (its own module: station/cli/code_cmd.py; cv2 and the decoders load lazily) -----------------
-
-from station.cli.code_cmd import code  # noqa: E402  (registered after main exists)
-from station.cli.code_verify_cmd import verify as code_verify  # noqa: E402
-
-code.add_command(code_verify)
-main.add_command(code)
-
-# -- technician commands (own modules; heavy imports only inside the commands that need them) ----------
-
-from station.cli.bugreport_cmd import bugreport  # noqa: E402  (registered after main exists)
-from station.cli.config_cmd import config_diff, config_edit  # noqa: E402
-from station.cli.data_cmd import data  # noqa: E402
-from station.cli.doctor_cmd import devices, doctor  # noqa: E402
-from station.cli.logs_cmd import logs  # noqa: E402
-from station.cli.test_cmd import test  # noqa: E402
+# -- the verbs in their own modules (each imports cv2, onnxruntime, cryptography … only inside its commands) --
 
 config.add_command(config_diff)
 config.add_command(config_edit)
-main.add_command(doctor)
-main.add_command(devices)
-main.add_command(test)
-main.add_command(data)
-main.add_command(logs)
-main.add_command(bugreport)
-
-# -- cmd: sign remote commands (station/cli/cmd_cmd.py; cryptography loads inside the commands) -----
-
-from station.cli.cmd_cmd import cmd  # noqa: E402  (registered after main exists)
-
-main.add_command(cmd)
-
-from station.board.users_cmd import board_user  # noqa: E402  (the board's users; station/board/auth.py)
-from station.web.url_cmd import operator_url  # noqa: E402
-
-main.add_command(board_user)
-main.add_command(operator_url)
+code.add_command(code_verify)
+for verb in (
+    outbox,
+    models_cmd,
+    detect,
+    plates_cmd,
+    thermal,
+    calibrate,
+    code,
+    doctor,
+    devices,
+    test,
+    data,
+    logs,
+    bugreport,
+    cmd,
+    board_user,
+    operator_url,
+):
+    main.add_command(verb)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,18 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+
+from station.cli.common import ControlError, ControlUnavailable, Ctx, ask_daemon, group
 
 EXIT_REFUSED = 3
 
 
-def _verdict(obj: Any, name: str, ok: bool, detail: str, as_json: bool, **data: Any) -> None:
+def _verdict(obj: Ctx, name: str, ok: bool, detail: str, as_json: bool, **data: Any) -> NoReturn:
     if as_json:
         click.echo(json.dumps({"test": name, "ok": ok, "detail": detail, **data}, ensure_ascii=False, default=str))
     else:
@@ -37,11 +40,9 @@ def _verdict(obj: Any, name: str, ok: bool, detail: str, as_json: bool, **data: 
     sys.exit(0 if ok else 1)
 
 
-def _refuse_if_daemon(obj: Any, what: str, force: bool) -> None:
-    from station.ops.control import ControlError, ControlUnavailable, ask
-
+def _refuse_if_daemon(obj: Ctx, what: str, force: bool) -> None:
     try:
-        ping, path = ask(obj.data_dir(), "ping", timeout_s=2.0)
+        ping, path = ask_daemon(obj.data_dir(), "ping", timeout_s=2.0)
     except (ControlUnavailable, ControlError):
         return
     if force:
@@ -55,7 +56,7 @@ def _refuse_if_daemon(obj: Any, what: str, force: bool) -> None:
     sys.exit(EXIT_REFUSED)
 
 
-@click.group("test")
+@group("test")
 def test() -> None:
     """Exercise one part for real and print a verdict (exit 0 pass, 1 fail, 3 refused)."""
 
@@ -63,16 +64,21 @@ def test() -> None:
 # -- gate outputs --------------------------------------------------------------------------------
 
 
-def _run_gate(obj: Any, name: str, steps: list[tuple[str, str]], wait_s: float) -> tuple[list[tuple[float, str, Any]], dict[str, Any]]:
+def _run_gate(obj: Ctx, name: str, steps: list[tuple[str, str]], wait_s: float) -> tuple[list[tuple[float, str, Any]], dict[str, Any]]:
     """Run gate commands (action, decision) one after another, ``wait_s`` apart; the gate's history."""
     from station.app import build_gate
     from station.domain.model import Decision, GateAction, GateCommand
     from station.ops.clock import SystemClock
 
+    from gpiozero.exc import PinFactoryFallback
+
     cfg = obj.load()
     clock = SystemClock()
     try:
-        gate = build_gate(cfg, clock)
+        with warnings.catch_warnings():
+            # gpiozero warns once per factory it tries; the technician needs only the verdict below.
+            warnings.simplefilter("ignore", PinFactoryFallback)
+            gate = build_gate(cfg, clock)
     except Exception as exc:  # gpiozero raises many kinds (no GPIO, pin busy): all are a failed test
         _verdict(obj, name, False, f"cannot open the GPIO pins: {type(exc).__name__}: {exc}", obj.as_json)
     t0 = clock.monotonic()
@@ -103,7 +109,7 @@ def _went_on_and_off(history: list[tuple[float, str, Any]], output: str) -> bool
     return True in values and values[-1] is False
 
 
-def _gate_test(obj: Any, name: str, force: bool, outputs: list[str], steps: list[tuple[str, str]], wait_s: float) -> None:
+def _gate_test(obj: Ctx, name: str, force: bool, outputs: list[str], steps: list[tuple[str, str]], wait_s: float) -> None:
     _refuse_if_daemon(obj, "gate outputs", force)
     history, data = _run_gate(obj, name, steps, wait_s)
     seen = {o: _went_on_and_off(history, o) for o in outputs}
@@ -119,7 +125,7 @@ def _gate_test(obj: Any, name: str, force: bool, outputs: list[str], steps: list
 @click.option("--force", is_flag=True, help="Even while the daemon runs (it owns the gate)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def test_relay(obj: Any, force: bool, as_json: bool) -> None:
+def test_relay(obj: Ctx, force: bool, as_json: bool) -> None:
     """Release the barrier once (relay on for gate.open_s, green light), then back to safe."""
     obj.as_json = as_json
     open_s = obj.load().gate.open_s
@@ -130,7 +136,7 @@ def test_relay(obj: Any, force: bool, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Even while the daemon runs (it owns the gate)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def test_buzzer(obj: Any, force: bool, as_json: bool) -> None:
+def test_buzzer(obj: Ctx, force: bool, as_json: bool) -> None:
     """One long beep (the manual-check pattern); the relay is not touched."""
     obj.as_json = as_json
     _gate_test(obj, "buzzer", force, ["buzzer"], [("hold", "manual_check")], 1.0)
@@ -140,7 +146,7 @@ def test_buzzer(obj: Any, force: bool, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Even while the daemon runs (it owns the gate)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def test_lights(obj: Any, force: bool, as_json: bool) -> None:
+def test_lights(obj: Ctx, force: bool, as_json: bool) -> None:
     """Red (refusal pattern), then amber (retry pattern); green lights with `test relay` only."""
     obj.as_json = as_json
     _gate_test(obj, "lights", force, ["red", "amber"], [("hold", "deny_code"), ("retry", "retry")], 1.0)
@@ -155,7 +161,7 @@ def test_lights(obj: Any, force: bool, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Even while the daemon runs (it holds the port)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def test_thermal(obj: Any, frames: int, timeout: float, force: bool, as_json: bool) -> None:
+def test_thermal(obj: Ctx, frames: int, timeout: float, force: bool, as_json: bool) -> None:
     """Open thermal.port with the configured driver and read a few frames."""
     from station.app import build_thermal
 
@@ -204,12 +210,14 @@ def test_thermal(obj: Any, frames: int, timeout: float, force: bool, as_json: bo
 @click.option("--force", is_flag=True, help="Even while the daemon runs (it holds the camera)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def test_camera(obj: Any, save: Path | None, timeout: float, force: bool, as_json: bool) -> None:
+def test_camera(obj: Ctx, save: Path | None, timeout: float, force: bool, as_json: bool) -> None:
     """Grab one frame from camera.device (size, brightness; --save to look at it)."""
     from station.app import build_camera
 
     _refuse_if_daemon(obj, "camera", force)
     cfg = obj.load()
+    if cfg.camera.device.startswith("/dev/") and not Path(cfg.camera.device).exists():
+        _verdict(obj, "camera", False, f"{cfg.camera.device} does not exist; see `stationctl devices list`", as_json)
     cam = build_camera(cfg)
     frame = None
     try:
@@ -241,7 +249,7 @@ def test_camera(obj: Any, save: Path | None, timeout: float, force: bool, as_jso
 @test.command("qr")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def test_qr(obj: Any, as_json: bool) -> None:
+def test_qr(obj: Ctx, as_json: bool) -> None:
     """Generate a QR code, render it into a camera-sized frame and decode it with the configured reader."""
     import io
 
@@ -286,7 +294,7 @@ ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 )
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def test_detector(obj: Any, image: Path | None, as_json: bool) -> None:
+def test_detector(obj: Ctx, image: Path | None, as_json: bool) -> None:
     """Run the configured face model on a photo with one face; pass if it finds a face."""
     import cv2
 

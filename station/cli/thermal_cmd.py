@@ -16,21 +16,25 @@ import csv
 import hashlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from station.cli.common import group
+from station.ops.fileio import atomic_write
+
 PROFILES = ("gy-mcu90640", "htpa32x32")
 
 
 def _profile(name: str) -> Any:
     if name == "htpa32x32":
-        from drivers.thermal.htpa32x32 import HTPA32X32
+        from drivers.thermal.htpa_protocol import HTPA32X32
 
         return HTPA32X32
-    from drivers.thermal.gy_mcu90640 import GY_MCU90640
+    from drivers.thermal.gy_protocol import GY_MCU90640
 
     return GY_MCU90640
 
@@ -43,7 +47,7 @@ def _frame_line(index: int, ta_c: float, pixels: Any, t: float | None = None) ->
     return json.dumps(obj)
 
 
-@click.group("thermal")
+@group("thermal")
 def thermal() -> None:
     """Decode, read and record the thermal module's byte stream."""
 
@@ -77,7 +81,8 @@ def _baud(value: str) -> int | None:
 
 def _start_module(port: str, baud: str, refresh_hz: str) -> Any:
     """The station's own driver, started (baud found, module configured); exit 1 if no module answers."""
-    from drivers.thermal.gy_mcu90640 import GyMcu90640Source, ThermalLinkError
+    from drivers.thermal.gy_mcu90640 import GyMcu90640Source
+    from drivers.thermal.serial_source import ThermalLinkError
 
     src = GyMcu90640Source(port, baud=_baud(baud), refresh_hz=float(refresh_hz), require_link_at_start=True)
     try:
@@ -171,7 +176,7 @@ def record(port: str, baud: str, refresh_hz: str, seconds: float, out: Path) -> 
 # -- calibrate ----------------------------------------------------------------------------------------
 
 
-@click.group("calibrate")
+@group("calibrate")
 def calibrate() -> None:
     """Fit calibrations on site and write them to calibration.toml beside the config."""
 
@@ -266,19 +271,22 @@ def calibrate_thermal(
         section.add(k, v)
     doc.add("thermal", section)
     text = tomlkit.dumps(doc)
-    # Refuse to write what the station would refuse to load.
-    tmp = target.with_name(target.name + ".new")
-    tmp.write_text(text)
-    try:
-        load_config(cfg_path if cfg_path.exists() else None, overrides=[tmp], env={})
-    except ConfigError as exc:
-        tmp.unlink()
-        click.echo(str(exc), err=True)
-        sys.exit(1)
-    if dry_run:
-        tmp.unlink()
-    else:
-        tmp.replace(target)
+    # Refuse to write what the station would refuse to load. The check reads a private temporary
+    # copy, never a file beside the target: a dry run writes nothing where the config lives.
+    with tempfile.TemporaryDirectory(prefix="checkpoint-calibration-") as check_dir:
+        candidate = Path(check_dir) / target.name
+        candidate.write_text(text, encoding="utf-8")
+        try:
+            load_config(cfg_path if cfg_path.exists() else None, overrides=[candidate], env={})
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(1)
+    if not dry_run:
+        try:
+            atomic_write(target, text, backup=False, new_mode=0o644)
+        except OSError as exc:
+            click.echo(f"cannot write {target}: {exc.strerror or exc} (give --out FILE, or --dry-run to only see the fit)", err=True)
+            sys.exit(1)
         report["written"] = str(target)
     if as_json:
         click.echo(json.dumps(report))

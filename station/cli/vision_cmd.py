@@ -14,7 +14,6 @@ on a Pi for every other command.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -22,18 +21,16 @@ from typing import Any
 
 import click
 
+from station.cli.common import Ctx, echo_json, group
 
-def _models_dir(obj: Any) -> Path:
+
+def _models_dir(obj: Ctx) -> Path:
     from station.app import models_dir_for
 
     return models_dir_for(obj.load())
 
 
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False))
-
-
-@click.group("models")
+@group("models")
 def models_cmd() -> None:
     """The model files: list, verify, install a verified set."""
 
@@ -41,7 +38,7 @@ def models_cmd() -> None:
 @models_cmd.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model")
 @click.pass_obj
-def models_list(obj: Any, as_json: bool) -> None:
+def models_list(obj: Ctx, as_json: bool) -> None:
     """The models in the manifest and whether each file is present and intact."""
     from station.models import ManifestError, load_manifest, sha256_file
 
@@ -62,8 +59,9 @@ def models_list(obj: Any, as_json: bool) -> None:
             state = "ok"
         bad = bad or state != "ok"
         if as_json:
-            _echo_json(
-                {"name": e.name, "file": e.file, "size": e.size, "sha256": e.sha256, "licence": e.licence, "task": e.task, "state": state}
+            echo_json(
+                {"name": e.name, "file": e.file, "size": e.size, "sha256": e.sha256, "licence": e.licence, "task": e.task, "state": state},
+                indent=None,
             )
         else:
             click.echo(f"{e.name:<24s} {state:<8s} {e.size:>9d}  {e.licence:<11s} {e.task:<26s} {e.file}")
@@ -80,14 +78,14 @@ def models_list(obj: Any, as_json: bool) -> None:
     help="Check this directory instead of the station's",
 )
 @click.pass_obj
-def models_verify(obj: Any, as_json: bool, directory: Path | None) -> None:
+def models_verify(obj: Ctx, as_json: bool, directory: Path | None) -> None:
     """Exit 0 when every model matches the manifest (size, sha256, licence file), else 1."""
     from station.models import verify
 
     d = directory if directory is not None else _models_dir(obj)
     problems = verify(d)
     if as_json:
-        _echo_json({"dir": str(d), "ok": not problems, "problems": problems})
+        echo_json({"dir": str(d), "ok": not problems, "problems": problems}, indent=None)
     else:
         for p in problems:
             click.echo(p)
@@ -105,7 +103,7 @@ def models_verify(obj: Any, as_json: bool, directory: Path | None) -> None:
     help="Directory with manifest.toml, the models and their licences",
 )
 @click.pass_obj
-def models_install(obj: Any, source: Path) -> None:
+def models_install(obj: Ctx, source: Path) -> None:
     """Copy a verified model set into the station's models directory (atomic swap, old set kept)."""
     from station.models import MANIFEST_NAME, load_manifest, verify
 
@@ -145,7 +143,7 @@ def models_install(obj: Any, source: Path) -> None:
 # -- detect -----------------------------------------------------------------------------------------
 
 
-@click.group("detect")
+@group("detect")
 def detect() -> None:
     """Run the station's detectors on image files."""
 
@@ -169,7 +167,7 @@ def _read_image(path: Path) -> Any:
     help="Default: detector.face from the config",
 )
 @click.pass_obj
-def detect_faces(obj: Any, images: tuple[Path, ...], as_json: bool, detector: str | None) -> None:
+def detect_faces(obj: Ctx, images: tuple[Path, ...], as_json: bool, detector: str | None) -> None:
     """Faces in each image (exit 1 if an image cannot be read or the model is unusable)."""
     from station.lane.vision import build_face_detector, detector_state
 
@@ -189,7 +187,7 @@ def detect_faces(obj: Any, images: tuple[Path, ...], as_json: bool, detector: st
             continue
         faces = [{"box": f.box.as_list(), "score": round(f.score, 4)} for f in det.detect(img)]
         if as_json:
-            _echo_json({"image": str(path), "faces": faces})
+            echo_json({"image": str(path), "faces": faces}, indent=None)
         else:
             click.echo(f"{path}: {len(faces)} face(s) " + " ".join(f"{f['box']}@{f['score']:.2f}" for f in faces))
     sys.exit(1 if failed else 0)
@@ -200,7 +198,7 @@ def detect_faces(obj: Any, images: tuple[Path, ...], as_json: bool, detector: st
 @click.option("--json", "as_json", is_flag=True, help='One line per image: {"image", "plates": [{"box", "text", "score"}]}')
 @click.option("--max-side", type=click.IntRange(160, 4096), default=640, show_default=True, help="Longest side the detector sees")
 @click.pass_obj
-def detect_plates(obj: Any, images: tuple[Path, ...], as_json: bool, max_side: int) -> None:
+def detect_plates(obj: Ctx, images: tuple[Path, ...], as_json: bool, max_side: int) -> None:
     """Plates in each image, read to text (exit 1 if an image cannot be read or the models are unusable)."""
     from station.lane.vision import build_plate_reader
 
@@ -227,7 +225,7 @@ def detect_plates(obj: Any, images: tuple[Path, ...], as_json: bool, max_side: i
             for p in reader.read(img)
         ]
         if as_json:
-            _echo_json({"image": str(path), "plates": plates})
+            echo_json({"image": str(path), "plates": plates}, indent=None)
         else:
             click.echo(f"{path}: " + (", ".join(f"{p['text']} ({p['confidence']:.2f})" for p in plates) or "no plate"))
     sys.exit(1 if failed else 0)
@@ -236,12 +234,12 @@ def detect_plates(obj: Any, images: tuple[Path, ...], as_json: bool, max_side: i
 # -- resident plates --------------------------------------------------------------------------------
 
 
-@click.group("plates")
+@group("plates")
 def plates_cmd() -> None:
     """The resident plate list (<data_dir>/resident_plates.txt): vehicles not on it raise outsider_vehicle."""
 
 
-def _resident_file(obj: Any) -> Path:
+def _resident_file(obj: Ctx) -> Path:
     from station.store.residents import resident_path
 
     return resident_path(obj.data_dir())
@@ -250,13 +248,13 @@ def _resident_file(obj: Any) -> Path:
 @plates_cmd.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def plates_list(obj: Any, as_json: bool) -> None:
+def plates_list(obj: Ctx, as_json: bool) -> None:
     """The resident plates."""
     from station.store.residents import load
 
     plates = load(_resident_file(obj))
     if as_json:
-        _echo_json({"file": str(_resident_file(obj)), "plates": plates})
+        echo_json({"file": str(_resident_file(obj)), "plates": plates}, indent=None)
     else:
         for p in plates:
             click.echo(p)
@@ -265,7 +263,7 @@ def plates_list(obj: Any, as_json: bool) -> None:
 @plates_cmd.command("add")
 @click.argument("plates", nargs=-1, required=True)
 @click.pass_obj
-def plates_add(obj: Any, plates: tuple[str, ...]) -> None:
+def plates_add(obj: Ctx, plates: tuple[str, ...]) -> None:
     """Add plates (exit 2 if one is not a plate; nothing is written then)."""
     from station.store.residents import PlateTextError, add, check_plate
 
@@ -281,7 +279,7 @@ def plates_add(obj: Any, plates: tuple[str, ...]) -> None:
 @plates_cmd.command("remove")
 @click.argument("plates", nargs=-1, required=True)
 @click.pass_obj
-def plates_remove(obj: Any, plates: tuple[str, ...]) -> None:
+def plates_remove(obj: Ctx, plates: tuple[str, ...]) -> None:
     """Remove plates (exit 1 if one was not listed)."""
     from station.store.residents import remove
 
