@@ -9,7 +9,7 @@ Safety model, in order of importance:
    (``initial_value=None``) or relying on a library default that could change.
 2. **A late command never actuates.** A ``GateCommand`` that arrives after its ``deadline_t`` is
    refused without touching any output: a decision that sat behind a slow disk or a backlog must not
-   open the barrier for whoever is standing there now (field-lessons §2 item 4).
+   open the barrier for whoever is standing there now.
 3. **Only OPEN energises the relay**, and only for a ``pass`` decision: an OPEN carrying any other
    decision is rejected as an upstream bug instead of being obeyed.
 4. **Never raise into the pipeline.** A hardware error becomes ``GateResult(executed=False,

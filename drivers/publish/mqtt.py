@@ -1,8 +1,8 @@
 """MQTT adapter for :class:`station.ports.Publisher` (paho-mqtt 2.x).
 
-The outbox (``station.store.events``) is the source of truth for what must be delivered; this adapter
+The outbox (``station.store.outbox``) is the source of truth for what must be delivered; this adapter
 only moves a small window of it to the broker and reports PUBACKs. Consequently, and unlike
-paho's defaults (``architecture.md`` §3):
+paho's defaults:
 
 * It does **not** queue while disconnected: :meth:`MqttPublisher.publish` raises
   :class:`NotConnectedError`. paho's in-memory queue is unbounded and lost on restart anyway.
@@ -12,12 +12,12 @@ paho's defaults (``architecture.md`` §3):
 * The availability topic is retained: ``online`` is published on every connect, the Will says
   ``offline`` if the connection dies, and ``stopped`` is published before a clean disconnect
   (a Will is not sent on a clean DISCONNECT).
-* A CONNACK with ``reason_code != 0`` is *not* a connection (Frigate's bug, §1.3).
+* A CONNACK with ``reason_code != 0`` is *not* a connection (Frigate had that bug).
 * Exceptions in callbacks are logged and suppressed; an escaping one would kill paho's thread.
 * Reconnects back off exponentially with random jitter (a district's stations must not all
   reconnect in the same second after a broker restart). A CONNACK saying the credentials are bad
   or not authorised stops reconnecting: :attr:`MqttPublisher.state` becomes ``auth_failed``,
-  logged once; hammering the broker cannot fix a password (Home Assistant does the same, §3).
+  logged once; hammering the broker cannot fix a password (Home Assistant does the same).
 * Subscriptions (:meth:`MqttPublisher.subscribe`) are renewed on every connect.
 * ``protocol="auto"`` (the default) connects with MQTT 5 and falls back to MQTT 3.1.1 when the
   broker refuses the version (MQTT 5 CONNACK 0x84, or the 3.1.1 CONNACK return code 1 that paho

@@ -73,7 +73,7 @@ class StationView:
 
 
 def _clean_counts(counts: dict[tuple[str, str], dict[str, int]]) -> dict[tuple[str, str], dict[str, int]]:
-    """History counts with only valid station keys and known decisions (a file written by an older board may hold others)."""
+    """Return history counts with only valid station keys and known decisions (an older board's file may hold others)."""
     out: dict[tuple[str, str], dict[str, int]] = {}
     for (site, station), by in counts.items():
         if schema.segment(site) and schema.segment(station):
@@ -148,11 +148,11 @@ class BoardState:
         return parts[0], parts[1], parts[2]
 
     def handle(self, topic: str, payload: bytes) -> str:
-        """One message from the broker (the subscriber's handler): see :meth:`ingest`."""
+        """Take one message from the broker (the subscriber's handler); see :meth:`ingest`."""
         return self.ingest(topic, payload)
 
     def ingest(self, topic: str, payload: bytes) -> str:
-        """Take one message: ``"accepted"`` or ``"dropped:<reason>"``. Never raises for any topic or payload."""
+        """Take one message and return ``"accepted"`` or ``"dropped:<reason>"``; never raise for any topic or payload."""
         if not isinstance(topic, str) or not isinstance(payload, (bytes, bytearray)):
             return self._drop("bad_input", topic)
         split = self._split(topic)

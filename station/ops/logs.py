@@ -34,7 +34,7 @@ def _text_value(value: Any) -> str:
 
 
 def _flat(fields: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested dicts as dotted keys: ``thermal={"event": "link_up"}`` → ``thermal.event=link_up``."""
+    """Return nested dicts as dotted keys: ``thermal={"event": "link_up"}`` → ``thermal.event=link_up``."""
     out: list[tuple[str, Any]] = []
     for key, value in fields.items():
         if isinstance(value, dict):

@@ -183,7 +183,7 @@ class OperatorDesk:
         q.put_nowait(item)
 
     def on_decided(self, d: Decided) -> None:
-        """Pipeline listener (executor thread): remember and broadcast the decision."""
+        """Remember and broadcast a decision (pipeline listener, on the executor thread)."""
         msg = decision_message(d)
         self.last = msg
         self.publish("decision", msg)
