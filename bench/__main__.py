@@ -29,7 +29,7 @@ def frame_compute(repeat: int, threads: int) -> dict[str, Any]:
     from drivers.detect.haar import HaarFaceDetector
     from drivers.detect.plates import OnnxPlateReader
     from drivers.detect.ultraface import UltraFaceDetector
-    from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
+    from drivers.thermal.gy_protocol import FrameParser, encode_frame, image_to_module_order
     from sim.scene import Phase, SceneGeometry, ScenePerson, SceneState
     from sim.scene_camera import SceneRenderer
     from station.app import build_reader, calibration_for

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from drivers.thermal.gy_mcu90640 import DecodedFrame, FrameParser, encode_frame, image_to_module_order
+from drivers.thermal.gy_protocol import DecodedFrame, FrameParser, encode_frame, image_to_module_order
 from sim.scene import SceneGeometry
 from sim.thermal_render import ThermalSceneRenderer
 from station.domain.model import Box, ThermalFrame

@@ -28,7 +28,7 @@ LINKS = ((460800, 8), (115200, 4))
 
 
 def last_byte_to_temperature(repeat: int = 2000) -> dict[str, Any]:
-    from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
+    from drivers.thermal.gy_protocol import FrameParser, encode_frame, image_to_module_order
     from sim.scene import SceneGeometry
     from sim.thermal_render import ThermalSceneRenderer
     from station.app import calibration_for

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from drivers.thermal.gy_mcu90640 import (
+from drivers.thermal.gy_protocol import (
     BAUD_ARGS,
     BITS_PER_BYTE,
     CMD_BAUD,

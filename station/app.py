@@ -139,12 +139,12 @@ def build_thermal(cfg: StationConfig) -> ThermalSource:
     from drivers.thermal.gy_mcu90640 import GyMcu90640Source
 
     t = cfg.thermal
+    # The daemon starts without its module rather than crash-looping: screenings end in manual_check
+    # (sensor fault) and the state says "reconnecting" until the module answers.
     if t.driver == "htpa32x32":
         from drivers.thermal.htpa32x32 import HtpaSource
 
-        return HtpaSource(t.port, refresh_hz=float(t.refresh_hz))
-    # The daemon starts without its module rather than crash-looping: screenings end in manual_check
-    # (sensor fault) and the state says "reconnecting" until the module answers.
+        return HtpaSource(t.port, refresh_hz=float(t.refresh_hz), require_link_at_start=False)
     return GyMcu90640Source(
         t.port, baud=t.baud or None, refresh_hz=float(t.refresh_hz), emissivity=t.emissivity, require_link_at_start=False
     )

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from drivers.thermal.capture import CaptureScene, timed_frames
-from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
+from drivers.thermal.gy_protocol import FrameParser
 from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from station.cli.stationctl import main
 from station.config import load_config
@@ -60,6 +60,7 @@ class Scene:
         return img, 31.0
 
 
+@pytest.mark.slow
 def test_read_and_record_a_live_port_then_replay_the_capture_through_the_emulator(tmp_path: Path):
     emu = GyMcu90640Emulator(Scene(), baud=460800, refresh_hz=8.0, seed=1)
     emu.start()

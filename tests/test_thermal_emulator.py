@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import serial
 
-from drivers.thermal.gy_mcu90640 import (
+from drivers.thermal.gy_mcu90640 import GyMcu90640Source
+from drivers.thermal.gy_protocol import (
     DecodedFrame,
     FrameParser,
-    GyMcu90640Source,
     cmd_query_mode,
     cmd_save,
     cmd_set_baud,
@@ -30,6 +30,7 @@ from sim.scene import Phase, SceneDirector, ScenePerson, SceneTiming
 from sim.thermal_render import ThermalSceneRenderer
 from station.domain.model import ThermalFrame
 from station.ports import ThermalSource
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -109,6 +110,7 @@ def assert_genuine(emu: GyMcu90640Emulator, frames: list[ThermalFrame]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_frames_arrive_at_the_refresh_rate_in_scene_orientation(make_pair: Callable[..., Pair]) -> None:
     emu, src = make_pair({"baud": 115200, "refresh_hz": 4.0}, baud=115200, refresh_hz=4.0)
     assert isinstance(src, ThermalSource)
@@ -195,6 +197,7 @@ def test_fault_is_counted_and_skipped(
         assert -40.0 <= float(f.pixels_c.min()) and float(f.pixels_c.max()) <= 300.0 and f.pixels_c.any()
 
 
+@pytest.mark.slow
 def test_stall_is_counted_and_the_link_recovers(make_pair: Callable[..., Pair]) -> None:
     emu, src = make_pair()
     frames_after(src, 2)
@@ -259,6 +262,7 @@ def test_query_mode_driver_requests_each_frame(make_pair: Callable[..., Pair]) -
     assert src.stats()["stalls"] == 0
 
 
+@pytest.mark.slow
 def test_rate_shortfall_is_flagged_not_fatal(make_pair: Callable[..., Pair], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="station.thermal")
     emu, src = make_pair({"subpage_refresh": True})  # firmware whose "8 Hz" means sub-pages
@@ -343,7 +347,8 @@ def test_emulator_ignores_invalid_commands(emulator: Callable[..., GyMcu90640Emu
         ser.write(bytes.fromhex("A52509D3"))  # right sum, no such refresh setting
         ser.write(b"\x00\x13hello")
         ser.write(cmd_set_refresh(2))
-        time.sleep(0.3)
+        # Commands are taken in order: once the last (valid) one is applied, the others were judged.
+        wait_until(lambda: emu.settings.refresh_hz == 2.0, 5, "the valid command applied")
     st = emu.stats()
     assert int(st["commands_invalid"]) == 2 and st["commands_ok"] == 1
     assert emu.settings.refresh_hz == 2.0
@@ -354,11 +359,11 @@ def test_emulator_save_writes_flash_and_replug_boots_from_it(emulator: Callable[
     emu = emulator(baud=460800, refresh_hz=4.0, flash_path=flash)
     with serial.Serial(emu.port, 460800, timeout=0.05) as ser:
         ser.write(cmd_set_emissivity(0.9))
-        time.sleep(0.05)
+        time.sleep(0.05)  # one command at a time, as a host sends them
         ser.write(cmd_set_refresh(1))
-        time.sleep(0.05)
+        time.sleep(0.05)  # one command at a time, as a host sends them
         ser.write(cmd_save())
-        time.sleep(0.3)
+        wait_until(lambda: os.path.exists(flash), 5, "the flash file written")  # written whole (os.replace)
     with open(flash, encoding="utf-8") as fh:
         saved = json.load(fh)
     assert saved == {"baud": 460800, "refresh_hz": 1.0, "mode": "continuous", "emissivity": 0.9}
@@ -372,7 +377,7 @@ def test_emulator_baud_change_gives_noise_until_the_host_follows(emulator: Calla
     emu = emulator(baud=115200, refresh_hz=8.0)
     with serial.Serial(emu.port, 115200, timeout=0.05) as ser:
         ser.write(cmd_set_baud(460800))
-        time.sleep(0.35)
+        time.sleep(0.35)  # the module switches after ~100 ms and a frame at the old rate may still be in flight
         ser.reset_input_buffer()
         noise, parser = read_frames(ser, 0.4)
         assert noise == [] and parser.resync_bytes > 1000

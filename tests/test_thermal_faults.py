@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.thermal.gy_mcu90640 import (
+from drivers.thermal.gy_protocol import (
     FRAME_LEN,
     DecodedFrame,
     FrameParser,

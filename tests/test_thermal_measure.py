@@ -223,7 +223,7 @@ def test_a_low_reading_stays_low():
 
 
 def _through_bytes(img: np.ndarray, die: float, t: float = 0.0) -> ThermalFrame:
-    from drivers.thermal.gy_mcu90640 import FrameParser, encode_frame, image_to_module_order
+    from drivers.thermal.gy_protocol import FrameParser, encode_frame, image_to_module_order
 
     (item,) = FrameParser().feed(encode_frame(image_to_module_order(img), int(round(die * 100))))
     return ThermalFrame(item.pixels_c, item.die_c, 0, t)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.thermal import gy_mcu90640 as gy
-from drivers.thermal.gy_mcu90640 import (
+from drivers.thermal import gy_protocol as gy
+from drivers.thermal.gy_protocol import (
     FRAME_LEN,
     DecodedFrame,
     FrameParser,
@@ -22,8 +22,8 @@ from drivers.thermal.gy_mcu90640 import (
     image_to_module_order,
     module_order_to_image,
     parse_command,
-    resolve_port,
 )
+from drivers.thermal.serial_source import resolve_port
 
 # ---------------------------------------------------------------------------------------------
 # Golden vectors: the three worked examples of design/thermal.md §1.1, written out as hex

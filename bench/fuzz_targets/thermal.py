@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bench.fuzz_targets.base import Target
-from drivers.thermal import gy_mcu90640 as gy
-from drivers.thermal import htpa32x32 as htpa
+from drivers.thermal import gy_protocol as gy
+from drivers.thermal import htpa_protocol as htpa
 
 
 def _gy_frame(draw: Any) -> bytes:

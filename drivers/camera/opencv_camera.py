@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from station.domain.model import VisibleFrame
+from station.ops.backoff import Backoff
 
 log = logging.getLogger("station.camera")
 
@@ -143,22 +144,21 @@ class OpenCVCamera:
         return cap
 
     def _run(self) -> None:
-        backoff = self.backoff_s[0]
+        backoff = Backoff(*self.backoff_s)
         period = 1.0 / self.fps if self.fps > 0 else 0.0
-        first_open = True
+        delay: float | None = None  # wait before the next open; None: open at once
         while not self._stopping.is_set():
-            if not first_open:
+            if delay is not None:
                 self._state = "reopening"
-                if self._stopping.wait(backoff):
+                if self._stopping.wait(delay):
                     break
-                backoff = min(backoff * 2.0, self.backoff_s[1])
                 self._reopens += 1
-            first_open = False
             cap = self._open()
             if cap is None:
                 self._open_failures += 1
                 self._last_error = "open failed"
-                log.warning("camera open failed", extra={"device": str(self.device), "retry_in_s": backoff})
+                delay = backoff.next()
+                log.warning("camera open failed", extra={"device": str(self.device), "retry_in_s": delay})
                 continue
             self._state = "running"
             log.info("camera opened", extra={"device": str(self.device), "backend": cap.getBackendName()})
@@ -167,7 +167,8 @@ class OpenCVCamera:
             finally:
                 cap.release()
             if got_frame:
-                backoff = self.backoff_s[0]
+                backoff.reset()
+            delay = backoff.next()
         self._state = "stopped"
 
     def _capture(self, cap: cv2.VideoCapture, period: float) -> bool:

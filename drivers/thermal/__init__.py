@@ -1,0 +1,1 @@
+"""Thermal camera adapters: the modules' byte protocols and their reconnecting serial sources."""

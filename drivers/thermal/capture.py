@@ -18,10 +18,11 @@ from typing import IO, Any
 
 import numpy as np
 
-from drivers.thermal.gy_mcu90640 import GY_MCU90640, DecodedFrame, FrameParser, ModuleProfile
+from drivers.thermal.gy_protocol import GY_MCU90640, DecodedFrame, FrameParser, ModuleProfile
 
 
 def index_path(capture: Path) -> Path:
+    """Return the timing index that belongs to ``capture`` (``NAME.bin`` → ``NAME.bin.jsonl``)."""
     return capture.with_name(capture.name + ".jsonl")
 
 
@@ -37,6 +38,7 @@ class CaptureWriter:
         self.bytes = 0
 
     def write(self, data: bytes) -> None:
+        """Append ``data`` and its index line (nothing for an empty read)."""
         if not data:
             return
         now = self._clock()
@@ -47,18 +49,20 @@ class CaptureWriter:
         self.bytes += len(data)
 
     def close(self) -> None:
+        """Close both files."""
         self._bin.close()
         self._idx.close()
 
 
 def decode_capture(data: bytes, profile: ModuleProfile = GY_MCU90640) -> tuple[list[DecodedFrame], FrameParser]:
+    """Return the valid frames in ``data`` and the parser, whose counters say what was thrown away."""
     parser = FrameParser(profile)
     frames = [item for item in parser.feed(data) if isinstance(item, DecodedFrame)]
     return frames, parser
 
 
 def timed_frames(capture: Path, profile: ModuleProfile = GY_MCU90640) -> Iterator[tuple[float, DecodedFrame]]:
-    """(time the frame's last byte was read, frame) for every valid frame of a capture."""
+    """Yield (time the frame's last byte was read, frame) for every valid frame of a capture."""
     data = capture.read_bytes()
     idx = index_path(capture)
     chunks = (
@@ -68,14 +72,18 @@ def timed_frames(capture: Path, profile: ModuleProfile = GY_MCU90640) -> Iterato
     )
     parser = FrameParser(profile)
     for c in chunks:
-        for item in parser.feed(data[c["offset"] : c["offset"] + c["len"]]):
+        offset, length = int(c["offset"]), int(c["len"])
+        for item in parser.feed(data[offset : offset + length]):
             if isinstance(item, DecodedFrame):
                 yield float(c["t"]), item
 
 
 class CaptureScene:
-    """Render function for the emulator that plays a capture back: the frame recorded at or before
-    ``now − start``; after the end, the last frame again (``loop=True``: from the start again)."""
+    """Render function for the emulator that plays a capture back.
+
+    It gives the frame recorded at or before ``now − start``; after the end, the last frame again
+    (``loop=True``: from the start again).
+    """
 
     def __init__(self, capture: Path, loop: bool = False) -> None:
         got = list(timed_frames(capture))
@@ -87,6 +95,7 @@ class CaptureScene:
         self._start: float | None = None
 
     def __call__(self, now: float) -> tuple[np.ndarray, float]:
+        """Return (image °C, die °C) of the frame due at ``now``."""
         if self._start is None:
             self._start = now
         t = now - self._start

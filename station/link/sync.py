@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
+from station.ops.backoff import Backoff
 from station.ports import NotConnectedError, Publisher, PublishError
 from station.store.events import OutboxRow
 
@@ -37,7 +38,7 @@ SETTLE_AFTER_S = 0.05
 
 
 def status_topic(topic_prefix: str, site: str, station_id: str) -> str:
-    """The retained availability topic of one station (``architecture.md`` §2 topic tree)."""
+    """Return the retained availability topic of one station (``architecture.md`` §2 topic tree)."""
     return f"{topic_prefix}/{site}/{station_id}/status"
 
 
@@ -64,19 +65,26 @@ _VERSION = _package_version()
 class OutboxSource(Protocol):
     """What the pump needs from the store (implemented by ``station.store.events.SqliteEventStore``)."""
 
-    def outbox_pending(self, limit: int, exclude_ids: AbstractSet[int] = frozenset()) -> list[OutboxRow]: ...
+    def outbox_pending(self, limit: int, exclude_ids: AbstractSet[int] = frozenset()) -> list[OutboxRow]:
+        """Return up to ``limit`` undelivered rows, highest priority first, skipping ``exclude_ids`` (in flight)."""
 
-    def outbox_mark_sent_many(self, row_ids: Iterable[int]) -> None: ...
+    def outbox_mark_sent_many(self, row_ids: Iterable[int]) -> None:
+        """Record that these rows were handed to the broker."""
 
-    def outbox_ack_many(self, row_ids: Iterable[int]) -> int: ...
+    def outbox_ack_many(self, row_ids: Iterable[int]) -> int:
+        """Delete acknowledged rows; return how many were deleted."""
 
-    def outbox_settle(self, acked_ids: Iterable[int], sent_ids: Iterable[int]) -> int: ...
+    def outbox_settle(self, acked_ids: Iterable[int], sent_ids: Iterable[int]) -> int:
+        """Delete acknowledged rows and count publish attempts of sent ones, in one transaction; return how many were deleted."""
 
-    def outbox_enforce_bounds(self) -> int: ...
+    def outbox_enforce_bounds(self) -> int:
+        """Drop the oldest ordinary rows beyond the outbox's capacity; return how many."""
 
-    def outbox_stats(self) -> dict[str, Any]: ...
+    def outbox_stats(self) -> dict[str, Any]:
+        """Return the outbox depth (pending rows, bytes, oldest age)."""
 
-    def add_outbox_listener(self, callback: Callable[[], None]) -> None: ...
+    def add_outbox_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every commit that adds outbox rows."""
 
 
 @dataclass(slots=True)
@@ -147,6 +155,7 @@ class OutboxPump:
     # ------------------------------------------------------------------ public
 
     def start(self) -> None:
+        """Start the pump thread (once)."""
         if self._thread is not None:
             return
         self._stop.clear()
@@ -167,10 +176,11 @@ class OutboxPump:
             self._thread = None
 
     def alive(self) -> bool:
+        """Return whether the pump thread runs."""
         return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
-        """New rows were committed: look now instead of at the next poll. Never blocks."""
+        """Look for new rows now instead of at the next poll (rows were committed); never blocks."""
         self._events.put(("wake", 0))
 
     def drain(self, timeout: float) -> bool:
@@ -186,10 +196,11 @@ class OutboxPump:
                 self._progress.wait(min(remaining, 0.2))
 
     def pending(self) -> int:
-        """Rows still waiting for their PUBACK."""
+        """Return the rows still waiting for their PUBACK."""
         return int(self._store.outbox_stats()["pending"])
 
     def stats(self) -> dict[str, int]:
+        """Return the pump's counters and its in-flight window."""
         return {
             "published": self.published,
             "acked": self.acked,
@@ -214,17 +225,17 @@ class OutboxPump:
 
     def _run(self) -> None:
         log.info("outbox pump started (window %d)", self.max_in_flight)
-        backoff = 0.5
+        backoff = Backoff(0.5, 30.0)
         block = True
         while not self._stop.is_set():
             try:
                 block = not self._step(block)
-                backoff = 0.5
+                backoff.reset()
             except Exception:  # counted, logged with traceback, retried with backoff
                 self.errors += 1
-                log.exception("outbox pump step failed; retrying in %.1f s", backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                delay = backoff.next()
+                log.exception("outbox pump step failed; retrying in %.1f s", delay)
+                self._stop.wait(delay)
                 block = True
         if self._unmarked or self._to_delete:
             try:
@@ -342,7 +353,7 @@ class OutboxPump:
 
 
 def read_password(cfg_mqtt: Any, env: Any = None) -> str | None:
-    """The broker password from ``password_file`` (first line) or the ``password_env`` variable.
+    """Return the broker password from ``password_file`` (first line) or the ``password_env`` variable.
 
     Never logged. ``None`` when neither is set (a username without a password is allowed).
     """
@@ -364,7 +375,7 @@ def publisher_from_config(
     client_suffix: str = "",
     status_topic_override: str | None = None,
 ) -> Any:
-    """An :class:`~drivers.publish.mqtt.MqttPublisher` for ``cfg.mqtt`` (``url`` overrides it).
+    """Return an :class:`~drivers.publish.mqtt.MqttPublisher` for ``cfg.mqtt`` (``url`` overrides it).
 
     ``client_suffix`` gives a helper tool (``stationctl outbox flush``) its own client id: with
     the daemon's id the broker would disconnect the daemon. Such a tool also gets its own status
@@ -395,8 +406,10 @@ def publisher_from_config(
 
 
 def drain_bounded(pump: OutboxPump, publisher: Any, timeout: float, unreachable_after: float = 3.0) -> bool:
-    """Wait up to ``timeout`` s for the outbox to empty; give up after ``unreachable_after`` s if
-    the broker was never reached (or refused the credentials). The rows stay queued either way.
+    """Wait up to ``timeout`` s for the outbox to empty; return whether it did.
+
+    Give up after ``unreachable_after`` s if the broker was never reached (or refused the
+    credentials). The rows stay queued either way.
     """
     deadline = time.monotonic() + timeout
     give_up = time.monotonic() + unreachable_after
@@ -419,7 +432,7 @@ def drain_bounded(pump: OutboxPump, publisher: Any, timeout: float, unreachable_
 
 
 def bounds_from_config(cfg: Any) -> Any:
-    """The outbox capacity from ``mqtt.outbox_max_*`` (see ``station.store.events.OutboxBounds``)."""
+    """Return the outbox capacity from ``mqtt.outbox_max_*`` (see ``station.store.events.OutboxBounds``)."""
     from station.store.events import OutboxBounds
 
     m = cfg.mqtt
