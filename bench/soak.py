@@ -105,7 +105,7 @@ class MjpegScene:
                 try:
                     while not scene._stop.is_set():
                         with scene._cond:
-                            scene._cond.wait_for(lambda: scene._n != seen or scene._stop.is_set(), timeout=1.0)
+                            scene._cond.wait_for(lambda: scene._n != seen or scene._stop.is_set(), timeout=1.0)  # noqa: B023 (called within this pass)
                             jpeg, seen = scene._jpeg, scene._n
                         if jpeg is None or time.monotonic() < scene.stalled_until:
                             continue  # a stalled camera: the connection stays open, nothing arrives
@@ -245,7 +245,7 @@ class Centre:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id="soak-centre", protocol=MQTTProtocolVersion.MQTTv311, clean_session=False
         )
-        self.client.reconnect_delay_set(0.1, 1)
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # paho's stub says int; it sleeps on a float fine
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1) if rc == 0 else None
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_disconnect = lambda *a: self.subscribed.clear()
@@ -271,7 +271,7 @@ class Centre:
 
 # -- systemd: start, watch, restart --------------------------------------------------------------------
 
-DECISION = re.compile(r"station\.pipeline decision event_id=(\w+) decision=(\w+)")
+DECISION = re.compile(r"station\.lane\.pipeline decision event_id=(\w+) decision=(\w+)")
 KEPT = re.compile(r"kept for retry event_id=(\w+) decision=(\w+)")
 CRASHED = re.compile(r"pipeline thread crashed thread=(\w+)")
 LATE = re.compile(r"event recorded after a failed write; the gate never acted on it event_id=(\w+)")
@@ -333,6 +333,7 @@ class Supervisor:
         )
         env.pop("WATCHDOG_PID", None)
         env.pop("JOURNAL_STREAM", None)
+        cpus = self.cpus
         with self.lock:
             self.ready = False
             self._got_decision = False
@@ -343,7 +344,7 @@ class Supervisor:
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )
         threading.Thread(target=self._read_log, args=(self.proc,), daemon=True).start()
 
@@ -479,7 +480,7 @@ def _slope_mb_per_min(samples: list[dict[str, Any]]) -> float | None:
 
 
 def write_config(work: Path, thermal_link: Path, camera_url: str, mqtt_port: int | None, extra: str = "") -> Path:
-    """The daemon's station.toml for the scene's devices (``mqtt_port`` None: no broker)."""
+    """Write the daemon's station.toml for the scene's devices (``mqtt_port`` None: no broker); return its path."""
     mqtt = (
         f"""
 [mqtt]
@@ -549,7 +550,10 @@ def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), pr
     broker = Broker(work / "broker")
     faults: Counter[str] = Counter()
     fault_log: list[dict[str, Any]] = []
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+
+    def say(line: str) -> None:
+        if progress:
+            print(line, file=sys.stderr, flush=True)
 
     emulator.start()
     link = work / "thermal-link"
