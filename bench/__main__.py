@@ -201,7 +201,7 @@ def _vision(repeat: int, threads: int) -> dict[str, Any]:
 
 
 def _thermal(people: int, quick: bool) -> dict[str, Any]:
-    """Simulated accuracy and link latency of the thermal path (bench/thermal_accuracy.py, thermal_latency.py)."""
+    """Measure simulated accuracy and link latency of the thermal path (bench/thermal_accuracy.py, thermal_latency.py)."""
     from bench.thermal_accuracy import run as accuracy
     from bench.thermal_latency import run as latency
 
@@ -215,7 +215,7 @@ def _sync(n: int) -> dict[str, Any]:
 
 
 def _daemon(seconds: float, one_core: bool) -> dict[str, Any]:
-    """The real ``station run`` subprocess on the demo scene: RSS, cold start (bench/daemon.py)."""
+    """Measure the real ``station run`` subprocess on the demo scene: RSS, cold start (bench/daemon.py)."""
     from bench.daemon import footprint
 
     return {
@@ -296,7 +296,7 @@ def comparisons(r: dict[str, Any], mqtt_alt: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(r: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets against this run's figures (goals, reported, never asserted)."""
+    """Return the issue's targets against this run's figures (goals, reported, never asserted)."""
     fc = r["frame_compute_ms"]["one_core_1_thread"]
     d = r["daemon"]
     rows = {

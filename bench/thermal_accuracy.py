@@ -28,7 +28,7 @@ import numpy as np
 from drivers.thermal.gy_protocol import DecodedFrame, FrameParser, encode_frame, image_to_module_order
 from sim.scene import SceneGeometry
 from sim.thermal_render import ThermalSceneRenderer
-from station.domain.model import Box, ThermalFrame
+from station.domain.model import Box, TemperatureMeasurement, ThermalFrame
 from station.domain.thermal import (
     CalibrationSample,
     MeasureState,
@@ -84,7 +84,7 @@ def calibrate_site(
     vis = np.array([[100, 80], [540, 80], [540, 400], [100, 400], [320, 240], [220, 330]], dtype=float)
     m = np.column_stack([vis, np.ones(len(vis))]) @ truth_h.T
     th = m[:, :2] / m[:, 2:3] + rng.normal(0.0, 0.15, (len(vis), 2))
-    h, rmse = fit_homography(vis, th)
+    h, rmse = fit_homography(vis.tolist(), th.tolist())
     face_ref = geo.face_box_at(CAL_DISTANCE_M).height
     base = ThermalCalibration(
         h,
@@ -191,8 +191,10 @@ def evaluate(
 
 
 def paced_end_to_end(cal: ThermalCalibration, people: int = 12, baud: int = 460800, hz: float = 8.0, seed: int = 5) -> dict[str, Any]:
-    """The same measurement with the real link in the loop: emulator on a pty, paced at ``baud`` / ``hz``,
-    the station's serial driver parsing it. Slower (real time), so fewer people."""
+    """Repeat the measurement with the real link in the loop: the emulator on a pty, paced at ``baud`` / ``hz``.
+
+    The station's serial driver parses the stream. Slower (real time), so fewer people.
+    """
     import time
 
     from drivers.thermal.gy_mcu90640 import GyMcu90640Source
@@ -213,7 +215,7 @@ def paced_end_to_end(cal: ThermalCalibration, people: int = 12, baud: int = 4608
             box = geo.face_box_at(CAL_DISTANCE_M * rng.uniform(0.8, 1.2))
             current[:] = [(core, box)]
             switched = time.monotonic()
-            ms = []
+            ms: list[TemperatureMeasurement] = []
             while len(ms) < 2:
                 f = src.read_frame(2.0)
                 if f is None:

@@ -28,7 +28,7 @@ LINKS = ((460800, 8), (115200, 4))
 
 
 def last_byte_to_temperature(repeat: int = 2000) -> dict[str, Any]:
-    from drivers.thermal.gy_protocol import FrameParser, encode_frame, image_to_module_order
+    from drivers.thermal.gy_protocol import DecodedFrame, FrameParser, encode_frame, image_to_module_order
     from sim.scene import SceneGeometry
     from sim.thermal_render import ThermalSceneRenderer
     from station.app import calibration_for
@@ -48,6 +48,7 @@ def last_byte_to_temperature(repeat: int = 2000) -> dict[str, Any]:
         parser.feed(raw[:-1])
         t0 = time.perf_counter()
         (item,) = parser.feed(raw[-1:])
+        assert isinstance(item, DecodedFrame)  # a whole frame, never an emissivity reply (tens of ns in the timed span)
         m = measure_face(ThermalFrame(item.pixels_c, item.die_c, i, t0), box, cal)
         dt = (time.perf_counter() - t0) * 1000.0
         state = m.state
