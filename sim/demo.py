@@ -212,7 +212,7 @@ class DemoRun:
                     break
                 time.sleep(0.05)
             elapsed = time.monotonic() - t0 - start_s
-            assert self.app.pipeline is not None
+            assert self.app.pipeline is not None and self.app.store is not None
             if self.app.pump is not None:
                 from station.link.sync import drain_bounded
 

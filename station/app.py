@@ -1,13 +1,19 @@
-"""The composition root: the one place that turns configuration into running adapters.
+"""The composition root: the one place that turns configuration into running parts and wires them.
 
 ``StationApp`` builds every adapter from ``StationConfig`` (an adapter handed in explicitly — the
 demo's emulated camera, say — is used instead), starts them in dependency order, and stops them in
-reverse. Nothing else in the station chooses a concrete class.
+reverse. Nothing else in the station chooses a concrete class or reaches into the app: each
+collaborator gets what it needs (ports, callables, settings) as typed arguments from here.
 
 Start order: store (so every later failure can be recorded) → gate, forced to its safe state → face
-detector, warmed up → code reader/verifiers → thermal source → camera → pipeline → outbox sync →
-READY to systemd. Stop order is the reverse, ending with the gate in its safe state and the store
-closed.
+detector, warmed up → code reader and judge → thermal source → camera → pipeline (with the plate
+thread and the direction counts) → broker link (outbox pump, states and commands, snapshots) →
+operator display → status file → retention → control socket → READY to systemd. Stop order is the
+reverse, ending with the gate in its safe state and the store closed.
+
+A module that cannot work (no face model, thermal module absent, code library missing, broker
+unreachable, a port taken) degrades the station instead of stopping it; each is a
+:class:`Degradation` named with its reason in READY's status text, the log and ``stationctl status``.
 """
 
 from __future__ import annotations
@@ -19,13 +25,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import platformdirs
 
 from station.config import StationConfig
-from station.domain.model import Decision
+from station.domain.model import Decision, DecodedCode
 from station.domain.screening import ScreeningLane, ScreeningPolicy, ScreeningSettings
 from station.domain.thermal import ThermalCalibration
 from station.lane.pipeline import Decided, Pipeline, PipelineSettings, StationIdentity
@@ -33,6 +39,20 @@ from station.ops.clock import SystemClock
 from station.ops.runtime import clear_runtime_status, write_runtime_status
 from station.ops.systemd import Notifier, WatchdogGate
 from station.ports import Clock, CodeReader, CodeVerifier, FaceDetector, FrameSource, GateOutput, ThermalSource
+
+if TYPE_CHECKING:  # the running parts are imported where they are started: stationctl imports this module
+    from drivers.publish.mqtt import MqttPublisher
+    from station.codes.judge import CodeJudge
+    from station.codes.online import OnlineVerifier
+    from station.lane.counts import CountsKeeper
+    from station.lane.vehicle_loop import PlateLoop
+    from station.link.commands import StationLink
+    from station.link.snapshots import SnapshotPublisher
+    from station.link.sync import OutboxPump
+    from station.ops.control import ControlServer
+    from station.store.events import SqliteEventStore
+    from station.store.retention import RetentionThread
+    from station.web.operator import OperatorServer
 from station.store.events import DB_NAME
 
 log = logging.getLogger("station.app")
@@ -41,16 +61,19 @@ STATUS_PERIOD_S = 2.0
 
 
 def default_data_dir() -> Path:
+    """Return the per-user data directory (used when ``station.data_dir`` is empty)."""
     return Path(platformdirs.user_data_dir("checkpoint-station", appauthor=False))
 
 
 def data_dir_for(cfg: StationConfig, override: Path | None = None) -> Path:
+    """Return the data directory: ``override``, else ``station.data_dir``, else the per-user default."""
     if override is not None:
         return override
     return Path(cfg.station.data_dir) if cfg.station.data_dir else default_data_dir()
 
 
 def models_dir_for(cfg: StationConfig) -> Path:
+    """Return the models directory: ``detector.models_dir``, else the default one (``station.models``)."""
     from station.models import default_models_dir
 
     return Path(cfg.detector.models_dir) if cfg.detector.models_dir else default_models_dir()
@@ -60,15 +83,16 @@ def models_dir_for(cfg: StationConfig) -> Path:
 
 
 def build_detector(cfg: StationConfig) -> FaceDetector:
-    # A missing or corrupt model gives a detector that finds nothing and says why (station.lane.vision):
-    # the station runs degraded with the lane closed instead of crash-looping.
+    """Return the configured face detector, or one that finds nothing and says why (missing or corrupt model)."""
+    # The station then runs degraded with the lane closed instead of crash-looping (station.lane.vision).
     from station.lane.vision import build_face_detector
 
     d = cfg.detector
-    return build_face_detector(d.face, models_dir_for(cfg), score_threshold=d.score_threshold, threads=d.threads)  # type: ignore[no-any-return]
+    return build_face_detector(d.face, models_dir_for(cfg), score_threshold=d.score_threshold, threads=d.threads)
 
 
 def build_reader(cfg: StationConfig) -> CodeReader:
+    """Return the configured code reader (``codes.reader``), tracked across frames when ``codes.track`` is on."""
     c = cfg.codes
     reader: CodeReader
     if c.reader == "cascade":
@@ -95,11 +119,12 @@ def build_reader(cfg: StationConfig) -> CodeReader:
     return reader
 
 
-def build_verifiers(cfg: StationConfig, data_dir: Path | None = None) -> list[CodeVerifier]:
-    """The configured verifiers in order, wrapped in the guards (salted hash, replay) as one judge.
+def build_code_judge(cfg: StationConfig, data_dir: Path | None = None) -> CodeJudge:
+    """Return the configured verifiers in order, wrapped in the guards (salted hash, replay) as one judge.
 
     With ``data_dir`` the salt, the replay memory and pushed trust lists live there; without it
-    (CLI tools) the salt is per process and nothing is remembered."""
+    (CLI tools) the salt is per process and nothing is remembered.
+    """
     from station.codes.colour import ScreenColourVerifier
     from station.codes.hc1 import Hc1Verifier
     from station.codes.judge import CodeJudge, SeenCodes, holder_ref_fn, station_salt
@@ -125,17 +150,28 @@ def build_verifiers(cfg: StationConfig, data_dir: Path | None = None) -> list[Co
         "local-claims": lambda: LocalClaimsVerifier(max_clock_skew_s=c.max_clock_skew_s),
     }
     seen = SeenCodes(data_dir / "codes" / "seen.sqlite3") if data_dir is not None else SeenCodes(None)
-    judge = CodeJudge(
+    return CodeJudge(
         [factories[name]() for name in c.verifiers],
         salt=salt,
         seen=seen,
         replay_window_s=c.replay_window_s,
         replay_grace_s=c.replay_grace_s,
     )
-    return [judge]
+
+
+def build_verifiers(cfg: StationConfig, data_dir: Path | None = None) -> list[CodeVerifier]:
+    """Return the code judge (see :func:`build_code_judge`) as the pipeline's verifier list."""
+    return [build_code_judge(cfg, data_dir)]
+
+
+def _online_verifiers(judge: CodeJudge) -> list[OnlineVerifier]:
+    from station.codes.online import OnlineVerifier
+
+    return [v for v in judge.verifiers if isinstance(v, OnlineVerifier)]
 
 
 def build_thermal(cfg: StationConfig) -> ThermalSource:
+    """Return the configured thermal source (``thermal.driver``), started later by the caller."""
     from drivers.thermal.gy_mcu90640 import GyMcu90640Source
 
     t = cfg.thermal
@@ -151,6 +187,7 @@ def build_thermal(cfg: StationConfig) -> ThermalSource:
 
 
 def build_camera(cfg: StationConfig) -> FrameSource:
+    """Return the camera named by ``camera.device`` (a device index, a device path or a video file)."""
     from drivers.camera.opencv_camera import OpenCVCamera
 
     c = cfg.camera
@@ -159,6 +196,7 @@ def build_camera(cfg: StationConfig) -> FrameSource:
 
 
 def build_gate(cfg: StationConfig, clock: Clock) -> GateOutput:
+    """Return the GPIO gate on the configured pins (``gate.pin_factory`` = ``mock`` for tests and demos)."""
     from drivers.gate.gpio_gate import GpioGate
 
     g = cfg.gate
@@ -176,6 +214,7 @@ def build_gate(cfg: StationConfig, clock: Clock) -> GateOutput:
 
 
 def calibration_for(cfg: StationConfig) -> ThermalCalibration:
+    """Return the thermal calibration from ``[thermal]`` and the valid range from ``[screening]``."""
     t, s = cfg.thermal, cfg.screening
     return ThermalCalibration(
         registration=np.array(t.registration, dtype=np.float64),
@@ -202,6 +241,7 @@ def calibration_for(cfg: StationConfig) -> ThermalCalibration:
 
 
 def lane_for(cfg: StationConfig) -> ScreeningLane:
+    """Return the screening lane (settings, policy, calibration and direction geometry) from the config."""
     s = cfg.screening
     settings = ScreeningSettings(
         fever_threshold_c=s.fever_threshold_c,
@@ -239,8 +279,32 @@ class Injected:
     extra_start: list[Any] = field(default_factory=list)  # started first, stopped last (emulators)
 
 
+@dataclass(frozen=True)
+class Degradation:
+    """A module the station runs without, and why: READY's status text, the log and ``stationctl status`` name it."""
+
+    module: str  # thermal, detector, plate_reader, code_reader, mqtt, control, http
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        """Return the degradation as the runtime status carries it."""
+        return {"module": self.module, "reason": self.reason}
+
+
+class UnavailableCodeReader:
+    """Stand in for a code reader whose library cannot be loaded: read nothing, so no code ever passes."""
+
+    def __init__(self, wanted: str) -> None:
+        """Name the reader that was asked for."""
+        self.name = f"unavailable:{wanted}"
+
+    def decode(self, image: np.ndarray) -> list[DecodedCode]:
+        """Return no codes."""
+        return []
+
+
 class StationApp:
-    """Builds, starts and stops the whole station."""
+    """Build, start and stop the whole station."""
 
     def __init__(
         self,
@@ -250,35 +314,49 @@ class StationApp:
         notifier: Notifier | None = None,
         config_path: Path | None = None,
     ) -> None:
+        """Prepare the station from ``cfg``; nothing is opened before :meth:`start`."""
         self.cfg = cfg
         self.config_path = config_path  # for remote commands that validate or edit the file
         self.data_dir = data_dir_for(cfg, data_dir)
         self.injected = injected or Injected()
         self.notifier = notifier or Notifier()
         self.clock: Clock = self.injected.clock or SystemClock()
+        self.watchdog = WatchdogGate(self.notifier)
         self.stop_requested = threading.Event()
         self._stack: list[tuple[str, Callable[[], None]]] = []
-        self.pipeline: Pipeline | None = None
-        self.store: Any = None
-        self.pump: Any = None
-        self.publisher: Any = None
+        self._status_stop = threading.Event()
+        # Found while starting (a model, a library, a socket); the live ones are added by degradations().
+        self._degraded: list[Degradation] = []
         self.started_t: float | None = None
         self.ready_t: float | None = None
         self.warmup_ms: float | None = None
+        # The running parts, in start order; None until started (or when the config leaves them out).
+        self.store: SqliteEventStore | None = None
         self.session: int | None = None
         self.detector_state = "not started"
-        self.plates: Any = None  # the vehicle lane's plate thread (vehicle.mode = "vehicle")
+        self.code_judge: CodeJudge | None = None
+        self.pipeline: Pipeline | None = None
+        self.plates: PlateLoop | None = None  # the vehicle lane's plate thread (vehicle.mode = "vehicle")
         self.plate_state = "off"
-        self.retention: Any = None  # station.store.retention.RetentionThread, once started
-        self.control: Any = None  # station.ops.control.ControlServer, once started
-        self.http: Any = None  # station.web.operator.OperatorServer (http.enabled), once started
+        self.counts_keeper: CountsKeeper | None = None
+        self.publisher: MqttPublisher | None = None  # mqtt.url set
+        self.pump: OutboxPump | None = None
+        self.link: StationLink | None = None
+        self.snapshots: SnapshotPublisher | None = None  # snapshots.enabled, with a broker
+        self.http: OperatorServer | None = None  # http.enabled and the port could be bound
+        self.retention: RetentionThread | None = None
+        self.control: ControlServer | None = None  # None too when the socket could not be bound
 
     @property
     def db_path(self) -> Path:
+        """Return the event database's path."""
         return self.data_dir / DB_NAME
 
     def _push(self, name: str, stop: Callable[[], None]) -> None:
         self._stack.append((name, stop))
+
+    def _degrade(self, module: str, reason: str) -> None:
+        self._degraded.append(Degradation(module, reason))
 
     def start(self) -> None:
         """Start everything in order; on any failure, stop what was started and re-raise."""
@@ -290,6 +368,7 @@ class StationApp:
             raise
 
     def _start(self) -> None:
+        from station.lane.counts import CountsKeeper
         from station.store.events import SqliteEventStore
 
         cfg = self.cfg
@@ -298,9 +377,10 @@ class StationApp:
             self._push(type(extra).__name__, extra.stop)
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = SqliteEventStore(self.db_path, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix)
-        self._push("store", self.store.close)
-        self.session = self.store.begin_session()
+        store = SqliteEventStore(self.db_path, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix)
+        self.store = store
+        self._push("store", store.close)
+        self.session = store.begin_session()
         log.info("store open path=%s session=%s", self.db_path, self.session)
 
         gate = self.injected.gate or build_gate(cfg, self.clock)
@@ -309,16 +389,11 @@ class StationApp:
 
         self.notifier.status("loading models")
         self.notifier.extend_timeout(60)
-        detector = build_detector(cfg)
-        self.warmup_ms = detector.warm_up()
-        from station.lane.vision import detector_state
-
-        self.detector_state = detector_state(detector)
-        log.info("detector warm detector=%s warmup_ms=%.1f", detector.name, self.warmup_ms)
-        reader = build_reader(cfg)
-        verifiers = build_verifiers(cfg, self.data_dir)
-        self.code_verifiers = verifiers  # the online verifier is attached to the MQTT link in _start_sync
-        self._push("code-verifiers", lambda: [getattr(v, "close", lambda: None)() for v in verifiers])
+        detector = self._start_detector()
+        reader = self._build_reader()
+        judge = build_code_judge(cfg, self.data_dir)
+        self.code_judge = judge  # the online verifier is attached to the MQTT link in _start_sync
+        self._push("code-verifiers", judge.close)
 
         self.notifier.status("opening thermal camera")
         thermal = self.injected.thermal or build_thermal(cfg)
@@ -329,9 +404,8 @@ class StationApp:
         camera.start()
         self._push("camera", camera.stop)
 
-        watchdog = WatchdogGate(self.notifier)
-        self.watchdog = watchdog
-        self.pipeline = Pipeline(
+        verifiers: list[CodeVerifier] = [judge]
+        pipeline = Pipeline(
             identity=StationIdentity(cfg.station.site, cfg.station.id, cfg.station.lane),
             lane=lane_for(cfg),
             thermal=thermal,
@@ -339,7 +413,7 @@ class StationApp:
             detector=detector,
             reader=reader,
             verifiers=verifiers,
-            store=self.store,
+            store=store,
             gate=gate,
             clock=self.clock,
             settings=PipelineSettings(
@@ -348,31 +422,24 @@ class StationApp:
                 detect_max_rate_hz=cfg.detector.max_rate_hz,
                 detect_skip_diff=cfg.detector.skip_unchanged_below,
             ),
-            on_progress=watchdog.progress,
+            on_progress=self.watchdog.progress,
         )
+        self.pipeline = pipeline
         if cfg.vehicle.mode == "vehicle":
-            self._start_plates()
-        from station.lane.counts import CountsKeeper
-
+            self._start_plates(store, pipeline)
         # Restored before the lane runs; stopped (final save) after the pipeline, before the store.
-        self.counts_keeper = CountsKeeper(self.store, self.pipeline.lane.directions.counts)
+        self.counts_keeper = CountsKeeper(store, pipeline.lane.directions.counts)
         self.counts_keeper.restore()
         self.counts_keeper.start()
         self._push("counts", self.counts_keeper.stop)
-        self.pipeline.start()
-        self._push("pipeline", self.pipeline.stop)
+        pipeline.start()
+        self._push("pipeline", pipeline.stop)
 
         if cfg.mqtt.url:
-            self._start_sync()
+            self._start_sync(store, pipeline, judge)
         if cfg.http.enabled:
-            # The operator display; a port it cannot bind is logged, never fatal (the gate works without it).
-            from station.web.operator import start_operator_display
+            self._start_http(store, pipeline)
 
-            self.http = start_operator_display(self)
-            if self.http is not None:
-                self._push("http", self.http.stop)
-
-        self._status_stop = threading.Event()
         status_thread = threading.Thread(target=self._status_loop, name="station-status", daemon=True)
         status_thread.start()
 
@@ -382,32 +449,31 @@ class StationApp:
             clear_runtime_status(self.data_dir)
 
         self._push("status", stop_status)
+        retention = self._start_retention(store)
+        self._start_control(store, pipeline, retention)
+        self._ready()
 
-        # Retention purge thread and the local control socket for stationctl (docs/stationctl.md).
-        from station.ops.control import start_control
-        from station.store.retention import start_retention
+    def _start_detector(self) -> FaceDetector:
+        from station.lane.vision import detector_state
 
-        self.retention = start_retention(self)
-        self._push("retention", self.retention.stop)
-        self.control = start_control(self)
-        if self.control is not None:
-            self._push("control", self.control.stop)
-
-        self.ready_t = self.clock.monotonic()
-        link = thermal.stats().get("state")
-        degraded = "" if link == "connected" else f"; DEGRADED: thermal module {link}, every screening ends in manual_check"
+        detector = build_detector(self.cfg)
+        self.warmup_ms = detector.warm_up()
+        self.detector_state = detector_state(detector)
         if self.detector_state != "ok":
-            degraded += f"; DEGRADED: face detector {self.detector_state}; the lane stays closed"
-            log.error("station running without a face detector state=%s", self.detector_state)
-        if self.plate_state not in ("ok", "off"):
-            degraded += f"; DEGRADED: plate reader {self.plate_state}"
-        if degraded:
-            log.error("station running without its thermal module state=%s", link)
-        self.notifier.ready(status=f"screening site={cfg.station.site} station={cfg.station.id}{degraded}")
-        log.info("station ready start_s=%.2f", self.ready_t - (self.started_t or self.ready_t))
+            self._degrade("detector", f"{self.detector_state.removeprefix('degraded: ')}; the lane stays closed")
+        log.info("detector warm detector=%s warmup_ms=%.1f", detector.name, self.warmup_ms)
+        return detector
 
-    def _start_plates(self) -> None:
-        """Vehicle lane: the plate reader on its own thread, fed the newest camera frames."""
+    def _build_reader(self) -> CodeReader:
+        """Return the configured code reader, or one that reads nothing when its library cannot be loaded."""
+        try:
+            return build_reader(self.cfg)
+        except (ImportError, OSError) as exc:  # e.g. libzbar missing: screen by hand, do not crash-loop
+            self._degrade("code_reader", f"{self.cfg.codes.reader} cannot be loaded: {exc}; every screening ends in retry (no_code)")
+            return UnavailableCodeReader(self.cfg.codes.reader)
+
+    def _start_plates(self, store: SqliteEventStore, pipeline: Pipeline) -> None:
+        """Start the vehicle lane: the plate reader on its own thread, fed the newest camera frames."""
         from station.domain.vehicles import VehicleLane
         from station.lane.vehicle_loop import PlateLoop
         from station.lane.vision import build_plate_reader
@@ -419,45 +485,256 @@ class StationApp:
         )
         if reader is None:
             # The person lane still works; vehicles are not read (the state says why).
-            log.error("vehicle lane without plate reader state=%s", self.plate_state)
+            self._degrade("plate_reader", f"{self.plate_state.removeprefix('degraded: ')}; vehicles are not read")
             return
         log.info("plate reader warm warmup_ms=%.1f", reader.warm_up())
         lane = VehicleLane(ResidentFile(resident_path(self.data_dir)), min_reads=v.min_reads, min_confidence=v.min_plate_confidence)
-        assert self.store is not None  # started before the pipeline: vehicle events are durable records
-        self.plates = PlateLoop(reader, lane, record=self.store.record_vehicle, clock_synced=self.clock.synced)
-        assert self.pipeline is not None
-        self.pipeline.frame_taps.append(self.plates.offer)
+        # The store is open before the pipeline: vehicle events are durable records.
+        self.plates = PlateLoop(reader, lane, record=store.record_vehicle, clock_synced=self.clock.synced)
+        pipeline.frame_taps.append(self.plates.offer)
         self.plates.start()
         self._push("plates", self.plates.stop)
 
-    def _start_sync(self) -> None:
+    def _start_sync(self, store: SqliteEventStore, pipeline: Pipeline, judge: CodeJudge) -> None:
+        """Start the broker link: the outbox pump, the live link (states, stats, commands) and snapshots."""
         from station.link.sync import OutboxPump, bounds_from_config, publisher_from_config
 
         cfg = self.cfg
-        self.store.outbox_bounds = bounds_from_config(cfg)
-        self.publisher = publisher_from_config(cfg, self.session or 0)
-        self.publisher.start()
-        self._push("mqtt", self.publisher.stop)
-        self.pump = OutboxPump(self.store, self.publisher, max_in_flight=cfg.mqtt.max_in_flight)
+        store.outbox_bounds = bounds_from_config(cfg)
+        publisher: MqttPublisher = publisher_from_config(cfg, self.session or 0)
+        self.publisher = publisher
+        publisher.start()
+        self._push("mqtt", publisher.stop)
+        self.pump = OutboxPump(store, publisher, max_in_flight=cfg.mqtt.max_in_flight)
         self.pump.start()
         self._push("outbox-pump", self.pump.stop)
-        from station.link.commands import link_for_app  # states, stats, commands (docs/mqtt.md)
-
-        self.link = link_for_app(self)
+        self.link = self._build_link(store, pipeline, publisher, self.pump, judge)
         self.link.start()
-        for judge in getattr(self, "code_verifiers", []):
-            for verifier in getattr(judge, "verifiers", []):
-                if hasattr(verifier, "attach"):  # online code look-ups ride the station's own link
-                    verifier.attach(self.publisher)
+        for verifier in _online_verifiers(judge):  # online code look-ups ride the station's own link
+            verifier.attach(publisher)
         self._push("mqtt-link", self.link.stop)
         if cfg.snapshots.enabled:  # the board's live picture (station.link.snapshots), only with a broker
-            from station.link.snapshots import snapshots_for_app
+            self._start_snapshots(pipeline, publisher)
 
-            self.snapshots = snapshots_for_app(self)
-            self.snapshots.start()
-            self._push("snapshots", self.snapshots.stop)
+    def _build_link(
+        self, store: SqliteEventStore, pipeline: Pipeline, publisher: MqttPublisher, pump: OutboxPump, judge: CodeJudge
+    ) -> StationLink:
+        """Return the live link: retained states, periodic stats and signed commands (docs/mqtt.md)."""
+        from station.link.command_auth import CommandKeys, CommandVerifier, ReplayGuard
+        from station.link.commands import COMMAND_IDS_FILE, CommandHandlers, StationLink, StationStates
+
+        cfg, centre = self.cfg, self.cfg.centre
+        base = f"{cfg.mqtt.topic_prefix}/{cfg.station.site}/{cfg.station.id}"
+        keys = CommandKeys(Path(centre.command_keys_file) if centre.command_keys_file else None, self.data_dir)
+        verifier = CommandVerifier(
+            keys,
+            ReplayGuard(self.data_dir / COMMAND_IDS_FILE),
+            site=cfg.station.site,
+            station=cfg.station.id,
+            max_window_s=centre.command_max_window_s,
+        )
+
+        def stats() -> dict[str, Any]:
+            return {
+                "pipeline": pipeline.stats(),
+                "outbox": store.outbox_stats(),
+                "pump": pump.stats(),
+                "mqtt": publisher.stats(),
+                "counts": store.counts(),
+                "commands": link.stats(),
+            }
+
+        def snapshot() -> dict[str, Any]:
+            return {
+                "status": self.runtime_status(),
+                "outbox": store.outbox_stats(),
+                "pump": pump.stats(),
+                "mqtt": publisher.stats(),
+                "last_event": store.last_event(),
+                "commands": link.stats(),
+            }
+
+        handlers = CommandHandlers(
+            store=store,
+            gate=pipeline.gate,
+            monotonic=self.clock.monotonic,
+            config_path=self.config_path,
+            data_dir=self.data_dir,
+            snapshot=snapshot,
+            command_ttl_s=cfg.gate.command_ttl_s,
+            trust_list_signer=Path(cfg.codes.trust_list_signer_file) if cfg.codes.trust_list_signer_file else None,
+            command_keys=keys,
+        )
+        states = StationStates(
+            pipeline=pipeline,
+            store=store,
+            mqtt_state=lambda: publisher.state,
+            detector_state=lambda: self.detector_state,
+            stage_health=self.stage_health,
+        )
+        link = StationLink(
+            publisher,
+            base,
+            {"station_id": cfg.station.id, "site": cfg.station.site},
+            states.sources(),
+            stats,
+            handlers,
+            verifier=verifier,
+            stats_interval_s=cfg.mqtt.stats_interval_s,
+            max_command_bytes=centre.command_max_bytes,
+            queue_size=centre.command_queue,
+            refused_audit_per_min=centre.refused_audit_per_min,
+        )
+        for online in _online_verifiers(judge):  # code look-up answers are believed only when signed by the same centre keys
+            online.trust_centre_keys(keys)
+        if cfg.mqtt.ha_discovery:
+            from station.link.ha import HaDiscovery, discovery_configs
+            from station.link.sync import _VERSION
+
+            ha = HaDiscovery(
+                publisher, cfg.mqtt.ha_prefix, discovery_configs(cfg.mqtt.ha_prefix, base, cfg.station.site, cfg.station.id, _VERSION)
+            )
+            link.extra_on_connect.append(ha.announce)
+            link.route(f"{cfg.mqtt.ha_prefix}/status", ha.on_ha_status)
+        return link
+
+    def _start_snapshots(self, pipeline: Pipeline, publisher: MqttPublisher) -> None:
+        from station.lane.vision import build_face_detector
+        from station.link.snapshots import SNAPSHOT_SCORE_THRESHOLD, LatestFrame, SnapshotPublisher, SnapshotSettings, snapshot_topic
+
+        cfg, s = self.cfg, self.cfg.snapshots
+        detector = None
+        if s.blur_faces:
+            # Its own instance with a lower threshold (station.link.snapshots); ultraface-320 is ~1 MB.
+            detector = build_face_detector(
+                cfg.detector.face,
+                models_dir_for(cfg),
+                score_threshold=min(SNAPSHOT_SCORE_THRESHOLD, cfg.detector.score_threshold),
+                threads=1,
+            )
+            detector.warm_up()
+        frames = LatestFrame()
+        pipeline.frame_taps.append(frames.offer)
+        topic = snapshot_topic(cfg.mqtt.topic_prefix, cfg.station.site, cfg.station.id)
+
+        def publish(payload: bytes) -> bool:
+            return bool(publisher.publish_direct(topic, payload, qos=0, retain=True))
+
+        identity = {"station_id": cfg.station.id, "site": cfg.station.site}
+        self.snapshots = SnapshotPublisher(
+            frames, detector, publish, identity, SnapshotSettings(s.interval_s, s.max_width, s.quality, s.blur_faces)
+        )
+        self.snapshots.start()
+        self._push("snapshots", self.snapshots.stop)
+
+    def _start_http(self, store: SqliteEventStore, pipeline: Pipeline) -> None:
+        """Start the operator display; a port it cannot bind degrades the station, never stops it (the gate works without it)."""
+        from station.web.operator import start_operator_display
+
+        cfg = self.cfg
+        try:
+            self.http = start_operator_display(
+                http=cfg.http,
+                identity={"site": cfg.station.site, "id": cfg.station.id, "lane": cfg.station.lane},
+                data_dir=self.data_dir,
+                store=store,
+                pipeline=pipeline,
+                runtime_status=self.runtime_status,
+                registration=np.array(cfg.thermal.registration, dtype=np.float64),
+                fever_threshold_c=cfg.screening.fever_threshold_c,
+                command_ttl_s=cfg.gate.command_ttl_s,
+                clock=self.clock,
+            )
+        except OSError as exc:
+            self._degrade("http", f"operator display cannot listen on {cfg.http.listen}:{cfg.http.port}: {exc}")
+            return
+        self._push("http", self.http.stop)
+
+    def _start_retention(self, store: SqliteEventStore) -> RetentionThread:
+        from station.store.retention import RetentionThread
+
+        r = self.cfg.retention
+        self.retention = RetentionThread(store, self.data_dir, r.events_days, r.face_crops_days, r.interval_s)
+        self.retention.start()
+        self._push("retention", self.retention.stop)
+        return self.retention
+
+    def _start_control(self, store: SqliteEventStore, pipeline: Pipeline, retention: RetentionThread) -> None:
+        """Start the control socket for stationctl; without it the station screens on (docs/stationctl.md)."""
+        from station.ops.control import ControlServer, socket_path, station_handlers
+
+        cfg = self.cfg
+        path = socket_path(self.data_dir)
+        server = ControlServer(path)
+        server.handlers.update(
+            station_handlers(
+                server,
+                data_dir=self.data_dir,
+                site=cfg.station.site,
+                station=cfg.station.id,
+                ready=lambda: self.ready_t is not None,
+                runtime_status=self.runtime_status,
+                pipeline=pipeline,
+                store=store,
+                retention=retention,
+                devices={
+                    "thermal": {"port": cfg.thermal.port},
+                    "camera": {"device": cfg.camera.device},
+                    "gate": {"pin_factory": cfg.gate.pin_factory},
+                },
+                pump=self.pump,
+                mqtt_connected=self.publisher.connected if self.publisher is not None else None,
+            )
+        )
+        try:
+            server.start()
+        except OSError as exc:
+            self._degrade("control", f"socket {path} cannot be bound: {exc}; stationctl reads the status file instead")
+            return
+        self.control = server
+        self._push("control", server.stop)
+
+    def _ready(self) -> None:
+        """Tell systemd the station is ready, naming every module it runs without and why."""
+        cfg = self.cfg
+        self.ready_t = self.clock.monotonic()
+        degraded = self.degradations()
+        for d in degraded:
+            # Nested: "module" is a LogRecord attribute of its own (printed as degraded.module=…).
+            log.error("station running degraded", extra={"degraded": d.as_dict()})
+        text = f"screening site={cfg.station.site} station={cfg.station.id}" + "".join(
+            f"; DEGRADED {d.module}: {d.reason}" for d in degraded
+        )
+        self.notifier.ready(status=text)
+        log.info("station ready start_s=%.2f", self.ready_t - (self.started_t or self.ready_t))
+
+    def degradations(self) -> list[Degradation]:
+        """Return every module the station runs without now, and why: those found while starting, then the live ones."""
+        out = list(self._degraded)
+        if self.pipeline is not None:
+            thermal = self.pipeline.thermal.stats()
+            state = thermal.get("state")
+            if state != "connected":
+                port = thermal.get("port") or self.cfg.thermal.port
+                failures = thermal.get("open_failures")
+                tried = f" ({failures} open failures)" if failures else ""
+                out.append(Degradation("thermal", f"{state} on {port}{tried}; every screening ends in manual_check"))
+            camera = self.pipeline.camera.stats()
+            # Opening is asynchronous: only a camera that failed to open (and is not running since) counts.
+            if camera.get("state") != "running" and camera.get("open_failures"):
+                out.append(
+                    Degradation(
+                        "camera",
+                        f"{camera.get('state')} {self.cfg.camera.device} ({camera['open_failures']} open failures); nobody is screened",
+                    )
+                )
+        publisher = self.publisher
+        if publisher is not None and not publisher.connected() and (publisher.state == "auth_failed" or publisher.last_error):
+            out.append(Degradation("mqtt", f"broker {publisher.state}: {publisher.last_error}; records wait in the outbox"))
+        return out
 
     def runtime_status(self) -> dict[str, Any]:
+        """Return the live status the status file, the control socket and ``stationctl status`` show."""
         p = self.pipeline
         return {
             "site": self.cfg.station.site,
@@ -475,13 +752,14 @@ class StationApp:
             "outbox_pump": self.pump.stats() if self.pump else None,
             "uptime_s": round(self.clock.monotonic() - (self.started_t or 0.0), 1),
             "http": self.http.url if self.http is not None else None,
-            "codes": [j.stats() for j in getattr(self, "code_verifiers", []) if hasattr(j, "stats")],
+            "codes": [self.code_judge.stats()] if self.code_judge is not None else [],
             # Per stage: state, in-process restarts, contained failures per kind (station.lane.pipeline).
             "stages": self.stage_health(),
+            "degraded": [d.as_dict() for d in self.degradations()],
         }
 
     def stage_health(self) -> dict[str, Any]:
-        """The pipeline's stage health, with the plate thread's as one more stage when it runs."""
+        """Return the pipeline's stage health, with the plate thread's as one more stage when it runs."""
         if self.pipeline is None:
             return {}
         from station.lane.pipeline import health_summary
@@ -499,6 +777,7 @@ class StationApp:
                 log.warning("cannot write runtime status error=%s", exc)
 
     def add_listener(self, fn: Callable[[Decided], None]) -> None:
+        """Call ``fn`` with every decision; after :meth:`start`."""
         assert self.pipeline is not None, "start() first"
         self.pipeline.add_listener(fn)
 

@@ -176,7 +176,9 @@ def test_daemon_without_its_thermal_module_runs_degraded_and_finds_it_later(tmp_
     emu = GyMcu90640Emulator(empty_room, baud=460800, refresh_hz=8)
     try:
         msgs = recv_until(sock, b"READY=1", timeout=60)
-        assert "DEGRADED: thermal module reconnecting" in next(m for m in msgs if b"READY=1" in m).decode()
+        ready = next(m for m in msgs if b"READY=1" in m).decode()
+        assert f"DEGRADED thermal: reconnecting on {link}" in ready and "manual_check" in ready, ready
+        assert "DEGRADED detector" not in ready and "DEGRADED mqtt" not in ready, ready
         emu.start()
         link.symlink_to(emu.port)
         deadline = time.monotonic() + 20

@@ -1,4 +1,4 @@
-"""Who may tell a station what to do: signed remote commands and signed code look-up answers.
+r"""Who may tell a station what to do: signed remote commands and signed code look-up answers.
 
 A command that changes the gate or the station (``SIGNED_COMMANDS``) must arrive as a *signed
 envelope* (docs/mqtt.md, *Signed commands*)::
@@ -9,7 +9,7 @@ envelope* (docs/mqtt.md, *Signed commands*)::
 
 ``sig`` is an Ed25519 signature (or ECDSA P-256 / SHA-256, DER) by a command-centre key over
 :func:`command_bytes`: the domain tag ``checkpoint-cmd/v1`` and a newline, then the canonical JSON
-(sorted keys, no whitespace, non-ASCII as ``\\u`` escapes, shortest round-trip numbers) of every
+(sorted keys, no whitespace, non-ASCII as ``\u`` escapes, shortest round-trip numbers) of every
 field but ``sig``. So the signature binds the site, the station, the command name, its arguments,
 the id, the deadline and the signer's name; the audit's operator is the signed ``by`` with its
 ``key_id``, never a field the sender could change. ``key_id`` is the first 8 bytes of SHA-256 of
@@ -122,10 +122,12 @@ def canonical(value: Mapping[str, Any]) -> bytes:
 
 
 def command_bytes(envelope: Mapping[str, Any]) -> bytes:
+    """Return the bytes a command signature covers: the command domain tag, then the canonical envelope."""
     return COMMAND_DOMAIN + canonical(envelope)
 
 
 def lookup_bytes(answer: Mapping[str, Any]) -> bytes:
+    """Return the bytes a look-up answer's signature covers: the look-up domain tag, then the canonical answer."""
     return LOOKUP_DOMAIN + canonical(answer)
 
 
@@ -133,11 +135,13 @@ def lookup_bytes(answer: Mapping[str, Any]) -> bytes:
 
 
 def key_id_of(key: PublicKey) -> str:
+    """Return a key's id: the first 8 bytes of the SHA-256 of its SubjectPublicKeyInfo, in hex."""
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).digest()[:8].hex()
 
 
 def public_pem(key: PublicKey) -> str:
+    """Return the public key as PEM text."""
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
 
 
@@ -150,7 +154,7 @@ def _usable(key: Any, where: str) -> PublicKey:
 
 
 def parse_public_keys(data: bytes, where: str = "keys") -> dict[str, PublicKey]:
-    """key id → key for every PEM public key or certificate in ``data``; one bad block refuses all."""
+    """Return key id → key for every PEM public key or certificate in ``data``; one bad block refuses all."""
     keys: dict[str, PublicKey] = {}
     for n, match in enumerate(_PEM_RE.finditer(data)):
         block = match.group(0)
@@ -169,7 +173,7 @@ def parse_public_keys(data: bytes, where: str = "keys") -> dict[str, PublicKey]:
 
 
 def load_private_key(path: Path) -> PrivateKey:
-    """A centre signing key (PEM PKCS#8, unencrypted): Ed25519 or ECDSA P-256."""
+    """Load a centre signing key (PEM PKCS#8, unencrypted): Ed25519 or ECDSA P-256."""
     key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key
@@ -248,6 +252,7 @@ class CommandKeys:
         log.info("command keys loaded source=configured keys=%s", ",".join(self._keys) or "-")
 
     def get(self, key_id: str) -> PublicKey | None:
+        """Return the trusted key with this id, or None."""
         with self._lock:
             return self._keys.get(key_id)
 
@@ -256,6 +261,7 @@ class CommandKeys:
             return len(self._keys)
 
     def key_ids(self) -> list[str]:
+        """Return the trusted key ids, sorted."""
         with self._lock:
             return sorted(self._keys)
 
@@ -289,6 +295,7 @@ class CommandKeys:
         return {"version": version, "previous_version": previous, "key_ids": sorted(keys)}
 
     def stats(self) -> dict[str, Any]:
+        """Return where the keys come from, the list version, the key ids and any problem loading them."""
         with self._lock:
             return {"source": self.source, "version": self.version, "key_ids": sorted(self._keys), "problem": self.problem}
 
@@ -313,7 +320,7 @@ class ReplayGuard:
         self._purged = float("-inf")
 
     def claim(self, command_id: str, deadline: float, now: float) -> bool | None:
-        """True: first use, now remembered. False: seen before. None: the store failed (refuse)."""
+        """Remember ``command_id`` until its deadline; return True on first use, False if seen, None if the store failed (refuse)."""
         try:
             with self._lock:
                 if now - self._purged >= 10.0:
@@ -330,6 +337,7 @@ class ReplayGuard:
             return None
 
     def close(self) -> None:
+        """Close the replay store."""
         with self._lock:
             self._db.close()
 
@@ -339,6 +347,8 @@ class ReplayGuard:
 
 @dataclass(frozen=True, slots=True)
 class SignedCommand:
+    """A command envelope whose signature verified: what to do, for whom, until when, and who signed it."""
+
     id: str
     deadline: float
     site: str
@@ -356,6 +366,8 @@ class SignedCommand:
 
 @dataclass(frozen=True, slots=True)
 class CommandVerdict:
+    """The judgement on one command request: ``ok``, or the reason (and detail) it is refused."""
+
     ok: bool
     reason: str
     command: SignedCommand | None = None
@@ -371,7 +383,7 @@ def _short_text(value: Any, limit: int) -> bool:
 
 
 def _parse_envelope(request: Any) -> SignedCommand | str:
-    """The typed envelope, or why it is ``malformed``."""
+    """Return the typed envelope, or why it is ``malformed``."""
     if not isinstance(request, dict):
         return "the request must be a JSON object"
     extra = set(request) - ENVELOPE_FIELDS
@@ -472,9 +484,11 @@ class CommandVerifier:
 
     @staticmethod
     def needs_signature(command: str) -> bool:
+        """Return whether ``command`` must be signed (every command but the read-only ones)."""
         return command not in UNSIGNED_COMMANDS
 
     def verify(self, command: str, request: Any) -> CommandVerdict:
+        """Judge one request for ``command`` against the trusted keys, this station and the replay store."""
         return verify_command(
             request,
             command=command,
@@ -502,7 +516,7 @@ def sign_command(
     now: float | None = None,
     command_id: str | None = None,
 ) -> dict[str, Any]:
-    """A signed command body for ``<prefix>/<site>/<station>/cmd/<command>`` (the centre's side)."""
+    """Return a signed command body for ``<prefix>/<site>/<station>/cmd/<command>`` (the centre's side)."""
     now = time.time() if now is None else now
     envelope: dict[str, Any] = {
         "id": command_id or uuid.uuid4().hex,
@@ -529,7 +543,7 @@ def sign_lookup_answer(
     ok: bool = True,
     by: str = "centre",
 ) -> dict[str, Any]:
-    """A signed ``lookup/code/result`` answer to one request (the centre's side)."""
+    """Return a signed ``lookup/code/result`` answer to one request (the centre's side)."""
     answer: dict[str, Any] = {
         "id": request_id,
         "ok": ok,
@@ -577,8 +591,10 @@ def verify_lookup_answer(
 
 
 def new_signing_key() -> ed25519.Ed25519PrivateKey:
+    """Return a new Ed25519 signing key."""
     return ed25519.Ed25519PrivateKey.generate()
 
 
 def private_pem(key: PrivateKey) -> bytes:
+    """Return the private key as unencrypted PEM PKCS#8."""
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

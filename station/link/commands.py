@@ -46,17 +46,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from station.domain.model import Decision, GateAction, GateCommand, GateResult
 from station.link.command_auth import (
     CommandKeys,
     CommandVerifier,
     KeyListError,
-    ReplayGuard,
     SignedCommand,
 )
 from station.ops.ratelimit import FailureLog, RateLimiter
+
+if TYPE_CHECKING:
+    from station.lane.pipeline import Pipeline
+    from station.store.events import SqliteEventStore
 
 log = logging.getLogger("station.link.commands")
 
@@ -75,11 +78,12 @@ AUDIT_BODY_CHARS = 2048
 
 
 def dumps(value: Any) -> bytes:
+    """Return ``value`` as compact UTF-8 JSON (NaN refused, anything else unknown as its ``str``)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False).encode("utf-8")
 
 
 def state_like(stats: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of a component's stats that describe its *state* (strings, flags), not counters.
+    """Return the fields of a component's stats that describe its *state* (strings, flags), not counters.
 
     Counters change every frame; publishing retained state on each would flood the broker.
     """
@@ -94,8 +98,11 @@ class CommandError(Exception):
 
 
 def set_config_value(path: Path, key: str, value: Any) -> tuple[Any, Any]:
-    """Change one setting in a TOML file keeping its comments (stationctl's writer); validated
-    before anything is written, atomic with a ``.bak``. Returns (old, new)."""
+    """Change one setting in a TOML file keeping its comments; return (old, new).
+
+    The new text is validated before anything is written, and written atomically with a ``.bak``
+    (stationctl's writer).
+    """
     import tomlkit
     import tomlkit.items
 
@@ -122,8 +129,11 @@ def set_config_value(path: Path, key: str, value: Any) -> tuple[Any, Any]:
 
 
 class CommandHandlers:
-    """What each ``cmd/<name>`` does. Each handler takes the request dict and returns the result
-    dict, or raises :class:`CommandError` to refuse."""
+    """Carry out each ``cmd/<name>``.
+
+    Each handler takes the request dict and returns the result dict, or raises
+    :class:`CommandError` to refuse.
+    """
 
     def __init__(
         self,
@@ -169,12 +179,15 @@ class CommandHandlers:
         return args
 
     def ping(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Return that the station answers, with its session and uptime."""
         return {"pong": True, "session": getattr(self.store, "session", None), "uptime_s": round(self.wall() - self.started_wall, 1)}
 
     def snapshot(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Return the station's status, outbox, link and last event in one reply."""
         return self.snapshot_fn()
 
     def reload_config(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Validate the config file; applying it needs a restart (live reload is not implemented)."""
         from station.config import ConfigError, load_config
 
         if self.config_path is None:
@@ -191,6 +204,7 @@ class CommandHandlers:
         }
 
     def set_threshold(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Persist ``args.fever_threshold_c`` in the config file; it takes effect at the next restart."""
         args = self._args(request)
         value = args.get("fever_threshold_c")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -209,9 +223,11 @@ class CommandHandlers:
         }
 
     def trust_list(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Replace the HC1 trust list: accepted only when signed by the configured trust-list signer
-        and newer than the stored version; on any refusal the old list stays in use. The running
-        verifier picks the new list up at its next code (station.codes.trust_list.TrustStore)."""
+        """Replace the HC1 trust list when signed by the configured trust-list signer and newer than the stored one.
+
+        On any refusal the old list stays in use. The running verifier picks the new list up at
+        its next code (station.codes.trust_list.TrustStore).
+        """
         from station.codes.trust_list import (
             TrustListError,
             accept_push,
@@ -237,10 +253,12 @@ class CommandHandlers:
         return {**result, "signature_verified": True}
 
     def resident_plates(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Replace the resident plate list: every entry validated first (one bad plate refuses the
-        whole list and the old one stays), then one atomic file replace; the plate thread re-reads
-        the file at its next vehicle. ``args.version`` (optional) must be newer than the stored one,
-        so a replayed or reordered older push cannot undo a newer list."""
+        """Replace the resident plate list, every entry validated first, in one atomic file replace.
+
+        One bad plate refuses the whole list and the old one stays; the plate thread re-reads the
+        file at its next vehicle. ``args.version`` (optional) must be newer than the stored one, so
+        a replayed or reordered older push cannot undo a newer list.
+        """
         from station.store import residents
 
         args = self._args(request)
@@ -263,9 +281,11 @@ class CommandHandlers:
         return {"count": len(plates), "version": new_version, "previous_version": have, "file": str(path)}
 
     def rotate_command_keys(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Replace the trusted command-centre keys: the request was signed by a current key (the link
-        checked); ``args.version`` must be newer than the list in use. Stored in the data dir, so
-        it survives restarts; from the next command on only the new keys are trusted."""
+        """Replace the trusted command-centre keys with a newer ``args.version`` of the list.
+
+        The request was signed by a current key (the link checked). The list is stored in the data
+        dir, so it survives restarts; from the next command on only the new keys are trusted.
+        """
         if self.command_keys is None:
             raise CommandError("this station keeps no command key list")
         args = self._args(request)
@@ -281,6 +301,7 @@ class CommandHandlers:
             raise CommandError(f"key list refused, the old keys stay in use: {exc}") from None
 
     def open_gate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Open the gate once for a request with a fresh id and a near deadline; audited, carried out or refused."""
         corr = request.get("id")
         if not isinstance(corr, str) or not corr:
             raise CommandError("open-gate needs an id (it is the replay guard)")
@@ -380,6 +401,7 @@ class StationLink:
     # -- lifecycle
 
     def start(self) -> None:
+        """Subscribe to ``cmd/+`` and start the worker thread."""
         self.publisher.on_connected.append(self._on_connected)
         self.publisher.subscribe(self.cmd_filter, self._on_command, accept_retained=False, max_bytes=self.max_command_bytes)
         if self.publisher.connected():  # connected before this link existed: catch up now
@@ -388,6 +410,7 @@ class StationLink:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker thread (waiting at most ``timeout`` s)."""
         self._stop.set()
         self._enqueue("stop", "", b"")  # wakes the worker; if the queue is full it sees _stop next
         if self._thread is not None:
@@ -585,7 +608,7 @@ class StationLink:
             log.exception("command audit row not written name=%s id=%s", name, corr)
 
 
-# ------------------------------------------------------------------------------------------ wiring
+# ------------------------------------------------------------------------------------ state sources
 
 
 def _local_midnight(now: float | None = None) -> float:
@@ -593,24 +616,53 @@ def _local_midnight(now: float | None = None) -> float:
     return time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
 
 
-def link_for_app(app: Any) -> StationLink:
-    """The link for a started :class:`station.app.StationApp` (store, pipeline, publisher, pump)."""
-    cfg = app.cfg
-    base = f"{cfg.mqtt.topic_prefix}/{cfg.station.site}/{cfg.station.id}"
-    pipeline, store, publisher, pump = app.pipeline, app.store, app.publisher, app.pump
+class StationStates:
+    """Compute the retained ``state/<component>`` bodies from the running lane, store and broker link."""
 
-    def thermal() -> dict[str, Any]:
-        return state_like(pipeline.thermal.stats())
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        store: SqliteEventStore,
+        mqtt_state: Callable[[], str],
+        detector_state: Callable[[], str],
+        stage_health: Callable[[], dict[str, Any]],
+    ) -> None:
+        """Read state from ``pipeline`` and ``store``; the broker and detector states come from the callables."""
+        self.pipeline = pipeline
+        self.store = store
+        self.mqtt_state = mqtt_state
+        self.detector_state = detector_state
+        self.stage_health = stage_health
 
-    def camera() -> dict[str, Any]:
-        return state_like(pipeline.camera.stats())
+    def sources(self) -> dict[str, Callable[[], Mapping[str, Any]]]:
+        """Return one state source per component, as :class:`StationLink` publishes them."""
+        return {
+            "thermal": self.thermal,
+            "camera": self.camera,
+            "detector": self.detector,
+            "gate": self.gate,
+            "screening": self.screening,
+            "outbox": self.outbox,
+            # Pipeline stage health: in-process restarts, contained failures per kind, given-up stages.
+            "stages": self.stage_health,
+        }
 
-    def detector() -> dict[str, Any]:
-        # The composition root tracks a missing or corrupt model (station.lane.vision) as detector_state.
-        return {"state": str(getattr(app, "detector_state", "ready")), "model": pipeline.detector.name}
+    def thermal(self) -> dict[str, Any]:
+        """Return the thermal source's state fields."""
+        return state_like(self.pipeline.thermal.stats())
 
-    def gate() -> dict[str, Any]:
-        last = pipeline.last_decided
+    def camera(self) -> dict[str, Any]:
+        """Return the camera's state fields."""
+        return state_like(self.pipeline.camera.stats())
+
+    def detector(self) -> dict[str, Any]:
+        """Return the face detector's state (``ok`` or ``degraded: <reason>``) and model name."""
+        return {"state": self.detector_state(), "model": self.pipeline.detector.name}
+
+    def gate(self) -> dict[str, Any]:
+        """Return the gate's last action and whether it was carried out."""
+        last = self.pipeline.last_decided
         if last is None:
             return {"state": "idle", "last_action": None}
         return {
@@ -620,98 +672,22 @@ def link_for_app(app: Any) -> StationLink:
             "last_event_id": last.event.event_id,
         }
 
-    def screening() -> dict[str, Any]:
-        last = pipeline.last_decided
+    def screening(self) -> dict[str, Any]:
+        """Return the last decision and the decision counts, in total and since local midnight."""
+        last = self.pipeline.last_decided
         event = last.event if last is not None else None
         return {
             "last_decision": event.decision.value if event else None,
             "last_temperature_c": event.temperature_c if event else None,
             "last_event_id": event.event_id if event else None,
             "alarm": bool(event.alarm) if event else False,
-            "count_total": sum(store.counts().values()),
+            "count_total": sum(self.store.counts().values()),
             # Decisions since local midnight: what the command-centre board shows per station.
-            "count_today": sum(store.counts(since_ts=_local_midnight()).values()),
+            "count_today": sum(self.store.counts(since_ts=_local_midnight()).values()),
         }
 
-    def outbox() -> dict[str, Any]:
-        stats = dict(store.outbox_stats())
+    def outbox(self) -> dict[str, Any]:
+        """Return the outbox depth with the broker link's state."""
+        stats = dict(self.store.outbox_stats())
         stats["oldest_age_s"] = int(stats["oldest_age_s"])  # whole seconds: not a change every poll
-        return dict(stats, mqtt=publisher.state)
-
-    def stats() -> dict[str, Any]:
-        return {
-            "pipeline": pipeline.stats(),
-            "outbox": store.outbox_stats(),
-            "pump": pump.stats(),
-            "mqtt": publisher.stats(),
-            "counts": store.counts(),
-            "commands": link.stats(),
-        }
-
-    def snapshot() -> dict[str, Any]:
-        return {
-            "status": app.runtime_status(),
-            "outbox": store.outbox_stats(),
-            "pump": pump.stats(),
-            "mqtt": publisher.stats(),
-            "last_event": store.last_event(),
-            "commands": link.stats(),
-        }
-
-    centre = cfg.centre
-    keys = CommandKeys(Path(centre.command_keys_file) if centre.command_keys_file else None, app.data_dir)
-    verifier = CommandVerifier(
-        keys,
-        ReplayGuard(Path(app.data_dir) / COMMAND_IDS_FILE),
-        site=cfg.station.site,
-        station=cfg.station.id,
-        max_window_s=centre.command_max_window_s,
-    )
-    handlers = CommandHandlers(
-        store=store,
-        gate=pipeline.gate,
-        monotonic=app.clock.monotonic,
-        config_path=getattr(app, "config_path", None),
-        data_dir=app.data_dir,
-        snapshot=snapshot,
-        command_ttl_s=cfg.gate.command_ttl_s,
-        trust_list_signer=Path(cfg.codes.trust_list_signer_file) if cfg.codes.trust_list_signer_file else None,
-        command_keys=keys,
-    )
-    link = StationLink(
-        publisher,
-        base,
-        {"station_id": cfg.station.id, "site": cfg.station.site},
-        {
-            "thermal": thermal,
-            "camera": camera,
-            "detector": detector,
-            "gate": gate,
-            "screening": screening,
-            "outbox": outbox,
-            # Pipeline stage health: in-process restarts, contained failures per kind, given-up stages.
-            "stages": app.stage_health,
-        },
-        stats,
-        handlers,
-        verifier=verifier,
-        stats_interval_s=cfg.mqtt.stats_interval_s,
-        max_command_bytes=centre.command_max_bytes,
-        queue_size=centre.command_queue,
-        refused_audit_per_min=centre.refused_audit_per_min,
-    )
-    # Code look-up answers are believed only when signed by the same centre keys.
-    for judge in getattr(app, "code_verifiers", []):
-        for code_verifier in getattr(judge, "verifiers", []):
-            if hasattr(code_verifier, "trust_centre_keys"):
-                code_verifier.trust_centre_keys(keys)
-    if cfg.mqtt.ha_discovery:
-        from station.link.ha import HaDiscovery, discovery_configs
-        from station.link.sync import _VERSION
-
-        ha = HaDiscovery(
-            publisher, cfg.mqtt.ha_prefix, discovery_configs(cfg.mqtt.ha_prefix, base, cfg.station.site, cfg.station.id, _VERSION)
-        )
-        link.extra_on_connect.append(ha.announce)
-        link.route(f"{cfg.mqtt.ha_prefix}/status", ha.on_ha_status)
-    return link
+        return dict(stats, mqtt=self.mqtt_state())

@@ -104,10 +104,12 @@ class HaDiscovery:
         self.sent = 0
 
     def announce(self) -> None:
+        """Publish every entity's discovery config, retained."""
         ok = sum(1 for topic, cfg in self.configs.items() if self.publisher.publish_direct(topic, dumps(cfg), qos=1, retain=True))
         self.sent += 1
         log.info("home assistant discovery published entities=%d of=%d", ok, len(self.configs))
 
     def on_ha_status(self, topic: str, payload: bytes) -> None:
+        """Announce again when Home Assistant comes online (its birth message)."""
         if payload.strip() == b"online":  # HA's birth message: it may have lost its retained configs
             self.announce()

@@ -44,6 +44,8 @@ SNAPSHOT_SCORE_THRESHOLD = 0.5
 
 @dataclass(frozen=True, slots=True)
 class SnapshotSettings:
+    """How often, how large and how good a snapshot is, and whether faces are blurred (``[snapshots]``)."""
+
     interval_s: float = 5.0
     max_width: int = 320
     quality: int = 70
@@ -63,7 +65,7 @@ def _blur_region(img: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> None:
 
 
 def blur_faces(image: np.ndarray, faces: Sequence[FaceDetection], margin: float = FACE_MARGIN) -> np.ndarray:
-    """A copy of ``image`` with every face box (grown by ``margin``) blurred beyond recognition."""
+    """Return a copy of ``image`` with every face box (grown by ``margin``) blurred beyond recognition."""
     out = image.copy()
     h, w = out.shape[:2]
     for f in faces:
@@ -76,7 +78,7 @@ def blur_faces(image: np.ndarray, faces: Sequence[FaceDetection], margin: float 
 
 
 def blur_all(image: np.ndarray) -> np.ndarray:
-    """The fail-closed picture when no detector can say where the faces are: all of it blurred."""
+    """Return the fail-closed picture when no detector can say where the faces are: all of it blurred."""
     out = image.copy()
     _blur_region(out, 0, 0, out.shape[1], out.shape[0])
     return out
@@ -115,6 +117,7 @@ def render_snapshot(image: np.ndarray, detector: Any | None, settings: SnapshotS
 
 
 def snapshot_payload(jpeg: bytes, meta: dict[str, Any], identity: dict[str, str], ts: float) -> bytes:
+    """Return the ``snapshot`` message: JSON with the station's identity, the metadata and the JPEG in base64."""
     body = {
         "schema": SCHEMA,
         **identity,
@@ -144,9 +147,11 @@ class LatestFrame:
         self._frame: VisibleFrame | None = None
 
     def offer(self, frame: VisibleFrame) -> None:
+        """Keep ``frame`` as the newest (called on the camera thread)."""
         self._frame = frame  # a single reference assignment: atomic, the camera thread never waits
 
     def take(self) -> VisibleFrame | None:
+        """Return the newest frame, or None before the first."""
         return self._frame
 
 
@@ -180,16 +185,19 @@ class SnapshotPublisher:
         self.last_bytes = 0
 
     def start(self) -> None:
+        """Start publishing on its own thread."""
         self._thread = threading.Thread(target=self._run, name="station-snapshots", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread (waiting at most ``timeout`` s)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
 
     def stats(self) -> dict[str, int]:
+        """Return the snapshots published, skipped and failed, and the size of the last JPEG."""
         return {"published": self.published, "skipped": self.skipped, "errors": self.errors, "last_bytes": self.last_bytes}
 
     def publish_once(self) -> bool:
@@ -228,30 +236,5 @@ class SnapshotPublisher:
 
 
 def snapshot_topic(topic_prefix: str, site: str, station_id: str) -> str:
+    """Return the station's retained ``snapshot`` topic."""
     return f"{topic_prefix}/{site}/{station_id}/snapshot"
-
-
-def snapshots_for_app(app: Any) -> SnapshotPublisher:
-    """Wire snapshots into a started :class:`station.app.StationApp` (pipeline and publisher up)."""
-    from station.app import models_dir_for
-    from station.lane.vision import build_face_detector
-
-    cfg = app.cfg
-    s = cfg.snapshots
-    settings = SnapshotSettings(s.interval_s, s.max_width, s.quality, s.blur_faces)
-    detector = None
-    if s.blur_faces:
-        # Its own instance with a lower threshold (see the module docstring); ultraface-320 is ~1 MB.
-        detector = build_face_detector(
-            cfg.detector.face, models_dir_for(cfg), score_threshold=min(SNAPSHOT_SCORE_THRESHOLD, cfg.detector.score_threshold), threads=1
-        )
-        detector.warm_up()
-    frames = LatestFrame()
-    app.pipeline.frame_taps.append(frames.offer)
-    topic = snapshot_topic(cfg.mqtt.topic_prefix, cfg.station.site, cfg.station.id)
-    publisher = app.publisher
-
-    def publish(payload: bytes) -> bool:
-        return bool(publisher.publish_direct(topic, payload, qos=0, retain=True))
-
-    return SnapshotPublisher(frames, detector, publish, {"station_id": cfg.station.id, "site": cfg.station.site}, settings)

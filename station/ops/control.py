@@ -28,9 +28,15 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typing only: stationctl imports this module on every call and must stay light
+    from station.lane.pipeline import Pipeline
+    from station.link.sync import OutboxPump
+    from station.store.events import SqliteEventStore
+    from station.store.retention import RetentionThread
 
 log = logging.getLogger("station.ops.control")
 
@@ -247,75 +253,63 @@ def _midnight() -> float:
     return time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
 
 
-def handlers_for_app(app: Any, server: ControlServer | None = None) -> dict[str, Handler]:
+def station_handlers(
+    server: ControlServer,
+    *,
+    data_dir: Path,
+    site: str,
+    station: str,
+    ready: Callable[[], bool],
+    runtime_status: Callable[[], dict[str, Any]],
+    pipeline: Pipeline,
+    store: SqliteEventStore,
+    retention: RetentionThread,
+    devices: Mapping[str, Mapping[str, Any]],
+    pump: OutboxPump | None = None,
+    mqtt_connected: Callable[[], bool] | None = None,
+) -> dict[str, Handler]:
+    """Return the daemon's control commands over its running parts (``pump`` None: no broker configured).
+
+    ``devices`` names what each device is configured as (thermal port, camera device, gate pin
+    factory); the live stats of the thermal source and the camera are added to it.
+    """
+
     def ping(_req: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "pid": os.getpid(),
-            "data_dir": str(app.data_dir),
-            "site": app.cfg.station.site,
-            "station": app.cfg.station.id,
-            "ready": app.ready_t is not None,
-        }
+        return {"pid": os.getpid(), "data_dir": str(data_dir), "site": site, "station": station, "ready": ready()}
 
     def status(_req: dict[str, Any]) -> dict[str, Any]:
-        return dict(app.runtime_status(), state="running", pid=os.getpid(), updated=time.time())
+        return dict(runtime_status(), state="running", pid=os.getpid(), updated=time.time())
 
     def counters(_req: dict[str, Any]) -> dict[str, Any]:
-        p = app.pipeline
-        gate = getattr(p, "gate", None) if p is not None else None
-        retention = getattr(app, "retention", None)
+        gate_stats = getattr(pipeline.gate, "stats", None)  # the GPIO gate counts; a test double may not
         return {
-            "pipeline": p.stats() if p is not None else {},
-            "gate": gate.stats() if gate is not None and hasattr(gate, "stats") else None,
-            "outbox_pump": app.pump.stats() if app.pump is not None else None,
-            "outbox": app.store.outbox_stats() if app.store is not None else None,
-            "today": app.store.counts(since_ts=_midnight()) if app.store is not None else None,
-            "retention": retention.stats() if retention is not None else None,
-            "control": {"requests": server.requests, "errors": server.errors} if server is not None else None,
+            "pipeline": pipeline.stats(),
+            "gate": gate_stats() if gate_stats is not None else None,
+            "outbox_pump": pump.stats() if pump is not None else None,
+            "outbox": store.outbox_stats(),
+            "today": store.counts(since_ts=_midnight()),
+            "retention": retention.stats(),
+            "control": {"requests": server.requests, "errors": server.errors},
         }
 
-    def devices(_req: dict[str, Any]) -> dict[str, Any]:
-        p = app.pipeline
-        return {
-            "thermal": {"port": app.cfg.thermal.port, **(dict(p.thermal.stats()) if p is not None else {})},
-            "camera": {"device": app.cfg.camera.device, **(dict(p.camera.stats()) if p is not None else {})},
-            "gate": {"pin_factory": app.cfg.gate.pin_factory},
-        }
+    def device_state(_req: dict[str, Any]) -> dict[str, Any]:
+        live = {"thermal": dict(pipeline.thermal.stats()), "camera": dict(pipeline.camera.stats())}
+        return {name: {**named, **live.get(name, {})} for name, named in devices.items()}
 
     def outbox_wake(_req: dict[str, Any]) -> dict[str, Any]:
-        if app.pump is None:
+        if pump is None:
             return {"woken": False, "reason": "no broker configured (mqtt.url is empty)"}
-        app.pump.wake()
-        return {"woken": True, "mqtt_connected": app.publisher.connected() if app.publisher else None}
+        pump.wake()
+        return {"woken": True, "mqtt_connected": mqtt_connected() if mqtt_connected is not None else None}
 
     def retention_run(_req: dict[str, Any]) -> dict[str, Any]:
-        retention = getattr(app, "retention", None)
-        if retention is None:
-            raise RuntimeError("retention is not running")
         return dict(retention.run_once().as_dict())
 
     return {
         "ping": ping,
         "status": status,
         "counters": counters,
-        "devices": devices,
+        "devices": device_state,
         "outbox_wake": outbox_wake,
         "retention_run": retention_run,
     }
-
-
-def start_control(app: Any) -> ControlServer | None:
-    """Start the control socket for ``StationApp``; None (logged) if it cannot be bound.
-
-    The station screens without it: a missing control socket costs the technician live state, never
-    the gate.
-    """
-    path = socket_path(app.data_dir)
-    server = ControlServer(path)
-    server.handlers.update(handlers_for_app(app, server))
-    try:
-        server.start()
-    except OSError as exc:
-        log.error("control socket unavailable path=%s error=%s", path, exc)
-        return None
-    return server

@@ -398,11 +398,3 @@ class RetentionThread:
             "face_crops_days": self.face_crops_days,
             "interval_s": self.interval_s,
         }
-
-
-def start_retention(app: Any) -> RetentionThread:
-    """Build and start the purge thread for ``StationApp`` (its ``stop`` goes on the app's stack)."""
-    r = app.cfg.retention
-    thread = RetentionThread(app.store, app.data_dir, r.events_days, r.face_crops_days, r.interval_s)
-    thread.start()
-    return thread

@@ -19,8 +19,9 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.applications import Starlette
@@ -33,6 +34,12 @@ from starlette.staticfiles import StaticFiles
 from station.web.access import AccessPolicy, OperatorAccess, is_loopback, load_token
 from station.web.desk import ActionRefused, DeskSettings, OperatorDesk
 from station.web.live import BOUNDARY, LiveView
+
+if TYPE_CHECKING:
+    from station.config import HttpSection
+    from station.lane.pipeline import Pipeline
+    from station.ports import Clock
+    from station.store.events import SqliteEventStore
 
 log = logging.getLogger("station.web")
 
@@ -199,13 +206,27 @@ class OperatorServer:
         self.sock.close()
 
 
-def start_operator_display(app: Any) -> OperatorServer | None:
-    """Wire the display to a started :class:`station.app.StationApp`; None (logged) if it cannot bind."""
-    cfg, pipeline = app.cfg, app.pipeline
-    h = cfg.http
+def start_operator_display(
+    *,
+    http: HttpSection,
+    identity: Mapping[str, str],
+    data_dir: Path,
+    store: SqliteEventStore,
+    pipeline: Pipeline,
+    runtime_status: Callable[[], dict[str, Any]],
+    registration: np.ndarray,
+    fever_threshold_c: float,
+    command_ttl_s: float,
+    clock: Clock,
+) -> OperatorServer:
+    """Start the display on the running lane; raise ``OSError`` if it cannot listen (the caller logs, the gate works on).
+
+    ``identity`` is the station's ``site``, ``id`` and ``lane``; ``data_dir`` holds the page token.
+    """
+    h = http
     token = None
     if not is_loopback(h.listen):
-        token = load_token(Path(app.store.path).parent)
+        token = load_token(data_dir)
         log.warning(
             "operator display listens beyond this box listen=%s: every page needs the token (stationctl operator-url), actions the PIN",
             h.listen,
@@ -213,7 +234,7 @@ def start_operator_display(app: Any) -> OperatorServer | None:
     policy = AccessPolicy(allowed_hosts=frozenset(n.lower() for n in h.allowed_hosts), token=token)
 
     def devices() -> dict[str, Any]:
-        s = app.runtime_status()
+        s = runtime_status()
         pump = s.get("outbox_pump") or {}
         return {
             "lane_state": s.get("lane_state"),
@@ -222,7 +243,7 @@ def start_operator_display(app: Any) -> OperatorServer | None:
             "detector": s.get("detector"),
             "mqtt": s.get("mqtt_state")
             or ("off" if s.get("mqtt_connected") is None else "connected" if s.get("mqtt_connected") else "offline"),
-            "outbox_pending": app.store.outbox_stats().get("pending"),
+            "outbox_pending": store.outbox_stats().get("pending"),
             "outbox_pump": pump.get("state") if isinstance(pump, dict) else None,
             "live": live.stats(),
             "uptime_s": s.get("uptime_s"),
@@ -235,25 +256,21 @@ def start_operator_display(app: Any) -> OperatorServer | None:
         pin_lock_s=h.pin_lock_s,
         pin_lock_max_s=h.pin_lock_max_s,
         overrides_per_min=h.overrides_per_min,
-        fever_threshold_c=cfg.screening.fever_threshold_c,
-        command_ttl_s=cfg.gate.command_ttl_s,
+        fever_threshold_c=fever_threshold_c,
+        command_ttl_s=command_ttl_s,
     )
     desk = OperatorDesk(
-        store=app.store,
+        store=store,
         gate=pipeline.gate,
-        identity={"site": cfg.station.site, "id": cfg.station.id, "lane": cfg.station.lane},
+        identity=dict(identity),
         settings=settings,
         devices=devices,
         direction_counts=lambda: dict(pipeline.lane.directions.counts),
-        monotonic=app.clock.monotonic,
-        wall=app.clock.wall,
+        monotonic=clock.monotonic,
+        wall=clock.wall,
     )
-    live = LiveView(np.array(cfg.thermal.registration, dtype=np.float64), fps=h.mjpeg_fps, width=h.mjpeg_width)
-    try:
-        server = OperatorServer(desk, live, h.listen, h.port, policy)
-    except OSError as exc:
-        log.error("operator display not started: cannot listen listen=%s port=%s error=%s", h.listen, h.port, exc)
-        return None
+    live = LiveView(registration, fps=h.mjpeg_fps, width=h.mjpeg_width)
+    server = OperatorServer(desk, live, h.listen, h.port, policy)
     pipeline.frame_taps.append(live.offer_frame)
     pipeline.face_taps.append(live.offer_faces)
     pipeline.thermal_taps.append(live.offer_thermal)

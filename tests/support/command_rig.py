@@ -34,7 +34,7 @@ from station.store.events import SqliteEventStore
 from tests.support.broker import Broker
 from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SITE, STATION = "gate-a", "st-01"
 BASE = f"checkpoint/v1/{SITE}/{STATION}"
 

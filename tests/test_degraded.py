@@ -1,0 +1,94 @@
+"""A degraded module is named, with its reason, in systemd's READY status, the log and `stationctl status`.
+
+The daemon runs as systemd runs it (`station run`, NOTIFY_SOCKET) on real devices of the kinds it
+supports (the GY-MCU90640 emulator's pty, a video file as camera, mock GPIO) with one module broken:
+an empty models directory, so the face detector has no model. The healthy modules must not be named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sim.gy_mcu90640_emulator import GyMcu90640Emulator
+from station.cli.stationctl import main as stationctl
+from tests.support.daemon import ROOT, write_config
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _ready_status(sock: socket.socket, timeout: float) -> str:
+    got = b""
+
+    def ready() -> bool:
+        nonlocal got
+        try:
+            got += sock.recv(4096) + b"\n"
+        except TimeoutError:
+            pass
+        return b"READY=1" in got
+
+    sock.settimeout(0.2)
+    wait_until(ready, timeout, "READY=1 from the daemon")
+    return next(line for line in got.decode().splitlines() if line.startswith("STATUS=") and "screening" in line)
+
+
+def test_a_missing_face_model_is_named_in_ready_log_and_status(tmp_path: Path, emulator: GyMcu90640Emulator, video: Path) -> None:
+    empty_models = tmp_path / "models"
+    empty_models.mkdir()
+    cfg = write_config(tmp_path, emulator.port, video)
+    cfg.write_text(cfg.read_text() + f'\n[detector]\nmodels_dir = "{empty_models}"\n')
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify))
+    env.pop("WATCHDOG_USEC", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        status = _ready_status(sock, timeout=60)
+        assert "DEGRADED detector: model ultraface-rfb-320: no manifest" in status and "the lane stays closed" in status, status
+        assert status.count("DEGRADED") == 1, status  # thermal, camera, code reader, control socket are healthy
+
+        # `stationctl status` over the control socket: the module and its reason, nothing else degraded.
+        result: dict = {}
+
+        def answered() -> bool:
+            r = CliRunner().invoke(stationctl, ["--config", str(cfg), "status", "--json"], catch_exceptions=False)
+            result.update(json.loads(r.output)["daemon"])
+            return str(result.get("source", "")).startswith("control socket")
+
+        wait_until(answered, 30, "the daemon's control socket")
+        assert [d["module"] for d in result["degraded"]] == ["detector"], result["degraded"]
+        assert str(empty_models) in result["degraded"][0]["reason"] and "no manifest" in result["degraded"][0]["reason"]
+        text = CliRunner().invoke(stationctl, ["--config", str(cfg), "status"], catch_exceptions=False).output
+        assert "detector: degraded: model ultraface-rfb-320: no manifest" in text, text
+        assert "thermal: degraded" not in text and "control: degraded" not in text, text
+
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        degraded_lines = [line for line in err.splitlines() if "station running degraded" in line]
+        assert len(degraded_lines) == 1, err
+        assert "degraded.module=detector" in degraded_lines[0] and "no manifest" in degraded_lines[0], degraded_lines
+        assert "running without its thermal module" not in err  # the old catch-all line blamed the healthy module
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
