@@ -28,14 +28,18 @@ log = logging.getLogger("station.camera")
 
 
 def _device_arg(device: str | int) -> str | int:
-    """``"0"`` means camera index 0; anything else (``/dev/video0``, a file, a URL) is passed as is."""
+    """Return what ``cv2.VideoCapture`` opens: ``"0"`` is camera index 0; a path, file or URL stays as is."""
     if isinstance(device, str) and device.strip().isdigit():
         return int(device.strip())
     return device
 
 
 class OpenCVCamera:
-    """``FrameSource`` over ``cv2.VideoCapture`` with a 1-slot latest-frame buffer."""
+    """Read a camera or video file (the ``FrameSource`` port) into a 1-slot latest-frame buffer.
+
+    ``backoff_s`` is the (first, maximum) wait between reopen attempts. ``realtime`` paces reads at
+    ``fps``; by default only for a file, since a device paces itself.
+    """
 
     name = "opencv-camera"
 
@@ -50,8 +54,6 @@ class OpenCVCamera:
         realtime: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``backoff_s`` is (first, maximum) wait between reopen attempts. ``realtime`` paces reads
-        at ``fps``; by default only for a file, since a device paces itself."""
         self.device = _device_arg(device)
         self.width = int(width)
         self.height = int(height)
@@ -88,6 +90,7 @@ class OpenCVCamera:
         log.info("camera capture started", extra={"device": str(self.device), "size": (self.width, self.height)})
 
     def stop(self) -> None:
+        """Stop the capture thread (waiting up to 5 s) and release the device."""
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
@@ -102,7 +105,7 @@ class OpenCVCamera:
 
     # -- consumer side ------------------------------------------------------------------------
     def read(self, timeout: float) -> VisibleFrame | None:
-        """The newest frame not yet read, waiting up to ``timeout`` s; None on timeout or stop."""
+        """Return the newest frame not yet read, waiting up to ``timeout`` s; None on timeout or stop."""
         with self._cond:
             self._cond.wait_for(lambda: self._latest is not None or self._stopping.is_set(), timeout=max(0.0, timeout))
             frame = self._latest
@@ -112,6 +115,7 @@ class OpenCVCamera:
             return frame
 
     def stats(self) -> Mapping[str, int | float | str]:
+        """Return the capture state and counters (frames, drops, reopens, failures, last frame age)."""
         with self._cond:
             age = -1.0 if self._last_frame_t is None else round(self._clock() - self._last_frame_t, 3)
             size = self._frame_size
@@ -172,7 +176,7 @@ class OpenCVCamera:
         self._state = "stopped"
 
     def _capture(self, cap: cv2.VideoCapture, period: float) -> bool:
-        """Read until failure or stop; returns whether any frame arrived (to reset the backoff)."""
+        """Read until failure or stop; return whether any frame arrived (to reset the backoff)."""
         got_frame = False
         next_t = self._clock()
         while not self._stopping.is_set():

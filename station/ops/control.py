@@ -55,13 +55,14 @@ class ControlError(Exception):
 
 
 def socket_path(data_dir: Path) -> Path:
+    """Return the control socket's path for the daemon that keeps its database in ``data_dir``."""
     from station.ops.runtime import runtime_dir
 
     return runtime_dir(data_dir) / SOCKET_NAME
 
 
 def candidate_paths(data_dir: Path) -> list[Path]:
-    """Where to look: this data dir's runtime dir, then the systemd unit's ``/run/checkpoint``.
+    """Return where to look for a daemon: this data dir's runtime dir, then the unit's ``/run/checkpoint``.
 
     A technician's shell has no ``$RUNTIME_DIRECTORY``; the unit's runtime dir is still found.
     """
@@ -73,7 +74,10 @@ def candidate_paths(data_dir: Path) -> list[Path]:
 
 
 class ControlServer:
-    """Accepts connections on a thread; each connection is served on its own short-lived thread."""
+    """Serve control commands on the socket at ``path``.
+
+    Connections are accepted on one thread; each is served on its own short-lived thread.
+    """
 
     def __init__(self, path: Path, handlers: dict[str, Handler] | None = None, timeout_s: float = 5.0) -> None:
         self.path = Path(path)
@@ -86,9 +90,11 @@ class ControlServer:
         self.errors = 0
 
     def register(self, name: str, fn: Handler) -> None:
+        """Add (or replace) the handler for command ``name``."""
         self.handlers[name] = fn
 
     def start(self) -> None:
+        """Bind the socket (0660) and start serving; raise ``OSError`` if another daemon answers there."""
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -111,7 +117,7 @@ class ControlServer:
         log.info("control socket listening path=%s", self.path)
 
     def _remove_stale(self) -> None:
-        """A socket file left by a killed daemon is removed; a live one means a second daemon."""
+        """Remove a socket file left by a killed daemon; raise ``OSError`` if a live daemon answers on it."""
         try:
             mode = self.path.lstat().st_mode
         except FileNotFoundError:
@@ -132,6 +138,7 @@ class ControlServer:
         raise OSError(f"another daemon answers on {self.path}")
 
     def stop(self) -> None:
+        """Stop serving and remove the socket file."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
@@ -170,6 +177,10 @@ class ControlServer:
                 log.debug("control connection ended error=%s", exc)
 
     def dispatch(self, line: bytes) -> dict[str, Any]:
+        """Return the reply to one request line: ``{"ok": true, "result": …}`` or ``{"ok": false, "error": …}``.
+
+        Total: oversized, non-JSON or unknown requests and failing handlers all give an error reply.
+        """
         self.requests += 1
         if len(line) > MAX_REQUEST:
             self.errors += 1
@@ -195,7 +206,10 @@ class ControlServer:
 
 
 def request(path: Path, cmd: str, timeout_s: float = 3.0, **args: Any) -> Any:
-    """Send one command, return its ``result``; ``ControlUnavailable`` / ``ControlError`` otherwise."""
+    """Send one command to the socket at ``path`` and return its ``result``.
+
+    Raise ``ControlUnavailable`` when no daemon answers and ``ControlError`` when it answers with an error.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
@@ -224,7 +238,7 @@ def request(path: Path, cmd: str, timeout_s: float = 3.0, **args: Any) -> Any:
 
 
 def ask(data_dir: Path, cmd: str, timeout_s: float = 3.0, **args: Any) -> tuple[Any, Path]:
-    """``request`` against the first candidate socket that answers; (result, path)."""
+    """Send one command to the first candidate socket that answers; return (result, socket path)."""
     last: ControlUnavailable | None = None
     for path in candidate_paths(data_dir):
         try:
@@ -235,7 +249,7 @@ def ask(data_dir: Path, cmd: str, timeout_s: float = 3.0, **args: Any) -> tuple[
 
 
 def system_daemon_data_dir() -> Path | None:
-    """The data dir of the daemon on ``/run/checkpoint/control.sock``, if one answers there."""
+    """Return the data dir of the daemon on ``/run/checkpoint/control.sock``, or None if none answers."""
     path = SYSTEMD_RUNTIME_DIR / SOCKET_NAME
     if not path.exists():
         return None

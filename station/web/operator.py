@@ -50,7 +50,7 @@ HEARTBEAT_S = 2.0  # a status message this often keeps counts fresh and proxies 
 
 
 def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessPolicy | None = None) -> OperatorAccess:
-    """The operator page's app behind its access checks (no token unless ``policy`` has one)."""
+    """Return the operator page's app behind its access checks (no token unless ``policy`` has one)."""
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -159,7 +159,10 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessP
 
 
 class OperatorServer:
-    """uvicorn serving the operator app on its own thread; ``stop()`` ends streams and joins."""
+    """Serve the operator app with uvicorn on its own thread; ``stop()`` ends streams and joins.
+
+    The constructor binds the socket, so a busy port raises ``OSError`` there, before any thread runs.
+    """
 
     def __init__(self, desk: OperatorDesk, live: LiveView | None, listen: str, port: int, policy: AccessPolicy | None = None) -> None:
         import uvicorn
@@ -188,6 +191,7 @@ class OperatorServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the live encoder and the server thread."""
         if self.live is not None:
             self.live.start()
         self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), name="station-web", daemon=True)
@@ -195,6 +199,7 @@ class OperatorServer:
         log.info("operator display serving url=%s", self.url)
 
     def stop(self) -> None:
+        """End the SSE and MJPEG streams, stop the server and close the socket."""
         self.desk.close()  # SSE streams end now instead of at uvicorn's graceful timeout
         if self.live is not None:
             self.live.stop()  # MJPEG streams end with the encoder
