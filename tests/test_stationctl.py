@@ -35,7 +35,7 @@ def test_set_changes_one_value_and_keeps_every_comment(cfg_file: Path):
     after = cfg_file.read_text()
     assert "fever_threshold_c = 37.5    # China's threshold; at or above it a person has a fever" in after
     # Only that line changed; the old file is kept beside it.
-    diff = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+    diff = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=False) if a != b]
     assert len(diff) == 1 and len(before.splitlines()) == len(after.splitlines())
     assert (cfg_file.parent / "station.toml.bak").read_text() == before
     assert ctl("--config", str(cfg_file), "config", "get", "screening.fever_threshold_c").output.strip() == "37.5"

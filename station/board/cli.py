@@ -38,7 +38,8 @@ from station.ops.logs import configure
     "--session-expiry",
     type=click.IntRange(0, 604800),
     default=None,
-    help="Seconds the broker keeps this board's session (events queued while it restarts); default 3600 with --client-id, else 0 (clean session)",
+    help="Seconds the broker keeps this board's session (events queued while it restarts); "
+    "default 3600 with --client-id, else 0 (clean session)",
 )
 @click.option("--username", default=None, help="Broker user; the password comes from $CHECKPOINT_MQTT_PASSWORD")
 @click.option("--tls-ca", type=click.Path(dir_okay=False), default=None, help="CA file for mqtts:// (default: system store)")

@@ -1,0 +1,1 @@
+"""The command-line programs: ``stationctl`` (the technician's tool) and ``station`` (the daemon and the demo)."""

@@ -66,11 +66,13 @@ PACKAGES = (
 
 
 def is_secret_key(key: str) -> bool:
+    """Return whether a setting named ``key`` holds a secret (by its name)."""
     # "relay_pin" is a GPIO number and "tls_key_file" a path: named like secrets, they are not.
     return bool(_SECRET_KEY.search(key)) and not _NOT_SECRET_KEY.search(key)
 
 
 def redact_value(key: str, value: Any) -> Any:
+    """Return ``value`` with secrets replaced: by the key's name, the value's shape, or a password in a URL."""
     if isinstance(value, dict):
         return {k: redact_value(k, v) for k, v in value.items()}
     if isinstance(value, list):
@@ -85,7 +87,7 @@ def redact_value(key: str, value: Any) -> Any:
 
 
 def redact_toml(text: str) -> str:
-    """The TOML document with secret values replaced, comments and layout kept.
+    """Return the TOML document with secret values replaced, comments and layout kept.
 
     Text that is not valid TOML is redacted line by line instead (it is still what support needs).
     """
@@ -117,7 +119,7 @@ def redact_toml(text: str) -> str:
 
 
 def redact_comment(line: str) -> str:
-    """Secrets pasted into comments (a PEM line, a hash, a URL with a password)."""
+    """Replace secrets pasted into comments (a PEM line, a hash, a URL with a password)."""
     if "#" not in line:
         return line
     code, _, comment = line.partition("#")
@@ -128,6 +130,7 @@ _ASSIGN = re.compile(r"^(\s*([A-Za-z0-9_\-]+)\s*=\s*)(.*)$")
 
 
 def redact_line(line: str) -> str:
+    """Return one line of a file that is not valid TOML, its secret assignment or URL password replaced."""
     m = _ASSIGN.match(line)
     if m and (is_secret_key(m.group(2)) or _SECRET_VALUE.search(m.group(3).strip().strip("'\""))):
         return f'{m.group(1)}"{REDACTED}"'
@@ -135,7 +138,8 @@ def redact_line(line: str) -> str:
 
 
 def versions() -> dict[str, Any]:
-    pkgs = {}
+    """Return Python, OS, kernel and the versions of the station's packages."""
+    pkgs: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             pkgs[name] = metadata.version(name)
@@ -172,8 +176,8 @@ def _daemon_info(data_dir: Path) -> dict[str, Any]:
 
 
 def _outbox(obj: Ctx, cfg: Any) -> dict[str, Any]:
-    from station.app import DB_NAME, data_dir_for
-    from station.store.events import SqliteEventStore, StoreError
+    from station.app import data_dir_for
+    from station.store.events import DB_NAME, SqliteEventStore, StoreError
 
     db = data_dir_for(cfg, obj.data_dir_override) / DB_NAME
     try:
@@ -189,7 +193,7 @@ def _outbox(obj: Ctx, cfg: Any) -> dict[str, Any]:
 
 
 def build_report(obj: Ctx, out: Path) -> list[str]:
-    """Write the archive; returns the member names."""
+    """Write the archive to ``out``; return the member names."""
     from dataclasses import asdict
 
     from station.cli.checks import exit_code, run_checks

@@ -40,6 +40,8 @@ LEVELS = ("ok", "warn", "fail")
 
 @dataclass
 class Check:
+    """One check's verdict, what it saw and, when not ok, the fix to type."""
+
     name: str
     level: str  # ok | warn | fail
     detail: str
@@ -47,6 +49,7 @@ class Check:
 
 
 def exit_code(checks: list[Check]) -> int:
+    """Return doctor's exit code: 0 every check ok, 1 warnings only, 2 at least one failure."""
     levels = {c.level for c in checks}
     return 2 if "fail" in levels else 1 if "warn" in levels else 0
 
@@ -55,6 +58,7 @@ def exit_code(checks: list[Check]) -> int:
 
 
 def check_config(config_path: Path) -> tuple[Check, Any]:
+    """Check the config file loads and validates; return the verdict and the config (None when unusable)."""
     from station.config import ConfigError, load_config, validate_text
 
     if not config_path.exists():
@@ -124,6 +128,7 @@ def _device_access(path: Path, kind: str, group_hint: str) -> Check | None:
 
 
 def check_thermal(cfg: Any, daemon_devices: dict[str, Any] | None) -> Check:
+    """Check the thermal module's serial port: present, a stable name, readable by the service."""
     port = Path(cfg.thermal.port)
     held = daemon_devices is not None and (daemon_devices.get("thermal") or {}).get("port") == cfg.thermal.port
     if not port.exists():
@@ -158,6 +163,7 @@ def check_thermal(cfg: Any, daemon_devices: dict[str, Any] | None) -> Check:
 
 
 def check_camera(cfg: Any) -> Check:
+    """Check the camera device is present and accessible."""
     dev = cfg.camera.device
     if dev.isdigit():
         dev = f"/dev/video{dev}"
@@ -179,6 +185,7 @@ def check_camera(cfg: Any) -> Check:
 
 
 def check_groups() -> list[Check]:
+    """Check the service account and this user are in the device groups (dialout, video, gpio)."""
     out: list[Check] = []
     wanted = ("dialout", "video", "gpio")
     service = _user_groups(SERVICE_USER)
@@ -222,6 +229,7 @@ def check_groups() -> list[Check]:
 
 
 def check_models(cfg: Any) -> Check:
+    """Check the model files against their manifest (size, sha256, licence)."""
     from station.app import models_dir_for
     from station.models import verify
 
@@ -235,6 +243,7 @@ def check_models(cfg: Any) -> Check:
 
 
 def check_broker(cfg: Any, timeout_s: float = 2.0) -> Check:
+    """Check the broker accepts a TCP connection."""
     url = cfg.mqtt.url
     if not url:
         return Check("broker", "ok", "no broker configured (mqtt.url empty): events stay in the local outbox")
@@ -257,7 +266,7 @@ def check_broker(cfg: Any, timeout_s: float = 2.0) -> Check:
 
 
 def check_broker_credentials(cfg: Any, env: Any = None) -> Check:
-    """A password on a plain ``mqtt://`` link crosses the network readable by anyone on the path."""
+    """Check no broker password goes over a plain ``mqtt://`` link, readable by anyone on the path."""
     m = cfg.mqtt
     env = os.environ if env is None else env
     scheme = m.url.partition("://")[0].lower()
@@ -372,6 +381,7 @@ def check_secret_files(cfg: Any) -> Check:
 
 
 def check_clock() -> Check:
+    """Check the clock is NTP-synchronised (codes are judged by it)."""
     if shutil.which("timedatectl"):
         try:
             r = subprocess.run(
@@ -411,6 +421,7 @@ def check_clock() -> Check:
 
 
 def check_disk(data_dir: Path) -> Check:
+    """Check free space on the data directory's file system."""
     probe = data_dir
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -425,7 +436,8 @@ def check_disk(data_dir: Path) -> Check:
 
 
 def check_database(data_dir: Path) -> Check:
-    from station.app import DB_NAME
+    """Check the event database passes ``PRAGMA quick_check``."""
+    from station.store.events import DB_NAME
 
     db = data_dir / DB_NAME
     if not db.exists():
@@ -445,6 +457,7 @@ def check_database(data_dir: Path) -> Check:
 
 
 def check_daemon(data_dir: Path) -> tuple[Check, dict[str, Any] | None]:
+    """Check the daemon answers on its control socket; return the verdict and the devices it holds."""
     from station.ops.control import ControlError, ControlUnavailable, ask
 
     try:
@@ -456,6 +469,7 @@ def check_daemon(data_dir: Path) -> tuple[Check, dict[str, Any] | None]:
 
 
 def check_unit() -> Check:
+    """Check the systemd unit is installed, active and not restarting."""
     if not shutil.which("systemctl"):
         return Check("systemd unit", "warn", "not installed (no systemctl on this host)", "see systemd/README.md")
     try:
@@ -489,6 +503,7 @@ def check_unit() -> Check:
 
 
 def run_checks(config_path: Path, data_dir_override: Path | None, broker_timeout_s: float = 2.0) -> list[Check]:
+    """Run every check, going on with the defaults when the config is unusable."""
     from station.app import data_dir_for
 
     checks: list[Check] = []

@@ -31,8 +31,10 @@ def code() -> None:
 
 
 def shown(text: str) -> str:
-    """A payload as it may reach a terminal: control, bidi and other unprintable characters escaped
-    (a QR can carry ESC sequences that would rewrite the technician's screen)."""
+    """Return a payload as it may reach a terminal: control, bidi and other unprintable characters escaped.
+
+    A QR can carry ESC sequences that would rewrite the technician's screen.
+    """
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 

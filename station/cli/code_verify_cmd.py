@@ -39,7 +39,7 @@ def _parse_at(text: str | None) -> float:
 
 
 def _iso(when: Any) -> str | None:
-    """A UNIX time as ISO-8601 UTC; None for anything that is not a date a calendar holds."""
+    """Return a UNIX time as ISO-8601 UTC; None for anything that is not a date a calendar holds."""
     if isinstance(when, bool) or not isinstance(when, (int, float)):
         return None
     try:
@@ -53,6 +53,7 @@ def _text(value: Any) -> str | None:
 
 
 def verdict_record(verdict: Any) -> dict[str, Any]:
+    """Return the JSON record of a verdict (never the payload)."""
     d = verdict.detail
     return {
         "valid": verdict.status.value == "valid",

@@ -222,7 +222,7 @@ def parse_time(value: str, now: float | None = None) -> float:
     return datetime.fromisoformat(value).timestamp()  # naive = local time, like the box's display
 
 
-class TimeParam(click.ParamType):
+class TimeParam(click.ParamType[float]):
     """A ``--since`` / ``--until`` value: ``2026-11-24``, ``2026-11-24T08:00``, unix seconds or an age like ``7d``."""
 
     name = "TIME"
@@ -245,7 +245,7 @@ TIME = TimeParam()
 
 def station_db(obj: Ctx) -> tuple[StationConfig, Path]:
     """Return the loaded config and the existing event database; exit 1 with a hint when there is none."""
-    from station.app import DB_NAME
+    from station.store.events import DB_NAME
 
     cfg = obj.load()
     db = obj.data_dir() / DB_NAME

@@ -35,7 +35,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(config_path: Path, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Settings whose effective value differs from the default: key, value, default, where."""
+    """Return the settings whose effective value differs from the default: key, value, default, where."""
     from station.config import StationConfig, env_layer, key_lines, load_config
 
     env = dict(os.environ) if env is None else env
@@ -56,7 +56,7 @@ def config_differences(config_path: Path, env: dict[str, str] | None = None) -> 
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def config_diff(obj: Ctx, as_json: bool) -> None:
-    """What differs from the built-in defaults, with file:line (or the environment variable)."""
+    """Show what differs from the built-in defaults, with file:line (or the environment variable)."""
     from station.config import ConfigError
 
     try:
@@ -70,9 +70,8 @@ def config_diff(obj: Ctx, as_json: bool) -> None:
     if not diffs:
         click.echo("everything is at its default")
     for d in diffs:
-        click.echo(
-            f"{d['where']}: {d['key']} = {json.dumps(d['value'], ensure_ascii=False)}  (default {json.dumps(d['default'], ensure_ascii=False)})"
-        )
+        value, default = json.dumps(d["value"], ensure_ascii=False), json.dumps(d["default"], ensure_ascii=False)
+        click.echo(f"{d['where']}: {d['key']} = {value}  (default {default})")
 
 
 @click.command("edit")

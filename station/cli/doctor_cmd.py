@@ -51,7 +51,7 @@ def doctor(obj: Ctx, as_json: bool, broker_timeout: float) -> None:
 
 
 def _links_to(directory: Path) -> dict[str, list[str]]:
-    """realpath → [symlinks in ``directory`` pointing at it]."""
+    """Map each realpath to the symlinks in ``directory`` pointing at it."""
     out: dict[str, list[str]] = {}
     if directory.is_dir():
         for link in sorted(directory.iterdir()):
@@ -60,6 +60,7 @@ def _links_to(directory: Path) -> dict[str, list[str]]:
 
 
 def list_serial(dev_root: Path = Path("/dev")) -> list[dict[str, Any]]:
+    """Return the serial ports with their by-id names, VID:PID and a guess at what is behind them."""
     from serial.tools import list_ports
 
     by_id = _links_to(dev_root / "serial" / "by-id")
@@ -100,6 +101,7 @@ def _serial_guess(vid: int | None, pid: int | None) -> str | None:
 
 
 def list_cameras(dev_root: Path = Path("/dev"), sys_root: Path = Path("/sys")) -> list[dict[str, Any]]:
+    """Return the /dev/video* nodes with their names, by-id and by-path links and whether we may open them."""
     by_id = _links_to(dev_root / "v4l" / "by-id")
     by_path = _links_to(dev_root / "v4l" / "by-path")
     cams = []
@@ -119,13 +121,13 @@ def list_cameras(dev_root: Path = Path("/dev"), sys_root: Path = Path("/sys")) -
 
 @group("devices")
 def devices() -> None:
-    """Serial ports and cameras this box can see."""
+    """List the serial ports and cameras this box can see."""
 
 
 @devices.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def devices_list(as_json: bool) -> None:
-    """Serial ports (with /dev/serial/by-id names, VID:PID) and /dev/video* cameras (with names)."""
+    """List serial ports (with /dev/serial/by-id names, VID:PID) and /dev/video* cameras (with names)."""
     data = {"serial": list_serial(), "cameras": list_cameras()}
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))

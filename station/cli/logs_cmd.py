@@ -28,7 +28,7 @@ from station.cli.common import TIME, Ctx, follow_file, journal_command, journald
 @click.option("--source", type=click.Choice(["auto", "journal", "file"]), default="auto", show_default=True)
 @click.pass_obj
 def logs(obj: Ctx, lines: int, since: float | None, follow: bool, source: str) -> None:
-    """The daemon's log: journalctl -u checkpoint-station, or logging.file without journald."""
+    """Show the daemon's log: journalctl -u checkpoint-station, or logging.file without journald."""
     cfg = obj.load()
     use_journal = source == "journal" or (source == "auto" and journald_present())
     if use_journal:

@@ -22,7 +22,7 @@ from station.cli.common import ControlError, ControlUnavailable, Ctx, ask_daemon
 
 @group()
 def outbox() -> None:
-    """The queue of messages waiting for the command centre's broker."""
+    """Look at, send and export the queue of messages waiting for the command centre's broker."""
 
 
 @outbox.command("status")

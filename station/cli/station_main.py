@@ -1,4 +1,4 @@
-"""``station``: the daemon (``station run``) and the hardware-free demo (``station demo``).
+"""``station``: the daemon (``station run``), the hardware-free demo (``station demo``) and the board (``station board``).
 
 Exit codes: 0 done, 1 runtime failure, 2 usage or configuration error.
 """

@@ -58,7 +58,7 @@ def main(ctx: click.Context, config: Path | None, data_dir: Path | None, as_json
          doctor: warnings only)
       2  usage or configuration error (doctor: at least one failure)
       3  refused: the daemon runs and owns that device (test …; --force)
-    """
+    """  # noqa: D301  (\b is click's "keep this paragraph's line breaks" marker)
     ctx.obj = Ctx(config, data_dir, as_json)
 
 
@@ -74,7 +74,7 @@ def config() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML")
 @click.pass_obj
 def config_show(obj: Ctx, as_json: bool) -> None:
-    """The effective configuration: defaults ← file ← environment."""
+    """Show the effective configuration: defaults ← file ← environment."""
     data = obj.load().model_dump(mode="json")
     if as_json:
         echo_json(data)
@@ -102,11 +102,16 @@ def config_get(obj: Ctx, key: str, as_json: bool) -> None:
 
 
 def _parse_value(raw: str) -> Any:
-    """A TOML literal if it is one (37.5, true, [1, 2], "x"), otherwise the text itself."""
+    """Return a TOML literal if it is one (37.5, true, [1, 2], "x"), otherwise the text itself."""
     try:
         return tomlkit.parse(f"v = {raw}")["v"]
     except Exception:  # tomlkit raises several exception types for "not a literal"
         return raw
+
+
+def _plain(value: Any) -> Any:
+    """Return a tomlkit item as its plain Python value (other values as they are)."""
+    return value.unwrap() if isinstance(value, tomlkit.items.Item) else value
 
 
 @config.command("set")
@@ -137,10 +142,7 @@ def config_set(obj: Ctx, key: str, value: str, dry_run: bool) -> None:
         for p in problems:
             click.echo(f"  {p}", err=True)
         sys.exit(1)
-    old_shown = old.unwrap() if isinstance(old, tomlkit.items.Item) else old
-    click.echo(
-        f"{key}: {json.dumps(old_shown, default=str)} -> {json.dumps(node[parts[-1]].unwrap() if isinstance(node[parts[-1]], tomlkit.items.Item) else node[parts[-1]], default=str)}"
-    )
+    click.echo(f"{key}: {json.dumps(_plain(old), default=str)} -> {json.dumps(_plain(node[parts[-1]]), default=str)}")
     if dry_run:
         return
     try:
@@ -196,7 +198,7 @@ def status(obj: Ctx, as_json: bool) -> None:
     store = open_store(obj)
     try:
         midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
-        data = {
+        data: dict[str, Any] = {
             "station": {"site": cfg.station.site, "id": cfg.station.id, "lane": cfg.station.lane},
             "daemon": daemon,
             "data_dir": str(data_dir),
@@ -245,12 +247,13 @@ def _event_line(e: dict[str, Any]) -> str:
     temp = e.get("temperature_c")
     temp_s = f"{temp:.2f} °C" if isinstance(temp, (int, float)) else "--.-- °C"
     total = (e.get("latency_ms") or {}).get("total")
-    return f"{ts} {e.get('decision'):<13s} {temp_s} code={e.get('code_colour') or (e.get('code') or {}).get('status') or 'none':<8s} {total} ms {e.get('reason')} {e.get('event_id')}"
+    code = e.get("code_colour") or (e.get("code") or {}).get("status") or "none"
+    return f"{ts} {e.get('decision'):<13s} {temp_s} code={code:<8s} {total} ms {e.get('reason')} {e.get('event_id')}"
 
 
 @main.group()
 def events() -> None:
-    """The local event log."""
+    """Read the local event log."""
 
 
 @events.command("tail")
@@ -259,7 +262,7 @@ def events() -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new events")
 @click.pass_obj
 def events_tail(obj: Ctx, count: int, as_json: bool, follow: bool) -> None:
-    """The newest events, oldest first."""
+    """Print the newest events, oldest first."""
     store = open_store(obj)
     try:
         rows = store.tail(count)

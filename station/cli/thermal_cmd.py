@@ -80,7 +80,7 @@ def _baud(value: str) -> int | None:
 
 
 def _start_module(port: str, baud: str, refresh_hz: str) -> Any:
-    """The station's own driver, started (baud found, module configured); exit 1 if no module answers."""
+    """Start the station's own driver (baud found, module configured); exit 1 if no module answers."""
     from drivers.thermal.gy_mcu90640 import GyMcu90640Source
     from drivers.thermal.serial_source import ThermalLinkError
 

@@ -32,14 +32,14 @@ def _models_dir(obj: Ctx) -> Path:
 
 @group("models")
 def models_cmd() -> None:
-    """The model files: list, verify, install a verified set."""
+    """List, verify and install the model files."""
 
 
 @models_cmd.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model")
 @click.pass_obj
 def models_list(obj: Ctx, as_json: bool) -> None:
-    """The models in the manifest and whether each file is present and intact."""
+    """List the models in the manifest and whether each file is present and intact."""
     from station.models import ManifestError, load_manifest, sha256_file
 
     d = _models_dir(obj)
@@ -236,7 +236,7 @@ def detect_plates(obj: Ctx, images: tuple[Path, ...], as_json: bool, max_side: i
 
 @group("plates")
 def plates_cmd() -> None:
-    """The resident plate list (<data_dir>/resident_plates.txt): vehicles not on it raise outsider_vehicle."""
+    """Edit the resident plate list (<data_dir>/resident_plates.txt): vehicles not on it raise outsider_vehicle."""
 
 
 def _resident_file(obj: Ctx) -> Path:
@@ -249,7 +249,7 @@ def _resident_file(obj: Ctx) -> Path:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def plates_list(obj: Ctx, as_json: bool) -> None:
-    """The resident plates."""
+    """List the resident plates."""
     from station.store.residents import load
 
     plates = load(_resident_file(obj))

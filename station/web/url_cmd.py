@@ -14,7 +14,7 @@ from station.web.access import TOKEN_NAME, is_loopback, load_token
 @click.option("--json", "as_json", is_flag=True, help="JSON: url, token_needed, token_file")
 @click.pass_obj
 def operator_url(ctx: Ctx, as_json: bool) -> None:
-    """The operator page's URL (with ?token=… when http.listen is beyond 127.0.0.1; the kiosk opens it)."""
+    """Print the operator page's URL (with ?token=… when http.listen is beyond 127.0.0.1; the kiosk opens it)."""
     cfg = ctx.load()
     h = cfg.http
     data_dir = ctx.data_dir()
