@@ -92,3 +92,38 @@ def test_a_missing_face_model_is_named_in_ready_log_and_status(tmp_path: Path, e
             proc.kill()
             proc.wait()
         sock.close()
+
+
+def test_a_missing_code_library_and_a_busy_display_port_are_each_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo station (real emulator pty, scene camera) with the pyzbar library unloadable and its display port taken."""
+    import threading
+
+    from sim.demo import DemoRun
+    from station.config import StationConfig
+
+    # As on a box without libzbar: importing pyzbar fails, so building the configured reader does.
+    monkeypatch.setitem(sys.modules, "pyzbar", None)
+    monkeypatch.setitem(sys.modules, "pyzbar.pyzbar", None)
+    monkeypatch.delitem(sys.modules, "drivers.codes.pyzbar_reader", raising=False)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        cfg = StationConfig()
+        cfg.codes.reader = "pyzbar"
+        cfg.http.enabled, cfg.http.port = True, busy.getsockname()[1]
+        run = DemoRun(cfg, people=1, data_dir=tmp_path / "data", fast=True)
+        stop = threading.Event()
+        worker = threading.Thread(target=run.run, kwargs={"stop": stop, "max_s": 60, "keep_running": True}, daemon=True)
+        worker.start()
+        try:
+            wait_until(lambda: run.app is not None and run.app.ready_t is not None, 60, "the demo station to be ready")
+            assert run.app is not None
+            degraded = {d["module"]: d["reason"] for d in run.app.runtime_status()["degraded"]}
+            assert set(degraded) == {"code_reader", "http"}, degraded  # thermal, camera, detector, control are healthy
+            assert degraded["code_reader"].startswith("pyzbar cannot be loaded") and "no_code" in degraded["code_reader"]
+            assert f":{busy.getsockname()[1]}" in degraded["http"], degraded
+            assert run.app.pipeline is not None and run.app.pipeline.reader.name == "unavailable:pyzbar"
+        finally:
+            stop.set()
+            worker.join(60)
+    assert not worker.is_alive()
