@@ -19,7 +19,7 @@ import click
 import tomlkit
 import tomlkit.items
 
-from station.board.users_cmd import board_user
+from station.cli.board_user_cmd import board_user
 from station.cli.bugreport_cmd import bugreport
 from station.cli.cmd_cmd import cmd
 from station.cli.code_cmd import code
@@ -29,13 +29,13 @@ from station.cli.config_cmd import config_diff, config_edit
 from station.cli.data_cmd import data
 from station.cli.doctor_cmd import devices, doctor
 from station.cli.logs_cmd import logs
+from station.cli.operator_url_cmd import operator_url
 from station.cli.outbox_cmd import outbox
 from station.cli.test_cmd import test
 from station.cli.thermal_cmd import calibrate, thermal
 from station.cli.vision_cmd import detect, models_cmd, plates_cmd
 from station.config import get_dotted, validate_text
 from station.ops.fileio import atomic_write
-from station.web.url_cmd import operator_url
 
 
 @click.group(cls=StationGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -73,7 +73,3 @@ def list_users(users_path: Path) -> None:
     except AuthError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    board_user()
