@@ -29,27 +29,30 @@ def _htpa_frame(draw: Any) -> bytes:
 
 
 def _mutate(draw: Any, data: bytes) -> bytes:
-    """One of the faults a serial line really has: a flipped, dropped or inserted byte, a cut, a splice."""
-    how = draw(st.sampled_from(["keep", "flip", "drop", "insert", "cut", "splice", "zero"]))
+    """Apply one fault a serial line really has: a flipped, dropped or inserted byte, a cut, a splice."""
+    how: str = draw(st.sampled_from(["keep", "flip", "drop", "insert", "cut", "splice", "zero"]))
     if not data or how == "keep":
         return data
     i = draw(st.integers(0, len(data) - 1))
     if how == "flip":
-        return data[:i] + bytes([data[i] ^ draw(st.integers(1, 255))]) + data[i + 1 :]
+        flip: int = draw(st.integers(1, 255))
+        return data[:i] + bytes([data[i] ^ flip]) + data[i + 1 :]
     if how == "drop":
         return data[:i] + data[i + 1 :]
     if how == "insert":
-        return data[:i] + draw(st.binary(min_size=1, max_size=8)) + data[i:]
+        inserted: bytes = draw(st.binary(min_size=1, max_size=8))
+        return data[:i] + inserted + data[i:]
     if how == "cut":
         return data[:i]
     if how == "zero":
         return data[:i] + bytes(len(data) - i)
-    return data[:i] + draw(st.sampled_from([gy.HEADER, htpa.HEADER, b"\x5a\x5a", b"\xe1"])) + data[i:]
+    spliced: bytes = draw(st.sampled_from([gy.HEADER, htpa.HEADER, b"\x5a\x5a", b"\xe1"]))
+    return data[:i] + spliced + data[i:]
 
 
 @st.composite
 def gy_stream(draw: Any) -> list[bytes]:
-    """A stream as the GY-MCU90640 link delivers it: frames, emissivity replies, noise, cut into chunks."""
+    """Draw a stream as the GY-MCU90640 link delivers it: frames, emissivity replies, noise, cut into chunks."""
     parts = draw(
         st.lists(
             st.one_of(
@@ -70,7 +73,7 @@ def gy_stream(draw: Any) -> list[bytes]:
 
 @st.composite
 def htpa_stream(draw: Any) -> list[bytes]:
-    """A stream as the HTPA32×32 answers its queries: frames (some implausible), noise, cut into chunks."""
+    """Draw a stream as the HTPA32×32 answers its queries: frames (some implausible), noise, cut into chunks."""
     parts = draw(st.lists(st.sampled_from(["frame", "noise", "header"]), min_size=1, max_size=4))
     out = bytearray()
     for part in parts:
