@@ -170,3 +170,27 @@ def test_a_user_who_cannot_keep_the_owner_gets_a_message_and_the_file_is_untouch
     assert "Traceback" not in r.stderr and "cannot keep the owner" in r.stderr and "unchanged" in r.stderr, r.stderr
     assert (cfg.read_bytes(), _meta(cfg)) == before
     assert not list(work.glob(".station.toml.*")), "no temp file is left behind"
+
+
+def test_private_files_are_0600_new_and_lose_group_and_other_bits(tmp_path: Path, wide_umask: None) -> None:
+    fresh = tmp_path / "salt"
+    atomic_write(fresh, "ab" * 32, backup=False, private=True)
+    assert _meta(fresh)[0] == 0o600 and fresh.read_text() == "ab" * 32
+    loose = tmp_path / "board-users.json"
+    loose.write_text("{}")
+    os.chmod(loose, 0o664)
+    atomic_write(loose, '{"users": []}', backup=False, private=True)
+    assert _meta(loose)[0] == 0o600 and loose.read_text() == '{"users": []}'
+    assert not (tmp_path / "board-users.json.bak").exists()
+
+
+def test_every_secret_and_list_writer_goes_through_atomic_write(tmp_path: Path, wide_umask: None) -> None:
+    from station.codes.judge import station_salt
+    from station.ops.runtime import STATUS_NAME, write_runtime_status
+
+    salt = station_salt(tmp_path)
+    written = list((tmp_path).rglob("salt"))
+    assert len(salt) == 32 and len(written) == 1 and _meta(written[0])[0] == 0o600
+    write_runtime_status(tmp_path, {"state": "running"})
+    assert _meta(tmp_path / STATUS_NAME)[0] == 0o644, "readable by stationctl under another user, not the umask's 0666"
+    assert not [p for p in tmp_path.rglob("*.tmp")], "no temp file left behind"

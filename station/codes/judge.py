@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from station.domain.model import CodeStatus, CodeVerdict, DecodedCode
+from station.ops.fileio import atomic_write
 from station.ops.ratelimit import FailureLog
 
 log = logging.getLogger("station.codes.judge")
@@ -58,13 +59,7 @@ def station_salt(data_dir: Path | None) -> bytes:
     except ValueError:
         log.error("salt file unreadable, making a new one path=%s", path)
     salt = os.urandom(32)
-    tmp = path.with_name(SALT_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(salt.hex())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, salt.hex(), backup=False, private=True)
     log.info("station code salt created path=%s", path)
     return salt
 

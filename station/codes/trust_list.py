@@ -26,7 +26,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from station.codes.hc1 import kid_of
+from station.ops.fileio import atomic_write
 
 log = logging.getLogger("station.codes.trust_list")
 
@@ -235,12 +235,7 @@ def accept_push(data_dir: Path, document: Any, signer: ec.EllipticCurvePublicKey
     }
     data = json.dumps(body, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
     for target in (folder / f"v{version}.json", folder / CURRENT):
-        tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        atomic_write(target, data, backup=False)
     log.info("trust list accepted version=%d previous=%d signers=%d", version, have, len(keys))
     return {"version": version, "previous_version": have, "signers": len(keys), "file": str(folder / f"v{version}.json")}
 

@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import sqlite3
 import threading
@@ -52,6 +51,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from station.ops.fileio import atomic_write
 
 log = logging.getLogger("station.link.command_auth")
 
@@ -281,12 +282,7 @@ class CommandKeys:
                 raise KeyListError(f"version {version} is not newer than the key list in use ({self.version})")
             doc = {"version": version, "keys": [public_pem(k) for k in keys.values()], "by": by, "key_id": key_id, "received_at": now}
             self.stored.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.stored.with_name(self.stored.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.stored)
+            atomic_write(self.stored, json.dumps(doc, indent=1, sort_keys=True), backup=False)
             previous = self.version
             self._keys, self.version, self.source = keys, version, "rotated"
         log.warning(

@@ -32,7 +32,7 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _write_like(path: Path, data: bytes, like: os.stat_result | None, new_mode: int) -> None:
+def _write_like(path: Path, data: bytes, like: os.stat_result | None, new_mode: int, *, private: bool, durable: bool) -> None:
     """Write ``data`` to ``path`` atomically with the mode/owner/group of ``like`` (or ``new_mode``)."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
@@ -50,12 +50,14 @@ def _write_like(path: Path, data: bytes, like: os.stat_result | None, new_mode: 
                             "(run as root or as its owner); nothing was written",
                         ) from None
                 # After the chown: changing the owner clears set-id bits.
-                os.fchmod(f.fileno(), stat.S_IMODE(like.st_mode))
+                mode = stat.S_IMODE(like.st_mode)
+                os.fchmod(f.fileno(), mode & 0o700 if private else mode)
             else:
                 os.fchmod(f.fileno(), new_mode)
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -63,13 +65,26 @@ def _write_like(path: Path, data: bytes, like: os.stat_result | None, new_mode: 
         raise
 
 
-def atomic_write(path: Path | str, content: str | bytes, *, backup: bool = True, new_mode: int = NEW_FILE_MODE) -> None:
+def atomic_write(
+    path: Path | str,
+    content: str | bytes,
+    *,
+    backup: bool = True,
+    new_mode: int = NEW_FILE_MODE,
+    private: bool = False,
+    durable: bool = True,
+) -> None:
     """Replace ``path`` with ``content`` (str is written as UTF-8) so readers see the old or the new file.
 
     An existing file keeps its mode, owner and group; with ``backup`` its old content is kept as
-    ``<name>.bak`` with the same mode, owner and group. A new file gets ``new_mode``. File and
-    directory are fsynced. A symlink is followed: the file it points to is replaced, the link kept.
+    ``<name>.bak`` with the same mode, owner and group. A new file gets ``new_mode``. ``private``
+    (secrets, user lists) makes a new file 0600 and drops any group/other bits an old one had.
+    File and directory are fsynced unless ``durable`` is false (tmpfs status files: no SD-card
+    wear for what a reboot may lose). A symlink is followed: the file it points to is replaced,
+    the link kept.
     """
+    if private:
+        new_mode = 0o600
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
@@ -79,9 +94,10 @@ def atomic_write(path: Path | str, content: str | bytes, *, backup: bool = True,
     except FileNotFoundError:
         old = None
     if old is not None and backup:
-        _write_like(path.with_name(path.name + ".bak"), path.read_bytes(), old, new_mode)
-    _write_like(path, data, old, new_mode)
-    fsync_path(path.parent)
+        _write_like(path.with_name(path.name + ".bak"), path.read_bytes(), old, new_mode, private=private, durable=durable)
+    _write_like(path, data, old, new_mode, private=private, durable=durable)
+    if durable:
+        fsync_path(path.parent)
 
 
 def private_secret(path: Path, make: Callable[[], str]) -> str:

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from station.ops.fileio import atomic_write
+
 STATUS_NAME = "status.json"
 STALE_AFTER_S = 10.0
 
@@ -26,9 +28,9 @@ def runtime_dir(data_dir: Path) -> Path:
 def write_runtime_status(data_dir: Path, status: dict[str, Any]) -> None:
     """Replace the status file with ``status`` plus this process's pid and the time."""
     path = runtime_dir(data_dir) / STATUS_NAME
-    tmp = path.with_name(f".{STATUS_NAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(status, pid=os.getpid(), updated=time.time()), default=str))
-    os.replace(tmp, path)
+    body = json.dumps(dict(status, pid=os.getpid(), updated=time.time()), default=str)
+    # Not durable: under systemd this is tmpfs, and a status lost in a crash is rewritten within seconds.
+    atomic_write(path, body, backup=False, new_mode=0o644, durable=False)
 
 
 def clear_runtime_status(data_dir: Path) -> None:
