@@ -13,7 +13,6 @@ import datetime as dt
 import ipaddress
 import itertools
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from station.config import StationConfig
 from station.link.sync import publisher_from_config
 from tests.support.broker import Broker, mosquitto_available
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 
@@ -341,10 +341,7 @@ def test_the_station_works_in_its_own_tree_with_its_real_client(connect: Any, br
     station.subscribe(f"{tree(A)}/lookup/code/result", lambda t, p: answers.append((t, p)))
     station.start()
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not station.connected() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert station.connected(), station.last_error
+        wait_until(station.connected, TIMEOUT, "station connected")
         assert b'"online"' in centre.wait_topic(f"{tree(A)}/status")  # its birth message (and Will) are allowed
         # Every topic docs/mqtt.md has the station send.
         sends = [
@@ -368,9 +365,7 @@ def test_the_station_works_in_its_own_tree_with_its_real_client(connect: Any, br
         # What the station reads.
         assert not centre.publish(f"{tree(A)}/cmd/ping", b'{"id":"p1"}').is_failure
         assert not centre.publish(f"{tree(A)}/lookup/code/result", b'{"id":"l1"}').is_failure
-        deadline = time.monotonic() + TIMEOUT
-        while not (commands and answers) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: commands and answers, TIMEOUT, "a command and a look-up answer")
         assert commands == [(f"{tree(A)}/cmd/ping", b'{"id":"p1"}')]
         assert answers == [(f"{tree(A)}/lookup/code/result", b'{"id":"l1"}')]
     finally:

@@ -59,6 +59,7 @@ def test_the_lane_names_the_sharpest_large_frame_as_the_capture(photo_and_face) 
     )
 
 
+@pytest.mark.slow
 def test_demo_decisions_carry_the_capture_crop(tmp_path: Path) -> None:
     """Through the real pipeline (demo devices): each decision names its best frame and hands the crop out."""
     from sim.demo import DemoRun

@@ -39,6 +39,7 @@ def needles(payload: bytes) -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 def test_no_raw_payload_in_sqlite_files_or_mqtt_messages(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker")
     broker.start()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.command_rig import BASE, Centre, Rig
 from tests.support.broker import mosquitto_available
+from tests.support.command_rig import BASE, Centre, Rig
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
@@ -59,7 +59,7 @@ def test_open_gate_is_audited_and_never_opens_for_a_stale_or_replayed_command(ri
     no_deadline = {k: v for k, v in rig.signed("open-gate").items() if k != "deadline"}
     refused_shape = rig.call("open-gate", no_deadline)
     assert not refused_shape["ok"] and refused_shape["reason"] == "malformed" and "deadline" in refused_shape["error"]
-    time.sleep(0.1)
+    time.sleep(0.1)  # a late relay step would show here: a wait for nothing to happen
     assert rig.relay_on_count() == 1, "no refused command touched the relay"
     # Refused before the gate handler: no gate row, but each one is in the command audit.
     assert [a["executed"] for a in rig.store.gate_actions(f"cmd:{fresh['id']}")] == [True]
@@ -139,6 +139,7 @@ def test_states_are_retained_republished_on_change_and_stats_are_periodic(rig: R
         late.close()
 
 
+@pytest.mark.slow
 def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(rig: Rig) -> None:
     from station.link.ha import HaDiscovery, discovery_configs
 
@@ -166,12 +167,13 @@ def test_home_assistant_discovery_is_retained_and_resent_when_ha_comes_online(ri
         )
         assert len(watcher.raw()) > before
         watcher.client.publish("homeassistant/status", b"offline", qos=1)
-        time.sleep(0.3)
+        time.sleep(0.3)  # HA going offline must not trigger a re-send: a wait for nothing to happen
         assert len([t for t, _, _ in watcher.raw() if t.endswith("/config")]) == 2 * len(configs)
     finally:
         watcher.close()
 
 
+@pytest.mark.slow
 def test_a_state_source_that_always_fails_is_counted_and_logged_once_a_minute(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     import logging
 

@@ -15,64 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from station.cli.stationctl import main as stationctl
+from tests.support.daemon import ROOT, daemon_status, empty_room, write_config
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def empty_room(_now: float) -> tuple[np.ndarray, float]:
-    return np.full((24, 32), 22.0, dtype=np.float32), 30.0
-
-
-@pytest.fixture
-def emulator():
-    emu = GyMcu90640Emulator(empty_room, baud=460800, refresh_hz=8)
-    emu.start()
-    yield emu
-    emu.stop()
-
-
-@pytest.fixture
-def video(tmp_path: Path) -> Path:
-    path = tmp_path / "lane.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (640, 480))
-    frame = np.full((480, 640, 3), 120, dtype=np.uint8)
-    for i in range(30):
-        frame[:, :, 1] = 100 + i
-        writer.write(frame)
-    writer.release()
-    return path
-
-
-def write_config(tmp_path: Path, port: str, video: Path) -> Path:
-    cfg = tmp_path / "station.toml"
-    cfg.write_text(
-        f"""
-[station]
-site = "test-site"
-id = "gate-3"
-data_dir = "{tmp_path / "data"}"
-
-[thermal]
-port = "{port}"
-baud = 0
-refresh_hz = 8
-
-[camera]
-device = "{video}"
-
-[gate]
-pin_factory = "mock"
-"""
-    )
-    return cfg
 
 
 def recv_until(sock: socket.socket, want: bytes, timeout: float) -> list[bytes]:
@@ -111,8 +62,11 @@ def test_daemon_lifecycle_under_systemd_notify(tmp_path: Path, emulator: GyMcu90
         # The watchdog is pinged while the screening loop makes progress (period 2 s → ping ≤ 1 s).
         recv_until(sock, b"WATCHDOG=1", timeout=5)
 
-        # stationctl sees a running daemon, its thermal link, and an empty but healthy store.
-        time.sleep(2.5)
+        # stationctl sees a running daemon, its thermal link, and an empty but healthy store
+        # (once the daemon's runtime status, written every few seconds, shows frames).
+        wait_until(
+            lambda: daemon_status(cfg).get("daemon", {}).get("thermal", {}).get("frames_ok", 0) > 0, 20, "frames in status", interval=0.2
+        )
         r = CliRunner().invoke(stationctl, ["--config", str(cfg), "status", "--json"], catch_exceptions=False)
         status = json.loads(r.output)
         assert r.exit_code == 0, r.output
@@ -128,7 +82,7 @@ def test_daemon_lifecycle_under_systemd_notify(tmp_path: Path, emulator: GyMcu90
 
         # SIGHUP (a reflexive `kill -HUP`) must not take the gate down.
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        time.sleep(0.5)  # a HUP that killed it would have done so by now: a wait for nothing to happen
         assert proc.poll() is None
 
         proc.send_signal(signal.SIGTERM)
@@ -181,14 +135,14 @@ def test_daemon_without_its_thermal_module_runs_degraded_and_finds_it_later(tmp_
         assert "DEGRADED detector" not in ready and "DEGRADED mqtt" not in ready, ready
         emu.start()
         link.symlink_to(emu.port)
-        deadline = time.monotonic() + 20
         thermal: dict = {}
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            r = CliRunner().invoke(stationctl, ["--config", str(cfg), "status", "--json"], catch_exceptions=False)
-            thermal = json.loads(r.output)["daemon"].get("thermal", {})
-            if thermal.get("state") == "connected" and thermal.get("frames_ok", 0) > 0:
-                break
+
+        def thermal_connected() -> bool:
+            thermal.clear()
+            thermal.update(daemon_status(cfg).get("daemon", {}).get("thermal", {}))
+            return thermal.get("state") == "connected" and thermal.get("frames_ok", 0) > 0
+
+        wait_until(thermal_connected, 20, "the daemon to find its thermal module", interval=0.5)
         assert thermal.get("state") == "connected" and thermal["frames_ok"] > 0, thermal
         assert thermal["open_failures"] >= 1
         proc.send_signal(signal.SIGTERM)

@@ -17,9 +17,9 @@ import pytest
 from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from station.link.command_auth import new_signing_key, public_pem, sign_command
 from tests.support.broker import Broker, mosquitto_available
-from tests.test_daemon import emulator, video, write_config  # noqa: F401  (fixtures)
-from tests.test_sync import Collector
+from tests.support.daemon import write_config
 from tests.support.waiting import wait_until
+from tests.test_sync import Collector
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "checkpoint/v1/test-site/gate-3"
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not mosquitto_available(), re
 def test_daemon_serves_commands_states_and_discovery_and_its_will_says_offline(
     tmp_path: Path,
     emulator: GyMcu90640Emulator,
-    video: Path,  # noqa: F811
+    video: Path,
 ) -> None:
     broker = Broker(tmp_path / "broker")
     broker.start()

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from tests.support.broker import Broker, free_port, mosquitto_available
-from tests.test_sync import Collector
 from tests.support.waiting import wait_until
+from tests.test_sync import Collector
 
-pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")]
 
 ROOT = Path(__file__).resolve().parents[1]
 PEOPLE = 4  # pass, fever (with its alarm message), red code, yellow code: no 5 s code timeouts

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from station.lane.counts import CountsKeeper
 from station.store.events import SqliteEventStore
 
@@ -24,9 +26,9 @@ def test_counts_are_saved_rate_limited_and_restored_after_a_restart(tmp_path: Pa
         t0 = time.monotonic()
         for i in range(60):  # 60 passages in ~0.6 s: far more changes than saves
             live["entry" if i % 3 else "exit"] += 1
-            time.sleep(0.01)
+            time.sleep(0.01)  # passages at a real pace: the save rate limit is what is tested
         elapsed = time.monotonic() - t0
-        time.sleep(0.3)
+        time.sleep(0.3)  # one more save period: still no more saves than the rate allows
         assert 1 <= keeper.saves <= elapsed / 0.25 + 2, keeper.saves
         keeper.stop()  # the final totals are saved at stop
         assert store.direction_counts() == {"entry": 40, "exit": 20}
@@ -38,6 +40,7 @@ def test_counts_are_saved_rate_limited_and_restored_after_a_restart(tmp_path: Pa
         assert live2 == {"entry": 40, "exit": 20}
 
 
+@pytest.mark.slow
 def test_station_restart_keeps_its_direction_counts(tmp_path: Path) -> None:
     """The real station (demo devices) twice on one data dir: the second run starts from the first's totals."""
     from sim.demo import DemoRun

@@ -48,7 +48,7 @@ while time.monotonic() < deadline and not (run.app and run.app.pipeline and run.
     time.sleep(0.02)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))  # the disk is full from here on
 space_back.wait(60)
-time.sleep(1.5)  # a few retries against the full disk
+time.sleep(1.5)  # a few retries against the full disk: the time spent full is the test
 pending_while_full = run.app.pipeline.stats()["unrecorded_pending"]
 resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space returns
 deadline = time.monotonic() + 30

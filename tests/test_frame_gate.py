@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sim.scene import Phase, SceneGeometry, ScenePerson, SceneState
 from sim.scene_camera import SceneRenderer
@@ -39,6 +40,7 @@ def test_rate_limit() -> None:
     assert sum(decisions) == 5  # 1 s at 15 fps, at most 5 detections
 
 
+@pytest.mark.slow
 def test_demo_lane_with_a_detection_budget_still_decides_right(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Through the real pipeline: detection at most 5 Hz plus unchanged-frame skip; decisions unchanged."""
     from sim.demo import DemoRun

@@ -8,6 +8,7 @@ from bench.fuzz import run_target
 from bench.fuzz_targets import all_targets
 
 TARGETS = all_targets()
+pytestmark = pytest.mark.slow  # Hypothesis runs against every fuzz target: seconds each
 
 
 def test_there_are_fuzz_targets() -> None:

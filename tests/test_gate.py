@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from drivers.gate.gpio_gate import AMBER, BUZZER, GREEN, LONG_BEEP_S, OUTPUTS, R
 from station.domain.gate import gate_command_for
 from station.domain.model import Decision, GateAction, GateCommand
 from station.ports import GateOutput
+from tests.support.waiting import wait_until
 
 PINS = {RELAY: 17, BUZZER: 27, GREEN: 22, RED: 23, AMBER: 24}
 OPEN_S = 0.3
@@ -80,15 +81,6 @@ def ever_high(factory: MockFactory, output: str) -> bool:
 def command(action: GateAction, decision: Decision, ttl_s: float = 5.0, event_id: str = "ev") -> GateCommand:
     t = time.monotonic()
     return GateCommand(event_id, action, decision, t, t + ttl_s)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 def changes(gate: GpioGate, output: str) -> list[tuple[float, bool]]:
@@ -203,7 +195,7 @@ def test_second_open_extends_the_release_instead_of_chattering_the_relay(factory
     gate = make_gate(factory, open_s=open_s)
     try:
         gate.execute(command(GateAction.OPEN, Decision.PASS, event_id="a"), time.monotonic())
-        time.sleep(0.1)
+        time.sleep(0.1)  # the second command comes 0.1 s into the first release: the timing is the test
         second_t = time.monotonic()
         gate.execute(command(GateAction.OPEN, Decision.PASS, event_id="b"), second_t)
         assert wait_until(lambda: not levels(factory)[RELAY], timeout=open_s + SLACK_S)
@@ -218,7 +210,7 @@ def test_open_for_a_non_pass_decision_is_rejected(gate: GpioGate, factory: MockF
     result = gate.execute(command(GateAction.OPEN, Decision.DENY_FEVER), time.monotonic())
     assert not result.executed
     assert result.reason.startswith("rejected:")
-    time.sleep(0.05)
+    time.sleep(0.05)  # nothing may go high afterwards either: a wait for nothing to happen
     assert not any(ever_high(factory, out) for out in OUTPUTS)
     assert gate.stats()["rejected"] == 1
 
@@ -245,7 +237,7 @@ def test_expired_command_leaves_every_pin_low(
 def test_a_backlog_replayed_late_never_opens(gate: GpioGate, factory: MockFactory) -> None:
     """Decisions queued behind a stall (slow disk, reconnect) arrive after their ttl: none may act."""
     backlog = [gate_command_for(f"ev{i}", d, issued_t=time.monotonic(), ttl_s=0.05) for i, d in enumerate(Decision)]
-    time.sleep(0.1)
+    time.sleep(0.1)  # the backlog outlives its 0.05 s ttl: the passage of time is the test
     results = [gate.execute(c, time.monotonic()) for c in backlog]
     assert [r.reason for r in results] == ["expired"] * len(backlog)
     assert not any(ever_high(factory, out) for out in OUTPUTS)
@@ -317,7 +309,7 @@ def test_alarm_sounds_for_alarm_s_with_red_and_no_relay(gate: GpioGate, factory:
 def test_nothing_but_open_ever_energises_the_relay(gate: GpioGate, factory: MockFactory, action: GateAction, decision: Decision) -> None:
     gate.execute(command(action, decision), time.monotonic())
     assert wait_until(lambda: all_low(factory) and len(gate.history()) > len(OUTPUTS), timeout=2.0 + SLACK_S)
-    time.sleep(0.05)
+    time.sleep(0.05)  # no late relay step either: a wait for nothing to happen
     assert [s.state for s in pin(factory, RELAY).states] == [False]
     assert changes(gate, RELAY) == []
 
@@ -362,7 +354,7 @@ def test_safe_state_stops_everything_at_once(gate: GpioGate, factory: MockFactor
     gate.safe_state()
     assert all_low(factory)
     n = len(gate.history())
-    time.sleep(max(OPEN_S, ALARM_S, SHOW_S) + 0.1)
+    time.sleep(max(OPEN_S, ALARM_S, SHOW_S) + 0.1)  # longer than any pattern: nothing cancelled comes back
     assert all_low(factory)
     assert len(gate.history()) == n  # the cancelled pattern left no pending steps
     assert gate.execute(command(GateAction.RETRY, Decision.RETRY), time.monotonic()).executed  # still usable

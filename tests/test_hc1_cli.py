@@ -14,6 +14,7 @@ from pathlib import Path
 import cbor2
 import cv2
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from sim.issuer import new_issuer, trust_list_document
@@ -115,6 +116,7 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.slow
 def test_any_payload_gives_a_json_verdict_through_the_real_entry_point(tmp_path: Path) -> None:
     cfg, issuer, trust = setup(tmp_path)
     bomb = "HC1:" + b45encode(zlib.compress(b"\x00" * 10**6))

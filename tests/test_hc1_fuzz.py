@@ -243,6 +243,7 @@ def test_not_even_bytes_is_a_verdict() -> None:
 
 @FUZZ
 @given(fz.hc1_cases())
+@pytest.mark.slow
 def test_any_structured_hc1_payload_gets_a_reason_and_valid_only_when_genuine(case: fz.Hc1Case) -> None:
     """Total, and ``valid`` only for bytes the trusted key signed, in date (fz.check_hc1 raises otherwise)."""
     fz.check_hc1(case, fz.hc1_verifier().verify(case.payload, NOW))  # type: ignore[arg-type]
@@ -274,6 +275,7 @@ def test_the_code_judge_is_total_over_every_format(value: tuple[DecodedCode, Any
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(fz.trust_cases())
+@pytest.mark.slow
 def test_trust_list_documents_are_accepted_only_when_signed(case: fz.TrustCase) -> None:
     label = fz.trust_call(case)  # raises PropertyBroken for an unsigned document accepted
     assert label.startswith(("accepted:", "refused:"))

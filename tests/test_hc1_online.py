@@ -21,8 +21,8 @@ from station.codes.judge import CodeJudge
 from station.codes.online import OnlineVerifier, token_sha256
 from station.domain.model import CodeColour, CodeObservation, CodeStatus, Decision
 from station.link.command_auth import CommandKeys, new_signing_key, sign_lookup_answer
-from tests.support.command_rig import Centre, write_public_keys
 from tests.support.broker import Broker, mosquitto_available
+from tests.support.command_rig import Centre, write_public_keys
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
@@ -45,7 +45,9 @@ def rig(tmp_path: Path):
     verifier.attach(pub)
     wire = Centre(broker.port, "wiretap", "#")
     assert wire.subscribed.wait(5)
-    time.sleep(0.2)  # the station's SUBACK for the result topic
+    # The station's SUBACK for the result topic: the publisher does not expose it, so this waits
+    # a fixed time (a condition to wait on would be better).
+    time.sleep(0.2)
     try:
         yield broker, pub, verifier, wire
     finally:

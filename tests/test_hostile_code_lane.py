@@ -35,8 +35,8 @@ from station.cli.stationctl import _stages_line
 from station.codes.hc1 import b45encode
 from station.config import StationConfig
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
-from tests.support.faulty_verifiers import RaisingOnPayload
 from tests.support.broker import mosquitto_available, mosquitto_broker
+from tests.support.faulty_verifiers import RaisingOnPayload
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow

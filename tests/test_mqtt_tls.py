@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -92,7 +91,7 @@ def test_mutual_tls_and_password_file_from_config(tmp_path: Path, caplog: pytest
     no_cert = publisher_from_config(cfg, session=1)
     no_cert.start()
     try:
-        time.sleep(1.5)
+        wait_until(lambda: no_cert.last_error is not None, 10, "the refused handshake")
         assert not no_cert.connected() and no_cert.state in ("connecting", "reconnecting")
         assert no_cert.last_error is not None
     finally:

@@ -25,7 +25,7 @@ from station.web.desk import DeskSettings, OperatorDesk
 from station.web.live import BOUNDARY, LiveView
 from station.web.operator import OperatorServer, create_app
 from station.web.pin import PinGuard, hash_pin, verify_pin
-from tests.test_store import make_event
+from tests.support.events import make_event
 
 PIN = "739184620571"  # long enough never to turn up by chance in random hex ids
 PIN_HASH = hash_pin(PIN, iterations=2000)  # the real scheme, fewer rounds: tests hash dozens of times

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from station.store.events import OutboxBounds, SqliteEventStore
-from tests.test_store import make_event
+from tests.support.events import make_event
 
 
 def _store(tmp_path: Path, bounds: OutboxBounds) -> SqliteEventStore:

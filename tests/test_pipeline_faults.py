@@ -9,6 +9,7 @@ import pytest
 
 from sim.demo import DemoRun
 from station.config import StationConfig
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +19,7 @@ def start_demo(tmp_path, people: int) -> tuple[DemoRun, threading.Thread, dict]:
     box: dict = {}
     t = threading.Thread(target=lambda: box.setdefault("result", run.run(max_s=60)), daemon=True)
     t.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (run.app and run.app.ready_t):
-        time.sleep(0.02)
+    wait_until(lambda: run.app and run.app.ready_t, 30, "the station to start")
     assert run.app is not None and run.app.ready_t is not None, "station did not start"
     return run, t, box
 
@@ -46,7 +45,7 @@ def test_corrupt_serial_bytes_are_counted_and_skipped(tmp_path):
     for _ in range(5):
         run.emulator.flip_bit()
         run.emulator.garbage_burst(300)
-        time.sleep(0.3)
+        time.sleep(0.3)  # faults spread over the run, between frames: the pace is the test
     t.join(90)
     result = box["result"]
     assert [p.expected for p, _ in result.decided] == [d.event.decision.value for _, d in result.decided]

@@ -10,8 +10,8 @@ import pytest
 
 from station.domain.vehicles import OUTSIDER, RESIDENT, VehicleLane
 from station.store import residents
-from tests.support.command_rig import Rig
 from tests.support.broker import mosquitto_available
+from tests.support.command_rig import Rig
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

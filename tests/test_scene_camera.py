@@ -22,6 +22,7 @@ from sim.scene_camera import FACE_PHOTO, SceneCamera, SceneRenderer
 from station.domain.model import CodeColour
 from station.models import path_for
 from station.ports import FrameSource
+from tests.support.waiting import wait_until
 
 
 class FakeClock:
@@ -197,7 +198,7 @@ def test_scene_camera_counts_frames_a_slow_consumer_missed() -> None:
     cam = SceneCamera(director, fps=30.0, seed=4)
     cam.start()
     first = cam.read(timeout=1.0)
-    time.sleep(0.35)  # about ten frame periods
+    time.sleep(0.35)  # about ten frame periods the consumer does not read: the passage of time is the test
     second = cam.read(timeout=1.0)
     cam.stop()
     assert first is not None and second is not None
@@ -218,7 +219,7 @@ def test_scene_camera_read_times_out_and_stop_unblocks() -> None:
     result: list[object] = []
     reader = threading.Thread(target=lambda: result.append(cam.read(timeout=5.0)))
     reader.start()
-    time.sleep(0.1)
+    time.sleep(0.1)  # let the reader block in read() (nothing to observe from outside): stop() must wake it
     cam.stop()
     reader.join(timeout=2.0)
     assert not reader.is_alive() and result == [None]
@@ -266,7 +267,7 @@ def test_opencv_camera_keeps_only_the_latest_frame(tmp_path: Path) -> None:
     write_clip(clip, n=30)
     cam = OpenCVCamera(str(clip), realtime=False, backoff_s=(5.0, 5.0))
     cam.start()
-    time.sleep(0.5)  # the thread reads all 30 frames far faster than real time
+    wait_until(lambda: cam.stats()["frames"] == 30, 10, "the thread to read all 30 frames")  # far faster than real time
     latest = cam.read(timeout=1.0)
     again = cam.read(timeout=0.1)
     stats = cam.stats()

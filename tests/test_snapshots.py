@@ -25,6 +25,7 @@ from station.link.snapshots import (
 )
 from station.models import default_models_dir
 from tests.support.broker import Broker, mosquitto_available
+from tests.support.waiting import wait_until
 
 FACES = Path("/work/shared/data/images/faces")
 PHOTO = FACES / "ultraface-5.jpg"  # one woman at a desk, frontal
@@ -119,7 +120,7 @@ def test_publisher_sends_a_retained_snapshot_a_late_subscriber_gets(tmp_path: Pa
     pub = MqttPublisher(broker.url, "snap-test", "t/status", b"offline", b"online", protocol="5")
     try:
         pub.start()
-        assert _wait(pub.connected)
+        assert wait_until(pub.connected, 5, "publisher connected")
         topic = snapshot_topic("checkpoint/v1", "site-a", "lane-9")
         frames = LatestFrame()
         snaps = SnapshotPublisher(
@@ -139,7 +140,7 @@ def test_publisher_sends_a_retained_snapshot_a_late_subscriber_gets(tmp_path: Pa
         acked: set[int] = set()
         pub.set_ack_handler(acked.add)
         barrier = pub.publish("t/barrier", b"", qos=1)
-        assert _wait(lambda: barrier in acked), "the broker acknowledges the barrier message"
+        assert wait_until(lambda: barrier in acked, 5, "the broker acknowledges the barrier message")
 
         got: list[mqtt.MQTTMessage] = []
         arrived = threading.Event()
@@ -161,14 +162,3 @@ def test_publisher_sends_a_retained_snapshot_a_late_subscriber_gets(tmp_path: Pa
     finally:
         pub.stop()
         broker.kill()
-
-
-def _wait(pred, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False

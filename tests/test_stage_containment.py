@@ -234,6 +234,7 @@ def item_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("pipeline stage item failed")]
 
 
+@pytest.mark.slow
 def test_failing_items_are_dropped_counted_and_logged_once_per_kind_while_every_stage_goes_on(tmp_path, pipelines, caplog):
     caplog.set_level(logging.ERROR, logger="station.lane.pipeline")
     good = demo_issuer().issue(CodeColour.GREEN, iat=int(time.time()) - 600, exp=int(time.time()) + 86400, holder="p").encode()
@@ -488,6 +489,7 @@ class ChokingReader:
         raise MemoryError("decoder ran out of memory on a crafted symbol")
 
 
+@pytest.mark.slow
 def test_a_code_failing_on_every_frame_never_escalates_to_a_restart(tmp_path, pipelines):
     reader = ChokingReader()
     settings = PipelineSettings(escalate_after=5, restart_limit=1, restart_backoff_s=0.01)

@@ -13,7 +13,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,21 +20,12 @@ from click.testing import CliRunner
 
 from station.cli.stationctl import main as stationctl
 from station.ops.control import ControlError, request
-from tests.test_daemon import ROOT, emulator, video, write_config  # noqa: F401  (fixtures)
+from tests.support.daemon import ROOT, wait_for_path, write_config
 
 pytestmark = pytest.mark.slow
 
 
-def wait_for(path: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{path} never appeared")
-
-
-def test_control_socket_live_status_refusals_and_shutdown(tmp_path: Path, emulator, video: Path) -> None:  # noqa: F811
+def test_control_socket_live_status_refusals_and_shutdown(tmp_path: Path, emulator, video: Path) -> None:
     cfg = write_config(tmp_path, emulator.port, video)
     sock_path = tmp_path / "data" / "control.sock"
     env = dict(os.environ)
@@ -51,7 +41,7 @@ def test_control_socket_live_status_refusals_and_shutdown(tmp_path: Path, emulat
     )
     run = CliRunner().invoke
     try:
-        wait_for(sock_path)
+        wait_for_path(sock_path)
         # Group may connect, others may not.
         assert stat.S_IMODE(sock_path.stat().st_mode) == 0o660
 

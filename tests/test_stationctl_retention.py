@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from station.cli.stationctl import main as stationctl
 from station.store.events import SqliteEventStore
 from station.store.retention import DAY_S, erase, purge
-from tests.test_store import make_event
+from tests.support.events import make_event
 
 NOW = time.time()
 

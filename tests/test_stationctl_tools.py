@@ -19,7 +19,6 @@ from station.cli.bugreport_cmd import REDACTED, redact_line, redact_toml
 from station.cli.doctor_cmd import list_cameras
 from station.cli.stationctl import main as stationctl
 from tests.support.broker import free_port, mosquitto_available, mosquitto_broker
-from tests.test_daemon import emulator, video  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +96,7 @@ def checks_of(r) -> dict[str, dict]:
 
 
 @pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
-def test_doctor_verdicts_fixes_and_exit_codes(tmp_path: Path, emulator) -> None:  # noqa: F811
+def test_doctor_verdicts_fixes_and_exit_codes(tmp_path: Path, emulator) -> None:
     with mosquitto_broker(tmp_path / "broker") as broker:
         cfg = write_cfg(tmp_path, f'\n[thermal]\nport = "{emulator.port}"\n\n[mqtt]\nurl = "{broker.url}"\n')
         r = cli("--config", str(cfg), "doctor", "--json")
@@ -177,6 +176,7 @@ def test_devices_list_json_shape() -> None:
 # -- test … ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gate_tests_drive_the_real_driver_on_mock_pins(tmp_path: Path) -> None:
     cfg = write_cfg(tmp_path)
     for name, outputs in (("relay", {"relay", "green"}), ("buzzer", {"buzzer"}), ("lights", {"red", "amber"})):
@@ -202,7 +202,8 @@ def test_gate_test_fails_on_a_pin_it_cannot_claim(tmp_path: Path) -> None:
     assert r.exit_code == 1 and json.loads(r.stdout)["ok"] is False
 
 
-def test_thermal_camera_qr_and_detector(tmp_path: Path, emulator, video: Path) -> None:  # noqa: F811
+@pytest.mark.slow
+def test_thermal_camera_qr_and_detector(tmp_path: Path, emulator, video: Path) -> None:
     cfg = write_cfg(tmp_path, f'\n[thermal]\nport = "{emulator.port}"\nrefresh_hz = 8\n\n[camera]\ndevice = "{video}"\n')
     r = cli("--config", str(cfg), "test", "thermal", "--frames", "2", "--json")
     assert r.exit_code == 0, r.output

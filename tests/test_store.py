@@ -17,11 +17,8 @@ from pathlib import Path
 import pytest
 
 from station.domain.model import (
-    CodeColour,
-    Decision,
     GateAction,
     GateResult,
-    ScreeningEvent,
 )
 from station.store.events import (
     PRIORITY_ALARM,
@@ -29,32 +26,10 @@ from station.store.events import (
     SCHEMA_VERSION,
     SchemaTooNewError,
     SqliteEventStore,
-    new_msg_id,
 )
+from tests.support.events import make_event
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_event(i: int, *, alarm: bool = False, ts: float | None = None) -> ScreeningEvent:
-    return ScreeningEvent(
-        event_id=f"ev-{i:06d}-{new_msg_id()[-8:]}",
-        station_id="st-01",
-        site="gate-a",
-        lane="lane-1",
-        decision=Decision.DENY_FEVER if alarm else Decision.PASS,
-        reason="fever" if alarm else "ok",
-        alarm=alarm,
-        wall_ts=time.time() if ts is None else ts,
-        temperature_c=38.4 if alarm else 36.6,
-        temperature={"skin_c": 34.1, "n_pixels": 42, "terms": {"ambient": 0.3}},
-        code_colour=CodeColour.GREEN,
-        code={"status": "valid", "reason": "ok", "source": "local"},
-        face={"box": [1.0, 2.0, 3.0, 4.0], "score": 0.93},
-        stage_t={"enter": 1.0, "decision": 1.4},
-        latency_ms={"total": 400.0},
-        policy={"temperature": "hard"},
-        clock_synced=True,
-    )
 
 
 def open_store(path: Path) -> SqliteEventStore:
@@ -360,6 +335,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_loses_nothing_that_was_reported(tmp_path: Path) -> None:
     """A writer killed at random points: every reported event survives with its outbox rows."""
     db = tmp_path / "station.db"

@@ -26,7 +26,7 @@ from drivers.publish.mqtt import MqttPublisher
 from station.link.sync import NotConnectedError, OutboxPump
 from station.store.events import SqliteEventStore
 from tests.support.broker import Broker, mosquitto_available
-from tests.test_store import make_event
+from tests.support.events import make_event
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
@@ -136,7 +136,7 @@ def test_events_recorded_while_broker_is_down_arrive_once_in_order(tmp_path: Pat
         events = [make_event(i) for i in range(60)]
         for ev in events:
             station.store.record(ev)
-        time.sleep(0.3)
+        time.sleep(0.3)  # nothing may be handed to paho while offline: a wait for nothing to happen
         assert not station.publisher.connected()
         assert station.store.outbox_stats()["pending"] == 60
         assert station.pump.stats()["published"] == 0, "nothing is handed to paho while offline"
@@ -193,7 +193,7 @@ def test_broker_sigkill_mid_burst_loses_nothing(tmp_path: Path, broker: Broker) 
         wait_until(lambda: station.pump.stats()["in_flight"] == 10, 5, "a full in-flight window")
         broker.kill()
         killed_at = station.pump.stats()
-        time.sleep(0.3)
+        time.sleep(0.3)  # the outage lasts a while, with the writer still recording: the passage of time is the test
         broker.start()
         writer.join()
 
@@ -237,7 +237,7 @@ p.start()
 while not p.connected():
     time.sleep(0.01)
 print("up", flush=True)
-time.sleep(60)
+time.sleep(60)  # stay connected until the test SIGKILLs this process
 """
 
 
@@ -273,7 +273,7 @@ def test_status_online_will_offline_on_sigkill_and_stopped_on_clean_stop(tmp_pat
         with pytest.raises(NotConnectedError):
             pub.publish(f"{PREFIX}/x", b"x", 1)
         wait_until(lambda: [p for _, p, _ in watcher.raw()][-1:] == [b"stopped"], 5, "stopped")
-        time.sleep(0.3)
+        time.sleep(0.3)  # a Will would arrive after "stopped": a wait for nothing to happen
         assert [p for _, p, _ in watcher.raw()][-1] == b"stopped", "no Will after a clean stop"
         late = Collector(broker.port, "late-2", STATUS, persistent=False)
         wait_until(lambda: late.raw() == [(STATUS, b"stopped", True)], 5, "retained stopped")
@@ -367,7 +367,7 @@ def test_window_reconnect_and_ack_timeout(tmp_path: Path) -> None:
         pump.start()
         try:
             wait_until(lambda: len(pub.sent) == 4, 2, "a full window")
-            time.sleep(0.2)
+            time.sleep(0.2)  # a fifth send would show here: a wait for nothing to happen
             assert len(pub.sent) == 4, "never more than max_in_flight unacknowledged"
             assert b'"alarm":true' in pub.sent[0][2], "alarms go first"
 
@@ -387,7 +387,7 @@ def test_window_reconnect_and_ack_timeout(tmp_path: Path) -> None:
                 pub.ack(mid)
             wait_until(lambda: pump.stats()["acked"] == 5, 2, "acks while offline still count")
             store.record(make_event(99))
-            time.sleep(0.2)
+            time.sleep(0.2)  # a send while disconnected would show here: a wait for nothing to happen
             assert len(pub.sent) == 13, "nothing is published while disconnected"
             assert pump.drain(0.2) is False
 

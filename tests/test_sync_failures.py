@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,9 @@ import pytest
 from drivers.publish.mqtt import MqttPublisher, jittered_delay
 from station.store.events import SqliteEventStore
 from tests.support.broker import Broker, mosquitto_available
-from tests.test_store import make_event
-from tests.test_sync import PREFIX, STATUS, Collector, Station, backend_session
+from tests.support.events import make_event
 from tests.support.waiting import wait_until
+from tests.test_sync import PREFIX, STATUS, Collector, Station, backend_session
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 
@@ -45,7 +46,7 @@ from pathlib import Path
 from drivers.publish.mqtt import MqttPublisher
 from station.store.events import SqliteEventStore
 from station.link.sync import OutboxPump
-from tests.test_store import make_event
+from tests.support.events import make_event
 
 url, db, status, first, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 store = SqliteEventStore(Path(db), station_id="st-01", site="gate-a")
@@ -60,9 +61,9 @@ for i in range(first, first + count):
     event = make_event(i)
     store.record(event)
     print("recorded", event.event_id, flush=True)
-    time.sleep(0.001)
+    time.sleep(0.001)  # a burst at a sensor's pace, so the SIGKILL lands mid-burst
 print("drained" if pump.drain(30) else "not-drained", flush=True)
-time.sleep(120)
+time.sleep(120)  # stay up until the test SIGKILLs this process
 """
 
 
@@ -76,6 +77,7 @@ def _station_child(broker: Broker, db: Path, first: int, count: int) -> subproce
     )
 
 
+@pytest.mark.slow
 def test_station_process_sigkill_mid_burst_loses_nothing(tmp_path: Path, broker: Broker) -> None:
     sub = backend_session(broker)
     broker.start()
@@ -141,6 +143,7 @@ def test_station_process_sigkill_mid_burst_loses_nothing(tmp_path: Path, broker:
         sub.close()
 
 
+@pytest.mark.slow
 def test_long_outage_with_5000_queued_events_catches_up(tmp_path: Path, broker: Broker) -> None:
     sub = backend_session(broker)  # the broker is now down
     station = Station(tmp_path, broker)
@@ -180,6 +183,7 @@ def test_long_outage_with_5000_queued_events_catches_up(tmp_path: Path, broker: 
         sub.close()
 
 
+@pytest.mark.slow
 def test_wrong_credentials_give_auth_failed_once_and_no_reconnect_loop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     broker = Broker(tmp_path / "broker", allow_anonymous=False, users={"st-01": "right-pass"})
     broker.start()
@@ -235,8 +239,8 @@ def test_reconnect_delay_grows_exponentially_with_jitter() -> None:
         delays.append(previous)
     assert 0.5 <= delays[0] <= 1.0
     assert all(0.5 <= d <= 60.0 for d in delays)
-    assert all(b >= a or a > 30.0 for a, b in zip(delays, delays[1:])), f"never shrinks below the cap: {delays}"
-    assert all(b <= 2 * a for a, b in zip(delays, delays[1:])), "at most doubles"
+    assert all(b >= a or a > 30.0 for a, b in pairwise(delays)), f"never shrinks below the cap: {delays}"
+    assert all(b <= 2 * a for a, b in pairwise(delays)), "at most doubles"
     assert delays[-1] >= 30.0, f"grows to the cap: {delays}"
     firsts = {round(jittered_delay(None, 1.0, 60.0), 6) for _ in range(20)}
     assert len(firsts) > 10, "the random part spreads a fleet's reconnects"

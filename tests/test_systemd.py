@@ -172,6 +172,6 @@ def test_watchdog_gate_with_real_clock(path_systemd: FakeSystemd) -> None:
     gate = WatchdogGate(n)  # stale after 0.1 s, ping at most every 0.05 s
     gate.progress()
     assert gate.maybe_ping() is True
-    time.sleep(0.15)
+    time.sleep(0.15)  # no progress for longer than the 0.1 s staleness: the passage of time is the test
     assert gate.maybe_ping() is False
     assert path_systemd.recv_all() == [b"WATCHDOG=1"]

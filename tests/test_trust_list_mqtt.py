@@ -33,8 +33,8 @@ from station.link.command_auth import (
 )
 from station.link.commands import CommandHandlers, StationLink
 from station.store.events import SqliteEventStore
-from tests.support.command_rig import Centre
 from tests.support.broker import Broker, mosquitto_available
+from tests.support.command_rig import Centre
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")

@@ -16,6 +16,7 @@ from station.domain.model import Box
 from station.domain.tracking import FaceTracker
 from station.domain.vehicles import OUTSIDER, RESIDENT, VehicleLane, normalise_plate
 from station.store import residents
+from tests.support.waiting import wait_until
 
 PLATES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "plates"
 
@@ -166,9 +167,7 @@ def test_plate_loop_reads_offered_frames_and_emits_one_event(tmp_path: Path) -> 
         for seq in range(6):
             loop.offer(VisibleFrame(img, seq, seq * 0.1))
             time.sleep(0.15)  # one frame at a time: the slot keeps only the newest
-        deadline = time.monotonic() + 10
-        while not heard and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: heard, 10, "a vehicle decision")
     finally:
         loop.stop()
     assert [(e.kind, e.plate) for e in heard] == [(RESIDENT, "皖K66666")]
@@ -176,6 +175,7 @@ def test_plate_loop_reads_offered_frames_and_emits_one_event(tmp_path: Path) -> 
     assert stats["reads"] >= 2 and stats["resident_vehicle"] == 1 and stats["last_event"]["alarm"] is False
 
 
+@pytest.mark.slow
 def test_station_in_vehicle_mode_runs_the_plate_thread(tmp_path: Path) -> None:
     """The real station (demo devices) with vehicle.mode = vehicle: plate reader loaded, frames read,
     and the person screening unaffected."""

@@ -15,7 +15,8 @@ from sqlite_utils import Database
 from station.domain.vehicles import VehicleLane
 from station.store import residents
 from station.store.events import MIGRATIONS, SCHEMA_VERSION, SqliteEventStore
-from tests.test_store import make_event
+from tests.support.events import make_event
+from tests.support.waiting import wait_until
 
 PLATES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "plates"
 
@@ -143,11 +144,9 @@ def test_vehicle_lane_run_writes_vehicles_and_outbox_and_survives_a_failed_write
             for _ in range(4):
                 loop.offer(VisibleFrame(img, int(t * 10), t))
                 t += 0.1
-                time.sleep(0.12)
+                time.sleep(0.12)  # one frame at a time, at a camera's pace: the slot keeps only the newest
             t += 2.0
-        deadline = time.monotonic() + 10
-        while loop.counts["recorded"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: loop.counts["recorded"] >= 1, 10, "a recorded vehicle")
     finally:
         loop.stop()
         store.close()
@@ -167,7 +166,6 @@ def test_vehicle_event_arrives_over_a_real_mosquitto(tmp_path: Path) -> None:
     if not mosquitto_available():
         pytest.skip("mosquitto not installed")
     from tests.test_sync import PREFIX, Collector, Station
-    from tests.support.waiting import wait_until
 
     broker = Broker(tmp_path / "broker")
     broker.start()
@@ -193,6 +191,7 @@ def test_vehicle_event_arrives_over_a_real_mosquitto(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not PLATES_DIR.is_dir(), reason="shared test photos not found")
+@pytest.mark.slow
 def test_station_in_vehicle_mode_records_vehicles_in_its_store(tmp_path: Path) -> None:
     """The real station (demo devices, vehicle.mode = vehicle): a car's frames handed to its plate
     thread end as a row in the station's own store and an events/vehicle outbox message."""
@@ -212,10 +211,8 @@ def test_station_in_vehicle_mode_records_vehicles_in_its_store(tmp_path: Path) -
         app.pipeline.frame_taps.remove(app.plates.offer)
         for i in range(6):
             app.plates.offer(VisibleFrame(img, 10_000 + i, 100.0 + i * 0.25))
-            time.sleep(0.25)
-        deadline = time.monotonic() + 10
-        while app.plates.counts["recorded"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.25)  # one frame at a time, at a camera's pace: the slot keeps only the newest
+        wait_until(lambda: app.plates.counts["recorded"] >= 1, 10, "a recorded vehicle")
         box["stats"] = app.plates.stats()
 
     run.on_decided = on_decided

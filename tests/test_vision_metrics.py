@@ -29,6 +29,7 @@ def test_plate_scores_ignore_unreadable_characters() -> None:
 
 
 @pytest.mark.skipif(not FACES_DIR.is_dir(), reason="shared test photos not found")
+@pytest.mark.slow
 def test_ultraface_finds_every_labelled_face_and_haar_does_not() -> None:
     from drivers.detect.haar import HaarFaceDetector
     from drivers.detect.ultraface import UltraFaceDetector
