@@ -259,8 +259,8 @@ class Scene:
 
     def close(self) -> None:
         self.http.close()
+        self.pub.disconnect()  # before loop_stop(): paho's thread then ends at once, not after 1 s
         self.pub.loop_stop()
-        self.pub.disconnect()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

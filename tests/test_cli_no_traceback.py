@@ -108,6 +108,7 @@ def assert_no_traceback(argv: list[str], code: int | None, stdout: str, stderr: 
         assert lines or stdout.strip(), f"{shown}\n(a failure must say why)"
 
 
+@pytest.mark.slow
 def test_every_stationctl_command_answers_without_a_traceback(tmp_path: Path, bare_laptop: dict[str, str | None]) -> None:
     runner = CliRunner()
     commands = list(leaf_commands(stationctl))

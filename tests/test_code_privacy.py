@@ -57,8 +57,8 @@ def test_no_raw_payload_in_sqlite_files_or_mqtt_messages(tmp_path: Path) -> None
         judged = [d.event.code for _, d in result.decided if d.event.code.get("source") == "hc1"]
         assert judged and all(c.get("payload_hash") and c.get("kid") for c in judged)  # what is kept instead
     finally:
+        wire.client.disconnect()  # before loop_stop(): paho's thread then ends at once, not after 1 s
         wire.client.loop_stop()
-        wire.client.disconnect()
         broker.stop()
 
     messages = wire.raw()

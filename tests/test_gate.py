@@ -21,6 +21,8 @@ from station.domain.model import Decision, GateAction, GateCommand
 from station.ports import GateOutput
 from tests.support.waiting import wait_until
 
+# Real relay, light and beep patterns timed by the driver's thread (0.3-1 s a test): out of the fast loop.
+pytestmark = pytest.mark.slow
 PINS = {RELAY: 17, BUZZER: 27, GREEN: 22, RED: 23, AMBER: 24}
 OPEN_S = 0.3
 ALARM_S = 0.6

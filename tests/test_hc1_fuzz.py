@@ -266,6 +266,7 @@ def test_truncating_a_valid_code_never_yields_valid(colour: str, alg: str, data:
     assert v.status is not CodeStatus.VALID and v.reason in {"unknown_format", "truncated", "bad_base45", "bad_zlib"}, v
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(fz.judge_cases())
 def test_the_code_judge_is_total_over_every_format(value: tuple[DecodedCode, Any, fz.Hc1Case | None]) -> None:

@@ -51,8 +51,8 @@ def rig(tmp_path: Path):
     try:
         yield broker, pub, verifier, wire
     finally:
+        wire.client.disconnect()  # before loop_stop(): paho's thread then ends at once, not after 1 s
         wire.client.loop_stop()
-        wire.client.disconnect()
         pub.stop()
         broker.stop()
 
@@ -104,8 +104,8 @@ def test_a_responder_answering_by_correlation_id_decides_the_colour(rig) -> None
         known[token_sha256(TOKEN)] = {"found": True, "colour": "green", "expires": time.time() - 10}
         assert verifier.verify(PAYLOAD, time.time()).status is CodeStatus.EXPIRED
     finally:
+        centre.client.disconnect()  # before loop_stop(): paho's thread then ends at once, not after 1 s
         centre.client.loop_stop()
-        centre.client.disconnect()
     _assert_token_never_on_the_wire(wire)
 
 

@@ -106,8 +106,8 @@ class StateWatcher:
             self.states.append(json.loads(msg.payload))
 
     def stop(self) -> None:
+        self.client.disconnect()  # before loop_stop(): paho's thread then ends at once, not after 1 s
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 def run_queue(

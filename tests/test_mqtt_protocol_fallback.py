@@ -49,9 +49,15 @@ class OldBroker:
 
     def close(self) -> None:
         self._closed = True
+        # shutdown wakes the accept thread's accept(); close alone leaves it blocked until the join times out.
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)
+        except OSError as exc:
+            logging.getLogger(__name__).debug("shutdown: %s", exc)
         self._server.close()
         self.drop_clients()
         self._accept_thread.join(2)
+        assert not self._accept_thread.is_alive(), "the old broker's accept thread did not end"
 
     def drop_clients(self) -> None:
         """Close every client connection (a broker restart, as the client sees it)."""

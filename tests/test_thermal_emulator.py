@@ -32,7 +32,8 @@ from station.domain.model import ThermalFrame
 from station.ports import ThermalSource
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.timeout(30)
+# Real-time frame streams over a pty at the module's 4-8 Hz: about a second a test, so out of the fast loop.
+pytestmark = [pytest.mark.timeout(30), pytest.mark.slow]
 
 MARKER_RC = (3, 5)  # a hot pixel at an asymmetric place: proves the mirror is undone
 

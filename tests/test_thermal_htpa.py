@@ -108,6 +108,7 @@ def frames_ok_after(src: HtpaSource, n: int, timeout: float = 5.0) -> None:
     wait_until(lambda: src.read_frame(0.05) is not None and int(src.stats()["frames_ok"]) >= target, timeout, f"{n} more frames")
 
 
+@pytest.mark.slow
 def test_source_is_connected_only_while_frames_arrive(pair: Callable[..., tuple[HtpaEmulator, HtpaSource]]) -> None:
     emu, src = pair()
     frames_ok_after(src, 2)
@@ -121,6 +122,7 @@ def test_source_is_connected_only_while_frames_arrive(pair: Callable[..., tuple[
     assert src.connected() and st["state"] == "connected" and int(st["reconnects"]) >= 1
 
 
+@pytest.mark.slow
 def test_unplug_and_replug_reconnects(pair: Callable[..., tuple[HtpaEmulator, HtpaSource]]) -> None:
     emu, src = pair()
     frames_ok_after(src, 2)
@@ -136,6 +138,7 @@ def test_unplug_and_replug_reconnects(pair: Callable[..., tuple[HtpaEmulator, Ht
     assert f is not None and f.source == "htpa32x32" and f.pixels_c.shape == (32, 32)
 
 
+@pytest.mark.slow
 def test_a_silent_port_is_not_a_link() -> None:
     emu = HtpaEmulator(counting_scene())
     emu.silence(60.0)

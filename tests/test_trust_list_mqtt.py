@@ -107,8 +107,8 @@ class Rig:
         return sign_document([i.trust_entry() for i in issuers], version, key or self.centre_key)
 
     def close(self) -> None:
+        self.sub.client.disconnect()  # before loop_stop(): paho's thread then ends at once, not after 1 s
         self.sub.client.loop_stop()
-        self.sub.client.disconnect()
         self.link.stop()
         self.publisher.stop()
         self.gate.close()
