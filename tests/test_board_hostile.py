@@ -339,6 +339,7 @@ def _assert_typed(row: dict[str, Any]) -> None:
     scalar(row, row["key"])
 
 
+@pytest.mark.slow
 def test_hostile_station_is_typed_bounded_and_cannot_touch_the_others(scene: Scene) -> None:
     view = scene.view()
     rows = {r["key"]: r for r in view["stations"]}

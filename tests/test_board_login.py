@@ -141,6 +141,7 @@ def test_users_file_holds_only_scrypt_hashes_and_secrets_are_private(tmp_path: P
         UsersFile(tmp_path / "u.json").add("ok", "root", "long-enough-pass")
 
 
+@pytest.mark.slow
 def test_board_refuses_to_start_without_users_and_the_cli_adds_one(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no board users"):
         Board(BoardOptions(mqtt_url="mqtt://127.0.0.1:1", data_dir=tmp_path / "board"))

@@ -25,7 +25,8 @@ from tests.support.broker import Broker, mosquitto_available
 from tests.support.command_rig import Centre, write_public_keys
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
+# A broker and a publisher per test, and look-ups that wait out their 0.6 s timeout: out of the fast loop.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")]
 
 BASE = "checkpoint/v1/gate-a/st-01"
 TOKEN = "tok_7Hq2ZpLw9XkR4sVb"

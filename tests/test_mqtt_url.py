@@ -143,6 +143,7 @@ def test_the_user_name_is_kept_in_the_error_to_recognise_the_account() -> None:
     assert "lane-7:***@broker" in str(err.value)
 
 
+@pytest.mark.slow
 @given(st.text(max_size=200))
 def test_any_text_gives_an_endpoint_or_a_value_error(text: str) -> None:
     for url in (text, "mqtt://" + text, "mqtts://u:p@" + text):

@@ -129,6 +129,7 @@ def backend_session(broker: Broker) -> Collector:
 # ----------------------------------------------------------------------------- outbox → broker
 
 
+@pytest.mark.slow
 def test_events_recorded_while_broker_is_down_arrive_once_in_order(tmp_path: Path, broker: Broker) -> None:
     sub = backend_session(broker)  # broker is now down
     station = Station(tmp_path, broker)
@@ -169,6 +170,7 @@ def test_events_recorded_while_broker_is_down_arrive_once_in_order(tmp_path: Pat
         sub.close()
 
 
+@pytest.mark.slow
 def test_broker_sigkill_mid_burst_loses_nothing(tmp_path: Path, broker: Broker) -> None:
     sub = backend_session(broker)
     broker.start()

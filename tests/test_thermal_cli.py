@@ -95,6 +95,7 @@ def test_read_and_record_a_live_port_then_replay_the_capture_through_the_emulato
         assert json.dumps(f["pixels_c"]) in recorded  # each pixel as recorded, the frame counter pixel too
 
 
+@pytest.mark.slow
 def test_read_fails_cleanly_when_no_module_answers(tmp_path: Path):
     import os
 
