@@ -42,7 +42,7 @@ def test_temperatures_come_from_the_thermal_link_and_match_the_scene(demo_run):
     # The scene's people have core temperatures 36.6, 38.2, 36.7, 36.5, 36.8, 36.9, 36.4, 36.6 (see sim.demo.CAST);
     # the reading passes through the pty, the parser, registration and the hot-spot statistic.
     truth = [36.6, 38.2, 36.7, 36.5, 36.8, 36.9, 36.4, 36.6]
-    for d, core in zip(demo_run.decisions, truth):
+    for d, core in zip(demo_run.decisions, truth, strict=True):
         assert d["temperature_c"] == pytest.approx(core, abs=0.3), d
     thermal = demo_run.summary["thermal"]
     assert thermal["baud"] == 460800

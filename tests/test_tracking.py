@@ -52,7 +52,7 @@ def test_two_people_one_behind_the_other_keep_two_ids() -> None:
         behind = box_at(360 - i, 190 + i * 0.5, 70 + i * 1.2)  # smaller, overlapping the front face
         boxes = [front, behind] if i % 2 else [behind, front]  # detector order is not stable
         tracks = tr.update(boxes, [0.9, 0.8], t)
-        by_box = {id(b): trk.id for b, trk in zip(boxes, tracks)}
+        by_box = {id(b): trk.id for b, trk in zip(boxes, tracks, strict=True)}
         seen["front"].add(by_box[id(front)])
         seen["behind"].add(by_box[id(behind)])
     assert len(seen["front"]) == 1 and len(seen["behind"]) == 1
