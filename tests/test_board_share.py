@@ -13,9 +13,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from station.board.run import Board, BoardOptions
 from tests.support.board_auth import make_users
+from tests.support.board_messages import screening, status
 from tests.support.broker import Broker, mosquitto_available
 from tests.support.waiting import wait_until
-from tests.test_board_state import screening, status
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

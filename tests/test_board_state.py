@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,35 +15,12 @@ from station.board.state import BoardState
 from station.board.web import create_app
 from station.link.snapshots import snapshot_payload
 from tests.support.board_auth import login, make_auth
-
-P = "checkpoint/v1"
-
-
-def screening(
-    station: str, event_id: str, decision: str = "pass", temp: float = 36.6, alarm: bool = False, ts: float | None = None, site: str = "s1"
-) -> tuple[str, bytes]:
-    ts = time.time() if ts is None else ts
-    body = {
-        "schema": 1,
-        "msg_id": uuid.uuid4().hex,
-        "station_id": station,
-        "site": site,
-        "seq": 1,
-        "session": 1,
-        "ts": ts,
-        "clock_synced": True,
-        "event": {"event_id": event_id, "ts": ts, "decision": decision, "reason": "x", "alarm": alarm, "temperature_c": temp},
-    }
-    return f"{P}/{site}/{station}/events/screening", json.dumps(body).encode()
+from tests.support.board_messages import P, screening, status
 
 
 def alarm_msg(station: str, event_id: str, temp: float = 38.4, site: str = "s1") -> tuple[str, bytes]:
     topic, payload = screening(station, event_id, "deny_fever", temp, True, site=site)
     return topic.replace("/events/screening", "/events/alarm"), payload
-
-
-def status(station: str, state: str, session: int, site: str = "s1") -> tuple[str, bytes]:
-    return f"{P}/{site}/{station}/status", json.dumps({"state": state, "session": session, "version": "0.1.0"}).encode()
 
 
 def state_msg(station: str, component: str, site: str = "s1", **fields: Any) -> tuple[str, bytes]:

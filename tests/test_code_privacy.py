@@ -22,7 +22,7 @@ from sim.demo import DemoRun
 from station.codes import hc1
 from station.config import StationConfig
 from tests.support.broker import Broker, mosquitto_available
-from tests.test_sync import Collector
+from tests.support.sync_rig import Collector
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

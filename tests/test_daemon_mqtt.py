@@ -18,8 +18,8 @@ from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from station.link.command_auth import new_signing_key, public_pem, sign_command
 from tests.support.broker import Broker, mosquitto_available
 from tests.support.daemon import write_config
+from tests.support.sync_rig import Collector
 from tests.support.waiting import wait_until
-from tests.test_sync import Collector
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "checkpoint/v1/test-site/gate-3"

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from tests.support.broker import Broker, free_port, mosquitto_available
+from tests.support.sync_rig import Collector
 from tests.support.waiting import wait_until
-from tests.test_sync import Collector
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")]
 

@@ -18,8 +18,8 @@ import pytest
 
 from drivers.publish.mqtt import MqttPublisher
 from tests.support.broker import Broker, mosquitto_available
+from tests.support.sync_rig import STATUS
 from tests.support.waiting import wait_until
-from tests.test_sync import STATUS
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 CONNACK_BAD_VERSION = b"\x20\x02\x00\x01"  # 3.1.1 return code 1: unacceptable protocol version

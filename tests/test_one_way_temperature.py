@@ -8,7 +8,7 @@ import pytest
 from station.domain.direction import LaneGeometry
 from station.domain.model import Box, CodeColour, Decision
 from station.domain.screening import NOT_SCREENED_EXIT, ScreeningSettings, temperature_required
-from tests.test_screening import SETTINGS, code, faces, lane, temp
+from tests.support.screening_obs import SETTINGS, code, faces, lane, temp
 
 
 @pytest.mark.parametrize(

@@ -10,46 +10,18 @@ import pytest
 from station.domain.model import (
     Box,
     CodeColour,
-    CodeObservation,
     CodeStatus,
-    CodeVerdict,
     Decision,
-    FaceDetection,
     FaceObservation,
-    TemperatureMeasurement,
     ThermalFrame,
 )
-from station.domain.screening import LaneState, ScreeningLane, ScreeningPolicy, ScreeningSettings
+from station.domain.screening import LaneState, ScreeningLane, ScreeningPolicy
 from station.domain.thermal import MeasureState, ThermalCalibration, measure_face
+from tests.support.screening_obs import SETTINGS, code, faces, lane, temp
 
-SETTINGS = ScreeningSettings(
-    fever_threshold_c=37.3,
-    min_face_px=120,
-    stable_samples=2,
-    max_sample_spread_c=0.7,
-    temperature_timeout_s=3.0,
-    code_timeout_s=5.0,
-    leave_after_s=0.8,
-)
 IDENTITY = np.eye(3)
 BIG = Box(200, 100, 360, 320)  # 220 px tall: in the zone
 SMALL = Box(300, 180, 340, 235)  # 55 px tall: far away, not in the zone
-
-
-def lane(policy: ScreeningPolicy | None = None, settings: ScreeningSettings = SETTINGS) -> ScreeningLane:
-    return ScreeningLane(settings, policy or ScreeningPolicy(), ThermalCalibration(IDENTITY, offset_c=1.0))
-
-
-def faces(t: float, *boxes: Box) -> FaceObservation:
-    return FaceObservation(0, t, t + 0.005, tuple(FaceDetection(b, 0.9) for b in boxes), (640, 480), 5.0)
-
-
-def temp(t: float, core: float | None, state: str = MeasureState.MEASURED) -> TemperatureMeasurement:
-    return TemperatureMeasurement(state, t, core, None if core is None else core - 1.0, {}, 40, 1)
-
-
-def code(t: float, colour: CodeColour | None, status: CodeStatus = CodeStatus.VALID, reason: str = "ok") -> CodeObservation:
-    return CodeObservation(0, t, t + 0.01, CodeVerdict(status, colour, reason, "test"), 8.0, "test")
 
 
 @dataclass

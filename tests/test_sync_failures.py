@@ -22,8 +22,8 @@ from drivers.publish.mqtt import MqttPublisher, jittered_delay
 from station.store.events import SqliteEventStore
 from tests.support.broker import Broker, mosquitto_available
 from tests.support.events import make_event
+from tests.support.sync_rig import PREFIX, STATUS, Collector, Station, backend_session
 from tests.support.waiting import wait_until
-from tests.test_sync import PREFIX, STATUS, Collector, Station, backend_session
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 

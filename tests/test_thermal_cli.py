@@ -16,7 +16,7 @@ from drivers.thermal.gy_protocol import FrameParser
 from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from station.cli.stationctl import main
 from station.config import load_config
-from tests.test_thermal_protocol import GOLDEN_1, GOLDEN_3
+from tests.support.thermal_golden import GOLDEN_1, GOLDEN_3
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,19 +24,14 @@ from drivers.thermal.gy_protocol import (
     parse_command,
 )
 from drivers.thermal.serial_source import resolve_port
+from tests.support.thermal_golden import GOLDEN_1, GOLDEN_3
 
 # ---------------------------------------------------------------------------------------------
 # Golden vectors: the three worked examples of design/thermal.md §1.1, written out as hex
 # ---------------------------------------------------------------------------------------------
 
-GOLDEN_1_HEX = "5A5A0206" + "C409" * 768 + "B80B" + "14B8"  # uniform 25.00 °C, Ta 30.00
 GOLDEN_2_HEX = "5A5A0206" + "6E0E690E5A0E" + "100E" * 764 + "050E" + "8D0E" + "DF9F"  # the manual's words
-GOLDEN_3_HEX = (  # 22.50 °C background, -5.50 °C first word, 40.00 °C at byte offset 804, Ta 26.00
-    "5A5A0206" + "DAFD" + "CA08" * 399 + "A00F" + "CA08" * 367 + "280A" + "6AC4"
-)
-GOLDEN_1 = bytes.fromhex(GOLDEN_1_HEX)
 GOLDEN_2 = bytes.fromhex(GOLDEN_2_HEX)
-GOLDEN_3 = bytes.fromhex(GOLDEN_3_HEX)
 
 
 def _decode_one(data: bytes) -> DecodedFrame:

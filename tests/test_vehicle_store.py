@@ -165,7 +165,7 @@ def test_vehicle_event_arrives_over_a_real_mosquitto(tmp_path: Path) -> None:
 
     if not mosquitto_available():
         pytest.skip("mosquitto not installed")
-    from tests.test_sync import PREFIX, Collector, Station
+    from tests.support.sync_rig import PREFIX, Collector, Station
 
     broker = Broker(tmp_path / "broker")
     broker.start()
