@@ -36,7 +36,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for package in ("station", "drivers"):
+    for package in ("station", "drivers", "sim"):  # [tool.setuptools.packages.find] include
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(base / "dist"), str(src)], base, env, 300)
     assert built.returncode == 0, built.stderr[-3000:]
@@ -45,6 +45,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {"station/models_data/" + p.relative_to(SHIPPED).as_posix() for p in SHIPPED.rglob("*") if p.is_file()}
     assert "station/models_data/manifest.toml" in shipped and shipped <= names
+    assert {"station/assets/astronaut.jpg", "sim/demo.py", "station/board/static/board.js"} <= names
+    assert not any(n.startswith("tests/") for n in names), "the test photos and rigs never ship"
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(base / "venv")
     bin_dir = base / "venv" / "bin"
     # Dependencies come from the index pip is configured with, as on a fresh machine.
@@ -87,15 +89,17 @@ def test_models_verify_from_an_empty_directory(installed: tuple[Path, dict[str, 
 def test_face_detector_loads_the_shipped_model(installed: tuple[Path, dict[str, str]], empty_dir: Path) -> None:
     bin_dir, env = installed
     site = run(
-        [str(bin_dir / "python"), "-c", "import drivers.camera, pathlib; print(pathlib.Path(drivers.camera.__file__).parent)"],
+        [str(bin_dir / "python"), "-c", "import station, pathlib; print(pathlib.Path(station.__file__).parent)"],
         empty_dir,
         env,
         60,
     )
-    image = Path(site.stdout.strip()) / "assets" / "astronaut.jpg"
+    image = Path(site.stdout.strip()) / "assets" / "astronaut.jpg"  # the self-test photo ships in the wheel
     r = run([str(bin_dir / "stationctl"), "detect", "faces", "--json", str(image)], empty_dir, env, 120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(json.loads(r.stdout)["faces"]) == 1
+    r = run([str(bin_dir / "stationctl"), "test", "detector", "--json"], empty_dir, env, 120)
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True, r.stdout + r.stderr
 
 
 def test_demo_from_an_empty_directory_decides_as_the_scene_calls_for(
