@@ -521,7 +521,8 @@ class StationApp:
     ) -> StationLink:
         """Return the live link: retained states, periodic stats and signed commands (docs/mqtt.md)."""
         from station.link.command_auth import CommandKeys, CommandVerifier, ReplayGuard
-        from station.link.commands import COMMAND_IDS_FILE, CommandHandlers, StationLink, StationStates
+        from station.link.commands import COMMAND_IDS_FILE, StationLink, StationStates
+        from station.link.handlers import CommandHandlers
 
         cfg, centre = self.cfg, self.cfg.centre
         base = f"{cfg.mqtt.topic_prefix}/{cfg.station.site}/{cfg.station.id}"

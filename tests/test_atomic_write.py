@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from station.cli.stationctl import main as stationctl
-from station.link.commands import set_config_value
+from station.link.handlers import set_config_value
 from station.ops.fileio import NEW_FILE_MODE, atomic_write
 from station.store import residents
 

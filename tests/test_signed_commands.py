@@ -351,7 +351,8 @@ def test_verify_is_total_and_only_the_untouched_body_passes(tmp_path_factory: An
 def test_the_command_queue_is_bounded_and_paho_never_blocks(tmp_path: Path) -> None:
     """Commands arriving faster than they are served: the overflow is dropped and counted at once."""
     from drivers.publish.mqtt import MqttPublisher
-    from station.link.commands import CommandHandlers, StationLink
+    from station.link.commands import StationLink
+    from station.link.handlers import CommandHandlers
 
     publisher = MqttPublisher("mqtt://127.0.0.1:9", "bounded", f"{BASE}/status", b"offline", b"online")  # never started
     handlers = CommandHandlers(store=None, gate=None, monotonic=time.monotonic, config_path=None, data_dir=tmp_path, snapshot=dict)

@@ -31,7 +31,8 @@ from station.link.command_auth import (
     public_pem,
     sign_command,
 )
-from station.link.commands import CommandHandlers, StationLink
+from station.link.commands import StationLink
+from station.link.handlers import CommandHandlers
 from station.store.events import SqliteEventStore
 from tests.support.broker import Broker, mosquitto_available
 from tests.support.command_rig import Centre

@@ -40,7 +40,8 @@ def _setup() -> None:
         new_signing_key,
         public_pem,
     )
-    from station.link.commands import COMMAND_IDS_FILE, CommandHandlers, StationLink
+    from station.link.commands import COMMAND_IDS_FILE, StationLink
+    from station.link.handlers import CommandHandlers
     from station.store.events import SqliteEventStore
 
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-commands-"))

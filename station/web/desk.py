@@ -8,7 +8,7 @@ loses old messages, never blocks the gate).
 Every action needs the operator PIN and is audited, carried out or refused, in
 ``operator_actions`` plus an ``events/audit`` outbox message (``store.record_operator_action``).
 "open gate once" goes through the same audited path as the MQTT ``cmd/open-gate``
-(``station.link.commands.CommandHandlers.open_gate``: deadline, replay guard, ``gate_actions`` row).
+(``station.link.handlers.CommandHandlers.open_gate``: deadline, replay guard, ``gate_actions`` row).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from station.lane.pipeline import Decided
-from station.link.commands import CommandError, CommandHandlers
+from station.link.handlers import CommandError, CommandHandlers
 from station.ops.ratelimit import FailureLog, RateLimiter
 from station.web.pin import PinGuard, pin_is_short, verify_pin
 

@@ -29,7 +29,8 @@ from station.link.command_auth import (
     public_pem,
     sign_command,
 )
-from station.link.commands import COMMAND_IDS_FILE, CommandHandlers, StationLink
+from station.link.commands import COMMAND_IDS_FILE, StationLink
+from station.link.handlers import CommandHandlers
 from station.store.events import SqliteEventStore
 from tests.support.broker import Broker
 from tests.support.waiting import wait_until
