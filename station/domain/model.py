@@ -177,6 +177,10 @@ class TemperatureMeasurement:
     thermal_seq: int = -1
 
 
+DECISION_SOURCES = ("station", "staff")
+"""Who can decide a screening: the station itself, or staff checking a person without a smartphone."""
+
+
 @dataclass(frozen=True, slots=True)
 class ScreeningEvent:
     """The record of one screening: what was decided, why, from what, and how fast."""
@@ -198,6 +202,9 @@ class ScreeningEvent:
     latency_ms: dict[str, float]  # per stage from enter, plus compute figures and total
     policy: dict[str, str]  # the named policies that applied
     clock_synced: bool = False
+    # Who decided: "station" (its own sensors and code readers) or "staff" (the operator-assisted
+    # check on the touch page, station/web/desk.py); see DECISION_SOURCES.
+    decision_source: str = "station"
 
     def as_record(self) -> dict[str, Any]:
         """Return the JSON-able form used for storage, MQTT and ``--json`` output."""
@@ -218,6 +225,7 @@ class ScreeningEvent:
             "face": self.face,
             "latency_ms": self.latency_ms,
             "policy": self.policy,
+            "decision_source": self.decision_source,
         }
 
 

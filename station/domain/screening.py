@@ -121,6 +121,8 @@ class Verdict:
     face: dict[str, Any]
     compute_ms: dict[str, float]
     policy: dict[str, str]
+    source: str = "station"  # who decided (station.domain.model.DECISION_SOURCES)
+    event_id: str | None = None  # set in advance when the requester must know it (a staff check's audit row)
 
     def latency_ms(self) -> dict[str, float]:
         """Return the milliseconds from entering the zone to each stage reached, plus the compute figures."""
@@ -129,6 +131,25 @@ class Verdict:
         out["total"] = out["decision"]
         out.update({k: round(v, 2) for k, v in self.compute_ms.items()})
         return out
+
+
+STAFF_DECISIONS = (Decision.PASS, Decision.DENY_CODE, Decision.MANUAL_CHECK)
+"""What staff may decide for a person without a smartphone: the decisions a code would give."""
+
+
+@dataclass(frozen=True, slots=True)
+class StaffCheck:
+    """Staff checked the person at the gate by hand and decide in place of the health code.
+
+    The operator-assisted check (station/web/desk.py): ``reason`` is the short-list reason the
+    operator chose, ``event_id`` the id the decision's event will carry (the audit row names it),
+    ``t`` the monotonic time of the request.
+    """
+
+    decision: Decision
+    reason: str
+    event_id: str
+    t: float
 
 
 @dataclass(slots=True)
@@ -334,6 +355,30 @@ class ScreeningLane:
             return self._decide(Decision.RETRY, "left_before_decision", now, alarm=False, person_left=True)
         return self._evaluate(now)
 
+    def on_staff_check(self, check: StaffCheck) -> tuple[Verdict | None, str]:
+        """Decide the person at the gate as staff say; return the verdict, or None and why it was refused.
+
+        Staff stand in for the health code only: the temperature policy still applies. So the
+        person must be at the gate (screening, or decided and still standing there — the usual
+        case: their ``retry``/``no_code`` came while they looked for a paper certificate), their
+        temperature taken (or not required for them), and not a fever (a clinical thermometer
+        re-check is the operator's path for that). Refusals: ``nobody_at_gate``, ``fever``,
+        ``no_temperature``, ``bad_decision``.
+        """
+        s = self._current
+        if check.decision not in STAFF_DECISIONS:
+            return None, "bad_decision"
+        if self.state is LaneState.IDLE or s is None:
+            return None, "nobody_at_gate"
+        if s.temperature_c is not None and s.temperature_c >= self.settings.fever_threshold_c:
+            return None, "fever"
+        if s.temperature_c is None and self._temperature_required():
+            return None, "no_temperature"
+        verdict = self._decide(
+            check.decision, f"staff:{check.reason}", check.t, alarm=False, source="staff", event_id=check.event_id, staff_t=check.t
+        )
+        return verdict, "ok"
+
     # -- decisions ------------------------------------------------------------------------------
     def _evaluate(self, now: float) -> Verdict | None:
         s = self._current
@@ -377,7 +422,18 @@ class ScreeningLane:
         direction = self.directions.direction_of(s.track_id) if s is not None and s.track_id is not None else None
         return temperature_required(self.settings.temperature_on, direction)
 
-    def _decide(self, decision: Decision, reason: str, now: float, alarm: bool, person_left: bool = False) -> Verdict:
+    def _decide(
+        self,
+        decision: Decision,
+        reason: str,
+        now: float,
+        alarm: bool,
+        person_left: bool = False,
+        *,
+        source: str = "station",
+        event_id: str | None = None,
+        staff_t: float | None = None,
+    ) -> Verdict:
         s = self._current
         assert s is not None
         exempt = s.temperature_c is None and not self._temperature_required()
@@ -389,6 +445,8 @@ class ScreeningLane:
         code_obs = s.code or s.invalid_code
         if code_obs is not None:
             stage_t["code"] = code_obs.done_t
+        if staff_t is not None:
+            stage_t["staff"] = staff_t
         stage_t["decision"] = max(now, *stage_t.values())
         compute = {"detect_ms": s.detect_ms}
         if code_obs is not None:
@@ -435,6 +493,8 @@ class ScreeningLane:
             },
             compute_ms=compute,
             policy=self.policy.as_record(),
+            source=source,
+            event_id=event_id,
         )
         if person_left:
             self.state = LaneState.IDLE

@@ -48,6 +48,7 @@ from station.domain.model import (
     CodeObservation,
     CodeStatus,
     CodeVerdict,
+    Decision,
     DecodedCode,
     FaceObservation,
     GateCommand,
@@ -57,7 +58,7 @@ from station.domain.model import (
     ThermalFrame,
     VisibleFrame,
 )
-from station.domain.screening import LaneState, ScreeningLane, Verdict
+from station.domain.screening import LaneState, ScreeningLane, StaffCheck, Verdict
 from station.domain.thermal import MeasureState
 from station.lane.capture import CaptureKeeper
 from station.lane.frame_gate import FrameGate
@@ -129,6 +130,18 @@ class Decided:
     stored_ms: float  # decision → event durably written
     gate_ms: float  # decision → gate command carried out (or refused)
     capture: Any = None  # the person's best face crop (BGR ndarray, in memory only), when still kept
+
+
+class _StaffRequest:
+    """A staff check waiting for the lane thread's answer; abandoned (never carried out) once its asker gave up."""
+
+    def __init__(self, check: StaffCheck) -> None:
+        self.check = check
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.abandoned = False
+        self.verdict: Verdict | None = None
+        self.reason = "lane_not_answering"
 
 
 @dataclass(slots=True)
@@ -346,6 +359,39 @@ class Pipeline:
         """Call ``fn`` (on the executor thread) after each decision was recorded and the gate acted."""
         self._listeners.append(fn)
 
+    def staff_check(self, decision: Decision, reason: str, timeout_s: float = 2.0) -> tuple[Verdict | None, str]:
+        """Have the lane decide the person at the gate as staff say (``ScreeningLane.on_staff_check``).
+
+        Return the verdict (its ``event_id`` is the event the executor is about to record) and
+        ``"ok"``, or None and why not: the lane's refusals, ``lane_busy`` (inbox full) or
+        ``lane_not_answering`` (no answer within ``timeout_s``; the request is then void, never
+        carried out later).
+        """
+        request = _StaffRequest(StaffCheck(decision, reason, uuid.uuid4().hex, self.clock.monotonic()))
+        try:
+            self._inbox.put(request, timeout=timeout_s / 2)
+        except queue.Full:
+            return None, "lane_busy"
+        if not request.done.wait(timeout_s):
+            with request.lock:
+                if not request.done.is_set():
+                    request.abandoned = True
+                    return None, "lane_not_answering"
+        return request.verdict, request.reason
+
+    def _staff_item(self, request: _StaffRequest) -> Verdict | None:
+        """Answer one staff check on the lane thread (the asker waits for ``done``)."""
+        with request.lock:
+            if request.abandoned:
+                return None
+            # The lane's own time: the request may have waited in the inbox, and a gate command's deadline counts from here.
+            check = StaffCheck(request.check.decision, request.check.reason, request.check.event_id, self.clock.monotonic())
+            try:
+                request.verdict, request.reason = self.lane.on_staff_check(check)
+            finally:
+                request.done.set()
+            return request.verdict
+
     # -- lifecycle --------------------------------------------------------------------------------
     STAGES = ("executor", "lane", "thermal", "face", "code", "camera")  # started in this order
 
@@ -561,6 +607,8 @@ class Pipeline:
             return lane.on_thermal(item)
         if isinstance(item, CodeObservation):
             return lane.on_code(item)
+        if isinstance(item, _StaffRequest):
+            return self._staff_item(item)
         return None
 
     # -- record, then act -------------------------------------------------------------------------
@@ -625,7 +673,7 @@ class Pipeline:
     def _carry_out(self, verdict: Verdict) -> None:
         decided_t = verdict.stage_t["decision"]
         event = ScreeningEvent(
-            event_id=uuid.uuid4().hex,
+            event_id=verdict.event_id or uuid.uuid4().hex,
             station_id=self.identity.station_id,
             site=self.identity.site,
             lane=self.identity.lane,
@@ -642,6 +690,7 @@ class Pipeline:
             latency_ms=verdict.latency_ms(),
             policy=verdict.policy,
             clock_synced=self.clock.synced(),
+            decision_source=verdict.source,
         )
         command: GateCommand = gate_command_for(event.event_id, verdict.decision, decided_t, self.settings.command_ttl_s, verdict.alarm)
         # The record is durable before the gate moves: a crash here leaves an event without a gate
