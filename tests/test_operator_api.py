@@ -91,7 +91,13 @@ def test_status_shape_counts_last_decision_and_alarms(rig: Rig) -> None:
     assert s["last_decision"]["decision"] == "deny_fever"
     assert [a["event_id"] for a in s["alarms"]] == [fever.event.event_id]
     assert s["alarms"][0]["ack"] is None and s["unacknowledged"] == 1
-    assert s["ui"] == {"language": "zh", "pin_configured": True, "fever_threshold_c": 37.3}
+    assert s["ui"] == {
+        "language": "zh",
+        "pin_configured": True,
+        "fever_threshold_c": 37.3,
+        "staff_check_reasons": ["id_checked", "paper_certificate", "escorted"],
+        "staff_check_decisions": ["pass", "deny_code", "manual_check"],
+    }
 
 
 def test_page_and_static_files_are_served(rig: Rig) -> None:

@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from station.domain.model import Decision
+from station.lane.capture import CROP_KINDS
 from station.lane.pipeline import Decided
 from station.link.handlers import CommandError, CommandHandlers
 from station.ops.ratelimit import FailureLog, RateLimiter
+from station.store.retention import CROPS_DIR
 from station.web.pin import PinGuard, pin_is_short, verify_pin
 
 log = logging.getLogger("station.web.desk")
@@ -36,7 +39,18 @@ log = logging.getLogger("station.web.desk")
 OPEN_DEADLINE_S = 5.0  # the open-gate request is void if not carried out within this
 SUBSCRIBER_QUEUE = 64
 CLINICAL_RANGE_C = (30.0, 45.0)
-ACTIONS = ("ack", "open_gate", "recheck")
+ACTIONS = ("ack", "open_gate", "recheck", "staff_check")
+STAFF_CHECK_REASONS = ("id_checked", "paper_certificate", "escorted")
+"""Why staff may decide for a person without a smartphone: ID checked by hand, a paper certificate, escorted."""
+STAFF_CHECK_DECISIONS = ("pass", "deny_code", "manual_check")
+STAFF_CHECK_REFUSALS = {
+    "nobody_at_gate": "nobody is at the gate: the person must stand in front of the camera",
+    "fever": "the person's temperature is a fever: re-check with a clinical thermometer instead",
+    "no_temperature": "the person's temperature has not been taken yet: let the station measure first",
+    "bad_decision": "staff may decide only pass, deny_code or manual_check",
+    "lane_busy": "the lane is busy: try again",
+    "lane_not_answering": "the lane did not answer: try again",
+}
 REFUSALS_AUDITED_PER_MIN = 20
 """Refused attempts written to the audit (row + outbox message) per minute; the rest are counted
 (``refusals_unaudited`` in the status) and logged once a minute: a PIN-guessing script must not fill the disk."""
@@ -78,6 +92,7 @@ def decision_message(d: Decided) -> dict[str, Any]:
         "temperature_c": e.temperature_c,
         "code_colour": e.code_colour.value if e.code_colour else None,
         "code_status": e.code.get("status"),
+        "decision_source": e.decision_source,
         "gate": {"action": d.gate.action.value, "executed": d.gate.executed, "reason": d.gate.reason},
     }
 
@@ -100,6 +115,7 @@ class OperatorDesk:
         settings: DeskSettings,
         devices: Callable[[], dict[str, Any]],
         direction_counts: Callable[[], dict[str, int]] = dict,
+        staff_check: Callable[[Decision, str], tuple[Any, str]] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -108,6 +124,7 @@ class OperatorDesk:
         self.settings = settings
         self.devices = devices
         self.direction_counts = direction_counts
+        self.lane_staff_check = staff_check  # Pipeline.staff_check: the lane decides its current person
         self.monotonic = monotonic
         self.wall = wall
         self.guard = PinGuard(
@@ -131,7 +148,8 @@ class OperatorDesk:
         self.last: dict[str, Any] | None = None
         last = store.last_event()
         if last is not None:  # after a restart the page shows the last decision, not an empty lane
-            self.last = {k: last.get(k) for k in ("event_id", "ts", "decision", "reason", "alarm", "temperature_c", "code_colour")}
+            keys = ("event_id", "ts", "decision", "reason", "alarm", "temperature_c", "code_colour", "decision_source")
+            self.last = {k: last.get(k) for k in keys}
         self._subs: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[str | None]]] = set()
         self._lock = threading.Lock()
         self.viewer_seen = threading.Event()  # set when the first page connects (the demo waits for it)
@@ -206,8 +224,22 @@ class OperatorDesk:
         }
 
     def alarms(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Return today's latest ``limit`` alarms with their acknowledgements."""
-        return list(self.store.alarms(limit=limit, since_ts=start_of_today(self.wall())))
+        """Return today's latest ``limit`` alarms with their acknowledgements and the kinds of crop kept (``crops``)."""
+        rows = list(self.store.alarms(limit=limit, since_ts=start_of_today(self.wall())))
+        kept = self.store.crops([a["event_id"] for a in rows])
+        for a in rows:
+            a["crops"] = sorted(kept.get(a["event_id"], {}))
+        return rows
+
+    def crop_file(self, event_id: str, kind: str) -> Path | None:
+        """Return the kept crop file of ``kind`` (face, thermal) for ``event_id``, or None when there is none."""
+        if kind not in CROP_KINDS:
+            return None
+        name = self.store.crops([event_id]).get(event_id, {}).get(kind)
+        if not name or Path(name).name != name:  # a file name in crops/, never a path
+            return None
+        path = Path(self.store.path).parent / CROPS_DIR / name
+        return path if path.is_file() else None
 
     def status(self) -> dict[str, Any]:
         """Return everything the page draws: identity, devices, counts, last decision, alarms, PIN state."""
@@ -218,6 +250,8 @@ class OperatorDesk:
                 "language": self.settings.language,
                 "pin_configured": bool(self.settings.pin_hash),
                 "fever_threshold_c": self.settings.fever_threshold_c,
+                "staff_check_reasons": list(STAFF_CHECK_REASONS),
+                "staff_check_decisions": list(STAFF_CHECK_DECISIONS),
             },
             "devices": self.devices(),
             "counts": self.counts_today(),
@@ -338,3 +372,39 @@ class OperatorDesk:
         )
         self.publish("action", {"action": "recheck", "operator": who, "ok": True, "event_id": event_id, **detail})
         return {"event_id": event_id, "operator": who, "audit_row": rowid, **detail}
+
+    def staff_check(self, reason: Any, decision: Any, operator: str, pin: str) -> dict[str, Any]:
+        """Decide the person at the gate as staff checked them by hand (PIN checked, rate-limited, audited).
+
+        The operator-assisted check for a person without a smartphone: ``reason`` from
+        :data:`STAFF_CHECK_REASONS`, ``decision`` from :data:`STAFF_CHECK_DECISIONS` (``pass`` when
+        not given). The lane records the decision as an event with ``decision_source`` ``staff``
+        and reason ``staff:<reason>``; the audit row names that event. Raise :class:`ActionRefused`
+        for an unknown reason or decision (400, with the allowed values), a refused PIN or budget,
+        or when the lane cannot decide (409: nobody at the gate, a fever, no temperature yet).
+        """
+        who = self._who(operator)
+        if not isinstance(reason, str) or reason not in STAFF_CHECK_REASONS:
+            raise ActionRefused(
+                400, "bad_reason", f"reason must be one of {', '.join(STAFF_CHECK_REASONS)}", allowed=list(STAFF_CHECK_REASONS)
+            )
+        decision = "pass" if decision is None else decision
+        if not isinstance(decision, str) or decision not in STAFF_CHECK_DECISIONS:
+            raise ActionRefused(
+                400, "bad_decision", f"decision must be one of {', '.join(STAFF_CHECK_DECISIONS)}", allowed=list(STAFF_CHECK_DECISIONS)
+            )
+        if self.lane_staff_check is None:
+            raise ActionRefused(503, "no_lane", "this station has no screening lane to decide")
+        self._authorise("staff_check", who, pin, None, override=True)
+        detail = {"reason": reason, "decision": decision}
+        verdict, why = self.lane_staff_check(Decision(decision), reason)
+        if verdict is None:
+            rowid = self.store.record_operator_action("staff_check", who, False, why, detail=detail)
+            log.warning("staff check refused by the lane operator=%s reason=%s refusal=%s", who, reason, why)
+            self.publish("action", {"action": "staff_check", "operator": who, "ok": False, "reason": why})
+            raise ActionRefused(409, why, STAFF_CHECK_REFUSALS.get(why, why), audit_row=rowid)
+        event_id = str(verdict.event_id)
+        rowid = self.store.record_operator_action("staff_check", who, True, "ok", event_id=event_id, detail=detail)
+        log.warning("screening decided by staff event_id=%s operator=%s decision=%s reason=%s", event_id, who, decision, reason)
+        self.publish("action", {"action": "staff_check", "operator": who, "ok": True, "event_id": event_id, **detail})
+        return {"event_id": event_id, "operator": who, "audit_row": rowid, "decision_source": "staff", **detail}

@@ -3,7 +3,9 @@
 Endpoints: ``GET /`` the page; ``GET /api/status`` station, devices, today's counts, last
 decision, alarms; ``GET /api/events/stream`` server-sent events; ``GET /api/live.mjpeg`` the live
 picture; ``POST /api/alarms/{event_id}/ack``, ``POST /api/override/open-gate``,
-``POST /api/override/recheck`` (JSON with ``operator`` and ``pin``); ``GET /healthz``. Every
+``POST /api/override/recheck``, ``POST /api/override/staff-check`` (JSON with ``operator`` and
+``pin``; the staff check also ``reason`` and ``decision``); ``GET /api/crops/{event_id}/{kind}``
+an alarm's kept face or thermal crop (``no-store``); ``GET /healthz``. Every
 request but ``/healthz`` passes the Host/Origin checks and, bound beyond 127.0.0.1, needs the
 station's token (station/web/access.py).
 
@@ -142,6 +144,30 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessP
             return refused(exc)
         return JSONResponse({"ok": True, **out})
 
+    async def staff_check(request: Request) -> Response:
+        try:
+            data = await body(request)
+            out = await run_in_threadpool(
+                desk.staff_check, data.get("reason"), data.get("decision"), str(data.get("operator", "")), str(data.get("pin", ""))
+            )
+        except ActionRefused as exc:
+            return refused(exc)
+        return JSONResponse({"ok": True, **out})
+
+    async def crop(request: Request) -> Response:
+        # The person's face: same access as the page (behind OperatorAccess), and never cached.
+        def read() -> tuple[bytes, str] | None:
+            path = desk.crop_file(request.path_params["event_id"], request.path_params["kind"])
+            try:  # read whole (a few kB): an erase between the look-up and the answer is a 404, not a broken response
+                return (path.read_bytes(), "image/jpeg" if path.suffix == ".jpg" else "image/png") if path is not None else None
+            except OSError:
+                return None
+
+        found = await run_in_threadpool(read)
+        if found is None:
+            return JSONResponse({"error": "no such crop"}, status_code=404, headers={"Cache-Control": "no-store"})
+        return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-store"})
+
     routes = [
         Route("/", page),
         Route("/kiosk", page),
@@ -150,9 +176,11 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessP
         Route("/api/status", status),
         Route("/api/events/stream", events),
         Route("/api/live.mjpeg", mjpeg),
+        Route("/api/crops/{event_id}/{kind}", crop),
         Route("/api/alarms/{event_id}/ack", ack, methods=["POST"]),
         Route("/api/override/open-gate", open_gate, methods=["POST"]),
         Route("/api/override/recheck", recheck, methods=["POST"]),
+        Route("/api/override/staff-check", staff_check, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return OperatorAccess(Starlette(routes=routes), policy or AccessPolicy())
@@ -271,6 +299,7 @@ def start_operator_display(
         settings=settings,
         devices=devices,
         direction_counts=lambda: dict(pipeline.lane.directions.counts),
+        staff_check=pipeline.staff_check,
         monotonic=clock.monotonic,
         wall=clock.wall,
     )
