@@ -1,5 +1,13 @@
 """The demo scene: who walks up to the gate, when, where they stand, what they show.
 
+Two directors share one ``SceneState`` (so both emulated sensors render either): ``SceneDirector``
+is the demo's one-person-at-a-time lane, and ``QueueDirector`` is a queue at walking pace — several
+people in view at once, each walking, queueing behind the one ahead, standing at the gate line for a
+decision and then walking through (a pass) or stepping aside (anything else); plus a person who
+turns back before the gate, one who stops on the way, a child (smaller, lower face) and a passer-by
+crossing far outside the lane. ``queue_walkers`` draws such a queue from a seed, and
+``queue_scenario`` builds the bench's presets with their ground truth.
+
 One ``SceneDirector`` is shared by the emulated devices of ``station demo``: the thermal module
 emulator renders the person's heat from it and the replayed visible camera renders their face and
 phone from it, so both sensors see the same person at the same moment. The director reacts to the
@@ -63,13 +71,25 @@ class SceneGeometry:
             dtype=np.float64,
         )
 
-    def face_box_at(self, distance_m: float) -> Box:
-        """Return where a face at ``distance_m`` appears in the visible image."""
+    def face_box_at(self, distance_m: float, lateral_m: float = 0.0, scale: float = 1.0, drop_m: float = 0.0) -> Box:
+        """Return where a face at ``distance_m`` appears in the visible image.
+
+        ``lateral_m`` moves it sideways (positive: to the right of the image), ``scale`` sizes the
+        face (a child's is smaller) and ``drop_m`` puts it lower than an adult's (a shorter person).
+        """
         f = self.visible_focal_px
-        fw = f * FACE_WIDTH_M / distance_m
-        fh = f * FACE_HEIGHT_M / distance_m
-        cx, cy = self.face_centre
+        fw = f * FACE_WIDTH_M * scale / distance_m
+        fh = f * FACE_HEIGHT_M * scale / distance_m
+        cx = self.face_centre[0] + f * lateral_m / distance_m
+        cy = self.face_centre[1] + f * drop_m / distance_m
         return Box(cx - fw / 2.0, cy - fh / 2.0, cx + fw / 2.0, cy + fh / 2.0)
+
+    def in_view(self, box: Box) -> bool:
+        """Return True when at least half of ``box`` lies inside the visible image."""
+        w, h = self.visible_size
+        ix = max(0.0, min(box.x2, w) - max(box.x1, 0.0))
+        iy = max(0.0, min(box.y2, h) - max(box.y1, 0.0))
+        return box.area > 0 and ix * iy >= 0.5 * box.area
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +114,23 @@ class Phase(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class PersonView:
+    """One person as the sensors see them at one moment: distance, face box and whether a phone is up."""
+
+    person: ScenePerson
+    distance_m: float
+    face_box: Box  # visible-image coordinates
+    showing_code: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SceneState:
-    """What the sensors see at time ``t``: the phase, the person, their distance and face box."""
+    """What the sensors see at time ``t``: the phase, the person at the gate, and everyone in view.
+
+    ``person``/``distance_m``/``face_box``/``showing_code`` describe the person the lane is about
+    (the one at, or nearest to, the gate line); ``people`` is everybody in view, farthest first, and
+    is what the renderers draw. A state built with ``people`` empty draws its ``person`` alone.
+    """
 
     t: float
     phase: Phase
@@ -103,6 +138,15 @@ class SceneState:
     distance_m: float = 0.0
     face_box: Box | None = None  # visible-image coordinates
     showing_code: bool = False
+    people: tuple[PersonView, ...] = ()
+
+    def views(self) -> tuple[PersonView, ...]:
+        """Return everyone to draw, farthest first (the lone ``person`` when ``people`` is empty)."""
+        if self.people:
+            return self.people
+        if self.person is not None and self.face_box is not None and self.phase in (Phase.APPROACHING, Phase.STANDING):
+            return (PersonView(self.person, self.distance_m, self.face_box, self.showing_code),)
+        return ()
 
 
 @dataclass(slots=True)
@@ -218,3 +262,458 @@ class SceneDirector:
         if not self._held and now >= self._empty_until and self._next_index < len(self.people):
             self._current = _Slot(self.people[self._next_index], entered_t=now)
             self._next_index += 1
+
+
+# -- the queue at walking pace -------------------------------------------------------------------
+
+
+class Role(StrEnum):
+    """What a walker in a queue scenario does: queue for the gate, turn back before it, or walk past."""
+
+    QUEUE = "queue"  # walks up, queues, stands at the gate line for a decision, walks through or aside
+    TURN_BACK = "turn_back"  # walks up in the queue, hesitates short of the gate line, walks back out
+    PASSER_BY = "passer_by"  # walks past on a parallel path outside the lane, never in the lane zone
+
+
+@dataclass(frozen=True, slots=True)
+class Walker:
+    """One person's script in a queue scenario, with the ground truth the bench and tests check against.
+
+    ``person.expected`` is the decision a correct station makes ("" = none expected: this person is
+    never screened). Distances are from the camera along the lane; ``lateral_m`` is sideways.
+    """
+
+    person: ScenePerson
+    role: Role
+    arrival_s: float  # joins the queue this long after the scenario starts
+    speed_mps: float  # walking pace
+    gap_m: float  # distance kept behind the person ahead
+    code_delay_s: float | None = None  # from reaching the gate line to holding the phone up; None: no phone
+    stop_at_m: float | None = None  # stops once on the way, here ...
+    stop_s: float = 0.0  # ... for this long
+    turn_at_m: float | None = None  # TURN_BACK: where they hesitate and turn round
+    lateral_m: float = 0.0
+    face_scale: float = 1.0  # a child's face is smaller ...
+    face_drop_m: float = 0.0  # ... and lower
+
+    @property
+    def expect_entry(self) -> bool:
+        """Return True when this person should end up through the gate (a queuer who should pass)."""
+        return self.role is Role.QUEUE and self.person.expected == "pass"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTiming:
+    """Where the queue starts and ends and how people react; distances from the camera in metres."""
+
+    start_distance_m: float = 3.0  # where a queuer comes into view
+    gate_m: float = 0.55  # the gate line: where a person stands to be screened (calibrated distance)
+    react_s: float = 0.3  # from a decision to walking on
+    max_dwell_s: float = 12.0  # a person who gets no decision leaves after this
+    pass_end_m: float = 0.25  # walking through, they pass beside the camera ...
+    pass_lateral_m: float = 0.45  # ... this far to the side
+    aside_lateral_m: float = 1.6  # a person not let through steps this far aside, at the gate line
+    passer_lateral_m: float = 1.1  # the passer-by's parallel path, outside the lane
+    passer_end_m: float = 1.0
+    lane_half_width_m: float = 0.5  # the lane zone: |lateral| within this, up to the queue start
+    step_s: float = 0.02  # simulation step
+
+
+# Motion states of a walker (internal).
+_WAITING, _WALKING, _PAUSED, _AT_GATE, _PASSING, _ASIDE, _TURNING, _GONE = range(8)
+_STATE_NAMES = ("waiting", "walking", "paused", "at_gate", "passing", "aside", "turning", "gone")
+QUEUE_STATES = ("walking", "paused", "at_gate")  # in the queue: the people behind keep their gap
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where one walker is: their motion state, distance from the camera, sideways offset and face box."""
+
+    index: int
+    role: Role
+    state: str  # one of walking, paused, at_gate, passing, aside, turning
+    distance_m: float
+    lateral_m: float
+    face_box: Box
+
+
+_CHAIN = (_WALKING, _PAUSED, _AT_GATE)  # in the queue: the people behind keep their gap to them
+_VISIBLE = (_WALKING, _PAUSED, _AT_GATE, _PASSING, _ASIDE, _TURNING)
+
+
+@dataclass(slots=True)
+class _Mover:
+    walker: Walker
+    state: int = _WAITING
+    z: float = 0.0
+    x: float = 0.0
+    stopped: bool = False  # the one stop on the way is used up
+    pause_until: float = 0.0
+    appeared_t: float | None = None
+    gate_t: float | None = None
+    decided_t: float | None = None
+    decision: str | None = None
+    leave_t: float | None = None  # walks on (or aside) from here
+    entered: bool = False
+    crossed_gate: bool = False
+    gone_t: float | None = None
+
+
+class QueueDirector:
+    """Thread-safe queue at walking pace: ``state(now)`` for sensors, ``on_decision`` from the gate.
+
+    The simulation advances in fixed ``step_s`` steps from ``start()``: the same decisions at the
+    same times give the same motion. ``timeline()`` gives each walker's ground-truth times on the
+    director's clock (arrival, gate line, phone shown, decision, entered).
+    """
+
+    def __init__(
+        self,
+        walkers: Sequence[Walker],
+        timing: QueueTiming | None = None,
+        geometry: SceneGeometry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        start: bool = True,
+    ) -> None:
+        self.walkers = list(walkers)
+        self.people = [w.person for w in self.walkers]
+        self.timing = timing or QueueTiming()
+        self.geometry = geometry or SceneGeometry()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._movers = [_Mover(w) for w in self.walkers]
+        self._lane = [m for m in self._movers if m.walker.role is not Role.PASSER_BY]
+        self._t0: float | None = None
+        self._sim_t = 0.0
+        self.outcomes: list[tuple[ScenePerson, str]] = []
+        if start:
+            self.start()
+
+    def start(self, now: float | None = None) -> None:
+        """Start the scenario's clock now: arrivals count from here."""
+        with self._lock:
+            if self._t0 is None:
+                self._t0 = self._clock() if now is None else now
+
+    @property
+    def t0(self) -> float | None:
+        """Return the director-clock time the scenario started (None before ``start``)."""
+        return self._t0
+
+    # -- simulation ---------------------------------------------------------------------------
+    def _advance(self, now: float) -> None:
+        if self._t0 is None:
+            return
+        step = self.timing.step_s
+        while self._t0 + self._sim_t + step <= now + 1e-9:
+            self._sim_t += step
+            self._step(self._t0 + self._sim_t, step)
+
+    def _face(self, m: _Mover) -> Box:
+        w = m.walker
+        return self.geometry.face_box_at(m.z, m.x, w.face_scale, w.face_drop_m)
+
+    def _step(self, t: float, dt: float) -> None:
+        tm = self.timing
+        assert self._t0 is not None
+        ahead: _Mover | None = None  # the nearest earlier lane walker still in the queue
+        blocked = False  # an earlier walker has not come into view yet: nobody behind can
+        for m in self._lane:
+            w = m.walker
+            if m.state == _WAITING:
+                room = ahead is None or ahead.z + w.gap_m <= tm.start_distance_m + 1e-9
+                if not blocked and t >= self._t0 + w.arrival_s and room:
+                    m.state, m.z, m.x, m.appeared_t = _WALKING, tm.start_distance_m, w.lateral_m, t
+                else:
+                    blocked = True
+            self._move_lane(m, ahead, t, dt)
+            if m.state in _CHAIN:
+                ahead = m
+        for m in self._movers:
+            if m.walker.role is Role.PASSER_BY:
+                self._move_passer(m, t, dt)
+            if m.state in _VISIBLE and m.state not in _CHAIN and not self.geometry.in_view(self._face(m)):
+                m.state, m.gone_t = _GONE, t
+
+    def _move_lane(self, m: _Mover, ahead: _Mover | None, t: float, dt: float) -> None:
+        tm, w = self.timing, m.walker
+        v = w.speed_mps
+        if m.state == _PAUSED and t >= m.pause_until:
+            m.state = _TURNING if w.role is Role.TURN_BACK and w.turn_at_m is not None and m.z <= w.turn_at_m + 1e-9 else _WALKING
+        if m.state == _WALKING:
+            target = w.turn_at_m if w.role is Role.TURN_BACK and w.turn_at_m is not None else tm.gate_m
+            floor = target
+            if w.stop_at_m is not None and not m.stopped:
+                floor = max(floor, w.stop_at_m)
+            limit = ahead.z + w.gap_m if ahead is not None else floor
+            m.z = max(m.z - v * dt, floor, limit)
+            if w.stop_at_m is not None and not m.stopped and m.z <= w.stop_at_m + 1e-9:
+                m.stopped, m.state, m.pause_until = True, _PAUSED, t + w.stop_s
+            elif w.role is Role.TURN_BACK and m.z <= target + 1e-9:
+                m.state, m.pause_until = _PAUSED, t + 0.6  # hesitates, then turns round
+            elif m.z <= tm.gate_m + 1e-9:
+                m.state, m.gate_t = _AT_GATE, t
+        if m.state == _AT_GATE:
+            if m.decided_t is None and m.gate_t is not None and t - m.gate_t > tm.max_dwell_s:
+                self._record(m, "walked_away", t)
+            if m.leave_t is not None and t >= m.leave_t:
+                m.state = _PASSING if m.decision == "pass" else _ASIDE
+        if m.state == _PASSING:
+            span = tm.gate_m - tm.pass_end_m
+            m.z = max(tm.pass_end_m, m.z - v * dt)
+            m.x = w.lateral_m + tm.pass_lateral_m * min(1.0, (tm.gate_m - m.z) / span)
+            if m.z < tm.gate_m - 0.05:
+                m.crossed_gate = m.entered = True
+            if m.z <= tm.pass_end_m + 1e-9:
+                m.state, m.gone_t = _GONE, t
+        elif m.state == _ASIDE:
+            m.x = max(-tm.aside_lateral_m, m.x - v * dt)
+            if m.x <= -tm.aside_lateral_m + 1e-9:
+                m.state, m.gone_t = _GONE, t
+        elif m.state == _TURNING:
+            m.z += v * dt
+            m.x = min(m.x + 0.5 * v * dt, tm.aside_lateral_m)
+            if m.z >= tm.start_distance_m + 0.3:
+                m.state, m.gone_t = _GONE, t
+
+    def _move_passer(self, m: _Mover, t: float, dt: float) -> None:
+        tm, w = self.timing, m.walker
+        assert self._t0 is not None
+        if m.state == _WAITING and t >= self._t0 + w.arrival_s:
+            m.state, m.z, m.x, m.appeared_t = _TURNING, tm.start_distance_m + 0.4, tm.passer_lateral_m, t
+            return
+        if m.state == _TURNING:  # (reuses the not-in-the-queue motion state; its path is its own)
+            m.z = max(tm.passer_end_m, m.z - w.speed_mps * dt)
+            if m.z <= tm.passer_end_m + 1e-9:
+                m.state, m.gone_t = _GONE, t
+
+    def _record(self, m: _Mover, decision: str, now: float) -> None:
+        m.decided_t, m.decision = now, decision
+        if m.walker.role is Role.QUEUE:
+            # Standing at the gate, a person takes react_s to move off; one decided while still
+            # walking up simply keeps walking (through the gate, or aside at the gate line).
+            m.leave_t = now + self.timing.react_s if m.state == _AT_GATE else now
+        self.outcomes.append((m.walker.person, decision))
+
+    # -- sensors' side ------------------------------------------------------------------------
+    def state(self, now: float | None = None) -> SceneState:
+        """Return the lane at ``now`` (default: the clock's now), advancing the simulation first."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._advance(now)
+            visible = [m for m in self._movers if m.state in _VISIBLE]
+            visible.sort(key=lambda m: -m.z)
+            views = tuple(PersonView(m.walker.person, m.z, self._face(m), self._showing(m)) for m in visible)
+            front = self._front()
+            if front is None:
+                done = all(m.state == _GONE for m in self._movers) and self._t0 is not None
+                return SceneState(now, Phase.DONE if done else Phase.EMPTY, people=views)
+            phase = Phase.STANDING if front.state == _AT_GATE else Phase.APPROACHING
+            return SceneState(now, phase, front.walker.person, front.z, self._face(front), self._showing(front), views)
+
+    def _showing(self, m: _Mover) -> bool:
+        w = m.walker
+        if m.state != _AT_GATE or w.code_delay_s is None or w.person.code_payload is None or m.gate_t is None:
+            return False
+        return self._t0 is not None and self._t0 + self._sim_t >= m.gate_t + w.code_delay_s
+
+    def _front(self) -> _Mover | None:
+        queue = [m for m in self._lane if m.state in _CHAIN]
+        return min(queue, key=lambda m: m.z) if queue else None
+
+    # -- the gate's side ----------------------------------------------------------------------
+    def on_decision(self, decision: str, now: float | None = None, face_box: Box | None = None) -> ScenePerson | None:
+        """Record the gate's decision and return the person it was for (None when nobody fits).
+
+        With ``face_box`` (the decided face, visible pixels) the decision goes to the undecided
+        person whose face overlaps it most; without, to the front of the queue. A queuer walks on
+        ``react_s`` later: through the gate on ``pass``, aside on anything else.
+        """
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._advance(now)
+            cands = [m for m in self._movers if m.state in _VISIBLE and m.decided_t is None and m.state not in (_PASSING, _ASIDE)]
+            chosen: _Mover | None = None
+            if face_box is not None and cands:
+                best = max(cands, key=lambda m: self._face(m).iou(face_box))
+                if self._face(best).iou(face_box) > 0.05:
+                    chosen = best
+            if chosen is None:
+                front = self._front()
+                chosen = front if front is not None and front.decided_t is None else None
+            if chosen is None:
+                return None
+            self._record(chosen, decision, now)
+            return chosen.walker.person
+
+    def finished(self, now: float | None = None) -> bool:
+        """Return True once every walker has left the view."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._advance(now)
+            return self._t0 is not None and all(m.state == _GONE for m in self._movers)
+
+    def timeline(self) -> list[dict[str, object]]:
+        """Return each walker's ground truth and times on the director's clock (None: did not happen)."""
+        with self._lock:
+            out: list[dict[str, object]] = []
+            for m in self._movers:
+                w = m.walker
+                code_t = (
+                    m.gate_t + w.code_delay_s if m.gate_t is not None and w.code_delay_s is not None and w.person.code_payload else None
+                )
+                # The last input the station needs: the person standing at the gate line (a stable
+                # face to measure, at the calibrated distance) and, if they show one, their phone.
+                needed = [t for t in (m.gate_t, code_t) if t is not None]
+                out.append(
+                    {
+                        "index": w.person.index,
+                        "label": w.person.label,
+                        "role": w.role.value,
+                        "expected": w.person.expected or None,
+                        "expect_entry": w.expect_entry,
+                        "arrival_t": None if self._t0 is None else self._t0 + w.arrival_s,
+                        "appeared_t": m.appeared_t,
+                        "gate_t": m.gate_t,
+                        "code_t": code_t,
+                        "last_input_t": max(needed) if m.gate_t is not None else None,
+                        "decided_t": m.decided_t,
+                        "decision": m.decision,
+                        "entered": m.entered,
+                        "gone_t": m.gone_t,
+                    }
+                )
+            return out
+
+    def positions(self, now: float | None = None) -> list[Position]:
+        """Return where everyone in view is at ``now``, in queue order (tests, tools)."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._advance(now)
+            return [
+                Position(m.walker.person.index, m.walker.role, _STATE_NAMES[m.state], m.z, m.x, self._face(m))
+                for m in self._movers
+                if m.state in _VISIBLE
+            ]
+
+
+SPEED_RANGE_MPS = (0.8, 1.3)
+GAP_RANGE_M = (0.8, 1.5)
+CHILD_FACE_SCALE = 0.72
+CHILD_FACE_DROP_M = 0.12
+TURN_BACK_AT_M = 1.5  # short of the lane zone: a face here is ~80 px, below the default min_face_px (120)
+
+
+def queue_walkers(
+    people: Sequence[ScenePerson],
+    seed: int,
+    *,
+    code_delay_s: tuple[float, float] | None = (0.0, 0.4),
+    lead_s: float = 0.5,
+    extras: bool = True,
+) -> list[Walker]:
+    """Return ``people`` as a queue arriving at walking pace, deterministic by ``seed``.
+
+    Each walks at 0.8–1.3 m/s and keeps 0.8–1.5 m behind the one ahead; they arrive as a stream
+    at that spacing (the next arrives ``gap / speed`` after the previous). A person with a code
+    payload holds their phone up ``code_delay_s`` (drawn from the range) after reaching the gate
+    line; ``None`` means nobody shows one. With ``extras`` the queue also holds, at fixed places so
+    a short queue has them all: the second person stops once on the way, the fourth is a child
+    (smaller, lower face), a person who turns back before the gate is inserted third, and a
+    passer-by walks past outside the lane as the fourth arrives.
+    """
+    rng = np.random.default_rng(seed)
+    queue: list[tuple[ScenePerson, Role]] = [(p, Role.QUEUE) for p in people]
+    next_index = max((p.index for p in people), default=-1) + 1
+    if extras and people:
+        turner = ScenePerson(next_index, 36.6, None, None, "turns back before the gate", "")
+        queue.insert(min(2, len(queue)), (turner, Role.TURN_BACK))
+    walkers: list[Walker] = []
+    arrival = lead_s
+    for pos, (person, role) in enumerate(queue):
+        speed = float(rng.uniform(*SPEED_RANGE_MPS))
+        gap = float(rng.uniform(*GAP_RANGE_M))
+        delay = float(rng.uniform(*code_delay_s)) if code_delay_s is not None and person.code_payload is not None else None
+        lateral = float(rng.uniform(-0.05, 0.05))
+        if pos > 0:
+            arrival += gap / speed
+        child = extras and role is Role.QUEUE and pos == 4
+        walkers.append(
+            Walker(
+                person,
+                role,
+                arrival_s=round(arrival, 3),
+                speed_mps=speed,
+                gap_m=gap,
+                code_delay_s=delay,
+                stop_at_m=1.8 if extras and pos == 1 and role is Role.QUEUE else None,
+                stop_s=1.5 if extras and pos == 1 and role is Role.QUEUE else 0.0,
+                turn_at_m=TURN_BACK_AT_M if role is Role.TURN_BACK else None,
+                lateral_m=lateral,
+                face_scale=CHILD_FACE_SCALE if child else 1.0,
+                face_drop_m=CHILD_FACE_DROP_M if child else 0.0,
+            )
+        )
+    if extras and people:
+        passer = ScenePerson(next_index + 1, 36.7, None, None, "walks past outside the lane", "")
+        at = walkers[min(4, len(walkers) - 1)].arrival_s + 0.2
+        walkers.append(Walker(passer, Role.PASSER_BY, arrival_s=round(at, 3), speed_mps=float(rng.uniform(*SPEED_RANGE_MPS)), gap_m=0.0))
+    return walkers
+
+
+SCENARIOS = ("temperature_only", "temperature_and_code_prompt", "mixed")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueScenario:
+    """A named queue: its walkers (with ground truth), the config it runs under, and what it shows."""
+
+    name: str
+    walkers: tuple[Walker, ...]
+    config: dict[str, dict[str, object]]  # section → {key: value} applied over the station's config
+    description: str
+
+
+def queue_scenario(name: str, people: int, seed: int, now_wall: float, fever_threshold_c: float = 37.3) -> QueueScenario:
+    """Return one of ``SCENARIOS`` with ``people`` queuers (plus the turn-back person and the passer-by).
+
+    - ``temperature_only``: one-way temperature mode (``screening.temperature_on = "entry"``, the
+      seeds' 单向测温); nobody shows a phone; the third queuer has a fever. Expected: ``pass`` for a
+      normal temperature, ``deny_fever`` for the fever (a lane that still waits for a code decides
+      ``retry`` instead, and the bench reports that as wrong).
+    - ``temperature_and_code_prompt``: everyone holds up a valid green code within 0.4 s of reaching
+      the gate line; the third has a fever.
+    - ``mixed``: the demo's cast (``sim.demo.CAST``: fever, red, yellow, no code, expired, a payment
+      QR), each showing their phone 0.3 s after reaching the gate line, as in the demo.
+    """
+    from sim.issuer import demo_issuer
+
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; one of {', '.join(SCENARIOS)}")
+    if name == "mixed":
+        from sim.demo import cast_people
+        from station.config import StationConfig
+
+        cast = cast_people(people, StationConfig(), now_wall)
+        walkers = queue_walkers(cast, seed, code_delay_s=(0.3, 0.3))
+        return QueueScenario(name, tuple(walkers), {}, "the demo's mix of codes and temperatures, queueing at walking pace")
+    cast = []
+    issuer = demo_issuer() if name == "temperature_and_code_prompt" else None
+    for i in range(people):
+        core = 38.2 if i % 8 == 2 else round(36.4 + 0.1 * (i % 6), 1)
+        fever = core >= fever_threshold_c
+        payload = None
+        colour = None
+        if issuer is not None:
+            colour = CodeColour.GREEN
+            payload = issuer.issue(colour, iat=int(now_wall) - 600, exp=int(now_wall) + 86400, holder=f"queue-person-{i}").encode()
+        label = f"{'fever' if fever else 'normal'} {core} °C" + (", green code" if payload else ", no phone")
+        cast.append(ScenePerson(i, core, colour, payload, label, "deny_fever" if fever else "pass"))
+    if name == "temperature_only":
+        return QueueScenario(
+            name,
+            tuple(queue_walkers(cast, seed, code_delay_s=None)),
+            {"screening": {"temperature_on": "entry"}},
+            "one-way temperature lane (单向测温): nobody shows a phone",
+        )
+    return QueueScenario(name, tuple(queue_walkers(cast, seed)), {}, "temperature and a green code held up within 0.4 s of arriving")

@@ -1,4 +1,4 @@
-"""Film the demo scene: the visible camera renders the shared ``SceneDirector`` as 640×480 BGR frames.
+"""Film the demo scene: the visible camera renders the shared director (one person, or a queue) as 640×480 BGR frames.
 
 The thermal emulator renders the same ``SceneState`` as heat, so what the face detector and the
 QR reader see here is the person the thermal pipeline measures. Frames are paced in real time like
@@ -28,7 +28,7 @@ import numpy as np
 import segno
 
 import station
-from sim.scene import Phase, SceneDirector, ScenePerson, SceneState
+from sim.scene import QueueDirector, SceneDirector, ScenePerson, SceneState
 from station.domain.model import Box, CodeColour, VisibleFrame
 
 log = logging.getLogger("station.camera")
@@ -338,15 +338,15 @@ class SceneRenderer:
 
     # -- frames -------------------------------------------------------------------------------
     def render(self, state: SceneState) -> np.ndarray:
-        """Return the frame for ``state``: background, sensor noise, the person and their phone."""
+        """Return the frame for ``state``: background, sensor noise, everyone in view and their phones."""
         frame = self._background.copy()
-        person = state.person
-        if person is not None and state.face_box is not None and state.phase in (Phase.APPROACHING, Phase.STANDING):
-            body, bx, by = self._body_layer(person, state.face_box)
+        for view in state.views():  # farthest first: nearer people are drawn over them
+            person = view.person
+            body, bx, by = self._body_layer(person, view.face_box)
             _blend(frame, body, bx, by)
-            if state.showing_code and person.code_payload is not None:
+            if view.showing_code and person.code_payload is not None:
                 phone = self._phone_layer(person)
-                px, py = self._phone_origin(person, state.face_box, phone)
+                px, py = self._phone_origin(person, view.face_box, phone)
                 _blend(frame, phone, px, py)
         noise = self._noise[self._rng.integers(0, len(self._noise))]
         cv2.add(frame, noise, dst=frame)
@@ -372,7 +372,7 @@ class SceneCamera:
 
     def __init__(
         self,
-        director: SceneDirector,
+        director: SceneDirector | QueueDirector,
         fps: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.scene import Phase, SceneDirector, SceneGeometry
+from sim.scene import Phase, QueueDirector, SceneDirector, SceneGeometry
 from station.domain.model import Box
 
 SUPERSAMPLE = 10
@@ -44,11 +44,14 @@ CLOTHING_ABOVE_ROOM = 5.0
 
 
 class ThermalSceneRenderer:
-    """The render function for ``GyMcu90640Emulator``: ``renderer(now)`` gives (image °C (24, 32) float32, die °C)."""
+    """The render function for ``GyMcu90640Emulator``: ``renderer(now)`` gives (image °C (24, 32) float32, die °C).
+
+    It draws everyone the director has in view (the demo's one person, or a queue), farthest first.
+    """
 
     def __init__(
         self,
-        director: SceneDirector | None,
+        director: SceneDirector | QueueDirector | None,
         room_c: float = 22.0,
         noise_c: float = 0.1,
         die_above_room_c: float = 8.0,
@@ -90,9 +93,8 @@ class ThermalSceneRenderer:
         """Return the frame at ``now`` for the person the director puts in the lane, and the die temperature."""
         assert self.director is not None, "a renderer without a director draws with render_people()"
         state = self.director.state(now)
-        people: list[tuple[float, Box]] = []
-        if self._person_visible(state.phase) and state.person is not None and state.face_box is not None:
-            people.append((state.person.core_c, state.face_box))
+        # Everyone in view, farthest first (a queue: the next people stand behind the screened one).
+        people = [(v.person.core_c, v.face_box) for v in state.views()]
         return self.render_people(people, now)
 
     def render_people(self, people: Sequence[tuple[float, Box]], now: float = 0.0, skin_shift_c: float = 0.0) -> tuple[np.ndarray, float]:
@@ -141,7 +143,7 @@ class ThermalSceneRenderer:
             "core_c": state.person.core_c if present and state.person else None,
             "face_box_thermal": self._face_box_thermal(state.face_box) if present else None,
             "distance_m": state.distance_m if present else None,
-            "people": 1 if present else 0,
+            "people": len(state.views()),
             "phase": state.phase.value,
             "die_c": round(self.die_c(now), 3),
             "room_c": self.room_c,
