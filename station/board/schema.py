@@ -144,6 +144,7 @@ def clean_screening_state(body: dict[str, Any]) -> dict[str, Any]:
         "count_today": count(body.get("count_today")),
         "last_event_id": event_id(body.get("last_event_id")),
         "last_decision": enum(body.get("last_decision"), DECISIONS),
+        "last_decision_source": token(body.get("last_decision_source")),
         "last_temperature_c": temperature(body.get("last_temperature_c")),
         "alarm": alarm if isinstance(alarm, bool) else None,
         "ts": timestamp(body.get("ts")),
@@ -178,6 +179,7 @@ def clean_event(event: Any, envelope_ts: Any = None) -> dict[str, Any]:
         "temperature_c": temperature(event.get("temperature_c")),
         "alarm": alarm is True,
         "reason": text(event.get("reason")),
+        "decision_source": token(event.get("decision_source")),  # station | staff (the operator-assisted check)
     }
 
 

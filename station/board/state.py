@@ -268,6 +268,7 @@ class BoardState:
                     "event_id": event_id,
                     "ts": body["ts"],
                     "alarm": bool(body["alarm"]),
+                    "decision_source": body["last_decision_source"],
                 }
             elif event_id:
                 view.last["alarm"] = bool(body["alarm"])
@@ -286,7 +287,7 @@ class BoardState:
                 return "dropped:duplicate"
             last_ts = view.last.get("ts")
             if last_ts is None or event["ts"] >= last_ts or view.last.get("event_id") == event["event_id"]:
-                view.last = {k: event[k] for k in ("decision", "temperature_c", "event_id", "ts", "alarm")}
+                view.last = {k: event[k] for k in ("decision", "temperature_c", "event_id", "ts", "alarm", "decision_source")}
         self._refresh_station_history()
         return "accepted"
 

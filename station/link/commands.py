@@ -416,6 +416,7 @@ class StationStates:
         event = last.event if last is not None else None
         return {
             "last_decision": event.decision.value if event else None,
+            "last_decision_source": event.decision_source if event else None,
             "last_temperature_c": event.temperature_c if event else None,
             "last_event_id": event.event_id if event else None,
             "alarm": bool(event.alarm) if event else False,

@@ -9,13 +9,13 @@ const T = {
         no_status:"无状态", last:"最近结果", temp:"体温", today:"今日", alarms:"告警", outbox:"待发送", nopic:"暂无画面",
         devices:"设备", recent_alarms:"最近告警", none:"无", ago:"前", s:"秒", min:"分钟", h:"小时",
         pass:"通过", deny_fever:"发热拦截", deny_code:"健康码拦截", retry:"重试", manual_check:"人工复核", fever:"发热", outbox_overflow:"缓存溢出", alarm:"告警",
-        unknown:"未知", picture:"画面", blurred:"人脸已模糊", station_says:"卡口自报今日", lang:"English", logout:"退出" },
+        source_staff:"人工核验", unknown:"未知", picture:"画面", blurred:"人脸已模糊", station_says:"卡口自报今日", lang:"English", logout:"退出" },
   en: { title:"Command centre", stations:"Checkpoints", online:"Online", offline:"Offline", screened_today:"Screened today",
         alarms_today:"Alarms today", backlog:"Backlog", waiting:"Waiting for checkpoints…", l0:"OFFLINE", l1:"ALARM", l2:"BACKLOG",
         l3:"FAULT", l4:"OK", stopped:"stopped", no_status:"no status", last:"Last", temp:"Temp.", today:"Today", alarms:"Alarms",
         outbox:"Backlog", nopic:"No picture yet", devices:"Devices", recent_alarms:"Recent alarms", none:"none", ago:"ago", s:"s", min:"min", h:"h",
         pass:"pass", deny_fever:"fever", deny_code:"code denied", retry:"retry", manual_check:"manual check", fever:"fever", outbox_overflow:"outbox overflow", alarm:"alarm",
-        unknown:"unknown", picture:"Picture", blurred:"faces blurred", station_says:"Station reports today", lang:"中文", logout:"Log out" },
+        source_staff:"checked by staff", unknown:"unknown", picture:"Picture", blurred:"faces blurred", station_says:"Station reports today", lang:"中文", logout:"Log out" },
 };
 const DECISIONS = new Set(["pass", "deny_fever", "deny_code", "retry", "manual_check"]);
 let lang = localStorage.getItem("board.lang") === "en" ? "en" : "zh";
@@ -45,6 +45,8 @@ function age(ts) {
 function tempText(v) { return num(v) === null ? "--.-" : v.toFixed(1) + " °C"; }
 function decisionClass(d) { return DECISIONS.has(d) ? "dec-" + d : ""; }
 function decisionText(d) { return DECISIONS.has(d) ? t(d) : "–"; }
+// Who decided, when it was not the station itself: only our own word, never the station's text.
+function sourceText(last) { return last.decision_source === "staff" ? ` · ${t("source_staff")}` : ""; }
 function snapshotUrl(s) {
   return `/api/stations/${encodeURIComponent(s.site)}/${encodeURIComponent(s.station)}/snapshot.jpg?ts=${num(s.snapshot.ts) ?? 0}`;
 }
@@ -65,7 +67,7 @@ function applyLang() {
 // What a tile shows: a tile is rebuilt only when this changes.
 function signature(s) {
   const last = s.last || {};
-  return JSON.stringify([lang, level(s), s.state, s.site, s.station, last.decision, num(last.temperature_c), num(s.today && s.today.screened),
+  return JSON.stringify([lang, level(s), s.state, s.site, s.station, last.decision, last.decision_source === "staff", num(last.temperature_c), num(s.today && s.today.screened),
                          num(s.today && s.today.alarms), num(s.backlog && s.backlog.pending), s.snapshot ? num(s.snapshot.ts) : null]);
 }
 function tile(s) {
@@ -78,7 +80,9 @@ function tile(s) {
   const alarms = num(today.alarms) ?? 0;
   const info = el("div", { class: "info" },
     el("div", { class: "name" }, el("span", {}, s.station), el("small", {}, s.site)),
-    el("div", { class: "kv" }, el("span", {}, t("last")), el("b", { class: decisionClass(last.decision) }, decisionText(last.decision))),
+    el("div", { class: "kv" }, el("span", {}, t("last")),
+       el("b", { class: decisionClass(last.decision), "data-source": last.decision_source === "staff" ? "staff" : "station" },
+          decisionText(last.decision) + sourceText(last))),
     el("div", { class: "kv" }, el("span", {}, t("temp")), el("b", {}, tempText(last.temperature_c))),
     el("div", { class: "kv" }, el("span", {}, t("today")), el("b", { class: "count" }, num(today.screened) ?? 0)),
     el("div", { class: "kv" }, el("span", {}, `${t("alarms")} / ${t("outbox")}`),
@@ -137,7 +141,7 @@ function renderOverlay() {
   $("ov-side").replaceChildren(
     el("h2", {}, s.station, " ", el("small", {}, s.site)),
     el("p", {}, el("b", { class: `badge inline l${lv}` }, t("l" + lv)), " ", (s.reasons || []).map(reasonText).join(", ")),
-    el("p", {}, `${t("last")}: `, el("b", { class: decisionClass(last.decision) }, decisionText(last.decision)),
+    el("p", {}, `${t("last")}: `, el("b", { class: decisionClass(last.decision) }, decisionText(last.decision) + sourceText(last)),
        ` · ${tempText(last.temperature_c)} · ${age(last.ts)} ${num(last.ts) ? t("ago") : ""}`),
     el("p", {}, `${t("today")}: `, el("b", {}, num(today.screened) ?? 0), byDecision ? ` · ${byDecision}` : ""),
     num(s.station_count_today) !== null ? el("p", { class: "dim" }, `${t("station_says")}: ${s.station_count_today}`) : null,

@@ -19,6 +19,14 @@ const T = {
         pin_title_recheck: "Clinical thermometer re-check", fever: "fever", green: "GREEN", yellow: "YELLOW", red: "RED" },
 };
 T.zh.pass_big = "通过"; T.en.pass_big = "PASS";
+// The operator-assisted check (a person without a smartphone): reasons and decisions from /api/status.
+Object.assign(T.zh, { staff_check: "人工核验", pin_title_staff: "人工核验（无智能手机）", staff_reason: "核验依据",
+  staff_decision: "核验结果", id_checked: "已人工核对身份证", paper_certificate: "纸质证明", escorted: "工作人员陪同",
+  source_staff: "工作人员核验", choose_reason: "请选择核验依据" });
+Object.assign(T.en, { staff_check: "Checked by staff", pin_title_staff: "Checked by staff (no smartphone)",
+  staff_reason: "Reason", staff_decision: "Decision", id_checked: "ID checked by hand", paper_certificate: "Paper certificate",
+  escorted: "Escorted", source_staff: "decided by staff", choose_reason: "Choose a reason" });
+T.zh.crop_face = "面部"; T.en.crop_face = "face"; T.zh.crop_thermal = "热像"; T.en.crop_thermal = "thermal";
 // Every value from the server reaches the page through textContent / createElement, never as markup.
 const COLOURS = new Set(["green", "yellow", "red"]);
 const CLASS = { pass: "state-pass", deny_fever: "state-deny", deny_code: "state-deny", retry: "state-retry", manual_check: "state-retry" };
@@ -27,6 +35,7 @@ let lang = localStorage.getItem("operator-lang") || null;
 let status = null;
 let last = null;
 let alarms = [];
+const cropImgs = new Map();  // "<event_id>/<kind>" → its <img>, kept across redraws so it is fetched once
 let es = null;
 let audio = null;
 const $ = (id) => document.getElementById(id);
@@ -36,7 +45,7 @@ function applyLang() {
   document.documentElement.lang = lang;
   document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
   $("lang").textContent = lang === "zh" ? "EN" : "中文";
-  renderDecision(); renderAlarms();
+  renderDecision(); renderAlarms(); renderPrompt();
 }
 
 let online = null;
@@ -60,7 +69,10 @@ function renderDecision() {
   document.body.classList.add(d ? CLASS[d.decision] || "state-retry" : "state-idle");
   document.body.dataset.decision = d ? d.decision : "";
   $("decision").textContent = d ? (d.decision === "pass" ? t("pass_big") : t(d.decision)) : t("wait");
-  $("reason").textContent = d ? `${d.reason} · ${fmtTime(d.ts)}` : "";
+  // The reason in words for the public (the page's language, the other one below); the code for staff.
+  renderWords($("reason"), $("reason-alt"), d && d.words);
+  $("reason-code").textContent = d ? `${d.reason} · ${fmtTime(d.ts)}` : "";
+  renderSource(d);
   const temp = $("temp");
   temp.textContent = fmtTemp(d && d.temperature_c);
   const fever = status && d && d.temperature_c !== null && d.temperature_c >= status.ui.fever_threshold_c;
@@ -71,14 +83,53 @@ function renderDecision() {
   code.textContent = COLOURS.has(colour) ? t(colour) : d ? t(d.code_status === "invalid" ? "invalid" : "none") : "—";
 }
 
+function renderSource(d) {
+  // Who decided, when it was not the station itself (the operator-assisted check).
+  const el = $("source");
+  const staff = !!d && d.decision_source === "staff";
+  el.hidden = !staff;
+  el.textContent = staff ? t("source_staff") : "";
+}
+
+function renderWords(main, alt, words) {
+  // words: {key, zh, en} from the server (station/domain/prompts.py); shown as text, never markup.
+  const other = lang === "zh" ? "en" : "zh";
+  main.textContent = words && typeof words[lang] === "string" ? words[lang] : "";
+  alt.textContent = words && typeof words[other] === "string" ? words[other] : "";
+}
+
+let prompt = null;  // the lane's next step: {state, prompt: {key, zh, en} | null}
+function renderPrompt() {
+  const p = prompt && prompt.state === "screening" ? prompt.prompt : null;
+  $("prompt").hidden = !p;
+  $("prompt").dataset.key = p && typeof p.key === "string" ? p.key : "";
+  renderWords($("prompt-main"), $("prompt-alt"), p);
+}
+
 function renderCounts(c) {
   if (!c) return;
   $("c-total").textContent = c.total; $("c-pass").textContent = c.pass; $("c-deny").textContent = c.deny;
   $("c-other").textContent = c.retry + c.manual_check;
 }
 
+function cropImg(eventId, kind) {
+  const key = `${eventId}/${kind}`;
+  let img = cropImgs.get(key);
+  if (!img) {
+    img = document.createElement("img");
+    img.className = kind === "thermal" ? "crop thermal" : "crop";
+    img.setAttribute("data-testid", `crop-${kind === "thermal" ? "thermal" : "face"}`);
+    img.src = `/api/crops/${encodeURIComponent(eventId)}/${encodeURIComponent(kind)}`;
+    cropImgs.set(key, img);
+  }
+  img.alt = t(kind === "thermal" ? "crop_thermal" : "crop_face");
+  return img;
+}
+
 function renderAlarms() {
   const ul = $("alarm-list");
+  const shown = new Set(alarms.map((a) => a.event_id));
+  for (const key of [...cropImgs.keys()]) if (!shown.has(key.split("/")[0])) cropImgs.delete(key);
   ul.textContent = "";
   let open = 0;
   for (const a of alarms) {
@@ -88,6 +139,7 @@ function renderAlarms() {
     const what = document.createElement("span");
     what.className = "what";
     what.textContent = `${fmtTime(a.ts)} ${t(a.decision)} ${fmtTemp(a.temperature_c)} °C`;
+    for (const kind of a.crops || []) li.appendChild(cropImg(a.event_id, kind));  // who it was: face, thermal
     li.appendChild(what);
     if (a.ack) {
       const who = document.createElement("span");
@@ -115,6 +167,8 @@ function applyStatus(s) {
   $("station-name").textContent = `${s.station.site} / ${s.station.id}`;
   if (s.last_decision && (!last || s.last_decision.event_id !== last.event_id)) last = s.last_decision;
   alarms = s.alarms || [];
+  if (s.prompt !== undefined) prompt = s.prompt;
+  renderPrompt();
   renderCounts(s.counts); renderDecision(); renderAlarms();
 }
 
@@ -147,6 +201,7 @@ function connect() {
     beep(SOUND[last.decision] || SOUND.retry);
     refresh();
   });
+  es.addEventListener("prompt", (ev) => { prompt = JSON.parse(ev.data); renderPrompt(); });
   es.addEventListener("alarm", (ev) => {
     const a = JSON.parse(ev.data);
     if (!alarms.some((x) => x.event_id === a.event_id)) alarms.unshift(a);
@@ -186,8 +241,11 @@ function toast(text, kind) {
 
 function askPin(action, args) {
   pending = { action, args };
-  $("pin-title").textContent = t({ ack: "pin_title_ack", open_gate: "pin_title_open", recheck: "pin_title_recheck" }[action]);
+  $("pin-title").textContent = t({ ack: "pin_title_ack", open_gate: "pin_title_open", recheck: "pin_title_recheck",
+                                   staff_check: "pin_title_staff" }[action]);
   $("clinical-row").hidden = action !== "recheck";
+  $("staff-row").hidden = action !== "staff_check";
+  if (action === "staff_check") buildStaffChoices();
   $("pin-value").value = ""; $("pin-clinical").value = ""; $("pin-error").textContent = "";
   $("pin-operator").value = localStorage.getItem("operator-name") || "";
   $("pin-dialog").showModal();
@@ -201,7 +259,11 @@ async function submitPin() {
   let url;
   if (action === "ack") url = `/api/alarms/${encodeURIComponent(args.event_id)}/ack`;
   else if (action === "open_gate") url = "/api/override/open-gate";
-  else { url = "/api/override/recheck"; body.clinical_c = parseFloat($("pin-clinical").value); }
+  else if (action === "recheck") { url = "/api/override/recheck"; body.clinical_c = parseFloat($("pin-clinical").value); }
+  else {
+    if (!args.reason) { $("pin-error").textContent = t("choose_reason"); return; }
+    url = "/api/override/staff-check";
+  }
   let r, out;
   try {
     r = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -212,6 +274,30 @@ async function submitPin() {
   $("pin-dialog").close();
   toast(t("ok_done"), "good");
   refresh();
+}
+
+function buildStaffChoices() {
+  // One button per reason and per decision the station allows; the chosen one goes into pending.args.
+  const ui = (status && status.ui) || {};
+  const groups = [["staff-reasons", "reason", ui.staff_check_reasons || [], null],
+                  ["staff-decisions", "decision", ui.staff_check_decisions || ["pass"], "pass"]];
+  for (const [id, key, values, initial] of groups) {
+    const box = $(id);
+    box.textContent = "";
+    pending.args[key] = initial;
+    for (const v of values) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = v === "pass" ? t("pass") : t(v);
+      b.setAttribute("data-testid", `staff-${key}-${v}`);
+      b.classList.toggle("chosen", v === initial);
+      b.onclick = () => {
+        pending.args[key] = v;
+        for (const x of box.children) x.classList.toggle("chosen", x === b);
+      };
+      box.appendChild(b);
+    }
+  }
 }
 
 function buildKeypad() {
@@ -234,6 +320,7 @@ function init() {
   $("lang").onclick = () => { lang = lang === "zh" ? "en" : "zh"; localStorage.setItem("operator-lang", lang); applyLang(); };
   $("btn-open").onclick = () => askPin("open_gate", {});
   $("btn-recheck").onclick = () => askPin("recheck", { event_id: last ? last.event_id : "" });
+  $("btn-staff").onclick = () => askPin("staff_check", {});
   $("pin-cancel").onclick = () => $("pin-dialog").close();
   $("pin-form").onsubmit = (ev) => { ev.preventDefault(); submitPin(); };
   setInterval(() => { $("clock").textContent = new Date().toLocaleTimeString(lang === "zh" ? "zh-CN" : "en-GB", { hour12: false }); }, 1000);
