@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the running parts are imported where they are started: stat
     from drivers.publish.mqtt import MqttPublisher
     from station.codes.judge import CodeJudge
     from station.codes.online import OnlineVerifier
+    from station.lane.capture import CropWriter
     from station.lane.counts import CountsKeeper
     from station.lane.vehicle_loop import PlateLoop
     from station.link.commands import StationLink
@@ -345,6 +346,7 @@ class StationApp:
         self.snapshots: SnapshotPublisher | None = None  # snapshots.enabled, with a broker
         self.http: OperatorServer | None = None  # http.enabled and the port could be bound
         self.retention: RetentionThread | None = None
+        self.crops: CropWriter | None = None  # [capture] keep is not "none"
         self.control: ControlServer | None = None  # None too when the socket could not be bound
 
     @property
@@ -432,6 +434,7 @@ class StationApp:
         self.counts_keeper.restore()
         self.counts_keeper.start()
         self._push("counts", self.counts_keeper.stop)
+        self._start_crops(store, pipeline)  # stopped after the pipeline: it writes what the executor queued
         pipeline.start()
         self._push("pipeline", pipeline.stop)
 
@@ -651,6 +654,21 @@ class StationApp:
             return
         self._push("http", self.http.stop)
 
+    def _start_crops(self, store: SqliteEventStore, pipeline: Pipeline) -> None:
+        """Keep the face and thermal crops of the decisions ``[capture] keep`` names, written on a thread of their own."""
+        from station.lane.capture import CropWriter, ThermalFrames
+        from station.store.retention import CROPS_DIR
+
+        keep = self.cfg.capture.keep if self.cfg.retention.face_crops_days > 0 else "none"
+        if keep == "none":
+            return
+        frames = ThermalFrames()
+        pipeline.thermal_taps.append(frames.offer)
+        self.crops = CropWriter(store, self.data_dir / CROPS_DIR, keep, frames, lambda: pipeline.lane.calibration.registration)
+        pipeline.add_listener(self.crops.on_decided)
+        self.crops.start()
+        self._push("crops", self.crops.stop)
+
     def _start_retention(self, store: SqliteEventStore) -> RetentionThread:
         from station.store.retention import RetentionThread
 
@@ -754,6 +772,7 @@ class StationApp:
             "uptime_s": round(self.clock.monotonic() - (self.started_t or 0.0), 1),
             "http": self.http.url if self.http is not None else None,
             "codes": [self.code_judge.stats()] if self.code_judge is not None else [],
+            "crops": self.crops.stats() if self.crops is not None else None,
             # Per stage: state, in-process restarts, contained failures per kind (station.lane.pipeline).
             "stages": self.stage_health(),
             "degraded": [d.as_dict() for d in self.degradations()],

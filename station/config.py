@@ -359,6 +359,19 @@ class RetentionSection(Section):
     interval_s: float = Field(3600.0, ge=60.0, le=86400.0, description="How often the daemon runs the purge")
 
 
+class CaptureSection(Section):
+    """Which decisions keep the person's face crop and thermal crop on the box (station/lane/capture.py).
+
+    Kept under ``<data_dir>/crops`` for ``retention.face_crops_days``, shown on the operator page's
+    alarm card, erased with the event, never published over MQTT.
+    """
+
+    keep: Literal["alarms", "all", "none"] = Field(
+        "alarms",
+        description="alarms: fevers and denials | all: every decision | none: never (retention.face_crops_days = 0 also keeps none)",
+    )
+
+
 class SnapshotsSection(Section):
     """Small JPEG of the latest camera frame for the command-centre board (MQTT `snapshot`, retained, QoS 0)."""
 
@@ -420,6 +433,7 @@ class StationConfig(Section):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     centre: CentreSection = Field(default_factory=CentreSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
+    capture: CaptureSection = Field(default_factory=CaptureSection)
     snapshots: SnapshotsSection = Field(default_factory=SnapshotsSection)
     http: HttpSection = Field(default_factory=HttpSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)

@@ -1,7 +1,8 @@
 """``stationctl data export|erase|purge``: personal data in the event store, on request.
 
 ``export`` reads (read-only, safe beside the running daemon) and writes JSON lines, one event each,
-exactly as recorded (the ``as_record()`` dict that was also published). ``erase`` deletes events by
+exactly as recorded (the ``as_record()`` dict that was also published); the kept face/thermal crops
+only with ``--crops-to DIR``. ``erase`` deletes events by
 time range and/or event id after a confirmation (or ``--yes``), keeps events whose MQTT message is
 still undelivered unless ``--include-pending`` (then the message is deleted too and never sent),
 writes one ``data_audit`` row, and can ``--vacuum`` the file afterwards so deleted rows are not left
@@ -47,23 +48,52 @@ def data() -> None:
     show_default=True,
     help="File, or - for stdout",
 )
+@click.option(
+    "--crops-to",
+    "crops_to",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Also copy the events' kept face/thermal crops into this directory (each line then names its files under 'crops')",
+)
 @click.pass_obj
-def data_export(obj: Ctx, since: float | None, until: float | None, event_ids: tuple[str, ...], out: Path) -> None:
-    """Events as JSON lines (oldest first), as recorded and published; nothing is changed."""
+def data_export(obj: Ctx, since: float | None, until: float | None, event_ids: tuple[str, ...], out: Path, crops_to: Path | None) -> None:
+    """Events as JSON lines (oldest first), as recorded and published; nothing is changed.
+
+    Kept crops (pictures of people) are exported only with ``--crops-to``.
+    """
+    from station.store.retention import CROPS_DIR
+
     _cfg, db = station_db(obj)
     where, params = events_where(since, until, event_ids)
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    has_crops = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'event_crops'").fetchone() is not None
+    if crops_to is not None:
+        crops_to.mkdir(mode=0o700, parents=True, exist_ok=True)
     stream = sys.stdout if str(out) == "-" else open(out, "w", encoding="utf-8")  # noqa: SIM115
-    n = 0
+    n = copied = 0
     try:
         for (record,) in conn.execute(f"SELECT record FROM events{where} ORDER BY ts, id", params):
-            stream.write(json.dumps(json.loads(record), ensure_ascii=False, separators=(",", ":")) + "\n")
+            event = json.loads(record)
+            if crops_to is not None and has_crops:
+                files: dict[str, str] = {}
+                for kind, name in conn.execute("SELECT kind, file FROM event_crops WHERE event_id = ?", (event.get("event_id"),)):
+                    src = db.parent / CROPS_DIR / Path(name).name
+                    try:
+                        (crops_to / src.name).write_bytes(src.read_bytes())
+                    except OSError as exc:  # expired or erased meanwhile: the line says which were copied
+                        click.echo(f"crop not copied: {src.name}: {exc.strerror}", err=True)
+                        continue
+                    os.chmod(crops_to / src.name, 0o600)
+                    files[kind] = src.name
+                    copied += 1
+                event["crops"] = files
+            stream.write(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")
             n += 1
     finally:
         conn.close()
         if stream is not sys.stdout:
             stream.close()
-    click.echo(f"exported {n} event(s)", err=True)
+    click.echo(f"exported {n} event(s)" + (f", {copied} crop file(s) to {crops_to}" if crops_to is not None else ""), err=True)
     sys.exit(0 if n or not event_ids else 1)
 
 
@@ -98,7 +128,7 @@ def data_erase(
     yes: bool,
     as_json: bool,
 ) -> None:
-    """Delete events (and their gate actions and outbox copies) by time range and/or event id."""
+    """Delete events (and their gate actions, outbox copies and kept crops) by time range and/or event id."""
     from station.store.events import SqliteEventStore, StoreError
     from station.store.retention import erase
 
@@ -150,8 +180,8 @@ def data_erase(
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(
-            f"erased {result['events']} event(s), {result['gate_actions']} gate action(s), {result['outbox']} outbox message(s)"
-            + (", file vacuumed" if vacuum else "")
+            f"erased {result['events']} event(s), {result['gate_actions']} gate action(s), {result['outbox']} outbox message(s), "
+            f"{result.get('crops', 0)} crop file(s)" + (", file vacuumed" if vacuum else "")
         )
         if result["held"]:
             click.echo(

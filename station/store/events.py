@@ -614,6 +614,30 @@ class SqliteEventStore:
         saved = {r["key"].removeprefix("count_"): int(r["value"]) for r in rows}
         return {k: saved.get(k, 0) for k in self._COUNT_KEYS}
 
+    def record_crops(self, event_id: str, files: Mapping[str, tuple[str, int]]) -> None:
+        """Link kept crop files (kind → (file name under ``<data_dir>/crops``, bytes)) to ``event_id``."""
+        now = time.time()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            for kind, (name, nbytes) in files.items():
+                conn.execute(
+                    "INSERT OR REPLACE INTO event_crops(event_id, kind, file, bytes, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (event_id, kind, name, nbytes, now),
+                )
+
+        self._write(tx)
+
+    def crops(self, event_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Return the crop files kept for each of ``event_ids`` that has any: event id → kind → file name."""
+        out: dict[str, dict[str, str]] = {}
+        ids = list(event_ids)
+        for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = ids[i : i + 500]
+            rows = self._query(f"SELECT event_id, kind, file FROM event_crops WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)
+            for r in rows:
+                out.setdefault(r["event_id"], {})[r["kind"]] = r["file"]
+        return out
+
     def vehicles_tail(self, n: int) -> list[dict[str, Any]]:
         """Return the last ``n`` vehicle records, oldest first."""
         rows = self._query("SELECT record FROM (SELECT id, record FROM vehicles ORDER BY id DESC LIMIT ?) ORDER BY id", (n,))

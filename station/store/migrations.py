@@ -163,8 +163,35 @@ def _migrate_command_audit(db: Database) -> None:
     )
 
 
+def _migrate_event_crops(db: Database) -> None:
+    """Add the crops kept with an event (face JPEG, thermal PNG under ``<data_dir>/crops``; station.lane.capture).
+
+    A side table, not a column: the event's record is what MQTT carries, and a crop never goes there.
+    """
+    db.execute(
+        """
+        CREATE TABLE event_crops (
+          event_id   TEXT NOT NULL,
+          kind       TEXT NOT NULL,                 -- face | thermal
+          file       TEXT NOT NULL,                 -- file name under <data_dir>/crops
+          bytes      INTEGER NOT NULL,
+          created_at REAL NOT NULL,                 -- unix time written (retention.face_crops_days)
+          PRIMARY KEY (event_id, kind)
+        )
+        """
+    )
+    db.execute("CREATE INDEX event_crops_created ON event_crops(created_at)")
+
+
 Migration = Callable[[Database], None]
-MIGRATIONS: Sequence[Migration] = (_migrate_v1, _migrate_v2, _migrate_data_audit, _migrate_operator_actions, _migrate_command_audit)
+MIGRATIONS: Sequence[Migration] = (
+    _migrate_v1,
+    _migrate_v2,
+    _migrate_data_audit,
+    _migrate_operator_actions,
+    _migrate_command_audit,
+    _migrate_event_crops,
+)
 """Ordered migrations; ``MIGRATIONS[i]`` upgrades ``user_version`` i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,6 +16,11 @@ dropped the message. Delivered or dropped outbox rows older than the cut-off go 
 An explicit erase may include pending messages (``--include-pending``): then they are deleted and
 never sent, which is what an erasure request asks for.
 
+Crops kept with an event (``event_crops``: the face JPEG and thermal PNG under ``<data_dir>/crops``
+that ``station.lane.capture.CropWriter`` writes for alarms) go after ``retention.face_crops_days``
+(their link row and file together), with their event when the event goes first, and on an erase
+with their event. Files under ``crops/`` that no row names (a write cut short) go by their age.
+
 Operator actions (``operator_actions``, the touch display's acknowledgements and overrides, some
 with a clinical re-check reading) follow the same age limit, and go with their event on an erase.
 
@@ -238,6 +243,48 @@ def purge_store(store: SqliteEventStore, events_days: int, now: float | None = N
     return result
 
 
+def _unlink_crops(crops_dir: Path, names: Iterable[str]) -> tuple[int, list[str]]:
+    """Delete the named crop files (names only, never a path out of ``crops_dir``); return (count, errors)."""
+    n, errors = 0, []
+    for name in names:
+        if not name or Path(name).name != name:
+            continue
+        path = crops_dir / name
+        try:
+            path.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            errors.append(f"{path}: {exc.strerror}")
+    return n, errors
+
+
+def purge_crop_links(store: SqliteEventStore, crops_dir: Path, face_crops_days: int, now: float | None = None) -> tuple[int, list[str]]:
+    """Delete the crops linked to events that are older than ``face_crops_days`` (all for 0) or whose event is gone.
+
+    Rows and files go together; returns (files deleted, errors).
+    """
+    now = time.time() if now is None else now
+    cutoff = now + 1.0 if face_crops_days == 0 else now - face_crops_days * DAY_S
+    reader = _read(store.path)
+    try:
+        if not _has_table(reader, "event_crops"):
+            return 0, []
+    finally:
+        reader.close()
+
+    def tx(conn: sqlite3.Connection) -> list[str]:
+        rows = conn.execute(
+            "SELECT rowid, file FROM event_crops WHERE created_at < ? OR event_id NOT IN (SELECT event_id FROM events)", (cutoff,)
+        ).fetchall()
+        _delete_ids(conn, "event_crops", "rowid", [r for r, _f in rows])
+        return [f for _r, f in rows]
+
+    names = store.write_transaction(tx)
+    return _unlink_crops(crops_dir, names)
+
+
 def purge_crops(crops_dir: Path, face_crops_days: int, now: float | None = None) -> tuple[int, list[str]]:
     """Delete crop files older than ``face_crops_days`` (all of them for 0); return (count, errors)."""
     now = time.time() if now is None else now
@@ -258,7 +305,11 @@ def purge_crops(crops_dir: Path, face_crops_days: int, now: float | None = None)
 def purge(store: SqliteEventStore, data_dir: Path, events_days: int, face_crops_days: int, now: float | None = None) -> PurgeResult:
     """Run the whole retention pass: store rows, then crop files; audited when anything went."""
     result = purge_store(store, events_days, now)
-    result.crops, result.errors = purge_crops(Path(data_dir) / CROPS_DIR, face_crops_days, now)
+    crops_dir = Path(data_dir) / CROPS_DIR
+    linked, link_errors = purge_crop_links(store, crops_dir, face_crops_days, now)
+    # Then the files no row names (a write cut short), by their age.
+    loose, loose_errors = purge_crops(crops_dir, face_crops_days, now)
+    result.crops, result.errors = linked + loose, link_errors + loose_errors
     if result.deleted:
         store.write_transaction(
             lambda conn: audit(
@@ -281,8 +332,9 @@ def erase(
     """Delete the events selected by time range (``since`` ≤ ts < ``until``) and/or event ids.
 
     Without ``include_pending``, events whose message is still undelivered are kept and listed under
-    ``held``; with it, those messages are deleted too and never sent. Returns the counts; one
-    ``data_audit`` row records the request.
+    ``held``; with it, those messages are deleted too and never sent. The crops kept with the
+    erased events (``event_crops`` and their files in ``crops/`` beside the database) go with them.
+    Returns the counts; one ``data_audit`` row records the request.
     """
     ids = sorted(set(event_ids))
     if since is None and until is None and not ids:
@@ -292,8 +344,10 @@ def erase(
     try:
         pending_events, _ = _pending_ids(reader)
         has_operator = _has_table(reader, "operator_actions")
+        has_crops = _has_table(reader, "event_crops")
     finally:
         reader.close()
+    crop_files: list[str] = []
 
     def tx(conn: sqlite3.Connection) -> dict[str, Any]:
         where, params = events_where(since, until, ids)
@@ -305,6 +359,13 @@ def erase(
         counts["gate_actions"] = _delete_ids(conn, "gate_actions", "event_id", eids)
         if has_operator:
             counts["operator_actions"] = _delete_ids(conn, "operator_actions", "event_id", eids)
+        if has_crops:
+            for i in range(0, len(eids), 500):  # SQLite's bound-parameter limit
+                chunk = eids[i : i + 500]
+                crop_files.extend(
+                    f for (f,) in conn.execute(f"SELECT file FROM event_crops WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)
+                )
+            counts["crop_links"] = _delete_ids(conn, "event_crops", "event_id", eids)
         counts["events"] = _delete_ids(conn, "events", "id", [r for r, _e in chosen])
         if eids:
             # Every outbox copy of these events: pending ones (include_pending) and settled ones.
@@ -326,7 +387,18 @@ def erase(
         return counts
 
     result: dict[str, Any] = store.write_transaction(tx)
-    log.warning("data erased actor=%s events=%s outbox=%s held=%s", actor, result["events"], result["outbox"], len(result["held"]))
+    # After the commit: a file is never gone while its event still is there.
+    result["crops"], errors = _unlink_crops(Path(store.path).parent / CROPS_DIR, crop_files)
+    if errors:
+        result["errors"] = errors
+    log.warning(
+        "data erased actor=%s events=%s outbox=%s crops=%s held=%s",
+        actor,
+        result["events"],
+        result["outbox"],
+        result["crops"],
+        len(result["held"]),
+    )
     return result
 
 
