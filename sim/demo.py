@@ -190,6 +190,9 @@ class DemoRun:
         self.emulator.start()
         try:
             self.cfg.thermal.port = self.emulator.port
+            # The demo's voice is heard (a sound card) or read: each prompt said is one INFO line of
+            # station.voice, shown whatever the demo's log level (no sound card: that line is the voice).
+            logging.getLogger("station.voice").setLevel(logging.INFO)
             self.app = StationApp(self.cfg, data_dir=self.data_dir, injected=Injected(camera=self.camera))
             self.app.start()
             start_s = time.monotonic() - t0

@@ -46,7 +46,9 @@ if TYPE_CHECKING:  # the running parts are imported where they are started: stat
     from station.codes.online import OnlineVerifier
     from station.lane.capture import CropWriter
     from station.lane.counts import CountsKeeper
+    from station.lane.prompting import LanePrompter
     from station.lane.vehicle_loop import PlateLoop
+    from station.lane.voice import VoiceQueue
     from station.link.commands import StationLink
     from station.link.snapshots import SnapshotPublisher
     from station.link.sync import OutboxPump
@@ -284,7 +286,7 @@ class Injected:
 class Degradation:
     """A module the station runs without, and why: READY's status text, the log and ``stationctl status`` name it."""
 
-    module: str  # thermal, detector, plate_reader, code_reader, mqtt, control, http
+    module: str  # thermal, detector, plate_reader, code_reader, mqtt, control, http, speaker
     reason: str
 
     def as_dict(self) -> dict[str, str]:
@@ -345,6 +347,8 @@ class StationApp:
         self.link: StationLink | None = None
         self.snapshots: SnapshotPublisher | None = None  # snapshots.enabled, with a broker
         self.http: OperatorServer | None = None  # http.enabled and the port could be bound
+        self.voice: VoiceQueue | None = None  # voice.enabled (ALSA, or logged without a sound card)
+        self.prompter: LanePrompter | None = None  # the next-step prompt for the display and the voice
         self.retention: RetentionThread | None = None
         self.crops: CropWriter | None = None  # [capture] keep is not "none"
         self.control: ControlServer | None = None  # None too when the socket could not be bound
@@ -442,6 +446,7 @@ class StationApp:
             self._start_sync(store, pipeline, judge)
         if cfg.http.enabled:
             self._start_http(store, pipeline)
+        self._start_prompts(pipeline)
 
         status_thread = threading.Thread(target=self._status_loop, name="station-status", daemon=True)
         status_thread.start()
@@ -669,6 +674,32 @@ class StationApp:
         self.crops.start()
         self._push("crops", self.crops.stop)
 
+    def _start_prompts(self, pipeline: Pipeline) -> None:
+        """Start the next-step prompts (display) and the voice; no sound card degrades the speaker, the prompts are logged."""
+        from station.domain.prompts import VolumeSchedule
+        from station.lane.prompting import LanePrompter
+        from station.lane.voice import LoggedSpeaker, VoiceQueue
+        from station.ports import Speaker
+
+        v = self.cfg.voice
+        if v.enabled:
+            from drivers.speaker.alsa import AlsaSpeaker, no_device_reason
+
+            speaker: Speaker = AlsaSpeaker(v.device)
+            missing = no_device_reason()
+            if missing is not None:
+                self._degrade("speaker", f"{missing}; voice prompts are logged")
+                speaker = LoggedSpeaker()
+            self.voice = VoiceQueue(speaker, v.language, VolumeSchedule.parse(v.volume, v.quiet_hours, v.quiet_volume))
+            self.voice.start()
+            self._push("voice", self.voice.stop)
+        self.prompter = LanePrompter(pipeline.lane.progress, voice=self.voice, monotonic=self.clock.monotonic)
+        if self.http is not None:
+            self.prompter.listeners.append(self.http.desk.on_prompt)
+        pipeline.add_listener(self.prompter.on_decided)
+        self.prompter.start()
+        self._push("prompts", self.prompter.stop)
+
     def _start_retention(self, store: SqliteEventStore) -> RetentionThread:
         from station.store.retention import RetentionThread
 
@@ -775,6 +806,7 @@ class StationApp:
             "crops": self.crops.stats() if self.crops is not None else None,
             # Per stage: state, in-process restarts, contained failures per kind (station.lane.pipeline).
             "stages": self.stage_health(),
+            "voice": self.voice.stats() if self.voice is not None else None,
             "degraded": [d.as_dict() for d in self.degradations()],
         }
 

@@ -407,6 +407,27 @@ class HttpSection(Section):
     overrides_per_min: int = Field(6, ge=1, le=120, description="Manual overrides (open gate, re-check) allowed per minute")
 
 
+class VoiceSection(Section):
+    """The gate's voice: each decision and next step said through the box's loudspeaker (drivers/speaker)."""
+
+    enabled: bool = Field(True, description="Say the prompts; without a sound card they are logged (a degraded speaker)")
+    language: Literal["zh", "en"] = Field("zh", description="The language the prompts are said in")
+    device: str = Field("default", pattern=r"^[0-9A-Za-z_.:,=-]{1,64}$", description="ALSA PCM device the clips play on (aplay -L)")
+    volume: int = Field(80, ge=0, le=100, description="Volume in percent (the clips are scaled; the card's mixer is left alone)")
+    quiet_hours: str = Field(
+        "22:00-07:00", pattern=r"^$|^\d{2}:\d{2}-\d{2}:\d{2}$", description='HH:MM-HH:MM local time at quiet_volume; "" = none'
+    )
+    quiet_volume: int = Field(30, ge=0, le=100, description="Volume in percent during quiet_hours")
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _hours_of_day(cls, v: str) -> str:
+        from station.domain.prompts import VolumeSchedule
+
+        VolumeSchedule.parse(80, v, 30)  # raises ValueError for 25:00 and the like
+        return v
+
+
 class LoggingSection(Section):
     """Log level, an optional log file, and the line format."""
 
@@ -436,6 +457,7 @@ class StationConfig(Section):
     capture: CaptureSection = Field(default_factory=CaptureSection)
     snapshots: SnapshotsSection = Field(default_factory=SnapshotsSection)
     http: HttpSection = Field(default_factory=HttpSection)
+    voice: VoiceSection = Field(default_factory=VoiceSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
 

@@ -23,6 +23,7 @@ from station.domain.model import (
     ThermalFrame,
     VisibleFrame,
 )
+from station.domain.prompts import Phrase
 
 
 @runtime_checkable
@@ -197,3 +198,20 @@ class Publisher(Protocol):
 
     def connected(self) -> bool:
         """Return True while the transport has a connection."""
+
+
+@runtime_checkable
+class Speaker(Protocol):
+    """A loudspeaker at the gate that says pre-recorded prompts (the voice of a headless gate).
+
+    ``play`` blocks while the clip plays: the station calls it from its own voice thread
+    (``station.lane.voice.VoiceQueue``), never from the lane or the gate's executor.
+    """
+
+    name: str
+
+    def play(self, phrase: Phrase, language: str, volume: int) -> None:
+        """Say ``phrase`` in ``language`` at ``volume`` percent; return once it has been said.
+
+        Raise ``OSError`` when the device or the clip cannot be played.
+        """

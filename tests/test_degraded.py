@@ -111,6 +111,7 @@ def test_a_missing_code_library_and_a_busy_display_port_are_each_named(tmp_path:
         cfg = StationConfig()
         cfg.codes.reader = "pyzbar"
         cfg.http.enabled, cfg.http.port = True, busy.getsockname()[1]
+        cfg.voice.enabled = False  # a sound card or not is this machine's, not the test's (tests/test_speaker_station.py)
         run = DemoRun(cfg, people=1, data_dir=tmp_path / "data", fast=True)
         stop = threading.Event()
         worker = threading.Thread(target=run.run, kwargs={"stop": stop, "max_s": 60, "keep_running": True}, daemon=True)

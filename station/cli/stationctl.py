@@ -31,6 +31,7 @@ from station.cli.doctor_cmd import devices, doctor
 from station.cli.logs_cmd import logs
 from station.cli.operator_url_cmd import operator_url
 from station.cli.outbox_cmd import outbox
+from station.cli.speaker_cmd import test_speaker
 from station.cli.test_cmd import test
 from station.cli.thermal_cmd import calibrate, thermal
 from station.cli.vision_cmd import detect, models_cmd, plates_cmd
@@ -293,6 +294,7 @@ def _print_event(row: dict[str, Any], as_json: bool) -> None:
 config.add_command(config_diff)
 config.add_command(config_edit)
 code.add_command(code_verify)
+test.add_command(test_speaker)
 for verb in (
     outbox,
     models_cmd,

@@ -34,6 +34,7 @@ from station.domain.model import (
     TemperatureMeasurement,
     ThermalFrame,
 )
+from station.domain.prompts import LaneProgress
 from station.domain.thermal import MeasureState, ThermalCalibration, WarmupTracker, measure_face
 from station.domain.tracking import FaceTracker, TrackerSettings, capture_score
 
@@ -277,6 +278,25 @@ class ScreeningLane:
         heights = [h for _, h in s.face_sizes]
         # (1 ms slack: frame timestamps are floats)
         return span >= self.settings.face_stable_s - 1e-3 and max(heights) <= min(heights) * (1.0 + self.settings.face_size_tolerance)
+
+    def progress(self, now: float) -> LaneProgress:
+        """Return what the screened person still has to do (the display's and the voice's next step).
+
+        Read from another thread: one snapshot of the current screening, never a lock on the lane.
+        """
+        s = self._current
+        state = self.state
+        if state is not LaneState.SCREENING or s is None:
+            return LaneProgress(state.value)
+        return LaneProgress(
+            state=state.value,
+            temperature_done=s.temperature_c is not None or not self._temperature_required(),
+            measure_state=s.last_measure_state,
+            code_shown=s.code is not None,
+            invalid_code_shown=s.invalid_code is not None,
+            waited_s=max(0.0, now - s.face_t),
+            code_timeout_s=self.settings.code_timeout_s,
+        )
 
     def on_thermal(self, frame: ThermalFrame) -> Verdict | None:
         """Measure the locked face in ``frame`` (if someone is being screened)."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from station.domain.model import Decision
+from station.domain.prompts import reason_words
 from station.lane.capture import CROP_KINDS
 from station.lane.pipeline import Decided
 from station.link.handlers import CommandError, CommandHandlers
@@ -88,6 +89,7 @@ def decision_message(d: Decided) -> dict[str, Any]:
         "ts": e.wall_ts,
         "decision": e.decision.value,
         "reason": e.reason,
+        "words": reason_words(e.reason, e.decision.value).as_dict(),  # the reason as the public reads it
         "alarm": e.alarm,
         "temperature_c": e.temperature_c,
         "code_colour": e.code_colour.value if e.code_colour else None,
@@ -150,6 +152,8 @@ class OperatorDesk:
         if last is not None:  # after a restart the page shows the last decision, not an empty lane
             keys = ("event_id", "ts", "decision", "reason", "alarm", "temperature_c", "code_colour", "decision_source")
             self.last = {k: last.get(k) for k in keys}
+            self.last["words"] = reason_words(str(last.get("reason") or ""), str(last.get("decision") or "")).as_dict()
+        self.prompt: dict[str, Any] | None = None  # the lane's next step (station.lane.prompting)
         self._subs: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[str | None]]] = set()
         self._lock = threading.Lock()
         self.viewer_seen = threading.Event()  # set when the first page connects (the demo waits for it)
@@ -208,6 +212,11 @@ class OperatorDesk:
         if d.event.alarm:
             self.publish("alarm", {**msg, "ack": None})
 
+    def on_prompt(self, msg: dict[str, Any]) -> None:
+        """Remember and broadcast the lane's next-step prompt (prompt watcher thread)."""
+        self.prompt = msg
+        self.publish("prompt", msg)
+
     # -- reads ------------------------------------------------------------------------------------
     def counts_today(self) -> dict[str, Any]:
         """Return today's decision counts, grouped as the page shows them, and the direction counts."""
@@ -256,6 +265,7 @@ class OperatorDesk:
             "devices": self.devices(),
             "counts": self.counts_today(),
             "last_decision": self.last,
+            "prompt": self.prompt,
             "alarms": alarms,
             "unacknowledged": sum(1 for a in alarms if a["ack"] is None),
             "pin_locked_s": round(self.guard.locked_for(), 1),

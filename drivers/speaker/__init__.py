@@ -1,0 +1,1 @@
+"""The gate's loudspeaker: pre-recorded prompt clips played through ALSA (``aplay``)."""
