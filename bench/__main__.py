@@ -1,9 +1,10 @@
 """Benchmarks: ``python -m bench [--quick] [--json] [--one-core]`` (see bench/README.md).
 
 Prints one JSON object: the headline figures (decision latency over ≥ 100 walk-ups, lane
-throughput, per-stage and per-frame compute on one core and on all cores, the running daemon's RSS
-and cold start, outbox catch-up and event write rates), each stage against its alternative
-(``comparisons``), the targets with ``met`` flags, and the detailed sections they come from.
+throughput, the queue scenarios at walking pace (``lane_scenarios``), per-stage and per-frame
+compute on one core and on all cores, the running daemon's RSS and cold start, outbox catch-up
+and event write rates), each stage against its alternative (``comparisons``), the targets with
+``met`` flags, and the detailed sections they come from.
 Medians and ratios, not single timings: the machines are shared and noisy.
 """
 
@@ -236,6 +237,16 @@ def _qr(quick: bool) -> dict[str, Any]:
         return {"unavailable": f"{type(exc).__name__}: {exc}"}
 
 
+def _lane_scenarios(quick: bool) -> dict[str, Any]:
+    """Run the queue scenarios through the real pipeline at walking pace (bench/lane_scenarios.py)."""
+    from bench.lane_scenarios import run_all
+
+    try:
+        return run_all(6 if quick else 24)
+    except Exception as exc:  # one section failing must not lose the rest of the run
+        return {"scenarios": {"unavailable": f"{type(exc).__name__}: {exc}"}, "targets": {}}
+
+
 def _ratio(a: Any, b: Any, nd: int = 2) -> float | None:
     return round(a / b, nd) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
 
@@ -352,6 +363,9 @@ def main() -> None:
         "to": "decision (before the gate acts)",
     }
     result["lane_people_per_s"] = result["lane"]["decisions_per_s"]
+    queue = _lane_scenarios(args.quick)
+    result["lane_scenarios"] = queue["scenarios"]
+    result["lane_temperature_only_people_per_s"] = queue["scenarios"].get("temperature_only", {}).get("people_per_s")
     result["daemon"] = _daemon(15.0 if args.quick else 30.0, args.one_core)
     result["rss_mb"] = result["daemon"]["person_lane"]["rss_mb"]["max"]
     result["cold_start_s"] = result["daemon"]["person_lane"]["first_decision_s"]
@@ -369,6 +383,7 @@ def main() -> None:
     result["qr"] = _qr(args.quick)
     result["comparisons"] = comparisons(result, mqtt311)
     result["targets"] = targets(result)
+    result["targets"].update(queue["targets"])
     result["elapsed_s"] = round(time.monotonic() - t_start, 1)
     text = json.dumps(result, indent=None if args.json else 2, ensure_ascii=False)
     print(text)

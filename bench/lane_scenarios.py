@@ -248,7 +248,8 @@ def targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     pps = t_only.get("people_per_s")
     rows["temperature_only_people_per_s"] = {"measured": pps, "target_min": 1.0, "met": pps is not None and pps >= 1.0}
     correct = t_only.get("correct")
-    rows["temperature_only_correct"] = {"measured": f"{correct}/{t_only.get('people')}", "met": correct == t_only.get("people")}
+    everyone = correct is not None and correct == t_only.get("people")
+    rows["temperature_only_correct"] = {"measured": f"{correct}/{t_only.get('people')}", "met": everyone}
     added = (t_code.get("added_delay_ms") or {}).get("p95")
     rows["temperature_and_code_added_delay_p95_ms"] = {"measured": added, "target_max": 150.0, "met": added is not None and added <= 150.0}
     single = (t_code.get("decision_latency_ms") or {}).get("p95")

@@ -523,27 +523,31 @@ class QueueDirector:
 
     # -- the gate's side ----------------------------------------------------------------------
     def on_decision(self, decision: str, now: float | None = None, face_box: Box | None = None) -> ScenePerson | None:
-        """Record the gate's decision and return the person it was for (None when nobody fits).
+        """Record the gate's decision and return the person it was for (None when nobody in view fits).
 
-        With ``face_box`` (the decided face, visible pixels) the decision goes to the undecided
-        person whose face overlaps it most; without, to the front of the queue. A queuer walks on
-        ``react_s`` later: through the gate on ``pass``, aside on anything else.
+        With ``face_box`` (the decided face, visible pixels) the decision goes to whoever in view
+        overlaps it most — also someone already decided and walking off (a second decision about
+        one person is recorded in ``outcomes`` but changes nothing); without, to the front of the
+        queue. A queuer's first decision sends them on ``react_s`` later: through the gate on
+        ``pass``, aside on anything else.
         """
         now = self._clock() if now is None else now
         with self._lock:
             self._advance(now)
-            cands = [m for m in self._movers if m.state in _VISIBLE and m.decided_t is None and m.state not in (_PASSING, _ASIDE)]
             chosen: _Mover | None = None
-            if face_box is not None and cands:
-                best = max(cands, key=lambda m: self._face(m).iou(face_box))
-                if self._face(best).iou(face_box) > 0.05:
+            if face_box is not None:
+                cands = [m for m in self._movers if m.state in _VISIBLE]
+                best = max(cands, key=lambda m: self._face(m).iou(face_box), default=None)
+                if best is not None and self._face(best).iou(face_box) > 0.05:
                     chosen = best
-            if chosen is None:
-                front = self._front()
-                chosen = front if front is not None and front.decided_t is None else None
+            else:
+                chosen = self._front()
             if chosen is None:
                 return None
-            self._record(chosen, decision, now)
+            if chosen.decided_t is None:
+                self._record(chosen, decision, now)
+            else:
+                self.outcomes.append((chosen.walker.person, decision))
             return chosen.walker.person
 
     def finished(self, now: float | None = None) -> bool:

@@ -29,7 +29,7 @@ from sim.scene import (
     queue_walkers,
 )
 from sim.thermal_render import ThermalSceneRenderer
-from station.domain.model import CodeColour
+from station.domain.model import Box, CodeColour
 
 MIN_FACE_PX = 120  # the default screening zone (screening.min_face_px)
 
@@ -236,3 +236,20 @@ def test_presets_show_a_phone_or_not(name: str) -> None:
         assert all(w.code_delay_s is None and w.person.code_payload is None for w in queuers)
     else:
         assert all(w.person.code_payload is not None and w.code_delay_s is not None and 0.0 <= w.code_delay_s <= 0.4 for w in queuers)
+
+
+def test_a_decision_about_someone_walking_off_is_not_given_to_the_next_person() -> None:
+    clock = Clock()
+    d = QueueDirector(queue_walkers(cast(3), seed=4, code_delay_s=None, extras=False), clock=clock)
+    while not any(p.state == "at_gate" for p in d.positions(clock.t)):
+        clock.t += 0.02
+    front = next(p for p in d.positions(clock.t) if p.state == "at_gate")
+    assert d.on_decision("pass", clock.t, front.face_box) is not None
+    while not any(p.index == front.index and p.state == "passing" for p in d.positions(clock.t)):
+        clock.t += 0.02
+    leaving = next(p for p in d.positions(clock.t) if p.index == front.index)
+    person = d.on_decision("retry", clock.t, leaving.face_box)  # a station re-screening the leaving face
+    assert person is not None and person.index == front.index
+    assert all(r["decision"] is None for r in d.timeline() if r["index"] != front.index)
+    assert next(r for r in d.timeline() if r["index"] == front.index)["decision"] == "pass"
+    assert d.on_decision("retry", clock.t, Box(0, 0, 5, 5)) is None  # nobody there: unattributed
