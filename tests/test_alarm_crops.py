@@ -329,3 +329,45 @@ def test_demo_with_keep_none_keeps_nothing(tmp_path: Path) -> None:
     result, data = demo(tmp_path, cfg)
     assert [d.event.decision for _, d in result.decided] == [Decision.PASS, Decision.DENY_FEVER]
     assert crop_rows(data / "events.sqlite3") == [] and not (data / CROPS_DIR).exists()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_alarm_card_shows_the_crop_in_the_browser_and_it_is_gone_after_expiry(rig: Rig) -> None:
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    from station.web.operator import OperatorServer
+
+    fever = rig.decide(1, Decision.DENY_FEVER, alarm=True)
+    written(rig, 1)
+    desk = OperatorDesk(
+        store=rig.store, gate=None, identity={"site": "gate-a", "id": "st-01", "lane": "entry"}, settings=DeskSettings(), devices=dict
+    )
+    server = OperatorServer(desk, None, "127.0.0.1", 0)
+    server.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.goto(server.url)
+                card = page.locator(f'#alarm-list li[data-event-id="{fever.event_id}"]')
+                expect(card).to_be_visible(timeout=15000)
+                for kind in ("face", "thermal"):
+                    img = card.locator(f'[data-testid="crop-{kind}"]')
+                    expect(img).to_be_visible()
+                    # Loaded (decoded) from the authenticated route, not a broken-image icon.
+                    page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=10000)
+                purge(rig.store, rig.data_dir, events_days=90, face_crops_days=7, now=time.time() + 8 * DAY_S)
+                # The next status (heartbeat every 2 s) has no crops for the alarm: the pictures leave the card.
+                expect(card.locator("img.crop")).to_have_count(0, timeout=10000)
+                expect(card).to_be_visible()
+            finally:
+                browser.close()
+    finally:
+        server.stop()
