@@ -176,7 +176,9 @@ def test_decisions_route_people_through_or_aside(run: tuple[list[Walker], QueueD
         if w.role is Role.QUEUE:
             assert r["decision"] == w.person.expected
             assert r["entered"] is (w.person.expected == "pass")
-            assert r["arrival_t"] <= r["gate_t"] <= r["last_input_t"] <= r["decided_t"]
+            times = [r["arrival_t"], r["gate_t"], r["last_input_t"], r["decided_t"]]
+            assert all(isinstance(t, float) for t in times)
+            assert times == sorted(t for t in times if isinstance(t, float))
     fever = next(w for w in walkers if w.person.expected == "deny_fever")
     assert any(p.index == fever.person.index and p.state == "aside" for _t, pos in trace for p in pos)
     assert not any(p.index == fever.person.index and p.state == "passing" for _t, pos in trace for p in pos)
