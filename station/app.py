@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the running parts are imported where they are started: stat
     from station.codes.online import OnlineVerifier
     from station.lane.capture import CropWriter
     from station.lane.counts import CountsKeeper
+    from station.lane.idcard_feed import IdCardFeed
     from station.lane.prompting import LanePrompter
     from station.lane.vehicle_loop import PlateLoop
     from station.lane.voice import VoiceQueue
@@ -262,6 +263,7 @@ def lane_for(cfg: StationConfig) -> ScreeningLane:
         temperature=cfg.policy.temperature,
         yellow_code=Decision(cfg.policy.yellow_code),
         uncoloured_code=Decision(cfg.policy.uncoloured_code),
+        idcard_unknown=Decision(cfg.policy.idcard_unknown),
     )
     lane = ScreeningLane(settings, policy, calibration_for(cfg))
     from station.domain.direction import LaneGeometry
@@ -352,6 +354,8 @@ class StationApp:
         self.retention: RetentionThread | None = None
         self.crops: CropWriter | None = None  # [capture] keep is not "none"
         self.control: ControlServer | None = None  # None too when the socket could not be bound
+        self.idcard: IdCardFeed | None = None  # idcard.enabled: the ID card reader as a decision source
+        self.idcard_lookup: OnlineVerifier | None = None  # its centre look-up, with a centre key and a broker
 
     @property
     def db_path(self) -> Path:
@@ -441,6 +445,8 @@ class StationApp:
         self._start_crops(store, pipeline)  # stopped after the pipeline: it writes what the executor queued
         pipeline.start()
         self._push("pipeline", pipeline.stop)
+        if cfg.idcard.enabled:
+            self._start_idcard(pipeline)
 
         if cfg.mqtt.url:
             self._start_sync(store, pipeline, judge)
@@ -460,6 +466,32 @@ class StationApp:
         retention = self._start_retention(store)
         self._start_control(store, pipeline, retention)
         self._ready()
+
+    def _start_idcard(self, pipeline: Pipeline) -> None:
+        """Start the ID card reader as a decision source; a key file that cannot be used degrades it, never the lane."""
+        from drivers.idcard.sam_reader import IdCardSource
+        from station.codes.idcard import HASH_CENTRE, IdHasher, KeyFileError
+        from station.codes.online import OnlineVerifier
+        from station.lane.idcard_feed import IdCardFeed
+
+        cfg, c = self.cfg, self.cfg.idcard
+        try:
+            hasher = IdHasher.from_config(c.key_file, self.data_dir)
+        except KeyFileError as exc:
+            self._degrade("idcard", f"{exc}; ID cards are not read")
+            return
+        if cfg.mqtt.url and hasher.kind == HASH_CENTRE:  # attached to the link in _start_sync
+            self.idcard_lookup = OnlineVerifier(
+                f"{cfg.mqtt.topic_prefix}/{cfg.station.site}/{cfg.station.id}",
+                timeout_s=c.lookup_timeout_s,
+                identity={"station_id": cfg.station.id, "site": cfg.station.site},
+                kind="idcard",
+                subject_field="id_hmac",
+            )
+        reader = IdCardSource(c.port, hasher, hasher.kind, baud=c.baud, poll_s=c.poll_s, reply_timeout_s=c.reply_timeout_s)
+        self.idcard = IdCardFeed(reader, pipeline.offer_code, self.clock, self.idcard_lookup, lambda: pipeline.lane.state)
+        self.idcard.start()
+        self._push("idcard", self.idcard.stop)
 
     def _start_detector(self) -> FaceDetector:
         from station.lane.vision import detector_state
@@ -520,6 +552,8 @@ class StationApp:
         self.link.start()
         for verifier in _online_verifiers(judge):  # online code look-ups ride the station's own link
             verifier.attach(publisher)
+        if self.idcard_lookup is not None:  # and so do ID card look-ups
+            self.idcard_lookup.attach(publisher)
         self._push("mqtt-link", self.link.stop)
         if cfg.snapshots.enabled:  # the board's live picture (station.link.snapshots), only with a broker
             self._start_snapshots(pipeline, publisher)
@@ -596,6 +630,8 @@ class StationApp:
         )
         for online in _online_verifiers(judge):  # code look-up answers are believed only when signed by the same centre keys
             online.trust_centre_keys(keys)
+        if self.idcard_lookup is not None:
+            self.idcard_lookup.trust_centre_keys(keys)
         if cfg.mqtt.ha_discovery:
             from station.link.ha import HaDiscovery, discovery_configs
             from station.link.sync import _VERSION
@@ -803,6 +839,7 @@ class StationApp:
             "uptime_s": round(self.clock.monotonic() - (self.started_t or 0.0), 1),
             "http": self.http.url if self.http is not None else None,
             "codes": [self.code_judge.stats()] if self.code_judge is not None else [],
+            "idcard": self.idcard.stats() if self.idcard is not None else None,
             "crops": self.crops.stats() if self.crops is not None else None,
             # Per stage: state, in-process restarts, contained failures per kind (station.lane.pipeline).
             "stages": self.stage_health(),

@@ -102,6 +102,11 @@ class PolicySection(Section):
         description="What a genuine, in-date code without our colour claim leads to (e.g. an EU Digital COVID "
         "Certificate): manual_check = staff look at it; deny_code = refused. It never passes",
     )
+    idcard_unknown: Literal["manual_check", "deny_code"] = Field(
+        "manual_check",
+        description="What an ID card read the centre did not vouch for leads to (unknown person, expired card, no centre key, "
+        "no answer): manual_check = staff look at the card; deny_code = refused. It never passes",
+    )
 
 
 class ThermalSection(Section):
@@ -240,6 +245,20 @@ class CodesSection(Section):
     )
     online_timeout_s: float = Field(1.5, gt=0.0, le=10.0, description="Online code look-up timeout; then manual_check")
     decode_max_side: int = Field(640, ge=160, le=4096, description="Frames are downscaled to this before decoding")
+
+
+class IdCardSection(Section):
+    """The resident ID card reader (SAM serial protocol): for people without a smartphone."""
+
+    enabled: bool = Field(False, description="Read ID cards at this lane (a card read decides like a health code)")
+    port: str = Field("/dev/ttyUSB1", description="Serial port of the card reader (its /dev/serial/by-id name survives replugs)")
+    baud: int = Field(115200, description="Serial speed of the reader's SAM module")
+    key_file: str = Field(
+        "", description="The centre's ID card key (hex); empty = hashes keyed by the station's own salt, no look-up possible"
+    )
+    poll_s: float = Field(0.3, gt=0.0, le=5.0, description="How often the reader looks for a card")
+    reply_timeout_s: float = Field(1.0, gt=0.0, le=10.0, description="How long one SAM command may take to answer")
+    lookup_timeout_s: float = Field(1.5, gt=0.0, le=10.0, description="Centre look-up timeout; then policy.idcard_unknown")
 
 
 class GateSection(Section):
@@ -450,6 +469,7 @@ class StationConfig(Section):
     vehicle: VehicleSection = Field(default_factory=VehicleSection)
     direction: DirectionSection = Field(default_factory=DirectionSection)
     codes: CodesSection = Field(default_factory=CodesSection)
+    idcard: IdCardSection = Field(default_factory=IdCardSection)
     gate: GateSection = Field(default_factory=GateSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     centre: CentreSection = Field(default_factory=CentreSection)

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from station.codes.idcard import CardFacts
 from station.domain.model import (
     CodeVerdict,
     DecodedCode,
@@ -108,6 +109,25 @@ class FrameCodeVerifier(CodeVerifier, Protocol):
 
     def verify_in_frame(self, code: DecodedCode, image: np.ndarray | None, now_wall: float) -> CodeVerdict:
         """Judge a decoded code, looking at ``image`` around its box when there is one."""
+
+
+@runtime_checkable
+class IdCardReader(Protocol):
+    """A resident ID card reader: hands out each card shown as its keyed hash, masked number and dates, never more."""
+
+    name: str
+
+    def start(self) -> None:
+        """Begin looking for cards (a reader absent now is looked for in the background)."""
+
+    def stop(self) -> None:
+        """Stop and release the reader."""
+
+    def read(self, timeout: float) -> CardFacts | None:
+        """Return the next card shown, or None after ``timeout`` seconds."""
+
+    def stats(self) -> Mapping[str, int | float | str]:
+        """Return the reader's state and counters."""
 
 
 @runtime_checkable

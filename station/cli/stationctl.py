@@ -28,6 +28,7 @@ from station.cli.common import CONFIG_HELP, DATA_DIR_HELP, Ctx, StationGroup, da
 from station.cli.config_cmd import config_diff, config_edit
 from station.cli.data_cmd import data
 from station.cli.doctor_cmd import devices, doctor
+from station.cli.idcard_cmd import idcard, test_idcard
 from station.cli.logs_cmd import logs
 from station.cli.operator_url_cmd import operator_url
 from station.cli.outbox_cmd import outbox
@@ -294,6 +295,7 @@ def _print_event(row: dict[str, Any], as_json: bool) -> None:
 config.add_command(config_diff)
 config.add_command(config_edit)
 code.add_command(code_verify)
+test.add_command(test_idcard)
 test.add_command(test_speaker)
 for verb in (
     outbox,
@@ -312,6 +314,7 @@ for verb in (
     cmd,
     board_user,
     operator_url,
+    idcard,
 ):
     main.add_command(verb)
 

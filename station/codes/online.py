@@ -76,9 +76,19 @@ class OnlineVerifier:
     name = "online"
 
     def __init__(
-        self, base_topic: str, timeout_s: float = 1.5, identity: dict[str, str] | None = None, keys: CommandKeys | None = None
+        self,
+        base_topic: str,
+        timeout_s: float = 1.5,
+        identity: dict[str, str] | None = None,
+        keys: CommandKeys | None = None,
+        *,
+        kind: str = "code",
+        subject_field: str = "token_sha256",
     ) -> None:
-        self.request_topic = f"{base_topic}/lookup/code"
+        # kind "idcard" (station.codes.idcard): the same request/answer, on lookup/idcard, carrying
+        # the ID number's keyed hash in ``subject_field``; the signed answer binds it as token_sha256.
+        self.request_topic = f"{base_topic}/lookup/{kind}"
+        self.subject_field = subject_field
         self.result_topic = f"{self.request_topic}/result"
         self.timeout_s = timeout_s
         self.identity = dict(identity or {})
@@ -124,6 +134,10 @@ class OnlineVerifier:
             return CodeVerdict(CodeStatus.INVALID, None, "unknown_format", SOURCE, None, {})
         if not TOKEN_RE.match(token):
             return CodeVerdict(CodeStatus.INVALID, None, "bad_token", SOURCE, None, {})
+        return self.lookup(token_sha256(token), now_wall)
+
+    def lookup(self, subject_hash: str, now_wall: float) -> CodeVerdict:
+        """Ask the centre about one hash (a token's SHA-256, an ID number's keyed hash) and judge the signed answer."""
         pub = self.publisher
         if pub is None or not pub.connected():
             self.counters["no_network"] += 1
@@ -139,7 +153,7 @@ class OnlineVerifier:
                 **self.identity,
                 "ts": round(now_wall, 3),
                 "id": corr,
-                "token_sha256": token_sha256(token),
+                self.subject_field: subject_hash,
                 "deadline": round(now_wall + self.timeout_s, 3),
             }
             self.counters["requests"] += 1
@@ -152,7 +166,7 @@ class OnlineVerifier:
                 log.warning("code look-up timed out id=%s timeout_s=%.2f", corr, self.timeout_s)
                 return CodeVerdict(CodeStatus.UNVERIFIABLE, None, "online_timeout", SOURCE, None, {"timeout_s": self.timeout_s})
             self.counters["answered"] += 1
-            return self._judge(box[0], now_wall, round((time.monotonic() - t0) * 1000.0, 1), corr, token_sha256(token))
+            return self._judge(box[0], now_wall, round((time.monotonic() - t0) * 1000.0, 1), corr, subject_hash)
         finally:
             with self._lock:
                 self._waiting.pop(corr, None)

@@ -70,6 +70,9 @@ class ScreeningSettings:
     temperature_on: str = "both"
 
 
+IDCARD_SOURCE = "idcard"
+"""``CodeVerdict.source`` of a resident ID card read: decided by ``policy.idcard_unknown`` when not vouched for."""
+
 NOT_SCREENED_EXIT = "not_screened_exit"
 """Temperature state of a person tracked as exiting under ``temperature_on = "entry"``."""
 
@@ -97,14 +100,23 @@ class ScreeningPolicy:
     # A genuine, in-date code that carries no colour of ours (an EU DCC): it proves who issued it, not
     # that the holder may pass, so it is never a pass; staff look (manual_check) or it is refused.
     uncoloured_code: Decision = Decision.MANUAL_CHECK
+    # An ID card the centre could not vouch for (unknown, expired card, no key, no answer): never a pass.
+    idcard_unknown: Decision = Decision.MANUAL_CHECK
 
     def __post_init__(self) -> None:
         if self.uncoloured_code not in (Decision.MANUAL_CHECK, Decision.DENY_CODE):
             raise ValueError(f"uncoloured_code must be manual_check or deny_code, not {self.uncoloured_code}")
+        if self.idcard_unknown not in (Decision.MANUAL_CHECK, Decision.DENY_CODE):
+            raise ValueError(f"idcard_unknown must be manual_check or deny_code, not {self.idcard_unknown}")
 
     def as_record(self) -> dict[str, str]:
         """Return the policies as recorded with every decision."""
-        return {"temperature": self.temperature, "yellow_code": self.yellow_code.value, "uncoloured_code": self.uncoloured_code.value}
+        return {
+            "temperature": self.temperature,
+            "yellow_code": self.yellow_code.value,
+            "uncoloured_code": self.uncoloured_code.value,
+            "idcard_unknown": self.idcard_unknown.value,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +186,18 @@ class _Screening:
     capture: dict[str, Any] | None = None  # the best frame of this person so far: frame_seq, box, score
 
 
-RECORDED_CODE_DETAIL = ("colour", "issuer", "kid", "alg", "expires", "payload_hash", "first_use")
+RECORDED_CODE_DETAIL = (
+    "colour",
+    "issuer",
+    "kid",
+    "alg",
+    "expires",
+    "payload_hash",
+    "first_use",
+    "id_masked",  # an ID card read (station.codes.idcard): never the number itself
+    "id_hash_key",
+    "card_valid_to",
+)
 """Verifier detail copied into the event's ``code`` record (docs/mqtt.md); everything else stays in memory."""
 
 
@@ -430,6 +453,8 @@ class ScreeningLane:
                 return self._decide(self.policy.uncoloured_code, "code_uncoloured", now, alarm=False)
             if v.status is CodeStatus.EXPIRED:
                 return self._decide(Decision.DENY_CODE, f"code_expired:{v.reason}", now, alarm=False)
+            if v.source == IDCARD_SOURCE:  # an ID card read (station.codes.idcard) the centre did not vouch for
+                return self._decide(self.policy.idcard_unknown, f"idcard_unverifiable:{v.reason}", now, alarm=False)
             return self._decide(Decision.MANUAL_CHECK, f"code_unverifiable:{v.reason}", now, alarm=False)
         if now - s.face_t >= st.code_timeout_s:
             if s.invalid_code is not None:

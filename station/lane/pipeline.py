@@ -560,6 +560,10 @@ class Pipeline:
                 self._offer(frame)
                 self._tap(health, self.thermal_taps, frame)
 
+    def offer_code(self, obs: CodeObservation) -> None:
+        """Hand the lane a code judged outside the camera's code stage (an ID card read, station.lane.idcard_feed)."""
+        self._offer(obs)
+
     def _offer(self, item: Any) -> None:
         try:
             self._inbox.put_nowait(item)
