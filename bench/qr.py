@@ -10,6 +10,11 @@ a noisy neighbour does not decide one frame), also on no-code frames alone — t
 most. ``tracking`` replays held-up phones (the same scene with fresh sensor noise each frame, then
 a different code) through the tracking wrapper: decodes avoided and time per frame.
 
+``paper`` compares printed paper codes (``render_paper_scene``: matte, curled, folded) with phone
+screens (the ``clean`` scene) held at the same distances, 0.3–0.8 m, showing the same real
+demo-signed HC1 codes, read by the station's default cascade: codes read / shown per distance and
+condition.
+
 Real photos: every image under ../shared/data is scanned too (tests and benches may read it; the
 product never ships it). They carry no QR labels, so any code found there is listed for a person
 to check; at the time of writing they are faces and number plates and contain no QR code.
@@ -29,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bench.qr_scenes import CONDITIONS, QrScene, scene_set
+from bench.qr_scenes import CONDITIONS, PAPER_CONDITIONS, QrScene, render_paper_scene, render_scene, scene_set
 from bench.stats import percentile
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -133,6 +138,37 @@ def tracking(scenes: list[QrScene], frames: int = 20) -> dict[str, Any]:
     return out
 
 
+PAPER_DISTANCES_M = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def paper(per_cell: int = 10) -> dict[str, Any]:
+    """Return paper vs phone read rates of the default cascade per distance and condition (``per_cell`` frames each)."""
+    from drivers.codes.cascade import CascadeReader
+    from sim.issuer import demo_issuer
+
+    issuer, now = demo_issuer(), time.time()
+    codes = [issuer.issue(("green", "yellow", "red")[i % 3], iat=now - 60 - i, exp=now + 86400).encode() for i in range(per_cell)]
+    reader = CascadeReader()
+    kinds = ("phone", *PAPER_CONDITIONS)
+    read: dict[str, Counter[float]] = {k: Counter() for k in kinds}
+    for d in PAPER_DISTANCES_M:
+        for i, code in enumerate(codes):
+            frames = {"phone": render_scene(i, "clean", distance_m=d, payload=code)}
+            frames.update({c: render_paper_scene(i, c, d, code) for c in PAPER_CONDITIONS})
+            for kind, scene in frames.items():
+                read[kind][d] += code in {c.payload for c in reader.decode(scene.image)}
+    n = per_cell * len(PAPER_DISTANCES_M)
+    paper_read = sum(sum(read[c].values()) for c in PAPER_CONDITIONS)
+    return {
+        "reader": "cascade",
+        "frames_per_cell": per_cell,
+        "per_distance": {f"{d:.1f}": {k: f"{read[k][d]}/{per_cell}" for k in kinds} for d in PAPER_DISTANCES_M},
+        "by_condition": {k: round(sum(read[k].values()) / n, 3) for k in kinds},
+        "phone_rate": round(sum(read["phone"].values()) / n, 3),
+        "paper_rate": round(paper_read / (n * len(PAPER_CONDITIONS)), 3),
+    }
+
+
 def real_photos(rs: dict[str, Any]) -> dict[str, Any]:
     paths = sorted(p for p in SHARED_DATA.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     with_codes: dict[str, dict[str, list[str]]] = {}
@@ -178,6 +214,7 @@ def run(quick: bool = False, per_condition: int | None = None) -> dict[str, Any]
             "met": casc["decoded"] >= results[best_single]["decoded"] and casc["median_ms"] <= GOAL_MS,
         },
         "tracking": tracking(scenes[: 3 if quick else 8], frames=10 if quick else 20),
+        "paper": paper(4 if quick else 10),
         "real_photos": real_photos({"zxing": rs["zxing"], "pyzbar": rs["pyzbar"], "cascade": rs["cascade"]}),
     }
 
@@ -192,6 +229,17 @@ def table(result: dict[str, Any]) -> str:
             f"| {name} | {r['decoded']}/{r['shown']} | {r['decode_rate']:.0%} | {r['false_reads']} | {r['median_ms']} | {r['p95_ms']} | "
             f"{r['median_ms_no_code']} | " + " | ".join(r["by_condition"].get(c, "-") for c in conds) + " |"
         )
+    return "\n".join(rows)
+
+
+def paper_table(result: dict[str, Any]) -> str:
+    """Return the paper vs phone comparison as a markdown table (for the README)."""
+    p = result["paper"]
+    kinds = ["phone", *PAPER_CONDITIONS]
+    rows = ["| distance | " + " | ".join(kinds) + " |", "|" + "---|" * (1 + len(kinds))]
+    for d, cells in p["per_distance"].items():
+        rows.append(f"| {d} m | " + " | ".join(cells[k] for k in kinds) + " |")
+    rows.append("| all | " + " | ".join(f"{p['by_condition'][k]:.0%}" for k in kinds) + " |")
     return "\n".join(rows)
 
 
@@ -210,6 +258,7 @@ def main() -> None:
     print(json.dumps(result, indent=None if args.json else 2, ensure_ascii=False))
     if args.table:
         print(table(result))
+        print(paper_table(result))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,17 @@ Conditions (each scene has one main tag, some have several):
 - ``multi``: two or three phones in view;
 - ``none``: no code (clutter, a phone showing text, blocky patterns): a reader must find nothing.
 
+Printed paper codes (纸质健康码, :func:`render_paper_scene`): a signed code printed on an A6 sheet
+held up by a person without a smartphone. No screen glow: the sheet only reflects the room's light
+(0.55–0.85 of a lit screen), the paper is slightly grey and grainy, the toner grey rather than black
+(lower contrast), and printing spreads each module a little. Three conditions:
+
+- ``matte``: the sheet held flat;
+- ``curled``: bent around a vertical axis like a sheet taken out of a pocket (radius 6–12 cm),
+  shaded by the angle of each part to the light;
+- ``folded``: a crease near the code (8–20° between the two halves), one half darker than the
+  other (a brightness step of 10–25 %) and a thin shadow along the crease.
+
 Payloads are of the two kinds the gate sees: an HC1-like signed container (``HC1:`` + ~210
 Base45 characters → QR version 8, 49 modules) and a short online token (version 3, 29 modules).
 Deterministic for a seed. Nothing here ships with the product: it is bench and test material.
@@ -43,6 +54,8 @@ PHONE_W_M, PHONE_H_M = 0.068, 0.145
 QUIET_MODULES = 2  # apps leave a narrow margin; the screen around it is the rest of the quiet zone
 
 CONDITIONS = ("clean", "angle", "blur", "glare", "moire", "far", "inverted", "multi", "none")
+PAPER_CONDITIONS = ("matte", "curled", "folded")
+PAPER_W_M, PAPER_H_M = 0.105, 0.148  # A6, the size of a printed health-code slip
 BASE45 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 # BGR module colours of the health-code apps (and plain black).
 MODULE_COLOURS = {"green": (60, 150, 0), "yellow": (0, 200, 245), "red": (30, 30, 220), "black": (20, 20, 20)}
@@ -244,8 +257,13 @@ def _camera(canvas: np.ndarray, rng: np.random.Generator, blur: str | None) -> n
     return decoded
 
 
-def render_scene(index: int, condition: str, seed: int = 5) -> QrScene:
-    """One frame for ``condition`` (see the module doc); the same (index, condition, seed) gives the same frame."""
+def render_scene(index: int, condition: str, seed: int = 5, *, distance_m: float | None = None, payload: bytes | None = None) -> QrScene:
+    """Return one frame for ``condition`` (see the module doc); the same arguments give the same frame.
+
+    ``distance_m`` and ``payload`` replace the drawn distance and payload of every phone (the
+    paper/phone comparison holds both at the same distances with the same codes); the random
+    draws are made all the same, so the rest of the scene does not change.
+    """
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}")
     rng = np.random.default_rng([seed, index, CONDITIONS.index(condition)])
@@ -254,13 +272,15 @@ def render_scene(index: int, condition: str, seed: int = 5) -> QrScene:
     n_phones = int(rng.integers(2, 4)) if condition == "multi" else 1
     if condition == "none":
         n_phones = int(rng.integers(0, 2))  # sometimes a phone showing text, no code
+    payload_for = payload
     payloads: list[bytes] = []
     distances: list[float] = []
     # Phones in separate horizontal slots so they do not overlap.
     slots = np.linspace(0, FRAME[0], n_phones + 1)
     for k in range(n_phones):
         has_code = condition != "none"
-        payload = (hc1_like_payload(rng) if rng.random() < 0.5 else token_payload(rng)) if has_code else None
+        drawn = (hc1_like_payload(rng) if rng.random() < 0.5 else token_payload(rng)) if has_code else None
+        payload = payload_for if payload_for is not None and drawn is not None else drawn
         colour = str(rng.choice(list(MODULE_COLOURS)))
         dark = condition == "inverted" or (condition == "multi" and rng.random() < 0.25)
         if condition == "far":
@@ -269,6 +289,8 @@ def render_scene(index: int, condition: str, seed: int = 5) -> QrScene:
             distance = float(rng.uniform(0.35, 0.6))
         else:
             distance = float(rng.uniform(0.3, 0.6))
+        if distance_m is not None:
+            distance = distance_m
         if condition == "angle":
             yaw, pitch = math.radians(rng.uniform(25, 50)) * rng.choice([-1, 1]), math.radians(rng.uniform(0, 35)) * rng.choice([-1, 1])
             if rng.random() < 0.5:
@@ -303,3 +325,132 @@ def render_scene(index: int, condition: str, seed: int = 5) -> QrScene:
 def scene_set(per_condition: int = 24, seed: int = 5) -> list[QrScene]:
     """``per_condition`` frames of every condition, in a fixed order."""
     return [render_scene(i, c, seed) for c in CONDITIONS for i in range(per_condition)]
+
+
+def _paper_texture(payload: bytes, module_px: int, rng: np.random.Generator) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Draw the printed sheet: grey grainy paper, grey toner, a title and text lines; return it, pixels per metre and the QR centre."""
+    modules = qr_modules(payload)
+    n = modules.shape[0]
+    ppm = module_px * n / QR_SIDE_M
+    tw, th = int(round(PAPER_W_M * ppm)), int(round(PAPER_H_M * ppm))
+    paper = np.array([rng.uniform(196, 232)] * 3) * np.array([rng.uniform(0.93, 0.99), rng.uniform(0.97, 1.0), 1.0])  # warm grey
+    tex = np.empty((th, tw, 3), np.float32)
+    tex[:] = paper
+    ink = float(rng.uniform(35, 75))
+    toner = (ink, ink, ink) if rng.random() < 0.7 else (ink + 10, ink + 70, ink)  # black, or a printed green
+    qx, qy = tw / 2.0, 0.045 * ppm + QR_SIDE_M * ppm / 2.0
+    cv2.rectangle(tex, (int(0.015 * ppm), int(0.012 * ppm)), (int(tw - 0.015 * ppm), int(0.02 * ppm)), toner, -1)  # title
+    y = int(qy + QR_SIDE_M * ppm / 2.0 + 0.012 * ppm)
+    while y < th - 0.015 * ppm:
+        x2 = int(0.015 * ppm + rng.uniform(0.3, 0.9) * (tw - 0.03 * ppm))
+        cv2.rectangle(tex, (int(0.015 * ppm), y), (x2, y + max(2, int(0.003 * ppm))), toner, -1)
+        y += int(0.008 * ppm)
+    padded = np.pad(modules, QUIET_MODULES + 2)  # a printed code keeps a wider white margin than an app
+    big = np.repeat(np.repeat(padded, module_px, 0), module_px, 1)
+    side = big.shape[0]
+    x0, y0 = int(round(qx - side / 2.0)), int(round(qy - side / 2.0))
+    region = tex[y0 : y0 + side, x0 : x0 + side]
+    region[big] = toner
+    spread = np.asarray(cv2.GaussianBlur(tex, (0, 0), 0.12 * module_px), dtype=np.float32)  # toner spreads into the paper
+    noise = np.asarray(cv2.GaussianBlur(rng.normal(0.0, 1.0, (th, tw)).astype(np.float32), (0, 0), max(0.6, 0.15 * module_px)))
+    grain = noise * np.float32(rng.uniform(0.02, 0.045) / max(float(noise.std()), 1e-6))
+    return np.clip(spread * (1.0 + grain)[:, :, None], 0, 255).astype(np.uint8), ppm, (qx, qy)
+
+
+def _sheet_points(u: np.ndarray, shape: tuple[str, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Map sheet coordinates ``u`` (metres across, from the QR centre) to (x, z) of the bent sheet.
+
+    ``shape`` is ("flat" | "curl" | "fold", parameter, position): the curl's radius around a
+    vertical axis at ``position``, or the fold's angle (radians) along a vertical crease at it.
+    """
+    kind, param, at = shape
+    if kind == "curl":
+        theta = (u - at) / param
+        return at + param * np.sin(theta), param * (1.0 - np.cos(theta))
+    if kind == "fold":
+        beyond = np.maximum(u - at, 0.0)
+        return np.minimum(u, at) + beyond * math.cos(param), beyond * math.sin(param)
+    return u, np.zeros_like(u)
+
+
+def _place_sheet(
+    canvas: np.ndarray,
+    tex: np.ndarray,
+    ppm: float,
+    qr_centre_px: tuple[float, float],
+    centre_frame: tuple[float, float],
+    distance: float,
+    angles: tuple[float, float, float],
+    light: float,
+    shape: tuple[str, float, float],
+    shade_step: float,
+) -> None:
+    """Project a (possibly bent) sheet onto the canvas in vertical strips, each planar, each lit by its own angle."""
+    th, tw = tex.shape[:2]
+    f = FOCAL_PX * SS
+    cx, cy = canvas.shape[1] / 2.0, canvas.shape[0] / 2.0
+    offset = np.array([(centre_frame[0] * SS - cx) * distance / f, (centre_frame[1] * SS - cy) * distance / f, distance])
+    rot = _rotation(*angles)
+    kind, _, at = shape
+    strips = 1 if kind == "flat" else 28
+    edges = np.linspace(0, tw, strips + 1)
+    if kind == "fold":  # a strip edge exactly on the crease, so each half is one plane
+        crease_px = at * ppm + qr_centre_px[0]
+        edges = np.unique(np.concatenate([np.linspace(0, crease_px, 3), np.linspace(crease_px, tw, 3)]))
+    size = (canvas.shape[1], canvas.shape[0])
+    out = canvas.astype(np.float32)
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        if b - a < 1.0:
+            continue
+        ua, ub = (a - qr_centre_px[0]) / ppm, (b - qr_centre_px[0]) / ppm
+        xs, zs = _sheet_points(np.array([ua, ub]), shape)
+        corners = []
+        for (x, z), vpx in (((xs[0], zs[0]), 0.0), ((xs[1], zs[1]), 0.0), ((xs[1], zs[1]), float(th)), ((xs[0], zs[0]), float(th))):
+            q = rot @ np.array([x, (vpx - qr_centre_px[1]) / ppm, z]) + offset
+            corners.append((f * q[0] / q[2] + cx, f * q[1] / q[2] + cy))
+        src = np.array([(0, 0), (b - a, 0), (b - a, th), (0, th)], dtype=np.float32)
+        H = cv2.getPerspectiveTransform(src, np.array(corners, dtype=np.float32))
+        # How this strip faces the light (from the camera's side): its slope in the sheet.
+        slope = math.atan2(float(zs[1] - zs[0]), float(xs[1] - xs[0]))
+        lit = light * (0.55 + 0.45 * math.cos(slope))
+        if kind == "fold" and a >= crease_px - 0.5:
+            lit *= shade_step
+        # One column past the strip's end (the same plane, extended) so neighbouring strips overlap: no seams.
+        piece = np.ascontiguousarray(tex[:, int(a) : min(tw, int(math.ceil(b)) + 1)]).astype(np.float32) * lit
+        warped = cv2.warpPerspective(piece, H, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        mask = cv2.warpPerspective(np.ones(piece.shape[:2], np.float32), H, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        out = out * (1.0 - mask[:, :, None]) + warped * mask[:, :, None]
+    canvas[:] = np.clip(out, 0, 255).astype(np.uint8)
+
+
+def render_paper_scene(index: int, condition: str, distance_m: float, payload: bytes | None = None, seed: int = 5) -> QrScene:
+    """Return one frame of a printed code at ``distance_m`` under ``condition`` (``PAPER_CONDITIONS``; module doc).
+
+    ``payload`` is what is printed (a real signed HC1 in the tests); by default an HC1-length
+    string. The same arguments give the same frame.
+    """
+    if condition not in PAPER_CONDITIONS:
+        raise ValueError(f"unknown paper condition {condition!r}")
+    rng = np.random.default_rng([seed, index, 100 + PAPER_CONDITIONS.index(condition), int(round(distance_m * 100))])
+    canvas = _background(rng, busy=rng.random() < 0.2)
+    payload = payload if payload is not None else hc1_like_payload(rng)
+    n_modules = qr_modules(payload).shape[0]
+    module_px = max(2, int(math.ceil(FOCAL_PX * SS * QR_SIDE_M / distance_m / n_modules)))
+    tex, ppm, qc = _paper_texture(payload, module_px, rng)
+    yaw, pitch, roll = (math.radians(rng.uniform(-15, 15)), math.radians(rng.uniform(-15, 15)), math.radians(rng.uniform(-20, 20)))
+    half_code = FOCAL_PX * QR_SIDE_M / distance_m * 0.75
+    x = float(rng.uniform(half_code + 10, FRAME[0] - half_code - 10))
+    y = float(rng.uniform(half_code + 10, FRAME[1] - half_code - 10))
+    light = float(rng.uniform(0.55, 0.85))  # reflected room light: no glow of its own
+    side = float(rng.choice([-1.0, 1.0]))
+    if condition == "curled":
+        shape = ("curl", float(rng.uniform(0.06, 0.12)), side * float(rng.uniform(0.0, 0.02)))
+    elif condition == "folded":
+        shape = ("fold", math.radians(rng.uniform(8, 20)) * side, float(rng.uniform(-0.2, 0.2)) * QR_SIDE_M)
+        crease = int(round(shape[2] * ppm + qc[0]))
+        tex[:, max(0, crease - 1) : crease + 1] = (tex[:, max(0, crease - 1) : crease + 1] * 0.8).astype(np.uint8)  # the crease's shadow
+    else:
+        shape = ("flat", 0.0, 0.0)
+    _place_sheet(canvas, tex, ppm, qc, (x, y), distance_m, (yaw, pitch, roll), light, shape, float(rng.uniform(0.75, 0.9)))
+    image = _camera(canvas, rng, None)
+    return QrScene(f"paper-{condition}-{distance_m:.1f}m-{index:03d}", image, (payload,), ("paper", condition), (round(distance_m, 3),))
