@@ -79,6 +79,11 @@ class ScreeningSection(Section):
             "a person tracked as exiting is then decided on the code alone"
         ),
     )
+    zone_x_min: float = Field(0.1, ge=0.0, lt=1.0, description="Left edge of the lane zone (face centre), as a fraction of the frame width")
+    zone_x_max: float = Field(0.9, gt=0.0, le=1.0, description="Right edge of the lane zone, as a fraction of the frame width")
+    side_by_side_ratio: float = Field(
+        0.8, gt=0.0, le=1.0, description="Another undecided face at least this tall (relative) at the decision point: retry, one_at_a_time"
+    )
 
     @model_validator(mode="after")
     def _range_ordered(self) -> ScreeningSection:
@@ -87,6 +92,8 @@ class ScreeningSection(Section):
                 f"need valid_min_c < fever_threshold_c < valid_max_c, got "
                 f"{self.valid_min_c} / {self.fever_threshold_c} / {self.valid_max_c}"
             )
+        if not self.zone_x_min < self.zone_x_max:
+            raise ValueError(f"need zone_x_min < zone_x_max, got {self.zone_x_min} / {self.zone_x_max}")
         return self
 
 

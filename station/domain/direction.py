@@ -5,6 +5,14 @@ growing face (entry by default) and one walking away a shrinking one; with ``by 
 the track's centre moves along that image axis (a camera looking across the lane). A track is
 counted once, the first time its travel passes ``min_travel`` (relative size change, or a fraction
 of the frame's width / height), so a person dithering at the gate is not counted twice.
+
+A person who comes towards the gate and then goes back the way they came has *turned back*: once a
+track that travelled at least half of ``min_travel`` in the entry direction goes back by
+``min_travel`` from the farthest point it reached, it is ``turned_back`` — an entry already counted
+for it is taken back (``turned_back`` counts it instead). A turned-back track that comes towards the
+gate again by ``min_travel`` from the farthest point back is a fresh approach (counted, or turned
+back, anew). A track is *committed* (``commit``) once the gate let it through: from then on it is
+never taken back, whatever it does in front of the camera.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from station.domain.tracking import Track
 
 ENTRY = "entry"
 EXIT = "exit"
+TURNED_BACK = "turned_back"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +44,24 @@ def travel(track: Track, geometry: LaneGeometry, frame_size: tuple[int, int]) ->
     return dx / w if geometry.by == "x" else dy / h
 
 
+def position(track: Track, geometry: LaneGeometry, frame_size: tuple[int, int]) -> float:
+    """Return where the track is along the lane: its face height, or its centre as a fraction of the frame."""
+    if geometry.by == "size":
+        return track.box.height
+    cx, cy = track.box.centre
+    w, h = frame_size
+    return cx / w if geometry.by == "x" else cy / h
+
+
+def _moved(geometry: LaneGeometry, start: float, end: float) -> float:
+    """Return the travel from position ``start`` to ``end``, signed positive in the entry direction."""
+    if geometry.by == "size":
+        d = end / start - 1.0 if start > 0 else 0.0
+    else:
+        d = end - start
+    return d if geometry.entry == "increasing" else -d
+
+
 def passage(track: Track, geometry: LaneGeometry, frame_size: tuple[int, int]) -> str | None:
     """Return ``"entry"``, ``"exit"`` or None (not far enough yet)."""
     d = travel(track, geometry, frame_size)
@@ -50,24 +77,61 @@ class DirectionCounter:
 
     geometry: LaneGeometry = field(default_factory=LaneGeometry)
     counts: dict[str, int] = field(default_factory=lambda: {ENTRY: 0, EXIT: 0})
+    turned_back: int = 0  # people who came towards the gate and went back (in no count above)
     _counted: dict[int, str] = field(default_factory=dict)
+    _start: dict[int, float] = field(default_factory=dict)  # track id → position when first seen
+    _farthest: dict[int, float] = field(default_factory=dict)  # track id → farthest position in the entry direction
+    _committed: set[int] = field(default_factory=set)
 
     def update(self, tracks: list[Track], frame_size: tuple[int, int]) -> list[tuple[int, str]]:
-        """Count the tracks seen in one frame; return the (track id, direction) pairs counted just now."""
+        """Count the tracks seen in one frame; return the (track id, direction) pairs counted or turned back just now."""
         out: list[tuple[int, str]] = []
+        g = self.geometry
         for tr in tracks:
-            if tr.id in self._counted:
+            pos = position(tr, g, frame_size)
+            start = self._start.setdefault(tr.id, pos)
+            farthest = self._farthest.get(tr.id, pos)
+            if _moved(g, farthest, pos) > 0:
+                farthest = pos
+            self._farthest[tr.id] = farthest
+            done = self._counted.get(tr.id)
+            if done == TURNED_BACK:
+                if _moved(g, self._start[tr.id], pos) < 0:
+                    self._start[tr.id] = pos  # the farthest back they went
+                elif _moved(g, self._start[tr.id], pos) >= g.min_travel:
+                    # They came back towards the gate after all: a fresh approach from where they turned.
+                    del self._counted[tr.id]
+                    self._farthest[tr.id] = farthest = pos
+                    done = None
+                    out.append((tr.id, "approaching_again"))
+            if done in (EXIT, TURNED_BACK) or tr.id in self._committed:
                 continue
-            p = passage(tr, self.geometry, frame_size)
+            if _moved(g, start, farthest) >= g.min_travel / 2.0 and _moved(g, farthest, pos) <= -g.min_travel:
+                if done == ENTRY:
+                    self.counts[ENTRY] -= 1  # they never went through: take the entry back
+                self._counted[tr.id] = TURNED_BACK
+                self._start[tr.id] = pos  # a fresh approach is measured from where they went back to
+                self.turned_back += 1
+                out.append((tr.id, TURNED_BACK))
+                continue
+            if done is not None:
+                continue
+            p = passage(tr, g, frame_size)
             if p is not None:
                 self._counted[tr.id] = p
                 self.counts[p] += 1
                 out.append((tr.id, p))
-        if len(self._counted) > 4096:  # ids only grow; old ones can never be seen again
-            for tid in sorted(self._counted)[:2048]:
-                del self._counted[tid]
+        if len(self._start) > 4096:  # ids only grow; old ones can never be seen again
+            for tid in sorted(self._start)[:2048]:
+                for table in (self._counted, self._start, self._farthest):
+                    table.pop(tid, None)
+                self._committed.discard(tid)
         return out
 
+    def commit(self, track_id: int) -> None:
+        """Mark a track as let through the gate: its count (if any) is never taken back."""
+        self._committed.add(track_id)
+
     def direction_of(self, track_id: int) -> str | None:
-        """Return the direction a track was counted in, or None if it has not been counted."""
+        """Return the direction a track was counted in (or ``turned_back``), or None if it has not been counted."""
         return self._counted.get(track_id)

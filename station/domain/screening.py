@@ -1,13 +1,21 @@
 """The screening state machine of one lane: pure, deterministic, driven by observations.
 
-A person enters the zone (a face at least ``min_face_px`` tall) → the face is locked → thermal
-readings are taken on that face until ``stable_samples`` agree → a health code is read and judged →
-one decision. Fever decides at once (no code needed); a missing stage decides ``retry`` when its
-timeout passes, so a slow stage can never stall the lane. After a decision the lane waits for the
-person to leave (no face for ``leave_after_s``) before screening anyone again: one screening per
-person, however long they stand there. Faces are tracked (``station.domain.tracking``), so a
-screening belongs to one track id: a *different* person stepping up after a decision is screened at
-once, and a person replaced mid-screening ends that screening (``retry``) instead of mixing readings.
+A person enters the zone (a face at least ``min_face_px`` tall whose centre lies between
+``zone_x_min`` and ``zone_x_max`` of the frame width) → the nearest such person (largest face) is
+locked at the gate → thermal readings are taken on that face until ``stable_samples`` agree → a
+health code is read and judged → one decision. Fever decides at once (no code needed); a missing
+stage decides ``retry`` when its timeout passes, so a slow stage can never stall the lane.
+
+Every face is tracked (``station.domain.tracking``) and every screening belongs to one track id.
+People queue: each undecided person in the zone has a screening of their own, and thermal readings
+are taken for every one of them on their own face box, so the next person's readings may start
+while the previous one walks through. Readings are never mixed between tracks: a decision uses only
+the readings of its own track. Codes and decisions belong to the person at the gate only.
+
+One screening per person: a decided track is never screened again, however long it stands there
+(when the track is lost for ``leave_after_s`` and comes back, it is a new track). Two undecided
+people side by side at the decision point get ``retry`` / ``one_at_a_time``; a person who turns
+back is not counted as an entry and their screening is abandoned without a decision.
 
 No I/O and no clocks here: every input carries its own monotonic timestamp and ``tick(now)`` drives
 timeouts, so tests replay recorded observations and get the same decisions every time.
@@ -15,14 +23,14 @@ timeouts, so tests replay recorded observations and get the same decisions every
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from statistics import median
 from typing import Any
 
-from station.domain.direction import EXIT, DirectionCounter
+from station.domain.direction import EXIT, TURNED_BACK, DirectionCounter
 from station.domain.model import (
     Box,
     CodeColour,
@@ -44,8 +52,8 @@ UNSTABLE = "unstable"  # a reading taken while the face was still moving or grow
 class LaneState(StrEnum):
     """Where one lane's screening machine stands (transitions: see ``ScreeningLane``)."""
 
-    IDLE = "idle"  # nobody in the zone
-    SCREENING = "screening"  # a person is being screened
+    IDLE = "idle"  # nobody at the gate
+    SCREENING = "screening"  # a person is being screened at the gate
     DECIDED = "decided"  # decision made; waiting for that person to leave
 
 
@@ -68,6 +76,31 @@ class ScreeningSettings:
     # "both": everyone is temperature-screened; "entry": the seeds' one-way mode, a person tracked
     # as leaving is decided on the health code alone (see ``temperature_required``).
     temperature_on: str = "both"
+    # The lane zone across the picture: a face whose centre lies outside these fractions of the
+    # frame width (a passer-by at the edge, someone in the next lane) never starts a screening.
+    zone_x_min: float = 0.1
+    zone_x_max: float = 0.9
+    # Two undecided faces in the zone, the other at least this tall relative to the person at the
+    # gate, are two people presenting together: ``retry`` / ``one_at_a_time`` at the decision point.
+    side_by_side_ratio: float = 0.8
+
+
+ONE_AT_A_TIME = "one_at_a_time"
+"""Reason of the ``retry`` given when two people stand side by side at the decision point."""
+
+LEFT_BEFORE_DECISION = "left_before_decision"
+"""Reason of the ``retry`` given when the person at the gate is gone before a decision."""
+
+
+@dataclass(frozen=True, slots=True)
+class Abandoned:
+    """A screening ended without a decision: no event, no gate action (``ScreeningLane`` says when)."""
+
+    track_id: int
+    reason: str  # "turned_back"
+    t: float
+    at_gate: bool  # the person was at the gate (locked), not still queueing
+    temperature_c: float | None  # their own stable reading, if one was taken
 
 
 IDCARD_SOURCE = "idcard"
@@ -184,6 +217,7 @@ class _Screening:
     invalid_code: CodeObservation | None = None
     track_id: int | None = None  # the tracked person this screening belongs to (station.domain.tracking)
     capture: dict[str, Any] | None = None  # the best frame of this person so far: frame_seq, box, score
+    last_seen_t: float = 0.0  # when this person was last seen in the zone
 
 
 RECORDED_CODE_DETAIL = (
@@ -204,21 +238,31 @@ RECORDED_CODE_DETAIL = (
 class ScreeningLane:
     """One lane's screening state machine: feed it observations; it returns a verdict when a screening ends.
 
-    States and the only transitions between them:
+    States (of the gate) and the only transitions between them:
 
-    - ``IDLE`` → ``SCREENING``: a face at least ``min_face_px`` tall enters the zone; the largest
-      such face is locked by its track id.
+    - ``IDLE`` → ``SCREENING``: an undecided person is in the zone and nobody decided is nearer; the
+      nearest such person (largest face) is locked at the gate by their track id.
     - ``SCREENING`` → ``DECIDED``: a verdict — fever (at once, no code needed), a judged code once
       the temperature is normal or exempt, a sensor fault (``manual_check``), or a stage timeout
-      (``retry``, or ``manual_check`` when only an invalid code was shown).
-    - ``SCREENING`` → ``IDLE``: the person is gone before a decision — not seen for
-      ``leave_after_s``, or replaced at the gate by another track; the verdict is ``retry``
-      (``left_before_decision``).
-    - ``DECIDED`` → ``IDLE``: the decided person is not seen for ``leave_after_s``.
-    - ``DECIDED`` → ``SCREENING``: a different track steps up (passing through ``IDLE`` in the
-      same frame, without waiting for ``leave_after_s``).
+      (``retry``, or ``manual_check`` when only an invalid code was shown). When another undecided
+      face at least ``side_by_side_ratio`` as tall is in the zone at that moment, the verdict is
+      ``retry`` / ``one_at_a_time`` instead (never a fever: a measured fever is never discarded),
+      and the pair is not screened again until one of them steps back or leaves.
+    - ``SCREENING`` → ``IDLE``: the person at the gate is gone before a decision — out of the zone
+      for ``leave_after_s``, or replaced at the gate by an undecided face as large as theirs; the
+      verdict is ``retry`` (``left_before_decision``).
+    - ``SCREENING`` → ``IDLE`` without a verdict: the person turned back (the direction counter
+      says ``turned_back``: they came towards the gate, then went back the way they came). The
+      screening is *abandoned*: no event, no gate action, not counted as an entry; ``abandoned``
+      counts it and ``on_abandoned`` hears it. A queueing person who turns back is dropped the same
+      way; one who is merely lost from view before reaching the gate is dropped silently.
+    - ``DECIDED`` → ``IDLE``: the decided person is not seen in the zone for ``leave_after_s``.
+    - ``DECIDED`` → ``SCREENING``: an undecided person nearer than every decided one in the zone
+      (the decided person walked on or stepped aside), without waiting for ``leave_after_s``.
 
-    The decided person standing on keeps the lane ``DECIDED``: one screening per person.
+    Behind the gate, each undecided person in the zone has a screening of their own that gathers
+    thermal readings on their own face (so they are ready when that person reaches the gate);
+    codes and decisions go to the person at the gate only.
     """
 
     def __init__(
@@ -227,74 +271,156 @@ class ScreeningLane:
         policy: ScreeningPolicy,
         calibration: ThermalCalibration,
         on_verdict: Callable[[Verdict], None] | None = None,
+        on_abandoned: Callable[[Abandoned], None] | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
         self.calibration = calibration
         self.state = LaneState.IDLE
-        self._current: _Screening | None = None
-        self._last_face_t: float | None = None
+        self._screenings: dict[int, _Screening] = {}  # every undecided person in the zone, by track id
+        self._front: int | None = None  # the track at the gate: its screening gets codes and decides
+        self._decided: _Screening | None = None  # the last decided screening, while its person is at the gate
+        self._decided_seen_t: float | None = None  # when a decided person was last seen in the zone
+        self._done: set[int] = set()  # decided or abandoned tracks: never screened again
+        self._one_at_a_time: set[int] = set()  # tracks told "one at a time", until they stand alone
+        self._turned_back: set[int] = set()  # abandoned tracks: screened again only if they come back
+        # The newest camera frame: (box, track id, in the zone) of every face, and its size.
+        self._visible: list[tuple[Box, int, bool]] = []
         self._on_verdict = on_verdict
+        self.on_abandoned = on_abandoned
+        self.abandoned: Counter[str] = Counter()  # abandoned screenings by reason
         self._warmup = WarmupTracker(calibration.warmup_s, calibration.warmup_max_die_rate)
         # A track outlives a detection drop-out as long as a person is allowed to be out of sight.
         self.tracker = FaceTracker(TrackerSettings(memory_s=settings.leave_after_s))
         self.directions = DirectionCounter()  # entries / exits of every tracked face (geometry set by the app)
 
+    @property
+    def _current(self) -> _Screening | None:
+        """Return the screening of the person at the gate: being screened, or decided and still there."""
+        if self._front is not None:
+            return self._screenings.get(self._front)
+        return self._decided if self.state is LaneState.DECIDED else None
+
+    def in_zone(self, box: Box, frame_size: tuple[int, int]) -> bool:
+        """Return True when a face is in the lane zone: tall enough (near enough) and across the lane, not at its edge."""
+        st = self.settings
+        cx = box.centre[0] / frame_size[0] if frame_size[0] > 0 else 0.5
+        return box.height >= st.min_face_px and st.zone_x_min <= cx <= st.zone_x_max
+
+    @property
+    def one_at_a_time(self) -> bool:
+        """Return True while two undecided people stand side by side in the zone (the display says so at once)."""
+        zone = [(b, tid) for b, tid, z in self._visible if z and tid not in self._done]
+        for b, tid in zone:
+            if any(o.height >= self.settings.side_by_side_ratio * b.height for o, oid in zone if oid != tid):
+                return True
+        return False
+
     # -- inputs ---------------------------------------------------------------------------------
     def on_faces(self, obs: FaceObservation) -> Verdict | None:
-        """Track the faces of one visible frame; start, follow or end a screening."""
+        """Track the faces of one visible frame; open, follow or end screenings; lock the next person at the gate."""
         # Every face is tracked, near or far: a person keeps one id from walking up to leaving.
         tracks = self.tracker.update([f.box for f in obs.faces], [f.score for f in obs.faces], obs.captured_t)
         self.directions.update(tracks, obs.frame_size)
-        in_zone = [
-            (f, tr.id, i) for i, (f, tr) in enumerate(zip(obs.faces, tracks, strict=True)) if f.box.height >= self.settings.min_face_px
-        ]
-        if not in_zone:
-            return self.tick(obs.done_t)
-        current_id = self._current.track_id if self._current is not None else None
-        mine = [x for x in in_zone if x[1] == current_id]
-        if self.state is not LaneState.IDLE and not mine:
-            # Somebody else is at the gate and the tracked person is not.
-            if self.state is LaneState.SCREENING:
-                # Never mix one person's readings with the next one's: this screening ends here and
-                # the newcomer's starts with the next frame.
-                return self._decide(Decision.RETRY, "left_before_decision", obs.done_t, alarm=False, person_left=True)
-            # Decided, and a different person stepped up: screen them now, without waiting for
-            # leave_after_s (the previous face may have left only a frame ago).
-            self.state = LaneState.IDLE
-            self._current = None
-        # The tracked person is followed by id; a new screening takes the nearest (largest) face.
-        face, track_id, index = mine[0] if mine else max(in_zone, key=lambda x: x[0].box.area)
-        self._last_face_t = obs.captured_t
-        if self.state is LaneState.IDLE:
-            self.state = LaneState.SCREENING
-            self._current = _Screening(
+        self._done &= set(self.tracker.tracks)  # ids are never reused: a forgotten track cannot come back
+        self._one_at_a_time &= set(self.tracker.tracks)
+        self._turned_back &= set(self.tracker.tracks)
+        seen = list(zip(obs.faces, tracks, strict=True))
+        self._visible = [(f.box, tr.id, self.in_zone(f.box, obs.frame_size)) for f, tr in seen]
+        for tid in [tid for tid in self._screenings if self.directions.direction_of(tid) == TURNED_BACK]:
+            self._abandon(tid, TURNED_BACK, obs.captured_t)
+        for tid in [tid for tid in self._turned_back if self.directions.direction_of(tid) != TURNED_BACK]:
+            self._turned_back.discard(tid)  # they came back towards the gate: screened like anyone else
+            self._done.discard(tid)
+        largest_decided = 0.0
+        for index, (face, tr) in enumerate(seen):
+            if not self._visible[index][2]:
+                continue
+            if tr.id in self._done:
+                largest_decided = max(largest_decided, face.box.height)
+                if self._decided is not None and tr.id == self._decided.track_id:
+                    self._decided_seen_t = obs.captured_t
+                continue
+            self._follow(tr.id, face, index, obs)
+        verdict = None
+        front = self._screenings.get(self._front) if self._front is not None else None
+        if front is not None and front.last_seen_t < obs.captured_t and self._replaced(front):
+            # Someone as near as the person at the gate stands there and the locked person does not:
+            # that person stepped away; the newcomer is screened on their own readings.
+            verdict = self._decide(Decision.RETRY, LEFT_BEFORE_DECISION, obs.done_t, alarm=False, person_left=True)
+        if self._front is None:
+            self._lock_front(largest_decided, obs.done_t)
+        if verdict is not None:
+            return verdict  # one verdict per call; the new person at the gate is evaluated with the next input
+        return self.tick(obs.done_t)
+
+    def _follow(self, track_id: int, face: FaceDetection, index: int, obs: FaceObservation) -> None:
+        """Open or update the screening of one undecided person seen in the zone."""
+        s = self._screenings.get(track_id)
+        if s is None:
+            s = _Screening(
                 enter_t=obs.captured_t,
                 face_t=obs.done_t,
                 face=face,
                 frame_size=obs.frame_size,
                 detect_ms=obs.detect_ms,
                 track_id=track_id,
+                last_seen_t=obs.captured_t,
             )
-            self._current.face_sizes.append((obs.captured_t, face.box.height))
-        elif self.state is LaneState.SCREENING and self._current is not None:
-            self._current.face = face
-            sizes = self._current.face_sizes
-            sizes.append((obs.captured_t, face.box.height))
-            # Keep just enough history to judge the last face_stable_s.
-            while len(sizes) > 2 and sizes[1][0] <= obs.captured_t - self.settings.face_stable_s:
-                sizes.popleft()
-        s = self._current
-        if self.state is LaneState.SCREENING and s is not None and index < len(obs.sharpness):
+            self._screenings[track_id] = s
+        else:
+            s.face, s.frame_size, s.last_seen_t = face, obs.frame_size, obs.captured_t
+        sizes = s.face_sizes
+        sizes.append((obs.captured_t, face.box.height))
+        # Keep just enough history to judge the last face_stable_s.
+        while len(sizes) > 2 and sizes[1][0] <= obs.captured_t - self.settings.face_stable_s:
+            sizes.popleft()
+        if index < len(obs.sharpness):
             # The pipeline keeps the crops; the lane only says which frame was this person's best.
             score = capture_score(face.box.height, obs.sharpness[index], face.score)
             if s.capture is None or score > s.capture["score"]:
                 s.capture = {"frame_seq": obs.frame_seq, "box": face.box.as_list(), "score": round(score, 2)}
-        return self.tick(obs.done_t)
 
-    def face_stable(self) -> bool:
-        """Return True once the locked face has held its size for ``face_stable_s`` (the person stands still)."""
-        s = self._current
+    def _partners(self, s: _Screening) -> list[int]:
+        """Return the other undecided people in the zone whose face is at least ``side_by_side_ratio`` × as tall as ``s``'s."""
+        h = s.face.box.height
+        return [
+            tid
+            for b, tid, z in self._visible
+            if z and tid != s.track_id and tid not in self._done and b.height >= self.settings.side_by_side_ratio * h
+        ]
+
+    def _replaced(self, front: _Screening) -> bool:
+        """Return True when someone as near as the person at the gate stands in the zone (they are not seen this frame)."""
+        return bool(self._partners(front))
+
+    def _side_by_side(self, s: _Screening) -> bool:
+        """Return True when another undecided person as near as ``s`` stands in the zone beside them."""
+        return bool(self._partners(s))
+
+    def _lock_front(self, largest_decided: float, now: float) -> None:
+        """Lock the nearest undecided person in the zone at the gate, unless a decided person is nearer still."""
+        ratio = self.settings.side_by_side_ratio
+        zone = [(b, tid) for b, tid, z in self._visible if z and tid in self._screenings]
+        candidates = []
+        for b, tid in zone:
+            if b.height <= largest_decided:
+                continue  # a decided person stands nearer: the gate is still theirs (a denied person must not slip through)
+            if tid in self._one_at_a_time and any(o.height >= ratio * b.height for o, oid in zone if oid != tid):
+                continue  # told "one at a time" and still side by side: wait until they stand apart
+            candidates.append((b, tid))
+        if not candidates:
+            return
+        _, tid = max(candidates, key=lambda x: x[0].area)
+        s = self._screenings[tid]
+        s.face_t = max(now, s.face_t)  # locked at the gate now: stage timeouts count from here
+        self._front = tid
+        self._decided = None
+        self.state = LaneState.SCREENING
+
+    def face_stable(self, s: _Screening | None = None) -> bool:
+        """Return True once a face (default: the one at the gate) has held its size for ``face_stable_s``."""
+        s = s if s is not None else self._current
         if s is None or len(s.face_sizes) < 2:
             return False
         span = s.face_sizes[-1][0] - s.face_sizes[0][0]
@@ -322,43 +448,54 @@ class ScreeningLane:
         )
 
     def on_thermal(self, frame: ThermalFrame) -> Verdict | None:
-        """Measure the locked face in ``frame`` (if someone is being screened)."""
+        """Measure every undecided person's face in ``frame``; each reading goes to that person's own screening."""
         # Every frame feeds the warm-up tracker, screening or not: the die's history is the evidence.
         warming = self._warmup.update(frame.t, frame.die_c)
-        if self.state is not LaneState.SCREENING or self._current is None:
+        for tid, s in self._screenings.items():
+            if tid != self._front:
+                m = measure_face(frame, s.face.box, self.calibration, others=self._other_faces(s), warming_up=warming)
+                self._take_reading(s, m)
+        front = self._screenings.get(self._front) if self._front is not None else None
+        if front is None or self.state is not LaneState.SCREENING:
             return None
-        m = measure_face(frame, self._current.face.box, self.calibration, others=self._other_faces(), warming_up=warming)
+        m = measure_face(frame, front.face.box, self.calibration, others=self._other_faces(front), warming_up=warming)
         return self.on_temperature(m)
 
-    def _other_faces(self) -> list[Box]:
-        """Return the faces in the newest camera frame other than the screened person's.
+    def _other_faces(self, s: _Screening | None = None) -> list[Box]:
+        """Return the faces in the newest camera frame that could mix into a reading of ``s``'s face.
 
-        One as near as the screened face makes the reading ambiguous (``several_people``).
+        One as near as the measured face makes the reading ambiguous (``several_people``, judged by
+        ``measure_face``). A decided person whose face does not touch the measured one is left out:
+        they are walking through, and their heat is elsewhere in the picture.
         """
-        s = self._current
-        tracks = self.tracker.tracks
-        if s is None or not tracks:
+        s = s if s is not None else self._current
+        if s is None:
             return []
-        newest = max(tr.last_t for tr in tracks.values())
-        return [tr.box for tid, tr in tracks.items() if tid != s.track_id and tr.last_t >= newest]
+        return [b for b, tid, _ in self._visible if tid != s.track_id and (tid not in self._done or _touch(b, s.face.box))]
 
     def on_temperature(self, m: TemperatureMeasurement) -> Verdict | None:
-        """Take one reading of the screened face; a run of ``stable_samples`` agreeing readings is the temperature."""
+        """Take one reading of the face at the gate; a run of ``stable_samples`` agreeing readings is the temperature."""
         s = self._current
         if self.state is not LaneState.SCREENING or s is None:
             return None
-        state = m.state
-        if state == MeasureState.MEASURED and not self.face_stable():
-            state = UNSTABLE
-        s.last_measure_state = state
-        s.measure_states[state] = s.measure_states.get(state, 0) + 1
+        state = self._take_reading(s, m)
         if state == MeasureState.SENSOR_FAULT and (s.temperature_c is not None or self._temperature_required()):
             # (an exiting person in one-way mode needs no reading, so a sensor fault does not stop them)
             return self._decide(Decision.MANUAL_CHECK, "sensor_fault", m.t, alarm=False)
+        return self._evaluate(m.t)
+
+    def _take_reading(self, s: _Screening, m: TemperatureMeasurement) -> str:
+        """Add one reading to ``s`` (only ever its own face's); return the state it counted as."""
+        state = m.state
+        if state == MeasureState.MEASURED and not self.face_stable(s):
+            state = UNSTABLE
+        s.last_measure_state = state
+        s.measure_states[state] = s.measure_states.get(state, 0) + 1
         if s.temperature_c is None:
             if state == MeasureState.MEASURED and m.core_c is not None:
                 s.samples.append(m)
-                window = s.samples[-self.settings.stable_samples :]
+                del s.samples[: -self.settings.stable_samples]
+                window = s.samples
                 values = [x.core_c for x in window if x.core_c is not None]
                 if len(values) >= self.settings.stable_samples and max(values) - min(values) <= self.settings.max_sample_spread_c:
                     s.temperature = window[-1]
@@ -367,7 +504,7 @@ class ScreeningLane:
             else:
                 # A frame that cannot be measured breaks the run: agreement must be consecutive.
                 s.samples.clear()
-        return self._evaluate(m.t)
+        return state
 
     def on_code(self, obs: CodeObservation) -> Verdict | None:
         """Take one judged health code for the person being screened."""
@@ -386,17 +523,33 @@ class ScreeningLane:
 
     def tick(self, now: float) -> Verdict | None:
         """Advance timeouts to ``now``."""
-        st = self.settings
+        leave = self.settings.leave_after_s
+        for tid in [tid for tid, s in self._screenings.items() if tid != self._front and now - s.last_seen_t >= leave]:
+            del self._screenings[tid]  # lost from view while queueing: they never reached the gate
         if self.state is LaneState.DECIDED:
-            if self._last_face_t is None or now - self._last_face_t >= st.leave_after_s:
+            if self._decided_seen_t is None or now - self._decided_seen_t >= leave:
                 self.state = LaneState.IDLE
-                self._current = None
+                self._decided = None
             return None
-        if self.state is not LaneState.SCREENING or self._current is None:
+        s = self._current
+        if self.state is not LaneState.SCREENING or s is None:
             return None
-        if self._last_face_t is not None and now - self._last_face_t >= st.leave_after_s:
-            return self._decide(Decision.RETRY, "left_before_decision", now, alarm=False, person_left=True)
+        if now - s.last_seen_t >= leave:
+            return self._decide(Decision.RETRY, LEFT_BEFORE_DECISION, now, alarm=False, person_left=True)
         return self._evaluate(now)
+
+    def _abandon(self, track_id: int, reason: str, t: float) -> None:
+        """End a screening without a decision (no event, no gate action) and never screen that track again."""
+        s = self._screenings.pop(track_id)
+        self._done.add(track_id)
+        self._turned_back.add(track_id)
+        at_gate = track_id == self._front
+        if at_gate:
+            self._front = None
+            self.state = LaneState.IDLE
+        self.abandoned[reason] += 1
+        if self.on_abandoned is not None:
+            self.on_abandoned(Abandoned(track_id, reason, t, at_gate, s.temperature_c))
 
     def on_staff_check(self, check: StaffCheck) -> tuple[Verdict | None, str]:
         """Decide the person at the gate as staff say; return the verdict, or None and why it was refused.
@@ -481,6 +634,10 @@ class ScreeningLane:
     ) -> Verdict:
         s = self._current
         assert s is not None
+        if source == "station" and not person_left and not alarm and reason != "sensor_fault" and self._side_by_side(s):
+            # Two undecided people at the gate: whose code, whose face? Neither is decided on the
+            # other's evidence; they are asked to come one at a time (a fever is never discarded).
+            decision, reason = Decision.RETRY, ONE_AT_A_TIME
         exempt = s.temperature_c is None and not self._temperature_required()
         if exempt:
             reason = f"{reason};temperature:{NOT_SCREENED_EXIT}"  # the record says why there is no reading
@@ -541,11 +698,34 @@ class ScreeningLane:
             source=source,
             event_id=event_id,
         )
-        if person_left:
-            self.state = LaneState.IDLE
-            self._current = None
-        else:
-            self.state = LaneState.DECIDED
+        self._close(s, verdict, person_left)
         if self._on_verdict is not None:
             self._on_verdict(verdict)
         return verdict
+
+    def _close(self, s: _Screening, verdict: Verdict, person_left: bool) -> None:
+        """Move the lane on after ``verdict`` ended ``s``'s screening (see the class docstring)."""
+        tid = s.track_id
+        if tid is not None:
+            self._screenings.pop(tid, None)
+            if verdict.reason == ONE_AT_A_TIME:
+                # Both (all) of them are screened afresh once they stand apart, the nearest first.
+                self._one_at_a_time.update([tid, *self._partners(s)])
+            else:
+                self._done.add(tid)
+            if verdict.decision is Decision.PASS:
+                self.directions.commit(tid)  # through the gate: no longer "turned back" if they look round
+        self._front = None
+        if person_left or verdict.reason == ONE_AT_A_TIME:
+            self.state = LaneState.IDLE
+            self._decided = None
+        else:
+            self.state = LaneState.DECIDED
+            self._decided = s
+            self._decided_seen_t = s.last_seen_t
+
+
+def _touch(a: Box, b: Box) -> bool:
+    """Return True when two boxes overlap or nearly touch (within a tenth of the smaller face's height)."""
+    m = 0.1 * min(a.height, b.height)
+    return a.x1 - m < b.x2 and b.x1 - m < a.x2 and a.y1 - m < b.y2 and b.y1 - m < a.y2

@@ -58,7 +58,7 @@ from station.domain.model import (
     ThermalFrame,
     VisibleFrame,
 )
-from station.domain.screening import LaneState, ScreeningLane, StaffCheck, Verdict
+from station.domain.screening import Abandoned, LaneState, ScreeningLane, StaffCheck, Verdict
 from station.domain.thermal import MeasureState
 from station.lane.capture import CaptureKeeper
 from station.lane.frame_gate import FrameGate
@@ -354,6 +354,12 @@ class Pipeline:
         self.captures = CaptureKeeper()
         self.frame_gate = FrameGate(self.settings.detect_max_rate_hz, self.settings.detect_skip_diff)
         self.last_decided: Decided | None = None
+        lane.on_abandoned = self._abandoned
+
+    def _abandoned(self, a: Abandoned) -> None:
+        """Count and log a screening the lane ended without a decision (no event; the gate does nothing)."""
+        self.counters.add(f"abandoned_{a.reason}")
+        log.info("screening abandoned", extra={"track_id": a.track_id, "reason": a.reason, "at_gate": a.at_gate})
 
     def add_listener(self, fn: Callable[[Decided], None]) -> None:
         """Call ``fn`` (on the executor thread) after each decision was recorded and the gate acted."""
@@ -764,4 +770,5 @@ class Pipeline:
         out["unrecorded_pending"] = len(self._unrecorded)
         out["lane_state"] = self.lane.state.value
         out["direction_counts"] = dict(self.lane.directions.counts)
+        out["turned_back"] = self.lane.directions.turned_back
         return out
