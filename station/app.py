@@ -732,7 +732,10 @@ class StationApp:
             self.voice = VoiceQueue(speaker, v.language, VolumeSchedule.parse(v.volume, v.quiet_hours, v.quiet_volume))
             self.voice.start()
             self._push("voice", self.voice.stop)
-        self.prompter = LanePrompter(pipeline.lane.progress, voice=self.voice, monotonic=self.clock.monotonic)
+        # With an ID card reader at the lane, a person without a code is told to use it.
+        self.prompter = LanePrompter(
+            pipeline.lane.progress, voice=self.voice, id_reader=self.cfg.idcard.enabled, monotonic=self.clock.monotonic
+        )
         if self.http is not None:
             self.prompter.listeners.append(self.http.desk.on_prompt)
         pipeline.add_listener(self.prompter.on_decided)

@@ -89,6 +89,9 @@ def test_status_shape_counts_last_decision_and_alarms(rig: Rig) -> None:
     assert s["counts"]["direction_entry"] == 4
     assert s["last_decision"]["event_id"] == fever.event.event_id
     assert s["last_decision"]["decision"] == "deny_fever"
+    # The reason in words for the public, both languages (station/domain/prompts.py); no next step yet.
+    assert s["last_decision"]["words"] == {"key": "fever", "zh": "体温异常", "en": "Temperature high"}
+    assert s["prompt"] is None
     assert [a["event_id"] for a in s["alarms"]] == [fever.event.event_id]
     assert s["alarms"][0]["ack"] is None and s["unacknowledged"] == 1
     assert s["ui"] == {
@@ -296,10 +299,16 @@ def test_sse_delivers_decisions_alarms_and_acks(served: tuple[Rig, LiveView, Ope
         fever = rig.decide(7, alarm=True)
         got = [next(events) for _ in range(2)]
         assert got[0][0] == "decision" and got[0][1]["event_id"] == fever.event.event_id and got[0][1]["decision"] == "deny_fever"
+        assert got[0][1]["words"]["zh"] == "体温异常" and got[0][1]["words"]["en"] == "Temperature high"
         assert got[1][0] == "alarm" and got[1][1]["ack"] is None
         httpx.post(server.url + f"api/alarms/{fever.event.event_id}/ack", json={"operator": "Li", "pin": PIN}).raise_for_status()
         kind, ack = next((k, d) for k, d in events if k == "ack")
         assert ack["operator"] == "Li" and ack["event_id"] == fever.event.event_id
+        # The lane's next step reaches the page as words (the prompt watcher calls on_prompt).
+        rig.desk.on_prompt({"state": "screening", "prompt": {"key": "show_code", "zh": "请出示健康码", "en": "Show your health code"}})
+        kind, step = next((k, d) for k, d in events if k == "prompt")
+        assert step["prompt"]["zh"] == "请出示健康码" and step["state"] == "screening"
+        assert rig.client.get("/api/status").json()["prompt"] == step
 
 
 def mjpeg_parts(chunks: Iterator[bytes], n: int) -> list[bytes]:

@@ -38,6 +38,16 @@ new MutationObserver(() => {
 }).observe(document, {subtree: true, attributes: true, attributeFilter: ["class", "data-decision"]});
 """
 
+# Records every next-step prompt the page shows (they last only while a person is screened).
+PROMPTS_SEEN = """
+window.__prompts = [];
+new MutationObserver(() => {
+  const el = document.getElementById("prompt-main"), box = document.getElementById("prompt");
+  const text = el && box && !box.hidden ? el.textContent : "";
+  if (text && window.__prompts[window.__prompts.length - 1] !== text) window.__prompts.push(text);
+}).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -157,6 +167,7 @@ def test_operator_page_pass_fever_ack_pin_and_override(browser, tmp_path: Path) 
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.add_init_script(RECORDER)
+        page.add_init_script(PROMPTS_SEEN)
         page.goto(demo.url)
         expect(page.get_by_test_id("conn")).to_have_class("conn online")
 
@@ -172,6 +183,12 @@ def test_operator_page_pass_fever_ack_pin_and_override(browser, tmp_path: Path) 
         expect(alarm).to_have_count(1)
         expect(page.get_by_test_id("unacked")).to_have_text("1")
         expect(page.get_by_test_id("temp")).to_have_class("temp fever")
+        # The reason in words, big enough to read at 1.5 m (>= 48 px on a 1280x800 display), English below.
+        expect(page.get_by_test_id("reason")).to_have_text("体温异常")
+        expect(page.get_by_test_id("reason-alt")).to_have_text("Temperature high")
+        assert page.evaluate("parseFloat(getComputedStyle(document.getElementById('reason')).fontSize)") >= 48
+        # The next step came from the lane's state over SSE while the person was screened.
+        assert "请看屏幕" in page.evaluate("window.__prompts"), page.evaluate("window.__prompts")
         page.wait_for_function("document.getElementById('live').naturalWidth > 0")  # the MJPEG picture arrived
         shot(page, "operator-fever.png", tmp_path)
         event_id = alarm.get_attribute("data-event-id")
@@ -210,6 +227,7 @@ def test_operator_page_pass_fever_ack_pin_and_override(browser, tmp_path: Path) 
 
         page.get_by_test_id("lang").click()
         expect(page.get_by_test_id("open-gate")).to_have_text("Open gate once")
+        expect(page.get_by_test_id("reason")).to_have_text("Temperature high")
 
         # The daemon restarts: the page says offline, then reconnects by itself (no reload) and
         # shows the new station's next decision; the acknowledged alarm is still listed as such.

@@ -144,6 +144,9 @@ class VoiceQueue:
                 while not self._pending and not self._stop:
                     self._cond.wait()
                 if self._stop:
+                    for left in self._pending:  # each prompt still gets its one line, said or not
+                        log.info("voice prompt dropped", extra={"voice": self._fields(left, replaced_by="stop")})
+                    self.dropped += len(self._pending)
                     self._pending.clear()
                     return
                 item = self._pending.popleft()
