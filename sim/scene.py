@@ -681,10 +681,9 @@ class QueueScenario:
 def queue_scenario(name: str, people: int, seed: int, now_wall: float, fever_threshold_c: float = 37.3) -> QueueScenario:
     """Return one of ``SCENARIOS`` with ``people`` queuers (plus the turn-back person and the passer-by).
 
-    - ``temperature_only``: one-way temperature mode (``screening.temperature_on = "entry"``, the
-      seeds' 单向测温); nobody shows a phone; the third queuer has a fever. Expected: ``pass`` for a
-      normal temperature, ``deny_fever`` for the fever (a lane that still waits for a code decides
-      ``retry`` instead, and the bench reports that as wrong).
+    - ``temperature_only``: a temperature-only lane (``screening.code_required = false`` and
+      ``temperature_on = "entry"``, the seeds' 单向测温); nobody shows a phone; the third queuer has a
+      fever. Expected: ``pass`` for a normal temperature, ``deny_fever`` for the fever.
     - ``temperature_and_code_prompt``: everyone holds up a valid green code within 0.4 s of reaching
       the gate line; the third has a fever.
     - ``mixed``: the demo's cast (``sim.demo.CAST``: fever, red, yellow, no code, expired, a payment
@@ -717,7 +716,7 @@ def queue_scenario(name: str, people: int, seed: int, now_wall: float, fever_thr
         return QueueScenario(
             name,
             tuple(queue_walkers(cast, seed, code_delay_s=None)),
-            {"screening": {"temperature_on": "entry"}},
-            "one-way temperature lane (单向测温): nobody shows a phone",
+            {"screening": {"temperature_on": "entry", "code_required": False}},
+            "temperature-only lane (单向测温): no code check, nobody shows a phone",
         )
     return QueueScenario(name, tuple(queue_walkers(cast, seed)), {}, "temperature and a green code held up within 0.4 s of arriving")

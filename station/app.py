@@ -258,6 +258,7 @@ def lane_for(cfg: StationConfig) -> ScreeningLane:
         face_stable_s=s.face_stable_s,
         face_size_tolerance=s.face_size_tolerance,
         temperature_on=s.temperature_on,
+        code_required=s.code_required,
         zone_x_min=s.zone_x_min,
         zone_x_max=s.zone_x_max,
         side_by_side_ratio=s.side_by_side_ratio,

@@ -79,6 +79,13 @@ class ScreeningSection(Section):
             "a person tracked as exiting is then decided on the code alone"
         ),
     )
+    code_required: bool = Field(
+        True,
+        description=(
+            "false: a temperature-only lane (no health-code check): a normal temperature passes with reason "
+            "temperature_only; a code shown anyway is still judged"
+        ),
+    )
     zone_x_min: float = Field(0.1, ge=0.0, lt=1.0, description="Left edge of the lane zone (face centre), as a fraction of the frame width")
     zone_x_max: float = Field(0.9, gt=0.0, le=1.0, description="Right edge of the lane zone, as a fraction of the frame width")
     side_by_side_ratio: float = Field(

@@ -91,3 +91,39 @@ def test_config_default_is_both_and_the_value_is_checked() -> None:
     assert StationConfig.model_validate({"screening": {"temperature_on": "entry"}}).screening.temperature_on == "entry"
     with pytest.raises(ValueError):
         StationConfig.model_validate({"screening": {"temperature_on": "exit"}})
+
+
+def temperature_only_lane():  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return lane(settings=replace(SETTINGS, code_required=False, face_stable_s=0.0))
+
+
+def test_temperature_only_lane_passes_a_normal_reading_without_waiting_for_a_code() -> None:
+    ln = temperature_only_lane()
+    t = walk(ln, TOWARDS)
+    ln.on_temperature(temp(t + 0.1, 36.6))
+    v = ln.on_temperature(temp(t + 0.2, 36.7))
+    assert v is not None and v.decision is Decision.PASS and v.reason == "temperature_only"
+    assert v.stage_t["decision"] - v.stage_t["temperature"] < 1e-9, "no code wait after the reading"
+
+
+def test_temperature_only_lane_still_denies_a_fever_and_a_red_code_shown_anyway() -> None:
+    ln = temperature_only_lane()
+    t = walk(ln, TOWARDS)
+    ln.on_temperature(temp(t + 0.1, 38.4))
+    v = ln.on_temperature(temp(t + 0.2, 38.5))
+    assert v is not None and v.decision is Decision.DENY_FEVER and v.alarm
+    ln2 = temperature_only_lane()
+    t = walk(ln2, TOWARDS)
+    assert ln2.on_code(code(t + 0.05, CodeColour.RED)) is None  # no temperature yet
+    ln2.on_temperature(temp(t + 0.1, 36.6))
+    v2 = ln2.on_temperature(temp(t + 0.2, 36.7))
+    assert v2 is not None and v2.decision is Decision.DENY_CODE and v2.reason == "code_red"
+
+
+def test_code_required_is_the_default_and_a_config_key() -> None:
+    from station.config import StationConfig
+
+    assert StationConfig().screening.code_required is True and ScreeningSettings().code_required is True
+    assert StationConfig.model_validate({"screening": {"code_required": False}}).screening.code_required is False

@@ -234,7 +234,7 @@ def test_presets_show_a_phone_or_not(name: str) -> None:
     assert len(queuers) == 8
     assert {w.person.expected for w in queuers} == {"pass", "deny_fever"}
     if name == "temperature_only":
-        assert sc.config == {"screening": {"temperature_on": "entry"}}
+        assert sc.config == {"screening": {"temperature_on": "entry", "code_required": False}}
         assert all(w.code_delay_s is None and w.person.code_payload is None for w in queuers)
     else:
         assert all(w.person.code_payload is not None and w.code_delay_s is not None and 0.0 <= w.code_delay_s <= 0.4 for w in queuers)

@@ -67,6 +67,7 @@ REASON_WORDS: dict[str, Phrase] = {
     p.key: p
     for p in (
         _p("ok", "体温正常，健康码有效", "Temperature normal, health code valid"),
+        _p("temperature_only", "体温正常，请通行", "Temperature normal, please go ahead"),
         _p("fever", "体温异常", "Temperature high"),
         _p("fever_soft_policy", "体温偏高，请工作人员复核", "Temperature high, staff will check"),
         _p("code_red", "健康码为红码", "Red health code"),

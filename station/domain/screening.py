@@ -76,6 +76,9 @@ class ScreeningSettings:
     # "both": everyone is temperature-screened; "entry": the seeds' one-way mode, a person tracked
     # as leaving is decided on the health code alone (see ``temperature_required``).
     temperature_on: str = "both"
+    # False: a temperature-only lane (the seeds' 单向测温 points with no code check): a normal
+    # temperature passes at once with reason ``temperature_only``; a code shown anyway is still judged.
+    code_required: bool = True
     # The lane zone across the picture: a face whose centre lies outside these fractions of the
     # frame width (a passer-by at the edge, someone in the next lane) never starts a screening.
     zone_x_min: float = 0.1
@@ -84,6 +87,9 @@ class ScreeningSettings:
     # gate, are two people presenting together: ``retry`` / ``one_at_a_time`` at the decision point.
     side_by_side_ratio: float = 0.8
 
+
+TEMPERATURE_ONLY = "temperature_only"
+"""Reason of a ``pass`` on temperature alone, in a lane configured without a code check."""
 
 ONE_AT_A_TIME = "one_at_a_time"
 """Reason of the ``retry`` given when two people stand side by side at the decision point."""
@@ -609,6 +615,8 @@ class ScreeningLane:
             if v.source == IDCARD_SOURCE:  # an ID card read (station.codes.idcard) the centre did not vouch for
                 return self._decide(self.policy.idcard_unknown, f"idcard_unverifiable:{v.reason}", now, alarm=False)
             return self._decide(Decision.MANUAL_CHECK, f"code_unverifiable:{v.reason}", now, alarm=False)
+        if not st.code_required:
+            return self._decide(Decision.PASS, TEMPERATURE_ONLY, now, alarm=False)
         if now - s.face_t >= st.code_timeout_s:
             if s.invalid_code is not None:
                 return self._decide(Decision.MANUAL_CHECK, f"code_invalid:{s.invalid_code.verdict.reason}", now, alarm=False)
