@@ -318,7 +318,7 @@ class ScreeningLane:
         """Return True while two undecided people stand side by side in the zone (the display says so at once)."""
         zone = [(b, tid) for b, tid, z in self._visible if z and tid not in self._done]
         for b, tid in zone:
-            if any(o.height >= self.settings.side_by_side_ratio * b.height for o, oid in zone if oid != tid):
+            if any(self._similar_size(o.height, b.height) for o, oid in zone if oid != tid):
                 return True
         return False
 
@@ -388,13 +388,19 @@ class ScreeningLane:
                 s.capture = {"frame_seq": obs.frame_seq, "box": face.box.as_list(), "score": round(score, 2)}
 
     def _partners(self, s: _Screening) -> list[int]:
-        """Return the other undecided people in the zone whose face is at least ``side_by_side_ratio`` × as tall as ``s``'s."""
+        """Return the other undecided people in the zone whose face is about as tall as ``s``'s (``_similar_size``)."""
         h = s.face.box.height
-        return [
-            tid
-            for b, tid, z in self._visible
-            if z and tid != s.track_id and tid not in self._done and b.height >= self.settings.side_by_side_ratio * h
-        ]
+        return [tid for b, tid, z in self._visible if z and tid != s.track_id and tid not in self._done and self._similar_size(b.height, h)]
+
+    def _similar_size(self, other: float, this: float) -> bool:
+        """Return True when two faces are about as tall (as near): within ``side_by_side_ratio`` either way.
+
+        A face much larger than the person at the gate is nearer than the gate: someone already
+        through it (a decided person the tracker lost and found again as they walked off), never a
+        second person presenting beside them.
+        """
+        ratio = self.settings.side_by_side_ratio
+        return ratio * this <= other <= this / ratio
 
     def _replaced(self, front: _Screening) -> bool:
         """Return True when someone as near as the person at the gate stands in the zone (they are not seen this frame)."""
@@ -406,13 +412,12 @@ class ScreeningLane:
 
     def _lock_front(self, largest_decided: float, now: float) -> None:
         """Lock the nearest undecided person in the zone at the gate, unless a decided person is nearer still."""
-        ratio = self.settings.side_by_side_ratio
         zone = [(b, tid) for b, tid, z in self._visible if z and tid in self._screenings]
         candidates = []
         for b, tid in zone:
             if b.height <= largest_decided:
                 continue  # a decided person stands nearer: the gate is still theirs (a denied person must not slip through)
-            if tid in self._one_at_a_time and any(o.height >= ratio * b.height for o, oid in zone if oid != tid):
+            if tid in self._one_at_a_time and any(self._similar_size(o.height, b.height) for o, oid in zone if oid != tid):
                 continue  # told "one at a time" and still side by side: wait until they stand apart
             candidates.append((b, tid))
         if not candidates:
