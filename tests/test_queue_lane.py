@@ -357,3 +357,13 @@ def test_direction_counts_are_right_for_a_queue_at_walking_pace() -> None:
     assert sorted(set(r.names.values())) == sorted(p.name for p in people)
     assert len(r.names) == len(people)  # one track per person: nobody split or merged at 1 m/s
     assert r.lane.state is LaneState.IDLE
+
+
+def test_a_much_nearer_face_is_not_beside_the_person_at_the_gate() -> None:
+    """W, already through the gate (re-found by the tracker as a new face, 1.7× as tall), never makes B retry."""
+    _, b_in = walk(0.0, 2.0, 0.6, 400)
+    b = Person("B", [*b_in, (4.0, 0.6, 400)], 36.8, code_t=2.6)
+    w = Person("W", [(1.9, 0.35, 220), (2.3, 0.3, 120)], 36.6)  # appears at 1.9 s, 345 px tall, walks off
+    r = Replay([b, w]).run(until=3.0)
+    assert [d for d in r.decisions() if d[0] == "B"] == [("B", "pass", "ok", 36.8)]
+    assert r.one_at_a_time_t == []
