@@ -172,6 +172,7 @@ def test_installed_stationctl_says_what_is_missing(tmp_path: Path, bare_laptop: 
     assert says in r.stdout + r.stderr, (r.stdout, r.stderr)
 
 
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_calibrate_dry_run_writes_nothing_even_where_the_config_dir_is_missing(tmp_path: Path, bare_laptop: dict[str, str | None]) -> None:
     readings = tmp_path / "readings.csv"
     readings.write_text("skin_c,reference_c\n35.1,36.9\n35.4,37.1\n34.9,36.8\n35.6,37.3\n")

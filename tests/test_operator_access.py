@@ -121,6 +121,7 @@ def test_token_needed_beyond_loopback_cookie_after_first_visit(rig: Rig, tmp_pat
     assert client.post("/api/override/open-gate", json={"pin": "000000"}).json()["reason"] == "wrong_pin", "then the PIN"
 
 
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_stationctl_operator_url_shows_the_token_when_bound_beyond_loopback(tmp_path: Path) -> None:
     cfg = tmp_path / "station.toml"
     cfg.write_text('[http]\nenabled = true\nlisten = "0.0.0.0"\nport = 8099\n')

@@ -95,12 +95,14 @@ def recorded_reasons() -> set[str]:
     return found
 
 
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_the_scan_finds_the_lanes_reasons() -> None:
     # The scan itself must see what the lane records, or the test below would pass on nothing.
     reasons = {split_reason(r)[0] for r in recorded_reasons()}
     assert {"ok", "fever", "no_code", "code_red", "code_expired", "no_valid_temperature", "left_before_decision"} <= reasons, reasons
 
 
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_every_reason_the_code_base_records_has_words_of_its_own() -> None:
     missing = []
     for reason in sorted(recorded_reasons()):

@@ -237,6 +237,7 @@ def write_clip(path: Path, n: int = 12, fps: float = 30.0) -> None:
     writer.release()
 
 
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_opencv_camera_reads_a_clip_and_reopens_at_its_end(tmp_path: Path) -> None:
     clip = tmp_path / "clip.avi"
     write_clip(clip, n=12, fps=30.0)

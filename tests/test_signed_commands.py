@@ -48,6 +48,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 @needs_broker
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_every_bad_open_gate_is_refused_with_its_own_reason_and_the_relay_never_moves(rig: Rig) -> None:
     forged_key = new_signing_key()
     good = rig.signed("open-gate", {"note": "lane blocked"})
@@ -95,6 +96,7 @@ def test_every_bad_open_gate_is_refused_with_its_own_reason_and_the_relay_never_
 
 
 @needs_broker
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_read_only_commands_stay_unsigned_and_a_station_without_keys_refuses_the_rest(tmp_path: Path) -> None:
     rig = Rig(tmp_path, keys=False)
     try:

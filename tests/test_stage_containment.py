@@ -298,6 +298,7 @@ def test_failing_items_are_dropped_counted_and_logged_once_per_kind_while_every_
     assert line.startswith("stages: degraded; restarts none") and "code verify:TypeError×" in line
 
 
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_a_lane_loop_that_raises_is_restarted_in_process_and_keeps_deciding(tmp_path, pipelines, caplog):
     caplog.set_level(logging.ERROR, logger="station.lane.pipeline")
     cfg = StationConfig()

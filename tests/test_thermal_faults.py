@@ -68,6 +68,7 @@ def test_a_small_compensating_error_is_invisible_to_sum16():
     assert float(np.abs(f.pixels_c - g.pixels_c).max()) == pytest.approx(0.01, abs=1e-4)
 
 
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_the_emulator_writes_a_ground_truth_sidecar_line_per_frame(tmp_path):
     """Frames the driver delivers can be matched to the scene truth they were rendered from."""
     import json

@@ -149,6 +149,7 @@ def test_the_lane_counts_directions_of_its_tracks() -> None:
 
 
 @pytest.mark.skipif(not PLATES_DIR.is_dir(), reason="shared test photos not found")
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_plate_loop_reads_offered_frames_and_emits_one_event(tmp_path: Path) -> None:
     import time
 

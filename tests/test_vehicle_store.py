@@ -114,6 +114,7 @@ def test_failed_vehicle_write_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not PLATES_DIR.is_dir(), reason="shared test photos not found")
+@pytest.mark.slow  # about a second: kept out of the fast loop
 def test_vehicle_lane_run_writes_vehicles_and_outbox_and_survives_a_failed_write(tmp_path: Path) -> None:
     from drivers.detect.plates import OnnxPlateReader
     from station.domain.model import VisibleFrame
