@@ -7,7 +7,6 @@ port, a video file as its camera (OpenCV opens files and devices alike), mock GP
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,41 +19,15 @@ from click.testing import CliRunner
 
 from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from station.cli.stationctl import main as stationctl
-from tests.support.daemon import ROOT, daemon_status, empty_room, write_config
+from tests.support.daemon import ROOT, daemon_status, empty_room, recv_until, start_notified_daemon, write_config
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def recv_until(sock: socket.socket, want: bytes, timeout: float) -> list[bytes]:
-    got: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.05, deadline - time.monotonic()))
-        try:
-            got.append(sock.recv(4096))
-        except TimeoutError:
-            break
-        if any(want in g for g in got):
-            return got
-    raise AssertionError(f"never received {want!r}; got {got!r}")
-
-
 def test_daemon_lifecycle_under_systemd_notify(tmp_path: Path, emulator: GyMcu90640Emulator, video: Path):
-    notify = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(notify))
     cfg = write_config(tmp_path, emulator.port, video)
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="2000000")
-    env.pop("WATCHDOG_PID", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, sock = start_notified_daemon(tmp_path, cfg, WATCHDOG_USEC="2000000")
     try:
         msgs = recv_until(sock, b"READY=1", timeout=60)
         ready = next(m for m in msgs if b"READY=1" in m).decode()
@@ -114,19 +87,9 @@ def test_daemon_without_its_thermal_module_runs_degraded_and_finds_it_later(tmp_
     # The module is not there at boot (the link is a symlink that does not exist yet): the station
     # must come up, say it is degraded, and pick the module up when it appears — not crash-loop.
     link = tmp_path / "thermal-link"
-    notify = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(notify))
     cfg = write_config(tmp_path, str(link), video)
     cfg.write_text(cfg.read_text().replace("baud = 0", "baud = 460800"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
-        cwd=ROOT,
-        env=dict(os.environ, NOTIFY_SOCKET=str(notify)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, sock = start_notified_daemon(tmp_path, cfg)
     emu = GyMcu90640Emulator(empty_room, baud=460800, refresh_hz=8)
     try:
         msgs = recv_until(sock, b"READY=1", timeout=60)

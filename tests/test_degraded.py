@@ -7,11 +7,8 @@ an empty models directory, so the face detector has no model. The healthy module
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,26 +17,10 @@ from click.testing import CliRunner
 
 from sim.gy_mcu90640_emulator import GyMcu90640Emulator
 from station.cli.stationctl import main as stationctl
-from tests.support.daemon import ROOT, write_config
+from tests.support.daemon import daemon_status, recv_until, start_notified_daemon, write_config
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def _ready_status(sock: socket.socket, timeout: float) -> str:
-    got = b""
-
-    def ready() -> bool:
-        nonlocal got
-        try:
-            got += sock.recv(4096) + b"\n"
-        except TimeoutError:
-            pass
-        return b"READY=1" in got
-
-    sock.settimeout(0.2)
-    wait_until(ready, timeout, "READY=1 from the daemon")
-    return next(line for line in got.decode().splitlines() if line.startswith("STATUS=") and "screening" in line)
 
 
 def test_a_missing_face_model_is_named_in_ready_log_and_status(tmp_path: Path, emulator: GyMcu90640Emulator, video: Path) -> None:
@@ -47,21 +28,11 @@ def test_a_missing_face_model_is_named_in_ready_log_and_status(tmp_path: Path, e
     empty_models.mkdir()
     cfg = write_config(tmp_path, emulator.port, video)
     cfg.write_text(cfg.read_text() + f'\n[detector]\nmodels_dir = "{empty_models}"\n')
-    notify = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(notify))
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify))
-    env.pop("WATCHDOG_USEC", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, sock = start_notified_daemon(tmp_path, cfg)
     try:
-        status = _ready_status(sock, timeout=60)
+        msgs = recv_until(sock, b"READY=1", timeout=60)
+        ready = next(m for m in msgs if b"READY=1" in m).decode()
+        status = next(line for line in ready.splitlines() if line.startswith("STATUS=") and "screening" in line)
         assert "DEGRADED detector: model ultraface-rfb-320: no manifest" in status and "the lane stays closed" in status, status
         assert status.count("DEGRADED") == 1, status  # thermal, camera, code reader, control socket are healthy
 
@@ -69,8 +40,7 @@ def test_a_missing_face_model_is_named_in_ready_log_and_status(tmp_path: Path, e
         result: dict = {}
 
         def answered() -> bool:
-            r = CliRunner().invoke(stationctl, ["--config", str(cfg), "status", "--json"], catch_exceptions=False)
-            result.update(json.loads(r.output)["daemon"])
+            result.update(daemon_status(cfg).get("daemon", {}))
             return str(result.get("source", "")).startswith("control socket")
 
         wait_until(answered, 30, "the daemon's control socket")

@@ -17,9 +17,8 @@ from station.domain.model import (
 )
 from station.domain.screening import LaneState, ScreeningLane, ScreeningPolicy
 from station.domain.thermal import MeasureState, ThermalCalibration, measure_face
-from tests.support.screening_obs import SETTINGS, code, faces, lane, temp
+from tests.support.screening_obs import IDENTITY, SETTINGS, code, faces, lane, temp
 
-IDENTITY = np.eye(3)
 BIG = Box(200, 100, 360, 320)  # 220 px tall: in the zone
 SMALL = Box(300, 180, 340, 235)  # 55 px tall: far away, not in the zone
 

@@ -8,6 +8,11 @@ serial port, a video file as its camera (OpenCV opens files and devices alike) a
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,3 +97,38 @@ def daemon_status(cfg: Path) -> dict[str, Any]:
     except ValueError:
         return {}
     return status if isinstance(status, dict) else {}
+
+
+def start_notified_daemon(tmp_path: Path, cfg: Path, **env_extra: str) -> tuple[subprocess.Popen[str], socket.socket]:
+    """Start ``station run --config cfg`` as systemd would: its sd_notify datagrams arrive on the returned socket."""
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify), **env_extra)
+    env.pop("WATCHDOG_PID", None)
+    if "WATCHDOG_USEC" not in env_extra:
+        env.pop("WATCHDOG_USEC", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "station.cli.station_main", "run", "--config", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, sock
+
+
+def recv_until(sock: socket.socket, want: bytes, timeout: float) -> list[bytes]:
+    """Return the sd_notify datagrams received until one contains ``want``; fail after ``timeout`` seconds."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            got.append(sock.recv(4096))
+        except TimeoutError:
+            break
+        if any(want in g for g in got):
+            return got
+    raise AssertionError(f"never received {want!r}; got {got!r}")
