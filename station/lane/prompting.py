@@ -19,6 +19,7 @@ from typing import Any
 from station.domain.prompts import LaneProgress, Phrase, decision_prompt, next_step, spoken
 from station.lane.pipeline import Decided
 from station.lane.voice import VoiceQueue
+from station.ops.ratelimit import FailureLog
 
 log = logging.getLogger("station.prompts")
 
@@ -47,6 +48,8 @@ class LanePrompter:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.current: dict[str, Any] = {"state": None, "prompt": None}
         self._last_spoken: dict[str, float] = {}
+        # A fault that repeats at every poll (10 a second) is logged once a minute, counted always.
+        self.failures = FailureLog(log, "next-step prompt", monotonic=monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,8 +68,8 @@ class LanePrompter:
         while not self._stop.wait(self.period_s):
             try:
                 self.poll()
-            except Exception:  # a prompt is a courtesy: log it, keep watching
-                log.exception("next-step prompt failed")
+            except Exception as exc:  # a prompt is a courtesy: count it, keep watching
+                self.failures.report(f"poll:{type(exc).__name__}", exc)
 
     def poll(self) -> dict[str, Any] | None:
         """Sample the lane once; on a change tell the listeners (and the voice) and return the new message."""
@@ -80,8 +83,8 @@ class LanePrompter:
         for fn in list(self.listeners):
             try:
                 fn(msg)
-            except Exception:  # one display's failure is not the voice's
-                log.exception("prompt listener failed listener=%r", fn)
+            except Exception as exc:  # one display's failure is not the voice's
+                self.failures.report(f"listener:{type(exc).__name__}", exc)
         if progress.state == "screening" and step is not None and spoken(step):
             self._say(step, now)
         return msg
