@@ -161,6 +161,34 @@ def test_expiry_is_by_calendar_date() -> None:
             "bad_dates",
         ),
         (b"\x01\x00\x04\x00" + b"\xff\xd8" * 640, "bad_id_number"),
+        (
+            encode_base_info(
+                name="",
+                sex="",
+                nation="",
+                birth="",
+                address="",
+                id_number="1101011990010112²X",
+                authority="",
+                valid_from="20100101",
+                valid_to="20300101",
+            ),
+            "bad_id_number",
+        ),
+        (
+            encode_base_info(
+                name="",
+                sex="",
+                nation="",
+                birth="",
+                address="",
+                id_number=ID_NUMBER,
+                authority="",
+                valid_from="٢٠١٠٠١٠١",
+                valid_to="20300101",
+            ),
+            "bad_dates",
+        ),
     ],
 )
 def test_unreadable_base_info_gives_a_reason(data: bytes, reason: str) -> None:

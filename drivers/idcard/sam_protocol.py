@@ -257,7 +257,7 @@ def _field(text: bytes, name: str) -> str | None:
 
 
 def _date(value: str | None) -> dt.date | None:
-    if value is None or len(value) != 8 or not value.isdigit():
+    if value is None or len(value) != 8 or not (value.isascii() and value.isdigit()):  # "²" and "٣" are digits too
         return None
     try:
         return dt.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
@@ -266,7 +266,10 @@ def _date(value: str | None) -> dt.date | None:
 
 
 def _id_ok(value: str | None) -> bool:
-    return value is not None and len(value) == 18 and value[:17].isdigit() and (value[17].isdigit() or value[17] in "Xx")
+    # ASCII only: str.isdigit() also accepts "²" or "٣", which no card prints.
+    return (
+        value is not None and len(value) == 18 and value.isascii() and value[:17].isdigit() and (value[17].isdigit() or value[17] in "Xx")
+    )
 
 
 HashFn = Callable[[str], str]
