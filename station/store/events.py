@@ -136,6 +136,8 @@ class SqliteEventStore:
         self.topic_screening = f"{base}/events/screening"
         self.topic_alarm = f"{base}/events/alarm"
         self.topic_vehicle = f"{base}/events/vehicle"
+        self.topic_visit = f"{base}/events/visit"
+        self.topic_registration = f"{base}/events/registration"
         self.topic_audit = f"{base}/events/audit"
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []

@@ -183,6 +183,64 @@ def _migrate_event_crops(db: Database) -> None:
     db.execute("CREATE INDEX event_crops_created ON event_crops(created_at)")
 
 
+def _migrate_visits_registrations(db: Database) -> None:
+    """Add vehicle visits (a vehicle and its occupants' screenings as one record) and outsider registrations.
+
+    ``visit_occupants`` links screening events to the visit they happened in (by visit id), so an
+    erased or purged event can be found from its visit and back. A registration keeps the contact
+    phone only as a keyed hash and its last four digits (station/web/registration.py).
+    """
+    statements = [
+        """
+        CREATE TABLE visits (
+          id              INTEGER PRIMARY KEY,
+          visit_id        TEXT NOT NULL UNIQUE,
+          ts              REAL NOT NULL,            -- unix time the vehicle was first seen
+          closed_ts       REAL NOT NULL,            -- unix time the visit closed (vehicle gone)
+          kind            TEXT NOT NULL,            -- resident_vehicle | outsider_vehicle | unread_vehicle
+          plate           TEXT,                     -- null when the plate was never read
+          occupants       INTEGER NOT NULL,
+          fever           INTEGER NOT NULL,
+          denied          INTEGER NOT NULL,
+          flagged         INTEGER NOT NULL,         -- 1 when any occupant was denied
+          registration_id TEXT,                     -- the outsider registration recognised, if any
+          record          TEXT NOT NULL,            -- JSON as published under "visit"
+          created_at      REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX visits_ts ON visits(ts)",
+        "CREATE INDEX visits_plate ON visits(plate)",
+        """
+        CREATE TABLE visit_occupants (
+          visit_id  TEXT NOT NULL,
+          event_id  TEXT NOT NULL,                  -- a screening in events
+          PRIMARY KEY (visit_id, event_id)
+        )
+        """,
+        "CREATE INDEX visit_occupants_event ON visit_occupants(event_id)",
+        """
+        CREATE TABLE registrations (
+          id              INTEGER PRIMARY KEY,
+          registration_id TEXT NOT NULL UNIQUE,
+          ts              REAL NOT NULL,            -- unix time of the registration
+          plate           TEXT NOT NULL,            -- normalised
+          reason          TEXT NOT NULL,
+          destination     TEXT NOT NULL,
+          phone_hash      TEXT NOT NULL,            -- HMAC-SHA256 under the centre key or the station salt
+          phone_last4     TEXT NOT NULL,
+          operator        TEXT NOT NULL,
+          vehicle_id      TEXT,                     -- the outsider vehicle event it was made for, if any
+          record          TEXT NOT NULL,            -- JSON as published under "registration"
+          created_at      REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX registrations_plate ON registrations(plate, ts)",
+        "CREATE INDEX registrations_ts ON registrations(ts)",
+    ]
+    for sql in statements:
+        db.execute(sql)
+
+
 Migration = Callable[[Database], None]
 MIGRATIONS: Sequence[Migration] = (
     _migrate_v1,
@@ -191,6 +249,7 @@ MIGRATIONS: Sequence[Migration] = (
     _migrate_operator_actions,
     _migrate_command_audit,
     _migrate_event_crops,
+    _migrate_visits_registrations,
 )
 """Ordered migrations; ``MIGRATIONS[i]`` upgrades ``user_version`` i to i + 1."""
 

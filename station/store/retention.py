@@ -74,6 +74,8 @@ class PurgeResult:
     outbox: int = 0
     held: int = 0  # events/vehicles kept only because their message is still undelivered
     crops: int = 0
+    visits: int = 0  # vehicle visits and their occupant links (station/store/visits.py)
+    registrations: int = 0  # outsider registrations
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -86,13 +88,16 @@ class PurgeResult:
             "outbox": self.outbox,
             "held": self.held,
             "crops": self.crops,
+            "visits": self.visits,
+            "registrations": self.registrations,
             "errors": self.errors,
         }
 
     @property
     def deleted(self) -> int:
         """Number of rows and files deleted in all."""
-        return self.events + self.gate_actions + self.operator_actions + self.vehicles + self.outbox + self.crops
+        personal = self.events + self.gate_actions + self.operator_actions + self.vehicles + self.visits + self.registrations
+        return personal + self.outbox + self.crops
 
 
 def events_where(since: float | None, until: float | None, event_ids: Iterable[str]) -> tuple[str, list[Any]]:
@@ -302,9 +307,23 @@ def purge_crops(crops_dir: Path, face_crops_days: int, now: float | None = None)
     return n, errors
 
 
+def _has_visit_tables(store: SqliteEventStore) -> bool:
+    """Tell whether the store has the visit and registration tables (a current schema)."""
+    reader = _read(store.path)
+    try:
+        return _has_table(reader, "visits") and _has_table(reader, "registrations")
+    finally:
+        reader.close()
+
+
 def purge(store: SqliteEventStore, data_dir: Path, events_days: int, face_crops_days: int, now: float | None = None) -> PurgeResult:
     """Run the whole retention pass: store rows, then crop files; audited when anything went."""
     result = purge_store(store, events_days, now)
+    if _has_visit_tables(store):
+        from station.store import visits
+
+        gone = visits.purge(store, events_days, now)
+        result.visits, result.registrations, result.held = gone.visits, gone.registrations, result.held + gone.held
     crops_dir = Path(data_dir) / CROPS_DIR
     linked, link_errors = purge_crop_links(store, crops_dir, face_crops_days, now)
     # Then the files no row names (a write cut short), by their age.
