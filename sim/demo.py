@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from sim.idcard_emulator import EmulatedCard, IdCardEmulator
 from sim.issuer import demo_issuer, write_demo_trust_list
-from sim.scene import SceneDirector, SceneGeometry, ScenePerson, SceneTiming
+from sim.scene import Phase, SceneDirector, SceneGeometry, ScenePerson, SceneTiming
 from station.app import Injected, StationApp
 from station.config import StationConfig
 from station.domain.model import CodeColour, Decision
@@ -51,7 +52,7 @@ class Casting:
     label: str
     core_c: float
     colour: CodeColour | None
-    payload_kind: str  # "valid", "expired", "garbage", "none"
+    payload_kind: str  # "valid", "expired", "garbage", "none", "idcard" (no phone: puts an ID card on the reader)
 
 
 # One of each situation a gate meets, in an order that shows them all within the first five people.
@@ -64,6 +65,7 @@ CAST: tuple[Casting, ...] = (
     Casting("normal, green code", 36.9, CodeColour.GREEN, "valid"),
     Casting("normal, expired green code", 36.4, CodeColour.GREEN, "expired"),
     Casting("normal, shows a payment QR", 36.6, None, "garbage"),
+    Casting("normal, no phone, ID card", 36.7, None, "idcard"),
 )
 
 
@@ -75,6 +77,8 @@ def expected_decision(c: Casting, cfg: StationConfig) -> Decision:
         return Decision.RETRY
     if c.payload_kind == "garbage":
         return Decision.MANUAL_CHECK
+    if c.payload_kind == "idcard":  # the demo has no centre to vouch for a card: the named policy decides
+        return Decision(cfg.policy.idcard_unknown)
     if c.payload_kind == "expired" or c.colour is CodeColour.RED:
         return Decision.DENY_CODE
     if c.colour is CodeColour.YELLOW:
@@ -100,8 +104,22 @@ def cast_people(n: int, cfg: StationConfig, now_wall: float) -> list[ScenePerson
             payload = b"https://pay.example/qr/7F3A9C21"
         else:
             payload = None
-        people.append(ScenePerson(i, c.core_c, c.colour, payload, c.label, expected_decision(c, cfg).value))
+        card = demo_id_card(i) if c.payload_kind == "idcard" else None
+        people.append(ScenePerson(i, c.core_c, c.colour, payload, c.label, expected_decision(c, cfg).value, id_card=card))
     return people
+
+
+ID_CHECK_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def demo_id_card(index: int) -> EmulatedCard:
+    """Return a made-up resident ID card for demo person ``index`` (a valid check digit, a test region, test names)."""
+    from sim.idcard_emulator import EmulatedCard
+
+    body = f"990101{1950 + index % 50:04d}0101{index % 1000:03d}"  # region 990101 does not exist
+    check = "10X98765432"[sum(int(d) * w for d, w in zip(body, ID_CHECK_WEIGHTS, strict=True)) % 11]
+    birth = f"{1950 + index % 50:04d}0101"
+    return EmulatedCard(body + check, name=f"演示人{index}", address=f"演示省演示市演示路{index}号", authority="演示市公安局", birth=birth)
 
 
 def demo_config(base: StationConfig) -> StationConfig:
@@ -158,6 +176,10 @@ class DemoRun:
         self.people = list(cast) if cast is not None else cast_people(people, self.cfg, time.time())
         self.director = SceneDirector(self.people, timing, SceneGeometry())
         self.emulator = GyMcu90640Emulator(ThermalSceneRenderer(self.director, seed=seed), baud=thermal_link[0], refresh_hz=thermal_link[1])
+        # Someone in the queue has an ID card and no phone: an ID card reader (SAM emulator on a pty) beside the gate.
+        self.card_reader = IdCardEmulator(self.cfg.idcard.baud) if any(p.id_card is not None for p in self.people) else None
+        self._card_hand: threading.Thread | None = None
+        self._card_hand_stop = threading.Event()
         self.camera = SceneCamera(self.director, fps=self.cfg.camera.fps, seed=seed)
         self.waiting_for_page = wait_for_page and self.cfg.http.enabled
         if self.waiting_for_page:
@@ -188,6 +210,10 @@ class DemoRun:
         t0 = time.monotonic()
         # The emulator must own its pty before the station's config can name it.
         self.emulator.start()
+        if self.card_reader is not None:
+            self.card_reader.start()
+            self.cfg.idcard.enabled = True
+            self.cfg.idcard.port = self.card_reader.port
         try:
             self.cfg.thermal.port = self.emulator.port
             # The demo's voice is heard (a sound card) or read: each prompt said is one INFO line of
@@ -197,6 +223,9 @@ class DemoRun:
             self.app.start()
             start_s = time.monotonic() - t0
             self.app.add_listener(self._listener)
+            if self.card_reader is not None:
+                self._card_hand = threading.Thread(target=self._hand_cards, args=(self.card_reader,), name="demo-card-hand", daemon=True)
+                self._card_hand.start()
             limit = max_s if max_s is not None else 30.0 + 15.0 * len(self.people)
             while not self.director.finished():
                 if stop is not None and stop.is_set():
@@ -245,9 +274,32 @@ class DemoRun:
                 pipeline_stats=self.app.pipeline.stats(),
             )
         finally:
+            self._card_hand_stop.set()
+            if self._card_hand is not None:
+                self._card_hand.join(timeout=2.0)
             if self.app is not None:
                 self.app.stop()
             self.emulator.stop()
+            if self.card_reader is not None:
+                self.card_reader.stop()
+
+    def _hand_cards(self, reader: IdCardEmulator, after_s: float = 0.3) -> None:
+        """Put the person's ID card on the reader ``after_s`` after they stand at the gate; take it off when they go."""
+        on_reader: ScenePerson | None = None
+        standing_since: float | None = None
+        while not self._card_hand_stop.wait(0.05):
+            state = self.director.state()
+            person = state.person if state.phase is Phase.STANDING else None
+            if on_reader is not None and person is not on_reader:
+                reader.remove_card()
+                on_reader = None
+            if person is None or person.id_card is None:
+                standing_since = None
+                continue
+            standing_since = standing_since if standing_since is not None else time.monotonic()
+            if on_reader is None and time.monotonic() - standing_since >= after_s:
+                reader.present_card(person.id_card)
+                on_reader = person
 
 
 def json_line(person: ScenePerson | None, d: Decided) -> str:

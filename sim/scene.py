@@ -26,10 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from math import radians, tan
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from station.domain.model import Box, CodeColour
+
+if TYPE_CHECKING:
+    from sim.idcard_emulator import EmulatedCard
 
 FACE_WIDTH_M = 0.16
 FACE_HEIGHT_M = 0.22
@@ -102,6 +106,7 @@ class ScenePerson:
     code_payload: bytes | None  # what the phone's QR encodes
     label: str = ""
     expected: str = ""  # the decision a correct station makes under default policy
+    id_card: EmulatedCard | None = None  # the resident ID card they put on the reader (no phone), made up
 
 
 class Phase(StrEnum):

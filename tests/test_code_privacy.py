@@ -1,11 +1,14 @@
-"""No raw health-code payload reaches the disk or MQTT.
+"""No raw health-code payload, ID number, name or address reaches the disk or MQTT.
 
 A real demo run (emulated thermal module on a pty, rendered camera showing real signed HC1 codes,
 real zbar, real SQLite, real sync to a real mosquitto) with a wiretap on ``#``. Afterwards every
 file in the data dir (SQLite database, WAL, replay memory, salt, trust list…) and every MQTT
 message is scanned for each person's payload, for distinctive pieces of it (12-character windows
 of its Base45 text), for its COSE signature and claims bytes (raw, hex and base64), and for the
-holder reference the code carries. Snapshot pictures sent to the board are decoded as QR too.
+holder reference the code carries. Snapshot pictures sent to the board are decoded as QR too. The
+ninth person of the demo has no phone and puts a (made-up) resident ID card on the emulated reader:
+their ID number (whole, and every 10-digit window of it), name, address and issuing authority are
+looked for as UTF-8, UTF-16 and JSON-escaped text.
 """
 
 from __future__ import annotations
@@ -19,12 +22,23 @@ import numpy as np
 import pytest
 
 from sim.demo import DemoRun
+from sim.idcard_emulator import EmulatedCard
 from station.codes import hc1
 from station.config import StationConfig
 from tests.support.broker import Broker, mosquitto_available
 from tests.support.sync_rig import Collector
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
+
+
+def card_needles(card: EmulatedCard) -> list[bytes]:
+    """Return every form in which a card's identity could leak."""
+    texts = [card.id_number, card.name, card.address, card.authority]
+    texts += [card.id_number[i : i + 10] for i in range(len(card.id_number) - 9)]
+    out: list[bytes] = []
+    for t in texts:
+        out += [t.encode(), t.encode("utf-16-le"), json.dumps(t).strip('"').encode()]
+    return out
 
 
 def needles(payload: bytes) -> list[bytes]:
@@ -50,12 +64,18 @@ def test_no_raw_payload_in_sqlite_files_or_mqtt_messages(tmp_path: Path) -> None
         cfg.mqtt.url = broker.url
         cfg.snapshots.interval_s = 1.0  # more board pictures, each a chance to leak a readable QR
         data = tmp_path / "data"
-        run = DemoRun(cfg, people=8, data_dir=data, fast=True)
+        run = DemoRun(cfg, people=9, data_dir=data, fast=True)
         payloads = [p.code_payload for p in run.people if p.code_payload and p.code_payload.startswith(b"HC1:")]
         assert len(payloads) >= 5
+        cards = [p.id_card for p in run.people if p.id_card is not None]
+        assert len(cards) == 1
         result = run.run()
         judged = [d.event.code for _, d in result.decided if d.event.code.get("source") == "hc1"]
         assert judged and all(c.get("payload_hash") and c.get("kid") for c in judged)  # what is kept instead
+        carded = [d.event.code for _, d in result.decided if d.event.code.get("source") == "idcard"]
+        number = cards[0].id_number
+        assert len(carded) == 1, "the ID card person was decided on their card"
+        assert carded[0]["id_masked"] == number[0] + "*" * 16 + number[-1] and carded[0]["subject_ref"]
     finally:
         wire.client.disconnect()  # before loop_stop(): paho's thread then ends at once, not after 1 s
         wire.client.loop_stop()
@@ -63,15 +83,18 @@ def test_no_raw_payload_in_sqlite_files_or_mqtt_messages(tmp_path: Path) -> None
 
     messages = wire.raw()
     events = [m for m in messages if "/events/screening" in m[0]]
-    assert len(events) >= 8, "the demo's events went out over MQTT"
+    assert len(events) >= 9, "the demo's events went out over MQTT"
     files = [p for p in data.rglob("*") if p.is_file()]
     assert any(p.name == "events.sqlite3" for p in files) and any(p.name == "seen.sqlite3" for p in files)
     blobs = [(f"file {p}", p.read_bytes()) for p in files] + [(f"mqtt {t}", t.encode() + b"\n" + m) for t, m, _ in messages]
-    holders = [f"demo-person-{i}".encode() for i in range(8)]
+    holders = [f"demo-person-{i}".encode() for i in range(9)]
     for payload in payloads:
         for needle in needles(payload) + holders:
             for where, blob in blobs:
                 assert needle not in blob, f"{where} holds a piece of a raw payload: {needle[:40]!r}"
+    for needle in card_needles(cards[0]):
+        for where, blob in blobs:
+            assert needle not in blob, f"{where} holds a piece of an ID card's identity: {needle!r}"
 
     # The board's snapshot pictures: no QR in them may decode to a payload.
     import cv2
