@@ -197,6 +197,7 @@ def test_every_decision_has_a_prompt_and_every_prompt_key_is_a_clip() -> None:
         (LaneProgress("screening", temperature_done=True, waited_s=2.5), True, "show_code_or_id"),
         (LaneProgress("screening", temperature_done=True, invalid_code_shown=True), True, "place_id_card"),
         (LaneProgress("screening", temperature_done=False, code_shown=True), False, "look_at_screen"),
+        (LaneProgress("screening", temperature_done=True, waited_s=4.0, code_required=False), True, "look_at_screen"),
     ],
 )
 def test_next_step_follows_the_lanes_state(progress: LaneProgress, id_reader: bool, key: str | None) -> None:

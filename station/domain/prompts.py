@@ -173,6 +173,7 @@ class LaneProgress:
     invalid_code_shown: bool = False  # only something that is not a health code so far
     waited_s: float = 0.0  # since the face was locked
     code_timeout_s: float = 5.0
+    code_required: bool = True  # False: a temperature-only lane never asks for a code or a card
 
 
 ID_HINT_AFTER = 0.4
@@ -193,7 +194,7 @@ def next_step(progress: LaneProgress, *, id_reader: bool = False) -> Phrase | No
         if progress.measure_state == "too_close":
             return PROMPTS["step_back"]
         return PROMPTS["look_at_screen"]
-    if progress.code_shown:
+    if progress.code_shown or not progress.code_required:
         return PROMPTS["look_at_screen"]
     if id_reader and progress.invalid_code_shown:
         return PROMPTS["place_id_card"]

@@ -456,6 +456,7 @@ class ScreeningLane:
             invalid_code_shown=s.invalid_code is not None,
             waited_s=max(0.0, now - s.face_t),
             code_timeout_s=self.settings.code_timeout_s,
+            code_required=self.settings.code_required,
         )
 
     def on_thermal(self, frame: ThermalFrame) -> Verdict | None:
