@@ -18,6 +18,7 @@ unreachable, a port taken) degrades the station instead of stopping it; each is 
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -44,11 +45,13 @@ if TYPE_CHECKING:  # the running parts are imported where they are started: stat
     from drivers.publish.mqtt import MqttPublisher
     from station.codes.judge import CodeJudge
     from station.codes.online import OnlineVerifier
+    from station.domain.vehicles import VehicleLane
     from station.lane.capture import CropWriter
     from station.lane.counts import CountsKeeper
     from station.lane.idcard_feed import IdCardFeed
     from station.lane.prompting import LanePrompter
     from station.lane.vehicle_loop import PlateLoop
+    from station.lane.visits import VisitRecorder
     from station.lane.voice import VoiceQueue
     from station.link.commands import StationLink
     from station.link.snapshots import SnapshotPublisher
@@ -346,6 +349,7 @@ class StationApp:
         self.code_judge: CodeJudge | None = None
         self.pipeline: Pipeline | None = None
         self.plates: PlateLoop | None = None  # the vehicle lane's plate thread (vehicle.mode = "vehicle")
+        self.visits: VisitRecorder | None = None  # the vehicle lane's visits (a vehicle and its occupants as one record)
         self.plate_state = "off"
         self.counts_keeper: CountsKeeper | None = None
         self.publisher: MqttPublisher | None = None  # mqtt.url set
@@ -535,9 +539,35 @@ class StationApp:
         lane = VehicleLane(ResidentFile(resident_path(self.data_dir)), min_reads=v.min_reads, min_confidence=v.min_plate_confidence)
         # The store is open before the pipeline: vehicle events are durable records.
         self.plates = PlateLoop(reader, lane, record=store.record_vehicle, clock_synced=self.clock.synced)
+        self.visits = self._visit_recorder(store, pipeline, lane)
+        self.plates.add_frame_listener(self.visits.on_frame)
+        pipeline.add_listener(self.visits.on_decided)
         pipeline.frame_taps.append(self.plates.offer)
+        self._push("visits", self.visits.close)  # stopped after the plate thread: the visits still open are recorded
         self.plates.start()
         self._push("plates", self.plates.stop)
+
+    def _visit_recorder(self, store: SqliteEventStore, pipeline: Pipeline, lane: VehicleLane) -> VisitRecorder:
+        """Return the vehicle visits' recorder: plates and occupants' screenings as one record, outsiders' registrations looked up."""
+        from station.domain.visits import VisitBook
+        from station.lane.visits import VisitRecorder
+        from station.store import visits
+
+        window_s = self.cfg.vehicle.registration_valid_h * 3600.0
+
+        def registered(plate: str) -> dict[str, Any] | None:
+            return visits.registration_for(store, plate, self.clock.wall() - window_s)
+
+        return VisitRecorder(
+            lane,
+            VisitBook(pipeline.lane.directions.geometry, min_sightings=self.cfg.vehicle.min_reads),
+            record=functools.partial(visits.record_visit, store),
+            registered=registered,
+            fever_threshold_c=self.cfg.screening.fever_threshold_c,
+            lane_direction=self.cfg.station.lane,
+            wall=self.clock.wall,
+            clock_synced=self.clock.synced,
+        )
 
     def _start_sync(self, store: SqliteEventStore, pipeline: Pipeline, judge: CodeJudge) -> None:
         """Start the broker link: the outbox pump, the live link (states, stats, commands) and snapshots."""
@@ -821,6 +851,14 @@ class StationApp:
                         f"{camera.get('state')} {self.cfg.camera.device} ({camera['open_failures']} open failures); nobody is screened",
                     )
                 )
+        storage = self.storage_status()
+        if storage.get("state", "ok") != "ok":
+            held = storage.get("held", 0)
+            out.append(
+                Degradation(
+                    "store", f"storage {storage['state']}: {storage.get('error')}; {held} decision(s) held in memory, the gate acts on none"
+                )
+            )
         publisher = self.publisher
         if publisher is not None and not publisher.connected() and (publisher.state == "auth_failed" or publisher.last_error):
             out.append(Degradation("mqtt", f"broker {publisher.state}: {publisher.last_error}; records wait in the outbox"))
@@ -837,6 +875,7 @@ class StationApp:
             "detector": self.detector_state,
             "plate_reader": self.plate_state,
             "vehicles": self.plates.stats() if self.plates is not None else None,
+            "visits": self.visits.stats() if self.visits is not None else None,
             "pipeline": p.stats() if p else {},
             "thermal": dict(p.thermal.stats()) if p else {},
             "camera": dict(p.camera.stats()) if p else {},
@@ -852,7 +891,15 @@ class StationApp:
             "stages": self.stage_health(),
             "voice": self.voice.stats() if self.voice is not None else None,
             "degraded": [d.as_dict() for d in self.degradations()],
+            "storage": self.storage_status(),
         }
+
+    def storage_status(self) -> dict[str, Any]:
+        """Return whether the data directory takes writes (station.store.health) and how many decisions wait in memory."""
+        if self.store is None:
+            return {}
+        held = self.pipeline.stats()["unrecorded_pending"] if self.pipeline is not None else 0
+        return dict(self.store.storage.snapshot(), held=held)
 
     def stage_health(self) -> dict[str, Any]:
         """Return the pipeline's stage health, with the plate thread's as one more stage when it runs."""

@@ -382,6 +382,7 @@ class StationStates:
             "gate": self.gate,
             "screening": self.screening,
             "outbox": self.outbox,
+            "storage": self.storage,
             # Pipeline stage health: in-process restarts, contained failures per kind, given-up stages.
             "stages": self.stage_health,
         }
@@ -423,6 +424,18 @@ class StationStates:
             "count_total": sum(self.store.counts().values()),
             # Decisions since local midnight: what the command-centre board shows per station.
             "count_today": sum(self.store.counts(since_ts=_local_midnight()).values()),
+        }
+
+    def storage(self) -> dict[str, Any]:
+        """Return whether the data directory takes writes (an alarm when not) and the decisions held in memory meanwhile."""
+        health = self.store.storage.snapshot()
+        return {
+            "state": health["state"],  # ok | read_only | full | file_too_large | io_error
+            "alarm": health["state"] != "ok",
+            "error": health["error"],
+            "since_ts": health["since_ts"],
+            "held": self.pipeline.stats()["unrecorded_pending"],
+            "faults": health["faults"],
         }
 
     def outbox(self) -> dict[str, Any]:

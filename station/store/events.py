@@ -35,6 +35,7 @@ from sqlite_utils import Database
 from station.domain.model import GateResult, ScreeningEvent
 from station.store import migrations, outbox
 from station.store.errors import SchemaTooNewError, StoreError
+from station.store.health import StorageHealth, is_storage_error
 from station.store.meta import bump_meta, meta_int
 from station.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from station.store.outbox import (
@@ -142,6 +143,10 @@ class SqliteEventStore:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._closed = False
+        # Whether the medium takes writes (station.store.health); a read-only or failing one is reopened
+        # before the next write, so a card remounted (or replaced) by hand is used without a restart.
+        self.storage = StorageHealth(self.path.parent)
+        self._reopen_due = False
         self.outbox_bounds: OutboxBounds | None = None
         """Set by the composition root from ``mqtt.outbox_max_*``; enforced by :meth:`outbox_enforce_bounds`."""
 
@@ -190,16 +195,49 @@ class SqliteEventStore:
             self._check_open()
             if self.read_only:
                 raise StoreError(f"event store {self.path} is open read-only")
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                if self._reopen_due:
+                    self._reopen()
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except sqlite3.Error as rollback_exc:  # the medium is gone: SQLite rolls back at the next open
+                            log.warning("rollback after a failed write failed: %s", rollback_exc)
+                    raise
+            except Exception as exc:
+                if is_storage_error(exc) and self.storage.failed(exc) in ("read_only", "io_error"):
+                    self._reopen_due = True
                 raise
-            return result
+        self.storage.succeeded()
+        return result
+
+    def _reopen(self) -> None:
+        """Replace the connection with a new one on the same path (after a read-only or failing medium).
+
+        The old handles may belong to a file system the kernel gave up on (ext4 ``errors=remount-ro``
+        stays read-only until it is unmounted); a new open reaches whatever is mounted there now.
+        The old connection is kept for reads until the new one is configured.
+        """
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            _configure(conn)
+            migrations.require_current(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        old, self._conn, self._db = self._conn, conn, Database(conn, execute_plugins=False)
+        self._reopen_due = False
+        try:
+            old.close()
+        except sqlite3.Error as exc:
+            log.warning("closing the old connection failed: %s", exc)
+        log.warning("event store reopened after a storage fault: %s", self.path)
 
     def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` on the connection under the lock, outside any transaction."""

@@ -280,6 +280,8 @@ def start_operator_display(
             "outbox_pump": pump.get("state") if isinstance(pump, dict) else None,
             "live": live.stats(),
             "uptime_s": s.get("uptime_s"),
+            # The data directory refusing writes (read-only or full card): the page shows an alarm.
+            "storage": {k: storage.get(k) for k in ("state", "held", "since_ts")} if (storage := s.get("storage")) else None,
         }
 
     settings = DeskSettings(

@@ -26,6 +26,11 @@ Object.assign(T.zh, { staff_check: "人工核验", pin_title_staff: "人工核�
 Object.assign(T.en, { staff_check: "Checked by staff", pin_title_staff: "Checked by staff (no smartphone)",
   staff_reason: "Reason", staff_decision: "Decision", id_checked: "ID checked by hand", paper_certificate: "Paper certificate",
   escorted: "Escorted", source_staff: "decided by staff", choose_reason: "Choose a reason" });
+// The data directory refusing writes: decisions are held in memory and the gate acts on none of them.
+Object.assign(T.zh, { storage_read_only: "存储卡只读", storage_full: "存储空间已满", storage_file_too_large: "存储文件超限",
+  storage_io_error: "存储卡故障", storage_held: "条记录暂存内存，闸门不放行，请人工核验" });
+Object.assign(T.en, { storage_read_only: "STORAGE READ-ONLY", storage_full: "STORAGE FULL", storage_file_too_large: "STORAGE FILE LIMIT",
+  storage_io_error: "STORAGE FAULT", storage_held: "decisions held in memory; the gate stays closed, check by hand" });
 T.zh.crop_face = "面部"; T.en.crop_face = "face"; T.zh.crop_thermal = "热像"; T.en.crop_thermal = "thermal";
 // Every value from the server reaches the page through textContent / createElement, never as markup.
 const COLOURS = new Set(["green", "yellow", "red"]);
@@ -45,7 +50,7 @@ function applyLang() {
   document.documentElement.lang = lang;
   document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
   $("lang").textContent = lang === "zh" ? "EN" : "中文";
-  renderDecision(); renderAlarms(); renderPrompt();
+  renderDecision(); renderAlarms(); renderPrompt(); if (status) renderStorage();
 }
 
 let online = null;
@@ -169,7 +174,16 @@ function applyStatus(s) {
   alarms = s.alarms || [];
   if (s.prompt !== undefined) prompt = s.prompt;
   renderPrompt();
-  renderCounts(s.counts); renderDecision(); renderAlarms();
+  renderCounts(s.counts); renderDecision(); renderAlarms(); renderStorage();
+}
+
+function renderStorage() {
+  const el = $("storage-alarm");
+  const st = status && status.devices && status.devices.storage;
+  const bad = !!st && st.state !== "ok";
+  el.hidden = !bad;
+  document.body.classList.toggle("storage-fault", bad);
+  if (bad) el.textContent = `${t("storage_" + st.state)} · ${Number(st.held) || 0} ${t("storage_held")}`;
 }
 
 // -- sound: WebAudio tones, no files --------------------------------------------------------------
