@@ -218,6 +218,12 @@ class VehicleSection(Section):
     plate_score_threshold: float = Field(0.7, gt=0.0, lt=1.0, description="Plate detector score threshold")
     min_plate_confidence: float = Field(0.3, ge=0.0, le=1.0, description="A read below this confidence does not count")
     min_reads: int = Field(2, ge=1, le=50, description="Agreeing reads of one vehicle's plate before its event is raised")
+    registration_valid_h: float = Field(
+        24.0,
+        gt=0.0,
+        le=720.0,
+        description="An outsider registered on the operator page is recognised on visits within this many hours (at most 30 days)",
+    )
 
 
 class DirectionSection(Section):

@@ -43,6 +43,8 @@ class VehicleEvent:
     track_id: int
     t: float
     alarm: bool = False  # always False: these never enter the alarm stream
+    best_t: float | None = None  # frame time of the best agreeing read (the visit's best frame)
+    best_box: tuple[float, float, float, float] | None = None  # the plate's box in that frame
 
     def as_record(self) -> dict[str, Any]:
         """Return the JSON-able form stored and sent to the command centre."""
@@ -60,6 +62,7 @@ class VehicleEvent:
 class _Votes:
     texts: Counter[str] = field(default_factory=Counter)
     best: dict[str, float] = field(default_factory=dict)
+    best_at: dict[str, tuple[float, tuple[float, float, float, float]]] = field(default_factory=dict)  # text → (t, box)
     decided: bool = False
 
 
@@ -94,10 +97,14 @@ class VehicleLane:
             if votes.decided or not text or conf < self.min_confidence:
                 continue
             votes.texts[text] += 1
-            votes.best[text] = max(conf, votes.best.get(text, 0.0))
+            if conf > votes.best.get(text, -1.0):
+                votes.best[text] = conf
+                box = track.box
+                votes.best_at[text] = (t, (box.x1, box.y1, box.x2, box.y2))
             if votes.texts[text] >= self.min_reads:
                 votes.decided = True
                 residents = {normalise_plate(p) for p in self._residents()}
                 kind = RESIDENT if text in residents else OUTSIDER
-                events.append(VehicleEvent(kind, text, votes.best[text], votes.texts[text], track.id, t))
+                best_t, best_box = votes.best_at[text]
+                events.append(VehicleEvent(kind, text, votes.best[text], votes.texts[text], track.id, t, best_t=best_t, best_box=best_box))
         return events

@@ -63,6 +63,7 @@ class PlateLoop:
         self.health = StageHealth("plates", self._settings, clock, escalate=False)  # plates are what passers-by show
         self._supervisor: StageSupervisor | None = None
         self._listeners: list[Callable[[VehicleEvent], None]] = []
+        self._frame_listeners: list[Callable[[VisibleFrame, list[tuple[VehicleEvent, str]]], None]] = []
         self.counts: Counter[str] = Counter()
         self.last_event: dict[str, Any] | None = None
         self.read_ms: float | None = None
@@ -70,6 +71,13 @@ class PlateLoop:
     def add_listener(self, fn: Callable[[VehicleEvent], None]) -> None:
         """Call ``fn`` (on the plate thread) with every vehicle event, after it was recorded."""
         self._listeners.append(fn)
+
+    def add_frame_listener(self, fn: Callable[[VisibleFrame, list[tuple[VehicleEvent, str]]], None]) -> None:
+        """Call ``fn(frame, [(event, vehicle_id), …])`` (on the plate thread) after every frame read, events or not.
+
+        The lane's tracks are current then (the visit recorder reads them: station/lane/visits.py).
+        """
+        self._frame_listeners.append(fn)
 
     def offer(self, frame: VisibleFrame) -> None:
         """Take a frame from the camera loop, keeping only the newest (never works on the camera thread)."""
@@ -117,10 +125,14 @@ class PlateLoop:
                 self.health.failed(type(exc).__name__, exc, step="lane", frame_seq=frame.seq)
                 continue
             self.health.ok()
-            for event in events:
-                self._emit(event)
+            emitted = [(event, self._emit(event)) for event in events]
+            for fn in self._frame_listeners:
+                try:
+                    fn(frame, emitted)
+                except Exception as exc:  # this frame's visits only: counted, logged once per kind a minute
+                    self.health.failed(f"visit:{type(exc).__name__}", exc, dropped=False, frame_seq=frame.seq)
 
-    def _emit(self, event: VehicleEvent) -> None:
+    def _emit(self, event: VehicleEvent) -> str:
         self.counts[event.kind] += 1
         record = {"vehicle_id": uuid.uuid4().hex, "ts": self._wall(), "clock_synced": self._clock_synced(), **event.as_record()}
         self.last_event = record
@@ -137,6 +149,7 @@ class PlateLoop:
                 fn(event)
             except Exception:  # logged; one listener must not stop the others or the plate thread
                 log.exception("vehicle listener failed listener=%r", fn)
+        return str(record["vehicle_id"])
 
     def stats(self) -> dict[str, Any]:
         """Return the reads, events per kind, errors, read time, last event, dropped frames and stage health."""
