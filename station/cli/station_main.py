@@ -1,4 +1,4 @@
-"""``station``: the daemon (``station run``), the hardware-free demo (``station demo``) and the board (``station board``).
+"""``station``: the daemon (``station run``), the hardware-free demo (``station demo``), the board and the centre.
 
 Exit codes: 0 done, 1 runtime failure, 2 usage or configuration error.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from station.board.cli import board
+from station.centre.cli import centre
 from station.config import ConfigError, StationConfig, load_config
 from station.ops.logs import configure
 
@@ -168,6 +169,7 @@ def demo(
 
 
 main.add_command(board)  # also its own program: checkpoint-board (station/board/cli.py)
+main.add_command(centre)  # also its own program: checkpoint-centre (station/centre/cli.py)
 
 
 if __name__ == "__main__":

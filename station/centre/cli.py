@@ -1,0 +1,187 @@
+"""``station centre`` (also ``checkpoint-centre``): run a centre replica, print a day's report, add a user.
+
+* ``station centre run --mqtt URL --db postgresql://… --listen HOST:PORT [--share-group G]``
+* ``station centre report --db URL --day YYYY-MM-DD --json``
+* ``station centre user add NAME --role viewer|tracer|admin --password-stdin --db URL``
+
+The database password does not belong on the command line: use ``PGPASSWORD`` or a ``~/.pgpass``
+file (libpq reads both). Exit codes: 0 done, 1 runtime failure (database unreachable), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+
+import click
+
+from station.ops.logs import configure
+from station.ops.redact import redact_url
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+@click.group("centre", context_settings={"help_option_names": ["-h", "--help"]})
+def centre() -> None:
+    """District command centre (指挥中心): every station's events in PostgreSQL (docs/centre.md)."""
+
+
+@centre.command("run")
+@click.option("--mqtt", "mqtt_url", required=True, help="mqtt://host:port (or mqtts://) of the district broker")
+@click.option("--db", "db_url", required=True, help="postgresql://user@host:port/dbname (password: PGPASSWORD or ~/.pgpass)")
+@click.option("--listen", default="127.0.0.1:8090", show_default=True, help="host:port of /healthz and /metrics")
+@click.option(
+    "--share-group",
+    default="centre",
+    show_default=True,
+    help="MQTT 5 shared subscription group: replicas in one group split the stream ('' = no sharing: this replica takes all)",
+)
+@click.option("--topic-prefix", default="checkpoint/v1", show_default=True)
+@click.option("--client-id", default=None, help="Stable MQTT client id, one per replica (a restart resumes its session)")
+@click.option(
+    "--session-expiry",
+    type=click.IntRange(0, 604800),
+    default=3600,
+    show_default=True,
+    help="Seconds the broker keeps this replica's session: unacknowledged events wait there while it restarts",
+)
+@click.option("--username", default=None, help="Broker user; the password comes from $CHECKPOINT_MQTT_PASSWORD")
+@click.option("--tls-ca", type=click.Path(dir_okay=False), default=None, help="CA file for mqtts:// (default: system store)")
+@click.option("--timezone", default=None, help="Days are cut in this zone (IANA name); fixed when the database is created (default UTC)")
+@click.option("--retention-days", type=click.IntRange(1, 36500), default=400, show_default=True, help="Day partitions kept")
+@click.option("--batch-size", type=click.IntRange(1, 10000), default=200, show_default=True, help="Messages per commit at most")
+@click.option("--batch-ms", type=click.IntRange(1, 10000), default=100, show_default=True, help="Longest wait to fill a batch")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
+def run(
+    mqtt_url: str,
+    db_url: str,
+    listen: str,
+    share_group: str,
+    topic_prefix: str,
+    client_id: str | None,
+    session_expiry: int,
+    username: str | None,
+    tls_ca: str | None,
+    timezone: str | None,
+    retention_days: int,
+    batch_size: int,
+    batch_ms: int,
+    log_level: str,
+) -> None:
+    """Take every station's events from the broker and store them in PostgreSQL (one replica)."""
+    import psycopg
+
+    from station.centre.run import CentreOptions, run_centre
+
+    configure(log_level)
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        _fail(f"--listen {listen!r}: expected host:port")
+    if share_group and not all(c.isalnum() or c in "_-" for c in share_group):
+        _fail(f"--share-group {share_group!r}: letters, digits, '_' and '-' only")
+    opts = CentreOptions(
+        mqtt_url=mqtt_url,
+        db_url=db_url,
+        host=host or "127.0.0.1",
+        port=int(port),
+        share_group=share_group or None,
+        prefix=topic_prefix,
+        client_id=client_id,
+        session_expiry_s=session_expiry,
+        username=username,
+        password=os.environ.get("CHECKPOINT_MQTT_PASSWORD") if username else None,
+        tls_ca=tls_ca,
+        timezone=timezone,
+        retention_days=retention_days,
+        batch_size=batch_size,
+        batch_window_s=batch_ms / 1000.0,
+    )
+    try:
+        run_centre(opts)
+    except psycopg.Error as exc:
+        _fail(f"centre: database {redact_url(db_url)}: {str(exc).strip()}", 1)
+    except ValueError as exc:
+        _fail(redact_url(str(exc)))
+
+
+@centre.command("report")
+@click.option("--db", "db_url", required=True, help="postgresql://… of the centre's database")
+@click.option("--day", required=True, help="YYYY-MM-DD (a day of the centre's time zone)")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout")
+def report(db_url: str, day: str, as_json: bool) -> None:
+    """Print one day's counts from the database (each event once, whatever was delivered twice)."""
+    import psycopg
+
+    from station.centre import db
+
+    try:
+        the_day = dt.date.fromisoformat(day)
+    except ValueError:
+        _fail(f"--day {day!r}: expected YYYY-MM-DD")
+    try:
+        with db.connect(db_url) as conn:
+            from zoneinfo import ZoneInfo
+
+            tz = ZoneInfo(db.ensure_schema(conn))
+            body = db.report(conn, the_day, tz)
+    except psycopg.Error as exc:
+        _fail(f"centre report: database {redact_url(db_url)}: {str(exc).strip()}", 1)
+    if as_json:
+        click.echo(json.dumps(body, ensure_ascii=False, sort_keys=True))
+        return
+    click.echo(f"{body['day']} ({body['timezone']}): {body['stations']} stations, {body['screened']} screened")
+    for decision, n in body["by_decision"].items():
+        click.echo(f"  {decision:<14} {n}")
+    click.echo(f"  alarms {body['alarms']}, missing events {body['missing_events']}, reported dropped {body['reported_dropped']}")
+    for key, n in body["missing_by_station"].items():
+        click.echo(f"  missing at {key}: {n}")
+
+
+@centre.group("user")
+def user() -> None:
+    """Centre users (viewer, tracer, admin)."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "tracer", "admin"]), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin (else prompted)")
+@click.option("--db", "db_url", required=True, help="postgresql://… of the centre's database")
+def user_add(name: str, role: str, password_stdin: bool, db_url: str) -> None:
+    """Add a user (or set their role and password); the password is stored as an scrypt hash."""
+    import psycopg
+
+    from station.board.auth import USER_NAME, AuthError, hash_password
+    from station.centre import db
+
+    if not USER_NAME.match(name):
+        _fail(f"user name {name!r}: 1-64 letters, digits or . _ @ -")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        hashed = hash_password(password)
+    except AuthError as exc:
+        _fail(str(exc))
+    try:
+        with db.connect(db_url) as conn:
+            db.ensure_schema(conn)
+            new = db.add_user(conn, name, role, hashed)
+    except psycopg.Error as exc:
+        _fail(f"centre user add: database {redact_url(db_url)}: {str(exc).strip()}", 1)
+    click.echo(f"{'added' if new else 'updated'} {name} ({role})")
+
+
+def main() -> None:
+    """Run ``checkpoint-centre`` (the console script)."""
+    centre()
+
+
+if __name__ == "__main__":
+    main()

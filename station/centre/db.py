@@ -1,0 +1,406 @@
+"""The centre's PostgreSQL database: schema, day partitions, batched idempotent writes, retention, reports, users.
+
+Tables (docs/centre.md):
+
+* ``events`` — one row per station message, **partitioned by day** (``PARTITION BY RANGE (ts)``, the
+  station's event time, days of the centre's time zone). The key is ``(msg_id, ts)``: a unique key
+  of a partitioned table must hold the partition key, and a redelivered message carries the same
+  bytes, so the same ``ts``, and lands on the same row: ``INSERT … ON CONFLICT DO NOTHING`` makes
+  every delivery after the first a no-op.
+* ``events_misdated`` — messages whose time lies outside the partitions the centre keeps (a station
+  clock years off, or older than the retention): kept and counted, never silently lost, never a
+  reason to create a partition for a hostile date.
+* ``stations`` — every station ever heard (unknown ones too), last seen, highest ``seq``, messages.
+* ``station_seq_floor`` — per station the ``seq`` below which nothing is expected any more (raised
+  when retention drops a day).
+* views ``station_gaps`` (every run of missing ``seq`` numbers: first, last, how many, the session
+  and time of the record after it) and ``station_missing`` (missing events per station).
+* ``centre_users`` — name, role (viewer | tracer | admin), scrypt hash (the board's KDF).
+
+Several replicas share one database. Schema and partition changes run under one advisory lock;
+batches touch ``stations`` rows in key order, so two replicas never deadlock on them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+from station.centre.parse import SEQ_KINDS, EventRow
+
+log = logging.getLogger("station.centre.db")
+
+DDL_LOCK = 0x43_45_4E_54_52_45  # "CENTRE": the advisory lock that serialises schema and partition changes
+SCHEMA_VERSION = 1
+ROLES = ("viewer", "tracer", "admin")
+PARTITION = re.compile(r"^events_p(\d{8})$")
+
+_SEQ_KINDS_SQL = ", ".join(f"'{k}'" for k in SEQ_KINDS)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS centre_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+  ts timestamptz NOT NULL,              -- the station's event time: the partition key
+  msg_id text NOT NULL,                 -- the envelope's idempotency key
+  site text NOT NULL, station text NOT NULL,
+  session bigint, seq bigint,
+  kind text NOT NULL,                   -- screening | alarm | vehicle | audit | overflow
+  event_id text, decision text, reason text, temperature_c real,
+  alarm boolean NOT NULL DEFAULT false,
+  code_colour text, decision_source text,
+  detail text,                          -- vehicle type, audit action, overflow reasons
+  dropped integer,                      -- overflow: rows the station's outbox bound dropped
+  clock_synced boolean,
+  received_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (msg_id, ts)
+) PARTITION BY RANGE (ts);
+CREATE INDEX IF NOT EXISTS events_station_seq ON events (site, station, seq) WHERE kind IN ({_SEQ_KINDS_SQL});
+CREATE INDEX IF NOT EXISTS events_station_ts ON events (site, station, ts);
+CREATE TABLE IF NOT EXISTS events_misdated (
+  LIKE events INCLUDING DEFAULTS,
+  PRIMARY KEY (msg_id)
+);
+CREATE TABLE IF NOT EXISTS stations (
+  site text NOT NULL, station text NOT NULL,
+  first_seen timestamptz NOT NULL, last_seen timestamptz NOT NULL,
+  last_event_ts timestamptz, last_session bigint, max_seq bigint,
+  messages bigint NOT NULL DEFAULT 0,
+  PRIMARY KEY (site, station)
+);
+CREATE TABLE IF NOT EXISTS station_seq_floor (
+  site text NOT NULL, station text NOT NULL, seq_floor bigint NOT NULL,
+  PRIMARY KEY (site, station)
+);
+CREATE TABLE IF NOT EXISTS centre_users (
+  name text PRIMARY KEY,
+  role text NOT NULL CHECK (role IN ('viewer', 'tracer', 'admin')),
+  password text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+-- One row per record number a station made (a screening and its alarm copy share one).
+CREATE OR REPLACE VIEW station_seqs AS
+  SELECT site, station, seq, min(ts) AS ts, max(session) AS session
+  FROM events WHERE kind IN ({_SEQ_KINDS_SQL}) AND seq IS NOT NULL
+  GROUP BY site, station, seq;
+-- Every run of numbers missing before a received one; seq is per station and never reused
+-- (station/store/outbox.py), so a gap may span a restart: it is labelled with the session after it.
+CREATE OR REPLACE VIEW station_gaps AS
+  SELECT site, station, session, prev + 1 AS first_missing, seq - 1 AS last_missing, seq - prev - 1 AS missing, ts AS next_ts
+  FROM (
+    SELECT s.site, s.station, s.seq, s.ts, s.session,
+           coalesce(lag(s.seq) OVER (PARTITION BY s.site, s.station ORDER BY s.seq), f.seq_floor, 0) AS prev
+    FROM station_seqs s LEFT JOIN station_seq_floor f USING (site, station)
+  ) numbered
+  WHERE seq - prev > 1;
+CREATE OR REPLACE VIEW station_missing AS
+  SELECT st.site, st.station, coalesce(sum(g.missing), 0)::bigint AS missing_events, count(g.missing) AS gaps,
+         st.last_seen, st.last_event_ts, st.last_session, st.max_seq, st.messages
+  FROM stations st LEFT JOIN station_gaps g USING (site, station)
+  GROUP BY st.site, st.station, st.last_seen, st.last_event_ts, st.last_session, st.max_seq, st.messages;
+"""
+
+_COLUMNS = (
+    "ts",
+    "msg_id",
+    "site",
+    "station",
+    "session",
+    "seq",
+    "kind",
+    "event_id",
+    "decision",
+    "reason",
+    "temperature_c",
+    "alarm",
+    "code_colour",
+    "decision_source",
+    "detail",
+    "dropped",
+    "clock_synced",
+)
+_TYPES = (
+    "float8",
+    "text",
+    "text",
+    "text",
+    "int8",
+    "int8",
+    "text",
+    "text",
+    "text",
+    "text",
+    "float4",
+    "bool",
+    "text",
+    "text",
+    "text",
+    "int4",
+    "bool",
+)
+_UNNEST = ", ".join(f"%s::{t}[]" for t in _TYPES)
+_SELECT = ", ".join("to_timestamp(u.ts)" if c == "ts" else f"u.{c}" for c in _COLUMNS)
+
+
+def _insert_sql(table: str) -> str:
+    return (
+        f"INSERT INTO {table} ({', '.join(_COLUMNS)}) SELECT {_SELECT} FROM unnest({_UNNEST}) AS u({', '.join(_COLUMNS)}) "
+        f"ON CONFLICT DO NOTHING RETURNING site, station, kind, session, seq, extract(epoch FROM ts)::float8"
+    )
+
+
+INSERT_EVENTS = _insert_sql("events")
+INSERT_MISDATED = _insert_sql("events_misdated")
+UPSERT_STATIONS = """
+INSERT INTO stations (site, station, first_seen, last_seen, last_event_ts, last_session, max_seq, messages)
+SELECT u.site, u.station, now(), now(), to_timestamp(u.last_ts), u.session, u.seq, u.n
+FROM unnest(%s::text[], %s::text[], %s::float8[], %s::int8[], %s::int8[], %s::int8[]) AS u(site, station, last_ts, session, seq, n)
+ON CONFLICT (site, station) DO UPDATE SET
+  last_seen = now(),
+  last_event_ts = greatest(stations.last_event_ts, excluded.last_event_ts),
+  last_session = greatest(stations.last_session, excluded.last_session),
+  max_seq = greatest(stations.max_seq, excluded.max_seq),
+  messages = stations.messages + excluded.messages
+"""
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """Open a connection with a bounded connect time and the centre's application name."""
+    return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, application_name="checkpoint-centre")
+
+
+def _ddl_lock(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK,))
+
+
+def ensure_schema(conn: psycopg.Connection[Any], timezone: str | None = None) -> str:
+    """Create what is missing and return the centre's time zone (stored at first creation; ``timezone`` or UTC).
+
+    A different ``timezone`` than the one stored is an error: the partitions' day bounds depend on it.
+    """
+    with conn.transaction():
+        _ddl_lock(conn)
+        conn.execute(SCHEMA)
+        row = conn.execute("SELECT value FROM centre_meta WHERE key = 'timezone'").fetchone()
+        if row is None:
+            tz = timezone or "UTC"
+            ZoneInfo(tz)  # raises for an unknown zone before anything is stored
+            conn.execute("INSERT INTO centre_meta(key, value) VALUES ('timezone', %s), ('schema', %s)", (tz, str(SCHEMA_VERSION)))
+            return tz
+        stored = str(row[0])
+        if timezone and timezone != stored:
+            raise ValueError(f"--timezone {timezone!r}: this database's days are cut in {stored!r} (set when it was created)")
+        return stored
+
+
+def day_bounds(day: dt.date, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    """Return the start and end (exclusive) of ``day`` in zone ``tz`` as aware datetimes."""
+    start = dt.datetime.combine(day, dt.time(), tzinfo=tz)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+    return start, end
+
+
+def day_of(ts: float, tz: ZoneInfo) -> dt.date:
+    """Return the calendar day of unix time ``ts`` in zone ``tz``."""
+    return dt.datetime.fromtimestamp(ts, tz).date()
+
+
+def partition_name(day: dt.date) -> str:
+    """Return the name of ``day``'s partition (``events_pYYYYMMDD``)."""
+    return f"events_p{day:%Y%m%d}"
+
+
+def existing_partitions(conn: psycopg.Connection[Any]) -> set[dt.date]:
+    """Return the days that have a partition of ``events``."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass('events')"
+    ).fetchall()
+    days = set()
+    for (name,) in rows:
+        m = PARTITION.match(name)
+        if m:
+            days.add(dt.datetime.strptime(m.group(1), "%Y%m%d").date())
+    return days
+
+
+def create_partitions(conn: psycopg.Connection[Any], days: Iterable[dt.date], tz: ZoneInfo) -> list[dt.date]:
+    """Create the partitions of ``days`` that do not exist yet (under the DDL lock); return those created."""
+    created = []
+    with conn.transaction():
+        _ddl_lock(conn)
+        have = existing_partitions(conn)
+        for day in sorted(set(days) - have):
+            start, end = day_bounds(day, tz)
+            conn.execute(
+                f"CREATE TABLE {partition_name(day)} PARTITION OF events FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+            )
+            created.append(day)
+    if created:
+        log.info("centre created partitions days=%s", ",".join(d.isoformat() for d in created))
+    return created
+
+
+def drop_expired(conn: psycopg.Connection[Any], keep_from: dt.date) -> list[dt.date]:
+    """Drop every day partition before ``keep_from`` (retention) and raise the stations' seq floors; return the days dropped.
+
+    A whole day goes at once (no row-by-row DELETE). Numbers below the oldest one still kept are no
+    longer expected, so the gap view does not count the dropped days as missing events.
+    """
+    dropped = []
+    with conn.transaction():
+        _ddl_lock(conn)
+        for day in sorted(existing_partitions(conn)):
+            if day < keep_from:
+                conn.execute(f"DROP TABLE {partition_name(day)}")
+                dropped.append(day)
+        if dropped:
+            conn.execute(
+                """
+                INSERT INTO station_seq_floor (site, station, seq_floor)
+                SELECT st.site, st.station, coalesce(k.min_seq - 1, st.max_seq, 0)
+                FROM stations st LEFT JOIN (SELECT site, station, min(seq) AS min_seq FROM station_seqs GROUP BY site, station) k
+                  USING (site, station)
+                ON CONFLICT (site, station) DO UPDATE SET seq_floor = greatest(station_seq_floor.seq_floor, excluded.seq_floor)
+                """
+            )
+            conn.execute("DELETE FROM events_misdated WHERE received_at < %s", (dt.datetime.combine(keep_from, dt.time(), tzinfo=dt.UTC),))
+    if dropped:
+        log.info("centre retention dropped partitions days=%s", ",".join(d.isoformat() for d in dropped))
+    return dropped
+
+
+@dataclass
+class BatchResult:
+    """What one committed batch did: rows new to the database and rows already there (redeliveries)."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    misdated: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def _columns(rows: Sequence[EventRow]) -> list[list[Any]]:
+    return [[getattr(r, c) for r in rows] for c in _COLUMNS]
+
+
+def write_batch(conn: psycopg.Connection[Any], placed: Sequence[EventRow], misdated: Sequence[EventRow]) -> BatchResult:
+    """Insert one batch in one transaction (idempotent by ``msg_id``) and update ``stations``; return the counts.
+
+    ``placed`` rows must fall in existing partitions; ``misdated`` go to ``events_misdated``.
+    """
+    result = BatchResult()
+    new: list[tuple[Any, ...]] = []
+    with conn.transaction():
+        with conn.cursor() as cur:
+            for sql, rows in ((INSERT_EVENTS, placed), (INSERT_MISDATED, misdated)):
+                if rows:
+                    cur.execute(sql, _columns(rows))
+                    got = cur.fetchall()
+                    new.extend(got)
+                    if sql is INSERT_MISDATED:
+                        result.misdated += len(got)
+            per_station: dict[tuple[str, str], list[Any]] = {}
+            for site, station, kind, session, seq, ts in new:
+                result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
+                entry = per_station.setdefault((site, station), [ts, session, seq, 0])
+                entry[0] = max(entry[0], ts)
+                entry[1] = session if entry[1] is None else (max(entry[1], session) if session is not None else entry[1])
+                if kind in SEQ_KINDS and seq is not None:
+                    entry[2] = seq if entry[2] is None else max(entry[2], seq)
+                entry[3] += 1
+            if per_station:
+                keys = sorted(per_station)  # one lock order for every replica: no deadlock between them
+                cur.execute(
+                    UPSERT_STATIONS,
+                    [[k[0] for k in keys], [k[1] for k in keys], *([per_station[k][i] for k in keys] for i in range(4))],
+                )
+    result.inserted = len(new)
+    result.duplicates = len(placed) + len(misdated) - len(new)
+    return result
+
+
+def report(conn: psycopg.Connection[Any], day: dt.date, tz: ZoneInfo) -> dict[str, Any]:
+    """Return the day's counts, de-duplicated: stations, screened, by decision, alarms, vehicles, missing events."""
+    start, end = day_bounds(day, tz)
+    window = (start, end)
+    # A screening and its alarm copy are one decision: count each (station, event_id) once.
+    by_decision = {
+        (d or "unknown"): int(n)
+        for d, n in conn.execute(
+            """
+            SELECT decision, count(*) FROM (
+              SELECT DISTINCT ON (site, station, event_id) decision FROM events
+              WHERE ts >= %s AND ts < %s AND kind IN ('screening', 'alarm') AND event_id IS NOT NULL
+              ORDER BY site, station, event_id, kind DESC) e
+            GROUP BY decision ORDER BY decision""",
+            window,
+        ).fetchall()
+    }
+    stations, messages, alarms, reported_dropped = conn.execute(
+        """SELECT count(DISTINCT (site, station)), count(*),
+                  count(DISTINCT (site, station, event_id)) FILTER (WHERE kind = 'alarm'),
+                  coalesce(sum(dropped) FILTER (WHERE kind = 'overflow'), 0)
+           FROM events WHERE ts >= %s AND ts < %s""",
+        window,
+    ).fetchone() or (0, 0, 0, 0)
+    vehicles = {
+        (k or "unknown"): int(n)
+        for k, n in conn.execute(
+            "SELECT detail, count(*) FROM events WHERE ts >= %s AND ts < %s AND kind = 'vehicle' GROUP BY detail ORDER BY detail", window
+        ).fetchall()
+    }
+    missing = {
+        f"{site}/{station}": int(n)
+        for site, station, n in conn.execute(
+            "SELECT site, station, sum(missing) FROM station_gaps WHERE next_ts >= %s AND next_ts < %s "
+            "GROUP BY site, station ORDER BY 1, 2",
+            window,
+        ).fetchall()
+    }
+    misdated = conn.execute("SELECT count(*) FROM events_misdated WHERE received_at >= %s AND received_at < %s", window).fetchone()
+    return {
+        "day": day.isoformat(),
+        "timezone": str(tz.key),
+        "stations": int(stations),
+        "screened": sum(by_decision.values()),
+        "by_decision": by_decision,
+        "alarms": int(alarms),
+        "vehicles": vehicles,
+        "missing_events": sum(missing.values()),
+        "missing_by_station": missing,
+        "reported_dropped": int(reported_dropped),
+        "messages": int(messages),
+        "misdated_received": int(misdated[0]) if misdated else 0,
+        "generated_at": time.time(),
+    }
+
+
+def missing_by_station(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Return every station with its missing events over the data kept (``station_missing``)."""
+    cur = conn.execute(
+        "SELECT site, station, missing_events, gaps, max_seq, messages, last_session FROM station_missing ORDER BY site, station"
+    )
+    cols = [c.name for c in cur.description or ()]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def add_user(conn: psycopg.Connection[Any], name: str, role: str, password_hash: str) -> bool:
+    """Create or update a centre user; return True when the user is new."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: expected one of {', '.join(ROLES)}")
+    with conn.transaction():
+        row = conn.execute(
+            """INSERT INTO centre_users (name, role, password) VALUES (%s, %s, %s)
+               ON CONFLICT (name) DO UPDATE SET role = excluded.role, password = excluded.password, updated_at = now()
+               RETURNING (xmax = 0)""",
+            (name, role, password_hash),
+        ).fetchone()
+    return bool(row and row[0])

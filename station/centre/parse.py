@@ -1,0 +1,165 @@
+"""What the centre takes from a station's ``events/…`` message: one typed row, or a verdict with its reason.
+
+Pure: no I/O. :func:`parse_message` is total: for any topic string and any bytes it returns either an
+:class:`EventRow` or a :class:`Rejected`, never raises. The value checks are the board's
+(``station.board.schema``: sizes, JSON, finite numbers in range, enums, control characters stripped);
+this module only adds the envelope the centre needs for de-duplication and gap detection (``msg_id``,
+``session``, ``seq``, docs/mqtt.md) and decides which column each kind of message fills.
+
+Kinds (the topic's last segment under ``events/``):
+
+* ``screening`` — one decision; consumes a ``seq``;
+* ``alarm`` — either the alarm copy of a screening (same ``seq`` and ``event_id`` as its screening
+  message: the centre keeps the event even when the station's outbox bound dropped the screening
+  copy) or an ``outbox_overflow`` notice (``kind = overflow``, ``dropped`` rows, carries the current
+  ``seq`` without consuming one);
+* ``vehicle`` — a plate reading at the vehicle lane; consumes a ``seq`` (the plate itself is not kept);
+* ``audit`` — an action carried out or refused at the station; carries the current ``seq`` only.
+
+Only what a row lists is kept: no code payload, no name, no plate, no ID number reaches the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from station.board import schema
+from station.board.schema import Dropped
+
+MAX_EVENT_PAYLOAD = schema.MAX_PAYLOAD["events"]
+KINDS = ("screening", "alarm", "vehicle", "audit")
+SEQ_KINDS = ("screening", "alarm", "vehicle")
+"""Row kinds whose ``seq`` is the number of a record the station made (gap detection counts them)."""
+CODE_COLOURS = frozenset({"green", "yellow", "red"})
+SESSION_MAX = 2**31
+SEQ_MAX = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One message as the centre stores it (``events`` table); ``ts`` is the station's event time (unix s)."""
+
+    msg_id: str
+    ts: float
+    site: str
+    station: str
+    session: int | None
+    seq: int | None
+    kind: str  # screening | alarm | vehicle | audit | overflow
+    event_id: str | None = None  # screening/alarm: the decision's id; vehicle: vehicle_id; audit: audit_id
+    decision: str | None = None
+    reason: str | None = None
+    temperature_c: float | None = None
+    alarm: bool = False
+    code_colour: str | None = None
+    decision_source: str | None = None
+    detail: str | None = None  # vehicle: resident/outsider; audit: the action; overflow: the bounds exceeded
+    dropped: int | None = None  # overflow: rows the station's outbox bound dropped
+    clock_synced: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message the centre counts and drops; ``reason`` is a short label (``not_json``, ``bad_ts``, …)."""
+
+    reason: str
+
+
+def split_topic(prefix: str, topic: str) -> tuple[str, str, str] | Rejected:
+    """Return ``(site, station, kind)`` of ``<prefix>/<site>/<station>/events/<kind>``; else :class:`Rejected`."""
+    if not topic.startswith(prefix + "/"):
+        return Rejected("not_ours")
+    parts = topic[len(prefix) + 1 :].split("/")
+    if len(parts) != 4 or parts[2] != "events":
+        return Rejected("bad_topic")
+    site, station, _, kind = parts
+    if not (schema.segment(site) and schema.segment(station)):
+        return Rejected("bad_topic")
+    if kind not in KINDS:
+        return Rejected("unknown_kind")
+    return site, station, kind
+
+
+def parse_message(prefix: str, topic: Any, payload: Any) -> EventRow | Rejected:
+    """Return the typed row of one ``events/…`` message, or why it is dropped; never raise."""
+    try:
+        if not isinstance(topic, str) or not isinstance(payload, (bytes, bytearray, memoryview)):
+            return Rejected("bad_input")
+        split = split_topic(prefix.rstrip("/"), topic)
+        if isinstance(split, Rejected):
+            return split
+        site, station, kind = split
+        body = schema.decode_object(bytes(payload), MAX_EVENT_PAYLOAD)
+        return _row(site, station, kind, body)
+    except Dropped as exc:
+        return Rejected(exc.reason)
+    except Exception as exc:  # a check this module missed: still a verdict, named by its type, never a dead consumer
+        return Rejected(f"parser_{type(exc).__name__}"[:40])
+
+
+def _envelope(site: str, station: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Return the checked envelope fields; raise :class:`Dropped` when one the centre relies on is unusable."""
+    msg_id = schema.event_id(body.get("msg_id"))
+    if msg_id is None:
+        raise Dropped("bad_msg_id")
+    # The envelope names the sender too: a message whose body claims another station than its topic
+    # is someone publishing under a topic that is not theirs (the broker's ACL should prevent it).
+    for key, want in (("station_id", station), ("site", site)):
+        if key in body and body[key] != want:
+            raise Dropped("sender_mismatch")
+    seq = schema.count(body.get("seq"), SEQ_MAX)
+    session = schema.count(body.get("session"), SESSION_MAX)
+    synced = body.get("clock_synced")
+    return {"msg_id": msg_id, "seq": seq, "session": session, "clock_synced": synced if isinstance(synced, bool) else None}
+
+
+def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
+    env = _envelope(site, station, body)
+    base = {"site": site, "station": station, **env}
+    if kind in ("screening", "alarm") and not (kind == "alarm" and body.get("kind") == "outbox_overflow"):
+        event = schema.clean_event(body.get("event"), body.get("ts"))
+        if env["seq"] is None:
+            raise Dropped("bad_seq")  # a record without its number would hide a gap
+        raw = body.get("event")
+        colour = schema.enum(raw.get("code_colour"), CODE_COLOURS) if isinstance(raw, dict) else None
+        return EventRow(
+            ts=event["ts"],
+            kind=kind,
+            event_id=event["event_id"],
+            decision=event["decision"],
+            reason=event["reason"],
+            temperature_c=event["temperature_c"],
+            alarm=event["alarm"],
+            code_colour=colour,
+            decision_source=event["decision_source"],
+            **base,
+        )
+    ts = schema.timestamp(body.get("ts"))
+    if ts is None:
+        raise Dropped("bad_ts")
+    if kind == "alarm":  # the outbox_overflow notice
+        dropped = schema.count(body.get("dropped"))
+        reasons = body.get("reasons")
+        detail = ",".join(r for r in reasons if isinstance(r, str) and schema.TOKEN.match(r))[:64] if isinstance(reasons, list) else None
+        return EventRow(ts=ts, kind="overflow", dropped=dropped, detail=detail or None, alarm=True, **base)
+    if kind == "vehicle":
+        vehicle = body.get("vehicle")
+        if not isinstance(vehicle, dict):
+            raise Dropped("no_vehicle")
+        vid = schema.event_id(vehicle.get("vehicle_id"))
+        if vid is None:
+            raise Dropped("bad_event_id")
+        if env["seq"] is None:
+            raise Dropped("bad_seq")
+        vts = schema.timestamp(vehicle.get("ts"))
+        return EventRow(ts=vts if vts is not None else ts, kind="vehicle", event_id=vid, detail=schema.token(vehicle.get("type")), **base)
+    # audit: who did what is kept at the station; the centre keeps that it happened and the action's name.
+    return EventRow(
+        ts=ts,
+        kind="audit",
+        event_id=schema.event_id(body.get("audit_id")),
+        detail=schema.token(body.get("action")) or schema.token(body.get("kind")),
+        reason=schema.text(body.get("reason")),
+        **base,
+    )

@@ -1,0 +1,127 @@
+"""Build one centre replica from its options: the writer, the MQTT subscriber and the health server; run it.
+
+Start order: database (schema, partitions) → writer thread → MQTT subscriber → HTTP last. Stop is the
+reverse: the writer commits and acknowledges what it holds while the broker link is still up, then the
+link closes (anything unacknowledged stays in the broker's session for the next start).
+``station/centre/cli.py`` turns the command line into :class:`CentreOptions`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from station.centre.ingest import Ingestor
+from station.centre.mqtt import CentreSubscriber
+from station.centre.web import create_app
+from station.ops.redact import redact_url
+
+log = logging.getLogger("station.centre")
+
+
+@dataclass
+class CentreOptions:
+    """Everything a centre replica is configured with (the command line's options, typed)."""
+
+    mqtt_url: str
+    db_url: str
+    host: str = "127.0.0.1"
+    port: int = 8090
+    share_group: str | None = "centre"
+    prefix: str = "checkpoint/v1"
+    client_id: str | None = None
+    session_expiry_s: int = 3600
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    timezone: str | None = None
+    retention_days: int = 400
+    batch_size: int = 200
+    batch_window_s: float = 0.1
+    receive_maximum: int = 2000
+
+
+class Centre:
+    """One centre replica wired from :class:`CentreOptions`; raises ``ValueError`` for a bad URL or option."""
+
+    def __init__(self, opts: CentreOptions) -> None:
+        self.opts = opts
+        self.subscriber: CentreSubscriber | None = None
+        self.writer = Ingestor(
+            opts.db_url,
+            self._ack,
+            prefix=opts.prefix,
+            timezone=opts.timezone,
+            retention_days=opts.retention_days,
+            batch_size=opts.batch_size,
+            batch_window_s=opts.batch_window_s,
+        )
+        self.subscriber = CentreSubscriber(
+            opts.mqtt_url,
+            self.writer.offer,
+            prefix=opts.prefix,
+            share_group=opts.share_group,
+            client_id=opts.client_id,
+            session_expiry_s=opts.session_expiry_s,
+            receive_maximum=opts.receive_maximum,
+            username=opts.username,
+            password=opts.password,
+            tls_ca=opts.tls_ca,
+        )
+        self.app = create_app(self.subscriber.stats, self.writer.stats)
+
+    def _ack(self, delivery: Any) -> bool:
+        return self.subscriber.ack(delivery) if self.subscriber is not None else False
+
+    def start(self) -> None:
+        """Open the database, start the writer, then connect to the broker."""
+        self.writer.open()
+        self.writer.start()
+        assert self.subscriber is not None
+        self.subscriber.start()
+        log.info(
+            "centre started db=%s mqtt=%s:%d filter=%s timezone=%s retention_days=%d",
+            redact_url(self.opts.db_url),
+            self.subscriber.host,
+            self.subscriber.port,
+            self.subscriber.filter,
+            self.writer.tz.key,
+            self.opts.retention_days,
+        )
+
+    def stop(self) -> None:
+        """Commit and acknowledge what is held, then disconnect."""
+        self.writer.stop()
+        if self.subscriber is not None:
+            self.subscriber.stop()
+        log.info("centre stopped stats=%s", self.writer.stats())
+
+    def serve(self) -> None:
+        """Run the health server in this thread until SIGINT/SIGTERM (uvicorn handles them)."""
+        import uvicorn
+
+        config = uvicorn.Config(self.app, host=self.opts.host, port=self.opts.port, log_level="warning", access_log=False)
+        server = uvicorn.Server(config)
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn re-raises the signal to the handler installed before it: a no-op, so that we
+            # return, commit what is held and exit 0 (systemd's stop is a clean stop).
+            def stopped_by(signum: int, _frame: Any) -> None:
+                log.info("centre stopping signal=%s", signal.Signals(signum).name)
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, stopped_by)
+        server.run()
+
+
+def run_centre(opts: CentreOptions) -> Centre:
+    """Run a centre replica until SIGINT/SIGTERM and return it (stopped)."""
+    centre = Centre(opts)
+    centre.start()
+    try:
+        centre.serve()
+    finally:
+        centre.stop()
+    return centre
