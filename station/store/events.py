@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from station.domain.model import GateResult, ScreeningEvent
-from station.store import migrations, outbox
+from station.ops.clock import StorePosition
+from station.store import clock_corrections, migrations, outbox
 from station.store.errors import SchemaTooNewError, StoreError
 from station.store.health import StorageHealth, is_storage_error
 from station.store.meta import bump_meta, meta_int
@@ -140,6 +141,7 @@ class SqliteEventStore:
         self.topic_visit = f"{base}/events/visit"
         self.topic_registration = f"{base}/events/registration"
         self.topic_audit = f"{base}/events/audit"
+        self.topic_clock = f"{base}/events/clock"  # clock corrections (station/store/clock_corrections.py)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._closed = False
@@ -682,6 +684,26 @@ class SqliteEventStore:
         """Return the last ``n`` vehicle records, oldest first."""
         rows = self._query("SELECT record FROM (SELECT id, record FROM vehicles ORDER BY id DESC LIMIT ?) ORDER BY id", (n,))
         return [json.loads(r["record"]) for r in rows]
+
+    # ---------------------------------------------------------------- clock corrections (station.ops.clock.ClockWatch)
+
+    def clock_position(self) -> StorePosition:
+        """Return the newest event and vehicle rowids and the last ``seq`` (where a clock segment begins)."""
+        return self._read(clock_corrections.position)
+
+    def unsynced_records(self, after: StorePosition, upto: StorePosition | None) -> dict[str, list[tuple[str, float]]]:
+        """Return (id, ts) of the events and vehicles in (after, upto] stamped with ``clock_synced`` false."""
+        return self._read(lambda conn: clock_corrections.unsynced_ids(conn, after, upto))
+
+    def record_clock_correction(self, correction: Mapping[str, Any]) -> int:
+        """Write a clock correction and its ``events/clock`` message in one durable transaction; return the row id."""
+        rowid = self._write(lambda conn: clock_corrections.record(conn, self._sender(), self.topic_clock, correction, time.time()))
+        self._notify_listeners()
+        return rowid
+
+    def clock_corrections(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Return the clock corrections written, newest first, as published."""
+        return self._read(lambda conn: clock_corrections.corrections(conn, limit))
 
     # ---------------------------------------------------------------- outbox (see station.store.outbox)
 

@@ -241,6 +241,29 @@ def _migrate_visits_registrations(db: Database) -> None:
         db.execute(sql)
 
 
+def _migrate_clock_corrections(db: Database) -> None:
+    """Add clock corrections: the offset to add to records stamped while the wall clock was not synchronised.
+
+    A side table, never a rewrite: the records keep the ``ts`` they were stamped with and
+    ``clock_synced`` false; a correction names them (``seq`` range, ids) and the offset found once the
+    clock was synchronised (station/ops/clock.py).
+    """
+    db.execute(
+        """
+        CREATE TABLE clock_corrections (
+          id            INTEGER PRIMARY KEY,
+          correction_id TEXT NOT NULL UNIQUE,
+          offset_ms     INTEGER NOT NULL,           -- add to the records' ts (ms): true time = ts + offset_ms / 1000
+          seq_first     INTEGER,                    -- seq range of the corrected records (null: late records, ids only)
+          seq_last      INTEGER,
+          records       INTEGER NOT NULL,           -- how many records it corrects
+          record        TEXT NOT NULL,              -- JSON as published on events/clock (ids included)
+          created_at    REAL NOT NULL               -- unix time written (the clock was synchronised by then)
+        )
+        """
+    )
+
+
 Migration = Callable[[Database], None]
 MIGRATIONS: Sequence[Migration] = (
     _migrate_v1,
@@ -250,6 +273,7 @@ MIGRATIONS: Sequence[Migration] = (
     _migrate_command_audit,
     _migrate_event_crops,
     _migrate_visits_registrations,
+    _migrate_clock_corrections,
 )
 """Ordered migrations; ``MIGRATIONS[i]`` upgrades ``user_version`` i to i + 1."""
 

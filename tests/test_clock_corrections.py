@@ -1,0 +1,174 @@
+"""Records stamped while the wall clock was not synchronised get a correction once it is, never a rewrite.
+
+A ``ClockWatch`` over a clock the test steps, and the real SQLite store: the records keep their
+``ts`` and ``clock_synced`` false; one ``clock_corrections`` row (and its ``events/clock`` outbox
+message) per segment of constant offset names them by ``seq`` range and id with the offset to add.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from station.ops.clock import ClockWatch, SystemClock
+from station.store.events import SqliteEventStore
+from tests.support.clocks import EPOCH_1970, ManualClock
+from tests.support.events import make_event
+
+TRUE_NOW = 1_780_000_000.0  # the time NTP will say it is (2026)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SqliteEventStore(tmp_path / "events.sqlite3", station_id="st-01", site="gate-a")
+    s.begin_session()
+    yield s
+    s.close()
+
+
+def stamp(store: SqliteEventStore, clock: ClockWatch, i: int) -> str:
+    """Record event ``i`` the way the pipeline stamps it: wall time and sync state read from the clock."""
+    event = dataclasses.replace(make_event(i), wall_ts=clock.wall(), clock_synced=clock.synced())
+    store.record(event)
+    return event.event_id
+
+
+def clock_messages(store: SqliteEventStore) -> list[dict]:
+    return [json.loads(r.payload) for r in store.outbox_rows_after(0) if r.topic.endswith("/events/clock")]
+
+
+def test_boot_at_1970_then_ntp_sync_writes_one_correction_with_the_offset_seq_range_and_ids(store):
+    manual = ManualClock(wall=EPOCH_1970, mono=50.0, synced=False)
+    clock = ClockWatch(manual, step_threshold_s=1.0)
+    clock.attach(store)
+    before = [stamp(store, clock, i) for i in range(3)]  # unsynced: stamped at 1970
+    manual.advance(30.0)
+    before.append(stamp(store, clock, 3))
+    assert clock.check() == 0, "nothing to correct while the clock is still unsynced"
+    # NTP steps the clock to the true time and the kernel says it is synchronised.
+    manual.step(TRUE_NOW - manual.wall_s)
+    manual.is_synced = True
+    after = stamp(store, clock, 4)
+    assert clock.check() == 1
+    assert clock.check() == 0, "written once"
+
+    (corr,) = store.clock_corrections()
+    assert corr["offset_ms"] == round((TRUE_NOW - (EPOCH_1970 + 30.0)) * 1000)
+    assert corr["event_ids"] == before and after not in corr["event_ids"]
+    assert (corr["seq_first"], corr["seq_last"]) == (1, 4) and corr["count"] == 4 and corr["ids_complete"]
+    # The original rows are untouched: 1970 and clock_synced false, the synced one true.
+    for eid in before:
+        ev = store.event(eid)
+        assert ev is not None and ev["clock_synced"] is False and ev["ts"] < EPOCH_1970 + 60
+    assert store.event(after)["clock_synced"] is True  # type: ignore[index]
+    # The correction goes to the centre like every event: through the outbox, exempt from the bounds.
+    (msg,) = clock_messages(store)
+    assert msg["correction"] == corr and msg["clock_synced"] is True and msg["seq"] == 5
+    assert [r.priority for r in store.outbox_rows_after(0) if r.topic.endswith("/events/clock")] == [1]
+    assert clock.state()["corrections"] == 1 and clock.state()["synced"] is True
+
+
+def test_a_step_while_unsynced_starts_a_segment_of_its_own_with_its_own_offset(store):
+    manual = ManualClock(wall=TRUE_NOW - 86_400.0, mono=10.0, synced=False)  # fake-hwclock: a day behind
+    clock = ClockWatch(manual, step_threshold_s=1.0)
+    clock.attach(store)
+    day_behind = [stamp(store, clock, i) for i in range(2)]
+    manual.advance(5.0)
+    manual.step(+3 * 3600.0)  # someone sets the date by hand: now 21 h behind
+    three_later = [stamp(store, clock, 10 + i) for i in range(2)]
+    manual.advance(5.0)
+    manual.step(-1 * 3600.0)  # and back an hour: 22 h behind
+    hour_back = [stamp(store, clock, 20)]
+    manual.advance(5.0)
+    manual.step(TRUE_NOW + 15.0 - manual.wall_s)  # NTP: the true time
+    manual.is_synced = True
+    assert clock.check() == 3
+    by_first = {c["event_ids"][0]: c for c in store.clock_corrections()}
+    assert by_first[day_behind[0]]["event_ids"] == day_behind
+    assert by_first[day_behind[0]]["offset_ms"] == 86_400_000
+    assert by_first[three_later[0]]["event_ids"] == three_later
+    assert by_first[three_later[0]]["offset_ms"] == 21 * 3_600_000
+    assert by_first[hour_back[0]]["event_ids"] == hour_back
+    assert by_first[hour_back[0]]["offset_ms"] == 22 * 3_600_000
+    assert [(c["seq_first"], c["seq_last"]) for c in reversed(store.clock_corrections())] == [(1, 2), (3, 4), (5, 5)]
+    assert len(clock.steps) == 3
+
+
+def test_a_record_stamped_unsynced_but_written_after_the_sync_gets_a_late_correction(store):
+    manual = ManualClock(wall=EPOCH_1970, mono=10.0, synced=False)
+    clock = ClockWatch(manual)
+    clock.attach(store)
+    stamp(store, clock, 1)
+    held = dataclasses.replace(make_event(2), wall_ts=clock.wall(), clock_synced=clock.synced())  # decided, not yet written (disk full)
+    manual.step(TRUE_NOW - manual.wall_s)
+    manual.is_synced = True
+    assert clock.check() == 1
+    store.record(held)  # written once space came back
+    assert clock.check() == 1
+    late = store.clock_corrections()[0]
+    assert late["event_ids"] == [held.event_id] and late["late"] is True and late["seq_first"] is None
+    assert late["offset_ms"] == round((TRUE_NOW - EPOCH_1970) * 1000)
+
+
+def test_vehicle_records_stamped_unsynced_are_corrected_too(store):
+    manual = ManualClock(synced=False)
+    clock = ClockWatch(manual)
+    clock.attach(store)
+    store.record_vehicle(
+        {"vehicle_id": "v-1", "ts": clock.wall(), "type": "outsider_vehicle", "plate": "浙A12345", "clock_synced": clock.synced()}
+    )
+    manual.step(1000.0)
+    manual.is_synced = True
+    clock.check()
+    (corr,) = store.clock_corrections()
+    assert corr["vehicle_ids"] == ["v-1"] and corr["event_ids"] == [] and corr["offset_ms"] == 1_000_000
+
+
+def test_a_clock_synced_from_the_start_writes_no_correction_and_a_step_after_sync_is_only_noted(store):
+    manual = ManualClock(wall=TRUE_NOW, synced=True)
+    clock = ClockWatch(manual)
+    clock.attach(store)
+    stamp(store, clock, 1)
+    manual.step(-7200.0)
+    stamp(store, clock, 2)
+    assert clock.check() == 0 and store.clock_corrections() == []
+    assert clock.steps and clock.steps[0]["delta_s"] == -7200.0 and clock.steps[0]["synced"] is True
+
+
+def test_slewing_below_the_threshold_is_not_a_step(store):
+    manual = ManualClock(synced=False)
+    clock = ClockWatch(manual, step_threshold_s=1.0)
+    clock.attach(store)
+    for _ in range(50):
+        manual.advance(1.0)
+        manual.step(0.0005)  # NTP slews at most 500 ppm
+        clock.wall()
+    assert clock.steps == [] and clock.state()["unsynced_segments"] == 1
+
+
+def test_a_store_that_refuses_the_write_gets_the_correction_at_a_later_check(store, monkeypatch):
+    manual = ManualClock(synced=False)
+    clock = ClockWatch(manual)
+    clock.attach(store)
+    stamp(store, clock, 1)
+    manual.step(500.0)
+    manual.is_synced = True
+    real = store.record_clock_correction
+    monkeypatch.setattr(store, "record_clock_correction", lambda c: (_ for _ in ()).throw(OSError(30, "Read-only file system")))
+    assert clock.check() == 0
+    monkeypatch.setattr(store, "record_clock_correction", real)
+    assert clock.check() == 1
+    assert store.clock_corrections()[0]["offset_ms"] == 500_000
+
+
+def test_the_system_clock_is_never_synced_before_the_floor_whatever_the_kernel_says(tmp_path):
+    flag = tmp_path / "synchronized"
+    assert SystemClock(str(flag), kernel_status=lambda: True, wall_floor=time.time() + 3600).synced() is False
+    assert SystemClock(str(flag), kernel_status=lambda: True).synced() is True
+    assert SystemClock(str(flag), kernel_status=lambda: None).synced() is False
+    flag.touch()
+    assert SystemClock(str(flag), kernel_status=lambda: False).synced() is True
