@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # the running parts are imported where they are started: stat
     from station.store.events import SqliteEventStore
     from station.store.retention import RetentionThread
     from station.web.operator import OperatorServer
+    from station.web.registration import Registrar
 from station.store.events import DB_NAME
 
 log = logging.getLogger("station.app")
@@ -569,6 +570,14 @@ class StationApp:
             clock_synced=self.clock.synced,
         )
 
+    def _registrar(self, store: SqliteEventStore) -> Registrar:
+        """Return the outsider registration desk's back end: the store, and phone numbers hashed under the ID card key or salt."""
+        from station.codes.contact import PhoneHasher
+        from station.web.registration import Registrar
+
+        hasher = PhoneHasher.from_config(self.cfg.idcard.key_file, self.data_dir)
+        return Registrar(store, hasher, valid_h=self.cfg.vehicle.registration_valid_h, wall=self.clock.wall, clock_synced=self.clock.synced)
+
     def _start_sync(self, store: SqliteEventStore, pipeline: Pipeline, judge: CodeJudge) -> None:
         """Start the broker link: the outbox pump, the live link (states, stats, commands) and snapshots."""
         from station.link.sync import OutboxPump, bounds_from_config, publisher_from_config
@@ -723,6 +732,7 @@ class StationApp:
                 fever_threshold_c=cfg.screening.fever_threshold_c,
                 command_ttl_s=cfg.gate.command_ttl_s,
                 clock=self.clock,
+                registrar=self._registrar(store) if cfg.vehicle.mode == "vehicle" else None,
             )
         except OSError as exc:
             self._degrade("http", f"operator display cannot listen on {cfg.http.listen}:{cfg.http.port}: {exc}")

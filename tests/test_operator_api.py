@@ -100,6 +100,7 @@ def test_status_shape_counts_last_decision_and_alarms(rig: Rig) -> None:
         "fever_threshold_c": 37.3,
         "staff_check_reasons": ["id_checked", "paper_certificate", "escorted"],
         "staff_check_decisions": ["pass", "deny_code", "manual_check"],
+        "registration_reasons": [],  # no vehicle lane: nothing to register
     }
 
 

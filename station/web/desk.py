@@ -28,19 +28,22 @@ from typing import Any
 
 from station.domain.model import Decision
 from station.domain.prompts import reason_words
+from station.domain.registration import REASONS as REGISTRATION_REASONS
+from station.domain.registration import FormError, check_form
 from station.lane.capture import CROP_KINDS
 from station.lane.pipeline import Decided
 from station.link.handlers import CommandError, CommandHandlers
 from station.ops.ratelimit import FailureLog, RateLimiter
 from station.store.retention import CROPS_DIR
 from station.web.pin import PinGuard, pin_is_short, verify_pin
+from station.web.registration import PUBLIC_KEYS, Registrar
 
 log = logging.getLogger("station.web.desk")
 
 OPEN_DEADLINE_S = 5.0  # the open-gate request is void if not carried out within this
 SUBSCRIBER_QUEUE = 64
 CLINICAL_RANGE_C = (30.0, 45.0)
-ACTIONS = ("ack", "open_gate", "recheck", "staff_check")
+ACTIONS = ("ack", "open_gate", "recheck", "staff_check", "register_outsider")
 STAFF_CHECK_REASONS = ("id_checked", "paper_certificate", "escorted")
 """Why staff may decide for a person without a smartphone: ID checked by hand, a paper certificate, escorted."""
 STAFF_CHECK_DECISIONS = ("pass", "deny_code", "manual_check")
@@ -118,6 +121,7 @@ class OperatorDesk:
         devices: Callable[[], dict[str, Any]],
         direction_counts: Callable[[], dict[str, int]] = dict,
         staff_check: Callable[[Decision, str], tuple[Any, str]] | None = None,
+        registrar: Registrar | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -127,6 +131,7 @@ class OperatorDesk:
         self.devices = devices
         self.direction_counts = direction_counts
         self.lane_staff_check = staff_check  # Pipeline.staff_check: the lane decides its current person
+        self.registrar = registrar  # outsider vehicle registration (vehicle lanes only)
         self.monotonic = monotonic
         self.wall = wall
         self.guard = PinGuard(
@@ -261,7 +266,9 @@ class OperatorDesk:
                 "fever_threshold_c": self.settings.fever_threshold_c,
                 "staff_check_reasons": list(STAFF_CHECK_REASONS),
                 "staff_check_decisions": list(STAFF_CHECK_DECISIONS),
+                "registration_reasons": list(REGISTRATION_REASONS) if self.registrar is not None else [],
             },
+            "registration": self.registration_status(),
             "devices": self.devices(),
             "counts": self.counts_today(),
             "last_decision": self.last,
@@ -273,6 +280,12 @@ class OperatorDesk:
             "refusals_unaudited": self.refusals_unaudited,
             "ts": self.wall(),
         }
+
+    def registration_status(self) -> dict[str, Any] | None:
+        """Return the outsider vehicle to offer for registration and today's registrations, or None without a vehicle lane."""
+        if self.registrar is None:
+            return None
+        return {"outsider": self.registrar.latest_outsider(), "recent": self.registrar.recent(start_of_today(self.wall()))}
 
     # -- actions ----------------------------------------------------------------------------------
     def _authorise(self, action: str, operator: str, pin: str, event_id: str | None, override: bool) -> None:
@@ -418,3 +431,31 @@ class OperatorDesk:
         log.warning("screening decided by staff event_id=%s operator=%s decision=%s reason=%s", event_id, who, decision, reason)
         self.publish("action", {"action": "staff_check", "operator": who, "ok": True, "event_id": event_id, **detail})
         return {"event_id": event_id, "operator": who, "audit_row": rowid, "decision_source": "staff", **detail}
+
+    def register_outsider(self, plate: Any, reason: Any, destination: Any, phone: Any, operator: str, pin: str) -> dict[str, Any]:
+        """Register an outsider vehicle (外来车辆登记): form checked, PIN checked, rate-limited, stored, synced, audited.
+
+        Raise :class:`ActionRefused` for a field that is not acceptable (400, naming the field and,
+        for the reason, the allowed values), a refused PIN or budget, or a station without a vehicle
+        lane (503). The audit row names the registration, never the plate or the phone.
+        """
+        who = self._who(operator)
+        if self.registrar is None:
+            raise ActionRefused(503, "no_vehicle_lane", "this station reads no plates (vehicle.mode = off): nothing to register")
+        try:
+            form = check_form(plate, reason, destination, phone)
+        except FormError as exc:
+            extra: dict[str, Any] = {"field": exc.field}
+            if exc.allowed is not None:
+                extra["allowed"] = exc.allowed
+            raise ActionRefused(400, exc.reason, str(exc), **extra) from None
+        self._authorise("register_outsider", who, pin, None, override=True)
+        record = self.registrar.register(form, who)
+        rid = record["registration_id"]
+        rowid = self.store.record_operator_action(
+            "register_outsider", who, True, "ok", detail={"registration_id": rid, "reason": form.reason}
+        )
+        log.info("outsider vehicle registered registration_id=%s operator=%s reason=%s", rid, who, form.reason)
+        shown = {k: record.get(k) for k in PUBLIC_KEYS}
+        self.publish("registration", shown)
+        return {**shown, "audit_row": rowid}

@@ -4,7 +4,9 @@ Endpoints: ``GET /`` the page; ``GET /api/status`` station, devices, today's cou
 decision, alarms; ``GET /api/events/stream`` server-sent events; ``GET /api/live.mjpeg`` the live
 picture; ``POST /api/alarms/{event_id}/ack``, ``POST /api/override/open-gate``,
 ``POST /api/override/recheck``, ``POST /api/override/staff-check`` (JSON with ``operator`` and
-``pin``; the staff check also ``reason`` and ``decision``); ``GET /api/crops/{event_id}/{kind}``
+``pin``; the staff check also ``reason`` and ``decision``); ``POST /api/registrations`` an outsider
+vehicle's registration (``plate``, ``reason``, ``destination``, ``phone``, ``operator``, ``pin``);
+``GET /api/crops/{event_id}/{kind}``
 an alarm's kept face or thermal crop (``no-store``); ``GET /healthz``. Every
 request but ``/healthz`` passes the Host/Origin checks and, bound beyond 127.0.0.1, needs the
 station's token (station/web/access.py).
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from station.lane.pipeline import Pipeline
     from station.ports import Clock
     from station.store.events import SqliteEventStore
+    from station.web.registration import Registrar
 
 log = logging.getLogger("station.web")
 
@@ -154,6 +157,22 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessP
             return refused(exc)
         return JSONResponse({"ok": True, **out})
 
+    async def register_outsider(request: Request) -> Response:
+        try:
+            data = await body(request)
+            out = await run_in_threadpool(
+                desk.register_outsider,
+                data.get("plate"),
+                data.get("reason"),
+                data.get("destination"),
+                data.get("phone"),
+                str(data.get("operator", "")),
+                str(data.get("pin", "")),
+            )
+        except ActionRefused as exc:
+            return refused(exc)
+        return JSONResponse({"ok": True, **out})
+
     async def crop(request: Request) -> Response:
         # The person's face: same access as the page (behind OperatorAccess), and never cached.
         def read() -> tuple[bytes, str] | None:
@@ -181,6 +200,7 @@ def create_app(desk: OperatorDesk, live: LiveView | None = None, policy: AccessP
         Route("/api/override/open-gate", open_gate, methods=["POST"]),
         Route("/api/override/recheck", recheck, methods=["POST"]),
         Route("/api/override/staff-check", staff_check, methods=["POST"]),
+        Route("/api/registrations", register_outsider, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return OperatorAccess(Starlette(routes=routes), policy or AccessPolicy())
@@ -251,6 +271,7 @@ def start_operator_display(
     fever_threshold_c: float,
     command_ttl_s: float,
     clock: Clock,
+    registrar: Registrar | None = None,
 ) -> OperatorServer:
     """Start the display on the running lane; raise ``OSError`` if it cannot listen (the caller logs, the gate works on).
 
@@ -302,6 +323,7 @@ def start_operator_display(
         devices=devices,
         direction_counts=lambda: dict(pipeline.lane.directions.counts),
         staff_check=pipeline.staff_check,
+        registrar=registrar,
         monotonic=clock.monotonic,
         wall=clock.wall,
     )

@@ -77,9 +77,8 @@ def replay(
         if at is not None:
             occupant, _box = at
             verdicts.append(screening.on_temperature(temp(t, occupant.core_c)))
-            if st - occupant.at_t >= 0.3:
-                status = CodeStatus.VALID if occupant.colour is not None else CodeStatus.NONE
-                verdicts.append(screening.on_code(code(t, occupant.colour, status)))
+            if st - occupant.at_t >= 0.3 and occupant.colour is not None:  # no colour: shows no code at all
+                verdicts.append(screening.on_code(code(t, occupant.colour, CodeStatus.VALID)))
         verdicts.append(screening.tick(t))
         for v in verdicts:
             if v is None:

@@ -31,6 +31,13 @@ Object.assign(T.zh, { storage_read_only: "存储卡只读", storage_full: "存�
   storage_io_error: "存储卡故障", storage_held: "条记录暂存内存，闸门不放行，请人工核验" });
 Object.assign(T.en, { storage_read_only: "STORAGE READ-ONLY", storage_full: "STORAGE FULL", storage_file_too_large: "STORAGE FILE LIMIT",
   storage_io_error: "STORAGE FAULT", storage_held: "decisions held in memory; the gate stays closed, check by hand" });
+// Outsider vehicle registration (外来车辆登记): reasons from /api/status, the plate pre-filled from the lane.
+Object.assign(T.zh, { outsider_vehicle: "外来车辆", register: "登记", pin_title_register: "外来车辆登记", plate: "车牌",
+  reg_reason: "来访事由", destination: "目的地", phone: "联系电话", visit: "探亲访友", delivery: "送货", work: "施工维修",
+  official: "公务", pickup: "接送", registered: "已登记" });
+Object.assign(T.en, { outsider_vehicle: "Outsider vehicle", register: "Register", pin_title_register: "Register an outsider vehicle",
+  plate: "Plate", reg_reason: "Reason", destination: "Destination", phone: "Contact phone", visit: "Visit", delivery: "Delivery",
+  work: "Building / repair work", official: "Official business", pickup: "Pick-up / drop-off", registered: "registered" });
 T.zh.crop_face = "面部"; T.en.crop_face = "face"; T.zh.crop_thermal = "热像"; T.en.crop_thermal = "thermal";
 // Every value from the server reaches the page through textContent / createElement, never as markup.
 const COLOURS = new Set(["green", "yellow", "red"]);
@@ -103,6 +110,23 @@ function renderWords(main, alt, words) {
   alt.textContent = words && typeof words[other] === "string" ? words[other] : "";
 }
 
+let registration = null;  // {outsider: {plate, ts, vehicle_id} | null, recent: [...]} on a vehicle lane, else null
+function renderRegistration() {
+  const r = registration;
+  $("vehicles").hidden = !r;
+  if (!r) return;
+  const plate = r.outsider && typeof r.outsider.plate === "string" ? r.outsider.plate : "";
+  $("outsider-plate").textContent = plate || "—";
+  const ul = $("registration-list");
+  ul.textContent = "";
+  for (const x of r.recent || []) {
+    const li = document.createElement("li");
+    li.dataset.registrationId = x.registration_id;
+    li.textContent = `${fmtTime(x.ts)} ${x.plate} · ${t(x.reason)} · ${x.destination} · ****${x.phone_last4}`;
+    ul.appendChild(li);
+  }
+}
+
 let prompt = null;  // the lane's next step: {state, prompt: {key, zh, en} | null}
 function renderPrompt() {
   const p = prompt && prompt.state === "screening" ? prompt.prompt : null;
@@ -173,6 +197,7 @@ function applyStatus(s) {
   if (s.last_decision && (!last || s.last_decision.event_id !== last.event_id)) last = s.last_decision;
   alarms = s.alarms || [];
   if (s.prompt !== undefined) prompt = s.prompt;
+  if (s.registration !== undefined) { registration = s.registration; renderRegistration(); }
   renderPrompt();
   renderCounts(s.counts); renderDecision(); renderAlarms(); renderStorage();
 }
@@ -215,6 +240,7 @@ function connect() {
     beep(SOUND[last.decision] || SOUND.retry);
     refresh();
   });
+  es.addEventListener("registration", () => refresh());
   es.addEventListener("prompt", (ev) => { prompt = JSON.parse(ev.data); renderPrompt(); });
   es.addEventListener("alarm", (ev) => {
     const a = JSON.parse(ev.data);
@@ -256,10 +282,12 @@ function toast(text, kind) {
 function askPin(action, args) {
   pending = { action, args };
   $("pin-title").textContent = t({ ack: "pin_title_ack", open_gate: "pin_title_open", recheck: "pin_title_recheck",
-                                   staff_check: "pin_title_staff" }[action]);
+                                   staff_check: "pin_title_staff", register: "pin_title_register" }[action]);
   $("clinical-row").hidden = action !== "recheck";
   $("staff-row").hidden = action !== "staff_check";
   if (action === "staff_check") buildStaffChoices();
+  $("reg-row").hidden = action !== "register";
+  if (action === "register") buildRegistrationForm();
   $("pin-value").value = ""; $("pin-clinical").value = ""; $("pin-error").textContent = "";
   $("pin-operator").value = localStorage.getItem("operator-name") || "";
   $("pin-dialog").showModal();
@@ -274,6 +302,11 @@ async function submitPin() {
   if (action === "ack") url = `/api/alarms/${encodeURIComponent(args.event_id)}/ack`;
   else if (action === "open_gate") url = "/api/override/open-gate";
   else if (action === "recheck") { url = "/api/override/recheck"; body.clinical_c = parseFloat($("pin-clinical").value); }
+  else if (action === "register") {
+    if (!args.reason) { $("pin-error").textContent = t("choose_reason"); return; }
+    url = "/api/registrations";
+    body.plate = $("reg-plate").value; body.destination = $("reg-destination").value; body.phone = $("reg-phone").value;
+  }
   else {
     if (!args.reason) { $("pin-error").textContent = t("choose_reason"); return; }
     url = "/api/override/staff-check";
@@ -314,16 +347,36 @@ function buildStaffChoices() {
   }
 }
 
+function buildRegistrationForm() {
+  // The plate the lane just read, editable (the server checks it); one button per reason the station allows.
+  const r = registration || {};
+  $("reg-plate").value = r.outsider && typeof r.outsider.plate === "string" ? r.outsider.plate : "";
+  $("reg-destination").value = ""; $("reg-phone").value = "";
+  const box = $("reg-reasons");
+  box.textContent = "";
+  pending.args.reason = null;
+  for (const v of (status && status.ui && status.ui.registration_reasons) || []) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = t(v);
+    b.setAttribute("data-testid", `reg-reason-${v}`);
+    b.onclick = () => { pending.args.reason = v; for (const x of box.children) x.classList.toggle("chosen", x === b); };
+    box.appendChild(b);
+  }
+}
+
+let keypadInput = "pin-value";  // the keypad types into the PIN, or into the phone number while it has the focus
 function buildKeypad() {
+  for (const id of ["pin-value", "reg-phone"]) $(id).addEventListener("focus", () => { keypadInput = id; });
   const pad = $("keypad");
   for (const k of ["1", "2", "3", "4", "5", "6", "7", "8", "9", "⌫", "0", "C"]) {
     const b = document.createElement("button");
     b.type = "button"; b.textContent = k;
     b.onclick = () => {
-      const input = $("pin-value");
+      const input = keypadInput === "reg-phone" && !$("reg-row").hidden ? $("reg-phone") : $("pin-value");
       if (k === "⌫") input.value = input.value.slice(0, -1);
       else if (k === "C") input.value = "";
-      else if (input.value.length < 12) input.value += k;
+      else if (input.value.length < (input === $("pin-value") ? 12 : 20)) input.value += k;
     };
     pad.appendChild(b);
   }
@@ -335,6 +388,7 @@ function init() {
   $("btn-open").onclick = () => askPin("open_gate", {});
   $("btn-recheck").onclick = () => askPin("recheck", { event_id: last ? last.event_id : "" });
   $("btn-staff").onclick = () => askPin("staff_check", {});
+  $("btn-register").onclick = () => askPin("register", {});
   $("pin-cancel").onclick = () => $("pin-dialog").close();
   $("pin-form").onsubmit = (ev) => { ev.preventDefault(); submitPin(); };
   setInterval(() => { $("clock").textContent = new Date().toLocaleTimeString(lang === "zh" ? "zh-CN" : "en-GB", { hour12: false }); }, 1000);
