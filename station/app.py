@@ -396,7 +396,11 @@ class StationApp:
             self._push(type(extra).__name__, extra.stop)
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        store = SqliteEventStore(self.db_path, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix)
+        store = SqliteEventStore(
+            self.db_path, station_id=cfg.station.id, site=cfg.station.site, topic_prefix=cfg.mqtt.topic_prefix, recover=True
+        )
+        if store.recovery is not None:  # damaged files kept aside, started from what was readable (station.store.recovery)
+            self._degrade("store", store.recovery.reason())
         self.store = store
         self._push("store", store.close)
         self.session = store.begin_session()

@@ -38,6 +38,7 @@ from station.store import clock_corrections, migrations, outbox
 from station.store.errors import SchemaTooNewError, StoreError
 from station.store.health import StorageHealth, is_storage_error
 from station.store.meta import bump_meta, meta_int
+from station.store.recovery import Recovery, check_and_recover
 from station.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from station.store.outbox import (
     PAYLOAD_SCHEMA,
@@ -121,11 +122,14 @@ class SqliteEventStore:
         site: str,
         topic_prefix: str = "checkpoint/v1",
         read_only: bool = False,
+        recover: bool = False,
     ) -> None:
         """Open (and, unless ``read_only``, create or migrate) the database at ``path``.
 
         ``read_only`` is for readers beside the running daemon (stationctl): they never migrate,
         back up or write, and refuse a file that is missing or not at the current schema.
+        ``recover`` is for the daemon's start, when nobody else writes the file: a damaged WAL or
+        main file is kept aside and the store starts from what was readable (:attr:`recovery`).
         """
         _check_topic_level("station_id", station_id)
         _check_topic_level("site", site)
@@ -153,6 +157,10 @@ class SqliteEventStore:
         """Set by the composition root from ``mqtt.outbox_max_*``; enforced by :meth:`outbox_enforce_bounds`."""
 
         self.read_only = read_only
+        self.recovery: Recovery | None = None
+        """What was found damaged when the file was opened with ``recover`` (station.store.recovery), else None."""
+        if recover and not read_only:
+            self.recovery = check_and_recover(self.path)
         if read_only:
             if not self.path.exists():
                 raise StoreError(f"no event database at {self.path}")
