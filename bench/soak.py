@@ -1,4 +1,4 @@
-"""Fault soak: ``python -m bench.soak [--minutes 10] [--seed 1] [--json] [--out FILE]``.
+"""Fault soak: ``python -m bench.soak [--minutes 10 | --hours H] [--seed 1] [--json] [--out FILE]``.
 
 Runs the real daemon (``station run --config …``, a subprocess, models loaded) on the demo scene for
 ``--minutes`` against a real mosquitto, while injecting faults on a seeded schedule, and then checks
@@ -28,12 +28,20 @@ centre (de-duplicated by ``msg_id``); duplicates counted; restarts by cause; RSS
 running daemon. A decision whose write failed (disk full) is held in memory and written later; if the
 process is killed meanwhile it is counted as ``unrecorded_lost_with_killed_process`` — the gate never
 acted on such a decision (the pipeline only commands the gate after a durable write).
+
+Long soak (``--hours``, issue 18): walk-ups follow a compressed market day (``WALKUP_PROFILE``: a
+morning peak, a quiet afternoon, an evening rise, repeated every ``--day-min``), faults come 2–6 min
+apart, and every ``--sample-s`` the daemon's RSS, FDs, threads, CPU and write counters and the data
+dir's sizes and outbox depth are appended to a JSON-lines file (``bench.soak_series``), which also
+fits the slopes per hour, the bytes written per screening and the plot. A slope clearly above zero
+fails the soak like a lost event does.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import http.server
 import json
 import os
@@ -54,6 +62,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench import soak_series
+
 ROOT = Path(__file__).resolve().parents[1]
 WATCHDOG_SEC = 4.0
 RESTART_SEC = 1.0
@@ -69,6 +79,46 @@ FAULT_KINDS = (
     "daemon_sigkill",
     "hung_pipeline",
 )
+
+
+# A market day compressed: (start, end) as fractions of the day, name, mean extra empty-lane seconds
+# between people on top of the minimum gap (exponential: arrivals are a Poisson stream; 0 = back to back,
+# a queue). At the bench's fast walking pace back to back is ~20 screenings a minute, 40 s ~1.4 a minute.
+WALKUP_PROFILE: tuple[tuple[float, float, str, float], ...] = (
+    (0.00, 0.25, "morning peak", 0.0),
+    (0.25, 0.40, "late morning", 8.0),
+    (0.40, 0.85, "quiet afternoon", 40.0),
+    (0.85, 1.00, "evening", 4.0),
+)
+
+
+class PacedDirector:
+    """The scene's director with the empty-lane gap drawn from the walk-up profile before each next person."""
+
+    def __init__(self, director: Any, day_s: float, t0: float, seed: int) -> None:
+        self.director = director
+        self.day_s = day_s
+        self.t0 = t0
+        self.min_gap_s = float(director.timing.gap_s)
+        self.rng = random.Random(seed)
+        self._set_gap()
+
+    def phase(self, now: float | None = None) -> str:
+        """Return the profile phase at ``now`` (monotonic)."""
+        return self._phase(now)[2]
+
+    def _phase(self, now: float | None = None) -> tuple[float, float, str, float]:
+        frac = (((time.monotonic() if now is None else now) - self.t0) % self.day_s) / self.day_s
+        return next((p for p in WALKUP_PROFILE if p[0] <= frac < p[1]), WALKUP_PROFILE[-1])
+
+    def _set_gap(self) -> None:
+        mean = self._phase()[3]
+        self.director.timing.gap_s = self.min_gap_s + (self.rng.expovariate(1.0 / mean) if mean > 0 else 0.0)
+
+    def on_decision(self, decision: str) -> None:
+        """Draw the gap before the next person, then tell the director."""
+        self._set_gap()
+        self.director.on_decision(decision)
 
 
 # -- the camera: the scene as an MJPEG stream ---------------------------------------------------------
@@ -241,6 +291,7 @@ class Centre:
         self.lock = threading.Lock()
         self.msg_ids: Counter[str] = Counter()
         self.events: dict[str, str] = {}  # event_id → msg_id of its first copy (screening topic)
+        self.event_msgs: dict[str, set[str]] = {}  # event_id → every msg_id it came under (> 1: a duplicate event)
         self.subscribed = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id="soak-centre", protocol=MQTTProtocolVersion.MQTTv311, clean_session=False
@@ -263,6 +314,7 @@ class Centre:
             ev = p.get("event") or {}
             if msg.topic.endswith("/events/screening") and ev.get("event_id"):
                 self.events.setdefault(ev["event_id"], p.get("msg_id", ""))
+                self.event_msgs.setdefault(ev["event_id"], set()).add(p.get("msg_id", ""))
 
     def close(self) -> None:
         self.client.disconnect()
@@ -531,7 +583,49 @@ def _point(link: Path, target: str) -> None:
     os.replace(tmp, link)  # atomic, like udev re-creating the by-id link
 
 
-def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), progress: bool = True) -> dict[str, Any]:
+def _snapshot() -> dict[str, Any]:
+    """Return the commit the daemon runs from and whether the tree had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
+        return {"root": str(ROOT), "commit": head or None, "uncommitted_files": len(dirty.stdout.splitlines())}
+    except (OSError, subprocess.SubprocessError):
+        return {"root": str(ROOT), "commit": None, "uncommitted_files": None}
+
+
+class SeriesWriter:
+    """Appends one JSON object per line and flushes it, so a run cut short leaves a readable file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, rec: dict[str, Any]) -> None:
+        with self._lock:
+            self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            self._f.close()
+
+
+def run(
+    minutes: float,
+    seed: int,
+    gap_s: tuple[float, float] = (12.0, 30.0),
+    progress: bool = True,
+    *,
+    sample_s: float = 60.0,
+    day_min: float = 60.0,
+    series_path: Path | None = None,
+    plot_path: Path | None = None,
+) -> dict[str, Any]:
     from sim.demo import cast_people
     from sim.gy_mcu90640_emulator import GyMcu90640Emulator
     from sim.scene import SceneDirector, SceneGeometry, SceneTiming
@@ -542,7 +636,7 @@ def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), pr
 
     rng = random.Random(seed)
     base = StationConfig()
-    people = cast_people(max(200, int(minutes * 60)), base, time.time())
+    people = cast_people(max(200, int(minutes * 25)), base, time.time())  # back to back is ~20 a minute
     director = SceneDirector(people, SceneTiming.fast(base.screening.leave_after_s), SceneGeometry())
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     emulator = GyMcu90640Emulator(ThermalSceneRenderer(director, seed=seed), baud=460800, refresh_hz=8)
@@ -565,10 +659,60 @@ def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), pr
     centre = Centre(broker.port, f"{base.mqtt.topic_prefix}/soak/gate-1/events/#")
     centre.subscribed.wait(10)
     config = write_config(work, link, camera.url, proxy.port)
-    sup = Supervisor(work, config, director)
     t0 = time.monotonic()
+    paced = PacedDirector(director, day_min * 60.0, t0, seed + 1)
+    sup = Supervisor(work, config, paced)
+    series = SeriesWriter(series_path or work / "series.jsonl")
+    snapshot = _snapshot()
+    meta = {
+        "type": "meta",
+        "started_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "minutes": minutes,
+        "seed": seed,
+        "fault_gap_s": list(gap_s),
+        "sample_s": sample_s,
+        "walkup_profile": {
+            "day_min": day_min,
+            "min_gap_s": round(paced.min_gap_s, 2),
+            "phases": [{"from": a, "to": b, "name": n, "mean_extra_gap_s": g} for a, b, n, g in WALKUP_PROFILE],
+        },
+        "warm_s": soak_series.WARM_S,
+        "thresholds_per_h": soak_series.THRESHOLDS,
+        "snapshot": snapshot,
+        "work_dir": str(work),
+        "cpus": os.cpu_count(),
+    }
+    series.write(meta)
     sup.start()
-    say(f"soak: work dir {work}; daemon config {config}")
+    say(f"soak: work dir {work}; daemon config {config}; series {series.path}")
+    data_dir = work / "data"
+    sampling = threading.Event()
+
+    def sample_loop() -> None:
+        next_t = time.monotonic() + sample_s
+        while not sampling.wait(max(0.0, next_t - time.monotonic())):
+            next_t += sample_s
+            pid = sup.pid()
+            now = time.monotonic()
+            rec: dict[str, Any] = {
+                "type": "sample",
+                "t_s": round(now - t0, 1),
+                "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "pid": pid,
+                "uptime_s": round(now - sup.spawned_t, 1) if pid is not None else None,
+                "decisions": len(sup.announced.keys() | sup.kept.keys()),
+                "people": director._next_index,  # noqa: SLF001 (the scene's own count)
+                "restarts": sum(sup.restarts.values()),
+                "phase": paced.phase(now),
+                "fault": sup.current_fault,
+            }
+            if pid is not None:
+                rec |= soak_series.proc_sample(pid)
+            rec |= soak_series.storage_sample(data_dir)
+            series.write(rec)
+
+    sampler = threading.Thread(target=sample_loop, name="sampler", daemon=True)
+    sampler.start()
 
     def restore_broker() -> None:
         # The centre's session lives in broker memory (no persistence across SIGKILL): the station
@@ -650,10 +794,13 @@ def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), pr
         sup.current_fault = None
         faults[kind] += 1
         fault_log.append(info)
+        series.write({"type": "fault"} | info)
         say(f"soak: {info} decisions={len(sup.announced)} restarts={dict(sup.restarts)}")
 
     # Everything healthy again; let the outbox drain to the centre.
     soak_s = time.monotonic() - t0
+    sampling.set()
+    sampler.join(30)
     db_path = work / "data" / "events.sqlite3"
     deadline = time.monotonic() + 180
     stored: set[str] = set()
@@ -678,6 +825,7 @@ def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), pr
         on_mqtt = set(centre.events)
         total_msgs = sum(centre.msg_ids.values())
         unique_msgs = len(centre.msg_ids)
+        duplicate_events = sum(1 for ids in centre.event_msgs.values() if len(ids) > 1)
     centre.close()
     proxy.stop()
     broker.kill()
@@ -701,6 +849,26 @@ def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), pr
         if s["uptime_s"] >= 30:
             by_pid.setdefault(s["pid"], []).append(s)
     longest = max(by_pid.values(), key=len, default=[])
+    series.close()
+    _meta, samples, _faults = soak_series.read_jsonl(series.path)
+    trends = soak_series.summarise(samples)
+    if plot_path is not None:
+        try:
+            soak_series.plot(
+                samples, fault_log, plot_path, title=f"soak seed {seed}, {soak_s / 3600.0:.2f} h, commit {str(snapshot['commit'])[:10]}"
+            )
+        except ImportError as e:  # matplotlib is the optional `bench` extra
+            say(f"soak: no plot ({e}); pip install -e '.[bench]'")
+            plot_path = None
+    checks = {
+        "lost": not lost,
+        "missing_on_mqtt": not missing_on_mqtt,
+        "crash_loop": not sup.crash_loop,
+        "watchdog_restarts_hung": sup.restarts.get("watchdog: hung (SIGSTOP)", 0) >= 1,
+        "gate_opened_without_record": gate_opened_unrecorded == 0,
+        "duplicate_events": duplicate_events == 0,
+        "slopes": not trends["slopes_clearly_above_zero"],
+    }
     return {
         "soak_minutes": round(soak_s / 60.0, 2),
         "seed": seed,
@@ -712,6 +880,7 @@ def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), pr
         "events_in_sqlite": len(stored),
         "events_on_mqtt_unique": len(on_mqtt & stored),
         "mqtt_messages": {"received": total_msgs, "unique_msg_id": unique_msgs, "duplicates": total_msgs - unique_msgs},
+        "duplicate_events": duplicate_events,  # screening events the centre got under two or more msg_ids
         "lost": len(lost),
         "lost_event_ids": sorted(lost)[:20],
         "missing_on_mqtt": len(missing_on_mqtt),
@@ -752,24 +921,55 @@ def run(minutes: float, seed: int, gap_s: tuple[float, float] = (12.0, 30.0), pr
         },
         "faults": fault_log,
         "work_dir": str(work),
-        "ok": not lost and not missing_on_mqtt and not sup.crash_loop and sup.restarts.get("watchdog: hung (SIGSTOP)", 0) >= 1,
+        "snapshot": snapshot,
+        "walkup_profile": meta["walkup_profile"],
+        "sample_s": sample_s,
+        "series_file": str(series.path),
+        "plot": str(plot_path) if plot_path else None,
+        "samples": len(samples),
+        **trends,
+        "series": samples,
+        "checks": checks,
+        "failed_checks": sorted(k for k, v in checks.items() if not v),
+        "ok": all(checks.values()),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=10.0)
+    length = ap.add_mutually_exclusive_group()
+    length.add_argument("--minutes", type=float, default=None, help="run length (default 10)")
+    length.add_argument("--hours", type=float, default=None, help="run length in hours (the long soak)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--gap", type=float, nargs=2, default=(12.0, 30.0), metavar=("MIN", "MAX"), help="seconds between faults")
+    ap.add_argument(
+        "--gap",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="seconds between faults (default 12 30, with --hours 120 360)",
+    )
+    ap.add_argument("--sample-s", type=float, default=60.0, help="seconds between series samples (default 60)")
+    ap.add_argument("--day-min", type=float, default=None, help="minutes of one compressed market day (default 60, or the run if shorter)")
     ap.add_argument("--json", action="store_true", help="only the summary JSON on stdout (progress on stderr)")
-    ap.add_argument("--out", type=Path, default=None, help="also write the summary JSON here")
+    ap.add_argument("--out", type=Path, default=None, help="also write the summary JSON here (series: .jsonl beside it, plot: .png)")
+    ap.add_argument("--series", type=Path, default=None, help="the JSON-lines sample file (default: beside --out, else in the work dir)")
+    ap.add_argument("--plot", type=Path, default=None, help="the PNG (default: beside --out)")
     args = ap.parse_args()
-    summary = run(args.minutes, args.seed, gap_s=(args.gap[0], args.gap[1]))
-    text = json.dumps(summary, indent=None if args.json else 2)
+    minutes = args.hours * 60.0 if args.hours is not None else (args.minutes if args.minutes is not None else 10.0)
+    gap = tuple(args.gap) if args.gap else ((120.0, 360.0) if args.hours is not None else (12.0, 30.0))
+    series = args.series or (args.out.with_suffix(".jsonl") if args.out else None)
+    plot = args.plot or (args.out.with_suffix(".png") if args.out else None)
+    day_min = args.day_min if args.day_min is not None else min(60.0, minutes)
+    summary = run(minutes, args.seed, gap_s=(gap[0], gap[1]), sample_s=args.sample_s, day_min=day_min, series_path=series, plot_path=plot)
+    brief = {k: v for k, v in summary.items() if k != "series"}
+    text = json.dumps(brief if args.json else summary, indent=None if args.json else 2, ensure_ascii=False)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+        args.out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     print(text)
+    if not summary["ok"]:
+        print(f"soak: FAILED {summary['failed_checks']}; slopes above zero: {summary['slopes_clearly_above_zero']}", file=sys.stderr)
     sys.exit(0 if summary["ok"] else 1)
 
 
