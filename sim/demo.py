@@ -38,6 +38,7 @@ from station.app import Injected, StationApp
 from station.config import StationConfig
 from station.domain.model import CodeColour, Decision
 from station.lane.pipeline import Decided
+from station.ops.clock import SystemClock
 
 log = logging.getLogger("sim.demo")
 
@@ -69,10 +70,16 @@ CAST: tuple[Casting, ...] = (
 )
 
 
-def expected_decision(c: Casting, cfg: StationConfig) -> Decision:
-    """Return the decision a correct station makes for ``c`` under ``cfg``'s policy (the ground truth)."""
+def expected_decision(c: Casting, cfg: StationConfig, clock_synced: bool = True) -> Decision:
+    """Return the decision a correct station makes for ``c`` under ``cfg``'s policy (the ground truth).
+
+    ``clock_synced``: whether the station's wall clock is synchronised (a signed code's dates are then judged).
+    """
     if c.core_c >= cfg.screening.fever_threshold_c:
         return Decision.DENY_FEVER if cfg.policy.temperature == "hard" else Decision.MANUAL_CHECK
+    dated = c.payload_kind in ("valid", "expired")
+    if dated and not clock_synced and cfg.policy.unsynced_clock_validity == "manual_check":
+        return Decision.MANUAL_CHECK  # code_unverifiable:clock_unsynced
     if c.payload_kind == "none":
         return Decision.RETRY
     if c.payload_kind == "garbage":
@@ -86,7 +93,7 @@ def expected_decision(c: Casting, cfg: StationConfig) -> Decision:
     return Decision.PASS
 
 
-def cast_people(n: int, cfg: StationConfig, now_wall: float) -> list[ScenePerson]:
+def cast_people(n: int, cfg: StationConfig, now_wall: float, clock_synced: bool = True) -> list[ScenePerson]:
     """Return a queue of ``n`` people cycling through ``CAST``, with their codes and expected decisions."""
     # Real signed HC1 codes (ES256) from the DEMO ONLY issuer, whose key is public: a demo, not a credential.
     issuer = demo_issuer()
@@ -105,7 +112,7 @@ def cast_people(n: int, cfg: StationConfig, now_wall: float) -> list[ScenePerson
         else:
             payload = None
         card = demo_id_card(i) if c.payload_kind == "idcard" else None
-        people.append(ScenePerson(i, c.core_c, c.colour, payload, c.label, expected_decision(c, cfg).value, id_card=card))
+        people.append(ScenePerson(i, c.core_c, c.colour, payload, c.label, expected_decision(c, cfg, clock_synced).value, id_card=card))
     return people
 
 
@@ -125,9 +132,13 @@ def demo_id_card(index: int) -> EmulatedCard:
 def demo_config(base: StationConfig) -> StationConfig:
     """Return ``base`` set up for the demo's devices: emulated module at 460800 baud / 8 Hz, mock GPIO.
 
-    The thermal port is filled in by ``DemoRun.run`` once the emulator owns its pty.
+    The thermal port is filled in by ``DemoRun.run`` once the emulator owns its pty. The demo's issuer
+    signs its codes by this machine's clock, so their dates are right against it whatever the true time:
+    ``policy.unsynced_clock_validity`` is ``trust_wall_clock`` unless the config sets it.
     """
     cfg = base.model_copy(deep=True)
+    if "unsynced_clock_validity" not in base.policy.model_fields_set:
+        cfg.policy.unsynced_clock_validity = "trust_wall_clock"
     cfg.thermal.baud = DEMO_BAUD
     cfg.thermal.refresh_hz = DEMO_REFRESH_HZ
     cfg.gate.pin_factory = "mock"
@@ -173,7 +184,8 @@ class DemoRun:
         )
         leave = self.cfg.screening.leave_after_s
         timing = SceneTiming.fast(leave) if fast else SceneTiming.realtime(leave)
-        self.people = list(cast) if cast is not None else cast_people(people, self.cfg, time.time())
+        synced = SystemClock(self.cfg.clock.timesync_flag).synced()
+        self.people = list(cast) if cast is not None else cast_people(people, self.cfg, time.time(), synced)
         self.director = SceneDirector(self.people, timing, SceneGeometry())
         self.emulator = GyMcu90640Emulator(ThermalSceneRenderer(self.director, seed=seed), baud=thermal_link[0], refresh_hz=thermal_link[1])
         # Someone in the queue has an ID card and no phone: an ID card reader (SAM emulator on a pty) beside the gate.

@@ -36,7 +36,7 @@ from station.domain.model import Decision, DecodedCode
 from station.domain.screening import ScreeningLane, ScreeningPolicy, ScreeningSettings
 from station.domain.thermal import ThermalCalibration
 from station.lane.pipeline import Decided, Pipeline, PipelineSettings, StationIdentity
-from station.ops.clock import SystemClock
+from station.ops.clock import ClockWatch, SystemClock
 from station.ops.runtime import clear_runtime_status, write_runtime_status
 from station.ops.systemd import Notifier, WatchdogGate
 from station.ports import Clock, CodeReader, CodeVerifier, FaceDetector, FrameSource, GateOutput, ThermalSource
@@ -127,11 +127,12 @@ def build_reader(cfg: StationConfig) -> CodeReader:
     return reader
 
 
-def build_code_judge(cfg: StationConfig, data_dir: Path | None = None) -> CodeJudge:
+def build_code_judge(cfg: StationConfig, data_dir: Path | None = None, clock_synced: Callable[[], bool] | None = None) -> CodeJudge:
     """Return the configured verifiers in order, wrapped in the guards (salted hash, replay) as one judge.
 
     With ``data_dir`` the salt, the replay memory and pushed trust lists live there; without it
-    (CLI tools) the salt is per process and nothing is remembered.
+    (CLI tools) the salt is per process and nothing is remembered. With ``clock_synced`` (the station's
+    clock), a verdict on a code's dates judged while unsynchronised is marked for policy.unsynced_clock_validity.
     """
     from station.codes.colour import ScreenColourVerifier
     from station.codes.hc1 import Hc1Verifier
@@ -164,6 +165,7 @@ def build_code_judge(cfg: StationConfig, data_dir: Path | None = None) -> CodeJu
         seen=seen,
         replay_window_s=c.replay_window_s,
         replay_grace_s=c.replay_grace_s,
+        clock_synced=clock_synced,
     )
 
 
@@ -272,6 +274,7 @@ def lane_for(cfg: StationConfig) -> ScreeningLane:
         yellow_code=Decision(cfg.policy.yellow_code),
         uncoloured_code=Decision(cfg.policy.uncoloured_code),
         idcard_unknown=Decision(cfg.policy.idcard_unknown),
+        unsynced_clock_validity=cfg.policy.unsynced_clock_validity,
     )
     lane = ScreeningLane(settings, policy, calibration_for(cfg))
     from station.domain.direction import LaneGeometry
@@ -333,7 +336,13 @@ class StationApp:
         self.data_dir = data_dir_for(cfg, data_dir)
         self.injected = injected or Injected()
         self.notifier = notifier or Notifier()
-        self.clock: Clock = self.injected.clock or SystemClock()
+        # Every part reads this one clock; the watch sees wall steps and the sync, and corrects records
+        # stamped before it (station/ops/clock.py). Timing runs on its monotonic reading only.
+        k = cfg.clock
+        self.clock_watch = ClockWatch(
+            self.injected.clock or SystemClock(k.timesync_flag), step_threshold_s=k.step_threshold_s, check_interval_s=k.check_interval_s
+        )
+        self.clock: Clock = self.clock_watch
         self.watchdog = WatchdogGate(self.notifier)
         self.stop_requested = threading.Event()
         self._stack: list[tuple[str, Callable[[], None]]] = []
@@ -405,6 +414,9 @@ class StationApp:
         self._push("store", store.close)
         self.session = store.begin_session()
         log.info("store open path=%s session=%s", self.db_path, self.session)
+        self.clock_watch.attach(store)  # records stamped while unsynced are corrected once the clock is synchronised
+        self.clock_watch.start()
+        self._push("clock-watch", self.clock_watch.stop)
 
         gate = self.injected.gate or build_gate(cfg, self.clock)
         gate.safe_state()
@@ -414,7 +426,7 @@ class StationApp:
         self.notifier.extend_timeout(60)
         detector = self._start_detector()
         reader = self._build_reader()
-        judge = build_code_judge(cfg, self.data_dir)
+        judge = build_code_judge(cfg, self.data_dir, clock_synced=self.clock.synced)
         self.code_judge = judge  # the online verifier is attached to the MQTT link in _start_sync
         self._push("code-verifiers", judge.close)
 
@@ -543,7 +555,7 @@ class StationApp:
         log.info("plate reader warm warmup_ms=%.1f", reader.warm_up())
         lane = VehicleLane(ResidentFile(resident_path(self.data_dir)), min_reads=v.min_reads, min_confidence=v.min_plate_confidence)
         # The store is open before the pipeline: vehicle events are durable records.
-        self.plates = PlateLoop(reader, lane, record=store.record_vehicle, clock_synced=self.clock.synced)
+        self.plates = PlateLoop(reader, lane, record=store.record_vehicle, wall_clock=self.clock.wall, clock_synced=self.clock.synced)
         self.visits = self._visit_recorder(store, pipeline, lane)
         self.plates.add_frame_listener(self.visits.on_frame)
         pipeline.add_listener(self.visits.on_decided)
@@ -897,6 +909,7 @@ class StationApp:
             "mqtt_state": self.publisher.state if self.publisher else None,  # e.g. auth_failed
             "outbox_pump": self.pump.stats() if self.pump else None,
             "uptime_s": round(self.clock.monotonic() - (self.started_t or 0.0), 1),
+            "clock": self.clock_watch.state(),
             "http": self.http.url if self.http is not None else None,
             "codes": [self.code_judge.stats()] if self.code_judge is not None else [],
             "idcard": self.idcard.stats() if self.idcard is not None else None,

@@ -121,6 +121,12 @@ class PolicySection(Section):
         description="What an ID card read the centre did not vouch for leads to (unknown person, expired card, no centre key, "
         "no answer): manual_check = staff look at the card; deny_code = refused. It never passes",
     )
+    unsynced_clock_validity: Literal["manual_check", "trust_wall_clock"] = Field(
+        "manual_check",
+        description="A code whose validity depends on the clock (HC1, local claims, an online answer's expiry) judged "
+        "while the wall clock is not synchronised: manual_check = staff check it, whatever its dates say; "
+        "trust_wall_clock = judge its dates against the wall clock as it is",
+    )
 
 
 class ThermalSection(Section):
@@ -477,6 +483,19 @@ class LoggingSection(Section):
     )
 
 
+class ClockSection(Section):
+    """The wall clock: when it counts as synchronised and what is a step (station/ops/clock.py)."""
+
+    timesync_flag: str = Field(
+        "/run/systemd/timesync/synchronized",
+        description="File systemd-timesyncd creates once synchronised; the kernel's NTP status (adjtimex) counts too",
+    )
+    step_threshold_s: float = Field(
+        1.0, ge=0.05, le=3600.0, description="A change of wall - monotonic larger than this is a step (NTP slews far slower)"
+    )
+    check_interval_s: float = Field(1.0, ge=0.05, le=60.0, description="How often the clock is checked for a sync or a step")
+
+
 class StationConfig(Section):
     """The whole configuration: one section per part of the station."""
 
@@ -499,6 +518,7 @@ class StationConfig(Section):
     http: HttpSection = Field(default_factory=HttpSection)
     voice: VoiceSection = Field(default_factory=VoiceSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    clock: ClockSection = Field(default_factory=ClockSection)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from station.domain.model import CodeStatus, CodeVerdict, DecodedCode
+from station.domain.screening import JUDGED_UNSYNCED
 from station.ops.fileio import atomic_write
 from station.ops.ratelimit import FailureLog
 
@@ -87,6 +88,18 @@ def holder_ref_fn(salt: bytes) -> Callable[[str], str]:
         return hmac.new(salt, b"holder:" + holder.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
     return ref
+
+
+DATE_REASONS = frozenset({"not_yet_valid", "stale_dynamic"})
+"""Refusals a verifier gives only from comparing a code's dates with the wall clock."""
+
+
+def judged_by_dates(verdict: CodeVerdict) -> bool:
+    """Return whether the verdict came from comparing the code's own dates (expiry, issue time) with the wall clock."""
+    if verdict.status is CodeStatus.EXPIRED or verdict.reason in DATE_REASONS:
+        return True
+    # In date: hc1 and the online answer carry the expiry they checked, local claims their exp.
+    return verdict.status is CodeStatus.VALID and any(k in verdict.detail for k in ("expires", "exp"))
 
 
 class SeenCodes:
@@ -156,8 +169,12 @@ class CodeJudge:
         seen: SeenCodes | None,
         replay_window_s: float = 86400.0,
         replay_grace_s: float = 20.0,
+        clock_synced: Callable[[], bool] | None = None,
     ) -> None:
         self.verifiers = list(verifiers)
+        # The station's clock: a verdict that compared a code's dates with it while unsynchronised is
+        # marked (JUDGED_UNSYNCED) and the lane applies policy.unsynced_clock_validity. None: not marked (CLI tools).
+        self.clock_synced = clock_synced
         self.salt = salt
         self.seen = seen
         self.replay_window_s = replay_window_s
@@ -197,6 +214,8 @@ class CodeJudge:
             verdict = CodeVerdict(CodeStatus.INVALID, None, "garbage", "none", None, {})
         assert verdict is not None
         detail = dict(verdict.detail, payload_hash=code_hash)
+        if self.clock_synced is not None and judged_by_dates(verdict) and not self.clock_synced():
+            detail[JUDGED_UNSYNCED] = True
         if verdict.status is CodeStatus.VALID and self.seen is not None and self.replay_window_s > 0:
             first = self.seen.use(code_hash, now_wall, self.replay_window_s)
             if first is not None and now_wall - first > self.replay_grace_s:

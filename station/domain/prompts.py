@@ -77,6 +77,7 @@ REASON_WORDS: dict[str, Phrase] = {
         _p("expired", "健康码已过期", "Health code expired"),
         _p("code_unverifiable", "健康码无法核验", "Health code cannot be verified"),
         _p("code_unverifiable:replay", "此健康码已被使用", "This code was already used"),
+        _p("code_unverifiable:clock_unsynced", "设备时间未校准，请工作人员核验健康码", "Station clock not set, staff will check the code"),
         _p("replay", "此健康码已被使用", "This code was already used"),
         _p("code_invalid", "不是有效的健康码", "Not a valid health code"),
         _p("no_code", "请出示健康码", "Show your health code"),

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from statistics import median
 from typing import Any
@@ -130,6 +130,17 @@ def temperature_required(temperature_on: str, direction: str | None) -> bool:
     raise ValueError(f"temperature_on must be 'entry' or 'both', not {temperature_on!r}")
 
 
+UNSYNCED_CLOCK_POLICIES = ("manual_check", "trust_wall_clock")
+"""``policy.unsynced_clock_validity``: what a code judged against an unsynchronised wall clock leads to."""
+
+JUDGED_UNSYNCED = "wall_clock_unsynced"
+"""``CodeVerdict.detail`` key set (True) by the code judge when the verdict compared the code's dates with an
+unsynchronised wall clock (station.codes.judge)."""
+
+CLOCK_UNSYNCED = "clock_unsynced"
+"""Verdict reason under ``unsynced_clock_validity = manual_check``: decided ``code_unverifiable:clock_unsynced``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ScreeningPolicy:
     """Named safety policies. Each applies to one check and is recorded with every decision."""
@@ -141,12 +152,17 @@ class ScreeningPolicy:
     uncoloured_code: Decision = Decision.MANUAL_CHECK
     # An ID card the centre could not vouch for (unknown, expired card, no key, no answer): never a pass.
     idcard_unknown: Decision = Decision.MANUAL_CHECK
+    # A code whose dates were judged against a wall clock not known to be right (no RTC, NTP not yet):
+    # manual_check = its validity is unknown, staff check it; trust_wall_clock = the verdict stands.
+    unsynced_clock_validity: str = "manual_check"
 
     def __post_init__(self) -> None:
         if self.uncoloured_code not in (Decision.MANUAL_CHECK, Decision.DENY_CODE):
             raise ValueError(f"uncoloured_code must be manual_check or deny_code, not {self.uncoloured_code}")
         if self.idcard_unknown not in (Decision.MANUAL_CHECK, Decision.DENY_CODE):
             raise ValueError(f"idcard_unknown must be manual_check or deny_code, not {self.idcard_unknown}")
+        if self.unsynced_clock_validity not in UNSYNCED_CLOCK_POLICIES:
+            raise ValueError(f"unsynced_clock_validity must be manual_check or trust_wall_clock, not {self.unsynced_clock_validity!r}")
 
     def as_record(self) -> dict[str, str]:
         """Return the policies as recorded with every decision."""
@@ -155,6 +171,7 @@ class ScreeningPolicy:
             "yellow_code": self.yellow_code.value,
             "uncoloured_code": self.uncoloured_code.value,
             "idcard_unknown": self.idcard_unknown.value,
+            "unsynced_clock_validity": self.unsynced_clock_validity,
         }
 
 
@@ -237,6 +254,7 @@ RECORDED_CODE_DETAIL = (
     "id_masked",  # an ID card read (station.codes.idcard): never the number itself
     "id_hash_key",
     "card_valid_to",
+    "judged_as",  # what a code judged against an unsynchronised clock was judged (unsynced_clock_validity)
 )
 """Verifier detail copied into the event's ``code`` record (docs/mqtt.md); everything else stays in memory."""
 
@@ -523,6 +541,11 @@ class ScreeningLane:
         s = self._current
         if self.state is not LaneState.SCREENING or s is None:
             return None
+        v = obs.verdict
+        if v.detail.get(JUDGED_UNSYNCED) and self.policy.unsynced_clock_validity == "manual_check":
+            # Valid, expired or not yet valid by a wall clock not known to be right: nobody knows which. Staff check it.
+            judged = dict(v.detail, judged_as=f"{v.status.value}:{v.reason}")
+            obs = replace(obs, verdict=replace(v, status=CodeStatus.UNVERIFIABLE, colour=None, reason=CLOCK_UNSYNCED, detail=judged))
         if obs.verdict.status is CodeStatus.INVALID:
             # Someone showed the wrong QR (a payment code, a screenshot fragment): keep waiting for a
             # good one, but remember why the first one was refused (and when: that is the code stage).
