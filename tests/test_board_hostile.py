@@ -64,6 +64,9 @@ STATION_KEYS = {
     "station_count_today",
     "snapshot",
     "seen_at",
+    "visits",
+    "registrations",
+    "vehicle_flagged",
 }
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")

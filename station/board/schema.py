@@ -192,3 +192,71 @@ def clean_snapshot_meta(meta: dict[str, Any]) -> dict[str, Any]:
         "width": count(meta.get("width"), 20_000),
         "height": count(meta.get("height"), 20_000),
     }
+
+
+VISIT_KINDS = frozenset({"resident_vehicle", "outsider_vehicle", "unread_vehicle"})
+DIRECTIONS = frozenset({"entry", "exit", "unknown"})
+REGISTRATION_REASONS = frozenset({"visit", "delivery", "work", "official", "pickup"})
+PLATE_MAX = 12
+OCCUPANTS_MAX = 100
+LAST4 = re.compile(r"^[0-9]{4}$")
+
+
+def _envelope_ts(record: dict[str, Any], key: str, envelope_ts: Any) -> float:
+    ts = timestamp(record.get(key))
+    if ts is None:
+        ts = timestamp(envelope_ts)
+    if ts is None:
+        raise Dropped("bad_ts")
+    return ts
+
+
+def clean_visit(visit: Any, envelope_ts: Any = None) -> dict[str, Any]:
+    """Return the typed vehicle visit: id, times, plate, kind, direction, occupants' summary, flagged, registration.
+
+    Raise :class:`Dropped` without a visit id or a usable time. Counts that are not counts are None;
+    ``flagged`` is true only when the station said so *or* its own summary counts a denied occupant.
+    """
+    if not isinstance(visit, dict):
+        raise Dropped("no_visit")
+    vid = event_id(visit.get("visit_id"))
+    if vid is None:
+        raise Dropped("bad_visit_id")
+    summary = visit.get("summary") if isinstance(visit.get("summary"), dict) else {}
+    occupants = count(summary.get("occupants"), OCCUPANTS_MAX)
+    fever = count(summary.get("fever"), OCCUPANTS_MAX)
+    denied = count(summary.get("denied"), OCCUPANTS_MAX)
+    return {
+        "visit_id": vid,
+        "ts": _envelope_ts(visit, "closed_ts", envelope_ts),
+        "plate": text(visit.get("plate"), PLATE_MAX),
+        "kind": enum(visit.get("kind"), VISIT_KINDS),
+        "direction": enum(visit.get("direction"), DIRECTIONS),
+        "occupants": occupants,
+        "fever": fever,
+        "denied": denied,
+        "flagged": visit.get("flagged") is True or bool(denied),
+        "registered": visit.get("registered") is True,
+        "registration_id": event_id(visit.get("registration_id")),
+    }
+
+
+def clean_registration(reg: Any, envelope_ts: Any = None) -> dict[str, Any]:
+    """Return the typed outsider registration: id, time, plate, reason, destination, last four phone digits.
+
+    Raise :class:`Dropped` without a registration id or a usable time. The phone's hash is not kept.
+    """
+    if not isinstance(reg, dict):
+        raise Dropped("no_registration")
+    rid = event_id(reg.get("registration_id"))
+    if rid is None:
+        raise Dropped("bad_registration_id")
+    last4 = reg.get("phone_last4")
+    return {
+        "registration_id": rid,
+        "ts": _envelope_ts(reg, "ts", envelope_ts),
+        "plate": text(reg.get("plate"), PLATE_MAX),
+        "reason": enum(reg.get("reason"), REGISTRATION_REASONS),
+        "destination": text(reg.get("destination"), 40),
+        "phone_last4": last4 if isinstance(last4, str) and LAST4.match(last4) else None,
+    }

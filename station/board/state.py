@@ -35,12 +35,16 @@ MAX_STATIONS = 2000
 """Stations the board keeps; a message from one more is dropped and counted (a rogue publisher
 inventing station ids must not exhaust the board's memory or bury the real tiles)."""
 MAX_DEVICES = 16
+RECENT_VEHICLES = 5
+"""Vehicle visits and outsider registrations kept per station (newest first; in memory only)."""
 """``state/<component>`` components kept per station."""
 RECEIVED_KINDS = frozenset(
     {
         "status",
         "events/screening",
         "events/alarm",
+        "events/visit",
+        "events/registration",
         "snapshot",
         "state/outbox",
         "state/screening",
@@ -70,6 +74,8 @@ class StationView:
     snapshot: bytes | None = None
     snapshot_meta: dict[str, Any] = field(default_factory=dict)
     seen_at: float | None = None
+    visits: list[dict[str, Any]] = field(default_factory=list)  # newest first, at most RECENT_VEHICLES
+    registrations: list[dict[str, Any]] = field(default_factory=list)  # newest first, at most RECENT_VEHICLES
 
 
 def _clean_counts(counts: dict[tuple[str, str], dict[str, int]]) -> dict[tuple[str, str], dict[str, int]]:
@@ -165,7 +171,7 @@ class BoardState:
             return self._drop("bad_topic", topic)
         if rest == "status":
             kind = "status"
-        elif rest in ("events/screening", "events/alarm", "snapshot"):
+        elif rest in ("events/screening", "events/alarm", "events/visit", "events/registration", "snapshot"):
             kind = rest
         elif rest.startswith("state/") and schema.segment(rest[len("state/") :]):
             kind = "state/" + rest[len("state/") :] if rest in ("state/outbox", "state/screening") else "state/device"
@@ -189,6 +195,11 @@ class BoardState:
                 return self._on_screening_state(site, station, schema.clean_screening_state(body))
             if kind == "events/screening":
                 return self._on_screening(site, station, schema.clean_event(body.get("event"), body.get("ts")))
+            if kind == "events/visit":
+                return self._on_recent(site, station, "visits", "visit_id", schema.clean_visit(body.get("visit"), body.get("ts")))
+            if kind == "events/registration":
+                reg = schema.clean_registration(body.get("registration"), body.get("ts"))
+                return self._on_recent(site, station, "registrations", "registration_id", reg)
             return self._on_alarm(site, station, body)
         except Dropped as exc:
             return self._drop(exc.reason, topic)
@@ -289,6 +300,20 @@ class BoardState:
             if last_ts is None or event["ts"] >= last_ts or view.last.get("event_id") == event["event_id"]:
                 view.last = {k: event[k] for k in ("decision", "temperature_c", "event_id", "ts", "alarm", "decision_source")}
         self._refresh_station_history()
+        return "accepted"
+
+    def _on_recent(self, site: str, station: str, attr: str, key: str, item: dict[str, Any]) -> str:
+        """Keep a vehicle visit or registration among the station's newest (de-duplicated by id: delivery is at-least-once)."""
+        with self._lock:
+            view = self._station(site, station)
+            items: list[dict[str, Any]] = getattr(view, attr)
+            if any(x[key] == item[key] for x in items):
+                self.duplicates += 1
+                return "dropped:duplicate"
+            items.append(item)
+            items.sort(key=lambda x: x["ts"], reverse=True)
+            del items[RECENT_VEHICLES:]
+            self.version += 1
         return "accepted"
 
     def _on_alarm(self, site: str, station: str, body: dict[str, Any]) -> str:
@@ -449,6 +474,10 @@ class BoardState:
                             else None
                         ),
                         "seen_at": v.seen_at,
+                        "visits": [dict(x) for x in v.visits],
+                        "registrations": [dict(x) for x in v.registrations],
+                        # A visit with a denied occupant within the alarm window: shown flagged on the tile.
+                        "vehicle_flagged": any(x["flagged"] and now - x["ts"] <= self.alarm_window_s for x in v.visits),
                     }
                 )
             day = self._day

@@ -17,7 +17,29 @@ const T = {
         pass:"pass", deny_fever:"fever", deny_code:"code denied", retry:"retry", manual_check:"manual check", fever:"fever", outbox_overflow:"outbox overflow", alarm:"alarm",
         source_staff:"checked by staff", unknown:"unknown", picture:"Picture", blurred:"faces blurred", station_says:"Station reports today", lang:"中文", logout:"Log out" },
 };
+// Vehicle lanes: a visit (a vehicle and its occupants' screenings) and outsider registrations.
+Object.assign(T.zh, { vehicle:"车辆", occupants:"人", fevers:"发热", denied:"拦截", flagged:"⚑ 有人被拦截", registered:"已登记",
+  visits:"最近车辆", registrations:"外来车辆登记", plate_unread:"未识别车牌", resident_vehicle:"本地车辆", outsider_vehicle:"外来车辆",
+  unread_vehicle:"未识别", entry:"进", exit:"出", visit:"探亲访友", delivery:"送货", work:"施工维修", official:"公务", pickup:"接送" });
+Object.assign(T.en, { vehicle:"Vehicle", occupants:"occupants", fevers:"fever", denied:"denied", flagged:"⚑ occupant denied",
+  registered:"registered", visits:"Recent vehicles", registrations:"Outsider registrations", plate_unread:"plate unread",
+  resident_vehicle:"resident", outsider_vehicle:"outsider", unread_vehicle:"unread", entry:"in", exit:"out", visit:"visit",
+  delivery:"delivery", work:"building / repair work", official:"official business", pickup:"pick-up / drop-off" });
 const DECISIONS = new Set(["pass", "deny_fever", "deny_code", "retry", "manual_check"]);
+const VISIT_WORDS = new Set(["resident_vehicle", "outsider_vehicle", "unread_vehicle", "entry", "exit", "visit", "delivery", "work", "official", "pickup"]);
+const word = (v) => (VISIT_WORDS.has(v) ? t(v) : "");  // only our own words for the station's tokens
+// "浙A12345 · 3 occupants · 1 fever": the plate is the station's text (shown as text), the rest our own words.
+function visitText(v) {
+  const parts = [typeof v.plate === "string" && v.plate ? v.plate : t("plate_unread"), `${num(v.occupants) ?? 0} ${t("occupants")}`];
+  if (num(v.fever)) parts.push(`${v.fever} ${t("fevers")}`);
+  if (num(v.denied) && num(v.denied) > (num(v.fever) ?? 0)) parts.push(`${v.denied - (num(v.fever) ?? 0)} ${t("denied")}`);
+  if (v.registered === true) parts.push(t("registered"));
+  return parts.join(" · ");
+}
+function registrationText(r) {
+  return [typeof r.plate === "string" ? r.plate : "–", word(r.reason), typeof r.destination === "string" ? r.destination : "",
+          typeof r.phone_last4 === "string" ? "****" + r.phone_last4 : ""].filter(Boolean).join(" · ");
+}
 let lang = localStorage.getItem("board.lang") === "en" ? "en" : "zh";
 let data = null, openKey = null;
 const tiles = new Map();
@@ -67,7 +89,8 @@ function applyLang() {
 // What a tile shows: a tile is rebuilt only when this changes.
 function signature(s) {
   const last = s.last || {};
-  return JSON.stringify([lang, level(s), s.state, s.site, s.station, last.decision, last.decision_source === "staff", num(last.temperature_c), num(s.today && s.today.screened),
+  const visit = Array.isArray(s.visits) && s.visits.length ? s.visits[0] : null;
+  return JSON.stringify([lang, visit && visit.visit_id, s.vehicle_flagged === true, level(s), s.state, s.site, s.station, last.decision, last.decision_source === "staff", num(last.temperature_c), num(s.today && s.today.screened),
                          num(s.today && s.today.alarms), num(s.backlog && s.backlog.pending), s.snapshot ? num(s.snapshot.ts) : null]);
 }
 function tile(s) {
@@ -87,6 +110,12 @@ function tile(s) {
     el("div", { class: "kv" }, el("span", {}, t("today")), el("b", { class: "count" }, num(today.screened) ?? 0)),
     el("div", { class: "kv" }, el("span", {}, `${t("alarms")} / ${t("outbox")}`),
        el("b", {}, el("span", { class: alarms ? "dec-deny_fever" : "" }, alarms), " / ", pending ?? "–")));
+  const visit = Array.isArray(s.visits) && s.visits.length ? s.visits[0] : null;
+  if (visit) {
+    const flagged = visit.flagged === true;
+    info.append(el("div", { class: "visit" + (flagged ? " flagged" : ""), "data-testid": "visit", "data-flagged": flagged ? "1" : "0" },
+      el("span", {}, t("vehicle")), el("b", { class: flagged ? "dec-deny_fever" : "" }, (flagged ? t("flagged") + " · " : "") + visitText(visit))));
+  }
   return el("div", { class: `tile l${lv}`, "data-key": s.key, "data-level": lv, "data-state": s.state }, pic, info);
 }
 function render() {
@@ -147,6 +176,11 @@ function renderOverlay() {
     num(s.station_count_today) !== null ? el("p", { class: "dim" }, `${t("station_says")}: ${s.station_count_today}`) : null,
     el("p", {}, `${t("outbox")}: `, el("b", {}, pending ?? "–"), s.backlog && s.backlog.mqtt ? ` · mqtt ${s.backlog.mqtt}` : ""),
     el("h3", {}, `${t("recent_alarms")} (${num(today.alarms) ?? 0})`), el("ul", {}, ...alarms),
+    ...(Array.isArray(s.visits) && s.visits.length ? [el("h3", {}, t("visits")), el("ul", {}, ...s.visits.map((v) => el("li",
+      { class: v.flagged === true ? "dec-deny_fever" : "" },
+      `${num(v.ts) ? new Date(v.ts * 1000).toLocaleTimeString() : ""} · ${word(v.direction)} ${word(v.kind)} · ${visitText(v)}`)))] : []),
+    ...(Array.isArray(s.registrations) && s.registrations.length ? [el("h3", {}, t("registrations")), el("ul", {}, ...s.registrations.map((r) =>
+      el("li", { "data-testid": "registration" }, `${num(r.ts) ? new Date(r.ts * 1000).toLocaleTimeString() : ""} · ${registrationText(r)}`)))] : []),
     el("h3", {}, t("devices")), el("ul", {}, ...(devices.length ? devices : [el("li", {}, t("none"))])),
     el("p", { class: "dim" }, `${t("picture")}: `,
        s.snapshot ? `${age(s.snapshot.ts)} ${t("ago")}${s.snapshot.blur !== "off" ? " · " + t("blurred") : ""}` : t("nopic")));
