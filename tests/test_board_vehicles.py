@@ -71,6 +71,7 @@ def station_messages(tmp_path: Path) -> list[tuple[str, bytes]]:
 
 def row(board: BoardState) -> dict[str, Any]:
     [r] = board.view()["stations"]
+    assert isinstance(r, dict)
     return r
 
 

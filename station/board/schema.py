@@ -222,7 +222,8 @@ def clean_visit(visit: Any, envelope_ts: Any = None) -> dict[str, Any]:
     vid = event_id(visit.get("visit_id"))
     if vid is None:
         raise Dropped("bad_visit_id")
-    summary = visit.get("summary") if isinstance(visit.get("summary"), dict) else {}
+    raw = visit.get("summary")
+    summary: dict[str, Any] = raw if isinstance(raw, dict) else {}
     occupants = count(summary.get("occupants"), OCCUPANTS_MAX)
     fever = count(summary.get("fever"), OCCUPANTS_MAX)
     denied = count(summary.get("denied"), OCCUPANTS_MAX)
