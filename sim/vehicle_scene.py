@@ -12,7 +12,11 @@ the right. A few reads are wrong or unsure, as a moving plate's are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from station.domain.model import Box, CodeColour
 
@@ -56,7 +60,7 @@ class VehicleScene:
         cy = 380.0
         return Box(cx - w / 2, cy - w * 0.16, cx + w / 2, cy + w * 0.16)
 
-    def plate_reads(self, t: float, n: int) -> list[dict[str, object]]:
+    def plate_reads(self, t: float, n: int) -> list[dict[str, Any]]:
         """Return the plate reader's answer for read number ``n`` at ``t`` (empty when no plate is in view)."""
         box = self.plate_box(t)
         if box is None or box.x2 > FRAME[0] + 40:
@@ -98,3 +102,35 @@ def vehicle_scenario(name: str, fever_threshold_c: float = 37.3) -> tuple[Vehicl
         "flagged": denied > 0,
     }
     return scene, truth
+
+
+class ScenePlateReader:
+    """A plate reader (the ``PlateReader`` port) that answers with the scene's plates at the time it is asked.
+
+    The vehicle lane's plate thread calls ``read`` on its newest frame; this emulator reports what
+    the real reader would have read of the scene's car then (scene time = ``clock() - start``), so
+    a running station can be driven by a car without plate photos. ``start`` is set by ``drive``.
+    """
+
+    name = "scene-plates"
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.scene: VehicleScene | None = None
+        self.start = 0.0
+        self.reads = 0
+
+    def drive(self, scene: VehicleScene) -> None:
+        """Let ``scene``'s car drive through from now."""
+        self.scene, self.start, self.reads = scene, self.clock(), 0
+
+    def warm_up(self) -> float:
+        """Nothing to load."""
+        return 0.0
+
+    def read(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Return the plates of the scene's car now (none between cars)."""
+        if self.scene is None:
+            return []
+        self.reads += 1
+        return self.scene.plate_reads(self.clock() - self.start, self.reads - 1)

@@ -365,15 +365,16 @@ function buildRegistrationForm() {
   }
 }
 
-let keypadInput = "pin-value";  // the keypad types into the PIN, or into the phone number while it has the focus
 function buildKeypad() {
-  for (const id of ["pin-value", "reg-phone"]) $(id).addEventListener("focus", () => { keypadInput = id; });
+  // The keypad types into the phone number while it has the focus, else into the PIN; its buttons
+  // never take the focus themselves (mousedown), so a tap keeps typing where the operator is.
   const pad = $("keypad");
   for (const k of ["1", "2", "3", "4", "5", "6", "7", "8", "9", "⌫", "0", "C"]) {
     const b = document.createElement("button");
     b.type = "button"; b.textContent = k;
+    b.addEventListener("mousedown", (e) => e.preventDefault());
     b.onclick = () => {
-      const input = keypadInput === "reg-phone" && !$("reg-row").hidden ? $("reg-phone") : $("pin-value");
+      const input = document.activeElement === $("reg-phone") ? $("reg-phone") : $("pin-value");
       if (k === "⌫") input.value = input.value.slice(0, -1);
       else if (k === "C") input.value = "";
       else if (input.value.length < (input === $("pin-value") ? 12 : 20)) input.value += k;
