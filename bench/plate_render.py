@@ -89,7 +89,7 @@ def plate_spec(text: str, kind: str) -> PlateSpec:
         cw, gap = 65.0, 15.0
         x = (440 - (len(bottom) * cw + (len(bottom) - 1) * gap)) / 2
         rows = [*top]
-        for i, ch in enumerate(bottom):
+        for ch in bottom:
             rows.append(Glyph(ch, (x, 90.0, cw, 110.0), RED if ch == "挂" else BLACK))
             x += cw + gap
         return PlateSpec(text, kind, (440, 220), YELLOW_BG, BLACK, rows, [(220.0, 45.0)])
@@ -189,7 +189,7 @@ def dirty(plate: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndar
 
 
 def background(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
-    """A road and a wall of building behind it: grey gradients, lane marks, fine noise."""
+    """Draw a road and a wall of buildings behind it: grey gradients, lane marks, fine noise."""
     img = np.zeros((h, w, 3), np.uint8)
     horizon = int(h * rng.uniform(0.25, 0.4))
     sky = np.linspace(200, 150, horizon, dtype=np.float32)[:, None, None] * np.array([1.0, 0.97, 0.9], np.float32)
@@ -204,7 +204,8 @@ def background(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     for x in range(0, w, max(40, w // 8)):  # lane marks
         cv2.line(img, (x, h - 1), (w // 2 + (x - w // 2) // 4, horizon), (200, 200, 200), max(2, w // 400))
     noise = rng.normal(0, 4, img.shape).astype(np.int16)
-    return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return out
 
 
 def draw_vehicle(img: np.ndarray, cx: int, bottom: int, width: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -273,8 +274,8 @@ def degrade(img: np.ndarray, condition: str, rng: np.random.Generator) -> np.nda
             x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
             length = int(rng.integers(h // 60 + 5, h // 25 + 10))
             cv2.line(out, (x, y), (x + length // 6, y + length), (200, 200, 205), 1, cv2.LINE_AA)
-        out = cv2.addWeighted(out, 0.8, np.full_like(out, 170), 0.2, 0)
-        return cv2.GaussianBlur(out, (3, 3), 0)
+        misted = cv2.addWeighted(out, 0.8, np.full_like(out, 170), 0.2, 0)
+        return cv2.GaussianBlur(misted, (3, 3), 0)
     return img
 
 
@@ -304,8 +305,8 @@ def random_text(kind: str, rng: np.random.Generator) -> str:
 
     if kind in ("blue", "yellow", "yellow_double"):
         return prov + letter + alnum(5)
-    if kind == "green":
-        return prov + letter + "DF"[int(rng.integers(0, 2))] + alnum(5, 1)
+    if kind == "green":  # small new-energy: D or F, then a letter or digit, then four digits
+        return prov + letter + "DF"[int(rng.integers(0, 2))] + alnum(1, 1) + digits(4)
     if kind == "police":
         return prov + letter + digits(4) + "警"
     if kind == "coach":
@@ -330,12 +331,12 @@ FRAME_SIZES = ((640, 480, 1, 33), (1280, 720, 2, 8), (1920, 1080, 2, 5), (2592, 
 
 
 def plan(seed: int = 17) -> list[FramePlan]:
-    """The whole rendered set: every kind in every frame size, conditions in turn."""
+    """Return the whole rendered set: every kind in every frame size, conditions in turn."""
     rng = np.random.default_rng(seed)
     frames: list[FramePlan] = []
     k = 0
     for w, h, vehicles, count in FRAME_SIZES:
-        for i in range(count):
+        for _ in range(count):
             plates = []
             for _ in range(vehicles):
                 kind = KINDS[k % len(KINDS)]
@@ -377,7 +378,7 @@ def render_frame(fp: FramePlan, seed: int) -> tuple[np.ndarray, list[dict[str, A
 
 
 def split_of(file: str) -> str:
-    """The fixed split of a file: held out when the first byte of sha1(name) is even, else tune."""
+    """Return the fixed split of a file: held out when the first byte of sha1(name) is even, else tune."""
     return "heldout" if hashlib.sha1(file.encode()).digest()[0] % 2 == 0 else "tune"
 
 

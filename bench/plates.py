@@ -214,7 +214,7 @@ def summarise(ev: dict[str, Any], *, show_heldout: bool = False) -> dict[str, An
 
 
 def table(summary: dict[str, Any]) -> str:
-    """A Markdown table of exact / per-character accuracy per group (README form)."""
+    """Return a Markdown table of exact / per-character accuracy per group (README form)."""
     lines = ["| split / origin | group | plates | exact | chars |", "|---|---|---:|---:|---:|"]
     for name, g in summary["groups"].items():
         a = g["all"]

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from drivers.detect import plate_rules
 from drivers.detect.ultraface import nms
 
 log = logging.getLogger("station.detect.plates")
@@ -44,11 +45,25 @@ _MODEL_CORNER_ORDER = (2, 3, 0, 1)
 REC_HEIGHT = 32
 SINGLE_ROW_SIZE = (168, 32)  # (w, h) of the rectified crop of a single-row plate
 SINGLE_ROW_MARGIN = (0.04, -0.10)  # (x, y) as fractions of the plate: + widens, - trims
+WIDE_SINGLE_ROW_MARGIN = (0.12, -0.05)  # the retry when a read fits no layout
 DOUBLE_ROW_SIZE = (160, 80)
 DOUBLE_ROW_MARGIN = (0.0, 0.0)
 DOUBLE_ROW_TOP = 0.40  # the top row is the upper 40 % of the rectified double-row plate
 DOUBLE_ROW_BOTTOM = 0.35  # the bottom row from 35 % down (the rows' bands overlap a little on purpose)
 DOUBLE_ROW_ASPECT = 2.2  # width / height of the corner quad below which a plate has two rows
+DOUBLE_ROW_AMBIGUOUS = (1.6, 2.8)  # aspects where a plate at an angle may have either: both are tried
+DOUBLE_ROW_TOP_X = (0.0, 1.0)  # the part of the top row's width that is read (fractions)
+
+# Coarse to fine (see OnnxPlateReader): candidates at a low score, each looked at again on a crop
+# of the full-resolution frame where the plate is about REFINE_PLATE_WIDTH px wide.
+CANDIDATE_THRESHOLD = 0.3
+REFINE_PLATE_WIDTH = 160.0
+REFINE_CONTEXT = 0.5  # crop around the candidate: this much of its width each side, twice that of its height
+REFINE_MAX_ZOOM = 3.0
+REFINE_MAX_SIDE = 640
+# Frames at least this many times max_side (1920 px at 640) are also searched at twice max_side:
+# a second pass costs about four coarse ones, so smaller frames rely on the coarse pass alone.
+LARGE_FRAME_FACTOR = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,17 +151,25 @@ def ctc_greedy(probs: np.ndarray, charset: list[str]) -> tuple[str, float]:
     Argmax per step, repeats collapsed, blanks dropped; the confidence is the product of the kept
     steps' probabilities (0.0 for an empty read).
     """
+    chars = ctc_chars(probs, charset)
+    conf = float(np.prod([p for _, p in chars])) if chars else 0.0
+    return "".join(c for c, _ in chars), conf
+
+
+def ctc_chars(probs: np.ndarray, charset: list[str]) -> list[tuple[str, float]]:
+    """Greedy CTC decode as characters with their probabilities (the best step's of each run)."""
     best = probs.argmax(axis=1)
     p = probs[np.arange(len(best)), best]
-    chars: list[str] = []
-    conf = 1.0
+    chars: list[tuple[str, float]] = []
     prev = -1
     for k, pk in zip(best.tolist(), p.tolist(), strict=True):
-        if k != prev and k != 0:
-            chars.append(charset[k - 1])
-            conf *= pk
+        if k != 0:
+            if k != prev:
+                chars.append((charset[k - 1], float(pk)))
+            elif pk > chars[-1][1]:
+                chars[-1] = (chars[-1][0], float(pk))
         prev = k
-    return "".join(chars), (conf if chars else 0.0)
+    return chars
 
 
 def load_charset(path: Path) -> list[str]:
@@ -175,16 +198,20 @@ class PlateDetector:
         if outputs[:3] != ["loc", "conf", "landms"]:
             raise ValueError(f"{model_path.name} outputs {outputs}, expected loc, conf, landms")
 
-    def detect(self, image: np.ndarray) -> list[PlateDetection]:
-        """Return the plates in a BGR frame, best first; the frame is downscaled so its longest side is ≤ max_side."""
+    def detect(self, image: np.ndarray, threshold: float | None = None, max_side: int | None = None) -> list[PlateDetection]:
+        """Return the plates in a BGR frame, best first; the frame is downscaled so its longest side is ≤ max_side.
+
+        ``threshold`` and ``max_side`` override the detector's own for this call (the reader's
+        candidate pass and its refining pass on a crop).
+        """
         h, w = image.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
+        scale = min(1.0, (self.max_side if max_side is None else max_side) / max(h, w))
         small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1.0 else image
         sh, sw = small.shape[:2]
         blob = (small.astype(np.float32) - _DET_MEAN).transpose(2, 0, 1)[np.newaxis]
         loc, conf, landms = self._session.run(None, {self._input: np.ascontiguousarray(blob)})
         scores = conf[0, :, 1]
-        mask = scores > self.score_threshold
+        mask = scores > (self.score_threshold if threshold is None else threshold)
         if not np.any(mask):
             return []
         priors = plate_priors(sh, sw)
@@ -221,26 +248,50 @@ class PlateRecognizer:
 
     def read_line(self, crop: np.ndarray) -> tuple[str, float]:
         """Return the text of one line of characters in a BGR crop, and its confidence."""
+        chars = self.read_chars(crop)
+        return "".join(c for c, _ in chars), (float(np.prod([p for _, p in chars])) if chars else 0.0)
+
+    def read_chars(self, crop: np.ndarray) -> list[tuple[str, float]]:
+        """Return the characters of one line in a BGR crop, each with its probability."""
         h, w = crop.shape[:2]
         width = max(8, int(round(REC_HEIGHT * w / h)))
         interp = cv2.INTER_AREA if h > REC_HEIGHT else cv2.INTER_LINEAR
         x = cv2.resize(crop, (width, REC_HEIGHT), interpolation=interp).astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
         probs = self._session.run(None, {self._input: np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis])})[0][0]
-        return ctc_greedy(probs, self.charset)
+        return ctc_chars(probs, self.charset)
 
 
 class OnnxPlateReader:
-    """``PlateReader``: detect, rectify, read (one or two rows)."""
+    """``PlateReader``: find candidates, refine each on the full-resolution frame, rectify, read (one or two rows), check.
+
+    Coarse to fine: the detector looks at the frame downscaled to ``max_side`` with a low
+    ``candidate_threshold``; each candidate is looked at again on a crop of the full-resolution
+    frame scaled so the plate is about ``REFINE_PLATE_WIDTH`` px wide, which gives corners fit to
+    read from and a second score. A candidate is kept when either pass scores ≥ ``score_threshold``,
+    or when it scores ≥ ``candidate_threshold`` and its read fits a plate layout with nothing
+    marked (``plate_rules``). The text is read from the full-resolution frame.
+    """
 
     name = "clp-det+clp-v2-rec"
 
-    def __init__(self, detector: PlateDetector, recognizer: PlateRecognizer) -> None:
+    def __init__(
+        self, detector: PlateDetector, recognizer: PlateRecognizer, *, candidate_threshold: float = CANDIDATE_THRESHOLD, refine: bool = True
+    ) -> None:
         self.detector = detector
         self.recognizer = recognizer
+        self.candidate_threshold = min(float(candidate_threshold), detector.score_threshold)
+        self.refine = refine
 
     @classmethod
     def from_models_dir(
-        cls, models_dir: Path | None = None, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7
+        cls,
+        models_dir: Path | None = None,
+        *,
+        threads: int = 1,
+        max_side: int = 640,
+        score_threshold: float = 0.7,
+        candidate_threshold: float = CANDIDATE_THRESHOLD,
+        refine: bool = True,
     ) -> OnnxPlateReader:
         """Build the reader from the plate models listed in the models manifest."""
         from station.models import path_for
@@ -248,6 +299,8 @@ class OnnxPlateReader:
         return cls(
             PlateDetector(path_for("plate-detector", models_dir), max_side=max_side, score_threshold=score_threshold, threads=threads),
             PlateRecognizer(path_for("plate-recognizer", models_dir), path_for("plate-recognizer-dict", models_dir), threads=threads),
+            candidate_threshold=candidate_threshold,
+            refine=refine,
         )
 
     def warm_up(self) -> float:
@@ -257,33 +310,133 @@ class OnnxPlateReader:
         self.recognizer.read_line(np.zeros((SINGLE_ROW_SIZE[1], SINGLE_ROW_SIZE[0], 3), dtype=np.uint8))
         return (time.perf_counter() - t0) * 1000.0
 
+    def refine_candidate(self, image: np.ndarray, plate: PlateDetection) -> PlateDetection:
+        """Look at a candidate again on a full-resolution crop around it; return the better-placed plate."""
+        x1, y1, x2, y2 = plate.box
+        bw, bh = x2 - x1, y2 - y1
+        h, w = image.shape[:2]
+        cx1, cy1 = max(0, int(x1 - bw * REFINE_CONTEXT)), max(0, int(y1 - bh * REFINE_CONTEXT * 2))
+        cx2, cy2 = min(w, int(x2 + bw * REFINE_CONTEXT) + 1), min(h, int(y2 + bh * REFINE_CONTEXT * 2) + 1)
+        crop = image[cy1:cy2, cx1:cx2]
+        if crop.size == 0 or bw < 2:
+            return plate
+        scale = min(REFINE_MAX_ZOOM, REFINE_PLATE_WIDTH / bw)
+        if max(crop.shape[:2]) * scale > REFINE_MAX_SIDE:
+            scale = REFINE_MAX_SIDE / max(crop.shape[:2])
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        view = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))), interpolation=interp)
+        found = self.detector.detect(view, threshold=self.candidate_threshold, max_side=REFINE_MAX_SIDE)
+        centre = np.array([(x1 + x2) / 2 - cx1, (y1 + y2) / 2 - cy1]) * scale
+        near = [d for d in found if d.box[0] <= centre[0] <= d.box[2] and d.box[1] <= centre[1] <= d.box[3]]
+        if not near:
+            return plate
+        best = max(near, key=lambda d: d.score)
+        offset = np.array([cx1, cy1], dtype=np.float32)
+        box = (best.box[0] / scale + cx1, best.box[1] / scale + cy1, best.box[2] / scale + cx1, best.box[3] / scale + cy1)
+        return PlateDetection(box, max(best.score, plate.score), (best.corners / scale + offset).astype(np.float32))
+
     def read_plate(self, image: np.ndarray, plate: PlateDetection) -> tuple[str, float, int]:
-        """Return (text, confidence, rows) of one detected plate."""
-        if plate.aspect < DOUBLE_ROW_ASPECT:
+        """Return (text, confidence, rows) of one detected plate, as the recogniser read it (no check)."""
+        chars, conf, rows = self.read_plate_chars(image, plate)
+        return "".join(c for c, _ in chars), conf, rows
+
+    def read_plate_chars(
+        self, image: np.ndarray, plate: PlateDetection, rows: int | None = None, margin: tuple[float, float] = SINGLE_ROW_MARGIN
+    ) -> tuple[list[tuple[str, float]], float, int]:
+        """Return (characters with probabilities, confidence, rows) of one detected plate.
+
+        ``rows`` forces a single- or double-row read; by default the corner quad's aspect decides.
+        ``margin`` is the single-row crop's (see ``rectify``).
+        """
+        if rows is None:
+            rows = 2 if plate.aspect < DOUBLE_ROW_ASPECT else 1
+        if rows == 2:
             crop = rectify(image, plate.corners, DOUBLE_ROW_SIZE, DOUBLE_ROW_MARGIN)
-            h = crop.shape[0]
-            top, top_conf = self.recognizer.read_line(crop[: int(h * DOUBLE_ROW_TOP)])
-            bottom, bottom_conf = self.recognizer.read_line(crop[int(h * DOUBLE_ROW_BOTTOM) :])
-            return top + bottom, top_conf * bottom_conf, 2
-        crop = rectify(image, plate.corners, SINGLE_ROW_SIZE, SINGLE_ROW_MARGIN)
-        text, conf = self.recognizer.read_line(crop)
-        return text, conf, 1
+            h, w = crop.shape[:2]
+            top_band = crop[: int(h * DOUBLE_ROW_TOP), int(w * DOUBLE_ROW_TOP_X[0]) : int(w * DOUBLE_ROW_TOP_X[1])]
+            chars = self.recognizer.read_chars(top_band) + self.recognizer.read_chars(crop[int(h * DOUBLE_ROW_BOTTOM) :])
+        else:
+            chars = self.recognizer.read_chars(rectify(image, plate.corners, SINGLE_ROW_SIZE, margin))
+        conf = float(np.prod([p for _, p in chars])) if chars else 0.0
+        return chars, conf, rows
+
+    def best_read(
+        self, image: np.ndarray, variants: list[PlateDetection]
+    ) -> tuple[PlateDetection, list[tuple[str, float]], int, plate_rules.PlateVerdict]:
+        """Read the first placement of a plate; while the read fits no layout, try the others and the other row count.
+
+        A plate seen at an angle can look as narrow as a double-row one (and the reverse), and a
+        refined placement is usually, not always, the better one: the read that fits a layout
+        wins, else the most confident one. Nothing is invented: each try is a read of the pixels.
+        """
+        best: tuple[tuple[bool, float], PlateDetection, list[tuple[str, float]], int, plate_rules.PlateVerdict] | None = None
+        for plate in variants:
+            default_rows = 2 if plate.aspect < DOUBLE_ROW_ASPECT else 1
+            ambiguous = DOUBLE_ROW_AMBIGUOUS[0] <= plate.aspect <= DOUBLE_ROW_AMBIGUOUS[1]
+            for rows in (default_rows, 3 - default_rows) if ambiguous else (default_rows,):
+                chars, conf, rows = self.read_plate_chars(image, plate, rows)
+                verdict = plate_rules.check(chars, conf)
+                key = (verdict.plausible, verdict.confidence)
+                if best is None or key > best[0]:
+                    best = (key, plate, chars, rows, verdict)
+                if verdict.plausible:
+                    return plate, chars, rows, verdict
+        # Still no fit: the corners may have cut off an end character (a 领 or 警 outside the quad).
+        for plate in variants:
+            chars, conf, rows = self.read_plate_chars(image, plate, 1, WIDE_SINGLE_ROW_MARGIN)
+            verdict = plate_rules.check(chars, conf)
+            if verdict.plausible:
+                return plate, chars, rows, verdict
+        assert best is not None
+        return best[1], best[2], best[3], best[4]
 
     def read(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Return the plates in a BGR frame: text, confidence, score (detector), box, corners, rows; best first."""
+        """Return the plates in a BGR frame, best first.
+
+        Each: ``text`` (``?`` where a character is unsure or breaks its plate layout), ``confidence``
+        (lowered for each ``?`` and for a read that fits no layout), ``score`` (detector), ``box``,
+        ``corners``, ``rows``, and ``raw_text`` (the recogniser's read before the check),
+        ``plate_type`` and ``plausible``.
+        """
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        coarse = self.detector.detect(image, threshold=self.candidate_threshold)
+        longest = max(image.shape[:2])
+        if longest >= LARGE_FRAME_FACTOR * self.detector.max_side:
+            # A large frame: plates far off are too small at max_side; look again at twice that.
+            finer = self.detector.detect(image, threshold=self.candidate_threshold, max_side=2 * self.detector.max_side)
+            coarse += [d for d in finer if all(_overlap(d.box, c.box) < 0.3 for c in coarse)]
+        placed = [[self.refine_candidate(image, c), c] if self.refine else [c] for c in coarse]
         out: list[dict[str, Any]] = []
-        for plate in self.detector.detect(image):
-            text, conf, rows = self.read_plate(image, plate)
+        taken: list[tuple[float, float, float, float]] = []
+        for variants in sorted(placed, key=lambda v: -v[0].score):
+            if any(_overlap(variants[0].box, t) > 0.3 for t in taken):
+                continue  # two candidates refined onto the same plate
+            plate, chars, rows, verdict = self.best_read(image, variants)
+            if plate.score < self.detector.score_threshold and not verdict.plausible:
+                continue  # a weak candidate whose read is not a plate: most likely not a plate
+            if not chars:
+                continue
+            taken.append(plate.box)
             out.append(
                 {
-                    "text": text,
-                    "confidence": round(float(conf), 4),
+                    "text": verdict.text,
+                    "confidence": round(float(verdict.confidence), 4),
                     "score": round(plate.score, 4),
                     "box": [round(v, 1) for v in plate.box],
                     "corners": [[round(float(x), 1), round(float(y), 1)] for x, y in plate.corners],
                     "rows": rows,
+                    "raw_text": "".join(c for c, _ in chars),
+                    "plate_type": verdict.plate_type,
+                    "plausible": verdict.plausible,
                 }
             )
         return out
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over the smaller box's area."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / smaller if smaller > 0 else 0.0

@@ -221,6 +221,8 @@ def detect_plates(obj: Ctx, images: tuple[Path, ...], as_json: bool, max_side: i
                 "confidence": p["confidence"],
                 "corners": p["corners"],
                 "rows": p["rows"],
+                # Added with the plausibility check (issue 17); older readers leave them out.
+                **{k: p[k] for k in ("raw_text", "plate_type", "plausible") if k in p},
             }
             for p in reader.read(img)
         ]
