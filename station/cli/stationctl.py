@@ -32,6 +32,7 @@ from station.cli.idcard_cmd import idcard, test_idcard
 from station.cli.logs_cmd import logs
 from station.cli.operator_url_cmd import operator_url
 from station.cli.outbox_cmd import outbox
+from station.cli.registrations_cmd import registrations
 from station.cli.speaker_cmd import test_speaker
 from station.cli.test_cmd import test
 from station.cli.thermal_cmd import calibrate, thermal
@@ -315,6 +316,7 @@ for verb in (
     board_user,
     operator_url,
     idcard,
+    registrations,
 ):
     main.add_command(verb)
 
