@@ -299,7 +299,7 @@ class Injected:
 class Degradation:
     """A module the station runs without, and why: READY's status text, the log and ``stationctl status`` name it."""
 
-    module: str  # thermal, detector, plate_reader, code_reader, mqtt, control, http, speaker
+    module: str  # thermal, detector, plate_reader, code_reader, mqtt, control, http, speaker, registration
     reason: str
 
     def as_dict(self) -> dict[str, str]:
@@ -586,12 +586,21 @@ class StationApp:
             clock_synced=self.clock.synced,
         )
 
-    def _registrar(self, store: SqliteEventStore) -> Registrar:
-        """Return the outsider registration desk's back end: the store, and phone numbers hashed under the ID card key or salt."""
+    def _registrar(self, store: SqliteEventStore) -> Registrar | None:
+        """Return the outsider registration desk's back end: the store, and phone numbers hashed under the ID card key or salt.
+
+        A centre key file that cannot be used degrades registration only (the page refuses it with
+        503): phone numbers are never hashed under a weaker key than the one configured.
+        """
         from station.codes.contact import PhoneHasher
+        from station.codes.idcard import KeyFileError
         from station.web.registration import Registrar
 
-        hasher = PhoneHasher.from_config(self.cfg.idcard.key_file, self.data_dir)
+        try:
+            hasher = PhoneHasher.from_config(self.cfg.idcard.key_file, self.data_dir)
+        except KeyFileError as exc:
+            self._degrade("registration", f"{exc}; outsider vehicles cannot be registered")
+            return None
         return Registrar(store, hasher, valid_h=self.cfg.vehicle.registration_valid_h, wall=self.clock.wall, clock_synced=self.clock.synced)
 
     def _start_sync(self, store: SqliteEventStore, pipeline: Pipeline, judge: CodeJudge) -> None:
