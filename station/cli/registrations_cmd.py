@@ -27,8 +27,6 @@ from typing import Any, TypeVar
 import click
 
 from station.cli.common import TIME, Ctx, group, station_db
-from station.domain.registration import FormError, check_plate_text
-from station.store.visits import registrations_where
 
 
 @group("registrations")
@@ -37,6 +35,9 @@ def registrations() -> None:
 
 
 def _plates(plates: tuple[str, ...]) -> list[str]:
+    # Imported here: `stationctl --help` must not import numpy (the plate rules live beside the vehicle lane's).
+    from station.domain.registration import FormError, check_plate_text
+
     out = []
     for p in plates:
         try:
@@ -48,6 +49,8 @@ def _plates(plates: tuple[str, ...]) -> list[str]:
 
 
 def _rows(db: Path, since: float | None, until: float | None, ids: tuple[str, ...], plates: list[str]) -> list[dict[str, Any]]:
+    from station.store.visits import registrations_where
+
     where, params = registrations_where(since, until, ids, plates)
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
