@@ -365,7 +365,10 @@ def main() -> None:
     result["lane_people_per_s"] = result["lane"]["decisions_per_s"]
     queue = _lane_scenarios(args.quick)
     result["lane_scenarios"] = queue["scenarios"]
-    result["lane_temperature_only_people_per_s"] = queue["scenarios"].get("temperature_only", {}).get("people_per_s")
+    t_only = queue["scenarios"].get("temperature_only", {})
+    result["lane_temperature_only_people_per_s"] = t_only.get("sustained_people_per_s")  # saturation flow: the target's measure
+    result["lane_temperature_only_whole_run_people_per_s"] = t_only.get("people_per_s")
+    result["lane_targets"] = queue.get("targets")
     result["daemon"] = _daemon(15.0 if args.quick else 30.0, args.one_core)
     result["rss_mb"] = result["daemon"]["person_lane"]["rss_mb"]["max"]
     result["cold_start_s"] = result["daemon"]["person_lane"]["first_decision_s"]

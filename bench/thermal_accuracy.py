@@ -77,8 +77,15 @@ def _reading(ms: list[Any], spread: float = 0.7) -> float | None:
 
 
 def calibrate_site(
-    rng: np.random.Generator, geo: SceneGeometry, noise_c: float, skin_sigma_c: float, people: int = 30, blackbody: bool = False
+    rng: np.random.Generator,
+    geo: SceneGeometry,
+    noise_c: float,
+    skin_sigma_c: float,
+    people: int = 30,
+    blackbody: bool = False,
+    distance_range: tuple[float, float] = (0.75 * CAL_DISTANCE_M, 1.3 * CAL_DISTANCE_M),
 ) -> tuple[ThermalCalibration, dict[str, Any]]:
+    """Return a site calibration fitted the way a technician does it: reference walk-ups over ``distance_range``."""
     # 1. registration from 6 heated-target points seen by both cameras (0.15 px click noise)
     truth_h = geo.visible_to_thermal()
     vis = np.array([[100, 80], [540, 80], [540, 400], [100, 400], [320, 240], [220, 330]], dtype=float)
@@ -105,7 +112,7 @@ def calibrate_site(
             None, room_c=room, noise_c=noise_c, seed=int(rng.integers(1 << 31)), geometry=geo, blackbody=BLACKBODY if blackbody else None
         )
         core = rng.uniform(36.2, 37.8)
-        d = CAL_DISTANCE_M * rng.uniform(0.75, 1.3)
+        d = rng.uniform(*distance_range)
         ms, _ = _walkup(rng, r, FrameParser(), base, core, d, rng.normal(0.0, skin_sigma_c))
         ok = [x for x in ms if x.state == MeasureState.MEASURED]
         if not ok:

@@ -213,7 +213,8 @@ def test_two_people_one_metre_apart_each_decided_on_their_own_readings(b_core: f
         assert b.stage_t["decision"] == pytest.approx(3.66, abs=0.01)
     # B reaches the gate and is decided in the same frame (their code is already up, or a fever).
     assert [s for _, s in r.states] == ["idle", "screening", "decided", "idle"]
-    assert r.lane.directions.counts == {"entry": 2, "exit": 0}
+    refused = int(b.decision is Decision.DENY_FEVER)  # a fever: B steps aside, no entry
+    assert r.lane.directions.counts == {"entry": 2 - refused, "exit": 0} and r.lane.directions.refused == refused
 
 
 def test_a_reading_on_a_face_behind_the_decided_person_is_refused() -> None:
@@ -264,7 +265,9 @@ def test_a_denied_person_walking_back_is_taken_off_the_entry_count() -> None:
     r = Replay([e]).run(until=5.0)
     assert r.decisions() == [("E", "deny_code", "code_red", 36.6)]
     assert r.abandoned == []  # decided before turning: nothing to abandon
-    assert r.lane.directions.counts == {"entry": 0, "exit": 0} and r.lane.directions.turned_back == 1
+    # Counted as an entry while walking up, taken back at the refusal: refused, not turned back.
+    assert r.lane.directions.counts == {"entry": 0, "exit": 0}
+    assert (r.lane.directions.refused, r.lane.directions.turned_back) == (1, 0)
 
 
 def test_a_passed_person_stays_counted_whatever_they_do_next() -> None:
@@ -367,3 +370,20 @@ def test_a_much_nearer_face_is_not_beside_the_person_at_the_gate() -> None:
     r = Replay([b, w]).run(until=3.0)
     assert [d for d in r.decisions() if d[0] == "B"] == [("B", "pass", "ok", 36.8)]
     assert r.one_at_a_time_t == []
+
+
+def test_a_decided_person_found_again_as_they_pass_is_not_screened_twice() -> None:
+    """P is let through and swings past the camera so fast the tracker loses them: found again, still decided."""
+    _, towards = walk(0.0, 2.0, 0.55, 320)
+    p = Person("P", [*towards, (2.5, 0.55, 320), (2.7, 0.35, 620)], 36.6, code_t=2.0)
+    r = Replay([p]).run(until=4.5)
+    assert len(r.names) == 2  # two tracks for P: the tracker did lose them
+    assert r.decisions() == [("P", "pass", "ok", 36.6)]  # and no retry for the second one
+    assert r.lane.directions.counts == {"entry": 1, "exit": 0}
+
+
+def test_someone_walking_up_outside_the_lane_zone_is_not_counted() -> None:
+    """A person on the next path (far right of the picture) walks towards the camera: no screening, no entry."""
+    other = Person("other", walk(0.0, 3.0, 1.2, 610)[1])
+    r = Replay([other]).run(until=2.5)
+    assert r.verdicts == [] and r.lane.directions.counts == {"entry": 0, "exit": 0}

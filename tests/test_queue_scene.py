@@ -233,9 +233,12 @@ def test_presets_show_a_phone_or_not(name: str) -> None:
     queuers = [w for w in sc.walkers if w.role is Role.QUEUE]
     assert len(queuers) == 8
     assert {w.person.expected for w in queuers} == {"pass", "deny_fever"}
+    assert sc.walkthrough and sc.timing is not None and sc.timing.measure_from_m == 1.0  # both measured on the move
+    assert sc.config["screening"]["face_stable_s"] == 0.0 and sc.config["thermal"] == {"too_far_ratio": 1.9}
     if name == "temperature_only":
-        assert sc.config == {"screening": {"temperature_on": "entry", "code_required": False}}
+        assert sc.config["screening"]["temperature_on"] == "entry" and sc.config["screening"]["code_required"] is False
         assert all(w.code_delay_s is None and w.person.code_payload is None for w in queuers)
+        assert all(0.8 <= w.gap_m <= 1.0 for w in queuers)  # the morning peak's spacing
     else:
         assert all(w.person.code_payload is not None and w.code_delay_s is not None and 0.0 <= w.code_delay_s <= 0.4 for w in queuers)
 
@@ -255,3 +258,19 @@ def test_a_decision_about_someone_walking_off_is_not_given_to_the_next_person() 
     assert all(r["decision"] is None for r in d.timeline() if r["index"] != front.index)
     assert next(r for r in d.timeline() if r["index"] == front.index)["decision"] == "pass"
     assert d.on_decision("retry", clock.t, Box(0, 0, 5, 5)) is None  # nobody there: unattributed
+
+
+def test_a_walker_decided_on_the_way_up_never_stops_and_their_last_input_is_the_range() -> None:
+    """Screened on the move: the face is there to measure from ``measure_from_m``; decided before the line, they walk on."""
+    clock = Clock()
+    walkers = queue_walkers(cast(1), seed=4, code_delay_s=None, extras=False)
+    d = QueueDirector(walkers, QueueTiming(measure_from_m=1.0), clock=clock)
+    while not any(p.distance_m <= 0.9 for p in d.positions()):
+        clock.t += 0.02
+    assert d.on_decision("pass") is not None  # decided at ~0.9 m, before the gate line
+    while not d.finished():
+        clock.t += 0.02
+        assert all(p.state != "at_gate" or p.distance_m < 0.56 for p in d.positions())
+    (row,) = d.timeline()
+    assert row["last_input_t"] < row["decided_t"] < row["gate_t"]  # in range → decided → crossed the line without stopping
+    assert row["entered"] and row["gone_t"] - row["gate_t"] < 0.5

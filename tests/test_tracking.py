@@ -178,3 +178,19 @@ def test_real_detections_of_a_moving_photo_keep_one_id_per_person(detector, file
         ids_per_frame.append({t.id for t in tracks})
     assert all(len(ids) == people for ids in ids_per_frame), ids_per_frame
     assert set().union(*ids_per_frame) == set(range(1, people + 1))
+
+
+def test_a_smaller_face_in_the_box_of_the_person_who_walked_on_is_a_new_track() -> None:
+    """The next person steps into the picture where the screened one stood: overlap alone must not merge them."""
+    tr = FaceTracker()
+    front = box_at(320, 240, 220)
+    for i in range(10):
+        (a,) = tr.update([front], [0.9], i * 0.1)
+    tr.update([], None, 1.0)  # the screened person walked on, out of the picture
+    behind = box_at(320, 240, 130)  # the next one, farther away, inside the old box
+    assert front.iou(behind) >= TrackerSettings().iou_min  # overlap alone would have continued the old track
+    (b,) = tr.update([behind], [0.9], 1.1)
+    assert b.id != a.id
+    # Growing is what walking towards the camera does: the same person may grow fast between frames.
+    (c,) = tr.update([box_at(322, 242, 160)], [0.9], 1.2)
+    assert c.id == b.id

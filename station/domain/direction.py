@@ -12,7 +12,10 @@ track that travelled at least half of ``min_travel`` in the entry direction goes
 for it is taken back (``turned_back`` counts it instead). A turned-back track that comes towards the
 gate again by ``min_travel`` from the farthest point back is a fresh approach (counted, or turned
 back, anew). A track is *committed* (``commit``) once the gate let it through: from then on it is
-never taken back, whatever it does in front of the camera.
+never taken back, whatever it does in front of the camera. A track the gate did not let through
+(``refuse``) walked up and stepped aside: an entry counted for it is taken back (``refused`` counts
+it). Only tracks that reached the lane zone are counted (``update``'s ``countable``): someone walking
+past the far end of the lane, or turning back before reaching the zone, is in no count.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from station.domain.tracking import Track
 ENTRY = "entry"
 EXIT = "exit"
 TURNED_BACK = "turned_back"
+REFUSED = "refused"  # screened and not let through (denied, retry, manual check): not an entry
+SAME_PERSON = "same_person"  # a track the lane knows is a person already counted under another track
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +83,18 @@ class DirectionCounter:
     geometry: LaneGeometry = field(default_factory=LaneGeometry)
     counts: dict[str, int] = field(default_factory=lambda: {ENTRY: 0, EXIT: 0})
     turned_back: int = 0  # people who came towards the gate and went back (in no count above)
+    refused: int = 0  # people screened and not let through (in no count above)
     _counted: dict[int, str] = field(default_factory=dict)
     _start: dict[int, float] = field(default_factory=dict)  # track id → position when first seen
     _farthest: dict[int, float] = field(default_factory=dict)  # track id → farthest position in the entry direction
     _committed: set[int] = field(default_factory=set)
 
-    def update(self, tracks: list[Track], frame_size: tuple[int, int]) -> list[tuple[int, str]]:
-        """Count the tracks seen in one frame; return the (track id, direction) pairs counted or turned back just now."""
+    def update(self, tracks: list[Track], frame_size: tuple[int, int], countable: set[int] | None = None) -> list[tuple[int, str]]:
+        """Count the tracks seen in one frame; return the (track id, direction) pairs counted or turned back just now.
+
+        With ``countable``, other tracks are followed (their travel counts from their first sighting)
+        but not counted until they are in it.
+        """
         out: list[tuple[int, str]] = []
         g = self.geometry
         for tr in tracks:
@@ -94,7 +104,11 @@ class DirectionCounter:
             if _moved(g, farthest, pos) > 0:
                 farthest = pos
             self._farthest[tr.id] = farthest
+            if countable is not None and tr.id not in countable:
+                continue
             done = self._counted.get(tr.id)
+            if done in (REFUSED, SAME_PERSON):
+                continue
             if done == TURNED_BACK:
                 if _moved(g, self._start[tr.id], pos) < 0:
                     self._start[tr.id] = pos  # the farthest back they went
@@ -131,6 +145,21 @@ class DirectionCounter:
     def commit(self, track_id: int) -> None:
         """Mark a track as let through the gate: its count (if any) is never taken back."""
         self._committed.add(track_id)
+
+    def refuse(self, track_id: int) -> None:
+        """Mark a track as not let through the gate: an entry counted for it is taken back, and it is never counted."""
+        done = self._counted.get(track_id)
+        if track_id in self._committed or done in (EXIT, TURNED_BACK, REFUSED, SAME_PERSON):
+            return
+        if done == ENTRY:
+            self.counts[ENTRY] -= 1
+        self._counted[track_id] = REFUSED
+        self.refused += 1
+
+    def same_person(self, track_id: int) -> None:
+        """Mark a new track as a person already counted under another one (found again): never counted."""
+        if track_id not in self._counted:
+            self._counted[track_id] = SAME_PERSON
 
     def direction_of(self, track_id: int) -> str | None:
         """Return the direction a track was counted in (or ``turned_back``), or None if it has not been counted."""

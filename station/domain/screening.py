@@ -44,7 +44,7 @@ from station.domain.model import (
 )
 from station.domain.prompts import LaneProgress
 from station.domain.thermal import MeasureState, ThermalCalibration, WarmupTracker, measure_face
-from station.domain.tracking import FaceTracker, TrackerSettings, capture_score
+from station.domain.tracking import FaceTracker, Track, TrackerSettings, capture_score
 
 UNSTABLE = "unstable"  # a reading taken while the face was still moving or growing
 
@@ -306,6 +306,7 @@ class ScreeningLane:
         self._decided: _Screening | None = None  # the last decided screening, while its person is at the gate
         self._decided_seen_t: float | None = None  # when a decided person was last seen in the zone
         self._done: set[int] = set()  # decided or abandoned tracks: never screened again
+        self._in_lane: set[int] = set()  # tracks seen in the lane zone at least once: the ones counted
         self._one_at_a_time: set[int] = set()  # tracks told "one at a time", until they stand alone
         self._turned_back: set[int] = set()  # abandoned tracks: screened again only if they come back
         # The newest camera frame: (box, track id, in the zone) of every face, and its size.
@@ -345,7 +346,13 @@ class ScreeningLane:
         """Track the faces of one visible frame; open, follow or end screenings; lock the next person at the gate."""
         # Every face is tracked, near or far: a person keeps one id from walking up to leaving.
         tracks = self.tracker.update([f.box for f in obs.faces], [f.score for f in obs.faces], obs.captured_t)
-        self.directions.update(tracks, obs.frame_size)
+        self._in_lane &= set(self.tracker.tracks)
+        self._in_lane.update(tr.id for f, tr in zip(obs.faces, tracks, strict=True) if self.in_zone(f.box, obs.frame_size))
+        for tr in tracks:
+            if tr.hits == 1 and self._reacquired(tr):
+                self._done.add(tr.id)  # a decided person walking on, found again: decided (and counted) already
+                self.directions.same_person(tr.id)
+        self.directions.update(tracks, obs.frame_size, self._in_lane)
         self._done &= set(self.tracker.tracks)  # ids are never reused: a forgotten track cannot come back
         self._one_at_a_time &= set(self.tracker.tracks)
         self._turned_back &= set(self.tracker.tracks)
@@ -377,6 +384,19 @@ class ScreeningLane:
         if verdict is not None:
             return verdict  # one verdict per call; the new person at the gate is evaluated with the next input
         return self.tick(obs.done_t)
+
+    def _reacquired(self, new: Track) -> bool:
+        """Return True when a new track is born on a decided person's last box, at least about as large.
+
+        Walking through the gate (or aside) the decided person's face grows fast and moves sideways,
+        and the tracker may lose it; found again, it is a new track, which must not open a second
+        screening (a spurious ``retry`` for someone already decided). The person behind is smaller.
+        """
+        for tid in self._done:
+            old = self.tracker.tracks.get(tid)
+            if old is not None and old is not new and new.box.height >= 0.9 * old.box.height and _touch(old.box, new.box):
+                return True
+        return False
 
     def _follow(self, track_id: int, face: FaceDetection, index: int, obs: FaceObservation) -> None:
         """Open or update the screening of one undecided person seen in the zone."""
@@ -752,6 +772,10 @@ class ScreeningLane:
                 self._done.add(tid)
             if verdict.decision is Decision.PASS:
                 self.directions.commit(tid)  # through the gate: no longer "turned back" if they look round
+            elif verdict.reason != ONE_AT_A_TIME and not person_left:
+                # Not let through while standing there: they walked up but did not enter. (Someone
+                # who left undecided is counted by where they went: on through, or back.)
+                self.directions.refuse(tid)
         self._front = None
         if person_left or verdict.reason == ONE_AT_A_TIME:
             self.state = LaneState.IDLE

@@ -6,6 +6,9 @@ boxes per frame only; this module gives each person a stable id.
 
 How a detection is matched to a track (greedy, best pair first):
 
+0. size: a face never shrinks by more than ``max_size_ratio`` between sightings (people walk
+   towards the camera); a smaller face inside the box of the person who just walked on is the next
+   person, however much they overlap;
 1. overlap: IoU ≥ ``iou_min`` (a person standing or walking slowly at 10–15 fps overlaps heavily);
 2. otherwise nearness: centre distance ≤ ``max_jump`` × the track's box height *and* a size ratio
    within ``max_size_ratio`` (a quick step between two frames). The size gate is what keeps a second
@@ -93,14 +96,26 @@ class FaceTracker:
         self.tracks: dict[int, Track] = {}
         self._next_id = 1
 
+    def _size_fits(self, track: Track, box: Box) -> bool:
+        """Return True when ``box`` is a size ``track``'s person can have now.
+
+        People walk towards the camera and pass beside it, so a face may grow fast; but it never
+        shrinks by more than ``max_size_ratio`` between sightings. A face well inside a larger one
+        that was just there is the next person behind, not the person who walked on.
+        """
+        h_t, h_b = track.box.height, box.height
+        return h_t > 0 and h_b > 0 and h_t / h_b <= self.settings.max_size_ratio
+
     def _match_cost(self, track: Track, box: Box) -> float | None:
         """Return the cost of matching ``box`` to ``track`` (lower is better), or None when they may not match."""
         st = self.settings
+        if not self._size_fits(track, box):
+            return None
         iou = track.box.iou(box)
         if iou >= st.iou_min:
             return 1.0 - iou  # in [0, 0.7]
         h_t, h_b = track.box.height, box.height
-        if h_t <= 0 or h_b <= 0 or max(h_t, h_b) / min(h_t, h_b) > st.max_size_ratio:
+        if max(h_t, h_b) / min(h_t, h_b) > st.max_size_ratio:
             return None
         (tx, ty), (bx, by) = track.box.centre, box.centre
         dist = math.hypot(tx - bx, ty - by) / h_t

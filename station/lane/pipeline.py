@@ -771,4 +771,5 @@ class Pipeline:
         out["lane_state"] = self.lane.state.value
         out["direction_counts"] = dict(self.lane.directions.counts)
         out["turned_back"] = self.lane.directions.turned_back
+        out["refused"] = self.lane.directions.refused
         return out
