@@ -148,3 +148,63 @@ def test_hostile_values_are_typed_cleaned_and_capped(tmp_path: Path) -> None:
     assert v["flagged"] is True  # its own summary counts a denied occupant, whatever "flagged" said
     assert (v["registered"], v["registration_id"]) == (False, None)
     assert g["reason"] is None and g["phone_last4"] is None and len(g["destination"]) <= 40 and g["destination"].isprintable()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_board_page_shows_the_flagged_visit_and_a_rogues_plate_as_text(tmp_path: Path) -> None:
+    """The board page in Debian's chromium: the flagged visit on the tile, the registration in the overlay, markup inert."""
+    import asyncio
+    import shutil
+    import socket
+    import threading
+
+    import uvicorn
+
+    from station.board.web import create_app
+    from tests.support.board_auth import VIEWER, make_auth
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    board = BoardState(BoardHistory(tmp_path / "board.sqlite3"), P)
+    for topic, payload in station_messages(tmp_path):
+        board.handle(topic, payload)
+    xss = '<img src=x onerror="window.__pwned=1">'
+    rogue = {"visit_id": "v-rogue", "closed_ts": time.time(), "plate": xss, "summary": {"occupants": 1, "denied": 1}}
+    assert board.handle(f"{P}/gate-a/rogue/events/visit", json.dumps({"visit": rogue}).encode()) == "accepted"
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(board, make_auth(tmp_path / "auth")), log_config=None, lifespan="off"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1600, "height": 900}, bypass_csp=True)
+                page.goto(f"http://127.0.0.1:{port}/login")
+                page.fill("#user", VIEWER[0])
+                page.fill("#password", VIEWER[1])
+                page.click("#login")
+                page.wait_for_function("document.querySelectorAll('.tile [data-testid=visit]').length === 2", timeout=20_000)
+                tile = page.locator('.tile[data-key="gate-a/st-01"] [data-testid=visit]')
+                assert tile.get_attribute("data-flagged") == "1"
+                assert "浙A12345 · 3 人 · 1 发热 · 已登记" in tile.inner_text() and "⚑" in tile.inner_text()
+                assert xss[:12] in page.locator('.tile[data-key="gate-a/rogue"] [data-testid=visit]').inner_text()  # as text
+                page.locator('.tile[data-key="gate-a/st-01"]').click()
+                page.wait_for_selector("#overlay.open")
+                assert "浙A12345 · 送货 · 3号楼 · ****8000" in page.get_by_test_id("registration").inner_text()
+                assert page.evaluate("window.__pwned === undefined")
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+    assert not thread.is_alive()
