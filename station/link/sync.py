@@ -36,6 +36,9 @@ log = logging.getLogger("station.link.sync")
 SETTLE_AFTER_S = 0.05
 """Longest an acknowledged row waits for its batch's DELETE (see ``OutboxPump._should_settle``)."""
 
+DEFER_SETTLE_S = 60.0
+"""Longest a delivered row's DELETE waits for the next screening's write (the store's deferred settle)."""
+
 
 def status_topic(topic_prefix: str, site: str, station_id: str) -> str:
     """Return the retained availability topic of one station (``architecture.md`` §2 topic tree)."""
@@ -74,11 +77,14 @@ class OutboxSource(Protocol):
     def outbox_ack_many(self, row_ids: Iterable[int]) -> int:
         """Delete acknowledged rows; return how many were deleted."""
 
-    def outbox_settle(self, acked_ids: Iterable[int], sent_ids: Iterable[int]) -> int:
-        """Delete acknowledged rows and count publish attempts of sent ones, in one transaction; return how many were deleted."""
+    def outbox_settle(self, acked_ids: Iterable[int], sent_ids: Iterable[int], *, defer: bool = False) -> int:
+        """Delete acknowledged rows and count publish attempts of sent ones (``defer``: with the store's next outbox write)."""
 
     def outbox_enforce_bounds(self) -> int:
         """Drop the oldest ordinary rows beyond the outbox's capacity; return how many."""
+
+    def outbox_flush_deferred(self, older_than_s: float = 0.0) -> bool:
+        """Write deferred deletes whose oldest waited ``older_than_s``; return whether it wrote."""
 
     def outbox_stats(self) -> dict[str, Any]:
         """Return the outbox depth (pending rows, bytes, oldest age)."""
@@ -188,6 +194,7 @@ class OutboxPump:
         deadline = time.monotonic() + timeout
         while True:
             if self._store.outbox_stats()["pending"] == 0:
+                self._store.outbox_flush_deferred()  # delivered rows leave the file too
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -254,6 +261,7 @@ class OutboxPump:
         self._expire()
         if self._should_settle():
             self._settle()
+        self._store.outbox_flush_deferred(DEFER_SETTLE_S)  # a quiet lane: no screening write to ride on
         now = self._clock()
         if self._bounds_t is None or now - self._bounds_t >= self.bounds_interval:
             self._bounds_t = now  # also while disconnected: that is when the outbox grows
@@ -303,7 +311,9 @@ class OutboxPump:
         acked, self._to_delete = self._to_delete, []
         sent, self._unmarked = self._unmarked, []
         try:
-            self._store.outbox_settle(acked, sent)
+            # Deferred: deleted by the next screening's write, which touches the same outbox pages
+            # (one commit, not two, per screening); left out of every outbox read until then.
+            self._store.outbox_settle(acked, sent, defer=True)
         except BaseException:
             self._to_delete, self._unmarked = acked + self._to_delete, sent + self._unmarked
             raise

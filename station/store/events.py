@@ -38,7 +38,6 @@ from station.store import clock_corrections, migrations, outbox
 from station.store.errors import SchemaTooNewError, StoreError
 from station.store.health import StorageHealth, is_storage_error
 from station.store.meta import bump_meta, meta_int
-from station.store.recovery import Recovery, check_and_recover
 from station.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from station.store.outbox import (
     PAYLOAD_SCHEMA,
@@ -52,6 +51,7 @@ from station.store.outbox import (
     jsonable,
     new_msg_id,
 )
+from station.store.recovery import Recovery, check_and_recover
 
 # Other modules import these from here (the store's public face); they live in the modules above.
 __all__ = [
@@ -153,6 +153,11 @@ class SqliteEventStore:
         # before the next write, so a card remounted (or replaced) by hand is used without a restart.
         self.storage = StorageHealth(self.path.parent)
         self._reopen_due = False
+        # Acknowledged rows (and publish attempts) whose DELETE / UPDATE waits for the next write that
+        # touches the outbox anyway (:meth:`outbox_settle` with ``defer``): the same pages, one commit
+        # instead of two (bench/card_wear.py). Excluded from every outbox read meanwhile.
+        self._deferred_acked: set[int] = set()
+        self._deferred_since: float | None = None  # monotonic time of the oldest deferred acknowledgement
         self.outbox_bounds: OutboxBounds | None = None
         """Set by the composition root from ``mqtt.outbox_max_*``; enforced by :meth:`outbox_enforce_bounds`."""
 
@@ -199,8 +204,12 @@ class SqliteEventStore:
         if self._closed:
             raise StoreError(f"event store {self.path} is closed")
 
-    def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
+    def _write(self, fn: Callable[[sqlite3.Connection], _T], *, carry: bool = False) -> _T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error.
+
+        With ``carry`` the deferred outbox bookkeeping (:meth:`outbox_settle`) is written in the same
+        transaction, before ``fn``; it is forgotten only once that transaction committed.
+        """
         with self._lock:
             self._check_open()
             if self.read_only:
@@ -211,8 +220,12 @@ class SqliteEventStore:
                 conn = self._conn
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    carried = self._settle_deferred(conn) if carry else False
                     result = fn(conn)
                     conn.execute("COMMIT")
+                    if carried:
+                        self._deferred_acked.clear()
+                        self._deferred_since = None
                 except BaseException:
                     if conn.in_transaction:
                         try:
@@ -226,6 +239,13 @@ class SqliteEventStore:
                 raise
         self.storage.succeeded()
         return result
+
+    def _settle_deferred(self, conn: sqlite3.Connection) -> bool:
+        """Inside the caller's write transaction: delete the deferred acknowledged rows."""
+        if not self._deferred_acked:
+            return False
+        outbox.settle(conn, sorted(self._deferred_acked), (), int(time.time() * 1000))
+        return True
 
     def _reopen(self) -> None:
         """Replace the connection with a new one on the same path (after a read-only or failing medium).
@@ -327,6 +347,15 @@ class SqliteEventStore:
                 self._conn.close()
                 return
             try:
+                if self._deferred_acked:  # delivered rows leave with the store
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._settle_deferred(self._conn)
+                    self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:  # they are sent again at the next start: duplicates, never a loss
+                log.warning("deferred outbox deletes not written at close: %s", exc)
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 # The data is safe in the WAL; the next open replays it.
@@ -392,7 +421,7 @@ class SqliteEventStore:
                 )
             return rowid
 
-        rowid = self._write(tx)
+        rowid = self._write(tx, carry=True)
         self._notify_listeners()
         return rowid
 
@@ -429,7 +458,7 @@ class SqliteEventStore:
             )
             return int(cur.lastrowid or 0)
 
-        rowid = self._write(tx)
+        rowid = self._write(tx, carry=True)
         self._notify_listeners()
         return rowid
 
@@ -718,7 +747,7 @@ class SqliteEventStore:
     def outbox_stats(self) -> dict[str, Any]:
         """Return the depth of the outbox: pending rows, age of the oldest (s), payload bytes, alarms, drops."""
         bounds = self.outbox_bounds
-        return self._read(lambda conn: outbox.stats(conn, bounds))
+        return self._read(lambda conn: outbox.stats(conn, bounds, self._deferred_acked))
 
     def outbox_enforce_bounds(self, now: float | None = None) -> int:
         """Drop the oldest ordinary rows beyond :attr:`outbox_bounds`; return how many.
@@ -732,7 +761,11 @@ class SqliteEventStore:
         if bounds is None:
             return 0
         at = time.time() if now is None else now
-        dropped, reasons = self._write(lambda conn: outbox.enforce_bounds(conn, bounds, self._sender(), self.topic_alarm, at))
+        depth = self.outbox_stats()
+        age = depth["oldest_age_s"] + (at - time.time()) if depth["pending"] else 0.0  # as of ``at``
+        if depth["pending"] <= bounds.max_rows and depth["bytes"] <= bounds.max_bytes and age <= bounds.max_age_s:
+            return 0  # within every bound: no write transaction (it ran every 10 s)
+        dropped, reasons = self._write(lambda conn: outbox.enforce_bounds(conn, bounds, self._sender(), self.topic_alarm, at), carry=True)
         if dropped:
             log.error("outbox over its bounds: dropped oldest ordinary rows dropped=%d reasons=%s", dropped, ",".join(reasons))
             self._notify_listeners()
@@ -743,11 +776,11 @@ class SqliteEventStore:
 
         ``exclude_ids`` are rows already in flight (published, PUBACK not yet seen).
         """
-        return self._read(lambda conn: outbox.pending(conn, limit, exclude_ids))
+        return self._read(lambda conn: outbox.pending(conn, limit, set(exclude_ids) | self._deferred_acked))
 
     def outbox_rows_after(self, after_id: int, limit: int = 1000) -> list[OutboxRow]:
         """Return undelivered rows with ``id > after_id`` in local order (for export; pages by id)."""
-        return self._read(lambda conn: outbox.rows_after(conn, after_id, limit))
+        return self._read(lambda conn: [r for r in outbox.rows_after(conn, after_id, limit) if r.id not in self._deferred_acked])
 
     def outbox_mark_sent(self, row_id: int) -> None:
         """Count a publish attempt of one row."""
@@ -765,19 +798,55 @@ class SqliteEventStore:
         """Delete several acknowledged rows in one transaction; return how many existed."""
         return self.outbox_settle(row_ids, ())
 
-    def outbox_settle(self, acked_ids: Iterable[int], sent_ids: Iterable[int]) -> int:
+    DEFER_SETTLE_MAX = 256
+    """Deferred acknowledged rows and attempts beyond which :meth:`outbox_settle` writes them at once."""
+
+    def outbox_settle(self, acked_ids: Iterable[int], sent_ids: Iterable[int], *, defer: bool = False) -> int:
         """Delete acknowledged rows and count publish attempts, in one transaction (one fsync).
 
         The attempt counts are bookkeeping (a crash before this commit only under-counts them);
         folding them into the ack transaction halves the pump's fsyncs during a catch-up.
         Returns how many acknowledged rows existed.
+
+        With ``defer`` (the outbox pump), when every row sent is also acknowledged (the usual case:
+        its attempt count would be updated just before its DELETE), nothing is written now: the rows
+        are left out of every outbox read and deleted by the next screening's or vehicle's write,
+        which touches the same outbox pages anyway, or at close, or once :data:`DEFER_SETTLE_MAX`
+        wait. A crash before that sends them again (a duplicate, which consumers drop by ``msg_id``;
+        never a loss). Returns how many acknowledged rows were handed over.
         """
         acked = [int(i) for i in acked_ids]
         sent = [int(i) for i in sent_ids]
         if not acked and not sent:
             return 0  # no transaction, no fsync
+        if defer:
+            with self._lock:
+                self._check_open()
+                known = self._deferred_acked.union(acked)
+                deferrable = all(i in known for i in sent)  # a row still in flight keeps its attempt count now
+                if deferrable:
+                    self._deferred_acked = known
+                    if self._deferred_since is None:
+                        self._deferred_since = time.monotonic()
+            if deferrable:
+                if len(known) >= self.DEFER_SETTLE_MAX:
+                    self._write(lambda conn: None, carry=True)
+                return len(acked)
         now_ms = int(time.time() * 1000)
-        return self._write(lambda conn: outbox.settle(conn, acked, sent, now_ms))
+        return self._write(lambda conn: outbox.settle(conn, acked, sent, now_ms), carry=True)
+
+    def outbox_flush_deferred(self, older_than_s: float = 0.0) -> bool:
+        """Write the deferred deletes now if the oldest waited ``older_than_s`` (0: whatever their age); return whether it wrote.
+
+        The pump calls it every step with :data:`station.link.sync.DEFER_SETTLE_S`, so on a quiet
+        lane delivered rows leave the file within that time, and with 0 once it drained.
+        """
+        with self._lock:
+            since = self._deferred_since
+        if since is None or (older_than_s > 0 and time.monotonic() - since < older_than_s):
+            return False
+        self._write(lambda conn: None, carry=True)
+        return True
 
     # ---------------------------------------------------------------- health
 

@@ -163,11 +163,16 @@ def enqueue(
     return msg_id
 
 
-def stats(conn: sqlite3.Connection, bounds: OutboxBounds | None) -> dict[str, Any]:
-    """Return the depth of the outbox: pending rows, age of the oldest (s), payload bytes, alarms, drops."""
+def stats(conn: sqlite3.Connection, bounds: OutboxBounds | None, delivered_ids: AbstractSet[int] = frozenset()) -> dict[str, Any]:
+    """Return the depth of the outbox: pending rows, age of the oldest (s), payload bytes, alarms, drops.
+
+    ``delivered_ids`` are rows acknowledged whose DELETE has not been written yet: not counted.
+    """
     pending, oldest, size, alarms = conn.execute(
         f"SELECT count(*), min(created_at), coalesce(sum(length(payload)), 0), "
-        f"coalesce(sum(priority <= {PRIORITY_ALARM}), 0) FROM outbox WHERE {PENDING}"
+        f"coalesce(sum(priority <= {PRIORITY_ALARM}), 0) FROM outbox WHERE {PENDING} "
+        f"AND id NOT IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(delivered_ids)),),
     ).fetchone()
     # The wall clock may step (no RTC until NTP syncs): never report a negative age.
     age = max(0.0, time.time() - oldest / 1000.0) if oldest is not None else 0.0
