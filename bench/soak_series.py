@@ -277,6 +277,18 @@ def _by_incarnation(samples: Sequence[dict[str, Any]], key: str, warm_s: float, 
     return list(groups.values())
 
 
+def steady_storage(samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the samples from the events DB's first checkpoint on (its main file has grown).
+
+    Until then every committed page is a new WAL frame (tens of KB per event), after it the WAL file
+    keeps its size and only the main file grows: fitting both regimes with one line would bend the
+    per-hour term. Empty when no checkpoint was seen.
+    """
+    first = next((s.get("db_bytes") for s in samples if "db_bytes" in s), None)
+    start = next((i for i, s in enumerate(samples) if first is not None and s.get("db_bytes", first) > first), len(samples))
+    return list(samples[start:])
+
+
 def _explained(samples: Sequence[dict[str, Any]], keys: Sequence[str]) -> tuple[Coef | None, Coef | None, int]:
     """Fit ``size_mb = a + b·events + c·hours`` (size: the sum of ``keys``); return (b in bytes per event, c in MB/h, n)."""
     pts = [(s["t_s"] / 3600.0, s["events"], sum(s[k] for k in keys) / 1e6) for s in samples if all(k in s for k in keys) and "events" in s]
@@ -312,10 +324,11 @@ def summarise(samples: Sequence[dict[str, Any]], warm_s: float = WARM_S) -> dict
         (("codes_bytes",), "codes_mb_unexplained"),
         (("data_dir_bytes",), "data_dir_mb_unexplained"),
     )
+    steady = steady_storage(samples)
     for keys, name in storage:
-        per_event, per_hour, n = _explained(samples, keys)
+        per_event, per_hour, n = _explained(steady, keys)
         slopes[name] = verdict(per_hour, THRESHOLDS[name]) | {
-            "method": f"OLS ({' + '.join(keys)})/1e6 = a + b·stored_events + c·hours; slope = c",
+            "method": f"OLS ({' + '.join(keys)})/1e6 = a + b·stored_events + c·hours from the first WAL checkpoint on; slope = c",
             "bytes_per_stored_event": _r(per_event.value) if per_event else None,
             "bytes_per_stored_event_ci95": [_r(per_event.lo), _r(per_event.hi)] if per_event else None,
             "samples": n,

@@ -161,3 +161,10 @@ def test_wal_summary_counts_checkpoints() -> None:
     wal = ss.wal_summary([{"db_bytes": d, "wal_bytes": w} for d, w in pts])
     assert wal["max_mb"] == 3.0
     assert wal["samples_showing_a_checkpoint"] == 2
+
+
+def test_storage_fits_start_at_the_first_checkpoint() -> None:
+    samples = [{"t_s": 60.0 * i, "db_bytes": 4096 if i < 5 else 4096 + 1000 * i, "wal_bytes": 0} for i in range(10)]
+    steady = ss.steady_storage(samples)
+    assert [s["t_s"] for s in steady] == [60.0 * i for i in range(5, 10)]
+    assert ss.steady_storage(samples[:5]) == []
