@@ -66,8 +66,10 @@ def test_a_batch_is_stored_once_however_often_it_is_delivered_and_acked_after_co
     assert acks.mids[12:] == list(range(100, 112)), "duplicates are acknowledged too"
     assert _count(pg_url, "SELECT count(*) FROM events") == 12
     assert _count(pg_url, "SELECT count(DISTINCT msg_id) FROM events") == 12
-    assert _count(pg_url, "SELECT messages FROM stations WHERE site = 'gate-a' AND station = 'st-01'") == 12
+    assert _count(pg_url, "SELECT count(*) FROM stations WHERE site = 'gate-a' AND station = 'st-01'") == 1
+    writer.flush_summary(force=True)
     assert _count(pg_url, "SELECT max_seq FROM stations") == 10
+    assert _count(pg_url, "SELECT last_session FROM stations") == 1
     stats = writer.stats()
     assert (stats["received"], stats["inserted"], stats["duplicates"], stats["pending"]) == (0, 12, 12, 0)
     writer.stop()
@@ -143,6 +145,7 @@ def test_gaps_in_seq_are_missing_events_per_station_and_in_the_days_report(pg_ur
     without_screening_3 = [m for m in full if not (json.loads(m[1])["seq"] == 3 and m[0].endswith("/screening"))]
     writer = _writer(pg_url, Acks())
     writer.process(deliveries(without_screening_3 + kept))
+    writer.flush_summary(force=True)
     with psycopg.connect(pg_url) as conn:
         by_station = {r["station"]: r for r in db.missing_by_station(conn)}
         assert by_station["st-a"]["missing_events"] == 0
@@ -186,7 +189,10 @@ def test_two_writers_on_one_database_store_overlapping_batches_once_without_dead
     assert not errors
     assert _count(pg_url, "SELECT count(*) FROM events") == len(msgs)
     assert sum(w.inserted for w in writers) == len(msgs)
-    assert _count(pg_url, "SELECT sum(messages) FROM stations") == len(msgs)
+    for w in writers:
+        w.flush_summary(force=True)
+    assert _count(pg_url, "SELECT count(*) FROM stations") == 6
+    assert _count(pg_url, "SELECT min(max_seq) FROM stations") == 60
     assert _count(pg_url, "SELECT sum(missing_events) FROM station_missing") == 0
     for w in writers:
         w.stop()

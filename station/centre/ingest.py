@@ -76,6 +76,10 @@ class Ingestor:
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._partitions: set[dt.date] = set()
+        self._known_stations: set[tuple[str, str]] = set()
+        self._summary: dict[tuple[str, str], list[Any]] = {}
+        self._summary_at = time.monotonic()
+        self.summary_interval_s = 1.0
         self._maintained_at = -1e18
         self._failures = FailureLog(log, "centre database write")
         self._lock = threading.Lock()
@@ -117,6 +121,8 @@ class Ingestor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if not self.alive():
+            self.flush_summary(force=True)  # a writer driven by process() alone (or one that ended) folds it here
         if self._conn is not None:
             self._conn.close()
 
@@ -152,7 +158,12 @@ class Ingestor:
     def _run(self) -> None:
         closing = False
         while not closing and not self._stop.is_set():
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self.summary_interval_s)
+            except queue.Empty:  # quiet: fold the summary and look after the partitions all the same
+                self.flush_summary()
+                self._maintain()
+                continue
             if first is None:
                 closing = True
                 batch: list[Delivery] = []
@@ -172,6 +183,7 @@ class Ingestor:
                 with self._lock:
                     self.pending -= len(batch)
                     self._qos0 -= sum(1 for d in batch if d.qos == 0)
+            self.flush_summary(force=closing)
             if not closing:
                 self._maintain()
 
@@ -188,6 +200,7 @@ class Ingestor:
         result = self._store(rows) if rows else db.BatchResult()
         if result is None:
             return None
+        self._merge_summary(result.stations)
         now = self.wall()
         acked = sum(1 for d in batch if self._ack(d))
         with self._lock:
@@ -230,7 +243,7 @@ class Ingestor:
                 conn = self._connection()
                 placed, misdated = self._place(rows, conn)
                 t0 = time.monotonic()
-                result = db.write_batch(conn, placed, misdated)
+                result = db.write_batch(conn, placed, misdated, self._known_stations)
                 self.last_commit_ms = (time.monotonic() - t0) * 1000.0
                 self.db_ok = True
                 return result
@@ -257,7 +270,7 @@ class Ingestor:
                 self._partitions = db.existing_partitions(conn)
                 conn.commit()
                 placed, misdated = self._place([row], conn)
-                one = db.write_batch(conn, placed, misdated)
+                one = db.write_batch(conn, placed, misdated, self._known_stations)
             except psycopg.OperationalError:
                 return self._store(rows)  # the database went away: back to the retrying path, nothing acknowledged yet
             except psycopg.Error as exc:
@@ -270,8 +283,29 @@ class Ingestor:
             total.misdated += one.misdated
             for k, n in one.by_kind.items():
                 total.by_kind[k] = total.by_kind.get(k, 0) + n
+            self._merge_summary(one.stations)
         self.db_ok = True
         return total
+
+    def _merge_summary(self, stations: dict[tuple[str, str], list[Any]]) -> None:
+        for key, (ts, session, seq) in stations.items():
+            entry = self._summary.setdefault(key, [ts, session, seq])
+            entry[0] = max(entry[0], ts)
+            entry[1] = session if entry[1] is None else (max(entry[1], session) if session is not None else entry[1])
+            entry[2] = seq if entry[2] is None else (max(entry[2], seq) if seq is not None else entry[2])
+
+    def flush_summary(self, force: bool = False) -> None:
+        """Fold the stations' summary into the database, at most every ``summary_interval_s`` unless forced; keep it on failure."""
+        if not self._summary or (not force and time.monotonic() - self._summary_at < self.summary_interval_s):
+            return
+        try:
+            db.fold_summary(self._connection(), self._summary, self.wall())
+        except psycopg.Error as exc:
+            self.db_errors += 1
+            self._failures.report("summary", None, error=str(exc).strip()[:200])
+            return
+        self._summary = {}
+        self._summary_at = time.monotonic()
 
     def _maintain(self, force: bool = False) -> None:
         """Create the coming days' partitions and drop expired ones, at most every ``maintenance_interval_s``."""
