@@ -225,6 +225,8 @@ def status(obj: Ctx, as_json: bool) -> None:
             click.echo(f"{item.get('module')}: degraded: {item.get('reason')}" if isinstance(item, dict) else f"degraded: {item}")
         if isinstance(d.get("stages"), dict) and d["stages"]:
             click.echo(_stages_line(d["stages"]))
+        if isinstance(d.get("clock"), dict):
+            click.echo(_clock_line(d["clock"]))
         click.echo(f"today: {data['today'] or 'no decisions'}")
         last = data["last_event"]
         if last:
@@ -232,6 +234,12 @@ def status(obj: Ctx, as_json: bool) -> None:
         ob = data["outbox"]
         click.echo(f"outbox: {ob.get('pending')} pending, oldest {ob.get('oldest_age_s')} s, {ob.get('bytes')} bytes")
     sys.exit(0 if daemon.get("state") == "running" else 1)
+
+
+def _clock_line(c: dict[str, Any]) -> str:
+    """Return the wall clock in one line: synchronised or not, steps seen, corrections written."""
+    state = "synchronised" if c.get("synced") else "NOT synchronised (records are stamped clock_synced=false until it is)"
+    return f"clock: {state}; steps {c.get('steps')}; corrections {c.get('corrections')}"
 
 
 def _stages_line(h: dict[str, Any]) -> str:
