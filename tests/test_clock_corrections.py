@@ -172,3 +172,37 @@ def test_the_system_clock_is_never_synced_before_the_floor_whatever_the_kernel_s
     assert SystemClock(str(flag), kernel_status=lambda: None).synced() is False
     flag.touch()
     assert SystemClock(str(flag), kernel_status=lambda: False).synced() is True
+
+
+def test_a_daemon_restarted_before_the_sync_still_corrects_what_its_earlier_run_stamped(store):
+    manual = ManualClock(wall=EPOCH_1970, mono=100.0, synced=False)
+    first = ClockWatch(manual, boot=lambda: "boot-a")
+    first.attach(store)
+    before = [stamp(store, first, i) for i in range(2)]
+    first.check()  # saves the stretch (the thread does this every second)
+    # The daemon restarts (same boot: the same monotonic clock); meanwhile the clock was stepped by hand.
+    manual.advance(20.0)
+    manual.step(3600.0)
+    second = ClockWatch(manual, boot=lambda: "boot-a")
+    second.attach(store)
+    after = [stamp(store, second, 10 + i) for i in range(2)]
+    manual.step(TRUE_NOW - manual.wall_s)
+    manual.is_synced = True
+    assert second.check() == 2
+    by_first = {c["event_ids"][0]: c for c in store.clock_corrections()}
+    assert by_first[before[0]]["event_ids"] == before and by_first[after[0]]["event_ids"] == after
+    assert by_first[before[0]]["offset_ms"] == round((TRUE_NOW - EPOCH_1970 - 20.0) * 1000)
+    assert by_first[after[0]]["offset_ms"] == round((TRUE_NOW - EPOCH_1970 - 3620.0) * 1000)
+    assert store.clock_state() is None, "forgotten once corrected"
+
+
+def test_stretches_saved_in_an_earlier_boot_are_dropped_not_misapplied(store):
+    manual = ManualClock(synced=False)
+    first = ClockWatch(manual, boot=lambda: "boot-a")
+    first.attach(store)
+    stamp(store, first, 1)
+    first.check()
+    assert store.clock_state() is not None
+    second = ClockWatch(ManualClock(wall=TRUE_NOW, mono=5.0, synced=True), boot=lambda: "boot-b")
+    second.attach(store)
+    assert second.check() == 0 and store.clock_corrections() == [] and store.clock_state() is None

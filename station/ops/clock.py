@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from station.ports import Clock
@@ -130,6 +132,12 @@ class CorrectionStore(Protocol):
     def record_clock_correction(self, correction: Mapping[str, Any]) -> int:
         """Write one clock correction and its outbox message in one transaction; return the row id."""
 
+    def clock_state(self) -> str | None:
+        """Return the saved unsynced stretches (JSON), or None."""
+
+    def save_clock_state(self, text: str | None) -> None:
+        """Save (None: forget) the unsynced stretches."""
+
 
 @dataclass(slots=True)
 class _Segment:
@@ -138,10 +146,32 @@ class _Segment:
     start_mono: float
     end_mono: float | None = None  # when the next segment (or the sync) began
 
+    def as_dict(self) -> dict[str, Any]:
+        """Return the segment as it is saved between daemon runs."""
+        return {"offset_s": self.offset_s, "start": list(astuple(self.start)), "start_mono": self.start_mono, "end_mono": self.end_mono}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _Segment:
+        """Return a saved segment."""
+        e, v, q = (int(x) for x in d["start"])
+        end = d.get("end_mono")
+        return cls(float(d["offset_s"]), StorePosition(e, v, q), float(d["start_mono"]), float(end) if end is not None else None)
+
     def stamped(self, ts: float, slack_s: float) -> bool:
         """Return whether a record stamped ``ts`` could have been stamped during this segment."""
         end = self.end_mono if self.end_mono is not None else float("inf")
         return self.start_mono - slack_s <= ts - self.offset_s <= end + slack_s
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    """Return this boot's id: the monotonic clock (and so a saved stretch) is only comparable within one boot."""
+    try:
+        return BOOT_ID.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
 
 
 MAX_IDS = 2000
@@ -156,8 +186,12 @@ class ClockWatch:
     (``start``) observes every ``check_interval_s`` and writes the corrections.
     """
 
-    def __init__(self, inner: Clock, *, step_threshold_s: float = 1.0, check_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, inner: Clock, *, step_threshold_s: float = 1.0, check_interval_s: float = 1.0, boot: Callable[[], str] = boot_id
+    ) -> None:
         self.inner = inner
+        self._boot = boot
+        self._dirty = False  # the unsynced segments changed since they were last saved
         self.step_threshold_s = step_threshold_s
         self.check_interval_s = check_interval_s
         self._lock = threading.Lock()
@@ -196,10 +230,49 @@ class ClockWatch:
 
     # -- watching ------------------------------------------------------------------------------------
     def attach(self, store: CorrectionStore) -> None:
-        """Watch on behalf of ``store``: from now on, records it stamps while unsynced are corrected later."""
+        """Watch on behalf of ``store``: from now on, records it stamps while unsynced are corrected later.
+
+        Stretches an earlier run of this boot saved are taken up again (the monotonic clock is the same
+        one): a step while the daemon was down starts a new stretch at the first observation.
+        """
+        restored = self._restore(store)
         with self._lock:
             self._store = store
+            if restored:
+                self._segments = restored
+                self._offset = restored[-1].offset_s
         self._observe(self.inner.monotonic(), self.inner.wall(), self.inner.synced())
+
+    def _restore(self, store: CorrectionStore) -> list[_Segment]:
+        try:
+            text = store.clock_state()
+            saved = json.loads(text) if text else None
+            if not isinstance(saved, dict):
+                return []
+            segments = [_Segment.from_dict(d) for d in saved["segments"]]
+        except Exception as exc:  # noqa: BLE001 - a damaged or unreadable state costs those corrections, never the start
+            log.error("saved clock stretches unreadable, not restored error=%s", exc)
+            return []
+        if saved.get("boot") != self._boot() or not segments:
+            log.warning("records stamped unsynced in an earlier boot cannot be corrected (the monotonic clock restarted)")
+            self._dirty = True  # forget them
+            return []
+        log.info("unsynced clock stretches of an earlier run restored segments=%d", len(segments))
+        return segments
+
+    def _save(self, store: CorrectionStore) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            segments = [seg.as_dict() for seg in self._segments]
+        text = json.dumps({"boot": self._boot(), "segments": segments}) if segments else None
+        try:
+            store.save_clock_state(text)
+        except Exception as exc:  # noqa: BLE001 - saved again at the next check
+            with self._lock:
+                self._dirty = True
+            log.error("clock stretches not saved error=%s", exc)
 
     def _observe(self, mono: float, wall: float, synced: bool | None) -> None:
         offset = wall - mono
@@ -211,9 +284,11 @@ class ClockWatch:
                 if not self._synced and self._store is not None and self._segments:
                     self._segments[-1].end_mono = mono
                     self._segments.append(_Segment(offset, self._store.clock_position(), mono))
+                    self._dirty = True
             self._offset = offset
-            if self._store is not None and not self._synced and not self._segments:
+            if self._store is not None and not self._synced and not synced and not self._segments:
                 self._segments.append(_Segment(offset, self._store.clock_position(), mono))
+                self._dirty = True
             if synced and not self._synced:
                 self._synced = True
                 position = self._store.clock_position() if self._store is not None else StorePosition(0, 0, 0)
@@ -229,6 +304,7 @@ class ClockWatch:
             store, synced_at, segments = self._store, self._synced_at, list(self._segments)
             if synced_at is not None:
                 self._segments, self._synced_at = [], None
+                self._dirty = True
         if store is None:
             return 0
         written = 0
@@ -238,6 +314,7 @@ class ClockWatch:
         if synced_at is not None:
             written += self._correct(store, segments, synced_at)
         written += self._correct_late(store)
+        self._save(store)  # after the corrections: a crash in between corrects twice rather than never
         return written
 
     def _correct(self, store: CorrectionStore, segments: list[_Segment], synced_at: tuple[float, float, StorePosition]) -> int:

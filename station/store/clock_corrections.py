@@ -75,6 +75,24 @@ def record(conn: sqlite3.Connection, sender: Sender, topic: str, correction: Map
     return int(cur.lastrowid or 0)
 
 
+STATE_KEY = "clock_unsynced"
+"""``meta`` key of the clock watch's unsynced stretches (JSON), so a daemon restarted before the sync still corrects them."""
+
+
+def load_state(conn: sqlite3.Connection) -> str | None:
+    """Return the saved unsynced stretches (JSON text), or None."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (STATE_KEY,)).fetchone()
+    return str(row[0]) if row is not None else None
+
+
+def save_state(conn: sqlite3.Connection, text: str | None) -> None:
+    """Save (or, with None, forget) the unsynced stretches."""
+    if text is None:
+        conn.execute("DELETE FROM meta WHERE key = ?", (STATE_KEY,))
+    else:
+        conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (STATE_KEY, text))
+
+
 def corrections(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     """Return the corrections written, newest first, as published."""
     rows = conn.execute("SELECT record FROM clock_corrections ORDER BY id DESC LIMIT ?", (limit,)).fetchall()

@@ -738,6 +738,14 @@ class SqliteEventStore:
         self._notify_listeners()
         return rowid
 
+    def clock_state(self) -> str | None:
+        """Return the clock watch's saved unsynced stretches (JSON), or None."""
+        return self._read(clock_corrections.load_state)
+
+    def save_clock_state(self, text: str | None) -> None:
+        """Save (None: forget) the clock watch's unsynced stretches in one small transaction."""
+        self._write(lambda conn: clock_corrections.save_state(conn, text))
+
     def clock_corrections(self, limit: int = 100) -> list[dict[str, Any]]:
         """Return the clock corrections written, newest first, as published."""
         return self._read(lambda conn: clock_corrections.corrections(conn, limit))
