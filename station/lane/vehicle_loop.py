@@ -25,12 +25,15 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from station.domain.model import VisibleFrame
 from station.domain.vehicles import VehicleEvent, VehicleLane
 from station.lane.pipeline import LatestSlot, PipelineSettings, StageHealth, StageSupervisor
 from station.ports import PlateReader
+
+if TYPE_CHECKING:
+    from station.lane.plate_gate import PlateGate
 
 log = logging.getLogger("station.vehicles")
 
@@ -49,8 +52,10 @@ class PlateLoop:
         wall_clock: Callable[[], float] = time.time,
         clock_synced: Callable[[], bool | None] = lambda: None,
         settings: PipelineSettings | None = None,
+        gate: PlateGate | None = None,
     ) -> None:
         self.reader = reader
+        self.gate = gate  # hook: station/lane/plate_gate.py skips frames where the picture did not change
         self._record = record
         self._wall = wall_clock
         self._clock_synced = clock_synced
@@ -110,6 +115,8 @@ class PlateLoop:
             wait = self.min_interval_s - (self._clock() - last)
             if wait > 0 and self._stop.wait(wait):
                 return
+            if self.gate is not None and not self.gate.should_read(frame.image, frame.t):
+                continue  # the same picture as the last read: not read, not handed to the lane (counted by the gate)
             last = self._clock()
             try:
                 plates = self.reader.read(frame.image)
@@ -119,6 +126,8 @@ class PlateLoop:
                 continue
             self.read_ms = round((self._clock() - last) * 1000.0, 1)
             self.counts["reads"] += 1
+            if self.gate is not None:
+                self.gate.read_done(len(plates))
             try:
                 events = self.lane.on_plates(plates, frame.t)
             except Exception as exc:  # this frame's plates only: dropped, counted
@@ -155,6 +164,7 @@ class PlateLoop:
         """Return the reads, events per kind, errors, read time, last event, dropped frames and stage health."""
         return {
             **dict(self.counts),
+            **(self.gate.stats() if self.gate is not None else {}),
             "read_ms": self.read_ms,
             "last_event": self.last_event,
             "frames_dropped": self._slot.dropped,
