@@ -107,6 +107,7 @@ class CommandHandlers:
         self.trust_list_signer = trust_list_signer  # PEM key/cert that must have signed a pushed trust list
         self.command_keys = command_keys  # rotated by the command-keys command
         self.started_wall = wall()
+        self.started_mono = monotonic()  # uptime survives a wall-clock step
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "ping": self.ping,
             "snapshot": self.snapshot,
@@ -127,7 +128,7 @@ class CommandHandlers:
 
     def ping(self, request: dict[str, Any]) -> dict[str, Any]:
         """Return that the station answers, with its session and uptime."""
-        return {"pong": True, "session": getattr(self.store, "session", None), "uptime_s": round(self.wall() - self.started_wall, 1)}
+        return {"pong": True, "session": getattr(self.store, "session", None), "uptime_s": round(self.monotonic() - self.started_mono, 1)}
 
     def snapshot(self, request: dict[str, Any]) -> dict[str, Any]:
         """Return the station's status, outbox, link and last event in one reply."""
