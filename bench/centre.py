@@ -176,7 +176,10 @@ def publisher(url: str, stations: int, seed: int, count: int, seconds: float, ou
         nonlocal acked
         buf = b""
         while not done.is_set():
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except OSError:  # closed under us at the end of the run
+                return
             if not chunk:
                 return
             buf += chunk

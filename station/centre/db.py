@@ -72,6 +72,11 @@ CREATE TABLE IF NOT EXISTS events_misdated (
   LIKE events INCLUDING DEFAULTS,
   PRIMARY KEY (msg_id)
 );
+-- Tracing (station/codes/trace_key.py): the holder's or plate's keyed reference under the district key
+-- and that key's id; added to databases made before them (a partitioned table passes columns on).
+ALTER TABLE events ADD COLUMN IF NOT EXISTS trace_ref text, ADD COLUMN IF NOT EXISTS trace_key text;
+ALTER TABLE events_misdated ADD COLUMN IF NOT EXISTS trace_ref text, ADD COLUMN IF NOT EXISTS trace_key text;
+CREATE INDEX IF NOT EXISTS events_trace ON events (trace_ref, ts) WHERE trace_ref IS NOT NULL;
 CREATE TABLE IF NOT EXISTS stations (
   site text NOT NULL, station text NOT NULL,
   first_seen timestamptz NOT NULL, last_seen timestamptz NOT NULL,
@@ -129,6 +134,8 @@ _COLUMNS = (
     "detail",
     "dropped",
     "clock_synced",
+    "trace_ref",
+    "trace_key",
 )
 _TYPES = (
     "float8",
@@ -148,6 +155,8 @@ _TYPES = (
     "text",
     "int4",
     "bool",
+    "text",
+    "text",
 )
 _SELECT = ", ".join("to_timestamp(ts)" if c == "ts" else c for c in _COLUMNS)
 # Each batch is COPYed (binary) into a per-connection temporary table, then moved with one INSERT …
@@ -158,7 +167,7 @@ CREATE TEMP TABLE IF NOT EXISTS centre_batch ({", ".join(f"{c} {t}" for c, t in 
 ON COMMIT DELETE ROWS
 """
 COPY_BATCH = f"COPY centre_batch ({', '.join(_COLUMNS)}, misdated) FROM STDIN (FORMAT BINARY)"
-_RETURNING = "RETURNING site, station, kind, session, seq, extract(epoch FROM ts)::float8"
+_RETURNING = "RETURNING kind"
 INSERT_EVENTS = (
     f"INSERT INTO events ({', '.join(_COLUMNS)}) SELECT {_SELECT} FROM centre_batch WHERE NOT misdated ON CONFLICT DO NOTHING {_RETURNING}"
 )
@@ -334,14 +343,17 @@ def write_batch(
             if fresh:
                 cur.execute(NEW_STATIONS, [[k[0] for k in fresh], [k[1] for k in fresh]])
     known.update(fresh)
-    for site, station, kind, session, seq, ts in new:
+    for (kind,) in new:
         result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
-        entry = result.stations.setdefault((site, station), [ts, session, None])
-        entry[0] = max(entry[0], ts)
-        if session is not None:
-            entry[1] = session if entry[1] is None else max(entry[1], session)
-        if kind in SEQ_KINDS and seq is not None:
-            entry[2] = seq if entry[2] is None else max(entry[2], seq)
+    # The summary is folded in with greatest(): a redelivered row in it changes nothing.
+    for rows in (placed, misdated):
+        for row in rows:
+            entry = result.stations.setdefault((row.site, row.station), [row.ts, row.session, None])
+            entry[0] = max(entry[0], row.ts)
+            if row.session is not None:
+                entry[1] = row.session if entry[1] is None else max(entry[1], row.session)
+            if row.kind in SEQ_KINDS and row.seq is not None:
+                entry[2] = row.seq if entry[2] is None else max(entry[2], row.seq)
     result.inserted = len(new)
     result.duplicates = len(placed) + len(misdated) - len(new)
     return result

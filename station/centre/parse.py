@@ -14,13 +14,20 @@ Kinds (the topic's last segment under ``events/``):
   copy) or an ``outbox_overflow`` notice (``kind = overflow``, ``dropped`` rows, carries the current
   ``seq`` without consuming one);
 * ``vehicle`` — a plate reading at the vehicle lane; consumes a ``seq`` (the plate itself is not kept);
-* ``audit`` — an action carried out or refused at the station; carries the current ``seq`` only.
+* ``audit`` — an action carried out or refused at the station; carries the current ``seq`` only;
+* ``visit`` — a vehicle visit (its kind, direction, flagged); consumes a ``seq``;
+* ``registration`` — an outsider vehicle registered at the lane (its reason); consumes a ``seq``.
+
+Tracing (station/codes/trace_key.py): a screening's ``code.trace_ref`` (the holder under the
+district key) and a vehicle's or visit's ``plate_ref`` are kept with their ``trace_key`` (the key's
+id) — 128-bit keyed hashes, never the holder id or the plate.
 
 Only what a row lists is kept: no code payload, no name, no plate, no ID number reaches the database.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +35,14 @@ from station.board import schema
 from station.board.schema import Dropped
 
 MAX_EVENT_PAYLOAD = schema.MAX_PAYLOAD["events"]
-KINDS = ("screening", "alarm", "vehicle", "audit")
-SEQ_KINDS = ("screening", "alarm", "vehicle")
+KINDS = ("screening", "alarm", "vehicle", "audit", "visit", "registration")
+SEQ_KINDS = ("screening", "alarm", "vehicle", "visit", "registration")
 """Row kinds whose ``seq`` is the number of a record the station made (gap detection counts them)."""
 CODE_COLOURS = frozenset({"green", "yellow", "red"})
 SESSION_MAX = 2**31
 SEQ_MAX = 2**62
+TRACE_REF = re.compile(r"^[0-9a-f]{32}$")
+TRACE_KEY = re.compile(r"^[0-9a-f]{16}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,8 @@ class EventRow:
     detail: str | None = None  # vehicle: resident/outsider; audit: the action; overflow: the bounds exceeded
     dropped: int | None = None  # overflow: rows the station's outbox bound dropped
     clock_synced: bool | None = None
+    trace_ref: str | None = None  # the holder (screening) or plate (vehicle, visit) under the district key
+    trace_key: str | None = None  # that key's id
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,16 @@ def _envelope(site: str, station: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"msg_id": msg_id, "seq": seq, "session": session, "clock_synced": synced if isinstance(synced, bool) else None}
 
 
+def _trace(record: Any, ref_field: str) -> dict[str, str | None]:
+    """Return ``trace_ref``/``trace_key`` of a record when both are well formed (else neither: never a half pair)."""
+    if not isinstance(record, dict):
+        return {}
+    ref, key = record.get(ref_field), record.get("trace_key")
+    if isinstance(ref, str) and isinstance(key, str) and TRACE_REF.match(ref) and TRACE_KEY.match(key):
+        return {"trace_ref": ref, "trace_key": key}
+    return {}
+
+
 def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
     env = _envelope(site, station, body)
     base = {"site": site, "station": station, **env}
@@ -123,6 +144,7 @@ def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
             raise Dropped("bad_seq")  # a record without its number would hide a gap
         raw = body.get("event")
         colour = schema.enum(raw.get("code_colour"), CODE_COLOURS) if isinstance(raw, dict) else None
+        traced = _trace(raw.get("code"), "trace_ref") if isinstance(raw, dict) else {}
         return EventRow(
             ts=event["ts"],
             kind=kind,
@@ -133,6 +155,7 @@ def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
             alarm=event["alarm"],
             code_colour=colour,
             decision_source=event["decision_source"],
+            **traced,
             **base,
         )
     ts = schema.timestamp(body.get("ts"))
@@ -153,7 +176,34 @@ def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
         if env["seq"] is None:
             raise Dropped("bad_seq")
         vts = schema.timestamp(vehicle.get("ts"))
-        return EventRow(ts=vts if vts is not None else ts, kind="vehicle", event_id=vid, detail=schema.token(vehicle.get("type")), **base)
+        return EventRow(
+            ts=vts if vts is not None else ts,
+            kind="vehicle",
+            event_id=vid,
+            detail=schema.token(vehicle.get("type")),
+            **_trace(vehicle, "plate_ref"),
+            **base,
+        )
+    if kind in ("visit", "registration"):
+        if env["seq"] is None:
+            raise Dropped("bad_seq")
+        record = body.get(kind)
+        if kind == "visit":  # the plate is read for its checks and not kept; its keyed reference is
+            visit = schema.clean_visit(record, ts)
+            return EventRow(
+                ts=visit["ts"],
+                kind="visit",
+                event_id=visit["visit_id"],
+                detail=visit["kind"],
+                reason=visit["direction"],
+                alarm=visit["flagged"],
+                **_trace(record, "plate_ref"),
+                **base,
+            )
+        reg = schema.clean_registration(record, ts)
+        return EventRow(
+            ts=reg["ts"], kind="registration", event_id=reg["registration_id"], detail=reg["reason"], **_trace(record, "plate_ref"), **base
+        )
     # audit: who did what is kept at the station; the centre keeps that it happened and the action's name.
     return EventRow(
         ts=ts,
