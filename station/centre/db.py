@@ -19,6 +19,8 @@ Tables (docs/centre.md):
 * views ``station_gaps`` (every run of missing ``seq`` numbers: first, last, how many, the session
   and time of the record after it) and ``station_missing`` (missing events per station).
 * ``centre_users`` — name, role (viewer | tracer | admin), scrypt hash (the board's KDF).
+* ``centre_audit`` — who did what at the centre and when (:func:`audit`), appended in the same
+  transaction as the change it records.
 
 Several replicas share one database. Schema and partition changes run under one advisory lock;
 batches touch ``stations`` rows in key order, so two replicas never deadlock on them.
@@ -94,6 +96,16 @@ CREATE TABLE IF NOT EXISTS centre_users (
   created_at timestamptz NOT NULL DEFAULT now(),
   updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- Who did what at the centre (tree edits, alarm handling, pushes, trace queries): never updated, never deleted.
+CREATE TABLE IF NOT EXISTS centre_audit (
+  id bigserial PRIMARY KEY,
+  at timestamptz NOT NULL DEFAULT now(),
+  actor text NOT NULL, role text,
+  action text NOT NULL,                 -- e.g. tree.move, alarm.close
+  target text, reason text,
+  detail jsonb
+);
+CREATE INDEX IF NOT EXISTS centre_audit_at ON centre_audit (at);
 -- One row per record number a station made (a screening and its alarm copy share one).
 CREATE OR REPLACE VIEW station_seqs AS
   SELECT site, station, seq, min(ts) AS ts, max(session) AS session
@@ -453,3 +465,22 @@ def add_user(conn: psycopg.Connection[Any], name: str, role: str, password_hash:
             (name, role, password_hash),
         ).fetchone()
     return bool(row and row[0])
+
+
+def audit(
+    conn: psycopg.Connection[Any],
+    actor: str,
+    role: str | None,
+    action: str,
+    target: str | None,
+    detail: Any = None,
+    reason: str | None = None,
+) -> int:
+    """Append one ``centre_audit`` row (inside the caller's transaction, so it commits with the change); return its id."""
+    from psycopg.types.json import Jsonb
+
+    row = conn.execute(
+        "INSERT INTO centre_audit (actor, role, action, target, reason, detail) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (actor, role, action, target, reason, Jsonb(detail) if detail is not None else None),
+    ).fetchone()
+    return int(row[0]) if row else 0
