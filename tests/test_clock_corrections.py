@@ -206,3 +206,32 @@ def test_stretches_saved_in_an_earlier_boot_are_dropped_not_misapplied(store):
     second = ClockWatch(ManualClock(wall=TRUE_NOW, mono=5.0, synced=True), boot=lambda: "boot-b")
     second.attach(store)
     assert second.check() == 0 and store.clock_corrections() == [] and store.clock_state() is None
+
+
+def test_retention_ages_a_record_stamped_at_1970_by_its_correction_not_by_its_ts(store):
+    from station.store.retention import DAY_S, purge_store
+
+    manual = ManualClock(wall=TRUE_NOW - 200 * DAY_S, synced=True)
+    clock = ClockWatch(manual)
+    clock.attach(store)
+    old_synced = stamp(store, clock, 1)  # 200 days ago, clock right: past the 90-day cutoff
+    manual.is_synced = False
+    manual.step(-(manual.wall_s - EPOCH_1970))  # a reboot to 1970 and an unsynced stretch ... (one store, for brevity)
+    old_unsynced = stamp(store, clock, 2)  # stamped between two trusted records that are both past the cutoff
+    manual.is_synced = True
+    manual.step(TRUE_NOW - 100 * DAY_S - manual.wall_s)
+    stamp(store, clock, 3)  # 100 days ago, right
+    clock = ClockWatch(ManualClock(wall=EPOCH_1970 + 5.0, mono=50.0, synced=False))
+    clock.attach(store)
+    recent_corrected = stamp(store, clock, 4)  # today, stamped at 1970
+    clock.inner.step(TRUE_NOW - clock.inner.wall_s)  # type: ignore[attr-defined]
+    clock.inner.is_synced = True  # type: ignore[attr-defined]
+    clock.check()
+    recent_uncorrected = dataclasses.replace(make_event(5), wall_ts=EPOCH_1970 + 9.0, clock_synced=False)
+    store.record(recent_uncorrected)  # no correction names it, and no later trusted record is old
+    store.outbox_ack_many(r.id for r in store.outbox_rows_after(0))  # all delivered: nothing held for the centre
+    result = purge_store(store, 90, now=TRUE_NOW)
+    assert store.event(old_synced) is None and store.event(old_unsynced) is None, "old records go, 1970 or not"
+    assert store.event(recent_corrected) is not None, "today's record stamped at 1970 stays: its correction says today"
+    assert store.event(recent_uncorrected.event_id) is not None, "its age is unknown and nothing says it is old: it stays"
+    assert result.events == 3

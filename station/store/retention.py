@@ -136,6 +136,37 @@ def _pending_ids(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:
     return events, vehicles
 
 
+def _unsynced_young(conn: sqlite3.Connection, cutoff: float) -> tuple[set[str], set[str]]:
+    """Return the ids of events and vehicles stamped unsynced whose ``ts`` says "old" but whose true age does not.
+
+    A record stamped before the clock was synchronised (a Pi boots at 1970) has a ``ts`` that means
+    nothing: once NTP steps the clock it would look decades old and be purged at once. Its true time
+    is ``ts`` plus the offset of the clock correction that names it (station/store/clock_corrections.py);
+    without one, it is old only if a later record (rowid order is time order) with a trusted ``ts``
+    is itself past the cutoff.
+    """
+    offsets: dict[str, float] = {}
+    if _has_table(conn, "clock_corrections"):
+        for (text,) in conn.execute("SELECT record FROM clock_corrections"):
+            c = json.loads(text)
+            for rid in [*c.get("event_ids", []), *c.get("vehicle_ids", [])]:
+                offsets[str(rid)] = float(c["offset_ms"]) / 1000.0
+    young: list[set[str]] = []
+    for table, key in (("events", "event_id"), ("vehicles", "vehicle_id")):
+        keep: set[str] = set()
+        if _has_table(conn, table):
+            trusted = conn.execute(
+                f"SELECT coalesce(max(id), 0) FROM {table} WHERE ts < ? AND json_extract(record, '$.clock_synced') = 1", (cutoff,)
+            ).fetchone()[0]
+            rows = conn.execute(f"SELECT id, {key}, ts FROM {table} WHERE ts < ? AND json_extract(record, '$.clock_synced') = 0", (cutoff,))
+            for rowid, rid, ts in rows:
+                offset = offsets.get(str(rid))
+                if (ts + offset >= cutoff) if offset is not None else rowid > trusted:
+                    keep.add(str(rid))
+        young.append(keep)
+    return young[0], young[1]
+
+
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     """Tell whether the database has a table called ``name``."""
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
@@ -174,6 +205,9 @@ def purge_store(store: SqliteEventStore, events_days: int, now: float | None = N
     reader = _read(store.path)
     try:
         pending_events, pending_vehicles = _pending_ids(reader)
+        young_events, young_vehicles = _unsynced_young(reader, cutoff)  # kept like pending ones
+        pending_events |= young_events
+        pending_vehicles |= young_vehicles
         has_vehicles = _has_table(reader, "vehicles")
         has_operator = _has_table(reader, "operator_actions")  # the operator display's audit (station/web)
     finally:
