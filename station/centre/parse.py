@@ -125,14 +125,19 @@ def _envelope(site: str, station: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"msg_id": msg_id, "seq": seq, "session": session, "clock_synced": synced if isinstance(synced, bool) else None}
 
 
-def _trace(record: Any, ref_field: str) -> dict[str, str | None]:
-    """Return ``trace_ref``/``trace_key`` of a record when both are well formed (else neither: never a half pair)."""
+def _trace(record: Any, ref_field: str) -> tuple[str | None, str | None]:
+    """Return ``(trace_ref, trace_key)`` of a record when both are well formed (else neither: never a half pair)."""
     if not isinstance(record, dict):
-        return {}
+        return None, None
     ref, key = record.get(ref_field), record.get("trace_key")
     if isinstance(ref, str) and isinstance(key, str) and TRACE_REF.match(ref) and TRACE_KEY.match(key):
-        return {"trace_ref": ref, "trace_key": key}
-    return {}
+        return ref, key
+    return None, None
+
+
+def _trace_fields(record: Any) -> dict[str, Any]:
+    ref, key = _trace(record, "plate_ref")
+    return {"trace_ref": ref, "trace_key": key}
 
 
 def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
@@ -144,7 +149,7 @@ def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
             raise Dropped("bad_seq")  # a record without its number would hide a gap
         raw = body.get("event")
         colour = schema.enum(raw.get("code_colour"), CODE_COLOURS) if isinstance(raw, dict) else None
-        traced = _trace(raw.get("code"), "trace_ref") if isinstance(raw, dict) else {}
+        trace_ref, trace_key = _trace(raw.get("code"), "trace_ref") if isinstance(raw, dict) else (None, None)
         return EventRow(
             ts=event["ts"],
             kind=kind,
@@ -155,7 +160,8 @@ def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
             alarm=event["alarm"],
             code_colour=colour,
             decision_source=event["decision_source"],
-            **traced,
+            trace_ref=trace_ref,
+            trace_key=trace_key,
             **base,
         )
     ts = schema.timestamp(body.get("ts"))
@@ -181,7 +187,7 @@ def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
             kind="vehicle",
             event_id=vid,
             detail=schema.token(vehicle.get("type")),
-            **_trace(vehicle, "plate_ref"),
+            **_trace_fields(vehicle),
             **base,
         )
     if kind in ("visit", "registration"):
@@ -197,12 +203,12 @@ def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
                 detail=visit["kind"],
                 reason=visit["direction"],
                 alarm=visit["flagged"],
-                **_trace(record, "plate_ref"),
+                **_trace_fields(record),
                 **base,
             )
         reg = schema.clean_registration(record, ts)
         return EventRow(
-            ts=reg["ts"], kind="registration", event_id=reg["registration_id"], detail=reg["reason"], **_trace(record, "plate_ref"), **base
+            ts=reg["ts"], kind="registration", event_id=reg["registration_id"], detail=reg["reason"], **_trace_fields(record), **base
         )
     # audit: who did what is kept at the station; the centre keeps that it happened and the action's name.
     return EventRow(

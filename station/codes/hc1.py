@@ -435,11 +435,14 @@ class Hc1Verifier:
         max_clock_skew_s: float = 300.0,
         dynamic_grace_s: float = 30.0,
         holder_ref: Callable[[str], str] | None = None,
+        trace_ref: Callable[[str], tuple[str, str] | None] | None = None,
     ) -> None:
         self.trust = trust
         self.max_clock_skew_s = max_clock_skew_s
         self.dynamic_grace_s = dynamic_grace_s
         self.holder_ref = holder_ref or (lambda s: hashlib.sha256(b"checkpoint-holder:" + s.encode()).hexdigest()[:16])
+        # The district key's reference (station.codes.trace_key): the same holder links across checkpoints.
+        self.trace_ref = trace_ref
         self.failures = FailureLog(log, "hc1 verify")  # backstop hits, per exception type: each one is a bug to fix
 
     def verify(self, payload: bytes | str, now_wall: float) -> CodeVerdict:
@@ -482,6 +485,9 @@ class Hc1Verifier:
         if c.refresh_s is not None:
             detail["refresh_s"] = c.refresh_s
         ref = self.holder_ref(c.holder) if c.holder else None
+        traced = self.trace_ref(c.holder) if c.holder and self.trace_ref is not None else None
+        if traced is not None:
+            detail.update(trace_ref=traced[0], trace_key=traced[1])
         skew = self.max_clock_skew_s
         if max(c.iat, c.valid_from) > now_wall + skew:
             return CodeVerdict(CodeStatus.INVALID, None, "not_yet_valid", SOURCE, ref, detail)

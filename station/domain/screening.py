@@ -254,6 +254,8 @@ RECORDED_CODE_DETAIL = (
     "id_masked",  # an ID card read (station.codes.idcard): never the number itself
     "id_hash_key",
     "card_valid_to",
+    "trace_ref",  # the holder under the district key (station.codes.trace_key): links checkpoints, never the id
+    "trace_key",
     "judged_as",  # what a code judged against an unsynchronised clock was judged (unsynced_clock_validity)
 )
 """Verifier detail copied into the event's ``code`` record (docs/mqtt.md); everything else stays in memory."""

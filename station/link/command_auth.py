@@ -59,7 +59,9 @@ log = logging.getLogger("station.link.command_auth")
 COMMAND_DOMAIN = b"checkpoint-cmd/v1\n"
 LOOKUP_DOMAIN = b"checkpoint-lookup/v1\n"
 
-SIGNED_COMMANDS = frozenset({"open-gate", "set-threshold", "resident-plates", "reload-config", "trust-list", "command-keys"})
+SIGNED_COMMANDS = frozenset(
+    {"open-gate", "set-threshold", "resident-plates", "reload-config", "trust-list", "command-keys", "district-key"}
+)
 """Commands that change the gate or the station: refused unless signed by a trusted centre key."""
 UNSIGNED_COMMANDS = frozenset({"ping", "snapshot"})
 """Read-only commands that may arrive unsigned. Every command not listed here needs a signature."""

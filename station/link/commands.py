@@ -62,6 +62,8 @@ MAX_COMMAND_BYTES = 262144
 MAX_ROUTE_BYTES = 4096
 QUEUE_SIZE = 32
 AUDIT_BODY_CHARS = 2048
+SECRET_COMMANDS = frozenset({"district-key"})
+"""Commands whose body carries a secret: audited without it."""
 
 
 def dumps(value: Any) -> bytes:
@@ -339,6 +341,8 @@ class StationLink:
 
     def _audit(self, name: str, corr: str | None, ok: bool, reason: str, signer: str | None, payload: bytes, *, priority: int) -> None:
         body = payload[: AUDIT_BODY_CHARS * 4].decode("utf-8", "replace")[:AUDIT_BODY_CHARS]
+        if name in SECRET_COMMANDS:  # a secret in the audit table would outlive its rotation: only that it came
+            body = "(secret arguments not kept)"
         try:
             self.commands.store.record_command_audit(name, corr, ok, reason, signer=signer, body=body, priority=priority)
         except Exception:  # logged and counted: the reply still goes out, the refusal still holds

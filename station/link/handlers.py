@@ -95,6 +95,7 @@ class CommandHandlers:
         wall: Callable[[], float] = time.time,
         trust_list_signer: Path | None = None,
         command_keys: CommandKeys | None = None,
+        district_keys: Any = None,
     ) -> None:
         self.store = store
         self.gate = gate
@@ -106,6 +107,7 @@ class CommandHandlers:
         self.command_ttl_s = command_ttl_s
         self.trust_list_signer = trust_list_signer  # PEM key/cert that must have signed a pushed trust list
         self.command_keys = command_keys  # rotated by the command-keys command
+        self.district_keys = district_keys  # station.codes.trace_key.DistrictKeys, shared with the code judge
         self.started_wall = wall()
         self.started_mono = monotonic()  # uptime survives a wall-clock step
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -117,6 +119,7 @@ class CommandHandlers:
             "trust-list": self.trust_list,
             "resident-plates": self.resident_plates,
             "command-keys": self.rotate_command_keys,
+            "district-key": self.district_key,
         }
 
     @staticmethod
@@ -247,6 +250,25 @@ class CommandHandlers:
             )
         except (KeyListError, OSError) as exc:
             raise CommandError(f"key list refused, the old keys stay in use: {exc}") from None
+
+    def district_key(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Install a newer district tracing key (``args.version``, ``args.key`` hex, optional ``args.key_id``).
+
+        The result names the key by its id only; the key itself is never echoed, logged or audited.
+        """
+        from station.codes.trace_key import DistrictKeyError, DistrictKeys
+
+        if self.district_keys is None:
+            self.district_keys = DistrictKeys(self.data_dir)
+        args = self._args(request)
+        try:
+            return dict(
+                self.district_keys.install(
+                    args.get("version"), args.get("key"), key_id=args.get("key_id"), signed_by=str(request.get("signed_by", ""))
+                )
+            )
+        except (DistrictKeyError, OSError) as exc:
+            raise CommandError(f"district key refused, the current key stays: {exc}") from None
 
     def open_gate(self, request: dict[str, Any]) -> dict[str, Any]:
         """Open the gate once for a request with a fresh id and a near deadline; audited, carried out or refused."""
