@@ -235,3 +235,30 @@ def test_retention_ages_a_record_stamped_at_1970_by_its_correction_not_by_its_ts
     assert store.event(recent_corrected) is not None, "today's record stamped at 1970 stays: its correction says today"
     assert store.event(recent_uncorrected.event_id) is not None, "its age is unknown and nothing says it is old: it stays"
     assert result.events == 3
+
+
+def test_the_outbox_age_bound_never_drops_a_row_written_by_a_clock_at_1970(store):
+    from station.store import outbox
+
+    store.outbox_bounds = outbox.OutboxBounds(max_rows=1000, max_bytes=10**9, max_age_s=86_400.0)
+
+    def row(now: float, n: int) -> None:
+        store.write_transaction(
+            lambda conn: outbox.enqueue(
+                conn,
+                store._sender(),
+                topic=store.topic_screening,
+                priority=outbox.PRIORITY_EVENT,
+                seq=n,
+                ts=now,
+                clock_synced=now > EPOCH_1970 + 86_400,
+                body={"event": {"n": n}},
+                now=now,
+            )
+        )
+
+    row(EPOCH_1970, 1)  # written before NTP: no known age
+    row(TRUE_NOW - 2 * 86_400.0, 2)  # written by a right clock two days ago: past the one-day bound
+    row(TRUE_NOW, 3)
+    assert store.outbox_enforce_bounds(now=TRUE_NOW) == 1
+    assert [json.loads(r.payload)["event"]["n"] for r in store.outbox_rows_after(0) if r.topic == store.topic_screening] == [1, 3]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from station.ops.clock import WALL_FLOOR
 from station.store.meta import add_to_meta, meta_int
 
 PAYLOAD_SCHEMA = 1
@@ -210,7 +211,9 @@ def enforce_bounds(conn: sqlite3.Connection, bounds: OutboxBounds, sender: Sende
     before = conn.total_changes
     reasons = []
     cutoff_ms = int((now - bounds.max_age_s) * 1000)
-    conn.execute(f"DELETE FROM outbox WHERE {_ORDINARY} AND created_at < ?", (cutoff_ms,))
+    # A row written by a clock that read before WALL_FLOOR (a Pi at 1970 before NTP) has no known age:
+    # once the clock is stepped it would look decades old. The row and byte bounds still hold it in.
+    conn.execute(f"DELETE FROM outbox WHERE {_ORDINARY} AND created_at >= ? AND created_at < ?", (int(WALL_FLOOR * 1000), cutoff_ms))
     if conn.total_changes > before:
         reasons.append("age")
     n, size = conn.execute(f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox WHERE {PENDING}").fetchone()
