@@ -139,6 +139,7 @@ def build_code_judge(cfg: StationConfig, data_dir: Path | None = None, clock_syn
     from station.codes.judge import CodeJudge, SeenCodes, holder_ref_fn, station_salt
     from station.codes.local_claims import LocalClaimsVerifier
     from station.codes.online import OnlineVerifier
+    from station.codes.trace_key import DistrictKeys
     from station.codes.trust_list import TrustStore
 
     c = cfg.codes
@@ -149,6 +150,7 @@ def build_code_judge(cfg: StationConfig, data_dir: Path | None = None, clock_syn
             max_clock_skew_s=c.max_clock_skew_s,
             dynamic_grace_s=c.dynamic_grace_s,
             holder_ref=holder_ref_fn(salt),
+            trace_ref=DistrictKeys(data_dir).holder_ref,  # none without a pushed district key (station.codes.trace_key)
         ),
         "online": lambda: OnlineVerifier(
             f"{cfg.mqtt.topic_prefix}/{cfg.station.site}/{cfg.station.id}",
@@ -630,6 +632,7 @@ class StationApp:
         self, store: SqliteEventStore, pipeline: Pipeline, publisher: MqttPublisher, pump: OutboxPump, judge: CodeJudge
     ) -> StationLink:
         """Return the live link: retained states, periodic stats and signed commands (docs/mqtt.md)."""
+        from station.codes.trace_key import DistrictKeys
         from station.link.command_auth import CommandKeys, CommandVerifier, ReplayGuard
         from station.link.commands import COMMAND_IDS_FILE, StationLink, StationStates
         from station.link.handlers import CommandHandlers
@@ -675,6 +678,7 @@ class StationApp:
             command_ttl_s=cfg.gate.command_ttl_s,
             trust_list_signer=Path(cfg.codes.trust_list_signer_file) if cfg.codes.trust_list_signer_file else None,
             command_keys=keys,
+            district_keys=DistrictKeys(self.data_dir),
         )
         states = StationStates(
             pipeline=pipeline,
