@@ -150,3 +150,14 @@ def test_plates_are_referenced_in_one_normal_form_and_a_record_without_a_key_is_
     b = keys.annotate_plate({"plate": "浙a12345"})
     assert a["plate_ref"] == b["plate_ref"] == trace_ref(KEY1, "plate", "浙A12345") and a["trace_key"] == key_id_of(KEY1)
     assert keys.annotate_plate({"plate": None}) == {"plate": None}
+
+
+def test_another_instance_in_the_process_picks_up_an_installed_key_and_a_corrupt_file_turns_tracing_off(tmp_path: Path) -> None:
+    judge_side, command_side = DistrictKeys(tmp_path), DistrictKeys(tmp_path)
+    judge_side.check_interval_s = 0.0
+    command_side.install(1, KEY1.hex())
+    assert judge_side.holder_ref("H") == (trace_ref(KEY1, "holder", "H"), key_id_of(KEY1))
+    (tmp_path / "codes" / "district-key.json").write_text("{not json")
+    assert judge_side.holder_ref("H") is not None and judge_side.load_error is not None, "the key in memory stays, the error is named"
+    fresh = DistrictKeys(tmp_path)
+    assert fresh.holder_ref("H") is None and "cannot read" in str(fresh.status()["error"])

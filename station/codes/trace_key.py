@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -101,9 +102,29 @@ class DistrictKeys:
         self._lock = threading.Lock()
         self._current: _Installed | None = None
         self.load_error: str | None = None
-        if self.path is not None and self.path.exists():
+        self._file_sig: tuple[int, int] | None = None
+        self._checked_at = -1e18
+        self.check_interval_s = 1.0
+        self._refresh(force=True)
+
+    def _refresh(self, force: bool = False) -> None:
+        """Re-read the file when it changed (another instance in this process, or a technician, installed a key)."""
+        now = time.monotonic()
+        if self.path is None or (not force and now - self._checked_at < self.check_interval_s):
+            return
+        self._checked_at = now
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        sig = (st.st_mtime_ns, st.st_size)
+        if sig == self._file_sig:
+            return
+        with self._lock:
+            self._file_sig = sig
             try:
                 self._current = self._read(self.path)
+                self.load_error = None
             except DistrictKeyError as exc:  # tracing off, the lane unaffected; the status names why
                 self.load_error = str(exc)
                 log.error("district key unusable, tracing references off path=%s error=%s", self.path, exc)
@@ -135,6 +156,7 @@ class DistrictKeys:
             raise DistrictKeyError(f"key_id {str(key_id)[:32]!r} is not this key's id")
         if self.path is None:
             raise DistrictKeyError("this station has no data directory to keep a district key in")
+        self._refresh(force=True)
         with self._lock:
             have = self._current.version if self._current is not None else 0
             if version <= have:
@@ -146,11 +168,14 @@ class DistrictKeys:
             previous = self._current.key_id if self._current is not None else None
             self._current = _Installed(key, kid, version, when, signed_by)
             self.load_error = None
+            st = os.stat(self.path)
+            self._file_sig = (st.st_mtime_ns, st.st_size)
         log.warning("district key installed key_id=%s version=%d previous_key_id=%s signer=%s", kid, version, previous, signed_by)
         return {**self.status(), "previous_key_id": previous}
 
     def ref(self, domain: str, value: str) -> tuple[str, str] | None:
         """Return ``(trace_ref, key_id)`` of ``value`` under the current key, or None when no key is set."""
+        self._refresh()
         current = self._current
         if current is None or not value:
             return None
@@ -170,6 +195,7 @@ class DistrictKeys:
 
     def status(self) -> dict[str, Any]:
         """Return what may be shown about the key: its id, version and when it came (never the key)."""
+        self._refresh()
         current = self._current
         if current is None:
             return {"key_id": None, "version": 0, "installed_at": None, "error": self.load_error}
