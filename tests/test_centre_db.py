@@ -217,6 +217,26 @@ def test_a_database_that_goes_away_is_retried_and_nothing_is_acknowledged_until_
     writer.stop()
 
 
+def test_a_writer_error_it_cannot_handle_ends_the_replica_instead_of_leaving_it_deaf(pg_url: str, tmp_path: Path) -> None:
+    failures: list[BaseException] = []
+
+    def ack_that_breaks(delivery: Delivery) -> bool:
+        raise RuntimeError("paho went away")
+
+    writer = Ingestor(pg_url, ack_that_breaks, on_fatal=failures.append)
+    writer.open()
+    writer.start()
+    for d in deliveries(station_outbox(tmp_path / "st.db", 2)):
+        writer.offer(d)
+    deadline = time.monotonic() + 10
+    while not failures and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [type(f) for f in failures] == [RuntimeError] and writer.fatal is failures[0]
+    assert not writer.alive()
+    assert writer.stats()["writer_alive"] is False
+    writer.stop()
+
+
 def _centre(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "station.cli.station_main", "centre", *args],

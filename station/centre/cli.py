@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -21,7 +22,7 @@ from station.ops.logs import configure
 from station.ops.redact import redact_url
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(code)
 
@@ -102,11 +103,13 @@ def run(
         batch_window_s=batch_ms / 1000.0,
     )
     try:
-        run_centre(opts)
+        centre = run_centre(opts)
     except psycopg.Error as exc:
         _fail(f"centre: database {redact_url(db_url)}: {str(exc).strip()}", 1)
     except ValueError as exc:
         _fail(redact_url(str(exc)))
+    if centre.failed:
+        _fail(f"centre: the writer failed: {centre.writer.fatal!r}", 1)
 
 
 @centre.command("report")
@@ -176,6 +179,19 @@ def user_add(name: str, role: str, password_stdin: bool, db_url: str) -> None:
     except psycopg.Error as exc:
         _fail(f"centre user add: database {redact_url(db_url)}: {str(exc).strip()}", 1)
     click.echo(f"{'added' if new else 'updated'} {name} ({role})")
+
+
+def _analysis_commands() -> None:
+    """Add tracing, reports, the flow forecast and the fleet view (station/centre/cli_analysis.py)."""
+    from station.centre import cli_analysis
+
+    for name in ("trace", "district_key", "reports", "forecast", "fleet"):
+        command = getattr(cli_analysis, name, None)
+        if isinstance(command, click.Command):
+            centre.add_command(command)
+
+
+_analysis_commands()
 
 
 def main() -> None:

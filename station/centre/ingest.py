@@ -56,6 +56,7 @@ class Ingestor:
         batch_window_s: float = 0.1,
         maintenance_interval_s: float = 600.0,
         wall: Callable[[], float] = time.time,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         if batch_size < 1 or retention_days < 1 or future_days < 1:
             raise ValueError("batch_size, retention_days and future_days must be >= 1")
@@ -69,6 +70,8 @@ class Ingestor:
         self.batch_window_s = batch_window_s
         self.maintenance_interval_s = maintenance_interval_s
         self.wall = wall
+        self.on_fatal = on_fatal
+        self.fatal: BaseException | None = None
         self.tz = ZoneInfo(timezone or "UTC")
         self._queue: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._qos0 = 0
@@ -110,7 +113,7 @@ class Ingestor:
 
     def start(self) -> None:
         """Start the writer thread (after :meth:`open`)."""
-        self._thread = threading.Thread(target=self._run, name="centre-writer", daemon=True)
+        self._thread = threading.Thread(target=self._guarded_run, name="centre-writer", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -154,6 +157,19 @@ class Ingestor:
             self._partitions = db.existing_partitions(self._conn)
             self._conn.commit()
         return self._conn
+
+    def _guarded_run(self) -> None:
+        """Run the writer; an error it does not handle ends the replica (``on_fatal``) rather than leave it deaf.
+
+        Nothing of the batch in hand was acknowledged, so the broker gives it again to the next start.
+        """
+        try:
+            self._run()
+        except BaseException as exc:
+            self.fatal = exc
+            log.critical("centre writer failed; stopping this replica error=%r", exc, exc_info=True)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
 
     def _run(self) -> None:
         closing = False

@@ -1,7 +1,7 @@
 """Build one centre replica from its options: the writer, the MQTT subscriber and the health server; run it.
 
-Start order: database (schema, partitions) → writer thread → MQTT subscriber → HTTP last. Stop is the
-reverse: the writer commits and acknowledges what it holds while the broker link is still up, then the
+Start order: database (schema, partitions; the screen's tables) → writer thread → MQTT subscriber →
+HTTP last. Stop is the reverse: the writer commits and acknowledges what it holds while the broker link is still up, then the
 link closes (anything unacknowledged stays in the broker's session for the next start).
 ``station/centre/cli.py`` turns the command line into :class:`CentreOptions`.
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 from station.centre.ingest import Ingestor
 from station.centre.mqtt import CentreSubscriber
+from station.centre.page import Screen, create_screen_app
 from station.centre.web import create_app
 from station.ops.redact import redact_url
 
@@ -42,6 +43,7 @@ class CentreOptions:
     batch_size: int = 200
     batch_window_s: float = 0.1
     receive_maximum: int = 2000
+    public_origin: str | None = None  # the big screen's origin behind a TLS proxy (https://centre.example)
 
 
 class Centre:
@@ -58,7 +60,9 @@ class Centre:
             retention_days=opts.retention_days,
             batch_size=opts.batch_size,
             batch_window_s=opts.batch_window_s,
+            on_fatal=self._writer_failed,
         )
+        self._server: Any = None
         self.subscriber = CentreSubscriber(
             opts.mqtt_url,
             self.writer.offer,
@@ -71,7 +75,18 @@ class Centre:
             password=opts.password,
             tls_ca=opts.tls_ca,
         )
-        self.app = create_app(self.subscriber.stats, self.writer.stats)
+        self.screen = Screen(opts.db_url, public_origin=opts.public_origin)
+        self.app = create_app(self.subscriber.stats, self.writer.stats, create_screen_app(self.screen))
+
+    def _writer_failed(self, exc: BaseException) -> None:
+        """End :meth:`serve` (exit status 1): a replica whose writer died must not stay up acknowledging nothing."""
+        if self._server is not None:
+            self._server.should_exit = True
+
+    @property
+    def failed(self) -> bool:
+        """Return whether the writer died of an error it could not handle."""
+        return self.writer.fatal is not None
 
     def _ack(self, delivery: Any) -> bool:
         return self.subscriber.ack(delivery) if self.subscriber is not None else False
@@ -79,6 +94,7 @@ class Centre:
     def start(self) -> None:
         """Open the database, start the writer, then connect to the broker."""
         self.writer.open()
+        self.screen.open()
         self.writer.start()
         assert self.subscriber is not None
         self.subscriber.start()
@@ -97,6 +113,7 @@ class Centre:
         self.writer.stop()
         if self.subscriber is not None:
             self.subscriber.stop()
+        self.screen.close()
         log.info("centre stopped stats=%s", self.writer.stats())
 
     def serve(self) -> None:
@@ -104,7 +121,9 @@ class Centre:
         import uvicorn
 
         config = uvicorn.Config(self.app, host=self.opts.host, port=self.opts.port, log_level="warning", access_log=False)
-        server = uvicorn.Server(config)
+        server = self._server = uvicorn.Server(config)
+        if self.failed:
+            return
         if threading.current_thread() is threading.main_thread():
             # uvicorn re-raises the signal to the handler installed before it: a no-op, so that we
             # return, commit what is held and exit 0 (systemd's stop is a clean stop).

@@ -6,7 +6,8 @@
   ``last_ack_delay_s``: longest wait from arrival to acknowledgement in it). 503 when degraded.
 * ``GET /metrics`` — the same counters in Prometheus' text format.
 
-Neither shows a station's events, so neither needs a login (the big-screen pages will, a later slice).
+Neither shows a station's events, so neither needs a login; everything else is the big screen
+(station/centre/page.py), which does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 
 def health(link: dict[str, Any], writer: dict[str, Any]) -> tuple[str, list[str]]:
@@ -70,8 +72,13 @@ def metrics_text(link: dict[str, Any], writer: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def create_app(link_stats: Callable[[], dict[str, Any]], writer_stats: Callable[[], dict[str, Any]]) -> Starlette:
-    """Build the health/metrics app from the subscriber's and the writer's stats functions."""
+def create_app(
+    link_stats: Callable[[], dict[str, Any]], writer_stats: Callable[[], dict[str, Any]], screen: ASGIApp | None = None
+) -> Starlette:
+    """Build the health/metrics app from the subscriber's and the writer's stats functions; ``screen`` serves the rest.
+
+    ``screen`` is the logged-in big screen (station/centre/page.py), mounted at ``/`` behind these two routes.
+    """
 
     async def healthz(request: Request) -> Response:
         link, writer = link_stats(), writer_stats()
@@ -82,4 +89,7 @@ def create_app(link_stats: Callable[[], dict[str, Any]], writer_stats: Callable[
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(metrics_text(link_stats(), writer_stats()), media_type="text/plain; version=0.0.4")
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])
+    routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/metrics", metrics)]
+    if screen is not None:
+        routes.append(Mount("/", app=screen))
+    return Starlette(routes=routes)

@@ -1,0 +1,207 @@
+"""``station centre trace|district-key|reports|forecast|fleet``: the centre's tracing, reports, flow forecast and fleet view.
+
+* ``station centre trace seen --db URL --user NAME --reason TEXT (--ref HEX | --plate P | --holder ID)
+  [--key-file F]… [--days N] [--csv|--json]`` — where and when a code holder or plate was seen;
+* ``station centre trace fever --db URL --user NAME --reason TEXT --site S --station X --from T1 --to T2``
+  — who passed a checkpoint with a fever;
+* ``station centre district-key new --out FILE --version N`` — a new district key for the key officer;
+* ``station centre reports --db URL (--day D | --week D) [--by site|station] [--csv|--json]``;
+* ``station centre forecast --db URL --site S --station X [--day D] [--weeks N] --json``;
+* ``station centre fleet --db URL --json``.
+
+Tracing asks for the user's centre password (``--password-stdin`` or a prompt): the audit's "who" is
+a user who proved it. Exit codes: 0 done, 1 runtime failure (database unreachable), 2 usage error or
+a refused query.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from station.ops.redact import redact_url
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _when(text: str, what: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"{what} {text!r}: expected an ISO 8601 time (2026-12-04T08:00+08:00)")
+    if value.tzinfo is None:
+        _fail(f"{what} {text!r}: give the time zone (…+08:00 or …Z)")
+    return value
+
+
+def _login(conn: Any, user: str, password_stdin: bool) -> None:
+    """Check the user's password against ``centre_users`` (the role is checked, and audited, by the query)."""
+    from station.board.auth import verify_password
+
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else click.prompt("password", hide_input=True)
+    row = conn.execute("SELECT password FROM centre_users WHERE name = %s", (user,)).fetchone()
+    conn.rollback()
+    if row is None or not verify_password(password, str(row[0])):
+        _fail(f"user {user!r}: unknown user or wrong password")
+
+
+def _emit(rows: list[dict[str, Any]], as_csv: bool, as_json: bool) -> None:
+    from station.centre.tracing import COLUMNS, to_csv
+
+    if as_csv:
+        click.echo(to_csv(rows), nl=False)
+    elif as_json:
+        click.echo(json.dumps(rows, default=lambda v: v.isoformat() if isinstance(v, dt.datetime) else str(v), ensure_ascii=False))
+    else:
+        for row in rows:
+            click.echo("  ".join("" if row[c] is None else str(row[c]) for c in COLUMNS))
+        click.echo(f"{len(rows)} rows", err=True)
+
+
+_db = click.option("--db", "db_url", required=True, help="postgresql://… of the centre's database")
+_user = click.option("--user", required=True, help="Centre user (role tracer or admin)")
+_reason = click.option("--reason", default="", help="Why this trace is needed (required; audited)")
+_pwd = click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin (else prompted)")
+_out = [
+    click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout"),
+    click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout"),
+]
+
+
+def _outputs(f: Any) -> Any:
+    for opt in reversed(_out):
+        f = opt(f)
+    return f
+
+
+@click.group("trace")
+def trace() -> None:
+    """Tracing (可溯) for a tracer: every query needs a reason and is audited in the database."""
+
+
+@trace.command("seen")
+@_db
+@_user
+@_reason
+@_pwd
+@click.option("--ref", "refs", multiple=True, help="A trace reference (32 hex) from an earlier answer")
+@click.option("--plate", default=None, help="A plate; hashed here under each --key-file, never sent to the database")
+@click.option("--holder", default=None, help="A code holder id; hashed here under each --key-file")
+@click.option("--key-file", "key_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="District key file")
+@click.option("--days", type=click.IntRange(1, 400), default=14, show_default=True)
+@_outputs
+def trace_seen(
+    db_url: str,
+    user: str,
+    reason: str,
+    password_stdin: bool,
+    refs: tuple[str, ...],
+    plate: str | None,
+    holder: str | None,
+    key_files: tuple[Path, ...],
+    days: int,
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    """Where and when a code holder or a plate was seen in the last N days."""
+    import psycopg
+
+    from station.centre import db, tracing
+    from station.codes.trace_key import DistrictKeyError
+
+    wanted = list(refs)
+    try:
+        keys = [tracing.load_key_file(p) for p in key_files]
+        if plate:
+            wanted += tracing.refs_for("plate", plate, keys)
+        if holder:
+            wanted += tracing.refs_for("holder", holder, keys)
+    except (DistrictKeyError, tracing.TraceRefused) as exc:
+        _fail(f"trace seen: {exc}")
+    if not wanted:
+        _fail("trace seen: give --ref, --plate or --holder")
+    try:
+        with db.connect(db_url) as conn:
+            db.ensure_schema(conn)
+            tracing.ensure_tracing_schema(conn)
+            _login(conn, user, password_stdin)
+            rows = tracing.where_seen(conn, user, reason, wanted, days=days)
+    except tracing.TraceRefused as exc:
+        _fail(f"trace seen refused (audited): {exc}")
+    except psycopg.Error as exc:
+        _fail(f"trace seen: database {redact_url(db_url)}: {str(exc).strip()}", 1)
+    _emit(rows, as_csv, as_json)
+
+
+@trace.command("fever")
+@_db
+@_user
+@_reason
+@_pwd
+@click.option("--site", required=True)
+@click.option("--station", required=True)
+@click.option("--from", "start", required=True, help="ISO 8601 time with its zone")
+@click.option("--to", "end", required=True, help="ISO 8601 time with its zone")
+@click.option("--fever-c", type=float, default=37.3, show_default=True, help="A reading at least this counts as fever")
+@_outputs
+def trace_fever(
+    db_url: str,
+    user: str,
+    reason: str,
+    password_stdin: bool,
+    site: str,
+    station: str,
+    start: str,
+    end: str,
+    fever_c: float,
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    """Who passed checkpoint SITE/STATION between two times with a fever (their trace references)."""
+    import psycopg
+
+    from station.centre import db, tracing
+
+    t1, t2 = _when(start, "--from"), _when(end, "--to")
+    try:
+        with db.connect(db_url) as conn:
+            db.ensure_schema(conn)
+            tracing.ensure_tracing_schema(conn)
+            _login(conn, user, password_stdin)
+            rows = tracing.fever_passages(conn, user, reason, site, station, t1, t2, fever_c=fever_c)
+    except tracing.TraceRefused as exc:
+        _fail(f"trace fever refused (audited): {exc}")
+    except psycopg.Error as exc:
+        _fail(f"trace fever: database {redact_url(db_url)}: {str(exc).strip()}", 1)
+    _emit(rows, as_csv, as_json)
+
+
+@click.group("district-key")
+def district_key() -> None:
+    """Manage the district tracing key, for the key officer (kept apart from the centre's database)."""
+
+
+@district_key.command("new")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to create (0600)")
+@click.option("--version", "version", type=click.IntRange(1), required=True, help="Higher than the key it replaces")
+def district_key_new(out: Path, version: int) -> None:
+    """Make a new 32-byte district key; print its id (push it with a signed district-key command)."""
+    import os
+
+    from station.codes.trace_key import key_id_of
+
+    if out.exists():
+        _fail(f"--out {out}: exists; a key is never overwritten")
+    key = os.urandom(32)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"version": version, "key": key.hex(), "key_id": key_id_of(key)}, fh)
+    click.echo(key_id_of(key))
