@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 
-def footprint(seconds: float = 30.0, *, one_core: bool = False, vehicle: bool = False, seed: int = 3) -> dict[str, Any]:
+def footprint(
+    seconds: float = 30.0, *, one_core: bool = False, vehicle: bool = False, seed: int = 3, vehicle_extra: str = ""
+) -> dict[str, Any]:
+    """Run the daemon on the demo scene; return its cold start, first decision and RSS (``vehicle_extra``: more [vehicle] keys)."""
     from bench.soak import MjpegScene, Supervisor, _point, write_config
     from sim.demo import cast_people
     from sim.gy_mcu90640_emulator import GyMcu90640Emulator
@@ -39,7 +42,7 @@ def footprint(seconds: float = 30.0, *, one_core: bool = False, vehicle: bool = 
     camera = MjpegScene(SceneCamera(director, fps=10, seed=seed))
     extra = "\n[detector]\nthreads = 1\n" if one_core else ""
     if vehicle:
-        extra += '\n[vehicle]\nmode = "vehicle"\n'
+        extra += '\n[vehicle]\nmode = "vehicle"\n' + vehicle_extra
     emulator.start()
     camera.start()
     sup: Supervisor | None = None

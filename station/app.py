@@ -548,7 +548,11 @@ class StationApp:
 
         v = self.cfg.vehicle
         reader, self.plate_state = build_plate_reader(
-            models_dir_for(self.cfg), threads=self.cfg.detector.threads, max_side=v.plate_max_side, score_threshold=v.plate_score_threshold
+            models_dir_for(self.cfg),
+            threads=self.cfg.detector.threads,
+            max_side=v.plate_max_side,
+            score_threshold=v.plate_score_threshold,
+            low_memory=v.plate_low_memory,
         )
         if reader is None:
             # The person lane still works; vehicles are not read (the state says why).
@@ -557,7 +561,12 @@ class StationApp:
         log.info("plate reader warm warmup_ms=%.1f", reader.warm_up())
         lane = VehicleLane(ResidentFile(resident_path(self.data_dir)), min_reads=v.min_reads, min_confidence=v.min_plate_confidence)
         # The store is open before the pipeline: vehicle events are durable records.
-        self.plates = PlateLoop(reader, lane, record=store.record_vehicle, wall_clock=self.clock.wall, clock_synced=self.clock.synced)
+        from station.lane.plate_gate import PlateGate
+
+        gate = PlateGate(v.plate_gate_diff, v.plate_gate_max_skip_s, v.plate_gate_max_skip_empty_s)
+        self.plates = PlateLoop(
+            reader, lane, record=store.record_vehicle, wall_clock=self.clock.wall, clock_synced=self.clock.synced, gate=gate
+        )
         self.visits = self._visit_recorder(store, pipeline, lane)
         self.plates.add_frame_listener(self.visits.on_frame)
         pipeline.add_listener(self.visits.on_decided)

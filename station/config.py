@@ -224,6 +224,16 @@ class VehicleSection(Section):
     plate_score_threshold: float = Field(0.7, gt=0.0, lt=1.0, description="Plate detector score threshold")
     min_plate_confidence: float = Field(0.3, ge=0.0, le=1.0, description="A read below this confidence does not count")
     min_reads: int = Field(2, ge=1, le=50, description="Agreeing reads of one vehicle's plate before its event is raised")
+    plate_gate_diff: float = Field(
+        4.0, ge=0.0, le=255.0, description="Read plates only when a part of the picture changed by this many grey levels (0 = every frame)"
+    )
+    plate_gate_max_skip_s: float = Field(
+        0.5, gt=0.0, le=1.5, description="Read anyway after this long while a plate is in view (below the lane's 2 s plate memory)"
+    )
+    plate_gate_max_skip_empty_s: float = Field(2.0, gt=0.0, le=30.0, description="Read anyway after this long while no plate is in view")
+    plate_low_memory: bool = Field(
+        True, description="Plate models without onnxruntime's arena, freed memory handed back after each read (~40 MB less RSS)"
+    )
     registration_valid_h: float = Field(
         24.0,
         gt=0.0,

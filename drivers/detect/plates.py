@@ -11,10 +11,19 @@ measurement on the shared test photos, not by taste: ``docs/design-notes.md``, s
 then bottom, joined top first.
 
 One onnxruntime session per model, created once; ``warm_up`` runs both on a blank frame.
+
+Memory (``low_memory``, the default): the sessions run without onnxruntime's CPU arena, so each
+run's activations (tens of MB for a 640 px frame, a different size for every refine crop) go back
+to malloc when the run ends, and after each ``read`` glibc's ``malloc_trim`` hands the freed pages
+back to the system. With the arena the vehicle lane's daemon kept ~50 MB more resident; without the
+arena but without the trim, more still (freed pages stay in malloc's per-thread arenas). Measured
+in bench/vehicle.py: no cost per read that the bench can see.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import time
@@ -83,14 +92,38 @@ class PlateDetection:
         return width / height if height > 0 else 0.0
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
+def _session(path: Path, threads: int, arena: bool = True) -> ort.InferenceSession:
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = arena
     opts.intra_op_num_threads = max(1, int(threads))
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # only errors: load-time notices are not actionable on the box
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """Return glibc's ``malloc_trim`` (None where the C library has none, e.g. musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def release_freed_memory() -> bool:
+    """Hand the pages malloc holds free back to the system (glibc ``malloc_trim(0)``); False where unsupported."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 @lru_cache(maxsize=8)
@@ -184,7 +217,14 @@ class PlateDetector:
     """The RetinaFace-style plate detector on onnxruntime."""
 
     def __init__(
-        self, model_path: Path, *, max_side: int = 640, score_threshold: float = 0.7, nms_iou: float = 0.4, threads: int = 1
+        self,
+        model_path: Path,
+        *,
+        max_side: int = 640,
+        score_threshold: float = 0.7,
+        nms_iou: float = 0.4,
+        threads: int = 1,
+        arena: bool = True,
     ) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -192,7 +232,7 @@ class PlateDetector:
         self.max_side = int(max_side)
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
-        self._session = _session(model_path, threads)
+        self._session = _session(model_path, threads, arena)
         self._input = self._session.get_inputs()[0].name
         outputs = [o.name for o in self._session.get_outputs()]
         if outputs[:3] != ["loc", "conf", "landms"]:
@@ -235,12 +275,12 @@ class PlateDetector:
 class PlateRecognizer:
     """The CTC plate-text recogniser on onnxruntime."""
 
-    def __init__(self, model_path: Path, charset_path: Path, *, threads: int = 1) -> None:
+    def __init__(self, model_path: Path, charset_path: Path, *, threads: int = 1, arena: bool = True) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"plate recogniser model not found: {model_path}")
         self.charset = load_charset(charset_path)
-        self._session = _session(model_path, threads)
+        self._session = _session(model_path, threads, arena)
         self._input = self._session.get_inputs()[0].name
         classes = self._session.get_outputs()[0].shape[-1]
         if classes != len(self.charset) + 1:
@@ -275,12 +315,19 @@ class OnnxPlateReader:
     name = "clp-det+clp-v2-rec"
 
     def __init__(
-        self, detector: PlateDetector, recognizer: PlateRecognizer, *, candidate_threshold: float = CANDIDATE_THRESHOLD, refine: bool = True
+        self,
+        detector: PlateDetector,
+        recognizer: PlateRecognizer,
+        *,
+        candidate_threshold: float = CANDIDATE_THRESHOLD,
+        refine: bool = True,
+        trim_memory: bool = False,
     ) -> None:
         self.detector = detector
         self.recognizer = recognizer
         self.candidate_threshold = min(float(candidate_threshold), detector.score_threshold)
         self.refine = refine
+        self.trim_memory = trim_memory  # release the freed activations after each read (see the module doc)
 
     @classmethod
     def from_models_dir(
@@ -292,15 +339,22 @@ class OnnxPlateReader:
         score_threshold: float = 0.7,
         candidate_threshold: float = CANDIDATE_THRESHOLD,
         refine: bool = True,
+        low_memory: bool = True,
     ) -> OnnxPlateReader:
-        """Build the reader from the plate models listed in the models manifest."""
+        """Build the reader from the plate models listed in the models manifest (``low_memory``: see the module doc)."""
         from station.models import path_for
 
+        arena = not low_memory
         return cls(
-            PlateDetector(path_for("plate-detector", models_dir), max_side=max_side, score_threshold=score_threshold, threads=threads),
-            PlateRecognizer(path_for("plate-recognizer", models_dir), path_for("plate-recognizer-dict", models_dir), threads=threads),
+            PlateDetector(
+                path_for("plate-detector", models_dir), max_side=max_side, score_threshold=score_threshold, threads=threads, arena=arena
+            ),
+            PlateRecognizer(
+                path_for("plate-recognizer", models_dir), path_for("plate-recognizer-dict", models_dir), threads=threads, arena=arena
+            ),
             candidate_threshold=candidate_threshold,
             refine=refine,
+            trim_memory=low_memory,
         )
 
     def warm_up(self) -> float:
@@ -308,6 +362,8 @@ class OnnxPlateReader:
         t0 = time.perf_counter()
         self.detector.detect(np.zeros((480, 640, 3), dtype=np.uint8))
         self.recognizer.read_line(np.zeros((SINGLE_ROW_SIZE[1], SINGLE_ROW_SIZE[0], 3), dtype=np.uint8))
+        if self.trim_memory:
+            release_freed_memory()
         return (time.perf_counter() - t0) * 1000.0
 
     def refine_candidate(self, image: np.ndarray, plate: PlateDetection) -> PlateDetection:
@@ -391,6 +447,14 @@ class OnnxPlateReader:
         return best[1], best[2], best[3], best[4]
 
     def read(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Return the plates in a BGR frame, best first (see ``read_plates``); then release the freed memory when ``trim_memory``."""
+        try:
+            return self.read_plates(image)
+        finally:
+            if self.trim_memory:
+                release_freed_memory()
+
+    def read_plates(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Return the plates in a BGR frame, best first.
 
         Each: ``text`` (``?`` where a character is unsure or breaks its plate layout), ``confidence``

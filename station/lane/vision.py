@@ -78,7 +78,7 @@ def build_face_detector(face: str, models_dir: Path, *, score_threshold: float =
 
 
 def build_plate_reader(
-    models_dir: Path, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7
+    models_dir: Path, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7, low_memory: bool = True
 ) -> tuple[PlateReader | None, str]:
     """Build the plate reader and say its state: (reader or None, ``"ok"`` or ``"degraded: <reason>"``), checked like the face detector."""
     from station.models import ManifestError, ModelNotFoundError, path_for
@@ -93,7 +93,9 @@ def build_plate_reader(
     from drivers.detect.plates import OnnxPlateReader
 
     try:
-        reader = OnnxPlateReader.from_models_dir(models_dir, threads=threads, max_side=max_side, score_threshold=score_threshold)
+        reader = OnnxPlateReader.from_models_dir(
+            models_dir, threads=threads, max_side=max_side, score_threshold=score_threshold, low_memory=low_memory
+        )
     except Exception as exc:  # onnxruntime raises its own types for a bad graph; logged, station degrades
         log.error("plate models failed to load reason=%s", exc)
         return None, f"degraded: plate models could not be loaded: {exc}"
