@@ -32,9 +32,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from station.ports import Clock
+if TYPE_CHECKING:  # station.ports imports numpy; stationctl --help must not (tests/test_stationctl_tools.py)
+    from station.ports import Clock
 
 log = logging.getLogger("station.ops.clock")
 
