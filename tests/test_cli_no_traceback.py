@@ -130,6 +130,10 @@ def test_short_station_verbs_answer_without_a_traceback(tmp_path: Path, bare_lap
     cases = {
         ("run",): ["--config", missing],
         ("board",): ["--mqtt", "mqtt://127.0.0.1:9", "--data-dir", str(tmp_path / "board")],  # no users: refused
+        # The centre: refused before any database is reached (a bad --listen, a bad --day, an empty password).
+        ("centre", "run"): ["--mqtt", "mqtt://127.0.0.1:9", "--db", "postgresql://nobody@127.0.0.1:9/x", "--listen", "nowhere"],
+        ("centre", "report"): ["--db", "postgresql://nobody@127.0.0.1:9/x", "--day", "yesterday"],
+        ("centre", "user", "add"): ["someone", "--role", "viewer", "--password-stdin", "--db", "postgresql://nobody@127.0.0.1:9/x"],
     }
     assert {p for p, _ in leaf_commands(station_main)} == set(cases) | LONG_RUNNING
     for path, extra in cases.items():
