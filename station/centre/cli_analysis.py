@@ -205,3 +205,97 @@ def district_key_new(out: Path, version: int) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump({"version": version, "key": key.hex(), "key_id": key_id_of(key)}, fh)
     click.echo(key_id_of(key))
+
+
+def _tz(conn: Any) -> Any:
+    from zoneinfo import ZoneInfo
+
+    from station.centre import db
+
+    return ZoneInfo(db.ensure_schema(conn))
+
+
+@click.command("reports")
+@_db
+@click.option("--day", default=None, help="YYYY-MM-DD: one day's report")
+@click.option("--week", default=None, help="YYYY-MM-DD: the 7 days from this day")
+@click.option(
+    "--tree", "tree_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="District tree (TOML): roll up along it"
+)
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout (one row per tree node and per station)")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout")
+def reports(db_url: str, day: str | None, week: str | None, tree_file: Path | None, as_csv: bool, as_json: bool) -> None:
+    """Print a daily or weekly report per station (and per tree level): screened, decisions, fevers, vehicles, registrations, gaps."""
+    import psycopg
+
+    from station.centre import db
+    from station.centre import reports as rep
+
+    if (day is None) == (week is None):
+        _fail("give one of --day or --week")
+    text = day or week or ""
+    try:
+        first = dt.date.fromisoformat(text)
+    except ValueError:
+        _fail(f"--{'day' if day else 'week'} {text!r}: expected YYYY-MM-DD")
+    tree = None
+    if tree_file is not None:
+        from station.centre.tree import TreeError, parse_tree
+
+        try:
+            parsed = parse_tree(tree_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            _fail(f"--tree {tree_file}: {exc}")
+        if isinstance(parsed, TreeError):
+            _fail(f"--tree {tree_file}: {parsed}")
+        tree = parsed
+    try:
+        with db.connect(db_url) as conn:
+            body = rep.period_report(conn, first, 1 if day else 7, _tz(conn), tree)
+    except psycopg.Error as exc:
+        _fail(f"centre reports: database {redact_url(db_url)}: {str(exc).strip()}", 1)
+    if as_csv:
+        click.echo(rep.report_csv(body), nl=False)
+    elif as_json:
+        click.echo(json.dumps(body, ensure_ascii=False, sort_keys=True))
+    else:
+        t = body["totals"]
+        click.echo(f"{body['from']} .. {body['to']} ({body['timezone']}): {len(body['stations'])} stations")
+        click.echo("  " + ", ".join(f"{k} {t[k]}" for k in rep.COUNTERS))
+        for s in body["stations"]:
+            click.echo(f"  {s['site']}/{s['station']}: screened {s['screened']}, fevers {s['fevers']}, missing {s['missing_events']}")
+
+
+@click.command("forecast")
+@_db
+@click.option("--site", required=True)
+@click.option("--station", required=True)
+@click.option("--day", default=None, help="YYYY-MM-DD to forecast (default: tomorrow in the centre's zone)")
+@click.option("--weeks", type=click.IntRange(1, 12), default=4, show_default=True, help="Weeks of history used")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout")
+def forecast(db_url: str, site: str, station: str, day: str | None, weeks: int, as_json: bool) -> None:
+    """Forecast next-day hourly flow at one checkpoint, with its error on the last 7 held-out days."""
+    import psycopg
+
+    from station.centre import db
+    from station.centre import reports as rep
+
+    try:
+        with db.connect(db_url) as conn:
+            tz = _tz(conn)
+            try:
+                the_day = dt.date.fromisoformat(day) if day else dt.datetime.now(tz).date() + dt.timedelta(days=1)
+            except ValueError:
+                _fail(f"--day {day!r}: expected YYYY-MM-DD")
+            body = rep.forecast_report(conn, site, station, the_day, tz, weeks)
+    except psycopg.Error as exc:
+        _fail(f"centre forecast: database {redact_url(db_url)}: {str(exc).strip()}", 1)
+    if as_json:
+        click.echo(json.dumps(body, ensure_ascii=False, sort_keys=True, allow_nan=False, default=str))
+        return
+    click.echo(f"{site}/{station} {body['day']}: {body['total']} expected, peak hour {body['peak_hour']} ({body['model']})")
+    for h, n in enumerate(body["hourly"]):
+        click.echo(f"  {h:02d}:00 {n:7.1f}")
+    if body["held_out"]:
+        m, b = body["held_out"]["weekday_hour_mean_trend"], body["held_out"]["seasonal_naive"]
+        click.echo(f"  held-out days: MAE {m['mae']} / MAPE {m['mape_pct']} % (same hour last week: {b['mae']} / {b['mape_pct']} %)")
