@@ -262,3 +262,15 @@ def test_the_outbox_age_bound_never_drops_a_row_written_by_a_clock_at_1970(store
     row(TRUE_NOW, 3)
     assert store.outbox_enforce_bounds(now=TRUE_NOW) == 1
     assert [json.loads(r.payload)["event"]["n"] for r in store.outbox_rows_after(0) if r.topic == store.topic_screening] == [1, 3]
+
+
+def test_a_store_that_cannot_be_read_never_makes_a_clock_reading_raise(tmp_path):
+    broken = SqliteEventStore(tmp_path / "e.sqlite3", station_id="st-01", site="gate-a")
+    manual = ManualClock(synced=False)
+    clock = ClockWatch(manual)
+    clock.attach(broken)
+    broken.close()  # every read now raises StoreError
+    manual.step(3600.0)
+    assert clock.wall() == manual.wall_s  # the step is seen; the executor stamping this record is not disturbed
+    manual.is_synced = True
+    assert clock.synced() is True and len(clock.steps) == 1

@@ -284,19 +284,29 @@ class ClockWatch:
                 log.warning("wall clock stepped delta_s=%.3f synced=%s wall=%.3f", delta, self._synced, wall)
                 if not self._synced and self._store is not None and self._segments:
                     self._segments[-1].end_mono = mono
-                    self._segments.append(_Segment(offset, self._store.clock_position(), mono))
+                    self._segments.append(_Segment(offset, self._position(self._segments[-1].start), mono))
                     self._dirty = True
             self._offset = offset
             if self._store is not None and not self._synced and not synced and not self._segments:
-                self._segments.append(_Segment(offset, self._store.clock_position(), mono))
+                self._segments.append(_Segment(offset, self._position(StorePosition(0, 0, 0)), mono))
                 self._dirty = True
             if synced and not self._synced:
                 self._synced = True
-                position = self._store.clock_position() if self._store is not None else StorePosition(0, 0, 0)
-                self._synced_at = (mono, offset, position)
+                last = self._segments[-1].start if self._segments else StorePosition(0, 0, 0)
+                self._synced_at = (mono, offset, self._position(last))
                 if self._segments:
                     self._segments[-1].end_mono = mono
                 log.info("wall clock synchronised offset_s=%.3f unsynced_segments=%d", offset, len(self._segments))
+
+    def _position(self, fallback: StorePosition) -> StorePosition:
+        """Return where the store stands; on a read error, ``fallback`` (a stamping thread must never see it raise)."""
+        if self._store is None:
+            return fallback
+        try:
+            return self._store.clock_position()
+        except Exception as exc:  # noqa: BLE001 - called from wall(): a store fault must not reach the lane's executor
+            log.error("store position unreadable, clock stretch boundary approximate error=%s", exc)
+            return fallback
 
     def check(self) -> int:
         """Observe the clock once and write any correction now due; return how many were written."""
