@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from station.ops.fileio import atomic_write, private_secret
 
@@ -217,10 +217,18 @@ class Session:
     expires: float
 
 
+class UserSource(Protocol):
+    """Where sessions look their users up: the board's users file, or the centre's database (station/centre/auth.py)."""
+
+    def get(self, name: str) -> User | None:
+        """Return the user called ``name``, or None; raise :class:`AuthError` when the source cannot be read."""
+        ...
+
+
 class Sessions:
     """Sign and check session cookies; remember logged-out session ids until they would expire."""
 
-    def __init__(self, secret: bytes, users: UsersFile, ttl_s: float = 7 * 86400.0, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, secret: bytes, users: UserSource, ttl_s: float = 7 * 86400.0, wall: Callable[[], float] = time.time) -> None:
         self.secret = secret
         self.users = users
         self.ttl_s = ttl_s

@@ -71,7 +71,8 @@ WHERE ts >= %(start)s AND ts < %(end)s
   AND (kind = 'screening'
        OR (kind = 'alarm' AND NOT EXISTS (
              SELECT 1 FROM events s
-             WHERE s.site = e.site AND s.station = e.station AND s.seq = e.seq AND s.kind = 'screening' AND s.ts = e.ts)))
+             WHERE s.ts >= %(start)s AND s.ts < %(end)s
+               AND s.site = e.site AND s.station = e.station AND s.ts = e.ts AND s.seq = e.seq AND s.kind = 'screening')))
 GROUP BY 1, 2, 3, 4, 5
 """
 
@@ -235,6 +236,7 @@ def dashboard(tree: Tree, today: DayRows, last_week: DayRows, stations: list[tup
     todo = [body]
     while todo:
         each = todo.pop()
+        each["totals"] = {**_empty_counts(), **each["totals"]}  # a node without stations shows zeros, not nothing
         nodes[each["path"]] = each
         todo.extend(each.get("children", []))
     if path not in nodes:
@@ -247,13 +249,13 @@ def dashboard(tree: Tree, today: DayRows, last_week: DayRows, stations: list[tup
     sparks = []
     for leaf in _leaves(node)[:SPARKLINES_MAX]:
         sparks.append({"path": leaf["path"], "name": leaf["name"], "screened": hourly(today, _members(leaf))["screened"]})
-    totals = node["totals"] or _empty_counts()
+    totals = node["totals"]
     return {
         "day": today.day.isoformat(),
         "compare_day": last_week.day.isoformat(),
         "tree": body,
         "node": {k: node[k] for k in ("path", "key", "level", "name")},
-        "totals": {**_empty_counts(), **totals},
+        "totals": totals,
         "hourly": {"today": now_hours["screened"], "last_week": before["screened"]},
         "fever_rate_pct": rate,
         "colours": {c: int(totals.get(c, 0)) for c in COLOURS}

@@ -1,5 +1,5 @@
 // The district centre's big screen. Every value from the server reaches the DOM through textContent
-// (never innerHTML): a node or station name carrying markup shows as text.
+// (never as markup): a node or station name carrying tags shows as text.
 "use strict";
 
 const REFRESH_MS = 5000;
