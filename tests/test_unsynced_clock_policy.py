@@ -123,3 +123,22 @@ def test_the_policy_key_is_validated_named_in_errors_and_reaches_the_lane(tmp_pa
         ScreeningPolicy(unsynced_clock_validity="open_anyway")
     documented = (Path(__file__).resolve().parents[1] / "config" / "station.toml").read_text(encoding="utf-8")
     assert 'unsynced_clock_validity = "manual_check"' in documented and "[clock]" in documented
+
+
+def test_an_id_card_whose_end_date_was_judged_by_an_unsynced_clock_follows_the_card_policy_and_names_the_clock():
+    import datetime as dt
+
+    from station.codes.idcard import HASH_CENTRE, CardFacts, judge_card, mark_unsynced
+
+    today = dt.date.fromtimestamp(NOW)
+    card = CardFacts("h" * 32, "1****************X", HASH_CENTRE, dt.date(2020, 1, 1), today + dt.timedelta(days=1))
+    ahead = NOW + 3 * 86400  # a clock three days ahead: the card looks expired
+    verdict = mark_unsynced(card, judge_card(card, ahead, None), clock_synced=False)
+    assert verdict.reason == "card_expired" and verdict.detail[JUDGED_UNSYNCED] is True
+    decision, reason, policy, code = screen(ScreeningPolicy(), verdict)
+    assert (decision, reason) == (Decision.MANUAL_CHECK, "idcard_unverifiable:clock_unsynced")
+    assert code["judged_as"] == "unverifiable:card_expired"
+    # Synchronised, or a long-term card (no end date), or no date judged at all: left as judged.
+    assert JUDGED_UNSYNCED not in mark_unsynced(card, judge_card(card, ahead, None), clock_synced=True).detail
+    long_term = CardFacts("h" * 32, "1****************X", HASH_CENTRE, dt.date(2020, 1, 1), None)
+    assert JUDGED_UNSYNCED not in mark_unsynced(long_term, judge_card(long_term, ahead, None), clock_synced=False).detail

@@ -30,11 +30,12 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from station.domain.model import CodeColour, CodeStatus, CodeVerdict
+from station.domain.screening import JUDGED_UNSYNCED
 
 log = logging.getLogger("station.codes.idcard")
 
@@ -136,6 +137,20 @@ class HashLookup(Protocol):
 def _today(now_wall: float) -> dt.date:
     # The card's dates are local calendar dates, as printed on it.
     return dt.datetime.fromtimestamp(now_wall).date()
+
+
+def mark_unsynced(facts: CardFacts, verdict: CodeVerdict, clock_synced: bool) -> CodeVerdict:
+    """Return ``verdict`` marked (policy.unsynced_clock_validity) when its dates were judged by an unsynchronised clock.
+
+    Dated: the card's own end date decided it (expired, or valid and not long-term), or the centre's
+    answer carried an expiry that was compared with the wall clock.
+    """
+    if clock_synced:
+        return verdict
+    dated = verdict.reason == "card_expired" or (
+        verdict.status in (CodeStatus.VALID, CodeStatus.EXPIRED) and (facts.valid_to is not None or "expires" in verdict.detail)
+    )
+    return replace(verdict, detail={**verdict.detail, JUDGED_UNSYNCED: True}) if dated else verdict
 
 
 def judge_card(facts: CardFacts, now_wall: float, lookup: HashLookup | None) -> CodeVerdict:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from station.codes.idcard import HashLookup, judge_card
+from station.codes.idcard import HashLookup, judge_card, mark_unsynced
 from station.domain.model import CodeObservation
 from station.domain.screening import LaneState
 from station.ports import Clock, IdCardReader
@@ -74,7 +74,7 @@ class IdCardFeed:
                 if facts is None:
                     continue
                 t0 = self._clock.monotonic()
-                verdict = judge_card(facts, self._clock.wall(), self.lookup)
+                verdict = mark_unsynced(facts, judge_card(facts, self._clock.wall(), self.lookup), self._clock.synced())
                 done = self._clock.monotonic()
             except Exception as exc:  # a reader or judge bug: this card only, counted and logged
                 self.counters["errors"] += 1
