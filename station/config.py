@@ -123,8 +123,8 @@ class PolicySection(Section):
     )
     unsynced_clock_validity: Literal["manual_check", "trust_wall_clock"] = Field(
         "manual_check",
-        description="A code whose validity depends on the clock (HC1, local claims, an online answer's expiry) judged "
-        "while the wall clock is not synchronised: manual_check = staff check it, whatever its dates say; "
+        description="A code whose validity depends on the clock (HC1, local claims, an online answer's expiry, an ID card's "
+        "end date) judged while the wall clock is not synchronised: manual_check = staff check it, whatever its dates say; "
         "trust_wall_clock = judge its dates against the wall clock as it is",
     )
 
