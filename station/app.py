@@ -23,7 +23,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -565,7 +565,7 @@ class StationApp:
 
         gate = PlateGate(v.plate_gate_diff, v.plate_gate_max_skip_s, v.plate_gate_max_skip_empty_s)
         self.plates = PlateLoop(
-            reader, lane, record=store.record_vehicle, wall_clock=self.clock.wall, clock_synced=self.clock.synced, gate=gate
+            reader, lane, record=self._traced(store.record_vehicle), wall_clock=self.clock.wall, clock_synced=self.clock.synced, gate=gate
         )
         self.visits = self._visit_recorder(store, pipeline, lane)
         self.plates.add_frame_listener(self.visits.on_frame)
@@ -574,6 +574,13 @@ class StationApp:
         self._push("visits", self.visits.close)  # stopped after the plate thread: the visits still open are recorded
         self.plates.start()
         self._push("plates", self.plates.stop)
+
+    def _traced(self, record: Callable[[Mapping[str, Any]], int]) -> Callable[[Mapping[str, Any]], int]:
+        """Return ``record`` adding the plate's district-key reference (station.codes.trace_key) when a key is set."""
+        from station.codes.trace_key import DistrictKeys
+
+        keys = DistrictKeys(self.data_dir)
+        return lambda rec: record(keys.annotate_plate(dict(rec)))
 
     def _visit_recorder(self, store: SqliteEventStore, pipeline: Pipeline, lane: VehicleLane) -> VisitRecorder:
         """Return the vehicle visits' recorder: plates and occupants' screenings as one record, outsiders' registrations looked up."""
@@ -589,7 +596,7 @@ class StationApp:
         return VisitRecorder(
             lane,
             VisitBook(pipeline.lane.directions.geometry, min_sightings=self.cfg.vehicle.min_reads),
-            record=functools.partial(visits.record_visit, store),
+            record=self._traced(functools.partial(visits.record_visit, store)),
             registered=registered,
             fever_threshold_c=self.cfg.screening.fever_threshold_c,
             lane_direction=self.cfg.station.lane,
@@ -644,7 +651,9 @@ class StationApp:
         from station.codes.trace_key import DistrictKeys
         from station.link.command_auth import CommandKeys, CommandVerifier, ReplayGuard
         from station.link.commands import COMMAND_IDS_FILE, StationLink, StationStates
+        from station.link.fleet_state import FleetState
         from station.link.handlers import CommandHandlers
+        from station.link.sync import package_version
 
         cfg, centre = self.cfg, self.cfg.centre
         base = f"{cfg.mqtt.topic_prefix}/{cfg.station.site}/{cfg.station.id}"
@@ -677,6 +686,7 @@ class StationApp:
                 "commands": link.stats(),
             }
 
+        district = DistrictKeys(self.data_dir)
         handlers = CommandHandlers(
             store=store,
             gate=pipeline.gate,
@@ -687,7 +697,15 @@ class StationApp:
             command_ttl_s=cfg.gate.command_ttl_s,
             trust_list_signer=Path(cfg.codes.trust_list_signer_file) if cfg.codes.trust_list_signer_file else None,
             command_keys=keys,
-            district_keys=DistrictKeys(self.data_dir),
+            district_keys=district,
+        )
+        fleet = FleetState(
+            cfg=cfg,
+            data_dir=self.data_dir,
+            models_dir=models_dir_for(cfg),
+            clock_synced=self.clock.synced,
+            district_key_id=lambda: district.status()["key_id"],
+            version=package_version(),
         )
         states = StationStates(
             pipeline=pipeline,
@@ -700,7 +718,7 @@ class StationApp:
             publisher,
             base,
             {"station_id": cfg.station.id, "site": cfg.station.site},
-            states.sources(),
+            {**states.sources(), "fleet": fleet.state},
             stats,
             handlers,
             verifier=verifier,

@@ -55,14 +55,15 @@ def status_payload(state: str, session: int) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
-def _package_version() -> str:
+def package_version() -> str:
+    """Return the installed package's version (``0+source`` from a source tree)."""
     try:
         return version("checkpoint-station")
     except PackageNotFoundError:  # running from a source tree that was never installed
         return "0+source"
 
 
-_VERSION = _package_version()
+_VERSION = package_version()
 
 
 class OutboxSource(Protocol):
