@@ -114,18 +114,32 @@ def test_a_record_stamped_unsynced_but_written_after_the_sync_gets_a_late_correc
     assert late["offset_ms"] == round((TRUE_NOW - EPOCH_1970) * 1000)
 
 
-def test_vehicle_records_stamped_unsynced_are_corrected_too(store):
+def test_vehicle_visit_and_registration_records_stamped_unsynced_are_corrected_too(store):
+    from station.store import visits
+
     manual = ManualClock(synced=False)
     clock = ClockWatch(manual)
     clock.attach(store)
+    eid = stamp(store, clock, 1)
     store.record_vehicle(
         {"vehicle_id": "v-1", "ts": clock.wall(), "type": "outsider_vehicle", "plate": "浙A12345", "clock_synced": clock.synced()}
     )
+    visits.record_visit(
+        store,
+        {"visit_id": "vis-1", "ts": clock.wall(), "closed_ts": clock.wall(), "kind": "outsider_vehicle", "plate": "浙A12345",
+         "occupants": [{"event_id": eid}], "clock_synced": clock.synced()},
+    )  # fmt: skip
+    visits.record_registration(
+        store,
+        {"registration_id": "reg-1", "ts": clock.wall(), "plate": "浙A12345", "reason": "visit", "destination": "3号楼",
+         "phone_hash": "5e0f", "phone_last4": "8000", "operator": "Zhao", "clock_synced": clock.synced()},
+    )  # fmt: skip
     manual.step(1000.0)
     manual.is_synced = True
     clock.check()
     (corr,) = store.clock_corrections()
-    assert corr["vehicle_ids"] == ["v-1"] and corr["event_ids"] == [] and corr["offset_ms"] == 1_000_000
+    assert corr["offset_ms"] == 1_000_000 and corr["count"] == 4 and (corr["seq_first"], corr["seq_last"]) == (1, 4)
+    assert (corr["event_ids"], corr["vehicle_ids"], corr["visit_ids"], corr["registration_ids"]) == ([eid], ["v-1"], ["vis-1"], ["reg-1"])
 
 
 def test_a_clock_synced_from_the_start_writes_no_correction_and_a_step_after_sync_is_only_noted(store):

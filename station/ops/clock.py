@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -114,10 +114,9 @@ class SystemClock:
 
 @dataclass(frozen=True, slots=True)
 class StorePosition:
-    """Where the event store stood at one moment: the newest event and vehicle rowids, and ``seq``."""
+    """Where the event store stood at one moment: the newest rowid of each record table, and ``seq``."""
 
-    event_rowid: int
-    vehicle_rowid: int
+    rowids: tuple[int, ...]  # in the order of station.store.clock_corrections.RECORD_TABLES
     seq: int
 
 
@@ -149,14 +148,15 @@ class _Segment:
 
     def as_dict(self) -> dict[str, Any]:
         """Return the segment as it is saved between daemon runs."""
-        return {"offset_s": self.offset_s, "start": list(astuple(self.start)), "start_mono": self.start_mono, "end_mono": self.end_mono}
+        start = {"rowids": list(self.start.rowids), "seq": self.start.seq}
+        return {"offset_s": self.offset_s, "start": start, "start_mono": self.start_mono, "end_mono": self.end_mono}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> _Segment:
         """Return a saved segment."""
-        e, v, q = (int(x) for x in d["start"])
+        start = StorePosition(tuple(int(x) for x in d["start"]["rowids"]), int(d["start"]["seq"]))
         end = d.get("end_mono")
-        return cls(float(d["offset_s"]), StorePosition(e, v, q), float(d["start_mono"]), float(end) if end is not None else None)
+        return cls(float(d["offset_s"]), start, float(d["start_mono"]), float(end) if end is not None else None)
 
     def stamped(self, ts: float, slack_s: float) -> bool:
         """Return whether a record stamped ``ts`` could have been stamped during this segment."""
@@ -176,7 +176,7 @@ def boot_id() -> str:
 
 
 MAX_IDS = 2000
-"""Ids listed in one correction; past that the ``seq`` range names the records (``ids_complete`` false)."""
+"""Ids listed in one correction (all kinds together); past that the ``seq`` range names the records (``ids_complete`` false)."""
 
 
 class ClockWatch:
@@ -288,11 +288,11 @@ class ClockWatch:
                     self._dirty = True
             self._offset = offset
             if self._store is not None and not self._synced and not synced and not self._segments:
-                self._segments.append(_Segment(offset, self._position(StorePosition(0, 0, 0)), mono))
+                self._segments.append(_Segment(offset, self._position(StorePosition((), 0)), mono))
                 self._dirty = True
             if synced and not self._synced:
                 self._synced = True
-                last = self._segments[-1].start if self._segments else StorePosition(0, 0, 0)
+                last = self._segments[-1].start if self._segments else StorePosition((), 0)
                 self._synced_at = (mono, offset, self._position(last))
                 if self._segments:
                     self._segments[-1].end_mono = mono
@@ -350,7 +350,7 @@ class ClockWatch:
         if after is None or sync_offset is None or not segments:
             return 0
         now = store.clock_position()
-        if now.event_rowid == after.event_rowid and now.vehicle_rowid == after.vehicle_rowid:
+        if now.rowids == after.rowids:
             return 0
         records = store.unsynced_records(after, now)
         self._late_after = now
@@ -375,11 +375,14 @@ class ClockWatch:
         seg: _Segment | None,
         sync_mono: float | None,
     ) -> bool:
-        events = [rid for rid, _ in records.get("event_ids", [])]
-        vehicles = [rid for rid, _ in records.get("vehicle_ids", [])]
-        count = len(events) + len(vehicles)
+        count = sum(len(rows) for rows in records.values())
         if count == 0:
             return False
+        ids: dict[str, list[str]] = {}
+        room = MAX_IDS
+        for kind in sorted(records):  # event_ids first, then registration_ids, vehicle_ids, visit_ids
+            ids[kind] = [rid for rid, _ in records[kind]][:room]
+            room -= len(ids[kind])
         correction = {
             "kind": "clock_correction",
             "correction_id": uuid.uuid4().hex,
@@ -387,8 +390,7 @@ class ClockWatch:
             "seq_first": seq[0] if seq else None,
             "seq_last": seq[1] if seq else None,
             "count": count,
-            "event_ids": events[:MAX_IDS],
-            "vehicle_ids": vehicles[: max(0, MAX_IDS - len(events))],
+            **ids,
             "ids_complete": count <= MAX_IDS,
             "unsynced_for_s": round(sync_mono - seg.start_mono, 1) if seg is not None and sync_mono is not None else None,
             "late": seg is None,

@@ -19,26 +19,25 @@ from station.ops.clock import StorePosition
 from station.store.meta import meta_int
 from station.store.outbox import PRIORITY_AUDIT, Sender, compact_json, enqueue, jsonable
 
+RECORD_TABLES = (("events", "event_id"), ("vehicles", "vehicle_id"), ("visits", "visit_id"), ("registrations", "registration_id"))
+"""Tables of records stamped with ``ts`` and ``clock_synced`` (each consumes a ``seq``), and their id column."""
+
 
 def position(conn: sqlite3.Connection) -> StorePosition:
-    """Return the newest event and vehicle rowids and the last ``seq`` handed out."""
-    event = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
-    vehicle = conn.execute("SELECT coalesce(max(id), 0) FROM vehicles").fetchone()[0]
-    return StorePosition(int(event), int(vehicle), meta_int(conn, "seq"))
+    """Return the newest rowid of each record table and the last ``seq`` handed out."""
+    rowids = tuple(int(conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]) for table, _ in RECORD_TABLES)
+    return StorePosition(rowids, meta_int(conn, "seq"))
 
 
 def unsynced_ids(conn: sqlite3.Connection, after: StorePosition, upto: StorePosition | None) -> dict[str, list[tuple[str, float]]]:
-    """Return (id, ts) of the events and vehicles in (after, upto] whose record says ``clock_synced`` false."""
+    """Return (id, ts) per kind (``event_ids``, ``vehicle_ids``, …) of the records in (after, upto] stamped ``clock_synced`` false."""
     out: dict[str, list[tuple[str, float]]] = {}
-    for table, key, lo, hi in (
-        ("events", "event_id", after.event_rowid, upto.event_rowid if upto else None),
-        ("vehicles", "vehicle_id", after.vehicle_rowid, upto.vehicle_rowid if upto else None),
-    ):
+    for i, (table, key) in enumerate(RECORD_TABLES):
         sql = f"SELECT {key}, ts FROM {table} WHERE id > ?"
-        params: list[Any] = [lo]
-        if hi is not None:
+        params: list[Any] = [after.rowids[i] if i < len(after.rowids) else 0]
+        if upto is not None and i < len(upto.rowids):
             sql += " AND id <= ?"
-            params.append(hi)
+            params.append(upto.rowids[i])
         # false, not null: a record that does not say (an old vehicle row) is left alone.
         sql += " AND json_extract(record, '$.clock_synced') = 0 ORDER BY id"
         out[f"{key}s"] = [(str(r[0]), float(r[1])) for r in conn.execute(sql, params)]
