@@ -553,6 +553,7 @@ class StationApp:
             max_side=v.plate_max_side,
             score_threshold=v.plate_score_threshold,
             low_memory=v.plate_low_memory,
+            track_s=v.plate_track_s,
         )
         if reader is None:
             # The person lane still works; vehicles are not read (the state says why).

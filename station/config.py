@@ -231,6 +231,12 @@ class VehicleSection(Section):
         0.5, gt=0.0, le=1.5, description="Read anyway after this long while a plate is in view (below the lane's 2 s plate memory)"
     )
     plate_gate_max_skip_empty_s: float = Field(2.0, gt=0.0, le=30.0, description="Read anyway after this long while no plate is in view")
+    plate_track_s: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="Between whole-frame searches, look for plates only around where they were last read (0 = search every frame whole)",
+    )
     plate_low_memory: bool = Field(
         True, description="Plate models without onnxruntime's arena, freed memory handed back after each read (~40 MB less RSS)"
     )

@@ -124,3 +124,25 @@ def test_low_memory_reader_reads_the_same_and_trims() -> None:
     assert low.trim_memory and not arena.trim_memory
     assert [p["text"] for p in low.read(img)] == [p["text"] for p in arena.read(img)]
     assert release_freed_memory() is True  # glibc (Debian, Raspberry Pi OS)
+
+
+@pytest.mark.slow
+def test_tracked_read_looks_near_the_last_plates_and_falls_back_to_the_whole_frame() -> None:
+    from bench.vehicle import vehicle_scene
+    from drivers.detect.plates import OnnxPlateReader
+
+    frames = vehicle_scene()
+    standing = [image for _, image, n in frames[50:60] if n]  # the car at the window
+    empty = frames[0][1]
+    tracked = OnnxPlateReader.from_models_dir(track_s=1.0)
+    whole = OnnxPlateReader.from_models_dir()
+    first = tracked.read(standing[0])
+    assert [p["text"] for p in first] == ["浙A12345"] and tracked.full_searches == 1
+    second = tracked.read(standing[1])
+    assert tracked.tracked_searches == 1 and tracked.full_searches == 1  # found again around its last place
+    assert [p["text"] for p in second] == [p["text"] for p in whole.read(standing[1])]
+    assert abs(second[0]["box"][0] - first[0]["box"][0]) < 10
+    assert tracked.read(empty) == []  # the car is gone: nothing near, so the whole frame is searched
+    assert tracked.full_searches == 2
+    tracked.read(standing[2])
+    assert tracked.full_searches == 3  # nothing was tracked from the empty frame

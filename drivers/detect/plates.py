@@ -322,12 +322,20 @@ class OnnxPlateReader:
         candidate_threshold: float = CANDIDATE_THRESHOLD,
         refine: bool = True,
         trim_memory: bool = False,
+        track_s: float = 0.0,
     ) -> None:
         self.detector = detector
         self.recognizer = recognizer
         self.candidate_threshold = min(float(candidate_threshold), detector.score_threshold)
         self.refine = refine
         self.trim_memory = trim_memory  # release the freed activations after each read (see the module doc)
+        # Tracking (a camera's stream only; see ``candidates``): the last read's plates and when the whole frame was searched.
+        self.track_s = float(track_s)
+        self._tracked: list[PlateDetection] = []
+        self._tracked_shape: tuple[int, ...] = ()
+        self._last_full_t = -math.inf
+        self.full_searches = 0
+        self.tracked_searches = 0
 
     @classmethod
     def from_models_dir(
@@ -340,6 +348,7 @@ class OnnxPlateReader:
         candidate_threshold: float = CANDIDATE_THRESHOLD,
         refine: bool = True,
         low_memory: bool = True,
+        track_s: float = 0.0,
     ) -> OnnxPlateReader:
         """Build the reader from the plate models listed in the models manifest (``low_memory``: see the module doc)."""
         from station.models import path_for
@@ -355,6 +364,7 @@ class OnnxPlateReader:
             candidate_threshold=candidate_threshold,
             refine=refine,
             trim_memory=low_memory,
+            track_s=track_s,
         )
 
     def warm_up(self) -> float:
@@ -366,8 +376,12 @@ class OnnxPlateReader:
             release_freed_memory()
         return (time.perf_counter() - t0) * 1000.0
 
-    def refine_candidate(self, image: np.ndarray, plate: PlateDetection) -> PlateDetection:
-        """Look at a candidate again on a full-resolution crop around it; return the better-placed plate."""
+    def refine_candidate(self, image: np.ndarray, plate: PlateDetection, keep_score: bool = True) -> PlateDetection:
+        """Look at a candidate again on a full-resolution crop around it; return the better-placed plate.
+
+        ``plate`` itself comes back when nothing is found near it. The score is the better of the two
+        passes' (``keep_score``) or the crop's own (a plate tracked from an earlier frame).
+        """
         x1, y1, x2, y2 = plate.box
         bw, bh = x2 - x1, y2 - y1
         h, w = image.shape[:2]
@@ -389,7 +403,8 @@ class OnnxPlateReader:
         best = max(near, key=lambda d: d.score)
         offset = np.array([cx1, cy1], dtype=np.float32)
         box = (best.box[0] / scale + cx1, best.box[1] / scale + cy1, best.box[2] / scale + cx1, best.box[3] / scale + cy1)
-        return PlateDetection(box, max(best.score, plate.score), (best.corners / scale + offset).astype(np.float32))
+        score = max(best.score, plate.score) if keep_score else best.score
+        return PlateDetection(box, score, (best.corners / scale + offset).astype(np.float32))
 
     def read_plate(self, image: np.ndarray, plate: PlateDetection) -> tuple[str, float, int]:
         """Return (text, confidence, rows) of one detected plate, as the recogniser read it (no check)."""
@@ -464,15 +479,10 @@ class OnnxPlateReader:
         """
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        coarse = self.detector.detect(image, threshold=self.candidate_threshold)
-        longest = max(image.shape[:2])
-        if longest >= LARGE_FRAME_FACTOR * self.detector.max_side:
-            # A large frame: plates far off are too small at max_side; look again at twice that.
-            finer = self.detector.detect(image, threshold=self.candidate_threshold, max_side=2 * self.detector.max_side)
-            coarse += [d for d in finer if all(_overlap(d.box, c.box) < 0.3 for c in coarse)]
-        placed = [[self.refine_candidate(image, c), c] if self.refine else [c] for c in coarse]
+        placed = self.candidates(image)
         out: list[dict[str, Any]] = []
         taken: list[tuple[float, float, float, float]] = []
+        kept: list[PlateDetection] = []
         for variants in sorted(placed, key=lambda v: -v[0].score):
             if any(_overlap(variants[0].box, t) > 0.3 for t in taken):
                 continue  # two candidates refined onto the same plate
@@ -482,6 +492,7 @@ class OnnxPlateReader:
             if not chars:
                 continue
             taken.append(plate.box)
+            kept.append(plate)
             out.append(
                 {
                     "text": verdict.text,
@@ -495,7 +506,34 @@ class OnnxPlateReader:
                     "plausible": verdict.plausible,
                 }
             )
+        self._tracked, self._tracked_shape = (kept, image.shape) if self.track_s > 0 else ([], ())
         return out
+
+    def candidates(self, image: np.ndarray) -> list[list[PlateDetection]]:
+        """Return each candidate plate's placements, best first: refined, then as found.
+
+        With ``track_s`` > 0 (a camera's stream, where the next frame shows the same plates a little
+        further on) and plates read on the last frame, the whole frame is not searched: each of those
+        plates is looked for on a full-resolution crop around where it was (``refine_candidate``, a
+        few ms instead of the frame's detector pass). The whole frame is searched again when none is
+        found there, when the frame size changed, and at least every ``track_s`` seconds, so a
+        vehicle that comes into view while another is read is found within ``track_s``.
+        """
+        now = time.monotonic()
+        if self.track_s > 0 and self._tracked and image.shape == self._tracked_shape and now - self._last_full_t < self.track_s:
+            found = [[again] for prev in self._tracked if (again := self.refine_candidate(image, prev, keep_score=False)) is not prev]
+            if found:
+                self.tracked_searches += 1
+                return found
+        self._last_full_t = now
+        self.full_searches += 1
+        coarse = self.detector.detect(image, threshold=self.candidate_threshold)
+        longest = max(image.shape[:2])
+        if longest >= LARGE_FRAME_FACTOR * self.detector.max_side:
+            # A large frame: plates far off are too small at max_side; look again at twice that.
+            finer = self.detector.detect(image, threshold=self.candidate_threshold, max_side=2 * self.detector.max_side)
+            coarse += [d for d in finer if all(_overlap(d.box, c.box) < 0.3 for c in coarse)]
+        return [[self.refine_candidate(image, c), c] if self.refine else [c] for c in coarse]
 
 
 def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:

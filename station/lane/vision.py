@@ -78,7 +78,7 @@ def build_face_detector(face: str, models_dir: Path, *, score_threshold: float =
 
 
 def build_plate_reader(
-    models_dir: Path, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7, low_memory: bool = True
+    models_dir: Path, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7, low_memory: bool = True, track_s: float = 0.0
 ) -> tuple[PlateReader | None, str]:
     """Build the plate reader and say its state: (reader or None, ``"ok"`` or ``"degraded: <reason>"``), checked like the face detector."""
     from station.models import ManifestError, ModelNotFoundError, path_for
@@ -94,7 +94,7 @@ def build_plate_reader(
 
     try:
         reader = OnnxPlateReader.from_models_dir(
-            models_dir, threads=threads, max_side=max_side, score_threshold=score_threshold, low_memory=low_memory
+            models_dir, threads=threads, max_side=max_side, score_threshold=score_threshold, low_memory=low_memory, track_s=track_s
         )
     except Exception as exc:  # onnxruntime raises its own types for a bad graph; logged, station degrades
         log.error("plate models failed to load reason=%s", exc)
