@@ -299,3 +299,36 @@ def forecast(db_url: str, site: str, station: str, day: str | None, weeks: int, 
     if body["held_out"]:
         m, b = body["held_out"]["weekday_hour_mean_trend"], body["held_out"]["seasonal_naive"]
         click.echo(f"  held-out days: MAE {m['mae']} / MAPE {m['mape_pct']} % (same hour last week: {b['mae']} / {b['mape_pct']} %)")
+
+
+@click.command("fleet")
+@_db
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout")
+def fleet(db_url: str, as_json: bool) -> None:
+    """Show every station's software, lists, config hash, last doctor result, clock, disk and outbox."""
+    import psycopg
+
+    from station.centre import db
+    from station.centre import fleet as fl
+
+    try:
+        with db.connect(db_url) as conn:
+            fl.ensure_fleet_schema(conn)
+            body = fl.fleet_view(conn)
+    except psycopg.Error as exc:
+        _fail(f"centre fleet: database {redact_url(db_url)}: {str(exc).strip()}", 1)
+    if as_json:
+        click.echo(json.dumps(body, ensure_ascii=False, sort_keys=True, default=str))
+        return
+    s = body["summary"]
+    click.echo(
+        f"{s['stations']} stations, {s['online']} online, {s['offline_over_10min']} offline > 10 min, "
+        f"{s['doctor_failing']} doctor failing, {s['clock_unsynced']} clock unsynced, trust list newest {s['trust_list_newest']} "
+        f"({s['trust_list_behind']} behind), {s['config_hashes']} config hashes"
+    )
+    for r in body["stations"]:
+        click.echo(
+            f"  {r['site']}/{r['station']}: {r['state']} v{r['version']} trust {r['trust_list_version']} residents "
+            f"{r['resident_list_version']} config {r['config_hash']} doctor {r['doctor_exit']} clock_synced {r['clock_synced']} "
+            f"disk_free_mb {r['disk_free_mb']} outbox {r['outbox_pending']}"
+        )

@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from station.centre.db import connect
+from station.centre.fleet import FleetSubscriber, FleetWriter, ensure_fleet_schema
 from station.centre.ingest import Ingestor
 from station.centre.mqtt import CentreSubscriber
 from station.centre.page import Screen, create_screen_app
@@ -43,6 +45,7 @@ class CentreOptions:
     batch_size: int = 200
     batch_window_s: float = 0.1
     receive_maximum: int = 2000
+    fleet: bool = True  # the fleet view: every station's retained status and state (station/centre/fleet.py)
     public_origin: str | None = None  # the big screen's origin behind a TLS proxy (https://centre.example)
 
 
@@ -75,6 +78,19 @@ class Centre:
             password=opts.password,
             tls_ca=opts.tls_ca,
         )
+        self.fleet_writer: FleetWriter | None = None
+        self.fleet_subscriber: FleetSubscriber | None = None
+        if opts.fleet:
+            self.fleet_writer = FleetWriter(opts.db_url, opts.prefix)
+            self.fleet_subscriber = FleetSubscriber(
+                opts.mqtt_url,
+                self.fleet_writer,
+                prefix=opts.prefix,
+                client_id=f"{opts.client_id}-fleet" if opts.client_id else None,
+                username=opts.username,
+                password=opts.password,
+                tls_ca=opts.tls_ca,
+            )
         self.screen = Screen(opts.db_url, public_origin=opts.public_origin)
         self.app = create_app(self.subscriber.stats, self.writer.stats, create_screen_app(self.screen))
 
@@ -98,6 +114,11 @@ class Centre:
         self.writer.start()
         assert self.subscriber is not None
         self.subscriber.start()
+        if self.fleet_writer is not None and self.fleet_subscriber is not None:
+            with connect(self.opts.db_url) as conn:
+                ensure_fleet_schema(conn)
+            self.fleet_writer.start()
+            self.fleet_subscriber.start()
         log.info(
             "centre started db=%s mqtt=%s:%d filter=%s timezone=%s retention_days=%d",
             redact_url(self.opts.db_url),
@@ -110,6 +131,9 @@ class Centre:
 
     def stop(self) -> None:
         """Commit and acknowledge what is held, then disconnect."""
+        if self.fleet_subscriber is not None and self.fleet_writer is not None:
+            self.fleet_subscriber.stop()
+            self.fleet_writer.stop()
         self.writer.stop()
         if self.subscriber is not None:
             self.subscriber.stop()
