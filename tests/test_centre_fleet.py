@@ -153,7 +153,9 @@ def test_the_report_counts_offline_spells_over_ten_minutes_and_the_fleet_cli_pri
             got = fl.parse_state(P, f"{P}/gate-a/st-01/status", json.dumps({"state": state, "session": 1}).encode(), at)
             assert isinstance(got, fl.StateUpdate)
             updates.append(got)
-        for u in updates:  # one message at a time, as the broker delivers them
+        late_will = fl.parse_state(P, f"{P}/gate-a/st-01/status", json.dumps({"state": "offline", "session": 0}).encode(), now - 900)
+        assert isinstance(late_will, fl.StateUpdate)
+        for u in [*updates, late_will]:  # one message at a time, as the broker delivers them
             fl.write_updates(conn, [u])
         today = dt.datetime.fromtimestamp(now - 3600, ZoneInfo("UTC")).date()
         body = rep.period_report(conn, today - dt.timedelta(days=1), 2, ZoneInfo("UTC"))

@@ -219,7 +219,10 @@ def write_updates(conn: psycopg.Connection[Any], updates: list[StateUpdate]) -> 
                 prev = conn.execute(
                     "SELECT state, session FROM station_status WHERE site = %s AND station = %s", (u.site, u.station)
                 ).fetchone()
-                if prev is None or (prev[0], prev[1]) != (u.values["state"], u.values["session"]):
+                session = u.values["session"]
+                if prev is not None and prev[1] is not None and session is not None and session < prev[1]:
+                    continue  # a late Will of an earlier session after the new session's "online" (docs/mqtt.md)
+                if prev is None or (prev[0], prev[1]) != (u.values["state"], session):
                     conn.execute(
                         "INSERT INTO station_status_log (site, station, at, state, session) VALUES (%s, %s, to_timestamp(%s), %s, %s) "
                         "ON CONFLICT DO NOTHING",
