@@ -127,7 +127,9 @@ function renderCharts(body) {
       const t = el("div", "t");
       t.append(el("span", "name"), el("span", "n dim"));
       const canvas = el("canvas");
-      card.append(t, canvas);
+      const holder = el("div", "box");
+      holder.append(canvas);
+      card.append(t, holder);
       box.append(card);
       state.charts.sparks[s.path] = new Chart(canvas, {
         type: "line",
@@ -218,12 +220,14 @@ async function refresh() {
   try {
     const body = await api("/api/dashboard?node=" + encodeURIComponent(state.node));
     state.version = body.tree_version;
-    document.getElementById("tree-version").textContent = "v" + body.tree_version;
+    const version = document.getElementById("tree-version");
+    if (version) version.textContent = "v" + body.tree_version;
     renderTree(body.tree);
     renderTotals(body);
     renderCharts(body);
     document.body.dataset.loaded = "1";
   } catch (err) {
+    console.error("centre refresh:", err);
     if (String(err.message).includes("no such node")) { state.node = ""; }
   }
   await refreshAlarms();
