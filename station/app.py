@@ -499,6 +499,7 @@ class StationApp:
         from drivers.idcard.sam_reader import IdCardSource
         from station.codes.idcard import HASH_CENTRE, IdHasher, KeyFileError
         from station.codes.online import OnlineVerifier
+        from station.codes.trace_key import DistrictKeys
         from station.lane.idcard_feed import IdCardFeed
 
         cfg, c = self.cfg, self.cfg.idcard
@@ -515,7 +516,16 @@ class StationApp:
                 kind="idcard",
                 subject_field="id_hmac",
             )
-        reader = IdCardSource(c.port, hasher, hasher.kind, baud=c.baud, poll_s=c.poll_s, reply_timeout_s=c.reply_timeout_s)
+        district = DistrictKeys(self.data_dir)  # the ID number's reference for tracing, when a district key is set
+        reader = IdCardSource(
+            c.port,
+            hasher,
+            hasher.kind,
+            baud=c.baud,
+            poll_s=c.poll_s,
+            reply_timeout_s=c.reply_timeout_s,
+            tracer=lambda number: district.ref("idcard", number),
+        )
         self.idcard = IdCardFeed(reader, pipeline.offer_code, self.clock, self.idcard_lookup, lambda: pipeline.lane.state)
         self.idcard.start()
         self._push("idcard", self.idcard.stop)

@@ -161,3 +161,35 @@ def test_another_instance_in_the_process_picks_up_an_installed_key_and_a_corrupt
     assert judge_side.holder_ref("H") is not None and judge_side.load_error is not None, "the key in memory stays, the error is named"
     fresh = DistrictKeys(tmp_path)
     assert fresh.holder_ref("H") is None and "cannot read" in str(fresh.status()["error"])
+
+
+def test_an_id_card_read_carries_the_id_numbers_district_reference_into_the_verdict_and_never_the_number(tmp_path: Path) -> None:
+    from drivers.idcard.sam_protocol import decode_base_info, encode_base_info
+    from station.codes.idcard import IdHasher, judge_card
+
+    keys = DistrictKeys(tmp_path)
+    keys.install(1, KEY1.hex())
+    number = "11010519491231002X"
+    data = encode_base_info(
+        name="张三",
+        sex="1",
+        nation="01",
+        birth="19491231",
+        address="北京",
+        id_number=number,
+        authority="公安局",
+        valid_from="20200101",
+        valid_to="20400101",
+    )
+    hasher = IdHasher(bytes(16), "station")
+    facts = decode_base_info(data, hasher, hasher.kind, lambda n: keys.ref("idcard", n))
+    assert not isinstance(facts, str)
+    assert (facts.trace_ref, facts.trace_key) == (trace_ref(KEY1, "idcard", number), key_id_of(KEY1))
+    verdict = judge_card(facts, time.time(), None)
+    recorded = {k: verdict.detail[k] for k in RECORDED_CODE_DETAIL if k in verdict.detail}
+    assert recorded["trace_ref"] == facts.trace_ref and recorded["trace_key"] == key_id_of(KEY1)
+    assert number not in json.dumps(recorded) and number.lower() not in json.dumps(recorded)
+    untraced = decode_base_info(data, hasher, hasher.kind)
+    assert (
+        not isinstance(untraced, str) and untraced.trace_ref is None and "trace_ref" not in judge_card(untraced, time.time(), None).detail
+    )

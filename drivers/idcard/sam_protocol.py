@@ -273,14 +273,16 @@ def _id_ok(value: str | None) -> bool:
 
 
 HashFn = Callable[[str], str]
+TraceFn = Callable[[str], tuple[str, str] | None]
+"""The ID number's reference under the district key and that key's id (station.codes.trace_key), or None."""
 
 
-def decode_base_info(data: bytes, hasher: HashFn, hash_key: str) -> CardFacts | str:
+def decode_base_info(data: bytes, hasher: HashFn, hash_key: str, tracer: TraceFn | None = None) -> CardFacts | str:
     """Return the card facts of a base-info reply's data, or the reason it cannot be read.
 
     ``data`` is the reply after SW1 SW2 SW3: text length (2 bytes, big-endian), photo length, the
     text, the photo. Only the ID number and the two validity dates are decoded; the ID number is
-    handed to ``hasher`` and masked here, and only those two results are returned.
+    handed to ``hasher`` (and ``tracer``, when given) and masked here, and only those results are returned.
     """
     if len(data) < 4:
         return "short_reply"
@@ -298,7 +300,16 @@ def decode_base_info(data: bytes, hasher: HashFn, hash_key: str) -> CardFacts | 
     valid_to = None if to_text is not None and to_text.startswith(LONG_TERM) else _date(to_text)
     if valid_from is None or (valid_to is None and not (to_text or "").startswith(LONG_TERM)):
         return "bad_dates"
-    return CardFacts(hasher(number.upper()), mask_id(number.upper()), hash_key, valid_from, valid_to)
+    traced = tracer(number.upper()) if tracer is not None else None
+    return CardFacts(
+        hasher(number.upper()),
+        mask_id(number.upper()),
+        hash_key,
+        valid_from,
+        valid_to,
+        trace_ref=traced[0] if traced else None,
+        trace_key=traced[1] if traced else None,
+    )
 
 
 def encode_base_info(

@@ -37,6 +37,7 @@ from drivers.idcard.sam_protocol import (
     Frame,
     FrameParser,
     HashFn,
+    TraceFn,
     command,
     decode_base_info,
 )
@@ -126,7 +127,7 @@ class CardRead:
     ms: float = 0.0
 
 
-def read_card(link: SamLink, hasher: HashFn, hash_key: str) -> CardRead:
+def read_card(link: SamLink, hasher: HashFn, hash_key: str, tracer: TraceFn | None = None) -> CardRead:
     """Run find, select and read base info once; raise PortError when the port fails."""
     t0 = time.monotonic()
 
@@ -154,7 +155,7 @@ def read_card(link: SamLink, hasher: HashFn, hash_key: str) -> CardRead:
         return done("read_failed")  # the card left the field mid-read, most often
     if info.status != SW_OK:
         return done(f"sam_error:{status_name(info.status)}")
-    facts = decode_base_info(info.reply_data, hasher, hash_key)
+    facts = decode_base_info(info.reply_data, hasher, hash_key, tracer)
     if isinstance(facts, str):
         return done(f"bad_data:{facts}")
     return done("read", facts)
@@ -190,9 +191,11 @@ class IdCardSource:
         poll_s: float = 0.3,
         reply_timeout_s: float = 1.0,
         port_resolver: Callable[[], str] | None = None,
+        tracer: TraceFn | None = None,
     ) -> None:
         self.port = port
         self._hasher = hasher
+        self._tracer = tracer  # the district key's reference (station.codes.trace_key), when one is set
         self._hash_key = hash_key
         self._baud = baud
         self._poll_s = poll_s
@@ -297,7 +300,7 @@ class IdCardSource:
                 link = self._link
                 assert link is not None
             try:
-                got = read_card(link, self._hasher, self._hash_key)
+                got = read_card(link, self._hasher, self._hash_key, self._tracer)
             except PortError as exc:
                 self._count("port_errors")
                 log.warning("ID card reader link lost port=%s error=%s", self.port, exc, extra={"idcard": {"event": "link_lost"}})

@@ -58,6 +58,8 @@ class CardFacts:
     hash_key: str  # "centre": keyed with the centre's key (look-up possible) | "station": the station's own salt
     valid_from: dt.date
     valid_to: dt.date | None
+    trace_ref: str | None = None  # the ID number under the district key (station.codes.trace_key): links checkpoints
+    trace_key: str | None = None
 
     def expired(self, today: dt.date) -> bool:
         """Return True when the card's validity ended before ``today``."""
@@ -160,6 +162,8 @@ def judge_card(facts: CardFacts, now_wall: float, lookup: HashLookup | None) -> 
         "id_hash_key": facts.hash_key,
         "card_valid_to": facts.valid_to.isoformat() if facts.valid_to else "long_term",
     }
+    if facts.trace_ref and facts.trace_key:
+        detail.update(trace_ref=facts.trace_ref, trace_key=facts.trace_key)
 
     def verdict(status: CodeStatus, reason: str, code_colour: CodeColour | None = None, **more: Any) -> CodeVerdict:
         return CodeVerdict(status, code_colour, reason, SOURCE, facts.id_hash, {**detail, **more})
