@@ -202,3 +202,26 @@ def test_names_with_markup_reach_the_page_only_as_json_data(seeded: tuple[str, A
     assert admin.post("/api/tree/edit", content=b"\xff\xfe", headers={**JSON_ORIGIN, "content-type": "application/json"}).status_code == 400
     big = admin.post("/api/tree/edit", content=b"{" + b" " * 20000 + b"}", headers={**JSON_ORIGIN, "content-type": "application/json"})
     assert big.status_code == 400
+
+
+@pytest.mark.slow
+def test_tree_cli_checks_loads_and_shows_the_registry(pg_url: str, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    good = tmp_path / "tree.toml"
+    good.write_text(TREE, encoding="utf-8")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[towns.t]\nname = 'x'\ncolour = 'red'\n", encoding="utf-8")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "station.centre.cli", "tree", *args], capture_output=True, text=True, timeout=60)
+
+    refused = cli("check", str(bad))
+    assert refused.returncode == 2 and "towns.t.colour: unknown key (allowed for a town: grids, name)" in refused.stderr
+    assert cli("check", str(good)).stdout.strip().endswith("6 nodes, 2 stations by name, 1 whole sites")
+    loaded = cli("load", str(good), "--db", pg_url, "--by", "ops")
+    assert loaded.returncode == 0 and "tree version 1 stored" in loaded.stdout, loaded.stderr
+    assert cli("show", "--db", pg_url).stdout == TREE
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT actor, action, detail->>'version' FROM centre_audit").fetchall() == [("ops", "tree.load", "1")]

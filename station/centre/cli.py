@@ -35,7 +35,7 @@ def centre() -> None:
 @centre.command("run")
 @click.option("--mqtt", "mqtt_url", required=True, help="mqtt://host:port (or mqtts://) of the district broker")
 @click.option("--db", "db_url", required=True, help="postgresql://user@host:port/dbname (password: PGPASSWORD or ~/.pgpass)")
-@click.option("--listen", default="127.0.0.1:8090", show_default=True, help="host:port of /healthz and /metrics")
+@click.option("--listen", default="127.0.0.1:8090", show_default=True, help="host:port of the big screen, /healthz and /metrics")
 @click.option(
     "--share-group",
     default="centre",
@@ -57,6 +57,7 @@ def centre() -> None:
 @click.option("--retention-days", type=click.IntRange(1, 36500), default=400, show_default=True, help="Day partitions kept")
 @click.option("--batch-size", type=click.IntRange(1, 10000), default=200, show_default=True, help="Messages per commit at most")
 @click.option("--batch-ms", type=click.IntRange(1, 10000), default=100, show_default=True, help="Longest wait to fill a batch")
+@click.option("--public-origin", default=None, help="The big screen's https://host behind a TLS proxy (cookies Secure, Origin checked)")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 def run(
     mqtt_url: str,
@@ -72,6 +73,7 @@ def run(
     retention_days: int,
     batch_size: int,
     batch_ms: int,
+    public_origin: str | None,
     log_level: str,
 ) -> None:
     """Take every station's events from the broker and store them in PostgreSQL (one replica)."""
@@ -101,6 +103,7 @@ def run(
         retention_days=retention_days,
         batch_size=batch_size,
         batch_window_s=batch_ms / 1000.0,
+        public_origin=public_origin,
     )
     try:
         centre = run_centre(opts)
@@ -192,6 +195,16 @@ def _analysis_commands() -> None:
 
 
 _analysis_commands()
+
+
+def _tree_commands() -> None:
+    """Add ``tree load|show|check`` (station/centre/cli_tree.py)."""
+    from station.centre.cli_tree import tree
+
+    centre.add_command(tree)
+
+
+_tree_commands()
 
 
 def main() -> None:
