@@ -95,6 +95,7 @@ def trace() -> None:
 @click.option("--ref", "refs", multiple=True, help="A trace reference (32 hex) from an earlier answer")
 @click.option("--plate", default=None, help="A plate; hashed here under each --key-file, never sent to the database")
 @click.option("--holder", default=None, help="A code holder id; hashed here under each --key-file")
+@click.option("--id-number", default=None, help="A resident ID number; hashed here under each --key-file")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="District key file")
 @click.option("--days", type=click.IntRange(1, 400), default=14, show_default=True)
 @_outputs
@@ -106,12 +107,13 @@ def trace_seen(
     refs: tuple[str, ...],
     plate: str | None,
     holder: str | None,
+    id_number: str | None,
     key_files: tuple[Path, ...],
     days: int,
     as_csv: bool,
     as_json: bool,
 ) -> None:
-    """Where and when a code holder or a plate was seen in the last N days."""
+    """Show where and when a code holder, an ID card or a plate was seen in the last N days."""
     import psycopg
 
     from station.centre import db, tracing
@@ -124,10 +126,12 @@ def trace_seen(
             wanted += tracing.refs_for("plate", plate, keys)
         if holder:
             wanted += tracing.refs_for("holder", holder, keys)
+        if id_number:
+            wanted += tracing.refs_for("idcard", id_number, keys)
     except (DistrictKeyError, tracing.TraceRefused) as exc:
         _fail(f"trace seen: {exc}")
     if not wanted:
-        _fail("trace seen: give --ref, --plate or --holder")
+        _fail("trace seen: give --ref, --plate, --holder or --id-number")
     try:
         with db.connect(db_url) as conn:
             db.ensure_schema(conn)
