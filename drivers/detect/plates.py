@@ -248,8 +248,9 @@ class PlateDetector:
         scale = min(1.0, (self.max_side if max_side is None else max_side) / max(h, w))
         small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1.0 else image
         sh, sw = small.shape[:2]
-        blob = (small.astype(np.float32) - _DET_MEAN).transpose(2, 0, 1)[np.newaxis]
-        loc, conf, landms = self._session.run(None, {self._input: np.ascontiguousarray(blob)})
+        # NCHW float32, pixel - mean, in one array (the numpy spelling held three frame-sized copies during the run).
+        blob = cv2.dnn.blobFromImage(small, 1.0, (sw, sh), tuple(float(m) for m in _DET_MEAN), swapRB=False, crop=False)
+        loc, conf, landms = self._session.run(None, {self._input: blob})
         scores = conf[0, :, 1]
         mask = scores > (self.score_threshold if threshold is None else threshold)
         if not np.any(mask):
