@@ -188,7 +188,7 @@ def _analysis_commands() -> None:
     """Add tracing, reports, the flow forecast and the fleet view (station/centre/cli_analysis.py)."""
     from station.centre import cli_analysis
 
-    for name in ("trace", "district_key", "reports", "forecast", "fleet"):
+    for name in ("trace", "district_key", "reports", "forecast", "fleet", "push"):
         command = getattr(cli_analysis, name, None)
         if isinstance(command, click.Command):
             centre.add_command(command)

@@ -336,3 +336,135 @@ def fleet(db_url: str, as_json: bool) -> None:
             f"{r['resident_list_version']} config {r['config_hash']} doctor {r['doctor_exit']} clock_synced {r['clock_synced']} "
             f"disk_free_mb {r['disk_free_mb']} outbox {r['outbox_pending']}"
         )
+
+
+@click.command("push")
+@_db
+@_user
+@_pwd
+@click.option("--reason", required=True, help="Why (kept in the audit)")
+@click.option("--mqtt", "mqtt_url", required=True, help="mqtt://host:port of the district broker")
+@click.option("--mqtt-user", default=None, help="Broker user; the password comes from $CHECKPOINT_MQTT_PASSWORD")
+@click.option("--signing-key", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The centre's command key (PEM)")
+@click.option("--command", "command", required=True, type=click.Choice(["trust-list", "resident-plates", "set-threshold", "district-key"]))
+@click.option("--args-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The command's args (JSON object)")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="district-key: the key officer's key file")
+@click.option("--to", "targets", multiple=True, help="site/station (repeatable)")
+@click.option("--all", "to_all", is_flag=True, help="Every station the centre has heard")
+@click.option("--topic-prefix", default="checkpoint/v1", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of outcomes on stdout")
+def push_cmd(
+    db_url: str,
+    user: str,
+    password_stdin: bool,
+    reason: str,
+    mqtt_url: str,
+    mqtt_user: str | None,
+    signing_key: Path,
+    command: str,
+    args_file: Path | None,
+    key_file: Path | None,
+    targets: tuple[str, ...],
+    to_all: bool,
+    topic_prefix: str,
+    as_json: bool,
+) -> None:
+    """Send a signed trust list, resident list, threshold or district key to stations (admin); every push audited."""
+    import os
+
+    import psycopg
+
+    from station.centre import db
+    from station.centre import push as pu
+    from station.link.command_auth import KeyListError, load_private_key
+
+    if len(" ".join(reason.split())) < 8:
+        _fail("--reason: at least 8 characters: say why")
+    args: dict[str, Any] = {}
+    if command == "district-key":
+        if key_file is None:
+            _fail("district-key needs --key-file")
+        assert key_file is not None
+        try:
+            doc = json.loads(key_file.read_text(encoding="utf-8"))
+            from station.codes.trace_key import key_id_of, parse_key
+
+            key = parse_key(doc.get("key"))
+            args = {"version": int(doc["version"]), "key": key.hex(), "key_id": key_id_of(key)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            _fail(f"--key-file {key_file}: {type(exc).__name__}: {exc}"[:300])
+    else:
+        if args_file is None:
+            _fail(f"{command} needs --args-file")
+        assert args_file is not None
+        try:
+            loaded = json.loads(args_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            _fail(f"--args-file {args_file}: {exc}")
+        if not isinstance(loaded, dict):
+            _fail(f"--args-file {args_file}: a JSON object is needed")
+        args = loaded
+    try:
+        signer = load_private_key(signing_key)
+    except (OSError, ValueError, KeyListError) as exc:
+        _fail(f"--signing-key {signing_key}: {exc}")
+    wanted = []
+    for t in targets:
+        site, sep, station = t.partition("/")
+        if not sep or not site or not station or "/" in station:
+            _fail(f"--to {t!r}: expected site/station")
+        wanted.append((site, station))
+    try:
+        with db.connect(db_url) as conn:
+            db.ensure_schema(conn)
+            _login(conn, user, password_stdin)
+            row = conn.execute("SELECT role FROM centre_users WHERE name = %s", (user,)).fetchone()
+            conn.rollback()
+            role = str(row[0]) if row else None
+            if role != "admin":
+                with conn.transaction():
+                    db.audit(conn, user, role, f"push.{command}", None, {"ok": False, "error": "not an admin"}, reason)
+                _fail(f"user {user!r} has role {role!r}: pushes need role admin (refusal audited)")
+            if to_all:
+                wanted += [(str(a), str(b)) for a, b in conn.execute("SELECT site, station FROM stations ORDER BY 1, 2").fetchall()]
+                conn.rollback()
+            if not wanted:
+                _fail("give --to site/station or --all")
+            try:
+                outcomes = pu.push(
+                    mqtt_url,
+                    signer,
+                    sorted(set(wanted)),
+                    command,
+                    args,
+                    by=user,
+                    prefix=topic_prefix,
+                    username=mqtt_user,
+                    password=os.environ.get("CHECKPOINT_MQTT_PASSWORD") if mqtt_user else None,
+                )
+            except (OSError, ConnectionError, ValueError) as exc:
+                _fail(f"centre push: broker {redact_url(mqtt_url)}: {exc}", 1)
+            pu.audit_pushes(conn, user, role, command, args, outcomes, reason)
+    except psycopg.Error as exc:
+        _fail(f"centre push: database {redact_url(db_url)}: {str(exc).strip()}", 1)
+    rows = [
+        {
+            "site": o.site,
+            "station": o.station,
+            "ok": o.ok,
+            "reason": o.reason,
+            "error": o.error,
+            "result": pu.result_summary(command, o.result),
+        }
+        for o in outcomes
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+    else:
+        for r in rows:
+            click.echo(f"{r['site']}/{r['station']}: {'ok' if r['ok'] else 'REFUSED'} {r['reason']} {r['error'] or ''} {r['result'] or ''}")
+    if not all(o.ok for o in outcomes):
+        sys.exit(1)
+
+
+push = push_cmd
