@@ -182,7 +182,11 @@ def test_two_replicas_a_broker_restart_and_a_killed_replica_lose_and_duplicate_n
         assert dropped == BACKLOG - KEPT
         for r in replicas:
             r.start()
-        wait_until(lambda: all(r.healthy() for r in replicas), 30, "both replicas healthy")
+        try:  # a replica starts in ~2 s; the generous bound is for a machine loaded by other work
+            wait_until(lambda: all(r.healthy() for r in replicas), 90, "both replicas healthy")
+        except AssertionError as exc:
+            logs = "\n".join(r.log.read_text(errors="replace")[-1500:] for r in replicas if r.log.exists())
+            raise AssertionError(f"{exc}\n{logs}") from None
         demos = [_demo(s, tmp_path, broker.url) for s in DEMOS]
 
         # Broker restart mid-stream. mosquitto 2.0.11 restores sessions but not *shared* subscriptions
