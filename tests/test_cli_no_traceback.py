@@ -134,6 +134,19 @@ def test_short_station_verbs_answer_without_a_traceback(tmp_path: Path, bare_lap
         ("centre", "run"): ["--mqtt", "mqtt://127.0.0.1:9", "--db", "postgresql://nobody@127.0.0.1:9/x", "--listen", "nowhere"],
         ("centre", "report"): ["--db", "postgresql://nobody@127.0.0.1:9/x", "--day", "yesterday"],
         ("centre", "user", "add"): ["someone", "--role", "viewer", "--password-stdin", "--db", "postgresql://nobody@127.0.0.1:9/x"],
+        ("centre", "tree", "check"): [str(tmp_path / "nowhere" / "tree.toml")],
+        ("centre", "tree", "load"): [str(tmp_path / "nowhere" / "tree.toml"), "--db", "postgresql://nobody@127.0.0.1:9/x"],
+        ("centre", "tree", "show"): [],  # no --db
+        # Tracing, reports, forecast, fleet, pushes (docs/centre-tracing.md): refused before the database too.
+        ("centre", "trace", "seen"): ["--db", "postgresql://nobody@127.0.0.1:9/x", "--user", "u"],  # nothing to look for
+        ("centre", "trace", "fever"): ["--db", "postgresql://nobody@127.0.0.1:9/x", "--user", "u", "--site", "s", "--station", "x"]
+        + ["--from", "yesterday", "--to", "now"],
+        ("centre", "district-key", "new"): ["--out", str(tmp_path), "--version", "1"],  # a directory
+        ("centre", "reports"): ["--db", "postgresql://nobody@127.0.0.1:9/x"],  # neither --day nor --week
+        ("centre", "forecast"): ["--db", "postgresql://nobody@127.0.0.1:9/x", "--station", "x"],  # no --site
+        ("centre", "fleet"): [],  # no --db
+        ("centre", "push"): ["--db", "postgresql://nobody@127.0.0.1:9/x", "--user", "u", "--reason", "x", "--mqtt", "mqtt://127.0.0.1:9"]
+        + ["--signing-key", str(tmp_path / "none.key"), "--command", "set-threshold"],  # a reason too short
     }
     assert {p for p, _ in leaf_commands(station_main)} == set(cases) | LONG_RUNNING
     for path, extra in cases.items():
