@@ -83,8 +83,10 @@ def test_base_info_keeps_only_hash_mask_and_dates(name: str) -> None:
     assert facts.id_masked == expected["id_masked"]
     assert facts.valid_from.isoformat() == expected["valid_from"]
     assert (facts.valid_to.isoformat() if facts.valid_to else None) == expected["valid_to"]
-    # The object holds nothing else: five fields, none of them the number, a name or an address.
-    assert set(facts.__slots__) == {"id_hash", "id_masked", "hash_key", "valid_from", "valid_to"}
+    # The object holds nothing else: five fields and the district key's reference (None here: no tracer),
+    # none of them the number, a name or an address.
+    assert set(facts.__slots__) == {"id_hash", "id_masked", "hash_key", "valid_from", "valid_to", "trace_ref", "trace_key"}
+    assert (facts.trace_ref, facts.trace_key) == (None, None)
     text = repr(facts) + json.dumps(facts.as_record(), ensure_ascii=False)
     for secret in ("11010119900307803X", "110101194001011234", "张测试", "李测试", "北京市", "测试路", "公安局", "19900307"):
         assert secret not in text
