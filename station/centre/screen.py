@@ -8,14 +8,18 @@ Tables (beside ``station/centre/db.py``'s; created by :func:`ensure_screen_schem
   note); the alarm itself is the station's event row;
 * ``centre_sessions_revoked`` — logged-out session ids until they would have expired, shared by replicas;
 * index ``events_alarm_queue`` — a partial index on ``events (ts)`` holding only fever/denied/alarm rows:
-  the queue reads a few hundred index entries however big the day is.
+  the queue reads a few hundred index entries however big the day is;
+* ``centre_hourly`` — the dashboard's roll-up: screenings per hour (of the centre's zone), station,
+  decision and code colour; ``centre_hourly_days`` the days it holds. :func:`sync_hourly` keeps it
+  current: the hours that received rows since its last run (a ``received_at`` watermark, BRIN
+  index ``events_received_brin``) are recomputed from ``events`` (BRIN index ``events_ts_brin``), so a
+  backlog replayed after an outage lands in the hours it belongs to; a day is filled whole the first
+  time it is asked for.
 
-Dashboard roll-ups read one day of ``events`` (partition pruning on ``ts``, the partition key:
-a day's query touches that day's partition only) grouped by station, hour, decision and code
-colour — one hash aggregate that every tree node's totals and charts are summed from in Python, so
-the cost does not grow with the number of nodes or screens (results are cached a few seconds per
-replica). An alarm copy is counted only when its screening copy is missing (anti-join on the
-``events_station_seq`` index).
+A screen reads one day as a primary-key range of ``centre_hourly`` (a few rows per station and
+hour, whatever the number of events) and sums every tree node's totals and charts from it in
+Python; results are cached a few seconds per replica. An alarm copy is counted only when its
+screening copy is missing (anti-join on the ``events_station_ts`` index).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -53,9 +57,21 @@ CREATE TABLE IF NOT EXISTS centre_alarms (
   closed_by text, closed_at timestamptz, note text,
   PRIMARY KEY (site, station, event_id)
 );
+CREATE INDEX IF NOT EXISTS centre_alarms_ts ON centre_alarms (event_ts);
 CREATE TABLE IF NOT EXISTS centre_sessions_revoked (sid text PRIMARY KEY, expires timestamptz NOT NULL);
 CREATE INDEX IF NOT EXISTS events_alarm_queue ON events (ts)
   WHERE kind IN ('screening', 'alarm') AND (alarm OR decision IN ('deny_fever', 'deny_code'));
+-- Block-range indexes: rows arrive roughly in time order, so a few bytes per 128 pages find an hour's
+-- rows (ts) or what arrived since the last roll-up (received_at); next to nothing to maintain on insert.
+CREATE INDEX IF NOT EXISTS events_ts_brin ON events USING brin (ts) WITH (autosummarize = on);
+CREATE INDEX IF NOT EXISTS events_received_brin ON events USING brin (received_at) WITH (autosummarize = on);
+-- The dashboard's roll-up: screenings per hour (of the centre's zone), station, decision and colour.
+CREATE TABLE IF NOT EXISTS centre_hourly (
+  hour timestamptz NOT NULL, site text NOT NULL, station text NOT NULL,
+  decision text NOT NULL, colour text NOT NULL, screened integer NOT NULL,
+  PRIMARY KEY (hour, site, station, decision, colour)
+);
+CREATE TABLE IF NOT EXISTS centre_hourly_days (day date PRIMARY KEY, filled_at timestamptz NOT NULL DEFAULT now());
 """
 ALARM_WHERE = "kind IN ('screening', 'alarm') AND (alarm OR decision IN ('deny_fever', 'deny_code'))"  # = the index's predicate
 DECISION_KEYS = ("pass", "deny_fever", "deny_code", "manual_check", "retry")
@@ -64,17 +80,37 @@ NOTE_MAX = 500
 ALARM_DAYS = 30  # an alarm older than this can no longer be acknowledged or closed (bounds the partitions searched)
 SPARKLINES_MAX = 60
 
-HOURLY = """
-SELECT site, station, extract(hour FROM ts AT TIME ZONE %(tz)s)::int AS hour, decision, code_colour, count(*)::int
+HOURLY = f"""
+SELECT date_trunc('hour', ts, %(tz)s) AS hour, site, station, coalesce(decision, ''), coalesce(code_colour, ''), count(*)::int
+FROM events
+WHERE ts >= %(start)s AND ts < %(end)s AND kind = 'screening'
+GROUP BY 1, 2, 3, 4, 5
+UNION ALL
+SELECT date_trunc('hour', ts, %(tz)s), site, station, coalesce(decision, ''), coalesce(code_colour, ''), count(*)::int
 FROM events e
-WHERE ts >= %(start)s AND ts < %(end)s
-  AND (kind = 'screening'
-       OR (kind = 'alarm' AND NOT EXISTS (
-             SELECT 1 FROM events s
-             WHERE s.ts >= %(start)s AND s.ts < %(end)s
-               AND s.site = e.site AND s.station = e.station AND s.ts = e.ts AND s.seq = e.seq AND s.kind = 'screening')))
+WHERE ts >= %(start)s AND ts < %(end)s AND e.kind = 'alarm' AND {ALARM_WHERE}
+  AND NOT EXISTS (
+    SELECT 1 FROM events s
+    WHERE s.ts >= %(start)s AND s.ts < %(end)s
+      AND s.site = e.site AND s.station = e.station AND s.seq = e.seq AND s.ts = e.ts AND s.kind = 'screening')
 GROUP BY 1, 2, 3, 4, 5
 """
+"""Screenings in [start, end) by hour, station, decision and colour, plus alarm copies whose screening copy is missing.
+
+The first part is one pass over the day's partition with a hash aggregate; the second reads only
+alarm rows (a station sends an alarm copy only for an alarm, so every one is in the partial index
+``events_alarm_queue``) and looks each one's screening up on ``events_station_seq``.
+"""
+
+
+def prepare_session(conn: psycopg.Connection[Any]) -> None:
+    """Set what the screen's queries want of a session: no JIT.
+
+    PostgreSQL's JIT judged the day's roll-up worth compiling and spent ~0.7 s doing it on a query
+    that runs in a fraction of that (measured, bench/centre_screen.py); the screen runs short
+    queries only.
+    """
+    conn.execute("SET jit = off")
 
 
 class Pool:
@@ -93,6 +129,7 @@ class Pool:
             conn = self._idle.pop() if self._idle else None
         if conn is None or conn.closed:
             conn = db.connect(self.url, autocommit=True)
+            prepare_session(conn)
         try:
             yield conn
         except BaseException:
@@ -187,13 +224,96 @@ class DayRows:
     day: dt.date
     rows: list[tuple[str, str, int, str | None, str | None, int]]
     query_ms: float
+    _hours: dict[tuple[str, str], tuple[list[int], list[int]]] | None = field(default=None, repr=False)
+    _totals: dict[tuple[str, str], dict[str, int]] | None = field(default=None, repr=False)
+
+    def station_hours(self) -> dict[tuple[str, str], tuple[list[int], list[int]]]:
+        """Return per station its screened and fevers per hour (24 each), computed once per day's rows."""
+        if self._hours is None:
+            hours: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+            for site, station, hour, decision, _colour, n in self.rows:
+                if 0 <= hour < 24:
+                    screened, fevers = hours.setdefault((site, station), ([0] * 24, [0] * 24))
+                    screened[hour] += n
+                    if decision == "deny_fever":
+                        fevers[hour] += n
+            self._hours = hours
+        return self._hours
+
+
+HOURLY_LOCK = 0x48_4F_55_52_4C_59  # "HOURLY": one replica at a time refreshes the roll-up
+RECEIVED_MARGIN_S = 30  # re-read arrivals this far before the watermark: a batch committed late has an earlier received_at
+
+
+@dataclass
+class SyncResult:
+    """What one :func:`sync_hourly` did: hours recomputed, days filled, how long it took."""
+
+    hours: int = 0
+    days: int = 0
+    ms: float = 0.0
+
+
+def _fill(conn: psycopg.Connection[Any], start: dt.datetime, end: dt.datetime, tz: ZoneInfo) -> None:
+    conn.execute("DELETE FROM centre_hourly WHERE hour >= %s AND hour < %s", (start, end))
+    conn.execute(
+        f"INSERT INTO centre_hourly (hour, site, station, decision, colour, screened) {HOURLY}",
+        {"tz": tz.key, "start": start, "end": end},
+    )
+
+
+def sync_hourly(conn: psycopg.Connection[Any], days: list[dt.date], tz: ZoneInfo) -> SyncResult:
+    """Bring ``centre_hourly`` up to date for ``days`` (and every day filled before); return what was done.
+
+    Hours that received rows since the last sync (``received_at`` watermark in ``centre_meta``, BRIN
+    index) are recomputed from ``events`` (BRIN index on ``ts``); a day never filled is filled whole
+    once. Late arrivals — a station's backlog after an outage — land in the hours they belong to.
+    Idempotent; replicas take turns under an advisory lock.
+    """
+    t0 = time.perf_counter()
+    result = SyncResult()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (HOURLY_LOCK,))
+        (now,) = conn.execute("SELECT now()").fetchone() or (None,)
+        row = conn.execute("SELECT value FROM centre_meta WHERE key = 'hourly_received_upto'").fetchone()
+        filled = {d for (d,) in conn.execute("SELECT day FROM centre_hourly_days").fetchall()}
+        if row is not None:
+            since = dt.datetime.fromisoformat(str(row[0])) - dt.timedelta(seconds=RECEIVED_MARGIN_S)
+            touched = [
+                h
+                for (h,) in conn.execute(
+                    "SELECT DISTINCT date_trunc('hour', ts, %s) FROM events WHERE received_at > %s", (tz.key, since)
+                ).fetchall()
+            ]
+            for hour in sorted(touched):
+                if hour.astimezone(tz).date() in filled:
+                    _fill(conn, hour, hour + dt.timedelta(hours=1), tz)
+                    result.hours += 1
+        for day in sorted(set(days) - filled):
+            start, end = db.day_bounds(day, tz)
+            _fill(conn, start, end, tz)
+            conn.execute("INSERT INTO centre_hourly_days (day) VALUES (%s) ON CONFLICT DO NOTHING", (day,))
+            result.days += 1
+        conn.execute(
+            "INSERT INTO centre_meta (key, value) VALUES ('hourly_received_upto', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (now.isoformat() if now else dt.datetime.now(dt.UTC).isoformat(),),
+        )
+    result.ms = (time.perf_counter() - t0) * 1000
+    if result.hours or result.days:
+        log.debug("centre hourly sync hours=%d days=%d ms=%.1f", result.hours, result.days, result.ms)
+    return result
 
 
 def day_rows(conn: psycopg.Connection[Any], day: dt.date, tz: ZoneInfo) -> DayRows:
-    """Return one day's counts grouped by station, hour, decision and code colour (one query over that day's partition)."""
+    """Return one day's counts by station, hour, decision and code colour from ``centre_hourly`` (primary-key range)."""
     start, end = db.day_bounds(day, tz)
     t0 = time.perf_counter()
-    rows = conn.execute(HOURLY, {"tz": tz.key, "start": start, "end": end}).fetchall()
+    rows = conn.execute(
+        """SELECT site, station, extract(hour FROM hour AT TIME ZONE %s)::int, nullif(decision, ''), nullif(colour, ''), screened
+           FROM centre_hourly WHERE hour >= %s AND hour < %s""",
+        (tz.key, start, end),
+    ).fetchall()
     return DayRows(day, [tuple(r) for r in rows], (time.perf_counter() - t0) * 1000)
 
 
@@ -203,28 +323,32 @@ def known_stations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
 
 
 def per_station(rows: DayRows) -> dict[tuple[str, str], dict[str, int]]:
-    """Return each station's totals (screened, fevers, by decision, by colour) from a day's rows."""
-    out: dict[tuple[str, str], dict[str, int]] = {}
-    for site, station, _hour, decision, colour, n in rows.rows:
-        counts = out.setdefault((site, station), _empty_counts())
-        counts["screened"] += n
-        if decision in counts:
-            counts[decision] += n
-        if decision == "deny_fever":
-            counts["fevers"] += n
-        if colour in COLOURS:
-            counts[colour] += n
-    return out
+    """Return each station's totals (screened, fevers, by decision, by colour) from a day's rows (computed once)."""
+    if rows._totals is None:
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for site, station, _hour, decision, colour, n in rows.rows:
+            counts = out.setdefault((site, station), _empty_counts())
+            counts["screened"] += n
+            if decision in counts:
+                counts[decision] += n
+            if decision == "deny_fever":
+                counts["fevers"] += n
+            if colour in COLOURS:
+                counts[colour] += n
+        rows._totals = out
+    return {k: dict(v) for k, v in rows._totals.items()}
 
 
 def hourly(rows: DayRows, stations: set[tuple[str, str]]) -> dict[str, list[int]]:
     """Return screened and fevers per hour (24 each) over ``stations``."""
     screened, fevers = [0] * 24, [0] * 24
-    for site, station, hour, decision, _colour, n in rows.rows:
-        if (site, station) in stations and 0 <= hour < 24:
-            screened[hour] += n
-            if decision == "deny_fever":
-                fevers[hour] += n
+    hours = rows.station_hours()
+    for key in stations:
+        found = hours.get(key)
+        if found is not None:
+            for h in range(24):
+                screened[h] += found[0][h]
+                fevers[h] += found[1][h]
     return {"screened": screened, "fevers": fevers}
 
 
@@ -291,6 +415,7 @@ class DayCache:
         self.ttl_s, self.past_ttl_s, self.clock = ttl_s, past_ttl_s, clock
         self._rows: dict[dt.date, tuple[float, DayRows]] = {}
         self._lock = threading.Lock()
+        self.last_sync = SyncResult()
 
     def get(self, conn: psycopg.Connection[Any], day: dt.date, today: dt.date, tz: ZoneInfo) -> DayRows:
         """Return the day's rows, from the cache while fresh."""
@@ -299,6 +424,7 @@ class DayCache:
             hit = self._rows.get(day)
             if hit and self.clock() - hit[0] < ttl:
                 return hit[1]
+        self.last_sync = sync_hourly(conn, [day], tz)
         rows = day_rows(conn, day, tz)
         with self._lock:
             self._rows = {d: v for d, v in self._rows.items() if today - dt.timedelta(days=8) <= d}
@@ -322,24 +448,43 @@ class AlarmError(Exception):
         self.status = status
 
 
-def alarms(conn: psycopg.Connection[Any], since: dt.datetime, limit: int = 200) -> list[dict[str, Any]]:
-    """Return fever/denied/alarm events since ``since`` (newest first) with what the centre did about each."""
-    cur = conn.execute(
-        f"""
-        SELECT * FROM (
-          SELECT DISTINCT ON (e.site, e.station, e.event_id)
-                 e.site, e.station, e.event_id, extract(epoch FROM e.ts)::float8 AS ts, e.decision, e.reason, e.temperature_c,
-                 e.code_colour, coalesce(a.state, 'open') AS state, a.ack_by, extract(epoch FROM a.ack_at)::float8 AS ack_at,
-                 a.closed_by, extract(epoch FROM a.closed_at)::float8 AS closed_at, a.note
-          FROM events e
-          LEFT JOIN centre_alarms a ON a.site = e.site AND a.station = e.station AND a.event_id = e.event_id
-          WHERE e.ts >= %s AND e.event_id IS NOT NULL AND {ALARM_WHERE}
-          ORDER BY e.site, e.station, e.event_id, e.kind DESC
-        ) q ORDER BY (state = 'closed'), ts DESC LIMIT %s""",
-        (since, limit),
-    )
-    cols = [c.name for c in cur.description or ()]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+ALARM_COLUMNS = (
+    "e.site, e.station, e.event_id, extract(epoch FROM e.ts)::float8 AS ts, e.decision, e.reason, e.temperature_c, e.code_colour"
+)
+OPEN_ALARMS = f"""
+SELECT {ALARM_COLUMNS}, 'open' AS state, NULL AS ack_by, NULL::float8 AS ack_at, NULL AS closed_by, NULL::float8 AS closed_at, NULL AS note
+FROM events e
+WHERE e.ts >= %(since)s AND {ALARM_WHERE} AND e.event_id IS NOT NULL
+  AND (e.kind = 'screening' OR NOT EXISTS (
+        SELECT 1 FROM events s WHERE s.ts = e.ts AND s.site = e.site AND s.station = e.station AND s.seq = e.seq AND s.kind = 'screening'))
+  AND NOT EXISTS (SELECT 1 FROM centre_alarms a WHERE a.site = e.site AND a.station = e.station AND a.event_id = e.event_id)
+ORDER BY e.ts DESC LIMIT %(limit)s
+"""
+"""The newest open alarms: a backward walk of the partial index ``events_alarm_queue``, stopping at ``limit``."""
+HANDLED_ALARMS = f"""
+SELECT DISTINCT ON (a.event_ts, a.site, a.station, a.event_id)
+       {ALARM_COLUMNS}, a.state, a.ack_by, extract(epoch FROM a.ack_at)::float8, a.closed_by,
+       extract(epoch FROM a.closed_at)::float8, a.note
+FROM centre_alarms a
+JOIN events e ON e.ts = a.event_ts AND e.site = a.site AND e.station = a.station AND e.event_id = a.event_id
+WHERE a.event_ts >= %(since)s
+ORDER BY a.event_ts DESC, a.site, a.station, a.event_id, e.kind DESC LIMIT %(handled)s
+"""
+"""The newest acknowledged or closed alarms (index ``centre_alarms_ts``), with their events (``events_station_ts``)."""
+
+
+def alarms(conn: psycopg.Connection[Any], since: dt.datetime, limit: int = 200, handled: int = 50) -> list[dict[str, Any]]:
+    """Return the newest open fever/denied/alarm events since ``since``, then the newest handled ones, each with its handling."""
+    out: list[dict[str, Any]] = []
+    for sql in (OPEN_ALARMS, HANDLED_ALARMS):
+        cur = conn.execute(sql, {"since": since, "limit": limit, "handled": handled})
+        cols = ["site", "station", "event_id", "ts", "decision", "reason", "temperature_c", "code_colour"]
+        cols += ["state", "ack_by", "ack_at", "closed_by", "closed_at", "note"]
+        out.extend(dict(zip(cols, row, strict=True)) for row in cur.fetchall())
+    open_ = [a for a in out if a["state"] == "open"]
+    acked = [a for a in out if a["state"] == "acknowledged"]
+    closed = [a for a in out if a["state"] == "closed"]
+    return open_ + acked + closed
 
 
 def _alarm_event(conn: psycopg.Connection[Any], site: str, station: str, event_id: str) -> Any:
