@@ -414,6 +414,22 @@ def run(stations: int, live_s: float, rate: float, max_s: float, backlog: int, p
         steady_backlog = (middle[-1][1] - middle[0][1]) / (middle[-1][0] - middle[0][0]) if len(middle) >= 2 else None
         healths = [r.health() or {} for r in replicas]
         with psycopg.connect(db_url) as conn:
+            from zoneinfo import ZoneInfo
+
+            from station.centre import db as centre_db
+
+            tz = ZoneInfo(centre_db.ensure_schema(conn))
+            timings = {}
+            for name, query in (
+                ("report_ms", lambda: centre_db.report(conn, centre_db.day_of(time.time(), tz), tz)),
+                ("missing_by_station_ms", lambda: centre_db.missing_by_station(conn)),
+            ):
+                runs = []
+                for _ in range(3):
+                    t1 = time.perf_counter()
+                    query()
+                    runs.append((time.perf_counter() - t1) * 1000)
+                timings[name] = round(sorted(runs)[1], 1)  # median of 3
             dup = conn.execute("SELECT count(*) - count(DISTINCT msg_id) FROM events").fetchone()
             size1 = conn.execute("SELECT pg_database_size(current_database())").fetchone()
             missing = conn.execute("SELECT coalesce(sum(missing_events), 0) FROM station_missing").fetchone()
@@ -431,6 +447,7 @@ def run(stations: int, live_s: float, rate: float, max_s: float, backlog: int, p
             "rows": before + queued,
             "duplicates": int(dup[0]) if dup else None,
             "missing_events": int(missing[0]) if missing else None,
+            **timings,
             "bytes_per_row": round(((size1[0] if size1 else 0) - (size0[0] if size0 else 0)) / max(1, before + queued), 1),
             "fsync": True,
         }
