@@ -34,12 +34,15 @@ def doctor(obj: Ctx, as_json: bool, broker_timeout: float) -> None:
     """
     checks = run_checks(obj.config, obj.data_dir_override, broker_timeout)
     code = exit_code(checks)
-    try:  # the daemon publishes the last result in state/fleet (the centre's fleet view)
-        from station.link.fleet_state import write_doctor_result
+    # The daemon publishes the last result in state/fleet (the centre's fleet view). With a config
+    # that does not load there is no daemon to publish it, and no data dir to keep it in.
+    if all(not (c.name == "config" and c.level == "fail") for c in checks):
+        try:
+            from station.link.fleet_state import write_doctor_result
 
-        write_doctor_result(obj.data_dir(), code, checks)
-    except Exception as exc:  # noqa: BLE001 - a result that cannot be kept never hides the checks themselves
-        click.echo(f"(doctor result not kept for the fleet view: {type(exc).__name__}: {exc})", err=True)
+            write_doctor_result(obj.data_dir(), code, checks)
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be kept never hides the checks themselves
+            click.echo(f"(doctor result not kept for the fleet view: {type(exc).__name__}: {exc})", err=True)
     if as_json:
         click.echo(json.dumps({"exit_code": code, "checks": [asdict(c) for c in checks]}, indent=2, ensure_ascii=False))
     else:
