@@ -146,3 +146,31 @@ def test_tracked_read_looks_near_the_last_plates_and_falls_back_to_the_whole_fra
     assert tracked.full_searches == 2
     tracked.read(standing[2])
     assert tracked.full_searches == 3  # nothing was tracked from the empty frame
+
+
+@pytest.mark.slow
+def test_plate_loop_with_the_gate_skips_a_standing_car_and_still_decides_it() -> None:
+    from bench.vehicle import vehicle_scene
+    from drivers.detect.plates import OnnxPlateReader
+    from station.domain.model import VisibleFrame
+    from station.domain.vehicles import VehicleLane
+    from station.lane.vehicle_loop import PlateLoop
+    from tests.support.waiting import wait_until
+
+    standing = [image for _, image, n in vehicle_scene()[50:60] if n]
+    gate = PlateGate(diff_threshold=4.0, max_skip_s=0.5, max_skip_empty_s=2.0)
+    loop = PlateLoop(OnnxPlateReader.from_models_dir(track_s=1.0), VehicleLane(lambda: [], min_reads=2), max_rate_hz=50.0, gate=gate)
+    heard: list = []
+    loop.add_listener(heard.append)
+    loop.start()
+    try:
+        for seq, image in enumerate(standing[:8]):  # 0.0 … 0.7 s of the car standing at the window
+            loop.offer(VisibleFrame(image, seq, seq * 0.1))
+            wait_until(lambda seq=seq: gate.read + gate.skipped > seq, 10, f"frame {seq} gated")
+        wait_until(lambda: heard, 10, "the vehicle's event")
+    finally:
+        loop.stop()
+    stats = loop.stats()
+    assert [e.plate for e in heard] == ["浙A12345"]
+    assert stats["gate_read"] == 2 and stats["gate_skipped"] == 6  # t = 0 and the first frame >= 0.5 s later
+    assert stats["reads"] == 2
