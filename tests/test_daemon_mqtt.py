@@ -57,8 +57,12 @@ def test_daemon_serves_commands_states_and_discovery_and_its_will_says_offline(
             return {t.rsplit("/", 1)[-1] for t, _, _ in centre.raw() if "/state/" in t}
 
         wait_until(
-            lambda: states() >= {"thermal", "camera", "detector", "gate", "screening", "outbox"}, 60, "the daemon's component states"
+            lambda: states() >= {"thermal", "camera", "detector", "gate", "screening", "outbox", "fleet"},
+            60,
+            "the daemon's component states",
         )
+        fleet = [json.loads(p) for t, p, _ in centre.raw() if t == f"{BASE}/state/fleet"][-1]
+        assert len(fleet["config_hash"]) == 16 and fleet["models"] and fleet["district_key_id"] is None and fleet["trust_list_version"] == 0
         status = [json.loads(p) for t, p, _ in centre.raw() if t == f"{BASE}/status"]
         assert status[-1]["state"] == "online"
         outbox = [json.loads(p) for t, p, _ in centre.raw() if t == f"{BASE}/state/outbox"][-1]
