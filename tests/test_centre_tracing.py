@@ -73,7 +73,12 @@ def traced_db(pg_url: str, tmp_path: Path) -> tuple[str, str]:
         st = Station(tmp_path, centre_key, name)
         assert st.push(_signed(centre_key, 1, KEY1, station=name))["ok"] is True
         verdict = Hc1Verifier(trust.get, holder_ref=holder_ref_fn(os.urandom(32)), trace_ref=st.district.holder_ref).verify(payload, now)
-        code: dict[str, object] = {"status": verdict.status.value, "reason": verdict.reason, "source": verdict.source, "subject_ref": verdict.subject_ref}
+        code: dict[str, object] = {
+            "status": verdict.status.value,
+            "reason": verdict.reason,
+            "source": verdict.source,
+            "subject_ref": verdict.subject_ref,
+        }
         code.update({k: verdict.detail[k] for k in RECORDED_CODE_DETAIL if k in verdict.detail})
         messages += _messages(st, code, 2, fever_at=fever_at)
     writer = Ingestor(pg_url, lambda d: True)
@@ -176,3 +181,46 @@ def test_the_trace_cli_asks_for_the_password_exports_csv_and_refuses_without_a_r
     assert wrong.exit_code == 2 and "wrong password" in wrong.output
     with psycopg.connect(url) as conn:
         assert [(a["ok"], a["error"] is None) for a in tracing.audit_log(conn)] == [(False, False), (True, True)]
+
+
+@pytest.mark.slow
+def test_the_same_demo_code_holder_at_two_real_demo_stations_is_linked_at_the_centre(pg_url: str, tmp_path: Path) -> None:
+    """Two ``station demo`` runs (the real pipeline, the DEMO issuer's codes) with a district key; their outboxes ingested."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from station.codes.trace_key import DistrictKeys
+
+    root = Path(__file__).resolve().parents[1]
+    procs = []
+    for name in ("st-a", "st-b"):
+        data = tmp_path / name
+        DistrictKeys(data).install(1, KEY1.hex())
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(f'[station]\nsite = "gate-a"\nid = "{name}"\ndata_dir = "{data}"\n')
+        out = (tmp_path / f"{name}.out").open("wb")
+        argv = [sys.executable, "-m", "station.cli.station_main", "demo", "--fast", "--json", "--people", "2"]
+        procs.append(
+            subprocess.Popen([*argv, "--data-dir", str(data), "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT, cwd=root)
+        )
+    for p in procs:
+        assert p.wait(240) == 0, (tmp_path / "st-a.out").read_text()[-2000:]
+    messages: list[tuple[str, bytes]] = []
+    for name in ("st-a", "st-b"):
+        with sqlite3.connect(tmp_path / name / "events.sqlite3") as conn:
+            messages += [(t, bytes(p)) for t, p in conn.execute("SELECT topic, payload FROM outbox ORDER BY id").fetchall()]
+    assert not any(b"demo-person-0" in p for _, p in messages), "the holder id never leaves a station"
+    writer = Ingestor(pg_url, lambda d: True)
+    writer.open()
+    writer.process(deliveries(messages))
+    writer.stop()
+    with psycopg.connect(pg_url) as conn:
+        db.add_user(conn, "tina", "tracer", hash_password("correct horse battery"))
+        tracing.ensure_tracing_schema(conn)
+        key = tracing.DistrictKey(key_id_of(KEY1), KEY1)
+        rows = tracing.where_seen(
+            conn, "tina", "demo holder linked across stations", tracing.refs_for("holder", "demo-person-0", [key]), days=1
+        )
+    assert sorted(r["station"] for r in rows) == ["st-a", "st-b"]
+    assert all(r["decision"] == "pass" and r["trace_key"] == key_id_of(KEY1) for r in rows)
