@@ -232,20 +232,25 @@ def test_the_hourly_rollup_takes_late_arrivals_into_their_own_hours_and_never_co
     seed(pg_url, today, [("gate-a", "st-01", 8, "pass", "green", 10), ("gate-a", "st-01", 9, "deny_fever", "green", 2)])
     with psycopg.connect(pg_url, autocommit=True) as conn:
         tz, _ = screen.ensure_screen_schema(conn)
-        first = screen.sync_hourly(conn, [today], tz)
+        first = screen.sync_hourly(conn, [today], tz, min_interval_s=0)
         assert (first.days, first.hours) == (1, 0)
         assert screen.hourly(screen.day_rows(conn, today, tz), {("gate-a", "st-01")})["screened"][8:10] == [10, 2]
-        assert screen.sync_hourly(conn, [today], tz).days == 0, "a day is filled once"
+        assert screen.sync_hourly(conn, [today], tz, min_interval_s=0).days == 0, "a day is filled once"
         # A station's backlog after an outage: rows for 08:00 and 13:00 arrive now, one of them delivered twice.
         late = seed(pg_url, today, [("gate-a", "st-01", 8, "pass", "yellow", 3), ("gate-a", "st-02", 13, "deny_code", "red", 1)])
-        again = screen.sync_hourly(conn, [today], tz)
+        again = screen.sync_hourly(conn, [today], tz, min_interval_s=0)
         assert again.hours >= 2 and again.days == 0
         rows = screen.day_rows(conn, today, tz)
         got = screen.hourly(rows, {("gate-a", "st-01"), ("gate-a", "st-02")})["screened"]
         assert got[8:10] == [13, 2] and got[13] == 1 and sum(got) == 16 == 12 + sum(late.screened.values())
         assert screen.per_station(rows)[("gate-a", "st-01")]["yellow"] == 3
-        assert screen.sync_hourly(conn, [today], tz).hours <= 3, "only the hours that received rows within the safety margin"
+        assert screen.sync_hourly(conn, [today], tz, min_interval_s=0).hours <= 3, (
+            "only the hours that received rows within the safety margin"
+        )
         assert sum(screen.hourly(screen.day_rows(conn, today, tz), {("gate-a", "st-01")})["screened"]) == 15, "recomputing is idempotent"
+        seed(pg_url, today, [("gate-a", "st-01", 10, "pass", "green", 1)])
+        assert screen.sync_hourly(conn, [today], tz, min_interval_s=60).hours == 0, "another replica synced moments ago"
+        assert screen.sync_hourly(conn, [today], tz, min_interval_s=0).hours >= 1
         conn.execute("SET enable_seqscan = off")
         plan = "\n".join(
             r[0]

@@ -262,13 +262,14 @@ def _fill(conn: psycopg.Connection[Any], start: dt.datetime, end: dt.datetime, t
     )
 
 
-def sync_hourly(conn: psycopg.Connection[Any], days: list[dt.date], tz: ZoneInfo) -> SyncResult:
+def sync_hourly(conn: psycopg.Connection[Any], days: list[dt.date], tz: ZoneInfo, min_interval_s: float = 4.0) -> SyncResult:
     """Bring ``centre_hourly`` up to date for ``days`` (and every day filled before); return what was done.
 
     Hours that received rows since the last sync (``received_at`` watermark in ``centre_meta``, BRIN
     index) are recomputed from ``events`` (BRIN index on ``ts``); a day never filled is filled whole
     once. Late arrivals — a station's backlog after an outage — land in the hours they belong to.
-    Idempotent; replicas take turns under an advisory lock.
+    Idempotent; replicas take turns under an advisory lock, and the recompute is skipped when any
+    replica did it less than ``min_interval_s`` ago (N screens on M replicas cost one per period).
     """
     t0 = time.perf_counter()
     result = SyncResult()
@@ -277,8 +278,10 @@ def sync_hourly(conn: psycopg.Connection[Any], days: list[dt.date], tz: ZoneInfo
         (now,) = conn.execute("SELECT now()").fetchone() or (None,)
         row = conn.execute("SELECT value FROM centre_meta WHERE key = 'hourly_received_upto'").fetchone()
         filled = {d for (d,) in conn.execute("SELECT day FROM centre_hourly_days").fetchall()}
-        if row is not None:
-            since = dt.datetime.fromisoformat(str(row[0])) - dt.timedelta(seconds=RECEIVED_MARGIN_S)
+        last = dt.datetime.fromisoformat(str(row[0])) if row is not None else None
+        fresh = last is not None and now is not None and (now - last).total_seconds() < min_interval_s
+        if last is not None and not fresh:
+            since = last - dt.timedelta(seconds=RECEIVED_MARGIN_S)
             touched = [
                 h
                 for (h,) in conn.execute(
@@ -294,11 +297,12 @@ def sync_hourly(conn: psycopg.Connection[Any], days: list[dt.date], tz: ZoneInfo
             _fill(conn, start, end, tz)
             conn.execute("INSERT INTO centre_hourly_days (day) VALUES (%s) ON CONFLICT DO NOTHING", (day,))
             result.days += 1
-        conn.execute(
-            "INSERT INTO centre_meta (key, value) VALUES ('hourly_received_upto', %s) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (now.isoformat() if now else dt.datetime.now(dt.UTC).isoformat(),),
-        )
+        if not fresh:
+            conn.execute(
+                "INSERT INTO centre_meta (key, value) VALUES ('hourly_received_upto', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (now.isoformat() if now else dt.datetime.now(dt.UTC).isoformat(),),
+            )
     result.ms = (time.perf_counter() - t0) * 1000
     if result.hours or result.days:
         log.debug("centre hourly sync hours=%d days=%d ms=%.1f", result.hours, result.days, result.ms)
