@@ -68,7 +68,9 @@ CREATE TABLE IF NOT EXISTS events (
   received_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (msg_id, ts)
 ) PARTITION BY RANGE (ts);
-CREATE INDEX IF NOT EXISTS events_station_seq ON events (site, station, seq) WHERE kind IN ({_SEQ_KINDS_SQL});
+-- INCLUDE (ts, session): the gap view reads each station's numbers in order from this index alone
+-- (index-only scans merged across the day partitions: 0.15 s for 300 000 rows, 1.3 s through a GROUP BY).
+CREATE INDEX IF NOT EXISTS events_station_seq ON events (site, station, seq) INCLUDE (ts, session) WHERE kind IN ({_SEQ_KINDS_SQL});
 CREATE INDEX IF NOT EXISTS events_station_ts ON events (site, station, ts);
 CREATE TABLE IF NOT EXISTS events_misdated (
   LIKE events INCLUDING DEFAULTS,
@@ -113,12 +115,15 @@ CREATE OR REPLACE VIEW station_seqs AS
   GROUP BY site, station, seq;
 -- Every run of numbers missing before a received one; seq is per station and never reused
 -- (station/store/outbox.py), so a gap may span a restart: it is labelled with the session after it.
+-- Rows in number order straight from the events: a number carried twice (a screening and its alarm
+-- copy) is one row after its twin, seq - prev - 1 = -1, never a gap.
 CREATE OR REPLACE VIEW station_gaps AS
   SELECT site, station, session, prev + 1 AS first_missing, seq - 1 AS last_missing, seq - prev - 1 AS missing, ts AS next_ts
   FROM (
-    SELECT s.site, s.station, s.seq, s.ts, s.session,
-           coalesce(lag(s.seq) OVER (PARTITION BY s.site, s.station ORDER BY s.seq), f.seq_floor, 0) AS prev
-    FROM station_seqs s LEFT JOIN station_seq_floor f USING (site, station)
+    SELECT e.site, e.station, e.seq, e.ts, e.session,
+           coalesce(lag(e.seq) OVER (PARTITION BY e.site, e.station ORDER BY e.seq), f.seq_floor, 0) AS prev
+    FROM events e LEFT JOIN station_seq_floor f USING (site, station)
+    WHERE e.kind IN ({_SEQ_KINDS_SQL}) AND e.seq IS NOT NULL
   ) numbered
   WHERE seq - prev > 1;
 CREATE OR REPLACE VIEW station_missing AS
