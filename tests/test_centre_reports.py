@@ -182,3 +182,37 @@ def test_the_forecast_follows_a_trend_and_knows_weekends_without_a_database() ->
     assert weekend < 0.8 * plain
     assert rep.forecast_day({}, monday) == [0.0] * 24
     assert rep.errors([[0] * 24], [[0.0] * 24]) == {"mae": 0.0, "mape_pct": None, "hours": 24}
+
+
+def test_the_reports_roll_up_along_the_saved_district_tree_and_keep_unplaced_stations(pg_url: str, tmp_path: Path) -> None:
+    now = time.time()
+    writer = Ingestor(pg_url, lambda d: True)
+    writer.open()
+    writer.process(deliveries(_vehicle_station(tmp_path / "v.db", now - 60) + _gappy_station(tmp_path / "s.db", now - 50)))
+    writer.stop()
+    tree = tmp_path / "tree.toml"
+    tree.write_text(
+        '[district]\nname = "乐清市"\n[towns.east]\nname = "城东街道"\n[towns.east.grids.g01]\nname = "网格一"\n'
+        '[towns.east.grids.g01.checkpoints.gate]\nname = "东门卡口"\nstations = ["gate-b/lane-v"]\n'
+    )
+    runner = CliRunner()
+    loaded = runner.invoke(centre, ["tree", "load", str(tree), "--db", pg_url])
+    assert loaded.exit_code == 0, loaded.output
+    today = dt.datetime.fromtimestamp(now, UTC).date().isoformat()
+    out = runner.invoke(centre, ["reports", "--db", pg_url, "--week", today, "--json"])
+    assert out.exit_code == 0, out.output
+    body = json.loads(out.stdout)
+    root = body["tree"]
+    assert body["tree_version"] == 1 and root["totals"]["screened"] == 12
+    east = next(c for c in root["children"] if c["key"] == "east")
+    loose = next(c for c in root["children"] if c["key"] == "unassigned")
+    assert east["totals"]["registrations"] == 1 and east["totals"]["screened"] == 6
+    assert loose["totals"]["missing_events"] == 4 and [s["station"] for s in loose["stations"]] == ["st-01"]
+    rows = runner.invoke(centre, ["reports", "--db", pg_url, "--week", today, "--csv"]).stdout.splitlines()
+    assert [r.split(",")[2:4] for r in rows[1:6]] == [
+        ["district", ""],
+        ["town", "east"],
+        ["grid", "east/g01"],
+        ["checkpoint", "east/g01/gate"],
+        ["unassigned", "unassigned"],
+    ]

@@ -224,7 +224,11 @@ def _tz(conn: Any) -> Any:
 @click.option("--day", default=None, help="YYYY-MM-DD: one day's report")
 @click.option("--week", default=None, help="YYYY-MM-DD: the 7 days from this day")
 @click.option(
-    "--tree", "tree_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="District tree (TOML): roll up along it"
+    "--tree",
+    "tree_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Roll up along this district tree (TOML) instead of the one saved in the database",
 )
 @click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout (one row per tree node and per station)")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout")
@@ -255,7 +259,12 @@ def reports(db_url: str, day: str | None, week: str | None, tree_file: Path | No
         tree = parsed
     try:
         with db.connect(db_url) as conn:
-            body = rep.period_report(conn, first, 1 if day else 7, _tz(conn), tree)
+            tz = _tz(conn)
+            tree_version: int | str | None = str(tree_file) if tree_file is not None else None
+            if tree is None:
+                tree, tree_version = _saved_tree(conn)
+            body = rep.period_report(conn, first, 1 if day else 7, tz, tree)
+            body["tree_version"] = tree_version
     except psycopg.Error as exc:
         _fail(f"centre reports: database {redact_url(db_url)}: {str(exc).strip()}", 1)
     if as_csv:
@@ -268,6 +277,22 @@ def reports(db_url: str, day: str | None, week: str | None, tree_file: Path | No
         click.echo("  " + ", ".join(f"{k} {t[k]}" for k in rep.COUNTERS))
         for s in body["stations"]:
             click.echo(f"  {s['site']}/{s['station']}: screened {s['screened']}, fevers {s['fevers']}, missing {s['missing_events']}")
+
+
+def _saved_tree(conn: Any) -> tuple[Any, int | None]:
+    """Return the tree saved in the database (``station centre tree load`` or the page) and its version, or (None, None)."""
+    from station.centre.tree import TreeError, parse_tree
+
+    row = conn.execute("SELECT to_regclass('centre_tree') IS NOT NULL").fetchone()
+    saved = conn.execute("SELECT version, toml FROM centre_tree ORDER BY version DESC LIMIT 1").fetchone() if row and row[0] else None
+    conn.rollback()
+    if saved is None:
+        return None, None
+    parsed = parse_tree(str(saved[1]))
+    if isinstance(parsed, TreeError):  # a saved version is checked when saved; this is only a backstop
+        click.echo(f"saved tree version {saved[0]} does not parse ({parsed}); reporting per station only", err=True)
+        return None, None
+    return parsed, int(saved[0])
 
 
 @click.command("forecast")
