@@ -205,7 +205,10 @@ def test_a_database_that_goes_away_is_retried_and_nothing_is_acknowledged_until_
     writer.start()
     assert writer._conn is not None
     with psycopg.connect(pg_server.dsn, autocommit=True) as admin:  # end the writer's session under its feet
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'checkpoint-centre'")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'checkpoint-centre' AND datname = %s",
+            (pg_url.rsplit("/", 1)[1],),
+        )
     for d in deliveries(msgs):
         writer.offer(d)
     deadline = time.monotonic() + 15
