@@ -630,7 +630,16 @@ class StationApp:
         except KeyFileError as exc:
             self._degrade("registration", f"{exc}; outsider vehicles cannot be registered")
             return None
-        return Registrar(store, hasher, valid_h=self.cfg.vehicle.registration_valid_h, wall=self.clock.wall, clock_synced=self.clock.synced)
+        from station.codes.trace_key import DistrictKeys
+
+        return Registrar(
+            store,
+            hasher,
+            valid_h=self.cfg.vehicle.registration_valid_h,
+            wall=self.clock.wall,
+            clock_synced=self.clock.synced,
+            annotate=DistrictKeys(self.data_dir).annotate_plate,
+        )
 
     def _start_sync(self, store: SqliteEventStore, pipeline: Pipeline, judge: CodeJudge) -> None:
         """Start the broker link: the outbox pump, the live link (states, stats, commands) and snapshots."""

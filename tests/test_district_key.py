@@ -193,3 +193,29 @@ def test_an_id_card_read_carries_the_id_numbers_district_reference_into_the_verd
     assert (
         not isinstance(untraced, str) and untraced.trace_ref is None and "trace_ref" not in judge_card(untraced, time.time(), None).detail
     )
+
+
+def test_a_registration_names_its_plate_by_the_district_reference_and_the_centre_keeps_only_that(tmp_path: Path) -> None:
+    from station.centre.parse import EventRow, parse_message
+    from station.codes.contact import PhoneHasher
+    from station.domain.registration import RegistrationForm
+    from station.web.registration import Registrar
+
+    keys = DistrictKeys(tmp_path)
+    keys.install(1, KEY1.hex())
+    store = SqliteEventStore(tmp_path / "events.db", station_id=STATION, site=SITE)
+    store.begin_session()
+    registrar = Registrar(store, PhoneHasher.from_config("", tmp_path), annotate=keys.annotate_plate)
+    registrar.register(RegistrationForm("浙A12345", "delivery", "3号楼", "13800138000"), "Zhao Min")
+    store.close()
+    with sqlite3.connect(tmp_path / "events.db") as conn:
+        ((topic, payload),) = conn.execute("SELECT topic, payload FROM outbox WHERE topic LIKE '%registration'").fetchall()
+    body = json.loads(payload)
+    assert body["registration"]["plate_ref"] == trace_ref(KEY1, "plate", "浙A12345")
+    row = parse_message("checkpoint/v1", topic, bytes(payload))
+    assert isinstance(row, EventRow) and (row.kind, row.trace_ref, row.trace_key) == (
+        "registration",
+        trace_ref(KEY1, "plate", "浙A12345"),
+        key_id_of(KEY1),
+    )
+    assert "浙A12345" not in repr(row) and "Zhao" not in repr(row) and "13800138000" not in repr(row)

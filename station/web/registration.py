@@ -39,8 +39,10 @@ class Registrar:
         valid_h: float = 24.0,
         wall: Callable[[], float] = time.time,
         clock_synced: Callable[[], bool | None] = lambda: None,
+        annotate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
+        self.annotate = annotate  # adds the plate's district-key reference (station.codes.trace_key), when one is set
         self.hasher = hasher
         self.valid_h = valid_h
         self.wall = wall
@@ -65,6 +67,8 @@ class Registrar:
             "vehicle_id": seen["vehicle_id"] if seen is not None and seen.get("plate") == form.plate else None,
             "valid_until": now + self.valid_h * 3600.0,
         }
+        if self.annotate is not None:
+            record = self.annotate(record)
         visits.record_registration(self.store, record)
         return record
 
