@@ -120,7 +120,12 @@ def test_roles_viewer_sees_tracer_handles_alarms_admin_edits_the_tree_and_all_is
     assert tracer.post("/api/alarms/ack", json=key, headers={"Origin": "https://evil.example"}).status_code == 403
     assert tracer.post("/api/alarms/ack", content=b"site=x", headers={**JSON_ORIGIN, "content-type": "text/plain"}).status_code == 415
     assert tracer.post("/api/alarms/close", json={**key, "note": "x"}, headers=JSON_ORIGIN).status_code == 409, "acknowledge first"
-    assert tracer.post("/api/alarms/ack", json=key, headers=JSON_ORIGIN).json() == {"ok": True, "state": "acknowledged", "by": "duty"}
+    assert tracer.post("/api/alarms/ack", json=key, headers=JSON_ORIGIN).json() == {
+        "ok": True,
+        "state": "acknowledged",
+        "by": "duty",
+        "mirrored": None,
+    }
     assert tracer.post("/api/alarms/ack", json=key, headers=JSON_ORIGIN).status_code == 409
     assert tracer.post("/api/alarms/close", json={**key, "note": "  "}, headers=JSON_ORIGIN).status_code == 400, "a note is required"
     assert tracer.post("/api/alarms/ack", json={**key, "event_id": "nope"}, headers=JSON_ORIGIN).status_code == 404

@@ -57,6 +57,12 @@ def centre() -> None:
 @click.option("--retention-days", type=click.IntRange(1, 36500), default=400, show_default=True, help="Day partitions kept")
 @click.option("--batch-size", type=click.IntRange(1, 10000), default=200, show_default=True, help="Messages per commit at most")
 @click.option("--batch-ms", type=click.IntRange(1, 10000), default=100, show_default=True, help="Longest wait to fill a batch")
+@click.option(
+    "--command-key",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The centre's command key (PEM): alarms acknowledged or closed on the screen are mirrored to the station, signed",
+)
 @click.option("--public-origin", default=None, help="The big screen's https://host behind a TLS proxy (cookies Secure, Origin checked)")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 def run(
@@ -73,6 +79,7 @@ def run(
     retention_days: int,
     batch_size: int,
     batch_ms: int,
+    command_key: str | None,
     public_origin: str | None,
     log_level: str,
 ) -> None:
@@ -104,6 +111,7 @@ def run(
         batch_size=batch_size,
         batch_window_s=batch_ms / 1000.0,
         public_origin=public_origin,
+        command_key=command_key,
     )
     try:
         centre = run_centre(opts)

@@ -9,7 +9,8 @@ Every page and endpoint needs a session (station/centre/auth.py) except ``/login
   vs the same weekday last week, fever rate, code colours, a sparkline per checkpoint);
 * ``GET /api/alarms`` — fever/denied events of the last 48 h with their handling;
 * ``POST /api/alarms/ack`` ``{site, station, event_id}`` — **tracer**;
-* ``POST /api/alarms/close`` ``{site, station, event_id, note}`` — **tracer**;
+* ``POST /api/alarms/close`` ``{site, station, event_id, note}`` — **tracer**; both are mirrored to the
+  station as a signed ``alarm-ack`` command when the centre has a command key (station/centre/mirror.py);
 * ``GET /api/tree`` — the registry's TOML and version; ``POST /api/tree/edit`` ``{version, op, …}`` — **admin**;
 * ``GET /api/audit`` — **admin**: the newest audit rows.
 
@@ -75,6 +76,17 @@ class Screen:
     per_ip: RateLimiter = field(default_factory=lambda: RateLimiter(20, 300.0))
     clock: Callable[[], float] = time.time
     failures: int = 0
+    mirror: Any = None  # station/centre/mirror.py AlarmMirror: tells the station its alarm was handled
+
+    def mirror_to_station(self, key: tuple[str, str, str], state: str, operator: str, note: str | None = None) -> str | None:
+        """Send the station a signed ``alarm-ack`` if a mirror is configured; return its command id (None: not sent)."""
+        if self.mirror is None:
+            return None
+        try:
+            return self.mirror.send(*key, state, operator, note)  # type: ignore[no-any-return]
+        except Exception as exc:  # the centre's record stands; the station's display is a courtesy
+            log.warning("alarm mirror failed key=%s error=%s", "/".join(key), exc)
+            return None
 
     def open(self) -> None:
         """Create the screen's tables if missing and read the time zone and the session secret."""
@@ -278,7 +290,8 @@ def create_screen_app(sc: Screen) -> ASGIApp:
             await run_in_threadpool(act)
         except screen.AlarmError as exc:
             return _error(str(exc), exc.status)
-        return JSONResponse({"ok": True, "state": "acknowledged", "by": session.user})
+        mirrored = await run_in_threadpool(sc.mirror_to_station, key, "acknowledged", session.user)
+        return JSONResponse({"ok": True, "state": "acknowledged", "by": session.user, "mirrored": mirrored})
 
     @need("tracer")
     async def alarm_close(request: Request, session: Session) -> Response:
@@ -299,7 +312,8 @@ def create_screen_app(sc: Screen) -> ASGIApp:
             await run_in_threadpool(act)
         except screen.AlarmError as exc:
             return _error(str(exc), exc.status)
-        return JSONResponse({"ok": True, "state": "closed", "by": session.user})
+        mirrored = await run_in_threadpool(sc.mirror_to_station, key, "closed", session.user, clean)
+        return JSONResponse({"ok": True, "state": "closed", "by": session.user, "mirrored": mirrored})
 
     @need("viewer")
     async def tree_get(request: Request, session: Session) -> Response:

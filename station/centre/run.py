@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from station.centre.db import connect
@@ -47,6 +48,8 @@ class CentreOptions:
     receive_maximum: int = 2000
     fleet: bool = True  # the fleet view: every station's retained status and state (station/centre/fleet.py)
     public_origin: str | None = None  # the big screen's origin behind a TLS proxy (https://centre.example)
+    command_key: str | None = None  # the centre's command key (PEM): alarm handling is mirrored to the stations
+    command_signer: str = "centre"
 
 
 class Centre:
@@ -92,6 +95,18 @@ class Centre:
                 tls_ca=opts.tls_ca,
             )
         self.screen = Screen(opts.db_url, public_origin=opts.public_origin)
+        if opts.command_key:
+            from station.centre.mirror import AlarmMirror
+
+            self.screen.mirror = AlarmMirror(
+                opts.mqtt_url,
+                Path(opts.command_key),
+                prefix=opts.prefix,
+                signer=opts.command_signer,
+                username=opts.username,
+                password=opts.password,
+                tls_ca=opts.tls_ca,
+            )
         self.app = create_app(self.subscriber.stats, self.writer.stats, create_screen_app(self.screen))
 
     def _writer_failed(self, exc: BaseException) -> None:
@@ -114,6 +129,8 @@ class Centre:
         self.writer.start()
         assert self.subscriber is not None
         self.subscriber.start()
+        if self.screen.mirror is not None:
+            self.screen.mirror.start()
         if self.fleet_writer is not None and self.fleet_subscriber is not None:
             with connect(self.opts.db_url) as conn:
                 ensure_fleet_schema(conn)
@@ -137,6 +154,8 @@ class Centre:
         self.writer.stop()
         if self.subscriber is not None:
             self.subscriber.stop()
+        if self.screen.mirror is not None:
+            self.screen.mirror.stop()
         self.screen.close()
         log.info("centre stopped stats=%s", self.writer.stats())
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger("station.link.commands")
+ALARM_EVENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")  # station/board/schema.py EVENT_ID
 
 log = logging.getLogger("station.link.handlers")
 
@@ -120,6 +122,7 @@ class CommandHandlers:
             "resident-plates": self.resident_plates,
             "command-keys": self.rotate_command_keys,
             "district-key": self.district_key,
+            "alarm-ack": self.alarm_ack,
         }
 
     @staticmethod
@@ -269,6 +272,30 @@ class CommandHandlers:
             )
         except (DistrictKeyError, OSError) as exc:
             raise CommandError(f"district key refused, the current key stays: {exc}") from None
+
+    def alarm_ack(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Record that the centre acknowledged or closed an alarm (``args.event_id``, ``state``, ``operator``, ``note``).
+
+        Written as the operator display's own acknowledgement (an ``ack`` operator action, audited and
+        sent to the centre like any), so the page shows the alarm acknowledged by ``centre:<operator>``.
+        """
+        args = self._args(request)
+        event_id, state, note = args.get("event_id"), args.get("state", "acknowledged"), args.get("note")
+        if not isinstance(event_id, str) or not ALARM_EVENT_ID.match(event_id):
+            raise CommandError("args.event_id must be an event id (1-80 of A-Z a-z 0-9 _ . : -)")
+        if state not in ("acknowledged", "closed"):
+            raise CommandError("args.state must be 'acknowledged' or 'closed'")
+        if note is not None and (not isinstance(note, str) or len(note) > 500):
+            raise CommandError("args.note must be text of at most 500 characters")
+        event = self.store.event(event_id)
+        if event is None or not event.get("alarm"):
+            raise CommandError(f"no alarm with event id {event_id!r}")
+        operator = " ".join(str(args.get("operator") or request.get("signed_by") or "").split())
+        who = f"centre:{operator}"[:40] if operator else "centre"
+        detail = {"state": state, "note": note, "signed_by": request.get("signed_by")}
+        rowid = self.store.record_operator_action("ack", who, True, "ok", event_id=event_id, detail=detail)
+        log.info("alarm acknowledged by the centre event_id=%s state=%s operator=%s", event_id, state, who)
+        return {"event_id": event_id, "state": state, "operator": who, "audit_row": rowid}
 
     def open_gate(self, request: dict[str, Any]) -> dict[str, Any]:
         """Open the gate once for a request with a fresh id and a near deadline; audited, carried out or refused."""
