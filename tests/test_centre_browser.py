@@ -130,7 +130,7 @@ def test_viewer_sees_the_tree_totals_and_charts_drawn_with_data_but_no_controls(
 
     page.click("nav button[data-path='east/g1/gate']")
     expect(page.locator("#totals [data-key='screened'] b")).to_have_text("44")
-    assert _chart_data(page, "chart-hourly")[0][10] == 0 and page.locator("#sparks .spark").count() == 1
+    assert _chart_data(page, "chart-hourly")[0][10] in (0, None) and page.locator("#sparks .spark").count() == 1
 
     assert page.locator("#admin").count() == 0, "no tree editor for a viewer"
     page.wait_for_selector("#alarms .alarm")

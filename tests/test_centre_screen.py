@@ -76,7 +76,9 @@ def test_the_dashboard_rolls_up_along_the_tree_from_the_database(seeded: tuple[s
     loose = kids["unassigned"]
     assert loose["totals"]["screened"] == 5 and loose["totals"]["fevers"] == 1
     assert {(s["site"], s["station"]) for s in loose["stations"]} == {("rogue", "x-1"), ("quiet", "q-1")}, "heard-but-quiet too"
-    assert body["hourly"]["today"][8:12] == [22, 18, 5, 1] and sum(body["hourly"]["today"]) == 46
+    assert body["hourly"]["today"][8:12] == [22, 18, 5, 1] and sum(n or 0 for n in body["hourly"]["today"]) == 46
+    now_hour = dt.datetime.now(UTC).hour
+    assert all(n is None for h, n in enumerate(body["hourly"]["today"]) if h > now_hour and h not in (8, 9, 10, 11)), "not yet, not zero"
     assert body["hourly"]["last_week"][8] == 9 and body["hourly"]["last_week"][12] == 2
     assert body["fever_rate_pct"][8] == round(100 * 2 / 22, 2) and body["fever_rate_pct"][0] is None
     assert [s["path"] for s in body["sparklines"]] == ["east/g1/gate", "west/g2/market", "unassigned/quiet/q-1", "unassigned/rogue/x-1"]

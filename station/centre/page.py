@@ -244,7 +244,8 @@ def create_screen_app(sc: Screen) -> ASGIApp:
             before = sc.cache.get(conn, today - dt.timedelta(days=7), today, sc.tz)
             stations = screen.known_stations(conn)
         try:
-            body = screen.dashboard(tree, rows, before, stations, path)
+            now_hour = dt.datetime.fromtimestamp(sc.clock(), sc.tz).hour
+            body = screen.dashboard(tree, rows, before, stations, path, now_hour)
         except KeyError:
             return None
         body["tree_version"] = version

@@ -356,8 +356,13 @@ def hourly(rows: DayRows, stations: set[tuple[str, str]]) -> dict[str, list[int]
     return {"screened": screened, "fevers": fevers}
 
 
-def dashboard(tree: Tree, today: DayRows, last_week: DayRows, stations: list[tuple[str, str]], path: str) -> dict[str, Any]:
-    """Return the screen's body for node ``path``: the rolled-up tree, the node's totals and its charts' series."""
+def dashboard(
+    tree: Tree, today: DayRows, last_week: DayRows, stations: list[tuple[str, str]], path: str, now_hour: int | None = None
+) -> dict[str, Any]:
+    """Return the screen's body for node ``path``: the rolled-up tree, the node's totals and its charts' series.
+
+    Hours of today after ``now_hour`` with nothing in them are ``None`` (not yet, rather than nobody).
+    """
     counts = per_station(today)
     body = rollup(tree, counts, stations)
     nodes: dict[str, dict[str, Any]] = {}
@@ -384,7 +389,10 @@ def dashboard(tree: Tree, today: DayRows, last_week: DayRows, stations: list[tup
         "tree": body,
         "node": {k: node[k] for k in ("path", "key", "level", "name")},
         "totals": totals,
-        "hourly": {"today": now_hours["screened"], "last_week": before["screened"]},
+        "hourly": {
+            "today": [None if now_hour is not None and h > now_hour and n == 0 else n for h, n in enumerate(now_hours["screened"])],
+            "last_week": before["screened"],
+        },
         "fever_rate_pct": rate,
         "colours": {c: int(totals.get(c, 0)) for c in COLOURS}
         | {"none": max(0, int(totals.get("screened", 0)) - sum(int(totals.get(c, 0)) for c in COLOURS))},
