@@ -216,8 +216,16 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, application_name="checkpoint-centre")
 
 
-def _ddl_lock(conn: psycopg.Connection[Any]) -> None:
+def ddl_lock(conn: psycopg.Connection[Any]) -> None:
+    """Take the schema lock for the rest of the caller's transaction: replicas starting together take turns.
+
+    Two sessions running the same ``CREATE TABLE IF NOT EXISTS`` at once can both find it missing and
+    one fails on ``pg_type``'s unique index; every schema change of the centre runs under this lock.
+    """
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK,))
+
+
+_ddl_lock = ddl_lock
 
 
 def ensure_schema(conn: psycopg.Connection[Any], timezone: str | None = None) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from station.centre.db import connect
+from station.centre.db import connect, ddl_lock
 from station.centre.fleet import FleetSubscriber, FleetWriter, ensure_fleet_schema
 from station.centre.ingest import Ingestor
 from station.centre.mqtt import CentreSubscriber
@@ -132,7 +132,8 @@ class Centre:
         if self.screen.mirror is not None:
             self.screen.mirror.start()
         if self.fleet_writer is not None and self.fleet_subscriber is not None:
-            with connect(self.opts.db_url) as conn:
+            with connect(self.opts.db_url) as conn, conn.transaction():
+                ddl_lock(conn)  # two replicas starting together would race on CREATE … IF NOT EXISTS
                 ensure_fleet_schema(conn)
             self.fleet_writer.start()
             self.fleet_subscriber.start()
