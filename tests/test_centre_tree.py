@@ -35,7 +35,7 @@ def test_the_registry_maps_stations_to_checkpoints_by_name_and_by_site() -> None
     [
         ("[towns.unassigned]\nname = 'x'\n", "towns.unassigned: the key 'unassigned' is reserved"),
         ("[towns.'a b']\nname = 'x'\n", "towns.a b: key 'a b' not allowed (1-64 of A-Z a-z 0-9 _ -)"),
-        ("[towns.t]\nname = 'x'\ncolour = 'red'\n", "towns.t.colour: unknown key (allowed for a town: grids, name)"),
+        ("[towns.t]\nname = 'x'\ncolour = 'red'\n", "towns.t.colour: unknown key (allowed for a town: grids, name, responders)"),
         ("[towns.t]\nname = ''\n", "towns.t.name = '': expected text of 1-80 characters"),
         ('[towns.t]\nname = "a\\u0007b"\n', "towns.t.name = 'a\\x07b': expected text"),
         (
@@ -53,7 +53,7 @@ def test_the_registry_maps_stations_to_checkpoints_by_name_and_by_site() -> None
         ),
         (
             "[towns.t.grids.g.checkpoints.c.x]\nname = 'c'\n",
-            "towns.t.grids.g.checkpoints.c.x: unknown key (allowed for a checkpoint: name, stations)",
+            "towns.t.grids.g.checkpoints.c.x: unknown key (allowed for a checkpoint: name, responders, stations)",
         ),
         ("cities = 1\n", "cities: unknown top-level key (allowed: district, towns)"),
         ("[towns\n", "registry is not TOML"),

@@ -16,6 +16,10 @@ comments and layout survive an edit from the page)::
     [towns.chengdong.grids.g01.checkpoints.east-gate]
     name = "东门卡口"
     stations = ["gate-a/st-01", "gate-b/*"]   # site/station, or site/* for every station of a site
+    responders = [{name = "值班员", webhook = "https://ops.example/hook"}, {name = "网格长", email = "g01@example.org"}]
+
+Any node (the district too) may list ``responders``: who is told of an alarm, an outsider vehicle or a
+checkpoint offline under it (station/centre/notify.py), each a name with a webhook URL and/or an e-mail.
 
 A node's path is its keys joined by ``/`` (``chengdong/g01/east-gate``; the district is ``""``).
 A station listed by name wins over a ``site/*`` entry elsewhere; the same entry twice is an error.
@@ -45,6 +49,10 @@ UNASSIGNED = "unassigned"
 NAME_MAX = 80
 STATIONS_MAX = 500  # entries per checkpoint
 NODES_MAX = 20000
+RESPONDERS_MAX = 20  # per node
+WEBHOOK = re.compile(r"^https?://[^\s/?#@]+(/[^\s#]*)?$")  # http(s), a host, a path; no credentials, no spaces
+EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$")
+URL_MAX = 500
 TEXT_MAX = 1_000_000
 
 
@@ -54,6 +62,15 @@ class TreeError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class Responder:
+    """Someone a node's notifications go to: a name, and a webhook URL and/or an e-mail address."""
+
+    name: str
+    webhook: str | None = None
+    email: str | None = None
 
 
 @dataclass
@@ -66,6 +83,7 @@ class Node:
     name: str
     children: list[Node] = field(default_factory=list)
     stations: tuple[str, ...] = ()
+    responders: tuple[Responder, ...] = ()
 
 
 @dataclass
@@ -89,6 +107,12 @@ class Tree:
             out[node.path] = node
             todo.extend(node.children)
         return out
+
+    def chain(self, path: str) -> list[Node]:
+        """Return the node at ``path`` and its ancestors up to the district, nearest first (unknown path: the district)."""
+        nodes = self.nodes()
+        keys = path.split("/") if path and path in nodes else []
+        return [nodes["/".join(keys[:n])] for n in range(len(keys), -1, -1)]
 
 
 def _name(value: Any) -> str | None:
@@ -139,9 +163,9 @@ def _build(data: dict[str, Any]) -> Tree | TreeError:
     if name is None:
         problems.append(f"district.name = {district.get('name')!r}: expected text of 1-{NAME_MAX} characters without control characters")
         name = "district"
-    for key in sorted(set(district) - {"name"}):
-        problems.append(f"district.{key}: unknown key (allowed: name)")
-    root = Node("", "", "district", name)
+    for key in sorted(set(district) - {"name", "responders"}):
+        problems.append(f"district.{key}: unknown key (allowed: name, responders)")
+    root = Node("", "", "district", name, responders=_responders(district.get("responders", []), "district", problems))
     exact: dict[tuple[str, str], str] = {}
     sites: dict[str, str] = {}
     count = [0]
@@ -173,7 +197,8 @@ def _build(data: dict[str, Any]) -> Tree | TreeError:
             path = f"{parent.path}/{key}" if parent.path else key
             node = Node(path, key, child_level, node_name)
             parent.children.append(node)
-            allowed = {"name", CHILDREN[child_level]} if child_level in CHILDREN else {"name", "stations"}
+            allowed = {"name", "responders", CHILDREN[child_level]} if child_level in CHILDREN else {"name", "responders", "stations"}
+            node.responders = _responders(body.get("responders", []), here, problems)
             for extra in sorted(set(body) - allowed):
                 problems.append(f"{here}.{extra}: unknown key (allowed for a {child_level}: {', '.join(sorted(allowed))})")
             if child_level in CHILDREN:
@@ -185,6 +210,49 @@ def _build(data: dict[str, Any]) -> Tree | TreeError:
     if problems:
         return TreeError(problems)
     return Tree(root, exact, sites)
+
+
+def _responders(value: Any, here: str, problems: list[str]) -> tuple[Responder, ...]:
+    """Return a node's responders; each bad one is a problem naming its key, its value and what is allowed."""
+    if not isinstance(value, list):
+        problems.append(
+            f'{here}.responders = {str(value)[:80]!r}: expected a list of {{name = "…", webhook = "https://…"}} / {{…, email = "…"}}'
+        )
+        return ()
+    if len(value) > RESPONDERS_MAX:
+        problems.append(f"{here}.responders: {len(value)} entries, at most {RESPONDERS_MAX}")
+        return ()
+    out = []
+    for i, entry in enumerate(value):
+        where = f"{here}.responders[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where} = {str(entry)[:80]!r}: expected a table with name and webhook and/or email")
+            continue
+        bad = False
+        for extra in sorted(set(entry) - {"name", "webhook", "email"}):
+            problems.append(f"{where}.{extra}: unknown key (allowed: email, name, webhook)")
+            bad = True
+        name = _name(entry.get("name"))
+        if name is None:
+            problems.append(
+                f"{where}.name = {str(entry.get('name'))[:80]!r}: expected text of 1-{NAME_MAX} characters without control characters"
+            )
+            bad = True
+        webhook, email = entry.get("webhook"), entry.get("email")
+        if webhook is not None and not (isinstance(webhook, str) and len(webhook) <= URL_MAX and WEBHOOK.match(webhook)):
+            problems.append(
+                f"{where}.webhook = {str(webhook)[:80]!r}: expected an http(s) URL, no spaces or credentials, at most {URL_MAX} chars"
+            )
+            bad = True
+        if email is not None and not (isinstance(email, str) and EMAIL.match(email)):
+            problems.append(f"{where}.email = {str(email)[:80]!r}: expected an e-mail address (local@domain.tld)")
+            bad = True
+        if webhook is None and email is None:
+            problems.append(f"{where}: expected webhook and/or email (where to reach {name or 'them'})")
+            bad = True
+        if not bad and name is not None:
+            out.append(Responder(name, webhook, email))
+    return tuple(out)
 
 
 def _stations(
