@@ -64,6 +64,22 @@ def centre() -> None:
     help="The centre's command key (PEM): alarms acknowledged or closed on the screen are mirrored to the station, signed",
 )
 @click.option("--public-origin", default=None, help="The big screen's https://host behind a TLS proxy (cookies Secure, Origin checked)")
+@click.option(
+    "--notify-secret-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The webhooks' HMAC key (a file): alarms, outsider vehicles and checkpoints offline go to the tree's responders",
+)
+@click.option("--smtp", default=None, help="HOST:PORT of the SMTP server for the responders' e-mails (with --notify-secret-file)")
+@click.option("--mail-from", default="checkpoint-centre@localhost", show_default=True, help="The notices' From address")
+@click.option(
+    "--escalate-after",
+    type=click.FloatRange(1, 86400),
+    default=600,
+    show_default=True,
+    help="Seconds without an acknowledgement before the next level up the tree is told",
+)
+@click.option("--notify-url", default=None, help="The centre's web as responders reach it (ack links); default --public-origin")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 def run(
     mqtt_url: str,
@@ -81,6 +97,11 @@ def run(
     batch_ms: int,
     command_key: str | None,
     public_origin: str | None,
+    notify_secret_file: str | None,
+    smtp: str | None,
+    mail_from: str,
+    escalate_after: float,
+    notify_url: str | None,
     log_level: str,
 ) -> None:
     """Take every station's events from the broker and store them in PostgreSQL (one replica)."""
@@ -94,6 +115,8 @@ def run(
         _fail(f"--listen {listen!r}: expected host:port")
     if share_group and not all(c.isalnum() or c in "_-" for c in share_group):
         _fail(f"--share-group {share_group!r}: letters, digits, '_' and '-' only")
+    if smtp and not notify_secret_file:
+        _fail("--smtp: notifications need --notify-secret-file too (the webhooks' HMAC key)")
     opts = CentreOptions(
         mqtt_url=mqtt_url,
         db_url=db_url,
@@ -112,6 +135,11 @@ def run(
         batch_window_s=batch_ms / 1000.0,
         public_origin=public_origin,
         command_key=command_key,
+        notify_secret_file=notify_secret_file,
+        smtp=smtp,
+        mail_from=mail_from,
+        escalate_after_s=escalate_after,
+        notify_url=notify_url,
     )
     try:
         centre = run_centre(opts)

@@ -50,6 +50,11 @@ class CentreOptions:
     public_origin: str | None = None  # the big screen's origin behind a TLS proxy (https://centre.example)
     command_key: str | None = None  # the centre's command key (PEM): alarm handling is mirrored to the stations
     command_signer: str = "centre"
+    notify_secret_file: str | None = None  # the webhooks' HMAC key: notifications to the tree's responders (station/centre/notify.py)
+    smtp: str | None = None  # HOST:PORT of the SMTP server the notices' e-mails go through
+    mail_from: str = "checkpoint-centre@localhost"
+    escalate_after_s: float = 600.0  # unacknowledged this long: the next level up is told
+    notify_url: str | None = None  # the centre's web as responders reach it (ack links); default public_origin or http://host:port
 
 
 class Centre:
@@ -107,7 +112,41 @@ class Centre:
                 password=opts.password,
                 tls_ca=opts.tls_ca,
             )
-        self.app = create_app(self.subscriber.stats, self.writer.stats, create_screen_app(self.screen))
+        self.app: Any = create_app(self.subscriber.stats, self.writer.stats, create_screen_app(self.screen))
+        self.notifier: Any = None
+        if opts.notify_secret_file:
+            self.notifier = self._notifier(opts)
+            from starlette.applications import Starlette
+            from starlette.routing import Mount
+
+            from station.centre.notify import ack_route
+
+            self.app = Starlette(routes=[ack_route(self.notifier), Mount("/", app=self.app)])
+
+    @staticmethod
+    def _notifier(opts: CentreOptions) -> Any:
+        """Build the notifier (station/centre/notify.py); raise ``ValueError`` naming a bad option."""
+        from station.centre.notify import MqttNotices, Notifier, NotifyOptions, parse_smtp
+
+        try:
+            secret = Path(opts.notify_secret_file or "").read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"--notify-secret-file {opts.notify_secret_file}: cannot read it ({exc.strerror})") from None
+        if len(secret) < 16:
+            raise ValueError(f"--notify-secret-file {opts.notify_secret_file}: at least 16 bytes of secret expected")
+        url = opts.notify_url or opts.public_origin or f"http://{opts.host}:{opts.port}"
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"--notify-url {url!r}: expected http(s)://host[:port] (where responders reach this centre)")
+        notify_opts = NotifyOptions(
+            public_url=url,
+            webhook_secret=secret,
+            smtp=parse_smtp(opts.smtp) if opts.smtp else None,
+            mail_from=opts.mail_from,
+            prefix=opts.prefix,
+            escalate_after_s=opts.escalate_after_s,
+        )
+        mqtt = MqttNotices(opts.mqtt_url, username=opts.username, password=opts.password, tls_ca=opts.tls_ca)
+        return Notifier(opts.db_url, notify_opts, mqtt=mqtt)
 
     def _writer_failed(self, exc: BaseException) -> None:
         """End :meth:`serve` (exit status 1): a replica whose writer died must not stay up acknowledging nothing."""
@@ -137,6 +176,9 @@ class Centre:
                 ensure_fleet_schema(conn)
             self.fleet_writer.start()
             self.fleet_subscriber.start()
+        if self.notifier is not None:
+            self.notifier.open()
+            self.notifier.start()
         log.info(
             "centre started db=%s mqtt=%s:%d filter=%s timezone=%s retention_days=%d",
             redact_url(self.opts.db_url),
@@ -149,6 +191,8 @@ class Centre:
 
     def stop(self) -> None:
         """Commit and acknowledge what is held, then disconnect."""
+        if self.notifier is not None:
+            self.notifier.stop()
         if self.fleet_subscriber is not None and self.fleet_writer is not None:
             self.fleet_subscriber.stop()
             self.fleet_writer.stop()
