@@ -10,6 +10,9 @@ Tables (docs/centre.md):
 * ``events_misdated`` — messages whose time lies outside the partitions the centre keeps (a station
   clock years off, or older than the retention): kept and counted, never silently lost, never a
   reason to create a partition for a hostile date.
+* ``clock_corrections`` and ``clock_correction_records`` — each station's clock correction once (by
+  ``correction_id``) and the records it names; those records get ``corrected_ts`` (their ``ts``
+  stays) and :func:`dated_events` counts them on that day (docs/centre.md "Clock corrections").
 * ``stations`` — every station ever heard (unknown ones too): a new station's row is written with the
   batch that first names it; last seen, newest event time, session and highest ``seq`` are a summary
   each replica folds in about once a second with ``greatest()`` (idempotent, off the hot path: two
@@ -40,11 +43,12 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from station.centre.parse import SEQ_KINDS, EventRow
+from station.centre.parse import SEQ_KINDS, ClockCorrection, EventRow
 
 log = logging.getLogger("station.centre.db")
 
 DDL_LOCK = 0x43_45_4E_54_52_45  # "CENTRE": the advisory lock that serialises schema and partition changes
+CLOCK_LOCK = 0x434C4B  # "CLK": with a station's hash, serialises its corrections with its unsynced records' inserts
 SCHEMA_VERSION = 1
 ROLES = ("viewer", "tracer", "admin")
 PARTITION = re.compile(r"^events_p(\d{8})$")
@@ -81,6 +85,28 @@ CREATE TABLE IF NOT EXISTS events_misdated (
 ALTER TABLE events ADD COLUMN IF NOT EXISTS trace_ref text, ADD COLUMN IF NOT EXISTS trace_key text;
 ALTER TABLE events_misdated ADD COLUMN IF NOT EXISTS trace_ref text, ADD COLUMN IF NOT EXISTS trace_key text;
 CREATE INDEX IF NOT EXISTS events_trace ON events (trace_ref, ts) WHERE trace_ref IS NOT NULL;
+-- Clock corrections (events/clock): the original ts stays; corrected_ts is set on the records a
+-- correction names (those stamped clock_synced false), and reports date a record by it where set.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS corrected_ts timestamptz;
+ALTER TABLE events_misdated ADD COLUMN IF NOT EXISTS corrected_ts timestamptz;
+CREATE INDEX IF NOT EXISTS events_unsynced ON events (site, station, event_id) WHERE clock_synced IS FALSE;
+CREATE INDEX IF NOT EXISTS events_corrected ON events (corrected_ts) WHERE corrected_ts IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_misdated_corrected ON events_misdated (corrected_ts) WHERE corrected_ts IS NOT NULL;
+CREATE TABLE IF NOT EXISTS clock_corrections (
+  site text NOT NULL, station text NOT NULL, correction_id text NOT NULL,
+  msg_id text NOT NULL, offset_ms bigint NOT NULL,
+  seq_first bigint, seq_last bigint, records integer NOT NULL,
+  ids_complete boolean NOT NULL, late boolean NOT NULL,
+  received_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (site, station, correction_id)
+);
+-- The records a correction names (record_kind: event = a screening and its alarm copy, vehicle, visit,
+-- registration); the first correction to name a record is the one applied to it.
+CREATE TABLE IF NOT EXISTS clock_correction_records (
+  site text NOT NULL, station text NOT NULL, record_id text NOT NULL, record_kind text NOT NULL,
+  correction_id text NOT NULL, offset_ms bigint NOT NULL,
+  PRIMARY KEY (site, station, record_id, record_kind)
+);
 CREATE TABLE IF NOT EXISTS stations (
   site text NOT NULL, station text NOT NULL,
   first_seen timestamptz NOT NULL, last_seen timestamptz NOT NULL,
@@ -122,7 +148,10 @@ CREATE OR REPLACE VIEW station_gaps AS
   FROM (
     SELECT e.site, e.station, e.seq, e.ts, e.session,
            coalesce(lag(e.seq) OVER (PARTITION BY e.site, e.station ORDER BY e.seq), f.seq_floor, 0) AS prev
-    FROM events e LEFT JOIN station_seq_floor f USING (site, station)
+    FROM (SELECT site, station, seq, ts, session, kind FROM events
+          UNION ALL  -- a record with a wild clock (a 1970 boot) was received: not missing; dated by its correction
+          SELECT site, station, seq, coalesce(corrected_ts, ts), session, kind FROM events_misdated) e
+    LEFT JOIN station_seq_floor f USING (site, station)
     WHERE e.kind IN ({_SEQ_KINDS_SQL}) AND e.seq IS NOT NULL
   ) numbered
   WHERE seq - prev > 1;
@@ -211,6 +240,81 @@ ON CONFLICT (site, station) DO UPDATE SET
 """
 
 
+_CORRECTED = "e.ts + c.offset_ms * interval '1 millisecond'"
+APPLY_BY_ID = f"""
+UPDATE {{table}} e SET corrected_ts = {_CORRECTED}
+FROM clock_correction_records c
+WHERE e.clock_synced IS FALSE AND c.site = e.site AND c.station = e.station AND c.record_id = e.event_id
+  AND c.record_kind = CASE WHEN e.kind IN ('screening', 'alarm') THEN 'event' ELSE e.kind END
+  AND e.corrected_ts IS DISTINCT FROM {_CORRECTED} AND {{scope}}
+"""
+# Past 2000 ids a correction names its records by seq range (ids_complete false): only those no id named.
+APPLY_BY_SEQ = f"""
+UPDATE {{table}} e SET corrected_ts = {_CORRECTED}
+FROM clock_corrections c
+WHERE e.clock_synced IS FALSE AND e.corrected_ts IS NULL AND NOT c.ids_complete AND c.seq_first IS NOT NULL
+  AND c.site = e.site AND c.station = e.station AND e.seq BETWEEN c.seq_first AND c.seq_last
+  AND e.kind IN ({_SEQ_KINDS_SQL}) AND {{scope}}
+"""
+SCOPE_CORRECTION = "e.site = %(site)s AND e.station = %(station)s AND c.correction_id = %(correction_id)s"
+SCOPE_ROWS = "e.msg_id = ANY(%(msg_ids)s)"
+
+
+def _lock_stations(conn: psycopg.Connection[Any], stations: Iterable[tuple[str, str]]) -> None:
+    """Take the clock lock of each station (sorted: one order for every replica) for the rest of the transaction.
+
+    A correction and the records it names may reach two replicas at once; whichever commits second
+    sees the other's rows, so no record misses its correction.
+    """
+    for site, station in sorted(set(stations)):
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CLOCK_LOCK, f"{site}/{station}"))
+
+
+def _apply(conn: psycopg.Connection[Any], scope: str, args: dict[str, Any]) -> int:
+    """Set ``corrected_ts`` on the stored records in ``scope`` that a stored correction names; return how many changed."""
+    changed = 0
+    for sql in (APPLY_BY_ID, APPLY_BY_SEQ):
+        for table in ("events", "events_misdated"):
+            changed += conn.execute(sql.format(table=table, scope=scope), args).rowcount
+    return changed
+
+
+@dataclass
+class CorrectionResult:
+    """What storing a batch's clock corrections did: corrections new and already stored, records given a corrected time."""
+
+    new: int = 0
+    duplicates: int = 0
+    corrected: int = 0
+
+
+def write_corrections(conn: psycopg.Connection[Any], corrections: Sequence[ClockCorrection]) -> CorrectionResult:
+    """Store each correction once (by station and ``correction_id``) and date the records it names, in one transaction."""
+    result = CorrectionResult()
+    with conn.transaction():
+        _lock_stations(conn, ((c.site, c.station) for c in corrections))
+        for c in corrections:
+            row = conn.execute(
+                """INSERT INTO clock_corrections (site, station, correction_id, msg_id, offset_ms, seq_first, seq_last, records,
+                     ids_complete, late) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT DO NOTHING RETURNING 1""",
+                (c.site, c.station, c.correction_id, c.msg_id, c.offset_ms, c.seq_first, c.seq_last, c.count, c.ids_complete, c.late),
+            ).fetchone()
+            if row is None:
+                result.duplicates += 1
+                continue
+            result.new += 1
+            if c.records:
+                conn.execute(
+                    """INSERT INTO clock_correction_records (site, station, record_id, record_kind, correction_id, offset_ms)
+                       SELECT %s, %s, u.id, u.kind, %s, %s FROM unnest(%s::text[], %s::text[]) AS u(id, kind)
+                       ON CONFLICT DO NOTHING""",
+                    (c.site, c.station, c.correction_id, c.offset_ms, [r[1] for r in c.records], [r[0] for r in c.records]),
+                )
+            result.corrected += _apply(conn, SCOPE_CORRECTION, {"site": c.site, "station": c.station, "correction_id": c.correction_id})
+    return result
+
+
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     """Open a connection with a bounded connect time and the centre's application name."""
     return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, application_name="checkpoint-centre")
@@ -246,6 +350,24 @@ def ensure_schema(conn: psycopg.Connection[Any], timezone: str | None = None) ->
         if timezone and timezone != stored:
             raise ValueError(f"--timezone {timezone!r}: this database's days are cut in {stored!r} (set when it was created)")
         return stored
+
+
+def dated_events(columns: str, where: str = "true") -> str:
+    """Return a subquery of the events whose time (``corrected_ts`` where a clock correction set it, else ``ts``) is in the window.
+
+    The window is ``%(start)s`` … ``%(end)s``; the rows have ``columns`` and ``at`` (that time). The
+    uncorrected rows come from the window's partitions alone; the corrected ones (few) through the
+    partial indexes on ``corrected_ts``, from ``events`` and from ``events_misdated`` (a 1970 clock).
+    """
+    in_window = "{col} >= %(start)s AND {col} < %(end)s"
+    ts_in, corr_in = in_window.format(col="ts"), in_window.format(col="corrected_ts")
+    return f"""(
+  SELECT {columns}, coalesce(corrected_ts, ts) AS at FROM events
+   WHERE {ts_in} AND (corrected_ts IS NULL OR ({corr_in})) AND ({where})
+  UNION ALL
+  SELECT {columns}, corrected_ts FROM events WHERE {corr_in} AND NOT ({ts_in}) AND ({where})
+  UNION ALL
+  SELECT {columns}, corrected_ts FROM events_misdated WHERE {corr_in} AND ({where}))"""
 
 
 def day_bounds(day: dt.date, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
@@ -331,6 +453,7 @@ class BatchResult:
     inserted: int = 0
     duplicates: int = 0
     misdated: int = 0
+    corrected: int = 0  # rows dated by a clock correction stored before them
     by_kind: dict[str, int] = field(default_factory=dict)
     stations: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # (site, station) → [newest ts, session, max seq]
 
@@ -367,6 +490,10 @@ def write_batch(
                         result.misdated += len(got)
             if fresh:
                 cur.execute(NEW_STATIONS, [[k[0] for k in fresh], [k[1] for k in fresh]])
+        unsynced = [r for rows in (placed, misdated) for r in rows if r.clock_synced is False]
+        if unsynced:  # rare (a station that booted without a clock): a correction that came first dates them now
+            _lock_stations(conn, ((r.site, r.station) for r in unsynced))
+            result.corrected = _apply(conn, SCOPE_ROWS, {"msg_ids": [r.msg_id for r in unsynced]})
     known.update(fresh)
     for (kind,) in new:
         result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
@@ -410,16 +537,18 @@ def report(conn: psycopg.Connection[Any], day: dt.date, tz: ZoneInfo) -> dict[st
     # same event_id): the screening rows are the decisions, plus any alarm copy whose screening copy
     # never arrived (an outbox bound may drop the screening copy and keep the alarm). Measured here on
     # 280 000 rows: 0.6 s this way, 2.5 s with DISTINCT ON (site, station, event_id).
+    # Each record counts on its true day: its corrected time where a clock correction set one (dated_events).
     rows = conn.execute(
-        "SELECT kind, decision, detail, count(*), coalesce(sum(dropped), 0) FROM events "
-        "WHERE ts >= %(start)s AND ts < %(end)s GROUP BY kind, decision, detail",
+        f"SELECT kind, decision, detail, count(*), coalesce(sum(dropped), 0) FROM {dated_events('kind, decision, detail, dropped')} d "
+        "GROUP BY kind, decision, detail",
         window,
     ).fetchall()
+    alarm_copies = dated_events("site, station, event_id, decision", "kind = 'alarm' AND event_id IS NOT NULL")
+    screenings = dated_events("site, station, event_id", "kind = 'screening'")
     orphan_alarms = conn.execute(
-        """SELECT a.decision, count(*) FROM events a LEFT JOIN events s
-             ON s.ts >= %(start)s AND s.ts < %(end)s AND s.kind = 'screening'
-            AND s.site = a.site AND s.station = a.station AND s.event_id = a.event_id
-           WHERE a.ts >= %(start)s AND a.ts < %(end)s AND a.kind = 'alarm' AND a.event_id IS NOT NULL AND s.msg_id IS NULL
+        f"""SELECT a.decision, count(*) FROM {alarm_copies} a LEFT JOIN {screenings} s
+             ON s.site = a.site AND s.station = a.station AND s.event_id = a.event_id
+           WHERE s.event_id IS NULL
            GROUP BY a.decision""",
         window,
     ).fetchall()
@@ -441,7 +570,7 @@ def report(conn: psycopg.Connection[Any], day: dt.date, tz: ZoneInfo) -> dict[st
     by_decision = dict(sorted(by_decision.items()))
     vehicles = dict(sorted(vehicles.items()))
     stations_row = conn.execute(
-        "SELECT count(*) FROM (SELECT DISTINCT site, station FROM events WHERE ts >= %(start)s AND ts < %(end)s) s", window
+        f"SELECT count(*) FROM (SELECT DISTINCT site, station FROM {dated_events('site, station')} d) s", window
     ).fetchone()
     stations = stations_row[0] if stations_row else 0
     missing = {

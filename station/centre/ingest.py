@@ -30,7 +30,7 @@ import psycopg
 
 from station.centre import db
 from station.centre.mqtt import Delivery
-from station.centre.parse import EventRow, Rejected, parse_message
+from station.centre.parse import ClockCorrection, EventRow, Rejected, parse_message
 from station.ops.ratelimit import FailureLog
 from station.ops.redact import redact_url
 
@@ -91,6 +91,9 @@ class Ingestor:
         self.inserted = 0
         self.duplicates = 0
         self.misdated = 0
+        self.corrections = 0
+        self.duplicate_corrections = 0
+        self.clock_corrected = 0  # stored records given a corrected time
         self.batches = 0
         self.acked = 0
         self.dropped: Counter[str] = Counter()
@@ -206,15 +209,22 @@ class Ingestor:
     def process(self, batch: Sequence[Delivery]) -> db.BatchResult | None:
         """Parse, store and acknowledge one batch; return what it did, or None when stopped before it was stored."""
         rows: list[EventRow] = []
+        corrections: list[ClockCorrection] = []
         rejected: Counter[str] = Counter()
         for delivery in batch:
             verdict = parse_message(self.prefix, delivery.topic, delivery.payload)
             if isinstance(verdict, Rejected):
                 rejected[verdict.reason] += 1
+            elif isinstance(verdict, ClockCorrection):
+                corrections.append(verdict)
             else:
                 rows.append(verdict)
         result = self._store(rows) if rows else db.BatchResult()
         if result is None:
+            return None
+        # After the rows: a correction in the same batch as the records it names dates them at once.
+        fixed = self._store_corrections(corrections) if corrections else db.CorrectionResult()
+        if fixed is None:
             return None
         self._merge_summary(result.stations)
         now = self.wall()
@@ -225,6 +235,9 @@ class Ingestor:
             self.inserted += result.inserted
             self.duplicates += result.duplicates
             self.misdated += result.misdated
+            self.corrections += fixed.new
+            self.duplicate_corrections += fixed.duplicates
+            self.clock_corrected += result.corrected + fixed.corrected
             self.by_kind.update(result.by_kind)
             self.dropped.update(rejected)
             self.last_commit_at = now
@@ -277,6 +290,44 @@ class Ingestor:
                 return None
             delay = min(delay * 2, 5.0)
 
+    def _store_corrections(self, corrections: list[ClockCorrection]) -> db.CorrectionResult | None:
+        """Store a batch's clock corrections, retrying like rows; one the database refuses is counted and dropped alone."""
+        delay = 0.2
+        while True:
+            try:
+                return db.write_corrections(self._connection(), corrections)
+            except psycopg.OperationalError as exc:
+                self.db_ok = False
+                self.db_errors += 1
+                self._failures.report(type(exc).__name__, None, db=redact_url(self.db_url), error=str(exc).strip()[:200])
+                if self._conn is not None and (self._conn.broken or self._conn.closed):
+                    self._conn = None
+            except psycopg.Error as exc:
+                if len(corrections) == 1:
+                    with self._lock:
+                        self.dropped["db_rejected"] += 1
+                    log.error(
+                        "centre: the database refused a clock correction station=%s/%s error=%s",
+                        corrections[0].site,
+                        corrections[0].station,
+                        exc,
+                    )
+                    return db.CorrectionResult()
+                total = db.CorrectionResult()
+                for one in corrections:
+                    got = self._store_corrections([one])
+                    if got is None:
+                        return None
+                    total.new, total.duplicates, total.corrected = (
+                        total.new + got.new,
+                        total.duplicates + got.duplicates,
+                        total.corrected + got.corrected,
+                    )
+                return total
+            if self._stop.wait(delay):
+                return None
+            delay = min(delay * 2, 5.0)
+
     def _store_row_by_row(self, rows: list[EventRow]) -> db.BatchResult | None:
         """Write each row in its own transaction; count and drop the rows the database refuses."""
         total = db.BatchResult()
@@ -297,6 +348,7 @@ class Ingestor:
             total.inserted += one.inserted
             total.duplicates += one.duplicates
             total.misdated += one.misdated
+            total.corrected += one.corrected
             for k, n in one.by_kind.items():
                 total.by_kind[k] = total.by_kind.get(k, 0) + n
             self._merge_summary(one.stations)
@@ -355,6 +407,9 @@ class Ingestor:
                 "inserted": self.inserted,
                 "duplicates": self.duplicates,
                 "misdated": self.misdated,
+                "clock_corrections": self.corrections,
+                "clock_corrections_duplicate": self.duplicate_corrections,
+                "clock_corrected": self.clock_corrected,
                 "dropped": dict(self.dropped),
                 "by_kind": dict(self.by_kind),
                 "batches": self.batches,

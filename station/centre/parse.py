@@ -16,7 +16,12 @@ Kinds (the topic's last segment under ``events/``):
 * ``vehicle`` — a plate reading at the vehicle lane; consumes a ``seq`` (the plate itself is not kept);
 * ``audit`` — an action carried out or refused at the station; carries the current ``seq`` only;
 * ``visit`` — a vehicle visit (its kind, direction, flagged); consumes a ``seq``;
-* ``registration`` — an outsider vehicle registered at the lane (its reason); consumes a ``seq``.
+* ``registration`` — an outsider vehicle registered at the lane (its reason); consumes a ``seq``;
+* ``clock`` — a clock correction (:class:`ClockCorrection`): the offset to add to the records the
+  station stamped while its clock was unsynchronised; consumes no ``seq``.
+
+A record stamped ``clock_synced: false`` may carry any time from 1970 on (a Pi boots at 1970): it is
+kept with that time (the writer files it under ``events_misdated``) so its correction can date it.
 
 Tracing (station/codes/trace_key.py): a screening's ``code.trace_ref`` (the holder under the
 district key) and a vehicle's or visit's ``plate_ref`` are kept with their ``trace_key`` (the key's
@@ -27,6 +32,7 @@ Only what a row lists is kept: no code payload, no name, no plate, no ID number 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +41,7 @@ from station.board import schema
 from station.board.schema import Dropped
 
 MAX_EVENT_PAYLOAD = schema.MAX_PAYLOAD["events"]
-KINDS = ("screening", "alarm", "vehicle", "audit", "visit", "registration")
+KINDS = ("screening", "alarm", "vehicle", "audit", "visit", "registration", "clock")
 SEQ_KINDS = ("screening", "alarm", "vehicle", "visit", "registration")
 """Row kinds whose ``seq`` is the number of a record the station made (gap detection counts them)."""
 CODE_COLOURS = frozenset({"green", "yellow", "red"})
@@ -43,6 +49,14 @@ SESSION_MAX = 2**31
 SEQ_MAX = 2**62
 TRACE_REF = re.compile(r"^[0-9a-f]{32}$")
 TRACE_KEY = re.compile(r"^[0-9a-f]{16}$")
+MAX_CLOCK_PAYLOAD = 256 * 1024
+"""A correction names up to 2000 ids of up to 80 characters (``station.ops.clock.MAX_IDS``): more than an event's cap."""
+MAX_CORRECTION_IDS = 2000
+OFFSET_MS_MAX = 80 * 366 * 86_400_000
+"""A correction moves records by at most 80 years either way (a 1970 boot to today is 56)."""
+UNSYNCED_TS_RANGE = (0.0, schema.TS_RANGE[1])
+CORRECTED_KINDS = {"event_ids": "event", "vehicle_ids": "vehicle", "visit_ids": "visit", "registration_ids": "registration"}
+"""The id lists of a correction and the record kind each names (``event`` = a screening and its alarm copy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,23 @@ class EventRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockCorrection:
+    """One ``events/clock`` message: true time = record ``ts`` + ``offset_ms`` for the records it names (docs/mqtt.md)."""
+
+    msg_id: str
+    site: str
+    station: str
+    correction_id: str
+    offset_ms: int
+    seq_first: int | None
+    seq_last: int | None
+    count: int
+    ids_complete: bool
+    late: bool
+    records: tuple[tuple[str, str], ...]  # (record kind: event | vehicle | visit | registration, its id)
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A message the centre counts and drops; ``reason`` is a short label (``not_json``, ``bad_ts``, …)."""
 
@@ -92,7 +123,7 @@ def split_topic(prefix: str, topic: str) -> tuple[str, str, str] | Rejected:
     return site, station, kind
 
 
-def parse_message(prefix: str, topic: Any, payload: Any) -> EventRow | Rejected:
+def parse_message(prefix: str, topic: Any, payload: Any) -> EventRow | ClockCorrection | Rejected:
     """Return the typed row of one ``events/…`` message, or why it is dropped; never raise."""
     try:
         if not isinstance(topic, str) or not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -101,7 +132,9 @@ def parse_message(prefix: str, topic: Any, payload: Any) -> EventRow | Rejected:
         if isinstance(split, Rejected):
             return split
         site, station, kind = split
-        body = schema.decode_object(bytes(payload), MAX_EVENT_PAYLOAD)
+        body = schema.decode_object(bytes(payload), MAX_CLOCK_PAYLOAD if kind == "clock" else MAX_EVENT_PAYLOAD)
+        if kind == "clock":
+            return _correction(site, station, body)
         return _row(site, station, kind, body)
     except Dropped as exc:
         return Rejected(exc.reason)
@@ -140,7 +173,99 @@ def _trace_fields(record: Any) -> dict[str, Any]:
     return {"trace_ref": ref, "trace_key": key}
 
 
+RECORD_TIME = {
+    "screening": ("event", "ts"),
+    "alarm": ("event", "ts"),
+    "vehicle": ("vehicle", "ts"),
+    "visit": ("visit", "closed_ts"),
+    "registration": ("registration", "ts"),
+}
+"""Per record kind: the body's key of the record and the record's time field."""
+
+
+def _early_ts(kind: str, body: dict[str, Any]) -> float | None:
+    """Return a record's time before 2001 when the station says its clock was unsynchronised (else None: the usual checks)."""
+    if body.get("clock_synced") is not False or kind not in RECORD_TIME or body.get("kind") == "outbox_overflow":
+        return None
+    key, field = RECORD_TIME[kind]
+    record = body.get(key)
+    raw = record.get(field) if isinstance(record, dict) else None
+    if raw is None:
+        raw = body.get("ts")
+    if schema.timestamp(raw) is not None:
+        return None
+    return schema.number(raw, *UNSYNCED_TS_RANGE)
+
+
 def _row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
+    early = _early_ts(kind, body)
+    if early is None:
+        return _typed_row(site, station, kind, body)
+    # Checked like any record with a stand-in time, then given its own: the correction dates it later.
+    stand_in = schema.TS_RANGE[0]
+    key, field = RECORD_TIME[kind]
+    record = body.get(key)
+    restamped = {**body, "ts": stand_in}
+    if isinstance(record, dict):
+        restamped[key] = {**record, field: stand_in}
+    return dataclasses.replace(_typed_row(site, station, kind, restamped), ts=early)
+
+
+def _ids(correction: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Return the (record kind, id) pairs a correction names; raise :class:`Dropped` for a bad or too long list."""
+    out: list[tuple[str, str]] = []
+    for field, kind in CORRECTED_KINDS.items():
+        ids = correction.get(field, [])
+        if not isinstance(ids, list):
+            raise Dropped("bad_ids")
+        if len(out) + len(ids) > MAX_CORRECTION_IDS:
+            raise Dropped("too_many_ids")
+        for rid in ids:
+            if schema.event_id(rid) is None:
+                raise Dropped("bad_ids")
+            out.append((kind, rid))
+    return tuple(dict.fromkeys(out))
+
+
+def _correction(site: str, station: str, body: dict[str, Any]) -> ClockCorrection:
+    """Return the checked correction of an ``events/clock`` message; raise :class:`Dropped` when any part is unusable."""
+    env = _envelope(site, station, body)
+    c = body.get("correction")
+    if not isinstance(c, dict):
+        raise Dropped("no_correction")
+    correction_id = schema.event_id(c.get("correction_id"))
+    if correction_id is None:
+        raise Dropped("bad_correction_id")
+    offset = schema.number(c.get("offset_ms"), -OFFSET_MS_MAX, OFFSET_MS_MAX)
+    if offset is None or offset != int(offset):
+        raise Dropped("bad_offset")
+    raw_first, raw_last = c.get("seq_first"), c.get("seq_last")
+    first, last = schema.count(raw_first, SEQ_MAX), schema.count(raw_last, SEQ_MAX)
+    if (raw_first is None) != (raw_last is None) or (raw_first is not None and (first is None or last is None or first > last)):
+        raise Dropped("bad_seq_range")
+    count = schema.count(c.get("count"))
+    complete, late = c.get("ids_complete"), c.get("late", False)
+    if count is None or not isinstance(complete, bool) or not isinstance(late, bool):
+        raise Dropped("bad_correction")
+    records = _ids(c)
+    if not records and first is None:
+        raise Dropped("empty_correction")
+    return ClockCorrection(
+        msg_id=env["msg_id"],
+        site=site,
+        station=station,
+        correction_id=correction_id,
+        offset_ms=int(offset),
+        seq_first=first,
+        seq_last=last,
+        count=count,
+        ids_complete=complete,
+        late=late,
+        records=records,
+    )
+
+
+def _typed_row(site: str, station: str, kind: str, body: dict[str, Any]) -> EventRow:
     env = _envelope(site, station, body)
     base = {"site": site, "station": station, **env}
     if kind in ("screening", "alarm") and not (kind == "alarm" and body.get("kind") == "outbox_overflow"):

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from station.centre.db import day_bounds
+from station.centre.db import dated_events, day_bounds
 
 OFFLINE_MIN_S = 600.0
 COUNTERS = (
@@ -47,21 +47,22 @@ COUNTERS = (
     "offline_over_10min",
 )
 
-PER_STATION_SQL = """
+# A record counts in the period of its true time: its clock-corrected time where it has one (db.dated_events).
+PER_STATION_SQL = f"""
 WITH decisions AS (
   SELECT DISTINCT ON (site, station, event_id) site, station, decision, alarm
-  FROM events WHERE ts >= %(start)s AND ts < %(end)s AND kind IN ('screening', 'alarm') AND event_id IS NOT NULL
+  FROM {dated_events("site, station, event_id, decision, alarm, kind", "kind IN ('screening', 'alarm') AND event_id IS NOT NULL")} d
   ORDER BY site, station, event_id, kind DESC)
 SELECT site, station, coalesce(decision, 'unknown'), count(*), count(*) FILTER (WHERE alarm) FROM decisions GROUP BY 1, 2, 3
 """
-OTHER_SQL = """
+OTHER_SQL = f"""
 SELECT site, station,
   count(DISTINCT event_id) FILTER (WHERE kind = 'visit' AND detail = 'outsider_vehicle'),
   count(DISTINCT event_id) FILTER (WHERE kind = 'vehicle' AND detail = 'outsider_vehicle'),
   count(DISTINCT event_id) FILTER (WHERE kind = 'visit'),
   count(DISTINCT event_id) FILTER (WHERE kind = 'visit' AND alarm),
   count(DISTINCT event_id) FILTER (WHERE kind = 'registration')
-FROM events WHERE ts >= %(start)s AND ts < %(end)s AND kind IN ('visit', 'vehicle', 'registration')
+FROM {dated_events("site, station, kind, detail, event_id, alarm", "kind IN ('visit', 'vehicle', 'registration')")} d
 GROUP BY 1, 2
 """
 MISSING_SQL = "SELECT site, station, sum(missing) FROM station_gaps WHERE next_ts >= %(start)s AND next_ts < %(end)s GROUP BY 1, 2"

@@ -19,13 +19,14 @@ import datetime as dt
 import io
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from station.centre.db import dated_events
 from station.codes.trace_key import DistrictKeyError, key_id_of, parse_key, trace_ref
 
 TRACE_ROLES = ("tracer", "admin")
@@ -51,23 +52,26 @@ CREATE TABLE IF NOT EXISTS trace_audit (
 );
 """
 
-SEEN_SQL = """
-SELECT ts, site, station, kind, event_id, decision, reason, temperature_c, code_colour, detail, trace_ref, trace_key FROM (
+# Times are true times: a record's clock-corrected time where a correction set one (db.dated_events), else its ts.
+_ROW = "site, station, kind, event_id, msg_id, decision, reason, temperature_c, code_colour, detail, trace_ref, trace_key"
+SEEN_SQL = f"""
+SELECT at, site, station, kind, event_id, decision, reason, temperature_c, code_colour, detail, trace_ref, trace_key FROM (
   SELECT DISTINCT ON (site, station, coalesce(event_id, msg_id)) *
-  FROM events
-  WHERE trace_ref = ANY(%s) AND ts >= %s AND ts < %s
+  FROM {dated_events(_ROW, "trace_ref = ANY(%(refs)s)")} d
   ORDER BY site, station, coalesce(event_id, msg_id), kind DESC) e
-ORDER BY ts LIMIT %s
+ORDER BY at LIMIT %(limit)s
 """
 # A screening and its alarm copy are one passage: DISTINCT ON keeps the screening row (kind DESC).
-FEVER_SQL = """
-SELECT ts, site, station, kind, event_id, decision, reason, temperature_c, code_colour, detail, trace_ref, trace_key FROM (
+_FEVER_WHERE = (
+    "site = %(site)s AND station = %(station)s AND kind IN ('screening', 'alarm') AND event_id IS NOT NULL"
+    " AND (decision = 'deny_fever' OR temperature_c >= %(fever_c)s)"
+)
+FEVER_SQL = f"""
+SELECT at, site, station, kind, event_id, decision, reason, temperature_c, code_colour, detail, trace_ref, trace_key FROM (
   SELECT DISTINCT ON (event_id) *
-  FROM events
-  WHERE site = %s AND station = %s AND ts >= %s AND ts < %s AND kind IN ('screening', 'alarm') AND event_id IS NOT NULL
-    AND (decision = 'deny_fever' OR temperature_c >= %s)
+  FROM {dated_events(_ROW, _FEVER_WHERE)} d
   ORDER BY event_id, kind DESC) e
-ORDER BY ts LIMIT %s
+ORDER BY at LIMIT %(limit)s
 """
 COLUMNS = (
     "ts",
@@ -163,7 +167,7 @@ def _run(
     params: dict[str, Any],
     reason: str | None,
     sql: str,
-    args: Sequence[Any],
+    args: Mapping[str, Any],
     problem: str | None = None,
 ) -> list[dict[str, Any]]:
     """Check who and why, read the answer and write its audit row in one transaction; a refusal is audited too."""
@@ -200,7 +204,8 @@ def where_seen(
     until = now or dt.datetime.now(dt.UTC)
     since = until - dt.timedelta(days=days)
     params = {"refs": wanted, "days": days, "from": since.isoformat(), "to": until.isoformat()}
-    return _run(conn, user, "where_seen", params, reason, SEEN_SQL, (wanted, since, until, MAX_ROWS), problem)
+    args = {"refs": wanted, "start": since, "end": until, "limit": MAX_ROWS}
+    return _run(conn, user, "where_seen", params, reason, SEEN_SQL, args, problem)
 
 
 def fever_passages(
@@ -221,7 +226,8 @@ def fever_passages(
     elif end - start > dt.timedelta(days=MAX_DAYS):
         problem = f"a window of at most {MAX_DAYS} days"
     params = {"site": site, "station": station, "from": start.isoformat(), "to": end.isoformat(), "fever_c": fever_c}
-    return _run(conn, user, "fever_passages", params, reason, FEVER_SQL, (site, station, start, end, fever_c, MAX_ROWS), problem)
+    args = {"site": site, "station": station, "start": start, "end": end, "fever_c": fever_c, "limit": MAX_ROWS}
+    return _run(conn, user, "fever_passages", params, reason, FEVER_SQL, args, problem)
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
