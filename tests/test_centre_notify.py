@@ -185,12 +185,9 @@ def notifier(url: str, clock: ManualClock, smtp_port: int | None, **kw: Any) -> 
         public_url="https://centre.example",
         webhook_secret=SECRET,
         smtp=("127.0.0.1", smtp_port) if smtp_port else None,
-        escalate_after_s=300,
-        retry_initial_s=5,
-        retry_max_s=60,
-        **kw,
+        **{"escalate_after_s": 300, "retry_initial_s": 5, "retry_max_s": 60, **kw},
     )
-    n = Notifier(url, opts, clock=clock.wall)
+    n = Notifier(url, opts, clock=clock.wall)  # sends at the clock's time: a retry waits until the test advances it
     n.open()
     return n
 
@@ -306,14 +303,21 @@ def test_alarm_and_outsider_reach_the_checkpoint_once_across_two_replicas_then_e
         ("outsider", "east/g1", 1),
     ]
 
-    # The gate's responder opens the link from the e-mail on the centre's web: who and when are recorded.
+    # The gate's responder opens the link from the e-mail on the centre's web (a scanner's GET changes nothing)
+    # and presses the button: who and when are recorded.
     app = _ack_app(one)
+    link = urllib.parse.urlparse(mail_link).path
     with TestClient(app) as client:
-        answer = client.get(urllib.parse.urlparse(mail_link).path)
-        assert answer.status_code == 200 and "Acknowledged" in answer.text and "responder:门岗" in answer.text
-        again = client.get(urllib.parse.urlparse(mail_link).path)
+        page = client.get(link)
+        assert page.status_code == 200 and "not acknowledged yet" in page.text and '<form method="post">' in page.text
+        assert rows(pg_url, "SELECT count(*) FROM centre_notices WHERE acked_at IS NOT NULL") == [(0,)]
+        answer = client.post(link)
+        assert answer.status_code == 200 and "Acknowledged: Alarm at gate-a/st-01" in answer.text and "responder:门岗" in answer.text
+        again = client.post(link)
         assert again.status_code == 200 and "Already acknowledged" in again.text
+        assert "Already acknowledged" in client.get(link).text and "<form" not in client.get(link).text
         assert client.get("/ack/forged.token").status_code == 404
+        assert client.post("/ack/forged.token").status_code == 404
     acked = rows(pg_url, "SELECT kind, acked_by, acked_at IS NOT NULL, escalate_at FROM centre_notices WHERE acked_at IS NOT NULL")
     assert acked == [("alarm", "responder:门岗", True, None)]
     assert rows(pg_url, "SELECT actor, action, target FROM centre_audit WHERE action = 'notify.ack'") == [
@@ -427,16 +431,15 @@ def test_other_systems_get_an_mqtt_message(pg_url: str, tmp_path: Path, hooks: W
         sub.on_connect = lambda c, u, f, rc, p: c.subscribe("checkpoint/v1/centre/notify/#", qos=1)
         sub.connect("127.0.0.1", broker.port)
         sub.loop_start()
-        publisher = MqttNotices(broker.url)
-        n = notifier(pg_url, ManualClock(wall=now), None)
-        n.mqtt = publisher
-        publisher.start()
+        n = notifier(pg_url, ManualClock(wall=now), None, interval_s=0.05, retry_initial_s=0.05)
+        n.clock = time.time  # the service's own clock: its retries come due by themselves
+        n.mqtt = MqttNotices(broker.url)
+        n.start()  # its own thread; sends before the MQTT link is up fail, are counted and retried
         try:
-            wait_until(lambda: publisher.client.is_connected() and sub.is_connected(), what="both clients connected")
-            n.cycle()
             wait_until(lambda: len(got) == 2, what="two notices over MQTT")
+            wait_until(lambda: len(hooks.received) == 2, what="the gate's two webhooks")
         finally:
-            publisher.stop()
+            n.stop()
             sub.loop_stop()
     topics = sorted(t for t, _ in got)
     assert topics == ["checkpoint/v1/centre/notify/alarm/gate-a/st-01", "checkpoint/v1/centre/notify/outsider/gate-a/st-01"]
@@ -454,7 +457,7 @@ def test_the_centre_serves_ack_links_when_notifications_are_configured(pg_url: s
     centre.notifier.open()
     assert centre.notifier.opts.smtp == ("127.0.0.1", 2525) and centre.notifier.opts.public_url == "http://127.0.0.1:8090"
     with TestClient(centre.app) as client:
-        answer = client.get("/ack/" + make_token(centre.notifier.secret, 99, "x", time.time() + 60))
+        answer = client.post("/ack/" + make_token(centre.notifier.secret, 99, "x", time.time() + 60))
         assert answer.status_code == 404 and "No such notice" in answer.text
         assert client.get("/ack/" + make_token(centre.notifier.secret, 99, "x", time.time() - 1)).status_code == 410
         assert client.get("/healthz").status_code in (200, 503)  # the rest of the centre is still there

@@ -273,7 +273,8 @@ class NotifyOptions:
     offline_after_s: float = 600.0
     ack_ttl_s: float = 86400.0
     interval_s: float = 2.0
-    lease_s: float = 60.0
+    batch: int = 8  # sends claimed per round
+    lease_s: float = 180.0  # longer than a batch can take (8 × the 10 s SMTP or 5 s webhook timeout, plus margin)
     max_attempts: int = 8
     retry_initial_s: float = 5.0
     retry_max_s: float = 600.0
@@ -552,8 +553,9 @@ class Notifier:
 
     # delivery
 
-    def deliver(self, limit: int = 50) -> int:
+    def deliver(self) -> int:
         """Claim the sends that are due (a lease, committed), send each, record the outcome; return how many went out."""
+        limit = self.opts.batch
         conn = self._connection()
         now = self.clock()
         with conn.transaction():
@@ -609,8 +611,9 @@ class Notifier:
                 )  # fmt: skip
                 continue
             conn.execute(
-                "UPDATE centre_notify_sends SET state = 'sent', sent_at = to_timestamp(%s), last_error = NULL WHERE id = %s",
-                (self.clock(), send_id),
+                "UPDATE centre_notify_sends SET state = 'sent', sent_at = to_timestamp(%s), last_error = NULL "
+                "WHERE id = %s AND claimed_by = %s",
+                (self.clock(), send_id, self.replica),
             )
             sent += 1
             self._count("sent")
@@ -661,6 +664,21 @@ class Notifier:
             raise SendError("mqtt_not_configured")
 
     # acknowledgement
+
+    def look(self, token: Any) -> tuple[int, dict[str, Any]]:
+        """Return what a link is about and whether it is acknowledged, changing nothing (the page a link opens)."""
+        checked = check_token(self.secret, token, self.clock())
+        if isinstance(checked, str):
+            return (410 if checked == "expired" else 404), {"error": checked}
+        with db.connect(self.db_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT kind, site, station, acked_by, extract(epoch FROM acked_at)::float8 FROM centre_notices WHERE id = %s",
+                (checked[0],),
+            ).fetchone()
+        if row is None:
+            return 404, {"error": "no_such_notice"}
+        keys = ("kind", "site", "station", "acked_by", "acked_at")
+        return 200, {"notice_id": checked[0], "responder": checked[1], **dict(zip(keys, row, strict=True))}
 
     def acknowledge(self, token: Any) -> tuple[int, dict[str, Any]]:
         """Record the acknowledgement a link carries; return an HTTP status and what happened (never raises for bad input)."""
@@ -714,9 +732,14 @@ def email_text(message: dict[str, Any]) -> tuple[str, str]:
     return f"[checkpoint] {title}: {where}", "\n".join(lines)
 
 
-def ack_page(status: int, result: dict[str, Any]) -> str:
-    """Return the small HTML page a responder sees after opening their link (every value escaped)."""
-    if status != 200:
+def ack_page(status: int, result: dict[str, Any], *, ask: bool = False) -> str:
+    """Return the small HTML page of a link (every value escaped); ``ask``: the not-yet-acknowledged page with its button."""
+    form = ""
+    if status == 200 and ask and not result.get("acked_at"):
+        what = f"{KIND_TITLES.get(result['kind'], 'notice')} at {result['site']}/{result['station']}"
+        text = f"{what}: not acknowledged yet. Acknowledge it as {result['responder']}?"
+        form = '<form method="post"><button type="submit">Acknowledge</button></form>'
+    elif status != 200:
         texts = {
             "expired": "This link has expired.",
             "no_such_notice": "No such notice.",
@@ -725,26 +748,30 @@ def ack_page(status: int, result: dict[str, Any]) -> str:
         text = texts.get(result.get("error", ""), "Not a valid link.")
     else:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(result["acked_at"])) if result.get("acked_at") else "?"
-        head = "Already acknowledged" if result["already"] else "Acknowledged"
+        head = "Already acknowledged" if result.get("already", ask) else "Acknowledged"
         what = f"{KIND_TITLES.get(result['kind'], 'notice')} at {result['site']}/{result['station']}"
         text = f"{head}: {what} — by {result['acked_by']} at {when}."
-    return f'<!doctype html><meta charset="utf-8"><title>Checkpoint centre</title><p>{html.escape(text)}</p>\n'
+    return f'<!doctype html><meta charset="utf-8"><title>Checkpoint centre</title><p>{html.escape(text)}</p>{form}\n'
 
 
 def ack_route(notifier: Notifier) -> Any:
-    """Return the Starlette route ``GET /ack/{token}`` that records a responder's acknowledgement."""
+    """Return the Starlette route ``/ack/{token}``: GET shows the notice and a button, POST records the acknowledgement.
+
+    Why not record on GET: mail scanners and chat previews open links before the person does; a
+    fetch by a scanner must not silence an alarm's escalation.
+    """
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import HTMLResponse
     from starlette.routing import Route
 
     async def ack(request: Request) -> HTMLResponse:
+        ask = request.method == "GET"
         try:
-            status, result = await run_in_threadpool(notifier.acknowledge, request.path_params["token"])
+            status, result = await run_in_threadpool(notifier.look if ask else notifier.acknowledge, request.path_params["token"])
         except psycopg.Error:
             return HTMLResponse(ack_page(503, {"error": "database"}), status_code=503)
-        return HTMLResponse(
-            ack_page(status, result), status_code=status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-        )
+        headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
+        return HTMLResponse(ack_page(status, result, ask=ask), status_code=status, headers=headers)
 
-    return Route("/ack/{token}", ack, methods=["GET"])
+    return Route("/ack/{token}", ack, methods=["GET", "POST"])
