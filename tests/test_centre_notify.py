@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 from starlette.testclient import TestClient
 
-from station.centre import db
+from station.centre import db, screen
 from station.centre import fleet as fl
 from station.centre.cli import centre as centre_cli
 from station.centre.notify import (
@@ -323,6 +323,9 @@ def test_alarm_and_outsider_reach_the_checkpoint_once_across_two_replicas_then_e
     assert rows(pg_url, "SELECT actor, action, target FROM centre_audit WHERE action = 'notify.ack'") == [
         ("responder:门岗", "notify.ack", "gate-a/st-01/alarm")
     ]
+    with db.connect(pg_url, autocommit=True) as conn:  # the big screen's alarm queue shows who acknowledged it
+        queue = screen.alarms(conn, dt.datetime.fromtimestamp(now - 3600, UTC))
+    assert [(a["event_id"], a["state"], a["ack_by"]) for a in queue] == [("ev-7", "acknowledged", "responder:门岗")]
 
     # Another escalate_after_s: only the outsider (not acknowledged) goes up to the town; then the district.
     clock.advance(301)
@@ -470,3 +473,31 @@ def test_the_centre_serves_ack_links_when_notifications_are_configured(pg_url: s
         Centre(opts)
     result = CliRunner().invoke(centre_cli, ["run", "--mqtt", "mqtt://127.0.0.1:1", "--db", pg_url, "--smtp", "h:25"])
     assert result.exit_code == 2 and "--notify-secret-file" in result.output
+
+
+@pytest.mark.slow
+def test_an_alarm_handled_on_the_screen_or_a_station_back_online_is_not_escalated(pg_url: str, hooks: Webhooks) -> None:
+    now = time.time()
+    clock = ManualClock(wall=now)
+    seed(pg_url, hooks.url, now)
+    offline_status(pg_url, now - 700)
+    n = notifier(pg_url, clock, None)
+    n.cycle()
+    assert rows(pg_url, "SELECT kind, level_path FROM centre_notices ORDER BY kind") == [
+        ("alarm", "east/g1/gate"),
+        ("offline", "east/g1/gate"),
+        ("outsider", "east/g1/gate"),
+    ]
+    with db.connect(pg_url, autocommit=True) as conn:
+        screen.acknowledge(conn, "gate-a", "st-01", "ev-7", "duty", "tracer")  # a tracer on the big screen
+    update = fl.parse_state("checkpoint/v1", "checkpoint/v1/gate-a/st-01/status", b'{"state": "online", "session": 2}', now + 1)
+    assert isinstance(update, fl.StateUpdate)
+    with db.connect(pg_url, autocommit=True) as conn:
+        fl.write_updates(conn, [update])
+    clock.advance(301)
+    n.cycle()
+    assert rows(pg_url, "SELECT kind, level_path, escalations, acked_by, escalate_at IS NULL FROM centre_notices ORDER BY kind") == [
+        ("alarm", "east/g1/gate", 0, "screen:duty", True),
+        ("offline", "east/g1/gate", 0, None, True),
+        ("outsider", "east/g1", 1, None, False),
+    ]

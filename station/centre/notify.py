@@ -519,6 +519,7 @@ class Notifier:
         now = self.clock()
         moved = 0
         with conn.transaction():
+            self._settled_elsewhere(conn, now)
             due = conn.execute(
                 """SELECT id, kind, site, station, checkpoint, level_path, escalations FROM centre_notices
                    WHERE escalate_at <= to_timestamp(%s) AND acked_at IS NULL
@@ -550,6 +551,26 @@ class Notifier:
                 )  # fmt: skip
         self._count("escalations", moved)
         return moved
+
+    def _settled_elsewhere(self, conn: psycopg.Connection[Any], now: float) -> None:
+        """Stop escalating what was settled without a link: an alarm handled on the big screen, a station back online."""
+        acked = conn.execute(
+            """UPDATE centre_notices n SET acked_by = 'screen:' || a.ack_by, acked_at = a.ack_at, escalate_at = NULL
+               FROM centre_alarms a
+               WHERE n.kind = 'alarm' AND n.acked_at IS NULL AND n.escalate_at <= to_timestamp(%s)
+                 AND a.site = n.site AND a.station = n.station AND a.event_id = n.ref""",
+            (now,),
+        ).rowcount
+        back = 0
+        if _has_table(conn, "station_status"):
+            back = conn.execute(
+                """UPDATE centre_notices n SET escalate_at = NULL FROM station_status s
+                   WHERE n.kind = 'offline' AND n.acked_at IS NULL AND n.escalate_at <= to_timestamp(%s)
+                     AND s.site = n.site AND s.station = n.station AND s.state = 'online'""",
+                (now,),
+            ).rowcount
+        if acked or back:
+            log.info("centre notices settled elsewhere: alarms handled on the screen=%d stations back online=%d", acked, back)
 
     # delivery
 
@@ -690,11 +711,21 @@ class Notifier:
         with db.connect(self.db_url) as conn, conn.transaction():
             done = conn.execute(
                 """UPDATE centre_notices SET acked_by = %s, acked_at = to_timestamp(%s), escalate_at = NULL
-                   WHERE id = %s AND acked_at IS NULL RETURNING kind, site, station""",
+                   WHERE id = %s AND acked_at IS NULL RETURNING kind, site, station, ref, event_ts""",
                 (actor, self.clock(), notice_id),
             ).fetchone()
             if done is not None:
                 db.audit(conn, actor, None, "notify.ack", f"{done[1]}/{done[2]}/{done[0]}", {"notice": notice_id})
+                if done[0] == "alarm":  # the big screen's queue shows it acknowledged too (by the responder)
+                    conn.execute(
+                        f"""INSERT INTO centre_alarms (site, station, event_id, event_ts, state, ack_by, ack_at)
+                            SELECT site, station, event_id, ts, 'acknowledged', %(actor)s, to_timestamp(%(now)s) FROM events
+                            WHERE site = %(site)s AND station = %(station)s AND event_id = %(ref)s AND {ALARM_WHERE}
+                              AND ts BETWEEN %(ts)s - interval '1 second' AND %(ts)s + interval '1 second'
+                            LIMIT 1
+                            ON CONFLICT DO NOTHING""",
+                        {"actor": actor, "now": self.clock(), "site": done[1], "station": done[2], "ref": done[3], "ts": done[4]},
+                    )
             row = conn.execute(
                 "SELECT kind, site, station, acked_by, extract(epoch FROM acked_at)::float8 FROM centre_notices WHERE id = %s", (notice_id,)
             ).fetchone()
