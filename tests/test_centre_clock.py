@@ -16,11 +16,13 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from station.board.auth import hash_password
 from station.centre import db, reports, tracing
 from station.centre.ingest import Ingestor
-from station.centre.parse import ClockCorrection, Rejected, parse_message
+from station.centre.parse import ClockCorrection, EventRow, Rejected, parse_message
 from station.ops.clock import ClockWatch
 from station.store.events import SqliteEventStore
 from tests.support.centre_messages import deliveries
@@ -242,3 +244,31 @@ def test_hostile_corrections_are_counted_and_dropped_and_one_station_cannot_date
         assert conn.execute("SELECT count(*) FROM events_misdated WHERE corrected_ts IS NOT NULL").fetchone() == (0,)
     assert _report(pg_url)["screened"] == 1
     writer.stop()
+
+
+JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["ts", "event_ids", "offset_ms", "seq_first", "x"]), c, max_size=6),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["clock", "screening", "vehicle", "visit", "registration", "alarm"]), JUNK, JUNK)
+def test_any_correction_or_unsynced_record_gives_a_verdict_never_a_parser_failure(kind: str, junk: object, ts: object) -> None:
+    bodies = [
+        json.loads(_clock_message(junk)),
+        json.loads(_clock_message(_good(offset_ms=junk, seq_first=ts, seq_last=junk, event_ids=[junk]))),
+        {"msg_id": "a" * 32, "seq": 3, "clock_synced": False, "ts": ts, "event": junk, "vehicle": junk, "visit": junk},
+        {"msg_id": "a" * 32, "seq": 3, "clock_synced": False, "ts": ts, kind: {"event_id": "ev-1", "ts": junk, "closed_ts": junk}},
+    ]
+    for body in bodies:
+        try:
+            payload = json.dumps(body).encode()
+        except ValueError:
+            continue
+        verdict = parse_message(P, f"{P}/gate-a/st-01/events/{kind}", payload)
+        assert isinstance(verdict, EventRow | ClockCorrection | Rejected)
+        assert not (isinstance(verdict, Rejected) and verdict.reason.startswith("parser_")), verdict
+        if isinstance(verdict, EventRow):
+            assert 0.0 <= verdict.ts <= 4.2e9
