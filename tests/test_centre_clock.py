@@ -160,6 +160,27 @@ def test_a_clock_a_day_behind_moves_its_records_from_yesterdays_count_to_todays(
     writer.stop()
 
 
+def test_past_2000_ids_the_seq_range_names_the_records_whichever_comes_first(pg_url: str, tmp_path: Path) -> None:
+    writer = Ingestor(pg_url, lambda d: True)
+    writer.open()
+    for station, correction_first in (("st-01", False), ("st-02", True)):
+        messages, _, _ = _station(tmp_path / f"{station}.db", 3, fever_at=-1)
+        records, (topic, payload) = _split(messages)
+        body = json.loads(payload)
+        body["correction"].update(event_ids=[], ids_complete=False)  # what a station sends when it had more than 2000 to name
+        records = [(t.replace("/st-01/", f"/{station}/"), p.replace(b'"st-01"', f'"{station}"'.encode())) for t, p in records]
+        correction = (topic.replace("/st-01/", f"/{station}/"), json.dumps(body).encode().replace(b'"st-01"', f'"{station}"'.encode()))
+        order = [correction, *records] if correction_first else [*records, correction]
+        for i, message in enumerate(order):  # one message a batch: the later one must find the earlier
+            assert writer.process(deliveries([message], start_mid=100 * i)) is not None
+    assert writer.stats()["clock_corrected"] == 6
+    report = _report(pg_url)
+    assert report["screened"] == 8 and report["missing_events"] == 0
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM events_misdated WHERE corrected_ts IS NULL").fetchone() == (0,)
+    writer.stop()
+
+
 def _clock_message(correction: object, **envelope: object) -> bytes:
     body = {"schema": 1, "msg_id": "a" * 32, "station_id": "st-01", "site": "gate-a", "seq": 5, "session": 1, "ts": TRUE_NOW}
     body.update(envelope)

@@ -257,7 +257,11 @@ WHERE e.clock_synced IS FALSE AND e.corrected_ts IS NULL AND NOT c.ids_complete 
   AND e.kind IN ({_SEQ_KINDS_SQL}) AND {{scope}}
 """
 SCOPE_CORRECTION = "e.site = %(site)s AND e.station = %(station)s AND c.correction_id = %(correction_id)s"
-SCOPE_ROWS = "e.msg_id = ANY(%(msg_ids)s)"
+SCOPE_ROWS = "e.msg_id = ANY(%(msg_ids)s) AND e.ts BETWEEN %(ts_min)s AND %(ts_max)s"  # the times prune the partitions
+STORED_CORRECTIONS = """
+SELECT count(*), count(*) FILTER (WHERE NOT ids_complete) FROM clock_corrections
+WHERE (site, station) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+"""
 
 
 def _lock_stations(conn: psycopg.Connection[Any], stations: Iterable[tuple[str, str]]) -> None:
@@ -270,10 +274,13 @@ def _lock_stations(conn: psycopg.Connection[Any], stations: Iterable[tuple[str, 
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CLOCK_LOCK, f"{site}/{station}"))
 
 
-def _apply(conn: psycopg.Connection[Any], scope: str, args: dict[str, Any]) -> int:
-    """Set ``corrected_ts`` on the stored records in ``scope`` that a stored correction names; return how many changed."""
+def _apply(conn: psycopg.Connection[Any], scope: str, args: dict[str, Any], *, by_seq: bool) -> int:
+    """Set ``corrected_ts`` on the stored records in ``scope`` that a stored correction names; return how many changed.
+
+    ``by_seq``: also by the seq range of corrections whose ids are incomplete (each UPDATE plans every partition).
+    """
     changed = 0
-    for sql in (APPLY_BY_ID, APPLY_BY_SEQ):
+    for sql in (APPLY_BY_ID, APPLY_BY_SEQ) if by_seq else (APPLY_BY_ID,):
         for table in ("events", "events_misdated"):
             changed += conn.execute(sql.format(table=table, scope=scope), args).rowcount
     return changed
@@ -311,7 +318,8 @@ def write_corrections(conn: psycopg.Connection[Any], corrections: Sequence[Clock
                        ON CONFLICT DO NOTHING""",
                     (c.site, c.station, c.correction_id, c.offset_ms, [r[1] for r in c.records], [r[0] for r in c.records]),
                 )
-            result.corrected += _apply(conn, SCOPE_CORRECTION, {"site": c.site, "station": c.station, "correction_id": c.correction_id})
+            scope = {"site": c.site, "station": c.station, "correction_id": c.correction_id}
+            result.corrected += _apply(conn, SCOPE_CORRECTION, scope, by_seq=not c.ids_complete)
     return result
 
 
@@ -492,8 +500,16 @@ def write_batch(
                 cur.execute(NEW_STATIONS, [[k[0] for k in fresh], [k[1] for k in fresh]])
         unsynced = [r for rows in (placed, misdated) for r in rows if r.clock_synced is False]
         if unsynced:  # rare (a station that booted without a clock): a correction that came first dates them now
-            _lock_stations(conn, ((r.site, r.station) for r in unsynced))
-            result.corrected = _apply(conn, SCOPE_ROWS, {"msg_ids": [r.msg_id for r in unsynced]})
+            stations = sorted({(r.site, r.station) for r in unsynced})
+            _lock_stations(conn, stations)
+            found = conn.execute(STORED_CORRECTIONS, ([k[0] for k in stations], [k[1] for k in stations])).fetchone()
+            if found is not None and found[0]:  # usually not: the correction follows its records
+                scope = {
+                    "msg_ids": [r.msg_id for r in unsynced],
+                    "ts_min": dt.datetime.fromtimestamp(min(r.ts for r in unsynced) - 1.0, dt.UTC),
+                    "ts_max": dt.datetime.fromtimestamp(max(r.ts for r in unsynced) + 1.0, dt.UTC),
+                }
+                result.corrected = _apply(conn, SCOPE_ROWS, scope, by_seq=bool(found[1]))
     known.update(fresh)
     for (kind,) in new:
         result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
