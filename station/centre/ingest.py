@@ -242,8 +242,9 @@ class Ingestor:
             self.dropped.update(rejected)
             self.last_commit_at = now
             self.last_ack_delay_s = max(now - d.received_wall for d in batch)
-            if rows:
-                self.last_event_age_s = max(0.0, now - max(r.ts for r in rows))
+            dated = [r.ts for r in rows if r.clock_synced is not False]  # a 1970 stamp is not a 56-year lag
+            if dated:
+                self.last_event_age_s = max(0.0, now - max(dated))
         for reason, n in rejected.items():
             total = self.dropped[reason]
             if total == n or total in (10, 100, 1000) or total % 10000 == 0:  # a hostile flood must not flood the journal too
