@@ -114,3 +114,30 @@ def test_verdict_records_the_direction_of_a_person_who_walked_up() -> None:
     v = screen(ln, Box(280 - 88, 100, 280 + 88, 320), 1.0)
     assert v is not None and v.face["direction"] == "entry"
     assert ln.directions.counts == {"entry": 1, "exit": 0}
+
+
+def _face(h: float, cx: float = 280.0) -> Box:
+    return Box(cx - h * 0.4, 210 - h / 2, cx + h * 0.4, 210 + h / 2)
+
+
+def test_a_walk_up_seen_in_two_far_frames_and_then_at_the_gate_is_one_entry() -> None:
+    # A loaded box skipped the frames between: 45 px, 75 px, then 209 px at the gate (a new track to
+    # the tracker). Travel is measured from 45 px, not from where they stood still.
+    ln = lane()
+    ln.on_faces(faces(0.0, _face(45)))
+    ln.on_faces(faces(0.2, _face(75)))
+    v = screen(ln, _face(209), 0.9)
+    assert v is not None and v.decision is Decision.PASS
+    assert v.face["track_id"] == 2  # the tracker did start a new track
+    assert ln.directions.counts == {"entry": 1, "exit": 0}
+
+
+def test_a_far_face_still_seen_beside_a_new_one_at_the_gate_keeps_its_own_travel() -> None:
+    # The person behind is in the same frame as the new face at the gate: two people, not one walk.
+    ln = lane()
+    behind = _face(60, cx=420)
+    ln.on_faces(faces(0.0, behind))
+    v = screen(ln, _face(209, cx=200), 0.2, behind)
+    assert v is not None
+    assert ln.directions.counts == {"entry": 0, "exit": 0}  # nobody travelled: nobody entered
+    assert ln.directions.direction_of(1) is None

@@ -16,6 +16,10 @@ never taken back, whatever it does in front of the camera. A track the gate did 
 (``refuse``) walked up and stepped aside: an entry counted for it is taken back (``refused`` counts
 it). Only tracks that reached the lane zone are counted (``update``'s ``countable``): someone walking
 past the far end of the lane, or turning back before reaching the zone, is in no count.
+
+A loaded box drops frames, and a face that jumps from far to near between two processed frames is a
+new track to the tracker: ``continues`` hands the old track's travel and count on to the new one, so
+the person's travel is measured from where they were first seen, not from where they stood still.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class DirectionCounter:
     _start: dict[int, float] = field(default_factory=dict)  # track id → position when first seen
     _farthest: dict[int, float] = field(default_factory=dict)  # track id → farthest position in the entry direction
     _committed: set[int] = field(default_factory=set)
+    _origin: dict[int, float] = field(default_factory=dict)  # track id → position its travel counts from (handed on)
 
     def update(self, tracks: list[Track], frame_size: tuple[int, int], countable: set[int] | None = None) -> list[tuple[int, str]]:
         """Count the tracks seen in one frame; return the (track id, direction) pairs counted or turned back just now.
@@ -130,17 +135,41 @@ class DirectionCounter:
                 continue
             if done is not None:
                 continue
-            p = passage(tr, g, frame_size)
+            p = self._passage(tr, pos, frame_size)
             if p is not None:
                 self._counted[tr.id] = p
                 self.counts[p] += 1
                 out.append((tr.id, p))
         if len(self._start) > 4096:  # ids only grow; old ones can never be seen again
             for tid in sorted(self._start)[:2048]:
-                for table in (self._counted, self._start, self._farthest):
+                for table in (self._counted, self._start, self._farthest, self._origin):
                     table.pop(tid, None)
                 self._committed.discard(tid)
         return out
+
+    def _passage(self, tr: Track, pos: float, frame_size: tuple[int, int]) -> str | None:
+        """Return the track's passage, measured from its handed-on origin when it continues another track."""
+        origin = self._origin.get(tr.id)
+        if origin is None:
+            return passage(tr, self.geometry, frame_size)
+        d = _moved(self.geometry, origin, pos)
+        if abs(d) < self.geometry.min_travel:
+            return None
+        return ENTRY if d > 0 else EXIT
+
+    def continues(self, new_id: int, old_id: int) -> None:
+        """Hand a lost track's travel and count on to a new track of the same person; the old one counts no more."""
+        if old_id not in self._start or new_id in self._counted:
+            return
+        self._origin[new_id] = self._origin.get(old_id, self._start[old_id])
+        self._start[new_id] = self._start[old_id]
+        self._farthest[new_id] = self._farthest[old_id]
+        done = self._counted.get(old_id)
+        if done is not None:
+            self._counted[new_id] = done
+        if old_id in self._committed:
+            self._committed.add(new_id)
+        self._counted[old_id] = SAME_PERSON
 
     def commit(self, track_id: int) -> None:
         """Mark a track as let through the gate: its count (if any) is never taken back."""

@@ -354,6 +354,8 @@ class ScreeningLane:
             if tr.hits == 1 and self._reacquired(tr):
                 self._done.add(tr.id)  # a decided person walking on, found again: decided (and counted) already
                 self.directions.same_person(tr.id)
+            elif tr.hits == 1 and (before := self._lost_approach(tr, obs.captured_t)) is not None:
+                self.directions.continues(tr.id, before)  # frames dropped while they walked up: one person's travel
         self.directions.update(tracks, obs.frame_size, self._in_lane)
         self._done &= set(self.tracker.tracks)  # ids are never reused: a forgotten track cannot come back
         self._one_at_a_time &= set(self.tracker.tracks)
@@ -399,6 +401,23 @@ class ScreeningLane:
             if old is not None and old is not new and new.box.height >= 0.9 * old.box.height and _touch(old.box, new.box):
                 return True
         return False
+
+    def _lost_approach(self, new: Track, t: float) -> int | None:
+        """Return the track a new face continues: not seen in this frame, undecided, smaller and in line with it.
+
+        On a loaded box whole frames are skipped; a person walking up is a small face in one processed
+        frame and a large one in the next, too far apart for the tracker to match. Their walk is one
+        travel through the lane, counted once.
+        """
+        best: Track | None = None
+        for old in self.tracker.tracks.values():
+            if old is new or old.last_t >= t or old.id in self._done:
+                continue
+            if old.box.height > new.box.height or abs(old.box.centre[0] - new.box.centre[0]) > new.box.width:
+                continue
+            if best is None or old.last_t > best.last_t:
+                best = old
+        return best.id if best is not None else None
 
     def _follow(self, track_id: int, face: FaceDetection, index: int, obs: FaceObservation) -> None:
         """Open or update the screening of one undecided person seen in the zone."""
