@@ -785,11 +785,12 @@ class StationApp:
             return bool(publisher.publish_direct(topic, payload, qos=0, retain=True))
 
         identity = {"station_id": cfg.station.id, "site": cfg.station.site}
-        self.snapshots = SnapshotPublisher(
-            frames, detector, publish, identity, SnapshotSettings(s.interval_s, s.max_width, s.quality, s.blur_faces)
-        )
+        settings = SnapshotSettings(s.interval_s, s.max_width, s.quality, s.blur_faces, s.watch_interval_s, s.watch_max_lease_s)
+        self.snapshots = SnapshotPublisher(frames, detector, publish, identity, settings)
         self.snapshots.start()
         self._push("snapshots", self.snapshots.stop)
+        if self.link is not None:  # the centre's signed `watch` raises the rate while someone looks
+            self.link.commands.snapshot_watch = self.snapshots.watch
 
     def _start_http(self, store: SqliteEventStore, pipeline: Pipeline) -> None:
         """Start the operator display; a port it cannot bind degrades the station, never stops it (the gate works without it)."""

@@ -443,6 +443,10 @@ class SnapshotsSection(Section):
     blur_faces: bool = Field(
         True, description="Blur every detected face (generously); false only where the site allows identifiable pictures"
     )
+    watch_interval_s: float = Field(
+        1.0, ge=0.5, le=3600.0, description="Seconds between snapshots while the centre watches (a signed `watch` lease)"
+    )
+    watch_max_lease_s: float = Field(60.0, ge=5.0, le=600.0, description="Longest watch lease the station grants; renewals extend it")
 
 
 class HttpSection(Section):

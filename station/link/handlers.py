@@ -123,7 +123,10 @@ class CommandHandlers:
             "command-keys": self.rotate_command_keys,
             "district-key": self.district_key,
             "alarm-ack": self.alarm_ack,
+            "watch": self.watch,
         }
+        # The snapshot publisher's watch (station/link/snapshots.py), set once snapshots run; None: snapshots off.
+        self.snapshot_watch: Callable[[float], dict[str, Any]] | None = None
 
     @staticmethod
     def _args(request: dict[str, Any]) -> dict[str, Any]:
@@ -272,6 +275,18 @@ class CommandHandlers:
             )
         except (DistrictKeyError, OSError) as exc:
             raise CommandError(f"district key refused, the current key stays: {exc}") from None
+
+    def watch(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Publish snapshots at the watched rate for ``args.lease_s`` seconds (someone at the centre has the picture open).
+
+        The lease ends by itself; the station caps it at ``snapshots.watch_max_lease_s``.
+        """
+        lease = self._args(request).get("lease_s")
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not math.isfinite(lease) or lease <= 0:
+            raise CommandError("args.lease_s must be a number of seconds > 0")
+        if self.snapshot_watch is None:
+            raise CommandError("snapshots are off at this station (snapshots.enabled, or no broker): nothing to watch")
+        return self.snapshot_watch(float(lease))
 
     def alarm_ack(self, request: dict[str, Any]) -> dict[str, Any]:
         """Record that the centre acknowledged or closed an alarm (``args.event_id``, ``state``, ``operator``, ``note``).

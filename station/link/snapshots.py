@@ -14,6 +14,13 @@ person moves), with a lower score threshold than screening uses, and each box is
 nothing. If the detector is unavailable (missing or corrupt model) the whole picture is blurred:
 the station fails closed, never open. Whatever ``blur_faces`` says, every 2-D code in the picture
 (a phone showing a health code) is blanked by ``drivers.codes.redact`` before encoding.
+
+Watching: while someone at the centre has a checkpoint's picture open, the centre sends a signed
+``watch`` command (station/link/handlers.py) and the publisher holds a *lease*: until it runs out it
+publishes every ``watch_interval_s`` instead of every ``interval_s``. The lease is a monotonic
+deadline capped at ``watch_max_lease_s``; a renewal extends it, nothing else does, so when the
+watcher goes away the rate falls back by itself. The pictures are rendered exactly as always (the
+same blur, the same code blanking): watching changes how often, never what.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ class SnapshotSettings:
     max_width: int = 320
     quality: int = 70
     blur_faces: bool = True
+    watch_interval_s: float = 1.0
+    watch_max_lease_s: float = 60.0
 
 
 def _blur_region(img: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> None:
@@ -169,6 +178,7 @@ class SnapshotPublisher:
         identity: dict[str, str],
         settings: SnapshotSettings,
         wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.frames = frames
         self.detector = detector
@@ -176,6 +186,9 @@ class SnapshotPublisher:
         self.identity = dict(identity)
         self.settings = settings
         self._wall = wall
+        self._monotonic = monotonic
+        self._watch_until = 0.0  # monotonic end of the centre's watch lease (0: nobody watching)
+        self._wake = threading.Event()  # a new lease cuts the idle wait short
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_seq: int | None = None
@@ -183,6 +196,31 @@ class SnapshotPublisher:
         self.skipped = 0
         self.errors = 0
         self.last_bytes = 0
+        self.watches = 0
+
+    def watch(self, lease_s: float) -> dict[str, Any]:
+        """Publish every ``watch_interval_s`` for ``lease_s`` more seconds (capped); return what was granted.
+
+        A lease never shortens one already held: two watchers renewing at different times keep the
+        longer. Raises ValueError for a lease that is not a positive finite number.
+        """
+        if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not lease_s > 0 or lease_s == float("inf"):
+            raise ValueError(f"lease_s {lease_s!r}: expected seconds > 0 (at most {self.settings.watch_max_lease_s:g})")
+        granted = min(float(lease_s), self.settings.watch_max_lease_s)
+        self._watch_until = max(self._watch_until, self._monotonic() + granted)
+        self.watches += 1
+        self._wake.set()
+        return {"lease_s": round(granted, 3), "interval_s": self.current_interval(), "idle_interval_s": self.settings.interval_s}
+
+    def watched(self) -> bool:
+        """Return whether a watch lease is running now."""
+        return self._monotonic() < self._watch_until
+
+    def current_interval(self) -> float:
+        """Return the seconds between snapshots now: ``watch_interval_s`` under a lease, else ``interval_s``."""
+        if self.watched():
+            return min(self.settings.watch_interval_s, self.settings.interval_s)
+        return self.settings.interval_s
 
     def start(self) -> None:
         """Start publishing on its own thread."""
@@ -192,13 +230,21 @@ class SnapshotPublisher:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread (waiting at most ``timeout`` s)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
 
     def stats(self) -> dict[str, int]:
         """Return the snapshots published, skipped and failed, and the size of the last JPEG."""
-        return {"published": self.published, "skipped": self.skipped, "errors": self.errors, "last_bytes": self.last_bytes}
+        return {
+            "published": self.published,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "last_bytes": self.last_bytes,
+            "watches": self.watches,
+            "watched": int(self.watched()),
+        }
 
     def publish_once(self) -> bool:
         """One snapshot now (also used by tests); False when there is no new frame or no link."""
@@ -224,9 +270,18 @@ class SnapshotPublisher:
             self.settings.blur_faces,
         )
         # The first one soon after start, so a board sees the checkpoint without waiting a period.
-        wait = min(1.0, self.settings.interval_s)
-        while not self._stop.wait(wait):
-            wait = self.settings.interval_s
+        due = self._monotonic() + min(1.0, self.settings.interval_s)
+        last = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, due - self._monotonic()))
+            if self._wake.is_set():  # a new lease (or stop): the next picture is due one watched interval after the last
+                self._wake.clear()
+                due = min(due, last + self.current_interval())
+                continue
+            if self._stop.is_set():
+                break
+            last = self._monotonic()
+            due = last + self.current_interval()
             try:
                 self.publish_once()
             except Exception:  # logged and counted; the next period tries again
