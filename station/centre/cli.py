@@ -80,6 +80,13 @@ def centre() -> None:
     help="Seconds without an acknowledgement before the next level up the tree is told",
 )
 @click.option("--notify-url", default=None, help="The centre's web as responders reach it (ack links); default --public-origin")
+@click.option(
+    "--district-key-file",
+    "district_key_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A district key file (repeatable: each key still in the kept data); the tracing page hashes typed values with it",
+)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 def run(
     mqtt_url: str,
@@ -102,6 +109,7 @@ def run(
     mail_from: str,
     escalate_after: float,
     notify_url: str | None,
+    district_key_files: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Take every station's events from the broker and store them in PostgreSQL (one replica)."""
@@ -140,6 +148,7 @@ def run(
         mail_from=mail_from,
         escalate_after_s=escalate_after,
         notify_url=notify_url,
+        district_key_files=district_key_files,
     )
     try:
         centre = run_centre(opts)

@@ -12,7 +12,9 @@ Every page and endpoint needs a session (station/centre/auth.py) except ``/login
 * ``POST /api/alarms/close`` ``{site, station, event_id, note}`` — **tracer**; both are mirrored to the
   station as a signed ``alarm-ack`` command when the centre has a command key (station/centre/mirror.py);
 * ``GET /api/tree`` — the registry's TOML and version; ``POST /api/tree/edit`` ``{version, op, …}`` — **admin**;
-* ``GET /api/audit`` — **admin**: the newest audit rows.
+* ``GET /api/audit`` — **admin**: the newest audit rows;
+* ``/trace`` and ``/api/trace/…`` — **tracer**: tracing, audited (station/centre/page_trace.py);
+* ``/reports`` and ``/api/reports`` — day and week reports per tree level, printable, CSV (station/centre/page_reports.py).
 
 Changes are JSON POSTs only (a cross-site form cannot send ``application/json`` without a
 preflight), refused from a cross-site ``Origin``/``Sec-Fetch-Site``, and the cookie is
@@ -46,6 +48,8 @@ from station.board.schema import EVENT_ID, SEGMENT
 from station.board.web import LOGIN_ERRORS, SecurityHeaders
 from station.centre import screen
 from station.centre.auth import COOKIE, CentreSessions, CentreUsers, allowed, cookie_header
+from station.centre.page_reports import report_routes
+from station.centre.page_trace import trace_routes
 from station.centre.tree import TreeError, parse_tree
 from station.ops.ratelimit import RateLimiter
 
@@ -77,6 +81,7 @@ class Screen:
     clock: Callable[[], float] = time.time
     failures: int = 0
     mirror: Any = None  # station/centre/mirror.py AlarmMirror: tells the station its alarm was handled
+    district_keys: tuple[Any, ...] = ()  # tracing.DistrictKey from --district-key-file: a typed value becomes references here
 
     def mirror_to_station(self, key: tuple[str, str, str], state: str, operator: str, note: str | None = None) -> str | None:
         """Send the station a signed ``alarm-ack`` if a mirror is configured; return its command id (None: not sent)."""
@@ -367,6 +372,8 @@ def create_screen_app(sc: Screen) -> ASGIApp:
             Route("/api/tree", tree_get),
             Route("/api/tree/edit", tree_edit, methods=["POST"]),
             Route("/api/audit", audit),
+            *trace_routes(sc, need, json_body),
+            *report_routes(sc, need),
         ]
     )
     return SecurityHeaders(app)

@@ -55,6 +55,7 @@ class CentreOptions:
     mail_from: str = "checkpoint-centre@localhost"
     escalate_after_s: float = 600.0  # unacknowledged this long: the next level up is told
     notify_url: str | None = None  # the centre's web as responders reach it (ack links); default public_origin or http://host:port
+    district_key_files: tuple[str, ...] = ()  # the key officer's district key file(s): the tracing page hashes typed values with them
 
 
 class Centre:
@@ -62,6 +63,7 @@ class Centre:
 
     def __init__(self, opts: CentreOptions) -> None:
         self.opts = opts
+        district_keys = self._district_keys(opts)  # first: a bad key file is a usage error before anything is built
         self.subscriber: CentreSubscriber | None = None
         self.writer = Ingestor(
             opts.db_url,
@@ -99,7 +101,7 @@ class Centre:
                 password=opts.password,
                 tls_ca=opts.tls_ca,
             )
-        self.screen = Screen(opts.db_url, public_origin=opts.public_origin)
+        self.screen = Screen(opts.db_url, public_origin=opts.public_origin, district_keys=district_keys)
         if opts.command_key:
             from station.centre.mirror import AlarmMirror
 
@@ -122,6 +124,17 @@ class Centre:
             from station.centre.notify import ack_route
 
             self.app = Starlette(routes=[ack_route(self.notifier), Mount("/", app=self.app)])
+
+    @staticmethod
+    def _district_keys(opts: CentreOptions) -> tuple[Any, ...]:
+        """Read the district key files (never copied into the database); raise ``ValueError`` naming a bad one."""
+        from station.centre.tracing import load_key_file
+        from station.codes.trace_key import DistrictKeyError
+
+        try:
+            return tuple(load_key_file(Path(f)) for f in opts.district_key_files)
+        except DistrictKeyError as exc:
+            raise ValueError(f"--district-key-file {exc}") from None
 
     @staticmethod
     def _notifier(opts: CentreOptions) -> Any:

@@ -192,9 +192,16 @@ def _run(
 
 
 def where_seen(
-    conn: psycopg.Connection[Any], user: str, reason: str | None, refs: Iterable[str], *, days: int, now: dt.datetime | None = None
+    conn: psycopg.Connection[Any],
+    user: str,
+    reason: str | None,
+    refs: Iterable[str],
+    *,
+    days: int,
+    now: dt.datetime | None = None,
+    export: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Return every passage of these references in the last ``days`` days, oldest first (audited)."""
+    """Return every passage of these references in the last ``days`` days, oldest first (audited; ``export``: e.g. ``csv``)."""
     wanted = sorted({r.strip().lower() for r in refs})[:64]
     problem = None
     if not wanted or not all(REF.match(r) for r in wanted):
@@ -203,7 +210,9 @@ def where_seen(
         problem = f"days {days}: 1-{MAX_DAYS}"
     until = now or dt.datetime.now(dt.UTC)
     since = until - dt.timedelta(days=days)
-    params = {"refs": wanted, "days": days, "from": since.isoformat(), "to": until.isoformat()}
+    params: dict[str, Any] = {"refs": wanted, "days": days, "from": since.isoformat(), "to": until.isoformat()}
+    if export:
+        params["export"] = export
     args = {"refs": wanted, "start": since, "end": until, "limit": MAX_ROWS}
     return _run(conn, user, "where_seen", params, reason, SEEN_SQL, args, problem)
 
@@ -218,14 +227,17 @@ def fever_passages(
     end: dt.datetime,
     *,
     fever_c: float = DEFAULT_FEVER_C,
+    export: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Return who passed ``site/station`` between ``start`` and ``end`` with a fever (denied for it, or at least ``fever_c``)."""
+    """Return who passed ``site/station`` between ``start`` and ``end`` with a fever (denied for it, or at least ``fever_c``; audited)."""
     problem = None
     if end <= start:
         problem = "the end of the window must be after its start"
     elif end - start > dt.timedelta(days=MAX_DAYS):
         problem = f"a window of at most {MAX_DAYS} days"
-    params = {"site": site, "station": station, "from": start.isoformat(), "to": end.isoformat(), "fever_c": fever_c}
+    params: dict[str, Any] = {"site": site, "station": station, "from": start.isoformat(), "to": end.isoformat(), "fever_c": fever_c}
+    if export:
+        params["export"] = export
     args = {"site": site, "station": station, "start": start, "end": end, "fever_c": fever_c, "limit": MAX_ROWS}
     return _run(conn, user, "fever_passages", params, reason, FEVER_SQL, args, problem)
 
@@ -249,10 +261,12 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def audit_log(conn: psycopg.Connection[Any], limit: int = 100) -> list[dict[str, Any]]:
-    """Return the newest audit rows (for an admin)."""
+def audit_log(conn: psycopg.Connection[Any], limit: int = 100, user: str | None = None) -> list[dict[str, Any]]:
+    """Return the newest audit rows (for an admin; ``user``: only that user's own)."""
     cur = conn.execute(
-        "SELECT id, at, username, role, query, params, reason, ok, rows, error FROM trace_audit ORDER BY id DESC LIMIT %s", (limit,)
+        "SELECT id, at, username, role, query, params, reason, ok, rows, error FROM trace_audit"
+        " WHERE %(user)s::text IS NULL OR username = %(user)s ORDER BY id DESC LIMIT %(limit)s",
+        {"user": user, "limit": limit},
     )
     cols = [c.name for c in cur.description or ()]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]

@@ -264,6 +264,8 @@ async function start() {
   state.user = me.user;
   document.getElementById("who").textContent = me.user + " (" + me.role + ")";
   document.body.dataset.role = me.role;
+  const traceLink = document.getElementById("nav-trace");  // tracing is for tracer and admin only (the API says 403 too)
+  if (RANK[me.role] >= RANK.tracer) traceLink.hidden = false; else traceLink.remove();
   setupAdmin();
   await refresh();
   setInterval(refresh, REFRESH_MS);
