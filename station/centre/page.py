@@ -13,6 +13,7 @@ Every page and endpoint needs a session (station/centre/auth.py) except ``/login
   station as a signed ``alarm-ack`` command when the centre has a command key (station/centre/mirror.py);
 * ``GET /api/tree`` — the registry's TOML and version; ``POST /api/tree/edit`` ``{version, op, …}`` — **admin**;
 * ``GET /api/audit`` — **admin**: the newest audit rows;
+* ``/fleet``, ``/api/fleet…`` — the fleet along the tree; signed pushes — **admin** (station/centre/page_fleet.py);
 * ``/trace`` and ``/api/trace/…`` — **tracer**: tracing, audited (station/centre/page_trace.py);
 * ``/reports`` and ``/api/reports`` — day and week reports per tree level, printable, CSV (station/centre/page_reports.py).
 
@@ -48,6 +49,7 @@ from station.board.schema import EVENT_ID, SEGMENT
 from station.board.web import LOGIN_ERRORS, SecurityHeaders
 from station.centre import screen
 from station.centre.auth import COOKIE, CentreSessions, CentreUsers, allowed, cookie_header
+from station.centre.page_fleet import fleet_routes
 from station.centre.page_reports import report_routes
 from station.centre.page_trace import trace_routes
 from station.centre.tree import TreeError, parse_tree
@@ -372,6 +374,7 @@ def create_screen_app(sc: Screen) -> ASGIApp:
             Route("/api/tree", tree_get),
             Route("/api/tree/edit", tree_edit, methods=["POST"]),
             Route("/api/audit", audit),
+            *fleet_routes(sc, need),
             *trace_routes(sc, need, json_body),
             *report_routes(sc, need),
         ]

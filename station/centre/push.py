@@ -17,7 +17,10 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from station.ops.mqtt_url import MqttEndpoint
 
 log = logging.getLogger("station.centre.push")
 
@@ -64,7 +67,7 @@ def result_summary(command: str, result: Any) -> Any:
 
 
 def push(
-    mqtt_url: str,
+    mqtt_url: str | MqttEndpoint,
     key: Any,
     targets: Sequence[tuple[str, str]],
     command: str,
@@ -75,8 +78,12 @@ def push(
     username: str | None = None,
     password: str | None = None,
     wait_s: float = RESULT_WAIT_S,
+    tls_ca: str | None = None,
 ) -> list[PushOutcome]:
-    """Sign and publish ``command`` to every target, wait for their results (up to ``wait_s`` in all); return one outcome each."""
+    """Sign and publish ``command`` to every target, wait for their results (up to ``wait_s`` in all); return one outcome each.
+
+    ``mqtt_url`` is a URL or an already parsed endpoint (the screen passes its alarm mirror's).
+    """
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
@@ -86,7 +93,7 @@ def push(
     if command not in PUSH_COMMANDS:
         raise ValueError(f"command {command!r}: one of {', '.join(PUSH_COMMANDS)}")
     p = prefix.rstrip("/")
-    endpoint = parse_mqtt_url(mqtt_url).with_credentials(username, password)
+    endpoint = (parse_mqtt_url(mqtt_url) if isinstance(mqtt_url, str) else mqtt_url).with_credentials(username, password)
     answers: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
     subscribed = threading.Event()
@@ -105,7 +112,7 @@ def push(
     if endpoint.username is not None:
         client.username_pw_set(endpoint.username, endpoint.password)
     if endpoint.tls:
-        client.tls_set()
+        client.tls_set(ca_certs=tls_ca)
     client.on_message = on_message
     client.on_connect = lambda c, u, f, rc, pr: connected.set() if not rc.is_failure else None
     client.on_subscribe = lambda *a: subscribed.set()
