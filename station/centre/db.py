@@ -85,6 +85,10 @@ CREATE TABLE IF NOT EXISTS events_misdated (
 ALTER TABLE events ADD COLUMN IF NOT EXISTS trace_ref text, ADD COLUMN IF NOT EXISTS trace_key text;
 ALTER TABLE events_misdated ADD COLUMN IF NOT EXISTS trace_ref text, ADD COLUMN IF NOT EXISTS trace_key text;
 CREATE INDEX IF NOT EXISTS events_trace ON events (trace_ref, ts) WHERE trace_ref IS NOT NULL;
+-- A screening's time at the gate (the station's latency_ms.total: entering the zone -> decision), for
+-- the screen's wait-time chart (station/centre/wait.py); added to databases made before it.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS wait_ms real;
+ALTER TABLE events_misdated ADD COLUMN IF NOT EXISTS wait_ms real;
 -- Clock corrections (events/clock): the original ts stays; corrected_ts is set on the records a
 -- correction names (those stamped clock_synced false), and reports date a record by it where set.
 ALTER TABLE events ADD COLUMN IF NOT EXISTS corrected_ts timestamptz;
@@ -182,6 +186,7 @@ _COLUMNS = (
     "clock_synced",
     "trace_ref",
     "trace_key",
+    "wait_ms",
 )
 _TYPES = (
     "float8",
@@ -203,6 +208,7 @@ _TYPES = (
     "bool",
     "text",
     "text",
+    "float4",
 )
 _SELECT = ", ".join("to_timestamp(ts)" if c == "ts" else c for c in _COLUMNS)
 # Each batch is COPYed (binary) into a per-connection temporary table, then moved with one INSERT …

@@ -11,6 +11,8 @@ Every page and endpoint needs a session (station/centre/auth.py) except ``/login
 * ``POST /api/alarms/ack`` ``{site, station, event_id}`` — **tracer**;
 * ``POST /api/alarms/close`` ``{site, station, event_id, note}`` — **tracer**; both are mirrored to the
   station as a signed ``alarm-ack`` command when the centre has a command key (station/centre/mirror.py);
+* ``GET /api/snapshot``, ``/api/live``, ``POST /api/watch``, ``GET /api/wait`` — a tile's live picture and the
+  wait-time chart (station/centre/page_live.py);
 * ``GET /api/tree`` — the registry's TOML and version; ``POST /api/tree/edit`` ``{version, op, …}`` — **admin**;
 * ``GET /api/audit`` — **admin**: the newest audit rows;
 * ``/fleet``, ``/api/fleet…`` — the fleet along the tree; signed pushes — **admin** (station/centre/page_fleet.py);
@@ -50,6 +52,7 @@ from station.board.web import LOGIN_ERRORS, SecurityHeaders
 from station.centre import screen
 from station.centre.auth import COOKIE, CentreSessions, CentreUsers, allowed, cookie_header
 from station.centre.page_fleet import fleet_routes
+from station.centre.page_live import routes as live_routes
 from station.centre.page_reports import report_routes
 from station.centre.page_trace import trace_routes
 from station.centre.tree import TreeError, parse_tree
@@ -62,6 +65,8 @@ FILES = {
     "centre.js": "text/javascript; charset=utf-8",
     "chart.umd.min.js": "text/javascript; charset=utf-8",
     "centre.css": "text/css; charset=utf-8",
+    "live.js": "text/javascript; charset=utf-8",
+    "live.css": "text/css; charset=utf-8",
 }
 BODY_MAX = 16384
 ALARM_WINDOW_S = 48 * 3600
@@ -83,6 +88,7 @@ class Screen:
     clock: Callable[[], float] = time.time
     failures: int = 0
     mirror: Any = None  # station/centre/mirror.py AlarmMirror: tells the station its alarm was handled
+    live: Any = None  # station/centre/live.py LiveHub: the stations' latest pictures and the watch leases
     district_keys: tuple[Any, ...] = ()  # tracing.DistrictKey from --district-key-file: a typed value becomes references here
 
     def mirror_to_station(self, key: tuple[str, str, str], state: str, operator: str, note: str | None = None) -> str | None:
@@ -374,6 +380,7 @@ def create_screen_app(sc: Screen) -> ASGIApp:
             Route("/api/tree", tree_get),
             Route("/api/tree/edit", tree_edit, methods=["POST"]),
             Route("/api/audit", audit),
+            *live_routes(sc, need, json_body),
             *fleet_routes(sc, need),
             *trace_routes(sc, need, json_body),
             *report_routes(sc, need),

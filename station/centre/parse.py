@@ -52,6 +52,8 @@ TRACE_KEY = re.compile(r"^[0-9a-f]{16}$")
 MAX_CLOCK_PAYLOAD = 256 * 1024
 """A correction names up to 2000 ids of up to 80 characters (``station.ops.clock.MAX_IDS``): more than an event's cap."""
 MAX_CORRECTION_IDS = 2000
+WAIT_MS_MAX = 3_600_000.0
+"""A screening's time at the gate above an hour is not a wait but a broken stamp: not kept (the row is)."""
 OFFSET_MS_MAX = 80 * 366 * 86_400_000
 """A correction moves records by at most 80 years either way (a 1970 boot to today is 56)."""
 UNSYNCED_TS_RANGE = (0.0, schema.TS_RANGE[1])
@@ -82,6 +84,7 @@ class EventRow:
     clock_synced: bool | None = None
     trace_ref: str | None = None  # the holder (screening) or plate (vehicle, visit) under the district key
     trace_key: str | None = None  # that key's id
+    wait_ms: float | None = None  # screening/alarm: the station's latency_ms.total (entering the zone -> decision)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +278,8 @@ def _typed_row(site: str, station: str, kind: str, body: dict[str, Any]) -> Even
         raw = body.get("event")
         colour = schema.enum(raw.get("code_colour"), CODE_COLOURS) if isinstance(raw, dict) else None
         trace_ref, trace_key = _trace(raw.get("code"), "trace_ref") if isinstance(raw, dict) else (None, None)
+        latency = raw.get("latency_ms") if isinstance(raw, dict) else None
+        wait_ms = schema.number(latency.get("total"), 0.0, WAIT_MS_MAX) if isinstance(latency, dict) else None
         return EventRow(
             ts=event["ts"],
             kind=kind,
@@ -287,6 +292,7 @@ def _typed_row(site: str, station: str, kind: str, body: dict[str, Any]) -> Even
             decision_source=event["decision_source"],
             trace_ref=trace_ref,
             trace_key=trace_key,
+            wait_ms=wait_ms,
             **base,
         )
     ts = schema.timestamp(body.get("ts"))

@@ -114,6 +114,19 @@ class Centre:
                 password=opts.password,
                 tls_ca=opts.tls_ca,
             )
+        from station.centre.live import LiveHub
+
+        # Every replica holds every station's latest picture (an ordinary subscription) and, with a command
+        # key, sends the signed `watch` leases while someone has a picture open (station/centre/live.py).
+        self.screen.live = LiveHub(
+            opts.mqtt_url,
+            prefix=opts.prefix,
+            key_path=Path(opts.command_key) if opts.command_key else None,
+            signer=opts.command_signer,
+            username=opts.username,
+            password=opts.password,
+            tls_ca=opts.tls_ca,
+        )
         self.app: Any = create_app(self.subscriber.stats, self.writer.stats, create_screen_app(self.screen))
         self.notifier: Any = None
         if opts.notify_secret_file:
@@ -183,6 +196,7 @@ class Centre:
         self.subscriber.start()
         if self.screen.mirror is not None:
             self.screen.mirror.start()
+        self.screen.live.start()
         if self.fleet_writer is not None and self.fleet_subscriber is not None:
             with connect(self.opts.db_url) as conn, conn.transaction():
                 ddl_lock(conn)  # two replicas starting together would race on CREATE … IF NOT EXISTS
@@ -214,6 +228,7 @@ class Centre:
             self.subscriber.stop()
         if self.screen.mirror is not None:
             self.screen.mirror.stop()
+        self.screen.live.stop()
         self.screen.close()
         log.info("centre stopped stats=%s", self.writer.stats())
 
