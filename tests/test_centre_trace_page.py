@@ -347,3 +347,17 @@ def test_the_report_api_counts_as_the_cli_report_per_tree_level_and_as_csv(trace
     assert bad.status_code == 400 and bad.json()["field"] == "day"
     assert viewer.get("/api/reports", params={"week": "2026-W60"}).json()["field"] == "week"
     assert viewer.get("/api/reports", params={"day": today, "format": "pdf"}).json()["field"] == "format"
+
+
+def test_run_reads_the_district_key_files_and_refuses_a_bad_one_before_connecting(tmp_path: Any) -> None:
+    from station.centre.run import Centre, CentreOptions
+
+    good = tmp_path / "district-v1.json"
+    good.write_text(json.dumps({"version": 1, "key": KEY1.hex()}))
+    opts = CentreOptions(mqtt_url="mqtt://127.0.0.1:1", db_url="postgresql://nobody@127.0.0.1:1/none", district_key_files=(str(good),))
+    assert [k.key_id for k in Centre(opts).screen.district_keys] == [key_id_of(KEY1)]
+    (tmp_path / "short.json").write_text(json.dumps({"key": "ab" * 8}))
+    for bad in ("short.json", "missing.json"):
+        argv = ["run", "--mqtt", "mqtt://127.0.0.1:1", "--db", "postgresql://nobody@127.0.0.1:1/none"]
+        result = CliRunner().invoke(centre, [*argv, "--district-key-file", str(tmp_path / bad)])
+        assert result.exit_code == 2 and f"--district-key-file {tmp_path / bad}" in result.output, result.output
