@@ -25,6 +25,7 @@ import binascii
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,19 +418,23 @@ def fleet_routes(sc: Any, need: Need) -> list[Route]:
         targets = await run_in_threadpool(resolve, req)
         if isinstance(targets, Invalid):
             return refuse(targets.field, targets.message)
+        started = time.monotonic()
         outcomes = await run_in_threadpool(send, req, targets, session)
+        elapsed_ms = round(1000 * (time.monotonic() - started))
         await run_in_threadpool(record, req, outcomes, session)
         log.info(
-            "push from the page user=%s command=%s stations=%d ok=%d",
+            "push from the page user=%s command=%s stations=%d ok=%d elapsed_ms=%d",
             session.user,
             req.command,
             len(outcomes),
             sum(1 for o in outcomes if o.ok),
+            elapsed_ms,
         )
         return JSONResponse(
             {
                 "command": req.command,
                 "ok": all(o.ok for o in outcomes),
+                "elapsed_ms": elapsed_ms,
                 "args": pu.args_summary(req.command, req.args),
                 "outcomes": push_outcomes_json(req.command, outcomes),
             }

@@ -271,6 +271,8 @@ async function submitPush(ev) {
   try {
     const result = await api("/api/fleet/push", body);
     showResults(result.outcomes);
+    document.getElementById("push-error").textContent = "";
+    document.getElementById("push-elapsed").textContent = result.outcomes.length + " stations answered or timed out in " + result.elapsed_ms + " ms";
   } catch (e) {
     err.textContent = e.message;
   } finally {
