@@ -52,6 +52,7 @@ function fillTable(table, columns, rows, onRow) {
     for (const [key] of columns) {
       let v = row[key];
       if (v !== null && typeof v === "object") v = JSON.stringify(v);
+      else if ((key === "ts" || key === "at") && typeof v === "string") v = v.replace("T", " ").replace(/\.\d+/, "");  // UTC, to the second
       r.append(el("td", "c-" + key, v === null || v === undefined ? "" : v));
     }
     if (onRow) r.append(onRow(row));
