@@ -204,3 +204,53 @@ def test_without_a_command_key_an_admin_is_told_pushes_are_unavailable_and_hosti
     assert client.post("/api/fleet/push", content=b"{}", headers={**ORIGIN, "content-type": "text/plain"}).status_code == 415
     assert client.post("/api/fleet/push", json=OK, headers={"Origin": "https://evil.example"}).status_code == 403
     assert client.get("/api/fleet/pushes").json() == {"pushes": []}, "refused requests were not signed, sent or audited as pushes"
+
+
+@pytest.mark.slow
+def test_an_admin_pushes_plates_to_a_tree_node_and_a_signed_trust_list_to_a_station_each_answered_and_audited(
+    screen_app: tuple[Screen, TestClient], pg_url: str, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from station.centre.mirror import AlarmMirror
+    from station.link.command_auth import private_pem
+    from station.store import residents
+    from tests.support.command_rig import Rig
+
+    sc, client = screen_app
+    list_signer = ec.generate_private_key(ec.SECP256R1())
+    signer_pem = tmp_path / "trust-signer.pem"
+    signer_pem.write_bytes(
+        list_signer.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    rig = Rig(tmp_path, trust_list_signer=signer_pem)  # the real command link of gate-a/st-01 on mosquitto
+    try:
+        (tmp_path / "centre.key").write_bytes(private_pem(rig.key))
+        sc.mirror = AlarmMirror(rig.broker.url, tmp_path / "centre.key")  # its key and broker; a push opens its own connection
+        login(client, ADMIN)
+        plates = {"plates": ["浙A12345", "浙B54321"], "version": 5}
+        body = {"command": "resident-plates", "node": "east", "reason": "weekly resident list", "file": json.dumps(plates)}
+        sent = client.post("/api/fleet/push", json=body, headers=ORIGIN).json()
+        assert sent["ok"] is True and sent["args"] == {"version": 5, "plates": 2}
+        assert [(o["site"], o["station"], o["ok"], o["result"]) for o in sent["outcomes"]] == [
+            ("gate-a", "st-01", True, {"count": 2, "version": 5, "previous_version": 0})
+        ], "the node's one known station, and only what the audit keeps of its answer"
+        assert residents.version(residents.resident_path(rig.data)) == 5
+        doc = sign_document([certificate_entry(demo_issuer().cert_der)], 3, list_signer)
+        trust = {"command": "trust-list", "station": "gate-a/st-01", "reason": "new issuer certificate", "file": json.dumps(doc)}
+        first = client.post("/api/fleet/push", json=trust, headers=ORIGIN).json()
+        assert first["ok"] is True and first["outcomes"][0]["result"]["version"] == 3
+        again = client.post("/api/fleet/push", json=trust, headers=ORIGIN).json()
+        assert again["ok"] is False and "the old list is kept" in again["outcomes"][0]["error"], "the station refuses a list not newer"
+        shown = client.get("/api/fleet/pushes").json()["pushes"]
+    finally:
+        rig.close()
+    assert [(p["actor"], p["action"], p["target"], p["detail"]["ok"]) for p in reversed(shown)] == [
+        ("chief", "push.resident-plates", "gate-a/st-01", True),
+        ("chief", "push.trust-list", "gate-a/st-01", True),
+        ("chief", "push.trust-list", "gate-a/st-01", False),
+    ]
+    with psycopg.connect(pg_url) as conn:
+        everything = conn.execute("SELECT string_agg(t::text, ' ') FROM centre_audit t").fetchone()
+    assert "浙A12345" not in (everything[0] if everything else ""), "the audit keeps a count, never the plates"
