@@ -9,7 +9,8 @@
   fever_threshold_c | file}``: a ``set-threshold``, ``trust-list`` or ``resident-plates`` command signed
   with the centre's command key (the alarm mirror's, ``station centre run --command-key``), addressed
   to each station, with a 20 s deadline (station/centre/push.py), the stations' results returned and
-  every push audited (who, what, to whom, result). A refused attempt by another role is audited too.
+  every push audited (who, what, to whom, result). A refused attempt by another role is audited too
+  (at most 10 a minute per user; the rest are logged).
 
 The district key is not pushed from the page: it would have to be uploaded to the centre's web
 server, and the key must never be kept beside the data (``station centre push --command district-key``
@@ -44,6 +45,7 @@ from station.centre import fleet as fl
 from station.centre import push as pu
 from station.centre.auth import allowed
 from station.centre.tree import UNASSIGNED, Tree, TreeError, parse_tree, rollup, stations_under
+from station.ops.ratelimit import RateLimiter
 
 log = logging.getLogger("station.centre.page_fleet")
 
@@ -269,6 +271,7 @@ Need = Callable[..., Callable[[Handler], Callable[[Request], Awaitable[Response]
 def fleet_routes(sc: Any, need: Need) -> list[Route]:
     """Return the fleet page's routes for ``create_screen_app``; ``need`` is its role/origin/content-type wrapper."""
     schema_ready: list[bool] = []
+    refusals_audited = RateLimiter(10, 60.0)  # a viewer's script must not fill the audit table: the rest are logged only
 
     def connection() -> Any:
         return sc.pool.connection()
@@ -400,7 +403,8 @@ def fleet_routes(sc: Any, need: Need) -> list[Route]:
     @need("viewer")
     async def push_api(request: Request, session: Session) -> Response:
         if not allowed(session.role, "admin"):
-            await run_in_threadpool(audit_refusal, session, request.url.path)
+            if refusals_audited.allow(session.user):
+                await run_in_threadpool(audit_refusal, session, request.url.path)
             log.warning("push refused user=%s role=%s: admin role required", session.user, session.role)
             return JSONResponse({"error": "admin role required"}, status_code=403)
         if sc.mirror is None:
