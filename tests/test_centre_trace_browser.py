@@ -112,6 +112,18 @@ def test_a_tracer_traces_the_holder_downloads_csv_and_the_reason_is_audited_and_
     assert reasons == [HOSTILE_REASON, HOSTILE_REASON], "the reason shown as typed, markup as text"
     assert page.locator("#history img, #results img").count() == 0 and page.evaluate("document.body.dataset.pwned") is None
 
+    now = dt.datetime.now(UTC)  # the centre's zone (UTC here): the form's local times are read in it
+    page.select_option("#fever-node", "east/g1/gate")
+    page.fill("#fever-from", (now - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    page.fill("#fever-to", (now + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    page.fill("#fever-reason", "fever cluster at the east gate")
+    page.click("#fever-go")
+    page.wait_for_selector("body[data-rows='1']")
+    assert page.locator("#results td.c-decision").all_text_contents() == ["deny_fever"]
+    shown = page.locator("#results td.c-ts").text_content() or ""
+    assert shown.startswith(now.strftime("%Y-%m-%d ")) and len(shown) == 19, f"local time to the second: {shown!r}"
+    assert "(UTC)" in (page.locator("#results th").first.text_content() or "")
+
     page.locator("#results button.retrace").first.click()  # a row's reference into the query, then a refused trace
     assert page.input_value("#seen-value") == ref and page.input_value("#seen-domain") == "ref"
     page.fill("#seen-reason", "short")
@@ -122,11 +134,14 @@ def test_a_tracer_traces_the_holder_downloads_csv_and_the_reason_is_audited_and_
     with psycopg.connect(url) as conn:
         audit = list(reversed(tracing.audit_log(conn)))
         found = tables_holding(conn, {"holder": HOLDER, "key": KEY1.hex(), "plate": PLATE})
-    assert [(a["username"], a["ok"], a["params"].get("export"), a["reason"]) for a in audit] == [
-        ("tina", True, None, HOSTILE_REASON),
-        ("tina", True, "csv", HOSTILE_REASON),
-        ("tina", False, None, "short"),
+    assert [(a["query"], a["ok"], a["params"].get("export"), a["reason"]) for a in audit] == [
+        ("where_seen", True, None, HOSTILE_REASON),
+        ("where_seen", True, "csv", HOSTILE_REASON),
+        ("fever_passages", True, None, "fever cluster at the east gate"),
+        ("fever_passages", True, None, "fever cluster at the east gate"),
+        ("where_seen", False, None, "short"),
     ]
+    assert {a["username"] for a in audit} == {"tina"} and [a["params"]["station"] for a in audit[2:4]] == ["st-01", "st-02"]
     assert audit[0]["params"]["refs"] == [ref] and audit[0]["rows"] == 4
     assert found == [], "the holder id typed into the page is nowhere in PostgreSQL"
 

@@ -227,7 +227,7 @@ def test_a_viewer_cannot_trace_and_the_page_and_api_say_so(traced_app: tuple[str
     url, sc = traced_app
     viewer = _client(sc, VIEWER)
     assert viewer.get("/trace").status_code == 403
-    assert viewer.get("/api/trace/keys").status_code == 403
+    assert viewer.get("/api/trace/info").status_code == 403
     assert viewer.get("/api/trace/history").status_code == 403
     body = {**GOOD_SEEN, "value": HOLDER, "reason": "a viewer trying"}
     assert viewer.post("/api/trace/seen", json=body, headers=ORIGIN).status_code == 403
@@ -243,7 +243,9 @@ def test_a_tracer_traces_the_holder_seen_at_two_stations_exports_csv_and_every_q
     url, sc = traced_app
     tracer = _client(sc, TRACER)
     assert tracer.get("/trace").status_code == 200
-    assert tracer.get("/api/trace/keys").json()["keys"] == [key_id_of(KEY1)]
+    info = tracer.get("/api/trace/info").json()
+    assert info["keys"] == [key_id_of(KEY1)] and info["domains"] == ["ref", "holder", "idcard", "plate"]
+    assert [n["path"] for n in info["nodes"]] == ["east", "east/g1", "east/g1/gate"] and info["nodes"][2]["name"] == HOSTILE
     ref = trace_ref(KEY1, "holder", HOLDER)
 
     got = tracer.post("/api/trace/seen", json={"domain": "code", "value": HOLDER, "days": 2, "reason": "case 2026-117 <b>"}, headers=ORIGIN)
@@ -306,13 +308,9 @@ def test_without_a_district_key_only_references_can_be_traced(traced_db: tuple[s
     sc.open()
     try:
         tracer = _client(sc, TRACER)
-        assert tracer.get("/api/trace/keys").json() | {"timezone": ""} == {
-            "keys": [],
-            "domains": ["ref"],
-            "max_days": tracing.MAX_DAYS,
-            "min_reason": tracing.MIN_REASON_CHARS,
-            "timezone": "",
-        }
+        info = tracer.get("/api/trace/info").json()
+        assert (info["keys"], info["domains"], info["timezone"]) == ([], ["ref"], "UTC")
+        assert info["stations"] == ["gate-a/st-01", "gate-a/st-02"] and info["nodes"] == [], "no tree saved yet"
         r = tracer.post("/api/trace/seen", json={"domain": "holder", "value": HOLDER, "reason": "a good reason"}, headers=ORIGIN)
         assert r.status_code == 400 and r.json()["field"] == "domain" and "--district-key-file" in r.json()["error"]
         ref = trace_ref(KEY1, "holder", HOLDER)

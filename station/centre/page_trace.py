@@ -1,7 +1,8 @@
 """The centre's tracing page (可溯) for the tracer and admin roles, over station/centre/tracing.py.
 
 * ``GET /trace`` — the page (static/trace.html, trace.js; DOM built with ``textContent`` only);
-* ``GET /api/trace/keys`` — the district key ids this replica holds and the domains it can trace;
+* ``GET /api/trace/info`` — the district key ids this replica holds, the domains it can trace, the
+  centre's time zone, and the stations and tree nodes a fever query can name;
 * ``POST /api/trace/seen`` ``{domain, value, days, reason, format}`` — where and when a code holder
   (``holder``, alias ``code``), an ID card (``idcard``), a plate (``plate``) or a trace reference
   (``ref``) was seen in the last ``days`` days;
@@ -244,17 +245,28 @@ def trace_routes(sc: Screen, need: Need, json_body: JsonBody) -> list[Route]:
             return Response(status_code=404)
         return FileResponse(STATIC / name, media_type=FILES[name], headers={"Cache-Control": "no-cache"})
 
+    def _places() -> tuple[list[str], list[dict[str, str]]]:
+        with sc.pool.connection() as conn:
+            _, text = screen.load_tree_text(conn)
+            known = screen.known_stations(conn)
+        tree = parse_tree(text)
+        nodes = [] if isinstance(tree, TreeError) else sorted(tree.nodes().values(), key=lambda n: n.path)
+        listed = [{"path": n.path, "name": n.name, "level": n.level} for n in nodes if n.path]
+        return [f"{a}/{b}" for a, b in known], listed
+
     @need("tracer")
-    async def key_info(request: Request, session: Session) -> Response:
+    async def info(request: Request, session: Session) -> Response:
         held = keys()
-        domains = ["ref"] + (["holder", "idcard", "plate"] if held else [])
+        stations, nodes = await run_in_threadpool(_places)
         return JSONResponse(
             {
                 "keys": [k.key_id for k in held],
-                "domains": domains,
+                "domains": ["ref"] + (["holder", "idcard", "plate"] if held else []),
                 "max_days": tracing.MAX_DAYS,
                 "min_reason": tracing.MIN_REASON_CHARS,
                 "timezone": str(sc.tz.key),
+                "stations": stations,
+                "nodes": nodes,
             }
         )
 
@@ -351,7 +363,7 @@ def trace_routes(sc: Screen, need: Need, json_body: JsonBody) -> list[Route]:
     return [
         Route("/trace", page),
         Route("/static/trace/{name}", static),
-        Route("/api/trace/keys", key_info),
+        Route("/api/trace/info", info),
         Route("/api/trace/seen", seen, methods=["POST"]),
         Route("/api/trace/fever", fever, methods=["POST"]),
         Route("/api/trace/history", history),

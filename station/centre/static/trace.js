@@ -7,6 +7,7 @@ const COLUMNS = [
   ["decision", "decision"], ["reason", "reason"], ["temperature_c", "°C"], ["code_colour", "code"],
   ["detail", "detail"], ["trace_ref", "trace ref"], ["trace_key", "key id"],
 ];
+const state = { timezone: "UTC" };
 const HISTORY = [["at", "时间 · when"], ["username", "user"], ["query", "query"], ["params", "what"], ["reason", "理由 · why"], ["ok", "ok"], ["rows", "rows"], ["error", "refused because"]];
 
 function el(tag, cls, text) {
@@ -32,6 +33,13 @@ async function getJson(path) {
   return data;
 }
 
+function localTime(iso) {
+  // The centre's zone, to the second (the fever form's times are read in that zone too; the CSV keeps UTC).
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  return d.toLocaleString("sv-SE", { timeZone: state.timezone, hour12: false });
+}
+
 function status(text, isError) {
   const s = document.getElementById("result-status");
   s.textContent = text;
@@ -44,7 +52,7 @@ function fillTable(table, columns, rows, onRow) {
   head.replaceChildren();
   body.replaceChildren();
   const tr = el("tr");
-  for (const [, label] of columns) tr.append(el("th", null, label));
+  for (const [key, label] of columns) tr.append(el("th", null, key === "ts" || key === "at" ? label + " (" + state.timezone + ")" : label));
   if (onRow) tr.append(el("th"));
   head.append(tr);
   for (const row of rows) {
@@ -52,7 +60,7 @@ function fillTable(table, columns, rows, onRow) {
     for (const [key] of columns) {
       let v = row[key];
       if (v !== null && typeof v === "object") v = JSON.stringify(v);
-      else if ((key === "ts" || key === "at") && typeof v === "string") v = v.replace("T", " ").replace(/\.\d+/, "");  // UTC, to the second
+      else if ((key === "ts" || key === "at") && typeof v === "string") v = localTime(v);
       r.append(el("td", "c-" + key, v === null || v === undefined ? "" : v));
     }
     if (onRow) r.append(onRow(row));
@@ -155,7 +163,20 @@ async function history() {
 async function start() {
   const me = await getJson("/api/whoami");
   document.getElementById("who").textContent = me.user + " (" + me.role + ")";
-  const info = await getJson("/api/trace/keys");
+  const info = await getJson("/api/trace/info");
+  state.timezone = info.timezone;
+  const list = document.getElementById("stations");
+  for (const station of info.stations) {
+    const o = el("option");
+    o.value = station;
+    list.append(o);
+  }
+  const nodes = document.getElementById("fever-node");
+  for (const node of info.nodes) {
+    const o = el("option", null, node.name + " (" + node.path + ")");
+    o.value = node.path;
+    nodes.append(o);
+  }
   document.getElementById("keys").textContent = info.keys.length
     ? "区县密钥 · district key " + info.keys.join(", ")
     : "未加载区县密钥：只能按引用查询 · no district key loaded: trace by reference only";
