@@ -113,6 +113,7 @@ def test_a_station_snapshot_topic_names_its_site_and_station() -> None:
     assert split_snapshot_topic("checkpoint/v1/", "checkpoint/v1/gate-a/st-01/snapshot") == ("gate-a", "st-01")
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2048) | st.text(max_size=512).map(str.encode))
 def test_any_bytes_give_a_picture_or_a_reason(raw: bytes) -> None:
@@ -215,3 +216,16 @@ def test_a_bad_command_key_is_refused_naming_the_option(tmp_path: Path) -> None:
     bad.write_text("not a key")
     with pytest.raises(ValueError, match="--command-key"):
         LiveHub("mqtt://127.0.0.1:1883", key_path=bad)
+
+
+def test_every_replica_has_a_live_hub_signing_with_the_command_key_when_given(tmp_path: Path) -> None:
+    from station.centre.run import Centre, CentreOptions
+    from station.link.command_auth import new_signing_key, private_pem
+
+    key = tmp_path / "centre-key.pem"
+    key.write_bytes(private_pem(new_signing_key()))
+    base = {"mqtt_url": "mqtt://127.0.0.1:1", "db_url": "postgresql://nobody@127.0.0.1:1/none"}
+    with_key = Centre(CentreOptions(**base, command_key=str(key))).screen.live
+    without = Centre(CentreOptions(**base)).screen.live
+    assert isinstance(with_key, LiveHub) and with_key.key is not None and with_key.prefix == "checkpoint/v1"
+    assert isinstance(without, LiveHub) and without.key is None, "pictures without a key; no watch leases"
