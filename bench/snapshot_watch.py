@@ -43,7 +43,9 @@ def station_side(repeat: int) -> dict[str, Any]:
     settings = SnapshotSettings()
     for _ in range(3):
         render_snapshot(frame, detector, settings)
-    times, sizes, meta = [], [], {}
+    times: list[float] = []
+    sizes: list[int] = []
+    meta: dict[str, Any] = {}
     for _ in range(repeat):
         t0 = time.perf_counter()
         jpeg, meta = render_snapshot(frame, detector, settings)
@@ -57,7 +59,9 @@ def station_side(repeat: int) -> dict[str, Any]:
 
     reader = build_reader(StationConfig())
     readable_before = len(reader.decode(frame))
-    shown = cv2.resize(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), (frame.shape[1], frame.shape[0]))
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None
+    shown = cv2.resize(decoded, (frame.shape[1], frame.shape[0]))
     readable_after = len(reader.decode(shown))
     render_ms = statistics.median(times)
     jpeg_bytes = int(statistics.median(sizes))

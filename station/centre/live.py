@@ -312,8 +312,17 @@ class LiveHub:
         topics = [(f"{self.prefix}/+/+/snapshot", 0), (f"{self.prefix}/+/+/cmd/watch/result", 1)]
         client.on_connect = lambda c, u, f, rc, p: c.subscribe(topics) if not rc.is_failure else None
         client.on_message = self._on_message
-        client.max_inflight_messages_set(20)
-        client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=30)
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        from station.board.mqtt import MAX_PACKET
+
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho's class is unannotated
+        # The broker must drop anything bigger for this client (MQTT 5) rather than make us read it:
+        # the largest message taken here is a 1 MiB snapshot, as on the board.
+        props.MaximumPacketSize = MAX_PACKET
+        client.reconnect_delay_set(1, 30)
+        client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=30, properties=props)
         client.loop_start()
         self.client = client
 
