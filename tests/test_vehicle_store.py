@@ -10,7 +10,6 @@ from pathlib import Path
 
 import cv2
 import pytest
-from sqlite_utils import Database
 
 from station.domain.vehicles import VehicleLane
 from station.store import residents
@@ -28,7 +27,7 @@ def open_store(path: Path) -> SqliteEventStore:
 def make_v1_file(path: Path) -> None:
     """A database exactly as the v1 release left it: the first migration only, with history."""
     conn = sqlite3.connect(path, isolation_level=None)
-    MIGRATIONS[0](Database(conn))
+    MIGRATIONS[0](conn)
     conn.execute("UPDATE meta SET value = '41' WHERE key = 'seq'")
     conn.execute("UPDATE meta SET value = '3' WHERE key = 'session'")
     conn.execute("PRAGMA user_version=1")

@@ -54,7 +54,6 @@ PACKAGES = (
     "pyzbar",
     "zxing-cpp",
     "segno",
-    "sqlite-utils",
     "tomlkit",
     "click",
     "starlette",

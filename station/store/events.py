@@ -30,8 +30,6 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlite_utils import Database
-
 from station.domain.model import GateResult, ScreeningEvent
 from station.ops.clock import StorePosition
 from station.store import clock_corrections, migrations, outbox
@@ -188,9 +186,8 @@ class SqliteEventStore:
                 migrations.require_current(conn, self.path)
             else:
                 _configure(conn)
-            self._db = Database(conn, execute_plugins=False)
             if not read_only:
-                migrations.migrate(conn, self._db, self.path)
+                migrations.migrate(conn, self.path)
             self._session = meta_int(conn, "session")
         except BaseException:
             conn.close()
@@ -261,7 +258,7 @@ class SqliteEventStore:
         except BaseException:
             conn.close()
             raise
-        old, self._conn, self._db = self._conn, conn, Database(conn, execute_plugins=False)
+        old, self._conn = self._conn, conn
         self._reopen_due = False
         try:
             old.close()
@@ -291,7 +288,9 @@ class SqliteEventStore:
         """Return the rows of one read query as dicts."""
         with self._lock:
             self._check_open()
-            return list(self._db.query(sql, params))
+            cur = self._conn.execute(sql, params)
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur]
 
     @staticmethod
     def _event_dict(row: dict[str, Any]) -> dict[str, Any]:

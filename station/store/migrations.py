@@ -16,15 +16,13 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from station.ops.fileio import fsync_path
 from station.store.errors import SchemaTooNewError, StoreError
 
 log = logging.getLogger("station.store.migrations")
 
 
-def _migrate_v1(db: Database) -> None:
+def _migrate_v1(db: sqlite3.Connection) -> None:
     """Create the initial schema: events, outbox, gate actions, meta counters."""
     statements = [
         """
@@ -80,7 +78,7 @@ def _migrate_v1(db: Database) -> None:
         db.execute(sql)
 
 
-def _migrate_v2(db: Database) -> None:
+def _migrate_v2(db: sqlite3.Connection) -> None:
     """Add vehicle events (resident / outsider plates) as durable records, like screenings."""
     statements = [
         """
@@ -102,7 +100,7 @@ def _migrate_v2(db: Database) -> None:
         db.execute(sql)
 
 
-def _migrate_data_audit(db: Database) -> None:
+def _migrate_data_audit(db: sqlite3.Connection) -> None:
     """Add the audit trail of deletions of personal data (``stationctl data erase``, retention purges)."""
     db.execute(
         """
@@ -118,7 +116,7 @@ def _migrate_data_audit(db: Database) -> None:
     )
 
 
-def _migrate_operator_actions(db: Database) -> None:
+def _migrate_operator_actions(db: sqlite3.Connection) -> None:
     """Add what operators did at the lane's touch screen (station/web).
 
     Alarm acknowledgements, manual overrides and every refused attempt (wrong PIN, locked,
@@ -141,7 +139,7 @@ def _migrate_operator_actions(db: Database) -> None:
     db.execute("CREATE INDEX operator_actions_event ON operator_actions(event_id, action)")
 
 
-def _migrate_command_audit(db: Database) -> None:
+def _migrate_command_audit(db: sqlite3.Connection) -> None:
     """Add the audit of remote commands over MQTT (station.link.commands).
 
     Every signed command carried out or refused, and refused ones (unsigned, forged, replayed, …)
@@ -163,7 +161,7 @@ def _migrate_command_audit(db: Database) -> None:
     )
 
 
-def _migrate_event_crops(db: Database) -> None:
+def _migrate_event_crops(db: sqlite3.Connection) -> None:
     """Add the crops kept with an event (face JPEG, thermal PNG under ``<data_dir>/crops``; station.lane.capture).
 
     A side table, not a column: the event's record is what MQTT carries, and a crop never goes there.
@@ -183,7 +181,7 @@ def _migrate_event_crops(db: Database) -> None:
     db.execute("CREATE INDEX event_crops_created ON event_crops(created_at)")
 
 
-def _migrate_visits_registrations(db: Database) -> None:
+def _migrate_visits_registrations(db: sqlite3.Connection) -> None:
     """Add vehicle visits (a vehicle and its occupants' screenings as one record) and outsider registrations.
 
     ``visit_occupants`` links screening events to the visit they happened in (by visit id), so an
@@ -241,7 +239,7 @@ def _migrate_visits_registrations(db: Database) -> None:
         db.execute(sql)
 
 
-def _migrate_clock_corrections(db: Database) -> None:
+def _migrate_clock_corrections(db: sqlite3.Connection) -> None:
     """Add clock corrections: the offset to add to records stamped while the wall clock was not synchronised.
 
     A side table, never a rewrite: the records keep the ``ts`` they were stamped with and
@@ -264,7 +262,7 @@ def _migrate_clock_corrections(db: Database) -> None:
     )
 
 
-Migration = Callable[[Database], None]
+Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: Sequence[Migration] = (
     _migrate_v1,
     _migrate_v2,
@@ -294,7 +292,7 @@ def require_current(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
-def migrate(conn: sqlite3.Connection, db: Database, path: Path) -> None:
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the file at ``path`` to :data:`SCHEMA_VERSION`, backing it up first if it has content.
 
     Each step commits on its own, so an interrupted upgrade resumes at the next start from the last
@@ -317,7 +315,7 @@ def migrate(conn: sqlite3.Connection, db: Database, path: Path) -> None:
     for target in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            MIGRATIONS[target - 1](db)
+            MIGRATIONS[target - 1](conn)
             # user_version lives in the file header and is written by this transaction.
             conn.execute(f"PRAGMA user_version={target}")
             conn.execute("COMMIT")

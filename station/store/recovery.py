@@ -28,8 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from station.ops.fileio import fsync_path
 from station.store import migrations
 
@@ -181,7 +179,7 @@ def rebuild(path: Path, damaged: Path, *, on_table: Callable[[str], None] | None
     try:
         conn.execute("PRAGMA journal_mode=DELETE")  # one file to move into place
         conn.execute("PRAGMA synchronous=OFF")  # not live until fsynced and moved into place below
-        migrations.migrate(conn, Database(conn, execute_plugins=False), tmp)
+        migrations.migrate(conn, tmp)
         old_tables: set[str] = set()
         try:
             conn.execute("ATTACH DATABASE ? AS old", (f"file:{damaged}?mode=ro",))
