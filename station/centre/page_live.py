@@ -5,7 +5,8 @@
 * ``GET /api/live?node=PATH`` — the stations of a checkpoint tile (or an unassigned station's tile,
   ``unassigned/<site>/<station>``) with their pictures' metadata;
 * ``POST /api/watch`` ``{site, station}`` — a page that has the picture open renews its watch every few
-  seconds; the replica sends the station a signed ``watch`` lease when due (station/centre/live.py);
+  seconds; the replica sends the station a signed ``watch`` lease when due (station/centre/live.py),
+  only to a station whose picture it holds;
 * ``GET /api/wait?node=PATH`` — today's time at the gate per hour, median and p95 (station/centre/wait.py);
 * ``GET /api/live/stats`` — this replica's pictures held, their bytes, and every verdict counted (hostile ones too).
 
@@ -109,6 +110,9 @@ def routes(sc: Any, need: Need, json_body: JsonBody) -> list[Route]:
             return _error("expected {site, station}", 400)
         if sc.live is None:
             return _error("live pictures are off at this centre", 503)
+        if sc.live.store.get(*key) is None:  # only a station that sends pictures is told to send them faster:
+            # a page cannot make the centre sign commands for names it makes up
+            return JSONResponse({"watch": {"sent": False, "why": "no_picture"}, "picture": None})
         state = await run_in_threadpool(sc.live.watch, *key)
         if state["sent"]:
             log.info("watch renewed by=%s site=%s station=%s", session.user, *key)
