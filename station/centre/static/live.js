@@ -73,8 +73,10 @@ function renderLive(body) {
     }
   }
   for (const card of [...pics.children]) if (!seen.has(card.dataset.key)) card.remove();
-  if (!body.stations.length) document.getElementById("live-note").textContent = "此卡口无站点 · no station at this checkpoint";
-  else if (!body.signing) document.getElementById("live-note").textContent = "中心无指令密钥：按站点常规频率更新 · no command key: pictures at the stations' idle rate";
+  let note = "";
+  if (!body.stations.length) note = "此卡口无站点 · no station at this checkpoint";
+  else if (!body.signing) note = "中心无指令密钥：按站点常规频率更新 · no command key: pictures at the stations' idle rate";
+  document.getElementById("live-note").textContent = note;
 }
 
 async function pollLive() {
