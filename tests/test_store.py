@@ -438,3 +438,32 @@ def test_read_only_open_reads_but_never_writes_or_migrates(tmp_path):
     with pytest.raises(StoreError, match="start the daemon once to migrate"):
         SqliteEventStore(path, station_id="s1", site="site", read_only=True)
     assert not list(tmp_path.glob("*.bak"))
+
+
+def _descriptors_of(path: Path) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(path)):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_reopening_after_a_storage_fault_leaves_no_descriptor_behind(tmp_path: Path) -> None:
+    # The long soak saw one more open file after each daemon's first storage fault: the new
+    # connection was opened before the old one was closed, and SQLite defers the close of a file
+    # another connection of the process holds (POSIX locks belong to the process).
+    store = SqliteEventStore(tmp_path / "events.sqlite3", station_id="st-01", site="site-a")
+    try:
+        store.record(make_event(0))
+        before = _descriptors_of(tmp_path / "events.sqlite3")
+        for i in range(1, 4):
+            store._reopen_due = True
+            store.record(make_event(i))
+            assert _descriptors_of(tmp_path / "events.sqlite3") == before
+        assert _count(store, "events") == 4
+    finally:
+        store.close()

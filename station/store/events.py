@@ -249,21 +249,24 @@ class SqliteEventStore:
 
         The old handles may belong to a file system the kernel gave up on (ext4 ``errors=remount-ro``
         stays read-only until it is unmounted); a new open reaches whatever is mounted there now.
-        The old connection is kept for reads until the new one is configured.
+        The old connection is closed first: POSIX locks belong to the process, so SQLite defers
+        closing a file's descriptor while another connection of the process has the file open, and
+        closing it after the new open left one descriptor behind for good (the long soak's FD step).
+        If the new open fails, a plain connection is kept for reads and the reopen is tried again.
         """
+        try:
+            self._conn.close()
+        except sqlite3.Error as exc:
+            log.warning("closing the old connection failed: %s", exc)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             _configure(conn)
             migrations.require_current(conn, self.path)
         except BaseException:
-            conn.close()
+            self._conn = conn  # reads may still work; writes reopen again
             raise
-        old, self._conn = self._conn, conn
+        self._conn = conn
         self._reopen_due = False
-        try:
-            old.close()
-        except sqlite3.Error as exc:
-            log.warning("closing the old connection failed: %s", exc)
         log.info("event store reopened after a storage fault: %s", self.path)  # once a second while it lasts
 
     def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
