@@ -49,7 +49,7 @@ log = logging.getLogger("station.centre.db")
 
 DDL_LOCK = 0x43_45_4E_54_52_45  # "CENTRE": the advisory lock that serialises schema and partition changes
 CLOCK_LOCK = 0x434C4B  # "CLK": with a station's hash, serialises its corrections with its unsynced records' inserts
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: station_seq_runs and station_seq_notes (missing events without a scan)
 ROLES = ("viewer", "tracer", "admin")
 PARTITION = re.compile(r"^events_p(\d{8})$")
 
@@ -138,6 +138,26 @@ CREATE TABLE IF NOT EXISTS centre_audit (
   detail jsonb
 );
 CREATE INDEX IF NOT EXISTS centre_audit_at ON centre_audit (at);
+-- The record numbers received, per station, as runs of consecutive numbers, so that missing events are
+-- read from a few rows per station instead of a window over every event kept (docs/centre.md "Scale").
+-- The writer appends the numbers a batch inserted (duplicates insert nothing) to station_seq_notes in the
+-- batch's own statement: insert-only, so replicas never wait on each other. compact_seq_runs folds the
+-- notes into station_seq_runs every few seconds (one replica at a time). first_ts/first_session: the time
+-- and session of the record numbered first; first_misdated: that record is in events_misdated (the gap
+-- view dates it by its corrected time, as station_gaps_scan does). Runs and notes may overlap or touch:
+-- a gap is read against the highest number before it, so that never makes a false gap.
+CREATE TABLE IF NOT EXISTS station_seq_runs (
+  site text NOT NULL, station text NOT NULL,
+  first_seq bigint NOT NULL, last_seq bigint NOT NULL,
+  first_ts timestamptz NOT NULL, first_session bigint, first_misdated boolean NOT NULL DEFAULT false,
+  PRIMARY KEY (site, station, first_seq)
+);
+CREATE TABLE IF NOT EXISTS station_seq_notes (
+  site text NOT NULL, station text NOT NULL,
+  first_seq bigint NOT NULL, last_seq bigint NOT NULL,
+  first_ts timestamptz NOT NULL, first_session bigint, first_misdated boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS events_misdated_seq ON events_misdated (site, station, seq);
 -- One row per record number a station made (a screening and its alarm copy share one).
 CREATE OR REPLACE VIEW station_seqs AS
   SELECT site, station, seq, min(ts) AS ts, max(session) AS session
@@ -147,7 +167,9 @@ CREATE OR REPLACE VIEW station_seqs AS
 -- (station/store/outbox.py), so a gap may span a restart: it is labelled with the session after it.
 -- Rows in number order straight from the events: a number carried twice (a screening and its alarm
 -- copy) is one row after its twin, seq - prev - 1 = -1, never a gap.
-CREATE OR REPLACE VIEW station_gaps AS
+-- station_gaps_scan computes them from every event kept (the definition, O(events)); station_gaps reads the
+-- runs (O(stations + gaps)) and must always agree with it (tests/test_centre_seq_runs.py).
+CREATE OR REPLACE VIEW station_gaps_scan AS
   SELECT site, station, session, prev + 1 AS first_missing, seq - 1 AS last_missing, seq - prev - 1 AS missing, ts AS next_ts
   FROM (
     SELECT e.site, e.station, e.seq, e.ts, e.session,
@@ -159,6 +181,20 @@ CREATE OR REPLACE VIEW station_gaps AS
     WHERE e.kind IN ({_SEQ_KINDS_SQL}) AND e.seq IS NOT NULL
   ) numbered
   WHERE seq - prev > 1;
+CREATE OR REPLACE VIEW station_gaps AS
+  SELECT site, station, session, prev + 1 AS first_missing, first_seq - 1 AS last_missing, first_seq - prev - 1 AS missing,
+         CASE WHEN first_misdated  -- a wild clock's record: dated by its correction where one came (few rows: looked up)
+           THEN coalesce((SELECT min(m.corrected_ts) FROM events_misdated m
+                          WHERE m.site = runs.site AND m.station = runs.station AND m.seq = runs.first_seq), first_ts)
+           ELSE first_ts END AS next_ts
+  FROM (
+    SELECT r.site, r.station, r.first_seq, r.first_ts, r.first_session AS session, r.first_misdated,
+           greatest(max(r.last_seq) OVER (PARTITION BY r.site, r.station ORDER BY r.first_seq, r.last_seq DESC
+                                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), f.seq_floor, 0) AS prev
+    FROM (SELECT * FROM station_seq_runs UNION ALL SELECT * FROM station_seq_notes) r
+    LEFT JOIN station_seq_floor f USING (site, station)
+  ) runs
+  WHERE first_seq - prev > 1;
 CREATE OR REPLACE VIEW station_missing AS
   SELECT st.site, st.station, coalesce(sum(g.missing), 0)::bigint AS missing_events, count(g.missing) AS gaps,
          st.last_seen, st.last_event_ts, st.last_session, st.max_seq
@@ -219,14 +255,62 @@ CREATE TEMP TABLE IF NOT EXISTS centre_batch ({", ".join(f"{c} {t}" for c, t in 
 ON COMMIT DELETE ROWS
 """
 COPY_BATCH = f"COPY centre_batch ({', '.join(_COLUMNS)}, misdated) FROM STDIN (FORMAT BINARY)"
-_RETURNING = "RETURNING kind"
-INSERT_EVENTS = (
-    f"INSERT INTO events ({', '.join(_COLUMNS)}) SELECT {_SELECT} FROM centre_batch WHERE NOT misdated ON CONFLICT DO NOTHING {_RETURNING}"
-)
-INSERT_MISDATED = (
-    f"INSERT INTO events_misdated ({', '.join(_COLUMNS)}) SELECT {_SELECT} FROM centre_batch WHERE misdated "
-    f"ON CONFLICT DO NOTHING {_RETURNING}"
-)
+_RETURNING = "RETURNING kind, site, station, seq, ts, session"
+# One statement: both inserts, then the numbers of the rows actually inserted (a duplicate returns nothing)
+# appended to station_seq_notes as runs of consecutive numbers; answers each new row's kind.
+INSERT_BATCH = f"""
+WITH placed AS (
+  INSERT INTO events ({", ".join(_COLUMNS)}) SELECT {_SELECT} FROM centre_batch WHERE NOT misdated ON CONFLICT DO NOTHING {_RETURNING}),
+misdated AS (
+  INSERT INTO events_misdated ({", ".join(_COLUMNS)}) SELECT {_SELECT} FROM centre_batch WHERE misdated
+  ON CONFLICT DO NOTHING {_RETURNING}),
+new AS (SELECT false AS misdated, * FROM placed UNION ALL SELECT true, * FROM misdated),
+seqs AS (
+  SELECT site, station, seq, min(ts) AS ts, max(session) AS session, bool_and(misdated) AS misdated
+  FROM new WHERE kind IN ({_SEQ_KINDS_SQL}) AND seq IS NOT NULL GROUP BY 1, 2, 3),
+noted AS (
+  INSERT INTO station_seq_notes (site, station, first_seq, last_seq, first_ts, first_session, first_misdated)
+  SELECT site, station, min(seq), max(seq), (array_agg(ts ORDER BY seq))[1], (array_agg(session ORDER BY seq))[1],
+         (array_agg(misdated ORDER BY seq))[1]
+  FROM (SELECT *, seq - row_number() OVER (PARTITION BY site, station ORDER BY seq) AS grp FROM seqs) islands
+  GROUP BY site, station, grp)
+SELECT kind, misdated FROM new
+"""
+# Fold the notes into the runs: every note committed so far is taken (deleted), the runs of the stations
+# they name are taken too, and their union is stored again as maximal runs of consecutive numbers.
+SEQ_FOLD_TABLE = "CREATE TEMP TABLE IF NOT EXISTS centre_seq_fold (LIKE station_seq_runs) ON COMMIT DELETE ROWS"
+TAKE_SEQ_RUNS = """
+WITH taken AS (DELETE FROM station_seq_notes RETURNING *),
+old AS (
+  DELETE FROM station_seq_runs r USING (SELECT DISTINCT site, station FROM taken) t
+  WHERE r.site = t.site AND r.station = t.station RETURNING r.*)
+INSERT INTO centre_seq_fold SELECT * FROM taken UNION ALL SELECT * FROM old
+"""
+STORE_SEQ_RUNS = """
+WITH marked AS (
+  SELECT *, CASE WHEN first_seq <= max(last_seq) OVER w + 1 THEN 0 ELSE 1 END AS starts FROM centre_seq_fold
+  WINDOW w AS (PARTITION BY site, station ORDER BY first_seq, last_seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)),
+grouped AS (
+  SELECT *, sum(starts) OVER (PARTITION BY site, station ORDER BY first_seq, last_seq DESC ROWS UNBOUNDED PRECEDING) AS grp FROM marked)
+INSERT INTO station_seq_runs (site, station, first_seq, last_seq, first_ts, first_session, first_misdated)
+SELECT site, station, min(first_seq), max(last_seq), (array_agg(first_ts ORDER BY first_seq, last_seq DESC))[1],
+       (array_agg(first_session ORDER BY first_seq, last_seq DESC))[1], (array_agg(first_misdated ORDER BY first_seq, last_seq DESC))[1]
+FROM grouped GROUP BY site, station, grp
+"""
+SEQ_RUNS_LOCK = 0x52554E53  # "RUNS": one replica at a time compacts the notes
+# A database made before the runs existed: its numbers so far, as runs (once, on the first start that has them).
+BACKFILL_SEQ_RUNS = f"""
+INSERT INTO station_seq_runs (site, station, first_seq, last_seq, first_ts, first_session, first_misdated)
+SELECT site, station, min(seq), max(seq), (array_agg(ts ORDER BY seq))[1], (array_agg(session ORDER BY seq))[1],
+       (array_agg(misdated ORDER BY seq))[1]
+FROM (SELECT *, seq - row_number() OVER (PARTITION BY site, station ORDER BY seq) AS grp FROM (
+  SELECT site, station, seq, min(ts) AS ts, max(session) AS session, bool_and(misdated) AS misdated FROM (
+    SELECT site, station, seq, ts, session, false AS misdated FROM events WHERE kind IN ({_SEQ_KINDS_SQL}) AND seq IS NOT NULL
+    UNION ALL
+    SELECT site, station, seq, ts, session, true FROM events_misdated WHERE kind IN ({_SEQ_KINDS_SQL}) AND seq IS NOT NULL) a
+  GROUP BY 1, 2, 3) d) islands
+GROUP BY site, station, grp
+"""
 _prepared: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 """Connections whose session already has the ``centre_batch`` table."""
 NEW_STATIONS = """
@@ -350,10 +434,18 @@ def ensure_schema(conn: psycopg.Connection[Any], timezone: str | None = None) ->
     """Create what is missing and return the centre's time zone (stored at first creation; ``timezone`` or UTC).
 
     A different ``timezone`` than the one stored is an error: the partitions' day bounds depend on it.
+    A database made before ``station_seq_runs`` gets its runs from the events kept, once, here (schema 2;
+    every replica must run this version from then on: an older writer adds no notes).
     """
     with conn.transaction():
         _ddl_lock(conn)
+        had_runs = conn.execute("SELECT to_regclass('station_seq_runs') IS NOT NULL").fetchone()
         conn.execute(SCHEMA)
+        if had_runs is not None and not had_runs[0]:
+            t0 = time.perf_counter()
+            runs = conn.execute(BACKFILL_SEQ_RUNS).rowcount
+            conn.execute("UPDATE centre_meta SET value = %s WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+            log.info("centre schema upgrade: station_seq_runs made from the events kept runs=%d s=%.1f", runs, time.perf_counter() - t0)
         row = conn.execute("SELECT value FROM centre_meta WHERE key = 'timezone'").fetchone()
         if row is None:
             tz = timezone or "UTC"
@@ -455,6 +547,11 @@ def drop_expired(conn: psycopg.Connection[Any], keep_from: dt.date) -> list[dt.d
                 """
             )
             conn.execute("DELETE FROM events_misdated WHERE received_at < %s", (dt.datetime.combine(keep_from, dt.time(), tzinfo=dt.UTC),))
+            # Runs wholly below a station's floor say nothing any more (the gap view reads from the floor up).
+            conn.execute(
+                "DELETE FROM station_seq_runs r USING station_seq_floor f "
+                "WHERE r.site = f.site AND r.station = f.station AND r.last_seq <= f.seq_floor"
+            )
     if dropped:
         log.info("centre retention dropped partitions days=%s", ",".join(d.isoformat() for d in dropped))
     return dropped
@@ -495,13 +592,10 @@ def write_batch(
                 for flag, rows in ((False, placed), (True, misdated)):
                     for row in rows:
                         copy.write_row([*(getattr(row, c) for c in _COLUMNS), flag])
-            for sql, rows in ((INSERT_EVENTS, placed), (INSERT_MISDATED, misdated)):
-                if rows:
-                    cur.execute(sql)
-                    got = cur.fetchall()
-                    new.extend(got)
-                    if sql is INSERT_MISDATED:
-                        result.misdated += len(got)
+            cur.execute(INSERT_BATCH)
+            for kind, is_misdated in cur.fetchall():
+                new.append((kind,))
+                result.misdated += bool(is_misdated)
             if fresh:
                 cur.execute(NEW_STATIONS, [[k[0] for k in fresh], [k[1] for k in fresh]])
         unsynced = [r for rows in (placed, misdated) for r in rows if r.clock_synced is False]
@@ -531,6 +625,21 @@ def write_batch(
     result.inserted = len(new)
     result.duplicates = len(placed) + len(misdated) - len(new)
     return result
+
+
+def compact_seq_runs(conn: psycopg.Connection[Any]) -> int | None:
+    """Fold the writers' ``station_seq_notes`` into ``station_seq_runs`` in one transaction; return the notes and runs taken.
+
+    None when another replica is compacting right now (it takes the notes; nothing is lost either way).
+    """
+    with conn.transaction():
+        row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (SEQ_RUNS_LOCK,)).fetchone()
+        if not (row and row[0]):
+            return None
+        conn.execute(SEQ_FOLD_TABLE)
+        taken = conn.execute(TAKE_SEQ_RUNS).rowcount  # the notes and the runs they touch, out of both tables
+        conn.execute(STORE_SEQ_RUNS)  # their union as maximal runs
+    return taken
 
 
 def fold_summary(conn: psycopg.Connection[Any], summary: dict[tuple[str, str], list[Any]], seen_at: float) -> None:

@@ -36,6 +36,8 @@ from station.ops.redact import redact_url
 
 log = logging.getLogger("station.centre.ingest")
 
+COMPACT_INTERVAL_S = 5.0
+"""How often a writer folds the numbers noted by the batches into ``station_seq_runs`` (db.compact_seq_runs)."""
 QOS0_QUEUE_MAX = 20_000
 """QoS 0 deliveries queued at most (stations publish events at QoS 1; QoS 1 is bounded by Receive Maximum)."""
 
@@ -95,6 +97,8 @@ class Ingestor:
         self.duplicate_corrections = 0
         self.clock_corrected = 0  # stored records given a corrected time
         self.batches = 0
+        self.seq_notes_folded = 0
+        self._compacted_at = 0.0
         self.acked = 0
         self.dropped: Counter[str] = Counter()
         self.by_kind: Counter[str] = Counter()
@@ -181,6 +185,7 @@ class Ingestor:
                 first = self._queue.get(timeout=self.summary_interval_s)
             except queue.Empty:  # quiet: fold the summary and look after the partitions all the same
                 self.flush_summary()
+                self.compact_seq_runs()
                 self._maintain()
                 continue
             if first is None:
@@ -203,6 +208,7 @@ class Ingestor:
                     self.pending -= len(batch)
                     self._qos0 -= sum(1 for d in batch if d.qos == 0)
             self.flush_summary(force=closing)
+            self.compact_seq_runs(force=closing)
             if not closing:
                 self._maintain()
 
@@ -376,6 +382,20 @@ class Ingestor:
         self._summary = {}
         self._summary_at = time.monotonic()
 
+    def compact_seq_runs(self, force: bool = False) -> None:
+        """Fold the received numbers noted by the writers into ``station_seq_runs``, at most every ``COMPACT_INTERVAL_S`` unless forced."""
+        if not force and time.monotonic() - self._compacted_at < COMPACT_INTERVAL_S:
+            return
+        self._compacted_at = time.monotonic()
+        try:
+            folded = db.compact_seq_runs(self._connection())
+        except psycopg.Error as exc:  # the notes stay and are read as they are; the next turn folds them
+            self.db_errors += 1
+            self._failures.report("seq_runs", None, error=str(exc).strip()[:200])
+            return
+        if folded:
+            self.seq_notes_folded += folded
+
     def _maintain(self, force: bool = False) -> None:
         """Create the coming days' partitions and drop expired ones, at most every ``maintenance_interval_s``."""
         now = time.monotonic()
@@ -414,6 +434,7 @@ class Ingestor:
                 "dropped": dict(self.dropped),
                 "by_kind": dict(self.by_kind),
                 "batches": self.batches,
+                "seq_notes_folded": self.seq_notes_folded,
                 "acked": self.acked,
                 "pending": self.pending,
                 "db_ok": self.db_ok,
