@@ -20,6 +20,7 @@ from station.centre.fleet import FleetSubscriber, FleetWriter, ensure_fleet_sche
 from station.centre.ingest import Ingestor
 from station.centre.mqtt import CentreSubscriber
 from station.centre.page import Screen, create_screen_app
+from station.centre.screen import DayCache, RollupKeeper
 from station.centre.web import create_app
 from station.ops.redact import redact_url
 
@@ -102,6 +103,9 @@ class Centre:
                 tls_ca=opts.tls_ca,
             )
         self.screen = Screen(opts.db_url, public_origin=opts.public_origin, district_keys=district_keys)
+        # The screen's roll-up is kept current by a thread of its own, not by the screens' requests (docs/centre.md "Scale").
+        self.screen.cache = DayCache(sync_in_request=False)
+        self.rollup: RollupKeeper | None = None
         if opts.command_key:
             from station.centre.mirror import AlarmMirror
 
@@ -191,6 +195,8 @@ class Centre:
         """Open the database, start the writer, then connect to the broker."""
         self.writer.open()
         self.screen.open()
+        self.rollup = RollupKeeper(self.opts.db_url, self.screen.tz, today=self.screen.today)
+        self.rollup.start()
         self.writer.start()
         assert self.subscriber is not None
         self.subscriber.start()
@@ -229,6 +235,8 @@ class Centre:
         if self.screen.mirror is not None:
             self.screen.mirror.stop()
         self.screen.live.stop()
+        if self.rollup is not None:
+            self.rollup.stop()
         self.screen.close()
         log.info("centre stopped stats=%s", self.writer.stats())
 

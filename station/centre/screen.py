@@ -42,6 +42,8 @@ from station.centre.tree import EMPTY, UNASSIGNED, Tree, TreeError, apply_edit, 
 
 log = logging.getLogger("station.centre.screen")
 
+DECISION_KEYS = ("pass", "deny_fever", "deny_code", "manual_check", "retry")
+COLOURS = ("green", "yellow", "red")
 SCREEN_SCHEMA = """
 CREATE TABLE IF NOT EXISTS centre_tree (
   version bigint PRIMARY KEY,
@@ -73,15 +75,24 @@ CREATE TABLE IF NOT EXISTS centre_hourly (
 );
 CREATE TABLE IF NOT EXISTS centre_hourly_days (day date PRIMARY KEY, filled_at timestamptz NOT NULL DEFAULT now());
 """
+# Made with its own statement so that ensure_screen_schema knows when it is new (the roll-up is then rebuilt).
+DAILY_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS centre_daily (
+  day date NOT NULL, site text NOT NULL, station text NOT NULL,
+  {", ".join(f"{c} integer NOT NULL DEFAULT 0" for c in ("screened", *DECISION_KEYS, *COLOURS))},
+  hours_screened integer[] NOT NULL, hours_fevers integer[] NOT NULL,  -- 24 each, by local hour
+  PRIMARY KEY (day, site, station)
+);
+"""
 ALARM_WHERE = "kind IN ('screening', 'alarm') AND (alarm OR decision IN ('deny_fever', 'deny_code'))"  # = the index's predicate
-DECISION_KEYS = ("pass", "deny_fever", "deny_code", "manual_check", "retry")
-COLOURS = ("green", "yellow", "red")
 NOTE_MAX = 500
 ALARM_DAYS = 30  # an alarm older than this can no longer be acknowledged or closed (bounds the partitions searched)
 SPARKLINES_MAX = 60
 
 HOURLY = f"""
-SELECT date_trunc('hour', ts, %(tz)s) AS hour, site, station, coalesce(decision, ''), coalesce(code_colour, ''), count(*)::int
+SELECT hour, site, station, decision, colour, sum(n)::int FROM (  -- a screening and a lone alarm copy may share a key
+SELECT date_trunc('hour', ts, %(tz)s) AS hour, site, station, coalesce(decision, '') AS decision, coalesce(code_colour, '') AS colour,
+       count(*)::int AS n
 FROM events
 WHERE ts >= %(start)s AND ts < %(end)s AND kind = 'screening'
 GROUP BY 1, 2, 3, 4, 5
@@ -93,6 +104,7 @@ WHERE ts >= %(start)s AND ts < %(end)s AND e.kind = 'alarm' AND {ALARM_WHERE}
     SELECT 1 FROM events s
     WHERE s.ts >= %(start)s AND s.ts < %(end)s
       AND s.site = e.site AND s.station = e.station AND s.seq = e.seq AND s.ts = e.ts AND s.kind = 'screening')
+GROUP BY 1, 2, 3, 4, 5) parts
 GROUP BY 1, 2, 3, 4, 5
 """
 """Screenings in [start, end) by hour, station, decision and colour, plus alarm copies whose screening copy is missing.
@@ -159,6 +171,12 @@ def ensure_screen_schema(conn: psycopg.Connection[Any]) -> tuple[ZoneInfo, bytes
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (db.DDL_LOCK,))
         conn.execute(SCREEN_SCHEMA)
+        had_daily = conn.execute("SELECT to_regclass('centre_daily') IS NOT NULL").fetchone()
+        if had_daily is not None and not had_daily[0]:
+            # A roll-up made before centre_daily: emptied, so every day is filled again (and folded into
+            # centre_daily) the first time a screen asks for it.
+            conn.execute(DAILY_SCHEMA)
+            conn.execute("TRUNCATE centre_hourly, centre_hourly_days")
         conn.execute(
             "INSERT INTO centre_meta (key, value) VALUES ('session_secret', %s) ON CONFLICT (key) DO NOTHING", (secrets.token_hex(32),)
         )
@@ -219,26 +237,16 @@ def _empty_counts() -> dict[str, int]:
 
 @dataclass
 class DayRows:
-    """One day's per-station, per-hour counts (``rows``: site, station, hour, decision, colour, n)."""
+    """One day's counts per station: ``totals`` (screened, fevers, by decision, by colour) and ``hours`` (screened, fevers: 24 each)."""
 
     day: dt.date
-    rows: list[tuple[str, str, int, str | None, str | None, int]]
+    totals: dict[tuple[str, str], dict[str, int]]
     query_ms: float
-    _hours: dict[tuple[str, str], tuple[list[int], list[int]]] | None = field(default=None, repr=False)
-    _totals: dict[tuple[str, str], dict[str, int]] | None = field(default=None, repr=False)
+    hours: dict[tuple[str, str], tuple[list[int], list[int]]] = field(default_factory=dict)
 
     def station_hours(self) -> dict[tuple[str, str], tuple[list[int], list[int]]]:
-        """Return per station its screened and fevers per hour (24 each), computed once per day's rows."""
-        if self._hours is None:
-            hours: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
-            for site, station, hour, decision, _colour, n in self.rows:
-                if 0 <= hour < 24:
-                    screened, fevers = hours.setdefault((site, station), ([0] * 24, [0] * 24))
-                    screened[hour] += n
-                    if decision == "deny_fever":
-                        fevers[hour] += n
-            self._hours = hours
-        return self._hours
+        """Return per station its screened and fevers per hour (24 each)."""
+        return self.hours
 
 
 HOURLY_LOCK = 0x48_4F_55_52_4C_59  # "HOURLY": one replica at a time refreshes the roll-up
@@ -254,12 +262,78 @@ class SyncResult:
     ms: float = 0.0
 
 
+_COUNTERS = ("screened", *DECISION_KEYS, *COLOURS)
+_PER_HOUR_SUMS = ", ".join(
+    ["sum(n) AS screened", "sum(n) FILTER (WHERE decision = 'deny_fever') AS fevers"]
+    + [f"sum(n) FILTER (WHERE decision = '{d}') AS {d}" for d in DECISION_KEYS]
+    + [f"sum(n) FILTER (WHERE colour = '{c}') AS {c}" for c in COLOURS]
+)
+_HOURS_ARRAY = "ARRAY[{}]::int[]"
+_PER_STATION_SUMS = ", ".join(
+    [f"coalesce(sum({c}), 0)::int AS {c}" for c in _COUNTERS]
+    + [_HOURS_ARRAY.format(", ".join(f"coalesce(sum(screened) FILTER (WHERE h = {h}), 0)" for h in range(24))) + " AS hs"]
+    + [_HOURS_ARRAY.format(", ".join(f"coalesce(sum(fevers) FILTER (WHERE h = {h}), 0)" for h in range(24))) + " AS hf"]
+)
+_ADD_ARRAYS = "(SELECT array_agg(a + b ORDER BY i) FROM unnest(c.{col}, excluded.{col}) WITH ORDINALITY AS u(a, b, i))"
+_FOLD = f"""
+WITH changed AS ({{change}}),
+delta AS (SELECT site, station, decision, colour, extract(hour FROM hour AT TIME ZONE %(tz)s)::int AS h, {{sign}}screened AS n FROM changed)
+INSERT INTO centre_daily AS c (day, site, station, {", ".join(_COUNTERS)}, hours_screened, hours_fevers)
+SELECT %(day)s, site, station, {", ".join(_COUNTERS)}, hs, hf FROM (
+  SELECT site, station, {_PER_STATION_SUMS}
+  FROM (SELECT site, station, h, {_PER_HOUR_SUMS} FROM delta GROUP BY 1, 2, 3) per_hour GROUP BY 1, 2) d
+ON CONFLICT (day, site, station) DO UPDATE SET
+  {", ".join(f"{c} = c.{c} + excluded.{c}" for c in _COUNTERS)},
+  hours_screened = {_ADD_ARRAYS.format(col="hours_screened")}, hours_fevers = {_ADD_ARRAYS.format(col="hours_fevers")}
+"""
+_RETURNING = "RETURNING hour, site, station, decision, colour, screened"
+UNFILL = _FOLD.format(change=f"DELETE FROM centre_hourly WHERE hour >= %(start)s AND hour < %(end)s {_RETURNING}", sign="-")
+REFILL = _FOLD.format(change=f"INSERT INTO centre_hourly (hour, site, station, decision, colour, screened) {HOURLY} {_RETURNING}", sign="")
+"""Replace the roll-up of [start, end) (an hour, or a day the first time) and fold the change into ``centre_daily``.
+
+The rows removed count negative (UNFILL) and their recomputation positive (REFILL), summed per station:
+the day's per-station totals and hour arrays change by exactly what the recomputed hours changed.
+"""
+
+
+_KEY = "hour, site, station, decision, colour"
+_SAME_KEY = " AND ".join(f"h.{k} = c.{k}" for k in _KEY.split(", "))
+REFRESH_HOUR = f"""
+WITH fresh AS ({HOURLY}),
+cur AS (SELECT {_KEY}, screened FROM centre_hourly WHERE hour >= %(start)s AND hour < %(end)s),
+changed AS (
+  SELECT {_KEY}, f.n AS new_n, coalesce(f.n, 0) - coalesce(c.screened, 0) AS n
+  FROM (SELECT hour, site, station, decision, colour, sum AS n FROM fresh) f FULL JOIN cur c USING ({_KEY})
+  WHERE f.n IS DISTINCT FROM c.screened),
+stored AS (
+  INSERT INTO centre_hourly ({_KEY}, screened) SELECT {_KEY}, new_n FROM changed WHERE new_n IS NOT NULL
+  ON CONFLICT ({_KEY}) DO UPDATE SET screened = excluded.screened),
+gone AS (DELETE FROM centre_hourly h USING changed c WHERE c.new_n IS NULL AND {_SAME_KEY})
+INSERT INTO centre_daily AS c (day, site, station, {", ".join(_COUNTERS)}, hours_screened, hours_fevers)
+SELECT %(day)s, site, station, {", ".join(_COUNTERS)},
+       array_fill(0, ARRAY[%(slot)s - 1]) || screened || array_fill(0, ARRAY[24 - %(slot)s]),
+       array_fill(0, ARRAY[%(slot)s - 1]) || fevers || array_fill(0, ARRAY[24 - %(slot)s])
+FROM (SELECT site, station, {", ".join(f"coalesce({c}, 0)::int AS {c}" for c in _COUNTERS)}, coalesce(fevers, 0)::int AS fevers
+      FROM (SELECT site, station, {_PER_HOUR_SUMS} FROM changed GROUP BY 1, 2) x) d
+ON CONFLICT (day, site, station) DO UPDATE SET
+  {", ".join(f"{c} = c.{c} + excluded.{c}" for c in _COUNTERS)},
+  hours_screened[%(slot)s] = c.hours_screened[%(slot)s] + excluded.screened,
+  hours_fevers[%(slot)s] = c.hours_fevers[%(slot)s] + excluded.deny_fever
+"""
+"""Recompute one hour of the roll-up and fold only what changed into ``centre_daily`` (its stations, its hour's slot).
+
+The hour's rows are recomputed from ``events`` and compared with the stored ones; only the rows that
+differ are written, and each station's day counters and hour slot ``slot`` (1-24) change by the difference.
+"""
+
+
 def _fill(conn: psycopg.Connection[Any], start: dt.datetime, end: dt.datetime, tz: ZoneInfo) -> None:
-    conn.execute("DELETE FROM centre_hourly WHERE hour >= %s AND hour < %s", (start, end))
-    conn.execute(
-        f"INSERT INTO centre_hourly (hour, site, station, decision, colour, screened) {HOURLY}",
-        {"tz": tz.key, "start": start, "end": end},
-    )
+    args: dict[str, Any] = {"tz": tz.key, "start": start, "end": end, "day": start.astimezone(tz).date()}
+    if end - start <= dt.timedelta(hours=1):
+        conn.execute(REFRESH_HOUR, args | {"slot": start.astimezone(tz).hour + 1})
+        return
+    conn.execute(UNFILL, args)
+    conn.execute(REFILL, args)
 
 
 def sync_hourly(conn: psycopg.Connection[Any], days: list[dt.date], tz: ZoneInfo, min_interval_s: float = 4.0) -> SyncResult:
@@ -310,15 +384,19 @@ def sync_hourly(conn: psycopg.Connection[Any], days: list[dt.date], tz: ZoneInfo
 
 
 def day_rows(conn: psycopg.Connection[Any], day: dt.date, tz: ZoneInfo) -> DayRows:
-    """Return one day's counts by station, hour, decision and code colour from ``centre_hourly`` (primary-key range)."""
-    start, end = db.day_bounds(day, tz)
+    """Return one day's per-station totals and hours from ``centre_daily`` (one row per station; kept by :func:`sync_hourly`)."""
     t0 = time.perf_counter()
-    rows = conn.execute(
-        """SELECT site, station, extract(hour FROM hour AT TIME ZONE %s)::int, nullif(decision, ''), nullif(colour, ''), screened
-           FROM centre_hourly WHERE hour >= %s AND hour < %s""",
-        (tz.key, start, end),
-    ).fetchall()
-    return DayRows(day, [tuple(r) for r in rows], (time.perf_counter() - t0) * 1000)
+    cur = conn.execute(  # binary: the hour arrays cost less to read than their text
+        f"SELECT site, station, {', '.join(_COUNTERS)}, hours_screened, hours_fevers FROM centre_daily WHERE day = %s", (day,), binary=True
+    )
+    totals: dict[tuple[str, str], dict[str, int]] = {}
+    hours: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+    for site, station, *values in cur.fetchall():
+        counts = dict(zip(_COUNTERS, values[: len(_COUNTERS)], strict=True))
+        counts["fevers"] = counts["deny_fever"]
+        totals[(site, station)] = counts
+        hours[(site, station)] = (list(values[-2]), list(values[-1]))
+    return DayRows(day, totals, (time.perf_counter() - t0) * 1000, hours)
 
 
 def known_stations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
@@ -327,20 +405,8 @@ def known_stations(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
 
 
 def per_station(rows: DayRows) -> dict[tuple[str, str], dict[str, int]]:
-    """Return each station's totals (screened, fevers, by decision, by colour) from a day's rows (computed once)."""
-    if rows._totals is None:
-        out: dict[tuple[str, str], dict[str, int]] = {}
-        for site, station, _hour, decision, colour, n in rows.rows:
-            counts = out.setdefault((site, station), _empty_counts())
-            counts["screened"] += n
-            if decision in counts:
-                counts[decision] += n
-            if decision == "deny_fever":
-                counts["fevers"] += n
-            if colour in COLOURS:
-                counts[colour] += n
-        rows._totals = out
-    return {k: dict(v) for k, v in rows._totals.items()}
+    """Return each station's totals (screened, fevers, by decision, by colour) of the day (copies)."""
+    return {k: {**_empty_counts(), **v} for k, v in rows.totals.items()}
 
 
 def hourly(rows: DayRows, stations: set[tuple[str, str]]) -> dict[str, list[int]]:
@@ -421,10 +487,18 @@ def _leaves(node: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class DayCache:
-    """Today's rows for ``ttl_s``, a past day's for ``past_ttl_s``: N screens cost one query per period and replica."""
+    """Today's rows for ``ttl_s``, a past day's for ``past_ttl_s``: N screens cost one query per period and replica.
 
-    def __init__(self, ttl_s: float = 5.0, past_ttl_s: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+    ``sync_in_request``: a cache miss brings the roll-up up to date first (:func:`sync_hourly`). When a
+    :class:`RollupKeeper` keeps it current instead (``station centre run``), a miss only reads, and
+    syncs only to fill a day never filled (its first view).
+    """
+
+    def __init__(
+        self, ttl_s: float = 5.0, past_ttl_s: float = 300.0, clock: Callable[[], float] = time.monotonic, *, sync_in_request: bool = True
+    ) -> None:
         self.ttl_s, self.past_ttl_s, self.clock = ttl_s, past_ttl_s, clock
+        self.sync_in_request = sync_in_request
         self._rows: dict[dt.date, tuple[float, DayRows]] = {}
         self._lock = threading.Lock()
         self.last_sync = SyncResult()
@@ -436,7 +510,8 @@ class DayCache:
             hit = self._rows.get(day)
             if hit and self.clock() - hit[0] < ttl:
                 return hit[1]
-        self.last_sync = sync_hourly(conn, [day], tz)
+        if self.sync_in_request or conn.execute("SELECT 1 FROM centre_hourly_days WHERE day = %s", (day,)).fetchone() is None:
+            self.last_sync = sync_hourly(conn, [day], tz)
         rows = day_rows(conn, day, tz)
         with self._lock:
             self._rows = {d: v for d, v in self._rows.items() if today - dt.timedelta(days=8) <= d}
@@ -447,6 +522,53 @@ class DayCache:
         """Forget every cached day."""
         with self._lock:
             self._rows.clear()
+
+
+class RollupKeeper:
+    """A thread keeping the screen's roll-up current (:func:`sync_hourly` every ``interval_s``), off the screens' requests.
+
+    Every replica runs one; the sync's own minimum interval and lock make it one recompute per period
+    across replicas. A failed sync is logged (rate-limited) and retried at the next period.
+    """
+
+    def __init__(self, db_url: str, tz: ZoneInfo, interval_s: float = 4.0, today: Callable[[], dt.date] | None = None) -> None:
+        self.db_url, self.tz, self.interval_s = db_url, tz, interval_s
+        self.today = today or (lambda: dt.datetime.now(tz).date())
+        self.syncs = 0
+        self.errors = 0
+        self.last = SyncResult()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread = threading.Thread(target=self._run, name="centre-rollup", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread after its current sync."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.wait(self.interval_s):
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = db.connect(self.db_url, autocommit=True)
+                    prepare_session(conn)
+                self.last = sync_hourly(conn, [self.today()], self.tz, min_interval_s=self.interval_s * 0.8)
+                self.syncs += 1
+            except psycopg.Error as exc:
+                self.errors += 1
+                if self.errors in (1, 10, 100) or self.errors % 1000 == 0:
+                    log.warning("centre roll-up sync failed errors=%d error=%s", self.errors, str(exc).strip()[:200])
+                if conn is not None:
+                    conn.close()
+                    conn = None
+        if conn is not None:
+            conn.close()
 
 
 # --- the alarm queue -----------------------------------------------------------------------------
