@@ -95,8 +95,8 @@ def _fill(template: str, msg_id: str, site: str, station: str, seq: int, ts: flo
     return text.replace("@STATION@", station).replace("@SITE@", site).encode()
 
 
-def _messages(stations: int, seed: int) -> Any:
-    """Yield ``(topic, payload)`` forever: a district's event mix across ``stations`` stations.
+def _messages(stations: int, seed: int, clock: Any = time.time) -> Any:
+    """Yield ``(topic, payload)`` forever: a district's event mix across ``stations`` stations, stamped ``clock()``.
 
     Per 100 records: 5 vehicles, 1 audit (no seq of its own), and screenings of which 85 % pass,
     6 % retry, 4 % red code, 3 % manual check and 2 % fever (each fever also sent as its alarm copy).
@@ -112,7 +112,7 @@ def _messages(stations: int, seed: int) -> Any:
         i = rng.randrange(stations)
         site, station = f"town-{i // 50:03d}", f"gate-{seed}-{i:05d}"
         base = f"{PREFIX}/{site}/{station}/events"
-        now = time.time()
+        now = clock()
         roll = rng.random()
         if roll < 0.01:
             yield f"{base}/audit", _fill(templates["audit"][0], new_msg_id(), site, station, seqs[i], now, new_msg_id())
@@ -145,10 +145,14 @@ def _publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
     return b"\x32" + _varint(len(body)) + body
 
 
-def publisher(url: str, stations: int, seed: int, count: int, seconds: float, out: str, rate: float = 0.0, window: int = 2000) -> None:
+def publisher(
+    url: str, stations: int, seed: int, count: int, seconds: float, out: str, rate: float = 0.0, window: int = 2000, span_s: float = 0.0
+) -> None:
     """Publish ``count`` messages (or for ``seconds``) at QoS 1, at most ``window`` unacknowledged; write what was sent.
 
     ``rate`` > 0 paces the messages to that many per second (an open-loop offered load); 0 = as fast as acknowledged.
+    ``span_s`` > 0 (with ``count``): the records' event times run evenly over the ``span_s`` seconds before
+    the start, as a station's records made during an outage are.
 
     A bare MQTT 3.1.1 client on a socket rather than paho: paho's Python publish path costs ~150 µs a
     message here, so a paho load generator would measure itself, not the centre. Every message is
@@ -193,7 +197,10 @@ def publisher(url: str, stations: int, seed: int, count: int, seconds: float, ou
 
     reader = threading.Thread(target=read_acks, daemon=True)
     reader.start()
-    gen = _messages(stations, seed)
+    made = iter(range(1 << 62))
+    t_start = time.time()
+    clock = (lambda: t_start - span_s + span_s * min(1.0, next(made) / count)) if span_s and count else time.time
+    gen = _messages(stations, seed, clock)
     sent = 0
     packet_id = 0
     t0 = time.monotonic()
@@ -301,13 +308,13 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
 
 
 def _publishers(
-    url: str, stations: int, procs: int, count: int, seconds: float, workdir: Path, rate: float = 0.0
+    url: str, stations: int, procs: int, count: int, seconds: float, workdir: Path, rate: float = 0.0, span_s: float = 0.0
 ) -> list[tuple[subprocess.Popen[bytes], Path]]:
     out = []
     for k in range(procs):
         result = workdir / f"pub-{k}-{time.monotonic_ns()}.json"
         cmd = [sys.executable, "-m", "bench.centre", "--publisher", url, str(stations // procs), str(k), str(count // procs), str(seconds)]
-        cmd.append(str(rate / procs))
+        cmd += [str(rate / procs), str(span_s)]
         out.append((subprocess.Popen([*cmd, str(result)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT))), result))
     return out
 
@@ -468,12 +475,108 @@ def run(stations: int, live_s: float, rate: float, max_s: float, backlog: int, p
     return result
 
 
+def backlog_hour(stations: int, per_station_hour: int, procs: int) -> dict[str, Any]:
+    """Replay a 1-hour backlog of ``stations`` stations after a centre outage; return the drain rate, time and exact counts.
+
+    Simulated: the broker stays up while both replicas are down (their persistent sessions, expiry
+    3600 s, keep queueing the shared subscription's messages); the stations publish the hour's records
+    (``per_station_hour`` messages a station on average, event times spread over the last hour); then
+    both replicas start and drain. Counted from the database: rows equal messages sent, no msg_id
+    twice, no seq missing.
+    """
+    import psycopg
+
+    from tests.support.broker import Broker, free_port
+    from tests.support.postgres import PostgresServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-centre-backlog-"))
+    server = PostgresServer(fsync=True)
+    broker = Broker(workdir / "broker")
+    replicas: list[Replica] = []
+    messages = stations * per_station_hour
+    result: dict[str, Any] = {"stations": stations, "per_station_hour": per_station_hour, "publisher_processes": procs}
+    result["simulated"] = "messages queued in the replicas' persistent broker sessions (broker up, both replicas down)"
+    result["load_average_before"] = os.getloadavg()
+    try:
+        server.start()
+        db_url = server.create_database("centre")
+        broker.start()
+        replicas = [Replica(n, broker.url, db_url, free_port(), workdir / f"centre-{n}.log") for n in ("a", "b")]
+        for r in replicas:
+            r.start()
+        _wait(lambda: all((h := r.health()) and h["status"] == "ok" for r in replicas), 60, "replicas healthy")
+        for r in replicas:
+            r.stop()  # the outage: sessions stay on the broker
+        t_pub = time.monotonic()
+        pubs = _publishers(broker.url, stations, procs, messages, 0, workdir, span_s=3600.0)
+        queued = sum(json.loads(path.read_text())["sent"] for p, path in pubs if p.wait() == 0 and path.exists())
+        result["publish_s"] = round(time.monotonic() - t_pub, 1)
+        rep_cpu0 = [r.cpu_s for r in replicas]
+        pg_cpu0 = _postgres_cpu_s(server)
+        t0 = time.monotonic()
+        for r in replicas:
+            r.start()
+        marks: list[tuple[float, int]] = []
+        deadline = t0 + 1800
+        while (n := _rows(db_url)) < queued:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out: {n} of {queued} committed")
+            marks.append((time.monotonic() - t0, n))
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+        middle = [(t, n) for t, n in marks if 0.1 * queued <= n <= 0.9 * queued]
+        steady = (middle[-1][1] - middle[0][1]) / (middle[-1][0] - middle[0][0]) if len(middle) >= 2 else None
+        time.sleep(3.0)  # anything still in flight (a redelivery) would land now
+        with psycopg.connect(db_url) as conn:
+            counts = conn.execute(
+                "SELECT count(*), count(DISTINCT msg_id), count(DISTINCT (site, station)), "
+                "extract(epoch FROM max(ts) - min(ts)) FROM events"
+            ).fetchone()
+            missing = conn.execute("SELECT coalesce(sum(missing_events), 0) FROM station_missing").fetchone()
+        assert counts is not None and missing is not None
+        healths = [r.health() or {} for r in replicas]
+        result["load_average_after"] = os.getloadavg()
+        result["backlog"] = {
+            "messages": queued,
+            "drained_s": round(took, 2),
+            "rate_per_s_incl_start": round(queued / took, 1),
+            "rate_per_s_steady": round(steady, 1) if steady else None,
+            "cpu_s_replicas": [
+                round(r.cpu_s - c + (_cpu_s(r.proc.pid) if r.proc else 0.0), 1) for r, c in zip(replicas, rep_cpu0, strict=True)
+            ],
+            "cpu_s_postgres": round(_postgres_cpu_s(server) - pg_cpu0, 1),
+            "per_replica_inserted": [h.get("writer", {}).get("inserted") for h in healths],
+            "per_replica_duplicates": [h.get("writer", {}).get("duplicates") for h in healths],
+        }
+        result["database"] = {
+            "rows": int(counts[0]),
+            "distinct_msg_ids": int(counts[1]),
+            "stations": int(counts[2]),
+            "event_time_span_s": round(float(counts[3] or 0), 1),
+            "duplicates": int(counts[0]) - int(counts[1]),
+            "missing_events": int(missing[0]),
+            "rows_minus_sent": int(counts[0]) - queued,
+        }
+        result["exact"] = int(counts[0]) == queued and int(counts[1]) == queued and int(missing[0]) == 0
+    finally:
+        for r in replicas:
+            r.stop()
+        broker.kill()
+        server.remove()
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the centre bench and print its figures."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--publisher"]:
-        url, stations, seed, count, seconds, rate, out = argv[1:8]
-        publisher(url, int(stations), int(seed), int(count), float(seconds), out, float(rate))
+        url, stations, seed, count, seconds, rate, span, out = argv[1:9]
+        publisher(url, int(stations), int(seed), int(count), float(seconds), out, float(rate), span_s=float(span))
+        return
+    if argv[:1] == ["--queries"]:  # query latency over a big store (bench/centre_queries.py)
+        from bench.centre_queries import main as queries
+
+        queries(argv[1:])
         return
     ap = argparse.ArgumentParser(prog="python -m bench.centre", description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -483,8 +586,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-s", type=float, default=10.0, help="seconds of the as-fast-as-possible run")
     ap.add_argument("--backlog", type=int, default=60000)
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    ap.add_argument("--backlog-hour", action="store_true", help="only the 1-hour backlog of --stations replayed after an outage")
+    ap.add_argument("--per-station-hour", type=int, default=60, help="records a station makes in the hour of the outage")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)
-    result = run(args.stations, args.live_s, args.rate, args.max_s, args.backlog, args.publishers)
+    if args.backlog_hour:
+        result = backlog_hour(args.stations, args.per_station_hour, args.publishers)
+    else:
+        result = run(args.stations, args.live_s, args.rate, args.max_s, args.backlog, args.publishers)
+    if args.out:
+        args.out.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
