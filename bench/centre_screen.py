@@ -153,7 +153,7 @@ def main() -> None:
                 day_rows["rows"] = screen.day_rows(conn, today, tz)
 
             out["read_day_rollup"] = _timed(hourly, args.runs)
-            out["read_day_rollup"]["rows"] = len(day_rows["rows"].rows)
+            out["read_day_rollup"]["stations"] = len(day_rows["rows"].totals)
             before = screen.day_rows(conn, week_ago, tz)
             stations = screen.known_stations(conn)
             body: dict[str, Any] = {}
