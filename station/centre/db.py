@@ -19,6 +19,10 @@ Tables (docs/centre.md):
   replicas updating the same rows in every batch would queue behind each other's commits).
 * ``station_seq_floor`` — per station the ``seq`` below which nothing is expected any more (raised
   when retention drops a day).
+* ``station_seq_notes`` and ``station_seq_runs`` — the numbers received, as runs of consecutive
+  numbers: each batch appends the runs of the rows it inserted to the notes in its own INSERT
+  statement, :func:`compact_seq_runs` folds them into the runs; the gap views read these, not the
+  events (``station_gaps_scan`` is the scan over the events they must agree with).
 * views ``station_gaps`` (every run of missing ``seq`` numbers: first, last, how many, the session
   and time of the record after it) and ``station_missing`` (missing events per station).
 * ``centre_users`` — name, role (viewer | tracer | admin), scrypt hash (the board's KDF).

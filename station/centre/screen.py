@@ -14,12 +14,16 @@ Tables (beside ``station/centre/db.py``'s; created by :func:`ensure_screen_schem
   current: the hours that received rows since its last run (a ``received_at`` watermark, BRIN
   index ``events_received_brin``) are recomputed from ``events`` (BRIN index ``events_ts_brin``), so a
   backlog replayed after an outage lands in the hours it belongs to; a day is filled whole the first
-  time it is asked for.
+  time it is asked for;
+* ``centre_daily`` — what a screen reads: one row per day and station (totals by decision and colour,
+  screened and fevers per local hour as 24-element arrays). Every recompute of ``centre_hourly`` folds
+  its difference into it (an hour: only the rows that changed, only that hour's slot).
 
-A screen reads one day as a primary-key range of ``centre_hourly`` (a few rows per station and
-hour, whatever the number of events) and sums every tree node's totals and charts from it in
-Python; results are cached a few seconds per replica. An alarm copy is counted only when its
-screening copy is missing (anti-join on the ``events_station_ts`` index).
+A screen reads a day as ~one row per station from ``centre_daily`` and sums every tree node's totals
+and charts from it in Python; results are cached a few seconds per replica. Under ``station centre
+run`` a :class:`RollupKeeper` thread runs :func:`sync_hourly` every 4 s and the screens' requests only
+read (at 20 M events: 94 ms median a request, docs/centre.md "Scale"). An alarm copy is counted only
+when its screening copy is missing (anti-join on the ``events_station_ts`` index).
 """
 
 from __future__ import annotations
