@@ -60,7 +60,18 @@ COMMAND_DOMAIN = b"checkpoint-cmd/v1\n"
 LOOKUP_DOMAIN = b"checkpoint-lookup/v1\n"
 
 SIGNED_COMMANDS = frozenset(
-    {"open-gate", "set-threshold", "resident-plates", "reload-config", "trust-list", "command-keys", "district-key", "alarm-ack", "watch"}
+    {
+        "open-gate",
+        "set-threshold",
+        "resident-plates",
+        "reload-config",
+        "trust-list",
+        "command-keys",
+        "district-key",
+        "alarm-ack",
+        "watch",
+        "resend",
+    }
 )
 """Commands that change the gate or the station: refused unless signed by a trusted centre key."""
 UNSIGNED_COMMANDS = frozenset({"ping", "snapshot"})

@@ -23,6 +23,7 @@ from station.link.command_auth import (
     CommandKeys,
     KeyListError,
 )
+from station.ops.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     pass
@@ -35,6 +36,9 @@ log = logging.getLogger("station.link.handlers")
 MAX_OPEN_WINDOW_S = 60.0
 """An open-gate deadline further ahead than this is refused: it would make the request replayable
 for too long."""
+
+RESEND_BURST = 10
+"""``resend`` commands carried out per minute at most (the centre's repair loop sends far fewer)."""
 
 TRUST_LIST_DIR = "trust-list"  # same folder as station.codes.trust_list.TRUST_DIR
 
@@ -124,7 +128,10 @@ class CommandHandlers:
             "district-key": self.district_key,
             "alarm-ack": self.alarm_ack,
             "watch": self.watch,
+            "resend": self.resend,
         }
+        # At most RESEND_BURST re-sends a minute, whoever signs them: each may re-queue thousands of messages.
+        self.resend_limit = RateLimiter(RESEND_BURST, 60.0, monotonic=monotonic)
         # The snapshot publisher's watch (station/link/snapshots.py), set once snapshots run; None: snapshots off.
         self.snapshot_watch: Callable[[float], dict[str, Any]] | None = None
 
@@ -287,6 +294,29 @@ class CommandHandlers:
         if self.snapshot_watch is None:
             raise CommandError("snapshots are off at this station (snapshots.enabled, or no broker): nothing to watch")
         return self.snapshot_watch(float(lease))
+
+    def resend(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Queue the records numbered ``args.first_seq``..``args.last_seq`` again, with their original ``msg_id`` (the centre's gap repair).
+
+        At most :data:`station.store.resend.MAX_RANGE` numbers per command and :data:`RESEND_BURST`
+        commands a minute; ``args.session`` (optional) is only echoed: ``seq`` is per station, never reused.
+        """
+        from station.store.resend import MAX_RANGE, requeue_range
+
+        args = self._args(request)
+        first, last, session = args.get("first_seq"), args.get("last_seq"), args.get("session")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**62 for v in (first, last)):
+            raise CommandError("args.first_seq and args.last_seq must be whole numbers >= 1")
+        assert isinstance(first, int) and isinstance(last, int)
+        if last < first or last - first + 1 > MAX_RANGE:
+            raise CommandError(f"args.first_seq..last_seq must name 1 to {MAX_RANGE} numbers, first <= last")
+        if session is not None and (isinstance(session, bool) or not isinstance(session, int)):
+            raise CommandError("args.session must be a whole number when given")
+        if not self.resend_limit.allow():
+            raise CommandError(f"refused: at most {RESEND_BURST} resend commands a minute")
+        result = requeue_range(self.store, first, last).as_dict()
+        log.warning("records re-queued for the centre first_seq=%d last_seq=%d result=%s", first, last, result)
+        return {**result, "session": session}
 
     def alarm_ack(self, request: dict[str, Any]) -> dict[str, Any]:
         """Record that the centre acknowledged or closed an alarm (``args.event_id``, ``state``, ``operator``, ``note``).

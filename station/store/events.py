@@ -420,6 +420,7 @@ class SqliteEventStore:
                     clock_synced=bool(event.clock_synced),
                     body={"event": record},
                     now=now,
+                    keep=("events", rowid),
                 )
             return rowid
 
@@ -447,6 +448,7 @@ class SqliteEventStore:
                 "INSERT INTO vehicles(vehicle_id, ts, kind, plate, confidence, record, created_at) VALUES (?,?,?,?,?,?,?)",
                 (rec["vehicle_id"], float(rec["ts"]), rec["type"], rec["plate"], rec.get("confidence"), compact_json(rec), now),
             )
+            rowid = int(cur.lastrowid or 0)
             outbox.enqueue(
                 conn,
                 self._sender(),
@@ -457,8 +459,9 @@ class SqliteEventStore:
                 clock_synced=rec.get("clock_synced"),
                 body={"vehicle": rec},
                 now=now,
+                keep=("vehicles", rowid),
             )
-            return int(cur.lastrowid or 0)
+            return rowid
 
         rowid = self._write(tx, carry=True)
         self._notify_listeners()

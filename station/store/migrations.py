@@ -262,6 +262,40 @@ def _migrate_clock_corrections(db: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_seq_messages(db: sqlite3.Connection) -> None:
+    """Keep each numbered record's messages (``msg_id``, topic, envelope) so a ``seq`` range can be sent again.
+
+    The outbox row goes once the broker acknowledged it; a broker that then lost it (a restart
+    dropping a shared subscription, docs/centre.md) leaves a gap only a re-send can fill, and the
+    centre drops what it already has by ``msg_id`` only if the re-sent message keeps it. ``head`` is
+    the published JSON up to the record (``payload = head + record + "}"``), so the record itself is
+    not stored twice. A record deleted by retention or an erase takes its rows with it (cascade).
+    """
+    statements = [
+        """
+        CREATE TABLE seq_messages (
+          id               INTEGER PRIMARY KEY,
+          seq              INTEGER NOT NULL,
+          msg_id           TEXT NOT NULL,
+          topic            TEXT NOT NULL,
+          head             TEXT NOT NULL,           -- the payload's JSON before the record's own
+          event_row        INTEGER REFERENCES events(id) ON DELETE CASCADE,
+          vehicle_row      INTEGER REFERENCES vehicles(id) ON DELETE CASCADE,
+          visit_row        INTEGER REFERENCES visits(id) ON DELETE CASCADE,
+          registration_row INTEGER REFERENCES registrations(id) ON DELETE CASCADE
+        )
+        """,
+        "CREATE INDEX seq_messages_seq ON seq_messages(seq)",
+        # The cascades look rows up by these; partial: each row names one record table.
+        "CREATE INDEX seq_messages_event ON seq_messages(event_row) WHERE event_row IS NOT NULL",
+        "CREATE INDEX seq_messages_vehicle ON seq_messages(vehicle_row) WHERE vehicle_row IS NOT NULL",
+        "CREATE INDEX seq_messages_visit ON seq_messages(visit_row) WHERE visit_row IS NOT NULL",
+        "CREATE INDEX seq_messages_registration ON seq_messages(registration_row) WHERE registration_row IS NOT NULL",
+    ]
+    for sql in statements:
+        db.execute(sql)
+
+
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: Sequence[Migration] = (
     _migrate_v1,
@@ -272,6 +306,7 @@ MIGRATIONS: Sequence[Migration] = (
     _migrate_event_crops,
     _migrate_visits_registrations,
     _migrate_clock_corrections,
+    _migrate_seq_messages,
 )
 """Ordered migrations; ``MIGRATIONS[i]`` upgrades ``user_version`` i to i + 1."""
 

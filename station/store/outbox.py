@@ -16,6 +16,7 @@ The functions here take the store's connection and run under its lock; the store
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 import sqlite3
@@ -29,6 +30,8 @@ from typing import Any
 from station.ops.clock import WALL_FLOOR
 from station.store.meta import add_to_meta, meta_int
 
+log = logging.getLogger("station.store.outbox")
+
 PAYLOAD_SCHEMA = 1
 """Version of the JSON envelope published for each outbox row (the ``schema`` key)."""
 
@@ -40,6 +43,12 @@ PRIORITY_AUDIT = 1
 
 PRIORITY_EVENT = 5
 """Outbox priority of ordinary screening messages."""
+
+PRIORITY_RESEND = 6
+"""Outbox priority of records sent again on the centre's ``resend`` command: behind every live message."""
+
+KEEP_TABLES = {"events": "event_row", "vehicles": "vehicle_row", "visits": "visit_row", "registrations": "registration_row"}
+"""Record tables whose messages are kept for a re-send (``seq_messages``), and the column naming the row."""
 
 PENDING = "acked_at IS NULL AND dropped_at IS NULL"
 """SQL condition of a row still to be delivered."""
@@ -140,10 +149,13 @@ def enqueue(
     clock_synced: bool | None,
     body: Mapping[str, Any],
     now: float,
+    keep: tuple[str, int] | None = None,
 ) -> str:
     """Queue one message: the envelope plus ``body``, inside the caller's transaction; return its ``msg_id``.
 
-    ``body`` must already be JSON-able (:func:`jsonable`); its keys follow the envelope's.
+    ``body`` must already be JSON-able (:func:`jsonable`); its keys follow the envelope's. ``keep``
+    (record table, row id) also notes the message in ``seq_messages`` so it can be sent again with the
+    same ``msg_id`` (:mod:`station.store.resend`): ``body`` is then the one record stored in that row.
     """
     msg_id = sender.new_msg_id()
     payload = {
@@ -157,11 +169,29 @@ def enqueue(
         "clock_synced": clock_synced,
         **body,
     }
+    text = compact_json(payload)
     conn.execute(
         "INSERT INTO outbox(msg_id, topic, payload, qos, priority, created_at) VALUES (?, ?, ?, 1, ?, ?)",
-        (msg_id, topic, compact_json(payload).encode("utf-8"), priority, int(now * 1000)),
+        (msg_id, topic, text.encode("utf-8"), priority, int(now * 1000)),
     )
+    if keep is not None:
+        _keep(conn, keep, seq=seq, msg_id=msg_id, topic=topic, text=text, body=body)
     return msg_id
+
+
+def _keep(
+    conn: sqlite3.Connection, keep: tuple[str, int], *, seq: int, msg_id: str, topic: str, text: str, body: Mapping[str, Any]
+) -> None:
+    """Note one message in ``seq_messages``: its payload up to the record, which the record's own row holds."""
+    table, row = keep
+    record = compact_json(next(iter(body.values()))) if len(body) == 1 else ""
+    if not record or not text.endswith(record + "}"):  # by construction it does; never fail the record over it
+        log.error("message not kept for a re-send: its body is not one record topic=%s seq=%d", topic, seq)
+        return
+    conn.execute(
+        f"INSERT INTO seq_messages(seq, msg_id, topic, head, {KEEP_TABLES[table]}) VALUES (?, ?, ?, ?, ?)",
+        (seq, msg_id, topic, text[: len(text) - len(record) - 1], row),
+    )
 
 
 def stats(conn: sqlite3.Connection, bounds: OutboxBounds | None, delivered_ids: AbstractSet[int] = frozenset()) -> dict[str, Any]:

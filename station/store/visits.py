@@ -87,6 +87,7 @@ def record_visit(store: SqliteEventStore, record: Mapping[str, Any]) -> int:
             clock_synced=rec.get("clock_synced"),
             body={"visit": rec},
             now=now,
+            keep=("visits", int(cur.lastrowid or 0)),
         )
         return int(cur.lastrowid or 0)
 
@@ -136,6 +137,7 @@ def record_registration(store: SqliteEventStore, record: Mapping[str, Any]) -> i
             clock_synced=rec.get("clock_synced"),
             body={"registration": rec},
             now=now,
+            keep=("registrations", int(cur.lastrowid or 0)),
         )
         return int(cur.lastrowid or 0)
 
