@@ -63,6 +63,14 @@ def centre() -> None:
     default=None,
     help="The centre's command key (PEM): alarms acknowledged or closed on the screen are mirrored to the station, signed",
 )
+@click.option(
+    "--repair-after",
+    type=click.FloatRange(0, 86400),
+    default=60,
+    show_default=True,
+    help="With --command-key: seconds a gap in a station's numbers may stay open before the station is asked to send "
+    "that range again (a signed resend); 0 = never ask",
+)
 @click.option("--public-origin", default=None, help="The big screen's https://host behind a TLS proxy (cookies Secure, Origin checked)")
 @click.option(
     "--notify-secret-file",
@@ -103,6 +111,7 @@ def run(
     batch_size: int,
     batch_ms: int,
     command_key: str | None,
+    repair_after: float,
     public_origin: str | None,
     notify_secret_file: str | None,
     smtp: str | None,
@@ -143,6 +152,7 @@ def run(
         batch_window_s=batch_ms / 1000.0,
         public_origin=public_origin,
         command_key=command_key,
+        repair_after_s=repair_after,
         notify_secret_file=notify_secret_file,
         smtp=smtp,
         mail_from=mail_from,

@@ -57,6 +57,8 @@ class CentreOptions:
     escalate_after_s: float = 600.0  # unacknowledged this long: the next level up is told
     notify_url: str | None = None  # the centre's web as responders reach it (ack links); default public_origin or http://host:port
     district_key_files: tuple[str, ...] = ()  # the key officer's district key file(s): the tracing page hashes typed values with them
+    repair_after_s: float = 60.0  # with a command key: gaps open this long are asked for again (station/centre/repair.py); 0 = off
+    repair_retry_s: float = 120.0  # first wait for an asked gap to close before asking again (doubles per try)
 
 
 class Centre:
@@ -114,6 +116,22 @@ class Centre:
                 Path(opts.command_key),
                 prefix=opts.prefix,
                 signer=opts.command_signer,
+                username=opts.username,
+                password=opts.password,
+                tls_ca=opts.tls_ca,
+            )
+        self.repair: Any = None
+        if opts.command_key and opts.repair_after_s > 0:
+            from station.centre.repair import GapRepair, RepairOptions
+
+            self.repair = GapRepair(
+                opts.db_url,
+                opts.mqtt_url,
+                Path(opts.command_key),
+                opts=RepairOptions(after_s=opts.repair_after_s, retry_s=opts.repair_retry_s, interval_s=min(5.0, opts.repair_after_s)),
+                prefix=opts.prefix,
+                signer=opts.command_signer,
+                replica=f"repair-{opts.client_id}" if opts.client_id else None,
                 username=opts.username,
                 password=opts.password,
                 tls_ca=opts.tls_ca,
@@ -212,6 +230,9 @@ class Centre:
         if self.notifier is not None:
             self.notifier.open()
             self.notifier.start()
+        if self.repair is not None:
+            self.repair.open()
+            self.repair.start()
         log.info(
             "centre started db=%s mqtt=%s:%d filter=%s timezone=%s retention_days=%d",
             redact_url(self.opts.db_url),
@@ -224,6 +245,8 @@ class Centre:
 
     def stop(self) -> None:
         """Commit and acknowledge what is held, then disconnect."""
+        if self.repair is not None:
+            self.repair.stop()
         if self.notifier is not None:
             self.notifier.stop()
         if self.fleet_subscriber is not None and self.fleet_writer is not None:
