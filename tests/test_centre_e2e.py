@@ -318,6 +318,10 @@ def _record_and_flush(workdir: Path, station: str, mqtt_url: str, first: int, n:
 
 
 def test_what_the_broker_loses_over_a_restart_is_a_missing_event_never_a_silent_hole(pg_url: str, tmp_path: Path) -> None:
+    """The raw broker behaviour, with no command key (so no repair): the lost record stays a missing event.
+
+    With a command key the centre asks for it again and the gap closes: tests/test_centre_repair.py.
+    """
     from station.centre.run import Centre, CentreOptions
 
     broker = Broker(tmp_path / "broker", persistence=True)
