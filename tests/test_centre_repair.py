@@ -166,6 +166,11 @@ def test_records_the_restarted_broker_lost_are_sent_again_and_the_gap_closes(
         closed_after = time.monotonic() - restarted
         wait_until(lambda: _closed(pg_url), 20, "the repair row closed, the answer recorded")
         print(f"broker restart -> gap closed: {closed_after:.1f} s")  # docs/centre.md quotes it
+        repair = centre._writer_stats()["repair"]  # on /healthz and /metrics
+        assert repair["asked"] == 1 and repair["answered"] == 1 and repair["closed"] == 1, repair
+        from station.centre.web import metrics_text
+
+        assert 'centre_repair_total{what="asked"} 1' in metrics_text({}, centre._writer_stats())
 
         rows = _query(pg_url, "SELECT state, tries, asked_first, asked_last, answer FROM centre_repairs")
         assert len(rows) == 1
@@ -242,5 +247,6 @@ def test_one_replica_asks_at_a_time_and_a_long_gap_is_asked_for_in_bounded_range
     did = first.cycle()
     assert did == {"leased": 1, "opened": 2, "closed": 0, "asked": 1, "given_up": 0}  # one range per station per round
     assert second.cycle() == {"leased": 0}, "the other replica holds the lease"
+    assert first.cycle()["asked"] == 0, "one resend per station every station_gap_s"
     spans = _query(pg_url, "SELECT first_seq, last_seq, state, tries FROM centre_repairs ORDER BY first_seq")
     assert spans == [(2, MAX_RANGE + 1, "asked", 1), (MAX_RANGE + 2, MAX_RANGE + 10, "waiting", 0)]

@@ -77,6 +77,8 @@ class RepairOptions:
     per_cycle: int = 20  # resend commands sent per cycle at most (one per station)
     interval_s: float = 5.0
     lease_s: float = 30.0
+    station_gap_s: float = 15.0  # one resend per station this often at most (the station takes 10 a minute)
+    seen_within_s: float = 600.0  # only stations heard from this recently are asked: an offline one would burn the tries
 
 
 def ensure_repair_schema(conn: psycopg.Connection[Any]) -> None:
@@ -335,14 +337,23 @@ class GapRepair:
         return gaps
 
     def _due(self, conn: psycopg.Connection[Any]) -> list[tuple[int, str, str, int, int, int | None, int]]:
-        """Return the ranges to ask for now: old enough, their wait over; one per station, lowest numbers first."""
+        """Return the ranges to ask for now: one per station heard from lately and not asked lately, lowest numbers first."""
         rows = conn.execute(
             """SELECT id, site, station, first_seq, last_seq, session, tries FROM (
-                 SELECT *, row_number() OVER (PARTITION BY site, station ORDER BY first_seq) AS nth FROM centre_repairs
-                 WHERE state IN ('waiting', 'asked') AND first_seen <= now() - make_interval(secs => %(after)s)
-                   AND (next_at IS NULL OR next_at <= now())
+                 SELECT r.*, row_number() OVER (PARTITION BY r.site, r.station ORDER BY r.first_seq) AS nth FROM centre_repairs r
+                 JOIN stations s USING (site, station)
+                 WHERE r.state IN ('waiting', 'asked') AND r.first_seen <= now() - make_interval(secs => %(after)s)
+                   AND (r.next_at IS NULL OR r.next_at <= now())
+                   AND s.last_seen >= now() - make_interval(secs => %(seen)s)
+                   AND NOT EXISTS (SELECT 1 FROM centre_repairs q WHERE q.site = r.site AND q.station = r.station
+                                   AND q.asked_at > now() - make_interval(secs => %(pace)s))
                ) due WHERE nth = 1 ORDER BY first_seen, site, station LIMIT %(limit)s""",
-            {"after": self.opts.after_s, "limit": self.opts.per_cycle},
+            {
+                "after": self.opts.after_s,
+                "limit": self.opts.per_cycle,
+                "seen": self.opts.seen_within_s,
+                "pace": self.opts.station_gap_s,
+            },
         ).fetchall()
         return [(int(r[0]), r[1], r[2], int(r[3]), int(r[4]), r[5], int(r[6])) for r in rows]
 

@@ -149,7 +149,7 @@ class Centre:
             password=opts.password,
             tls_ca=opts.tls_ca,
         )
-        self.app: Any = create_app(self.subscriber.stats, self.writer.stats, create_screen_app(self.screen))
+        self.app: Any = create_app(self.subscriber.stats, self._writer_stats, create_screen_app(self.screen))
         self.notifier: Any = None
         if opts.notify_secret_file:
             self.notifier = self._notifier(opts)
@@ -205,6 +205,13 @@ class Centre:
     def failed(self) -> bool:
         """Return whether the writer died of an error it could not handle."""
         return self.writer.fatal is not None
+
+    def _writer_stats(self) -> dict[str, Any]:
+        """Return the writer's stats, with the gap repair's counters when it runs (/healthz, /metrics)."""
+        stats = self.writer.stats()
+        if self.repair is not None:
+            stats["repair"] = self.repair.stats()
+        return stats
 
     def _ack(self, delivery: Any) -> bool:
         return self.subscriber.ack(delivery) if self.subscriber is not None else False

@@ -67,6 +67,12 @@ def metrics_text(link: dict[str, Any], writer: dict[str, Any]) -> str:
     lines.append("# TYPE centre_dropped_total counter")
     for reason, n in sorted(writer["dropped"].items()):
         metric("centre_dropped_total", "counter", n, {"reason": reason})
+    repair = writer.get("repair")  # the gap repair's counters (station/centre/repair.py), with a command key
+    if isinstance(repair, dict):
+        lines.append("# HELP centre_repair_total Gap repair: rounds, resend commands asked and answered, ranges closed / given up")
+        lines.append("# TYPE centre_repair_total counter")
+        for what, n in sorted(repair.items()):
+            metric("centre_repair_total", "counter", n, {"what": what})
     status, _ = health(link, writer)
     metric("centre_up", "gauge", 1 if status == "ok" else 0, help_="1 when the broker and the database are reachable")
     return "\n".join(lines) + "\n"
