@@ -250,3 +250,13 @@ def test_one_replica_asks_at_a_time_and_a_long_gap_is_asked_for_in_bounded_range
     assert first.cycle()["asked"] == 0, "one resend per station every station_gap_s"
     spans = _query(pg_url, "SELECT first_seq, last_seq, state, tries FROM centre_repairs ORDER BY first_seq")
     assert spans == [(2, MAX_RANGE + 1, "asked", 1), (MAX_RANGE + 2, MAX_RANGE + 10, "waiting", 0)]
+    # Unanswered (this replica has no broker) and still missing after max_tries asks: given up, the gap still shown.
+    first.opts = RepairOptions(after_s=0.0, retry_s=0.0, max_tries=1, station_gap_s=0.0)
+    with psycopg.connect(pg_url) as conn:  # the first ask's wait is over
+        conn.execute("UPDATE centre_repairs SET next_at = now() WHERE state = 'asked'")
+    did = first.cycle()
+    assert did["given_up"] == 1 and did["asked"] == 0
+    assert first.cycle()["asked"] == 1, "the next range of the station is asked for"
+    states = _query(pg_url, "SELECT first_seq, state, tries FROM centre_repairs ORDER BY first_seq")
+    assert states == [(2, "given_up", 1), (MAX_RANGE + 2, "asked", 1)]
+    assert _gaps(pg_url) == [(2, MAX_RANGE + 10)], "a gap given up stays a missing event"
