@@ -112,6 +112,13 @@ def test_a_resend_stops_at_half_the_outbox_bound_and_leaves_the_rest_for_later(r
     result = _resend(rig, 1, 10)["result"]
     assert (result["requeued"], result["no_room"]) == (4, 6)  # 1 live + 4 = half of 10 rows
     assert rig.store.outbox_enforce_bounds() == 0  # nothing live was pushed out
+    # Over a bound after all (the station offline for long), the re-sent copies go first: the centre can ask again.
+    live = [r.msg_id for r in rig.store.outbox_pending(100) if r.priority != PRIORITY_RESEND]
+    rig.store.outbox_bounds = OutboxBounds(max_rows=len(live) + 2, max_bytes=10**9, max_age_s=10**9)
+    assert rig.store.outbox_enforce_bounds() == 2
+    after = rig.store.outbox_pending(100)
+    assert set(live) <= {r.msg_id for r in after}, "every live row kept"
+    assert [r.priority for r in after].count(PRIORITY_RESEND) == 2
 
 
 def test_unsigned_misaddressed_expired_or_too_large_resends_are_refused_and_audited(rig: Rig) -> None:

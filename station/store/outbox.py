@@ -55,6 +55,8 @@ PENDING = "acked_at IS NULL AND dropped_at IS NULL"
 
 _ORDINARY = f"{PENDING} AND priority > {PRIORITY_AUDIT}"  # rows the bounds may drop
 _ROW_COLUMNS = "id, msg_id, topic, payload, qos, priority, created_at, attempts"
+# Re-sent copies (PRIORITY_RESEND) go before live rows, the oldest first: the centre can ask for them again.
+_DROP_ORDER = "priority DESC, id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +233,7 @@ def _bounds_alarm(bounds: OutboxBounds | None, pending: int, size: int, age: flo
 
 
 def enforce_bounds(conn: sqlite3.Connection, bounds: OutboxBounds, sender: Sender, alarm_topic: str, now: float) -> tuple[int, list[str]]:
-    """Drop the oldest ordinary rows beyond ``bounds``, inside the caller's transaction.
+    """Drop the oldest ordinary rows beyond ``bounds`` (re-sent copies first), inside the caller's transaction.
 
     Returns how many rows went and which bounds were exceeded. A drop is counted
     (``meta.outbox_dropped``) and announced by an alarm-priority message on ``alarm_topic``
@@ -250,19 +252,23 @@ def enforce_bounds(conn: sqlite3.Connection, bounds: OutboxBounds, sender: Sende
     if n > bounds.max_rows:
         mark = conn.total_changes
         conn.execute(
-            f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE {_ORDINARY} ORDER BY id LIMIT ?)", (n - bounds.max_rows,)
+            f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE {_ORDINARY} ORDER BY {_DROP_ORDER} LIMIT ?)",
+            (n - bounds.max_rows,),
         )
         if conn.total_changes > mark:
             reasons.append("rows")
         size = conn.execute(f"SELECT coalesce(sum(length(payload)), 0) FROM outbox WHERE {PENDING}").fetchone()[0]
     if size > bounds.max_bytes:
-        cut = conn.execute(
-            f"SELECT id FROM (SELECT id, sum(length(payload)) OVER (ORDER BY id) AS cum FROM outbox "
-            f"WHERE {_ORDINARY}) WHERE cum >= ? ORDER BY id LIMIT 1",
+        mark = conn.total_changes
+        # Every row whose bytes before it (in drop order) are short of the excess: up to and including the one that
+        # covers it; nothing when the ordinary rows together cannot cover it (as before re-sent copies existed).
+        conn.execute(
+            f"DELETE FROM outbox WHERE id IN (SELECT id FROM (SELECT id, length(payload) AS n, sum(length(payload)) OVER "
+            f"(ORDER BY {_DROP_ORDER}) AS cum FROM outbox WHERE {_ORDINARY}) WHERE cum - n < ?1) "
+            f"AND (SELECT coalesce(sum(length(payload)), 0) FROM outbox WHERE {_ORDINARY}) >= ?1",
             (size - bounds.max_bytes,),
-        ).fetchone()
-        if cut is not None:
-            conn.execute(f"DELETE FROM outbox WHERE {_ORDINARY} AND id <= ?", (cut[0],))
+        )
+        if conn.total_changes > mark:
             reasons.append("bytes")
     dropped = conn.total_changes - before
     if dropped:
