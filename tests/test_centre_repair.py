@@ -10,6 +10,7 @@ not asked again, and stays a missing event.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 import time
 from collections import Counter
@@ -177,6 +178,17 @@ def test_records_the_restarted_broker_lost_are_sent_again_and_the_gap_closes(
         state, tries, first, last, answer = rows[0]
         assert (state, tries, first, last) == ("closed", 1, 4, 7)
         assert answer["ok"] is True and answer["result"]["requeued"] == 5 and answer["result"]["not_found"] == 0
+        from click.testing import CliRunner
+
+        from station.centre.cli import centre as centre_cli
+
+        listed = CliRunner().invoke(centre_cli, ["repairs", "--db", pg_url, "--json"])
+        assert listed.exit_code == 0, listed.output
+        assert [(r["station"], r["state"], r["answer"]["result"]["requeued"]) for r in json.loads(listed.output)["repairs"]] == [
+            (STATION, "closed", 5)
+        ]
+        text = CliRunner().invoke(centre_cli, ["repairs", "--db", pg_url]).output
+        assert f"{SITE}/{STATION} 4-7 closed tries=1" in text and '"requeued": 5' in text
         # The report equals the station's own counts; every message once.
         with sqlite3.connect(tmp_path / "events.db") as conn:
             own = Counter(d for (d,) in conn.execute("SELECT decision FROM events"))

@@ -203,6 +203,35 @@ def report(db_url: str, day: str, as_json: bool) -> None:
         click.echo(f"  missing at {key}: {n}")
 
 
+@centre.command("repairs")
+@click.option("--db", "db_url", required=True, help="postgresql://… of the centre's database")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True, help="Newest rows listed")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the rows, newest first")
+def repairs_cmd(db_url: str, limit: int, as_json: bool) -> None:
+    """List the gaps asked for again with a signed resend (station/centre/repair.py): when, how often, what came back."""
+    import psycopg
+
+    from station.centre import db
+    from station.centre.repair import ensure_repair_schema, repairs
+
+    try:
+        with db.connect(db_url) as conn:
+            ensure_repair_schema(conn)
+            rows = repairs(conn, limit=limit)
+    except psycopg.Error as exc:
+        _fail(f"centre repairs: database {redact_url(db_url)}: {str(exc).strip()}", 1)
+    if as_json:
+        click.echo(json.dumps({"repairs": rows}, ensure_ascii=False, default=str, sort_keys=True))
+        return
+    for r in rows:
+        answer = r["answer"] or {}
+        said = answer.get("result") or answer.get("error") or "-"
+        click.echo(
+            f"{r['site']}/{r['station']} {r['first_seq']}-{r['last_seq']} {r['state']} tries={r['tries']} "
+            f"first_seen={r['first_seen']:%Y-%m-%d %H:%M:%S} answer={json.dumps(said, ensure_ascii=False)[:200]}"
+        )
+
+
 @centre.group("user")
 def user() -> None:
     """Centre users (viewer, tracer, admin)."""
