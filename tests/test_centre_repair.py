@@ -272,3 +272,34 @@ def test_one_replica_asks_at_a_time_and_a_long_gap_is_asked_for_in_bounded_range
     states = _query(pg_url, "SELECT first_seq, state, tries FROM centre_repairs ORDER BY first_seq")
     assert states == [(2, "given_up", 1), (MAX_RANGE + 2, "asked", 1)]
     assert _gaps(pg_url) == [(2, MAX_RANGE + 10)], "a gap given up stays a missing event"
+
+
+def test_a_round_asks_for_a_bounded_count_of_numbers_across_stations(pg_url: str, tmp_path: Path) -> None:
+    from station.centre import db
+    from station.centre.parse import EventRow, parse_message
+    from station.centre.repair import GapRepair, RepairOptions, ensure_repair_schema
+
+    rows = []
+    for name in ("st-a", "st-b", "st-c"):  # each: seq 1, then seq 4 002 (4 000 numbers missing)
+        store = SqliteEventStore(tmp_path / f"{name}.db", station_id=name, site=SITE)
+        store.begin_session()
+        store.record(make_event(1))
+        store.write_transaction(lambda c: c.execute("UPDATE meta SET value = '4001' WHERE key = 'seq'"))
+        store.record(make_event(2))
+        with sqlite3.connect(tmp_path / f"{name}.db") as conn:
+            messages = conn.execute("SELECT topic, payload FROM outbox ORDER BY id").fetchall()
+        store.close()
+        rows += [r for r in (parse_message("checkpoint/v1", t, bytes(p)) for t, p in messages) if isinstance(r, EventRow)]
+    assert len(rows) == 6
+    with db.connect(pg_url) as conn:
+        db.ensure_schema(conn)
+        db.create_partitions(conn, {db.day_of(r.ts, db.ZoneInfo("UTC")) for r in rows}, db.ZoneInfo("UTC"))
+        db.write_batch(conn, rows, [])
+        ensure_repair_schema(conn)
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(private_pem(new_signing_key()))
+    repair = GapRepair(pg_url, "mqtt://127.0.0.1:1", key_file, opts=RepairOptions(after_s=0.0, numbers_per_cycle=10_000))
+    assert repair.cycle()["asked"] == 2, "8 000 numbers; a third station's 4 000 would pass 10 000"
+    assert repair.cycle()["asked"] == 1, "the third next round"
+    asked = _query(pg_url, "SELECT station, asked_first, asked_last FROM centre_repairs ORDER BY station")
+    assert asked == [(s, 2, 4001) for s in ("st-a", "st-b", "st-c")]

@@ -75,6 +75,7 @@ class RepairOptions:
     max_retry_s: float = 3600.0
     max_tries: int = 5
     per_cycle: int = 20  # resend commands sent per cycle at most (one per station)
+    numbers_per_cycle: int = 10_000  # numbers asked for per cycle at most (~2 000 messages/s at 5 s: well inside the ingest)
     interval_s: float = 5.0
     lease_s: float = 30.0
     station_gap_s: float = 15.0  # one resend per station this often at most (the station takes 10 a minute)
@@ -99,13 +100,23 @@ def _overlap(lo: int, hi: int, gaps: list[tuple[int, int, int | None]]) -> tuple
     return (min(a for a, _ in inside), max(b for _, b in inside)) if inside else None
 
 
-def sync_gaps(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    """Bring ``centre_repairs`` up to ``station_gaps``: new ranges in, ranges no longer missing closed; return the counts."""
-    gaps: dict[tuple[str, str], list[tuple[int, int, int | None]]] = {}
+Gaps = dict[tuple[str, str], list[tuple[int, int, int | None]]]
+
+
+def read_gaps(conn: psycopg.Connection[Any]) -> Gaps:
+    """Return every station's gaps from ``station_gaps``: (first missing, last missing, session after), in order."""
+    gaps: Gaps = {}
     for site, station, first, last, session in conn.execute(
         "SELECT site, station, first_missing, last_missing, session FROM station_gaps ORDER BY site, station, first_missing"
     ):
         gaps.setdefault((site, station), []).append((int(first), int(last), session))
+    return gaps
+
+
+def sync_gaps(conn: psycopg.Connection[Any], gaps: Gaps | None = None) -> dict[str, int]:
+    """Bring ``centre_repairs`` up to ``station_gaps``: new ranges in, ranges no longer missing closed; return the counts."""
+    if gaps is None:
+        gaps = read_gaps(conn)
     opened = closed = 0
     open_rows: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
     for rid, site, station, first, last in conn.execute(
@@ -302,10 +313,10 @@ class GapRepair:
                 if not self._take_lease(conn):
                     return {"leased": 0}
             with conn.transaction():
-                synced = sync_gaps(conn)
-                gaps = self._current_gaps(conn)
+                gaps = read_gaps(conn)
+                synced = sync_gaps(conn, gaps)
                 due = self._due(conn)
-                asked = given_up = 0
+                asked = given_up = numbers = 0
                 for rid, site, station, first, last, session, tries in due:
                     span = _overlap(first, last, gaps.get((site, station), []))
                     if span is None:
@@ -315,6 +326,9 @@ class GapRepair:
                         given_up += 1
                         log.warning("gap repair given up site=%s station=%s range=%d-%d tries=%d", site, station, first, last, tries)
                         continue
+                    if asked and numbers + span[1] - span[0] + 1 > self.opts.numbers_per_cycle:
+                        break  # the rest next round: re-sent records must not swamp the writers
+                    numbers += span[1] - span[0] + 1
                     command_id = self._send(site, station, span, session)
                     wait = min(self.opts.retry_s * 2**tries, self.opts.max_retry_s)
                     conn.execute(
@@ -328,13 +342,6 @@ class GapRepair:
             self.counts["closed"] += synced["closed"]
             self.counts["given_up"] += given_up
         return {"leased": 1, **synced, "asked": asked, "given_up": given_up}
-
-    @staticmethod
-    def _current_gaps(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], list[tuple[int, int, int | None]]]:
-        gaps: dict[tuple[str, str], list[tuple[int, int, int | None]]] = {}
-        for site, station, first, last in conn.execute("SELECT site, station, first_missing, last_missing FROM station_gaps"):
-            gaps.setdefault((site, station), []).append((int(first), int(last), None))
-        return gaps
 
     def _due(self, conn: psycopg.Connection[Any]) -> list[tuple[int, str, str, int, int, int | None, int]]:
         """Return the ranges to ask for now: one per station heard from lately and not asked lately, lowest numbers first."""
