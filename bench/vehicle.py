@@ -204,12 +204,22 @@ class SpinLoad:
             self.proc.wait(5)
 
 
-def per_frame_compute(repeat: int = 2, **reader_options: Any) -> dict[str, Any]:
-    """Per-frame compute on one core, quiet and under load, gated (the station's [vehicle] gate defaults) and read on every frame."""
+def per_frame_compute(repeat: int = 2, memory_settings: bool = True, **reader_options: Any) -> dict[str, Any]:
+    """Per-frame compute on one core, quiet and under load, gated (the station's [vehicle] gate defaults) and read on every frame.
+
+    ``memory_settings``: as the daemon in the low-memory mode (``station.app.apply_memory_settings``:
+    large allocations mmapped); process-wide, so a run without it is a separate process
+    (``--without-memory-settings``).
+    """
     from station.config import StationConfig
     from station.lane.plate_gate import PlateGate
 
     v = StationConfig().vehicle
+    low = memory_settings and reader_options.get("low_memory", v.plate_low_memory)
+    if low:
+        from station.ops.malloc import mmap_large_allocations
+
+        mmap_large_allocations()
 
     cpus = os.sched_getaffinity(0)
     cpu = min(cpus)
@@ -219,6 +229,7 @@ def per_frame_compute(repeat: int = 2, **reader_options: Any) -> dict[str, Any]:
         person = _person_lane_work(1)
         reader = build_plate_reader(1, **reader_options)
         out: dict[str, Any] = {"cpu": cpu, "ort_threads": 1, "scene": f"{len(frames)} frames 640x480 at {FPS:g} fps", "repeat": repeat}
+        out["memory_settings"] = bool(low)
 
         def runs(gated: bool) -> dict[str, Any]:
             def gate() -> PlateGate | None:
@@ -254,14 +265,20 @@ def plate_accuracy(**reader_options: Any) -> dict[str, Any]:
 
 
 def run(
-    *, daemon: bool = True, accuracy: bool = False, daemon_seconds: float = 20.0, repeat: int = 2, low_memory: bool = True
+    *,
+    daemon: bool = True,
+    accuracy: bool = False,
+    daemon_seconds: float = 20.0,
+    repeat: int = 2,
+    low_memory: bool = True,
+    memory_settings: bool = True,
 ) -> dict[str, Any]:
     """Return the vehicle lane's figures and the targets they are held against."""
     out: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "note": "shared 2-core VM, other jobs running: medians, noisy"},
         "plate_low_memory": low_memory,
     }
-    fc = per_frame_compute(repeat, low_memory=low_memory)
+    fc = per_frame_compute(repeat, memory_settings, low_memory=low_memory)
     out["per_frame_compute_ms"] = fc
     out["per_frame_quiet_ms"] = fc["quiet"]["gated"]["median"]
     out["per_frame_under_load_ms"] = fc["under_load"]["gated"]["median"]
@@ -294,9 +311,19 @@ def main() -> None:
     ap.add_argument("--daemon-seconds", type=float, default=20.0)
     ap.add_argument("--repeat", type=int, default=2, help="scene replays per figure (the least disturbed is kept)")
     ap.add_argument("--arena", action="store_true", help="plate models with onnxruntime's arena (vehicle.plate_low_memory = false)")
+    ap.add_argument(
+        "--without-memory-settings",
+        action="store_true",
+        help="per-frame figures without the daemon's low-memory malloc setting (the before of that change)",
+    )
     args = ap.parse_args()
     result = run(
-        daemon=not args.no_daemon, accuracy=args.accuracy, daemon_seconds=args.daemon_seconds, repeat=args.repeat, low_memory=not args.arena
+        daemon=not args.no_daemon,
+        accuracy=args.accuracy,
+        daemon_seconds=args.daemon_seconds,
+        repeat=args.repeat,
+        low_memory=not args.arena,
+        memory_settings=not args.without_memory_settings,
     )
     text = json.dumps(result, ensure_ascii=False, indent=None if args.json else 2)
     if args.out:

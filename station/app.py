@@ -99,6 +99,20 @@ def build_detector(cfg: StationConfig) -> FaceDetector:
     return build_face_detector(d.face, models_dir_for(cfg), score_threshold=d.score_threshold, threads=d.threads)
 
 
+def vehicle_low_memory(cfg: StationConfig) -> bool:
+    """Return whether the daemon runs the vehicle lane's low-memory mode (``vehicle.plate_low_memory`` in vehicle mode)."""
+    return cfg.vehicle.mode == "vehicle" and cfg.vehicle.plate_low_memory
+
+
+def apply_memory_settings(cfg: StationConfig) -> bool:
+    """In the vehicle lane's low-memory mode, serve large allocations from their own mappings (station.ops.malloc); return whether set."""
+    if not vehicle_low_memory(cfg):
+        return False
+    from station.ops.malloc import mmap_large_allocations
+
+    return mmap_large_allocations()
+
+
 def build_reader(cfg: StationConfig) -> CodeReader:
     """Return the configured code reader (``codes.reader``), tracked across frames when ``codes.track`` is on."""
     c = cfg.codes
@@ -363,6 +377,7 @@ class StationApp:
         self.plates: PlateLoop | None = None  # the vehicle lane's plate thread (vehicle.mode = "vehicle")
         self.visits: VisitRecorder | None = None  # the vehicle lane's visits (a vehicle and its occupants as one record)
         self.plate_state = "off"
+        self.large_allocations_mmapped = False  # the vehicle lane's low-memory mode (apply_memory_settings)
         self.counts_keeper: CountsKeeper | None = None
         self.publisher: MqttPublisher | None = None  # mqtt.url set
         self.pump: OutboxPump | None = None
@@ -402,6 +417,7 @@ class StationApp:
         from station.store.events import SqliteEventStore
 
         cfg = self.cfg
+        self.large_allocations_mmapped = apply_memory_settings(cfg)  # before the models are loaded
         for extra in self.injected.extra_start:
             extra.start()
             self._push(type(extra).__name__, extra.stop)

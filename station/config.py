@@ -238,7 +238,9 @@ class VehicleSection(Section):
         description="Between whole-frame searches, look for plates only around where they were last read (0 = search every frame whole)",
     )
     plate_low_memory: bool = Field(
-        True, description="Plate models without onnxruntime's arena, freed memory handed back after each read (~40 MB less RSS)"
+        True,
+        description="Vehicle lane low-memory mode: plate models without onnxruntime's arena, freed memory handed back after"
+        " each read, malloc blocks of 1 MiB or more on their own mappings (station.ops.malloc)",
     )
     registration_valid_h: float = Field(
         24.0,

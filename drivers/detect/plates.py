@@ -17,7 +17,9 @@ run's activations (tens of MB for a 640 px frame, a different size for every ref
 to malloc when the run ends, and after each ``read`` glibc's ``malloc_trim`` hands the freed pages
 back to the system. With the arena the vehicle lane's daemon kept ~50 MB more resident; without the
 arena but without the trim, more still (freed pages stay in malloc's per-thread arenas). Measured
-in bench/vehicle.py: no cost per read that the bench can see.
+in bench/vehicle.py: no cost per read that the bench can see. In that mode the daemon also gives
+every malloc block of 1 MiB or more its own mapping (``station.ops.malloc``), so the detector's
+activations are handed back when freed instead of fragmenting malloc's arenas during the read.
 """
 
 from __future__ import annotations
