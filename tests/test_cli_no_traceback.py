@@ -145,6 +145,7 @@ def test_short_station_verbs_answer_without_a_traceback(tmp_path: Path, bare_lap
         ("centre", "reports"): ["--db", "postgresql://nobody@127.0.0.1:9/x"],  # neither --day nor --week
         ("centre", "forecast"): ["--db", "postgresql://nobody@127.0.0.1:9/x", "--station", "x"],  # no --site
         ("centre", "fleet"): [],  # no --db
+        ("centre", "repairs"): [],  # no --db
         ("centre", "push"): ["--db", "postgresql://nobody@127.0.0.1:9/x", "--user", "u", "--reason", "x", "--mqtt", "mqtt://127.0.0.1:9"]
         + ["--signing-key", str(tmp_path / "none.key"), "--command", "set-threshold"],  # a reason too short
     }
