@@ -33,7 +33,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
@@ -42,7 +41,7 @@ import psycopg
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -51,6 +50,7 @@ from station.board.schema import EVENT_ID, SEGMENT
 from station.board.web import LOGIN_ERRORS, SecurityHeaders
 from station.centre import screen
 from station.centre.auth import COOKIE, CentreSessions, CentreUsers, allowed, cookie_header
+from station.centre.page_files import STATIC, page_routes
 from station.centre.page_fleet import fleet_routes
 from station.centre.page_live import routes as live_routes
 from station.centre.page_reports import report_routes
@@ -60,7 +60,7 @@ from station.ops.ratelimit import RateLimiter
 
 log = logging.getLogger("station.centre.page")
 
-STATIC = Path(__file__).with_name("static")
+
 FILES = {
     "centre.js": "text/javascript; charset=utf-8",
     "chart.umd.min.js": "text/javascript; charset=utf-8",
@@ -231,17 +231,6 @@ def create_screen_app(sc: Screen) -> ASGIApp:
         response.headers.append("set-cookie", cookie_header("", secure=secure(request), max_age=0))
         return response
 
-    @need("viewer", page=True)
-    async def page(request: Request, session: Session) -> Response:
-        return FileResponse(STATIC / "centre.html", media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
-
-    @need("viewer")
-    async def static(request: Request, session: Session) -> Response:
-        name = request.path_params["name"]
-        if name not in FILES:
-            return Response(status_code=404)
-        return FileResponse(STATIC / name, media_type=FILES[name], headers={"Cache-Control": "no-cache"})
-
     @need("viewer")
     async def whoami(request: Request, session: Session) -> Response:
         return JSONResponse({"user": session.user, "role": session.role, "expires": session.expires})
@@ -370,8 +359,7 @@ def create_screen_app(sc: Screen) -> ASGIApp:
             Route("/login", login_page, methods=["GET"]),
             Route("/login", login, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
-            Route("/", page),
-            Route("/static/{name}", static),
+            *page_routes(need, "/", "centre.html", "viewer", "/static/{name}", FILES),
             Route("/api/whoami", whoami),
             Route("/api/dashboard", dashboard),
             Route("/api/alarms", alarms),

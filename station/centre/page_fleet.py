@@ -27,15 +27,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from station.board.auth import Session
@@ -44,12 +42,12 @@ from station.centre import db, screen
 from station.centre import fleet as fl
 from station.centre import push as pu
 from station.centre.auth import allowed
+from station.centre.page_files import Need, page_routes
 from station.centre.tree import UNASSIGNED, Tree, TreeError, parse_tree, rollup, stations_under
 from station.ops.ratelimit import RateLimiter
 
 log = logging.getLogger("station.centre.page_fleet")
 
-STATIC = Path(__file__).with_name("static")
 FILES = {"fleet.js": "text/javascript; charset=utf-8", "fleet.css": "text/css; charset=utf-8"}
 PAGE_COMMANDS = ("set-threshold", "trust-list", "resident-plates")
 FILE_MAX = 192 * 1024  # the signed command must stay under a station's centre.command_max_bytes (256 KiB by default)
@@ -264,10 +262,6 @@ def push_outcomes_json(command: str, outcomes: list[pu.PushOutcome]) -> list[dic
     ]
 
 
-Handler = Callable[[Request, Session], Awaitable[Response]]
-Need = Callable[..., Callable[[Handler], Callable[[Request], Awaitable[Response]]]]
-
-
 def fleet_routes(sc: Any, need: Need) -> list[Route]:
     """Return the fleet page's routes for ``create_screen_app``; ``need`` is its role/origin/content-type wrapper."""
     schema_ready: list[bool] = []
@@ -299,17 +293,6 @@ def fleet_routes(sc: Any, need: Need) -> list[Route]:
 
             out["key_id"] = key_id_of(mirror.key.public_key())
         return out
-
-    @need("viewer", page=True)
-    async def page(request: Request, session: Session) -> Response:
-        return FileResponse(STATIC / "fleet.html", media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
-
-    @need("viewer")
-    async def static(request: Request, session: Session) -> Response:
-        name = request.path_params["name"]
-        if name not in FILES:
-            return Response(status_code=404)
-        return FileResponse(STATIC / name, media_type=FILES[name], headers={"Cache-Control": "no-cache"})
 
     def read_fleet() -> dict[str, Any]:
         with connection() as conn:
@@ -445,8 +428,7 @@ def fleet_routes(sc: Any, need: Need) -> list[Route]:
         )
 
     return [
-        Route("/fleet", page),
-        Route("/fleet/{name}", static),
+        *page_routes(need, "/fleet", "fleet.html", "viewer", "/fleet/{name}", FILES),
         Route("/api/fleet", fleet_api),
         Route("/api/fleet/pushes", pushes),
         Route("/api/fleet/push", push_api, methods=["POST"]),

@@ -18,7 +18,6 @@ the user's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +28,7 @@ from starlette.routing import Route
 from station.board.auth import Session
 from station.centre import screen, wait
 from station.centre.live import segment
+from station.centre.page_files import JsonBody, Need
 from station.centre.tree import UNASSIGNED, TreeError, parse_tree
 
 log = logging.getLogger("station.centre.page_live")
@@ -44,11 +44,6 @@ def _error(message: str, status: int) -> JSONResponse:
 def _station(site: Any, station: Any) -> tuple[str, str] | None:
     s, st = segment(site), segment(station)
     return (s, st) if s is not None and st is not None else None
-
-
-Handler = Callable[[Request, Session], Awaitable[Response]]
-Need = Callable[..., Callable[[Handler], Callable[[Request], Awaitable[Response]]]]
-JsonBody = Callable[[Request], Awaitable[dict[str, Any] | None]]
 
 
 def routes(sc: Any, need: Need, json_body: JsonBody) -> list[Route]:

@@ -14,23 +14,22 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from station.board.auth import Session
 from station.centre import reports, screen
-from station.centre.page_trace import PATH_MAX, BadParam, Need
+from station.centre.page_files import Need, page_routes
+from station.centre.page_trace import PATH_MAX, BadParam
 from station.centre.tree import UNASSIGNED, TreeError, parse_tree
 
 if TYPE_CHECKING:
     from station.centre.page import Screen
 
-STATIC = Path(__file__).with_name("static")
 FILES = {"reports.js": "text/javascript; charset=utf-8", "pages.css": "text/css; charset=utf-8"}
 _DAY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
@@ -133,17 +132,6 @@ def report_routes(sc: Screen, need: Need) -> list[Route]:
         body["node"] = node
         return cut_to_node(body, node)
 
-    @need("viewer", page=True)
-    async def page(request: Request, session: Session) -> Response:
-        return FileResponse(STATIC / "reports.html", media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
-
-    @need("viewer")
-    async def static(request: Request, session: Session) -> Response:
-        name = request.path_params["name"]
-        if name not in FILES:
-            return Response(status_code=404)
-        return FileResponse(STATIC / name, media_type=FILES[name], headers={"Cache-Control": "no-cache"})
-
     @need("viewer")
     async def api(request: Request, session: Session) -> Response:
         try:
@@ -164,7 +152,6 @@ def report_routes(sc: Screen, need: Need) -> list[Route]:
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     return [
-        Route("/reports", page),
-        Route("/static/reports/{name}", static),
+        *page_routes(need, "/reports", "reports.html", "viewer", "/static/reports/{name}", FILES),
         Route("/api/reports", api),
     ]

@@ -25,21 +25,21 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from station.board.auth import Session
 from station.board.schema import SEGMENT
 from station.centre import screen, tracing
 from station.centre.db import ddl_lock
+from station.centre.page_files import JsonBody, Need, page_routes
 from station.centre.tree import UNASSIGNED, TreeError, parse_tree, stations_under
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("station.centre.page_trace")
 
-STATIC = Path(__file__).with_name("static")
 FILES = {
     "trace.js": "text/javascript; charset=utf-8",
     "pages.css": "text/css; charset=utf-8",
@@ -62,10 +61,6 @@ MAX_FEVER_STATIONS = 50
 FEVER_C_RANGE = (30.0, 45.0)
 PATH_MAX = 400
 _PATH = re.compile(r"^[a-z0-9_-]{1,64}(/[a-z0-9_-]{1,64}){0,3}$")
-
-Handler = Callable[[Request, Session], Awaitable[Response]]
-Need = Callable[..., Callable[[Handler], Callable[[Request], Awaitable[Response]]]]
-JsonBody = Callable[[Request], Awaitable[dict[str, Any] | None]]
 
 
 class BadParam(ValueError):
@@ -234,17 +229,6 @@ def trace_routes(sc: Screen, need: Need, json_body: JsonBody) -> list[Route]:
     def keys() -> list[tracing.DistrictKey]:
         return list(getattr(sc, "district_keys", ()) or ())
 
-    @need("tracer", page=True)
-    async def page(request: Request, session: Session) -> Response:
-        return FileResponse(STATIC / "trace.html", media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
-
-    @need("viewer")
-    async def static(request: Request, session: Session) -> Response:
-        name = request.path_params["name"]
-        if name not in FILES:
-            return Response(status_code=404)
-        return FileResponse(STATIC / name, media_type=FILES[name], headers={"Cache-Control": "no-cache"})
-
     def _places() -> tuple[list[str], list[dict[str, str]]]:
         with sc.pool.connection() as conn:
             _, text = screen.load_tree_text(conn)
@@ -361,8 +345,7 @@ def trace_routes(sc: Screen, need: Need, json_body: JsonBody) -> list[Route]:
         )
 
     return [
-        Route("/trace", page),
-        Route("/static/trace/{name}", static),
+        *page_routes(need, "/trace", "trace.html", "tracer", "/static/trace/{name}", FILES),
         Route("/api/trace/info", info),
         Route("/api/trace/seen", seen, methods=["POST"]),
         Route("/api/trace/fever", fever, methods=["POST"]),
