@@ -279,12 +279,9 @@ class LiveHub:
 
         self.key: Any = None
         if key_path is not None:
-            from station.link.command_auth import load_private_key
+            from station.centre.mirror import load_command_key
 
-            try:
-                self.key = load_private_key(Path(key_path))
-            except (OSError, ValueError, TypeError) as exc:
-                raise ValueError(f"--command-key {key_path}: not a usable signing key (Ed25519 or ECDSA P-256 PEM): {exc}") from None
+            self.key = load_command_key(key_path)
         self.endpoint = parse_mqtt_url(mqtt_url).with_credentials(username, password)
         self.prefix = prefix.rstrip("/")
         self.signer = signer

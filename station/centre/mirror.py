@@ -24,6 +24,16 @@ log = logging.getLogger("station.centre.mirror")
 TTL_S = 60.0  # the most a station accepts (command_auth.MAX_WINDOW_S)
 
 
+def load_command_key(key_path: Path) -> Any:
+    """Return the centre's command signing key, or raise ValueError naming ``--command-key`` and why it is unusable."""
+    from station.link.command_auth import load_private_key
+
+    try:
+        return load_private_key(Path(key_path))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"--command-key {key_path}: not a usable signing key (Ed25519 or ECDSA P-256 PEM): {exc}") from None
+
+
 class AlarmMirror:
     """One MQTT 5 client that publishes signed ``alarm-ack`` commands and counts the stations' answers."""
 
@@ -38,13 +48,9 @@ class AlarmMirror:
         password: str | None = None,
         tls_ca: str | None = None,
     ) -> None:
-        from station.link.command_auth import load_private_key
         from station.ops.mqtt_url import parse_mqtt_url
 
-        try:  # refused here, before anything starts
-            self.key = load_private_key(Path(key_path))
-        except (OSError, ValueError, TypeError) as exc:
-            raise ValueError(f"--command-key {key_path}: not a usable signing key (Ed25519 or ECDSA P-256 PEM): {exc}") from None
+        self.key = load_command_key(key_path)  # refused here, before anything starts
         self.endpoint = parse_mqtt_url(mqtt_url).with_credentials(username, password)
         self.prefix = prefix.rstrip("/")
         self.signer = signer

@@ -160,13 +160,10 @@ class GapRepair:
         password: str | None = None,
         tls_ca: str | None = None,
     ) -> None:
-        from station.link.command_auth import load_private_key
+        from station.centre.mirror import load_command_key
         from station.ops.mqtt_url import parse_mqtt_url
 
-        try:  # refused here, before anything starts
-            self.key = load_private_key(Path(key_path))
-        except (OSError, ValueError, TypeError) as exc:
-            raise ValueError(f"--command-key {key_path}: not a usable signing key (Ed25519 or ECDSA P-256 PEM): {exc}") from None
+        self.key = load_command_key(key_path)  # refused here, before anything starts
         self.db_url = db_url
         self.endpoint = parse_mqtt_url(mqtt_url).with_credentials(username, password)
         self.opts = opts
