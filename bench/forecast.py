@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from station.centre.reports import errors, forecast_day, seasonal_naive, synthetic_history
+from sim.flow_history import synthetic_history
+from station.centre.reports import errors, forecast_day, seasonal_naive
 
 
 def _oracle(day: dt.date, first: dt.date, base: float, growth: float) -> list[float]:

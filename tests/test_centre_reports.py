@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from click.testing import CliRunner
 
+from sim.flow_history import synthetic_history
 from station.centre import db
 from station.centre import reports as rep
 from station.centre.cli import centre
@@ -155,7 +156,7 @@ def _history_rows(history: dict[dt.date, list[int]]) -> list[EventRow]:
 
 def test_the_forecast_from_the_database_matches_the_model_and_beats_last_weeks_hours_on_held_out_days(pg_url: str) -> None:
     target = dt.date(2026, 11, 16)  # a Monday
-    history = rep.synthetic_history(target - dt.timedelta(weeks=5), 35, seed=11)
+    history = synthetic_history(target - dt.timedelta(weeks=5), 35, seed=11)
     with psycopg.connect(pg_url) as conn:
         db.ensure_schema(conn)
         db.create_partitions(conn, history, UTC)
@@ -173,7 +174,7 @@ def test_the_forecast_from_the_database_matches_the_model_and_beats_last_weeks_h
 
 def test_the_forecast_follows_a_trend_and_knows_weekends_without_a_database() -> None:
     start = dt.date(2026, 9, 7)
-    growing = rep.synthetic_history(start, 42, seed=3, growth_per_week=0.10)
+    growing = synthetic_history(start, 42, seed=3, growth_per_week=0.10)
     monday, saturday = dt.date(2026, 10, 19), dt.date(2026, 10, 17)
     plain = sum(rep.forecast_day({d: v for d, v in growing.items() if d < monday}, monday, weeks=4))
     flat_mean = sum(sum(growing[monday - dt.timedelta(weeks=w)]) for w in range(1, 5)) / 4
