@@ -8,7 +8,6 @@ the centre's batch writer (tests/support/centre_screen.py).
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,29 +19,14 @@ from playwright.sync_api import expect
 from station.centre import screen
 from station.centre.page import Screen, create_screen_app
 from tests.support.broker import free_port
+from tests.support.browser import browser
 from tests.support.centre_screen import ADMIN, TRACER, TREE, UTC, VIEWER, add_users, seed
 from tests.support.postgres import pg_server, pg_url
 from tests.support.waiting import wait_until
 
-__all__ = ["pg_server", "pg_url"]
+__all__ = ["browser", "pg_server", "pg_url"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture()
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture()

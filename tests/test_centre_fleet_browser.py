@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -31,13 +30,14 @@ from station.centre import screen
 from station.centre.run import Centre, CentreOptions
 from station.link.command_auth import new_signing_key, private_pem, public_pem
 from tests.support.broker import Broker, free_port, mosquitto_available
+from tests.support.browser import browser
 from tests.support.centre_screen import ADMIN, VIEWER, add_users
 from tests.support.daemon import write_config
 from tests.support.postgres import pg_server, pg_url
 from tests.support.sync_rig import Collector
 from tests.support.waiting import wait_until
 
-__all__ = ["pg_server", "pg_url"]
+__all__ = ["browser", "pg_server", "pg_url"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -46,7 +46,6 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BASE = "checkpoint/v1/test-site/gate-3"
 HOSTILE_VERSION = "<img src=x onerror=alert(1)>"
 HOSTILE_NAME = '<img src=x onerror="document.body.dataset.pwned=1">东门'
@@ -63,20 +62,6 @@ name = "网格一"
 name = {json.dumps(HOSTILE_NAME, ensure_ascii=False)}
 stations = ["test-site/gate-3"]
 """
-
-
-@pytest.fixture()
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,15 +28,15 @@ from station.link.command_auth import new_signing_key, private_pem
 from station.link.snapshots import SnapshotSettings, render_snapshot, snapshot_payload
 from station.models import default_models_dir
 from tests.support.broker import Broker, free_port, mosquitto_available
+from tests.support.browser import browser
 from tests.support.centre_screen import TREE, UTC, VIEWER, add_users, screening
 from tests.support.postgres import pg_server, pg_url
 from tests.support.waiting import wait_until
 
-__all__ = ["pg_server", "pg_url"]
+__all__ = ["browser", "pg_server", "pg_url"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PHOTO = Path("/work/shared/data/images/faces/ultraface-5.jpg")
 rng = np.random.default_rng(11)
 WAITS = {  # (site, station, hour) → the stations' latency_ms.total of each screening
@@ -45,20 +44,6 @@ WAITS = {  # (site, station, hour) → the stations' latency_ms.total of each sc
     ("gate-a", "st-02", 9): [float(v) for v in rng.gamma(4.0, 600.0, 20).round(1)],
     ("market", "m1", 9): [float(v) for v in rng.gamma(2.0, 2000.0, 15).round(1)],
 }
-
-
-@pytest.fixture()
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _snapshot() -> tuple[bytes, bytes]:

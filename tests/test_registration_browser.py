@@ -13,7 +13,6 @@ registered with that registration's id, and the board, fed what the back end rec
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +37,10 @@ from station.web.operator import OperatorServer
 from station.web.pin import hash_pin
 from station.web.registration import Registrar
 from tests.support.broker import Broker, mosquitto_available
+from tests.support.browser import browser
 from tests.support.waiting import wait_until
+
+__all__ = ["browser"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -46,23 +48,8 @@ pytestmark = [
     pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed"),
 ]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PIN = "271828"
 CAR = VehicleScene("鲁L88888", (), stop_t=0.5, leave_t=1.5, gone_t=2.0)
-
-
-@pytest.fixture()
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class VehicleStation:

@@ -11,7 +11,6 @@ station's tile state.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,26 +24,14 @@ from station.domain.screening import LaneState
 from station.web.desk import DeskSettings, OperatorDesk
 from station.web.operator import OperatorServer
 from station.web.pin import hash_pin
+from tests.support.browser import browser
 from tests.support.staff_lane import StaffLane
+
+__all__ = ["browser"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PIN = "271828"
-
-
-@pytest.fixture()
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Station:
