@@ -31,10 +31,11 @@ acted on such a decision (the pipeline only commands the gate after a durable wr
 
 Long soak (``--hours``, issue 18): walk-ups follow a compressed market day (``WALKUP_PROFILE``: a
 morning peak, a quiet afternoon, an evening rise, repeated every ``--day-min``), faults come 2–6 min
-apart, and every ``--sample-s`` the daemon's RSS, FDs, threads, CPU and write counters and the data
-dir's sizes and outbox depth are appended to a JSON-lines file (``bench.soak_series``), which also
-fits the slopes per hour, the bytes written per screening and the plot. A slope clearly above zero
-fails the soak like a lost event does.
+apart (none that ends the daemon in the first ``--steady-min``, 70 by default, so one incarnation holds a
+whole compressed day and a slow leak has time to show), and every ``--sample-s`` the daemon's RSS,
+FDs, threads, CPU and write counters and the data dir's sizes and outbox depth are appended to a
+JSON-lines file (``bench.soak_series``), which also fits the slopes per hour, the bytes written per
+screening and the plot. A slope clearly above zero fails the soak like a lost event does.
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ FAULT_KINDS = (
     "daemon_sigkill",
     "hung_pipeline",
 )
+# Faults that end the daemon (the supervisor starts a new one). Held back for the first ``steady_min`` of
+# a long soak: a slow leak needs one incarnation long enough to show, the whole compressed day in it.
+DAEMON_ENDING_FAULTS = frozenset({"daemon_sigkill", "hung_pipeline"})
+STEADY_MIN_LONG = 70.0  # one compressed market day (60 min) and the warm-up, with --hours
 
 
 # A market day compressed: (start, end) as fractions of the day, name, mean extra empty-lane seconds
@@ -90,6 +95,21 @@ WALKUP_PROFILE: tuple[tuple[float, float, str, float], ...] = (
     (0.40, 0.85, "quiet afternoon", 40.0),
     (0.85, 1.00, "evening", 4.0),
 )
+
+
+def next_fault(round_kinds: list[str], rng: random.Random, *, steady: bool) -> str:
+    """Take the next fault kind from this round (a new shuffled round when empty); while ``steady``, none that ends the daemon."""
+    if not round_kinds:
+        round_kinds.extend(FAULT_KINDS)
+        rng.shuffle(round_kinds)
+    allowed = [k for k in round_kinds if not (steady and k in DAEMON_ENDING_FAULTS)]
+    if not allowed:  # only daemon-ending faults left in this round: they wait, a new round's others go first
+        allowed = [k for k in FAULT_KINDS if k not in DAEMON_ENDING_FAULTS]
+        rng.shuffle(allowed)
+        round_kinds[:0] = allowed
+    kind = allowed[-1]
+    round_kinds.remove(kind)
+    return kind
 
 
 class PacedDirector:
@@ -625,6 +645,7 @@ def run(
     day_min: float = 60.0,
     series_path: Path | None = None,
     plot_path: Path | None = None,
+    steady_min: float = 0.0,
 ) -> dict[str, Any]:
     from sim.demo import cast_people
     from sim.gy_mcu90640_emulator import GyMcu90640Emulator
@@ -670,6 +691,8 @@ def run(
         "minutes": minutes,
         "seed": seed,
         "fault_gap_s": list(gap_s),
+        "steady_min": steady_min,
+        "daemon_ending_faults": sorted(DAEMON_ENDING_FAULTS),
         "sample_s": sample_s,
         "walkup_profile": {
             "day_min": day_min,
@@ -785,10 +808,7 @@ def run(
             time.sleep(max(0.0, end - time.monotonic()))
             break
         time.sleep(wait)
-        if not round_kinds:
-            round_kinds = list(FAULT_KINDS)
-            rng.shuffle(round_kinds)
-        kind = round_kinds.pop()
+        kind = next_fault(round_kinds, rng, steady=time.monotonic() - t0 < steady_min * 60.0)
         sup.current_fault = kind
         info = inject(kind)
         sup.current_fault = None
@@ -949,6 +969,12 @@ def main() -> None:
         metavar=("MIN", "MAX"),
         help="seconds between faults (default 12 30, with --hours 120 360)",
     )
+    ap.add_argument(
+        "--steady-min",
+        type=float,
+        default=None,
+        help=f"minutes without daemon-ending faults at the start, one long incarnation (default 0, with --hours {STEADY_MIN_LONG:g})",
+    )
     ap.add_argument("--sample-s", type=float, default=60.0, help="seconds between series samples (default 60)")
     ap.add_argument("--day-min", type=float, default=None, help="minutes of one compressed market day (default 60, or the run if shorter)")
     ap.add_argument("--json", action="store_true", help="only the summary JSON on stdout (progress on stderr)")
@@ -961,7 +987,17 @@ def main() -> None:
     series = args.series or (args.out.with_suffix(".jsonl") if args.out else None)
     plot = args.plot or (args.out.with_suffix(".png") if args.out else None)
     day_min = args.day_min if args.day_min is not None else min(60.0, minutes)
-    summary = run(minutes, args.seed, gap_s=(gap[0], gap[1]), sample_s=args.sample_s, day_min=day_min, series_path=series, plot_path=plot)
+    steady_min = args.steady_min if args.steady_min is not None else (STEADY_MIN_LONG if args.hours is not None else 0.0)
+    summary = run(
+        minutes,
+        args.seed,
+        gap_s=(gap[0], gap[1]),
+        sample_s=args.sample_s,
+        day_min=day_min,
+        series_path=series,
+        plot_path=plot,
+        steady_min=steady_min,
+    )
     brief = {k: v for k, v in summary.items() if k != "series"}
     text = json.dumps(brief if args.json else summary, indent=None if args.json else 2, ensure_ascii=False)
     if args.out:

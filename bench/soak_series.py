@@ -14,8 +14,10 @@ each stored event costs, ``c`` the growth per hour that no stored event explains
 CPU and writes are fitted the same way on per-interval rates: ``rate = a + b·screenings_per_s +
 c·hours``. A slope is *clearly above zero* when the interval's lower bound is above 0 AND the slope
 is above the series' practical threshold (``THRESHOLDS``): both a real trend and one that matters.
-Samples are autocorrelated, so the OLS interval is narrower than the truth; the practical threshold
-is what keeps that from failing a soak on noise.
+Samples are autocorrelated (RSS follows the walk-up phase for minutes at a time), so the intervals use
+Newey-West standard errors (Bartlett weights, lag ``floor(4·(n/100)^(2/9))``, pairs within one
+incarnation only; never narrower than the plain OLS interval), which was 1.5–2× too narrow on the
+recorded runs.
 """
 
 from __future__ import annotations
@@ -78,9 +80,17 @@ class Coef:
     se: float
 
 
-def ols(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> tuple[list[Coef], int] | None:
+def nw_lag(n: int) -> int:
+    """Return the Newey-West rule-of-thumb lag ``floor(4·(n/100)^(2/9))`` for ``n`` samples."""
+    return int(4.0 * (max(n, 0) / 100.0) ** (2.0 / 9.0))
+
+
+def ols(rows: Sequence[Sequence[float]], ys: Sequence[float], runs: Sequence[int] | None = None) -> tuple[list[Coef], int] | None:
     """Fit ``y = X·b`` by least squares; return each coefficient with its 95 % interval and the residual df.
 
+    The intervals use Newey-West (HAC) standard errors, never below plain OLS ones: per-minute samples
+    of one process are autocorrelated, and the plain OLS interval would be too narrow. Residual pairs up
+    to ``nw_lag(n)`` samples apart count, only within one run (``runs``: a run id per row; default one).
     None when the design is singular or leaves no residual degree of freedom.
     """
     import numpy as np
@@ -99,11 +109,21 @@ def ols(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> tuple[list[Coef
     inv = np.linalg.inv(xtx)
     b = inv @ x.T @ y
     resid = y - x @ b
+    run = np.zeros(n, dtype=int) if runs is None else np.asarray(runs, dtype=int)
+    score = x * resid[:, None]
+    meat = score.T @ score
+    lag = nw_lag(n)
+    for lo in range(1, lag + 1):
+        same = run[lo:] == run[:-lo]
+        cross = score[lo:][same].T @ score[:-lo][same]
+        meat += (1.0 - lo / (lag + 1.0)) * (cross + cross.T)
+    cov = inv @ meat @ inv * (n / df)
     s2 = float(resid @ resid) / df
     q = t975(df)
     out = []
     for i in range(k):
-        se = math.sqrt(max(0.0, s2 * float(inv[i, i])))
+        # Never narrower than plain OLS: with few samples the HAC estimate itself is noisy and can come out small.
+        se = math.sqrt(max(0.0, float(cov[i, i]), s2 * float(inv[i, i])))
         out.append(Coef(float(b[i]), float(b[i]) - q * se, float(b[i]) + q * se, se))
     return out, df
 
@@ -122,13 +142,15 @@ def within_slope(groups: Iterable[Sequence[tuple[float, float]]]) -> tuple[Coef,
     used = [list(g) for g in groups if len(g) >= 2]
     rows: list[list[float]] = []
     ys: list[float] = []
+    runs: list[int] = []
     for gi, g in enumerate(used):
         for t, y in g:
             rows.append([t] + [1.0 if j == gi else 0.0 for j in range(len(used))])
             ys.append(y)
+            runs.append(gi)
     if not used:
         return None
-    fit = ols(rows, ys)
+    fit = ols(rows, ys, runs)
     return (fit[0][0], len(used), len(ys)) if fit else None
 
 
