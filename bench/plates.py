@@ -188,7 +188,7 @@ def summarise(ev: dict[str, Any], *, show_heldout: bool = False) -> dict[str, An
             if not items:
                 continue
             g: dict[str, Any] = {"all": _scores(items)}
-            for key in ("type", "size", "condition", "kind"):
+            for key in ("type", "size", "condition", "kind", "source"):
                 vals = sorted({r[key] for r in items})
                 g[f"by_{key}"] = {v: _scores([r for r in items if r[key] == v]) for v in vals}
             groups[f"{split}/{origin}"] = g
@@ -233,10 +233,11 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=640, help="detector's longest side (the station's default)")
     parser.add_argument("--split", choices=("tune", "heldout", "all"), default="all")
     parser.add_argument("--show-heldout", action="store_true", help="list held-out misreads too (reporting only)")
+    parser.add_argument("--no-second-opinion", action="store_true", help="read with the main recogniser alone (A/B)")
     args = parser.parse_args()
     from drivers.detect.plates import OnnxPlateReader
 
-    reader = OnnxPlateReader.from_models_dir(max_side=args.max_side)
+    reader = OnnxPlateReader.from_models_dir(max_side=args.max_side, second_opinion=not args.no_second_opinion)
     reader.warm_up()
     rows = [r for r in load_manifest() if args.split == "all" or r["split"] == args.split]
     summary = summarise(evaluate(reader.read, rows), show_heldout=args.show_heldout)

@@ -580,6 +580,7 @@ class StationApp:
             score_threshold=v.plate_score_threshold,
             low_memory=v.plate_low_memory,
             track_s=v.plate_track_s,
+            second_opinion=v.plate_second_opinion,
         )
         if reader is None:
             # The person lane still works; vehicles are not read (the state says why).

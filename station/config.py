@@ -237,6 +237,11 @@ class VehicleSection(Section):
         le=10.0,
         description="Between whole-frame searches, look for plates only around where they were last read (0 = search every frame whole)",
     )
+    plate_second_opinion: bool = Field(
+        True,
+        description="Read single-row plates with a second recogniser too (HyperLPR) and join the two character by character"
+        " (drivers/detect/plate_second.py): fixes the main one's province bias, costs a few ms and ~6 MB",
+    )
     plate_low_memory: bool = Field(
         True,
         description="Vehicle lane low-memory mode: plate models without onnxruntime's arena, freed memory handed back after"

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from drivers.detect import plate_rules
+from drivers.detect import plate_rules, plate_second
 from drivers.detect.ultraface import nms
 
 log = logging.getLogger("station.detect.plates")
@@ -54,6 +54,7 @@ _MODEL_CORNER_ORDER = (2, 3, 0, 1)
 
 # Recogniser input: height 32, BGR, (pixel / 255 - 0.5) / 0.5.
 REC_HEIGHT = 32
+UPSCALE_BELOW = 2.0  # the coarse search scales a picture up when max_side is more than this many times its longest side
 SINGLE_ROW_SIZE = (168, 32)  # (w, h) of the rectified crop of a single-row plate
 SINGLE_ROW_MARGIN = (0.04, -0.10)  # (x, y) as fractions of the plate: + widens, - trims
 WIDE_SINGLE_ROW_MARGIN = (0.12, -0.05)  # the retry when a read fits no layout
@@ -240,15 +241,22 @@ class PlateDetector:
         if outputs[:3] != ["loc", "conf", "landms"]:
             raise ValueError(f"{model_path.name} outputs {outputs}, expected loc, conf, landms")
 
-    def detect(self, image: np.ndarray, threshold: float | None = None, max_side: int | None = None) -> list[PlateDetection]:
+    def detect(
+        self, image: np.ndarray, threshold: float | None = None, max_side: int | None = None, *, upscale: bool = False
+    ) -> list[PlateDetection]:
         """Return the plates in a BGR frame, best first; the frame is downscaled so its longest side is ≤ max_side.
 
         ``threshold`` and ``max_side`` override the detector's own for this call (the reader's
-        candidate pass and its refining pass on a crop).
+        candidate pass and its refining pass on a crop); with ``upscale`` a picture less than half
+        ``max_side`` (``UPSCALE_BELOW``) is scaled up to it (a cut-out plate of 94×24 px scores under
+        any threshold as it is; a picture nearer the size is searched as it is: scaling it up only
+        moved the corners, and lost a 领 on the tune split).
         """
         h, w = image.shape[:2]
-        scale = min(1.0, (self.max_side if max_side is None else max_side) / max(h, w))
-        small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1.0 else image
+        scale = (self.max_side if max_side is None else max_side) / max(h, w)
+        scale = scale if upscale and scale > UPSCALE_BELOW else min(1.0, scale)
+        interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=interp) if scale != 1.0 else image
         sh, sw = small.shape[:2]
         # NCHW float32, pixel - mean, in one array (the numpy spelling held three frame-sized copies during the run).
         blob = cv2.dnn.blobFromImage(small, 1.0, (sw, sh), tuple(float(m) for m in _DET_MEAN), swapRB=False, crop=False)
@@ -296,12 +304,20 @@ class PlateRecognizer:
 
     def read_chars(self, crop: np.ndarray) -> list[tuple[str, float]]:
         """Return the characters of one line in a BGR crop, each with its probability."""
+        return ctc_chars(self._probs(crop), self.charset)
+
+    def read_runs(self, crop: np.ndarray) -> list[plate_second.Run]:
+        """Return the characters of one line in a BGR crop, each with its probability and its step's distribution."""
+        return plate_second.greedy_runs(self._probs(crop), self.charset, 0)
+
+    def _probs(self, crop: np.ndarray) -> np.ndarray:
+        """Return the T×73 step probabilities for a BGR crop of one line."""
         h, w = crop.shape[:2]
         width = max(8, int(round(REC_HEIGHT * w / h)))
         interp = cv2.INTER_AREA if h > REC_HEIGHT else cv2.INTER_LINEAR
         x = cv2.resize(crop, (width, REC_HEIGHT), interpolation=interp).astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
-        probs = self._session.run(None, {self._input: np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis])})[0][0]
-        return ctc_chars(probs, self.charset)
+        probs: np.ndarray = self._session.run(None, {self._input: np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis])})[0][0]
+        return probs
 
 
 class OnnxPlateReader:
@@ -326,9 +342,13 @@ class OnnxPlateReader:
         refine: bool = True,
         trim_memory: bool = False,
         track_s: float = 0.0,
+        second: plate_second.SegmentationFreeRecognizer | None = None,
     ) -> None:
         self.detector = detector
         self.recognizer = recognizer
+        self.second = second  # a second opinion on single-row reads (plate_second.fuse)
+        if second is not None:
+            self.name = f"{type(self).name}+hyperlpr-segfree"
         self.candidate_threshold = min(float(candidate_threshold), detector.score_threshold)
         self.refine = refine
         self.trim_memory = trim_memory  # release the freed activations after each read (see the module doc)
@@ -352,11 +372,16 @@ class OnnxPlateReader:
         refine: bool = True,
         low_memory: bool = True,
         track_s: float = 0.0,
+        second_opinion: bool = True,
     ) -> OnnxPlateReader:
         """Build the reader from the plate models listed in the models manifest (``low_memory``: see the module doc)."""
         from station.models import path_for
 
         arena = not low_memory
+        second = None
+        if second_opinion:
+            net, weights = path_for("plate-recognizer2-net", models_dir), path_for("plate-recognizer2", models_dir)
+            second = plate_second.SegmentationFreeRecognizer(net, weights)
         return cls(
             PlateDetector(
                 path_for("plate-detector", models_dir), max_side=max_side, score_threshold=score_threshold, threads=threads, arena=arena
@@ -368,6 +393,7 @@ class OnnxPlateReader:
             refine=refine,
             trim_memory=low_memory,
             track_s=track_s,
+            second=second,
         )
 
     def warm_up(self) -> float:
@@ -375,6 +401,8 @@ class OnnxPlateReader:
         t0 = time.perf_counter()
         self.detector.detect(np.zeros((480, 640, 3), dtype=np.uint8))
         self.recognizer.read_line(np.zeros((SINGLE_ROW_SIZE[1], SINGLE_ROW_SIZE[0], 3), dtype=np.uint8))
+        if self.second is not None:
+            self.second.read_runs(np.zeros((plate_second.CROP_SIZE[1], plate_second.CROP_SIZE[0], 3), dtype=np.uint8))
         if self.trim_memory:
             release_freed_memory()
         return (time.perf_counter() - t0) * 1000.0
@@ -429,8 +457,13 @@ class OnnxPlateReader:
             h, w = crop.shape[:2]
             top_band = crop[: int(h * DOUBLE_ROW_TOP), int(w * DOUBLE_ROW_TOP_X[0]) : int(w * DOUBLE_ROW_TOP_X[1])]
             chars = self.recognizer.read_chars(top_band) + self.recognizer.read_chars(crop[int(h * DOUBLE_ROW_BOTTOM) :])
-        else:
+        elif self.second is None:
             chars = self.recognizer.read_chars(rectify(image, plate.corners, SINGLE_ROW_SIZE, margin))
+        else:
+            chars = plate_second.fuse(
+                self.recognizer.read_runs(rectify(image, plate.corners, SINGLE_ROW_SIZE, margin)),
+                self.second.read_runs(rectify(image, plate.corners, plate_second.CROP_SIZE, plate_second.CROP_MARGIN)),
+            )
         conf = float(np.prod([p for _, p in chars])) if chars else 0.0
         return chars, conf, rows
 
@@ -530,7 +563,7 @@ class OnnxPlateReader:
                 return found
         self._last_full_t = now
         self.full_searches += 1
-        coarse = self.detector.detect(image, threshold=self.candidate_threshold)
+        coarse = self.detector.detect(image, threshold=self.candidate_threshold, upscale=True)
         longest = max(image.shape[:2])
         if longest >= LARGE_FRAME_FACTOR * self.detector.max_side:
             # A large frame: plates far off are too small at max_side; look again at twice that.

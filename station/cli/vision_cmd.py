@@ -203,7 +203,9 @@ def detect_plates(obj: Ctx, images: tuple[Path, ...], as_json: bool, max_side: i
     from station.lane.vision import build_plate_reader
 
     cfg = obj.load()
-    reader, state = build_plate_reader(_models_dir(obj), threads=cfg.detector.threads, max_side=max_side)
+    reader, state = build_plate_reader(
+        _models_dir(obj), threads=cfg.detector.threads, max_side=max_side, second_opinion=cfg.vehicle.plate_second_opinion
+    )
     if reader is None:
         click.echo(f"plate reader {state}", err=True)
         sys.exit(1)

@@ -78,13 +78,20 @@ def build_face_detector(face: str, models_dir: Path, *, score_threshold: float =
 
 
 def build_plate_reader(
-    models_dir: Path, *, threads: int = 1, max_side: int = 640, score_threshold: float = 0.7, low_memory: bool = True, track_s: float = 0.0
+    models_dir: Path,
+    *,
+    threads: int = 1,
+    max_side: int = 640,
+    score_threshold: float = 0.7,
+    low_memory: bool = True,
+    track_s: float = 0.0,
+    second_opinion: bool = True,
 ) -> tuple[PlateReader | None, str]:
     """Build the plate reader and say its state: (reader or None, ``"ok"`` or ``"degraded: <reason>"``), checked like the face detector."""
     from station.models import ManifestError, ModelNotFoundError, path_for
 
     try:
-        for name in ("plate-detector", "plate-recognizer", "plate-recognizer-dict"):
+        for name in ("plate-detector", "plate-recognizer", "plate-recognizer-dict", "plate-recognizer2", "plate-recognizer2-net"):
             path_for(name, models_dir, check_hash=True)
     except (ManifestError, ModelNotFoundError, FileNotFoundError, OSError) as exc:
         reason = f"plate models: {exc.args[0] if exc.args else exc}"
@@ -94,7 +101,13 @@ def build_plate_reader(
 
     try:
         reader = OnnxPlateReader.from_models_dir(
-            models_dir, threads=threads, max_side=max_side, score_threshold=score_threshold, low_memory=low_memory, track_s=track_s
+            models_dir,
+            threads=threads,
+            max_side=max_side,
+            score_threshold=score_threshold,
+            low_memory=low_memory,
+            track_s=track_s,
+            second_opinion=second_opinion,
         )
     except Exception as exc:  # onnxruntime raises its own types for a bad graph; logged, station degrades
         log.error("plate models failed to load reason=%s", exc)
