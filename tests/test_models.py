@@ -36,7 +36,6 @@ def test_manifest_lists_every_model_file_with_licence() -> None:
         "plate-recognizer",
         "plate-recognizer-dict",
         "plate-recognizer2",
-        "plate-recognizer2-net",
     }
     listed = {e.file for e in entries}
     on_disk = {
@@ -56,7 +55,7 @@ def test_hashes_match_the_published_model_notes() -> None:
     published = dict(re.findall(r"\|\s*`([^`]+)`\s*\|\s*`([0-9a-f]{64})`", SHARED_README.read_text()))
     assert len(published) == 5
     # HyperLPR's second recogniser is not in the shared notes: its hashes are the upstream files' (manifest source).
-    not_in_notes = {"plate-recognizer2", "plate-recognizer2-net"}
+    not_in_notes = {"plate-recognizer2"}
     for e in models.load_manifest():
         if e.name in not_in_notes:
             assert e.file not in published and "HyperLPR" in e.source

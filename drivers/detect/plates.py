@@ -380,8 +380,7 @@ class OnnxPlateReader:
         arena = not low_memory
         second = None
         if second_opinion:
-            net, weights = path_for("plate-recognizer2-net", models_dir), path_for("plate-recognizer2", models_dir)
-            second = plate_second.SegmentationFreeRecognizer(net, weights)
+            second = plate_second.SegmentationFreeRecognizer(path_for("plate-recognizer2", models_dir), threads=threads, arena=arena)
         return cls(
             PlateDetector(
                 path_for("plate-detector", models_dir), max_side=max_side, score_threshold=score_threshold, threads=threads, arena=arena

@@ -91,7 +91,7 @@ def build_plate_reader(
     from station.models import ManifestError, ModelNotFoundError, path_for
 
     try:
-        for name in ("plate-detector", "plate-recognizer", "plate-recognizer-dict", "plate-recognizer2", "plate-recognizer2-net"):
+        for name in ("plate-detector", "plate-recognizer", "plate-recognizer-dict", "plate-recognizer2"):
             path_for(name, models_dir, check_hash=True)
     except (ManifestError, ModelNotFoundError, FileNotFoundError, OSError) as exc:
         reason = f"plate models: {exc.args[0] if exc.args else exc}"
