@@ -56,6 +56,7 @@ class Broker:
         users: dict[str, str] | None = None,
         listener_options: list[str] | None = None,
         acl_file: Path | str | None = None,
+        max_queued_messages: int = 100_000,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ class Broker:
             # arrives, instead of waiting in broker memory where a SIGKILL would lose it after
             # it was already PUBACKed to the publisher.
             "max_inflight_messages 0",
-            "max_queued_messages 100000",
+            f"max_queued_messages {int(max_queued_messages)}",
             f"log_dest file {self.log}",
             "log_type error",
             "log_type warning",
