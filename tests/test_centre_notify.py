@@ -36,6 +36,7 @@ from station.centre.notify import (
     MqttNotices,
     Notifier,
     NotifyOptions,
+    SmtpServer,
     ack_route,
     check_token,
     email_text,
@@ -184,7 +185,7 @@ def notifier(url: str, clock: ManualClock, smtp_port: int | None, **kw: Any) -> 
     opts = NotifyOptions(
         public_url="https://centre.example",
         webhook_secret=SECRET,
-        smtp=("127.0.0.1", smtp_port) if smtp_port else None,
+        smtp=SmtpServer("127.0.0.1", smtp_port) if smtp_port else None,
         **{"escalate_after_s": 300, "retry_initial_s": 5, "retry_max_s": 60, **kw},
     )
     n = Notifier(url, opts, clock=clock.wall)  # sends at the clock's time: a retry waits until the test advances it
@@ -234,7 +235,7 @@ def test_ack_tokens_are_signed_and_expire_and_any_input_gets_a_verdict() -> None
     assert check_token(b"k" * 32, forged, now=999) == "bad_signature"
     for junk in (None, 5, "", ".", "a.b.c", "x" * 5000, "%%%.%%%", body + "." + "A" * 43):
         assert isinstance(check_token(b"k" * 32, junk, now=0), str)
-    assert parse_smtp("mail.example:25") == ("mail.example", 25)
+    assert parse_smtp("mail.example:25") == SmtpServer("mail.example", 25, "plain")
     for bad in ("mail.example", ":25", "h:0", "h:99999", "h:x"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             parse_smtp(bad)
@@ -458,7 +459,7 @@ def test_the_centre_serves_ack_links_when_notifications_are_configured(pg_url: s
     with db.connect(pg_url, autocommit=True) as conn:
         ensure_screen_schema(conn)
     centre.notifier.open()
-    assert centre.notifier.opts.smtp == ("127.0.0.1", 2525) and centre.notifier.opts.public_url == "http://127.0.0.1:8090"
+    assert centre.notifier.opts.smtp == SmtpServer("127.0.0.1", 2525) and centre.notifier.opts.public_url == "http://127.0.0.1:8090"
     with TestClient(centre.app) as client:
         answer = client.post("/ack/" + make_token(centre.notifier.secret, 99, "x", time.time() + 60))
         assert answer.status_code == 404 and "No such notice" in answer.text

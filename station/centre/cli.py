@@ -78,7 +78,24 @@ def centre() -> None:
     default=None,
     help="The webhooks' HMAC key (a file): alarms, outsider vehicles and checkpoints offline go to the tree's responders",
 )
-@click.option("--smtp", default=None, help="HOST:PORT of the SMTP server for the responders' e-mails (with --notify-secret-file)")
+@click.option(
+    "--smtp",
+    default=None,
+    help="The SMTP server for the responders' e-mails (with --notify-secret-file): HOST:PORT or smtp://HOST[:PORT] (plain), "
+    "smtp+starttls://[USER@]HOST[:PORT] (STARTTLS, port 587), smtps://[USER@]HOST[:PORT] (TLS, port 465)",
+)
+@click.option(
+    "--smtp-password-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The --smtp user's password (a file, first line); a password in the URL is refused",
+)
+@click.option(
+    "--smtp-ca",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A CA bundle (PEM) the SMTP server's certificate is checked against (a private CA); default: the system's trust",
+)
 @click.option("--mail-from", default="checkpoint-centre@localhost", show_default=True, help="The notices' From address")
 @click.option(
     "--escalate-after",
@@ -115,6 +132,8 @@ def run(
     public_origin: str | None,
     notify_secret_file: str | None,
     smtp: str | None,
+    smtp_password_file: str | None,
+    smtp_ca: str | None,
     mail_from: str,
     escalate_after: float,
     notify_url: str | None,
@@ -134,6 +153,8 @@ def run(
         _fail(f"--share-group {share_group!r}: letters, digits, '_' and '-' only")
     if smtp and not notify_secret_file:
         _fail("--smtp: notifications need --notify-secret-file too (the webhooks' HMAC key)")
+    if (smtp_password_file or smtp_ca) and not smtp:
+        _fail(f"--smtp-{'password-file' if smtp_password_file else 'ca'}: needs --smtp (the mail server)")
     opts = CentreOptions(
         mqtt_url=mqtt_url,
         db_url=db_url,
@@ -155,6 +176,8 @@ def run(
         repair_after_s=repair_after,
         notify_secret_file=notify_secret_file,
         smtp=smtp,
+        smtp_password_file=smtp_password_file,
+        smtp_ca=smtp_ca,
         mail_from=mail_from,
         escalate_after_s=escalate_after,
         notify_url=notify_url,

@@ -27,7 +27,8 @@ otherwise exactly once). A failed send (webhook down, SMTP refused) is retried w
 
 Webhooks get ``POST`` JSON with ``X-Checkpoint-Timestamp`` and ``X-Checkpoint-Signature: sha256=<hex>``,
 the HMAC-SHA256 under the webhook secret of ``<timestamp>.<body>``. E-mails are ``text/plain`` only:
-every value is plain text, control characters removed.
+every value is plain text, control characters removed. They go through :class:`SmtpServer`: plain,
+STARTTLS or TLS, the certificate and host name checked, with a login only over TLS.
 """
 
 from __future__ import annotations
@@ -40,17 +41,19 @@ import json
 import logging
 import secrets
 import smtplib
+import ssl
 import threading
 import time
 import unicodedata
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -185,7 +188,28 @@ def post_webhook(url: str, body: bytes, secret: bytes, now: float, timeout_s: fl
         raise SendError(f"http_{status}")
 
 
-def send_email(smtp: tuple[str, int], sender: str, to_name: str, to_addr: str, subject: str, text: str, timeout_s: float = 10.0) -> None:
+Security = Literal["plain", "starttls", "tls"]
+SMTP_SCHEMES: dict[str, tuple[Security, int]] = {"smtp": ("plain", 25), "smtp+starttls": ("starttls", 587), "smtps": ("tls", 465)}
+SMTP_FORMS = "HOST:PORT, smtp://HOST[:PORT], smtp+starttls://[USER@]HOST[:PORT] or smtps://[USER@]HOST[:PORT] (a port 1-65535)"
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where the e-mails go: the relay, how the link is protected (``plain``, ``starttls``, ``tls``) and whom to log in as."""
+
+    host: str
+    port: int
+    security: Security = "plain"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log line or an error
+    ca_file: str | None = None  # the CA bundle the server is verified against; None: the system's default trust
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Return the TLS context: the server's certificate and host name checked against ``ca_file`` or the default trust."""
+        return ssl.create_default_context(cafile=self.ca_file)
+
+
+def send_email(smtp: SmtpServer, sender: str, to_name: str, to_addr: str, subject: str, text: str, timeout_s: float = 10.0) -> None:
     """Send a ``text/plain`` e-mail over SMTP; raise :class:`SendError` when the server refuses or cannot be reached."""
     msg = EmailMessage()
     msg["From"] = sender
@@ -195,20 +219,89 @@ def send_email(smtp: tuple[str, int], sender: str, to_name: str, to_addr: str, s
     msg["Message-ID"] = f"<{uuid.uuid4().hex}@checkpoint-centre>"
     msg.set_content(text, subtype="plain", charset="utf-8")
     try:
-        with smtplib.SMTP(smtp[0], smtp[1], timeout=timeout_s) as client:
+        if smtp.security == "tls":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=timeout_s, context=smtp.ssl_context())
+        else:
+            client = smtplib.SMTP(smtp.host, smtp.port, timeout=timeout_s)
+        with client:
+            if smtp.security == "starttls":
+                client.ehlo()
+                client.starttls(context=smtp.ssl_context())  # a server without STARTTLS raises: never falls back to clear text
+                client.ehlo()
+            if smtp.username is not None:
+                client.login(smtp.username, smtp.password or "")
             client.send_message(msg)
-    except smtplib.SMTPException as exc:
-        raise SendError(f"smtp_{type(exc).__name__}: {plain(exc, 120)}") from None
-    except OSError as exc:
-        raise SendError(f"smtp_{type(exc).__name__}: {plain(exc, 120)}") from None
+    except (smtplib.SMTPException, OSError, UnicodeError) as exc:  # ssl.SSLError (certificate, handshake) is an OSError
+        reason = plain(exc, 120)
+        if smtp.password:
+            reason = reason.replace(smtp.password, "***")  # a server echoing it back must not put it in the log
+        raise SendError(f"smtp_{type(exc).__name__}: {reason}") from None
 
 
-def parse_smtp(value: str) -> tuple[str, int]:
-    """Return ``(host, port)`` of ``HOST:PORT``; raise ``ValueError`` naming what is allowed."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--smtp {value!r}: expected HOST:PORT (a port 1-65535)")
-    return host.strip("[]"), int(port)
+def parse_smtp(value: str, *, password: str | None = None, ca_file: str | None = None) -> SmtpServer:
+    """Return the :class:`SmtpServer` of ``--smtp`` (``HOST:PORT`` or a URL); raise ``ValueError`` naming what is allowed.
+
+    The password never comes from the URL (it would show in the process list): it is ``password``,
+    read from ``--smtp-password-file``, and only ever goes over TLS.
+    """
+    security: Security
+    default_port: int | None
+    scheme, sep, rest = value.partition("://")
+    if not sep:  # the original form: plain SMTP, no login
+        if "@" in value:
+            raise ValueError(f"--smtp {value!r}: a user name needs smtp+starttls://USER@HOST[:PORT] or smtps://USER@HOST[:PORT]")
+        security, default_port, userinfo, hostport = "plain", None, "", value
+    else:
+        if scheme.lower() not in SMTP_SCHEMES:
+            raise ValueError(f"--smtp {value!r}: expected {SMTP_FORMS}")
+        security, default_port = SMTP_SCHEMES[scheme.lower()]
+        if rest.endswith("/"):
+            rest = rest[:-1]
+        userinfo, at, hostport = rest.rpartition("@")
+        if at and ":" in userinfo:
+            shown = f"{scheme}://{userinfo.partition(':')[0]}:***@{hostport}"
+            raise ValueError(f"--smtp {shown!r}: no password in the URL (it shows in the process list); put it in --smtp-password-file")
+        if at and not userinfo:
+            raise ValueError(f"--smtp {value!r}: empty user name; expected {SMTP_FORMS}")
+    if hostport.startswith("["):  # an IPv6 address
+        host, bracket, port_text = hostport[1:].partition("]")
+        if not bracket or (port_text and not port_text.startswith(":")):
+            raise ValueError(f"--smtp {value!r}: expected {SMTP_FORMS}")
+        port_text = port_text[1:]
+    else:
+        host, colon, port_text = hostport.rpartition(":")
+        if not colon:
+            host, port_text = hostport, ""
+    if (
+        not host
+        or any(c in host for c in "/?#@[] ") or any(unicodedata.category(c)[0] in "CZ" for c in host)
+        or (not port_text and default_port is None)
+        or (port_text and not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536))
+    ):  # fmt: skip
+        raise ValueError(f"--smtp {value!r}: expected {SMTP_FORMS}")
+    port = int(port_text) if port_text else int(default_port or 0)
+    try:
+        username = urllib.parse.unquote(userinfo, errors="strict") if userinfo else None
+    except UnicodeDecodeError:
+        raise ValueError(f"--smtp {value!r}: the user name's percent-encoding is not UTF-8") from None
+    if username is not None and security == "plain":
+        raise ValueError(
+            f"--smtp {value!r}: a user name over plain SMTP would send its password in clear; "
+            "use smtp+starttls://USER@HOST[:PORT] or smtps://USER@HOST[:PORT]"
+        )
+    if username is not None and not (username.isascii() and username.isprintable()):  # smtplib logs in with ASCII only
+        raise ValueError(f"--smtp {value!r}: the user name must be printable ASCII (percent-encoded where needed)")
+    if password is not None and username is None:
+        raise ValueError(
+            f"--smtp-password-file: --smtp {value!r} names no user to log in as (smtp+starttls://USER@HOST or smtps://USER@HOST)"
+        )
+    if password is not None and not (password.isascii() and password.isprintable()):
+        raise ValueError("--smtp-password-file: the password must be printable ASCII (smtplib logs in with ASCII only)")
+    if username is not None and not password:
+        raise ValueError(f"--smtp {value!r}: logging in as {username!r} needs its password in --smtp-password-file")
+    if ca_file is not None and security == "plain":
+        raise ValueError(f"--smtp-ca: --smtp {value!r} is plain SMTP (no TLS); use smtp+starttls:// or smtps://")
+    return SmtpServer(host=host, port=port, security=security, username=username, password=password, ca_file=ca_file)
 
 
 class MqttNotices:
@@ -266,7 +359,7 @@ class NotifyOptions:
 
     public_url: str  # the centre's web as responders reach it (ack links: <public_url>/ack/<token>)
     webhook_secret: bytes  # the HMAC key webhooks are signed with (shared with the receivers)
-    smtp: tuple[str, int] | None = None
+    smtp: SmtpServer | None = None  # parse_smtp(--smtp, …)
     mail_from: str = "checkpoint-centre@localhost"
     prefix: str = "checkpoint/v1"
     escalate_after_s: float = 600.0

@@ -52,7 +52,9 @@ class CentreOptions:
     command_key: str | None = None  # the centre's command key (PEM): alarm handling is mirrored to the stations
     command_signer: str = "centre"
     notify_secret_file: str | None = None  # the webhooks' HMAC key: notifications to the tree's responders (station/centre/notify.py)
-    smtp: str | None = None  # HOST:PORT of the SMTP server the notices' e-mails go through
+    smtp: str | None = None  # the SMTP server the notices' e-mails go through: HOST:PORT or smtp[+starttls]:// / smtps://[USER@]HOST[:PORT]
+    smtp_password_file: str | None = None  # the SMTP user's password (first line); never on the command line
+    smtp_ca: str | None = None  # a CA bundle the SMTP server is verified against (a private CA); default: the system's trust
     mail_from: str = "checkpoint-centre@localhost"
     escalate_after_s: float = 600.0  # unacknowledged this long: the next level up is told
     notify_url: str | None = None  # the centre's web as responders reach it (ack links); default public_origin or http://host:port
@@ -172,9 +174,38 @@ class Centre:
             raise ValueError(f"--district-key-file {exc}") from None
 
     @staticmethod
+    def _smtp(opts: CentreOptions) -> Any:
+        """Return the SMTP server of ``--smtp`` with its password and CA file (or None); raise ``ValueError`` naming a bad option."""
+        from station.centre.notify import parse_smtp
+
+        if not opts.smtp:
+            if opts.smtp_password_file or opts.smtp_ca:
+                raise ValueError(f"--smtp-{'password-file' if opts.smtp_password_file else 'ca'}: needs --smtp (the mail server)")
+            return None
+        password = None
+        if opts.smtp_password_file:
+            try:
+                lines = Path(opts.smtp_password_file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeError) as exc:
+                why = getattr(exc, "strerror", None) or "not UTF-8"
+                raise ValueError(f"--smtp-password-file {opts.smtp_password_file}: cannot read it ({why})") from None
+            password = lines[0].strip() if lines else ""
+            if not password:
+                raise ValueError(f"--smtp-password-file {opts.smtp_password_file}: the first line is empty (expected the password)")
+        if opts.smtp_ca:
+            import ssl
+
+            try:
+                ssl.create_default_context(cafile=opts.smtp_ca)  # read now: a bad bundle is a usage error, not a failed send later
+            except (OSError, ValueError) as exc:
+                why = getattr(exc, "strerror", None) or exc
+                raise ValueError(f"--smtp-ca {opts.smtp_ca}: not a readable PEM CA bundle ({why})") from None
+        return parse_smtp(opts.smtp, password=password, ca_file=opts.smtp_ca)
+
+    @staticmethod
     def _notifier(opts: CentreOptions) -> Any:
         """Build the notifier (station/centre/notify.py); raise ``ValueError`` naming a bad option."""
-        from station.centre.notify import MqttNotices, Notifier, NotifyOptions, parse_smtp
+        from station.centre.notify import MqttNotices, Notifier, NotifyOptions
 
         try:
             secret = Path(opts.notify_secret_file or "").read_bytes().strip()
@@ -188,7 +219,7 @@ class Centre:
         notify_opts = NotifyOptions(
             public_url=url,
             webhook_secret=secret,
-            smtp=parse_smtp(opts.smtp) if opts.smtp else None,
+            smtp=Centre._smtp(opts),
             mail_from=opts.mail_from,
             prefix=opts.prefix,
             escalate_after_s=opts.escalate_after_s,
