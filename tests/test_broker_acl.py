@@ -9,8 +9,6 @@ arrived, the forbidden one (sent and acknowledged before it) would have arrived 
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import itertools
 import threading
 from collections.abc import Iterator
@@ -19,15 +17,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from station.config import StationConfig
 from station.link.sync import publisher_from_config
 from tests.support.broker import Broker, mosquitto_available
+from tests.support.pki import make_pki
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
@@ -44,65 +39,6 @@ _ids = itertools.count()
 
 def tree(user: str) -> str:
     return f"checkpoint/v1/{user}"
-
-
-# -- certificates --------------------------------------------------------------------------------------
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_pki(d: Path) -> dict[str, Path]:
-    """A CA and a server certificate for IP 127.0.0.1 signed by it (EC P-256), as PEM files."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("checkpoint test CA"))
-        .issuer_name(_name("checkpoint test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(_name("broker"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
-    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
-    )
-    files["key"].chmod(0o600)
-    return files
 
 
 def shipped_config() -> tuple[dict[str, str], list[tuple[str, str]]]:
@@ -230,14 +166,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, P
     assert listener[0] == ("listener", "8883")
     keys = [k for k, _ in listener]
     assert {"cafile", "certfile", "keyfile"} <= set(keys)
-    files = {"cafile": pki["ca"], "certfile": pki["cert"], "keyfile": pki["key"]}
+    files = {"cafile": pki.ca, "certfile": pki.cert, "keyfile": pki.key}
     listener_options = [f"{k} {files.get(k, v)}" for k, v in listener[1:]]  # the shipped TLS options, our paths
     server = Broker(
         work / "broker", allow_anonymous=False, users=PASSWORDS, acl_file=SHIPPED / "checkpoint.acl", listener_options=listener_options
     )
     server.start()
     try:
-        yield server, pki["ca"]
+        yield server, pki.ca
     finally:
         server.kill()
 

@@ -7,13 +7,11 @@ with a certificate for 127.0.0.1 from a private CA made here; the client verifie
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import email
 import email.policy
-import ipaddress
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +19,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import CliRunner
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from station.centre.cli import centre as centre_cli
 from station.centre.notify import SendError, SmtpServer, parse_smtp, send_email
 from station.centre.run import Centre, CentreOptions
 from tests.support.broker import free_port
+from tests.support.pki import Pki, make_pki
 from tests.support.postgres import pg_server, pg_url
 
 __all__ = ["pg_server", "pg_url"]
@@ -40,56 +35,10 @@ USER = "alerts@example.org"
 PASSWORD = "correct-horse-battery-staple"
 
 
-@dataclass
-class Pki:
-    ca: Path  # the private CA's certificate (what --smtp-ca points at)
-    cert: Path  # the server's certificate for 127.0.0.1, signed by the CA
-    key: Path
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """Make a private CA and a server certificate for the IP address 127.0.0.1 (subject alternative name)."""
-    folder = tmp_path_factory.mktemp("pki")
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("checkpoint test CA"))
-        .issuer_name(_name("checkpoint test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)  # key_cert_sign, crl_sign
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pki = Pki(ca=folder / "ca.pem", cert=folder / "server.pem", key=folder / "server.key")
-    pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    pki.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return pki
+    """A private CA and a server certificate for the IP address 127.0.0.1 (subject alternative name)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 class Mailbox:
@@ -118,54 +67,41 @@ def _server_context(pki: Pki) -> ssl.SSLContext:
     return context
 
 
+@contextlib.contextmanager
+def serving(**options: Any) -> Iterator[tuple[Mailbox, int]]:
+    """Run an aiosmtpd server on a free port of 127.0.0.1 with ``options``; yield its mailbox and port."""
+    box = Mailbox()
+    port = free_port()
+    if options.get("auth_required"):
+        options["authenticator"] = box
+    controller = Controller(box, hostname="127.0.0.1", port=port, **options)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
 @pytest.fixture
 def starttls(pki: Pki) -> Iterator[tuple[Mailbox, int]]:
     """An SMTP server that refuses mail before STARTTLS and before a login."""
-    box = Mailbox()
-    port = free_port()
-    controller = Controller(
-        box,
-        hostname="127.0.0.1",
-        port=port,
-        tls_context=_server_context(pki),
-        require_starttls=True,
-        authenticator=box,
-        auth_required=True,
-    )
-    controller.start()
-    yield box, port
-    controller.stop()
+    with serving(tls_context=_server_context(pki), require_starttls=True, auth_required=True) as server:
+        yield server
 
 
 @pytest.fixture
 def implicit_tls(pki: Pki) -> Iterator[tuple[Mailbox, int]]:
     """An SMTP server speaking TLS from the first byte (port 465 style) that refuses mail before a login."""
-    box = Mailbox()
-    port = free_port()
     # auth_require_tls=False: aiosmtpd 1.4 counts only STARTTLS as TLS and would not offer AUTH here (every byte is TLS already)
-    controller = Controller(
-        box,
-        hostname="127.0.0.1",
-        port=port,
-        ssl_context=_server_context(pki),
-        authenticator=box,
-        auth_required=True,
-        auth_require_tls=False,
-    )
-    controller.start()
-    yield box, port
-    controller.stop()
+    with serving(ssl_context=_server_context(pki), auth_required=True, auth_require_tls=False) as server:
+        yield server
 
 
 @pytest.fixture
 def cleartext() -> Iterator[tuple[Mailbox, int]]:
     """An SMTP server without STARTTLS (what a downgrading attacker would present)."""
-    box = Mailbox()
-    port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield box, port
-    controller.stop()
+    with serving() as server:
+        yield server
 
 
 def mail(server: SmtpServer) -> None:
