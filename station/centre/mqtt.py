@@ -243,31 +243,15 @@ class CentreSubscriber:
             log.warning("centre lost the broker reason=%s; reconnecting", reason)
 
     def _on_qos1_publish(self, topic: str, payload: bytes, mid: int) -> None:
-        self._deliver(
-            Delivery(
-                topic=topic,
-                payload=payload,
-                mid=mid,
-                qos=1,
-                generation=self.generation,
-                received_wall=time.time(),
-                received_mono=time.monotonic(),
-            )
-        )
+        self._offer(topic, payload, mid, 1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             topic = msg.topic
         except UnicodeDecodeError:  # not a UTF-8 topic (a broker should refuse it): parsed as not ours, still acknowledged
             topic = ""
-        self._deliver(
-            Delivery(
-                topic=topic,
-                payload=bytes(msg.payload),
-                mid=msg.mid,
-                qos=msg.qos,
-                generation=self.generation,
-                received_wall=time.time(),
-                received_mono=time.monotonic(),
-            )
-        )
+        self._offer(topic, bytes(msg.payload), msg.mid, msg.qos)
+
+    def _offer(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        now_wall, now_mono = time.time(), time.monotonic()
+        self._deliver(Delivery(topic, payload, mid, qos, self.generation, received_wall=now_wall, received_mono=now_mono))
