@@ -68,25 +68,32 @@ class SegmentationFreeRecognizer:
         return greedy_runs(self._forward(crop), CHARSET, BLANK)
 
 
+def greedy_steps(probs: np.ndarray, blank: int) -> list[tuple[int, float, int]]:
+    """Greedy CTC over T×C probabilities: each kept class, its best step's probability and that step (repeats collapsed, no blanks)."""
+    best = probs.argmax(axis=1)
+    out: list[tuple[int, float, int]] = []
+    prev = -1
+    for t, k in enumerate(best.tolist()):
+        if k != blank:
+            p = float(probs[t, k])
+            if k != prev:
+                out.append((k, p, t))
+            elif p > out[-1][1]:
+                out[-1] = (k, p, t)
+        prev = k
+    return out
+
+
 def greedy_runs(probs: np.ndarray, charset: tuple[str, ...] | list[str], blank: int) -> list[Run]:
-    """Greedy CTC over T×C probabilities: each kept character with its best step's probability and distribution.
+    """Greedy CTC as characters, each with its best step's probability and that step's distribution over ``charset``.
 
     Class ``k`` is ``charset[k]`` for ``k < blank`` and ``charset[k - 1]`` above it (so a blank first,
     as in our recogniser, or last, as in HyperLPR's, both work).
     """
-    best = probs.argmax(axis=1)
-    out: list[tuple[str, float, int]] = []
-    prev = -1
-    for t, k in enumerate(best.tolist()):
-        if k != blank:
-            ch = charset[k if k < blank else k - 1]
-            p = float(probs[t, k])
-            if k != prev:
-                out.append((ch, p, t))
-            elif p > out[-1][1]:
-                out[-1] = (ch, p, t)
-        prev = k
-    return [(ch, p, dict(zip(charset, np.delete(probs[t], blank).tolist(), strict=True))) for ch, p, t in out]
+    return [
+        (charset[k if k < blank else k - 1], p, dict(zip(charset, np.delete(probs[t], blank).tolist(), strict=True)))
+        for k, p, t in greedy_steps(probs, blank)
+    ]
 
 
 def fuse(ours: list[Run], theirs: list[Run]) -> list[tuple[str, float]]:

