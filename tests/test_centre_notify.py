@@ -348,6 +348,45 @@ def test_alarm_and_outsider_reach_the_checkpoint_once_across_two_replicas_then_e
     two.stop()
 
 
+@pytest.mark.slow
+def test_each_level_escalates_after_its_own_delay_and_a_node_without_one_takes_its_ancestors(pg_url: str, hooks: Webhooks) -> None:
+    now = time.time()
+    clock = ManualClock(wall=now)
+    seed(pg_url, hooks.url, now)
+    text = tree_text(hooks.url)
+    for header, minutes in (("[towns.east]\n", 15), ("[towns.east.grids.g1]\n", 5)):  # the gate and the district set none
+        text = text.replace(header, f"{header}escalate_after_min = {minutes}\n")
+    with db.connect(pg_url, autocommit=True) as conn:
+        save_tree(conn, 1, text, "chief", "admin", "tree.edit", "")
+    n = notifier(pg_url, clock, None, escalate_after_s=600)  # the centre's --escalate-after: 10 min
+
+    def where() -> set[tuple[str, int, float | None]]:
+        """Return each notice's level, escalations and seconds from now to its escalate_at (the alarm and the outsider move alike)."""
+        got = rows(pg_url, "SELECT level_path, escalations, extract(epoch FROM escalate_at)::float8 FROM centre_notices")
+        assert len(got) == 2
+        return {(level, count, None if at is None else round(at - clock.wall(), 3)) for level, count, at in got}
+
+    n.cycle()
+    assert where() == {("east/g1/gate", 0, 300.0)}, "the gate sets none: its grid's 5 min, not the centre's 10"
+    clock.advance(299)
+    n.cycle()
+    assert where() == {("east/g1/gate", 0, 1.0)}
+    clock.advance(2)
+    n.cycle()
+    assert where() == {("east/g1", 1, 300.0)}, "the grid's own 5 min"
+    clock.advance(301)
+    n.cycle()
+    assert where() == {("east", 2, 900.0)}, "the town's 15 min"
+    assert sorted(h["kind"] for h in hooks.received if h["path"] == "/town") == ["alarm", "outsider"]
+    clock.advance(600)
+    n.cycle()
+    assert where() == {("east", 2, 300.0)}, "still the town's after 10 min"
+    clock.advance(301)
+    n.cycle()
+    assert where() == {("", 3, None)}, "the district: nowhere further"
+    n.stop()
+
+
 def _ack_app(n: Notifier) -> Any:
     from starlette.applications import Starlette
 

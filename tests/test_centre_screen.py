@@ -225,7 +225,10 @@ def test_tree_cli_checks_loads_and_shows_the_registry(pg_url: str, tmp_path: Any
         return subprocess.run([sys.executable, "-m", "station.centre.cli", "tree", *args], capture_output=True, text=True, timeout=60)
 
     refused = cli("check", str(bad))
-    assert refused.returncode == 2 and "towns.t.colour: unknown key (allowed for a town: grids, name, responders)" in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "towns.t.colour: unknown key (allowed for a town: escalate_after_min, grids, name, responders)" in refused.stderr
+    )
     assert cli("check", str(good)).stdout.strip().endswith("6 nodes, 2 stations by name, 1 whole sites")
     loaded = cli("load", str(good), "--db", pg_url, "--by", "ops")
     assert loaded.returncode == 0 and "tree version 1 stored" in loaded.stdout, loaded.stderr

@@ -35,7 +35,10 @@ def test_the_registry_maps_stations_to_checkpoints_by_name_and_by_site() -> None
     [
         ("[towns.unassigned]\nname = 'x'\n", "towns.unassigned: the key 'unassigned' is reserved"),
         ("[towns.'a b']\nname = 'x'\n", "towns.a b: key 'a b' not allowed (1-64 of A-Z a-z 0-9 _ -)"),
-        ("[towns.t]\nname = 'x'\ncolour = 'red'\n", "towns.t.colour: unknown key (allowed for a town: grids, name, responders)"),
+        (
+            "[towns.t]\nname = 'x'\ncolour = 'red'\n",
+            "towns.t.colour: unknown key (allowed for a town: escalate_after_min, grids, name, responders)",
+        ),
         ("[towns.t]\nname = ''\n", "towns.t.name = '': expected text of 1-80 characters"),
         ('[towns.t]\nname = "a\\u0007b"\n', "towns.t.name = 'a\\x07b': expected text"),
         (
@@ -53,7 +56,7 @@ def test_the_registry_maps_stations_to_checkpoints_by_name_and_by_site() -> None
         ),
         (
             "[towns.t.grids.g.checkpoints.c.x]\nname = 'c'\n",
-            "towns.t.grids.g.checkpoints.c.x: unknown key (allowed for a checkpoint: name, responders, stations)",
+            "towns.t.grids.g.checkpoints.c.x: unknown key (allowed for a checkpoint: escalate_after_min, name, responders, stations)",
         ),
         ("cities = 1\n", "cities: unknown top-level key (allowed: district, towns)"),
         ("[towns\n", "registry is not TOML"),
@@ -63,6 +66,77 @@ def test_a_bad_registry_names_the_key_the_value_and_what_is_allowed(text: str, p
     result = parse_tree(text)
     assert isinstance(result, TreeError)
     assert any(p.startswith(problem) for p in result.problems), result.problems
+
+
+def _escalating(district: str = "", east: str = "", g1: str = "", gate: str = "") -> str:
+    """Return the test tree with ``escalate_after_min = <value>`` lines at the nodes given (TOML values as text)."""
+    text = TREE
+    for header, value in (("[district]\n", district), ("[towns.east]\n", east), ("[towns.east.grids.g1]\n", g1)):
+        if value:
+            text = text.replace(header, f"{header}escalate_after_min = {value}\n")
+    if gate:
+        text = text.replace(
+            "[towns.east.grids.g1.checkpoints.gate]\n", f"[towns.east.grids.g1.checkpoints.gate]\nescalate_after_min = {gate}\n"
+        )
+    return text
+
+
+def test_each_node_may_set_its_escalation_delay_and_a_node_without_it_takes_its_nearest_ancestors() -> None:
+    tree = _tree(_escalating(district="30", east="15", g1="5"))
+    assert tree.escalate_after_s("east/g1/gate", 600.0) == 300.0, "the checkpoint without it: its grid's"
+    assert tree.escalate_after_s("east/g1", 600.0) == 300.0
+    assert tree.escalate_after_s("east", 600.0) == 900.0
+    assert tree.escalate_after_s("west/g2/market", 600.0) == 1800.0, "nothing set on the west side: the district's"
+    assert tree.escalate_after_s("", 600.0) == 1800.0
+    assert tree.nodes()["east/g1/gate"].escalate_after_min is None and tree.nodes()["east/g1"].escalate_after_min == 5.0
+    plain = _tree()
+    assert {plain.escalate_after_s(p, 600.0) for p in plain.nodes()} == {600.0}, "no node sets it: the centre's option"
+    assert plain.escalate_after_s("nowhere", 42.0) == 42.0
+    fine = _tree(_escalating(gate="0.5", g1="1440", east="2.5"))
+    assert (fine.escalate_after_s("east/g1/gate", 600.0), fine.escalate_after_s("east/g1", 0), fine.escalate_after_s("east", 0)) == (
+        30.0,
+        86400.0,
+        150.0,
+    )
+    assert fine.escalate_after_s("", 600.0) == 600.0, "the district without it: the centre's option"
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "shown"),
+    [
+        ("district", "0", "0"),
+        ("east", "-5", "-5"),
+        ("g1", "1441", "1441"),
+        ("gate", "1440.5", "1440.5"),
+        ("g1", "true", "True"),
+        ("east", '"10"', "'10'"),
+        ("g1", "nan", "nan"),
+        ("district", "inf", "inf"),
+        ("gate", "-inf", "-inf"),
+        ("east", "[5]", "[5]"),
+        ("g1", "{min = 5}", "{'min': 5}"),
+        ("gate", "2024-01-01", "datetime.date(2024, 1, 1)"),
+    ],
+)
+def test_a_bad_escalation_delay_names_the_key_path_the_value_and_what_is_allowed(where: str, value: str, shown: str) -> None:
+    result = parse_tree(_escalating(**{where: value}))
+    assert isinstance(result, TreeError)
+    key = {"district": "district", "east": "towns.east", "g1": "towns.east.grids.g1", "gate": "towns.east.grids.g1.checkpoints.gate"}
+    assert result.problems == [f"{key[where]}.escalate_after_min = {shown}: expected a number of minutes, more than 0 and at most 1440"]
+
+
+def test_the_escalation_delay_survives_every_edit_from_the_page() -> None:
+    text = _escalating(district="30", east="15", g1="5", gate="2")
+    text = apply_edit(text, {"op": "add", "parent": "east/g1", "key": "school", "name": "学校卡口"})[0]
+    text = apply_edit(text, {"op": "assign", "station": "gate-a/st-02", "checkpoint": "east/g1/school"})[0]
+    text = apply_edit(text, {"op": "rename", "path": "", "name": "新区"})[0]
+    text = apply_edit(text, {"op": "rename", "path": "east/g1/gate", "name": "东大门"})[0]
+    text = apply_edit(text, {"op": "move", "path": "east/g1", "parent": "west"})[0]
+    tree = _tree(text)
+    written = {p: n.escalate_after_min for p, n in tree.nodes().items() if n.escalate_after_min is not None}
+    assert written == {"": 30.0, "east": 15.0, "west/g1": 5.0, "west/g1/gate": 2.0}
+    assert tree.escalate_after_s("west/g1/school", 600.0) == 300.0, "the new checkpoint inherits from the grid it was added to"
+    assert tree.escalate_after_s("west", 600.0) == 1800.0 and tree.escalate_after_s("west/g2/market", 600.0) == 1800.0
 
 
 @settings(max_examples=150, deadline=None)

@@ -14,8 +14,9 @@ and/or e-mail, and one MQTT message goes to ``<prefix>/centre/notify/<kind>/<sit
 systems. An unplaced station starts at the district. Whoever opens their link acknowledges it (``GET
 /ack/<token>``: a token signed with the centre's ``notify_secret``, naming the notice and the responder,
 expiring after ``ack_ttl_s``); the centre records who and when (``centre_notices``, ``centre_audit``).
-When nobody has acknowledged ``escalate_after_s`` after a level was told, the next node up with
-responders is told too; after the district nothing further.
+When nobody has acknowledged in time after a level was told, the next node up with responders is told
+too; after the district nothing further. In time: the told node's ``escalate_after_min`` in the tree, else
+its nearest ancestor's, else ``escalate_after_s`` (:meth:`Tree.escalate_after_s`).
 
 Across replicas: detection inserts with ``ON CONFLICT DO NOTHING`` (a second replica finds the notice
 there); escalation takes the notice row with ``FOR UPDATE SKIP LOCKED``; every send is a row
@@ -572,7 +573,7 @@ class Notifier:
                VALUES (%s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, CASE WHEN %s THEN to_timestamp(%s) END, to_timestamp(%s))
                ON CONFLICT (kind, site, station, ref) DO NOTHING RETURNING id""",
             (kind, site, station, ref, ts, Jsonb(summary), checkpoint, first.path if first else None, further,
-             now + self.opts.escalate_after_s, now),
+             now + tree.escalate_after_s(first.path if first else "", self.opts.escalate_after_s), now),
         ).fetchone()  # fmt: skip
         if row is None:
             return 0
@@ -629,10 +630,11 @@ class Notifier:
                 paths = [n.path for n in levels]
                 after = levels[paths.index(level_path) + 1 :] if level_path in paths else levels[1:]
                 nxt = after[0] if after else None
+                delay = tree.escalate_after_s(nxt.path, self.opts.escalate_after_s) if nxt else 0.0  # the newly told level's
                 conn.execute(
                     """UPDATE centre_notices SET level_path = coalesce(%s, level_path), escalations = escalations + %s,
                          escalate_at = CASE WHEN %s THEN to_timestamp(%s) END WHERE id = %s""",
-                    (nxt.path if nxt else None, 1 if nxt else 0, len(after) > 1, now + self.opts.escalate_after_s, notice),
+                    (nxt.path if nxt else None, 1 if nxt else 0, len(after) > 1, now + delay, notice),
                 )
                 if nxt is None:
                     continue

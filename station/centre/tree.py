@@ -6,6 +6,7 @@ comments and layout survive an edit from the page)::
     # 乐清市 — every checkpoint's stations
     [district]
     name = "乐清市"
+    escalate_after_min = 30                # optional at any node (below)
 
     [towns.chengdong]                      # key: 1-64 of A-Z a-z 0-9 _ - (stable; the page's path)
     name = "城东街道"                       # what the page shows (any text but control characters)
@@ -20,6 +21,9 @@ comments and layout survive an edit from the page)::
 
 Any node (the district too) may list ``responders``: who is told of an alarm, an outsider vehicle or a
 checkpoint offline under it (station/centre/notify.py), each a name with a webhook URL and/or an e-mail.
+Any node may set ``escalate_after_min`` (minutes, more than 0 and at most 1440): how long its responders
+have to acknowledge before the next level up is told; a node without it takes its nearest ancestor's,
+the district without it the centre's ``--escalate-after``.
 
 A node's path is its keys joined by ``/`` (``chengdong/g01/east-gate``; the district is ``""``).
 A station listed by name wins over a ``site/*`` entry elsewhere; the same entry twice is an error.
@@ -31,6 +35,7 @@ whose ``problems`` each name the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 import unicodedata
@@ -54,6 +59,8 @@ WEBHOOK = re.compile(r"^https?://[^\s/?#@]+(/[^\s#]*)?$")  # http(s), a host, a 
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$")
 URL_MAX = 500
 TEXT_MAX = 1_000_000
+ESCALATE = "escalate_after_min"  # the key: minutes a node's responders have before the next level up is told
+ESCALATE_MAX_MIN = 1440  # a day: longer is a typo, not a policy
 
 
 class TreeError(ValueError):
@@ -84,6 +91,7 @@ class Node:
     children: list[Node] = field(default_factory=list)
     stations: tuple[str, ...] = ()
     responders: tuple[Responder, ...] = ()
+    escalate_after_min: float | None = None  # as written at this node; Tree.escalate_after_s resolves inheritance
 
 
 @dataclass
@@ -113,6 +121,10 @@ class Tree:
         nodes = self.nodes()
         keys = path.split("/") if path and path in nodes else []
         return [nodes["/".join(keys[:n])] for n in range(len(keys), -1, -1)]
+
+    def escalate_after_s(self, path: str, default: float) -> float:
+        """Return the seconds the responders at ``path`` have before escalation: its own, the nearest ancestor's, else ``default``."""
+        return next((n.escalate_after_min * 60 for n in self.chain(path) if n.escalate_after_min is not None), default)
 
 
 def _name(value: Any) -> str | None:
@@ -163,9 +175,10 @@ def _build(data: dict[str, Any]) -> Tree | TreeError:
     if name is None:
         problems.append(f"district.name = {district.get('name')!r}: expected text of 1-{NAME_MAX} characters without control characters")
         name = "district"
-    for key in sorted(set(district) - {"name", "responders"}):
-        problems.append(f"district.{key}: unknown key (allowed: name, responders)")
+    for key in sorted(set(district) - {"name", "responders", ESCALATE}):
+        problems.append(f"district.{key}: unknown key (allowed: {ESCALATE}, name, responders)")
     root = Node("", "", "district", name, responders=_responders(district.get("responders", []), "district", problems))
+    root.escalate_after_min = _escalate_after(district.get(ESCALATE), "district", problems)
     exact: dict[tuple[str, str], str] = {}
     sites: dict[str, str] = {}
     count = [0]
@@ -197,8 +210,9 @@ def _build(data: dict[str, Any]) -> Tree | TreeError:
             path = f"{parent.path}/{key}" if parent.path else key
             node = Node(path, key, child_level, node_name)
             parent.children.append(node)
-            allowed = {"name", "responders", CHILDREN[child_level]} if child_level in CHILDREN else {"name", "responders", "stations"}
+            allowed = {"name", "responders", ESCALATE, CHILDREN[child_level] if child_level in CHILDREN else "stations"}
             node.responders = _responders(body.get("responders", []), here, problems)
+            node.escalate_after_min = _escalate_after(body.get(ESCALATE), here, problems)
             for extra in sorted(set(body) - allowed):
                 problems.append(f"{here}.{extra}: unknown key (allowed for a {child_level}: {', '.join(sorted(allowed))})")
             if child_level in CHILDREN:
@@ -210,6 +224,16 @@ def _build(data: dict[str, Any]) -> Tree | TreeError:
     if problems:
         return TreeError(problems)
     return Tree(root, exact, sites)
+
+
+def _escalate_after(value: Any, here: str, problems: list[str]) -> float | None:
+    """Return a node's ``escalate_after_min`` (None: not set, inherited); a bad one is a problem naming key, value and range."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= ESCALATE_MAX_MIN:
+        problems.append(f"{here}.{ESCALATE} = {repr(value)[:80]}: expected a number of minutes, more than 0 and at most {ESCALATE_MAX_MIN}")
+        return None
+    return float(value)
 
 
 def _responders(value: Any, here: str, problems: list[str]) -> tuple[Responder, ...]:
