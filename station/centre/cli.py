@@ -102,7 +102,7 @@ def centre() -> None:
     type=click.FloatRange(1, 86400),
     default=600,
     show_default=True,
-    help="Seconds without an acknowledgement before the next level up the tree is told",
+    help="Seconds without an acknowledgement before the next level up the tree is told (a tree node's escalate_after_min overrides it)",
 )
 @click.option("--notify-url", default=None, help="The centre's web as responders reach it (ack links); default --public-origin")
 @click.option(
