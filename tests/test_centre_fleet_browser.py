@@ -5,7 +5,8 @@ the centre's command key; the centre is the real replica (station/centre/run.py:
 subscriber, the screen with ``--command-key``) served by uvicorn on a thread. An admin pushes a fever
 threshold from the page, the daemon verifies the signature and writes it into its own config file, the
 page shows the station's answer and the push is in ``centre_audit``; a viewer sees the same fleet table
-with no push controls and gets 403 from the push API; a station string carrying markup shows as text.
+with no push controls and gets 403 from the push API; a station with a gap shows its missing count and its given-up
+repair; a station string (a version, a repair answer) carrying markup shows as text.
 """
 
 from __future__ import annotations
@@ -139,6 +140,31 @@ def _open_fleet(browser: Any, base: str, who: tuple[str, str]) -> Any:
     return page
 
 
+def _gap_given_up(url: str) -> None:
+    """Give evil/st-9 records 1, 2 and 5 and a given-up repair of 3-4 whose answer carries markup, in one transaction."""
+    import datetime as dt
+    import time
+
+    from psycopg.types.json import Jsonb
+
+    from station.centre import db, repair
+    from tests.support.centre_screen import UTC, screening
+
+    now = time.time()
+    rows = [screening("evil", "st-9", now - 60 + n, "pass", "green", seq=n) for n in (1, 2, 5)]
+    answer = {"ok": False, "reason": "refused", "error": HOSTILE_VERSION, "result": None}
+    with db.connect(url) as conn:
+        repair.ensure_repair_schema(conn)
+        db.create_partitions(conn, [dt.datetime.fromtimestamp(now - 60, UTC).date(), dt.datetime.fromtimestamp(now, UTC).date()], UTC)
+        with conn.transaction():  # the running repair loop never sees the gap without its row (it would open a waiting one)
+            conn.execute(
+                "INSERT INTO centre_repairs (site, station, first_seq, last_seq, state, tries, answered_at, answer) "
+                "VALUES ('evil', 'st-9', 3, 4, 'given_up', 5, now(), %s)",
+                (Jsonb(answer),),
+            )
+            db.write_batch(conn, rows, [])
+
+
 def _latest(watcher: Collector, topic: str) -> dict[str, Any]:
     got = [json.loads(p) for t, p, _ in watcher.raw() if t == topic]
     return got[-1] if got else {}
@@ -154,6 +180,7 @@ def test_an_admin_pushes_a_threshold_the_daemon_applies_it_and_a_viewer_sees_no_
     fleet, outbox = _latest(watcher, f"{BASE}/state/fleet"), _latest(watcher, f"{BASE}/state/outbox")
     status = _latest(watcher, f"{BASE}/status")
 
+    _gap_given_up(pg_url)
     page = _open_fleet(browser, base, ADMIN)
     row = page.locator("#fleet tr.station[data-station='test-site/gate-3']")
     expect(row.locator("td[data-key='config']")).to_have_text(fleet["config_hash"], timeout=30000)
@@ -166,6 +193,11 @@ def test_an_admin_pushes_a_threshold_the_daemon_applies_it_and_a_viewer_sees_no_
     evil = page.locator("#fleet tr.station[data-station='evil/st-9']")
     expect(evil.locator("td[data-key='version']")).to_have_text(HOSTILE_VERSION)
     assert page.locator("#fleet tr.group[data-path='unassigned']").count() == 1, "a station the tree does not place is under unassigned"
+    missing = evil.locator("td[data-key='missing']")
+    expect(missing).to_contain_text("已放弃 · given up")
+    assert missing.text_content().startswith("2 · 1 gap") and "bad" in (missing.get_attribute("class") or "")
+    assert missing.get_attribute("title").endswith("refused · refused · " + HOSTILE_VERSION), "the station's answer as plain text"
+    expect(page.locator("#summary [data-key='repairs_given_up'] b")).to_have_text("1")
 
     row.locator("button.pick").click()
     assert page.input_value("#push-target") == "station:test-site/gate-3"

@@ -116,6 +116,8 @@ def screen_app(pg_url: str) -> Iterator[tuple[Screen, TestClient]]:
     now = time.time()
     seed(pg_url, dt.datetime.now(UTC).date(), [("market", "m1", 8, "pass", "green", 2)])  # heard on events, no state published
     with psycopg.connect(pg_url) as conn:
+        # seed() numbers a day's records from 100000 × (day % 1000): below them nothing is expected (not 95 million missing)
+        conn.execute("INSERT INTO station_seq_floor SELECT site, station, min(seq) - 1 FROM events GROUP BY site, station")
         fl.ensure_fleet_schema(conn)
         fl.write_updates(
             conn,
@@ -254,3 +256,97 @@ def test_an_admin_pushes_plates_to_a_tree_node_and_a_signed_trust_list_to_a_stat
     with psycopg.connect(pg_url) as conn:
         everything = conn.execute("SELECT string_agg(t::text, ' ') FROM centre_audit t").fetchone()
     assert "浙A12345" not in (everything[0] if everything else ""), "the audit keeps a count, never the plates"
+
+
+def _events(url: str, day: dt.date, seqs: dict[tuple[str, str], list[int]]) -> None:
+    """Write screenings numbered ``seqs`` per station with the centre's own batch writer (what the ingest does)."""
+    from station.centre import db
+    from tests.support.centre_screen import screening
+
+    rows = [
+        screening(site, station, dt.datetime.combine(day, dt.time(9, i % 60), tzinfo=UTC).timestamp(), "pass", "green", seq=n)
+        for (site, station), numbers in seqs.items()
+        for i, n in enumerate(numbers)
+    ]
+    with db.connect(url) as conn:
+        db.create_partitions(conn, [day], UTC)
+        db.write_batch(conn, rows, [])
+
+
+@pytest.mark.slow
+def test_each_station_shows_its_missing_events_and_what_the_gap_repair_is_doing(screen_app: tuple[Screen, TestClient], pg_url: str) -> None:
+    from psycopg.types.json import Jsonb
+
+    from station.centre import repair
+
+    _sc, client = screen_app
+    _events(pg_url, dt.datetime.now(UTC).date(), {("gate-a", "st-01"): [1, 2, 3, 7, 8, 12], ("gate-a", "st-02"): [1, 2, 3]})
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regclass('centre_repairs')").fetchone() == (None,), "a centre without a command key"
+        view = fl.fleet_view(conn)
+    rows = {f"{r['site']}/{r['station']}": r for r in view["stations"]}
+    st = rows["gate-a/st-01"]
+    assert (st["missing_events"], st["gaps"], st["repair"]) == (6, 2, None), "numbers 4-6 and 9-11 never arrived"
+    assert (rows["rogue/x-1"]["missing_events"], rows["rogue/x-1"]["gaps"], rows["rogue/x-1"]["repair"]) == (0, 0, None)
+    assert view["heard_only"] == [], "st-02 (events, no state) misses nothing: not listed"
+    assert {k: view["summary"][k] for k in ("missing_events", "stations_missing", "repairs_given_up", "repairs_not_kept")} == {
+        "missing_events": 6,
+        "stations_missing": 1,
+        "repairs_given_up": 0,
+        "repairs_not_kept": 0,
+    }
+
+    hostile = "<img src=x onerror=alert(1)> range refused"
+    with psycopg.connect(pg_url) as conn:
+        repair.ensure_repair_schema(conn)
+        plan = [  # (station, first, last, state, answered minutes ago, answer)
+            ("st-01", 4, 4, "waiting", None, None),
+            ("st-01", 5, 5, "asked", 5, {"ok": False, "reason": "bad_args", "error": hostile, "result": None}),
+            ("st-01", 6, 6, "asked", None, None),
+            ("st-01", 9, 9, "not_kept", 1, {"ok": True, "reason": "None", "error": None, "result": {"seqs_found": 0, "not_found": 1}}),
+            ("st-01", 10, 11, "given_up", None, None),
+            ("st-01", 1, 1, "closed", 0.5, {"ok": True, "reason": "None", "error": None, "result": {"seqs_found": 1}}),
+            ("st-02", 2, 2, "closed", None, None),  # a repair that closed: the station was seen, nothing open
+        ]
+        with conn.transaction():
+            for station, first, last, state, ago_min, answer in plan:
+                conn.execute(
+                    "INSERT INTO centre_repairs (site, station, first_seq, last_seq, state, answered_at, answer) "
+                    "VALUES ('gate-a', %s, %s, %s, %s, now() - make_interval(secs => %s), %s)",
+                    (station, first, last, state, None if ago_min is None else ago_min * 60, None if answer is None else Jsonb(answer)),
+                )
+    login(client, VIEWER)
+    body = client.get("/api/fleet").json()
+    gate = {f"{r['site']}/{r['station']}": r for r in body["tree"]["children"][0]["children"][0]["children"][0]["stations"]}
+    st, st2 = gate["gate-a/st-01"], gate["gate-a/st-02"]
+    answered = st["repair"].pop("answered_at")
+    assert (st["missing_events"], st["gaps"]) == (6, 2)
+    assert st["repair"] == {
+        "waiting": 1,
+        "asked": 2,
+        "not_kept": 1,
+        "given_up": 1,
+        "answer": "ok · seqs_found 1",
+    }, "open rows counted by state (closed ones not); the latest answer, whichever row it came from"
+    assert abs(answered - (body["generated_at"] - 30)) < 20
+    assert st2["no_state"] is True and st2["repair"] == {
+        "waiting": 0,
+        "asked": 0,
+        "not_kept": 0,
+        "given_up": 0,
+        "answered_at": None,
+        "answer": None,
+    }
+    assert "missing_events" in st2 and st2["missing_events"] == 0, "a no-state station seen by the repair is still shown"
+    rogue = body["tree"]["children"][-1]["stations"][0]
+    assert (rogue["missing_events"], rogue["repair"]) == (0, None), "never seen by the repair loop"
+    totals = {k: body["summary"][k] for k in ("missing_events", "stations_missing", "repairs_given_up", "repairs_not_kept")}
+    assert totals == {"missing_events": 6, "stations_missing": 1, "repairs_given_up": 1, "repairs_not_kept": 1}
+    assert body["tree"]["children"][0]["summary"]["missing_events"] == 6 and body["tree"]["children"][1]["summary"]["missing_events"] == 0
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE centre_repairs SET answered_at = now() - interval '1 hour' WHERE state = 'closed'")
+        conn.commit()
+        again = {f"{r['site']}/{r['station']}": r for r in fl.fleet_view(conn)["stations"]}
+    assert again["gate-a/st-01"]["repair"]["answer"] == "ok · not_found 1, seqs_found 0", "the newest answer once the closed row's is older"
+    assert fl.answer_text({"ok": False, "reason": "bad_args", "error": hostile, "result": None}) == f"refused · bad_args · {hostile}"
+    assert fl.answer_text("not an object") is None

@@ -13,7 +13,9 @@ Tables: ``station_status`` (one row per station, columns below) and ``station_st
 change of ``status.state`` with when the centre heard it: the reports count offline spells longer
 than 10 minutes from it). :func:`fleet_view` adds what a page or a script wants: how long a station
 has been offline, whether its trust or resident list is behind the newest one in the fleet, whether
-its config hash differs from the most common one.
+its config hash differs from the most common one, and its missing events (``station_missing``) with what
+the gap repair (``centre_repairs``, station/centre/repair.py) is doing about them: open ranges by state and
+the latest answer, ``repair`` None when the loop never saw the station or runs nowhere (no command key).
 """
 
 from __future__ import annotations
@@ -246,11 +248,95 @@ ORDER BY s.site, s.station
 """
 
 
+REPAIR_STATES = ("waiting", "asked", "not_kept", "given_up")  # the open states of centre_repairs (station/centre/repair.py)
+
+# Per station: its missing events (station_missing) and its gap repair rows grouped by state, with the
+# latest answer. Only stations with something to show come back: a fleet of thousands reads a few rows.
+_MISSING_SQL = "SELECT site, station, missing_events, gaps FROM station_missing WHERE missing_events > 0"
+_NO_MISSING_SQL = "SELECT NULL::text AS site, NULL::text AS station, 0::bigint AS missing_events, 0::bigint AS gaps WHERE false"
+_REPAIRS_SQL = """
+SELECT site, station, true AS seen,
+       count(*) FILTER (WHERE state = 'waiting') AS waiting, count(*) FILTER (WHERE state = 'asked') AS asked,
+       count(*) FILTER (WHERE state = 'not_kept') AS not_kept, count(*) FILTER (WHERE state = 'given_up') AS given_up,
+       max(answered_at) AS answered_at,
+       (array_agg(answer ORDER BY answered_at DESC, id DESC) FILTER (WHERE answered_at IS NOT NULL))[1] AS answer
+FROM centre_repairs GROUP BY site, station
+"""
+_NO_REPAIRS_SQL = (
+    "SELECT NULL::text AS site, NULL::text AS station, NULL::boolean AS seen, 0::bigint AS waiting, 0::bigint AS asked, "
+    "0::bigint AS not_kept, 0::bigint AS given_up, NULL::timestamptz AS answered_at, NULL::jsonb AS answer WHERE false"
+)
+_UPKEEP_SQL = """
+SELECT site, station, coalesce(m.missing_events, 0) AS missing_events, coalesce(m.gaps, 0) AS gaps,
+       r.seen, r.waiting, r.asked, r.not_kept, r.given_up, r.answered_at, r.answer
+FROM ({missing}) m FULL JOIN ({repairs}) r USING (site, station)
+"""
+
+
+def answer_text(answer: Any) -> str | None:
+    """Return a short plain text of a station's answer to a ``resend`` (ok or refused, its error, its counts), or None."""
+    if not isinstance(answer, dict):
+        return None
+    parts = ["ok" if answer.get("ok") is True else "refused"]
+    reason = answer.get("reason")
+    if isinstance(reason, str) and reason not in ("", "None"):
+        parts.append(reason[:40])
+    error = answer.get("error")
+    if isinstance(error, str) and error:
+        parts.append(error[:120])
+    result = answer.get("result")
+    if isinstance(result, dict):
+        # the resend counts (station/store/resend.py): the nonzero ones, and seqs_found always (0 is what "not kept" means)
+        counts = [
+            f"{k} {v}"
+            for k, v in list(result.items())[:12]
+            if isinstance(k, str) and len(k) <= 32 and isinstance(v, int) and not isinstance(v, bool) and (v or k == "seqs_found")
+        ]
+        if counts:
+            parts.append(", ".join(counts))
+    return " · ".join(parts)[:240]
+
+
+def station_upkeep(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Return, per station with missing events or gap repair rows: ``missing_events``, ``gaps`` and ``repair`` (None when never seen)."""
+    have_missing, have_repairs = conn.execute(  # a fleet-only database, or a centre without a command key, has neither or one
+        "SELECT to_regclass('station_missing') IS NOT NULL, to_regclass('centre_repairs') IS NOT NULL"
+    ).fetchone() or (False, False)
+    if not have_missing and not have_repairs:
+        return {}
+    sql = _UPKEEP_SQL.format(
+        missing=_MISSING_SQL if have_missing else _NO_MISSING_SQL, repairs=_REPAIRS_SQL if have_repairs else _NO_REPAIRS_SQL
+    )
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for site, station, missing, gaps, seen, *states, answered_at, answer in conn.execute(sql).fetchall():
+        repair: dict[str, Any] | None = None
+        if seen:
+            repair = {s: int(n) for s, n in zip(REPAIR_STATES, states, strict=True)}
+            repair["answered_at"] = answered_at.timestamp() if answered_at is not None else None
+            repair["answer"] = answer_text(answer)
+        out[(site, station)] = {"missing_events": int(missing), "gaps": int(gaps), "repair": repair}
+    return out
+
+
+NO_UPKEEP: dict[str, Any] = {"missing_events": 0, "gaps": 0, "repair": None}
+
+
+def upkeep_totals(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Return the missing events and repair totals of station rows (a view's, or a tree node's)."""
+    return {
+        "missing_events": sum(r.get("missing_events") or 0 for r in rows),
+        "stations_missing": sum(1 for r in rows if r.get("missing_events")),
+        "repairs_given_up": sum(1 for r in rows if (r.get("repair") or {}).get("given_up")),
+        "repairs_not_kept": sum(1 for r in rows if (r.get("repair") or {}).get("not_kept")),
+    }
+
+
 def fleet_view(conn: psycopg.Connection[Any], now: float | None = None, offline_after_s: float = 600.0) -> dict[str, Any]:
-    """Return every station's row with derived flags (offline for how long, lists behind, config differing) and a summary."""
+    """Return every station's row with derived flags, missing events and gap repair, a summary, and ``heard_only`` (no state, missing)."""
     cur = conn.execute(FLEET_SQL)
     cols = [c.name for c in cur.description or ()]
     rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    upkeep = station_upkeep(conn)
     now = time.time() if now is None else now
     newest_trust = max((r["trust_list_version"] or 0 for r in rows), default=0)
     newest_residents = max((r["resident_list_version"] or 0 for r in rows), default=0)
@@ -268,11 +354,14 @@ def fleet_view(conn: psycopg.Connection[Any], now: float | None = None, offline_
                 "resident_list_behind": (r["resident_list_version"] or 0) < newest_residents,
                 "config_differs": usual_config is not None and r["config_hash"] is not None and r["config_hash"] != usual_config,
                 "doctor_ok": None if r["doctor_exit"] is None else r["doctor_exit"] == 0,
+                **upkeep.pop((r["site"], r["station"]), NO_UPKEEP),
             }
         )
         out.append({k: (v.timestamp() if hasattr(v, "timestamp") else v) for k, v in r.items()})
+    heard_only = [{"site": site, "station": station, **u} for (site, station), u in sorted(upkeep.items())]
     return {
         "stations": out,
+        "heard_only": heard_only,
         "summary": {
             "stations": len(out),
             "online": sum(1 for r in out if r["state"] == "online"),
@@ -282,6 +371,7 @@ def fleet_view(conn: psycopg.Connection[Any], now: float | None = None, offline_
             "trust_list_newest": newest_trust,
             "trust_list_behind": sum(1 for r in out if r["trust_list_behind"]),
             "config_hashes": len(configs),
+            **upkeep_totals(out + heard_only),
         },
         "generated_at": now,
     }

@@ -3,7 +3,7 @@
 * ``GET /fleet`` — the page (static/fleet.html, fleet.js, fleet.css), any role;
 * ``GET /api/fleet`` — :func:`station.centre.fleet.fleet_view` grouped along the district tree (stations
   the tree does not place under ``unassigned``; stations heard on ``events`` that never published a
-  state appear too, marked ``no_state``), and whether pushes are available;
+  state appear too, marked ``no_state``; every station with its missing events and gap repair), and whether pushes are available;
 * ``GET /api/fleet/pushes`` — **admin**: the newest push audit rows;
 * ``POST /api/fleet/push`` — **admin**: ``{command, station: "site/station" | node: "path", reason,
   fever_threshold_c | file}``: a ``set-threshold``, ``trust-list`` or ``resident-plates`` command signed
@@ -219,13 +219,15 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, int]:
         "offline_over_10min": sum(1 for r in rows if r.get("offline_over_10min")),
         "doctor_failing": sum(1 for r in rows if r.get("doctor_exit") not in (None, 0)),
         "no_state": sum(1 for r in rows if r.get("no_state")),
+        **fl.upkeep_totals(rows),
     }
 
 
 def fleet_tree(tree: Tree, view: dict[str, Any], heard: list[tuple[str, str]]) -> dict[str, Any]:
     """Return the district tree with each checkpoint's stations' fleet rows and every node's summary; unplaced under ``unassigned``."""
     rows = {(r["site"], r["station"]): r for r in view["stations"]}
-    body = rollup(tree, {}, sorted(set(rows) | set(heard)))
+    heard_only = {(r["site"], r["station"]): r for r in view.get("heard_only", [])}  # no state, but missing events or repairs
+    body = rollup(tree, {}, sorted(set(rows) | set(heard) | set(heard_only)))
 
     def fill(node: dict[str, Any]) -> list[dict[str, Any]]:
         node.pop("totals", None)
@@ -233,7 +235,14 @@ def fleet_tree(tree: Tree, view: dict[str, Any], heard: list[tuple[str, str]]) -
         mine: list[dict[str, Any]] = []
         if "stations" in node:
             node["stations"] = [
-                rows.get((s["site"], s["station"])) or {"site": s["site"], "station": s["station"], "state": None, "no_state": True}
+                rows.get((s["site"], s["station"]))
+                or {
+                    **heard_only.get((s["site"], s["station"]), {}),
+                    "site": s["site"],
+                    "station": s["station"],
+                    "state": None,
+                    "no_state": True,
+                }
                 for s in node["stations"]
             ]
             mine += node["stations"]

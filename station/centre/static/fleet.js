@@ -71,6 +71,27 @@ function modelsCell(r) {
   return cell("models", names.length + " · " + (r.models_manifest || "?"), "hash", title);
 }
 
+const REPAIR_LABELS = [  // most pressing first: the cell's colour is the first state present
+  ["given_up", "已放弃 · given up", "bad"], ["asked", "补传中 · asked", "warn"],
+  ["not_kept", "站点无记录 · not kept", "dim"], ["waiting", "待补传 · waiting", "dim"],
+];
+
+function missingCell(r) {
+  const n = r.missing_events || 0;
+  const td = cell("missing", n ? String(n) : "", n ? "warn" : "");
+  if (n && r.gaps) td.append(el("span", "dim", " · " + r.gaps + (r.gaps === 1 ? " gap" : " gaps")));
+  const rep = r.repair;
+  if (!rep) return td;
+  const open = REPAIR_LABELS.filter(([key]) => rep[key]);
+  open.forEach(([key, label, cls]) => {
+    td.append(el("span", "repair " + cls, label + (rep[key] > 1 ? " ×" + rep[key] : "")));
+    td.dataset[key] = String(rep[key]);
+  });
+  if (open.length) td.className = open[0][2] === "dim" ? (n ? "warn" : "") : open[0][2];
+  if (rep.answer) td.title = "最近回复 · latest answer" + (rep.answered_at ? " (" + ago(rep.answered_at) + " ago)" : "") + ": " + rep.answer;
+  return td;
+}
+
 function stationRow(r) {
   const tr = el("tr", "station");
   tr.dataset.station = r.site + "/" + r.station;
@@ -90,6 +111,7 @@ function stationRow(r) {
   const outbox = r.outbox_pending === null || r.outbox_pending === undefined ? "?"
     : String(r.outbox_pending) + (r.outbox_oldest_age_s ? " · oldest " + r.outbox_oldest_age_s + " s" : "") + (r.outbox_dropped ? " · dropped " + r.outbox_dropped : "");
   tr.append(cell("outbox", outbox, outbox === "?" ? "unknown" : (r.outbox_dropped ? "warn" : "")));
+  tr.append(missingCell(r));
   if (state.role === "admin") {
     const td = el("td", "push-col");
     const b = el("button", "small pick", "推送 · push");
@@ -104,12 +126,13 @@ function groupRow(node) {
   const tr = el("tr", "group level-" + node.level);
   tr.dataset.path = node.path;
   const th = el("th");
-  th.colSpan = 11;
+  th.colSpan = 12;
   th.append(el("span", "name", node.name));
   const s = node.summary || {};
   th.append(el("span", "sum", s.stations + " stations · " + s.online + " online" +
     (s.offline_over_10min ? " · " + s.offline_over_10min + " offline > 10 min" : "") +
-    (s.doctor_failing ? " · " + s.doctor_failing + " doctor failing" : "")));
+    (s.doctor_failing ? " · " + s.doctor_failing + " doctor failing" : "") +
+    (s.missing_events ? " · " + s.missing_events + " missing" : "")));
   tr.append(th);
   if (state.role === "admin") {
     const td = el("td", "push-col");
@@ -140,6 +163,8 @@ function renderSummary(s, generated) {
     ["offline_over_10min", "离线 > 10 min · offline", s.offline_over_10min], ["doctor_failing", "自检失败 · doctor failing", s.doctor_failing],
     ["clock_unsynced", "时钟未同步 · clock unsynced", s.clock_unsynced], ["trust_list_behind", "信任列表落后 · trust list behind", s.trust_list_behind],
     ["config_hashes", "配置种类 · config hashes", s.config_hashes], ["no_state", "无状态 · no state", s.no_state],
+    ["missing_events", "缺失事件 · missing events", s.missing_events], ["stations_missing", "有缺失站点 · stations missing", s.stations_missing],
+    ["repairs_given_up", "补传放弃 · repair given up", s.repairs_given_up], ["repairs_not_kept", "站点无记录 · not kept", s.repairs_not_kept],
   ];
   box.replaceChildren(...items.map(([key, label, n]) => {
     const d = el("div", "total" + (n && key !== "stations" && key !== "online" && key !== "config_hashes" ? " bad" : ""));
