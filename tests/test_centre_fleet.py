@@ -165,3 +165,6 @@ def test_the_report_counts_offline_spells_over_ten_minutes_and_the_fleet_cli_pri
     assert out.exit_code == 0, out.output
     fleet = json.loads(out.stdout)
     assert fleet["summary"]["online"] == 1 and fleet["stations"][0]["state"] == "online"
+    text = CliRunner().invoke(centre, ["fleet", "--db", pg_url])
+    assert text.exit_code == 0, text.output
+    assert "0 missing events at 0 stations" in text.stdout and "gate-a/st-01: online" in text.stdout and " missing 0" in text.stdout

@@ -353,14 +353,26 @@ def fleet(db_url: str, as_json: bool) -> None:
     click.echo(
         f"{s['stations']} stations, {s['online']} online, {s['offline_over_10min']} offline > 10 min, "
         f"{s['doctor_failing']} doctor failing, {s['clock_unsynced']} clock unsynced, trust list newest {s['trust_list_newest']} "
-        f"({s['trust_list_behind']} behind), {s['config_hashes']} config hashes"
+        f"({s['trust_list_behind']} behind), {s['config_hashes']} config hashes, {s['missing_events']} missing events at "
+        f"{s['stations_missing']} stations ({s['repairs_given_up']} with repairs given up, {s['repairs_not_kept']} not kept)"
     )
     for r in body["stations"]:
         click.echo(
             f"  {r['site']}/{r['station']}: {r['state']} v{r['version']} trust {r['trust_list_version']} residents "
             f"{r['resident_list_version']} config {r['config_hash']} doctor {r['doctor_exit']} clock_synced {r['clock_synced']} "
-            f"disk_free_mb {r['disk_free_mb']} outbox {r['outbox_pending']}"
+            f"disk_free_mb {r['disk_free_mb']} outbox {r['outbox_pending']} missing {r['missing_events']}{_repair_text(r['repair'])}"
         )
+
+
+def _repair_text(repair: dict[str, Any] | None) -> str:
+    """Return the open gap repairs of a fleet row as `` repair asked 2, given_up 1 (answer)``, or nothing."""
+    from station.centre.fleet import REPAIR_STATES
+
+    if not repair:
+        return ""
+    states = ", ".join(f"{k} {repair[k]}" for k in REPAIR_STATES if repair.get(k))
+    answer = f" ({repair['answer']})" if repair.get("answer") else ""
+    return f" repair {states or 'none open'}{answer}"
 
 
 @click.command("push")
